@@ -1,0 +1,181 @@
+"""Conversions between the generated ``sandbox.v1`` messages and the SDK's public types.
+
+Pure functions, shared by the SDK and the server. The protobuf default of a timestamp (the
+epoch) means "unset" and becomes ``None``; enum ``UNSPECIFIED`` values are refused where a
+value is required.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from ._proto.sandbox import v1 as pb
+from .errors import InvalidConfigurationError
+from .types import (
+    Codebase,
+    ExecResult,
+    FileInfo,
+    PatternType,
+    Permission,
+    PermissionRule,
+    ResourceLimits,
+    RuntimeType,
+    SandboxInfo,
+    SandboxStatus,
+    SessionInfo,
+    SessionStatus,
+    UploadResult,
+)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+PERMISSION_TO_PB = {
+    Permission.NONE: pb.Permission.NONE,
+    Permission.VIEW: pb.Permission.VIEW,
+    Permission.READ: pb.Permission.READ,
+    Permission.WRITE: pb.Permission.WRITE,
+}
+PERMISSION_FROM_PB = {v: k for k, v in PERMISSION_TO_PB.items()}
+PATTERN_TO_PB = {
+    PatternType.GLOB: pb.PatternType.GLOB,
+    PatternType.DIRECTORY: pb.PatternType.DIRECTORY,
+    PatternType.FILE: pb.PatternType.FILE,
+}
+PATTERN_FROM_PB = {v: k for k, v in PATTERN_TO_PB.items()}
+STATUS_TO_PB = {
+    SandboxStatus.PENDING: pb.SandboxStatus.PENDING,
+    SandboxStatus.RUNNING: pb.SandboxStatus.RUNNING,
+    SandboxStatus.STOPPED: pb.SandboxStatus.STOPPED,
+    SandboxStatus.ERROR: pb.SandboxStatus.ERROR,
+}
+STATUS_FROM_PB = {v: k for k, v in STATUS_TO_PB.items()}
+SESSION_STATUS_TO_PB = {
+    SessionStatus.ACTIVE: pb.SessionStatus.ACTIVE,
+    SessionStatus.CLOSED: pb.SessionStatus.CLOSED,
+}
+SESSION_STATUS_FROM_PB = {v: k for k, v in SESSION_STATUS_TO_PB.items()}
+RUNTIME_TO_PB = {RuntimeType.BWRAP: pb.RuntimeType.BWRAP, RuntimeType.DOCKER: pb.RuntimeType.DOCKER}
+RUNTIME_FROM_PB = {v: k for k, v in RUNTIME_TO_PB.items()}
+
+
+def timestamp(value: datetime | None) -> datetime | None:
+    """A message's timestamp, ``None`` when unset."""
+    if value is None or value == _EPOCH:
+        return None
+    return value
+
+
+def rule_to_pb(rule: PermissionRule) -> pb.PermissionRule:
+    return pb.PermissionRule(
+        pattern=rule.pattern,
+        type=PATTERN_TO_PB[rule.type],
+        permission=PERMISSION_TO_PB[rule.permission],
+        priority=rule.priority,
+    )
+
+
+def rule_from_pb(message: pb.PermissionRule, index: int = 0) -> PermissionRule:
+    """A rule off the wire; an unspecified type means glob, an unspecified level is refused."""
+    if message.permission not in PERMISSION_FROM_PB:
+        raise InvalidConfigurationError(
+            f"permissions[{index}] ({message.pattern!r}) has no valid permission level"
+        )
+    pattern_type = PATTERN_FROM_PB.get(message.type, PatternType.GLOB)
+    try:
+        return PermissionRule(
+            pattern=message.pattern,
+            permission=PERMISSION_FROM_PB[message.permission],
+            type=pattern_type,
+            priority=message.priority,
+        )
+    except InvalidConfigurationError as exc:
+        raise InvalidConfigurationError(f"permissions[{index}]: {exc.message}") from None
+
+
+def resources_to_pb(limits: ResourceLimits | None) -> pb.ResourceLimits:
+    limits = limits or ResourceLimits()
+    return pb.ResourceLimits(
+        memory_bytes=limits.memory_bytes or 0,
+        cpu_quota=limits.cpu_quota or 0,
+        cpu_shares=limits.cpu_shares or 0,
+        pids_limit=limits.pids_limit or 0,
+    )
+
+
+def resources_from_pb(message: pb.ResourceLimits | None) -> ResourceLimits:
+    if message is None:
+        return ResourceLimits()
+    fields = ("memory_bytes", "cpu_quota", "cpu_shares", "pids_limit")
+    values = {name: getattr(message, name) for name in fields}
+    for name, value in values.items():
+        if value < 0:
+            raise InvalidConfigurationError(f"resources.{name} must not be negative")
+    return ResourceLimits(**{name: value or None for name, value in values.items()})
+
+
+def sandbox_from_pb(message: pb.Sandbox) -> SandboxInfo:
+    return SandboxInfo(
+        id=message.id,
+        codebase_id=message.codebase_id,
+        status=STATUS_FROM_PB.get(message.status, SandboxStatus.PENDING),
+        permissions=tuple(rule_from_pb(r, i) for i, r in enumerate(message.permissions)),
+        labels=dict(message.labels),
+        runtime=RUNTIME_FROM_PB.get(message.runtime, RuntimeType.BWRAP),
+        image=message.image,
+        resources=resources_from_pb(message.resources),
+        created_at=timestamp(message.created_at),
+        started_at=timestamp(message.started_at),
+        stopped_at=timestamp(message.stopped_at),
+        expires_at=timestamp(message.expires_at),
+    )
+
+
+def codebase_from_pb(message: pb.Codebase) -> Codebase:
+    return Codebase(
+        id=message.id,
+        name=message.name,
+        owner_id=message.owner_id,
+        size=message.size,
+        file_count=message.file_count,
+        created_at=timestamp(message.created_at),
+        updated_at=timestamp(message.updated_at),
+    )
+
+
+def file_info_from_pb(message: pb.FileInfo) -> FileInfo:
+    return FileInfo(
+        path=message.path,
+        name=message.name,
+        is_dir=message.is_dir,
+        size=message.size,
+        modified_at=timestamp(message.modified_at),
+    )
+
+
+def upload_result_from_pb(message: pb.UploadResult) -> UploadResult:
+    return UploadResult(
+        codebase_id=message.codebase_id,
+        file_path=message.file_path,
+        size=message.size,
+        checksum=message.checksum,
+    )
+
+
+def exec_result_from_pb(message: pb.ExecResult) -> ExecResult:
+    return ExecResult(
+        stdout=message.stdout,
+        stderr=message.stderr,
+        exit_code=message.exit_code,
+        duration=message.duration or timedelta(),
+    )
+
+
+def session_from_pb(message: pb.Session) -> SessionInfo:
+    return SessionInfo(
+        id=message.id,
+        sandbox_id=message.sandbox_id,
+        status=SESSION_STATUS_FROM_PB.get(message.status, SessionStatus.ACTIVE),
+        shell=message.shell,
+        created_at=timestamp(message.created_at),
+        closed_at=timestamp(message.closed_at),
+    )

@@ -1,0 +1,120 @@
+"""Permission presets: named rule lists that ``from_local(..., preset=...)`` starts from.
+
+User rules are appended after a preset's rules, so at equal priority and specificity they win.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from .errors import InvalidConfigurationError
+from .types import PatternType, Permission, PermissionRule
+
+RuleLike = PermissionRule | Mapping[str, Any]
+
+_SECRETS = (
+    "**/.env*",
+    "**/secrets/**",
+    "**/*.key",
+    "**/*.pem",
+    "**/credentials*",
+    "**/.git/**",
+)
+
+
+def _rules(*rules: tuple[str, Permission]) -> tuple[PermissionRule, ...]:
+    return tuple(PermissionRule(pattern, permission) for pattern, permission in rules)
+
+
+_PRESETS: dict[str, tuple[PermissionRule, ...]] = {
+    "view-only": _rules(("**", Permission.VIEW)),
+    "read-only": _rules(("**", Permission.READ)),
+    "full-access": _rules(("**", Permission.WRITE)),
+    "agent-safe": _rules(
+        ("**", Permission.READ),
+        ("/output/**", Permission.WRITE),
+        ("/tmp/**", Permission.WRITE),
+        *((pattern, Permission.NONE) for pattern in _SECRETS),
+    ),
+    "development": _rules(
+        ("**", Permission.WRITE),
+        *((pattern, Permission.NONE) for pattern in _SECRETS),
+    ),
+}
+_BUILTIN = frozenset(_PRESETS)
+
+
+def list_presets() -> list[str]:
+    """The names of every preset, built-in and registered, sorted."""
+    return sorted(_PRESETS)
+
+
+def get_preset(name: str) -> list[PermissionRule]:
+    """The rules of preset ``name``; ``InvalidConfigurationError`` for an unknown name."""
+    try:
+        return list(_PRESETS[name])
+    except KeyError:
+        raise InvalidConfigurationError(
+            f"unknown preset {name!r}; known presets: {', '.join(list_presets())}"
+        ) from None
+
+
+def get_preset_dicts(name: str) -> list[dict[str, Any]]:
+    """The rules of preset ``name`` as plain dicts."""
+    return [rule.to_dict() for rule in get_preset(name)]
+
+
+def normalize_rules(rules: Iterable[RuleLike] | None) -> list[PermissionRule]:
+    """Rules given as ``PermissionRule`` objects or dicts, validated."""
+    if rules is None:
+        return []
+    if isinstance(rules, (str, bytes, Mapping)):
+        raise InvalidConfigurationError("permissions must be a list of rules")
+    return [PermissionRule.from_value(rule) for rule in rules]
+
+
+def extend_preset(
+    base: str,
+    additions: Sequence[RuleLike] | None = None,
+    overrides: Sequence[RuleLike] | None = None,
+) -> list[PermissionRule]:
+    """Preset ``base`` with ``additions`` appended; ``overrides`` replace rules of equal pattern."""
+    rules = get_preset(base)
+    for override in normalize_rules(overrides):
+        rules = [rule for rule in rules if rule.pattern != override.pattern]
+        rules.append(override)
+    return rules + normalize_rules(additions)
+
+
+def register_preset(name: str, rules: Sequence[RuleLike], *, replace: bool = False) -> None:
+    """Make ``rules`` available as preset ``name`` (built-in presets cannot be replaced)."""
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidConfigurationError("preset name must be a non-empty string")
+    if name in _BUILTIN:
+        raise InvalidConfigurationError(f"preset {name!r} is built in and cannot be replaced")
+    if name in _PRESETS and not replace:
+        raise InvalidConfigurationError(f"preset {name!r} exists; pass replace=True to replace it")
+    validated = normalize_rules(rules)
+    if not validated:
+        raise InvalidConfigurationError(f"preset {name!r} needs at least one rule")
+    _PRESETS[name] = tuple(validated)
+
+
+def resolve_permissions(
+    preset: str | None, permissions: Iterable[RuleLike] | None
+) -> list[PermissionRule]:
+    """A preset's rules followed by the user's, as ``from_local`` sends them."""
+    rules = get_preset(preset) if preset else []
+    return rules + normalize_rules(permissions)
+
+
+__all__ = [
+    "PatternType",
+    "extend_preset",
+    "get_preset",
+    "get_preset_dicts",
+    "list_presets",
+    "register_preset",
+    "resolve_permissions",
+]

@@ -1,0 +1,229 @@
+"""Public value types of the SDK: frozen dataclasses and string enums of our own.
+
+The generated protobuf classes never leak out of the SDK; ``agentfense._convert`` maps
+between them and these types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Any
+
+from .errors import InvalidConfigurationError
+
+
+class RuntimeType(str, Enum):
+    """How a sandbox isolates its processes."""
+
+    BWRAP = "bwrap"
+    DOCKER = "docker"
+
+
+class Permission(str, Enum):
+    """Access level of a path: ``none < view < read < write``."""
+
+    NONE = "none"
+    VIEW = "view"
+    READ = "read"
+    WRITE = "write"
+
+    @property
+    def rank(self) -> int:
+        return _PERMISSION_RANK[self]
+
+
+_PERMISSION_RANK = {Permission.NONE: 0, Permission.VIEW: 1, Permission.READ: 2, Permission.WRITE: 3}
+
+
+class PatternType(str, Enum):
+    """How a rule's pattern is matched: a glob, a directory and all below it, or one file."""
+
+    GLOB = "glob"
+    DIRECTORY = "directory"
+    FILE = "file"
+
+
+class SandboxStatus(str, Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    STOPPED = "stopped"
+    ERROR = "error"
+
+
+class SessionStatus(str, Enum):
+    ACTIVE = "active"
+    CLOSED = "closed"
+
+
+class OutputStream(str, Enum):
+    STDOUT = "stdout"
+    STDERR = "stderr"
+
+
+def _enum_value(enum: type[Enum], value: object, what: str) -> Any:
+    try:
+        return enum(value.value if isinstance(value, Enum) else str(value).lower())
+    except ValueError:
+        allowed = ", ".join(repr(m.value) for m in enum)  # type: ignore[attr-defined]
+        raise InvalidConfigurationError(
+            f"{what} must be one of {allowed}, not {value!r}"
+        ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class PermissionRule:
+    """Grants ``permission`` on the paths matched by ``pattern`` (from the workspace root)."""
+
+    pattern: str
+    permission: Permission = Permission.READ
+    type: PatternType = PatternType.GLOB
+    priority: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.pattern, str) or not self.pattern.strip():
+            raise InvalidConfigurationError("permission rule pattern must be a non-empty string")
+        if "\x00" in self.pattern:
+            raise InvalidConfigurationError("permission rule pattern must not contain NUL")
+        object.__setattr__(
+            self, "permission", _enum_value(Permission, self.permission, "permission")
+        )
+        object.__setattr__(self, "type", _enum_value(PatternType, self.type, "pattern type"))
+        if isinstance(self.priority, bool) or not isinstance(self.priority, int):
+            raise InvalidConfigurationError("permission rule priority must be an int")
+
+    @classmethod
+    def from_value(cls, value: PermissionRule | Mapping[str, Any]) -> PermissionRule:
+        """Accept a rule or a dict such as ``{"pattern": "**/*", "permission": "read"}``."""
+        if isinstance(value, PermissionRule):
+            return value
+        if not isinstance(value, Mapping):
+            raise InvalidConfigurationError(
+                f"a permission rule must be a PermissionRule or a dict, not {type(value).__name__}"
+            )
+        unknown = set(value) - {"pattern", "permission", "type", "priority"}
+        if unknown:
+            raise InvalidConfigurationError(
+                f"unknown permission rule keys: {', '.join(sorted(unknown))}"
+            )
+        if "pattern" not in value:
+            raise InvalidConfigurationError("permission rule needs a 'pattern'")
+        return cls(
+            pattern=value["pattern"],
+            permission=value.get("permission", Permission.READ),
+            type=value.get("type", PatternType.GLOB),
+            priority=value.get("priority", 0),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pattern": self.pattern,
+            "permission": self.permission.value,
+            "type": self.type.value,
+            "priority": self.priority,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceLimits:
+    """Limits for every process of a sandbox; ``None`` leaves a limit unset."""
+
+    memory_bytes: int | None = None
+    cpu_quota: int | None = None
+    cpu_shares: int | None = None
+    pids_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("memory_bytes", "cpu_quota", "cpu_shares", "pids_limit"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 0
+            ):
+                raise InvalidConfigurationError(f"resources.{name} must be a non-negative int")
+
+    @property
+    def is_empty(self) -> bool:
+        return all(
+            v is None or v == 0
+            for v in (self.memory_bytes, self.cpu_quota, self.cpu_shares, self.pids_limit)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ExecResult:
+    """The outcome of one command: both streams whole, the exact exit code, the wall time."""
+
+    stdout: str
+    stderr: str
+    exit_code: int
+    duration: timedelta = field(default_factory=timedelta)
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+@dataclass(frozen=True, slots=True)
+class OutputChunk:
+    """A piece of a streamed command's output, tagged with the stream it came from."""
+
+    stream: OutputStream
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Codebase:
+    id: str
+    name: str
+    owner_id: str
+    size: int
+    file_count: int
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    path: str
+    name: str
+    is_dir: bool
+    size: int
+    modified_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UploadResult:
+    codebase_id: str
+    file_path: str
+    size: int
+    checksum: str
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxInfo:
+    """What the server says of a sandbox."""
+
+    id: str
+    codebase_id: str
+    status: SandboxStatus
+    permissions: tuple[PermissionRule, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    runtime: RuntimeType = RuntimeType.BWRAP
+    image: str = ""
+    resources: ResourceLimits = field(default_factory=ResourceLimits)
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    stopped_at: datetime | None = None
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    id: str
+    sandbox_id: str
+    status: SessionStatus
+    shell: str
+    created_at: datetime | None = None
+    closed_at: datetime | None = None
