@@ -1,0 +1,1 @@
+"""The AgentFense server: codebase store, sandboxes, runtimes and the gRPC services."""

@@ -1,0 +1,169 @@
+"""The ``sandbox.v1.CodebaseService`` gRPC service on top of :class:`CodebaseStore`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+
+import betterproto
+import grpclib.const
+from grpclib.exceptions import GRPCError
+
+from .._proto.sandbox.v1 import (
+    Codebase,
+    CodebaseServiceBase,
+    CreateCodebaseRequest,
+    DeleteCodebaseRequest,
+    DownloadFileRequest,
+    Empty,
+    FileChunk,
+    FileInfo,
+    GetCodebaseRequest,
+    ListCodebasesRequest,
+    ListCodebasesResponse,
+    ListFilesRequest,
+    ListFilesResponse,
+    UploadChunk,
+    UploadResult,
+)
+from ..errors import SandboxError
+from .codebases import CodebaseRecord, CodebaseStore, FileRecord
+
+__all__ = ["CodebaseService"]
+
+_DOWNLOAD_CHUNK = 64 * 1024
+
+
+@contextmanager
+def _grpc_errors() -> Iterator[None]:
+    """Turn a :class:`SandboxError` into the ``GRPCError`` carrying its status and message."""
+    try:
+        yield
+    except SandboxError as err:
+        raise _status_error(err) from None
+
+
+def _status_error(err: SandboxError) -> GRPCError:
+    return GRPCError(grpclib.const.Status(err.code), err.message)
+
+
+def _wire_text(text: str) -> str:
+    """``text`` as valid UTF-8 (host file names may hold undecodable bytes)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _file_info(record: FileRecord) -> FileInfo:
+    return FileInfo(
+        path=_wire_text(record.path),
+        name=_wire_text(record.name),
+        is_dir=record.is_dir,
+        size=record.size,
+        modified_at=record.modified_at,
+    )
+
+
+def _invalid(message: str) -> GRPCError:
+    return GRPCError(grpclib.const.Status.INVALID_ARGUMENT, message)
+
+
+class CodebaseService(CodebaseServiceBase):  # type: ignore[misc]
+    """Codebase RPCs; ``in_use(codebase_id)`` tells whether sandboxes still use a codebase."""
+
+    def __init__(
+        self,
+        store: CodebaseStore,
+        *,
+        in_use: Callable[[str], bool],
+        max_upload_bytes: int,
+    ) -> None:
+        self._store = store
+        self._in_use = in_use
+        self._max_upload_bytes = max_upload_bytes
+
+    async def _codebase(self, record: CodebaseRecord) -> Codebase:
+        size, file_count = await self._store.stats(record.id)
+        return Codebase(
+            id=record.id,
+            name=record.name,
+            owner_id=record.owner_id,
+            size=size,
+            file_count=file_count,
+            created_at=record.created_at,
+            updated_at=record.updated_at,
+        )
+
+    async def create_codebase(self, request: CreateCodebaseRequest) -> Codebase:
+        with _grpc_errors():
+            record = await self._store.create(request.name, request.owner_id)
+            return await self._codebase(record)
+
+    async def get_codebase(self, request: GetCodebaseRequest) -> Codebase:
+        with _grpc_errors():
+            record = await self._store.get(request.codebase_id)
+            return await self._codebase(record)
+
+    async def list_codebases(self, request: ListCodebasesRequest) -> ListCodebasesResponse:
+        with _grpc_errors():
+            records, next_token = await self._store.list(
+                request.owner_id, request.page_size, request.page_token
+            )
+            codebases = [await self._codebase(record) for record in records]
+        return ListCodebasesResponse(codebases=codebases, next_page_token=next_token)
+
+    async def delete_codebase(self, request: DeleteCodebaseRequest) -> Empty:
+        with _grpc_errors():
+            record = await self._store.get(request.codebase_id)
+            if self._in_use(record.id):
+                raise GRPCError(
+                    grpclib.const.Status.FAILED_PRECONDITION,
+                    f"codebase {record.id} is used by sandboxes; destroy them first",
+                )
+            await self._store.delete(record.id)
+        return Empty()
+
+    async def upload_files(self, request_iterator: AsyncIterator[UploadChunk]) -> UploadResult:
+        first = await anext(request_iterator, None)
+        if first is None or betterproto.which_one_of(first, "content")[0] != "metadata":
+            raise _invalid("the first UploadChunk must carry metadata")
+        meta = first.metadata
+
+        async def data() -> AsyncIterator[bytes]:
+            async for chunk in request_iterator:
+                field, value = betterproto.which_one_of(chunk, "content")
+                if field == "metadata":
+                    raise _invalid("only the first UploadChunk may carry metadata")
+                if field == "data":
+                    assert isinstance(value, bytes)
+                    yield value
+
+        with _grpc_errors():
+            size, checksum = await self._store.upload(
+                meta.codebase_id, meta.file_path, meta.total_size, data(), self._max_upload_bytes
+            )
+        return UploadResult(
+            codebase_id=meta.codebase_id,
+            file_path=meta.file_path,
+            size=size,
+            checksum=checksum,
+        )
+
+    async def download_file(self, request: DownloadFileRequest) -> AsyncIterator[FileChunk]:
+        chunks = self._store.download(request.codebase_id, request.file_path, _DOWNLOAD_CHUNK)
+        try:
+            while True:
+                try:
+                    data = await anext(chunks)
+                except StopAsyncIteration:
+                    return
+                except SandboxError as err:
+                    raise _status_error(err) from None
+                yield FileChunk(data=data)
+        finally:
+            await chunks.aclose()
+
+    async def list_files(self, request: ListFilesRequest) -> ListFilesResponse:
+        with _grpc_errors():
+            records = await self._store.list_files(
+                request.codebase_id, request.path, request.recursive
+            )
+        return ListFilesResponse(files=[_file_info(record) for record in records])

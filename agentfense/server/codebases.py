@@ -1,0 +1,612 @@
+"""Persistent codebases on the host disk: ``root/<id>/meta.json`` and the tree in ``files/``.
+
+Every path inside a codebase is opened component by component relative to a directory fd with
+``O_NOFOLLOW``, so a symlink planted in a tree (by a sandbox, or by hand) is never followed on
+the host. Uploads stream into a temporary file beside the tree and are renamed into place.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import builtins
+import contextlib
+import errno
+import functools
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import stat
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from ..errors import (
+    CodebaseNotFoundError,
+    InvalidConfigurationError,
+    ResourceLimitExceededError,
+    SandboxError,
+    StatusCode,
+)
+from ._paths import InvalidPathError, normalize_relpath
+
+__all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "CodebaseRecord", "CodebaseStore", "FileRecord"]
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+MAX_NAME_LENGTH = 256
+_ID_RE = re.compile(r"cb_[0-9a-f]{16}")
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_WRITE_BUFFER = 1 << 20
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class CodebaseRecord:
+    id: str
+    name: str
+    owner_id: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    """One entry of a codebase tree; ``path`` is relative to the codebase root."""
+
+    path: str
+    name: str
+    is_dir: bool
+    size: int
+    modified_at: datetime
+
+
+async def _run(func: Callable[..., _T], *args: Any) -> _T:
+    return await anyio.to_thread.run_sync(functools.partial(func, *args))
+
+
+def _shown_id(codebase_id: str) -> str:
+    return codebase_id if _ID_RE.fullmatch(codebase_id) else repr(codebase_id[:64])
+
+
+def _not_found(codebase_id: str) -> CodebaseNotFoundError:
+    return CodebaseNotFoundError(f"codebase {_shown_id(codebase_id)} not found")
+
+
+def _file_not_found(path: str, codebase_id: str) -> SandboxError:
+    return SandboxError(
+        f"file {path} not found in codebase {codebase_id}", code=StatusCode.NOT_FOUND
+    )
+
+
+def _relpath(raw: str, field: str, *, allow_root: bool = False) -> str:
+    try:
+        return normalize_relpath(raw, allow_root=allow_root)
+    except InvalidPathError as err:
+        raise InvalidConfigurationError(err.for_field(field)) from None
+
+
+def _check_text(value: object, field: str, *, required: bool) -> str:
+    if not isinstance(value, str):
+        raise InvalidConfigurationError(f"{field} must be a string")
+    if required and not value.strip():
+        raise InvalidConfigurationError(f"{field} must not be empty")
+    if len(value) > MAX_NAME_LENGTH:
+        raise InvalidConfigurationError(f"{field} must be at most {MAX_NAME_LENGTH} characters")
+    if "\x00" in value:
+        raise InvalidConfigurationError(f"{field} must not contain NUL bytes")
+    return value
+
+
+def _utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, UTC)
+
+
+# --- blocking helpers (run in a worker thread) -----------------------------------------------
+
+
+def _open_root(files_dir: Path, codebase_id: str) -> int:
+    try:
+        return os.open(files_dir, _DIR_FLAGS)
+    except FileNotFoundError:
+        raise _not_found(codebase_id) from None
+
+
+def _not_a_dir(field: str, prefix: str) -> InvalidConfigurationError:
+    return InvalidConfigurationError(
+        f"{field} goes through {prefix!r}, which is a file or a symbolic link, not a directory"
+    )
+
+
+def _open_parent(
+    files_dir: Path, codebase_id: str, parts: builtins.list[str], *, create: bool, field: str
+) -> int | None:
+    """An fd of the directory ``parts`` in the tree, opened without following links.
+
+    Missing directories are created when ``create``, else the result is ``None``.
+    """
+    fd = _open_root(files_dir, codebase_id)
+    try:
+        for index, part in enumerate(parts):
+            try:
+                try:
+                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        return None
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(part, 0o755, dir_fd=fd)
+                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as err:
+                if err.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise _not_a_dir(field, "/".join(parts[: index + 1])) from None
+                raise
+            fd, child = child, fd
+            os.close(child)
+        result, fd = fd, -1
+        return result
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _check_upload_target(files_dir: Path, codebase_id: str, parts: builtins.list[str]) -> None:
+    path = "/".join(parts)
+    parent = _open_parent(files_dir, codebase_id, parts[:-1], create=False, field="file_path")
+    if parent is None:
+        return
+    try:
+        st = _lstat_at(parent, parts[-1])
+    finally:
+        os.close(parent)
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise InvalidConfigurationError(f"file_path {path!r} is a directory")
+
+
+def _create_temp(path: Path) -> int:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    return os.open(path, flags, 0o644)
+
+
+def _write_all(fd: int, data: bytearray, digest: Any) -> None:
+    digest.update(data)
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _commit_upload(
+    temp: Path, files_dir: Path, codebase_id: str, parts: builtins.list[str]
+) -> None:
+    path = "/".join(parts)
+    parent = _open_parent(files_dir, codebase_id, parts[:-1], create=True, field="file_path")
+    assert parent is not None
+    try:
+        # rename() replaces a symlink itself, never the file it points to.
+        os.replace(temp, parts[-1], dst_dir_fd=parent)
+    except IsADirectoryError:
+        raise InvalidConfigurationError(f"file_path {path!r} is a directory") from None
+    finally:
+        os.close(parent)
+
+
+def _discard_temp(fd: int, temp: Path) -> None:
+    if fd >= 0:
+        os.close(fd)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temp)
+
+
+def _open_for_read(files_dir: Path, codebase_id: str, parts: builtins.list[str]) -> int:
+    path = "/".join(parts)
+    parent = _open_parent(files_dir, codebase_id, parts[:-1], create=False, field="file_path")
+    if parent is None:
+        raise _file_not_found(path, codebase_id)
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    try:
+        fd = os.open(parts[-1], flags, dir_fd=parent)
+    except FileNotFoundError:
+        raise _file_not_found(path, codebase_id) from None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise InvalidConfigurationError(
+                f"file_path {path!r} is a symbolic link; the server does not follow links"
+            ) from None
+        raise
+    finally:
+        os.close(parent)
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISREG(mode):
+        return fd
+    os.close(fd)
+    if stat.S_ISDIR(mode):
+        raise InvalidConfigurationError(f"file_path {path!r} is a directory, not a file")
+    raise InvalidConfigurationError(f"file_path {path!r} is not a regular file")
+
+
+def _scan(dir_fd: int) -> builtins.list[tuple[str, os.stat_result]]:
+    entries: builtins.list[tuple[str, os.stat_result]] = []
+    with os.scandir(dir_fd) as it:
+        for entry in it:
+            try:
+                entries.append((entry.name, entry.stat(follow_symlinks=False)))
+            except FileNotFoundError:
+                continue
+    return entries
+
+
+def _walk(top_fd: int, top_rel: str) -> Iterator[tuple[str, str, os.stat_result]]:
+    """``(path, name, lstat)`` of everything below ``top_fd``; links are never followed."""
+    stack: builtins.list[tuple[int, str, builtins.list[str] | None]] = [(top_fd, top_rel, None)]
+    try:
+        while stack:
+            fd, rel, pending = stack[-1]
+            if pending is None:
+                pending = []
+                for name, st in _scan(fd):
+                    path = f"{rel}/{name}" if rel else name
+                    yield path, name, st
+                    if stat.S_ISDIR(st.st_mode):
+                        pending.append(name)
+                pending.reverse()
+                stack[-1] = (fd, rel, pending)
+            if not pending:
+                stack.pop()
+                if fd != top_fd:
+                    os.close(fd)
+                continue
+            name = pending.pop()
+            try:
+                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError as err:  # replaced or removed since the scan
+                if err.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                    continue
+                raise
+            stack.append((child, f"{rel}/{name}" if rel else name, None))
+    finally:
+        for fd, _, _ in stack:
+            if fd != top_fd:
+                os.close(fd)
+
+
+def _file_record(path: str, name: str, st: os.stat_result) -> FileRecord:
+    is_dir = stat.S_ISDIR(st.st_mode)
+    return FileRecord(
+        path=path,
+        name=name,
+        is_dir=is_dir,
+        size=0 if is_dir else st.st_size,
+        modified_at=_utc(st.st_mtime),
+    )
+
+
+def _list_files(
+    files_dir: Path, codebase_id: str, rel: str, recursive: bool
+) -> builtins.list[FileRecord]:
+    parts = rel.split("/") if rel else []
+    parent = _open_parent(files_dir, codebase_id, parts[:-1], create=False, field="path")
+    if parent is None:
+        raise _file_not_found(rel, codebase_id)
+    top = parent
+    try:
+        if parts:
+            st = _lstat_at(parent, parts[-1])
+            if st is None:
+                raise _file_not_found(rel, codebase_id)
+            if not stat.S_ISDIR(st.st_mode):
+                return [_file_record(rel, parts[-1], st)]
+            try:
+                top = os.open(parts[-1], _DIR_FLAGS, dir_fd=parent)
+            except OSError as err:  # replaced since the lstat
+                if err.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                    raise _file_not_found(rel, codebase_id) from None
+                raise
+        if recursive:
+            records = [_file_record(p, n, st) for p, n, st in _walk(top, rel)]
+        else:
+            records = [_file_record(f"{rel}/{n}" if rel else n, n, st) for n, st in _scan(top)]
+    finally:
+        os.close(parent)
+        if top != parent:
+            os.close(top)
+    records.sort(key=lambda r: r.path)
+    return records
+
+
+def _stats(files_dir: Path, codebase_id: str) -> tuple[int, int]:
+    root = _open_root(files_dir, codebase_id)
+    size = count = 0
+    try:
+        for _, _, st in _walk(root, ""):
+            if stat.S_ISREG(st.st_mode):
+                size += st.st_size
+                count += 1
+    finally:
+        os.close(root)
+    return size, count
+
+
+def _meta_to_json(record: CodebaseRecord) -> str:
+    meta = {"id": record.id, "name": record.name, "owner_id": record.owner_id}
+    for key in ("created_at", "updated_at"):
+        meta[key] = getattr(record, key).isoformat()
+    return json.dumps(meta, indent=2)
+
+
+def _meta_from_json(text: str) -> CodebaseRecord:
+    data = json.loads(text)
+    record = CodebaseRecord(
+        id=str(data["id"]),
+        name=str(data["name"]),
+        owner_id=str(data.get("owner_id", "")),
+        created_at=datetime.fromisoformat(data["created_at"]),
+        updated_at=datetime.fromisoformat(data["updated_at"]),
+    )
+    if record.created_at.tzinfo is None or record.updated_at.tzinfo is None:
+        raise ValueError("timestamps must carry a time zone")
+    return record
+
+
+def _write_meta(codebase_dir: Path, record: CodebaseRecord) -> None:
+    temp = codebase_dir / f".meta-{secrets.token_hex(4)}.tmp"
+    temp.write_text(_meta_to_json(record), encoding="utf-8")
+    os.replace(temp, codebase_dir / "meta.json")
+
+
+def _create_dirs(codebase_dir: Path, record: CodebaseRecord) -> None:
+    codebase_dir.mkdir(mode=0o755)
+    try:
+        (codebase_dir / "files").mkdir(mode=0o755)
+        (codebase_dir / "tmp").mkdir(mode=0o700)
+        _write_meta(codebase_dir, record)
+    except BaseException:
+        shutil.rmtree(codebase_dir, ignore_errors=True)
+        raise
+
+
+def _load_all(root: Path) -> builtins.list[CodebaseRecord]:
+    root.mkdir(parents=True, exist_ok=True)
+    records: builtins.list[CodebaseRecord] = []
+    for entry in root.iterdir():
+        if entry.name.startswith(".trash-"):
+            shutil.rmtree(entry, ignore_errors=True)
+            continue
+        if not _ID_RE.fullmatch(entry.name) or entry.is_symlink() or not entry.is_dir():
+            continue
+        try:
+            record = _meta_from_json((entry / "meta.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            _log.warning("skipping codebase directory %s: %s", entry, err)
+            continue
+        if record.id != entry.name:
+            _log.warning("skipping codebase directory %s: meta.json names %s", entry, record.id)
+            continue
+        (entry / "files").mkdir(mode=0o755, exist_ok=True)
+        tmp = entry / "tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(mode=0o700)
+        records.append(record)
+    return records
+
+
+def _encode_token(record: CodebaseRecord) -> str:
+    raw = f"{record.created_at.isoformat()}|{record.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode("ascii")
+
+
+def _decode_token(token: str) -> tuple[datetime, str]:
+    invalid = InvalidConfigurationError(
+        "page_token is not valid; pass the next_page_token of a previous ListCodebases call"
+    )
+    try:
+        raw = base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True).decode()
+        created, _, codebase_id = raw.partition("|")
+        created_at = datetime.fromisoformat(created)
+    except (ValueError, UnicodeError, binascii.Error):
+        raise invalid from None
+    if not _ID_RE.fullmatch(codebase_id) or created_at.tzinfo is None:
+        raise invalid
+    return created_at, codebase_id
+
+
+class CodebaseStore:
+    """Codebases kept under ``root``; call :meth:`load` once before use."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = Path(root)
+        self._records: dict[str, CodebaseRecord] = {}
+        self._meta_lock = anyio.Lock()
+
+    @property
+    def root(self) -> Path:
+        return self._root
+
+    async def load(self) -> None:
+        """Read every codebase's metadata from disk (and clear leftovers of a crash)."""
+        records = await _run(_load_all, self._root)
+        self._records = {r.id: r for r in records}
+
+    def _record(self, codebase_id: str) -> CodebaseRecord:
+        record = self._records.get(codebase_id) if isinstance(codebase_id, str) else None
+        if record is None:
+            raise _not_found(str(codebase_id))
+        return record
+
+    def _dir(self, codebase_id: str) -> Path:
+        return self._root / codebase_id
+
+    def files_dir(self, codebase_id: str) -> Path:
+        """The host directory holding the codebase's tree (what a sandbox binds)."""
+        return self._dir(self._record(codebase_id).id) / "files"
+
+    def exists(self, codebase_id: str) -> bool:
+        return codebase_id in self._records
+
+    async def create(self, name: str, owner_id: str = "") -> CodebaseRecord:
+        name = _check_text(name, "name", required=True)
+        owner_id = _check_text(owner_id or "", "owner_id", required=False)
+        now = datetime.now(UTC)
+        record = CodebaseRecord(
+            id=f"cb_{secrets.token_hex(8)}",
+            name=name,
+            owner_id=owner_id,
+            created_at=now,
+            updated_at=now,
+        )
+        await _run(_create_dirs, self._dir(record.id), record)
+        self._records[record.id] = record
+        return record
+
+    async def get(self, codebase_id: str) -> CodebaseRecord:
+        return self._record(codebase_id)
+
+    async def list(
+        self, owner_id: str = "", page_size: int = 0, page_token: str = ""
+    ) -> tuple[builtins.list[CodebaseRecord], str]:
+        """One page of codebases (of ``owner_id`` if given) and the next page's token."""
+        if page_size < 0:
+            raise InvalidConfigurationError("page_size must not be negative")
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        records = sorted(
+            (r for r in self._records.values() if not owner_id or r.owner_id == owner_id),
+            key=lambda r: (r.created_at, r.id),
+        )
+        if page_token:
+            after = _decode_token(page_token)
+            records = [r for r in records if (r.created_at, r.id) > after]
+        page = records[:size]
+        next_token = _encode_token(page[-1]) if len(records) > size else ""
+        return page, next_token
+
+    async def delete(self, codebase_id: str) -> None:
+        """Remove the codebase and its tree from disk."""
+        record = self._record(codebase_id)
+        trash = self._root / f".trash-{record.id}-{secrets.token_hex(4)}"
+        await _run(os.rename, self._dir(record.id), trash)
+        self._records.pop(record.id, None)
+        await _run(functools.partial(shutil.rmtree, trash, ignore_errors=True))
+
+    async def touch(self, codebase_id: str) -> CodebaseRecord:
+        """Bump ``updated_at`` (after any change of the tree) and persist it."""
+        async with self._meta_lock:
+            record = self._record(codebase_id)
+            record = replace(record, updated_at=max(datetime.now(UTC), record.updated_at))
+            self._records[record.id] = record
+            await _run(_write_meta, self._dir(record.id), record)
+        return record
+
+    async def upload(
+        self,
+        codebase_id: str,
+        rel_path: str,
+        total_size: int,
+        chunks: AsyncIterator[bytes],
+        max_bytes: int,
+    ) -> tuple[int, str]:
+        """Stream ``chunks`` into ``rel_path``; returns ``(size, sha256 hex)``.
+
+        The file appears atomically when complete; a refused or broken upload leaves nothing.
+        ``chunks`` is closed (``aclose``) when the upload ends.
+        """
+        record = self._record(codebase_id)
+        path = _relpath(rel_path, "file_path")
+        parts = path.split("/")
+        if total_size < 0:
+            raise InvalidConfigurationError("total_size must not be negative")
+        if total_size > max_bytes:
+            raise ResourceLimitExceededError(
+                f"file {path} ({total_size} bytes) exceeds the upload limit of {max_bytes} bytes"
+            )
+        files_dir = self._dir(record.id) / "files"
+        await _run(_check_upload_target, files_dir, record.id, parts)
+        temp = self._dir(record.id) / "tmp" / f"upload-{secrets.token_hex(8)}"
+        try:
+            fd = await _run(_create_temp, temp)
+        except FileNotFoundError:
+            raise _not_found(record.id) from None
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            buffer = bytearray()
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ResourceLimitExceededError(
+                        f"file {path} exceeds the upload limit of {max_bytes} bytes"
+                    )
+                if total_size and size > total_size:
+                    raise InvalidConfigurationError(
+                        f"total_size is {total_size} bytes but more data was sent"
+                    )
+                buffer += chunk
+                if len(buffer) >= _WRITE_BUFFER:
+                    data, buffer = buffer, bytearray()
+                    await _run(_write_all, fd, data, digest)
+            if buffer:
+                await _run(_write_all, fd, buffer, digest)
+            if total_size and size != total_size:
+                raise InvalidConfigurationError(
+                    f"total_size is {total_size} bytes but {size} bytes were sent"
+                )
+            closing, fd = fd, -1
+            await _run(os.close, closing)
+            await _run(_commit_upload, temp, files_dir, record.id, parts)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await _run(_discard_temp, fd, temp)
+                aclose = getattr(chunks, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+        if self.exists(record.id):
+            await self.touch(record.id)
+        return size, digest.hexdigest()
+
+    async def download(
+        self, codebase_id: str, rel_path: str, chunk_size: int = 64 * 1024
+    ) -> AsyncGenerator[bytes, None]:
+        """The content of a regular file, in chunks of at most ``chunk_size`` bytes."""
+        record = self._record(codebase_id)
+        path = _relpath(rel_path, "file_path")
+        if chunk_size <= 0:
+            raise InvalidConfigurationError("chunk_size must be positive")
+        fd = await _run(_open_for_read, self._dir(record.id) / "files", record.id, path.split("/"))
+        try:
+            while True:
+                data = await _run(os.read, fd, chunk_size)
+                if not data:
+                    return
+                yield data
+        finally:
+            os.close(fd)
+
+    async def list_files(
+        self, codebase_id: str, path: str = "", recursive: bool = False
+    ) -> builtins.list[FileRecord]:
+        """Entries under ``path`` ("" or "/" is the root), sorted by path; links not followed."""
+        record = self._record(codebase_id)
+        rel = _relpath(path, "path", allow_root=True)
+        return await _run(_list_files, self._dir(record.id) / "files", record.id, rel, recursive)
+
+    async def stats(self, codebase_id: str) -> tuple[int, int]:
+        """``(total bytes, number)`` of the regular files in the tree, counted now."""
+        record = self._record(codebase_id)
+        return await _run(_stats, self._dir(record.id) / "files", record.id)
