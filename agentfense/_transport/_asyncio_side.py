@@ -1,0 +1,192 @@
+"""gRPC calls on the current asyncio loop (grpclib); the only place that drives grpclib."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import suppress
+from types import TracebackType
+from typing import Generic, TypeVar
+
+import betterproto
+from grpclib.client import Channel, Stream
+from grpclib.const import Cardinality
+
+from agentfense._transport._endpoint import Endpoint
+from agentfense._transport._errors import mapped_errors, trailers_only_status
+from agentfense.errors import ConnectionError
+
+T = TypeVar("T")  # a generated response message class (unbound: generated code is untyped)
+Producer = Callable[[], AsyncIterator[betterproto.Message]]
+
+
+class _ProducerFailed(Exception):
+    """Carries an exception raised by a client-stream producer past the error mapping."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(repr(error))
+        self.error = error
+
+
+def _no_response(endpoint: str) -> ConnectionError:
+    return ConnectionError(
+        f"cannot reach the AgentFense server at {endpoint}: the call ended without a response"
+    )
+
+
+class GrpcCalls:
+    """One grpclib channel; construct and use it only on the loop that will run the calls."""
+
+    def __init__(self, endpoint: Endpoint, *, secure: bool) -> None:
+        ssl = True if secure else None
+        if endpoint.path is not None:
+            self.channel = Channel(path=endpoint.path, ssl=ssl)
+        else:
+            self.channel = Channel(endpoint.host, endpoint.port, ssl=ssl)
+        self.endpoint = endpoint.text
+
+    async def unary(
+        self,
+        path: str,
+        request: betterproto.Message,
+        response_type: type[T],
+        *,
+        timeout: float | None = None,
+    ) -> T:
+        with mapped_errors(self.endpoint):
+            async with self.channel.request(
+                path, Cardinality.UNARY_UNARY, type(request), response_type, timeout=timeout
+            ) as stream:
+                with trailers_only_status(stream):
+                    await stream.send_message(request, end=True)
+                    response = await stream.recv_message()
+        if response is None:
+            raise _no_response(self.endpoint)
+        return response
+
+    def server_stream(
+        self,
+        path: str,
+        request: betterproto.Message,
+        response_type: type[T],
+        *,
+        timeout: float | None = None,
+    ) -> ServerStream[T]:
+        return ServerStream(self, path, request, response_type, timeout)
+
+    async def client_stream(
+        self,
+        path: str,
+        produce: Producer,
+        response_type: type[T],
+        *,
+        timeout: float | None = None,
+    ) -> T:
+        try:
+            with mapped_errors(self.endpoint):
+                async with self.channel.request(
+                    path,
+                    Cardinality.STREAM_UNARY,
+                    betterproto.Message,
+                    response_type,
+                    timeout=timeout,
+                ) as stream:
+                    with trailers_only_status(stream):
+                        await stream.send_request()
+                        await _send_all(stream, produce)
+                        await stream.end()
+                        response = await stream.recv_message()
+        except _ProducerFailed as failed:
+            raise failed.error from None
+        if response is None:
+            raise _no_response(self.endpoint)
+        return response
+
+    async def aclose(self) -> None:
+        self.channel.close()
+
+
+async def _send_all(stream: Stream[betterproto.Message, T], produce: Producer) -> None:
+    """Send each message as the producer yields it (grpclib applies HTTP/2 flow control)."""
+    messages = produce()
+    try:
+        while True:
+            try:
+                message = await anext(messages)
+            except StopAsyncIteration:
+                return
+            except Exception as exc:
+                raise _ProducerFailed(exc) from exc
+            await stream.send_message(message)
+    finally:
+        aclose = getattr(messages, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+class ServerStream(Generic[T]):
+    """``async with`` it to start the call; iterate it for the responses.
+
+    Leaving the block before the server ended the stream resets the HTTP/2 stream, so the
+    server's handler is cancelled.
+    """
+
+    def __init__(
+        self,
+        calls: GrpcCalls,
+        path: str,
+        request: betterproto.Message,
+        response_type: type[T],
+        timeout: float | None,
+    ) -> None:
+        self._endpoint = calls.endpoint
+        self._request = request
+        self._stream: Stream[betterproto.Message, T] = calls.channel.request(
+            path, Cardinality.UNARY_STREAM, type(request), response_type, timeout=timeout
+        )
+        self._finished = False
+
+    async def __aenter__(self) -> ServerStream[T]:
+        await self._stream.__aenter__()
+        try:
+            with mapped_errors(self._endpoint):
+                await self._stream.send_message(self._request, end=True)
+        except BaseException as exc:
+            await self._stream.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    def __aiter__(self) -> ServerStream[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        if self._finished:
+            raise StopAsyncIteration
+        with mapped_errors(self._endpoint), trailers_only_status(self._stream):
+            message = await self._stream.recv_message()
+        if message is None:
+            self._finished = True
+            raise StopAsyncIteration
+        return message
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is not None:
+            # No awaits on this path: grpclib resets the stream synchronously. The caller's
+            # exception is the one that matters, so cleanup failures are dropped.
+            with suppress(Exception):
+                await self._stream.__aexit__(exc_type, exc, tb)
+            return
+        if self._finished:
+            with mapped_errors(self._endpoint):
+                await self._stream.__aexit__(None, None, None)
+            return
+        # Left early: tell the server (RST_STREAM). Failures here are of no interest to the
+        # caller, who has stopped listening.
+        with suppress(Exception):
+            await self._stream.cancel()
+        with suppress(Exception):
+            await self._stream.__aexit__(None, None, None)

@@ -1,0 +1,69 @@
+"""Translation of grpclib/asyncio/socket failures into the SDK's typed errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import h2.exceptions
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+from grpclib.metadata import decode_grpc_message
+
+from agentfense.errors import ConnectionError, SandboxError, StatusCode, error_from_status
+
+
+def translate(exc: BaseException, endpoint: str) -> SandboxError | None:
+    """The SDK error for a transport-level ``exc``, or ``None`` if ``exc`` is not one."""
+    if isinstance(exc, GRPCError):
+        return error_from_status(int(exc.status.value), exc.message or "")
+    # asyncio's deadline expiry is a bare TimeoutError; the OS's ETIMEDOUT carries an errno.
+    if isinstance(exc, TimeoutError) and exc.errno is None:
+        return error_from_status(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+    if isinstance(
+        exc, OSError | StreamTerminatedError | ProtocolError | h2.exceptions.H2Error | EOFError
+    ):
+        why = str(exc) or type(exc).__name__
+        return ConnectionError(f"cannot reach the AgentFense server at {endpoint}: {why}")
+    return None
+
+
+def _status_in_headers(headers: object) -> GRPCError | None:
+    try:
+        headers_map = dict(headers)  # type: ignore[call-overload]
+        status = Status(int(headers_map["grpc-status"]))
+    except (TypeError, ValueError, KeyError):
+        return None
+    message = headers_map.get("grpc-message")
+    return GRPCError(status, decode_grpc_message(message) if message else None)
+
+
+@contextmanager
+def trailers_only_status(stream: object) -> Iterator[None]:
+    """Recover the real status of a trailers-only error response without a content-type.
+
+    grpclib servers send one (e.g. for an unknown method, UNIMPLEMENTED), and grpclib clients
+    then report only UNKNOWN "Missing content-type header"; the headers hold the real status.
+    """
+    try:
+        yield
+    except GRPCError as exc:
+        if exc.status is not Status.UNKNOWN or "content-type" not in (exc.message or ""):
+            raise
+        headers = getattr(getattr(stream, "_stream", None), "headers", None)
+        recovered = _status_in_headers(headers)
+        if recovered is None or recovered.status is Status.OK:
+            raise
+        raise recovered from exc
+
+
+@contextmanager
+def mapped_errors(endpoint: str) -> Iterator[None]:
+    """Re-raise transport failures inside the block as SDK errors; let anything else through."""
+    try:
+        yield
+    except Exception as exc:
+        mapped = translate(exc, endpoint)
+        if mapped is None:
+            raise
+        raise mapped from exc
