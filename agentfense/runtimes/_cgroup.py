@@ -1,0 +1,76 @@
+"""Per-command cgroups on the cgroup v2 hierarchy, so that killing a command reaches every
+process it started (even ones that left its session). Absent cgroup v2 (or root), commands
+are killed by process group instead, and :func:`find_cgroup2_root` says so by returning None.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+import anyio
+
+_PARENT = "agentfense"
+
+
+def find_cgroup2_root(mountinfo: str | None = None) -> Path | None:
+    """The writable cgroup2 mount point (``/sys/fs/cgroup`` or ``.../unified``), if any."""
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return None
+    for line in mountinfo.splitlines():
+        left, _, right = line.partition(" - ")
+        if right.split(" ", 1)[0] == "cgroup2":
+            path = Path(left.split(" ")[4])
+            if os.access(path, os.W_OK) and (path / "cgroup.procs").exists():
+                return path
+    return None
+
+
+class SandboxCgroup:
+    """``<cgroup2>/agentfense/<sandbox>/`` with one leaf per running command."""
+
+    def __init__(self, root: Path, sandbox_id: str) -> None:
+        self.path = root / _PARENT / sandbox_id
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._next = 0
+
+    def open_command(self) -> tuple[Path, int]:
+        """A new leaf cgroup and a write fd on its ``cgroup.procs`` (joins a process to it)."""
+        self._next += 1
+        leaf = self.path / f"cmd-{self._next}"
+        leaf.mkdir()
+        return leaf, os.open(leaf / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+
+    @staticmethod
+    def kill(leaf: Path) -> None:
+        with contextlib.suppress(OSError):
+            (leaf / "cgroup.kill").write_text("1")
+
+    @staticmethod
+    def try_remove(leaf: Path) -> bool:
+        """Remove an empty leaf; False while processes (background jobs) remain in it."""
+        try:
+            leaf.rmdir()
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        return True
+
+    async def destroy(self) -> None:
+        """Kill everything left in the sandbox's cgroups and remove them."""
+        leaves = sorted(self.path.glob("cmd-*"))
+        for leaf in leaves:
+            self.kill(leaf)
+        for leaf in leaves:
+            # cgroup.kill completes asynchronously: poll (for up to 5 s) until the leaf empties.
+            for _ in range(1000):
+                if self.try_remove(leaf):
+                    break
+                await anyio.sleep(0.005)
+        with contextlib.suppress(OSError):
+            self.path.rmdir()

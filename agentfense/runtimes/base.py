@@ -1,0 +1,78 @@
+"""What the server asks of a runtime: start a long-lived sandbox, spawn commands inside it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from ..types import ResourceLimits
+
+
+class RuntimeError_(Exception):
+    """A runtime could not do what was asked (the message says why, as a sentence)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxSpec:
+    sandbox_id: str
+    workspace: Path
+    writable: bool
+    image: str = ""
+    resources: ResourceLimits = field(default_factory=ResourceLimits)
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec:
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    cwd: str
+
+
+class Process(Protocol):
+    """One command running in a sandbox. The runtime owns the pipes' other ends."""
+
+    stdin_fd: int
+    stdout_fd: int
+    stderr_fd: int
+
+    async def wait(self) -> int:
+        """Wait for the command's own process to exit; its exit code (128+N for signal N)."""
+        ...
+
+    async def kill(self) -> None:
+        """Kill every process the command started, then release what it held."""
+        ...
+
+    async def release(self) -> None:
+        """Release bookkeeping after a normal exit (its background jobs keep running)."""
+        ...
+
+
+class SandboxHandle(Protocol):
+    @property
+    def alive(self) -> bool: ...
+
+    async def spawn(self, command: CommandSpec) -> Process: ...
+
+    async def stop(self) -> None:
+        """Kill every process of the sandbox and release its resources."""
+        ...
+
+
+class Runtime(Protocol):
+    name: str
+
+    async def start(self, spec: SandboxSpec) -> SandboxHandle: ...
+
+
+BASE_ENV: Mapping[str, str] = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/home/sandbox",
+    "LANG": "C.UTF-8",
+    "USER": "sandbox",
+    "LOGNAME": "sandbox",
+}
+
+WORKSPACE = "/workspace"

@@ -1,0 +1,235 @@
+"""The bubblewrap runtime: each sandbox is one long-lived bwrap process tree.
+
+``start`` launches ``bwrap`` with every namespace unshared and the agent (``_agent.py``) as its
+command; each exec is spawned by that agent, so background jobs, ``/tmp`` and ``$HOME`` live until
+the sandbox stops. Inside, the sandbox sees ``/usr`` (and the merged-usr links) read-only, a few
+files of ``/etc`` read-only, a generated ``passwd``/``group``/``hosts``, fresh ``/proc``, ``/dev``,
+``/tmp`` and ``$HOME``, and its workspace at ``/workspace``. It runs as uid 1000 with no
+capabilities, no network, its own pid/ipc/uts namespaces and a new session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from ._agent_client import AGENT_SOURCE, AgentConnection
+from ._cgroup import SandboxCgroup, find_cgroup2_root
+from .base import WORKSPACE, CommandSpec, Process, RuntimeError_, SandboxSpec
+
+SANDBOX_UID = 1000
+_SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
+_ETC_ENTRIES = (
+    "alternatives",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "ssl",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "mime.types",
+    "nsswitch.conf",
+    "debian_version",
+    "os-release",
+    "bash.bashrc",
+    "profile",
+    "inputrc",
+    "terminfo",
+    "python3",
+    "python3.11",
+)
+
+
+def _generated_etc(directory: Path) -> dict[str, Path]:
+    files = {
+        "passwd": "root:x:0:0:root:/root:/usr/sbin/nologin\n"
+        f"sandbox:x:{SANDBOX_UID}:{SANDBOX_UID}:sandbox:/home/sandbox:/bin/sh\n"
+        "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+        "group": f"root:x:0:\nsandbox:x:{SANDBOX_UID}:\nnogroup:x:65534:\n",
+        "hosts": "127.0.0.1 localhost sandbox\n::1 localhost ip6-localhost\n",
+        "hostname": "sandbox\n",
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, text in files.items():
+        path = directory / name
+        path.write_text(text)
+        path.chmod(0o644)
+        paths[name] = path
+    return paths
+
+
+def bwrap_isolation_args(etc_dir: Path) -> list[str]:
+    """Everything but the workspace and the command: shared with the benchmark's raw bwrap."""
+    args = [
+        "--unshare-all",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--uid",
+        str(SANDBOX_UID),
+        "--gid",
+        str(SANDBOX_UID),
+        "--hostname",
+        "sandbox",
+        "--clearenv",
+    ]
+    root = Path("/")
+    for name in _SYSTEM_DIRS:
+        path = root / name
+        if path.is_symlink():
+            args += ["--symlink", os.readlink(path), f"/{name}"]
+        elif path.is_dir():
+            args += ["--ro-bind", str(path), f"/{name}"]
+    for name in _ETC_ENTRIES:
+        path = root / "etc" / name
+        if path.is_symlink():
+            args += ["--symlink", os.readlink(path), f"/etc/{name}"]
+        elif path.exists():
+            args += ["--ro-bind", str(path), f"/etc/{name}"]
+    for name, path in _generated_etc(etc_dir).items():
+        args += ["--ro-bind", str(path), f"/etc/{name}"]
+    args += [
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--tmpfs",
+        "/tmp",
+        "--tmpfs",
+        "/home",
+        "--dir",
+        "/home/sandbox",
+        "--chmod",
+        "0700",
+        "/home/sandbox",
+    ]
+    return args
+
+
+class BwrapSandbox:
+    """A running bwrap sandbox; implements ``runtimes.base.SandboxHandle``."""
+
+    def __init__(
+        self, process: anyio.abc.Process, agent: AgentConnection, cgroup: SandboxCgroup | None
+    ) -> None:
+        self._process = process
+        self._agent = agent
+        self._cgroup = cgroup
+
+    @property
+    def alive(self) -> bool:
+        return not self._agent.closed.is_set()
+
+    async def spawn(self, command: CommandSpec) -> Process:
+        return await self._agent.spawn(command)
+
+    async def stop(self) -> None:
+        with anyio.CancelScope(shield=True):
+            self._agent.shutdown()
+            if self._cgroup is not None:
+                await self._cgroup.destroy()
+            with anyio.move_on_after(5):
+                await self._agent.closed.wait()
+                await self._process.wait()
+            if self._process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    self._process.send_signal(signal.SIGKILL)
+                await self._process.wait()
+
+
+class BwrapRuntime:
+    """Starts sandboxes with bubblewrap. ``state_dir`` holds generated files (``/etc`` parts)."""
+
+    name = "bwrap"
+
+    def __init__(self, state_dir: Path, *, python: str = "/usr/bin/python3") -> None:
+        self._etc_dir = state_dir / "bwrap-etc"
+        self._log_dir = state_dir / "logs"
+        self._python = python
+        self._cgroup_root = find_cgroup2_root() if os.geteuid() == 0 else None
+        self._bwrap = shutil.which("bwrap")
+
+    def check(self) -> str | None:
+        """Why this runtime cannot start sandboxes here, or None when it can."""
+        if self._bwrap is None:
+            return "bubblewrap (bwrap) is not installed; install the 'bubblewrap' package"
+        if not Path(self._python).exists():
+            return f"{self._python} is missing; sandboxes need Python 3 on the host's /usr"
+        return None
+
+    async def start(self, spec: SandboxSpec, task_group: anyio.abc.TaskGroup) -> BwrapSandbox:
+        """Start the sandbox; its agent's reader runs in ``task_group`` until it stops."""
+        problem = self.check()
+        if problem is not None:
+            raise RuntimeError_(problem)
+        assert self._bwrap is not None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        cgroup = SandboxCgroup(self._cgroup_root, spec.sandbox_id) if self._cgroup_root else None
+        bind = "--bind" if spec.writable else "--ro-bind"
+        argv = [
+            self._bwrap,
+            *bwrap_isolation_args(self._etc_dir),
+            bind,
+            str(spec.workspace),
+            WORKSPACE,
+            "--remount-ro",
+            "/",
+            "--chdir",
+            WORKSPACE,
+            "--",
+            self._python,
+            "-I",
+            "-S",
+            "-c",
+            AGENT_SOURCE,
+            str(theirs.fileno()),
+        ]
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self._log_dir / f"{spec.sandbox_id}.log"
+        try:
+            with log_path.open("ab") as log:
+                process = await anyio.open_process(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    pass_fds=(theirs.fileno(),),
+                )
+        except OSError as exc:
+            ours.close()
+            raise RuntimeError_(f"cannot run bwrap: {exc.strerror}") from None
+        finally:
+            theirs.close()
+        agent = AgentConnection(ours, cgroup)
+        task_group.start_soon(agent.run)
+        sandbox = BwrapSandbox(process, agent, cgroup)
+        with anyio.move_on_after(10):
+            await _first_of(agent.ready.wait, agent.closed.wait)
+        if not agent.ready.is_set():
+            await sandbox.stop()
+            detail = log_path.read_text(errors="replace").strip()[-2000:]
+            raise RuntimeError_(f"the sandbox failed to start: {detail or 'bwrap said nothing'}")
+        return sandbox
+
+
+async def _first_of(*waits: Any) -> None:
+    async with anyio.create_task_group() as tg:
+
+        async def one(wait: Any) -> None:
+            await wait()
+            tg.cancel_scope.cancel()
+
+        for wait in waits:
+            tg.start_soon(one, wait)
