@@ -1,0 +1,108 @@
+"""``serve``: the AgentFense server process (grpclib on asyncio, logic on anyio)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+from grpclib.server import Server
+
+from ..errors import InvalidConfigurationError
+from .codebase_service import CodebaseService
+from .codebases import CodebaseStore
+from .config import ServerConfig
+from .sandbox_service import SandboxService
+from .sandboxes import SandboxManager
+
+log = logging.getLogger("agentfense.server")
+
+_LOOPBACK = {"localhost", "127.0.0.1", "::1", "[::1]"}
+
+
+def parse_listen(listen: str) -> tuple[str, int] | Path:
+    """``host:port`` or ``unix:/path``; a sentence naming the problem otherwise."""
+    if listen.startswith("unix:"):
+        path = listen[len("unix:") :]
+        while path.startswith("//"):
+            path = path[1:]
+        if not path:
+            raise InvalidConfigurationError("listen 'unix:' needs a socket path")
+        return Path(path)
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise InvalidConfigurationError(
+            f"listen must be 'host:port' or 'unix:/path/to.sock', not {listen!r}"
+        )
+    return host.strip("[]"), int(port)
+
+
+@contextlib.asynccontextmanager
+async def open_server(config: ServerConfig) -> AsyncIterator[str]:
+    """Run the server while the context is open; yields the address it listens on."""
+    address = parse_listen(config.listen)
+    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    store = CodebaseStore(config.state_dir / "codebases")
+    await store.load()
+    async with SandboxManager(config, store) as manager:
+        server = Server(
+            [
+                CodebaseService(
+                    store, in_use=manager.uses_codebase, max_upload_bytes=config.max_upload_bytes
+                ),
+                SandboxService(manager),
+            ]
+        )
+        if isinstance(address, Path):
+            address.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                address.unlink()
+            old_umask = os.umask(0o177)
+            try:
+                await server.start(path=str(address))
+            finally:
+                os.umask(old_umask)
+            shown = f"unix:{address}"
+        else:
+            host, port = address
+            if host not in _LOOPBACK:
+                log.warning(
+                    "listening on %s, which is not loopback: anyone who can reach it "
+                    "can run commands in sandboxes",
+                    host,
+                )
+            await server.start(host, port)
+            listening: Any = getattr(server, "_server", None)  # grpclib's asyncio server
+            sockets = getattr(listening, "sockets", None) or []
+            port = sockets[0].getsockname()[1] if sockets else port
+            shown = f"{host}:{port}"
+        try:
+            yield shown
+        finally:
+            with anyio.CancelScope(shield=True):
+                server.close()
+                await manager.shutdown()
+                with anyio.move_on_after(5):
+                    await server.wait_closed()
+                if isinstance(address, Path):
+                    with contextlib.suppress(FileNotFoundError):
+                        address.unlink()
+
+
+async def serve(
+    config: ServerConfig, *, task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve until cancelled or until SIGINT/SIGTERM, then shut down gracefully."""
+    async with open_server(config) as address:
+        log.info("agentfense listening on %s (state in %s)", address, config.state_dir)
+        task_status.started(address)
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("received %s, shutting down", signal.Signals(signum).name)
+                return

@@ -1,0 +1,101 @@
+"""Server configuration: embedded defaults, then a TOML file, then ``AGENTFENSE_*`` variables,
+then command-line flags (each later source wins)."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidConfigurationError
+
+DEFAULT_LISTEN = "localhost:9000"
+
+
+def default_state_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/agentfense")
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "agentfense"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Everything ``agentfense serve`` can be told. Sizes in bytes, times in seconds."""
+
+    listen: str = DEFAULT_LISTEN
+    state_dir: Path = field(default_factory=default_state_dir)
+    max_output_bytes: int = 16 * 1024 * 1024
+    max_upload_bytes: int = 1024 * 1024 * 1024
+    default_timeout: float = 300.0
+    max_timeout: float = 24 * 3600.0
+    expiry_check_interval: float = 1.0
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        for name in ("max_output_bytes", "max_upload_bytes"):
+            if getattr(self, name) <= 0:
+                raise InvalidConfigurationError(f"{name} must be positive")
+        for name in ("default_timeout", "max_timeout", "expiry_check_interval"):
+            if getattr(self, name) <= 0:
+                raise InvalidConfigurationError(f"{name} must be positive")
+        if self.default_timeout > self.max_timeout:
+            raise InvalidConfigurationError("default_timeout must not exceed max_timeout")
+
+    def with_values(self, values: Mapping[str, Any]) -> ServerConfig:
+        """A copy with ``values`` (strings are converted to each field's type)."""
+        known = {f.name: f for f in fields(self)}
+        converted: dict[str, Any] = {}
+        for name, value in values.items():
+            if name not in known:
+                raise InvalidConfigurationError(
+                    f"unknown setting {name!r}; known: {', '.join(sorted(known))}"
+                )
+            current = getattr(self, name)
+            try:
+                if isinstance(current, Path):
+                    converted[name] = Path(value)
+                elif isinstance(current, bool):
+                    converted[name] = str(value).lower() in {"1", "true", "yes"}
+                elif isinstance(current, int):
+                    converted[name] = int(value)
+                elif isinstance(current, float):
+                    converted[name] = float(value)
+                else:
+                    converted[name] = str(value)
+            except (TypeError, ValueError):
+                raise InvalidConfigurationError(
+                    f"setting {name} must be a {type(current).__name__}, not {value!r}"
+                ) from None
+        return replace(self, **converted)
+
+
+def load_config(
+    path: Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> ServerConfig:
+    """Defaults, then the TOML file (its ``[server]`` table or top level), env, overrides."""
+    config = ServerConfig()
+    environ = os.environ if environ is None else environ
+    path = path or (Path(environ["AGENTFENSE_CONFIG"]) if "AGENTFENSE_CONFIG" in environ else None)
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise InvalidConfigurationError(f"cannot read config {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise InvalidConfigurationError(f"config {path} is not valid TOML: {exc}") from None
+        config = config.with_values(data.get("server", data))
+    names = {f.name for f in fields(ServerConfig)}
+    from_env = {
+        key[len("AGENTFENSE_") :].lower(): value
+        for key, value in environ.items()
+        if key.startswith("AGENTFENSE_") and key[len("AGENTFENSE_") :].lower() in names
+    }
+    config = config.with_values(from_env)
+    return config.with_values({k: v for k, v in (overrides or {}).items() if v is not None})

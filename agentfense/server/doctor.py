@@ -1,0 +1,127 @@
+"""``agentfense doctor``: can this machine run sandboxes? Each check says how to fix it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..runtimes._cgroup import find_cgroup2_root
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    required: bool = True
+
+
+def _bwrap() -> Check:
+    path = shutil.which("bwrap")
+    if path is None:
+        return Check("bubblewrap", False, "bwrap not found", "apt-get install -y bubblewrap")
+    probe = subprocess.run(
+        [path, "--unshare-all", "--ro-bind", "/", "/", "--cap-drop", "ALL", "true"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    if probe.returncode != 0:
+        return Check(
+            "bubblewrap",
+            False,
+            f"bwrap cannot create namespaces: {probe.stderr.strip()}",
+            "enable user namespaces: sysctl -w kernel.unprivileged_userns_clone=1 "
+            "user.max_user_namespaces=15000",
+        )
+    return Check("bubblewrap", True, f"{path} creates isolated namespaces")
+
+
+def _userns() -> Check:
+    try:
+        limit = int(Path("/proc/sys/user/max_user_namespaces").read_text())
+    except OSError:
+        limit = -1
+    if limit == 0:
+        return Check(
+            "user namespaces",
+            False,
+            "user.max_user_namespaces is 0",
+            "sysctl -w user.max_user_namespaces=15000",
+        )
+    return Check("user namespaces", True, f"allowed (max {limit})")
+
+
+def _python() -> Check:
+    ok = Path("/usr/bin/python3").exists()
+    return Check(
+        "sandbox python",
+        ok,
+        "/usr/bin/python3 " + ("present" if ok else "missing"),
+        "apt-get install -y python3",
+    )
+
+
+def _fuse() -> Check:
+    dev = Path("/dev/fuse").exists()
+    tool = shutil.which("fusermount3")
+    ok = dev and tool is not None
+    return Check(
+        "FUSE",
+        ok,
+        f"/dev/fuse {'present' if dev else 'missing'}, fusermount3 "
+        f"{'present' if tool else 'missing'}",
+        "apt-get install -y fuse3 libfuse3-dev (and load the fuse module: modprobe fuse)",
+        required=False,
+    )
+
+
+def _cgroups() -> Check:
+    root = find_cgroup2_root() if os.geteuid() == 0 else None
+    if root is None:
+        return Check(
+            "cgroup v2",
+            False,
+            "no writable cgroup v2 hierarchy: timeouts kill by process group only",
+            "run the server as root on a host with cgroup v2 (mount -t cgroup2 none "
+            "/sys/fs/cgroup/unified)",
+            required=False,
+        )
+    return Check("cgroup v2", True, f"writable at {root}")
+
+
+def _docker() -> Check:
+    sock = Path("/var/run/docker.sock")
+    if not sock.exists():
+        return Check(
+            "docker",
+            False,
+            "no Docker engine socket at /var/run/docker.sock",
+            "apt-get install -y docker.io && dockerd --bridge=none --iptables=false &",
+            required=False,
+        )
+    try:
+        with socket.socket(socket.AF_UNIX) as conn:
+            conn.settimeout(2)
+            conn.connect(str(sock))
+    except OSError as exc:
+        return Check(
+            "docker",
+            False,
+            f"the Docker socket refuses connections: {exc.strerror}",
+            "start dockerd",
+            required=False,
+        )
+    return Check(
+        "docker", True, "engine reachable (the Docker runtime is not served yet)", required=False
+    )
+
+
+def run_checks() -> list[Check]:
+    return [_bwrap(), _userns(), _python(), _fuse(), _cgroups(), _docker()]

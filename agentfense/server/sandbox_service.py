@@ -1,0 +1,200 @@
+"""The ``sandbox.v1.SandboxService`` gRPC service on top of :class:`SandboxManager`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+import grpclib.const
+import grpclib.server
+from grpclib.exceptions import GRPCError
+
+from .._convert import (
+    RUNTIME_FROM_PB,
+    RUNTIME_TO_PB,
+    STATUS_TO_PB,
+    resources_from_pb,
+    resources_to_pb,
+    rule_from_pb,
+    rule_to_pb,
+)
+from .._proto.sandbox import v1 as pb
+from ..errors import InvalidConfigurationError, SandboxError
+from ..types import OutputStream, RuntimeType
+from .execution import Outcome
+from .sandboxes import ExecParams, SandboxManager, SandboxRecord
+
+__all__ = ["SandboxService"]
+
+_STREAM_TYPE = {
+    OutputStream.STDOUT: pb.ExecOutputOutputType.OUTPUT_TYPE_STDOUT,
+    OutputStream.STDERR: pb.ExecOutputOutputType.OUTPUT_TYPE_STDERR,
+}
+
+
+@contextmanager
+def grpc_errors() -> Iterator[None]:
+    """Turn a :class:`SandboxError` into the ``GRPCError`` carrying its status and message."""
+    try:
+        yield
+    except SandboxError as err:
+        raise GRPCError(grpclib.const.Status(err.code), err.message) from None
+
+
+def sandbox_to_pb(record: SandboxRecord) -> pb.Sandbox:
+    message = pb.Sandbox(
+        id=record.id,
+        codebase_id=record.codebase_id,
+        permissions=[rule_to_pb(rule) for rule in record.permissions],
+        status=STATUS_TO_PB[record.status],
+        labels=dict(record.labels),
+        created_at=record.created_at,
+        runtime=RUNTIME_TO_PB[record.runtime],
+        image=record.image,
+        resources=resources_to_pb(record.resources),
+    )
+    for name in ("started_at", "stopped_at", "expires_at"):
+        value = getattr(record, name)
+        if value is not None:
+            setattr(message, name, value)
+    return message
+
+
+def _seconds(value: timedelta | None) -> float | None:
+    return value.total_seconds() if value else None
+
+
+def _result(outcome: Outcome) -> pb.ExecResult:
+    return pb.ExecResult(
+        stdout=outcome.stdout.decode(errors="replace"),
+        stderr=outcome.stderr.decode(errors="replace"),
+        exit_code=outcome.exit_code,
+        duration=timedelta(seconds=outcome.duration),
+    )
+
+
+def _timed_out(params: ExecParams, outcome: Outcome) -> GRPCError:
+    return GRPCError(
+        grpclib.const.Status.DEADLINE_EXCEEDED,
+        f"command timed out after {outcome.duration:.3g} s and was killed",
+    )
+
+
+def _exec_params(request: pb.ExecRequest) -> ExecParams:
+    return ExecParams(
+        command=request.command,
+        stdin=request.stdin.encode(),
+        env=dict(request.env),
+        workdir=request.workdir,
+        timeout=_seconds(request.timeout),
+    )
+
+
+class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
+    """Sandbox lifecycle and exec RPCs. Sessions are not served yet (UNIMPLEMENTED)."""
+
+    def __init__(self, manager: SandboxManager) -> None:
+        self._manager = manager
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        mapping: dict[str, grpclib.const.Handler] = super().__mapping__()
+        mapping["/sandbox.v1.SandboxService/ExecStream"] = grpclib.const.Handler(
+            self._exec_stream,
+            grpclib.const.Cardinality.UNARY_STREAM,
+            pb.ExecRequest,
+            pb.ExecOutput,
+        )
+        return mapping
+
+    async def create_sandbox(self, request: pb.CreateSandboxRequest) -> pb.Sandbox:
+        with grpc_errors():
+            rules = [rule_from_pb(rule, i) for i, rule in enumerate(request.permissions)]
+            runtime = RUNTIME_FROM_PB.get(request.runtime, RuntimeType.BWRAP)
+            if request.runtime not in RUNTIME_FROM_PB and request.runtime != 0:
+                raise InvalidConfigurationError(f"runtime {request.runtime} is not a known runtime")
+            record = await self._manager.create(
+                codebase_id=request.codebase_id,
+                permissions=rules,
+                runtime=runtime,
+                image=request.image,
+                resources=resources_from_pb(request.resources),
+                labels=dict(request.labels),
+                expires_in=request.expires_in or None,
+            )
+            return sandbox_to_pb(record)
+
+    async def get_sandbox(self, request: pb.GetSandboxRequest) -> pb.Sandbox:
+        with grpc_errors():
+            return sandbox_to_pb(self._manager.get(request.sandbox_id))
+
+    async def list_sandboxes(self, request: pb.ListSandboxesRequest) -> pb.ListSandboxesResponse:
+        with grpc_errors():
+            records, token = self._manager.list(
+                request.codebase_id, request.page_size, request.page_token
+            )
+            return pb.ListSandboxesResponse(
+                sandboxes=[sandbox_to_pb(r) for r in records], next_page_token=token
+            )
+
+    async def start_sandbox(self, request: pb.StartSandboxRequest) -> pb.Sandbox:
+        with grpc_errors():
+            return sandbox_to_pb(await self._manager.start(request.sandbox_id))
+
+    async def stop_sandbox(self, request: pb.StopSandboxRequest) -> pb.Sandbox:
+        with grpc_errors():
+            return sandbox_to_pb(await self._manager.stop(request.sandbox_id))
+
+    async def destroy_sandbox(self, request: pb.DestroySandboxRequest) -> pb.Empty:
+        with grpc_errors():
+            await self._manager.destroy(request.sandbox_id)
+            return pb.Empty()
+
+    async def exec(self, request: pb.ExecRequest) -> pb.ExecResult:
+        with grpc_errors():
+            params = _exec_params(request)
+            outcome = await self._manager.exec(request.sandbox_id, params)
+        if outcome.timed_out:
+            raise _timed_out(params, outcome)
+        return _result(outcome)
+
+    async def _exec_stream(self, stream: grpclib.server.Stream[Any, Any]) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+
+        async def send(kind: OutputStream, data: bytes) -> None:
+            await stream.send_message(pb.ExecOutput(type=_STREAM_TYPE[kind], data=data))
+
+        with grpc_errors():
+            params = _exec_params(request)
+            outcome = await self._manager.exec(request.sandbox_id, params, on_output=send)
+        if outcome.timed_out:
+            raise _timed_out(params, outcome)
+        await stream.send_message(pb.ExecOutput(result=_result(outcome)))
+
+    async def exec_stream(self, request: pb.ExecRequest) -> Any:  # served by _exec_stream
+        raise GRPCError(grpclib.const.Status.INTERNAL, "unreachable")
+
+    async def _sessions_unavailable(self) -> Any:
+        raise GRPCError(
+            grpclib.const.Status.UNIMPLEMENTED, "sessions are not available on this server yet"
+        )
+
+    async def create_session(self, request: pb.CreateSessionRequest) -> pb.Session:
+        return await self._sessions_unavailable()
+
+    async def get_session(self, request: pb.GetSessionRequest) -> pb.Session:
+        return await self._sessions_unavailable()
+
+    async def list_sessions(self, request: pb.ListSessionsRequest) -> pb.ListSessionsResponse:
+        return await self._sessions_unavailable()
+
+    async def destroy_session(self, request: pb.DestroySessionRequest) -> pb.Empty:
+        return await self._sessions_unavailable()
+
+    async def session_exec(self, request: pb.SessionExecRequest) -> pb.ExecResult:
+        return await self._sessions_unavailable()
+
+    async def session_exec_stream(self, request: pb.SessionExecRequest) -> Any:
+        return await self._sessions_unavailable()

@@ -1,0 +1,336 @@
+"""The sandbox manager: records, the state machine, runtimes, expiry and command execution.
+
+States: pending → running ⇄ stopped, and error when the runtime fails. A sandbox's processes
+live from start to stop; ``exec`` enters the running sandbox. Everything here raises the
+SDK's typed errors (``agentfense.errors``); the gRPC adapter turns them into statuses.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import anyio
+import anyio.abc
+
+from ..errors import (
+    InvalidConfigurationError,
+    SandboxError,
+    SandboxNotFoundError,
+    SandboxNotRunningError,
+    StatusCode,
+)
+from ..runtimes.base import (
+    BASE_ENV,
+    WORKSPACE,
+    CommandSpec,
+    RuntimeError_,
+    SandboxHandle,
+    SandboxSpec,
+)
+from ..runtimes.bwrap import BwrapRuntime
+from ..types import PermissionRule, ResourceLimits, RuntimeType, SandboxStatus
+from ._bind_policy import UnenforceableRules, workspace_mode
+from .codebases import CodebaseStore
+from .config import ServerConfig
+from .execution import OnOutput, Outcome, run_to_completion
+
+_ID_RE = re.compile(r"^sb_[0-9a-f]{16}$")
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class SandboxRecord:
+    id: str
+    codebase_id: str
+    permissions: tuple[PermissionRule, ...]
+    writable: bool
+    runtime: RuntimeType
+    image: str
+    resources: ResourceLimits
+    labels: dict[str, str]
+    status: SandboxStatus = SandboxStatus.PENDING
+    created_at: datetime = field(default_factory=_now)
+    started_at: datetime | None = None
+    stopped_at: datetime | None = None
+    expires_at: datetime | None = None
+    error: str = ""
+    handle: SandboxHandle | None = None
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
+
+
+@dataclass(frozen=True, slots=True)
+class ExecParams:
+    command: str
+    stdin: bytes = b""
+    env: Mapping[str, str] = field(default_factory=dict)
+    workdir: str = ""
+    timeout: float | None = None
+
+
+def _not_found(sandbox_id: str) -> SandboxNotFoundError:
+    return SandboxNotFoundError(f"sandbox {sandbox_id[:64]!r} not found")
+
+
+class SandboxManager:
+    """Owns every sandbox of the server. Use as ``async with SandboxManager(...)``."""
+
+    def __init__(self, config: ServerConfig, codebases: CodebaseStore) -> None:
+        self._config = config
+        self._codebases = codebases
+        self._sandboxes: dict[str, SandboxRecord] = {}
+        self._bwrap = BwrapRuntime(config.state_dir)
+        self._task_group: anyio.abc.TaskGroup | None = None
+
+    async def __aenter__(self) -> SandboxManager:
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        self._task_group.start_soon(self._expire_loop)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._task_group is not None
+        with anyio.CancelScope(shield=True):
+            await self.shutdown()
+        self._task_group.cancel_scope.cancel()
+        await self._task_group.__aexit__(None, None, None)
+
+    async def shutdown(self) -> None:
+        """Stop every running sandbox (the server is going away)."""
+        async with anyio.create_task_group() as tg:
+            for record in list(self._sandboxes.values()):
+                tg.start_soon(self._stop_record, record)
+
+    # -- queries ----------------------------------------------------------------------------
+
+    def uses_codebase(self, codebase_id: str) -> bool:
+        return any(r.codebase_id == codebase_id for r in self._sandboxes.values())
+
+    def get(self, sandbox_id: str) -> SandboxRecord:
+        if not _ID_RE.match(sandbox_id):
+            if not sandbox_id:
+                raise InvalidConfigurationError("sandbox_id must not be empty")
+            raise _not_found(sandbox_id)
+        try:
+            return self._sandboxes[sandbox_id]
+        except KeyError:
+            raise _not_found(sandbox_id) from None
+
+    def list(
+        self, codebase_id: str, page_size: int, page_token: str
+    ) -> tuple[list[SandboxRecord], str]:
+        if page_size < 0:
+            raise InvalidConfigurationError("page_size must not be negative")
+        size = min(page_size or 100, 1000)
+        records = sorted(self._sandboxes.values(), key=lambda r: (r.created_at, r.id))
+        if codebase_id:
+            records = [r for r in records if r.codebase_id == codebase_id]
+        if page_token:
+            after = _decode_token(page_token)
+            records = [r for r in records if (r.created_at.isoformat(), r.id) > after]
+        page = records[:size]
+        token = _encode_token(page[-1]) if len(records) > size else ""
+        return page, token
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def create(
+        self,
+        *,
+        codebase_id: str,
+        permissions: Sequence[PermissionRule],
+        runtime: RuntimeType,
+        image: str,
+        resources: ResourceLimits,
+        labels: Mapping[str, str],
+        expires_in: timedelta | None,
+    ) -> SandboxRecord:
+        if not codebase_id:
+            raise InvalidConfigurationError("codebase_id must not be empty")
+        await self._codebases.get(codebase_id)
+        self._check_runtime(runtime)
+        if not resources.is_empty:
+            raise SandboxError(
+                "resource limits are not enforced by this server yet; leave resources unset",
+                code=StatusCode.FAILED_PRECONDITION,
+            )
+        for key, value in labels.items():
+            if not key or len(key) > 256 or len(value) > 1024:
+                raise InvalidConfigurationError(
+                    "labels keys must be 1-256 characters and values at most 1024"
+                )
+        if expires_in is not None and expires_in < timedelta(0):
+            raise InvalidConfigurationError("expires_in must not be negative")
+        try:
+            writable = workspace_mode(permissions)
+        except UnenforceableRules as exc:
+            raise SandboxError(str(exc), code=StatusCode.FAILED_PRECONDITION) from None
+        record = SandboxRecord(
+            id="sb_" + secrets.token_hex(8),
+            codebase_id=codebase_id,
+            permissions=tuple(permissions),
+            writable=writable,
+            runtime=runtime,
+            image=image,
+            resources=resources,
+            labels=dict(labels),
+        )
+        if expires_in:
+            record.expires_at = record.created_at + expires_in
+        self._sandboxes[record.id] = record
+        return record
+
+    def _check_runtime(self, runtime: RuntimeType) -> None:
+        if runtime is RuntimeType.DOCKER:
+            raise SandboxError(
+                "the Docker runtime is not available on this server; use runtime 'bwrap'",
+                code=StatusCode.FAILED_PRECONDITION,
+            )
+        problem = self._bwrap.check()
+        if problem is not None:
+            raise SandboxError(problem, code=StatusCode.FAILED_PRECONDITION)
+
+    async def start(self, sandbox_id: str) -> SandboxRecord:
+        record = self.get(sandbox_id)
+        async with record.lock:
+            if record.status is SandboxStatus.RUNNING and record.handle and record.handle.alive:
+                return record
+            assert self._task_group is not None
+            spec = SandboxSpec(
+                sandbox_id=record.id,
+                workspace=self._codebases.files_dir(record.codebase_id),
+                writable=record.writable,
+                image=record.image,
+                resources=record.resources,
+            )
+            try:
+                record.handle = await self._bwrap.start(spec, self._task_group)
+            except RuntimeError_ as exc:
+                record.status, record.error = SandboxStatus.ERROR, str(exc)
+                raise SandboxError(str(exc), code=StatusCode.INTERNAL) from None
+            record.status, record.error = SandboxStatus.RUNNING, ""
+            record.started_at, record.stopped_at = _now(), None
+            return record
+
+    async def stop(self, sandbox_id: str) -> SandboxRecord:
+        record = self.get(sandbox_id)
+        await self._stop_record(record)
+        return record
+
+    async def _stop_record(self, record: SandboxRecord) -> None:
+        with anyio.CancelScope(shield=True):
+            async with record.lock:
+                handle, record.handle = record.handle, None
+                if handle is not None:
+                    await handle.stop()
+                if record.status is SandboxStatus.RUNNING:
+                    record.status = SandboxStatus.STOPPED
+                    record.stopped_at = _now()
+
+    async def destroy(self, sandbox_id: str) -> None:
+        record = self.get(sandbox_id)
+        await self._stop_record(record)
+        self._sandboxes.pop(record.id, None)
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await anyio.sleep(self._config.expiry_check_interval)
+            now = _now()
+            for record in list(self._sandboxes.values()):
+                if record.expires_at is not None and record.expires_at <= now:
+                    await self.destroy(record.id)
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def running_handle(self, sandbox_id: str) -> tuple[SandboxRecord, SandboxHandle]:
+        record = self.get(sandbox_id)
+        handle = record.handle
+        if record.status is not SandboxStatus.RUNNING or handle is None:
+            raise SandboxNotRunningError(
+                f"sandbox {record.id} is not running (status: {record.status.value})"
+            )
+        if not handle.alive:
+            record.status, record.error = SandboxStatus.ERROR, "the sandbox's processes died"
+            raise SandboxNotRunningError(f"sandbox {record.id} is not running (its processes died)")
+        return record, handle
+
+    def _command(self, params: ExecParams) -> CommandSpec:
+        if not params.command.strip():
+            raise InvalidConfigurationError("command must not be empty")
+        if "\x00" in params.command:
+            raise InvalidConfigurationError("command must not contain NUL")
+        env = dict(BASE_ENV)
+        for name, value in params.env.items():
+            if not _ENV_NAME_RE.match(name):
+                raise InvalidConfigurationError(f"env name {name[:64]!r} is not a valid name")
+            if "\x00" in value:
+                raise InvalidConfigurationError(f"env {name} must not contain NUL")
+            env[name] = value
+        return CommandSpec(("/bin/sh", "-c", params.command), env, _workdir(params.workdir))
+
+    def _timeout(self, timeout: float | None) -> float:
+        if timeout is None or timeout == 0:
+            return self._config.default_timeout
+        if timeout < 0:
+            raise InvalidConfigurationError("timeout must not be negative")
+        if timeout > self._config.max_timeout:
+            raise InvalidConfigurationError(
+                f"timeout must be at most {self._config.max_timeout:g} seconds on this server"
+            )
+        return timeout
+
+    async def exec(
+        self, sandbox_id: str, params: ExecParams, on_output: OnOutput | None = None
+    ) -> Outcome:
+        _record, handle = self.running_handle(sandbox_id)
+        command = self._command(params)
+        timeout = self._timeout(params.timeout)
+        try:
+            process = await handle.spawn(command)
+        except RuntimeError_ as exc:
+            raise SandboxError(str(exc), code=StatusCode.FAILED_PRECONDITION) from None
+        return await run_to_completion(
+            process,
+            stdin=params.stdin,
+            timeout=timeout,
+            max_output=self._config.max_output_bytes,
+            on_output=on_output,
+        )
+
+    def __iter__(self) -> Iterator[SandboxRecord]:
+        return iter(list(self._sandboxes.values()))
+
+
+def _workdir(workdir: str) -> str:
+    if "\x00" in workdir:
+        raise InvalidConfigurationError("workdir must not contain NUL")
+    if not workdir:
+        return WORKSPACE
+    return workdir if workdir.startswith("/") else str(Path(WORKSPACE) / workdir)
+
+
+def _encode_token(record: SandboxRecord) -> str:
+    raw = f"{record.created_at.isoformat()}|{record.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _decode_token(token: str) -> tuple[str, str]:
+    try:
+        created, _, ident = base64.urlsafe_b64decode(token.encode()).decode().partition("|")
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidConfigurationError("page_token is not a token this server issued") from None
+    if not _ID_RE.match(ident):
+        raise InvalidConfigurationError("page_token is not a token this server issued")
+    return created, ident
+
+
+__all__ = ["ExecParams", "SandboxManager", "SandboxRecord"]
