@@ -1,0 +1,81 @@
+"""AgentFense: least-privilege sandboxes for AI agents.
+
+The async SDK (``AsyncSandbox``, ``AsyncSandboxClient``) runs identically under trio and
+asyncio; the server is ``agentfense serve``.
+"""
+
+from agentfense.client._client import AsyncSandboxClient as AsyncSandboxClient
+from agentfense.client._stream import ExecStream as ExecStream
+from agentfense.client.sandbox import AsyncSandbox as AsyncSandbox
+from agentfense.errors import CodebaseNotFoundError as CodebaseNotFoundError
+from agentfense.errors import CommandExecutionError as CommandExecutionError
+from agentfense.errors import CommandTimeoutError as CommandTimeoutError
+from agentfense.errors import ConnectionError as ConnectionError
+from agentfense.errors import InvalidConfigurationError as InvalidConfigurationError
+from agentfense.errors import PermissionDeniedError as PermissionDeniedError
+from agentfense.errors import ResourceLimitExceededError as ResourceLimitExceededError
+from agentfense.errors import SandboxError as SandboxError
+from agentfense.errors import SandboxNotFoundError as SandboxNotFoundError
+from agentfense.errors import SandboxNotRunningError as SandboxNotRunningError
+from agentfense.errors import SessionClosedError as SessionClosedError
+from agentfense.errors import SessionNotFoundError as SessionNotFoundError
+from agentfense.presets import extend_preset as extend_preset
+from agentfense.presets import get_preset as get_preset
+from agentfense.presets import get_preset_dicts as get_preset_dicts
+from agentfense.presets import list_presets as list_presets
+from agentfense.presets import register_preset as register_preset
+from agentfense.types import Codebase as Codebase
+from agentfense.types import ExecResult as ExecResult
+from agentfense.types import FileInfo as FileInfo
+from agentfense.types import OutputChunk as OutputChunk
+from agentfense.types import OutputStream as OutputStream
+from agentfense.types import PatternType as PatternType
+from agentfense.types import Permission as Permission
+from agentfense.types import PermissionRule as PermissionRule
+from agentfense.types import ResourceLimits as ResourceLimits
+from agentfense.types import RuntimeType as RuntimeType
+from agentfense.types import SandboxInfo as SandboxInfo
+from agentfense.types import SandboxStatus as SandboxStatus
+from agentfense.types import SessionInfo as SessionInfo
+from agentfense.types import SessionStatus as SessionStatus
+from agentfense.types import UploadResult as UploadResult
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncSandbox",
+    "AsyncSandboxClient",
+    "Codebase",
+    "CodebaseNotFoundError",
+    "CommandExecutionError",
+    "CommandTimeoutError",
+    "ConnectionError",
+    "ExecResult",
+    "ExecStream",
+    "FileInfo",
+    "InvalidConfigurationError",
+    "OutputChunk",
+    "OutputStream",
+    "PatternType",
+    "Permission",
+    "PermissionDeniedError",
+    "PermissionRule",
+    "ResourceLimitExceededError",
+    "ResourceLimits",
+    "RuntimeType",
+    "SandboxError",
+    "SandboxInfo",
+    "SandboxNotFoundError",
+    "SandboxNotRunningError",
+    "SandboxStatus",
+    "SessionClosedError",
+    "SessionInfo",
+    "SessionNotFoundError",
+    "SessionStatus",
+    "UploadResult",
+    "extend_preset",
+    "get_preset",
+    "get_preset_dicts",
+    "list_presets",
+    "register_preset",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from agentfense.cli import main
+
+sys.exit(main())

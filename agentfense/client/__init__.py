@@ -1,0 +1,1 @@
+"""The async SDK: the low-level client and the high-level sandbox."""

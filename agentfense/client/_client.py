@@ -1,0 +1,367 @@
+"""``AsyncSandboxClient``: every RPC of the ``sandbox.v1`` API, with the SDK's own types."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterable, Mapping
+from datetime import timedelta
+from os import PathLike
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import anyio
+
+from .. import _convert as convert
+from .._proto.sandbox import v1 as pb
+from .._transport import DEFAULT_ENDPOINT, Transport, open_transport
+from ..errors import InvalidConfigurationError
+from ..presets import RuleLike, normalize_rules
+from ..types import (
+    Codebase,
+    ExecResult,
+    FileInfo,
+    ResourceLimits,
+    RuntimeType,
+    SandboxInfo,
+    SessionInfo,
+    UploadResult,
+)
+from ._stream import ExecStream
+
+T = TypeVar("T")
+
+_CODEBASE = "/sandbox.v1.CodebaseService/"
+_SANDBOX = "/sandbox.v1.SandboxService/"
+UPLOAD_CHUNK = 256 * 1024
+# The gRPC deadline of an exec outlives the command's own timeout by this much, so that the
+# server's verdict (DEADLINE_EXCEEDED after killing the command) is the one the caller sees.
+_DEADLINE_MARGIN = 30.0
+
+
+def _duration(seconds: float | None) -> timedelta | None:
+    if seconds is None:
+        return None
+    if seconds < 0:
+        raise InvalidConfigurationError("timeout must not be negative")
+    return timedelta(seconds=seconds)
+
+
+def _runtime(value: RuntimeType | str) -> RuntimeType:
+    try:
+        return RuntimeType(value)
+    except ValueError:
+        raise InvalidConfigurationError(
+            f"runtime must be 'bwrap' or 'docker', not {value!r}"
+        ) from None
+
+
+class AsyncSandboxClient:
+    """Low-level async client of an AgentFense server (or any ``sandbox.v1`` server).
+
+    Works under asyncio and trio alike. Use ``async with AsyncSandboxClient(...) as client``,
+    or call ``await client.close()`` when done.
+    """
+
+    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, *, secure: bool = False) -> None:
+        self.endpoint = endpoint
+        self.secure = secure
+        self._transport: Transport | None = None
+        self._opening: anyio.Event | None = None
+
+    async def _channel(self) -> Transport:
+        while self._transport is None:
+            if self._opening is not None:
+                await self._opening.wait()
+                continue
+            self._opening = anyio.Event()
+            try:
+                self._transport = await open_transport(self.endpoint, secure=self.secure)
+            finally:
+                self._opening.set()
+                self._opening = None
+        return self._transport
+
+    async def _unary(self, method: str, request: Any, reply: type[Any], **kw: Any) -> Any:
+        return await (await self._channel()).unary(method, request, reply, **kw)
+
+    async def close(self) -> None:
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            await transport.aclose()
+
+    aclose = close
+
+    async def __aenter__(self) -> AsyncSandboxClient:
+        await self._channel()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.close()
+
+    # -- codebases --------------------------------------------------------------------------
+
+    async def create_codebase(self, name: str, owner_id: str = "") -> Codebase:
+        request = pb.CreateCodebaseRequest(name=name, owner_id=owner_id or "")
+        return convert.codebase_from_pb(
+            await self._unary(_CODEBASE + "CreateCodebase", request, pb.Codebase)
+        )
+
+    async def get_codebase(self, codebase_id: str) -> Codebase:
+        request = pb.GetCodebaseRequest(codebase_id=codebase_id)
+        return convert.codebase_from_pb(
+            await self._unary(_CODEBASE + "GetCodebase", request, pb.Codebase)
+        )
+
+    async def list_codebases(self, owner_id: str = "", *, page_size: int = 0) -> list[Codebase]:
+        """Every codebase (of ``owner_id`` if given), fetched page by page."""
+        found: list[Codebase] = []
+        token = ""
+        while True:
+            request = pb.ListCodebasesRequest(
+                owner_id=owner_id or "", page_size=page_size, page_token=token
+            )
+            reply = await self._unary(
+                _CODEBASE + "ListCodebases", request, pb.ListCodebasesResponse
+            )
+            found += [convert.codebase_from_pb(c) for c in reply.codebases]
+            token = reply.next_page_token
+            if not token:
+                return found
+
+    async def delete_codebase(self, codebase_id: str) -> None:
+        request = pb.DeleteCodebaseRequest(codebase_id=codebase_id)
+        await self._unary(_CODEBASE + "DeleteCodebase", request, pb.Empty)
+
+    async def upload_file(
+        self, codebase_id: str, file_path: str, content: bytes | str
+    ) -> UploadResult:
+        """Upload ``content`` as ``file_path`` of the codebase (streamed in chunks)."""
+        data = content.encode() if isinstance(content, str) else bytes(content)
+
+        async def chunks() -> AsyncIterator[pb.UploadChunk]:
+            yield pb.UploadChunk(
+                metadata=pb.UploadChunkMetadata(
+                    codebase_id=codebase_id, file_path=file_path, total_size=len(data)
+                )
+            )
+            for start in range(0, len(data), UPLOAD_CHUNK):
+                yield pb.UploadChunk(data=data[start : start + UPLOAD_CHUNK])
+
+        return await self._upload(chunks)
+
+    async def upload_local_file(
+        self, codebase_id: str, file_path: str, local_path: str | PathLike[str]
+    ) -> UploadResult:
+        """Upload a local file without reading it into memory."""
+        source = Path(local_path)
+
+        async def chunks() -> AsyncIterator[pb.UploadChunk]:
+            async with await anyio.open_file(source, "rb") as handle:
+                size = (await anyio.Path(source).stat()).st_size
+                yield pb.UploadChunk(
+                    metadata=pb.UploadChunkMetadata(
+                        codebase_id=codebase_id, file_path=file_path, total_size=size
+                    )
+                )
+                while block := await handle.read(UPLOAD_CHUNK):
+                    yield pb.UploadChunk(data=block)
+
+        return await self._upload(chunks)
+
+    async def _upload(self, chunks: Any) -> UploadResult:
+        transport = await self._channel()
+        reply = await transport.client_stream(_CODEBASE + "UploadFiles", chunks, pb.UploadResult)
+        return convert.upload_result_from_pb(reply)
+
+    async def download_file(self, codebase_id: str, file_path: str) -> bytes:
+        """The whole content of a codebase file (the owner's unfiltered view)."""
+        request = pb.DownloadFileRequest(codebase_id=codebase_id, file_path=file_path)
+        parts: list[bytes] = []
+        async with self._server_stream(_CODEBASE + "DownloadFile", request, pb.FileChunk) as stream:
+            async for chunk in stream:
+                parts.append(chunk.data)
+        return b"".join(parts)
+
+    async def list_files(
+        self, codebase_id: str, path: str = "", recursive: bool = False
+    ) -> list[FileInfo]:
+        request = pb.ListFilesRequest(codebase_id=codebase_id, path=path, recursive=recursive)
+        reply = await self._unary(_CODEBASE + "ListFiles", request, pb.ListFilesResponse)
+        return [convert.file_info_from_pb(f) for f in reply.files]
+
+    # -- sandboxes --------------------------------------------------------------------------
+
+    async def create_sandbox(
+        self,
+        codebase_id: str,
+        *,
+        permissions: Iterable[RuleLike] | None = None,
+        runtime: RuntimeType | str = RuntimeType.BWRAP,
+        image: str | None = None,
+        resources: ResourceLimits | None = None,
+        labels: Mapping[str, str] | None = None,
+        expires_in: float | timedelta | None = None,
+    ) -> SandboxInfo:
+        expiry = expires_in if isinstance(expires_in, timedelta) else _duration(expires_in)
+        request = pb.CreateSandboxRequest(
+            codebase_id=codebase_id,
+            permissions=[convert.rule_to_pb(r) for r in normalize_rules(permissions)],
+            labels=dict(labels or {}),
+            runtime=convert.RUNTIME_TO_PB[_runtime(runtime)],
+            image=image or "",
+            resources=convert.resources_to_pb(resources),
+        )
+        if expiry is not None:
+            request.expires_in = expiry
+        return convert.sandbox_from_pb(
+            await self._unary(_SANDBOX + "CreateSandbox", request, pb.Sandbox)
+        )
+
+    async def get_sandbox(self, sandbox_id: str) -> SandboxInfo:
+        request = pb.GetSandboxRequest(sandbox_id=sandbox_id)
+        return convert.sandbox_from_pb(
+            await self._unary(_SANDBOX + "GetSandbox", request, pb.Sandbox)
+        )
+
+    async def list_sandboxes(
+        self, codebase_id: str = "", *, page_size: int = 0
+    ) -> list[SandboxInfo]:
+        """Every sandbox (of ``codebase_id`` if given), fetched page by page."""
+        found: list[SandboxInfo] = []
+        token = ""
+        while True:
+            request = pb.ListSandboxesRequest(
+                codebase_id=codebase_id or "", page_size=page_size, page_token=token
+            )
+            reply = await self._unary(_SANDBOX + "ListSandboxes", request, pb.ListSandboxesResponse)
+            found += [convert.sandbox_from_pb(s) for s in reply.sandboxes]
+            token = reply.next_page_token
+            if not token:
+                return found
+
+    async def start_sandbox(self, sandbox_id: str) -> SandboxInfo:
+        request = pb.StartSandboxRequest(sandbox_id=sandbox_id)
+        return convert.sandbox_from_pb(
+            await self._unary(_SANDBOX + "StartSandbox", request, pb.Sandbox)
+        )
+
+    async def stop_sandbox(self, sandbox_id: str) -> SandboxInfo:
+        request = pb.StopSandboxRequest(sandbox_id=sandbox_id)
+        return convert.sandbox_from_pb(
+            await self._unary(_SANDBOX + "StopSandbox", request, pb.Sandbox)
+        )
+
+    async def destroy_sandbox(self, sandbox_id: str) -> None:
+        request = pb.DestroySandboxRequest(sandbox_id=sandbox_id)
+        await self._unary(_SANDBOX + "DestroySandbox", request, pb.Empty)
+
+    @staticmethod
+    def _exec_request(
+        sandbox_id: str,
+        command: str,
+        stdin: str | None,
+        env: Mapping[str, str] | None,
+        workdir: str | None,
+        timeout: float | None,
+    ) -> pb.ExecRequest:
+        if not isinstance(command, str):
+            raise InvalidConfigurationError("command must be a string")
+        request = pb.ExecRequest(
+            sandbox_id=sandbox_id,
+            command=command,
+            stdin=stdin or "",
+            env={str(k): str(v) for k, v in (env or {}).items()},
+            workdir=workdir or "",
+        )
+        duration = _duration(timeout)
+        if duration is not None:
+            request.timeout = duration
+        return request
+
+    async def exec(
+        self,
+        sandbox_id: str,
+        command: str,
+        *,
+        stdin: str | None = None,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        timeout: float | None = None,
+    ) -> ExecResult:
+        """Run ``command`` (``sh -c``) in a running sandbox; CommandTimeoutError on timeout."""
+        request = self._exec_request(sandbox_id, command, stdin, env, workdir, timeout)
+        deadline = None if timeout is None else timeout + _DEADLINE_MARGIN
+        reply = await self._unary(_SANDBOX + "Exec", request, pb.ExecResult, timeout=deadline)
+        return convert.exec_result_from_pb(reply)
+
+    def exec_stream(
+        self,
+        sandbox_id: str,
+        command: str,
+        *,
+        stdin: str | None = None,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        timeout: float | None = None,
+    ) -> ExecStream:
+        """Run ``command`` and stream its output; see :class:`ExecStream`."""
+        request = self._exec_request(sandbox_id, command, stdin, env, workdir, timeout)
+        return ExecStream(
+            lambda: self._server_stream(_SANDBOX + "ExecStream", request, pb.ExecOutput)
+        )
+
+    @contextlib.asynccontextmanager
+    async def _server_stream(
+        self,
+        method: str,
+        request: Any,
+        reply: type[T],
+    ) -> AsyncIterator[AsyncIterator[T]]:
+        transport = await self._channel()
+        async with transport.server_stream(method, request, reply) as stream:
+            yield stream
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    async def create_session(
+        self, sandbox_id: str, *, shell: str = "", env: Mapping[str, str] | None = None
+    ) -> SessionInfo:
+        request = pb.CreateSessionRequest(sandbox_id=sandbox_id, shell=shell, env=dict(env or {}))
+        return convert.session_from_pb(
+            await self._unary(_SANDBOX + "CreateSession", request, pb.Session)
+        )
+
+    async def get_session(self, session_id: str) -> SessionInfo:
+        request = pb.GetSessionRequest(session_id=session_id)
+        return convert.session_from_pb(
+            await self._unary(_SANDBOX + "GetSession", request, pb.Session)
+        )
+
+    async def list_sessions(self, sandbox_id: str) -> list[SessionInfo]:
+        request = pb.ListSessionsRequest(sandbox_id=sandbox_id)
+        reply = await self._unary(_SANDBOX + "ListSessions", request, pb.ListSessionsResponse)
+        return [convert.session_from_pb(s) for s in reply.sessions]
+
+    async def destroy_session(self, session_id: str) -> None:
+        request = pb.DestroySessionRequest(session_id=session_id)
+        await self._unary(_SANDBOX + "DestroySession", request, pb.Empty)
+
+    async def session_exec(
+        self, session_id: str, command: str, *, timeout: float | None = None
+    ) -> ExecResult:
+        request = pb.SessionExecRequest(session_id=session_id, command=command)
+        duration = _duration(timeout)
+        if duration is not None:
+            request.timeout = duration
+        deadline = None if timeout is None else timeout + _DEADLINE_MARGIN
+        reply = await self._unary(
+            _SANDBOX + "SessionExec", request, pb.ExecResult, timeout=deadline
+        )
+        return convert.exec_result_from_pb(reply)

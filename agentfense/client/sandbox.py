@@ -1,0 +1,330 @@
+"""``AsyncSandbox``: one sandbox, from a local project or an existing codebase, to destroy."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Mapping, Sequence
+from os import PathLike
+from pathlib import Path
+from types import TracebackType
+
+import anyio
+
+from .._transport import DEFAULT_ENDPOINT
+from ..errors import CommandExecutionError
+from ..presets import RuleLike, resolve_permissions
+from ..types import (
+    ExecResult,
+    FileInfo,
+    ResourceLimits,
+    RuntimeType,
+    SandboxInfo,
+    SandboxStatus,
+)
+from ..utils import scan_project
+from . import _files
+from ._client import AsyncSandboxClient
+from ._stream import ExecStream
+
+log = logging.getLogger("agentfense")
+
+UPLOAD_CONCURRENCY = 8
+
+
+class AsyncSandbox:
+    """A sandbox on an AgentFense server, usable from asyncio and trio alike.
+
+    ``async with await AsyncSandbox.from_local("./project") as sandbox:`` creates a codebase
+    from the project, a sandbox on it, starts it, and on exit destroys the sandbox and deletes
+    the codebase it created.
+    """
+
+    def __init__(
+        self,
+        client: AsyncSandboxClient,
+        info: SandboxInfo,
+        *,
+        owns_client: bool,
+        owns_sandbox: bool,
+        owned_codebase_id: str | None = None,
+    ) -> None:
+        self._client = client
+        self._info = info
+        self._owns_client = owns_client
+        self._owns_sandbox = owns_sandbox
+        self._owned_codebase_id = owned_codebase_id
+        self._closed = False
+
+    # -- construction -----------------------------------------------------------------------
+
+    @classmethod
+    async def from_local(
+        cls,
+        path: str | PathLike[str],
+        preset: str | None = "view-only",
+        permissions: Sequence[RuleLike] | None = None,
+        runtime: RuntimeType = RuntimeType.BWRAP,
+        image: str | None = None,
+        resources: ResourceLimits | None = None,
+        endpoint: str = DEFAULT_ENDPOINT,
+        secure: bool = False,
+        owner_id: str | None = None,
+        codebase_name: str | None = None,
+        ignore_patterns: list[str] | None = None,
+        labels: dict[str, str] | None = None,
+        auto_start: bool = True,
+    ) -> AsyncSandbox:
+        """Upload the project at ``path`` as a new codebase and create a sandbox on it."""
+        rules = resolve_permissions(preset, permissions)
+        root = Path(path)
+        scan = await anyio.to_thread.run_sync(lambda: scan_project(root, ignore_patterns))
+        name = codebase_name or await anyio.to_thread.run_sync(lambda: root.resolve().name)
+        for skipped in scan.skipped:
+            log.warning("not uploading %s: %s", skipped.rel_path, skipped.reason)
+        client = AsyncSandboxClient(endpoint, secure=secure)
+        codebase_id: str | None = None
+        try:
+            codebase = await client.create_codebase(name or "project", owner_id or "")
+            codebase_id = codebase.id
+            total = len(scan.files)
+            log.info("uploading %d files from %s to %s", total, root, codebase_id)
+            limiter = anyio.CapacityLimiter(UPLOAD_CONCURRENCY)
+
+            async def upload(index: int) -> None:
+                item = scan.files[index]
+                async with limiter:
+                    await client.upload_local_file(codebase.id, item.rel_path, item.abs_path)
+
+            async with anyio.create_task_group() as tg:
+                for index in range(total):
+                    tg.start_soon(upload, index)
+            info = await client.create_sandbox(
+                codebase.id,
+                permissions=rules,
+                runtime=runtime,
+                image=image,
+                resources=resources,
+                labels=labels,
+            )
+            sandbox = cls(
+                client, info, owns_client=True, owns_sandbox=True, owned_codebase_id=codebase_id
+            )
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                if codebase_id is not None:
+                    await _quietly(client.delete_codebase(codebase_id))
+                await client.close()
+            raise
+        if auto_start:
+            try:
+                await sandbox.start()
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await sandbox.destroy()
+                raise
+        return sandbox
+
+    @classmethod
+    async def from_codebase(
+        cls,
+        codebase_id: str,
+        preset: str | None = "view-only",
+        permissions: Sequence[RuleLike] | None = None,
+        runtime: RuntimeType = RuntimeType.BWRAP,
+        image: str | None = None,
+        resources: ResourceLimits | None = None,
+        endpoint: str = DEFAULT_ENDPOINT,
+        secure: bool = False,
+        labels: dict[str, str] | None = None,
+        auto_start: bool = True,
+    ) -> AsyncSandbox:
+        """A new sandbox on an existing codebase (which is kept when the sandbox goes)."""
+        rules = resolve_permissions(preset, permissions)
+        client = AsyncSandboxClient(endpoint, secure=secure)
+        try:
+            info = await client.create_sandbox(
+                codebase_id,
+                permissions=rules,
+                runtime=runtime,
+                image=image,
+                resources=resources,
+                labels=labels,
+            )
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await client.close()
+            raise
+        sandbox = cls(client, info, owns_client=True, owns_sandbox=True)
+        if auto_start:
+            try:
+                await sandbox.start()
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await sandbox.destroy()
+                raise
+        return sandbox
+
+    @classmethod
+    async def connect(
+        cls,
+        sandbox_id: str,
+        endpoint: str = DEFAULT_ENDPOINT,
+        secure: bool = False,
+        *,
+        destroy_on_exit: bool = False,
+    ) -> AsyncSandbox:
+        """Attach to an existing sandbox. Leaving ``async with`` destroys it only if asked."""
+        client = AsyncSandboxClient(endpoint, secure=secure)
+        try:
+            info = await client.get_sandbox(sandbox_id)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await client.close()
+            raise
+        return cls(client, info, owns_client=True, owns_sandbox=destroy_on_exit)
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        return self._info.id
+
+    @property
+    def codebase_id(self) -> str:
+        return self._info.codebase_id
+
+    @property
+    def status(self) -> SandboxStatus:
+        return self._info.status
+
+    @property
+    def info(self) -> SandboxInfo:
+        return self._info
+
+    @property
+    def client(self) -> AsyncSandboxClient:
+        return self._client
+
+    async def start(self) -> AsyncSandbox:
+        self._info = await self._client.start_sandbox(self.id)
+        return self
+
+    async def stop(self) -> AsyncSandbox:
+        self._info = await self._client.stop_sandbox(self.id)
+        return self
+
+    async def refresh(self) -> SandboxInfo:
+        self._info = await self._client.get_sandbox(self.id)
+        return self._info
+
+    async def destroy(self) -> None:
+        """Destroy the sandbox (and the codebase ``from_local`` created); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._client.destroy_sandbox(self.id)
+                if self._owned_codebase_id is not None:
+                    await self._client.delete_codebase(self._owned_codebase_id)
+            finally:
+                if self._owns_client:
+                    await self._client.close()
+
+    async def close(self) -> None:
+        """Release the connection without destroying anything."""
+        if not self._closed and self._owns_client:
+            self._closed = True
+            await self._client.close()
+
+    async def __aenter__(self) -> AsyncSandbox:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._owns_sandbox:
+            await self.destroy()
+        else:
+            with anyio.CancelScope(shield=True):
+                await self.close()
+
+    # -- commands ---------------------------------------------------------------------------
+
+    async def run(
+        self,
+        command: str,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        raise_on_error: bool = False,
+    ) -> ExecResult:
+        """Run ``command`` with ``sh -c`` in the sandbox and wait for it."""
+        return await self.exec(
+            command, timeout=timeout, env=env, workdir=workdir, raise_on_error=raise_on_error
+        )
+
+    async def exec(
+        self,
+        command: str,
+        *,
+        stdin: str | None = None,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        timeout: float | None = None,
+        raise_on_error: bool = False,
+    ) -> ExecResult:
+        result = await self._client.exec(
+            self.id, command, stdin=stdin, env=env, workdir=workdir, timeout=timeout
+        )
+        if raise_on_error and result.exit_code != 0:
+            raise CommandExecutionError(
+                f"command exited with {result.exit_code}: {command[:200]}",
+                exit_code=result.exit_code,
+                stdout=result.stdout,
+                stderr=result.stderr,
+            )
+        return result
+
+    def exec_stream(
+        self,
+        command: str,
+        *,
+        stdin: str | None = None,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        timeout: float | None = None,
+    ) -> ExecStream:
+        """Stream the command's output: ``async with sandbox.exec_stream(cmd) as s: ...``."""
+        return self._client.exec_stream(
+            self.id, command, stdin=stdin, env=env, workdir=workdir, timeout=timeout
+        )
+
+    # -- files (through the sandbox's own view and permissions) -----------------------------
+
+    async def read_file_bytes(self, path: str) -> bytes:
+        result = await self._client.exec(self.id, _files.read_command(path))
+        return _files.decode(result, path)
+
+    async def read_file(self, path: str, encoding: str = "utf-8") -> str:
+        return (await self.read_file_bytes(path)).decode(encoding)
+
+    async def write_file(self, path: str, content: str | bytes) -> None:
+        result = await self._client.exec(
+            self.id, _files.write_command(path), stdin=_files.encode(content)
+        )
+        _files.check(result, "write", path)
+
+    async def list_files(self, path: str = "/workspace", recursive: bool = False) -> list[FileInfo]:
+        result = await self._client.exec(self.id, _files.list_command(path, recursive))
+        return _files.parse_listing(result, path)
+
+
+async def _quietly(awaitable: Awaitable[object]) -> None:
+    try:
+        await awaitable
+    except Exception as exc:
+        log.warning("cleanup failed: %s", exc)
