@@ -105,7 +105,7 @@ class InvalidConfigurationError(SandboxError):
     default_code = StatusCode.INVALID_ARGUMENT
 
 
-class ConnectionError(SandboxError):  # noqa: A001 - the documented public name
+class ConnectionError(SandboxError):
     """The server could not be reached, or the connection broke mid-call."""
 
     default_code = StatusCode.UNAVAILABLE

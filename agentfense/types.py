@@ -9,20 +9,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any
 
 from .errors import InvalidConfigurationError
 
 
-class RuntimeType(str, Enum):
+class RuntimeType(StrEnum):
     """How a sandbox isolates its processes."""
 
     BWRAP = "bwrap"
     DOCKER = "docker"
 
 
-class Permission(str, Enum):
+class Permission(StrEnum):
     """Access level of a path: ``none < view < read < write``."""
 
     NONE = "none"
@@ -38,7 +38,7 @@ class Permission(str, Enum):
 _PERMISSION_RANK = {Permission.NONE: 0, Permission.VIEW: 1, Permission.READ: 2, Permission.WRITE: 3}
 
 
-class PatternType(str, Enum):
+class PatternType(StrEnum):
     """How a rule's pattern is matched: a glob, a directory and all below it, or one file."""
 
     GLOB = "glob"
@@ -46,19 +46,19 @@ class PatternType(str, Enum):
     FILE = "file"
 
 
-class SandboxStatus(str, Enum):
+class SandboxStatus(StrEnum):
     PENDING = "pending"
     RUNNING = "running"
     STOPPED = "stopped"
     ERROR = "error"
 
 
-class SessionStatus(str, Enum):
+class SessionStatus(StrEnum):
     ACTIVE = "active"
     CLOSED = "closed"
 
 
-class OutputStream(str, Enum):
+class OutputStream(StrEnum):
     STDOUT = "stdout"
     STDERR = "stderr"
 
@@ -67,10 +67,8 @@ def _enum_value(enum: type[Enum], value: object, what: str) -> Any:
     try:
         return enum(value.value if isinstance(value, Enum) else str(value).lower())
     except ValueError:
-        allowed = ", ".join(repr(m.value) for m in enum)  # type: ignore[attr-defined]
-        raise InvalidConfigurationError(
-            f"{what} must be one of {allowed}, not {value!r}"
-        ) from None
+        allowed = ", ".join(repr(m.value) for m in enum)
+        raise InvalidConfigurationError(f"{what} must be one of {allowed}, not {value!r}") from None
 
 
 @dataclass(frozen=True, slots=True)

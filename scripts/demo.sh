@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Sets everything up, starts a real AgentFense server and runs the demo agent against it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+state=$(mktemp -d /tmp/agentfense-demo.XXXXXX)
+.venv/bin/agentfense serve --listen "unix:$state/server.sock" --state-dir "$state/state" &
+server=$!
+trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$state"' EXIT
+for _ in $(seq 100); do [ -S "$state/server.sock" ] && break; sleep 0.1; done
+.venv/bin/python examples/demo.py --endpoint "unix:$state/server.sock"
