@@ -38,21 +38,35 @@ class ServerProcess:
         return self.process.returncode
 
 
-def _accepting(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX) as probe:
+def _accepting(listen: str) -> bool:
+    if listen.startswith("unix:"):
+        family, address = socket.AF_UNIX, listen[len("unix:") :]
+    else:
+        host, _, port = listen.rpartition(":")
+        family, address = socket.AF_INET, (host, int(port))  # type: ignore[assignment]
+    with socket.socket(family) as probe:
         try:
-            probe.connect(str(path))
+            probe.connect(address)
         except OSError:
             return False
     return True
 
 
 def start_server_process(
-    directory: Path | None = None, *, settings: dict[str, str] | None = None, wait: float = 30
+    directory: Path | None = None,
+    *,
+    listen: str | None = None,
+    settings: dict[str, str] | None = None,
+    wait: float = 30,
 ) -> ServerProcess:
-    """Start ``python -m agentfense serve`` and wait until it accepts connections."""
+    """Start ``python -m agentfense serve`` and wait until it accepts connections.
+
+    It listens on a unix socket in ``directory`` unless ``listen`` says otherwise (a TCP
+    ``host:port`` must be an IPv4 address here).
+    """
     root = Path(directory or tempfile.mkdtemp(prefix="agentfense-test-"))
     sock = root / "server.sock"
+    listen = listen or f"unix:{sock}"
     state = root / "state"
     log_path = root / "server.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTFENSE_")}
@@ -65,7 +79,7 @@ def start_server_process(
                 "agentfense",
                 "serve",
                 "--listen",
-                f"unix:{sock}",
+                listen,
                 "--state-dir",
                 str(state),
             ],
@@ -74,9 +88,9 @@ def start_server_process(
             stderr=subprocess.STDOUT,
             env=env,
         )
-    server = ServerProcess(process, f"unix:{sock}", sock, state, log_path)
+    server = ServerProcess(process, listen, sock, state, log_path)
     deadline = time.monotonic() + wait
-    while not (sock.exists() and _accepting(sock)):
+    while not _accepting(listen):
         if process.poll() is not None or time.monotonic() > deadline:
             server.stop()
             raise RuntimeError(f"the AgentFense server did not start:\n{server.log()}")
