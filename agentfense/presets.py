@@ -23,24 +23,30 @@ _SECRETS = (
 )
 
 
-def _rules(*rules: tuple[str, Permission]) -> tuple[PermissionRule, ...]:
-    return tuple(PermissionRule(pattern, permission) for pattern, permission in rules)
+# Priorities: secrets outrank everything a preset grants (so `/output/.env` stays hidden), and
+# the writable areas outrank the read-everything base rule. A user rule needs a priority of its
+# own above 100 to uncover a secret; at equal priority and specificity the user's rule wins.
+SECRET_PRIORITY = 100
+AREA_PRIORITY = 10
 
+
+def _rule(pattern: str, permission: Permission, priority: int = 0) -> PermissionRule:
+    return PermissionRule(pattern, permission, priority=priority)
+
+
+_HIDE_SECRETS = tuple(_rule(p, Permission.NONE, SECRET_PRIORITY) for p in _SECRETS)
 
 _PRESETS: dict[str, tuple[PermissionRule, ...]] = {
-    "view-only": _rules(("**", Permission.VIEW)),
-    "read-only": _rules(("**", Permission.READ)),
-    "full-access": _rules(("**", Permission.WRITE)),
-    "agent-safe": _rules(
-        ("**", Permission.READ),
-        ("/output/**", Permission.WRITE),
-        ("/tmp/**", Permission.WRITE),
-        *((pattern, Permission.NONE) for pattern in _SECRETS),
+    "view-only": (_rule("**", Permission.VIEW),),
+    "read-only": (_rule("**", Permission.READ),),
+    "full-access": (_rule("**", Permission.WRITE),),
+    "agent-safe": (
+        _rule("**", Permission.READ),
+        _rule("/output/**", Permission.WRITE, AREA_PRIORITY),
+        _rule("/tmp/**", Permission.WRITE, AREA_PRIORITY),
+        *_HIDE_SECRETS,
     ),
-    "development": _rules(
-        ("**", Permission.WRITE),
-        *((pattern, Permission.NONE) for pattern in _SECRETS),
-    ),
+    "development": (_rule("**", Permission.WRITE), *_HIDE_SECRETS),
 }
 _BUILTIN = frozenset(_PRESETS)
 
