@@ -39,11 +39,11 @@ UPLOAD_CHUNK = 256 * 1024
 _DEADLINE_MARGIN = 30.0
 
 
-def _duration(seconds: float | None) -> timedelta | None:
+def _duration(seconds: float | None, field: str = "timeout") -> timedelta | None:
     if seconds is None:
         return None
     if seconds < 0:
-        raise InvalidConfigurationError("timeout must not be negative")
+        raise InvalidConfigurationError(f"{field} must not be negative")
     return timedelta(seconds=seconds)
 
 
@@ -209,7 +209,9 @@ class AsyncSandboxClient:
         labels: Mapping[str, str] | None = None,
         expires_in: float | timedelta | None = None,
     ) -> SandboxInfo:
-        expiry = expires_in if isinstance(expires_in, timedelta) else _duration(expires_in)
+        expiry = (
+            expires_in if isinstance(expires_in, timedelta) else _duration(expires_in, "expires_in")
+        )
         request = pb.CreateSandboxRequest(
             codebase_id=codebase_id,
             permissions=[convert.rule_to_pb(r) for r in normalize_rules(permissions)],

@@ -6,12 +6,17 @@ over a SOCK_SEQPACKET socket inherited from the server, each a JSON header with 
 stdin/stdout/stderr pipe ends (and optionally a cgroup.procs fd) attached as SCM_RIGHTS, starts
 the command in a new session, and reports its pid and exit status. When the server closes the
 socket the agent kills every session it started and exits, which tears the sandbox down.
+
+The agent is the sandbox's pid 1: it reaps every orphan, and signals from inside the sandbox
+cannot kill it. It runs as the same user as the commands, so it makes itself non-dumpable:
+they cannot ptrace it, nor open its ``/proc`` files (its socket to the server above all).
 """
 
 from __future__ import annotations
 
 import array
 import contextlib
+import ctypes
 import json
 import os
 import select
@@ -24,6 +29,7 @@ from typing import Any, Callable, Dict, List, Tuple
 Children = Dict[int, Tuple[int, subprocess.Popen]]  # type: ignore[type-arg]
 
 MAX_FDS = 8
+PR_SET_DUMPABLE = 4
 
 
 def _recv(sock: socket.socket) -> Tuple[bytes, List[int]]:
@@ -71,8 +77,14 @@ def _spawn(sock: socket.socket, children: Children, header: Dict[str, Any], fds:
             os.close(fd)
 
 
+def _not_dumpable() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
+
+
 def _reap(sock: socket.socket, children: Children) -> None:
-    while children:
+    while True:  # also the orphans that pid 1 inherits
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
@@ -96,6 +108,7 @@ def _kill(children: Children, header: Dict[str, Any]) -> None:
 
 
 def main() -> None:
+    _not_dumpable()
     sock = socket.socket(fileno=int(sys.argv[1]))
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)

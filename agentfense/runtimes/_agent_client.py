@@ -86,7 +86,12 @@ class AgentConnection:
                     return
                 if not data:
                     return
-                self._dispatch(json.loads(data))
+                try:
+                    self._dispatch(json.loads(data))
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    # Not what the agent sends: the sandbox is not to be trusted any more.
+                    # Hang up (which stops it) rather than let its message break the server.
+                    return
         finally:
             self.closed.set()
             self._sock.close()

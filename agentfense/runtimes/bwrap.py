@@ -5,16 +5,26 @@ command; each exec is spawned by that agent, so background jobs, ``/tmp`` and ``
 the sandbox stops. Inside, the sandbox sees ``/usr`` (and the merged-usr links) read-only, a few
 files of ``/etc`` read-only, a generated ``passwd``/``group``/``hosts``, fresh ``/proc``, ``/dev``,
 ``/tmp`` and ``$HOME``, and its workspace at ``/workspace``. It runs as uid 1000 with no
-capabilities, no network, its own pid/ipc/uts namespaces and a new session.
+capabilities, no network, its own pid/ipc/uts namespaces and a new session. The agent is the
+sandbox's pid 1 (no bwrap monitor inside), and the sandbox cannot create user namespaces.
+
+Run by root, bwrap maps the sandbox's uid to the host's uid 0 (in a user namespace, without
+capabilities): the kernel then treats it as the owner of every root-owned file bound into it
+and lets it write sysctls, whose permission checks look at the uid alone. So ``/proc/sys`` is
+read-only, ``/etc/ssl/private`` is not bound, and each sandbox gets its own copies of the
+``/dev`` nodes instead of binds of the host's (whose modes it could change).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -34,7 +44,8 @@ _ETC_ENTRIES = (
     "ld.so.conf",
     "ld.so.conf.d",
     "localtime",
-    "ssl",
+    "ssl/certs",  # not "ssl": ssl/private holds the host's private keys
+    "ssl/openssl.cnf",
     "ca-certificates",
     "ca-certificates.conf",
     "mime.types",
@@ -48,6 +59,22 @@ _ETC_ENTRIES = (
     "python3",
     "python3.11",
 )
+
+_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+
+_log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _bwrap_has_option(option: str) -> bool:
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        return False
+    try:
+        done = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return option in done.stdout
 
 
 def _generated_etc(directory: Path) -> dict[str, Path]:
@@ -75,6 +102,7 @@ def bwrap_isolation_args(etc_dir: Path) -> list[str]:
         "--unshare-all",
         "--die-with-parent",
         "--new-session",
+        "--as-pid-1",
         "--cap-drop",
         "ALL",
         "--uid",
@@ -85,6 +113,8 @@ def bwrap_isolation_args(etc_dir: Path) -> list[str]:
         "sandbox",
         "--clearenv",
     ]
+    if _bwrap_has_option("--disable-userns"):  # bubblewrap 0.8 and later
+        args += ["--unshare-user", "--disable-userns"]
     root = Path("/")
     for name in _SYSTEM_DIRS:
         path = root / name
@@ -103,6 +133,14 @@ def bwrap_isolation_args(etc_dir: Path) -> list[str]:
     args += [
         "--proc",
         "/proc",
+        # bwrap covers these only when it finds them writable by access(), which misses the
+        # sysctls a sandbox mapped to the host's uid 0 can write (kernel.core_pattern...).
+        "--ro-bind",
+        "/proc/sys",
+        "/proc/sys",
+        "--ro-bind-try",
+        "/proc/sysrq-trigger",
+        "/proc/sysrq-trigger",
         "--dev",
         "/dev",
         "--tmpfs",
@@ -118,15 +156,51 @@ def bwrap_isolation_args(etc_dir: Path) -> list[str]:
     return args
 
 
+def _private_devices(directory: Path) -> list[str]:
+    """bwrap arguments that replace /dev's nodes with copies made for one sandbox.
+
+    Only needed (and only possible) as root; ``[]`` (bwrap's binds of the host's nodes) when
+    the copies cannot be made or used here, which is logged.
+    """
+    if os.geteuid() != 0:
+        return []
+    args: list[str] = []
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        nodev = bool(os.statvfs(directory).f_flag & os.ST_NODEV)
+        for name in () if nodev else _DEVICES:
+            if not os.path.exists(f"/dev/{name}"):  # bwrap's --dev makes do without it too
+                continue
+            node = directory / name
+            node.unlink(missing_ok=True)
+            os.mknod(node, 0o666 | stat.S_IFCHR, os.stat(f"/dev/{name}").st_rdev)
+            node.chmod(0o666)
+            args += ["--dev-bind", str(node), f"/dev/{name}"]
+    except OSError as exc:
+        problem = str(exc)
+    else:
+        if not nodev:
+            return args
+        problem = "its file system is mounted nodev"
+    _log.warning("sandboxes get the host's /dev nodes (no copies in %s: %s)", directory, problem)
+    shutil.rmtree(directory, ignore_errors=True)
+    return []
+
+
 class BwrapSandbox:
     """A running bwrap sandbox; implements ``runtimes.base.SandboxHandle``."""
 
     def __init__(
-        self, process: anyio.abc.Process, agent: AgentConnection, cgroup: SandboxCgroup | None
+        self,
+        process: anyio.abc.Process,
+        agent: AgentConnection,
+        cgroup: SandboxCgroup | None,
+        devices: Path | None = None,
     ) -> None:
         self._process = process
         self._agent = agent
         self._cgroup = cgroup
+        self._devices = devices
 
     @property
     def alive(self) -> bool:
@@ -147,6 +221,8 @@ class BwrapSandbox:
                 with contextlib.suppress(ProcessLookupError):
                     self._process.send_signal(signal.SIGKILL)
                 await self._process.wait()
+            if self._devices is not None:
+                shutil.rmtree(self._devices, ignore_errors=True)
 
 
 class BwrapRuntime:
@@ -156,10 +232,14 @@ class BwrapRuntime:
 
     def __init__(self, state_dir: Path, *, python: str = "/usr/bin/python3") -> None:
         self._etc_dir = state_dir / "bwrap-etc"
+        self._devices_dir = state_dir / "devices"
+        # Left by a server that was killed; the state directory is this server's alone.
+        shutil.rmtree(self._devices_dir, ignore_errors=True)
         self._log_dir = state_dir / "logs"
         self._python = python
         self._cgroup_root = find_cgroup2_root() if os.geteuid() == 0 else None
         self._bwrap = shutil.which("bwrap")
+        _bwrap_has_option("--disable-userns")  # once, here: not at each sandbox start
 
     def check(self) -> str | None:
         """Why this runtime cannot start sandboxes here, or None when it can."""
@@ -178,9 +258,12 @@ class BwrapRuntime:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         cgroup = SandboxCgroup(self._cgroup_root, spec.sandbox_id) if self._cgroup_root else None
         bind = "--bind" if spec.writable else "--ro-bind"
+        devices = self._devices_dir / spec.sandbox_id
+        device_args = _private_devices(devices)
         argv = [
             self._bwrap,
             *bwrap_isolation_args(self._etc_dir),
+            *device_args,
             bind,
             str(spec.workspace),
             WORKSPACE,
@@ -206,15 +289,17 @@ class BwrapRuntime:
                     stdout=log,
                     stderr=log,
                     pass_fds=(theirs.fileno(),),
+                    env={},  # none of the server's environment reaches the sandbox
                 )
         except OSError as exc:
             ours.close()
+            shutil.rmtree(devices, ignore_errors=True)
             raise RuntimeError_(f"cannot run bwrap: {exc.strerror}") from None
         finally:
             theirs.close()
         agent = AgentConnection(ours, cgroup)
         task_group.start_soon(agent.run)
-        sandbox = BwrapSandbox(process, agent, cgroup)
+        sandbox = BwrapSandbox(process, agent, cgroup, devices if device_args else None)
         with anyio.move_on_after(10):
             await _first_of(agent.ready.wait, agent.closed.wait)
         if not agent.ready.is_set():

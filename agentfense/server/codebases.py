@@ -446,6 +446,8 @@ class CodebaseStore:
         self._records = {r.id: r for r in records}
 
     def _record(self, codebase_id: str) -> CodebaseRecord:
+        if codebase_id == "":
+            raise InvalidConfigurationError("codebase_id must not be empty")
         record = self._records.get(codebase_id) if isinstance(codebase_id, str) else None
         if record is None:
             raise _not_found(str(codebase_id))

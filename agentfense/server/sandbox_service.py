@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
@@ -196,5 +196,10 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
     async def session_exec(self, request: pb.SessionExecRequest) -> pb.ExecResult:
         return await self._sessions_unavailable()
 
-    async def session_exec_stream(self, request: pb.SessionExecRequest) -> Any:
-        return await self._sessions_unavailable()
+    async def session_exec_stream(
+        self, request: pb.SessionExecRequest
+    ) -> AsyncIterator[pb.ExecOutput]:
+        # An async generator: betterproto serves a server stream only from one (it ends a
+        # plain coroutine's stream with OK and no messages, never running it).
+        await self._sessions_unavailable()
+        yield pb.ExecOutput()  # unreachable

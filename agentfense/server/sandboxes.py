@@ -8,6 +8,7 @@ SDK's typed errors (``agentfense.errors``); the gRPC adapter turns them into sta
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
@@ -247,7 +248,8 @@ class SandboxManager:
             now = _now()
             for record in list(self._sandboxes.values()):
                 if record.expires_at is not None and record.expires_at <= now:
-                    await self.destroy(record.id)
+                    with contextlib.suppress(SandboxNotFoundError):  # destroyed meanwhile
+                        await self.destroy(record.id)
 
     # -- commands ---------------------------------------------------------------------------
 
