@@ -1,0 +1,187 @@
+"""The server shuts down gracefully on SIGTERM and SIGINT, and leaves nothing behind on SIGKILL.
+
+Each test runs its own server (``agentfense.testing.start_server_process``) and looks at the
+host afterwards: its processes in ``/proc``, its cgroups, its socket.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import pytest
+
+from agentfense import AsyncSandboxClient, SandboxError, SandboxStatus
+from agentfense.runtimes._cgroup import find_cgroup2_root
+from agentfense.testing import ServerProcess, start_server_process
+
+pytestmark = pytest.mark.anyio
+
+WRITE = [{"pattern": "**", "permission": "write"}]
+
+
+def _pids_with(needle: bytes) -> list[int]:
+    """Host pids whose command line (NUL-separated) contains ``needle``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmdline = handle.read()
+        except OSError:
+            continue
+        if needle in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def _cgroup_of(sandbox_id: str) -> Path | None:
+    root = find_cgroup2_root() if os.geteuid() == 0 else None
+    return None if root is None else root / "agentfense" / sandbox_id
+
+
+@dataclass
+class Running:
+    """A sandbox of the test's server with processes in it that the host can recognise."""
+
+    sandbox_id: str
+    workspace: bytes  # on the command line of its bwrap
+    background: bytes  # ``sleep <unique>`` started in the background
+    foreground: bytes  # ``sleep <unique>`` running as a command while the server goes
+
+
+async def _start(tmp_path: Path) -> ServerProcess:
+    return await anyio.to_thread.run_sync(start_server_process, tmp_path)
+
+
+async def _poll_until_gone(needles: list[bytes], seconds: float) -> dict[bytes, list[int]]:
+    """Wait until no host process matches any of ``needles``; what still matches if not."""
+    left: dict[bytes, list[int]] = {}
+    with anyio.move_on_after(seconds):
+        while True:
+            left = {n: pids for n in needles if (pids := _pids_with(n))}
+            if not left:
+                break
+            await anyio.sleep(0.05)
+    return left
+
+
+@asynccontextmanager
+async def _busy_server(
+    tmp_path: Path, sandboxes: int = 2
+) -> AsyncIterator[tuple[ServerProcess, AsyncSandboxClient, list[Running]]]:
+    """A server with running sandboxes, each with a background and a foreground process."""
+    server = await _start(tmp_path)
+    try:
+        async with AsyncSandboxClient(server.endpoint) as client, anyio.create_task_group() as tg:
+            running: list[Running] = []
+            for _ in range(sandboxes):
+                codebase = await client.create_codebase("shutdown")
+                await client.upload_file(codebase.id, "a.txt", b"a")
+                info = await client.create_sandbox(codebase.id, permissions=WRITE)
+                assert (await client.start_sandbox(info.id)).status is SandboxStatus.RUNNING
+                unique = uuid.uuid4().int % 10**9
+                entry = Running(
+                    sandbox_id=info.id,
+                    workspace=f"{server.state_dir}/codebases/{codebase.id}/files\0".encode(),
+                    background=f"sleep\x001000.{unique}1\0".encode(),
+                    foreground=f"sleep\x001000.{unique}2\0".encode(),
+                )
+                result = await client.exec(
+                    info.id, f"sleep 1000.{unique}1 >/dev/null 2>&1 &", timeout=30
+                )
+                assert result.exit_code == 0
+                tg.start_soon(_exec_until_the_server_goes, client, info.id, f"sleep 1000.{unique}2")
+                running.append(entry)
+            with anyio.fail_after(10):
+                while True:
+                    if all(_pids_with(r.foreground) and _pids_with(r.background) for r in running):
+                        break
+                    await anyio.sleep(0.02)
+            for entry in running:
+                assert _pids_with(entry.workspace), "the sandbox's bwrap runs on the host"
+                cgroup = _cgroup_of(entry.sandbox_id)
+                assert cgroup is None or cgroup.is_dir()
+            yield server, client, running
+    finally:
+        await anyio.to_thread.run_sync(server.stop)
+
+
+async def _exec_until_the_server_goes(
+    client: AsyncSandboxClient, sandbox_id: str, command: str
+) -> None:
+    """A command in flight when the server shuts down: it must end, one way or another."""
+    try:
+        result = await client.exec(sandbox_id, command)
+    except SandboxError:
+        return  # the connection went with the server
+    assert result.exit_code != 0  # killed, never reported as a success
+
+
+def _assert_nothing_left(server: ServerProcess, running: list[Running]) -> None:
+    for entry in running:
+        for needle in (entry.workspace, entry.background, entry.foreground):
+            assert _pids_with(needle) == [], needle
+        cgroup = _cgroup_of(entry.sandbox_id)
+        assert cgroup is None or not cgroup.exists(), cgroup
+    assert not server.socket_path.exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_graceful_shutdown_stops_every_sandbox(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    async with _busy_server(tmp_path) as (server, _client, running):
+        server.process.send_signal(signum)
+        with anyio.fail_after(30):
+            code = await anyio.to_thread.run_sync(server.process.wait)
+        assert code == 0, server.log()
+        # Stopped before the server exited: nothing to wait for.
+        _assert_nothing_left(server, running)
+        assert f"received {signum.name}, shutting down" in server.log()
+        assert "Traceback" not in server.log()
+
+
+async def test_stop_helper_sends_sigterm_and_reports_exit_code_0(tmp_path: Path) -> None:
+    async with _busy_server(tmp_path, sandboxes=1) as (server, _client, running):
+        with anyio.fail_after(30):
+            code = await anyio.to_thread.run_sync(server.stop)
+        assert code == 0, server.log()
+        _assert_nothing_left(server, running)
+
+
+async def test_sigkill_leaves_no_sandbox_process_behind(tmp_path: Path) -> None:
+    async with _busy_server(tmp_path) as (server, _client, running):
+        server.process.kill()
+        with anyio.fail_after(10):
+            assert await anyio.to_thread.run_sync(server.process.wait) == -signal.SIGKILL
+        # bwrap --die-with-parent: the kernel kills the sandboxes with the server.
+        needles = [n for r in running for n in (r.workspace, r.background, r.foreground)]
+        assert await _poll_until_gone(needles, 5) == {}
+        # Nobody removed their cgroups (a later server does not know them): they are empty.
+        for entry in running:
+            cgroup = _cgroup_of(entry.sandbox_id)
+            if cgroup is not None:
+                for leaf in sorted(cgroup.glob("cmd-*")):
+                    assert (leaf / "cgroup.procs").read_text() == ""
+                    leaf.rmdir()
+                cgroup.rmdir()
+
+    # A new server on the same state directory starts cleanly and still has the codebases.
+    restarted = await _start(tmp_path)
+    try:
+        async with AsyncSandboxClient(restarted.endpoint) as client:
+            assert len(await client.list_codebases()) == len(running)
+            assert await client.list_sandboxes() == []
+        # Nor does it keep what the killed one had made for its sandboxes.
+        assert not (restarted.state_dir / "devices").exists()
+    finally:
+        assert await anyio.to_thread.run_sync(restarted.stop) == 0, restarted.log()
