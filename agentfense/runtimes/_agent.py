@@ -68,7 +68,10 @@ def _spawn(sock: socket.socket, children: Children, header: Dict[str, Any], fds:
             preexec_fn=_join_cgroup(cgroup_fd) if cgroup_fd is not None else None,
         )
     except OSError as exc:
-        _send(sock, {"id": header["id"], "error": f"{exc.strerror or exc}: {exc.filename or ''}"})
+        reply = {"id": header["id"], "error": f"{exc.strerror or exc}: {exc.filename or ''}"}
+        if exc.filename == header["cwd"]:
+            reply["field"] = "workdir"
+        _send(sock, reply)
     else:
         children[proc.pid] = (header["id"], proc)
         _send(sock, {"id": header["id"], "pid": proc.pid})

@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 
 from ._cgroup import SandboxCgroup
-from .base import CommandSpec, RuntimeError_
+from .base import BadWorkdir, CommandSpec, RuntimeError_
 
 AGENT_SOURCE = (Path(__file__).parent / "_agent.py").read_text()
 
@@ -164,6 +164,8 @@ class AgentConnection:
             _close_all(ours)
             if leaf is not None:
                 SandboxCgroup.try_remove(leaf)
+            if reply.get("field") == "workdir":
+                raise BadWorkdir(reply["error"])
             raise RuntimeError_(f"cannot start the command: {reply['error']}")
         return process
 

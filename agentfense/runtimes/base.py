@@ -14,6 +14,10 @@ class RuntimeError_(Exception):
     """A runtime could not do what was asked (the message says why, as a sentence)."""
 
 
+class BadWorkdir(RuntimeError_):
+    """The command's working directory does not exist, or is no directory, in the sandbox."""
+
+
 @dataclass(frozen=True, slots=True)
 class SandboxSpec:
     sandbox_id: str

@@ -29,6 +29,7 @@ from ..errors import (
 from ..runtimes.base import (
     BASE_ENV,
     WORKSPACE,
+    BadWorkdir,
     CommandSpec,
     RuntimeError_,
     SandboxHandle,
@@ -298,6 +299,10 @@ class SandboxManager:
         timeout = self._timeout(params.timeout)
         try:
             process = await handle.spawn(command)
+        except BadWorkdir as exc:
+            raise InvalidConfigurationError(
+                f"workdir {command.cwd!r} cannot be used in the sandbox ({exc})"
+            ) from None
         except RuntimeError_ as exc:
             raise SandboxError(str(exc), code=StatusCode.FAILED_PRECONDITION) from None
         return await run_to_completion(

@@ -491,7 +491,7 @@ async def test_bad_exec_options_are_invalid(client: AsyncSandboxClient) -> None:
             3,
             "workdir",
         )
-        # A workdir that does not exist (or is a file) fails at once with a sentence.
+        # A workdir that does not exist (or is a file) is refused at once, naming it.
         for workdir, reason in [
             ("/nonexistent", "No such file or directory"),
             ("no/such/dir", "No such file or directory"),
@@ -499,8 +499,8 @@ async def test_bad_exec_options_are_invalid(client: AsyncSandboxClient) -> None:
         ]:
             failed = await _refused(
                 partial(client.exec, sandbox.id, "touch /workspace/ran", workdir=workdir),
-                SandboxError,
-                9,
+                InvalidConfigurationError,
+                3,
                 reason,
             )
             assert workdir.rsplit("/", 1)[-1] in failed.message
