@@ -11,7 +11,7 @@ import binascii
 import shlex
 from datetime import UTC, datetime
 
-from ..errors import InvalidConfigurationError, SandboxError
+from ..errors import InvalidConfigurationError, PermissionDeniedError, SandboxError, StatusCode
 from ..types import ExecResult, FileInfo
 
 WORKSPACE = "/workspace"
@@ -46,9 +46,16 @@ def encode(content: bytes | str) -> str:
 
 
 def check(result: ExecResult, what: str, path: str) -> None:
-    if result.exit_code != 0:
-        detail = result.stderr.strip().splitlines()[-1:] or [f"exit code {result.exit_code}"]
-        raise SandboxError(f"cannot {what} {sandbox_path(path)}: {detail[0]}")
+    """Raise the typed error for a failed file command (denied, missing, other)."""
+    if result.exit_code == 0:
+        return
+    detail = (result.stderr.strip().splitlines() or [f"exit code {result.exit_code}"])[-1]
+    message = f"cannot {what} {sandbox_path(path)}: {detail}"
+    if "Permission denied" in detail or "Operation not permitted" in detail:
+        raise PermissionDeniedError(message)
+    if "No such file or directory" in detail or "Not a directory" in detail:
+        raise SandboxError(message, code=StatusCode.NOT_FOUND)
+    raise SandboxError(message)
 
 
 def decode(result: ExecResult, path: str) -> bytes:

@@ -21,8 +21,7 @@ class BadWorkdir(RuntimeError_):
 @dataclass(frozen=True, slots=True)
 class SandboxSpec:
     sandbox_id: str
-    workspace: Path
-    writable: bool
+    workspace: Path  # the sandbox's view of its codebase (the permission filesystem)
     image: str = ""
     resources: ResourceLimits = field(default_factory=ResourceLimits)
 

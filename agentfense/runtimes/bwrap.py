@@ -37,6 +37,9 @@ from ._cgroup import SandboxCgroup, find_cgroup2_root
 from .base import WORKSPACE, CommandSpec, Process, RuntimeError_, SandboxSpec
 
 SANDBOX_UID = 1000
+# The host uid the sandbox's processes run as, which the permission filesystem shows as the
+# owner of every file. bwrap started by root maps the sandbox's uid to root's: 0.
+SANDBOX_HOST_UID = 0
 _SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
 _ETC_ENTRIES = (
     "alternatives",
@@ -257,14 +260,13 @@ class BwrapRuntime:
         assert self._bwrap is not None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         cgroup = SandboxCgroup(self._cgroup_root, spec.sandbox_id) if self._cgroup_root else None
-        bind = "--bind" if spec.writable else "--ro-bind"
         devices = self._devices_dir / spec.sandbox_id
         device_args = _private_devices(devices)
         argv = [
             self._bwrap,
             *bwrap_isolation_args(self._etc_dir),
             *device_args,
-            bind,
+            "--bind",
             str(spec.workspace),
             WORKSPACE,
             "--remount-ro",

@@ -11,10 +11,12 @@ import base64
 import contextlib
 import re
 import secrets
+import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -26,6 +28,7 @@ from ..errors import (
     SandboxNotRunningError,
     StatusCode,
 )
+from ..policy import validate_rules
 from ..runtimes.base import (
     BASE_ENV,
     WORKSPACE,
@@ -35,12 +38,12 @@ from ..runtimes.base import (
     SandboxHandle,
     SandboxSpec,
 )
-from ..runtimes.bwrap import BwrapRuntime
+from ..runtimes.bwrap import SANDBOX_HOST_UID, BwrapRuntime
 from ..types import PermissionRule, ResourceLimits, RuntimeType, SandboxStatus
-from ._bind_policy import UnenforceableRules, workspace_mode
 from .codebases import CodebaseStore
 from .config import ServerConfig
 from .execution import OnOutput, Outcome, run_to_completion
+from .fs_supervisor import FsSupervisor
 
 _ID_RE = re.compile(r"^sb_[0-9a-f]{16}$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -55,7 +58,6 @@ class SandboxRecord:
     id: str
     codebase_id: str
     permissions: tuple[PermissionRule, ...]
-    writable: bool
     runtime: RuntimeType
     image: str
     resources: ResourceLimits
@@ -91,11 +93,19 @@ class SandboxManager:
         self._codebases = codebases
         self._sandboxes: dict[str, SandboxRecord] = {}
         self._bwrap = BwrapRuntime(config.state_dir)
+        self._deltas = config.state_dir / "deltas"
+        self._fs = FsSupervisor(config.state_dir, views=self._view_specs, on_crash=self._fs_died)
         self._task_group: anyio.abc.TaskGroup | None = None
 
     async def __aenter__(self) -> SandboxManager:
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
+        try:
+            await self._fs.start(self._task_group)
+        except BaseException:
+            self._task_group.cancel_scope.cancel()
+            await self._task_group.__aexit__(None, None, None)
+            raise
         self._task_group.start_soon(self._expire_loop)
         return self
 
@@ -103,14 +113,46 @@ class SandboxManager:
         assert self._task_group is not None
         with anyio.CancelScope(shield=True):
             await self.shutdown()
+            await self._fs.stop()
         self._task_group.cancel_scope.cancel()
         await self._task_group.__aexit__(None, None, None)
 
     async def shutdown(self) -> None:
-        """Stop every running sandbox (the server is going away)."""
+        """Stop every running sandbox, committing what they wrote (the server is going away)."""
         async with anyio.create_task_group() as tg:
             for record in list(self._sandboxes.values()):
                 tg.start_soon(self._stop_record, record)
+
+    # -- views ------------------------------------------------------------------------------
+
+    def _view_spec(self, record: SandboxRecord) -> dict[str, Any]:
+        return {
+            "id": record.id,
+            "lower": str(self._codebases.files_dir(record.codebase_id)),
+            "upper": str(self._deltas / record.id / "upper"),
+            "rules": [rule.to_dict() for rule in record.permissions],
+            "uid": SANDBOX_HOST_UID,
+            "gid": SANDBOX_HOST_UID,
+        }
+
+    def _view_specs(self) -> list[dict[str, Any]]:
+        return [self._view_spec(record) for record in self._sandboxes.values()]
+
+    async def _fs_died(self) -> None:
+        """The views' mount is gone: running sandboxes hold a dead /workspace."""
+        for record in list(self._sandboxes.values()):
+            if record.status is SandboxStatus.RUNNING:
+                handle, record.handle = record.handle, None
+                if handle is not None:
+                    await handle.stop()
+                record.status = SandboxStatus.ERROR
+                record.error = "the permission filesystem restarted; start the sandbox again"
+
+    async def commit(self, record: SandboxRecord) -> None:
+        """Apply what the sandbox wrote since the last commit to its codebase."""
+        with anyio.CancelScope(shield=True):
+            await self._fs.request(op="commit", id=record.id)
+            await self._codebases.touch(record.codebase_id)
 
     # -- queries ----------------------------------------------------------------------------
 
@@ -172,15 +214,11 @@ class SandboxManager:
                 )
         if expires_in is not None and expires_in < timedelta(0):
             raise InvalidConfigurationError("expires_in must not be negative")
-        try:
-            writable = workspace_mode(permissions)
-        except UnenforceableRules as exc:
-            raise SandboxError(str(exc), code=StatusCode.FAILED_PRECONDITION) from None
+        validate_rules(permissions)
         record = SandboxRecord(
             id="sb_" + secrets.token_hex(8),
             codebase_id=codebase_id,
             permissions=tuple(permissions),
-            writable=writable,
             runtime=runtime,
             image=image,
             resources=resources,
@@ -188,6 +226,7 @@ class SandboxManager:
         )
         if expires_in:
             record.expires_at = record.created_at + expires_in
+        await self._fs.request(op="add_view", **self._view_spec(record))
         self._sandboxes[record.id] = record
         return record
 
@@ -209,8 +248,7 @@ class SandboxManager:
             assert self._task_group is not None
             spec = SandboxSpec(
                 sandbox_id=record.id,
-                workspace=self._codebases.files_dir(record.codebase_id),
-                writable=record.writable,
+                workspace=self._fs.view_path(record.id),
                 image=record.image,
                 resources=record.resources,
             )
@@ -234,6 +272,7 @@ class SandboxManager:
                 handle, record.handle = record.handle, None
                 if handle is not None:
                     await handle.stop()
+                    await self.commit(record)
                 if record.status is SandboxStatus.RUNNING:
                     record.status = SandboxStatus.STOPPED
                     record.stopped_at = _now()
@@ -241,7 +280,13 @@ class SandboxManager:
     async def destroy(self, sandbox_id: str) -> None:
         record = self.get(sandbox_id)
         await self._stop_record(record)
-        self._sandboxes.pop(record.id, None)
+        with anyio.CancelScope(shield=True):
+            await self.commit(record)  # what file operations of a stopped sandbox wrote
+            self._sandboxes.pop(record.id, None)
+            await self._fs.request(op="remove_view", id=record.id)
+            await anyio.to_thread.run_sync(
+                lambda: shutil.rmtree(self._deltas / record.id, ignore_errors=True)
+            )
 
     async def _expire_loop(self) -> None:
         while True:
@@ -294,7 +339,7 @@ class SandboxManager:
     async def exec(
         self, sandbox_id: str, params: ExecParams, on_output: OnOutput | None = None
     ) -> Outcome:
-        _record, handle = self.running_handle(sandbox_id)
+        record, handle = self.running_handle(sandbox_id)
         command = self._command(params)
         timeout = self._timeout(params.timeout)
         try:
@@ -305,13 +350,16 @@ class SandboxManager:
             ) from None
         except RuntimeError_ as exc:
             raise SandboxError(str(exc), code=StatusCode.FAILED_PRECONDITION) from None
-        return await run_to_completion(
-            process,
-            stdin=params.stdin,
-            timeout=timeout,
-            max_output=self._config.max_output_bytes,
-            on_output=on_output,
-        )
+        try:
+            return await run_to_completion(
+                process,
+                stdin=params.stdin,
+                timeout=timeout,
+                max_output=self._config.max_output_bytes,
+                on_output=on_output,
+            )
+        finally:
+            await self.commit(record)
 
     def __iter__(self) -> Iterator[SandboxRecord]:
         return iter(list(self._sandboxes.values()))

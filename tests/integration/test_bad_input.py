@@ -23,6 +23,7 @@ from agentfense import (
     PermissionRule,
     ResourceLimitExceededError,
     ResourceLimits,
+    RuntimeType,
     SandboxError,
     SandboxInfo,
     SandboxNotFoundError,
@@ -386,6 +387,12 @@ async def test_invalid_sandbox_requests_create_nothing(client: AsyncSandboxClien
                 request(permissions=[pb.PermissionRule(pattern="a\x00b", permission=3)]),
                 "NUL",
             ),
+            (
+                request(permissions=[read_all, pb.PermissionRule(pattern="a/[b", permission=3)]),
+                "'a/[b'",
+            ),
+            (request(permissions=[pb.PermissionRule(pattern="a/../b", permission=3)]), "'a/../b'"),
+            (request(permissions=[pb.PermissionRule(pattern="a//b", permission=3)]), "'a//b'"),
             (request(expires_in=timedelta(seconds=-5)), "expires_in"),
             (request(runtime=7), "runtime"),
             (request(labels={"": "empty key"}), "labels"),
@@ -400,34 +407,23 @@ async def test_invalid_sandbox_requests_create_nothing(client: AsyncSandboxClien
         assert await _state(client) == before
 
 
-async def test_unenforceable_rules_are_refused_and_create_nothing(
+async def test_unsupported_runtime_and_limits_are_refused_and_create_nothing(
     client: AsyncSandboxClient, endpoint: str, project: Path
 ) -> None:
     async with _codebase(client) as codebase:
         before = await _state(client)
-        rule_sets: list[list[dict[str, object]]] = [
-            [{"pattern": "src/**", "permission": "write"}],
-            [{"pattern": "**", "permission": "read"}, {"pattern": "**/.env", "permission": "none"}],
-            [{"pattern": "/docs/", "permission": "read", "type": "directory"}],
-            [{"pattern": "README.md", "permission": "read", "type": "file"}],
-            [{"pattern": "**", "permission": "view"}],
-            [{"pattern": "**", "permission": "none"}],
-            [
-                {"pattern": "**", "permission": "write"},
-                {"pattern": "**", "permission": "view", "priority": 5},
-            ],
-            [],
-        ]
-        for rules in rule_sets:
-            await _refused(
-                partial(client.create_sandbox, codebase.id, permissions=rules), SandboxError, 9
-            )
-        for preset in ["agent-safe", "development", "view-only"]:
-            await _refused(
-                partial(AsyncSandbox.from_local, project, preset=preset, endpoint=endpoint),
-                SandboxError,
-                9,
-            )
+        await _refused(
+            partial(
+                AsyncSandbox.from_local,
+                project,
+                preset="agent-safe",
+                endpoint=endpoint,
+                runtime=RuntimeType.DOCKER,
+            ),
+            SandboxError,
+            9,
+            "Docker",
+        )
         # Resource limits and the Docker runtime are refused the same way.
         await _refused(
             partial(

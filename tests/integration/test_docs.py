@@ -42,6 +42,7 @@ def _project(root: Path) -> None:
     (root / "project" / "src").mkdir(parents=True)
     (root / "project" / "src" / "main.py").write_text("print('main')\n")
     (root / "project" / "README.md").write_text("# sample project\n")
+    (root / "project" / ".env").write_text("SECRET=do-not-show\n")
 
 
 def test_the_docs_have_samples() -> None:

@@ -347,12 +347,15 @@ async def test_system_directories_are_read_only(endpoint: str, project: Path) ->
             "rm -f /usr/bin/env",
             "chmod 777 /usr/bin",
             "ln -s /tmp /lib/evil",
-            "touch /workspace/evil",
-            "rm /workspace/README.md",
         ]:
             result = await _sh(sandbox, command)
             assert result.exit_code != 0, command
             assert "Read-only file system" in result.stderr, (command, result.stderr)
+        # The workspace is the permission filesystem: 'read' refuses every change.
+        for command in ["touch /workspace/evil", "rm /workspace/README.md"]:
+            result = await _sh(sandbox, command)
+            assert result.exit_code != 0, command
+            assert "Permission denied" in result.stderr, (command, result.stderr)
         # The places that are the sandbox's own stay writable.
         ok = await _sh(sandbox, "touch /tmp/ok ~/ok && echo fine")
         assert ok.stdout == "fine\n"

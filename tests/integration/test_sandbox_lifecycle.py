@@ -12,6 +12,7 @@ from agentfense import (
     AsyncSandboxClient,
     CommandExecutionError,
     CommandTimeoutError,
+    PermissionDeniedError,
     RuntimeType,
     SandboxNotRunningError,
     SandboxStatus,
@@ -137,7 +138,7 @@ async def test_file_api_goes_through_the_sandbox(endpoint: str, project: Path) -
     async with await AsyncSandbox.from_local(
         project, preset="read-only", endpoint=endpoint
     ) as sandbox:
-        with pytest.raises(Exception, match="Read-only file system"):
+        with pytest.raises(PermissionDeniedError, match="Permission denied"):
             await sandbox.write_file("/workspace/new.txt", "x")
 
 

@@ -91,7 +91,7 @@ async def _busy_server(
                 unique = uuid.uuid4().int % 10**9
                 entry = Running(
                     sandbox_id=info.id,
-                    workspace=f"{server.state_dir}/codebases/{codebase.id}/files\0".encode(),
+                    workspace=f"{server.state_dir}/fs/mnt/{info.id}\0".encode(),
                     background=f"sleep\x001000.{unique}1\0".encode(),
                     foreground=f"sleep\x001000.{unique}2\0".encode(),
                 )

@@ -1,0 +1,205 @@
+"""Host directory trees accessed without ever following a symlink.
+
+Every path is resolved with ``openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`` from the tree's
+root directory fd, so neither ``..`` nor a symlink planted by a sandbox (or committed into a
+codebase) can lead an operation outside the tree; the last component is handled with the
+``*at`` calls that do not follow it either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+_SYS_OPENAT2 = 437
+_RESOLVE_NO_MAGICLINKS = 0x02
+_RESOLVE_NO_SYMLINKS = 0x04
+_RESOLVE_BENEATH = 0x08
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dir_fd: int, path: str, flags: int, mode: int = 0) -> int:
+    """Open ``path`` beneath ``dir_fd``, following no symlink on the way (nor at the end)."""
+    how = _OpenHow(
+        flags | os.O_CLOEXEC,
+        # (O_TMPFILE includes O_DIRECTORY's bit: test for all of it.)
+        mode if flags & os.O_CREAT or (flags & os.O_TMPFILE) == os.O_TMPFILE else 0,
+        _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS,
+    )
+    raw = os.fsencode(path)
+    while True:
+        fd = _libc.syscall(
+            ctypes.c_long(_SYS_OPENAT2),
+            ctypes.c_int(dir_fd),
+            ctypes.c_char_p(raw),
+            ctypes.byref(how),
+            ctypes.c_size_t(ctypes.sizeof(how)),
+        )
+        if fd >= 0:
+            return int(fd)
+        err = ctypes.get_errno()
+        if err != errno.EINTR:
+            raise OSError(err, os.strerror(err), path)
+
+
+def split(rel: str) -> tuple[str, str]:
+    """``("a/b", "c")`` for ``"a/b/c"``; ``("", "c")`` for ``"c"``."""
+    parent, _, name = rel.rpartition("/")
+    return parent, name
+
+
+class HostTree:
+    """A directory tree on the host, addressed by relative paths ("" is the root)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+    @contextlib.contextmanager
+    def parent(self, rel: str) -> Iterator[tuple[int, str]]:
+        """The fd of ``rel``'s parent directory and ``rel``'s last component."""
+        parent, name = split(rel)
+        if not name:
+            raise OSError(errno.EINVAL, "the root has no parent", rel)
+        if not parent:
+            yield self.fd, name
+            return
+        fd = openat2(self.fd, parent, os.O_PATH | os.O_DIRECTORY)
+        try:
+            yield fd, name
+        finally:
+            os.close(fd)
+
+    def lstat(self, rel: str) -> os.stat_result:
+        if not rel:
+            return os.stat(self.fd)
+        with self.parent(rel) as (fd, name):
+            return os.stat(name, dir_fd=fd, follow_symlinks=False)
+
+    def try_lstat(self, rel: str) -> os.stat_result | None:
+        """``None`` when ``rel`` is not there (a symlink on the way counts as not there)."""
+        try:
+            return self.lstat(rel)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return None
+            raise
+
+    def open(self, rel: str, flags: int, mode: int = 0o644) -> int:
+        """An fd on a regular file or directory (never through or onto a symlink)."""
+        if not rel:
+            return os.open(".", flags | os.O_CLOEXEC, dir_fd=self.fd)
+        return openat2(self.fd, rel, flags | os.O_NOFOLLOW, mode)
+
+    def listdir(self, rel: str) -> list[str]:
+        fd = self.open(rel, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            return os.listdir(fd)
+        finally:
+            os.close(fd)
+
+    def readlink(self, rel: str) -> str:
+        with self.parent(rel) as (fd, name):
+            return os.readlink(name, dir_fd=fd)
+
+    def mkdir(self, rel: str, mode: int) -> None:
+        with self.parent(rel) as (fd, name):
+            os.mkdir(name, mode, dir_fd=fd)
+
+    def makedirs(self, rel: str, mode_of: Callable[[str], int] | None = None) -> None:
+        """Create ``rel`` and its missing parents (modes from ``mode_of(path)``, else 0o755)."""
+        if not rel:
+            return
+        done = ""
+        for part in rel.split("/"):
+            done = f"{done}/{part}" if done else part
+            st = self.try_lstat(done)
+            if st is None:
+                self.mkdir(done, mode_of(done) if mode_of else 0o755)
+            elif not stat.S_ISDIR(st.st_mode):
+                raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), done)
+
+    def symlink(self, target: str, rel: str) -> None:
+        with self.parent(rel) as (fd, name):
+            os.symlink(target, name, dir_fd=fd)
+
+    def unlink(self, rel: str) -> None:
+        with self.parent(rel) as (fd, name):
+            os.unlink(name, dir_fd=fd)
+
+    def rmdir(self, rel: str) -> None:
+        with self.parent(rel) as (fd, name):
+            os.rmdir(name, dir_fd=fd)
+
+    def remove(self, rel: str) -> None:
+        """Remove ``rel`` whatever it is, a directory with everything below it."""
+        st = self.try_lstat(rel)
+        if st is None:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            for child in self.listdir(rel):
+                self.remove(f"{rel}/{child}" if rel else child)
+            self.rmdir(rel)
+        else:
+            self.unlink(rel)
+
+    def rename(self, old: str, new: str, other: HostTree | None = None) -> None:
+        """Rename ``old`` of this tree to ``new`` of ``other`` (this tree by default)."""
+        target = other or self
+        with self.parent(old) as (old_fd, old_name), target.parent(new) as (new_fd, new_name):
+            os.rename(old_name, new_name, src_dir_fd=old_fd, dst_dir_fd=new_fd)
+
+    def link(self, old: str, new: str) -> None:
+        with self.parent(old) as (old_fd, old_name), self.parent(new) as (new_fd, new_name):
+            os.link(old_name, new_name, src_dir_fd=old_fd, dst_dir_fd=new_fd, follow_symlinks=False)
+
+    def chmod(self, rel: str, mode: int) -> None:
+        """Change a file's or directory's mode (never a symlink's target's)."""
+        if not rel:
+            os.chmod(f"/proc/self/fd/{self.fd}", mode)
+            return
+        with self.parent(rel) as (fd, name):
+            if stat.S_ISLNK(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+                raise OSError(errno.EOPNOTSUPP, "symlinks have no mode of their own", rel)
+            os.chmod(name, mode, dir_fd=fd)
+
+    def utime(self, rel: str, ns: tuple[int, int]) -> None:
+        with self.parent(rel) as (fd, name):
+            os.utime(name, ns=ns, dir_fd=fd, follow_symlinks=False)
+
+
+def copy_file(src: HostTree, src_rel: str, dst: HostTree, dst_rel: str) -> None:
+    """Copy a regular file's content, mode and times (the destination is replaced)."""
+    st = src.lstat(src_rel)
+    fd_in = src.open(src_rel, os.O_RDONLY)
+    try:
+        fd_out = dst.open(dst_rel, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IMODE(st.st_mode))
+        try:
+            remaining = st.st_size
+            while remaining > 0:
+                copied = os.copy_file_range(fd_in, fd_out, remaining)
+                if copied == 0:
+                    break
+                remaining -= copied
+            os.fchmod(fd_out, stat.S_IMODE(st.st_mode))
+            os.utime(fd_out, ns=(st.st_atime_ns, st.st_mtime_ns))
+        finally:
+            os.close(fd_out)
+    finally:
+        os.close(fd_in)

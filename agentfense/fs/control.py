@@ -1,0 +1,102 @@
+"""The fs process's control channel: the server adds, commits and removes views.
+
+One JSON message per SOCK_SEQPACKET datagram, each answered in order:
+``{"op": "add_view", "id", "lower", "upper", "rules", "uid", "gid"}``,
+``{"op": "commit", "id"}`` (answered with ``changed`` and ``kept``),
+``{"op": "remove_view", "id"}``, ``{"op": "ping"}``. Errors come back as ``{"error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import pyfuse3
+import trio
+
+from ..errors import SandboxError
+from ..policy import Policy
+from ..types import PermissionRule
+from ._host import split
+from .commit import commit
+from .operations import PermissionFS
+from .view import View
+
+
+def _invalidate(fs: PermissionFS, source: View, changed: list[str]) -> None:
+    """Drop what the kernel caches of ``changed`` in every other view of the same codebase."""
+    for view in fs.views.values():
+        if view is source or view.lower.root != source.lower.root:
+            continue
+        for rel in changed:
+            node = fs.nodes.find(view, rel)
+            if node is None:
+                continue  # the kernel knows nothing of it there: nothing cached to drop
+            parent = fs.nodes.find(view, split(rel)[0])
+            with contextlib.suppress(OSError):  # the kernel may have dropped it meanwhile
+                pyfuse3.invalidate_inode(node.ino, attr_only=False)
+                if parent is not None:
+                    pyfuse3.invalidate_entry(parent.ino, os.fsencode(split(rel)[1]))
+
+
+async def handle(fs: PermissionFS, request: dict[str, Any]) -> dict[str, Any]:
+    op = request.get("op")
+    if op == "ping":
+        return {}
+    view_id = str(request["id"])
+    if op == "add_view":
+        rules = [PermissionRule.from_value(rule) for rule in request["rules"]]
+        old = fs.remove_view(view_id)
+        if old is not None:
+            old.close()
+        fs.add_view(
+            View(
+                view_id,
+                lower=Path(request["lower"]),
+                upper=Path(request["upper"]),
+                policy=Policy(rules),
+                uid=int(request["uid"]),
+                gid=int(request["gid"]),
+            )
+        )
+        return {}
+    view = fs.views.get(view_id)
+    if view is None:
+        return {"error": f"no view {view_id}"}
+    if op == "commit":
+        result = commit(view)
+        if result.changed:
+            # Kernel cache invalidation may wait on requests this thread serves: off-thread.
+            await trio.to_thread.run_sync(_invalidate, fs, view, result.changed)
+        return {"changed": len(result.changed), "kept": sorted(result.kept_deleted)}
+    if op == "remove_view":
+        fs.remove_view(view_id)
+        view.close()
+        return {}
+    return {"error": f"unknown op {op!r}"}
+
+
+async def serve_control(fs: PermissionFS, sock: socket.socket) -> None:
+    """Answer requests until the server closes the channel."""
+    sock.setblocking(False)
+    while True:
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            data = sock.recv(1 << 22)
+        except BlockingIOError:
+            continue
+        if not data:
+            return
+        request: dict[str, Any] = {}
+        try:
+            request = json.loads(data)
+            reply = await handle(fs, request)
+        except (OSError, SandboxError, ValueError, KeyError, TypeError) as exc:
+            reply = {"error": f"{type(exc).__name__}: {exc}"}
+        reply["seq"] = request.get("seq")
+        await trio.lowlevel.wait_writable(sock)
+        sock.send(json.dumps(reply).encode())
