@@ -8,11 +8,10 @@ files of ``/etc`` read-only, a generated ``passwd``/``group``/``hosts``, fresh `
 capabilities, no network, its own pid/ipc/uts namespaces and a new session. The agent is the
 sandbox's pid 1 (no bwrap monitor inside), and the sandbox cannot create user namespaces.
 
-Run by root, bwrap maps the sandbox's uid to the host's uid 0 (in a user namespace, without
-capabilities): the kernel then treats it as the owner of every root-owned file bound into it
-and lets it write sysctls, whose permission checks look at the uid alone. So ``/proc/sys`` is
-read-only, ``/etc/ssl/private`` is not bound, and each sandbox gets its own copies of the
-``/dev`` nodes instead of binds of the host's (whose modes it could change).
+On the host, a sandbox's processes run as an unprivileged uid of their own (``host_uid``,
+when the server runs as root): no root-owned file, sysctl or device node counts them as its
+owner, and host limits per user apply. ``/proc/sys`` is read-only and ``/etc/ssl/private`` is
+not bound all the same.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ import os
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -37,9 +35,9 @@ from ._cgroup import SandboxCgroup, find_cgroup2_root
 from .base import WORKSPACE, CommandSpec, Process, RuntimeError_, SandboxSpec
 
 SANDBOX_UID = 1000
-# The host uid the sandbox's processes run as, which the permission filesystem shows as the
-# owner of every file. bwrap started by root maps the sandbox's uid to root's: 0.
-SANDBOX_HOST_UID = 0
+# The host uid (and gid) sandboxes run as when the server is root; the permission filesystem
+# shows it as the owner of every file. No user of the host should have it.
+DEFAULT_HOST_UID = 59000
 _SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
 _ETC_ENTRIES = (
     "alternatives",
@@ -63,7 +61,6 @@ _ETC_ENTRIES = (
     "python3.11",
 )
 
-_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 
 _log = logging.getLogger(__name__)
 
@@ -159,37 +156,6 @@ def bwrap_isolation_args(etc_dir: Path) -> list[str]:
     return args
 
 
-def _private_devices(directory: Path) -> list[str]:
-    """bwrap arguments that replace /dev's nodes with copies made for one sandbox.
-
-    Only needed (and only possible) as root; ``[]`` (bwrap's binds of the host's nodes) when
-    the copies cannot be made or used here, which is logged.
-    """
-    if os.geteuid() != 0:
-        return []
-    args: list[str] = []
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        nodev = bool(os.statvfs(directory).f_flag & os.ST_NODEV)
-        for name in () if nodev else _DEVICES:
-            if not os.path.exists(f"/dev/{name}"):  # bwrap's --dev makes do without it too
-                continue
-            node = directory / name
-            node.unlink(missing_ok=True)
-            os.mknod(node, 0o666 | stat.S_IFCHR, os.stat(f"/dev/{name}").st_rdev)
-            node.chmod(0o666)
-            args += ["--dev-bind", str(node), f"/dev/{name}"]
-    except OSError as exc:
-        problem = str(exc)
-    else:
-        if not nodev:
-            return args
-        problem = "its file system is mounted nodev"
-    _log.warning("sandboxes get the host's /dev nodes (no copies in %s: %s)", directory, problem)
-    shutil.rmtree(directory, ignore_errors=True)
-    return []
-
-
 class BwrapSandbox:
     """A running bwrap sandbox; implements ``runtimes.base.SandboxHandle``."""
 
@@ -198,12 +164,10 @@ class BwrapSandbox:
         process: anyio.abc.Process,
         agent: AgentConnection,
         cgroup: SandboxCgroup | None,
-        devices: Path | None = None,
     ) -> None:
         self._process = process
         self._agent = agent
         self._cgroup = cgroup
-        self._devices = devices
 
     @property
     def alive(self) -> bool:
@@ -224,8 +188,6 @@ class BwrapSandbox:
                 with contextlib.suppress(ProcessLookupError):
                     self._process.send_signal(signal.SIGKILL)
                 await self._process.wait()
-            if self._devices is not None:
-                shutil.rmtree(self._devices, ignore_errors=True)
 
 
 class BwrapRuntime:
@@ -233,12 +195,17 @@ class BwrapRuntime:
 
     name = "bwrap"
 
-    def __init__(self, state_dir: Path, *, python: str = "/usr/bin/python3") -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        host_uid: int = DEFAULT_HOST_UID,
+        python: str = "/usr/bin/python3",
+    ) -> None:
         self._etc_dir = state_dir / "bwrap-etc"
-        self._devices_dir = state_dir / "devices"
-        # Left by a server that was killed; the state directory is this server's alone.
-        shutil.rmtree(self._devices_dir, ignore_errors=True)
         self._log_dir = state_dir / "logs"
+        # Only root can give sandboxes a uid of their own; otherwise they run as the server.
+        self.host_uid = host_uid if os.geteuid() == 0 else os.geteuid()
         self._python = python
         self._cgroup_root = find_cgroup2_root() if os.geteuid() == 0 else None
         self._bwrap = shutil.which("bwrap")
@@ -252,6 +219,11 @@ class BwrapRuntime:
             return f"{self._python} is missing; sandboxes need Python 3 on the host's /usr"
         return None
 
+    def _as_host_user(self) -> dict[str, Any]:
+        if os.geteuid() != 0 or self.host_uid == 0:
+            return {}
+        return {"user": self.host_uid, "group": self.host_uid, "extra_groups": []}
+
     async def start(self, spec: SandboxSpec, task_group: anyio.abc.TaskGroup) -> BwrapSandbox:
         """Start the sandbox; its agent's reader runs in ``task_group`` until it stops."""
         problem = self.check()
@@ -260,12 +232,9 @@ class BwrapRuntime:
         assert self._bwrap is not None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         cgroup = SandboxCgroup(self._cgroup_root, spec.sandbox_id) if self._cgroup_root else None
-        devices = self._devices_dir / spec.sandbox_id
-        device_args = _private_devices(devices)
         argv = [
             self._bwrap,
             *bwrap_isolation_args(self._etc_dir),
-            *device_args,
             "--bind",
             str(spec.workspace),
             WORKSPACE,
@@ -292,16 +261,16 @@ class BwrapRuntime:
                     stderr=log,
                     pass_fds=(theirs.fileno(),),
                     env={},  # none of the server's environment reaches the sandbox
+                    **self._as_host_user(),
                 )
         except OSError as exc:
             ours.close()
-            shutil.rmtree(devices, ignore_errors=True)
             raise RuntimeError_(f"cannot run bwrap: {exc.strerror}") from None
         finally:
             theirs.close()
         agent = AgentConnection(ours, cgroup)
         task_group.start_soon(agent.run)
-        sandbox = BwrapSandbox(process, agent, cgroup, devices if device_args else None)
+        sandbox = BwrapSandbox(process, agent, cgroup)
         with anyio.move_on_after(10):
             await _first_of(agent.ready.wait, agent.closed.wait)
         if not agent.ready.is_set():

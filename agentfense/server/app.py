@@ -43,11 +43,30 @@ def parse_listen(listen: str) -> tuple[str, int] | Path:
     return host.strip("[]"), int(port)
 
 
+def _check_reachable(config: ServerConfig) -> None:
+    """Sandboxes run as their own uid and must reach their view under the state directory."""
+    if os.geteuid() != 0:
+        return
+    for parent in config.state_dir.absolute().parents:
+        mode = parent.stat().st_mode if parent.exists() else 0o755
+        if not mode & 0o001:
+            raise InvalidConfigurationError(
+                f"state_dir {config.state_dir} is not reachable by the sandboxes' uid "
+                f"{config.sandbox_uid}: {parent} is mode {oct(mode & 0o777)}; choose a "
+                "state_dir whose parent directories others may traverse (o+x)"
+            )
+
+
 @contextlib.asynccontextmanager
 async def open_server(config: ServerConfig) -> AsyncIterator[str]:
     """Run the server while the context is open; yields the address it listens on."""
     address = parse_listen(config.listen)
-    config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _check_reachable(config)
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    # Traversable (sandboxes, which run as their own uid, reach their view and the generated
+    # /etc files below), but nothing in it can be listed by anyone else.
+    config.state_dir.chmod(0o711)
+    (config.state_dir / "codebases").mkdir(exist_ok=True, mode=0o700)
     store = CodebaseStore(config.state_dir / "codebases")
     await store.load()
     async with SandboxManager(config, store) as manager:

@@ -34,6 +34,8 @@ class ServerConfig:
     max_timeout: float = 24 * 3600.0
     expiry_check_interval: float = 1.0
     log_level: str = "info"
+    # The host uid/gid sandboxes run as (when the server runs as root).
+    sandbox_uid: int = 59000
 
     def __post_init__(self) -> None:
         for name in ("max_output_bytes", "max_upload_bytes"):
@@ -42,6 +44,8 @@ class ServerConfig:
         for name in ("default_timeout", "max_timeout", "expiry_check_interval"):
             if getattr(self, name) <= 0:
                 raise InvalidConfigurationError(f"{name} must be positive")
+        if not 0 < self.sandbox_uid < 2**32 - 1:
+            raise InvalidConfigurationError("sandbox_uid must be a uid other than root's")
         if self.default_timeout > self.max_timeout:
             raise InvalidConfigurationError("default_timeout must not exceed max_timeout")
 

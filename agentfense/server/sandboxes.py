@@ -38,7 +38,7 @@ from ..runtimes.base import (
     SandboxHandle,
     SandboxSpec,
 )
-from ..runtimes.bwrap import SANDBOX_HOST_UID, BwrapRuntime
+from ..runtimes.bwrap import BwrapRuntime
 from ..types import PermissionRule, ResourceLimits, RuntimeType, SandboxStatus
 from .codebases import CodebaseStore
 from .config import ServerConfig
@@ -92,7 +92,7 @@ class SandboxManager:
         self._config = config
         self._codebases = codebases
         self._sandboxes: dict[str, SandboxRecord] = {}
-        self._bwrap = BwrapRuntime(config.state_dir)
+        self._bwrap = BwrapRuntime(config.state_dir, host_uid=config.sandbox_uid)
         self._deltas = config.state_dir / "deltas"
         self._fs = FsSupervisor(config.state_dir, views=self._view_specs, on_crash=self._fs_died)
         self._task_group: anyio.abc.TaskGroup | None = None
@@ -131,8 +131,8 @@ class SandboxManager:
             "lower": str(self._codebases.files_dir(record.codebase_id)),
             "upper": str(self._deltas / record.id / "upper"),
             "rules": [rule.to_dict() for rule in record.permissions],
-            "uid": SANDBOX_HOST_UID,
-            "gid": SANDBOX_HOST_UID,
+            "uid": self._bwrap.host_uid,
+            "gid": self._bwrap.host_uid,
         }
 
     def _view_specs(self) -> list[dict[str, Any]]:

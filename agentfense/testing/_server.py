@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
@@ -65,9 +66,14 @@ def start_server_process(
     ``host:port`` must be an IPv4 address here).
     """
     root = Path(directory or tempfile.mkdtemp(prefix="agentfense-test-"))
+    root.mkdir(parents=True, exist_ok=True)
     sock = root / "server.sock"
     listen = listen or f"unix:{sock}"
-    state = root / "state"
+    # The sandboxes' uid must reach the state directory, and pytest's tmp_path is private:
+    # the state lives in the system's temporary directory, one per ``directory`` (so a server
+    # started again on the same directory finds the same state).
+    digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+    state = Path(tempfile.gettempdir()) / f"agentfense-state-{digest}"
     log_path = root / "server.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTFENSE_")}
     env.update({f"AGENTFENSE_{k.upper()}": v for k, v in (settings or {}).items()})
