@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import timedelta
 from os import PathLike
@@ -68,6 +69,7 @@ class AsyncSandboxClient:
         self.secure = secure
         self._transport: Transport | None = None
         self._opening: anyio.Event | None = None
+        self.lacks_file_rpcs = False  # learnt from an UNIMPLEMENTED answer
 
     async def _channel(self) -> Transport:
         while self._transport is None:
@@ -329,6 +331,51 @@ class AsyncSandboxClient:
         transport = await self._channel()
         async with transport.server_stream(method, request, reply) as stream:
             yield stream
+
+    # -- a sandbox's files, through its view and permissions (AgentFense extension) ---------
+
+    async def read_sandbox_file(self, sandbox_id: str, path: str) -> bytes:
+        """A file as the sandbox sees it (``/workspace/...`` or relative to it)."""
+        request = pb.SandboxFileRequest(sandbox_id=sandbox_id, path=path)
+        parts: list[bytes] = []
+        async with self._server_stream(
+            _SANDBOX + "ReadSandboxFile", request, pb.FileChunk
+        ) as stream:
+            async for chunk in stream:
+                parts.append(chunk.data)
+        return b"".join(parts)
+
+    async def write_sandbox_file(
+        self, sandbox_id: str, path: str, content: bytes | str
+    ) -> UploadResult:
+        """Write a file as the sandbox could (its permissions apply), then commit it."""
+        data = content.encode() if isinstance(content, str) else bytes(content)
+
+        async def chunks() -> AsyncIterator[pb.SandboxFileChunk]:
+            yield pb.SandboxFileChunk(
+                metadata=pb.SandboxFileChunkMetadata(
+                    sandbox_id=sandbox_id, path=path, total_size=len(data)
+                )
+            )
+            for start in range(0, len(data), UPLOAD_CHUNK):
+                yield pb.SandboxFileChunk(data=data[start : start + UPLOAD_CHUNK])
+
+        transport = await self._channel()
+        reply = await transport.client_stream(
+            _SANDBOX + "WriteSandboxFile", chunks, pb.UploadResult
+        )
+        return convert.upload_result_from_pb(reply)
+
+    async def list_sandbox_files(
+        self, sandbox_id: str, path: str = "/workspace", recursive: bool = False
+    ) -> list[FileInfo]:
+        """What the sandbox sees below ``path``; paths are given as ``/workspace/...``."""
+        request = pb.ListSandboxFilesRequest(sandbox_id=sandbox_id, path=path, recursive=recursive)
+        reply = await self._unary(_SANDBOX + "ListSandboxFiles", request, pb.ListFilesResponse)
+        return [
+            dataclasses.replace(convert.file_info_from_pb(f), path=f"/workspace/{f.path}")
+            for f in reply.files
+        ]
 
     # -- sessions ---------------------------------------------------------------------------
 

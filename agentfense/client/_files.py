@@ -24,6 +24,11 @@ def sandbox_path(path: str) -> str:
     return path if path.startswith("/") else f"{WORKSPACE}/{path}"
 
 
+def in_workspace(path: str) -> bool:
+    """Whether ``path`` names something of the workspace (relative paths do)."""
+    return not path.startswith("/") or path == WORKSPACE or path.startswith(WORKSPACE + "/")
+
+
 def read_command(path: str) -> str:
     return f"base64 -w0 -- {shlex.quote(sandbox_path(path))}"
 
@@ -54,7 +59,9 @@ def check(result: ExecResult, what: str, path: str) -> None:
     if "Permission denied" in detail or "Operation not permitted" in detail:
         raise PermissionDeniedError(message)
     if "No such file or directory" in detail or "Not a directory" in detail:
-        raise SandboxError(message, code=StatusCode.NOT_FOUND)
+        raise SandboxError(
+            f"file {sandbox_path(path)} not found in the sandbox", code=StatusCode.NOT_FOUND
+        )
     raise SandboxError(message)
 
 

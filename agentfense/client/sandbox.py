@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 import anyio
 
 from .._transport import DEFAULT_ENDPOINT
-from ..errors import CommandExecutionError
+from ..errors import CommandExecutionError, SandboxError, StatusCode
 from ..presets import RuleLike, resolve_permissions
 from ..types import (
     ExecResult,
@@ -27,6 +28,7 @@ from ._client import AsyncSandboxClient
 from ._stream import ExecStream
 
 log = logging.getLogger("agentfense")
+T = TypeVar("T")
 
 UPLOAD_CONCURRENCY = 8
 
@@ -304,8 +306,27 @@ class AsyncSandbox:
         )
 
     # -- files (through the sandbox's own view and permissions) -----------------------------
+    #
+    # The server's file RPCs when it has them; otherwise (another server of the sandbox.v1
+    # API) commands in the running sandbox, which go through its view all the same.
+
+    async def _file_rpc(self, path: str, call: Callable[[], Awaitable[T]]) -> T | None:
+        """The RPC's answer, or None to use commands instead: for a server without the RPCs,
+        or a path outside the workspace (the sandbox's own /tmp, /etc, /proc...)."""
+        if self._client.lacks_file_rpcs or not _files.in_workspace(path):
+            return None
+        try:
+            return await call()
+        except SandboxError as exc:
+            if exc.code != StatusCode.UNIMPLEMENTED:
+                raise
+            self._client.lacks_file_rpcs = True
+            return None
 
     async def read_file_bytes(self, path: str) -> bytes:
+        data = await self._file_rpc(path, lambda: self._client.read_sandbox_file(self.id, path))
+        if data is not None:
+            return data
         result = await self._client.exec(self.id, _files.read_command(path))
         return _files.decode(result, path)
 
@@ -313,12 +334,22 @@ class AsyncSandbox:
         return (await self.read_file_bytes(path)).decode(encoding)
 
     async def write_file(self, path: str, content: str | bytes) -> None:
+        written = await self._file_rpc(
+            path, lambda: self._client.write_sandbox_file(self.id, path, content)
+        )
+        if written is not None:
+            return
         result = await self._client.exec(
             self.id, _files.write_command(path), stdin=_files.encode(content)
         )
         _files.check(result, "write", path)
 
     async def list_files(self, path: str = "/workspace", recursive: bool = False) -> list[FileInfo]:
+        found = await self._file_rpc(
+            path, lambda: self._client.list_sandbox_files(self.id, path, recursive)
+        )
+        if found is not None:
+            return found
         result = await self._client.exec(self.id, _files.list_command(path, recursive))
         return _files.parse_listing(result, path)
 

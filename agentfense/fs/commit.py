@@ -10,7 +10,7 @@ committer wins per file.
 from __future__ import annotations
 
 import contextlib
-import os
+import secrets
 import stat
 from dataclasses import dataclass, field
 
@@ -81,9 +81,10 @@ def _apply_upper(view: View, rel: str, result: CommitResult) -> bool:
     parent, _ = split(rel)
     view.lower.makedirs(parent)
     result.changed.append(rel)
-    if view.writers.get(rel):
+    if view.writers.get(st.st_ino):
         # Still open for writing: commit a copy, keep the file (and its writers) in the delta.
-        tmp = f"{parent}/.agentfense-commit-{os.getpid()}" if parent else ".agentfense-commit"
+        # The copy's name is unguessable: a sandbox may own any name it can guess.
+        tmp = join(parent, f".agentfense-commit-{secrets.token_hex(8)}")
         copy_file(view.upper, rel, view.lower, tmp)
         view.lower.rename(tmp, rel)
         return False

@@ -57,6 +57,7 @@ class Handle:
     fd: int
     node: Node
     writer_path: str | None  # the upper path this handle may write, if any
+    writer_ino: int | None = None  # the upper file's inode (it outlives renames of the path)
 
 
 class PermissionFS(pyfuse3.Operations):
@@ -124,7 +125,9 @@ class PermissionFS(pyfuse3.Operations):
         attrs = pyfuse3.EntryAttributes()
         attrs.st_ino = node.ino
         attrs.st_mode = stat.S_IFMT(mode) | shown
-        attrs.st_nlink = st.st_nlink
+        # A directory's host link count counts its hidden subdirectories too: show 1, which
+        # tools read as "unknown" (as on btrfs).
+        attrs.st_nlink = 1 if stat.S_ISDIR(mode) else st.st_nlink
         attrs.st_uid = view.uid
         attrs.st_gid = view.gid
         attrs.st_rdev = 0
@@ -443,10 +446,13 @@ class PermissionFS(pyfuse3.Operations):
 
     def _register(self, fd: int, node: Node, writer_path: str | None) -> int:
         fh = self._fh()
-        self._handles[fh] = Handle(fd, node, writer_path)
+        handle = self._handles[fh] = Handle(fd, node, writer_path)
         if writer_path is not None:
+            # Counted per inode, not per path: a rename or a hard link of the file must not
+            # let the commit move the inode this descriptor writes into the codebase.
+            handle.writer_ino = os.fstat(fd).st_ino
             writers = node.view.writers
-            writers[writer_path] = writers.get(writer_path, 0) + 1
+            writers[handle.writer_ino] = writers.get(handle.writer_ino, 0) + 1
         return fh
 
     @_fuse_errors
@@ -497,13 +503,13 @@ class PermissionFS(pyfuse3.Operations):
         if handle is None:
             return
         os.close(handle.fd)
-        if handle.writer_path is not None:
+        if handle.writer_ino is not None:
             writers = handle.node.view.writers
-            remaining = writers.get(handle.writer_path, 1) - 1
+            remaining = writers.get(handle.writer_ino, 1) - 1
             if remaining > 0:
-                writers[handle.writer_path] = remaining
+                writers[handle.writer_ino] = remaining
             else:
-                writers.pop(handle.writer_path, None)
+                writers.pop(handle.writer_ino, None)
 
     # -- extended attributes (the user namespace only) --------------------------------------
 

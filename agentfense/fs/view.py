@@ -72,7 +72,7 @@ class View:
         self.deleted: set[str] = set()
         with contextlib.suppress(OSError, ValueError):
             self.deleted = set(json.loads(self._deleted_file.read_text()))
-        self.writers: dict[str, int] = {}  # upper path -> open write handles
+        self.writers: dict[int, int] = {}  # upper inode -> open write handles
 
     def close(self) -> None:
         self.lower.close()

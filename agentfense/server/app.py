@@ -75,7 +75,7 @@ async def open_server(config: ServerConfig) -> AsyncIterator[str]:
                 CodebaseService(
                     store, in_use=manager.uses_codebase, max_upload_bytes=config.max_upload_bytes
                 ),
-                SandboxService(manager),
+                SandboxService(manager, max_upload_bytes=config.max_upload_bytes),
             ]
         )
         if isinstance(address, Path):

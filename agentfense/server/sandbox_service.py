@@ -7,6 +7,8 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
+import anyio
+import betterproto
 import grpclib.const
 import grpclib.server
 from grpclib.exceptions import GRPCError
@@ -23,6 +25,7 @@ from .._convert import (
 from .._proto.sandbox import v1 as pb
 from ..errors import InvalidConfigurationError, SandboxError
 from ..types import OutputStream, RuntimeType
+from . import sandbox_files as files
 from .execution import Outcome
 from .sandboxes import ExecParams, SandboxManager, SandboxRecord
 
@@ -95,8 +98,9 @@ def _exec_params(request: pb.ExecRequest) -> ExecParams:
 class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
     """Sandbox lifecycle and exec RPCs. Sessions are not served yet (UNIMPLEMENTED)."""
 
-    def __init__(self, manager: SandboxManager) -> None:
+    def __init__(self, manager: SandboxManager, *, max_upload_bytes: int) -> None:
         self._manager = manager
+        self._max_upload_bytes = max_upload_bytes
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         mapping: dict[str, grpclib.const.Handler] = super().__mapping__()
@@ -175,6 +179,71 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
 
     async def exec_stream(self, request: pb.ExecRequest) -> Any:  # served by _exec_stream
         raise GRPCError(grpclib.const.Status.INTERNAL, "unreachable")
+
+    # -- files through the sandbox's view ---------------------------------------------------
+
+    async def read_sandbox_file(
+        self, request: pb.SandboxFileRequest
+    ) -> AsyncIterator[pb.FileChunk]:
+        with grpc_errors():
+            _record, view = self._manager.view_root(request.sandbox_id)
+            rel = files.workspace_relpath(request.path)
+            async for data in files.read_file(view, rel):
+                yield pb.FileChunk(data=data)
+
+    async def write_sandbox_file(
+        self, request_iterator: AsyncIterator[pb.SandboxFileChunk]
+    ) -> pb.UploadResult:
+        first = await anext(request_iterator, None)
+        if first is None or not betterproto.serialized_on_wire(first.metadata):
+            raise GRPCError(
+                grpclib.const.Status.INVALID_ARGUMENT,
+                "the first SandboxFileChunk must carry metadata",
+            )
+        meta = first.metadata
+
+        async def data() -> AsyncIterator[bytes]:
+            async for chunk in request_iterator:
+                if betterproto.which_one_of(chunk, "content")[0] != "data":
+                    raise InvalidConfigurationError(
+                        "only the first SandboxFileChunk may carry metadata"
+                    )
+                yield chunk.data
+
+        with grpc_errors():
+            record, view = self._manager.view_root(meta.sandbox_id)
+            rel = files.workspace_relpath(meta.path)
+            try:
+                size, checksum = await files.write_file(
+                    view, rel, data(), max_bytes=self._max_upload_bytes
+                )
+            finally:
+                await self._manager.commit(record)
+            if meta.total_size and size != meta.total_size:
+                raise InvalidConfigurationError(
+                    f"total_size said {meta.total_size} bytes but {size} came"
+                )
+        return pb.UploadResult(
+            codebase_id=record.codebase_id, file_path=meta.path, size=size, checksum=checksum
+        )
+
+    async def list_sandbox_files(self, request: pb.ListSandboxFilesRequest) -> pb.ListFilesResponse:
+        with grpc_errors():
+            _record, view = self._manager.view_root(request.sandbox_id)
+            rel = files.workspace_relpath(request.path)
+            found = await anyio.to_thread.run_sync(files.list_files, view, rel, request.recursive)
+        return pb.ListFilesResponse(
+            files=[
+                pb.FileInfo(
+                    path=f.path,
+                    name=f.name,
+                    is_dir=f.is_dir,
+                    size=f.size,
+                    modified_at=f.modified_at,
+                )
+                for f in found
+            ]
+        )
 
     async def _sessions_unavailable(self) -> Any:
         raise GRPCError(

@@ -148,6 +148,11 @@ class SandboxManager:
                 record.status = SandboxStatus.ERROR
                 record.error = "the permission filesystem restarted; start the sandbox again"
 
+    def view_root(self, sandbox_id: str) -> tuple[SandboxRecord, Path]:
+        """The sandbox and its view (its files as it sees them, whatever its state)."""
+        record = self.get(sandbox_id)
+        return record, self._fs.view_path(record.id)
+
     async def commit(self, record: SandboxRecord) -> None:
         """Apply what the sandbox wrote since the last commit to its codebase."""
         with anyio.CancelScope(shield=True):

@@ -331,6 +331,38 @@ class SessionExecRequest(betterproto.Message):
     timeout: timedelta = betterproto.message_field(3)
 
 
+@dataclass(eq=False, repr=False)
+class SandboxFileRequest(betterproto.Message):
+    """A path in the sandbox: under /workspace, or relative to it."""
+
+    sandbox_id: str = betterproto.string_field(1)
+    path: str = betterproto.string_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class SandboxFileChunk(betterproto.Message):
+    """
+    A client stream writes one file: first a metadata chunk, then data chunks.
+    """
+
+    metadata: "SandboxFileChunkMetadata" = betterproto.message_field(1, group="content")
+    data: bytes = betterproto.bytes_field(2, group="content")
+
+
+@dataclass(eq=False, repr=False)
+class SandboxFileChunkMetadata(betterproto.Message):
+    sandbox_id: str = betterproto.string_field(1)
+    path: str = betterproto.string_field(2)
+    total_size: int = betterproto.int64_field(3)
+
+
+@dataclass(eq=False, repr=False)
+class ListSandboxFilesRequest(betterproto.Message):
+    sandbox_id: str = betterproto.string_field(1)
+    path: str = betterproto.string_field(2)
+    recursive: bool = betterproto.bool_field(3)
+
+
 class CodebaseServiceStub(betterproto.ServiceStub):
     async def create_codebase(
         self,
@@ -695,6 +727,61 @@ class SandboxServiceStub(betterproto.ServiceStub):
         ):
             yield response
 
+    async def read_sandbox_file(
+        self,
+        sandbox_file_request: "SandboxFileRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> AsyncIterator[FileChunk]:
+        async for response in self._unary_stream(
+            "/sandbox.v1.SandboxService/ReadSandboxFile",
+            sandbox_file_request,
+            FileChunk,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
+    async def write_sandbox_file(
+        self,
+        sandbox_file_chunk_iterator: Union[
+            AsyncIterable[SandboxFileChunk], Iterable[SandboxFileChunk]
+        ],
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "UploadResult":
+        return await self._stream_unary(
+            "/sandbox.v1.SandboxService/WriteSandboxFile",
+            sandbox_file_chunk_iterator,
+            SandboxFileChunk,
+            UploadResult,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_sandbox_files(
+        self,
+        list_sandbox_files_request: "ListSandboxFilesRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "ListFilesResponse":
+        return await self._unary_unary(
+            "/sandbox.v1.SandboxService/ListSandboxFiles",
+            list_sandbox_files_request,
+            ListFilesResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class CodebaseServiceBase(ServiceBase):
 
@@ -902,6 +989,22 @@ class SandboxServiceBase(ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield ExecOutput()
 
+    async def read_sandbox_file(
+        self, sandbox_file_request: "SandboxFileRequest"
+    ) -> AsyncIterator[FileChunk]:
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+        yield FileChunk()
+
+    async def write_sandbox_file(
+        self, sandbox_file_chunk_iterator: AsyncIterator[SandboxFileChunk]
+    ) -> "UploadResult":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def list_sandbox_files(
+        self, list_sandbox_files_request: "ListSandboxFilesRequest"
+    ) -> "ListFilesResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_create_sandbox(
         self, stream: "grpclib.server.Stream[CreateSandboxRequest, Sandbox]"
     ) -> None:
@@ -1007,6 +1110,31 @@ class SandboxServiceBase(ServiceBase):
             request,
         )
 
+    async def __rpc_read_sandbox_file(
+        self, stream: "grpclib.server.Stream[SandboxFileRequest, FileChunk]"
+    ) -> None:
+        request = await stream.recv_message()
+        await self._call_rpc_handler_server_stream(
+            self.read_sandbox_file,
+            stream,
+            request,
+        )
+
+    async def __rpc_write_sandbox_file(
+        self, stream: "grpclib.server.Stream[SandboxFileChunk, UploadResult]"
+    ) -> None:
+        request = stream.__aiter__()
+        response = await self.write_sandbox_file(request)
+        await stream.send_message(response)
+
+    async def __rpc_list_sandbox_files(
+        self,
+        stream: "grpclib.server.Stream[ListSandboxFilesRequest, ListFilesResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.list_sandbox_files(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/sandbox.v1.SandboxService/CreateSandbox": grpclib.const.Handler(
@@ -1092,5 +1220,23 @@ class SandboxServiceBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_STREAM,
                 SessionExecRequest,
                 ExecOutput,
+            ),
+            "/sandbox.v1.SandboxService/ReadSandboxFile": grpclib.const.Handler(
+                self.__rpc_read_sandbox_file,
+                grpclib.const.Cardinality.UNARY_STREAM,
+                SandboxFileRequest,
+                FileChunk,
+            ),
+            "/sandbox.v1.SandboxService/WriteSandboxFile": grpclib.const.Handler(
+                self.__rpc_write_sandbox_file,
+                grpclib.const.Cardinality.STREAM_UNARY,
+                SandboxFileChunk,
+                UploadResult,
+            ),
+            "/sandbox.v1.SandboxService/ListSandboxFiles": grpclib.const.Handler(
+                self.__rpc_list_sandbox_files,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ListSandboxFilesRequest,
+                ListFilesResponse,
             ),
         }

@@ -1,0 +1,170 @@
+"""A sandbox's files through its own view: what ``ReadSandboxFile``, ``WriteSandboxFile`` and
+``ListSandboxFiles`` serve. The view (a directory of the permission filesystem) applies the
+sandbox's permissions to every access; every path is resolved beneath it without following
+a symlink, so nothing a sandbox planted leads the server elsewhere on the host.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import anyio
+
+from ..errors import (
+    InvalidConfigurationError,
+    PermissionDeniedError,
+    ResourceLimitExceededError,
+    SandboxError,
+    StatusCode,
+)
+from ..fs._host import HostTree
+from ._paths import InvalidPathError, normalize_relpath
+
+WORKSPACE = "/workspace"
+CHUNK = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxFile:
+    path: str  # relative to /workspace
+    name: str
+    is_dir: bool
+    size: int
+    modified_at: datetime
+
+
+def workspace_relpath(path: str) -> str:
+    """``src/a.py`` for ``/workspace/src/a.py`` or ``src/a.py``; "" for the workspace."""
+    if path == WORKSPACE or path.startswith(WORKSPACE + "/"):
+        path = path[len(WORKSPACE) :]
+    elif path.startswith("/"):
+        raise InvalidConfigurationError(f"path {path[:200]!r} is not under {WORKSPACE}")
+    try:
+        return normalize_relpath(path, allow_root=True)
+    except InvalidPathError as exc:
+        raise InvalidConfigurationError(exc.for_field("path")) from None
+
+
+def _shown(rel: str) -> str:
+    return f"{WORKSPACE}/{rel}" if rel else WORKSPACE
+
+
+def _error(exc: OSError, what: str, rel: str) -> SandboxError:
+    where = _shown(rel)
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return PermissionDeniedError(f"cannot {what} {where}: permission denied")
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        return SandboxError(f"file {where} not found in the sandbox", code=StatusCode.NOT_FOUND)
+    if exc.errno == errno.ELOOP:
+        return InvalidConfigurationError(f"{where} is a symbolic link; it is not followed")
+    if exc.errno == errno.EISDIR:
+        return InvalidConfigurationError(f"{where} is a directory")
+    return SandboxError(f"cannot {what} {where}: {exc.strerror}")
+
+
+async def read_file(view: Path, rel: str) -> AsyncIterator[bytes]:
+    """The file's content, chunk by chunk."""
+
+    def open_file() -> int:
+        tree = HostTree(view)
+        try:
+            fd = tree.open(rel, os.O_RDONLY)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise OSError(errno.EISDIR, "not a regular file")
+            return fd
+        finally:
+            tree.close()
+
+    try:
+        fd = await anyio.to_thread.run_sync(open_file)
+    except OSError as exc:
+        raise _error(exc, "read", rel) from None
+    try:
+        while data := await anyio.to_thread.run_sync(os.read, fd, CHUNK):
+            yield data
+    finally:
+        os.close(fd)
+
+
+async def write_file(
+    view: Path, rel: str, chunks: AsyncIterator[bytes], *, max_bytes: int
+) -> tuple[int, str]:
+    """Write the file (parents created), as the sandbox could; (size, sha256)."""
+    if not rel:
+        raise InvalidConfigurationError("path must name a file under /workspace")
+
+    def open_file() -> int:
+        tree = HostTree(view)
+        try:
+            parent = rel.rpartition("/")[0]
+            tree.makedirs(parent)
+            return tree.open(rel, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        finally:
+            tree.close()
+
+    try:
+        fd = await anyio.to_thread.run_sync(open_file)
+    except OSError as exc:
+        raise _error(exc, "write", rel) from None
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        async for data in chunks:
+            size += len(data)
+            if size > max_bytes:
+                raise ResourceLimitExceededError(
+                    f"{_shown(rel)} exceeds the largest file this server accepts "
+                    f"({max_bytes} bytes)"
+                )
+            digest.update(data)
+            view_data = memoryview(data)
+            while view_data:
+                written = await anyio.to_thread.run_sync(os.write, fd, view_data)
+                view_data = view_data[written:]
+    except OSError as exc:
+        raise _error(exc, "write", rel) from None
+    finally:
+        os.close(fd)
+    return size, digest.hexdigest()
+
+
+def list_files(view: Path, rel: str, recursive: bool) -> list[SandboxFile]:
+    """What the sandbox sees below ``rel`` (blocking: run it in a thread)."""
+    tree = HostTree(view)
+    found: list[SandboxFile] = []
+
+    def visit(directory: str) -> None:
+        for name in sorted(tree.listdir(directory)):
+            child = f"{directory}/{name}" if directory else name
+            try:
+                st = tree.lstat(child)
+            except OSError:
+                continue  # gone meanwhile
+            is_dir = stat.S_ISDIR(st.st_mode)
+            found.append(
+                SandboxFile(
+                    path=child,
+                    name=name,
+                    is_dir=is_dir,
+                    size=0 if is_dir else st.st_size,
+                    modified_at=datetime.fromtimestamp(st.st_mtime, UTC),
+                )
+            )
+            if recursive and is_dir:
+                visit(child)
+
+    try:
+        visit(rel)  # ENOTDIR when rel is no directory
+    except OSError as exc:
+        raise _error(exc, "list", rel) from None
+    finally:
+        tree.close()
+    return found
