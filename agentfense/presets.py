@@ -9,6 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .errors import InvalidConfigurationError
+from .policy import validate_rules
 from .types import PatternType, Permission, PermissionRule
 
 RuleLike = PermissionRule | Mapping[str, Any]
@@ -102,6 +103,7 @@ def register_preset(name: str, rules: Sequence[RuleLike], *, replace: bool = Fal
     if name in _PRESETS and not replace:
         raise InvalidConfigurationError(f"preset {name!r} exists; pass replace=True to replace it")
     validated = normalize_rules(rules)
+    validate_rules(validated)
     if not validated:
         raise InvalidConfigurationError(f"preset {name!r} needs at least one rule")
     _PRESETS[name] = tuple(validated)

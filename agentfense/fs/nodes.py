@@ -1,4 +1,4 @@
-"""Inode numbers for the paths of every view, stable while the kernel knows them."""
+"""Inode numbers for the paths of every view, stable for as long as the view exists."""
 
 from __future__ import annotations
 
@@ -45,20 +45,28 @@ class Nodes:
         node.lookups += 1
 
     def forget(self, ino: int, count: int) -> None:
+        """The kernel dropped references. The node stays: a path keeps its inode number for
+        as long as its view exists (only a node replaced by a rename goes)."""
         node = self.by_ino.get(ino)
         if node is None:
             return
         node.lookups -= count
-        if node.lookups <= 0 and not node.is_root:
+        if node.lookups <= 0 and node.stale:
             del self.by_ino[ino]
-            if not node.stale and self._by_path.get((node.view.id, node.rel)) is node:
-                del self._by_path[(node.view.id, node.rel)]
+
+    def drop_view(self, view: View) -> None:
+        """Forget every node of a view that is gone."""
+        for key in [key for key in self._by_path if key[0] == view.id]:
+            node = self._by_path.pop(key)
+            self.by_ino.pop(node.ino, None)
 
     def rename(self, view: View, old: str, new: str) -> None:
         """Nodes at ``old`` and below now stand at ``new`` (the node at ``new`` is dropped)."""
         replaced = self._by_path.pop((view.id, new), None)
         if replaced is not None:
             replaced.stale = True
+            if replaced.lookups <= 0:
+                self.by_ino.pop(replaced.ino, None)
         prefix = old + "/"
         moved = [
             node

@@ -79,7 +79,10 @@ class PermissionFS(pyfuse3.Operations):
         self.nodes.looked_up(self.nodes.get(view, ""))  # the root lives as long as the view
 
     def remove_view(self, view_id: str) -> View | None:
-        return self.views.pop(view_id, None)
+        view = self.views.pop(view_id, None)
+        if view is not None:
+            self.nodes.drop_view(view)
+        return view
 
     def _node(self, ino: int) -> Node:
         node = self.nodes.by_ino.get(ino)
