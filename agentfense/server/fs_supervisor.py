@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import socket
 import subprocess
 import sys
@@ -28,8 +27,15 @@ from ..errors import SandboxError, StatusCode
 log = logging.getLogger("agentfense.server.fs")
 
 
+def _mounted(path: Path) -> bool:
+    """Whether something is mounted on ``path`` (also a dead FUSE mount, which stat fails on)."""
+    target = str(path).replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011")
+    with open("/proc/self/mounts") as mounts:
+        return any(line.split(" ")[1] == target for line in mounts)
+
+
 def _unmount(path: Path) -> None:
-    if os.path.ismount(path):
+    if _mounted(path):
         subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
 
 
@@ -50,6 +56,7 @@ class FsSupervisor:
         self._lock = anyio.Lock()
         self._stopping = False
         self._seq = 0
+        self._ready = anyio.Event()  # set while a process serves every view
 
     def view_path(self, view_id: str) -> Path:
         return self.mountpoint / view_id
@@ -59,11 +66,11 @@ class FsSupervisor:
         task_group.start_soon(self._watch, task_group)
 
     async def _launch(self) -> None:
+        _unmount(self.mountpoint)  # left by a process that died (stat fails on it)
         for directory in (self.mountpoint.parent.parent, self.mountpoint.parent):
             directory.mkdir(parents=True, exist_ok=True)
             directory.chmod(0o711)  # sandboxes reach their view; nothing here can be listed
         self.mountpoint.mkdir(exist_ok=True)
-        _unmount(self.mountpoint)  # left by a process that was killed
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
@@ -93,7 +100,8 @@ class FsSupervisor:
                 code=StatusCode.INTERNAL,
             )
         for view in self._views():
-            await self.request(op="add_view", **view)
+            await self._request(op="add_view", **view)
+        self._ready.set()
 
     def _log_tail(self) -> str:
         with contextlib.suppress(OSError):
@@ -113,8 +121,23 @@ class FsSupervisor:
             reply: dict[str, Any] = json.loads(data)
             return reply
 
+    async def wait_ready(self) -> None:
+        """Wait while the process is being replaced (its views are added again)."""
+        if not self._ready.is_set():
+            with anyio.move_on_after(60):
+                await self._ready.wait()
+            if not self._ready.is_set():
+                raise SandboxError(
+                    "the permission filesystem is restarting; try again",
+                    code=StatusCode.UNAVAILABLE,
+                )
+
     async def request(self, **message: Any) -> dict[str, Any]:
         """Send one request and return its answer (requests are answered one at a time)."""
+        await self.wait_ready()
+        return await self._request(**message)
+
+    async def _request(self, **message: Any) -> dict[str, Any]:
         async with self._lock:
             if self._sock is None:
                 raise SandboxError(
@@ -142,11 +165,18 @@ class FsSupervisor:
                 process.returncode,
                 self._log_tail(),
             )
-            if self._sock is not None:
-                self._sock.close()
-                self._sock = None
+            self._ready = anyio.Event()
+            async with self._lock:  # no request is between its question and its answer
+                if self._sock is not None:
+                    self._sock.close()
+                    self._sock = None
             await self._on_crash()
-            await self._launch()
+            try:
+                await self._launch()
+            except SandboxError:
+                if self._stopping:
+                    return
+                raise
 
     async def stop(self) -> None:
         self._stopping = True

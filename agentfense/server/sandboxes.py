@@ -251,6 +251,7 @@ class SandboxManager:
             if record.status is SandboxStatus.RUNNING and record.handle and record.handle.alive:
                 return record
             assert self._task_group is not None
+            await self._fs.wait_ready()
             spec = SandboxSpec(
                 sandbox_id=record.id,
                 workspace=self._fs.view_path(record.id),
