@@ -52,6 +52,13 @@ def _fail(code: int) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(code)
 
 
+def _settable(mode: int) -> int:
+    """The permission bits a sandbox may give: never set-user-ID or set-group-ID. The host
+    files are root's, and the delta a sandbox writes is a host directory: a set-user-ID
+    copy of a shell there would be a root shell for whoever reaches it."""
+    return stat.S_IMODE(mode) & ~(stat.S_ISUID | stat.S_ISGID)
+
+
 @dataclass(eq=False)
 class Handle:
     fd: int
@@ -216,7 +223,7 @@ class PermissionFS(pyfuse3.Operations):
         if fields.update_mode:
             if stat.S_ISLNK(entry.st.st_mode):
                 raise _fail(errno.EOPNOTSUPP)
-            view.upper.chmod(rel, stat.S_IMODE(attr.st_mode))
+            view.upper.chmod(rel, _settable(attr.st_mode))
         if fields.update_size:
             handle = self._handles.get(fh) if fh else None
             if handle is not None and handle.writer_path == rel:
@@ -294,7 +301,7 @@ class PermissionFS(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         view, rel = self._new_entry(parent_inode, name)
-        view.upper.mkdir(rel, stat.S_IMODE(mode) & ~ctx.umask)
+        view.upper.mkdir(rel, _settable(mode) & ~ctx.umask)
         view.created(rel)
         return self._found(view, rel, Entry(UPPER, view.upper.lstat(rel)))
 
@@ -346,7 +353,7 @@ class PermissionFS(pyfuse3.Operations):
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         view, rel = self._new_entry(parent_inode, name)
         flags = (flags & ~(os.O_APPEND | os.O_NOCTTY)) | os.O_CREAT | os.O_EXCL
-        fd = view.upper.open(rel, flags, stat.S_IMODE(mode) & ~ctx.umask)
+        fd = view.upper.open(rel, flags, _settable(mode) & ~ctx.umask)
         view.created(rel)
         attrs = self._found(view, rel, Entry(UPPER, os.fstat(fd)))
         node = self.nodes.get(view, rel)
@@ -360,7 +367,7 @@ class PermissionFS(pyfuse3.Operations):
             raise _fail(errno.EPERM)  # no device nodes
         view, rel = self._new_entry(parent_inode, name)
         with view.upper.parent(rel) as (fd, leaf):
-            os.mknod(leaf, stat.S_IFMT(mode) | (stat.S_IMODE(mode) & ~ctx.umask), dir_fd=fd)
+            os.mknod(leaf, stat.S_IFMT(mode) | (_settable(mode) & ~ctx.umask), dir_fd=fd)
         view.created(rel)
         return self._found(view, rel, Entry(UPPER, view.upper.lstat(rel)))
 

@@ -67,6 +67,10 @@ async def open_server(config: ServerConfig) -> AsyncIterator[str]:
     # /etc files below), but nothing in it can be listed by anyone else.
     config.state_dir.chmod(0o711)
     (config.state_dir / "codebases").mkdir(exist_ok=True, mode=0o700)
+    # The sandboxes' deltas hold files with the modes a sandbox chose: root's business alone.
+    deltas = config.state_dir / "deltas"
+    deltas.mkdir(exist_ok=True, mode=0o700)
+    deltas.chmod(0o700)
     store = CodebaseStore(config.state_dir / "codebases")
     await store.load()
     async with SandboxManager(config, store) as manager:

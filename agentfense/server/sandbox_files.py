@@ -75,10 +75,12 @@ async def read_file(view: Path, rel: str) -> AsyncIterator[bytes]:
     def open_file() -> int:
         tree = HostTree(view)
         try:
-            fd = tree.open(rel, os.O_RDONLY)
+            # O_NONBLOCK: a FIFO the sandbox made must not hold this thread until it writes.
+            fd = tree.open(rel, os.O_RDONLY | os.O_NONBLOCK)
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 os.close(fd)
                 raise OSError(errno.EISDIR, "not a regular file")
+            os.set_blocking(fd, True)
             return fd
         finally:
             tree.close()
@@ -106,7 +108,13 @@ async def write_file(
         try:
             parent = rel.rpartition("/")[0]
             tree.makedirs(parent)
-            return tree.open(rel, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK  # (as for reading)
+            fd = tree.open(rel, flags, 0o644)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise OSError(errno.EISDIR, "not a regular file")
+            os.set_blocking(fd, True)
+            return fd
         finally:
             tree.close()
 
