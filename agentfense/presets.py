@@ -16,10 +16,12 @@ RuleLike = PermissionRule | Mapping[str, Any]
 
 _SECRETS = (
     "**/.env*",
+    "**/.env*/**",  # a directory named like one (.env.d/, a virtualenv called .env)
     "**/secrets/**",
     "**/*.key",
     "**/*.pem",
     "**/credentials*",
+    "**/credentials*/**",
     "**/.git/**",
 )
 

@@ -23,61 +23,64 @@ class Node:
 
 
 class Nodes:
+    """Each view's nodes by path, and every node by inode number.
+
+    A path keeps its inode number while it exists in its view; a node goes when the kernel
+    holds no reference to it and its path is gone (so create/unlink loops do not grow the
+    table), when its view goes, or when a rename took its path over.
+    """
+
     def __init__(self) -> None:
         self._next = pyfuse3.ROOT_INODE + 1
         self.by_ino: dict[int, Node] = {}
-        self._by_path: dict[tuple[str, str], Node] = {}
+        self._by_view: dict[str, dict[str, Node]] = {}
 
     def get(self, view: View, rel: str) -> Node:
-        key = (view.id, rel)
-        node = self._by_path.get(key)
+        paths = self._by_view.setdefault(view.id, {})
+        node = paths.get(rel)
         if node is None:
             node = Node(self._next, view, rel)
             self._next += 1
             self.by_ino[node.ino] = node
-            self._by_path[key] = node
+            paths[rel] = node
         return node
 
     def find(self, view: View, rel: str) -> Node | None:
-        return self._by_path.get((view.id, rel))
+        return self._by_view.get(view.id, {}).get(rel)
 
     def looked_up(self, node: Node) -> None:
         node.lookups += 1
 
     def forget(self, ino: int, count: int) -> None:
-        """The kernel dropped references. The node stays: a path keeps its inode number for
-        as long as its view exists (only a node replaced by a rename goes)."""
         node = self.by_ino.get(ino)
         if node is None:
             return
         node.lookups -= count
-        if node.lookups <= 0 and node.stale:
+        if node.lookups > 0 or node.is_root:
+            return
+        if node.stale or node.view.locate(node.rel) is None:
             del self.by_ino[ino]
+            paths = self._by_view.get(node.view.id, {})
+            if not node.stale and paths.get(node.rel) is node:
+                del paths[node.rel]
 
     def drop_view(self, view: View) -> None:
         """Forget every node of a view that is gone."""
-        for key in [key for key in self._by_path if key[0] == view.id]:
-            node = self._by_path.pop(key)
+        for node in self._by_view.pop(view.id, {}).values():
             self.by_ino.pop(node.ino, None)
 
     def rename(self, view: View, old: str, new: str) -> None:
         """Nodes at ``old`` and below now stand at ``new`` (the node at ``new`` is dropped)."""
-        replaced = self._by_path.pop((view.id, new), None)
+        paths = self._by_view.setdefault(view.id, {})
+        replaced = paths.pop(new, None)
         if replaced is not None:
             replaced.stale = True
             if replaced.lookups <= 0:
                 self.by_ino.pop(replaced.ino, None)
         prefix = old + "/"
-        moved = [
-            node
-            for (view_id, rel), node in self._by_path.items()
-            if view_id == view.id and (rel == old or rel.startswith(prefix))
-        ]
+        moved = [node for rel, node in paths.items() if rel == old or rel.startswith(prefix)]
         for node in moved:
-            del self._by_path[(view.id, node.rel)]
+            del paths[node.rel]
         for node in moved:
             node.rel = new + node.rel[len(old) :]
-            self._by_path[(view.id, node.rel)] = node
-
-    def of_view(self, view: View) -> list[Node]:
-        return [node for (view_id, _), node in self._by_path.items() if view_id == view.id]
+            paths[node.rel] = node

@@ -91,10 +91,18 @@ class PermissionFS(pyfuse3.Operations):
             self.nodes.drop_view(view)
         return view
 
-    def _node(self, ino: int) -> Node:
+    @staticmethod
+    def _check_caller(view: View, ctx: pyfuse3.RequestContext) -> None:
+        """Only root (the server) and the view's own sandbox uid reach a view: the mount is
+        shared by every sandbox and allows other users (sandboxes run as their own uid)."""
+        if ctx.uid not in (0, view.uid):
+            raise _fail(errno.EACCES)
+
+    def _node(self, ino: int, ctx: pyfuse3.RequestContext) -> Node:
         node = self.nodes.by_ino.get(ino)
         if node is None or node.stale or node.view.id not in self.views:
             raise _fail(errno.ENOENT)
+        self._check_caller(node.view, ctx)
         return node
 
     def _fh(self) -> int:
@@ -160,15 +168,18 @@ class PermissionFS(pyfuse3.Operations):
         attrs.entry_timeout = attrs.attr_timeout = CACHE_SECONDS
         return attrs
 
-    def _child(self, parent_ino: int, name: bytes) -> tuple[View, str, Node | None]:
+    def _child(
+        self, parent_ino: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> tuple[View, str, Node | None]:
         """The view and path of ``name`` in ``parent_ino`` (the node when it is the view root)."""
         text = os.fsdecode(name)
         if parent_ino == pyfuse3.ROOT_INODE:
             view = self.views.get(text)
             if view is None:
                 raise _fail(errno.ENOENT)
+            self._check_caller(view, ctx)
             return view, "", self.nodes.get(view, "")
-        parent = self._node(parent_ino)
+        parent = self._node(parent_ino, ctx)
         entry = self._entry(parent)
         if not entry.is_dir:
             raise _fail(errno.ENOTDIR)
@@ -185,7 +196,7 @@ class PermissionFS(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        view, rel, _ = self._child(parent_inode, name)
+        view, rel, _ = self._child(parent_inode, name, ctx)
         entry = view.locate(rel)
         if entry is None or not view.visible(rel, entry.is_dir):
             raise _fail(errno.ENOENT)
@@ -195,7 +206,7 @@ class PermissionFS(pyfuse3.Operations):
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         if inode == pyfuse3.ROOT_INODE:
             return self._mount_root_attrs()
-        node = self._node(inode)
+        node = self._node(inode, ctx)
         return self._attrs(node, self._entry(node))
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
@@ -211,7 +222,7 @@ class PermissionFS(pyfuse3.Operations):
         fh: int | None,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        node = self._node(inode)
+        node = self._node(inode, ctx)
         view, rel = node.view, node.rel
         self._entry(node)
         self._need(view, rel, Permission.WRITE)
@@ -243,7 +254,7 @@ class PermissionFS(pyfuse3.Operations):
 
     @_fuse_errors
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
-        node = self._node(inode)
+        node = self._node(inode, ctx)
         entry = self._entry(node)
         if not stat.S_ISLNK(entry.st.st_mode):
             raise _fail(errno.EINVAL)
@@ -254,7 +265,7 @@ class PermissionFS(pyfuse3.Operations):
     async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
         if inode == pyfuse3.ROOT_INODE:
             return not mode & (os.R_OK | os.W_OK)
-        node = self._node(inode)
+        node = self._node(inode, ctx)
         entry = self._entry(node)
         level = node.view.level(node.rel)
         if mode & os.W_OK and level is not Permission.WRITE:
@@ -270,7 +281,7 @@ class PermissionFS(pyfuse3.Operations):
         fh = self._fh()
         if inode == pyfuse3.ROOT_INODE:
             raise _fail(errno.EACCES)  # the mount's root lists no view
-        node = self._node(inode)
+        node = self._node(inode, ctx)
         entry = self._entry(node)
         if not entry.is_dir:
             raise _fail(errno.ENOTDIR)
@@ -300,14 +311,14 @@ class PermissionFS(pyfuse3.Operations):
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        view, rel = self._new_entry(parent_inode, name)
+        view, rel = self._new_entry(parent_inode, name, ctx)
         view.upper.mkdir(rel, _settable(mode) & ~ctx.umask)
         view.created(rel)
         return self._found(view, rel, Entry(UPPER, view.upper.lstat(rel)))
 
     @_fuse_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        view, rel, _ = self._child(parent_inode, name)
+        view, rel, _ = self._child(parent_inode, name, ctx)
         entry = self._existing(view, rel)
         self._need(view, rel, Permission.WRITE)
         if not entry.is_dir:
@@ -333,9 +344,11 @@ class PermissionFS(pyfuse3.Operations):
             raise _fail(errno.ENOENT)
         return entry
 
-    def _new_entry(self, parent_inode: int, name: bytes) -> tuple[View, str]:
+    def _new_entry(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> tuple[View, str]:
         """Check that ``name`` may be created in the directory, and make room for it."""
-        view, rel, _ = self._child(parent_inode, name)
+        view, rel, _ = self._child(parent_inode, name, ctx)
         self._need(view, rel, Permission.WRITE)
         if view.locate(rel) is not None:
             raise _fail(errno.EEXIST)
@@ -351,7 +364,7 @@ class PermissionFS(pyfuse3.Operations):
         flags: int,
         ctx: pyfuse3.RequestContext,
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        view, rel = self._new_entry(parent_inode, name)
+        view, rel = self._new_entry(parent_inode, name, ctx)
         flags = (flags & ~(os.O_APPEND | os.O_NOCTTY)) | os.O_CREAT | os.O_EXCL
         fd = view.upper.open(rel, flags, _settable(mode) & ~ctx.umask)
         view.created(rel)
@@ -365,7 +378,7 @@ class PermissionFS(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         if not (stat.S_ISFIFO(mode) or stat.S_ISREG(mode) or stat.S_ISSOCK(mode)):
             raise _fail(errno.EPERM)  # no device nodes
-        view, rel = self._new_entry(parent_inode, name)
+        view, rel = self._new_entry(parent_inode, name, ctx)
         with view.upper.parent(rel) as (fd, leaf):
             os.mknod(leaf, stat.S_IFMT(mode) | (_settable(mode) & ~ctx.umask), dir_fd=fd)
         view.created(rel)
@@ -375,7 +388,7 @@ class PermissionFS(pyfuse3.Operations):
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        view, rel = self._new_entry(parent_inode, name)
+        view, rel = self._new_entry(parent_inode, name, ctx)
         view.upper.symlink(os.fsdecode(target), rel)
         view.created(rel)
         return self._found(view, rel, Entry(UPPER, view.upper.lstat(rel)))
@@ -384,13 +397,13 @@ class PermissionFS(pyfuse3.Operations):
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        node = self._node(inode)
+        node = self._node(inode, ctx)
         entry = self._entry(node)
         if entry.is_dir:
             raise _fail(errno.EPERM)
         # Both names reach one content: the source must be writable as well.
         self._need(node.view, node.rel, Permission.WRITE)
-        view, rel = self._new_entry(new_parent_inode, new_name)
+        view, rel = self._new_entry(new_parent_inode, new_name, ctx)
         if view is not node.view:
             raise _fail(errno.EXDEV)
         view.copy_up(node.rel)
@@ -400,7 +413,7 @@ class PermissionFS(pyfuse3.Operations):
 
     @_fuse_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        view, rel, _ = self._child(parent_inode, name)
+        view, rel, _ = self._child(parent_inode, name, ctx)
         entry = self._existing(view, rel)
         self._need(view, rel, Permission.WRITE)
         if entry.is_dir:
@@ -417,8 +430,8 @@ class PermissionFS(pyfuse3.Operations):
         flags: int,
         ctx: pyfuse3.RequestContext,
     ) -> None:
-        view, old, _ = self._child(parent_inode_old, name_old)
-        new_view, new, _ = self._child(parent_inode_new, name_new)
+        view, old, _ = self._child(parent_inode_old, name_old, ctx)
+        new_view, new, _ = self._child(parent_inode_new, name_new, ctx)
         if new_view is not view or not old or not new:
             raise _fail(errno.EXDEV)
         if flags & pyfuse3.RENAME_EXCHANGE:
@@ -467,7 +480,7 @@ class PermissionFS(pyfuse3.Operations):
 
     @_fuse_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        node = self._node(inode)
+        node = self._node(inode, ctx)
         view, rel = node.view, node.rel
         entry = self._entry(node)
         if entry.is_dir:
@@ -544,7 +557,7 @@ class PermissionFS(pyfuse3.Operations):
     @_fuse_errors
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         key = self._xattr_name(name)
-        fd = self._xattr_fd(self._node(inode), write=False)
+        fd = self._xattr_fd(self._node(inode, ctx), write=False)
         try:
             return os.getxattr(fd, key)
         except OSError as exc:
@@ -556,7 +569,7 @@ class PermissionFS(pyfuse3.Operations):
 
     @_fuse_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        fd = self._xattr_fd(self._node(inode), write=False)
+        fd = self._xattr_fd(self._node(inode, ctx), write=False)
         try:
             return [os.fsencode(n) for n in os.listxattr(fd) if n.startswith(_XATTR_PREFIX)]
         finally:
@@ -567,7 +580,7 @@ class PermissionFS(pyfuse3.Operations):
         self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
         key = self._xattr_name(name)
-        fd = self._xattr_fd(self._node(inode), write=True)
+        fd = self._xattr_fd(self._node(inode, ctx), write=True)
         try:
             os.setxattr(fd, key, value)
         finally:
@@ -576,7 +589,7 @@ class PermissionFS(pyfuse3.Operations):
     @_fuse_errors
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         key = self._xattr_name(name)
-        fd = self._xattr_fd(self._node(inode), write=True)
+        fd = self._xattr_fd(self._node(inode, ctx), write=True)
         try:
             os.removexattr(fd, key)
         except OSError as exc:

@@ -773,3 +773,21 @@ attempt("symlink", lambda: (os.symlink("../" + p, "out/l"), open("out/l").read()
         assert set(out.values()) == {"EACCES"}, out
         cat = await sandbox.run("cat src/main.py; cp src/main.py /tmp/x")
         assert cat.stderr.count("Permission denied") == 2
+
+
+async def test_other_host_users_cannot_reach_a_view(server: ServerProcess, project: Path) -> None:
+    """The views' mount allows other users (sandboxes run as their own uid), so the file
+    system itself turns away every caller but root and the view's sandbox uid."""
+    async with await AsyncSandbox.from_local(
+        project, preset="full-access", endpoint=server.endpoint
+    ) as sandbox:
+        view = server.state_dir / "fs" / "mnt" / sandbox.id
+        script = f"ls {view}; cat {view}/README.md; touch {view}/planted; echo done"
+        probe = await anyio.run_process(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c", script],
+            check=False,
+        )
+        assert probe.stdout == b"done\n"
+        assert probe.stderr.count(b"Permission denied") == 3, probe.stderr
+        listing = await sandbox.run("ls")
+        assert "planted" not in listing.stdout
