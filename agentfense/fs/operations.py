@@ -510,9 +510,6 @@ class PermissionFS(pyfuse3.Operations):
             raise _fail(errno.EBADF)
         return os.pwrite(handle.fd, buf, off)
 
-    async def flush(self, fh: int) -> None:
-        return None
-
     @_fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
         fd = self._handles[fh].fd
