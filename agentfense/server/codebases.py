@@ -435,6 +435,7 @@ class CodebaseStore:
         self._root = Path(root)
         self._records: dict[str, CodebaseRecord] = {}
         self._meta_lock = anyio.Lock()
+        self._unsaved: set[str] = set()  # ids whose meta.json lags the record
 
     @property
     def root(self) -> Path:
@@ -508,12 +509,23 @@ class CodebaseStore:
         await _run(functools.partial(shutil.rmtree, trash, ignore_errors=True))
 
     async def touch(self, codebase_id: str) -> CodebaseRecord:
-        """Bump ``updated_at`` (after any change of the tree) and persist it."""
+        """Bump ``updated_at`` (after any change of the tree) and persist it.
+
+        Touches coalesce: while one write of meta.json is in flight, later touches update the
+        record in memory only, and that writer persists the latest records before it returns.
+        """
+        record = self._record(codebase_id)
+        record = replace(record, updated_at=max(datetime.now(UTC), record.updated_at))
+        self._records[record.id] = record
+        self._unsaved.add(record.id)
+        if self._meta_lock.locked():
+            return record
         async with self._meta_lock:
-            record = self._record(codebase_id)
-            record = replace(record, updated_at=max(datetime.now(UTC), record.updated_at))
-            self._records[record.id] = record
-            await _run(_write_meta, self._dir(record.id), record)
+            while self._unsaved:
+                ident = self._unsaved.pop()
+                latest = self._records.get(ident)
+                if latest is not None:
+                    await _run(_write_meta, self._dir(ident), latest)
         return record
 
     async def upload(

@@ -156,8 +156,9 @@ class SandboxManager:
     async def commit(self, record: SandboxRecord) -> None:
         """Apply what the sandbox wrote since the last commit to its codebase."""
         with anyio.CancelScope(shield=True):
-            await self._fs.request(op="commit", id=record.id)
-            await self._codebases.touch(record.codebase_id)
+            reply = await self._fs.request(op="commit", id=record.id)
+            if reply.get("changed"):  # nothing changed (every read-only exec): no meta write
+                await self._codebases.touch(record.codebase_id)
 
     # -- queries ----------------------------------------------------------------------------
 
