@@ -1,0 +1,134 @@
+"""Percentiles of timing samples and the table the suite prints."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """p50/p90 of a sample, in seconds."""
+
+    p50: float
+    p90: float
+    n: int
+
+    @classmethod
+    def of(cls, samples: Sequence[float]) -> Summary:
+        if len(samples) < 2:
+            raise ValueError("need at least two samples for percentiles")
+        cuts = statistics.quantiles(samples, n=10, method="inclusive")
+        return cls(p50=cuts[4], p90=cuts[8], n=len(samples))
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """``max_ratio``: ours p50 <= max_ratio x baseline p50; ``max_p50``: ours p50 <= seconds."""
+
+    max_ratio: float | None = None
+    max_p50: float | None = None
+
+    def describe(self) -> str:
+        if self.max_ratio is not None:
+            return f"<={self.max_ratio:g}x base"
+        if self.max_p50 is not None:
+            return f"p50<={self.max_p50 * 1000:g}ms"
+        return "-"
+
+    def met(self, ours: Summary, base: Summary | None) -> bool | None:
+        if self.max_ratio is not None and base is not None:
+            return ours.p50 <= self.max_ratio * base.p50
+        if self.max_p50 is not None:
+            return ours.p50 <= self.max_p50
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One line of the table; ``error`` when the measurement itself failed."""
+
+    name: str
+    backend: str
+    ours: Summary | None
+    base: Summary | None = None
+    base_name: str = ""
+    target: Target = Target()
+    error: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if self.ours is None or self.base is None or self.base.p50 <= 0:
+            return None
+        return self.ours.p50 / self.base.p50
+
+    @property
+    def verdict(self) -> str:
+        if self.error:
+            return "ERROR"
+        assert self.ours is not None
+        met = self.target.met(self.ours, self.base)
+        if met is None:
+            return "-"
+        return "yes" if met else "MISSED"
+
+
+def _count(ours: Summary | None, base: Summary | None) -> str:
+    if ours is None:
+        return "-"
+    return str(ours.n) if base is None else f"{ours.n}/{base.n}"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.3f}"
+
+
+HEADERS = (
+    "benchmark",
+    "backend",
+    "n ours/base",
+    "ours p50 ms",
+    "ours p90 ms",
+    "baseline",
+    "base p50 ms",
+    "base p90 ms",
+    "ratio",
+    "target",
+    "met?",
+)
+
+
+def render(rows: Sequence[Row]) -> str:
+    """The rows as an aligned text table (errors listed below it)."""
+    lines: list[tuple[str, ...]] = [HEADERS]
+    for row in rows:
+        ours, base, ratio = row.ours, row.base, row.ratio
+        lines.append(
+            (
+                row.name,
+                row.backend,
+                _count(ours, base),
+                _ms(None if ours is None else ours.p50),
+                _ms(None if ours is None else ours.p90),
+                row.base_name or "-",
+                _ms(None if base is None else base.p50),
+                _ms(None if base is None else base.p90),
+                "-" if ratio is None else f"{ratio:.2f}x",
+                row.target.describe(),
+                row.verdict,
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(HEADERS))]
+    numeric = {2, 3, 4, 6, 7, 8}
+    out = []
+    for index, line in enumerate(lines):
+        cells = [
+            cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i])
+            for i, cell in enumerate(line)
+        ]
+        out.append("  ".join(cells).rstrip())
+        if index == 0:
+            out.append("  ".join("-" * w for w in widths))
+    out += [f"ERROR in {row.name} [{row.backend}]: {row.error}" for row in rows if row.error]
+    return "\n".join(out)
