@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import socket
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,33 @@ def _invalidate(fs: PermissionFS, source: View, changed: list[str]) -> None:
                     pyfuse3.invalidate_entry(parent.ino, os.fsencode(split(rel)[1]))
 
 
+def _fuse_device_fd() -> int | None:
+    """The fd this process reads FUSE requests from (pyfuse3 does not expose it)."""
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{name}") == "/dev/fuse":
+                return int(name)
+    return None
+
+
+async def _take_queued_requests() -> None:
+    """Let the FUSE loop answer the requests the kernel has already queued.
+
+    close() (and a process's exit) returns before the kernel's RELEASE of the file is
+    answered: a commit right after a command would still count the files it closed as open
+    for writing and leave them in the delta, where the next commit would apply them again,
+    over what other sandboxes committed meanwhile.
+    """
+    fd = _fuse_device_fd()
+    if fd is None:
+        return
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    with trio.move_on_after(1):
+        while poller.poll(0):
+            await trio.lowlevel.checkpoint()  # the FUSE workers read and answer
+
+
 async def handle(fs: PermissionFS, request: dict[str, Any]) -> dict[str, Any]:
     op = request.get("op")
     if op == "ping":
@@ -68,6 +96,8 @@ async def handle(fs: PermissionFS, request: dict[str, Any]) -> dict[str, Any]:
     if view is None:
         return {"error": f"no view {view_id}"}
     if op == "commit":
+        if view.writers:
+            await _take_queued_requests()
         result = commit(view)
         if result.changed:
             # Kernel cache invalidation may wait on requests this thread serves: off-thread.

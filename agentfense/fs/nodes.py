@@ -15,7 +15,7 @@ class Node:
     view: View
     rel: str
     lookups: int = 0
-    stale: bool = False  # its path was taken over by a rename: it resolves to nothing
+    stale: bool = False  # its entry was removed or replaced: it resolves to nothing
 
     @property
     def is_root(self) -> bool:
@@ -27,7 +27,7 @@ class Nodes:
 
     A path keeps its inode number while it exists in its view; a node goes when the kernel
     holds no reference to it and its path is gone (so create/unlink loops do not grow the
-    table), when its view goes, or when a rename took its path over.
+    table), when its view goes, or when its entry is removed or a rename takes its path over.
     """
 
     def __init__(self) -> None:
@@ -69,14 +69,22 @@ class Nodes:
         for node in self._by_view.pop(view.id, {}).values():
             self.by_ino.pop(node.ino, None)
 
+    def removed(self, view: View, rel: str) -> None:
+        """The entry at ``rel`` is gone: its node resolves to nothing, and a new entry there
+        gets a new inode number. Reusing the number would make the kernel take the new entry
+        for the old one a process may still hold open: that process's writes would show in
+        the new file through the page cache, and a new entry of another type turns the old
+        inode bad (EIO on its next write or close)."""
+        node = self._by_view.get(view.id, {}).pop(rel, None)
+        if node is not None:
+            node.stale = True
+            if node.lookups <= 0:
+                self.by_ino.pop(node.ino, None)
+
     def rename(self, view: View, old: str, new: str) -> None:
         """Nodes at ``old`` and below now stand at ``new`` (the node at ``new`` is dropped)."""
+        self.removed(view, new)
         paths = self._by_view.setdefault(view.id, {})
-        replaced = paths.pop(new, None)
-        if replaced is not None:
-            replaced.stale = True
-            if replaced.lookups <= 0:
-                self.by_ino.pop(replaced.ino, None)
         prefix = old + "/"
         moved = [node for rel, node in paths.items() if rel == old or rel.startswith(prefix)]
         for node in moved:

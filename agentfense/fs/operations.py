@@ -206,8 +206,25 @@ class PermissionFS(pyfuse3.Operations):
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         if inode == pyfuse3.ROOT_INODE:
             return self._mount_root_attrs()
+        held = self._removed_but_open(inode, ctx)
+        if held is not None:
+            return held
         node = self._node(inode, ctx)
         return self._attrs(node, self._entry(node))
+
+    def _removed_but_open(
+        self, inode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes | None:
+        """A file removed from its path keeps its attributes while a process holds it open
+        (the kernel asks for them to read an unlinked temporary file back)."""
+        node = self.nodes.by_ino.get(inode)
+        if node is None or not node.stale or node.view.id not in self.views:
+            return None
+        for handle in self._handles.values():
+            if handle.node is node:
+                self._check_caller(node.view, ctx)
+                return self._attrs(node, Entry(UPPER, os.fstat(handle.fd)))
+        return None
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for inode, count in inode_list:
@@ -326,6 +343,7 @@ class PermissionFS(pyfuse3.Operations):
         if self._visible_children(view, rel):
             raise _fail(errno.ENOTEMPTY)
         view.remove(rel, entry)
+        self.nodes.removed(view, rel)
 
     def _visible_children(self, view: View, rel: str) -> list[str]:
         shown = []
@@ -419,6 +437,7 @@ class PermissionFS(pyfuse3.Operations):
         if entry.is_dir:
             raise _fail(errno.EISDIR)
         view.remove(rel, entry)
+        self.nodes.removed(view, rel)
 
     @_fuse_errors
     async def rename(
