@@ -35,6 +35,8 @@ PROJECT = {
         """
     ),
     "README.md": "# calc\nA tiny project for the AgentFense demo.\n",
+    ".env": "API_TOKEN=do-not-leak-me\n",
+    "secrets/deploy.key": "-----BEGIN PRIVATE KEY-----\n",
 }
 
 
@@ -51,17 +53,21 @@ def step(text: str) -> None:
 
 
 async def agent(project: Path, endpoint: str) -> None:
-    step("read-only sandbox: the agent explores and runs the tests")
+    step("agent-safe sandbox: secrets hidden, code read-only, output/ writable")
     async with await AsyncSandbox.from_local(
-        project, preset="read-only", endpoint=endpoint
+        project, preset="agent-safe", endpoint=endpoint
     ) as sandbox:
         print(f"sandbox {sandbox.id} on codebase {sandbox.codebase_id}: {sandbox.status.value}")
-        result = await sandbox.run("id; pwd; find . -name '*.py' | sort")
+        result = await sandbox.run("id; pwd; ls -A; find . -name '*.py' | sort")
         print(result.stdout, end="")
+        leak = await sandbox.run("cat .env secrets/deploy.key; grep -r API_TOKEN . || echo none")
+        print(f"secrets -> {leak.stderr.strip().splitlines()} grep: {leak.stdout.strip()}")
         result = await sandbox.run("python3 -m unittest -v 2>&1 | tail -4")
         print(result.stdout, end="")
         attempt = await sandbox.run("echo hacked > calc/ops.py")
         print(f"write attempt -> exit {attempt.exit_code}: {attempt.stderr.strip()}")
+        await sandbox.run("mkdir -p output && python3 -m unittest 2> output/tests.txt")
+        print(f"output/tests.txt -> {(await sandbox.read_file('output/tests.txt')).split()[-1]}")
         probe = await sandbox.run("cat /etc/shadow; ls /root; env | sort")
         print(f"host secrets -> {probe.stderr.strip().splitlines()}")
         print(f"environment inside -> {probe.stdout.split()}")
