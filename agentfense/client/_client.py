@@ -48,6 +48,13 @@ def _duration(seconds: float | None, field: str = "timeout") -> timedelta | None
     return timedelta(seconds=seconds)
 
 
+def _read_if_small(path: Path) -> bytes | None:
+    """The whole file if it is at most one upload chunk, else None (to be streamed)."""
+    with path.open("rb") as handle:
+        data = handle.read(UPLOAD_CHUNK + 1)
+    return data if len(data) <= UPLOAD_CHUNK else None
+
+
 def _runtime(value: RuntimeType | str) -> RuntimeType:
     try:
         return RuntimeType(value)
@@ -161,8 +168,11 @@ class AsyncSandboxClient:
     async def upload_local_file(
         self, codebase_id: str, file_path: str, local_path: str | PathLike[str]
     ) -> UploadResult:
-        """Upload a local file without reading it into memory."""
+        """Upload a local file; a large one is streamed without being read into memory."""
         source = Path(local_path)
+        small = await anyio.to_thread.run_sync(_read_if_small, source)
+        if small is not None:  # one trip to a thread instead of one per step
+            return await self.upload_file(codebase_id, file_path, small)
 
         async def chunks() -> AsyncIterator[pb.UploadChunk]:
             async with await anyio.open_file(source, "rb") as handle:

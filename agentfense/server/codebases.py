@@ -186,7 +186,7 @@ def _create_temp(path: Path) -> int:
     return os.open(path, flags, 0o644)
 
 
-def _write_all(fd: int, data: bytearray, digest: Any) -> None:
+def _write_all(fd: int, data: bytes | bytearray, digest: Any) -> None:
     digest.update(data)
     view = memoryview(data)
     while view:
@@ -551,13 +551,30 @@ class CodebaseStore:
                 f"file {path} ({total_size} bytes) exceeds the upload limit of {max_bytes} bytes"
             )
         files_dir = self._dir(record.id) / "files"
-        await _run(_check_upload_target, files_dir, record.id, parts)
         temp = self._dir(record.id) / "tmp" / f"upload-{secrets.token_hex(8)}"
-        try:
-            fd = await _run(_create_temp, temp)
-        except FileNotFoundError:
-            raise _not_found(record.id) from None
         digest = hashlib.sha256()
+
+        def open_temp() -> int:
+            _check_upload_target(files_dir, record.id, parts)
+            try:
+                return _create_temp(temp)
+            except FileNotFoundError:
+                raise _not_found(record.id) from None
+
+        def write_whole(data: bytearray) -> None:
+            """A file that fits the write buffer: everything in one trip to a thread."""
+            fd = open_temp()
+            try:
+                _write_all(fd, data, digest)
+                closing, fd = fd, -1
+                os.close(closing)
+                _commit_upload(temp, files_dir, record.id, parts)
+            finally:
+                _discard_temp(fd, temp)
+
+        if total_size > _WRITE_BUFFER:
+            await _run(_check_upload_target, files_dir, record.id, parts)  # before the data
+        fd = -1
         size = 0
         try:
             buffer = bytearray()
@@ -573,17 +590,22 @@ class CodebaseStore:
                     )
                 buffer += chunk
                 if len(buffer) >= _WRITE_BUFFER:
+                    if fd < 0:
+                        fd = await _run(open_temp)
                     data, buffer = buffer, bytearray()
                     await _run(_write_all, fd, data, digest)
-            if buffer:
-                await _run(_write_all, fd, buffer, digest)
             if total_size and size != total_size:
                 raise InvalidConfigurationError(
                     f"total_size is {total_size} bytes but {size} bytes were sent"
                 )
-            closing, fd = fd, -1
-            await _run(os.close, closing)
-            await _run(_commit_upload, temp, files_dir, record.id, parts)
+            if fd < 0:
+                await _run(write_whole, buffer)
+            else:
+                if buffer:
+                    await _run(_write_all, fd, buffer, digest)
+                closing, fd = fd, -1
+                await _run(os.close, closing)
+                await _run(_commit_upload, temp, files_dir, record.id, parts)
         finally:
             with anyio.CancelScope(shield=True):
                 await _run(_discard_temp, fd, temp)
