@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import timedelta
 from os import PathLike
 from pathlib import Path
@@ -76,7 +76,9 @@ class AsyncSandboxClient:
         self.secure = secure
         self._transport: Transport | None = None
         self._opening: anyio.Event | None = None
-        self.lacks_file_rpcs = False  # learnt from an UNIMPLEMENTED answer
+        # AgentFense extensions the server turned down (UNIMPLEMENTED): not asked again.
+        self.lacks_file_rpcs = False
+        self.lacks_archive_upload = False
 
     async def _channel(self) -> Transport:
         while self._transport is None:
@@ -186,6 +188,39 @@ class AsyncSandboxClient:
                     yield pb.UploadChunk(data=block)
 
         return await self._upload(chunks)
+
+    async def upload_archive(
+        self, codebase_id: str, files: Sequence[tuple[str, str | PathLike[str]]]
+    ) -> list[UploadResult]:
+        """Upload local files (``(file_path, local_path)`` pairs) in one stream (an AgentFense
+        extension: ``SandboxError`` with code 12 from servers without it)."""
+
+        async def chunks() -> AsyncIterator[pb.ArchiveChunk]:
+            yield pb.ArchiveChunk(codebase_id=codebase_id)
+            for file_path, local_path in files:
+                small = await anyio.to_thread.run_sync(_read_if_small, Path(local_path))
+                if small is not None:
+                    yield pb.ArchiveChunk(
+                        file=pb.ArchiveChunkFile(file_path=file_path, size=len(small))
+                    )
+                    if small:
+                        yield pb.ArchiveChunk(data=small)
+                    continue
+                async with await anyio.open_file(local_path, "rb") as handle:
+                    size = (await anyio.Path(local_path).stat()).st_size
+                    yield pb.ArchiveChunk(file=pb.ArchiveChunkFile(file_path=file_path, size=size))
+                    sent = 0
+                    while sent < size and (
+                        block := await handle.read(min(UPLOAD_CHUNK, size - sent))
+                    ):
+                        sent += len(block)
+                        yield pb.ArchiveChunk(data=block)
+                if sent != size:
+                    raise InvalidConfigurationError(f"{local_path} changed while it was uploaded")
+
+        transport = await self._channel()
+        reply = await transport.client_stream(_CODEBASE + "UploadArchive", chunks, pb.ArchiveResult)
+        return [convert.upload_result_from_pb(f) for f in reply.files]
 
     async def _upload(self, chunks: Any) -> UploadResult:
         transport = await self._channel()

@@ -22,7 +22,7 @@ from ..types import (
     SandboxInfo,
     SandboxStatus,
 )
-from ..utils import scan_project
+from ..utils import ProjectFile, scan_project
 from . import _files
 from ._client import AsyncSandboxClient
 from ._stream import ExecStream
@@ -90,16 +90,7 @@ class AsyncSandbox:
             codebase_id = codebase.id
             total = len(scan.files)
             log.info("uploading %d files from %s to %s", total, root, codebase_id)
-            limiter = anyio.CapacityLimiter(UPLOAD_CONCURRENCY)
-
-            async def upload(index: int) -> None:
-                item = scan.files[index]
-                async with limiter:
-                    await client.upload_local_file(codebase.id, item.rel_path, item.abs_path)
-
-            async with anyio.create_task_group() as tg:
-                for index in range(total):
-                    tg.start_soon(upload, index)
+            await _upload_project(client, codebase.id, scan.files)
             info = await client.create_sandbox(
                 codebase.id,
                 permissions=rules,
@@ -352,6 +343,31 @@ class AsyncSandbox:
             return found
         result = await self._client.exec(self.id, _files.list_command(path, recursive))
         return _files.parse_listing(result, path)
+
+
+async def _upload_project(
+    client: AsyncSandboxClient, codebase_id: str, files: Sequence[ProjectFile]
+) -> None:
+    """All of a project's files: one archive stream, or (a server without it) one upload per
+    file, several at a time."""
+    if not client.lacks_archive_upload:
+        try:
+            await client.upload_archive(codebase_id, [(f.rel_path, f.abs_path) for f in files])
+        except SandboxError as exc:
+            if exc.code != StatusCode.UNIMPLEMENTED:
+                raise
+            client.lacks_archive_upload = True
+        else:
+            return
+    limiter = anyio.CapacityLimiter(UPLOAD_CONCURRENCY)
+
+    async def upload(item: ProjectFile) -> None:
+        async with limiter:
+            await client.upload_local_file(codebase_id, item.rel_path, item.abs_path)
+
+    async with anyio.create_task_group() as tg:
+        for item in files:
+            tg.start_soon(upload, item)
 
 
 async def _quietly(awaitable: Awaitable[object]) -> None:

@@ -10,6 +10,9 @@ import grpclib.const
 from grpclib.exceptions import GRPCError
 
 from .._proto.sandbox.v1 import (
+    ArchiveChunk,
+    ArchiveChunkFile,
+    ArchiveResult,
     Codebase,
     CodebaseServiceBase,
     CreateCodebaseRequest,
@@ -26,7 +29,7 @@ from .._proto.sandbox.v1 import (
     UploadChunk,
     UploadResult,
 )
-from ..errors import SandboxError
+from ..errors import InvalidConfigurationError, SandboxError
 from .codebases import CodebaseRecord, CodebaseStore, FileRecord
 
 __all__ = ["CodebaseService"]
@@ -64,6 +67,28 @@ def _file_info(record: FileRecord) -> FileInfo:
 
 def _invalid(message: str) -> GRPCError:
     return GRPCError(grpclib.const.Status.INVALID_ARGUMENT, message)
+
+
+async def _file_data(
+    chunks: AsyncIterator[ArchiveChunk], header: ArchiveChunkFile
+) -> AsyncIterator[bytes]:
+    """The data chunks of one archive member: exactly ``header.size`` bytes of them."""
+    remaining = header.size
+    while remaining > 0:
+        chunk = await anext(chunks, None)
+        if chunk is None:
+            raise InvalidConfigurationError(
+                f"the archive ended inside {header.file_path} ({remaining} bytes missing)"
+            )
+        field, value = betterproto.which_one_of(chunk, "content")
+        if field != "data" or not isinstance(value, bytes):
+            raise InvalidConfigurationError(
+                f"{header.file_path} has {remaining} bytes missing before the next header"
+            )
+        if len(value) > remaining:
+            raise InvalidConfigurationError(f"{header.file_path} has more data than its size")
+        remaining -= len(value)
+        yield value
 
 
 class CodebaseService(CodebaseServiceBase):  # type: ignore[misc]
@@ -146,6 +171,45 @@ class CodebaseService(CodebaseServiceBase):  # type: ignore[misc]
             size=size,
             checksum=checksum,
         )
+
+    async def upload_archive(self, request_iterator: AsyncIterator[ArchiveChunk]) -> ArchiveResult:
+        """Many files in one stream: each header is followed by exactly its size in data."""
+        first = await anext(request_iterator, None)
+        if first is None or betterproto.which_one_of(first, "content")[0] != "codebase_id":
+            raise _invalid("the first ArchiveChunk must carry the codebase_id")
+        codebase_id = first.codebase_id
+        uploaded: list[UploadResult] = []
+        with _grpc_errors():
+            await self._store.get(codebase_id)  # a missing codebase fails before any data
+            try:
+                async for chunk in request_iterator:
+                    field, header = betterproto.which_one_of(chunk, "content")
+                    if field != "file" or not isinstance(header, ArchiveChunkFile):
+                        raise InvalidConfigurationError(
+                            "an ArchiveChunk file header must come before each file's data"
+                        )
+                    if header.size < 0:
+                        raise InvalidConfigurationError("file size must not be negative")
+                    size, checksum = await self._store.upload(
+                        codebase_id,
+                        header.file_path,
+                        header.size,
+                        _file_data(request_iterator, header),
+                        self._max_upload_bytes,
+                        touch=False,
+                    )
+                    uploaded.append(
+                        UploadResult(
+                            codebase_id=codebase_id,
+                            file_path=header.file_path,
+                            size=size,
+                            checksum=checksum,
+                        )
+                    )
+            finally:
+                if uploaded:  # once for the whole archive, also when it broke off
+                    await self._store.touch(codebase_id)
+        return ArchiveResult(codebase_id=codebase_id, files=uploaded)
 
     async def download_file(self, request: DownloadFileRequest) -> AsyncIterator[FileChunk]:
         chunks = self._store.download(request.codebase_id, request.file_path, _DOWNLOAD_CHUNK)

@@ -535,11 +535,14 @@ class CodebaseStore:
         total_size: int,
         chunks: AsyncIterator[bytes],
         max_bytes: int,
+        *,
+        touch: bool = True,
     ) -> tuple[int, str]:
         """Stream ``chunks`` into ``rel_path``; returns ``(size, sha256 hex)``.
 
         The file appears atomically when complete; a refused or broken upload leaves nothing.
-        ``chunks`` is closed (``aclose``) when the upload ends.
+        ``chunks`` is closed (``aclose``) when the upload ends. ``touch=False`` leaves the
+        ``updated_at`` bump to the caller (once for many files).
         """
         record = self._record(codebase_id)
         path = _relpath(rel_path, "file_path")
@@ -612,7 +615,7 @@ class CodebaseStore:
                 aclose = getattr(chunks, "aclose", None)
                 if aclose is not None:
                     await aclose()
-        if self.exists(record.id):
+        if touch and self.exists(record.id):
             await self.touch(record.id)
         return size, digest.hexdigest()
 

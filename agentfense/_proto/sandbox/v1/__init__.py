@@ -183,6 +183,30 @@ class FileInfo(betterproto.Message):
 
 
 @dataclass(eq=False, repr=False)
+class ArchiveChunk(betterproto.Message):
+    """
+    An archive stream: the codebase id first, then for each file a header followed by
+     exactly `size` bytes of data chunks.
+    """
+
+    codebase_id: str = betterproto.string_field(1, group="content")
+    file: "ArchiveChunkFile" = betterproto.message_field(2, group="content")
+    data: bytes = betterproto.bytes_field(3, group="content")
+
+
+@dataclass(eq=False, repr=False)
+class ArchiveChunkFile(betterproto.Message):
+    file_path: str = betterproto.string_field(1)
+    size: int = betterproto.int64_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class ArchiveResult(betterproto.Message):
+    codebase_id: str = betterproto.string_field(1)
+    files: List["UploadResult"] = betterproto.message_field(2)
+
+
+@dataclass(eq=False, repr=False)
 class ResourceLimits(betterproto.Message):
     memory_bytes: int = betterproto.int64_field(1)
     cpu_quota: int = betterproto.int64_field(2)
@@ -480,6 +504,26 @@ class CodebaseServiceStub(betterproto.ServiceStub):
             "/sandbox.v1.CodebaseService/ListFiles",
             list_files_request,
             ListFilesResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def upload_archive(
+        self,
+        archive_chunk_iterator: Union[
+            AsyncIterable[ArchiveChunk], Iterable[ArchiveChunk]
+        ],
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "ArchiveResult":
+        return await self._stream_unary(
+            "/sandbox.v1.CodebaseService/UploadArchive",
+            archive_chunk_iterator,
+            ArchiveChunk,
+            ArchiveResult,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
@@ -821,6 +865,11 @@ class CodebaseServiceBase(ServiceBase):
     ) -> "ListFilesResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def upload_archive(
+        self, archive_chunk_iterator: AsyncIterator[ArchiveChunk]
+    ) -> "ArchiveResult":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_create_codebase(
         self, stream: "grpclib.server.Stream[CreateCodebaseRequest, Codebase]"
     ) -> None:
@@ -874,6 +923,13 @@ class CodebaseServiceBase(ServiceBase):
         response = await self.list_files(request)
         await stream.send_message(response)
 
+    async def __rpc_upload_archive(
+        self, stream: "grpclib.server.Stream[ArchiveChunk, ArchiveResult]"
+    ) -> None:
+        request = stream.__aiter__()
+        response = await self.upload_archive(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/sandbox.v1.CodebaseService/CreateCodebase": grpclib.const.Handler(
@@ -917,6 +973,12 @@ class CodebaseServiceBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 ListFilesRequest,
                 ListFilesResponse,
+            ),
+            "/sandbox.v1.CodebaseService/UploadArchive": grpclib.const.Handler(
+                self.__rpc_upload_archive,
+                grpclib.const.Cardinality.STREAM_UNARY,
+                ArchiveChunk,
+                ArchiveResult,
             ),
         }
 
