@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +24,8 @@ class ServerProcess:
     socket_path: Path
     state_dir: Path
     log_path: Path
+    owns_state: bool = False  # made for this server: removed when it stops cleanly
+
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -36,7 +39,15 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.process.returncode == 0 and self.owns_state:
+            self._remove_state()
         return self.process.returncode
+
+    def _remove_state(self) -> None:
+        with open("/proc/self/mounts") as mounts:
+            if any(f" {self.state_dir}/" in line for line in mounts):
+                return  # something is still mounted below: leave it for a look
+        shutil.rmtree(self.state_dir, ignore_errors=True)
 
 
 def _accepting(listen: str) -> bool:
@@ -94,7 +105,7 @@ def start_server_process(
             stderr=subprocess.STDOUT,
             env=env,
         )
-    server = ServerProcess(process, listen, sock, state, log_path)
+    server = ServerProcess(process, listen, sock, state, log_path, owns_state=True)
     deadline = time.monotonic() + wait
     while not _accepting(listen):
         if process.poll() is not None or time.monotonic() > deadline:
