@@ -2,12 +2,15 @@
 
 Each measurement interleaves ours and its baseline in blocks, in one run, and prints p50/p90 and
 the ratio. Exits non-zero only when a measurement fails (or the server misbehaves); a missed
-target shows as MISSED in the table, never as a failure.
+target shows as MISSED in the table, never as a failure. The permission filesystem's
+benchmarks (``_fs.py``) time commands inside the sandbox, and measure a dedicated server's
+memory with many sandboxes running.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import statistics
 import sys
@@ -17,22 +20,29 @@ import traceback
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 
 from agentfense.testing import start_server_process
 
+from . import _fs
 from ._baselines import open_echo, raw_bwrap, raw_lifecycle
 from ._ours import get_sandbox, lifecycle, open_sandbox, run_true
-from ._stats import Row, Summary, Target, render
+from ._stats import MIB, Row, Summary, Target, render
 from ._timing import interleaved
 
 EXEC_TARGET = Target(max_ratio=1.5)
 LIFECYCLE_TARGET = Target(max_p50=0.200)
+GREP_TARGET = Target(max_ratio=2.0)
+READ_TARGET = Target(max_ratio=2.0)  # at least half the host's throughput
+MEMORY_TARGET = Target(max_p50=5 * 2**20)  # bytes of server + fs memory per running sandbox
 INFORMATIVE = Target()
 IDLE = 0.2  # seconds of idleness before each "after idle" iteration
+FS_BACKEND = "asyncio"  # the fs benchmarks time commands inside the sandbox: one backend
 
 Samples = tuple[list[float], list[float]]
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,9 +56,14 @@ class Sizes:
     lifecycle: int = 20
     warmup: int = 10
     lifecycle_warmup: int = 2
+    grep: int = 20
+    read: int = 20
+    create: int = 10
+    sandboxes: int = 100  # running at once, for the memory per sandbox
+    fs_warmup: int = 1
 
     def quick(self) -> Sizes:
-        """Five times fewer iterations: a smoke run."""
+        """Five times fewer iterations (and sandboxes): a smoke run."""
         return Sizes(
             exec=self.exec // 5,
             raw_bwrap=self.raw_bwrap // 5,
@@ -57,6 +72,11 @@ class Sizes:
             lifecycle=self.lifecycle // 5,
             warmup=self.warmup // 5,
             lifecycle_warmup=1,
+            grep=self.grep // 5,
+            read=self.read // 5,
+            create=self.create // 5,
+            sandboxes=self.sandboxes // 5,
+            fs_warmup=1,
         )
 
 
@@ -102,9 +122,7 @@ def _progress(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-async def _attempt(
-    label: str, measurement: Awaitable[Samples], reference: list[float]
-) -> Samples | Exception:
+async def _attempt(label: str, measurement: Awaitable[R], reference: list[float]) -> R | Exception:
     """Run one measurement (errors are returned, not raised), then sample the CPU reference."""
     _progress(label)
     try:
@@ -218,6 +236,179 @@ async def suite(
     ]
 
 
+def _p50(samples: list[float]) -> float:
+    return Summary.of(samples).p50
+
+
+def _error_rows(names: list[str], backend: str, error: Exception) -> list[Row]:
+    return [Row(name, backend, None, error=f"{type(error).__name__}: {error}") for name in names]
+
+
+def _create_rows(result: _fs.CreateSamples | Exception) -> list[Row]:
+    n = _fs.CREATE_FILES
+    names = [
+        f"create {n} files (write sandbox, in-sandbox time)",
+        f"exec round trip - in-sandbox time, {n} new files (~commit)",
+        f'run("true") right after creating {n} files',
+    ]
+    if isinstance(result, Exception):
+        return _error_rows(names, FS_BACKEND, result)
+    commit = _p50(result.overhead) - _p50(result.true_idle)
+    inside, host = _p50(result.inside) / n, _p50(result.host) / n
+    return [
+        Row(
+            names[0],
+            FS_BACKEND,
+            Summary.of(result.inside),
+            Summary.of(result.host),
+            "host tmp dir",
+            INFORMATIVE,
+            note=f"{inside * 1e6:.0f} us per file in the sandbox, {host * 1e6:.0f} us on the "
+            "host (on a journal-less ext4, creating a file gets slower with every file deleted "
+            "nearby in the last minute or more: both sides vary with other work's churn)",
+        ),
+        Row(
+            names[1],
+            FS_BACKEND,
+            Summary.of(result.overhead),
+            Summary.of(result.true_idle),
+            'run("true"), nothing pending',
+            INFORMATIVE,
+            note=f"commit of {n} new files ~ ours p50 - base p50 = {commit * 1000:.1f} ms "
+            f"({commit / n * 1e6:.0f} us per file)",
+        ),
+        Row(
+            names[2],
+            FS_BACKEND,
+            Summary.of(result.true_after),
+            Summary.of(result.true_idle),
+            'run("true"), nothing pending',
+            INFORMATIVE,
+        ),
+    ]
+
+
+def _read_note(result: Samples | Exception) -> str:
+    if isinstance(result, Exception):
+        return ""
+    ours, base = (_fs.BIG_SIZE / 2**20 / _p50(samples) for samples in result)
+    return (
+        f"throughput at p50: sandbox {ours:.0f} MiB/s, host {base:.0f} MiB/s "
+        f"({ours / base:.2f} of native; target >= 0.5)"
+    )
+
+
+async def fs_suite(
+    endpoint: str, state_dir: Path, work: Path, sizes: Sizes, reference: list[float]
+) -> list[Row]:
+    """``grep -r`` and a sequential read, on the suite's server (one backend)."""
+    files = _fs.GREP_DIRS * _fs.GREP_FILES_PER_DIR
+    grep_result = await _attempt(
+        f"grep -r over {files} files: read-only sandbox vs host",
+        _fs.grep(endpoint, state_dir, work / "grep-tree", sizes.grep, sizes.fs_warmup),
+        reference,
+    )
+    read_result = await _attempt(
+        "sequential read of 256 MiB: read-only sandbox vs host",
+        _fs.sequential_read(endpoint, state_dir, work / "big", sizes.read, sizes.fs_warmup),
+        reference,
+    )
+    read_row = _row(
+        "dd bs=1M of a 256 MiB file (in-sandbox time)",
+        FS_BACKEND,
+        read_result,
+        "host dd",
+        READ_TARGET,
+    )
+    return [
+        _row(
+            f"grep -r over {files} files (in-sandbox time)",
+            FS_BACKEND,
+            grep_result,
+            "host grep -r",
+            GREP_TARGET,
+        ),
+        dataclasses.replace(read_row, note=_read_note(read_result)),
+    ]
+
+
+async def create_suite(
+    endpoint: str, state_dir: Path, work: Path, sizes: Sizes, reference: list[float]
+) -> list[Row]:
+    """Creating files in a sandbox, and the commit: first of all (see ``_fs.create_files``)."""
+    result = await _attempt(
+        f"creating {_fs.CREATE_FILES} files: write sandbox vs host, and the commit",
+        _fs.create_files(endpoint, state_dir, work / "project-small", sizes.create),
+        reference,
+    )
+    return _create_rows(result)
+
+
+def _mib(value: float) -> str:
+    return f"{value / 2**20:.1f} MiB"
+
+
+def _kib(value: float) -> str:
+    return f"{value / 2**10:.0f} KiB"
+
+
+def _memory_rows(result: _fs.MemoryResult | Exception, count: int) -> list[Row]:
+    names = [
+        f"server+fs RSS per running sandbox ({count})",
+        f"sandbox processes' RSS per sandbox ({count})",
+    ]
+    if isinstance(result, Exception):
+        return _error_rows(names, "-", result)
+    before, after, destroyed = result.before, result.after, result.destroyed
+    server = (after.server - before.server) / count
+    fs = (after.fs - before.fs) / count
+    processes = (after.sandbox_processes - before.sandbox_processes) / count
+    pss = (after.sandboxes_pss - before.sandboxes_pss) / count
+    return [
+        Row(
+            names[0],
+            "-",
+            Summary.single(server + fs),
+            target=MEMORY_TARGET,
+            unit=MIB,
+            note=f"server {_kib(server)} + fs process {_kib(fs)} per sandbox; server+fs "
+            f"{_mib(before.server + before.fs)} before, {_mib(after.server + after.fs)} with "
+            f"{count} running, {_mib(destroyed.server + destroyed.fs)} after destroying them",
+        ),
+        Row(
+            names[1],
+            "-",
+            Summary.single((after.sandboxes - before.sandboxes) / count),
+            target=INFORMATIVE,
+            unit=MIB,
+            note=f"{processes:g} processes per sandbox (bwrap and the agent), outside the "
+            f"server's memory; proportional (PSS) {_mib(pss)} per sandbox",
+        ),
+    ]
+
+
+async def memory_suite(work: Path, count: int, reference: list[float]) -> list[Row]:
+    """Server memory per running sandbox, on a dedicated server."""
+    (work / "server-memory").mkdir()
+    try:
+        server = start_server_process(work / "server-memory")
+    except RuntimeError as exc:
+        _progress(str(exc))
+        return _memory_rows(exc, count)
+    try:
+        result = await _attempt(
+            f"server memory with {count} running sandboxes",
+            _fs.memory(server, work / "project-small", count),
+            reference,
+        )
+    finally:
+        code = server.stop()
+        _remove_state(server.state_dir)
+    if code != 0 and not isinstance(result, Exception):
+        result = RuntimeError(f"the memory server exited with {code}: {server.log()[-2000:]}")
+    return _memory_rows(result, count)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="5x fewer iterations (a smoke run)")
@@ -231,20 +422,26 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         make_project(work / "project-small", 3)
         make_project(work / "project-100", 100)
+        _fs.make_grep_tree(work / "grep-tree")
         (work / "server").mkdir()
         _progress("starting the server")
         server = start_server_process(work / "server")
+        fs_args = (server.endpoint, server.state_dir, work, sizes, reference)
         try:
+            create_rows = anyio.run(create_suite, *fs_args, backend=FS_BACKEND)
             for backend in ("asyncio", "trio"):
                 rows += anyio.run(
                     suite, backend, server.endpoint, work, sizes, reference, backend=backend
                 )
+            rows += anyio.run(fs_suite, *fs_args, backend=FS_BACKEND)
+            rows += create_rows
         finally:
             code = server.stop()
             _remove_state(server.state_dir)
         if code != 0:
             server_failed = True
             print(f"the server exited with {code}:\n{server.log()[-4000:]}", file=sys.stderr)
+        rows += anyio.run(memory_suite, work, sizes.sandboxes, reference, backend=FS_BACKEND)
     # The asyncio and trio rows of one benchmark next to each other.
     order = {name: i for i, name in enumerate(dict.fromkeys(r.name for r in rows))}
     rows.sort(key=lambda r: order[r.name])

@@ -8,11 +8,27 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
+class Unit:
+    """How a row's values are shown: stored values (seconds, bytes) times ``scale``."""
+
+    name: str
+    scale: float
+    digits: int
+
+    def show(self, value: float | None) -> str:
+        return "-" if value is None else f"{value * self.scale:.{self.digits}f}"
+
+
+MS = Unit("ms", 1000.0, 3)  # values in seconds
+MIB = Unit("MiB", 1 / 2**20, 3)  # values in bytes
+
+
+@dataclass(frozen=True, slots=True)
 class Summary:
-    """p50/p90 of a sample, in seconds."""
+    """p50/p90 of a sample (seconds, or bytes for a memory row); a single value has no p90."""
 
     p50: float
-    p90: float
+    p90: float | None
     n: int
 
     @classmethod
@@ -22,19 +38,25 @@ class Summary:
         cuts = statistics.quantiles(samples, n=10, method="inclusive")
         return cls(p50=cuts[4], p90=cuts[8], n=len(samples))
 
+    @classmethod
+    def single(cls, value: float) -> Summary:
+        """One measured value (shown as the p50)."""
+        return cls(p50=value, p90=None, n=1)
+
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """``max_ratio``: ours p50 <= max_ratio x baseline p50; ``max_p50``: ours p50 <= seconds."""
+    """``max_ratio``: ours p50 <= max_ratio x baseline p50; ``max_p50``: ours p50 <= a value
+    in the row's stored unit (seconds, or bytes for a memory row)."""
 
     max_ratio: float | None = None
     max_p50: float | None = None
 
-    def describe(self) -> str:
+    def describe(self, unit: Unit = MS) -> str:
         if self.max_ratio is not None:
             return f"<={self.max_ratio:g}x base"
         if self.max_p50 is not None:
-            return f"p50<={self.max_p50 * 1000:g}ms"
+            return f"p50<={self.max_p50 * unit.scale:g}{unit.name}"
         return "-"
 
     def met(self, ours: Summary, base: Summary | None) -> bool | None:
@@ -47,7 +69,8 @@ class Target:
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """One line of the table; ``error`` when the measurement itself failed."""
+    """One line of the table; ``error`` when the measurement itself failed; ``note`` is
+    printed below the table (derived figures such as a throughput)."""
 
     name: str
     backend: str
@@ -56,6 +79,8 @@ class Row:
     base_name: str = ""
     target: Target = Target()
     error: str = ""
+    unit: Unit = MS
+    note: str = ""
 
     @property
     def ratio(self) -> float | None:
@@ -80,19 +105,16 @@ def _count(ours: Summary | None, base: Summary | None) -> str:
     return str(ours.n) if base is None else f"{ours.n}/{base.n}"
 
 
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value * 1000:.3f}"
-
-
 HEADERS = (
     "benchmark",
     "backend",
     "n ours/base",
-    "ours p50 ms",
-    "ours p90 ms",
+    "unit",
+    "ours p50",
+    "ours p90",
     "baseline",
-    "base p50 ms",
-    "base p90 ms",
+    "base p50",
+    "base p90",
     "ratio",
     "target",
     "met?",
@@ -100,27 +122,28 @@ HEADERS = (
 
 
 def render(rows: Sequence[Row]) -> str:
-    """The rows as an aligned text table (errors listed below it)."""
+    """The rows as an aligned text table (errors and notes listed below it)."""
     lines: list[tuple[str, ...]] = [HEADERS]
     for row in rows:
-        ours, base, ratio = row.ours, row.base, row.ratio
+        ours, base, ratio, unit = row.ours, row.base, row.ratio, row.unit
         lines.append(
             (
                 row.name,
                 row.backend,
                 _count(ours, base),
-                _ms(None if ours is None else ours.p50),
-                _ms(None if ours is None else ours.p90),
+                unit.name,
+                unit.show(None if ours is None else ours.p50),
+                unit.show(None if ours is None else ours.p90),
                 row.base_name or "-",
-                _ms(None if base is None else base.p50),
-                _ms(None if base is None else base.p90),
+                unit.show(None if base is None else base.p50),
+                unit.show(None if base is None else base.p90),
                 "-" if ratio is None else f"{ratio:.2f}x",
-                row.target.describe(),
+                row.target.describe(unit),
                 row.verdict,
             )
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(HEADERS))]
-    numeric = {2, 3, 4, 6, 7, 8}
+    numeric = {2, 4, 5, 7, 8, 9}
     out = []
     for index, line in enumerate(lines):
         cells = [
@@ -131,4 +154,7 @@ def render(rows: Sequence[Row]) -> str:
         if index == 0:
             out.append("  ".join("-" * w for w in widths))
     out += [f"ERROR in {row.name} [{row.backend}]: {row.error}" for row in rows if row.error]
+    notes = [f"  {row.name} [{row.backend}]: {row.note}" for row in rows if row.note]
+    if notes:
+        out += ["", "notes:", *notes]
     return "\n".join(out)
