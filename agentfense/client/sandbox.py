@@ -108,14 +108,18 @@ class AsyncSandbox:
                     await _quietly(client.delete_codebase(codebase_id))
                 await client.close()
             raise
+        return await sandbox._started(auto_start)
+
+    async def _started(self, auto_start: bool) -> AsyncSandbox:
+        """Start a sandbox just created (when asked); destroy it if it cannot start."""
         if auto_start:
             try:
-                await sandbox.start()
+                await self.start()
             except BaseException:
                 with anyio.CancelScope(shield=True):
-                    await sandbox.destroy()
+                    await self.destroy()
                 raise
-        return sandbox
+        return self
 
     @classmethod
     async def from_codebase(
@@ -148,14 +152,7 @@ class AsyncSandbox:
                 await client.close()
             raise
         sandbox = cls(client, info, owns_client=True, owns_sandbox=True)
-        if auto_start:
-            try:
-                await sandbox.start()
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await sandbox.destroy()
-                raise
-        return sandbox
+        return await sandbox._started(auto_start)
 
     @classmethod
     async def connect(

@@ -69,19 +69,24 @@ def _error(exc: OSError, what: str, rel: str) -> SandboxError:
     return SandboxError(f"cannot {what} {where}: {exc.strerror}")
 
 
+def _open_regular(tree: HostTree, rel: str, flags: int) -> int:
+    """An fd on a regular file, never blocking on the way: a FIFO the sandbox made must not
+    hold a server thread until someone writes to it."""
+    fd = tree.open(rel, flags | os.O_NONBLOCK, 0o644)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EISDIR, "not a regular file")
+    os.set_blocking(fd, True)
+    return fd
+
+
 async def read_file(view: Path, rel: str) -> AsyncIterator[bytes]:
     """The file's content, chunk by chunk."""
 
     def open_file() -> int:
         tree = HostTree(view)
         try:
-            # O_NONBLOCK: a FIFO the sandbox made must not hold this thread until it writes.
-            fd = tree.open(rel, os.O_RDONLY | os.O_NONBLOCK)
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                os.close(fd)
-                raise OSError(errno.EISDIR, "not a regular file")
-            os.set_blocking(fd, True)
-            return fd
+            return _open_regular(tree, rel, os.O_RDONLY)
         finally:
             tree.close()
 
@@ -108,13 +113,7 @@ async def write_file(
         try:
             parent = rel.rpartition("/")[0]
             tree.makedirs(parent)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK  # (as for reading)
-            fd = tree.open(rel, flags, 0o644)
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                os.close(fd)
-                raise OSError(errno.EISDIR, "not a regular file")
-            os.set_blocking(fd, True)
-            return fd
+            return _open_regular(tree, rel, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         finally:
             tree.close()
 

@@ -26,7 +26,6 @@ class ServerProcess:
     log_path: Path
     owns_state: bool = False  # made for this server: removed when it stops cleanly
 
-
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
