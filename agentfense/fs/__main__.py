@@ -6,6 +6,7 @@ views the server adds over the control socket, and unmounts when that socket clo
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import sys
@@ -27,7 +28,7 @@ async def run(mountpoint: str, control: socket.socket) -> None:
     try:
         control.send(b'{"ready": true}')
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(pyfuse3.main)
+            nursery.start_soon(functools.partial(pyfuse3.main, min_tasks=1, max_tasks=1))
             await serve_control(fs, control)
             nursery.cancel_scope.cancel()
     finally:

@@ -114,6 +114,25 @@ class HostTree:
         finally:
             os.close(fd)
 
+    def scan(self, rel: str) -> list[tuple[str, os.stat_result]]:
+        """A directory's entries with their lstat, through one directory fd ([] if absent)."""
+        try:
+            fd = self.open(rel, os.O_RDONLY | os.O_DIRECTORY)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # a symlink where a directory was: nothing below
+                return []
+            raise
+        found = []
+        try:
+            for name in os.listdir(fd):
+                with contextlib.suppress(FileNotFoundError):
+                    found.append((name, os.stat(name, dir_fd=fd, follow_symlinks=False)))
+        finally:
+            os.close(fd)
+        return found
+
     def readlink(self, rel: str) -> str:
         with self.parent(rel) as (fd, name):
             return os.readlink(name, dir_fd=fd)

@@ -102,6 +102,7 @@ def commit(view: View) -> CommitResult:
     result.kept_deleted = {rel for rel in result.kept_deleted if view.upper.try_lstat(rel) is None}
     for name in view.upper.listdir(""):
         _apply_upper(view, name, result)
+    view.upper_empty = not view.upper.listdir("")
     if view.deleted != result.kept_deleted:  # the usual empty-to-empty needs no file write
         view.deleted = set(result.kept_deleted)
         with contextlib.suppress(OSError):

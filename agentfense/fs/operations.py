@@ -76,7 +76,7 @@ class PermissionFS(pyfuse3.Operations):
         self.views: dict[str, View] = {}
         self.nodes = Nodes()
         self._handles: dict[int, Handle] = {}
-        self._dirs: dict[int, tuple[Node, list[str]]] = {}
+        self._dirs: dict[int, tuple[Node, list[tuple[str, Entry]]]] = {}
         self._next_fh = 1
 
     # -- bookkeeping ------------------------------------------------------------------------
@@ -302,21 +302,21 @@ class PermissionFS(pyfuse3.Operations):
         entry = self._entry(node)
         if not entry.is_dir:
             raise _fail(errno.ENOTDIR)
-        self._dirs[fh] = (node, node.view.names(node.rel))
+        self._dirs[fh] = (node, node.view.entries(node.rel))
         return fh
 
     @_fuse_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        node, names = self._dirs[fh]
+        node, entries = self._dirs[fh]
         view = node.view
-        for index in range(start_id, len(names)):
-            rel = join(node.rel, names[index])
-            entry = view.locate(rel)
-            if entry is None or not view.visible(rel, entry.is_dir):
+        for index in range(start_id, len(entries)):
+            name, entry = entries[index]
+            rel = join(node.rel, name)
+            if not view.visible(rel, entry.is_dir):
                 continue
             child = self.nodes.get(view, rel)
             if not pyfuse3.readdir_reply(
-                token, os.fsencode(names[index]), self._attrs(child, entry), index + 1
+                token, os.fsencode(name), self._attrs(child, entry), index + 1
             ):
                 return
             self.nodes.looked_up(child)
@@ -346,13 +346,8 @@ class PermissionFS(pyfuse3.Operations):
         self.nodes.removed(view, rel)
 
     def _visible_children(self, view: View, rel: str) -> list[str]:
-        shown = []
-        for name in view.names(rel):
-            child = join(rel, name)
-            entry = view.locate(child)
-            if entry is not None and view.visible(child, entry.is_dir):
-                shown.append(child)
-        return shown
+        children = ((join(rel, name), entry) for name, entry in view.entries(rel))
+        return [child for child, entry in children if view.visible(child, entry.is_dir)]
 
     # -- creating and removing --------------------------------------------------------------
 

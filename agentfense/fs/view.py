@@ -73,6 +73,8 @@ class View:
         with contextlib.suppress(OSError, ValueError):
             self.deleted = set(json.loads(self._deleted_file.read_text()))
         self.writers: dict[int, int] = {}  # upper inode -> open write handles
+        # Nothing written since the last commit: lookups need not ask the upper tree.
+        self.upper_empty = not self.upper.listdir("")
 
     def close(self) -> None:
         self.lower.close()
@@ -98,24 +100,25 @@ class View:
         return any(prefix in self.deleted for prefix in ancestors_and_self(rel))
 
     def locate(self, rel: str) -> Entry | None:
-        st = self.upper.try_lstat(rel)
-        if st is not None:
-            return Entry(UPPER, st)
+        if not self.upper_empty:
+            st = self.upper.try_lstat(rel)
+            if st is not None:
+                return Entry(UPPER, st)
         if self.deleted and self.lower_hidden(rel):
             return None
         st = self.lower.try_lstat(rel)
         return None if st is None else Entry(LOWER, st)
 
-    def names(self, rel: str) -> list[str]:
-        """The directory's entries in this view (before any policy filtering), sorted."""
-        names: set[str] = set()
-        with contextlib.suppress(OSError):
-            names.update(self.upper.listdir(rel))
-        if not self.lower_hidden(rel) or not rel:
-            with contextlib.suppress(OSError):
-                lower = self.lower.listdir(rel)
-                names.update(n for n in lower if join(rel, n) not in self.deleted)
-        return sorted(names)
+    def entries(self, rel: str) -> list[tuple[str, Entry]]:
+        """The directory's entries in this view (before any policy filtering), by name."""
+        found: dict[str, Entry] = {}
+        if not self.upper_empty:
+            found.update((name, Entry(UPPER, st)) for name, st in self.upper.scan(rel))
+        if not rel or not self.lower_hidden(rel):
+            for name, st in self.lower.scan(rel):
+                if name not in found and join(rel, name) not in self.deleted:
+                    found[name] = Entry(LOWER, st)
+        return sorted(found.items())
 
     def tree(self, layer: str) -> HostTree:
         return self.upper if layer == UPPER else self.lower
@@ -135,6 +138,7 @@ class View:
 
     def _upper_parents(self, rel: str) -> None:
         """Make ``rel``'s parent directories exist in the upper tree (modes from this view)."""
+        self.upper_empty = False
         parent, _ = split(rel)
 
         def mode_of(path: str) -> int:
@@ -166,10 +170,9 @@ class View:
         """Copy up ``rel`` and every entry below it that this view can see."""
         entry = self.copy_up(rel)
         if entry.is_dir:
-            for name in self.names(rel):
+            for name, child_entry in self.entries(rel):
                 child = join(rel, name)
-                child_entry = self.locate(child)
-                if child_entry and self.visible(child, child_entry.is_dir):
+                if self.visible(child, child_entry.is_dir):
                     self.copy_up_tree(child)
 
     def prepare_new(self, rel: str) -> None:
