@@ -185,6 +185,11 @@ class PermissionFS(pyfuse3.Operations):
             raise _fail(errno.ENOTDIR)
         return parent.view, join(parent.rel, text), None
 
+    def _made(self, view: View, rel: str) -> pyfuse3.EntryAttributes:
+        """A new entry stands at ``rel`` in the upper tree: record it, return its attributes."""
+        view.created(rel)
+        return self._found(view, rel, Entry(UPPER, view.upper.lstat(rel)))
+
     def _found(self, view: View, rel: str, entry: Entry) -> pyfuse3.EntryAttributes:
         node = self.nodes.get(view, rel)
         self.nodes.looked_up(node)
@@ -330,8 +335,7 @@ class PermissionFS(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         view, rel = self._new_entry(parent_inode, name, ctx)
         view.upper.mkdir(rel, _settable(mode) & ~ctx.umask)
-        view.created(rel)
-        return self._found(view, rel, Entry(UPPER, view.upper.lstat(rel)))
+        return self._made(view, rel)
 
     @_fuse_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -394,8 +398,7 @@ class PermissionFS(pyfuse3.Operations):
         view, rel = self._new_entry(parent_inode, name, ctx)
         with view.upper.parent(rel) as (fd, leaf):
             os.mknod(leaf, stat.S_IFMT(mode) | (_settable(mode) & ~ctx.umask), dir_fd=fd)
-        view.created(rel)
-        return self._found(view, rel, Entry(UPPER, view.upper.lstat(rel)))
+        return self._made(view, rel)
 
     @_fuse_errors
     async def symlink(
@@ -403,8 +406,7 @@ class PermissionFS(pyfuse3.Operations):
     ) -> pyfuse3.EntryAttributes:
         view, rel = self._new_entry(parent_inode, name, ctx)
         view.upper.symlink(os.fsdecode(target), rel)
-        view.created(rel)
-        return self._found(view, rel, Entry(UPPER, view.upper.lstat(rel)))
+        return self._made(view, rel)
 
     @_fuse_errors
     async def link(
@@ -421,8 +423,7 @@ class PermissionFS(pyfuse3.Operations):
             raise _fail(errno.EXDEV)
         view.copy_up(node.rel)
         view.upper.link(node.rel, rel)
-        view.created(rel)
-        return self._found(view, rel, Entry(UPPER, view.upper.lstat(rel)))
+        return self._made(view, rel)
 
     @_fuse_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
