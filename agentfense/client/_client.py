@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from os import PathLike
 from pathlib import Path
@@ -46,6 +46,16 @@ def _duration(seconds: float | None, field: str = "timeout") -> timedelta | None
     if seconds < 0:
         raise InvalidConfigurationError(f"{field} must not be negative")
     return timedelta(seconds=seconds)
+
+
+def _as_bytes(content: bytes | str) -> bytes:
+    return content.encode() if isinstance(content, str) else bytes(content)
+
+
+def _pieces(data: bytes) -> Iterator[bytes]:
+    """``data`` in upload-sized pieces (none for empty data)."""
+    for start in range(0, len(data), UPLOAD_CHUNK):
+        yield data[start : start + UPLOAD_CHUNK]
 
 
 def _read_if_small(path: Path) -> bytes | None:
@@ -154,7 +164,7 @@ class AsyncSandboxClient:
         self, codebase_id: str, file_path: str, content: bytes | str
     ) -> UploadResult:
         """Upload ``content`` as ``file_path`` of the codebase (streamed in chunks)."""
-        data = content.encode() if isinstance(content, str) else bytes(content)
+        data = _as_bytes(content)
 
         async def chunks() -> AsyncIterator[pb.UploadChunk]:
             yield pb.UploadChunk(
@@ -162,8 +172,8 @@ class AsyncSandboxClient:
                     codebase_id=codebase_id, file_path=file_path, total_size=len(data)
                 )
             )
-            for start in range(0, len(data), UPLOAD_CHUNK):
-                yield pb.UploadChunk(data=data[start : start + UPLOAD_CHUNK])
+            for piece in _pieces(data):
+                yield pb.UploadChunk(data=piece)
 
         return await self._upload(chunks)
 
@@ -394,7 +404,7 @@ class AsyncSandboxClient:
         self, sandbox_id: str, path: str, content: bytes | str
     ) -> UploadResult:
         """Write a file as the sandbox could (its permissions apply), then commit it."""
-        data = content.encode() if isinstance(content, str) else bytes(content)
+        data = _as_bytes(content)
 
         async def chunks() -> AsyncIterator[pb.SandboxFileChunk]:
             yield pb.SandboxFileChunk(
@@ -402,8 +412,8 @@ class AsyncSandboxClient:
                     sandbox_id=sandbox_id, path=path, total_size=len(data)
                 )
             )
-            for start in range(0, len(data), UPLOAD_CHUNK):
-                yield pb.SandboxFileChunk(data=data[start : start + UPLOAD_CHUNK])
+            for piece in _pieces(data):
+                yield pb.SandboxFileChunk(data=piece)
 
         transport = await self._channel()
         reply = await transport.client_stream(
