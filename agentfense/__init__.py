@@ -7,6 +7,7 @@ asyncio; the server is ``agentfense serve``.
 from agentfense.client._client import AsyncSandboxClient as AsyncSandboxClient
 from agentfense.client._stream import ExecStream as ExecStream
 from agentfense.client.sandbox import AsyncSandbox as AsyncSandbox
+from agentfense.client.session import AsyncSessionWrapper as AsyncSessionWrapper
 from agentfense.errors import CodebaseNotFoundError as CodebaseNotFoundError
 from agentfense.errors import CommandExecutionError as CommandExecutionError
 from agentfense.errors import CommandTimeoutError as CommandTimeoutError
@@ -45,6 +46,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncSandbox",
     "AsyncSandboxClient",
+    "AsyncSessionWrapper",
     "Codebase",
     "CodebaseNotFoundError",
     "CommandExecutionError",

@@ -457,15 +457,34 @@ class AsyncSandboxClient:
         request = pb.DestroySessionRequest(session_id=session_id)
         await self._unary(_SANDBOX + "DestroySession", request, pb.Empty)
 
-    async def session_exec(
-        self, session_id: str, command: str, *, timeout: float | None = None
-    ) -> ExecResult:
+    @staticmethod
+    def _session_exec_request(
+        session_id: str, command: str, timeout: float | None
+    ) -> pb.SessionExecRequest:
+        if not isinstance(command, str):
+            raise InvalidConfigurationError("command must be a string")
         request = pb.SessionExecRequest(session_id=session_id, command=command)
         duration = _duration(timeout)
         if duration is not None:
             request.timeout = duration
+        return request
+
+    async def session_exec(
+        self, session_id: str, command: str, *, timeout: float | None = None
+    ) -> ExecResult:
+        """Run ``command`` in a session's shell; CommandTimeoutError on timeout."""
+        request = self._session_exec_request(session_id, command, timeout)
         deadline = None if timeout is None else timeout + _DEADLINE_MARGIN
         reply = await self._unary(
             _SANDBOX + "SessionExec", request, pb.ExecResult, timeout=deadline
         )
         return convert.exec_result_from_pb(reply)
+
+    def session_exec_stream(
+        self, session_id: str, command: str, *, timeout: float | None = None
+    ) -> ExecStream:
+        """Run ``command`` in a session's shell and stream its output (see ExecStream)."""
+        request = self._session_exec_request(session_id, command, timeout)
+        return ExecStream(
+            lambda: self._server_stream(_SANDBOX + "SessionExecStream", request, pb.ExecOutput)
+        )

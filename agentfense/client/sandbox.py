@@ -26,6 +26,7 @@ from ..utils import ProjectFile, scan_project
 from . import _files
 from ._client import AsyncSandboxClient
 from ._stream import ExecStream
+from .session import SessionOpener
 
 log = logging.getLogger("agentfense")
 T = TypeVar("T")
@@ -292,6 +293,13 @@ class AsyncSandbox:
         return self._client.exec_stream(
             self.id, command, stdin=stdin, env=env, workdir=workdir, timeout=timeout
         )
+
+    def session(
+        self, shell: str | None = None, env: Mapping[str, str] | None = None
+    ) -> SessionOpener:
+        """A persistent shell: ``async with await sandbox.session() as s`` (or without the
+        ``await``); ``shell`` defaults to bash where the sandbox has it, else sh."""
+        return SessionOpener(self._client, self.id, shell, env)
 
     # -- files (through the sandbox's own view and permissions) -----------------------------
     #

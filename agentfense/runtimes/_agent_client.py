@@ -46,6 +46,15 @@ class AgentProcess:
             await self.exited.wait()
         await self.release()
 
+    def members(self) -> frozenset[int] | None:
+        if self.leaf is None:
+            return None
+        return SandboxCgroup.members(self.leaf)
+
+    async def kill_except(self, keep: frozenset[int]) -> None:
+        if self.leaf is not None:
+            await SandboxCgroup.kill_except(self.leaf, keep)
+
     async def release(self) -> None:
         if self.leaf is not None and SandboxCgroup.try_remove(self.leaf):
             self.leaf = None
@@ -128,6 +137,10 @@ class AgentConnection:
         stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
         stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
         theirs = [stdin_r, stdout_w, stderr_w]
+        for fd in theirs:
+            # The pipes are the server's (root's, 0600): the command could not reopen its
+            # own stdio through /dev/stdout, /dev/stderr or /proc/self/fd otherwise.
+            os.fchmod(fd, 0o666)
         leaf: Path | None = None
         if self._cgroup is not None:
             leaf, procs_fd = self._cgroup.open_command()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from pathlib import Path
 
 import anyio
@@ -49,6 +50,34 @@ class SandboxCgroup:
     def kill(leaf: Path) -> None:
         with contextlib.suppress(OSError):
             (leaf / "cgroup.kill").write_text("1")
+
+    @staticmethod
+    def members(leaf: Path) -> frozenset[int]:
+        """The (host) pids in ``leaf`` now."""
+        try:
+            return frozenset(int(pid) for pid in (leaf / "cgroup.procs").read_text().split())
+        except OSError:
+            return frozenset()
+
+    @staticmethod
+    async def kill_except(leaf: Path, keep: frozenset[int]) -> None:
+        """SIGKILL every process in ``leaf`` but ``keep``: frozen first, so none forks away."""
+        freeze = leaf / "cgroup.freeze"
+        try:
+            freeze.write_text("1")
+        except OSError:
+            return
+        try:
+            for _ in range(200):  # freezing completes asynchronously (up to 1 s here)
+                if "frozen 1" in (leaf / "cgroup.events").read_text():
+                    break
+                await anyio.sleep(0.005)
+            for pid in SandboxCgroup.members(leaf) - keep:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        finally:
+            with contextlib.suppress(OSError):
+                freeze.write_text("0")
 
     @staticmethod
     def try_remove(leaf: Path) -> bool:

@@ -48,6 +48,15 @@ class Process(Protocol):
         """Kill every process the command started, then release what it held."""
         ...
 
+    def members(self) -> frozenset[int] | None:
+        """Every process the command has now (its own and its children's, wherever they went),
+        or None where the runtime cannot tell them apart."""
+        ...
+
+    async def kill_except(self, keep: frozenset[int]) -> None:
+        """Kill the command's processes but ``keep`` (taken from :meth:`members` earlier)."""
+        ...
+
     async def release(self) -> None:
         """Release bookkeeping after a normal exit (its background jobs keep running)."""
         ...

@@ -36,7 +36,9 @@ class Outcome:
     timed_out: bool
 
 
-class _Capture:
+class OutputCapture:
+    """What a stream wrote, kept up to ``limit`` bytes; the rest counted and marked."""
+
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.parts: list[bytes] = []
@@ -95,8 +97,8 @@ async def run_to_completion(
     """Run ``process`` to its end (or its deadline) and collect what it wrote."""
     started = time.monotonic()
     captures = {
-        OutputStream.STDOUT: _Capture(max_output),
-        OutputStream.STDERR: _Capture(max_output),
+        OutputStream.STDOUT: OutputCapture(max_output),
+        OutputStream.STDERR: OutputCapture(max_output),
     }
     fds = {OutputStream.STDOUT: process.stdout_fd, OutputStream.STDERR: process.stderr_fd}
     open_streams = set(fds)

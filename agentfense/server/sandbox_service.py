@@ -16,6 +16,7 @@ from grpclib.exceptions import GRPCError
 from .._convert import (
     RUNTIME_FROM_PB,
     RUNTIME_TO_PB,
+    SESSION_STATUS_TO_PB,
     STATUS_TO_PB,
     resources_from_pb,
     resources_to_pb,
@@ -28,6 +29,7 @@ from ..types import OutputStream, RuntimeType
 from . import sandbox_files as files
 from .execution import Outcome
 from .sandboxes import ExecParams, SandboxManager, SandboxRecord
+from .sessions import Session
 
 __all__ = ["SandboxService"]
 
@@ -65,6 +67,19 @@ def sandbox_to_pb(record: SandboxRecord) -> pb.Sandbox:
     return message
 
 
+def session_to_pb(session: Session) -> pb.Session:
+    message = pb.Session(
+        id=session.id,
+        sandbox_id=session.sandbox_id,
+        status=SESSION_STATUS_TO_PB[session.status],
+        shell=session.shell,
+        created_at=session.created_at,
+    )
+    if session.closed_at is not None:
+        message.closed_at = session.closed_at
+    return message
+
+
 def _seconds(value: timedelta | None) -> float | None:
     return value.total_seconds() if value else None
 
@@ -78,7 +93,7 @@ def _result(outcome: Outcome) -> pb.ExecResult:
     )
 
 
-def _timed_out(params: ExecParams, outcome: Outcome) -> GRPCError:
+def _timed_out(outcome: Outcome) -> GRPCError:
     return GRPCError(
         grpclib.const.Status.DEADLINE_EXCEEDED,
         f"command timed out after {outcome.duration:.3g} s and was killed",
@@ -96,7 +111,7 @@ def _exec_params(request: pb.ExecRequest) -> ExecParams:
 
 
 class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
-    """Sandbox lifecycle and exec RPCs. Sessions are not served yet (UNIMPLEMENTED)."""
+    """Sandbox lifecycle, exec, session and sandbox-file RPCs."""
 
     def __init__(self, manager: SandboxManager, *, max_upload_bytes: int) -> None:
         self._manager = manager
@@ -108,6 +123,12 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
             self._exec_stream,
             grpclib.const.Cardinality.UNARY_STREAM,
             pb.ExecRequest,
+            pb.ExecOutput,
+        )
+        mapping["/sandbox.v1.SandboxService/SessionExecStream"] = grpclib.const.Handler(
+            self._session_exec_stream,
+            grpclib.const.Cardinality.UNARY_STREAM,
+            pb.SessionExecRequest,
             pb.ExecOutput,
         )
         return mapping
@@ -160,7 +181,7 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
             params = _exec_params(request)
             outcome = await self._manager.exec(request.sandbox_id, params)
         if outcome.timed_out:
-            raise _timed_out(params, outcome)
+            raise _timed_out(outcome)
         return _result(outcome)
 
     async def _exec_stream(self, stream: grpclib.server.Stream[Any, Any]) -> None:
@@ -174,7 +195,7 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
             params = _exec_params(request)
             outcome = await self._manager.exec(request.sandbox_id, params, on_output=send)
         if outcome.timed_out:
-            raise _timed_out(params, outcome)
+            raise _timed_out(outcome)
         await stream.send_message(pb.ExecOutput(result=_result(outcome)))
 
     async def exec_stream(self, request: pb.ExecRequest) -> Any:  # served by _exec_stream
@@ -245,30 +266,52 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
             ]
         )
 
-    async def _sessions_unavailable(self) -> Any:
-        raise GRPCError(
-            grpclib.const.Status.UNIMPLEMENTED, "sessions are not available on this server yet"
-        )
+    # -- sessions ---------------------------------------------------------------------------
 
     async def create_session(self, request: pb.CreateSessionRequest) -> pb.Session:
-        return await self._sessions_unavailable()
+        with grpc_errors():
+            session = await self._manager.sessions.create(
+                request.sandbox_id, request.shell, dict(request.env)
+            )
+            return session_to_pb(session)
 
     async def get_session(self, request: pb.GetSessionRequest) -> pb.Session:
-        return await self._sessions_unavailable()
+        with grpc_errors():
+            return session_to_pb(self._manager.sessions.get(request.session_id))
 
     async def list_sessions(self, request: pb.ListSessionsRequest) -> pb.ListSessionsResponse:
-        return await self._sessions_unavailable()
+        with grpc_errors():
+            found = self._manager.sessions.list(request.sandbox_id)
+            return pb.ListSessionsResponse(sessions=[session_to_pb(s) for s in found])
 
     async def destroy_session(self, request: pb.DestroySessionRequest) -> pb.Empty:
-        return await self._sessions_unavailable()
+        with grpc_errors():
+            await self._manager.sessions.destroy(request.session_id)
+            return pb.Empty()
 
     async def session_exec(self, request: pb.SessionExecRequest) -> pb.ExecResult:
-        return await self._sessions_unavailable()
+        with grpc_errors():
+            outcome = await self._manager.sessions.exec(
+                request.session_id, request.command, _seconds(request.timeout)
+            )
+        if outcome.timed_out:
+            raise _timed_out(outcome)
+        return _result(outcome)
 
-    async def session_exec_stream(
-        self, request: pb.SessionExecRequest
-    ) -> AsyncIterator[pb.ExecOutput]:
-        # An async generator: betterproto serves a server stream only from one (it ends a
-        # plain coroutine's stream with OK and no messages, never running it).
-        await self._sessions_unavailable()
-        yield pb.ExecOutput()  # unreachable
+    async def _session_exec_stream(self, stream: grpclib.server.Stream[Any, Any]) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+
+        async def send(kind: OutputStream, data: bytes) -> None:
+            await stream.send_message(pb.ExecOutput(type=_STREAM_TYPE[kind], data=data))
+
+        with grpc_errors():
+            outcome = await self._manager.sessions.exec(
+                request.session_id, request.command, _seconds(request.timeout), on_output=send
+            )
+        if outcome.timed_out:
+            raise _timed_out(outcome)
+        await stream.send_message(pb.ExecOutput(result=_result(outcome)))
+
+    async def session_exec_stream(self, request: pb.SessionExecRequest) -> Any:
+        raise GRPCError(grpclib.const.Status.INTERNAL, "unreachable")  # _session_exec_stream

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.abc
@@ -44,6 +44,10 @@ from .codebases import CodebaseStore
 from .config import ServerConfig
 from .execution import OnOutput, Outcome, run_to_completion
 from .fs_supervisor import FsSupervisor
+from .session_registry import SessionRegistry
+
+if TYPE_CHECKING:
+    from .sessions import Session
 
 _ID_RE = re.compile(r"^sb_[0-9a-f]{16}$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -70,6 +74,7 @@ class SandboxRecord:
     error: str = ""
     handle: SandboxHandle | None = None
     lock: anyio.Lock = field(default_factory=anyio.Lock)
+    sessions: dict[str, Session] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +101,17 @@ class SandboxManager:
         self._deltas = config.state_dir / "deltas"
         self._fs = FsSupervisor(config.state_dir, views=self._view_specs, on_crash=self._fs_died)
         self._task_group: anyio.abc.TaskGroup | None = None
+        self.sessions = SessionRegistry(self)
+
+    @property
+    def task_group(self) -> anyio.abc.TaskGroup:
+        """Where the server's long-lived tasks run (sandbox agents, session readers)."""
+        assert self._task_group is not None
+        return self._task_group
+
+    @property
+    def max_output_bytes(self) -> int:
+        return self._config.max_output_bytes
 
     async def __aenter__(self) -> SandboxManager:
         self._task_group = anyio.create_task_group()
@@ -164,6 +180,9 @@ class SandboxManager:
 
     def uses_codebase(self, codebase_id: str) -> bool:
         return any(r.codebase_id == codebase_id for r in self._sandboxes.values())
+
+    def find(self, sandbox_id: str) -> SandboxRecord | None:
+        return self._sandboxes.get(sandbox_id)
 
     def get(self, sandbox_id: str) -> SandboxRecord:
         if not _ID_RE.match(sandbox_id):
@@ -276,6 +295,7 @@ class SandboxManager:
     async def _stop_record(self, record: SandboxRecord) -> None:
         with anyio.CancelScope(shield=True):
             async with record.lock:
+                await self.sessions.close_all(record, forget=False)
                 handle, record.handle = record.handle, None
                 if handle is not None:
                     await handle.stop()
@@ -290,6 +310,7 @@ class SandboxManager:
         with anyio.CancelScope(shield=True):
             await self.commit(record)  # what file operations of a stopped sandbox wrote
             self._sandboxes.pop(record.id, None)
+            await self.sessions.close_all(record, forget=True)
             await self._fs.request(op="remove_view", id=record.id)
             await anyio.to_thread.run_sync(
                 lambda: shutil.rmtree(self._deltas / record.id, ignore_errors=True)
@@ -318,21 +339,27 @@ class SandboxManager:
             raise SandboxNotRunningError(f"sandbox {record.id} is not running (its processes died)")
         return record, handle
 
-    def _command(self, params: ExecParams) -> CommandSpec:
-        if not params.command.strip():
-            raise InvalidConfigurationError("command must not be empty")
-        if "\x00" in params.command:
-            raise InvalidConfigurationError("command must not contain NUL")
+    @staticmethod
+    def command_env(extra: Mapping[str, str]) -> dict[str, str]:
+        """The base environment of the sandbox with ``extra`` (checked) over it."""
         env = dict(BASE_ENV)
-        for name, value in params.env.items():
+        for name, value in extra.items():
             if not _ENV_NAME_RE.match(name):
                 raise InvalidConfigurationError(f"env name {name[:64]!r} is not a valid name")
             if "\x00" in value:
                 raise InvalidConfigurationError(f"env {name} must not contain NUL")
             env[name] = value
+        return env
+
+    def _command(self, params: ExecParams) -> CommandSpec:
+        if not params.command.strip():
+            raise InvalidConfigurationError("command must not be empty")
+        if "\x00" in params.command:
+            raise InvalidConfigurationError("command must not contain NUL")
+        env = self.command_env(params.env)
         return CommandSpec(("/bin/sh", "-c", params.command), env, _workdir(params.workdir))
 
-    def _timeout(self, timeout: float | None) -> float:
+    def exec_timeout(self, timeout: float | None) -> float:
         if timeout is None or timeout == 0:
             return self._config.default_timeout
         if timeout < 0:
@@ -348,7 +375,7 @@ class SandboxManager:
     ) -> Outcome:
         record, handle = self.running_handle(sandbox_id)
         command = self._command(params)
-        timeout = self._timeout(params.timeout)
+        timeout = self.exec_timeout(params.timeout)
         try:
             process = await handle.spawn(command)
         except BadWorkdir as exc:

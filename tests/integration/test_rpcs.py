@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,8 +24,13 @@ from agentfense import (
     SandboxNotFoundError,
     SandboxNotRunningError,
     SandboxStatus,
+    SessionClosedError,
+    SessionNotFoundError,
+    SessionStatus,
 )
 from agentfense._proto.sandbox import v1 as pb
+
+from ._procs import host_pids_running, until_running
 
 pytestmark = pytest.mark.anyio
 
@@ -58,47 +63,10 @@ async def _codebase(
                 await client.delete_codebase(codebase.id)
 
 
-def _host_pids_running(marker: str) -> list[int]:
-    """Host pids whose command line contains ``marker`` (the test runs beside the server)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                cmdline = handle.read()
-        except OSError:
-            continue
-        if marker.encode() in cmdline:
-            found.append(int(entry))
-    return found
-
-
 async def _stream_all(client: AsyncSandboxClient, sandbox_id: str, command: str) -> None:
     async with client.exec_stream(sandbox_id, command) as stream:
         async for _ in stream:
             pass
-
-
-async def _session_exec_stream(client: AsyncSandboxClient, session_id: str, command: str) -> None:
-    """SessionExecStream, which the SDK's client does not offer, called through its transport."""
-    async with client._server_stream(
-        "/sandbox.v1.SandboxService/SessionExecStream",
-        pb.SessionExecRequest(session_id=session_id, command=command),
-        pb.ExecOutput,
-    ) as stream:
-        async for _ in stream:
-            pass
-
-
-async def _until_running(marker: str) -> None:
-    """Wait until a host process runs with ``marker`` on its command line (a background job
-    is exec'd a moment after the shell that started it has returned)."""
-    with anyio.fail_after(10):
-        while True:
-            if _host_pids_running(marker):
-                return
-            await anyio.sleep(0.02)
 
 
 # -- codebases --------------------------------------------------------------------------------
@@ -399,9 +367,9 @@ async def test_destroying_a_running_sandbox_kills_its_processes(
         info = await client.create_sandbox(codebase.id, permissions=READ)
         await client.start_sandbox(info.id)
         await client.exec(info.id, f"sleep {marker} >/dev/null 2>&1 &")
-        await _until_running(f"sleep\0{marker}")
+        await until_running(f"sleep\0{marker}")
         await client.destroy_sandbox(info.id)
-        assert _host_pids_running(f"sleep\0{marker}") == []
+        assert host_pids_running(f"sleep\0{marker}") == []
 
 
 async def test_expires_in_is_honoured(client: AsyncSandboxClient) -> None:
@@ -419,7 +387,7 @@ async def test_expires_in_is_honoured(client: AsyncSandboxClient) -> None:
         )
         assert (await client.start_sandbox(running.id)).status is SandboxStatus.RUNNING
         await client.exec(running.id, f"sleep {marker} >/dev/null 2>&1 &")
-        await _until_running(f"sleep\0{marker}")
+        await until_running(f"sleep\0{marker}")
 
         with anyio.fail_after(10):
             while True:
@@ -436,7 +404,7 @@ async def test_expires_in_is_honoured(client: AsyncSandboxClient) -> None:
                     break
                 await anyio.sleep(0.1)
         # An expired running sandbox is destroyed, processes and all.
-        assert _host_pids_running(f"sleep\0{marker}") == []
+        assert host_pids_running(f"sleep\0{marker}") == []
         assert [s.id for s in await client.list_sandboxes(codebase.id)] == [kept.id]
         assert (await client.get_sandbox(kept.id)).expires_at is None
 
@@ -460,21 +428,39 @@ async def test_deleting_a_codebase_in_use_is_refused(client: AsyncSandboxClient)
             await client.get_codebase(codebase.id)
 
 
-async def test_session_rpcs_are_unimplemented(client: AsyncSandboxClient) -> None:
+async def test_session_rpcs_create_get_list_exec_stream_destroy(
+    client: AsyncSandboxClient,
+) -> None:
     async with _codebase(client) as codebase:
         sandbox = await client.create_sandbox(codebase.id, permissions=READ)
         await client.start_sandbox(sandbox.id)
-        calls: list[Callable[[], Awaitable[object]]] = [
-            lambda: client.create_session(sandbox.id),
-            lambda: client.get_session("se_0000000000000000"),
-            lambda: client.list_sessions(sandbox.id),
-            lambda: client.destroy_session("se_0000000000000000"),
-            lambda: client.session_exec("se_0000000000000000", "ls"),
-        ]
-        for call in calls:
-            with pytest.raises(SandboxError) as unimplemented:
-                await call()
-            assert unimplemented.value.code == 12
-        with pytest.raises(SandboxError) as streamed:
-            await _session_exec_stream(client, "se_0000000000000000", "ls")
-        assert streamed.value.code == 12
+        session = await client.create_session(sandbox.id, env={"GREETING": "hi"})
+        assert session.sandbox_id == sandbox.id
+        assert session.status is SessionStatus.ACTIVE
+        assert session.shell == "bash"
+        assert session.created_at is not None
+        assert session.closed_at is None
+        assert await client.get_session(session.id) == session
+        assert [s.id for s in await client.list_sessions(sandbox.id)] == [session.id]
+
+        await client.session_exec(session.id, "cd /tmp && greeting=$GREETING")
+        result = await client.session_exec(session.id, "pwd; echo $greeting >&2; exit 5")
+        assert (result.stdout, result.stderr, result.exit_code) == ("/tmp\n", "hi\n", 5)
+        closed = await client.get_session(session.id)
+        assert closed.status is SessionStatus.CLOSED
+        assert closed.closed_at is not None
+        with pytest.raises(SessionClosedError):
+            await client.session_exec(session.id, "true")
+
+        other = await client.create_session(sandbox.id, shell="/bin/sh")
+        assert other.shell == "/bin/sh"
+        async with client.session_exec_stream(other.id, "echo out; echo err >&2") as stream:
+            chunks = [(chunk.stream.value, chunk.data) async for chunk in stream]
+        assert sorted(chunks) == [("stderr", b"err\n"), ("stdout", b"out\n")]
+        assert stream.exit_code == 0
+        await client.destroy_session(other.id)
+        with pytest.raises(SessionNotFoundError):
+            await client.get_session(other.id)
+        with pytest.raises(SessionNotFoundError):
+            await client.session_exec("ses_0000000000000000", "ls")
+        assert [s.id for s in await client.list_sessions(sandbox.id)] == [session.id]

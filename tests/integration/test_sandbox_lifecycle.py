@@ -47,6 +47,11 @@ async def test_streams_stay_apart_and_exit_code_is_exact(endpoint: str, project:
             await sandbox.run("echo nope >&2; exit 7", raise_on_error=True)
         assert failed.value.exit_code == 7
         assert failed.value.stderr == "nope\n"
+        # Its own stdio can be reopened by name, as many scripts do.
+        named = await sandbox.exec(
+            "echo a > /dev/stdout; echo b > /dev/stderr; cat /dev/stdin", stdin="c"
+        )
+        assert (named.stdout, named.stderr, named.exit_code) == ("a\nc", "b\n", 0)
 
 
 async def test_stdin_env_and_workdir(endpoint: str, project: Path) -> None:

@@ -1,0 +1,267 @@
+"""Sessions: a persistent shell per session in a running sandbox (see ``shell_protocol``).
+
+A session is one process of its sandbox (its own cgroup leaf on bwrap): the shell, and every
+process its commands start. Commands run one at a time, in the order they arrive. Each
+command's output is read up to its end marker; what background jobs write between commands
+is dropped. A timeout (or the caller going away) kills the processes the command started
+(those in the session now that were not there when it began) and keeps the shell; a command
+that is the shell itself (a builtin loop) cannot be killed apart from it, so then the session
+closes. ``exit`` closes the session; closing kills every process of the session.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import anyio
+import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from ..errors import SessionClosedError
+from ..runtimes.base import Process
+from ..types import OutputStream, SessionStatus
+from . import shell_protocol as protocol
+from .execution import OnOutput, Outcome, OutputCapture
+
+# How long a killed command may take to hand its shell back before the session is closed.
+_KILL_GRACE = 1.0
+_START_TIMEOUT = 10.0
+
+Chunk = tuple[OutputStream, bytes]
+
+
+@dataclass(eq=False)
+class _Command:
+    """The command running now: its scanners and where its output goes."""
+
+    token: tuple[str, str]
+    send: MemoryObjectSendStream[Chunk]
+    scanners: dict[OutputStream, protocol.MarkerScanner] = field(init=False)
+    delivered: set[OutputStream] = field(default_factory=set)  # up to its end, handed on
+    finished: anyio.Event = field(default_factory=anyio.Event)
+
+    def __post_init__(self) -> None:
+        self.scanners = {
+            OutputStream.STDOUT: protocol.MarkerScanner(self.token, with_status=True),
+            OutputStream.STDERR: protocol.MarkerScanner(self.token, with_status=False),
+        }
+
+    @property
+    def status(self) -> int | None:
+        return self.scanners[OutputStream.STDOUT].status
+
+    def delivered_all(self, stream: OutputStream) -> None:
+        self.delivered.add(stream)
+        if len(self.delivered) == len(self.scanners):
+            self.finish()
+
+    def finish(self) -> None:
+        if not self.finished.is_set():
+            self.send.close()
+            self.finished.set()
+
+
+class Session:
+    """One shell. Create with :meth:`open`; its readers run in the given task group."""
+
+    def __init__(self, ident: str, sandbox_id: str, process: Process, shell: str) -> None:
+        self.id = ident
+        self.sandbox_id = sandbox_id
+        self.shell = shell
+        self.status = SessionStatus.ACTIVE
+        self.created_at = datetime.now(UTC)
+        self.closed_at: datetime | None = None
+        self._process = process
+        self._lock = anyio.Lock()
+        self._command: _Command | None = None
+        self._eof: set[OutputStream] = set()
+        self._exited = anyio.Event()
+        self._exit_code: int | None = None
+
+    @classmethod
+    async def open(
+        cls,
+        ident: str,
+        sandbox_id: str,
+        process: Process,
+        shell: str,
+        task_group: anyio.abc.TaskGroup,
+    ) -> Session:
+        """Start the readers, send the driver, and wait until the shell answers."""
+        session = cls(ident, sandbox_id, process, shell)
+        task_group.start_soon(session._pump, OutputStream.STDOUT, process.stdout_fd)
+        task_group.start_soon(session._pump, OutputStream.STDERR, process.stderr_fd)
+        task_group.start_soon(session._reap)
+        try:
+            await session._write(protocol.DRIVER)
+            probe = await session.run(
+                'command printf %s "${BASH_VERSION:+bash}"', timeout=_START_TIMEOUT
+            )
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await session.close()
+            raise
+        if probe.timed_out or session.status is SessionStatus.CLOSED:
+            await session.close()
+            raise SessionClosedError(f"session {ident}: the shell {shell!r} did not start")
+        if not shell:
+            session.shell = probe.stdout.decode() or "sh"
+        return session
+
+    # -- the shell's side -------------------------------------------------------------------
+
+    async def _reap(self) -> None:
+        self._exit_code = await self._process.wait()
+        self._exited.set()
+        if self._command is None:  # ended between commands: nobody else will notice
+            await self.close()
+
+    async def _pump(self, stream: OutputStream, fd: int) -> None:
+        """Read one of the shell's streams to its end, handing bytes to the command now."""
+        try:
+            while True:
+                try:
+                    data = os.read(fd, 1 << 16)
+                except BlockingIOError:
+                    await anyio.wait_readable(fd)
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    return
+                await self._route(stream, data)
+        finally:
+            self._eof.add(stream)
+            command = self._command
+            if command is not None:
+                await self._deliver(command, stream, command.scanners[stream].flush())
+                command.delivered_all(stream)
+
+    async def _route(self, stream: OutputStream, data: bytes) -> None:
+        command = self._command
+        if command is None:
+            return  # background jobs' output between commands
+        scanner = command.scanners[stream]
+        if scanner.done:
+            return
+        await self._deliver(command, stream, scanner.feed(data))
+        if scanner.done:
+            command.delivered_all(stream)
+
+    @staticmethod
+    async def _deliver(command: _Command, stream: OutputStream, data: bytes) -> None:
+        if data and not command.finished.is_set():
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                await command.send.send((stream, data))
+
+    async def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(self._process.stdin_fd, view)
+            except BlockingIOError:
+                await anyio.wait_writable(self._process.stdin_fd)
+                continue
+            except OSError as exc:
+                if exc.errno in (errno.EPIPE, errno.EBADF):
+                    raise SessionClosedError(f"session {self.id} is closed") from None
+                raise
+            view = view[written:]
+
+    # -- commands ---------------------------------------------------------------------------
+
+    async def run(
+        self,
+        command: str,
+        *,
+        timeout: float,
+        max_output: int = 1 << 20,
+        on_output: OnOutput | None = None,
+    ) -> Outcome:
+        """Run ``command`` in the shell, after the commands before it."""
+        async with self._lock:
+            if self.status is SessionStatus.CLOSED:
+                raise SessionClosedError(f"session {self.id} is closed")
+            return await self._run_locked(command, timeout, max_output, on_output)
+
+    async def _run_locked(
+        self, text: str, timeout: float, max_output: int, on_output: OnOutput | None
+    ) -> Outcome:
+        started = time.monotonic()
+        send, receive = anyio.create_memory_object_stream[Chunk](16)
+        command = _Command(protocol.new_token(), send)
+        before = self._process.members()
+        captures = {s: OutputCapture(max_output) for s in OutputStream}
+        self._command = command
+        for stream in self._eof:  # the shell is going away
+            command.delivered_all(stream)
+        timed_out = done = False
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_consume, receive, captures, on_output)
+                await self._write(protocol.command_line(command.token, text))
+                with anyio.move_on_after(timeout):
+                    await command.finished.wait()
+                if not command.finished.is_set():
+                    timed_out = True
+                    await self._interrupt(command, before)
+            done = True
+        finally:
+            if not done:
+                with anyio.CancelScope(shield=True):
+                    await self._interrupt(command, before)
+            self._command = None
+        exit_code = command.status
+        if exit_code is None:  # the shell ended (``exit``, or we closed the session)
+            with anyio.move_on_after(_KILL_GRACE, shield=True):
+                await self._exited.wait()
+            exit_code = 137 if self._exit_code is None else self._exit_code
+            await self.close()
+        return Outcome(
+            stdout=captures[OutputStream.STDOUT].value(),
+            stderr=captures[OutputStream.STDERR].value(),
+            exit_code=exit_code,
+            duration=time.monotonic() - started,
+            timed_out=timed_out,
+        )
+
+    async def _interrupt(self, command: _Command, before: frozenset[int] | None) -> None:
+        """Kill what the command started and let the shell report; if it cannot (the
+        runtime cannot tell processes apart, or the shell itself is stuck), close."""
+        if command.finished.is_set():
+            return
+        if before is not None:
+            await self._process.kill_except(before)
+            with anyio.move_on_after(_KILL_GRACE):
+                await command.finished.wait()
+        if not command.finished.is_set():
+            await self.close()
+            command.finish()
+
+    async def close(self) -> None:
+        """Kill every process of the session; it is CLOSED from now on (idempotent)."""
+        with anyio.CancelScope(shield=True):
+            if self.status is not SessionStatus.CLOSED:
+                self.status = SessionStatus.CLOSED
+                self.closed_at = datetime.now(UTC)
+            await self._process.kill()
+            with contextlib.suppress(OSError):
+                os.close(self._process.stdin_fd)
+
+
+async def _consume(
+    receive: MemoryObjectReceiveStream[Chunk],
+    captures: dict[OutputStream, OutputCapture],
+    on_output: OnOutput | None,
+) -> None:
+    async with receive:
+        async for stream, data in receive:
+            if on_output is None:
+                captures[stream].add(data)
+            else:
+                await on_output(stream, data)

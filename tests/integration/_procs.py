@@ -1,0 +1,43 @@
+"""The host's view of sandbox processes (the tests run beside the server, as root)."""
+
+from __future__ import annotations
+
+import os
+
+import anyio
+
+
+def host_pids_running(marker: str) -> list[int]:
+    """Host pids whose command line contains ``marker`` (NUL between arguments)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmdline = handle.read()
+        except OSError:
+            continue
+        if marker.encode() in cmdline:
+            found.append(int(entry))
+    return found
+
+
+async def until_running(marker: str) -> None:
+    """Wait until a host process runs with ``marker`` on its command line (a background job
+    is exec'd a moment after the shell that started it has returned)."""
+    with anyio.fail_after(10):
+        while True:
+            if host_pids_running(marker):
+                return
+            await anyio.sleep(0.02)
+
+
+async def until_gone(marker: str, within: float = 1.0) -> bool:
+    """Whether every host process with ``marker`` on its command line is gone ``within``."""
+    with anyio.move_on_after(within):
+        while True:
+            if not host_pids_running(marker):
+                return True
+            await anyio.sleep(0.02)
+    return False
