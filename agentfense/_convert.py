@@ -167,6 +167,7 @@ def exec_result_from_pb(message: pb.ExecResult) -> ExecResult:
         stderr=message.stderr,
         exit_code=message.exit_code,
         duration=message.duration or timedelta(),
+        limit_exceeded=message.limit_exceeded or None,
     )
 
 

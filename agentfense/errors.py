@@ -98,7 +98,26 @@ class PermissionDeniedError(SandboxError):
 
 
 class ResourceLimitExceededError(SandboxError):
+    """A limit was reached: the server's (RESOURCE_EXHAUSTED), or the sandbox's own that
+    stopped a command (``limit`` says which: "memory", "pids"; with the command's outcome)."""
+
     default_code = StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        limit: str | None = None,
+        exit_code: int | None = None,
+        stdout: str = "",
+        stderr: str = "",
+    ) -> None:
+        super().__init__(message, code=code)
+        self.limit = limit
+        self.exit_code = exit_code
+        self.stdout = stdout
+        self.stderr = stderr
 
 
 class InvalidConfigurationError(SandboxError):

@@ -157,6 +157,8 @@ class ExecResult:
     stderr: str
     exit_code: int
     duration: timedelta = field(default_factory=timedelta)
+    # The sandbox's resource limit the command ran into: "memory" (killed by it), "pids".
+    limit_exceeded: str | None = None
 
     @property
     def ok(self) -> bool:

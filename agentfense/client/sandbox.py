@@ -12,7 +12,7 @@ from typing import TypeVar
 import anyio
 
 from .._transport import DEFAULT_ENDPOINT
-from ..errors import CommandExecutionError, SandboxError, StatusCode
+from ..errors import SandboxError, StatusCode
 from ..presets import RuleLike, resolve_permissions
 from ..types import (
     ExecResult,
@@ -25,6 +25,7 @@ from ..types import (
 from ..utils import ProjectFile, scan_project
 from . import _files
 from ._client import AsyncSandboxClient
+from ._results import checked
 from ._stream import ExecStream
 from .session import SessionOpener
 
@@ -271,14 +272,7 @@ class AsyncSandbox:
         result = await self._client.exec(
             self.id, command, stdin=stdin, env=env, workdir=workdir, timeout=timeout
         )
-        if raise_on_error and result.exit_code != 0:
-            raise CommandExecutionError(
-                f"command exited with {result.exit_code}: {command[:200]}",
-                exit_code=result.exit_code,
-                stdout=result.stdout,
-                stderr=result.stderr,
-            )
-        return result
+        return checked(result, command, raise_on_error)
 
     def exec_stream(
         self,

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ..errors import CommandExecutionError
 from ..types import ExecResult, SessionInfo, SessionStatus
+from ._results import checked
 from ._stream import ExecStream
 
 if TYPE_CHECKING:
@@ -58,14 +58,7 @@ class AsyncSessionWrapper:
         session and its state stay. ``exit N`` ends the session (its status becomes CLOSED).
         """
         result = await self._client.session_exec(self.id, command, timeout=timeout)
-        if raise_on_error and result.exit_code != 0:
-            raise CommandExecutionError(
-                f"command exited with {result.exit_code}: {command[:200]}",
-                exit_code=result.exit_code,
-                stdout=result.stdout,
-                stderr=result.stderr,
-            )
-        return result
+        return checked(result, command, raise_on_error)
 
     def exec_stream(self, command: str, *, timeout: float | None = None) -> ExecStream:
         """Stream the command's output: ``async with session.exec_stream(cmd) as s: ...``."""

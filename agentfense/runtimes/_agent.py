@@ -68,7 +68,11 @@ def _spawn(sock: socket.socket, children: Children, header: Dict[str, Any], fds:
             preexec_fn=_join_cgroup(cgroup_fd) if cgroup_fd is not None else None,
         )
     except OSError as exc:
-        reply = {"id": header["id"], "error": f"{exc.strerror or exc}: {exc.filename or ''}"}
+        reply = {
+            "id": header["id"],
+            "error": f"{exc.strerror or exc}: {exc.filename or ''}",
+            "errno": exc.errno,
+        }
         if exc.filename == header["cwd"]:
             reply["field"] = "workdir"
         _send(sock, reply)
@@ -110,9 +114,17 @@ def _kill(children: Children, header: Dict[str, Any]) -> None:
                 os.killpg(proc.pid, header.get("signal", signal.SIGKILL))
 
 
+def _join_limit_cgroups(fds: List[int]) -> None:
+    """Enter the sandbox's limit cgroups (every command inherits them)."""
+    for fd in fds:
+        os.write(fd, b"0")
+        os.close(fd)
+
+
 def main() -> None:
     _not_dumpable()
     sock = socket.socket(fileno=int(sys.argv[1]))
+    _join_limit_cgroups([int(fd) for fd in sys.argv[2:]])
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import errno
 import json
 import os
 import socket
@@ -14,7 +15,7 @@ from typing import Any
 import anyio
 
 from ._cgroup import SandboxCgroup
-from .base import BadWorkdir, CommandSpec, RuntimeError_
+from .base import BadWorkdir, CommandSpec, ForkRefused, RuntimeError_
 
 AGENT_SOURCE = (Path(__file__).parent / "_agent.py").read_text()
 
@@ -44,6 +45,8 @@ class AgentProcess:
             self.connection.send({"op": "kill", "id": self.ident, "signal": 9})
         with anyio.move_on_after(5, shield=True):
             await self.exited.wait()
+            if self.leaf is not None:
+                await SandboxCgroup.emptied(self.leaf)
         await self.release()
 
     def members(self) -> frozenset[int] | None:
@@ -179,8 +182,14 @@ class AgentConnection:
                 SandboxCgroup.try_remove(leaf)
             if reply.get("field") == "workdir":
                 raise BadWorkdir(reply["error"])
+            if reply.get("errno") == errno.EAGAIN:
+                raise ForkRefused(f"cannot start the command: {reply['error']}")
             raise RuntimeError_(f"cannot start the command: {reply['error']}")
         return process
+
+    def running_leaves(self) -> list[Path]:
+        """The cgroup leaves of the commands whose own process still runs."""
+        return [p.leaf for p in self._pending.values() if p.leaf is not None]
 
     def shutdown(self) -> None:
         """Tell the agent to kill its commands and exit (``run`` then returns)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+from collections.abc import Collection
 from pathlib import Path
 
 import anyio
@@ -90,16 +91,26 @@ class SandboxCgroup:
             return False
         return True
 
-    async def destroy(self) -> None:
-        """Kill everything left in the sandbox's cgroups and remove them."""
-        leaves = sorted(self.path.glob("cmd-*"))
+    @staticmethod
+    async def emptied(leaf: Path) -> None:
+        """Wait (up to 5 s) until ``leaf`` holds no process: a kill completes asynchronously,
+        and until then the dying processes still count against the sandbox's limits."""
+        for _ in range(1000):
+            if not SandboxCgroup.members(leaf):
+                return
+            await anyio.sleep(0.005)
+
+    async def kill_leaves(self, keep: Collection[Path] = ()) -> None:
+        """Kill every command's processes (but those in ``keep``) and remove their leaves."""
+        leaves = [leaf for leaf in sorted(self.path.glob("cmd-*")) if leaf not in keep]
         for leaf in leaves:
             self.kill(leaf)
         for leaf in leaves:
-            # cgroup.kill completes asynchronously: poll (for up to 5 s) until the leaf empties.
-            for _ in range(1000):
-                if self.try_remove(leaf):
-                    break
-                await anyio.sleep(0.005)
+            await self.emptied(leaf)
+            self.try_remove(leaf)
+
+    async def destroy(self) -> None:
+        """Kill everything left in the sandbox's cgroups and remove them."""
+        await self.kill_leaves()
         with contextlib.suppress(OSError):
             self.path.rmdir()

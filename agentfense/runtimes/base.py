@@ -14,6 +14,10 @@ class RuntimeError_(Exception):
     """A runtime could not do what was asked (the message says why, as a sentence)."""
 
 
+class ForkRefused(RuntimeError_):
+    """The sandbox could not start another process (its process limit is reached)."""
+
+
 class BadWorkdir(RuntimeError_):
     """The command's working directory does not exist, or is no directory, in the sandbox."""
 
@@ -67,6 +71,11 @@ class SandboxHandle(Protocol):
     def alive(self) -> bool: ...
 
     async def spawn(self, command: CommandSpec) -> Process: ...
+
+    def limit_events(self) -> dict[str, int]:
+        """How often each resource limit has struck in the sandbox so far, by name
+        (``memory``: processes killed, ``pids``: forks refused); {} without limits."""
+        ...
 
     async def stop(self) -> None:
         """Kill every process of the sandbox and release its resources."""

@@ -32,7 +32,8 @@ import anyio.abc
 
 from ._agent_client import AGENT_SOURCE, AgentConnection
 from ._cgroup import SandboxCgroup, find_cgroup2_root
-from .base import WORKSPACE, CommandSpec, Process, RuntimeError_, SandboxSpec
+from ._limits import SandboxLimits, find_limit_cgroups
+from .base import WORKSPACE, CommandSpec, ForkRefused, Process, RuntimeError_, SandboxSpec
 
 SANDBOX_UID = 1000
 # The host uid (and gid) sandboxes run as when the server is root; the permission filesystem
@@ -164,17 +165,30 @@ class BwrapSandbox:
         process: anyio.abc.Process,
         agent: AgentConnection,
         cgroup: SandboxCgroup | None,
+        limits: SandboxLimits | None,
     ) -> None:
         self._process = process
         self._agent = agent
         self._cgroup = cgroup
+        self._limits = limits
 
     @property
     def alive(self) -> bool:
         return not self._agent.closed.is_set()
 
     async def spawn(self, command: CommandSpec) -> Process:
+        try:
+            return await self._agent.spawn(command)
+        except ForkRefused:
+            if self._limits is None or self._cgroup is None:
+                raise
+        # The process limit is reached, by what earlier commands left running (a fork bomb
+        # in the background): kill those leftovers so the sandbox stays usable, and retry.
+        await self._cgroup.kill_leaves(keep=self._agent.running_leaves())
         return await self._agent.spawn(command)
+
+    def limit_events(self) -> dict[str, int]:
+        return {} if self._limits is None else self._limits.events()
 
     async def stop(self) -> None:
         with anyio.CancelScope(shield=True):
@@ -184,10 +198,18 @@ class BwrapSandbox:
             with anyio.move_on_after(5):
                 await self._agent.closed.wait()
                 await self._process.wait()
+            for _ in range(200):  # the pid namespace's last processes exit asynchronously
+                if self._limits is None or self._limits.remove():
+                    break
+                await anyio.sleep(0.01)
             if self._process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     self._process.send_signal(signal.SIGKILL)
                 await self._process.wait()
+            for _ in range(200):  # the pid namespace's last processes exit asynchronously
+                if self._limits is None or self._limits.remove():
+                    break
+                await anyio.sleep(0.01)
 
 
 class BwrapRuntime:
@@ -208,6 +230,7 @@ class BwrapRuntime:
         self.host_uid = host_uid if os.geteuid() == 0 else os.geteuid()
         self._python = python
         self._cgroup_root = find_cgroup2_root() if os.geteuid() == 0 else None
+        self._limit_cgroups = find_limit_cgroups()
         self._bwrap = shutil.which("bwrap")
         _bwrap_has_option("--disable-userns")  # once, here: not at each sandbox start
 
@@ -218,6 +241,17 @@ class BwrapRuntime:
         if not Path(self._python).exists():
             return f"{self._python} is missing; sandboxes need Python 3 on the host's /usr"
         return None
+
+    def limits_problem(self) -> str | None:
+        """Why this host cannot enforce resource limits on sandboxes, or None when it can."""
+        if self._limit_cgroups is not None:
+            return None
+        if os.geteuid() != 0:
+            return "resource limits need the server to run as root (it manages cgroups)"
+        return (
+            "resource limits need cgroups with the memory, cpu and pids controllers, "
+            "which this host does not offer"
+        )
 
     def _as_host_user(self) -> dict[str, Any]:
         if os.geteuid() != 0 or self.host_uid == 0:
@@ -232,6 +266,20 @@ class BwrapRuntime:
         assert self._bwrap is not None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         cgroup = SandboxCgroup(self._cgroup_root, spec.sandbox_id) if self._cgroup_root else None
+        limits: SandboxLimits | None = None
+        join_fds: list[int] = []
+        if not spec.resources.is_empty:
+            problem = self.limits_problem()
+            if problem is not None:
+                raise RuntimeError_(problem)
+            assert self._limit_cgroups is not None
+            limits = SandboxLimits(self._limit_cgroups, spec.sandbox_id, spec.resources)
+            try:
+                join_fds = limits.create()
+            except OSError as exc:
+                ours.close()
+                theirs.close()
+                raise RuntimeError_(f"cannot set the resource limits: {exc}") from None
         argv = [
             self._bwrap,
             *bwrap_isolation_args(self._etc_dir),
@@ -249,6 +297,7 @@ class BwrapRuntime:
             "-c",
             AGENT_SOURCE,
             str(theirs.fileno()),
+            *(str(fd) for fd in join_fds),
         ]
         self._log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self._log_dir / f"{spec.sandbox_id}.log"
@@ -259,18 +308,22 @@ class BwrapRuntime:
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=log,
-                    pass_fds=(theirs.fileno(),),
+                    pass_fds=(theirs.fileno(), *join_fds),
                     env={},  # none of the server's environment reaches the sandbox
                     **self._as_host_user(),
                 )
         except OSError as exc:
             ours.close()
+            if limits is not None:
+                limits.remove()
             raise RuntimeError_(f"cannot run bwrap: {exc.strerror}") from None
         finally:
             theirs.close()
+            for fd in join_fds:
+                os.close(fd)
         agent = AgentConnection(ours, cgroup)
         task_group.start_soon(agent.run)
-        sandbox = BwrapSandbox(process, agent, cgroup)
+        sandbox = BwrapSandbox(process, agent, cgroup, limits)
         with anyio.move_on_after(10):
             await _first_of(agent.ready.wait, agent.closed.wait)
         if not agent.ready.is_set():

@@ -8,10 +8,11 @@ blocks on a full pipe), or handed chunk by chunk to ``on_output`` when streaming
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import anyio
@@ -34,6 +35,15 @@ class Outcome:
     exit_code: int
     duration: float
     timed_out: bool
+    limit_exceeded: str = ""  # the sandbox's resource limit the command ran into, if any
+
+
+def with_limits(outcome: Outcome, before: Mapping[str, int], after: Mapping[str, int]) -> Outcome:
+    """``outcome``, marked with the first limit that struck between ``before`` and ``after``."""
+    for name in ("memory", "pids"):
+        if after.get(name, 0) > before.get(name, 0):
+            return dataclasses.replace(outcome, limit_exceeded=name)
+    return outcome
 
 
 class OutputCapture:

@@ -90,6 +90,7 @@ def _result(outcome: Outcome) -> pb.ExecResult:
         stderr=outcome.stderr.decode(errors="replace"),
         exit_code=outcome.exit_code,
         duration=timedelta(seconds=outcome.duration),
+        limit_exceeded=outcome.limit_exceeded,
     )
 
 

@@ -23,6 +23,7 @@ import anyio.abc
 
 from ..errors import (
     InvalidConfigurationError,
+    ResourceLimitExceededError,
     SandboxError,
     SandboxNotFoundError,
     SandboxNotRunningError,
@@ -34,6 +35,7 @@ from ..runtimes.base import (
     WORKSPACE,
     BadWorkdir,
     CommandSpec,
+    ForkRefused,
     RuntimeError_,
     SandboxHandle,
     SandboxSpec,
@@ -42,7 +44,7 @@ from ..runtimes.bwrap import BwrapRuntime
 from ..types import PermissionRule, ResourceLimits, RuntimeType, SandboxStatus
 from .codebases import CodebaseStore
 from .config import ServerConfig
-from .execution import OnOutput, Outcome, run_to_completion
+from .execution import OnOutput, Outcome, run_to_completion, with_limits
 from .fs_supervisor import FsSupervisor
 from .session_registry import SessionRegistry
 
@@ -227,11 +229,11 @@ class SandboxManager:
             raise InvalidConfigurationError("codebase_id must not be empty")
         await self._codebases.get(codebase_id)
         self._check_runtime(runtime)
+        _check_resources(resources)
         if not resources.is_empty:
-            raise SandboxError(
-                "resource limits are not enforced by this server yet; leave resources unset",
-                code=StatusCode.FAILED_PRECONDITION,
-            )
+            problem = self._bwrap.limits_problem()
+            if problem is not None:
+                raise SandboxError(problem, code=StatusCode.FAILED_PRECONDITION)
         for key, value in labels.items():
             if not key or len(key) > 256 or len(value) > 1024:
                 raise InvalidConfigurationError(
@@ -376,16 +378,21 @@ class SandboxManager:
         record, handle = self.running_handle(sandbox_id)
         command = self._command(params)
         timeout = self.exec_timeout(params.timeout)
+        limits_before = handle.limit_events()
         try:
             process = await handle.spawn(command)
         except BadWorkdir as exc:
             raise InvalidConfigurationError(
                 f"workdir {command.cwd!r} cannot be used in the sandbox ({exc})"
             ) from None
+        except ForkRefused as exc:
+            raise ResourceLimitExceededError(
+                f"the sandbox's process limit is reached; {exc}"
+            ) from None
         except RuntimeError_ as exc:
             raise SandboxError(str(exc), code=StatusCode.FAILED_PRECONDITION) from None
         try:
-            return await run_to_completion(
+            outcome = await run_to_completion(
                 process,
                 stdin=params.stdin,
                 timeout=timeout,
@@ -394,9 +401,28 @@ class SandboxManager:
             )
         finally:
             await self.commit(record)
+        return with_limits(outcome, limits_before, handle.limit_events())
 
     def __iter__(self) -> Iterator[SandboxRecord]:
         return iter(list(self._sandboxes.values()))
+
+
+# The smallest limits a sandbox can start and run a shell under.
+_RESOURCE_MINIMA = {
+    "memory_bytes": (16 * 1024 * 1024, "16 MiB"),
+    "cpu_quota": (1000, "1000 microseconds per 100 ms period"),
+    "cpu_shares": (2, "2"),
+    "pids_limit": (8, "8"),
+}
+
+
+def _check_resources(resources: ResourceLimits) -> None:
+    for name, (least, said) in _RESOURCE_MINIMA.items():
+        value = getattr(resources, name)
+        if value and value < least:
+            raise InvalidConfigurationError(f"resources.{name} must be at least {said}")
+    if resources.cpu_shares and resources.cpu_shares > 262144:
+        raise InvalidConfigurationError("resources.cpu_shares must be at most 262144")
 
 
 def _workdir(workdir: str) -> str:

@@ -9,14 +9,15 @@ from typing import TYPE_CHECKING
 
 from ..errors import (
     InvalidConfigurationError,
+    ResourceLimitExceededError,
     SandboxError,
     SessionClosedError,
     SessionNotFoundError,
     StatusCode,
 )
-from ..runtimes.base import WORKSPACE, CommandSpec, RuntimeError_
+from ..runtimes.base import WORKSPACE, CommandSpec, ForkRefused, RuntimeError_
 from ..types import SessionStatus
-from .execution import OnOutput, Outcome
+from .execution import OnOutput, Outcome, with_limits
 from .sessions import Session
 
 if TYPE_CHECKING:
@@ -52,6 +53,10 @@ class SessionRegistry:
         command = CommandSpec(argv, self._manager.command_env(env), WORKSPACE)
         try:
             process = await handle.spawn(command)
+        except ForkRefused as exc:
+            raise ResourceLimitExceededError(
+                f"the sandbox's process limit is reached; {exc}"
+            ) from None
         except RuntimeError_ as exc:
             if shell:
                 raise InvalidConfigurationError(
@@ -86,8 +91,10 @@ class SessionRegistry:
         if session.status is SessionStatus.CLOSED:
             raise SessionClosedError(f"session {session.id} is closed")
         record = self._manager.get(session.sandbox_id)
+        handle = record.handle
+        before = handle.limit_events() if handle is not None else {}
         try:
-            return await session.run(
+            outcome = await session.run(
                 command,
                 timeout=seconds,
                 max_output=self._manager.max_output_bytes,
@@ -95,6 +102,7 @@ class SessionRegistry:
             )
         finally:
             await self._manager.commit(record)
+        return with_limits(outcome, before, handle.limit_events() if handle is not None else {})
 
     async def close_all(self, record: SandboxRecord, *, forget: bool) -> None:
         """Close the sandbox's sessions (it stops); ``forget`` them too (it goes away)."""

@@ -136,6 +136,8 @@ class Session:
                     return
                 await self._route(stream, data)
         finally:
+            with contextlib.suppress(OSError):
+                os.close(fd)
             self._eof.add(stream)
             command = self._command
             if command is not None:

@@ -424,17 +424,17 @@ async def test_unsupported_runtime_and_limits_are_refused_and_create_nothing(
             9,
             "Docker",
         )
-        # Resource limits and the Docker runtime are refused the same way.
+        # Limits too small to run anything are refused the same way.
         await _refused(
             partial(
                 client.create_sandbox,
                 codebase.id,
                 permissions=READ,
-                resources=ResourceLimits(memory_bytes=1 << 30),
+                resources=ResourceLimits(memory_bytes=1 << 10),
             ),
-            SandboxError,
-            9,
-            "resource limits",
+            InvalidConfigurationError,
+            3,
+            "memory_bytes",
         )
         await _refused(
             partial(client.create_sandbox, codebase.id, permissions=READ, runtime="docker"),

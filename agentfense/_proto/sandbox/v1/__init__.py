@@ -296,6 +296,11 @@ class ExecResult(betterproto.Message):
     stderr: str = betterproto.string_field(2)
     exit_code: int = betterproto.int32_field(3)
     duration: timedelta = betterproto.message_field(4)
+    limit_exceeded: str = betterproto.string_field(5)
+    """
+    AgentFense extension: the sandbox's resource limit that the command ran into ("memory"
+     when its memory limit killed it, "pids" when its process limit refused a fork), or "".
+    """
 
 
 @dataclass(eq=False, repr=False)

@@ -1,0 +1,149 @@
+"""Resource limits on bwrap sandboxes: memory, CPU quota and shares, pids (real cgroups)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agentfense import (
+    AsyncSandbox,
+    CommandTimeoutError,
+    InvalidConfigurationError,
+    ResourceLimitExceededError,
+    ResourceLimits,
+)
+from agentfense.runtimes._limits import cpu_weight, find_limit_cgroups
+
+pytestmark = pytest.mark.anyio
+
+MiB = 1024 * 1024
+ALLOCATE = "python3 -c 'x = bytearray(400 * 1024 * 1024); print(len(x))'"
+FORK_BOMB = "bomb() { bomb | bomb & }; bomb"
+CPU_HOG = (
+    "python3 -c '\nimport os, time\nend = time.monotonic() + 1.5\n"
+    "while time.monotonic() < end: pass\nt = os.times()\nprint(t.user + t.system)'"
+)
+
+
+def _cgroup_dir(controller: str, sandbox_id: str) -> Path:
+    cgroups = find_limit_cgroups()
+    assert cgroups is not None, "this host offers no cgroups for limits"
+    return cgroups.roots[controller] / "agentfense" / sandbox_id
+
+
+async def test_a_memory_bomb_is_killed_and_reported(endpoint: str, project: Path) -> None:
+    limits = ResourceLimits(memory_bytes=64 * MiB)
+    async with await AsyncSandbox.from_local(
+        project, endpoint=endpoint, resources=limits
+    ) as sandbox:
+        result = await sandbox.run(ALLOCATE)
+        assert result.exit_code == 137
+        assert result.limit_exceeded == "memory"
+        with pytest.raises(ResourceLimitExceededError) as raised:
+            await sandbox.run(ALLOCATE, raise_on_error=True)
+        assert raised.value.limit == "memory"
+        assert raised.value.exit_code == 137
+        assert raised.value.code == 8
+        small = await sandbox.run("python3 -c 'x = bytearray(8 * 1024 * 1024); print(len(x))'")
+        assert (small.stdout, small.limit_exceeded) == ("8388608\n", None)
+        async with sandbox.session() as session:
+            await session.exec("cd /tmp")
+            in_session = await session.exec(ALLOCATE)
+            assert (in_session.exit_code, in_session.limit_exceeded) == (137, "memory")
+            assert (await session.exec("pwd")).stdout == "/tmp\n"  # the shell survived
+
+
+async def test_a_fork_bomb_is_contained_and_the_sandbox_stays_usable(
+    endpoint: str, project: Path
+) -> None:
+    limits = ResourceLimits(pids_limit=40)
+    async with await AsyncSandbox.from_local(
+        project, endpoint=endpoint, resources=limits
+    ) as sandbox:
+        with pytest.raises(CommandTimeoutError):  # in the foreground, until its timeout
+            await sandbox.run(f"{FORK_BOMB}; sleep 30", timeout=2)
+        assert (await sandbox.run("echo usable")).stdout == "usable\n"
+        # Left running in the background, it holds every pid; the next command still runs.
+        left = await sandbox.run(f"{FORK_BOMB}; sleep 0.5")
+        assert left.limit_exceeded == "pids"
+        assert (await sandbox.run("echo still usable")).stdout == "still usable\n"
+        pids = _cgroup_dir("pids", sandbox.id)
+        assert int((pids / "pids.current").read_text()) < 40
+
+
+async def test_cpu_quota_holds_a_hog_to_its_share(endpoint: str, project: Path) -> None:
+    limits = ResourceLimits(cpu_quota=25_000)  # a quarter of a CPU
+    async with await AsyncSandbox.from_local(
+        project, endpoint=endpoint, resources=limits
+    ) as sandbox:
+        used = float((await sandbox.run(CPU_HOG)).stdout)
+    # 1.5 s of wall time at a quarter of a CPU: about 0.375 s of CPU time.
+    assert used < 0.25 * 1.5 * 1.4
+
+
+async def test_cpu_shares_and_every_limit_land_in_the_sandbox_cgroups(
+    endpoint: str, project: Path
+) -> None:
+    limits = ResourceLimits(memory_bytes=256 * MiB, cpu_quota=50_000, cpu_shares=512, pids_limit=99)
+    cgroups = find_limit_cgroups()
+    assert cgroups is not None
+    async with await AsyncSandbox.from_local(
+        project, endpoint=endpoint, resources=limits
+    ) as sandbox:
+        assert sandbox.info.resources == limits
+        memory, cpu = _cgroup_dir("memory", sandbox.id), _cgroup_dir("cpu", sandbox.id)
+        pids = _cgroup_dir("pids", sandbox.id)
+        if cgroups.version == 2:
+            assert (memory / "memory.max").read_text().strip() == str(256 * MiB)
+            assert (cpu / "cpu.max").read_text().split() == ["50000", "100000"]
+            assert (cpu / "cpu.weight").read_text().strip() == str(cpu_weight(512))
+        else:
+            assert (memory / "memory.limit_in_bytes").read_text().strip() == str(256 * MiB)
+            assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "50000"
+            assert (cpu / "cpu.shares").read_text().strip() == "512"
+        assert (pids / "pids.max").read_text().strip() == "99"
+        # Every process of the sandbox is in them: the agent, and what commands start.
+        members = (pids / "cgroup.procs").read_text().split()
+        assert len(members) == 1
+        await sandbox.run("sleep 60 &")
+        assert len((pids / "cgroup.procs").read_text().split()) == len(members) + 1
+    assert not memory.exists()
+    assert not pids.exists()
+
+
+async def test_bad_limits_are_refused_with_the_field_named(endpoint: str, project: Path) -> None:
+    for limits, field in [
+        (ResourceLimits(memory_bytes=1000), "memory_bytes"),
+        (ResourceLimits(cpu_quota=10), "cpu_quota"),
+        (ResourceLimits(pids_limit=1), "pids_limit"),
+        (ResourceLimits(cpu_shares=10**6), "cpu_shares"),
+    ]:
+        with pytest.raises(InvalidConfigurationError, match=field):
+            await AsyncSandbox.from_local(project, endpoint=endpoint, resources=limits)
+
+
+def test_limit_cgroups_are_found_on_v1_v2_and_hybrid_hosts(tmp_path: Path) -> None:
+    v2 = tmp_path / "unified"
+    v2.mkdir()
+    (v2 / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    line = "41 31 0:38 / {mnt} rw,relatime - {fs} {fs} rw{opts}"
+    only_v2 = line.format(mnt=v2, fs="cgroup2", opts="")
+    found = find_limit_cgroups(only_v2)
+    assert found is not None
+    assert found.version == 2
+    (v2 / "cgroup.controllers").write_text("")  # hybrid: v2 without controllers, v1 beside
+    hybrid = "\n".join(
+        [only_v2]
+        + [line.format(mnt=f"/c/{c}", fs="cgroup", opts=f",{c}") for c in ("memory", "pids")]
+        + [line.format(mnt="/c/cpu,cpuacct", fs="cgroup", opts=",cpu,cpuacct")]
+    )
+    found = find_limit_cgroups(hybrid)
+    assert found is not None
+    assert found.version == 1
+    assert found.roots == {
+        "memory": Path("/c/memory"),
+        "cpu": Path("/c/cpu,cpuacct"),
+        "pids": Path("/c/pids"),
+    }
+    assert find_limit_cgroups(only_v2) is None
