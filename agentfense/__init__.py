@@ -1,7 +1,8 @@
 """AgentFense: least-privilege sandboxes for AI agents.
 
 The async SDK (``AsyncSandbox``, ``AsyncSandboxClient``) runs identically under trio and
-asyncio; the server is ``agentfense serve``.
+asyncio; ``Sandbox`` and ``SandboxClient`` are its blocking mirror; the server is
+``agentfense serve``.
 """
 
 from agentfense.client._client import AsyncSandboxClient as AsyncSandboxClient
@@ -25,6 +26,9 @@ from agentfense.presets import get_preset as get_preset
 from agentfense.presets import get_preset_dicts as get_preset_dicts
 from agentfense.presets import list_presets as list_presets
 from agentfense.presets import register_preset as register_preset
+from agentfense.sync import Sandbox as Sandbox
+from agentfense.sync import SandboxClient as SandboxClient
+from agentfense.sync import SessionWrapper as SessionWrapper
 from agentfense.types import Codebase as Codebase
 from agentfense.types import ExecResult as ExecResult
 from agentfense.types import FileInfo as FileInfo
@@ -65,6 +69,8 @@ __all__ = [
     "ResourceLimitExceededError",
     "ResourceLimits",
     "RuntimeType",
+    "Sandbox",
+    "SandboxClient",
     "SandboxError",
     "SandboxInfo",
     "SandboxNotFoundError",
@@ -74,6 +80,7 @@ __all__ = [
     "SessionInfo",
     "SessionNotFoundError",
     "SessionStatus",
+    "SessionWrapper",
     "UploadResult",
     "extend_preset",
     "get_preset",

@@ -1,0 +1,244 @@
+"""Sync ``SandboxClient``: every RPC of the ``sandbox.v1`` API, blocking."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
+from os import PathLike
+from types import TracebackType
+
+from .._transport import DEFAULT_ENDPOINT
+from ..client._client import AsyncSandboxClient
+from ..presets import RuleLike
+from ..types import (
+    Codebase,
+    ExecResult,
+    FileInfo,
+    ResourceLimits,
+    RuntimeType,
+    SandboxInfo,
+    SessionInfo,
+    UploadResult,
+)
+from ._portal import call, check_not_async
+from ._stream import ExecStream
+
+
+class SandboxClient:
+    """Low-level blocking client of an AgentFense server (or any ``sandbox.v1`` server).
+
+    ``with SandboxClient(...) as client:``, or call :meth:`close` when done. The methods
+    are those of :class:`AsyncSandboxClient`, run in agentfense's one portal thread.
+    """
+
+    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, *, secure: bool = False) -> None:
+        self._async = AsyncSandboxClient(endpoint, secure=secure)
+
+    @classmethod
+    def _wrap(cls, client: AsyncSandboxClient) -> SandboxClient:
+        wrapper = cls.__new__(cls)
+        wrapper._async = client
+        return wrapper
+
+    @property
+    def endpoint(self) -> str:
+        return self._async.endpoint
+
+    @property
+    def secure(self) -> bool:
+        return self._async.secure
+
+    @property
+    def lacks_file_rpcs(self) -> bool:
+        return self._async.lacks_file_rpcs
+
+    @lacks_file_rpcs.setter
+    def lacks_file_rpcs(self, value: bool) -> None:
+        self._async.lacks_file_rpcs = value
+
+    @property
+    def lacks_archive_upload(self) -> bool:
+        return self._async.lacks_archive_upload
+
+    @lacks_archive_upload.setter
+    def lacks_archive_upload(self, value: bool) -> None:
+        self._async.lacks_archive_upload = value
+
+    def close(self) -> None:
+        call(self._async.close)
+
+    def __enter__(self) -> SandboxClient:
+        call(self._async.__aenter__)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        call(self._async.__aexit__, exc_type, exc, tb)
+
+    # -- codebases --------------------------------------------------------------------------
+
+    def create_codebase(self, name: str, owner_id: str = "") -> Codebase:
+        return call(self._async.create_codebase, name, owner_id)
+
+    def get_codebase(self, codebase_id: str) -> Codebase:
+        return call(self._async.get_codebase, codebase_id)
+
+    def list_codebases(self, owner_id: str = "", *, page_size: int = 0) -> list[Codebase]:
+        """Every codebase (of ``owner_id`` if given), fetched page by page."""
+        return call(self._async.list_codebases, owner_id, page_size=page_size)
+
+    def delete_codebase(self, codebase_id: str) -> None:
+        call(self._async.delete_codebase, codebase_id)
+
+    def upload_file(self, codebase_id: str, file_path: str, content: bytes | str) -> UploadResult:
+        """Upload ``content`` as ``file_path`` of the codebase (streamed in chunks)."""
+        return call(self._async.upload_file, codebase_id, file_path, content)
+
+    def upload_local_file(
+        self, codebase_id: str, file_path: str, local_path: str | PathLike[str]
+    ) -> UploadResult:
+        """Upload a local file; a large one is streamed without being read into memory."""
+        return call(self._async.upload_local_file, codebase_id, file_path, local_path)
+
+    def upload_archive(
+        self, codebase_id: str, files: Sequence[tuple[str, str | PathLike[str]]]
+    ) -> list[UploadResult]:
+        """Upload local files (``(file_path, local_path)`` pairs) in one stream."""
+        return call(self._async.upload_archive, codebase_id, files)
+
+    def download_file(self, codebase_id: str, file_path: str) -> bytes:
+        """The whole content of a codebase file (the owner's unfiltered view)."""
+        return call(self._async.download_file, codebase_id, file_path)
+
+    def list_files(
+        self, codebase_id: str, path: str = "", recursive: bool = False
+    ) -> list[FileInfo]:
+        return call(self._async.list_files, codebase_id, path, recursive)
+
+    # -- sandboxes --------------------------------------------------------------------------
+
+    def create_sandbox(
+        self,
+        codebase_id: str,
+        *,
+        permissions: Iterable[RuleLike] | None = None,
+        runtime: RuntimeType | str = RuntimeType.BWRAP,
+        image: str | None = None,
+        resources: ResourceLimits | None = None,
+        labels: Mapping[str, str] | None = None,
+        expires_in: float | timedelta | None = None,
+    ) -> SandboxInfo:
+        return call(
+            self._async.create_sandbox,
+            codebase_id,
+            permissions=permissions,
+            runtime=runtime,
+            image=image,
+            resources=resources,
+            labels=labels,
+            expires_in=expires_in,
+        )
+
+    def get_sandbox(self, sandbox_id: str) -> SandboxInfo:
+        return call(self._async.get_sandbox, sandbox_id)
+
+    def list_sandboxes(self, codebase_id: str = "", *, page_size: int = 0) -> list[SandboxInfo]:
+        """Every sandbox (of ``codebase_id`` if given), fetched page by page."""
+        return call(self._async.list_sandboxes, codebase_id, page_size=page_size)
+
+    def start_sandbox(self, sandbox_id: str) -> SandboxInfo:
+        return call(self._async.start_sandbox, sandbox_id)
+
+    def stop_sandbox(self, sandbox_id: str) -> SandboxInfo:
+        return call(self._async.stop_sandbox, sandbox_id)
+
+    def destroy_sandbox(self, sandbox_id: str) -> None:
+        call(self._async.destroy_sandbox, sandbox_id)
+
+    def exec(
+        self,
+        sandbox_id: str,
+        command: str,
+        *,
+        stdin: str | None = None,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        timeout: float | None = None,
+    ) -> ExecResult:
+        """Run ``command`` (``sh -c``) in a running sandbox; CommandTimeoutError on timeout."""
+        return call(
+            self._async.exec,
+            sandbox_id,
+            command,
+            stdin=stdin,
+            env=env,
+            workdir=workdir,
+            timeout=timeout,
+        )
+
+    def exec_stream(
+        self,
+        sandbox_id: str,
+        command: str,
+        *,
+        stdin: str | None = None,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        timeout: float | None = None,
+    ) -> ExecStream:
+        """Run ``command`` and stream its output; see :class:`ExecStream`."""
+        check_not_async()
+        return ExecStream(
+            self._async.exec_stream(
+                sandbox_id, command, stdin=stdin, env=env, workdir=workdir, timeout=timeout
+            )
+        )
+
+    # -- a sandbox's files, through its view and permissions (AgentFense extension) ---------
+
+    def read_sandbox_file(self, sandbox_id: str, path: str) -> bytes:
+        """A file as the sandbox sees it (``/workspace/...`` or relative to it)."""
+        return call(self._async.read_sandbox_file, sandbox_id, path)
+
+    def write_sandbox_file(self, sandbox_id: str, path: str, content: bytes | str) -> UploadResult:
+        """Write a file as the sandbox could (its permissions apply), then commit it."""
+        return call(self._async.write_sandbox_file, sandbox_id, path, content)
+
+    def list_sandbox_files(
+        self, sandbox_id: str, path: str = "/workspace", recursive: bool = False
+    ) -> list[FileInfo]:
+        """What the sandbox sees below ``path``; paths are given as ``/workspace/...``."""
+        return call(self._async.list_sandbox_files, sandbox_id, path, recursive)
+
+    # -- sessions ---------------------------------------------------------------------------
+
+    def create_session(
+        self, sandbox_id: str, *, shell: str = "", env: Mapping[str, str] | None = None
+    ) -> SessionInfo:
+        return call(self._async.create_session, sandbox_id, shell=shell, env=env)
+
+    def get_session(self, session_id: str) -> SessionInfo:
+        return call(self._async.get_session, session_id)
+
+    def list_sessions(self, sandbox_id: str) -> list[SessionInfo]:
+        return call(self._async.list_sessions, sandbox_id)
+
+    def destroy_session(self, session_id: str) -> None:
+        call(self._async.destroy_session, session_id)
+
+    def session_exec(
+        self, session_id: str, command: str, *, timeout: float | None = None
+    ) -> ExecResult:
+        """Run ``command`` in a session's shell; CommandTimeoutError on timeout."""
+        return call(self._async.session_exec, session_id, command, timeout=timeout)
+
+    def session_exec_stream(
+        self, session_id: str, command: str, *, timeout: float | None = None
+    ) -> ExecStream:
+        """Run ``command`` in a session's shell and stream its output (see ExecStream)."""
+        check_not_async()
+        return ExecStream(self._async.session_exec_stream(session_id, command, timeout=timeout))

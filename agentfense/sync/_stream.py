@@ -1,0 +1,64 @@
+"""Sync ``ExecStream``: a streamed command's output as an iterator, then its result."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from ..client._stream import ExecStream as AsyncExecStream
+from ..types import ExecResult, OutputChunk
+from ._portal import call
+
+
+async def _next_chunk(stream: AsyncExecStream) -> OutputChunk | None:
+    try:
+        return await stream.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+class ExecStream:
+    """Output chunks of a running command, tagged stdout/stderr, as they are produced.
+
+    ``with sandbox.exec_stream(cmd) as stream: for chunk in stream: ...``; then
+    ``stream.result`` holds the exit code. Leaving the block early cancels the command.
+    """
+
+    def __init__(self, stream: AsyncExecStream) -> None:
+        self._async = stream
+
+    @property
+    def result(self) -> ExecResult | None:
+        """The exit code and duration, once the stream has ended (stdout/stderr empty)."""
+        return self._async.result
+
+    @property
+    def exit_code(self) -> int | None:
+        return self._async.exit_code
+
+    def __enter__(self) -> ExecStream:
+        call(self._async.__aenter__)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        call(self._async.__aexit__, exc_type, exc, tb)
+
+    def close(self) -> None:
+        call(self._async.aclose)
+
+    def __iter__(self) -> ExecStream:
+        return self
+
+    def __next__(self) -> OutputChunk:
+        chunk = call(_next_chunk, self._async)
+        if chunk is None:
+            raise StopIteration
+        return chunk
+
+    def collect(self) -> ExecResult:
+        """Read the stream to its end; the result with both streams joined in."""
+        return call(self._async.collect)

@@ -1,0 +1,250 @@
+"""Sync ``Sandbox``: one sandbox, from a local project or an existing codebase, to destroy."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from os import PathLike
+from types import TracebackType
+
+from .._transport import DEFAULT_ENDPOINT
+from ..client.sandbox import AsyncSandbox
+from ..presets import RuleLike
+from ..types import (
+    ExecResult,
+    FileInfo,
+    ResourceLimits,
+    RuntimeType,
+    SandboxInfo,
+    SandboxStatus,
+)
+from ._client import SandboxClient
+from ._portal import call, check_not_async
+from ._stream import ExecStream
+from .session import SessionWrapper
+
+
+class Sandbox:
+    """A sandbox on an AgentFense server, for code without an event loop.
+
+    ``with Sandbox.from_local("./project") as sandbox:`` creates a codebase from the
+    project, a sandbox on it, starts it, and on exit destroys both. The methods are those of
+    :class:`AsyncSandbox`, run in agentfense's one portal thread.
+    """
+
+    def __init__(self, sandbox: AsyncSandbox) -> None:
+        self._async = sandbox
+        self._client = SandboxClient._wrap(sandbox.client)
+
+    # -- construction -----------------------------------------------------------------------
+
+    @classmethod
+    def from_local(
+        cls,
+        path: str | PathLike[str],
+        preset: str | None = "view-only",
+        permissions: Sequence[RuleLike] | None = None,
+        runtime: RuntimeType = RuntimeType.BWRAP,
+        image: str | None = None,
+        resources: ResourceLimits | None = None,
+        endpoint: str = DEFAULT_ENDPOINT,
+        secure: bool = False,
+        owner_id: str | None = None,
+        codebase_name: str | None = None,
+        ignore_patterns: list[str] | None = None,
+        labels: dict[str, str] | None = None,
+        auto_start: bool = True,
+    ) -> Sandbox:
+        """Upload the project at ``path`` as a new codebase and create a sandbox on it."""
+        return cls(
+            call(
+                AsyncSandbox.from_local,
+                path,
+                preset,
+                permissions,
+                runtime,
+                image,
+                resources,
+                endpoint,
+                secure,
+                owner_id,
+                codebase_name,
+                ignore_patterns,
+                labels,
+                auto_start,
+            )
+        )
+
+    @classmethod
+    def from_codebase(
+        cls,
+        codebase_id: str,
+        preset: str | None = "view-only",
+        permissions: Sequence[RuleLike] | None = None,
+        runtime: RuntimeType = RuntimeType.BWRAP,
+        image: str | None = None,
+        resources: ResourceLimits | None = None,
+        endpoint: str = DEFAULT_ENDPOINT,
+        secure: bool = False,
+        labels: dict[str, str] | None = None,
+        auto_start: bool = True,
+    ) -> Sandbox:
+        """A new sandbox on an existing codebase (which is kept when the sandbox goes)."""
+        return cls(
+            call(
+                AsyncSandbox.from_codebase,
+                codebase_id,
+                preset,
+                permissions,
+                runtime,
+                image,
+                resources,
+                endpoint,
+                secure,
+                labels,
+                auto_start,
+            )
+        )
+
+    @classmethod
+    def connect(
+        cls,
+        sandbox_id: str,
+        endpoint: str = DEFAULT_ENDPOINT,
+        secure: bool = False,
+        *,
+        destroy_on_exit: bool = False,
+    ) -> Sandbox:
+        """Attach to an existing sandbox. Leaving ``with`` destroys it only if asked."""
+        return cls(
+            call(
+                AsyncSandbox.connect, sandbox_id, endpoint, secure, destroy_on_exit=destroy_on_exit
+            )
+        )
+
+    # -- state ------------------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        return self._async.id
+
+    @property
+    def codebase_id(self) -> str:
+        return self._async.codebase_id
+
+    @property
+    def status(self) -> SandboxStatus:
+        return self._async.status
+
+    @property
+    def info(self) -> SandboxInfo:
+        return self._async.info
+
+    @property
+    def client(self) -> SandboxClient:
+        return self._client
+
+    def start(self) -> Sandbox:
+        call(self._async.start)
+        return self
+
+    def stop(self) -> Sandbox:
+        call(self._async.stop)
+        return self
+
+    def refresh(self) -> SandboxInfo:
+        return call(self._async.refresh)
+
+    def destroy(self) -> None:
+        """Destroy the sandbox (and the codebase ``from_local`` created); idempotent."""
+        call(self._async.destroy)
+
+    def close(self) -> None:
+        """Release the connection without destroying anything."""
+        call(self._async.close)
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        call(self._async.__aexit__, exc_type, exc, tb)
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def run(
+        self,
+        command: str,
+        timeout: float | None = None,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        raise_on_error: bool = False,
+    ) -> ExecResult:
+        """Run ``command`` with ``sh -c`` in the sandbox and wait for it."""
+        return call(
+            self._async.run,
+            command,
+            timeout=timeout,
+            env=env,
+            workdir=workdir,
+            raise_on_error=raise_on_error,
+        )
+
+    def exec(
+        self,
+        command: str,
+        *,
+        stdin: str | None = None,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        timeout: float | None = None,
+        raise_on_error: bool = False,
+    ) -> ExecResult:
+        return call(
+            self._async.exec,
+            command,
+            stdin=stdin,
+            env=env,
+            workdir=workdir,
+            timeout=timeout,
+            raise_on_error=raise_on_error,
+        )
+
+    def exec_stream(
+        self,
+        command: str,
+        *,
+        stdin: str | None = None,
+        env: Mapping[str, str] | None = None,
+        workdir: str | None = None,
+        timeout: float | None = None,
+    ) -> ExecStream:
+        """Stream the command's output: ``with sandbox.exec_stream(cmd) as s: ...``."""
+        check_not_async()
+        return ExecStream(
+            self._async.exec_stream(command, stdin=stdin, env=env, workdir=workdir, timeout=timeout)
+        )
+
+    def session(
+        self, shell: str | None = None, env: Mapping[str, str] | None = None
+    ) -> SessionWrapper:
+        """A persistent shell, created now: ``with sandbox.session() as s:`` destroys it on
+        exit; ``shell`` defaults to bash where the sandbox has it, else sh."""
+        return SessionWrapper(call(self._async.session(shell, env).open))
+
+    # -- files (through the sandbox's own view and permissions) -----------------------------
+
+    def read_file_bytes(self, path: str) -> bytes:
+        return call(self._async.read_file_bytes, path)
+
+    def read_file(self, path: str, encoding: str = "utf-8") -> str:
+        return call(self._async.read_file, path, encoding)
+
+    def write_file(self, path: str, content: str | bytes) -> None:
+        call(self._async.write_file, path, content)
+
+    def list_files(self, path: str = "/workspace", recursive: bool = False) -> list[FileInfo]:
+        return call(self._async.list_files, path, recursive)

@@ -1,0 +1,69 @@
+"""Sync ``SessionWrapper``: a persistent shell in a running sandbox (cwd, env, jobs persist)."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from ..client.session import AsyncSessionWrapper
+from ..types import ExecResult, SessionInfo, SessionStatus
+from ._portal import call, check_not_async
+from ._stream import ExecStream
+
+
+class SessionWrapper:
+    """One shell session, made by ``sandbox.session()``; ``with`` (or :meth:`close`)
+    destroys it and its processes. ``cd``, ``export`` and background jobs carry over."""
+
+    def __init__(self, session: AsyncSessionWrapper) -> None:
+        self._async = session
+
+    @property
+    def id(self) -> str:
+        return self._async.id
+
+    @property
+    def sandbox_id(self) -> str:
+        return self._async.sandbox_id
+
+    @property
+    def shell(self) -> str:
+        return self._async.shell
+
+    @property
+    def status(self) -> SessionStatus:
+        return self._async.status
+
+    @property
+    def info(self) -> SessionInfo:
+        return self._async.info
+
+    def exec(
+        self, command: str, timeout: float | None = None, raise_on_error: bool = False
+    ) -> ExecResult:
+        """Run ``command`` in the session's shell and wait for it."""
+        return call(self._async.exec, command, timeout=timeout, raise_on_error=raise_on_error)
+
+    def exec_stream(self, command: str, *, timeout: float | None = None) -> ExecStream:
+        """Stream the command's output: ``with session.exec_stream(cmd) as s: ...``."""
+        check_not_async()
+        return ExecStream(self._async.exec_stream(command, timeout=timeout))
+
+    def refresh(self) -> SessionInfo:
+        return call(self._async.refresh)
+
+    def close(self) -> None:
+        """Destroy the session, killing every process it started; idempotent."""
+        call(self._async.close)
+
+    destroy = close
+
+    def __enter__(self) -> SessionWrapper:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        call(self._async.__aexit__, exc_type, exc, tb)
