@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import anyio
 
 from .. import _convert as convert
+from .._blocking import BlockingFile, run_sync
 from .._proto.sandbox import v1 as pb
 from .._transport import DEFAULT_ENDPOINT, Transport, open_transport
 from ..errors import InvalidConfigurationError
@@ -182,13 +183,13 @@ class AsyncSandboxClient:
     ) -> UploadResult:
         """Upload a local file; a large one is streamed without being read into memory."""
         source = Path(local_path)
-        small = await anyio.to_thread.run_sync(_read_if_small, source)
+        small = await run_sync(_read_if_small, source)
         if small is not None:  # one trip to a thread instead of one per step
             return await self.upload_file(codebase_id, file_path, small)
 
         async def chunks() -> AsyncIterator[pb.UploadChunk]:
-            async with await anyio.open_file(source, "rb") as handle:
-                size = (await anyio.Path(source).stat()).st_size
+            async with BlockingFile(source) as handle:
+                size = await handle.size()
                 yield pb.UploadChunk(
                     metadata=pb.UploadChunkMetadata(
                         codebase_id=codebase_id, file_path=file_path, total_size=size
@@ -208,7 +209,7 @@ class AsyncSandboxClient:
         async def chunks() -> AsyncIterator[pb.ArchiveChunk]:
             yield pb.ArchiveChunk(codebase_id=codebase_id)
             for file_path, local_path in files:
-                small = await anyio.to_thread.run_sync(_read_if_small, Path(local_path))
+                small = await run_sync(_read_if_small, Path(local_path))
                 if small is not None:
                     yield pb.ArchiveChunk(
                         file=pb.ArchiveChunkFile(file_path=file_path, size=len(small))
@@ -216,8 +217,8 @@ class AsyncSandboxClient:
                     if small:
                         yield pb.ArchiveChunk(data=small)
                     continue
-                async with await anyio.open_file(local_path, "rb") as handle:
-                    size = (await anyio.Path(local_path).stat()).st_size
+                async with BlockingFile(Path(local_path)) as handle:
+                    size = await handle.size()
                     yield pb.ArchiveChunk(file=pb.ArchiveChunkFile(file_path=file_path, size=size))
                     sent = 0
                     while sent < size and (

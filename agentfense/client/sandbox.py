@@ -11,6 +11,7 @@ from typing import TypeVar
 
 import anyio
 
+from .._blocking import run_sync
 from .._transport import DEFAULT_ENDPOINT
 from ..errors import SandboxError, StatusCode
 from ..presets import RuleLike, resolve_permissions
@@ -81,8 +82,8 @@ class AsyncSandbox:
         """Upload the project at ``path`` as a new codebase and create a sandbox on it."""
         rules = resolve_permissions(preset, permissions)
         root = Path(path)
-        scan = await anyio.to_thread.run_sync(lambda: scan_project(root, ignore_patterns))
-        name = codebase_name or await anyio.to_thread.run_sync(lambda: root.resolve().name)
+        scan = await run_sync(lambda: scan_project(root, ignore_patterns))
+        name = codebase_name or await run_sync(lambda: root.resolve().name)
         for skipped in scan.skipped:
             log.warning("not uploading %s: %s", skipped.rel_path, skipped.reason)
         client = AsyncSandboxClient(endpoint, secure=secure)
