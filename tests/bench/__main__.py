@@ -1,10 +1,13 @@
-"""``python -m tests.bench [--quick]``: every benchmark, ours and a baseline side by side.
+"""``python -m tests.bench [--quick] [--only GROUP ...]``: every benchmark (or the groups named),
+ours and a baseline side by side.
 
 Each measurement interleaves ours and its baseline in blocks, in one run, and prints p50/p90 and
 the ratio. Exits non-zero only when a measurement fails (or the server misbehaves); a missed
 target shows as MISSED in the table, never as a failure. The permission filesystem's
 benchmarks (``_fs.py``) time commands inside the sandbox, and measure a dedicated server's
-memory with many sandboxes running.
+memory with many sandboxes running. The concurrency benchmarks (``_concurrency.py``) run
+sandboxes at once against one after another, and the client's memory and threads with many
+sandboxes at once, each in a fresh process (``_fanout.py``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -28,8 +31,10 @@ from agentfense.testing import start_server_process
 
 from . import _fs
 from ._baselines import open_echo, raw_bwrap, raw_lifecycle
+from ._concurrency import Fanout, fanout, sleepers_at_once, sleepers_in_turn
 from ._ours import get_sandbox, lifecycle, open_sandbox, run_true
-from ._stats import MIB, Row, Summary, Target, render
+from ._sessions import session_vs_run
+from ._stats import MB, MIB, SECONDS, THREADS, Row, Summary, Target, render
 from ._timing import interleaved
 
 EXEC_TARGET = Target(max_ratio=1.5)
@@ -37,6 +42,9 @@ LIFECYCLE_TARGET = Target(max_p50=0.200)
 GREP_TARGET = Target(max_ratio=2.0)
 READ_TARGET = Target(max_ratio=2.0)  # at least half the host's throughput
 MEMORY_TARGET = Target(max_p50=5 * 2**20)  # bytes of server + fs memory per running sandbox
+CLIENT_MEMORY_TARGET = Target(max_p50=100e6)  # bytes of client memory, sandboxes at once
+THREADS_TARGET = Target(max_ratio=1.0)  # as many threads for many sandboxes as for a few
+SLEEP_SLACK = 0.5  # seconds over one sleep that sandboxes sleeping at once may take in all
 INFORMATIVE = Target()
 IDLE = 0.2  # seconds of idleness before each "after idle" iteration
 FS_BACKEND = "asyncio"  # the fs benchmarks time commands inside the sandbox: one backend
@@ -61,9 +69,14 @@ class Sizes:
     create: int = 10
     sandboxes: int = 100  # running at once, for the memory per sandbox
     fs_warmup: int = 1
+    session: int = 200
+    sleepers: int = 10  # sandboxes sleeping at once, and in turn
+    sleep: float = 10.0  # seconds each sleeps
+    fanout: int = 100  # sandboxes at once, for the client's memory and threads
+    fanout_small: int = 10  # the same with fewer: threads must not grow with the number
 
     def quick(self) -> Sizes:
-        """Five times fewer iterations (and sandboxes): a smoke run."""
+        """Five times fewer iterations (and sandboxes), shorter sleeps: a smoke run."""
         return Sizes(
             exec=self.exec // 5,
             raw_bwrap=self.raw_bwrap // 5,
@@ -77,6 +90,11 @@ class Sizes:
             create=self.create // 5,
             sandboxes=self.sandboxes // 5,
             fs_warmup=1,
+            session=self.session // 5,
+            sleepers=self.sleepers,
+            sleep=1.0,
+            fanout=self.fanout // 5,
+            fanout_small=self.fanout_small // 2,
         )
 
 
@@ -409,11 +427,203 @@ async def memory_suite(work: Path, count: int, reference: list[float]) -> list[R
     return _memory_rows(result, count)
 
 
+async def session_suite(
+    backend: str, endpoint: str, work: Path, sizes: Sizes, reference: list[float]
+) -> list[Row]:
+    """``session.exec("true")`` vs ``run("true")`` in one sandbox, on the current backend."""
+    name = 'session.exec("true")'
+    result = await _attempt(
+        f"{backend}: session.exec('true') vs run('true')",
+        session_vs_run(endpoint, work / "project-small", sizes.session, sizes.warmup),
+        reference,
+    )
+    if result is None:
+        _progress(f"{backend}: the server answers sessions with UNIMPLEMENTED")
+        return [Row(name, backend, None, unavailable="server lacks sessions")]
+    return [_row(name, backend, result, 'run("true")', INFORMATIVE)]
+
+
+def _seconds_row(name: str, backend: str, ours: float, base: float, base_name: str) -> Row:
+    return Row(name, backend, Summary.single(ours), Summary.single(base), base_name)
+
+
+def _sleep_rows(
+    count: int, seconds: float, at_once: dict[str, float | Exception], in_turn: float | Exception
+) -> list[Row]:
+    name = f"{count} x from_local+run('sleep {seconds:g}') at once: wall"
+    rows = []
+    for backend, ours in at_once.items():
+        if isinstance(ours, Exception):
+            rows += _error_rows([name], backend, ours)
+        elif isinstance(in_turn, Exception):
+            rows += _error_rows([name], backend, in_turn)
+        else:
+            rows.append(
+                Row(
+                    name,
+                    backend,
+                    Summary.single(ours),
+                    Summary.single(in_turn),
+                    "one after another",
+                    Target(max_p50=seconds + SLEEP_SLACK),
+                    unit=SECONDS,
+                    note=f"{ours - seconds:.2f} s over one sleep; one after another (measured "
+                    f"once, on asyncio, between the two backends' runs) "
+                    f"{in_turn - count * seconds:.2f} s over {count} sleeps",
+                )
+            )
+    return rows
+
+
+async def _sleepers(
+    measure: Callable[[str, Path, int, float], Awaitable[float]],
+    label: str,
+    endpoint: str,
+    work: Path,
+    sizes: Sizes,
+    reference: list[float],
+) -> float | Exception:
+    project = work / "project-small"
+    return await _attempt(label, measure(endpoint, project, sizes.sleepers, sizes.sleep), reference)
+
+
+def sleep_suite(endpoint: str, work: Path, sizes: Sizes, reference: list[float]) -> list[Row]:
+    """Sandboxes sleeping at once on each backend, and one after another (once) in between."""
+    what = f"{sizes.sleepers} sandboxes running 'sleep {sizes.sleep:g}'"
+    args = (endpoint, work, sizes, reference)
+    at_once: dict[str, float | Exception] = {}
+    at_once["asyncio"] = anyio.run(_sleepers, sleepers_at_once, f"asyncio: {what} at once", *args)
+    in_turn = anyio.run(_sleepers, sleepers_in_turn, f"asyncio: {what} one after another", *args)
+    at_once["trio"] = anyio.run(
+        _sleepers, sleepers_at_once, f"trio: {what} at once", *args, backend="trio"
+    )
+    return _sleep_rows(sizes.sleepers, sizes.sleep, at_once, in_turn)
+
+
+async def _fanouts(
+    backend: str, endpoint: str, project: Path, sizes: Sizes
+) -> tuple[Fanout, Fanout]:
+    """The small and the large fan-out (the large one's heap peak from a traced run)."""
+    small = await fanout(backend, endpoint, project, sizes.fanout_small)
+    large = await fanout(backend, endpoint, project, sizes.fanout)
+    traced = await fanout(backend, endpoint, project, sizes.fanout, tracemalloc=True)
+    return small, dataclasses.replace(large, heap_peak=traced.heap_peak)
+
+
+def _fanout_rows(
+    backend: str, sizes: Sizes, result: tuple[Fanout, Fanout] | Exception
+) -> list[Row]:
+    many, few = sizes.fanout, sizes.fanout_small
+    names = [
+        f"{many} x from_local+run('echo done') at once: wall",
+        f"client peak RSS increase, {many} sandboxes at once",
+        f"client peak threads, {many} sandboxes at once",
+    ]
+    if isinstance(result, Exception):
+        return _error_rows(names, backend, result)
+    small, large = result
+    heap = "-" if large.heap_peak is None else _mib(large.heap_peak)
+    return [
+        dataclasses.replace(
+            _seconds_row(names[0], backend, large.wall, small.wall, f"{few} at once"),
+            unit=SECONDS,
+        ),
+        Row(
+            names[1],
+            backend,
+            Summary.single(large.rss_increase),
+            Summary.single(small.rss_increase),
+            f"{few} at once",
+            CLIENT_MEMORY_TARGET,
+            unit=MB,
+            note=f"fresh client process: RSS {_mib(large.start_rss)} at start, peak (VmHWM"
+            f"{'' if large.peak_reset else ', not reset'}) {_mib(large.peak_rss)} with {many} "
+            f"({_mib(small.peak_rss)} with {few}); ru_maxrss {_mib(large.ru_maxrss)} (includes "
+            f"the parent's peak); Python heap peak (tracemalloc, a separate run) {heap}",
+        ),
+        Row(
+            names[2],
+            backend,
+            Summary.single(large.threads_peak),
+            Summary.single(small.threads_peak),
+            f"{few} at once",
+            THREADS_TARGET,
+            unit=THREADS,
+            note=f"OS threads (/proc Threads) {large.threads_start} at start, peak "
+            f"{large.threads_peak} with {many}, {small.threads_peak} with {few}; "
+            f"threading.active_count() peak {large.py_threads_peak} / {small.py_threads_peak}",
+        ),
+    ]
+
+
+async def fanout_suite(
+    endpoint: str, work: Path, sizes: Sizes, reference: list[float]
+) -> list[Row]:
+    """Many sandboxes at once, each backend's client in a fresh process of its own."""
+    rows = []
+    for backend in ("asyncio", "trio"):
+        result = await _attempt(
+            f"{backend}: {sizes.fanout_small}, then {sizes.fanout} sandboxes running "
+            "'echo done' at once (fresh client processes)",
+            _fanouts(backend, endpoint, work / "project-small", sizes),
+            reference,
+        )
+        rows += _fanout_rows(backend, sizes, result)
+    return rows
+
+
+GROUPS = ("create", "exec", "fs", "session", "sleep", "fanout", "memory")
+
+
+def shared_server_suites(
+    groups: set[str], work: Path, sizes: Sizes, reference: list[float]
+) -> tuple[list[Row], bool]:
+    """The selected groups that share one server (every group but ``memory``), and whether
+    that server failed (exited with an error)."""
+    rows: list[Row] = []
+    create_rows: list[Row] = []
+    (work / "server").mkdir()
+    _progress("starting the server")
+    server = start_server_process(work / "server")
+    endpoint = server.endpoint
+    fs_args = (endpoint, server.state_dir, work, sizes, reference)
+    try:
+        if "create" in groups:  # first of all (see _fs.create_files); listed after fs
+            create_rows = anyio.run(create_suite, *fs_args, backend=FS_BACKEND)
+        for backend in ("asyncio", "trio") if "exec" in groups else ():
+            rows += anyio.run(suite, backend, endpoint, work, sizes, reference, backend=backend)
+        for backend in ("asyncio", "trio") if "session" in groups else ():
+            rows += anyio.run(
+                session_suite, backend, endpoint, work, sizes, reference, backend=backend
+            )
+        if "fs" in groups:
+            rows += anyio.run(fs_suite, *fs_args, backend=FS_BACKEND)
+        rows += create_rows
+        if "sleep" in groups:
+            rows += sleep_suite(endpoint, work, sizes, reference)
+        if "fanout" in groups:
+            rows += anyio.run(fanout_suite, endpoint, work, sizes, reference)
+    finally:
+        code = server.stop()
+        _remove_state(server.state_dir)
+    if code != 0:
+        print(f"the server exited with {code}:\n{server.log()[-4000:]}", file=sys.stderr)
+    return rows, code != 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="5x fewer iterations (a smoke run)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=GROUPS,
+        metavar="GROUP",
+        help=f"run only this group of benchmarks (repeatable): {', '.join(GROUPS)}",
+    )
     args = parser.parse_args(argv)
     sizes = Sizes().quick() if args.quick else Sizes()
+    groups = set(args.only or GROUPS)
     started = time.perf_counter()
     rows: list[Row] = []
     server_failed = False
@@ -421,27 +631,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="agentfense-bench-") as tmp:
         work = Path(tmp)
         make_project(work / "project-small", 3)
-        make_project(work / "project-100", 100)
-        _fs.make_grep_tree(work / "grep-tree")
-        (work / "server").mkdir()
-        _progress("starting the server")
-        server = start_server_process(work / "server")
-        fs_args = (server.endpoint, server.state_dir, work, sizes, reference)
-        try:
-            create_rows = anyio.run(create_suite, *fs_args, backend=FS_BACKEND)
-            for backend in ("asyncio", "trio"):
-                rows += anyio.run(
-                    suite, backend, server.endpoint, work, sizes, reference, backend=backend
-                )
-            rows += anyio.run(fs_suite, *fs_args, backend=FS_BACKEND)
-            rows += create_rows
-        finally:
-            code = server.stop()
-            _remove_state(server.state_dir)
-        if code != 0:
-            server_failed = True
-            print(f"the server exited with {code}:\n{server.log()[-4000:]}", file=sys.stderr)
-        rows += anyio.run(memory_suite, work, sizes.sandboxes, reference, backend=FS_BACKEND)
+        if "exec" in groups:
+            make_project(work / "project-100", 100)
+        if "fs" in groups:
+            _fs.make_grep_tree(work / "grep-tree")
+        if groups - {"memory"}:
+            rows, server_failed = shared_server_suites(groups, work, sizes, reference)
+        if "memory" in groups:
+            rows += anyio.run(memory_suite, work, sizes.sandboxes, reference, backend=FS_BACKEND)
     # The asyncio and trio rows of one benchmark next to each other.
     order = {name: i for i, name in enumerate(dict.fromkeys(r.name for r in rows))}
     rows.sort(key=lambda r: order[r.name])
@@ -449,7 +646,8 @@ def main(argv: list[str] | None = None) -> int:
     print(render(rows))
     mode = " (--quick)" if args.quick else ""
     print(
-        "\nratio = ours p50 / baseline p50; ours and its baseline ran interleaved in blocks."
+        "\nratio = ours p50 / baseline p50; ours and its baseline ran interleaved in blocks"
+        "\n(n 1/1: one measurement each, taken one right after the other in this run)."
         "\nA MISSED target is reported, not failed: the exit status reflects errors only."
     )
     typical, best = statistics.median(reference), min(reference)

@@ -21,6 +21,9 @@ class Unit:
 
 MS = Unit("ms", 1000.0, 3)  # values in seconds
 MIB = Unit("MiB", 1 / 2**20, 3)  # values in bytes
+MB = Unit("MB", 1e-6, 1)  # values in bytes
+SECONDS = Unit("s", 1.0, 2)  # values in seconds
+THREADS = Unit("threads", 1.0, 0)  # values are counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +72,9 @@ class Target:
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """One line of the table; ``error`` when the measurement itself failed; ``note`` is
-    printed below the table (derived figures such as a throughput)."""
+    """One line of the table; ``error`` when the measurement itself failed; ``unavailable``
+    when it could not be taken here for a known reason (not an error: e.g. the server lacks
+    the feature); ``note`` is printed below the table (derived figures such as a throughput)."""
 
     name: str
     backend: str
@@ -81,6 +85,7 @@ class Row:
     error: str = ""
     unit: Unit = MS
     note: str = ""
+    unavailable: str = ""
 
     @property
     def ratio(self) -> float | None:
@@ -92,6 +97,8 @@ class Row:
     def verdict(self) -> str:
         if self.error:
             return "ERROR"
+        if self.unavailable:
+            return f"n/a ({self.unavailable})"
         assert self.ours is not None
         met = self.target.met(self.ours, self.base)
         if met is None:
