@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from os import PathLike
@@ -10,10 +11,11 @@ from types import TracebackType
 from typing import TypeVar
 
 import anyio
+import anyio.lowlevel
 
 from .._blocking import run_sync
 from .._transport import DEFAULT_ENDPOINT
-from ..errors import SandboxError, StatusCode
+from ..errors import SandboxError, SandboxNotFoundError, StatusCode
 from ..presets import RuleLike, resolve_permissions
 from ..types import (
     ExecResult,
@@ -34,6 +36,7 @@ log = logging.getLogger("agentfense")
 T = TypeVar("T")
 
 UPLOAD_CONCURRENCY = 8
+CREATE_TIMEOUT = 60.0  # how long a create RPC may hold up a cancellation of its caller
 
 
 class AsyncSandbox:
@@ -88,25 +91,31 @@ class AsyncSandbox:
             log.warning("not uploading %s: %s", skipped.rel_path, skipped.reason)
         client = AsyncSandboxClient(endpoint, secure=secure)
         codebase_id: str | None = None
+        sandbox_id: str | None = None
         try:
-            codebase = await client.create_codebase(name or "project", owner_id or "")
+            codebase = await _created(client.create_codebase(name or "project", owner_id or ""))
             codebase_id = codebase.id
             total = len(scan.files)
             log.info("uploading %d files from %s to %s", total, root, codebase_id)
             await _upload_project(client, codebase.id, scan.files)
-            info = await client.create_sandbox(
-                codebase.id,
-                permissions=rules,
-                runtime=runtime,
-                image=image,
-                resources=resources,
-                labels=labels,
+            info = await _created(
+                client.create_sandbox(
+                    codebase.id,
+                    permissions=rules,
+                    runtime=runtime,
+                    image=image,
+                    resources=resources,
+                    labels=labels,
+                )
             )
+            sandbox_id = info.id
             sandbox = cls(
                 client, info, owns_client=True, owns_sandbox=True, owned_codebase_id=codebase_id
             )
         except BaseException:
             with anyio.CancelScope(shield=True):
+                if sandbox_id is not None:
+                    await _quietly(client.destroy_sandbox(sandbox_id))
                 if codebase_id is not None:
                     await _quietly(client.delete_codebase(codebase_id))
                 await client.close()
@@ -142,13 +151,15 @@ class AsyncSandbox:
         rules = resolve_permissions(preset, permissions)
         client = AsyncSandboxClient(endpoint, secure=secure)
         try:
-            info = await client.create_sandbox(
-                codebase_id,
-                permissions=rules,
-                runtime=runtime,
-                image=image,
-                resources=resources,
-                labels=labels,
+            info = await _created(
+                client.create_sandbox(
+                    codebase_id,
+                    permissions=rules,
+                    runtime=runtime,
+                    image=image,
+                    resources=resources,
+                    labels=labels,
+                )
             )
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -217,7 +228,8 @@ class AsyncSandbox:
         self._closed = True
         with anyio.CancelScope(shield=True):
             try:
-                await self._client.destroy_sandbox(self.id)
+                with contextlib.suppress(SandboxNotFoundError):  # gone already: its codebase too
+                    await self._client.destroy_sandbox(self.id)
                 if self._owned_codebase_id is not None:
                     await self._client.delete_codebase(self._owned_codebase_id)
             finally:
@@ -368,6 +380,17 @@ async def _upload_project(
     async with anyio.create_task_group() as tg:
         for item in files:
             tg.start_soon(upload, item)
+
+
+async def _created(call: Awaitable[T]) -> T:
+    """The result of an RPC that creates something, even if the caller is cancelled meanwhile
+    (the cancellation comes right after): what was created is then known, to be removed."""
+    with anyio.move_on_after(CREATE_TIMEOUT, shield=True) as scope:
+        result = await call
+    if scope.cancelled_caught:
+        raise SandboxError(f"the server did not answer within {CREATE_TIMEOUT:g} s")
+    await anyio.lowlevel.checkpoint()
+    return result
 
 
 async def _quietly(awaitable: Awaitable[object]) -> None:

@@ -324,8 +324,12 @@ class BwrapRuntime:
         agent = AgentConnection(ours, cgroup)
         task_group.start_soon(agent.run)
         sandbox = BwrapSandbox(process, agent, cgroup, limits)
-        with anyio.move_on_after(10):
-            await _first_of(agent.ready.wait, agent.closed.wait)
+        try:
+            with anyio.move_on_after(10):
+                await _first_of(agent.ready.wait, agent.closed.wait)
+        except BaseException:  # cancelled: nobody else knows of these processes
+            await sandbox.stop()
+            raise
         if not agent.ready.is_set():
             await sandbox.stop()
             detail = log_path.read_text(errors="replace").strip()[-2000:]
