@@ -40,6 +40,14 @@ class SandboxCgroup:
         self.path.mkdir(parents=True, exist_ok=True)
         self._next = 0
 
+    @classmethod
+    def inside(cls, path: Path) -> SandboxCgroup:
+        """Command leaves under an existing cgroup (a container's)."""
+        self = cls.__new__(cls)
+        self.path = path
+        self._next = 0
+        return self
+
     def open_command(self) -> tuple[Path, int]:
         """A new leaf cgroup and a write fd on its ``cgroup.procs`` (joins a process to it)."""
         self._next += 1

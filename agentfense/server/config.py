@@ -36,6 +36,8 @@ class ServerConfig:
     log_level: str = "info"
     # The host uid/gid sandboxes run as (when the server runs as root).
     sandbox_uid: int = 59000
+    # The Docker engine of the docker runtime ("" = $DOCKER_HOST, else the default socket).
+    docker_host: str = ""
 
     def __post_init__(self) -> None:
         for name in ("max_output_bytes", "max_upload_bytes"):

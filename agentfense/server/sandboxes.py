@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import re
 import secrets
 import shutil
@@ -41,6 +42,7 @@ from ..runtimes.base import (
     SandboxSpec,
 )
 from ..runtimes.bwrap import BwrapRuntime
+from ..runtimes.docker import DockerRuntime
 from ..types import PermissionRule, ResourceLimits, RuntimeType, SandboxStatus
 from .codebases import CodebaseStore
 from .config import ServerConfig
@@ -100,6 +102,11 @@ class SandboxManager:
         self._codebases = codebases
         self._sandboxes: dict[str, SandboxRecord] = {}
         self._bwrap = BwrapRuntime(config.state_dir, host_uid=config.sandbox_uid)
+        self._docker = DockerRuntime(
+            docker_host=config.docker_host,
+            host_uid=self._bwrap.host_uid,
+            server_label=hashlib.sha256(str(config.state_dir).encode()).hexdigest()[:16],
+        )
         self._deltas = config.state_dir / "deltas"
         self._fs = FsSupervisor(config.state_dir, views=self._view_specs, on_crash=self._fs_died)
         self._task_group: anyio.abc.TaskGroup | None = None
@@ -125,6 +132,7 @@ class SandboxManager:
             await self._task_group.__aexit__(None, None, None)
             raise
         self._task_group.start_soon(self._expire_loop)
+        self._task_group.start_soon(self._docker.remove_leftovers)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -228,12 +236,8 @@ class SandboxManager:
         if not codebase_id:
             raise InvalidConfigurationError("codebase_id must not be empty")
         await self._codebases.get(codebase_id)
-        self._check_runtime(runtime)
         _check_resources(resources)
-        if not resources.is_empty:
-            problem = self._bwrap.limits_problem()
-            if problem is not None:
-                raise SandboxError(problem, code=StatusCode.FAILED_PRECONDITION)
+        await self._check_runtime(runtime, image, resources)
         for key, value in labels.items():
             if not key or len(key) > 256 or len(value) > 1024:
                 raise InvalidConfigurationError(
@@ -257,13 +261,18 @@ class SandboxManager:
         self._sandboxes[record.id] = record
         return record
 
-    def _check_runtime(self, runtime: RuntimeType) -> None:
+    async def _check_runtime(
+        self, runtime: RuntimeType, image: str, resources: ResourceLimits
+    ) -> None:
+        """Refuse, with a sentence, a sandbox this server cannot run."""
         if runtime is RuntimeType.DOCKER:
-            raise SandboxError(
-                "the Docker runtime is not available on this server; use runtime 'bwrap'",
-                code=StatusCode.FAILED_PRECONDITION,
-            )
-        problem = self._bwrap.check()
+            if not image:
+                raise InvalidConfigurationError("image is required with runtime 'docker'")
+            problem = await self._docker.check() or await self._docker.check_image(image)
+        else:
+            problem = self._bwrap.check()
+            if problem is None and not resources.is_empty:
+                problem = self._bwrap.limits_problem()
         if problem is not None:
             raise SandboxError(problem, code=StatusCode.FAILED_PRECONDITION)
 
@@ -281,7 +290,8 @@ class SandboxManager:
                 resources=record.resources,
             )
             try:
-                record.handle = await self._bwrap.start(spec, self._task_group)
+                runtime = self._docker if record.runtime is RuntimeType.DOCKER else self._bwrap
+                record.handle = await runtime.start(spec, self._task_group)
             except RuntimeError_ as exc:
                 record.status, record.error = SandboxStatus.ERROR, str(exc)
                 raise SandboxError(str(exc), code=StatusCode.INTERNAL) from None

@@ -407,7 +407,7 @@ async def test_invalid_sandbox_requests_create_nothing(client: AsyncSandboxClien
         assert await _state(client) == before
 
 
-async def test_unsupported_runtime_and_limits_are_refused_and_create_nothing(
+async def test_unusable_runtime_options_and_limits_are_refused_and_create_nothing(
     client: AsyncSandboxClient, endpoint: str, project: Path
 ) -> None:
     async with _codebase(client) as codebase:
@@ -420,9 +420,21 @@ async def test_unsupported_runtime_and_limits_are_refused_and_create_nothing(
                 endpoint=endpoint,
                 runtime=RuntimeType.DOCKER,
             ),
+            InvalidConfigurationError,
+            3,
+            "image is required",
+        )
+        await _refused(
+            partial(
+                AsyncSandbox.from_local,
+                project,
+                endpoint=endpoint,
+                runtime=RuntimeType.DOCKER,
+                image="agentfense/not-built-here:1",
+            ),
             SandboxError,
             9,
-            "Docker",
+            "never pulls",
         )
         # Limits too small to run anything are refused the same way.
         await _refused(
@@ -438,9 +450,9 @@ async def test_unsupported_runtime_and_limits_are_refused_and_create_nothing(
         )
         await _refused(
             partial(client.create_sandbox, codebase.id, permissions=READ, runtime="docker"),
-            SandboxError,
-            9,
-            "Docker",
+            InvalidConfigurationError,
+            3,
+            "image is required",
         )
         # from_local deleted the codebases it had created before the refusal.
         assert await _state(client) == before

@@ -1,0 +1,263 @@
+"""One ``docker exec`` as a ``runtimes.base.Process``: pipes in and out, a wait, a kill.
+
+The exec'd command first waits for one line on its stdin (``read``, which takes no byte
+beyond the newline). Meanwhile the server moves it into a cgroup leaf of its own, so that
+everything it starts stays in the leaf; then it sends the line, and the command's own stdin
+after it. The Engine API's stream (a hijacked connection, frames of stdout and stderr) is
+copied into ordinary pipes, so the rest of the server reads a Docker command exactly as a
+bwrap one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ._cgroup import SandboxCgroup
+from .base import BadWorkdir, CommandSpec, ForkRefused, RuntimeError_
+
+if TYPE_CHECKING:
+    from .docker import DockerSandbox
+
+Call = Callable[..., Awaitable[Any]]
+# $0 is "sh"; the command's argv follows. Exit 125 when the server hung up before the go.
+_GATE = 'IFS= read -r _ || exit 125; exec "$@"'
+_HEADER = struct.Struct(">BxxxL")
+
+
+class DockerProcess:
+    """A command started with ``docker exec``; implements ``runtimes.base.Process``."""
+
+    def __init__(
+        self,
+        call: Call,
+        exec_id: str,
+        sock: socket.socket,
+        leaf: Path | None,
+        sandbox: DockerSandbox,
+    ) -> None:
+        self._call = call
+        self._exec_id = exec_id
+        self._sock = sock
+        self.leaf = leaf
+        self._sandbox = sandbox
+        self.pid = 0
+        stdin_r, self.stdin_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self.stdout_fd, stdout_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self.stderr_fd, stderr_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._ours = (stdin_r, stdout_w, stderr_w)
+        self._ended = anyio.Event()
+        self._exit_code: int | None = None
+
+    async def run(self) -> None:
+        """Copy stdin to the exec and its frames out, until its stream ends."""
+        stdin_r, stdout_w, stderr_w = self._ours
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._copy_stdin, stdin_r)
+                await self._copy_frames({1: stdout_w, 2: stderr_w})
+                tg.cancel_scope.cancel()
+        finally:
+            for fd in self._ours:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._sock.close()
+            self._ended.set()
+
+    async def _copy_stdin(self, stdin_r: int) -> None:
+        try:
+            while True:
+                try:
+                    data = os.read(stdin_r, 1 << 16)
+                except BlockingIOError:
+                    await anyio.wait_readable(stdin_r)
+                    continue
+                if not data:
+                    break
+                await _send_all(self._sock, data)
+            self._sock.shutdown(socket.SHUT_WR)  # the command's stdin ends
+        except OSError:
+            pass
+
+    async def _copy_frames(self, pipes: dict[int, int]) -> None:
+        buffer = bytearray()
+        while True:
+            try:
+                data = self._sock.recv(1 << 16)
+            except BlockingIOError:
+                await anyio.wait_readable(self._sock)
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            buffer += data
+            while len(buffer) >= _HEADER.size:
+                kind, size = _HEADER.unpack_from(buffer)
+                if len(buffer) < _HEADER.size + size:
+                    break
+                payload = bytes(buffer[_HEADER.size : _HEADER.size + size])
+                del buffer[: _HEADER.size + size]
+                fd = pipes.get(kind)
+                if fd is not None:
+                    await _write_pipe(fd, payload)
+
+    async def wait(self) -> int:
+        await self._ended.wait()
+        if self._exit_code is None:
+            for _ in range(500):  # the stream ends a moment before docker records the exit
+                found = await self._call("exec_inspect", self._exec_id)
+                if not found.get("Running"):
+                    code = found.get("ExitCode")
+                    self._exit_code = 137 if code is None else int(code)
+                    break
+                await anyio.sleep(0.01)
+            else:
+                self._exit_code = 137
+        return self._exit_code
+
+    async def kill(self) -> None:
+        with anyio.CancelScope(shield=True):
+            if self.leaf is not None:
+                SandboxCgroup.kill(self.leaf)
+            elif self.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, 9)
+            with anyio.move_on_after(5):
+                await self._ended.wait()
+                if self.leaf is not None:
+                    await SandboxCgroup.emptied(self.leaf)
+            await self.release()
+
+    def members(self) -> frozenset[int] | None:
+        return None if self.leaf is None else SandboxCgroup.members(self.leaf)
+
+    async def kill_except(self, keep: frozenset[int]) -> None:
+        if self.leaf is not None:
+            await SandboxCgroup.kill_except(self.leaf, keep)
+
+    async def release(self) -> None:
+        self._sandbox.finished(self)
+        if self.leaf is not None and SandboxCgroup.try_remove(self.leaf):
+            self.leaf = None
+
+
+async def start_exec(
+    call: Call, container_id: str, command: CommandSpec, sandbox: DockerSandbox
+) -> DockerProcess:
+    """Start ``command`` in the container, in a cgroup leaf of its own where there is one."""
+    import docker
+
+    try:
+        created = await call(
+            "exec_create",
+            container_id,
+            ["/bin/sh", "-c", _GATE, "sh", *command.argv],
+            stdin=True,
+            stdout=True,
+            stderr=True,
+            tty=False,
+            environment=dict(command.env),
+            workdir=command.cwd,
+        )
+        stream = await call("exec_start", created["Id"], socket=True, demux=False)
+    except docker.errors.APIError as exc:
+        raise _start_error(str(exc.explanation or exc), command) from None
+    sock: socket.socket = stream._sock
+    sock.setblocking(False)
+    opened = sandbox.new_leaf()
+    leaf, procs_fd = opened if opened is not None else (None, -1)
+    process = DockerProcess(call, created["Id"], sock, leaf, sandbox)
+    try:
+        process.pid = await _exec_pid(call, created["Id"], sock, command)
+        if procs_fd >= 0:
+            with contextlib.suppress(ProcessLookupError):
+                os.write(procs_fd, str(process.pid).encode())
+        await _send_all(sock, b"\n")  # go
+    except BaseException:
+        sock.close()
+        await process.release()
+        raise
+    finally:
+        if procs_fd >= 0:
+            os.close(procs_fd)
+    sandbox.runtime_task_group().start_soon(process.run)
+    return process
+
+
+def _start_error(text: str, command: CommandSpec) -> RuntimeError_:
+    """What docker's reason for not starting a command means."""
+    text = text.strip()
+    if "chdir to cwd" in text or (command.cwd in text and "no such file" in text.lower()):
+        return BadWorkdir(text)
+    if "resource temporarily unavailable" in text.lower():
+        return ForkRefused(f"cannot start the command: {text}")
+    return RuntimeError_(f"cannot start the command: {text}")
+
+
+async def _read_text(sock: socket.socket) -> str:
+    """The payload of what is left in an exec's stream (a short error), as text."""
+    data = bytearray()
+    with anyio.move_on_after(2):
+        while True:
+            try:
+                chunk = sock.recv(1 << 16)
+            except BlockingIOError:
+                await anyio.wait_readable(sock)
+                continue
+            if not chunk:
+                break
+            data += chunk
+    text = []
+    while len(data) >= _HEADER.size:
+        _kind, size = _HEADER.unpack_from(data)
+        text.append(bytes(data[_HEADER.size : _HEADER.size + size]))
+        del data[: _HEADER.size + size]
+    return b"".join(text).decode(errors="replace")
+
+
+async def _exec_pid(call: Call, exec_id: str, sock: socket.socket, command: CommandSpec) -> int:
+    """The host pid of the exec's process, once docker knows it; the reason it did not
+    start (which docker puts in the stream) raised when it never ran."""
+    for _ in range(500):
+        found = await call("exec_inspect", exec_id)
+        if found.get("Pid"):
+            return int(found["Pid"])
+        if not found.get("Running") and found.get("ExitCode") is not None:
+            raise _start_error(await _read_text(sock), command)
+        await anyio.sleep(0.002)
+    return 0
+
+
+async def _send_all(sock: socket.socket, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            sent = sock.send(view)
+        except BlockingIOError:
+            await anyio.wait_writable(sock)
+            continue
+        view = view[sent:]
+
+
+async def _write_pipe(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            written = os.write(fd, view)
+        except BlockingIOError:
+            await anyio.wait_writable(fd)
+            continue
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:
+                return  # the reader went away (the command was abandoned)
+            raise
+        view = view[written:]

@@ -1,0 +1,306 @@
+"""The Docker runtime: each sandbox is one container, driven through the Engine API.
+
+The container runs the sandbox's image with its permission view bind-mounted at
+``/workspace`` (private propagation: the view is never remounted under a running sandbox),
+no network, every capability dropped, ``no-new-privileges``, an init as pid 1, fresh ``/tmp``
+and ``$HOME`` tmpfs, the sandbox's uid (the view's owner), its resource limits and labels.
+Images are never pulled: a missing image is an error.
+
+Commands are ``docker exec``s, adapted to ``runtimes.base.Process`` by :mod:`._docker_exec`:
+each one gets a cgroup leaf of its own under the container's (on the unified hierarchy), so
+that a timeout kills every process it started and a session's command can be told apart from
+its shell, exactly as on bwrap. Stopping a sandbox removes its container; starting it again
+makes a new one on the same view.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from ._cgroup import SandboxCgroup, find_cgroup2_root
+from ._docker_exec import DockerProcess, start_exec
+from .base import WORKSPACE, CommandSpec, ForkRefused, Process, RuntimeError_, SandboxSpec
+
+_log = logging.getLogger(__name__)
+_KEEPALIVE = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600; done"]
+_STOP_GRACE = 2  # seconds docker gives the container's processes before SIGKILL
+CPU_PERIOD_US = 100_000
+
+
+def _docker() -> Any:
+    import docker  # the docker package is part of the server's dependencies only
+
+    return docker
+
+
+class DockerSandbox:
+    """A running container; implements ``runtimes.base.SandboxHandle``."""
+
+    def __init__(
+        self,
+        runtime: DockerRuntime,
+        container_id: str,
+        cgroups: dict[str, Path],
+        task_group: anyio.abc.TaskGroup,
+    ) -> None:
+        self._runtime = runtime
+        self._task_group = task_group
+        self.container_id = container_id
+        self._cgroups = cgroups  # controller ("" for the unified hierarchy) -> its cgroup dir
+        unified = cgroups.get("")
+        self._leaves = SandboxCgroup.inside(unified) if unified is not None else None
+        self._stopped = False
+        self._running: set[DockerProcess] = set()
+
+    @property
+    def alive(self) -> bool:
+        return not self._stopped
+
+    async def spawn(self, command: CommandSpec) -> Process:
+        if self._stopped:
+            raise RuntimeError_("the sandbox is not running")
+        try:
+            process = await start_exec(self._runtime.call, self.container_id, command, self)
+        except ForkRefused:
+            if self._leaves is None:
+                raise
+            # Its pids limit is full of what earlier commands left behind: kill those.
+            await self._leaves.kill_leaves(keep=self.running_leaves())
+            process = await start_exec(self._runtime.call, self.container_id, command, self)
+        self._running.add(process)
+        return process
+
+    def runtime_task_group(self) -> anyio.abc.TaskGroup:
+        """Where the copying tasks of its commands run."""
+        return self._task_group
+
+    def new_leaf(self) -> tuple[Path, int] | None:
+        return None if self._leaves is None else self._leaves.open_command()
+
+    def finished(self, process: DockerProcess) -> None:
+        self._running.discard(process)
+
+    def running_leaves(self) -> list[Path]:
+        return [p.leaf for p in self._running if p.leaf is not None]
+
+    def limit_events(self) -> dict[str, int]:
+        memory = self._cgroups.get("memory") or self._cgroups.get("")
+        pids = self._cgroups.get("pids") or self._cgroups.get("")
+        events: dict[str, int] = {}
+        if memory is not None:
+            for name, key in (("memory.events", "oom_kill"), ("memory.oom_control", "oom_kill")):
+                if (memory / name).exists():
+                    events["memory"] = _counter(memory / name, key)
+        if pids is not None and (pids / "pids.events").exists():
+            events["pids"] = _counter(pids / "pids.events", "max")
+        return events
+
+    async def stop(self) -> None:
+        with anyio.CancelScope(shield=True):
+            if self._stopped:
+                return
+            self._stopped = True
+            for process in list(self._running):
+                await process.kill()
+            if self._leaves is not None:
+                await self._leaves.kill_leaves()
+            await self._runtime.remove(self.container_id)
+
+
+class DockerRuntime:
+    """Starts sandboxes as containers on the Docker engine at ``docker_host``."""
+
+    name = "docker"
+
+    def __init__(self, *, docker_host: str, host_uid: int, server_label: str) -> None:
+        self.docker_host = docker_host or os.environ.get("DOCKER_HOST", "")
+        self.docker_host = self.docker_host or "unix:///var/run/docker.sock"
+        self.host_uid = host_uid
+        self._server_label = server_label
+        self._api: Any = None
+        self._limiter = anyio.CapacityLimiter(8)
+
+    # -- the engine -------------------------------------------------------------------------
+
+    async def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``APIClient.<method>(*args, **kwargs)`` in a worker thread."""
+        api = await self._client()
+        return await anyio.to_thread.run_sync(
+            functools.partial(getattr(api, method), *args, **kwargs), limiter=self._limiter
+        )
+
+    async def _client(self) -> Any:
+        if self._api is None:
+            docker = _docker()
+            self._api = await anyio.to_thread.run_sync(
+                functools.partial(
+                    docker.APIClient, base_url=self.docker_host, version="auto", timeout=60
+                )
+            )
+        return self._api
+
+    async def check(self) -> str | None:
+        """Why no sandbox can run on Docker here (a sentence), or None when one can."""
+        try:
+            await self.call("ping")
+        except Exception as exc:
+            self._api = None
+            return (
+                f"the Docker runtime needs a Docker engine, and none answers at "
+                f"{self.docker_host} ({_reason(exc)}); start dockerd or set docker_host"
+            )
+        return None
+
+    async def check_image(self, image: str) -> str | None:
+        """Why ``image`` cannot be used (never pulled), or None when it is there."""
+        docker = _docker()
+        try:
+            await self.call("inspect_image", image)
+        except docker.errors.ImageNotFound:
+            return (
+                f"image {image!r} is not on the Docker engine at {self.docker_host}; "
+                "build or load it there first (AgentFense never pulls images)"
+            )
+        except docker.errors.DockerException as exc:
+            return f"cannot inspect image {image!r}: {_reason(exc)}"
+        return None
+
+    async def remove(self, container_id: str) -> None:
+        docker = _docker()
+        try:
+            await self.call("remove_container", container_id, force=True, v=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.DockerException as exc:
+            _log.warning("cannot remove container %s: %s", container_id[:24], _reason(exc))
+
+    async def remove_leftovers(self) -> None:
+        """Remove containers a previous run of this server left (it was killed)."""
+        try:
+            found = await self.call(
+                "containers", all=True, filters={"label": f"agentfense.server={self._server_label}"}
+            )
+        except Exception:
+            return
+        for container in found:
+            await self.remove(container["Id"])
+
+    # -- sandboxes --------------------------------------------------------------------------
+
+    async def start(self, spec: SandboxSpec, task_group: anyio.abc.TaskGroup) -> DockerSandbox:
+        docker = _docker()
+        problem = await self.check() or await self.check_image(spec.image)
+        if problem is not None:
+            raise RuntimeError_(problem)
+        uid = self.host_uid
+        limits = spec.resources
+        host_config = (await self._client()).create_host_config(
+            mounts=[
+                docker.types.Mount(
+                    WORKSPACE, str(spec.workspace), type="bind", propagation="rprivate"
+                )
+            ],
+            network_mode="none",
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            init=True,
+            tmpfs={
+                "/tmp": "rw,nosuid,nodev,mode=1777",
+                "/home/sandbox": f"rw,nosuid,nodev,mode=700,uid={uid},gid={uid}",
+            },
+            mem_limit=limits.memory_bytes or None,
+            memswap_limit=limits.memory_bytes or None,
+            cpu_quota=limits.cpu_quota or None,
+            cpu_period=CPU_PERIOD_US if limits.cpu_quota else None,
+            cpu_shares=limits.cpu_shares or None,
+            pids_limit=limits.pids_limit or None,
+        )
+        name = f"agentfense-{spec.sandbox_id}"
+        await self.remove(name)  # a leftover of a killed server, never a live sandbox
+        try:
+            created = await self.call(
+                "create_container",
+                spec.image,
+                command=_KEEPALIVE,
+                user=f"{uid}:{uid}",
+                working_dir=WORKSPACE,
+                environment={"HOME": "/home/sandbox"},
+                labels={
+                    "agentfense.sandbox": spec.sandbox_id,
+                    "agentfense.server": self._server_label,
+                },
+                host_config=host_config,
+                name=name,
+                network_disabled=True,
+            )
+            container_id = created["Id"]
+        except docker.errors.DockerException as exc:
+            raise RuntimeError_(f"cannot create the container: {_reason(exc)}") from None
+        try:
+            cgroups = await self._started(container_id)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await self.remove(container_id)
+            if isinstance(exc, docker.errors.DockerException):
+                raise RuntimeError_(f"cannot start the container: {_reason(exc)}") from None
+            raise
+        return DockerSandbox(self, container_id, cgroups, task_group)
+
+    async def _started(self, container_id: str) -> dict[str, Path]:
+        """Start the container; the cgroups it runs in."""
+        await self.call("start", container_id)
+        state = (await self.call("inspect_container", container_id))["State"]
+        if not state.get("Running"):
+            raise RuntimeError_(f"the container stopped at once: {state.get('Error') or state}")
+        return _cgroups_of(int(state["Pid"]))
+
+
+def _cgroups_of(pid: int) -> dict[str, Path]:
+    """The cgroup directories (by controller; "" for the unified hierarchy) of ``pid``."""
+    found: dict[str, Path] = {}
+    unified_root = find_cgroup2_root()
+    mounts = _v1_mounts()
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _number, controllers, path = line.split(":", 2)
+        if not controllers:
+            if unified_root is not None:
+                found[""] = unified_root / path.lstrip("/")
+            continue
+        for controller in controllers.split(","):
+            if controller in mounts:
+                found[controller] = mounts[controller] / path.lstrip("/")
+    return found
+
+
+def _v1_mounts() -> dict[str, Path]:
+    mounts: dict[str, Path] = {}
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        fstype, _, rest = right.partition(" ")
+        if fstype == "cgroup":
+            for option in rest.split(" ")[-1].split(","):
+                mounts.setdefault(option, Path(left.split(" ")[4]))
+    return mounts
+
+
+def _counter(path: Path, key: str) -> int:
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _reason(exc: BaseException) -> str:
+    explanation = getattr(exc, "explanation", None)
+    return str(explanation or exc).strip() or type(exc).__name__
