@@ -2,7 +2,8 @@
 
 One JSON message per SOCK_SEQPACKET datagram, each answered in order:
 ``{"op": "add_view", "id", "lower", "upper", "rules", "uid", "gid"}``,
-``{"op": "commit", "id"}`` (answered with ``changed`` and ``kept``),
+``{"op": "commit", "id"}`` (answered with ``changed``, ``kept`` and ``over_limit``: whether
+a write was refused for the view's ``max_delta`` since the last commit),
 ``{"op": "remove_view", "id"}``, ``{"op": "ping"}``. Errors come back as ``{"error": "..."}``.
 """
 
@@ -89,6 +90,7 @@ async def handle(fs: PermissionFS, request: dict[str, Any]) -> dict[str, Any]:
                 policy=Policy(rules),
                 uid=int(request["uid"]),
                 gid=int(request["gid"]),
+                max_delta=int(request.get("max_delta", 0)),
             )
         )
         return {}
@@ -102,7 +104,12 @@ async def handle(fs: PermissionFS, request: dict[str, Any]) -> dict[str, Any]:
         if result.changed:
             # Kernel cache invalidation may wait on requests this thread serves: off-thread.
             await trio.to_thread.run_sync(_invalidate, fs, view, result.changed)
-        return {"changed": len(result.changed), "kept": sorted(result.kept_deleted)}
+        over_limit, view.over_limit, view.delta_bytes = view.over_limit, False, 0
+        return {
+            "changed": len(result.changed),
+            "kept": sorted(result.kept_deleted),
+            "over_limit": over_limit,
+        }
     if op == "remove_view":
         fs.remove_view(view_id)
         view.close()

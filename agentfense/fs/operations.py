@@ -258,6 +258,7 @@ class PermissionFS(pyfuse3.Operations):
                 raise _fail(errno.EOPNOTSUPP)
             view.upper.chmod(rel, _settable(attr.st_mode))
         if fields.update_size:
+            view.charge(attr.st_size - view.upper.lstat(rel).st_size)
             handle = self._handles.get(fh) if fh else None
             if handle is not None and handle.writer_path == rel:
                 os.ftruncate(handle.fd, attr.st_size)
@@ -523,6 +524,7 @@ class PermissionFS(pyfuse3.Operations):
         handle = self._handles[fh]
         if handle.writer_path is None:
             raise _fail(errno.EBADF)
+        handle.node.view.charge(off + len(buf) - os.fstat(handle.fd).st_size)
         return os.pwrite(handle.fd, buf, off)
 
     @_fuse_errors

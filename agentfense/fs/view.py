@@ -61,6 +61,7 @@ class View:
         policy: Policy,
         uid: int,
         gid: int,
+        max_delta: int = 0,
     ) -> None:
         self.id = view_id
         upper.mkdir(parents=True, exist_ok=True)
@@ -73,6 +74,11 @@ class View:
         with contextlib.suppress(OSError, ValueError):
             self.deleted = set(json.loads(self._deleted_file.read_text()))
         self.writers: dict[int, int] = {}  # upper inode -> open write handles
+        # Bytes written into the delta since the last commit, against ``max_delta`` (0: no
+        # limit); ``over_limit`` records a write refused for it, for the command's result.
+        self.max_delta = max_delta
+        self.delta_bytes = 0
+        self.over_limit = False
         # Nothing written since the last commit: lookups need not ask the upper tree.
         self.upper_empty = not self.upper.listdir("")
 
@@ -147,6 +153,15 @@ class View:
 
         self.upper.makedirs(parent, mode_of)
 
+    def charge(self, size: int) -> None:
+        """Count ``size`` more bytes into the delta; ENOSPC beyond the sandbox's limit."""
+        if size <= 0:
+            return
+        if self.max_delta and self.delta_bytes + size > self.max_delta:
+            self.over_limit = True
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.delta_bytes += size
+
     def copy_up(self, rel: str) -> Entry:
         """Bring ``rel`` into the upper tree (a directory without its content)."""
         entry = self.locate(rel)
@@ -154,6 +169,8 @@ class View:
             raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), rel)
         if entry.layer == UPPER or not rel:
             return entry
+        if stat.S_ISREG(entry.st.st_mode):
+            self.charge(entry.st.st_size)
         self._upper_parents(rel)
         mode = entry.st.st_mode
         if stat.S_ISDIR(mode):

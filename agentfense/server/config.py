@@ -30,6 +30,8 @@ class ServerConfig:
     state_dir: Path = field(default_factory=default_state_dir)
     max_output_bytes: int = 16 * 1024 * 1024
     max_upload_bytes: int = 1024 * 1024 * 1024
+    # What a sandbox may write between two commits (each command's delta); ENOSPC beyond.
+    max_delta_bytes: int = 4 * 1024 * 1024 * 1024
     default_timeout: float = 300.0
     max_timeout: float = 24 * 3600.0
     expiry_check_interval: float = 1.0
@@ -40,7 +42,7 @@ class ServerConfig:
     docker_host: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("max_output_bytes", "max_upload_bytes"):
+        for name in ("max_output_bytes", "max_upload_bytes", "max_delta_bytes"):
             if getattr(self, name) <= 0:
                 raise InvalidConfigurationError(f"{name} must be positive")
         for name in ("default_timeout", "max_timeout", "expiry_check_interval"):

@@ -38,11 +38,16 @@ class Outcome:
     limit_exceeded: str = ""  # the sandbox's resource limit the command ran into, if any
 
 
-def with_limits(outcome: Outcome, before: Mapping[str, int], after: Mapping[str, int]) -> Outcome:
-    """``outcome``, marked with the first limit that struck between ``before`` and ``after``."""
+def with_limits(
+    outcome: Outcome, before: Mapping[str, int], after: Mapping[str, int], *, disk: bool
+) -> Outcome:
+    """``outcome``, marked with the first limit that struck between ``before`` and ``after``
+    (or ``disk``: a write refused for the sandbox's delta limit)."""
     for name in ("memory", "pids"):
         if after.get(name, 0) > before.get(name, 0):
             return dataclasses.replace(outcome, limit_exceeded=name)
+    if disk:
+        return dataclasses.replace(outcome, limit_exceeded="disk")
     return outcome
 
 

@@ -66,6 +66,11 @@ def _error(exc: OSError, what: str, rel: str) -> SandboxError:
         return InvalidConfigurationError(f"{where} is a symbolic link; it is not followed")
     if exc.errno == errno.EISDIR:
         return InvalidConfigurationError(f"{where} is a directory")
+    if exc.errno == errno.ENOSPC:
+        return ResourceLimitExceededError(
+            f"cannot {what} {where}: the sandbox may write no more before its next commit "
+            "(max_delta_bytes)"
+        )
     return SandboxError(f"cannot {what} {where}: {exc.strerror}")
 
 

@@ -159,6 +159,7 @@ class SandboxManager:
             "rules": [rule.to_dict() for rule in record.permissions],
             "uid": self._bwrap.host_uid,
             "gid": self._bwrap.host_uid,
+            "max_delta": self._config.max_delta_bytes,
         }
 
     def _view_specs(self) -> list[dict[str, Any]]:
@@ -179,12 +180,14 @@ class SandboxManager:
         record = self.get(sandbox_id)
         return record, self._fs.view_path(record.id)
 
-    async def commit(self, record: SandboxRecord) -> None:
-        """Apply what the sandbox wrote since the last commit to its codebase."""
+    async def commit(self, record: SandboxRecord) -> bool:
+        """Apply what the sandbox wrote since the last commit to its codebase; whether a
+        write was refused meanwhile for its delta limit."""
         with anyio.CancelScope(shield=True):
             reply = await self._fs.request(op="commit", id=record.id)
             if reply.get("changed"):  # nothing changed (every read-only exec): no meta write
                 await self._codebases.touch(record.codebase_id)
+        return bool(reply.get("over_limit"))
 
     # -- queries ----------------------------------------------------------------------------
 
@@ -410,8 +413,8 @@ class SandboxManager:
                 on_output=on_output,
             )
         finally:
-            await self.commit(record)
-        return with_limits(outcome, limits_before, handle.limit_events())
+            over_limit = await self.commit(record)
+        return with_limits(outcome, limits_before, handle.limit_events(), disk=over_limit)
 
     def __iter__(self) -> Iterator[SandboxRecord]:
         return iter(list(self._sandboxes.values()))

@@ -101,8 +101,9 @@ class SessionRegistry:
                 on_output=on_output,
             )
         finally:
-            await self._manager.commit(record)
-        return with_limits(outcome, before, handle.limit_events() if handle is not None else {})
+            over_limit = await self._manager.commit(record)
+        after = handle.limit_events() if handle is not None else {}
+        return with_limits(outcome, before, after, disk=over_limit)
 
     async def close_all(self, record: SandboxRecord, *, forget: bool) -> None:
         """Close the sandbox's sessions (it stops); ``forget`` them too (it goes away)."""

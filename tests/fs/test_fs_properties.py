@@ -481,9 +481,12 @@ def test_view_matches_policy(fs: FsProcess, scenario: Scenario) -> None:
     try:
         check_view(root, policy, scenario.tree)
         check_refusals(root, policy, scenario.tree)
-        assert fs.commit(view_id) == {"changed": 0, "kept": [], "seq": None}, (
-            "refusals left a trace"
-        )
+        assert fs.commit(view_id) == {
+            "changed": 0,
+            "kept": [],
+            "over_limit": False,
+            "seq": None,
+        }, "refusals left a trace"
         assert read_tree(lower) == scenario.tree
 
         state = apply_writes(root, policy, scenario)
