@@ -38,6 +38,15 @@ class ServerConfig:
     log_level: str = "info"
     # The host uid/gid sandboxes run as (when the server runs as root).
     sandbox_uid: int = 59000
+    # Limits every sandbox gets unless it asks otherwise, and the most it may ask (0: none).
+    default_memory_bytes: int = 0
+    default_cpu_quota: int = 0
+    default_pids_limit: int = 0
+    max_memory_bytes: int = 0
+    max_cpu_quota: int = 0
+    max_pids_limit: int = 0
+    # How many sandboxes the codebases of one owner may have at once (0: no limit).
+    max_sandboxes_per_owner: int = 0
     # The Docker engine of the docker runtime ("" = $DOCKER_HOST, else the default socket).
     docker_host: str = ""
 
@@ -48,6 +57,14 @@ class ServerConfig:
         for name in ("default_timeout", "max_timeout", "expiry_check_interval"):
             if getattr(self, name) <= 0:
                 raise InvalidConfigurationError(f"{name} must be positive")
+        for name in ("memory_bytes", "cpu_quota", "pids_limit"):
+            default, most = getattr(self, f"default_{name}"), getattr(self, f"max_{name}")
+            if default < 0 or most < 0:
+                raise InvalidConfigurationError(f"default_{name} and max_{name} must be >= 0")
+            if most and default > most:
+                raise InvalidConfigurationError(f"default_{name} must not exceed max_{name}")
+        if self.max_sandboxes_per_owner < 0:
+            raise InvalidConfigurationError("max_sandboxes_per_owner must be >= 0")
         if not 0 < self.sandbox_uid < 2**32 - 1:
             raise InvalidConfigurationError("sandbox_uid must be a uid other than root's")
         if self.default_timeout > self.max_timeout:

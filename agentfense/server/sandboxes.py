@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import re
 import secrets
@@ -79,6 +80,7 @@ class SandboxRecord:
     handle: SandboxHandle | None = None
     lock: anyio.Lock = field(default_factory=anyio.Lock)
     sessions: dict[str, Session] = field(default_factory=dict)
+    owner_id: str = ""  # its codebase's
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +240,9 @@ class SandboxManager:
     ) -> SandboxRecord:
         if not codebase_id:
             raise InvalidConfigurationError("codebase_id must not be empty")
-        await self._codebases.get(codebase_id)
+        codebase = await self._codebases.get(codebase_id)
+        self._check_owner_quota(codebase.owner_id)
+        resources = self._with_server_limits(resources)
         _check_resources(resources)
         await self._check_runtime(runtime, image, resources)
         for key, value in labels.items():
@@ -257,12 +261,35 @@ class SandboxManager:
             image=image,
             resources=resources,
             labels=dict(labels),
+            owner_id=codebase.owner_id,
         )
         if expires_in:
             record.expires_at = record.created_at + expires_in
         await self._fs.request(op="add_view", **self._view_spec(record))
         self._sandboxes[record.id] = record
         return record
+
+    def _check_owner_quota(self, owner_id: str) -> None:
+        most = self._config.max_sandboxes_per_owner
+        if most and sum(r.owner_id == owner_id for r in self._sandboxes.values()) >= most:
+            raise ResourceLimitExceededError(
+                f"owner {owner_id[:64]!r} has {most} sandboxes, the most this server allows "
+                "(max_sandboxes_per_owner); destroy one first"
+            )
+
+    def _with_server_limits(self, resources: ResourceLimits) -> ResourceLimits:
+        """The server's default limits where the request sets none; its maxima enforced."""
+        values = {}
+        for name in ("memory_bytes", "cpu_quota", "pids_limit"):
+            most = getattr(self._config, f"max_{name}")
+            value = getattr(resources, name) or getattr(self._config, f"default_{name}")
+            value = value or most or None  # with a maximum, "no limit" is the maximum
+            if most and value and value > most:
+                raise InvalidConfigurationError(
+                    f"resources.{name} must be at most {most} on this server (max_{name})"
+                )
+            values[name] = value
+        return dataclasses.replace(resources, **values)
 
     async def _check_runtime(
         self, runtime: RuntimeType, image: str, resources: ResourceLimits
