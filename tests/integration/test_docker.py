@@ -155,6 +155,36 @@ async def test_limits_hold_in_a_container(
         assert (await sandbox.run("echo usable")).stdout == "usable\n"
 
 
+def _cpu_seconds(api: docker.APIClient, container_id: str) -> float:
+    """CPU time the container's processes used so far, from its cgroup on the host."""
+    pid = api.inspect_container(container_id)["State"]["Pid"]
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _number, controllers, path = line.split(":", 2)
+        if "cpuacct" in controllers.split(","):
+            usage = Path("/sys/fs/cgroup/cpuacct") / path.lstrip("/") / "cpuacct.usage"
+            return int(usage.read_text()) / 1e9
+        if not controllers:
+            stat = Path("/sys/fs/cgroup") / path.lstrip("/") / "cpu.stat"
+            if stat.exists():
+                usec = dict(line.split() for line in stat.read_text().splitlines())
+                return int(usec["usage_usec"]) / 1e6
+    raise AssertionError("no cpu accounting for the container")
+
+
+async def test_cpu_quota_holds_a_hog_in_a_container(
+    engine: docker.APIClient, endpoint: str, project: Path
+) -> None:
+    limits = ResourceLimits(cpu_quota=25_000)  # a quarter of a CPU
+    async with await _docker_sandbox(endpoint, project, resources=limits) as sandbox:
+        container = _containers(engine, sandbox.id)[0]
+        before = _cpu_seconds(engine, container)
+        hog = await sandbox.run("timeout 2 sh -c 'while :; do :; done'; true")
+        used = _cpu_seconds(engine, container) - before
+    wall = hog.duration.total_seconds()
+    assert wall >= 1.9
+    assert used < 0.25 * wall * 1.4
+
+
 async def test_images_are_never_pulled_and_need_naming(
     engine: docker.APIClient, endpoint: str, project: Path
 ) -> None:
