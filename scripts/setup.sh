@@ -1,10 +1,20 @@
 #!/usr/bin/env bash
 # Installs everything AgentFense needs on a Debian machine (run as root): the system packages
-# (bubblewrap, FUSE, Python) and a virtualenv at .venv with the package and its dev tools.
+# (bubblewrap, FUSE, Python; Docker and mmdebstrap for the Docker runtime and its locally built
+# images) and a virtualenv at .venv with the package and its dev tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(bubblewrap fuse3 libfuse3-dev pkg-config gcc python3 python3-venv python3-dev git ca-certificates)
+packages=(
+  bubblewrap fuse3 libfuse3-dev pkg-config gcc python3 python3-venv python3-dev git ca-certificates
+  # the Docker runtime: scripts/dockerd.sh starts a private dockerd; scripts/docker-images.sh
+  # builds its images from Debian packages (mmdebstrap; busybox-static is fetched, not installed)
+  docker.io mmdebstrap curl
+)
+# The tools that the user's async guide runs inside sandboxes, which see the host's /usr
+# (tests/integration/test_async_guide.py).
+packages+=(make python3-pip python3-setuptools python3-wheel python3-pytest python3-pytest-cov)
+packages+=(pylint flake8 mypy)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
