@@ -7,7 +7,10 @@ target shows as MISSED in the table, never as a failure. The permission filesyst
 benchmarks (``_fs.py``) time commands inside the sandbox, and measure a dedicated server's
 memory with many sandboxes running. The concurrency benchmarks (``_concurrency.py``) run
 sandboxes at once against one after another, and the client's memory and threads with many
-sandboxes at once, each in a fresh process (``_fanout.py``).
+sandboxes at once, each in a fresh process (``_fanout.py``); their suites are in
+``_concurrency_suites.py``. The Docker benchmarks (``_docker.py``) time a docker sandbox's
+create+start, exec round trip and destroy against the raw Docker Engine API, and bwrap against
+Docker on the same commands; without a Docker engine their rows show n/a.
 """
 
 from __future__ import annotations
@@ -20,10 +23,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import anyio
 
@@ -31,10 +31,24 @@ from agentfense.testing import start_server_process
 
 from . import _fs
 from ._baselines import open_echo, raw_bwrap, raw_lifecycle
-from ._concurrency import Fanout, fanout, sleepers_at_once, sleepers_in_turn
+from ._common import (
+    INFORMATIVE,
+    Samples,
+    Sizes,
+    attempt,
+    cpu_reference,
+    error_rows,
+    kib,
+    mib,
+    p50,
+    progress,
+    row,
+)
+from ._concurrency_suites import fanout_suite, sleep_suite
+from ._docker import docker_suite, engine_host, skipped_rows
 from ._ours import get_sandbox, lifecycle, open_sandbox, run_true
 from ._sessions import session_vs_run
-from ._stats import MB, MIB, SECONDS, THREADS, Row, Summary, Target, render
+from ._stats import MIB, Row, Summary, Target, render
 from ._timing import interleaved
 
 EXEC_TARGET = Target(max_ratio=1.5)
@@ -42,60 +56,8 @@ LIFECYCLE_TARGET = Target(max_p50=0.200)
 GREP_TARGET = Target(max_ratio=2.0)
 READ_TARGET = Target(max_ratio=2.0)  # at least half the host's throughput
 MEMORY_TARGET = Target(max_p50=5 * 2**20)  # bytes of server + fs memory per running sandbox
-CLIENT_MEMORY_TARGET = Target(max_p50=100e6)  # bytes of client memory, sandboxes at once
-THREADS_TARGET = Target(max_ratio=1.0)  # as many threads for many sandboxes as for a few
-SLEEP_SLACK = 0.5  # seconds over one sleep that sandboxes sleeping at once may take in all
-INFORMATIVE = Target()
 IDLE = 0.2  # seconds of idleness before each "after idle" iteration
 FS_BACKEND = "asyncio"  # the fs benchmarks time commands inside the sandbox: one backend
-
-Samples = tuple[list[float], list[float]]
-R = TypeVar("R")
-
-
-@dataclass(frozen=True, slots=True)
-class Sizes:
-    """Iterations per measurement (ours, baseline) and warm-ups."""
-
-    exec: int = 200
-    raw_bwrap: int = 100
-    idle: int = 20
-    unary: int = 1000
-    lifecycle: int = 20
-    warmup: int = 10
-    lifecycle_warmup: int = 2
-    grep: int = 20
-    read: int = 20
-    create: int = 10
-    sandboxes: int = 100  # running at once, for the memory per sandbox
-    fs_warmup: int = 1
-    session: int = 200
-    sleepers: int = 10  # sandboxes sleeping at once, and in turn
-    sleep: float = 10.0  # seconds each sleeps
-    fanout: int = 100  # sandboxes at once, for the client's memory and threads
-    fanout_small: int = 10  # the same with fewer: threads must not grow with the number
-
-    def quick(self) -> Sizes:
-        """Five times fewer iterations (and sandboxes), shorter sleeps: a smoke run."""
-        return Sizes(
-            exec=self.exec // 5,
-            raw_bwrap=self.raw_bwrap // 5,
-            idle=self.idle // 5,
-            unary=self.unary // 5,
-            lifecycle=self.lifecycle // 5,
-            warmup=self.warmup // 5,
-            lifecycle_warmup=1,
-            grep=self.grep // 5,
-            read=self.read // 5,
-            create=self.create // 5,
-            sandboxes=self.sandboxes // 5,
-            fs_warmup=1,
-            session=self.session // 5,
-            sleepers=self.sleepers,
-            sleep=1.0,
-            fanout=self.fanout // 5,
-            fanout_small=self.fanout_small // 2,
-        )
 
 
 def make_project(root: Path, files: int) -> Path:
@@ -126,45 +88,6 @@ def _remove_state(state_dir: Path) -> None:
     shutil.rmtree(state_dir, ignore_errors=True)
 
 
-def cpu_reference(samples: int = 30) -> list[float]:
-    """Timings of a fixed pure-Python loop: how much CPU this run actually got."""
-    timings = []
-    for _ in range(samples):
-        started = time.perf_counter()
-        sum(range(200_000))
-        timings.append(time.perf_counter() - started)
-    return timings
-
-
-def _progress(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-async def _attempt(label: str, measurement: Awaitable[R], reference: list[float]) -> R | Exception:
-    """Run one measurement (errors are returned, not raised), then sample the CPU reference."""
-    _progress(label)
-    try:
-        return await measurement
-    except Exception as exc:
-        _progress("".join(traceback.format_exception(exc)).rstrip())
-        return exc
-    finally:
-        reference += cpu_reference(10)
-
-
-def _row(
-    name: str, backend: str, result: Samples | Exception, base_name: str, target: Target
-) -> Row:
-    if isinstance(result, Exception):
-        return Row(
-            name, backend, None, None, base_name, target, f"{type(result).__name__}: {result}"
-        )
-    ours, base = result
-    return Row(
-        name, backend, Summary.of(ours), Summary.of(base) if base else None, base_name, target
-    )
-
-
 async def suite(
     backend: str, endpoint: str, work: Path, sizes: Sizes, reference: list[float]
 ) -> list[Row]:
@@ -182,7 +105,7 @@ async def suite(
     unary_result: Samples | Exception
     try:
         async with await open_sandbox(endpoint, small) as sandbox:
-            exec_result = await _attempt(
+            exec_result = await attempt(
                 f"{backend}: run('true') vs raw bwrap",
                 interleaved(
                     run_true(sandbox),
@@ -193,7 +116,7 @@ async def suite(
                 ),
                 reference,
             )
-            idle_result = await _attempt(
+            idle_result = await attempt(
                 f"{backend}: run('true') vs raw bwrap, after {IDLE:g} s idle",
                 interleaved(
                     run_true(sandbox),
@@ -207,7 +130,7 @@ async def suite(
                 reference,
             )
             async with open_echo(work / f"echo-{backend}.sock") as echo:
-                unary_result = await _attempt(
+                unary_result = await attempt(
                     f"{backend}: get_sandbox RPC vs loopback echo",
                     interleaved(
                         get_sandbox(sandbox),
@@ -219,9 +142,9 @@ async def suite(
                     reference,
                 )
     except Exception as exc:
-        _progress("".join(traceback.format_exception(exc)).rstrip())
+        progress("".join(traceback.format_exception(exc)).rstrip())
         exec_result = idle_result = unary_result = exc
-    lifecycle_result = await _attempt(
+    lifecycle_result = await attempt(
         f"{backend}: lifecycle of a 100-file project vs raw copy+bwrap+rm",
         interleaved(
             lifecycle(endpoint, hundred),
@@ -235,16 +158,16 @@ async def suite(
         reference,
     )
     return [
-        _row('run("true")', backend, exec_result, "raw bwrap true", EXEC_TARGET),
-        _row(
+        row('run("true")', backend, exec_result, "raw bwrap true", EXEC_TARGET),
+        row(
             f'run("true") after {IDLE:g}s idle',
             backend,
             idle_result,
             "raw bwrap true, idle",
             INFORMATIVE,
         ),
-        _row("get_sandbox RPC", backend, unary_result, f"{backend} uds echo", INFORMATIVE),
-        _row(
+        row("get_sandbox RPC", backend, unary_result, f"{backend} uds echo", INFORMATIVE),
+        row(
             "from_local(100 files)+run+destroy",
             backend,
             lifecycle_result,
@@ -252,14 +175,6 @@ async def suite(
             LIFECYCLE_TARGET,
         ),
     ]
-
-
-def _p50(samples: list[float]) -> float:
-    return Summary.of(samples).p50
-
-
-def _error_rows(names: list[str], backend: str, error: Exception) -> list[Row]:
-    return [Row(name, backend, None, error=f"{type(error).__name__}: {error}") for name in names]
 
 
 def _create_rows(result: _fs.CreateSamples | Exception) -> list[Row]:
@@ -270,9 +185,9 @@ def _create_rows(result: _fs.CreateSamples | Exception) -> list[Row]:
         f'run("true") right after creating {n} files',
     ]
     if isinstance(result, Exception):
-        return _error_rows(names, FS_BACKEND, result)
-    commit = _p50(result.overhead) - _p50(result.true_idle)
-    inside, host = _p50(result.inside) / n, _p50(result.host) / n
+        return error_rows(names, FS_BACKEND, result)
+    commit = p50(result.overhead) - p50(result.true_idle)
+    inside, host = p50(result.inside) / n, p50(result.host) / n
     return [
         Row(
             names[0],
@@ -309,7 +224,7 @@ def _create_rows(result: _fs.CreateSamples | Exception) -> list[Row]:
 def _read_note(result: Samples | Exception) -> str:
     if isinstance(result, Exception):
         return ""
-    ours, base = (_fs.BIG_SIZE / 2**20 / _p50(samples) for samples in result)
+    ours, base = (_fs.BIG_SIZE / 2**20 / p50(samples) for samples in result)
     return (
         f"throughput at p50: sandbox {ours:.0f} MiB/s, host {base:.0f} MiB/s "
         f"({ours / base:.2f} of native; target >= 0.5)"
@@ -321,17 +236,17 @@ async def fs_suite(
 ) -> list[Row]:
     """``grep -r`` and a sequential read, on the suite's server (one backend)."""
     files = _fs.GREP_DIRS * _fs.GREP_FILES_PER_DIR
-    grep_result = await _attempt(
+    grep_result = await attempt(
         f"grep -r over {files} files: read-only sandbox vs host",
         _fs.grep(endpoint, state_dir, work / "grep-tree", sizes.grep, sizes.fs_warmup),
         reference,
     )
-    read_result = await _attempt(
+    read_result = await attempt(
         "sequential read of 256 MiB: read-only sandbox vs host",
         _fs.sequential_read(endpoint, state_dir, work / "big", sizes.read, sizes.fs_warmup),
         reference,
     )
-    read_row = _row(
+    read_row = row(
         "dd bs=1M of a 256 MiB file (in-sandbox time)",
         FS_BACKEND,
         read_result,
@@ -339,7 +254,7 @@ async def fs_suite(
         READ_TARGET,
     )
     return [
-        _row(
+        row(
             f"grep -r over {files} files (in-sandbox time)",
             FS_BACKEND,
             grep_result,
@@ -354,20 +269,12 @@ async def create_suite(
     endpoint: str, state_dir: Path, work: Path, sizes: Sizes, reference: list[float]
 ) -> list[Row]:
     """Creating files in a sandbox, and the commit: first of all (see ``_fs.create_files``)."""
-    result = await _attempt(
+    result = await attempt(
         f"creating {_fs.CREATE_FILES} files: write sandbox vs host, and the commit",
         _fs.create_files(endpoint, state_dir, work / "project-small", sizes.create),
         reference,
     )
     return _create_rows(result)
-
-
-def _mib(value: float) -> str:
-    return f"{value / 2**20:.1f} MiB"
-
-
-def _kib(value: float) -> str:
-    return f"{value / 2**10:.0f} KiB"
 
 
 def _memory_rows(result: _fs.MemoryResult | Exception, count: int) -> list[Row]:
@@ -376,7 +283,7 @@ def _memory_rows(result: _fs.MemoryResult | Exception, count: int) -> list[Row]:
         f"sandbox processes' RSS per sandbox ({count})",
     ]
     if isinstance(result, Exception):
-        return _error_rows(names, "-", result)
+        return error_rows(names, "-", result)
     before, after, destroyed = result.before, result.after, result.destroyed
     server = (after.server - before.server) / count
     fs = (after.fs - before.fs) / count
@@ -389,9 +296,9 @@ def _memory_rows(result: _fs.MemoryResult | Exception, count: int) -> list[Row]:
             Summary.single(server + fs),
             target=MEMORY_TARGET,
             unit=MIB,
-            note=f"server {_kib(server)} + fs process {_kib(fs)} per sandbox; server+fs "
-            f"{_mib(before.server + before.fs)} before, {_mib(after.server + after.fs)} with "
-            f"{count} running, {_mib(destroyed.server + destroyed.fs)} after destroying them",
+            note=f"server {kib(server)} + fs process {kib(fs)} per sandbox; server+fs "
+            f"{mib(before.server + before.fs)} before, {mib(after.server + after.fs)} with "
+            f"{count} running, {mib(destroyed.server + destroyed.fs)} after destroying them",
         ),
         Row(
             names[1],
@@ -400,7 +307,7 @@ def _memory_rows(result: _fs.MemoryResult | Exception, count: int) -> list[Row]:
             target=INFORMATIVE,
             unit=MIB,
             note=f"{processes:g} processes per sandbox (bwrap and the agent), outside the "
-            f"server's memory; proportional (PSS) {_mib(pss)} per sandbox",
+            f"server's memory; proportional (PSS) {mib(pss)} per sandbox",
         ),
     ]
 
@@ -411,10 +318,10 @@ async def memory_suite(work: Path, count: int, reference: list[float]) -> list[R
     try:
         server = start_server_process(work / "server-memory")
     except RuntimeError as exc:
-        _progress(str(exc))
+        progress(str(exc))
         return _memory_rows(exc, count)
     try:
-        result = await _attempt(
+        result = await attempt(
             f"server memory with {count} running sandboxes",
             _fs.memory(server, work / "project-small", count),
             reference,
@@ -432,147 +339,18 @@ async def session_suite(
 ) -> list[Row]:
     """``session.exec("true")`` vs ``run("true")`` in one sandbox, on the current backend."""
     name = 'session.exec("true")'
-    result = await _attempt(
+    result = await attempt(
         f"{backend}: session.exec('true') vs run('true')",
         session_vs_run(endpoint, work / "project-small", sizes.session, sizes.warmup),
         reference,
     )
     if result is None:
-        _progress(f"{backend}: the server answers sessions with UNIMPLEMENTED")
+        progress(f"{backend}: the server answers sessions with UNIMPLEMENTED")
         return [Row(name, backend, None, unavailable="server lacks sessions")]
-    return [_row(name, backend, result, 'run("true")', INFORMATIVE)]
+    return [row(name, backend, result, 'run("true")', INFORMATIVE)]
 
 
-def _seconds_row(name: str, backend: str, ours: float, base: float, base_name: str) -> Row:
-    return Row(name, backend, Summary.single(ours), Summary.single(base), base_name)
-
-
-def _sleep_rows(
-    count: int, seconds: float, at_once: dict[str, float | Exception], in_turn: float | Exception
-) -> list[Row]:
-    name = f"{count} x from_local+run('sleep {seconds:g}') at once: wall"
-    rows = []
-    for backend, ours in at_once.items():
-        if isinstance(ours, Exception):
-            rows += _error_rows([name], backend, ours)
-        elif isinstance(in_turn, Exception):
-            rows += _error_rows([name], backend, in_turn)
-        else:
-            rows.append(
-                Row(
-                    name,
-                    backend,
-                    Summary.single(ours),
-                    Summary.single(in_turn),
-                    "one after another",
-                    Target(max_p50=seconds + SLEEP_SLACK),
-                    unit=SECONDS,
-                    note=f"{ours - seconds:.2f} s over one sleep; one after another (measured "
-                    f"once, on asyncio, between the two backends' runs) "
-                    f"{in_turn - count * seconds:.2f} s over {count} sleeps",
-                )
-            )
-    return rows
-
-
-async def _sleepers(
-    measure: Callable[[str, Path, int, float], Awaitable[float]],
-    label: str,
-    endpoint: str,
-    work: Path,
-    sizes: Sizes,
-    reference: list[float],
-) -> float | Exception:
-    project = work / "project-small"
-    return await _attempt(label, measure(endpoint, project, sizes.sleepers, sizes.sleep), reference)
-
-
-def sleep_suite(endpoint: str, work: Path, sizes: Sizes, reference: list[float]) -> list[Row]:
-    """Sandboxes sleeping at once on each backend, and one after another (once) in between."""
-    what = f"{sizes.sleepers} sandboxes running 'sleep {sizes.sleep:g}'"
-    args = (endpoint, work, sizes, reference)
-    at_once: dict[str, float | Exception] = {}
-    at_once["asyncio"] = anyio.run(_sleepers, sleepers_at_once, f"asyncio: {what} at once", *args)
-    in_turn = anyio.run(_sleepers, sleepers_in_turn, f"asyncio: {what} one after another", *args)
-    at_once["trio"] = anyio.run(
-        _sleepers, sleepers_at_once, f"trio: {what} at once", *args, backend="trio"
-    )
-    return _sleep_rows(sizes.sleepers, sizes.sleep, at_once, in_turn)
-
-
-async def _fanouts(
-    backend: str, endpoint: str, project: Path, sizes: Sizes
-) -> tuple[Fanout, Fanout]:
-    """The small and the large fan-out (the large one's heap peak from a traced run)."""
-    small = await fanout(backend, endpoint, project, sizes.fanout_small)
-    large = await fanout(backend, endpoint, project, sizes.fanout)
-    traced = await fanout(backend, endpoint, project, sizes.fanout, tracemalloc=True)
-    return small, dataclasses.replace(large, heap_peak=traced.heap_peak)
-
-
-def _fanout_rows(
-    backend: str, sizes: Sizes, result: tuple[Fanout, Fanout] | Exception
-) -> list[Row]:
-    many, few = sizes.fanout, sizes.fanout_small
-    names = [
-        f"{many} x from_local+run('echo done') at once: wall",
-        f"client peak RSS increase, {many} sandboxes at once",
-        f"client peak threads, {many} sandboxes at once",
-    ]
-    if isinstance(result, Exception):
-        return _error_rows(names, backend, result)
-    small, large = result
-    heap = "-" if large.heap_peak is None else _mib(large.heap_peak)
-    return [
-        dataclasses.replace(
-            _seconds_row(names[0], backend, large.wall, small.wall, f"{few} at once"),
-            unit=SECONDS,
-        ),
-        Row(
-            names[1],
-            backend,
-            Summary.single(large.rss_increase),
-            Summary.single(small.rss_increase),
-            f"{few} at once",
-            CLIENT_MEMORY_TARGET,
-            unit=MB,
-            note=f"fresh client process: RSS {_mib(large.start_rss)} at start, peak (VmHWM"
-            f"{'' if large.peak_reset else ', not reset'}) {_mib(large.peak_rss)} with {many} "
-            f"({_mib(small.peak_rss)} with {few}); ru_maxrss {_mib(large.ru_maxrss)} (includes "
-            f"the parent's peak); Python heap peak (tracemalloc, a separate run) {heap}",
-        ),
-        Row(
-            names[2],
-            backend,
-            Summary.single(large.threads_peak),
-            Summary.single(small.threads_peak),
-            f"{few} at once",
-            THREADS_TARGET,
-            unit=THREADS,
-            note=f"OS threads (/proc Threads) {large.threads_start} at start, peak "
-            f"{large.threads_peak} with {many}, {small.threads_peak} with {few}; "
-            f"threading.active_count() peak {large.py_threads_peak} / {small.py_threads_peak}",
-        ),
-    ]
-
-
-async def fanout_suite(
-    endpoint: str, work: Path, sizes: Sizes, reference: list[float]
-) -> list[Row]:
-    """Many sandboxes at once, each backend's client in a fresh process of its own."""
-    rows = []
-    for backend in ("asyncio", "trio"):
-        result = await _attempt(
-            f"{backend}: {sizes.fanout_small}, then {sizes.fanout} sandboxes running "
-            "'echo done' at once (fresh client processes)",
-            _fanouts(backend, endpoint, work / "project-small", sizes),
-            reference,
-        )
-        rows += _fanout_rows(backend, sizes, result)
-    return rows
-
-
-GROUPS = ("create", "exec", "fs", "session", "sleep", "fanout", "memory")
+GROUPS = ("create", "exec", "fs", "session", "sleep", "fanout", "docker", "memory")
 
 
 def shared_server_suites(
@@ -583,8 +361,10 @@ def shared_server_suites(
     rows: list[Row] = []
     create_rows: list[Row] = []
     (work / "server").mkdir()
-    _progress("starting the server")
-    server = start_server_process(work / "server")
+    progress("starting the server")
+    # The docker group's raw side and the server's containers: one engine.
+    settings = {"docker_host": engine_host()} if "docker" in groups else None
+    server = start_server_process(work / "server", settings=settings)
     endpoint = server.endpoint
     fs_args = (endpoint, server.state_dir, work, sizes, reference)
     try:
@@ -603,6 +383,8 @@ def shared_server_suites(
             rows += sleep_suite(endpoint, work, sizes, reference)
         if "fanout" in groups:
             rows += anyio.run(fanout_suite, endpoint, work, sizes, reference)
+        if "docker" in groups:
+            rows += docker_suite(endpoint, work, sizes, reference)
     finally:
         code = server.stop()
         _remove_state(server.state_dir)
@@ -624,6 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = Sizes().quick() if args.quick else Sizes()
     groups = set(args.only or GROUPS)
+    docker_skipped = skipped_rows() if "docker" in groups else []
+    if docker_skipped:  # no Docker engine here: its rows say so, with no server for them
+        groups.discard("docker")
     started = time.perf_counter()
     rows: list[Row] = []
     server_failed = False
@@ -637,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
             _fs.make_grep_tree(work / "grep-tree")
         if groups - {"memory"}:
             rows, server_failed = shared_server_suites(groups, work, sizes, reference)
+        rows += docker_skipped
         if "memory" in groups:
             rows += anyio.run(memory_suite, work, sizes.sandboxes, reference, backend=FS_BACKEND)
     # The asyncio and trio rows of one benchmark next to each other.
