@@ -122,10 +122,12 @@ async def serve(
     config: ServerConfig, *, task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED
 ) -> None:
     """Serve until cancelled or until SIGINT/SIGTERM, then shut down gracefully."""
-    async with open_server(config) as address:
-        log.info("agentfense listening on %s (state in %s)", address, config.state_dir)
-        task_status.started(address)
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    # Received from the start: a signal while the server comes up stops it once it is up,
+    # gracefully, rather than killing it half-way (with its state left behind).
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with open_server(config) as address:
+            log.info("agentfense listening on %s (state in %s)", address, config.state_dir)
+            task_status.started(address)
             async for signum in signals:
                 log.info("received %s, shutting down", signal.Signals(signum).name)
                 return

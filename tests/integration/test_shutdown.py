@@ -158,6 +158,13 @@ async def test_stop_helper_sends_sigterm_and_reports_exit_code_0(tmp_path: Path)
         _assert_nothing_left(server, running)
 
 
+def test_sigterm_right_after_start_still_shuts_down_gracefully(tmp_path: Path) -> None:
+    for attempt in range(3):
+        server = start_server_process(tmp_path / f"quick-{attempt}")
+        assert server.stop() == 0, server.log()
+        assert not server.state_dir.exists()
+
+
 async def test_sigkill_leaves_no_sandbox_process_behind(tmp_path: Path) -> None:
     async with _busy_server(tmp_path) as (server, _client, running):
         server.process.kill()
