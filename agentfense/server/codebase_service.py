@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 
@@ -29,7 +30,8 @@ from .._proto.sandbox.v1 import (
     UploadChunk,
     UploadResult,
 )
-from ..errors import InvalidConfigurationError, SandboxError
+from ..errors import CodebaseNotFoundError, InvalidConfigurationError, SandboxError
+from ._guarded import guarded
 from .codebases import CodebaseRecord, CodebaseStore, FileRecord
 
 __all__ = ["CodebaseService"]
@@ -94,6 +96,9 @@ async def _file_data(
 class CodebaseService(CodebaseServiceBase):  # type: ignore[misc]
     """Codebase RPCs; ``in_use(codebase_id)`` tells whether sandboxes still use a codebase."""
 
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        return guarded(super().__mapping__())
+
     def __init__(
         self,
         store: CodebaseStore,
@@ -132,7 +137,10 @@ class CodebaseService(CodebaseServiceBase):  # type: ignore[misc]
             records, next_token = await self._store.list(
                 request.owner_id, request.page_size, request.page_token
             )
-            codebases = [await self._codebase(record) for record in records]
+            codebases = []
+            for record in records:
+                with contextlib.suppress(CodebaseNotFoundError):  # deleted meanwhile
+                    codebases.append(await self._codebase(record))
         return ListCodebasesResponse(codebases=codebases, next_page_token=next_token)
 
     async def delete_codebase(self, request: DeleteCodebaseRequest) -> Empty:

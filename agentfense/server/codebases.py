@@ -504,9 +504,12 @@ class CodebaseStore:
         """Remove the codebase and its tree from disk."""
         record = self._record(codebase_id)
         trash = self._root / f".trash-{record.id}-{secrets.token_hex(4)}"
-        await _run(os.rename, self._dir(record.id), trash)
-        self._records.pop(record.id, None)
-        await _run(functools.partial(shutil.rmtree, trash, ignore_errors=True))
+        # Whole or not at all, whatever happens to the caller: a record without its
+        # directory would break every listing.
+        with anyio.CancelScope(shield=True):
+            await _run(os.rename, self._dir(record.id), trash)
+            self._records.pop(record.id, None)
+            await _run(functools.partial(shutil.rmtree, trash, ignore_errors=True))
 
     async def touch(self, codebase_id: str) -> CodebaseRecord:
         """Bump ``updated_at`` (after any change of the tree) and persist it.

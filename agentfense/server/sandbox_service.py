@@ -27,6 +27,7 @@ from .._proto.sandbox import v1 as pb
 from ..errors import InvalidConfigurationError, SandboxError
 from ..types import OutputStream, RuntimeType
 from . import sandbox_files as files
+from ._guarded import guarded
 from .execution import Outcome
 from .sandboxes import ExecParams, SandboxManager, SandboxRecord
 from .sessions import Session
@@ -132,7 +133,7 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
             pb.SessionExecRequest,
             pb.ExecOutput,
         )
-        return mapping
+        return guarded(mapping)
 
     async def create_sandbox(self, request: pb.CreateSandboxRequest) -> pb.Sandbox:
         with grpc_errors():
