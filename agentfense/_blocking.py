@@ -47,7 +47,8 @@ class BlockingFile:
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self._handle is not None:
-            await run_sync(self._handle.close)
+            with anyio.CancelScope(shield=True):  # left by a cancellation as well
+                await run_sync(self._handle.close)
 
     async def size(self) -> int:
         assert self._handle is not None

@@ -7,9 +7,12 @@ from contextlib import suppress
 from types import TracebackType
 from typing import Generic, TypeVar
 
+import anyio
 import betterproto
+import h2.exceptions
 from grpclib.client import Channel, Stream
 from grpclib.const import Cardinality
+from grpclib.exceptions import StreamTerminatedError
 
 from agentfense._transport._endpoint import Endpoint
 from agentfense._transport._errors import mapped_errors, trailers_only_status
@@ -93,7 +96,12 @@ class GrpcCalls:
                     with trailers_only_status(stream):
                         await stream.send_request()
                         await _send_all(stream, produce)
-                        await stream.end()
+                        try:
+                            await stream.end()
+                        except h2.exceptions.StreamClosedError as exc:
+                            # The server answered (an error) before reading all; for a
+                            # StreamTerminatedError, grpclib's __aexit__ raises that status.
+                            raise StreamTerminatedError("closed by the server") from exc
                         response = await stream.recv_message()
         except _ProducerFailed as failed:
             raise failed.error from None
@@ -106,7 +114,28 @@ class GrpcCalls:
 
 
 async def _send_all(stream: Stream[betterproto.Message, T], produce: Producer) -> None:
-    """Send each message as the producer yields it (grpclib applies HTTP/2 flow control)."""
+    """Send each message as the producer yields it (grpclib applies HTTP/2 flow control).
+
+    The producer runs in a task of an anyio task group: a native asyncio cancellation of the
+    call (``task.cancel()``, the trio bridge's) reaches it as an anyio cancellation, which
+    its shielded work honours (a thread opening a file is waited for, the file then closed),
+    where a native one would cut through anyio's shields.
+    """
+    failed: list[Exception] = []
+
+    async def send() -> None:
+        try:
+            await _send_messages(stream, produce)
+        except Exception as exc:  # raised below as is, not in an exception group
+            failed.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(send)
+    if failed:
+        raise failed[0]
+
+
+async def _send_messages(stream: Stream[betterproto.Message, T], produce: Producer) -> None:
     messages = produce()
     try:
         while True:

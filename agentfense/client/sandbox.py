@@ -11,7 +11,6 @@ from types import TracebackType
 from typing import TypeVar
 
 import anyio
-import anyio.lowlevel
 
 from .._blocking import run_sync
 from .._transport import DEFAULT_ENDPOINT
@@ -384,12 +383,12 @@ async def _upload_project(
 
 async def _created(call: Awaitable[T]) -> T:
     """The result of an RPC that creates something, even if the caller is cancelled meanwhile
-    (the cancellation comes right after): what was created is then known, to be removed."""
+    (the cancellation comes at the caller's next await, once it holds what was created and
+    can remove it)."""
     with anyio.move_on_after(CREATE_TIMEOUT, shield=True) as scope:
         result = await call
     if scope.cancelled_caught:
         raise SandboxError(f"the server did not answer within {CREATE_TIMEOUT:g} s")
-    await anyio.lowlevel.checkpoint()
     return result
 
 
