@@ -6,9 +6,17 @@ a bridge maps cancellation both ways (a trio cancellation resets the HTTP/2 stre
 """
 
 from agentfense._transport._client import Transport as Transport
+from agentfense._transport._client import cancel_again as cancel_again
 from agentfense._transport._client import open_transport as open_transport
 from agentfense._transport._endpoint import DEFAULT_ENDPOINT as DEFAULT_ENDPOINT
 from agentfense._transport._endpoint import Endpoint as Endpoint
 from agentfense._transport._endpoint import parse_endpoint as parse_endpoint
 
-__all__ = ["DEFAULT_ENDPOINT", "Endpoint", "Transport", "open_transport", "parse_endpoint"]
+__all__ = [
+    "DEFAULT_ENDPOINT",
+    "Endpoint",
+    "Transport",
+    "cancel_again",
+    "open_transport",
+    "parse_endpoint",
+]

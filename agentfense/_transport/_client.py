@@ -7,11 +7,12 @@ from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Protocol
 
+import anyio
 import betterproto
 import sniffio
 
 from agentfense._transport._asyncio_side import GrpcCalls, T
-from agentfense._transport._endpoint import DEFAULT_ENDPOINT, parse_endpoint
+from agentfense._transport._endpoint import DEFAULT_ENDPOINT, Endpoint, parse_endpoint
 from agentfense.errors import ConnectionError, InvalidConfigurationError
 
 
@@ -53,10 +54,14 @@ class Transport:
     Failures raise :class:`agentfense.errors.SandboxError` subclasses only.
     """
 
-    def __init__(self, calls: _Calls, endpoint: str, backend: str) -> None:
+    def __init__(
+        self, calls: _Calls, endpoint: Endpoint, backend: str, *, secure: bool = False
+    ) -> None:
         self._calls = calls
         self._closed = False
-        self.endpoint = endpoint
+        self._parsed = endpoint
+        self._secure = secure
+        self.endpoint = endpoint.text
         self.backend = backend
 
     async def unary(
@@ -66,10 +71,26 @@ class Transport:
         response_type: type[T],
         *,
         timeout: float | None = None,
+        to_the_end: Callable[[], None] | None = None,
     ) -> T:
-        """One request, one response. ``timeout`` (seconds) is sent as the gRPC deadline."""
+        """One request, one response. ``timeout`` (seconds) is sent as the gRPC deadline.
+
+        ``to_the_end``: the call completes even if the caller is cancelled meanwhile, for
+        cleanup that must not be cut short; an asyncio cancellation swallowed meanwhile calls
+        ``to_the_end()``, whose owner requests it again (:func:`cancel_again`) once done.
+        """
         self._check_open()
-        return await self._calls.unary(path, request, response_type, timeout=timeout)
+        if to_the_end is None:
+            return await self._calls.unary(path, request, response_type, timeout=timeout)
+        if self.backend == "asyncio":
+            from agentfense._transport._detached import unary_to_the_end
+
+            return await unary_to_the_end(
+                self._parsed, self._secure, path, request, response_type, timeout, to_the_end
+            )
+        with anyio.CancelScope(shield=True):
+            response = await self._calls.unary(path, request, response_type, timeout=timeout)
+        return response
 
     def server_stream(
         self,
@@ -148,4 +169,12 @@ async def open_transport(endpoint: str = DEFAULT_ENDPOINT, *, secure: bool = Fal
         calls = GrpcCalls(parsed, secure=secure)
     else:
         raise RuntimeError(f"agentfense supports asyncio and trio, not {backend}")
-    return Transport(calls, parsed.text, backend)
+    return Transport(calls, parsed, backend, secure=secure)
+
+
+def cancel_again() -> None:
+    """Request again an asyncio cancellation that calls made ``to_the_end`` swallowed."""
+    if sniffio.current_async_library() == "asyncio":
+        from agentfense._transport._detached import cancel_again as asyncio_cancel_again
+
+        asyncio_cancel_again()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
+import os
+import stat
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from os import PathLike
@@ -16,7 +19,7 @@ import anyio
 from .. import _convert as convert
 from .._blocking import BlockingFile, run_sync
 from .._proto.sandbox import v1 as pb
-from .._transport import DEFAULT_ENDPOINT, Transport, open_transport
+from .._transport import DEFAULT_ENDPOINT, Transport, cancel_again, open_transport
 from ..errors import InvalidConfigurationError
 from ..presets import RuleLike, normalize_rules
 from ..types import (
@@ -59,11 +62,17 @@ def _pieces(data: bytes) -> Iterator[bytes]:
         yield data[start : start + UPLOAD_CHUNK]
 
 
-def _read_if_small(path: Path) -> bytes | None:
-    """The whole file if it is at most one upload chunk, else None (to be streamed)."""
+def _read_if_small(path: Path) -> tuple[bytes | None, bool]:
+    """The whole file if it is at most one upload chunk, else None (to be streamed); and
+    whether it is executable."""
     with path.open("rb") as handle:
+        executable = _executable(os.fstat(handle.fileno()).st_mode)
         data = handle.read(UPLOAD_CHUNK + 1)
-    return data if len(data) <= UPLOAD_CHUNK else None
+    return (data if len(data) <= UPLOAD_CHUNK else None), executable
+
+
+def _executable(mode: int) -> bool:
+    return bool(mode & stat.S_IXUSR)
 
 
 def _runtime(value: RuntimeType | str) -> RuntimeType:
@@ -73,6 +82,37 @@ def _runtime(value: RuntimeType | str) -> RuntimeType:
         raise InvalidConfigurationError(
             f"runtime must be 'bwrap' or 'docker', not {value!r}"
         ) from None
+
+
+class _Deferred:
+    """A cleanup block's state: whether a cancellation arrived during its calls."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def __call__(self) -> None:
+        self.cancelled = True
+
+
+_TO_THE_END: contextvars.ContextVar[_Deferred | None] = contextvars.ContextVar(
+    "agentfense_to_the_end", default=None
+)
+
+
+@contextlib.contextmanager
+def to_the_end() -> Iterator[None]:
+    """Unary calls in this block complete even if the caller is cancelled meanwhile (native
+    asyncio cancellation otherwise goes through anyio's shields); a cancellation that came
+    meanwhile is requested again when the block ends, so it still reaches the caller."""
+    outer = _TO_THE_END.get()
+    deferred = outer or _Deferred()
+    token = _TO_THE_END.set(deferred)
+    try:
+        yield
+    finally:
+        _TO_THE_END.reset(token)
+        if outer is None and deferred.cancelled:
+            cancel_again()
 
 
 class AsyncSandboxClient:
@@ -105,6 +145,9 @@ class AsyncSandboxClient:
         return self._transport
 
     async def _unary(self, method: str, request: Any, reply: type[Any], **kw: Any) -> Any:
+        deferred = _TO_THE_END.get()
+        if deferred is not None:
+            kw["to_the_end"] = deferred
         return await (await self._channel()).unary(method, request, reply, **kw)
 
     async def close(self) -> None:
@@ -165,12 +208,18 @@ class AsyncSandboxClient:
         self, codebase_id: str, file_path: str, content: bytes | str
     ) -> UploadResult:
         """Upload ``content`` as ``file_path`` of the codebase (streamed in chunks)."""
-        data = _as_bytes(content)
+        return await self._upload_bytes(codebase_id, file_path, _as_bytes(content), False)
 
+    async def _upload_bytes(
+        self, codebase_id: str, file_path: str, data: bytes, executable: bool
+    ) -> UploadResult:
         async def chunks() -> AsyncIterator[pb.UploadChunk]:
             yield pb.UploadChunk(
                 metadata=pb.UploadChunkMetadata(
-                    codebase_id=codebase_id, file_path=file_path, total_size=len(data)
+                    codebase_id=codebase_id,
+                    file_path=file_path,
+                    total_size=len(data),
+                    executable=executable,
                 )
             )
             for piece in _pieces(data):
@@ -181,18 +230,22 @@ class AsyncSandboxClient:
     async def upload_local_file(
         self, codebase_id: str, file_path: str, local_path: str | PathLike[str]
     ) -> UploadResult:
-        """Upload a local file; a large one is streamed without being read into memory."""
+        """Upload a local file (executable if it is); a large one is streamed without being
+        read into memory."""
         source = Path(local_path)
-        small = await run_sync(_read_if_small, source)
+        small, executable = await run_sync(_read_if_small, source)
         if small is not None:  # one trip to a thread instead of one per step
-            return await self.upload_file(codebase_id, file_path, small)
+            return await self._upload_bytes(codebase_id, file_path, small, executable)
 
         async def chunks() -> AsyncIterator[pb.UploadChunk]:
             async with BlockingFile(source) as handle:
-                size = await handle.size()
+                st = await handle.stat()
                 yield pb.UploadChunk(
                     metadata=pb.UploadChunkMetadata(
-                        codebase_id=codebase_id, file_path=file_path, total_size=size
+                        codebase_id=codebase_id,
+                        file_path=file_path,
+                        total_size=st.st_size,
+                        executable=_executable(st.st_mode),
                     )
                 )
                 while block := await handle.read(UPLOAD_CHUNK):
@@ -209,17 +262,23 @@ class AsyncSandboxClient:
         async def chunks() -> AsyncIterator[pb.ArchiveChunk]:
             yield pb.ArchiveChunk(codebase_id=codebase_id)
             for file_path, local_path in files:
-                small = await run_sync(_read_if_small, Path(local_path))
+                small, executable = await run_sync(_read_if_small, Path(local_path))
                 if small is not None:
                     yield pb.ArchiveChunk(
-                        file=pb.ArchiveChunkFile(file_path=file_path, size=len(small))
+                        file=pb.ArchiveChunkFile(
+                            file_path=file_path, size=len(small), executable=executable
+                        )
                     )
                     if small:
                         yield pb.ArchiveChunk(data=small)
                     continue
                 async with BlockingFile(Path(local_path)) as handle:
-                    size = await handle.size()
-                    yield pb.ArchiveChunk(file=pb.ArchiveChunkFile(file_path=file_path, size=size))
+                    st = await handle.stat()
+                    size = st.st_size
+                    header = pb.ArchiveChunkFile(
+                        file_path=file_path, size=size, executable=_executable(st.st_mode)
+                    )
+                    yield pb.ArchiveChunk(file=header)
                     sent = 0
                     while sent < size and (
                         block := await handle.read(min(UPLOAD_CHUNK, size - sent))

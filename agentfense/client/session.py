@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ..types import ExecResult, SessionInfo, SessionStatus
+from ._client import to_the_end
 from ._results import checked
 from ._stream import ExecStream
 
@@ -73,7 +74,7 @@ class AsyncSessionWrapper:
         if self._closed:
             return
         self._closed = True
-        with anyio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True), to_the_end():
             await self._client.destroy_session(self.id)
 
     destroy = close
