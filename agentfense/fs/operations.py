@@ -48,6 +48,9 @@ def _fuse_errors(
     return wrapper
 
 
+_BACKING_FLAGS = os.O_ACCMODE | os.O_TRUNC | os.O_SYNC | os.O_DSYNC | os.O_NOATIME
+
+
 def _fail(code: int) -> pyfuse3.FUSEError:
     return pyfuse3.FUSEError(code)
 
@@ -383,7 +386,7 @@ class PermissionFS(pyfuse3.Operations):
         ctx: pyfuse3.RequestContext,
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         view, rel = self._new_entry(parent_inode, name, ctx)
-        flags = (flags & ~(os.O_APPEND | os.O_NOCTTY)) | os.O_CREAT | os.O_EXCL
+        flags = (flags & _BACKING_FLAGS) | os.O_CREAT | os.O_EXCL
         fd = view.upper.open(rel, flags, _settable(mode) & ~ctx.umask)
         view.created(rel)
         attrs = self._found(view, rel, Entry(UPPER, os.fstat(fd)))
@@ -507,7 +510,9 @@ class PermissionFS(pyfuse3.Operations):
         owner = entry.st.st_mode
         if (writing and not owner & stat.S_IWUSR) or (reading and not owner & stat.S_IRUSR):
             raise _fail(errno.EACCES)
-        backing = flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_APPEND)
+        # Only what the backing file needs: the kernel also passes its own bits (exec's
+        # __FMODE_EXEC), which openat2 refuses with EINVAL.
+        backing = flags & _BACKING_FLAGS
         if writing:
             view.copy_up(rel)
             fd = view.upper.open(rel, backing)
