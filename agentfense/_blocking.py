@@ -6,6 +6,7 @@ reading project files needs no more than a handful.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, TypeVar, TypeVarTuple
@@ -50,9 +51,9 @@ class BlockingFile:
             with anyio.CancelScope(shield=True):  # left by a cancellation as well
                 await run_sync(self._handle.close)
 
-    async def size(self) -> int:
+    async def stat(self) -> os.stat_result:
         assert self._handle is not None
-        return (await run_sync(self._path.stat)).st_size
+        return await run_sync(os.fstat, self._handle.fileno())
 
     async def read(self, size: int) -> bytes:
         assert self._handle is not None

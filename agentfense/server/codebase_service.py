@@ -171,7 +171,12 @@ class CodebaseService(CodebaseServiceBase):  # type: ignore[misc]
 
         with _grpc_errors():
             size, checksum = await self._store.upload(
-                meta.codebase_id, meta.file_path, meta.total_size, data(), self._max_upload_bytes
+                meta.codebase_id,
+                meta.file_path,
+                meta.total_size,
+                data(),
+                self._max_upload_bytes,
+                executable=meta.executable,
             )
         return UploadResult(
             codebase_id=meta.codebase_id,
@@ -205,6 +210,7 @@ class CodebaseService(CodebaseServiceBase):  # type: ignore[misc]
                         _file_data(request_iterator, header),
                         self._max_upload_bytes,
                         touch=False,
+                        executable=header.executable,
                     )
                     uploaded.append(
                         UploadResult(

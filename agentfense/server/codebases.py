@@ -181,9 +181,12 @@ def _check_upload_target(files_dir: Path, codebase_id: str, parts: builtins.list
         raise InvalidConfigurationError(f"file_path {path!r} is a directory")
 
 
-def _create_temp(path: Path) -> int:
+def _create_temp(path: Path, executable: bool) -> int:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    return os.open(path, flags, 0o644)
+    mode = 0o755 if executable else 0o644
+    fd = os.open(path, flags, mode)
+    os.fchmod(fd, mode)  # whatever the umask
+    return fd
 
 
 def _write_all(fd: int, data: bytes | bytearray, digest: Any) -> None:
@@ -540,12 +543,14 @@ class CodebaseStore:
         max_bytes: int,
         *,
         touch: bool = True,
+        executable: bool = False,
     ) -> tuple[int, str]:
         """Stream ``chunks`` into ``rel_path``; returns ``(size, sha256 hex)``.
 
         The file appears atomically when complete; a refused or broken upload leaves nothing.
         ``chunks`` is closed (``aclose``) when the upload ends. ``touch=False`` leaves the
-        ``updated_at`` bump to the caller (once for many files).
+        ``updated_at`` bump to the caller (once for many files). ``executable`` files get
+        mode 0755, others 0644.
         """
         record = self._record(codebase_id)
         path = _relpath(rel_path, "file_path")
@@ -563,7 +568,7 @@ class CodebaseStore:
         def open_temp() -> int:
             _check_upload_target(files_dir, record.id, parts)
             try:
-                return _create_temp(temp)
+                return _create_temp(temp, executable)
             except FileNotFoundError:
                 raise _not_found(record.id) from None
 

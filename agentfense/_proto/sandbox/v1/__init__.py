@@ -140,6 +140,10 @@ class UploadChunkMetadata(betterproto.Message):
     codebase_id: str = betterproto.string_field(1)
     file_path: str = betterproto.string_field(2)
     total_size: int = betterproto.int64_field(3)
+    executable: bool = betterproto.bool_field(4)
+    """
+    AgentFense extension: store the file executable (mode 0755 rather than 0644).
+    """
 
 
 @dataclass(eq=False, repr=False)
@@ -198,6 +202,7 @@ class ArchiveChunk(betterproto.Message):
 class ArchiveChunkFile(betterproto.Message):
     file_path: str = betterproto.string_field(1)
     size: int = betterproto.int64_field(2)
+    executable: bool = betterproto.bool_field(3)
 
 
 @dataclass(eq=False, repr=False)
