@@ -6,13 +6,11 @@ import re
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agentfense.server.config import ServerConfig
-from agentfense.testing import ServerProcess, start_server_process
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -23,19 +21,6 @@ SAMPLES = [
     for m in BLOCK.finditer(doc.read_text())
     for kind, code in [(m.group(1), m.group(2))]
 ]
-
-
-@pytest.fixture(scope="module")
-def default_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """The samples use the SDK's default endpoint, so this server listens there."""
-    try:
-        running = start_server_process(
-            tmp_path_factory.mktemp("docs-server"), listen="127.0.0.1:9000"
-        )
-    except RuntimeError as exc:
-        pytest.fail(f"a server for the doc samples must listen on localhost:9000: {exc}")
-    yield running
-    assert running.stop() == 0, running.log()
 
 
 def _project(root: Path) -> None:
@@ -55,7 +40,7 @@ def test_sample_runs(kind: str, code: str, tmp_path: Path, request: pytest.Fixtu
         data = tomllib.loads(code)
         ServerConfig().with_values(data.get("server", data))
         return
-    if "AsyncSandbox" in code or "agentfense serve" in code:
+    if "Sandbox" in code or "agentfense serve" in code:  # the async or the sync API
         request.getfixturevalue("default_server")
     _project(tmp_path)
     sample = tmp_path / "sample.py"
