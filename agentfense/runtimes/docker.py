@@ -30,7 +30,6 @@ from .base import WORKSPACE, CommandSpec, ForkRefused, Process, RuntimeError_, S
 
 _log = logging.getLogger(__name__)
 _KEEPALIVE = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600; done"]
-_STOP_GRACE = 2  # seconds docker gives the container's processes before SIGKILL
 CPU_PERIOD_US = 100_000
 
 
@@ -71,6 +70,11 @@ class DockerSandbox:
         except ForkRefused:
             if self._leaves is None:
                 raise
+        except RuntimeError_ as exc:
+            if "is not running" in str(exc):  # the container died (its keepalive was killed)
+                self._stopped = True
+                raise RuntimeError_("the sandbox's container is not running any more") from None
+            raise
             # Its pids limit is full of what earlier commands left behind: kill those.
             await self._leaves.kill_leaves(keep=self.running_leaves())
             process = await start_exec(self._runtime.call, self.container_id, command, self)
