@@ -6,6 +6,7 @@ something below it is granted.
 """
 
 from agentfense.policy._engine import Policy as Policy
+from agentfense.policy._engine import uniform_level as uniform_level
 from agentfense.policy._engine import validate_rules as validate_rules
 from agentfense.policy._glob import MAX_PATTERN_LENGTH as MAX_PATTERN_LENGTH
 from agentfense.policy._glob import CompiledPattern as CompiledPattern
@@ -18,5 +19,6 @@ __all__ = [
     "Policy",
     "Specificity",
     "compile_pattern",
+    "uniform_level",
     "validate_rules",
 ]

@@ -61,6 +61,22 @@ def validate_rules(rules: Sequence[PermissionRule]) -> None:
     _compile_rules(rules)
 
 
+def _matches_everything(rule: PermissionRule) -> bool:
+    body = rule.pattern.strip("/")
+    if rule.type is PatternType.GLOB:
+        return body in ("**", "**/*")  # "**/*" leaves the root, which is always reachable
+    return rule.type is PatternType.DIRECTORY and not body
+
+
+def uniform_level(rules: Sequence[PermissionRule]) -> Permission | None:
+    """The level every path gets, when the rules give all paths one level (every rule grants
+    it and one matches everything); None when levels differ from path to path."""
+    levels = {rule.permission for rule in rules}
+    if len(levels) == 1 and any(_matches_everything(rule) for rule in rules):
+        return levels.pop()
+    return None
+
+
 def _split(path: str) -> tuple[str, ...]:
     return tuple(path.split("/")) if path else ()
 

@@ -28,6 +28,10 @@ class SandboxSpec:
     workspace: Path  # the sandbox's view of its codebase (the permission filesystem)
     image: str = ""
     resources: ResourceLimits = field(default_factory=ResourceLimits)
+    # When the policy lets the sandbox read every path and nothing more, its workspace is
+    # this directory (the codebase's files) bound read-only: the kernel enforces that policy
+    # whole, at native speed, with no permission filesystem in the way.
+    read_only_source: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)

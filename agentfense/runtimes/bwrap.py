@@ -86,6 +86,9 @@ def _generated_etc(directory: Path) -> dict[str, Path]:
         "group": f"root:x:0:\nsandbox:x:{SANDBOX_UID}:\nnogroup:x:65534:\n",
         "hosts": "127.0.0.1 localhost sandbox\n::1 localhost ip6-localhost\n",
         "hostname": "sandbox\n",
+        # A workspace bound straight from the codebase (a policy that reads everything) is
+        # owned by a uid the sandbox does not know: git must not call that dubious.
+        "gitconfig": "[safe]\n\tdirectory = *\n",
     }
     directory.mkdir(parents=True, exist_ok=True)
     paths = {}
@@ -280,12 +283,13 @@ class BwrapRuntime:
                 ours.close()
                 theirs.close()
                 raise RuntimeError_(f"cannot set the resource limits: {exc}") from None
+        workspace = ["--bind", str(spec.workspace), WORKSPACE]
+        if spec.read_only_source is not None:
+            workspace = ["--ro-bind", str(spec.read_only_source), WORKSPACE]
         argv = [
             self._bwrap,
             *bwrap_isolation_args(self._etc_dir),
-            "--bind",
-            str(spec.workspace),
-            WORKSPACE,
+            *workspace,
             "--remount-ro",
             "/",
             "--chdir",

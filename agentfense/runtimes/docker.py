@@ -208,7 +208,11 @@ class DockerRuntime:
         host_config = (await self._client()).create_host_config(
             mounts=[
                 docker.types.Mount(
-                    WORKSPACE, str(spec.workspace), type="bind", propagation="rprivate"
+                    WORKSPACE,
+                    str(spec.read_only_source or spec.workspace),
+                    type="bind",
+                    read_only=spec.read_only_source is not None,
+                    propagation="rprivate",
                 )
             ],
             network_mode="none",

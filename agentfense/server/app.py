@@ -66,7 +66,13 @@ async def open_server(config: ServerConfig) -> AsyncIterator[str]:
     # Traversable (sandboxes, which run as their own uid, reach their view and the generated
     # /etc files below), but nothing in it can be listed by anyone else.
     config.state_dir.chmod(0o711)
-    (config.state_dir / "codebases").mkdir(exist_ok=True, mode=0o700)
+    codebases = config.state_dir / "codebases"
+    codebases.mkdir(exist_ok=True, mode=0o700)
+    # A sandbox whose policy reads everything gets its codebase's files bound read-only, by
+    # bwrap running as the sandbox uid: its group may pass through (not list), others not.
+    if os.geteuid() == 0:
+        os.chown(codebases, 0, config.sandbox_uid)
+        codebases.chmod(0o710)
     # The sandboxes' deltas hold files with the modes a sandbox chose: root's business alone.
     deltas = config.state_dir / "deltas"
     deltas.mkdir(exist_ok=True, mode=0o700)

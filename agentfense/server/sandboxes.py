@@ -31,7 +31,7 @@ from ..errors import (
     SandboxNotRunningError,
     StatusCode,
 )
-from ..policy import validate_rules
+from ..policy import uniform_level, validate_rules
 from ..runtimes.base import (
     BASE_ENV,
     WORKSPACE,
@@ -44,7 +44,7 @@ from ..runtimes.base import (
 )
 from ..runtimes.bwrap import BwrapRuntime
 from ..runtimes.docker import DockerRuntime
-from ..types import PermissionRule, ResourceLimits, RuntimeType, SandboxStatus
+from ..types import Permission, PermissionRule, ResourceLimits, RuntimeType, SandboxStatus
 from .codebases import CodebaseStore
 from .config import ServerConfig
 from .execution import OnOutput, Outcome, run_to_completion, with_limits
@@ -318,6 +318,11 @@ class SandboxManager:
                 workspace=self._fs.view_path(record.id),
                 image=record.image,
                 resources=record.resources,
+                read_only_source=(
+                    self._codebases.files_dir(record.codebase_id)
+                    if uniform_level(record.permissions) is Permission.READ
+                    else None
+                ),
             )
             try:
                 runtime = self._docker if record.runtime is RuntimeType.DOCKER else self._bwrap

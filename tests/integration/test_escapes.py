@@ -355,11 +355,11 @@ async def test_system_directories_are_read_only(endpoint: str, project: Path) ->
                 command,
                 result.stderr,
             )
-        # The workspace is the permission filesystem: 'read' refuses every change.
+        # The workspace of a read-everything policy is the codebase bound read-only.
         for command in ["touch /workspace/evil", "rm /workspace/README.md"]:
             result = await _sh(sandbox, command)
             assert result.exit_code != 0, command
-            assert "Permission denied" in result.stderr, (command, result.stderr)
+            assert "Read-only file system" in result.stderr, (command, result.stderr)
         # The places that are the sandbox's own stay writable.
         ok = await _sh(sandbox, "touch /tmp/ok ~/ok && echo fine")
         assert ok.stdout == "fine\n"

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentfense.errors import InvalidConfigurationError
-from agentfense.policy import Policy, compile_pattern, validate_rules
+from agentfense.policy import Policy, compile_pattern, uniform_level, validate_rules
 from agentfense.presets import get_preset
 from agentfense.types import PatternType, Permission, PermissionRule
 
@@ -358,3 +358,42 @@ def test_level_is_pure_and_cache_consistent(
     assert [cached.level(p) for p in queries] == first
     below = [cached.may_grant_below(p) for p in queries]
     assert [Policy(rules, cache_size=0).may_grant_below(p) for p in queries] == below
+
+
+@pytest.mark.parametrize(
+    ("rules", "level"),
+    [
+        ([rule("**", READ)], READ),
+        ([rule("/**", READ), rule("src/**", READ)], READ),
+        ([rule("**/*", WRITE)], WRITE),
+        ([rule("/", READ, DIRECTORY)], READ),
+        ([rule("**", READ), rule("**/.env*", NONE, priority=100)], None),
+        ([rule("src/**", READ)], None),  # the rest is none
+        ([rule("**", READ), rule("out/**", WRITE)], None),
+        ([], None),
+    ],
+)
+def test_uniform_level(rules: list[PermissionRule], level: Permission | None) -> None:
+    assert uniform_level(rules) is level
+    assert uniform_level(get_preset("read-only")) is READ
+    assert uniform_level(get_preset("agent-safe")) is None
+
+
+@settings(max_examples=200)
+@given(
+    rules=st.lists(
+        st.builds(
+            rule,
+            st.sampled_from(["**", "**/*", "/", "src/**", "*.py", "a/b", "**/.env*"]),
+            st.sampled_from([NONE, VIEW, READ, WRITE]),
+            st.sampled_from([GLOB, DIRECTORY]),
+            st.integers(0, 3),
+        ).filter(lambda r: not (r.type is DIRECTORY and "*" in r.pattern)),
+        max_size=4,
+    ),
+    path=st.sampled_from(["a", "a/b", "src/x.py", ".env", "deep/er/.env.local", "x.py"]),
+)
+def test_a_uniform_level_is_every_paths_level(rules: list[PermissionRule], path: str) -> None:
+    level = uniform_level(rules)
+    if level is not None:
+        assert Policy(rules).level(path) is level
