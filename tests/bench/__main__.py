@@ -234,35 +234,42 @@ def _read_note(result: Samples | Exception) -> str:
 async def fs_suite(
     endpoint: str, state_dir: Path, work: Path, sizes: Sizes, reference: list[float]
 ) -> list[Row]:
-    """``grep -r`` and a sequential read, on the suite's server (one backend)."""
+    """``grep -r`` and a sequential read, on the suite's server (one backend): under
+    ``read-only`` (the codebase bound read-only, the kernel's fast path) and under
+    ``agent-safe`` (which hides secrets: through the permission filesystem)."""
     files = _fs.GREP_DIRS * _fs.GREP_FILES_PER_DIR
-    grep_result = await attempt(
-        f"grep -r over {files} files: read-only sandbox vs host",
-        _fs.grep(endpoint, state_dir, work / "grep-tree", sizes.grep, sizes.fs_warmup),
-        reference,
-    )
-    read_result = await attempt(
-        "sequential read of 256 MiB: read-only sandbox vs host",
-        _fs.sequential_read(endpoint, state_dir, work / "big", sizes.read, sizes.fs_warmup),
-        reference,
-    )
-    read_row = row(
-        "dd bs=1M of a 256 MiB file (in-sandbox time)",
-        FS_BACKEND,
-        read_result,
-        "host dd",
-        READ_TARGET,
-    )
-    return [
-        row(
-            f"grep -r over {files} files (in-sandbox time)",
+    rows: list[Row] = []
+    for preset, how in (("read-only", "read-only bind"), ("agent-safe", "permission fs")):
+        grep_result = await attempt(
+            f"grep -r over {files} files: {preset} sandbox vs host",
+            _fs.grep(endpoint, state_dir, work / "grep-tree", sizes.grep, sizes.fs_warmup, preset),
+            reference,
+        )
+        read_result = await attempt(
+            f"sequential read of 256 MiB: {preset} sandbox vs host",
+            _fs.sequential_read(
+                endpoint, state_dir, work / f"big-{preset}", sizes.read, sizes.fs_warmup, preset
+            ),
+            reference,
+        )
+        read_row = row(
+            f"dd bs=1M of a 256 MiB file, {preset} ({how})",
             FS_BACKEND,
-            grep_result,
-            "host grep -r",
-            GREP_TARGET,
-        ),
-        dataclasses.replace(read_row, note=_read_note(read_result)),
-    ]
+            read_result,
+            "host dd",
+            READ_TARGET,
+        )
+        rows += [
+            row(
+                f"grep -r over {files} files, {preset} ({how})",
+                FS_BACKEND,
+                grep_result,
+                "host grep -r",
+                GREP_TARGET,
+            ),
+            dataclasses.replace(read_row, note=_read_note(read_result)),
+        ]
+    return rows
 
 
 async def create_suite(

@@ -134,11 +134,12 @@ def on_host(command: str, cwd: Path) -> Step:
 # -- the measurements ------------------------------------------------------------------------
 
 
-async def grep(endpoint: str, state_dir: Path, tree: Path, n: int, warmup: int) -> Samples:
-    """``grep -r`` over the tree: in a read-only sandbox vs on the codebase's files."""
-    async with await AsyncSandbox.from_local(
-        tree, preset="read-only", endpoint=endpoint
-    ) as sandbox:
+async def grep(
+    endpoint: str, state_dir: Path, tree: Path, n: int, warmup: int, preset: str = "read-only"
+) -> Samples:
+    """``grep -r`` over the tree: in a sandbox (``read-only``: the codebase bound read-only;
+    ``agent-safe``: through the permission filesystem) vs on the codebase's files."""
+    async with await AsyncSandbox.from_local(tree, preset=preset, endpoint=endpoint) as sandbox:
         files = codebase_files(state_dir, sandbox.codebase_id)
         return await interleaved(
             in_sandbox(sandbox, f"grep -r {GREP_NEEDLE} /workspace > /dev/null"),
@@ -152,7 +153,7 @@ async def grep(endpoint: str, state_dir: Path, tree: Path, n: int, warmup: int) 
 
 
 async def sequential_read(
-    endpoint: str, state_dir: Path, directory: Path, n: int, warmup: int
+    endpoint: str, state_dir: Path, directory: Path, n: int, warmup: int, preset: str = "read-only"
 ) -> Samples:
     """``dd bs=1M`` of a 256 MiB file to /dev/null: in a read-only sandbox vs on the host.
 
@@ -162,7 +163,7 @@ async def sequential_read(
     await anyio.to_thread.run_sync(make_big_file, directory)
     try:
         async with await AsyncSandbox.from_local(
-            directory, preset="read-only", endpoint=endpoint
+            directory, preset=preset, endpoint=endpoint
         ) as sandbox:
             files = codebase_files(state_dir, sandbox.codebase_id)
             read = "dd if={} of=/dev/null bs=1M status=none"
