@@ -227,6 +227,16 @@ def _translate(pat: bytes, start: int) -> bytes | None:
     return b"".join(out)
 
 
+def _as_bytes(text: str) -> bytes:
+    """A name or pattern as the bytes it stands for: the undecodable bytes of a file name
+    come back as they were (surrogateescape); any other lone surrogate, which no file name
+    holds, as its own UTF-8-like bytes, so that it matches only itself."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
+
+
 def _compile_line(line: str) -> _Compiled | None:
     """Parse one line of an ignore file; None for blank lines and comments."""
     line = line.removesuffix("\n").removesuffix("\r")
@@ -243,7 +253,7 @@ def _compile_line(line: str) -> _Compiled | None:
     if not body:
         return None
     anchored = "/" in body
-    raw = body.encode("utf-8", "surrogateescape")
+    raw = _as_bytes(body)
     if anchored:
         raw = raw.removeprefix(b"/")
         start = next((k for k, b in enumerate(raw) if b in _SPECIAL), len(raw))
@@ -315,7 +325,7 @@ class IgnoreRules:
         rel_path = rel_path.strip("/")
         if not rel_path or not rel_path.startswith(self._base_prefix):
             return None
-        subject = rel_path[len(self._base_prefix) :].encode("utf-8", "surrogateescape")
+        subject = _as_bytes(rel_path[len(self._base_prefix) :])
         best = -1
         for basename in (True, False):
             regex = self._regexes[basename, is_dir]

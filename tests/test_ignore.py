@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from agentfense._ignore import DEFAULT_IGNORE_PATTERNS, IgnoreRules, first_verdict
@@ -152,6 +152,8 @@ def test_wildcards_agree_with_fnmatch_on_names() -> None:
 
 
 @given(st.text(st.characters(exclude_characters="/\n\r\x00"), min_size=1, max_size=8))
+@example("\udd00")  # a lone surrogate that surrogateescape cannot encode
+@example("\udcff")  # one that it can (an undecodable byte of a file name)
 def test_escaped_name_matches_only_itself(name: str) -> None:
     escaped = "".join("\\" + ch for ch in name)
     rules = IgnoreRules([escaped])
