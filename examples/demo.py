@@ -15,7 +15,13 @@ from pathlib import Path
 
 import anyio
 
-from agentfense import AsyncSandbox, CommandTimeoutError, OutputStream, SandboxError
+from agentfense import (
+    AsyncSandbox,
+    CommandTimeoutError,
+    OutputStream,
+    ResourceLimits,
+    SandboxError,
+)
 
 PROJECT = {
     "calc/__init__.py": "",
@@ -101,6 +107,22 @@ async def agent(project: Path, endpoint: str) -> None:
             print(f"timeout -> {type(exc).__name__} (code {exc.code}): {exc}")
         files = await sandbox.list_files("/workspace", recursive=True)
         print("workspace now:", ", ".join(sorted(f.path for f in files if not f.is_dir)))
+
+    step("a session (state kept between commands) in a sandbox with resource limits")
+    limits = ResourceLimits(memory_bytes=128 * 2**20, pids_limit=64, cpu_quota=50_000)
+    async with (
+        await AsyncSandbox.from_local(
+            project, preset="agent-safe", endpoint=endpoint, resources=limits
+        ) as sandbox,
+        sandbox.session() as session,
+    ):
+        await session.exec("cd calc && export ROUND=1")
+        result = await session.exec("pwd; echo round $ROUND; ls")
+        print(f"session -> {result.stdout.split()}")
+        hog = await session.exec("python3 -c 'x = bytearray(512 * 2**20)'")
+        print(f"512 MiB under a 128 MiB limit -> exit {hog.exit_code}, {hog.limit_exceeded}")
+        after = await session.exec("echo still in $(pwd)")
+        print(f"the session survives -> {after.stdout.strip()}")
 
 
 def main() -> int:
