@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..runtimes._cgroup import find_cgroup2_root
+from ..runtimes._limits import find_limit_cgroups
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,32 +96,33 @@ def _cgroups() -> Check:
     return Check("cgroup v2", True, f"writable at {root}")
 
 
+def _limits() -> Check:
+    found = find_limit_cgroups()
+    if found is None:
+        return Check(
+            "resource limits",
+            False,
+            "no cgroup hierarchy with the memory, cpu and pids controllers (or not root): "
+            "sandboxes that ask for limits are refused",
+            "run the server as root on a host with cgroup v2 or v1 controllers mounted",
+            required=False,
+        )
+    return Check("resource limits", True, f"on {found.describe()}")
+
+
 def _docker() -> Check:
-    sock = Path("/var/run/docker.sock")
-    if not sock.exists():
-        return Check(
-            "docker",
-            False,
-            "no Docker engine socket at /var/run/docker.sock",
-            "apt-get install -y docker.io && dockerd --bridge=none --iptables=false &",
-            required=False,
-        )
+    host = os.environ.get("DOCKER_HOST", "") or "unix:///var/run/docker.sock"
+    fix = "apt-get install -y docker.io, then bash scripts/dockerd.sh start (or set DOCKER_HOST)"
     try:
-        with socket.socket(socket.AF_UNIX) as conn:
-            conn.settimeout(2)
-            conn.connect(str(sock))
-    except OSError as exc:
-        return Check(
-            "docker",
-            False,
-            f"the Docker socket refuses connections: {exc.strerror}",
-            "start dockerd",
-            required=False,
-        )
-    return Check(
-        "docker", True, "engine reachable (the Docker runtime is not served yet)", required=False
-    )
+        import docker
+
+        api = docker.APIClient(base_url=host, version="auto", timeout=5)
+        version = api.version().get("Version", "?")
+        api.close()
+    except Exception as exc:
+        return Check("docker", False, f"no Docker engine answers at {host} ({exc})", fix, False)
+    return Check("docker", True, f"Docker {version} at {host}", required=False)
 
 
 def run_checks() -> list[Check]:
-    return [_bwrap(), _userns(), _python(), _fuse(), _cgroups(), _docker()]
+    return [_bwrap(), _userns(), _python(), _fuse(), _cgroups(), _limits(), _docker()]
