@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,24 @@ from .base import WORKSPACE, CommandSpec, ForkRefused, Process, RuntimeError_, S
 _log = logging.getLogger(__name__)
 _KEEPALIVE = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600; done"]
 CPU_PERIOD_US = 100_000
+# The Engine API version spoken: Docker 20.10's (Debian 12's docker.io); later engines speak
+# it too. A fixed version needs no request to set up a client (nor leaks one that failed).
+DOCKER_API_VERSION = "1.41"
+
+
+def unix_socket_problem(docker_host: str) -> str | None:
+    """Why nothing listens at a ``unix://`` docker host (checked here: the docker library
+    leaves its socket open when a connection fails), or None."""
+    if not docker_host.startswith("unix://"):
+        return None
+    path = docker_host.removeprefix("unix://")
+    try:
+        with socket.socket(socket.AF_UNIX) as probe:
+            probe.settimeout(2)
+            probe.connect(path)
+    except OSError as exc:
+        return f"{path}: {exc.strerror or exc}"
+    return None
 
 
 def _docker() -> Any:
@@ -145,22 +164,29 @@ class DockerRuntime:
             docker = _docker()
             self._api = await anyio.to_thread.run_sync(
                 functools.partial(
-                    docker.APIClient, base_url=self.docker_host, version="auto", timeout=60
+                    docker.APIClient,
+                    base_url=self.docker_host,
+                    version=DOCKER_API_VERSION,
+                    timeout=60,
                 )
             )
         return self._api
 
     async def check(self) -> str | None:
         """Why no sandbox can run on Docker here (a sentence), or None when one can."""
-        try:
-            await self.call("ping")
-        except Exception as exc:
-            self._api = None
-            return (
-                f"the Docker runtime needs a Docker engine, and none answers at "
-                f"{self.docker_host} ({_reason(exc)}); start dockerd or set docker_host"
-            )
-        return None
+        reason = await anyio.to_thread.run_sync(unix_socket_problem, self.docker_host)
+        if reason is None:
+            try:
+                await self.call("ping")
+            except Exception as exc:
+                self._api = None
+                reason = _reason(exc)
+        if reason is None:
+            return None
+        return (
+            f"the Docker runtime needs a Docker engine, and none answers at "
+            f"{self.docker_host} ({reason}); start dockerd or set docker_host"
+        )
 
     async def check_image(self, image: str) -> str | None:
         """Why ``image`` cannot be used (never pulled), or None when it is there."""

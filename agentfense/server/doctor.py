@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..runtimes._cgroup import find_cgroup2_root
 from ..runtimes._limits import find_limit_cgroups
+from ..runtimes.docker import DOCKER_API_VERSION, unix_socket_problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,12 +114,17 @@ def _limits() -> Check:
 def _docker() -> Check:
     host = os.environ.get("DOCKER_HOST", "") or "unix:///var/run/docker.sock"
     fix = "apt-get install -y docker.io, then bash scripts/dockerd.sh start (or set DOCKER_HOST)"
+    unreachable = unix_socket_problem(host)
+    if unreachable is not None:
+        return Check("docker", False, f"no Docker engine answers at {unreachable}", fix, False)
     try:
         import docker
 
-        api = docker.APIClient(base_url=host, version="auto", timeout=5)
-        version = api.version().get("Version", "?")
-        api.close()
+        api = docker.APIClient(base_url=host, version=DOCKER_API_VERSION, timeout=5)
+        try:
+            version = api.version().get("Version", "?")
+        finally:
+            api.close()
     except Exception as exc:
         return Check("docker", False, f"no Docker engine answers at {host} ({exc})", fix, False)
     return Check("docker", True, f"Docker {version} at {host}", required=False)
