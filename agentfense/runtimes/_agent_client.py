@@ -148,6 +148,9 @@ class AgentConnection:
         if self._cgroup is not None:
             leaf, procs_fd = self._cgroup.open_command()
             theirs.append(procs_fd)
+            dir_fd = self._cgroup.leaf_dir_fd(leaf)
+            if dir_fd is not None:
+                theirs.append(dir_fd)
         ours = [stdin_w, stdout_r, stderr_r]
         for fd in ours:
             os.set_blocking(fd, False)

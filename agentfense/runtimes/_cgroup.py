@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from collections.abc import Collection
 from pathlib import Path
 
@@ -32,13 +33,60 @@ def find_cgroup2_root(mountinfo: str | None = None) -> Path | None:
     return None
 
 
-class SandboxCgroup:
-    """``<cgroup2>/agentfense/<sandbox>/`` with one leaf per running command."""
+def sweep_dead(root: Path, older_than: float = 60.0) -> int:
+    """Remove the cgroups of sandboxes that are gone: left by a server that was killed (its
+    sandboxes died with it; nobody removed their cgroups). A sandbox's cgroup with no process
+    in it or below, untouched for ``older_than`` seconds, is dead (a live one holds its agent;
+    one being set up is younger). Returns how many were removed."""
+    removed = 0
+    now = time.time()
+    for sandbox in (root / _PARENT).glob("sb_*"):
+        try:
+            if now - sandbox.stat().st_mtime < older_than:
+                continue
+            leaves = [p for p in sandbox.iterdir() if p.is_dir()]
+            if any(SandboxCgroup.members(p) for p in [sandbox, *leaves]):
+                continue
+            for leaf in leaves:
+                leaf.rmdir()
+            sandbox.rmdir()
+        except OSError:
+            continue
+        removed += 1
+    return removed
 
-    def __init__(self, root: Path, sandbox_id: str) -> None:
+
+class SandboxCgroup:
+    """``<cgroup2>/agentfense/<sandbox>/`` with one leaf per running command.
+
+    With ``owner_uid`` (the uid the sandbox's agent runs as on the host), the agent lives in
+    the ``agent`` leaf and may move processes between the sandbox's leaves (their
+    ``cgroup.procs`` are its, as in a delegated subtree): it starts each command right in its
+    leaf (clone3 with CLONE_INTO_CGROUP), which spares a migration. No process of the
+    sandbox can reach the cgroup file system to do the same.
+    """
+
+    def __init__(self, root: Path, sandbox_id: str, owner_uid: int | None = None) -> None:
         self.path = root / _PARENT / sandbox_id
         self.path.mkdir(parents=True, exist_ok=True)
         self._next = 0
+        self._owner = owner_uid
+        if owner_uid is not None:
+            (self.path / "agent").mkdir(exist_ok=True)
+            for procs in (self.path / "cgroup.procs", self.path / "agent" / "cgroup.procs"):
+                os.chown(procs, owner_uid, -1)
+
+    def agent_join_fd(self) -> int:
+        """A write fd on the agent leaf's ``cgroup.procs``, for the agent to enter it."""
+        return os.open(self.path / "agent" / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+
+    def leaf_dir_fd(self, leaf: Path) -> int | None:
+        """An fd on the leaf's directory to start a process in it (clone3), when the agent
+        may; None otherwise."""
+        if self._owner is None:
+            return None
+        os.chown(leaf / "cgroup.procs", self._owner, -1)
+        return os.open(leaf, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
     @classmethod
     def inside(cls, path: Path) -> SandboxCgroup:
@@ -46,6 +94,7 @@ class SandboxCgroup:
         self = cls.__new__(cls)
         self.path = path
         self._next = 0
+        self._owner = None
         return self
 
     def open_command(self) -> tuple[Path, int]:
@@ -117,8 +166,13 @@ class SandboxCgroup:
             await self.emptied(leaf)
             self.try_remove(leaf)
 
-    async def destroy(self) -> None:
-        """Kill everything left in the sandbox's cgroups and remove them."""
-        await self.kill_leaves()
-        with contextlib.suppress(OSError):
-            self.path.rmdir()
+    def remove(self) -> bool:
+        """Remove the sandbox's cgroup (once its agent is gone); False while it is busy."""
+        for directory in (self.path / "agent", self.path):
+            try:
+                directory.rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                return False
+        return True

@@ -31,7 +31,7 @@ import anyio
 import anyio.abc
 
 from ._agent_client import AGENT_SOURCE, AgentConnection
-from ._cgroup import SandboxCgroup, find_cgroup2_root
+from ._cgroup import SandboxCgroup, find_cgroup2_root, sweep_dead
 from ._limits import SandboxLimits, find_limit_cgroups
 from .base import WORKSPACE, CommandSpec, ForkRefused, Process, RuntimeError_, SandboxSpec
 
@@ -197,22 +197,21 @@ class BwrapSandbox:
         with anyio.CancelScope(shield=True):
             self._agent.shutdown()
             if self._cgroup is not None:
-                await self._cgroup.destroy()
+                await self._cgroup.kill_leaves()
             with anyio.move_on_after(5):
                 await self._agent.closed.wait()
                 await self._process.wait()
-            for _ in range(200):  # the pid namespace's last processes exit asynchronously
-                if self._limits is None or self._limits.remove():
-                    break
-                await anyio.sleep(0.01)
             if self._process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     self._process.send_signal(signal.SIGKILL)
                 await self._process.wait()
-            for _ in range(200):  # the pid namespace's last processes exit asynchronously
-                if self._limits is None or self._limits.remove():
+            for _ in range(500):  # the pid namespace's last processes exit asynchronously
+                cgroup_gone = self._cgroup is None or self._cgroup.remove()
+                if cgroup_gone and (self._limits is None or self._limits.remove()):
                     break
                 await anyio.sleep(0.01)
+            else:
+                _log.warning("the sandbox's cgroups are still busy; the next server removes them")
 
 
 class BwrapRuntime:
@@ -233,6 +232,10 @@ class BwrapRuntime:
         self.host_uid = host_uid if os.geteuid() == 0 else os.geteuid()
         self._python = python
         self._cgroup_root = find_cgroup2_root() if os.geteuid() == 0 else None
+        if self._cgroup_root is not None:
+            swept = sweep_dead(self._cgroup_root)
+            if swept:
+                _log.info("removed the cgroups of %d sandboxes gone with a killed server", swept)
         self._limit_cgroups = find_limit_cgroups()
         self._bwrap = shutil.which("bwrap")
         _bwrap_has_option("--disable-userns")  # once, here: not at each sandbox start
@@ -268,21 +271,33 @@ class BwrapRuntime:
             raise RuntimeError_(problem)
         assert self._bwrap is not None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        cgroup = SandboxCgroup(self._cgroup_root, spec.sandbox_id) if self._cgroup_root else None
+        cgroup = (
+            SandboxCgroup(self._cgroup_root, spec.sandbox_id, owner_uid=self.host_uid)
+            if self._cgroup_root
+            else None
+        )
         limits: SandboxLimits | None = None
         join_fds: list[int] = []
         if not spec.resources.is_empty:
             problem = self.limits_problem()
             if problem is not None:
+                ours.close()
+                theirs.close()
+                if cgroup is not None:
+                    cgroup.remove()
                 raise RuntimeError_(problem)
             assert self._limit_cgroups is not None
             limits = SandboxLimits(self._limit_cgroups, spec.sandbox_id, spec.resources)
             try:
-                join_fds = limits.create()
+                join_fds += limits.create()
             except OSError as exc:
                 ours.close()
                 theirs.close()
+                if cgroup is not None:
+                    cgroup.remove()
                 raise RuntimeError_(f"cannot set the resource limits: {exc}") from None
+        if cgroup is not None:
+            join_fds.append(cgroup.agent_join_fd())
         workspace = ["--bind", str(spec.workspace), WORKSPACE]
         if spec.read_only_source is not None:
             workspace = ["--ro-bind", str(spec.read_only_source), WORKSPACE]

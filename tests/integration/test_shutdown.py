@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +21,7 @@ import anyio.to_thread
 import pytest
 
 from agentfense import AsyncSandboxClient, SandboxError, SandboxStatus
-from agentfense.runtimes._cgroup import find_cgroup2_root
+from agentfense.runtimes._cgroup import find_cgroup2_root, sweep_dead
 from agentfense.testing import ServerProcess, start_server_process
 
 pytestmark = pytest.mark.anyio
@@ -177,7 +179,7 @@ async def test_sigkill_leaves_no_sandbox_process_behind(tmp_path: Path) -> None:
         for entry in running:
             cgroup = _cgroup_of(entry.sandbox_id)
             if cgroup is not None:
-                for leaf in sorted(cgroup.glob("cmd-*")):
+                for leaf in sorted(p for p in cgroup.iterdir() if p.is_dir()):  # cmd-*, agent
                     assert (leaf / "cgroup.procs").read_text() == ""
                     leaf.rmdir()
                 cgroup.rmdir()
@@ -194,3 +196,28 @@ async def test_sigkill_leaves_no_sandbox_process_behind(tmp_path: Path) -> None:
         assert mounts.count(f" {restarted.state_dir}/fs/mnt ") == 1
     finally:
         assert await anyio.to_thread.run_sync(restarted.stop) == 0, restarted.log()
+
+
+def test_the_cgroups_of_dead_sandboxes_are_swept(tmp_path: Path) -> None:
+    root = find_cgroup2_root()
+    assert root is not None
+    dead = root / "agentfense" / f"sb_{uuid.uuid4().hex[:16]}"
+    (dead / "agent").mkdir(parents=True)
+    (dead / "cmd-1").mkdir()
+    live = root / "agentfense" / f"sb_{uuid.uuid4().hex[:16]}"
+    (live / "cmd-1").mkdir(parents=True)
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        (live / "cmd-1" / "cgroup.procs").write_text(str(sleeper.pid))
+        assert sweep_dead(root, older_than=0) >= 1
+        assert not dead.exists()
+        assert live.exists()  # a process is in it
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        for leaf in (live / "cmd-1", live):
+            for _ in range(100):
+                with suppress(OSError):
+                    leaf.rmdir()
+                    break
+                time.sleep(0.01)
