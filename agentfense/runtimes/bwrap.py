@@ -169,11 +169,13 @@ class BwrapSandbox:
         agent: AgentConnection,
         cgroup: SandboxCgroup | None,
         limits: SandboxLimits | None,
+        task_group: anyio.abc.TaskGroup,
     ) -> None:
         self._process = process
         self._agent = agent
         self._cgroup = cgroup
         self._limits = limits
+        self._task_group = task_group
 
     @property
     def alive(self) -> bool:
@@ -205,13 +207,18 @@ class BwrapSandbox:
                 with contextlib.suppress(ProcessLookupError):
                     self._process.send_signal(signal.SIGKILL)
                 await self._process.wait()
-            for _ in range(500):  # the pid namespace's last processes exit asynchronously
-                cgroup_gone = self._cgroup is None or self._cgroup.remove()
-                if cgroup_gone and (self._limits is None or self._limits.remove()):
-                    break
-                await anyio.sleep(0.01)
-            else:
-                _log.warning("the sandbox's cgroups are still busy; the next server removes them")
+            if self._cgroup is not None or self._limits is not None:
+                self._task_group.start_soon(self._remove_cgroups)
+
+    async def _remove_cgroups(self) -> None:
+        """Once the pid namespace's last processes are gone (asynchronously, after the agent):
+        in the background, not to hold up a stop (a killed server's next one sweeps them)."""
+        for _ in range(500):
+            cgroup_gone = self._cgroup is None or self._cgroup.remove()
+            if cgroup_gone and (self._limits is None or self._limits.remove()):
+                return
+            await anyio.sleep(0.01)
+        _log.warning("the sandbox's cgroups are still busy; the next server removes them")
 
 
 class BwrapRuntime:
@@ -342,7 +349,7 @@ class BwrapRuntime:
                 os.close(fd)
         agent = AgentConnection(ours, cgroup)
         task_group.start_soon(agent.run)
-        sandbox = BwrapSandbox(process, agent, cgroup, limits)
+        sandbox = BwrapSandbox(process, agent, cgroup, limits, task_group)
         try:
             with anyio.move_on_after(10):
                 await _first_of(agent.ready.wait, agent.closed.wait)
