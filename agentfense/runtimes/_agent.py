@@ -111,9 +111,12 @@ def _clone_into(cgroup_dir: int, header: Dict[str, Any], stdio: List[int]) -> An
                 exc.filename = header["cwd"]
                 raise
             os.execvpe(header["argv"][0], header["argv"], header["env"])
-        except OSError as exc:
-            report = json.dumps([exc.errno, exc.strerror, exc.filename]).encode()
-            os.write(err_w, report)
+        except BaseException as exc:  # whatever it is, the parent hears of it
+            if isinstance(exc, OSError):
+                report = [exc.errno, exc.strerror, exc.filename]
+            else:
+                report = [errno.EINVAL, f"{type(exc).__name__}: {exc}", None]
+            os.write(err_w, json.dumps(report).encode())
         finally:
             os._exit(127)
     error = ctypes.get_errno()
