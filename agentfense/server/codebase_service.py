@@ -31,8 +31,9 @@ from .._proto.sandbox.v1 import (
     UploadResult,
 )
 from ..errors import CodebaseNotFoundError, InvalidConfigurationError, SandboxError
+from ._codebase_tree import FileRecord
 from ._guarded import guarded
-from .codebases import CodebaseRecord, CodebaseStore, FileRecord
+from .codebases import CodebaseRecord, CodebaseStore
 
 __all__ = ["CodebaseService"]
 

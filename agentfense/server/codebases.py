@@ -10,18 +10,14 @@ from __future__ import annotations
 import base64
 import binascii
 import builtins
-import contextlib
-import errno
 import functools
 import hashlib
 import json
 import logging
 import os
-import re
 import secrets
 import shutil
-import stat
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,11 +27,21 @@ import anyio
 import anyio.to_thread
 
 from ..errors import (
-    CodebaseNotFoundError,
     InvalidConfigurationError,
     ResourceLimitExceededError,
-    SandboxError,
-    StatusCode,
+)
+from ._codebase_tree import (
+    _ID_RE,
+    FileRecord,
+    _check_upload_target,
+    _commit_upload,
+    _create_temp,
+    _discard_temp,
+    _list_files,
+    _not_found,
+    _open_for_read,
+    _stats,
+    _write_all,
 )
 from ._paths import InvalidPathError, normalize_relpath
 
@@ -46,7 +52,6 @@ _log = logging.getLogger(__name__)
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 MAX_NAME_LENGTH = 256
-_ID_RE = re.compile(r"cb_[0-9a-f]{16}")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _WRITE_BUFFER = 1 << 20
 _T = TypeVar("_T")
@@ -61,33 +66,8 @@ class CodebaseRecord:
     updated_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class FileRecord:
-    """One entry of a codebase tree; ``path`` is relative to the codebase root."""
-
-    path: str
-    name: str
-    is_dir: bool
-    size: int
-    modified_at: datetime
-
-
 async def _run(func: Callable[..., _T], *args: Any) -> _T:
     return await anyio.to_thread.run_sync(functools.partial(func, *args))
-
-
-def _shown_id(codebase_id: str) -> str:
-    return codebase_id if _ID_RE.fullmatch(codebase_id) else repr(codebase_id[:64])
-
-
-def _not_found(codebase_id: str) -> CodebaseNotFoundError:
-    return CodebaseNotFoundError(f"codebase {_shown_id(codebase_id)} not found")
-
-
-def _file_not_found(path: str, codebase_id: str) -> SandboxError:
-    return SandboxError(
-        f"file {path} not found in codebase {codebase_id}", code=StatusCode.NOT_FOUND
-    )
 
 
 def _relpath(raw: str, field: str, *, allow_root: bool = False) -> str:
@@ -107,245 +87,6 @@ def _check_text(value: object, field: str, *, required: bool) -> str:
     if "\x00" in value:
         raise InvalidConfigurationError(f"{field} must not contain NUL bytes")
     return value
-
-
-def _utc(timestamp: float) -> datetime:
-    return datetime.fromtimestamp(timestamp, UTC)
-
-
-# --- blocking helpers (run in a worker thread) -----------------------------------------------
-
-
-def _open_root(files_dir: Path, codebase_id: str) -> int:
-    try:
-        return os.open(files_dir, _DIR_FLAGS)
-    except FileNotFoundError:
-        raise _not_found(codebase_id) from None
-
-
-def _not_a_dir(field: str, prefix: str) -> InvalidConfigurationError:
-    return InvalidConfigurationError(
-        f"{field} goes through {prefix!r}, which is a file or a symbolic link, not a directory"
-    )
-
-
-def _open_parent(
-    files_dir: Path, codebase_id: str, parts: builtins.list[str], *, create: bool, field: str
-) -> int | None:
-    """An fd of the directory ``parts`` in the tree, opened without following links.
-
-    Missing directories are created when ``create``, else the result is ``None``.
-    """
-    fd = _open_root(files_dir, codebase_id)
-    try:
-        for index, part in enumerate(parts):
-            try:
-                try:
-                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
-                except FileNotFoundError:
-                    if not create:
-                        return None
-                    with contextlib.suppress(FileExistsError):
-                        os.mkdir(part, 0o755, dir_fd=fd)
-                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            except OSError as err:
-                if err.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise _not_a_dir(field, "/".join(parts[: index + 1])) from None
-                raise
-            fd, child = child, fd
-            os.close(child)
-        result, fd = fd, -1
-        return result
-    finally:
-        if fd >= 0:
-            os.close(fd)
-
-
-def _lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
-    try:
-        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-
-
-def _check_upload_target(files_dir: Path, codebase_id: str, parts: builtins.list[str]) -> None:
-    path = "/".join(parts)
-    parent = _open_parent(files_dir, codebase_id, parts[:-1], create=False, field="file_path")
-    if parent is None:
-        return
-    try:
-        st = _lstat_at(parent, parts[-1])
-    finally:
-        os.close(parent)
-    if st is not None and stat.S_ISDIR(st.st_mode):
-        raise InvalidConfigurationError(f"file_path {path!r} is a directory")
-
-
-def _create_temp(path: Path, executable: bool) -> int:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    mode = 0o755 if executable else 0o644
-    fd = os.open(path, flags, mode)
-    os.fchmod(fd, mode)  # whatever the umask
-    return fd
-
-
-def _write_all(fd: int, data: bytes | bytearray, digest: Any) -> None:
-    digest.update(data)
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def _commit_upload(
-    temp: Path, files_dir: Path, codebase_id: str, parts: builtins.list[str]
-) -> None:
-    path = "/".join(parts)
-    parent = _open_parent(files_dir, codebase_id, parts[:-1], create=True, field="file_path")
-    assert parent is not None
-    try:
-        # rename() replaces a symlink itself, never the file it points to.
-        os.replace(temp, parts[-1], dst_dir_fd=parent)
-    except IsADirectoryError:
-        raise InvalidConfigurationError(f"file_path {path!r} is a directory") from None
-    finally:
-        os.close(parent)
-
-
-def _discard_temp(fd: int, temp: Path) -> None:
-    if fd >= 0:
-        os.close(fd)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(temp)
-
-
-def _open_for_read(files_dir: Path, codebase_id: str, parts: builtins.list[str]) -> int:
-    path = "/".join(parts)
-    parent = _open_parent(files_dir, codebase_id, parts[:-1], create=False, field="file_path")
-    if parent is None:
-        raise _file_not_found(path, codebase_id)
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-    try:
-        fd = os.open(parts[-1], flags, dir_fd=parent)
-    except FileNotFoundError:
-        raise _file_not_found(path, codebase_id) from None
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise InvalidConfigurationError(
-                f"file_path {path!r} is a symbolic link; the server does not follow links"
-            ) from None
-        raise
-    finally:
-        os.close(parent)
-    mode = os.fstat(fd).st_mode
-    if stat.S_ISREG(mode):
-        return fd
-    os.close(fd)
-    if stat.S_ISDIR(mode):
-        raise InvalidConfigurationError(f"file_path {path!r} is a directory, not a file")
-    raise InvalidConfigurationError(f"file_path {path!r} is not a regular file")
-
-
-def _scan(dir_fd: int) -> builtins.list[tuple[str, os.stat_result]]:
-    entries: builtins.list[tuple[str, os.stat_result]] = []
-    with os.scandir(dir_fd) as it:
-        for entry in it:
-            try:
-                entries.append((entry.name, entry.stat(follow_symlinks=False)))
-            except FileNotFoundError:
-                continue
-    return entries
-
-
-def _walk(top_fd: int, top_rel: str) -> Iterator[tuple[str, str, os.stat_result]]:
-    """``(path, name, lstat)`` of everything below ``top_fd``; links are never followed."""
-    stack: builtins.list[tuple[int, str, builtins.list[str] | None]] = [(top_fd, top_rel, None)]
-    try:
-        while stack:
-            fd, rel, pending = stack[-1]
-            if pending is None:
-                pending = []
-                for name, st in _scan(fd):
-                    path = f"{rel}/{name}" if rel else name
-                    yield path, name, st
-                    if stat.S_ISDIR(st.st_mode):
-                        pending.append(name)
-                pending.reverse()
-                stack[-1] = (fd, rel, pending)
-            if not pending:
-                stack.pop()
-                if fd != top_fd:
-                    os.close(fd)
-                continue
-            name = pending.pop()
-            try:
-                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
-            except OSError as err:  # replaced or removed since the scan
-                if err.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                    continue
-                raise
-            stack.append((child, f"{rel}/{name}" if rel else name, None))
-    finally:
-        for fd, _, _ in stack:
-            if fd != top_fd:
-                os.close(fd)
-
-
-def _file_record(path: str, name: str, st: os.stat_result) -> FileRecord:
-    is_dir = stat.S_ISDIR(st.st_mode)
-    return FileRecord(
-        path=path,
-        name=name,
-        is_dir=is_dir,
-        size=0 if is_dir else st.st_size,
-        modified_at=_utc(st.st_mtime),
-    )
-
-
-def _list_files(
-    files_dir: Path, codebase_id: str, rel: str, recursive: bool
-) -> builtins.list[FileRecord]:
-    parts = rel.split("/") if rel else []
-    parent = _open_parent(files_dir, codebase_id, parts[:-1], create=False, field="path")
-    if parent is None:
-        raise _file_not_found(rel, codebase_id)
-    top = parent
-    try:
-        if parts:
-            st = _lstat_at(parent, parts[-1])
-            if st is None:
-                raise _file_not_found(rel, codebase_id)
-            if not stat.S_ISDIR(st.st_mode):
-                return [_file_record(rel, parts[-1], st)]
-            try:
-                top = os.open(parts[-1], _DIR_FLAGS, dir_fd=parent)
-            except OSError as err:  # replaced since the lstat
-                if err.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                    raise _file_not_found(rel, codebase_id) from None
-                raise
-        if recursive:
-            records = [_file_record(p, n, st) for p, n, st in _walk(top, rel)]
-        else:
-            records = [_file_record(f"{rel}/{n}" if rel else n, n, st) for n, st in _scan(top)]
-    finally:
-        os.close(parent)
-        if top != parent:
-            os.close(top)
-    records.sort(key=lambda r: r.path)
-    return records
-
-
-def _stats(files_dir: Path, codebase_id: str) -> tuple[int, int]:
-    root = _open_root(files_dir, codebase_id)
-    size = count = 0
-    try:
-        for _, _, st in _walk(root, ""):
-            if stat.S_ISREG(st.st_mode):
-                size += st.st_size
-                count += 1
-    finally:
-        os.close(root)
-    return size, count
 
 
 def _meta_to_json(record: CodebaseRecord) -> str:
