@@ -7,9 +7,11 @@ import os
 import anyio
 
 
-def host_pids_running(marker: str) -> list[int]:
-    """Host pids whose command line contains ``marker`` (NUL between arguments)."""
-    found = []
+def host_processes(marker: str | bytes) -> dict[int, str]:
+    """Host processes whose command line (NUL between arguments) contains ``marker``: pid ->
+    the command line, readable."""
+    needle = marker.encode() if isinstance(marker, str) else marker
+    found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == os.getpid():
             continue
@@ -18,9 +20,14 @@ def host_pids_running(marker: str) -> list[int]:
                 cmdline = handle.read()
         except OSError:
             continue
-        if marker.encode() in cmdline:
-            found.append(int(entry))
+        if needle in cmdline:
+            found[int(entry)] = cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
     return found
+
+
+def host_pids_running(marker: str | bytes) -> list[int]:
+    """Host pids whose command line (NUL between arguments) contains ``marker``."""
+    return list(host_processes(marker))
 
 
 async def until_running(marker: str) -> None:

@@ -12,7 +12,6 @@ A command is ``sleep 1000.<random>``: the unique duration marks its processes in
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 import uuid
@@ -30,6 +29,7 @@ import trio
 from agentfense import AsyncSandbox, AsyncSandboxClient, OutputChunk, SandboxStatus
 from agentfense._proto.sandbox import v1 as pb
 
+from ._procs import host_processes
 from .conftest import MAX_UPLOAD
 
 pytestmark = pytest.mark.anyio
@@ -129,32 +129,16 @@ def _marker() -> str:
     return f"1000.{uuid.uuid4().int % 10**9}"
 
 
-def _host_processes(marker: str) -> dict[int, str]:
-    """Host processes whose command line contains ``marker``: pid -> command line."""
-    found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                cmdline = handle.read()
-        except OSError:
-            continue
-        if marker.encode() in cmdline:
-            found[int(entry)] = cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
-    return found
-
-
 def _running(marker: str) -> Condition:
     async def running() -> bool:
-        return bool(_host_processes(marker))
+        return bool(host_processes(marker))
 
     return running
 
 
 async def _gone_within_a_second(marker: str) -> None:
     deadline = time.monotonic() + 1.0
-    while left := _host_processes(marker):
+    while left := host_processes(marker):
         if time.monotonic() > deadline:
             pytest.fail(f"still running a second after the caller was cancelled: {left}")
         await anyio.sleep(POLL)
@@ -171,7 +155,7 @@ def _streamed(open_stream: Callable[[], Any], marker: str) -> tuple[Call, Condit
                 chunks.append(chunk)
 
     async def iterating() -> bool:
-        return bool(chunks) and bool(_host_processes(marker))
+        return bool(chunks) and bool(host_processes(marker))
 
     return call, iterating
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +19,8 @@ from agentfense import (
 )
 from agentfense.fanout import open_sandboxes, read_many, read_many_bytes, run_many
 
+from ._procs import host_pids_running
+
 pytestmark = pytest.mark.anyio
 
 
@@ -29,22 +30,6 @@ async def sandbox(endpoint: str, project: Path) -> AsyncIterator[AsyncSandbox]:
         project, preset="read-only", endpoint=endpoint
     ) as opened:
         yield opened
-
-
-def _host_pids_running(marker: str) -> list[int]:
-    """Host pids whose command line contains ``marker`` (the test runs beside the server)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                cmdline = handle.read()
-        except OSError:
-            continue
-        if marker.encode() in cmdline:
-            found.append(int(entry))
-    return found
 
 
 def _projects(root: Path, count: int) -> list[Path]:
@@ -128,7 +113,7 @@ async def test_run_many_failing_fast_kills_the_other_commands(sandbox: AsyncSand
     # The server kills the cancelled command (and its process) promptly.
     with anyio.fail_after(5):
         while True:
-            if not _host_pids_running(f"sleep\0{marker}"):
+            if not host_pids_running(f"sleep\0{marker}"):
                 break
             await anyio.sleep(0.05)
     assert "survived" not in (await sandbox.run("ls /tmp")).stdout

@@ -24,25 +24,11 @@ from agentfense import AsyncSandboxClient, SandboxError, SandboxStatus
 from agentfense.runtimes._cgroup import find_cgroup2_root, sweep_dead
 from agentfense.testing import ServerProcess, start_server_process
 
+from ._procs import host_pids_running
+
 pytestmark = pytest.mark.anyio
 
 WRITE = [{"pattern": "**", "permission": "write"}]
-
-
-def _pids_with(needle: bytes) -> list[int]:
-    """Host pids whose command line (NUL-separated) contains ``needle``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                cmdline = handle.read()
-        except OSError:
-            continue
-        if needle in cmdline:
-            found.append(int(entry))
-    return found
 
 
 def _cgroup_of(sandbox_id: str) -> Path | None:
@@ -69,7 +55,7 @@ async def _poll_until_gone(needles: list[bytes], seconds: float) -> dict[bytes, 
     left: dict[bytes, list[int]] = {}
     with anyio.move_on_after(seconds):
         while True:
-            left = {n: pids for n in needles if (pids := _pids_with(n))}
+            left = {n: pids for n in needles if (pids := host_pids_running(n))}
             if not left:
                 break
             await anyio.sleep(0.05)
@@ -105,11 +91,14 @@ async def _busy_server(
                 running.append(entry)
             with anyio.fail_after(10):
                 while True:
-                    if all(_pids_with(r.foreground) and _pids_with(r.background) for r in running):
+                    if all(
+                        host_pids_running(r.foreground) and host_pids_running(r.background)
+                        for r in running
+                    ):
                         break
                     await anyio.sleep(0.02)
             for entry in running:
-                assert _pids_with(entry.workspace), "the sandbox's bwrap runs on the host"
+                assert host_pids_running(entry.workspace), "the sandbox's bwrap runs on the host"
                 cgroup = _cgroup_of(entry.sandbox_id)
                 assert cgroup is None or cgroup.is_dir()
             yield server, client, running
@@ -131,7 +120,7 @@ async def _exec_until_the_server_goes(
 def _assert_nothing_left(server: ServerProcess, running: list[Running]) -> None:
     for entry in running:
         for needle in (entry.workspace, entry.background, entry.foreground):
-            assert _pids_with(needle) == [], needle
+            assert host_pids_running(needle) == [], needle
         cgroup = _cgroup_of(entry.sandbox_id)
         assert cgroup is None or not cgroup.exists(), cgroup
     assert not server.socket_path.exists()
