@@ -261,7 +261,7 @@ class PermissionFS(pyfuse3.Operations):
                 raise _fail(errno.EOPNOTSUPP)
             view.upper.chmod(rel, _settable(attr.st_mode))
         if fields.update_size:
-            view.charge(attr.st_size - view.upper.lstat(rel).st_size)
+            view.charge(attr.st_size - entry.st.st_size)
             handle = self._handles.get(fh) if fh else None
             if handle is not None and handle.writer_path == rel:
                 os.ftruncate(handle.fd, attr.st_size)

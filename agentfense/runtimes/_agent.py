@@ -54,10 +54,16 @@ class _CloneArgs(ctypes.Structure):
     ]
 
 
+_LIBC: List[Any] = []
+
+
 def _libc() -> Any:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    return libc
+    """The C library, loaded once (spawning is the agent's hot path)."""
+    if not _LIBC:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        _LIBC.append(libc)
+    return _LIBC[0]
 
 
 class _Started:

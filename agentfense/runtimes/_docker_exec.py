@@ -11,7 +11,6 @@ bwrap one.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import socket
 import struct
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._cgroup import SandboxCgroup
+from ._pipes import write_all
 from .base import BadWorkdir, CommandSpec, ForkRefused, RuntimeError_
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ class DockerProcess:
                 del buffer[: _HEADER.size + size]
                 fd = pipes.get(kind)
                 if fd is not None:
-                    await _write_pipe(fd, payload)
+                    await write_all(fd, payload)  # False: the command was abandoned
 
     async def wait(self) -> int:
         await self._ended.wait()
@@ -246,18 +246,3 @@ async def _send_all(sock: socket.socket, data: bytes) -> None:
             await anyio.wait_writable(sock)
             continue
         view = view[sent:]
-
-
-async def _write_pipe(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            written = os.write(fd, view)
-        except BlockingIOError:
-            await anyio.wait_writable(fd)
-            continue
-        except OSError as exc:
-            if exc.errno == errno.EPIPE:
-                return  # the reader went away (the command was abandoned)
-            raise
-        view = view[written:]

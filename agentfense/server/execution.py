@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 
 import anyio
 
+from ..runtimes._pipes import write_all
 from ..runtimes.base import Process
 from ..types import OutputStream
 
@@ -77,18 +77,8 @@ class OutputCapture:
 
 
 async def _feed_stdin(fd: int, data: bytes) -> None:
-    view = memoryview(data)
     try:
-        while view:
-            try:
-                written = os.write(fd, view)
-            except BlockingIOError:
-                await anyio.wait_writable(fd)
-                continue
-            view = view[written:]
-    except OSError as exc:
-        if exc.errno != errno.EPIPE:
-            raise
+        await write_all(fd, data)  # a command that does not read its stdin may go first
     finally:
         os.close(fd)
 

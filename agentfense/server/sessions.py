@@ -23,6 +23,7 @@ import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..errors import SessionClosedError
+from ..runtimes._pipes import write_all
 from ..runtimes.base import Process
 from ..types import OutputStream, SessionStatus
 from . import shell_protocol as protocol
@@ -162,18 +163,14 @@ class Session:
                 await command.send.send((stream, data))
 
     async def _write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                written = os.write(self._process.stdin_fd, view)
-            except BlockingIOError:
-                await anyio.wait_writable(self._process.stdin_fd)
-                continue
-            except OSError as exc:
-                if exc.errno in (errno.EPIPE, errno.EBADF):
-                    raise SessionClosedError(f"session {self.id} is closed") from None
+        try:
+            written = await write_all(self._process.stdin_fd, data)
+        except OSError as exc:
+            if exc.errno != errno.EBADF:  # stdin closed: the session was closed
                 raise
-            view = view[written:]
+            written = False
+        if not written:
+            raise SessionClosedError(f"session {self.id} is closed")
 
     # -- commands ---------------------------------------------------------------------------
 
