@@ -7,30 +7,39 @@ Precedence when several rules match a path (the first difference decides):
 3. the more specific pattern (:class:`~agentfense.policy.Specificity`);
 4. the later rule in the list, so a user's rule appended after a preset's wins a tie.
 
-No matching rule means ``none``. The rules are sorted by precedence once and compiled into one
-regular expression whose alternatives are tried in that order, so a lookup is one regex
-match; results are cached per path in a bounded LRU cache.
+No matching rule means ``none``. The rules are compiled once into one automaton over path
+segments (:mod:`._matcher`): a lookup costs time linear in the path's depth whatever the rules,
+and results are cached per path in a bounded LRU cache. A rule list is limited in size
+(:data:`MAX_RULES`, :data:`MAX_WILDCARD_RULES`) so that one step of the automaton is bounded
+too: a client's rules cost its own sandbox a bounded amount per path, nothing more.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import lru_cache
 
 from ..errors import InvalidConfigurationError
 from ..types import PatternType, Permission, PermissionRule
-from ._glob import CompiledPattern, PatternError, Segment, compile_segments
+from ._glob import CompiledPattern, PatternError, compile_segments
+from ._matcher import Automaton, MatchState
 
 _TYPE_RANK = {PatternType.GLOB: 0, PatternType.DIRECTORY: 1, PatternType.FILE: 2}
 
 DEFAULT_CACHE_SIZE = 16384
+MAX_RULES = 4096
+MAX_WILDCARD_RULES = 256
 
 
 def _compile_rules(rules: Sequence[PermissionRule]) -> list[CompiledPattern]:
     if isinstance(rules, (str, bytes)) or not isinstance(rules, Sequence):
         raise InvalidConfigurationError("permissions must be a list of rules")
+    if len(rules) > MAX_RULES:
+        raise InvalidConfigurationError(
+            f"permissions: {len(rules)} rules; at most {MAX_RULES} are allowed"
+        )
     compiled: list[CompiledPattern] = []
+    wildcards = 0
     for index, rule in enumerate(rules):
         if not isinstance(rule, PermissionRule):
             raise InvalidConfigurationError(
@@ -50,9 +59,18 @@ def _compile_rules(rules: Sequence[PermissionRule]) -> list[CompiledPattern]:
                 f"{where}: priority must be an int, not {rule.priority!r}"
             )
         try:
-            compiled.append(compile_segments(rule.pattern, rule.type))
+            pattern = compile_segments(rule.pattern, rule.type)
         except PatternError as exc:
             raise InvalidConfigurationError(f"{where}: {exc}") from None
+        if any(not segment.is_literal for segment in pattern.segments):
+            wildcards += 1
+            if wildcards > MAX_WILDCARD_RULES:
+                raise InvalidConfigurationError(
+                    f"{where}: more than {MAX_WILDCARD_RULES} rules with a wildcard "
+                    "('*', '?', '[...]', '**' or a directory rule); use file rules for "
+                    "single paths"
+                )
+        compiled.append(pattern)
     return compiled
 
 
@@ -77,70 +95,19 @@ def uniform_level(rules: Sequence[PermissionRule]) -> Permission | None:
     return None
 
 
-def _split(path: str) -> tuple[str, ...]:
-    return tuple(path.split("/")) if path else ()
-
-
 def _normalize(path: str) -> str:
     path = path.strip("/")
     return "" if path == "." else path
 
 
-def _states_after(segments: tuple[Segment, ...], names: tuple[str, ...]) -> set[int]:
-    """Positions in ``segments`` reachable after matching ``names`` (an NFA over segments)."""
-    end = len(segments)
-
-    def closure(states: set[int]) -> set[int]:
-        for state in list(states):
-            while state < end and segments[state].is_globstar:
-                state += 1
-                states.add(state)
-        return states
-
-    states = closure({0})
-    for name in names:
-        following: set[int] = set()
-        for state in states:
-            if state == end:
-                continue
-            segment = segments[state]
-            if segment.is_globstar:
-                following.add(state)
-            elif segment.matches(name):
-                following.add(state + 1)
-        if not following:
-            return following
-        states = closure(following)
-    return states
-
-
-def _matches_every_nonempty_suffix(rest: tuple[Segment, ...]) -> bool:
-    """Whether ``rest`` matches every path of one or more segments (e.g. ``**``, ``*/**``)."""
-    stars = 0
-    globstars = 0
-    for segment in rest:
-        if segment.is_globstar:
-            globstars += 1
-        elif segment.is_star:
-            stars += 1
-        else:
-            return False
-    return globstars > 0 and stars <= 1
-
-
 class Policy:
-    """The compiled form of a rule list: the level of any path, fast and cached."""
+    """The compiled form of a rule list: the level of any path, fast and cached.
 
-    __slots__ = (
-        "_below_cached",
-        "_compiled",
-        "_fullmatch",
-        "_order",
-        "_permissions",
-        "_rules_or_none",
-        "_winner_cached",
-        "rules",
-    )
+    For a tree walked from its root, :attr:`start` and :meth:`step` give each path's
+    :class:`MatchState` from its parent's in one step; :meth:`level_of` reads its level.
+    """
+
+    __slots__ = ("_automaton", "_cached", "_compiled", "rules")
 
     def __init__(
         self, rules: Sequence[PermissionRule], *, cache_size: int = DEFAULT_CACHE_SIZE
@@ -149,58 +116,61 @@ class Policy:
         self.rules: tuple[PermissionRule, ...] = tuple(rules)
         self._compiled: tuple[CompiledPattern, ...] = tuple(compiled)
         # Highest precedence first.
-        self._order: tuple[int, ...] = tuple(
-            sorted(
-                range(len(compiled)),
-                key=lambda i: (
-                    self.rules[i].priority,
-                    _TYPE_RANK[self.rules[i].type],
-                    compiled[i].specificity,
-                    i,
-                ),
-                reverse=True,
-            )
+        order = sorted(
+            range(len(compiled)),
+            key=lambda i: (
+                self.rules[i].priority,
+                _TYPE_RANK[self.rules[i].type],
+                compiled[i].specificity,
+                i,
+            ),
+            reverse=True,
         )
-        # Index -1 (no rule) maps to NONE / None.
-        self._permissions: tuple[Permission, ...] = (
-            *(rule.permission for rule in self.rules),
-            Permission.NONE,
+        rank = [0] * len(compiled)
+        for position, index in enumerate(order):
+            rank[index] = position
+        self._automaton = Automaton(
+            [pattern.segments for pattern in compiled],
+            [rule.permission for rule in self.rules],
+            rank,
         )
-        self._rules_or_none: tuple[PermissionRule | None, ...] = (*self.rules, None)
-        self._fullmatch: Callable[[str], re.Match[str] | None]
-        if self._order:
-            # Alternatives are tried left to right and the first that matches the whole path
-            # wins, so `lastindex` names the winning rule (inner groups are non-capturing).
-            combined = "|".join(f"({compiled[i].regex})" for i in self._order)
-            self._fullmatch = re.compile(combined, re.DOTALL).fullmatch
-        else:
-            self._fullmatch = _match_nothing
-        self._winner_cached = lru_cache(maxsize=cache_size)(self._winner_index)
-        self._below_cached = lru_cache(maxsize=cache_size)(self._may_grant_below)
+        self._cached = lru_cache(maxsize=cache_size)(self._state_of)
 
     def __repr__(self) -> str:
         return f"Policy({list(self.rules)!r})"
 
-    def _winner_index(self, path: str) -> int:
-        if path and (path[0] == "/" or path[-1] == "/" or path == "."):
-            path = _normalize(path)
-        match = self._fullmatch(path)
-        if match is None:
-            return -1
-        return self._order[(match.lastindex or 1) - 1]
+    @property
+    def start(self) -> MatchState:
+        """The state of the root."""
+        return self._automaton.start
+
+    def step(self, state: MatchState, name: str) -> MatchState:
+        """The state of ``name`` in the directory whose state is ``state``."""
+        return self._automaton.step(state, name)
+
+    def state(self, path: str) -> MatchState:
+        """The state of ``path`` (relative; ``""`` is the root), from the cache if it can."""
+        return self._cached(path)
+
+    def level_of(self, state: MatchState) -> Permission:
+        return Permission.NONE if state.winner < 0 else self.rules[state.winner].permission
+
+    def _state_of(self, path: str) -> MatchState:
+        path = _normalize(path)
+        return self._automaton.walk(path.split("/") if path else ())
 
     def level(self, path: str) -> Permission:
-        """The level of ``path`` (relative, normalized; ``""`` is the root): ``none`` if no
-        rule matches."""
-        return self._permissions[self._winner_cached(path)]
+        """The level of ``path`` (relative; ``""`` is the root): ``none`` if no rule matches."""
+        return self.level_of(self._cached(path))
 
     def winning_rule(self, path: str) -> PermissionRule | None:
         """The rule deciding ``path``'s level, or ``None`` when no rule matches."""
-        return self._rules_or_none[self._winner_cached(path)]
+        winner = self._cached(path).winner
+        return None if winner < 0 else self.rules[winner]
 
     def describe(self, path: str) -> str:
         """A sentence for error messages: ``"src/a.py: read (rule 3 '**/*.py')"``."""
-        index = self._winner_cached(path)
+        index = self._cached(path).winner
         shown = path or "/"
         if index < 0:
             return f"{shown}: none (no rule matches)"
@@ -218,27 +188,13 @@ class Policy:
         matches *every* path below it (after the directory, its pattern is ``**``, ``*/**``,
         ...) shadows every rule after it and decides ``False``.
         """
-        return self._below_cached(directory)
+        return self._cached(directory).may_grant_below()
 
-    def _may_grant_below(self, directory: str) -> bool:
-        names = _split(_normalize(directory))
-        for index in self._order:
-            segments = self._compiled[index].segments
-            states = _states_after(segments, names)
-            end = len(segments)
-            if not any(state < end for state in states):
-                continue  # cannot match anything strictly below
-            if self.rules[index].permission is not Permission.NONE:
-                return True
-            if any(_matches_every_nonempty_suffix(segments[state:]) for state in states):
-                return False
-        return False
+    def may_write_below(self, directory: str) -> bool:
+        """Whether some path strictly below ``directory`` could get ``write`` (conservative in
+        the same way as :meth:`may_grant_below`)."""
+        return self._cached(directory).may_write_below()
 
     def cache_clear(self) -> None:
         """Drop the cached lookups (they never go stale: rules are immutable)."""
-        self._winner_cached.cache_clear()
-        self._below_cached.cache_clear()
-
-
-def _match_nothing(path: str) -> re.Match[str] | None:
-    return None
+        self._cached.cache_clear()

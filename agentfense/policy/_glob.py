@@ -6,9 +6,11 @@ A pattern is a path from the workspace root, made of ``/``-separated segments. I
 * A trailing ``/`` means "this and everything below": ``docs/`` is ``docs/**`` for a glob and
   just ``docs`` for a directory (where it is implied anyway); a file pattern ignores it.
   So the glob or directory ``/`` covers everything, and the file ``/`` names the root itself.
-* Empty segments (``a//b``, or ``//a``), ``.`` and ``..`` segments, NUL, blank patterns and
-  patterns longer than :data:`MAX_PATTERN_LENGTH` are rejected, never normalized away: a
-  rule that does not say what it looks like it says is a configuration error.
+* Empty segments (``a//b``, or ``//a``), ``.`` and ``..`` segments, NUL, blank patterns,
+  patterns longer than :data:`MAX_PATTERN_LENGTH` or with more than :data:`MAX_GLOBSTARS`
+  ``**`` are rejected, never normalized away: a
+  rule that does not say what it looks like it says is a configuration error, and a rule
+  must not cost more than a bounded amount per path it is matched against.
 
 Glob segments (type ``glob`` only; ``file`` and ``directory`` patterns are literal paths, in
 which a ``**`` segment is rejected as a sure mistake):
@@ -27,6 +29,12 @@ which a ``**`` segment is rejected as a sure mistake):
 
 A path is relative to the workspace root, POSIX and normalized: ``""`` is the root,
 ``"a/b.txt"`` a file.
+
+Matching runs segment by segment over the pattern's positions (an NFA, as in
+:mod:`agentfense.policy._matcher`), never as one regular expression over the whole path: a
+pattern such as ``**/a/**/a/**/a/**/b`` against ``a/a/.../a/c`` costs time linear in the
+path, where a backtracking regex costs time exponential in the number of ``**``. Within one
+segment, a glob is a regex whose stars cannot backtrack (see :func:`_glob_segment`).
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from ..errors import InvalidConfigurationError
 from ..types import PatternType, PermissionRule
 
 MAX_PATTERN_LENGTH = 4096
+MAX_GLOBSTARS = 16
 
 _STAR = "[^/]*"
 _ANY_CHAR = "[^/]"
@@ -75,13 +84,13 @@ class Segment:
     """One segment of a compiled pattern."""
 
     source: str
-    regex: str
-    """The regular expression of the segment ("" for ``**``)."""
     is_globstar: bool = False
     is_literal: bool = True
     is_star: bool = False
     """True when the segment matches every segment name (``*``)."""
     literal_chars: int = 0
+    regex: str = ""
+    """A wildcard segment's regular expression (for ``fullmatch``, DOTALL), else ""."""
     _fullmatch: Callable[[str], re.Match[str] | None] | None = field(
         default=None, compare=False, repr=False
     )
@@ -93,7 +102,7 @@ class Segment:
         return self._fullmatch(name) is not None
 
 
-GLOBSTAR = Segment("**", "", is_globstar=True, is_literal=False)
+GLOBSTAR = Segment("**", is_globstar=True, is_literal=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,14 +112,40 @@ class CompiledPattern:
     pattern: str
     type: PatternType
     segments: tuple[Segment, ...]
-    regex: str
-    """Matches exactly the paths the pattern covers (use with ``re.fullmatch``, DOTALL)."""
     specificity: Specificity
-    _fullmatch: Callable[[str], re.Match[str] | None]
 
     def matches(self, path: str) -> bool:
         """Whether the pattern covers ``path`` (relative, normalized; ``""`` is the root)."""
-        return self._fullmatch(path) is not None
+        return match_segments(self.segments, path.split("/") if path else [])
+
+
+def match_segments(segments: tuple[Segment, ...], names: list[str]) -> bool:
+    """Whether ``segments`` match the path made of ``names``: the set of positions reached
+    after each name, so time is O(len(names) * len(segments))."""
+    end = len(segments)
+    positions = _skip_globstars(segments, {0})
+    for name in names:
+        following: set[int] = set()
+        for position in positions:
+            if position == end:
+                continue
+            segment = segments[position]
+            if segment.is_globstar:
+                following.add(position)
+            elif segment.matches(name):
+                following.add(position + 1)
+        if not following:
+            return False
+        positions = _skip_globstars(segments, following)
+    return end in positions
+
+
+def _skip_globstars(segments: tuple[Segment, ...], positions: set[int]) -> set[int]:
+    """``positions`` and every position after a ``**`` there (which may match nothing)."""
+    for position in list(positions):
+        if position < len(segments) and segments[position].is_globstar:
+            positions.add(position + 1)
+    return positions
 
 
 def _class_end(segment: str, start: int) -> int:
@@ -177,11 +212,9 @@ def _glob_segment(source: str) -> Segment:
             literal_chars += 1
             i += 1
     if len(tokens) == literal_chars:  # no wildcard at all
-        return Segment(source, re.escape(source), literal_chars=literal_chars)
+        return Segment(source, literal_chars=literal_chars)
     if tokens == [None]:
-        return Segment(
-            source, _WHOLE_SEGMENT, is_literal=False, is_star=True, _fullmatch=_match_any
-        )
+        return Segment(source, is_literal=False, is_star=True, _fullmatch=_match_any)
     # As fnmatch does: an interior `*fixed` takes the first occurrence of `fixed` in an atomic
     # group, so patterns such as `*a*a*a*b` cannot backtrack exponentially.
     parts: list[str] = []
@@ -202,15 +235,15 @@ def _glob_segment(source: str) -> Segment:
     regex = "".join(parts)
     return Segment(
         source,
-        regex,
         is_literal=False,
         literal_chars=literal_chars,
+        regex=regex,
         _fullmatch=re.compile(regex, re.DOTALL).fullmatch,
     )
 
 
 def _literal_segment(source: str) -> Segment:
-    return Segment(source, re.escape(source), literal_chars=len(source))
+    return Segment(source, literal_chars=len(source))
 
 
 def parse_pattern(pattern: str, type: PatternType) -> tuple[Segment, ...]:
@@ -231,6 +264,8 @@ def parse_pattern(pattern: str, type: PatternType) -> tuple[Segment, ...]:
     for name in names:
         if name in (".", ".."):
             raise PatternError(f"{name!r} segment in pattern")
+    if names.count("**") > MAX_GLOBSTARS:
+        raise PatternError(f"more than {MAX_GLOBSTARS} '**' segments in pattern")
     if type is not PatternType.GLOB and "**" in names:
         # Surely meant as a glob; taken literally a `none` rule would hide nothing.
         raise PatternError(
@@ -264,39 +299,10 @@ def specificity(segments: tuple[Segment, ...]) -> Specificity:
     )
 
 
-def pattern_regex(segments: tuple[Segment, ...]) -> str:
-    """A regex (for ``fullmatch`` with DOTALL) matching exactly the paths of ``segments``."""
-    last = len(segments) - 1
-    parts: list[str] = []
-    for i, segment in enumerate(segments):
-        if segment.is_globstar:
-            if i == 0 and i == last:
-                parts.append(".*")  # everything, the root included
-            elif i == 0:
-                parts.append("(?:.+/)?")  # zero or more leading segments, each with its "/"
-            elif i == last:
-                parts.append("(?:/.+)?")  # `dir/**` also covers `dir`
-            else:
-                parts.append("(?:/.+)?/")
-        else:
-            if i > 0 and not segments[i - 1].is_globstar:
-                parts.append("/")
-            parts.append(segment.regex)
-    return "".join(parts)
-
-
 def compile_segments(pattern: str, type: PatternType) -> CompiledPattern:
     """Compile ``pattern``; :class:`PatternError` when it is invalid."""
     segments = parse_pattern(pattern, type)
-    regex = pattern_regex(segments)
-    return CompiledPattern(
-        pattern=pattern,
-        type=type,
-        segments=segments,
-        regex=regex,
-        specificity=specificity(segments),
-        _fullmatch=re.compile(regex, re.DOTALL).fullmatch,
-    )
+    return CompiledPattern(pattern, type, segments, specificity(segments))
 
 
 def compile_pattern(rule: PermissionRule) -> CompiledPattern:

@@ -7,7 +7,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentfense.errors import InvalidConfigurationError
-from agentfense.policy import Policy, compile_pattern, uniform_level, validate_rules
+from agentfense.policy import (
+    MAX_RULES,
+    MAX_WILDCARD_RULES,
+    Policy,
+    compile_pattern,
+    uniform_level,
+    validate_rules,
+)
 from agentfense.presets import get_preset
 from agentfense.types import PatternType, Permission, PermissionRule
 
@@ -397,3 +404,59 @@ def test_a_uniform_level_is_every_paths_level(rules: list[PermissionRule], path:
     level = uniform_level(rules)
     if level is not None:
         assert Policy(rules).level(path) is level
+
+
+@settings(max_examples=300, deadline=None)
+@given(rule_lists, st.lists(paths, min_size=1, max_size=8))
+def test_stepping_name_by_name_agrees_with_whole_paths(
+    rules: list[PermissionRule], queries: list[str]
+) -> None:
+    """The permission filesystem keeps each directory's state and steps one name at a time."""
+    policy = Policy(rules)
+    for path in queries:
+        state = policy.start
+        for name in path.split("/") if path else []:
+            state = policy.step(state, name)
+        assert policy.level_of(state) is policy.level(path)
+        assert state.may_grant_below() is policy.may_grant_below(path)
+        assert state.may_write_below() is policy.may_write_below(path)
+
+
+@settings(max_examples=300, deadline=None)
+@given(rule_lists, trees)
+def test_may_write_below_is_sound(rules: list[PermissionRule], tree: list[str]) -> None:
+    policy = Policy(rules)
+    for path in tree:
+        parts = path.split("/") if path else []
+        if policy.level(path) is WRITE:
+            for n in range(len(parts)):
+                assert policy.may_write_below("/".join(parts[:n])), (path, n)
+
+
+def test_a_backtracking_rule_costs_linear_time() -> None:
+    # As one regex over the whole path this takes hours (each `**` may end at any level).
+    hostile = rule("**/a/**/a/**/a/**/a/**/a/**/a/**/a/**/b", NONE, priority=5)
+    policy = Policy([rule("**", READ), hostile])
+    deep = "/".join(["a"] * 60)
+    assert policy.level(deep + "/c") is READ
+    assert policy.level(deep + "/b") is NONE
+    assert policy.may_grant_below(deep)
+
+
+def test_rule_lists_are_bounded() -> None:
+    too_many_globstars = "/".join(["**", "a"] * 17)
+    with pytest.raises(InvalidConfigurationError) as info:
+        validate_rules([rule("**", READ), rule(too_many_globstars, NONE)])
+    assert str(info.value).startswith("permissions[1] ('**/a/**/a")
+    assert "more than 16 '**' segments" in str(info.value)
+    wildcards = [rule(f"d{i}/*.x", READ) for i in range(MAX_WILDCARD_RULES + 1)]
+    with pytest.raises(InvalidConfigurationError) as info:
+        validate_rules(wildcards)
+    assert str(info.value).startswith(f"permissions[{MAX_WILDCARD_RULES}] ('d256/*.x')")
+    # Literal rules (one path each) are cheap: many of them are fine, up to MAX_RULES.
+    files = [rule(f"src/f{i}.py", WRITE, FILE) for i in range(MAX_RULES)]
+    policy = Policy(files)
+    assert policy.level("src/f4095.py") is WRITE
+    assert policy.level("src/f4096.py") is NONE
+    with pytest.raises(InvalidConfigurationError, match=f"at most {MAX_RULES}"):
+        validate_rules([*files, rule("x", READ, FILE)])
