@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(
-  bubblewrap fuse3 libfuse3-dev pkg-config gcc python3 python3-venv python3-dev git ca-certificates
+  bubblewrap fuse3 gcc python3 python3-venv python3-dev git ca-certificates
   # the Docker runtime: scripts/dockerd.sh starts a private dockerd; scripts/docker-images.sh
   # builds its images from Debian packages (mmdebstrap; busybox-static is fetched, not installed)
   docker.io mmdebstrap curl

@@ -1,45 +1,195 @@
-"""``python -m agentfense.fs MOUNTPOINT CONTROL_FD``: the permission filesystem process.
+"""``python -m agentfense.fs CONTROL_FD``: the permission filesystem process.
 
-Started and supervised by the server: it mounts one FUSE file system at MOUNTPOINT, serves the
-views the server adds over the control socket, and unmounts when that socket closes.
+Started and supervised by the server, which mounts each view (a FUSE connection of its own)
+and hands this process the connection's descriptor with :class:`~.control.AddView`. Each view
+is served by a thread of its own (:mod:`._loop`); its commits run on that thread too, between
+its requests. The main thread reads the control channel; replies go out as work completes.
+When the channel closes, the process stops serving and exits (the server unmounts).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
+import os
 import socket
 import sys
+import threading
+import time
+from pathlib import Path
 
-import pyfuse3
-import trio
+from ..policy import Policy
+from ..types import PermissionRule
+from . import _abi as abi
+from . import control
+from ._host import split
+from ._loop import ViewServer
+from ._usage import CodebaseUsage
+from .commit import commit
+from .view import View
 
-from .control import serve_control
-from .operations import PermissionFS
+log = logging.getLogger("agentfense.fs")
 
-# No default_permissions: levels are per path, so a child may be writable in a read-only
-# directory; every operation checks the policy itself (operations.py).
-MOUNT_OPTIONS = {"fsname=agentfense", "subtype=agentfense", "allow_other", "nosuid", "nodev"}
+# A commit waits this long for other views' kernels to drop what they cached of its paths;
+# a view too busy to let go sooner sees the change a little later, and holds up no one.
+INVALIDATION_WAIT = 0.5
 
 
-async def run(mountpoint: str, control: socket.socket) -> None:
-    fs = PermissionFS()
-    pyfuse3.init(fs, mountpoint, MOUNT_OPTIONS)
-    try:
-        control.send(b'{"ready": true}')
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(functools.partial(pyfuse3.main, min_tasks=1, max_tasks=1))
-            await serve_control(fs, control)
-            nursery.cancel_scope.cancel()
-    finally:
-        pyfuse3.close(unmount=True)
+class FsProcess:
+    def __init__(self, channel: socket.socket) -> None:
+        self._channel = channel
+        self._send_lock = threading.Lock()
+        self.servers: dict[str, ViewServer] = {}
+        self._usages: dict[Path, CodebaseUsage] = {}
+
+    def reply(self, message: control.Message) -> None:
+        with self._send_lock:
+            control.send(self._channel, message)
+
+    def run(self) -> None:
+        self.reply(control.Done(seq=0))  # ready
+        assembler = control.Assembler()
+        while True:
+            try:
+                received = control.receive(self._channel, assembler)
+            except (OSError, ValueError):
+                log.exception("control channel")
+                break
+            if received is None:
+                break
+            message, fds = received
+            try:
+                self.handle(message, fds)
+            except Exception as exc:
+                log.exception("%s failed", message.op)
+                for fd in fds:
+                    os.close(fd)
+                self.reply(control.Failed(f"{type(exc).__name__}: {exc}", seq=message.seq))
+
+    def handle(self, message: control.Message, fds: list[int]) -> None:
+        if isinstance(message, control.AddView):
+            if len(fds) != 1:
+                raise ValueError("add_view comes with exactly one descriptor")
+            self._add_view(message, fds[0])
+            self.reply(control.Done(seq=message.seq))
+            return
+        for fd in fds:
+            os.close(fd)
+        if isinstance(message, control.Ping):
+            self.reply(control.Done(seq=message.seq))
+        elif isinstance(message, control.RemoveView):
+            self._remove_view(message.id)
+            self.reply(control.Done(seq=message.seq))
+        elif isinstance(message, control.Commit):
+            server = self._server(message.id)
+            server.exclusive(lambda: self._commit(server, message.seq))
+        elif isinstance(message, control.Changed):
+            threading.Thread(target=self._changed, args=(message,), daemon=True).start()
+        else:
+            raise TypeError(f"{message.op} is not a request")
+
+    def _server(self, view_id: str) -> ViewServer:
+        server = self.servers.get(view_id)
+        if server is None:
+            raise ValueError(f"no view {view_id}")
+        return server
+
+    def _add_view(self, spec: control.AddView, fd: int) -> None:
+        if spec.id in self.servers:  # asked again after a restart that took it over
+            os.close(fd)
+            return
+        lower = Path(spec.lower)
+        usage = self._usages.get(lower)
+        if usage is None:
+            usage = self._usages[lower] = CodebaseUsage(lower)
+            usage.count(wait=0.1)
+        view = View(
+            spec.id,
+            lower=lower,
+            delta=Path(spec.delta),
+            policy=Policy([PermissionRule.from_value(rule) for rule in spec.rules]),
+            uid=spec.uid,
+            gid=spec.gid,
+            limits=spec.limits,
+            usage=usage,
+        )
+        if spec.recover:
+            view.nodes.recover(view.nodes.journal.read())
+            view.measure_delta()
+        server = ViewServer(view, fd, initialized=spec.recover)
+        self.servers[spec.id] = server
+        server.start()
+
+    def _remove_view(self, view_id: str) -> None:
+        # Its thread serves on until the server unmounts the view; then it closes the view.
+        server = self.servers.pop(view_id, None)
+        if server is not None:
+            lower = server.view.lower.root
+            if not any(s.view.lower.root == lower for s in self.servers.values()):
+                self._usages.pop(lower, None)
+
+    # -- commits and what other views cached --------------------------------------------------
+
+    def _commit(self, server: ViewServer, seq: int) -> None:
+        view = server.view
+        try:
+            result = commit(view)
+        except Exception as exc:
+            log.exception("view %s: commit failed", view.id)
+            self.reply(control.Failed(f"commit: {type(exc).__name__}: {exc}", seq=seq))
+            return
+        over_limit, view.over_limit = view.over_limit, False
+        if result.changed:
+            self._invalidate(view.lower.root, result.changed, exclude=server)
+        self.reply(control.Committed(len(result.changed), len(result.kept), over_limit, seq=seq))
+
+    def _changed(self, message: control.Changed) -> None:
+        usage = self._usages.get(Path(message.lower))
+        if usage is not None:
+            usage.count()
+        self._invalidate(Path(message.lower), message.paths, exclude=None)
+        self.reply(control.Done(seq=message.seq))
+
+    def _invalidate(self, lower: Path, paths: list[str], exclude: ViewServer | None) -> None:
+        """Every other view of the codebase at ``lower`` drops what its kernel cached of
+        ``paths`` (the entry in its parent, the parent's listing, the file) before the
+        change is acknowledged; a view that cannot within INVALIDATION_WAIT catches up later."""
+        waiting = []
+        for server in list(self.servers.values()):
+            if server is exclude or server.view.lower.root != lower:
+                continue
+            messages = _invalidations(server.view, paths)
+            if messages:
+                waiting.append(server.notifier.send(messages))
+        deadline = INVALIDATION_WAIT
+        for done in waiting:
+            started = time.monotonic()
+            done.wait(max(0.0, deadline))
+            deadline -= time.monotonic() - started
+
+
+def _invalidations(view: View, paths: list[str]) -> list[bytes]:
+    nodes = view.nodes.by_path  # read from another thread: single lookups only
+    messages: list[bytes] = []
+    parents: set[str] = set()
+    for rel in paths:
+        node = nodes.get(rel)
+        if node is not None:
+            messages.append(abi.notify_inval_inode(node.id))
+        parent_rel, name = split(rel)
+        parent = nodes.get(parent_rel)
+        if parent is not None:
+            messages.append(abi.notify_inval_entry(parent.id, os.fsencode(name)))
+            if parent_rel not in parents:
+                parents.add(parent_rel)
+                messages.append(abi.notify_inval_inode(parent.id))
+    return messages
 
 
 def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="agentfense-fs: %(message)s")
-    mountpoint, fd = sys.argv[1], int(sys.argv[2])
-    control = socket.socket(fileno=fd)
-    trio.run(run, mountpoint, control)
+    threading.stack_size(512 * 1024)  # nothing here recurses: small stacks, many views
+    channel = socket.socket(fileno=int(sys.argv[1]))
+    FsProcess(channel).run()
     return 0
 
 

@@ -13,6 +13,7 @@ import ctypes
 import errno
 import os
 import stat
+import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,29 +23,44 @@ _RESOLVE_NO_SYMLINKS = 0x04
 _RESOLVE_BENEATH = 0x08
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
+_openat2_call = ctypes.CFUNCTYPE(
+    ctypes.c_long,
+    ctypes.c_long,
+    ctypes.c_int,
+    ctypes.c_char_p,
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    use_errno=True,
+)(("syscall", _libc))
 
 
 class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
+# One open_how per (flags, mode), made once and never changed: shared by every thread.
+_hows: dict[tuple[int, int], tuple[_OpenHow, int]] = {}
+
+
+def _how(flags: int, mode: int) -> int:
+    key = (flags, mode)
+    found = _hows.get(key)
+    if found is None:
+        how = _OpenHow(
+            flags, mode, _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS
+        )
+        found = _hows.setdefault(key, (how, ctypes.addressof(how)))
+    return found[1]
+
+
 def openat2(dir_fd: int, path: str, flags: int, mode: int = 0) -> int:
     """Open ``path`` beneath ``dir_fd``, following no symlink on the way (nor at the end)."""
-    how = _OpenHow(
-        flags | os.O_CLOEXEC,
-        # (O_TMPFILE includes O_DIRECTORY's bit: test for all of it.)
-        mode if flags & os.O_CREAT or (flags & os.O_TMPFILE) == os.O_TMPFILE else 0,
-        _RESOLVE_BENEATH | _RESOLVE_NO_SYMLINKS | _RESOLVE_NO_MAGICLINKS,
-    )
+    # (O_TMPFILE includes O_DIRECTORY's bit: test for all of it.)
+    creating = flags & os.O_CREAT or (flags & os.O_TMPFILE) == os.O_TMPFILE
+    how = _how(flags | os.O_CLOEXEC, mode if creating else 0)
     raw = os.fsencode(path)
     while True:
-        fd = _libc.syscall(
-            ctypes.c_long(_SYS_OPENAT2),
-            ctypes.c_int(dir_fd),
-            ctypes.c_char_p(raw),
-            ctypes.byref(how),
-            ctypes.c_size_t(ctypes.sizeof(how)),
-        )
+        fd = _openat2_call(_SYS_OPENAT2, dir_fd, raw, how, 24)
         if fd >= 0:
             return int(fd)
         err = ctypes.get_errno()
@@ -87,8 +103,12 @@ class HostTree:
     def lstat(self, rel: str) -> os.stat_result:
         if not rel:
             return os.stat(self.fd)
-        with self.parent(rel) as (fd, name):
-            return os.stat(name, dir_fd=fd, follow_symlinks=False)
+        # O_PATH with O_NOFOLLOW opens a symlink itself: its own attributes, never its target's.
+        fd = openat2(self.fd, rel, os.O_PATH | os.O_NOFOLLOW)
+        try:
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
 
     def try_lstat(self, rel: str) -> os.stat_result | None:
         """``None`` when ``rel`` is not there (a symlink on the way counts as not there)."""
@@ -166,18 +186,6 @@ class HostTree:
         with self.parent(rel) as (fd, name):
             os.rmdir(name, dir_fd=fd)
 
-    def remove(self, rel: str) -> None:
-        """Remove ``rel`` whatever it is, a directory with everything below it."""
-        st = self.try_lstat(rel)
-        if st is None:
-            return
-        if stat.S_ISDIR(st.st_mode):
-            for child in self.listdir(rel):
-                self.remove(f"{rel}/{child}" if rel else child)
-            self.rmdir(rel)
-        else:
-            self.unlink(rel)
-
     def rename(self, old: str, new: str, other: HostTree | None = None) -> None:
         """Rename ``old`` of this tree to ``new`` of ``other`` (this tree by default)."""
         target = other or self
@@ -222,3 +230,73 @@ def copy_file(src: HostTree, src_rel: str, dst: HostTree, dst_rel: str) -> None:
             os.close(fd_out)
     finally:
         os.close(fd_in)
+
+
+_SYS_GETDENTS64 = 217
+_getdents_call = ctypes.CFUNCTYPE(
+    ctypes.c_long, ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, use_errno=True
+)(("syscall", _libc))
+_DIRENT64 = struct.Struct("<QqHB")  # d_ino d_off d_reclen d_type, then the name
+_DIRENTS_BUFFER = 8192
+
+
+def dir_entries(fd: int, cookie: int) -> Iterator[tuple[str, int, int]]:
+    """``(name, d_type, cookie after it)`` of the directory ``fd``, from ``cookie`` (0: the
+    start; else one this function gave), ``.`` and ``..`` included. Nothing is kept between
+    calls: a listing resumes from its cookie, whatever the directory's size."""
+    os.lseek(fd, cookie, os.SEEK_SET)
+    buffer = ctypes.create_string_buffer(_DIRENTS_BUFFER)
+    raw = memoryview(buffer).cast("B")
+    while True:
+        size = _getdents_call(_SYS_GETDENTS64, fd, buffer, len(buffer))
+        if size < 0:
+            err = ctypes.get_errno()
+            if err == errno.EINTR:
+                continue
+            raise OSError(err, os.strerror(err))
+        if size == 0:
+            return
+        at = 0
+        while at < size:
+            _, next_cookie, length, d_type = _DIRENT64.unpack_from(raw, at)
+            name_bytes = bytes(raw[at + _DIRENT64.size : at + length]).split(b"\0", 1)[0]
+            at += length
+            yield os.fsdecode(name_bytes), d_type, next_cookie
+
+
+def remove_tree(path: Path) -> None:
+    """Remove ``path`` and everything below it, whatever the depth a sandbox made there:
+    iteratively, one directory open at a time, following no symlink. What cannot be removed
+    stays (like ``shutil.rmtree(ignore_errors=True)``, which recurses once per level)."""
+    try:
+        tree = HostTree(path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            path.unlink()  # not a directory (or already gone)
+        return
+    try:
+        stack: list[tuple[str, bool]] = [(name, False) for name in _names(tree, "")]
+        while stack:
+            rel, expanded = stack.pop()
+            try:
+                st = tree.lstat(rel)
+                if not stat.S_ISDIR(st.st_mode):
+                    tree.unlink(rel)
+                elif expanded:
+                    tree.rmdir(rel)
+                else:
+                    stack.append((rel, True))
+                    stack.extend((f"{rel}/{name}", False) for name in _names(tree, rel))
+            except OSError:
+                continue
+    finally:
+        tree.close()
+    with contextlib.suppress(OSError):
+        path.rmdir()
+
+
+def _names(tree: HostTree, rel: str) -> list[str]:
+    try:
+        return tree.listdir(rel)
+    except OSError:
+        return []

@@ -1,139 +1,185 @@
-"""The fs process's control channel: the server adds, commits and removes views.
+"""The control channel between the server and the fs process: typed messages, any size.
 
-One JSON message per SOCK_SEQPACKET datagram, each answered in order:
-``{"op": "add_view", "id", "lower", "upper", "rules", "uid", "gid"}``,
-``{"op": "commit", "id"}`` (answered with ``changed``, ``kept`` and ``over_limit``: whether
-a write was refused for the view's ``max_delta`` since the last commit),
-``{"op": "remove_view", "id"}``, ``{"op": "ping"}``. Errors come back as ``{"error": "..."}``.
+A message is one JSON object (``op`` names its type; ``seq`` pairs a reply with its request,
+for requests are answered as they complete, not in order) sent as one or more datagrams on
+a SOCK_SEQPACKET socket: each starts with ``+`` (more follows) or ``.`` (the last), so a
+reply of any size is delivered. The descriptor of a view's FUSE connection travels with its
+:class:`AddView` (SCM_RIGHTS, on the first datagram).
+
+Requests: :class:`AddView`, :class:`RemoveView`, :class:`Commit`, :class:`Changed` (the
+server changed paths of a codebase: views drop what their kernel cached of them),
+:class:`Ping`. Replies: :class:`Done`, :class:`Committed`, :class:`Failed`.
 """
 
 from __future__ import annotations
 
-import contextlib
+import array
 import json
-import os
-import select
 import socket
-from pathlib import Path
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
 
-import pyfuse3
-import trio
-
-from ..errors import SandboxError
-from ..policy import Policy
-from ..types import PermissionRule
-from ._host import split
-from .commit import commit
-from .operations import PermissionFS
-from .view import View
+CHUNK = 60 * 1024
+MAX_MESSAGE = 64 << 20  # a peer that sends more is broken: refuse rather than grow
 
 
-def _invalidate(fs: PermissionFS, source: View, changed: list[str]) -> None:
-    """Drop what the kernel caches of ``changed`` in every other view of the same codebase."""
-    for view in fs.views.values():
-        if view is source or view.lower.root != source.lower.root:
-            continue
-        for rel in changed:
-            node = fs.nodes.find(view, rel)
-            if node is None:
-                continue  # the kernel knows nothing of it there: nothing cached to drop
-            parent = fs.nodes.find(view, split(rel)[0])
-            with contextlib.suppress(OSError):  # the kernel may have dropped it meanwhile
-                pyfuse3.invalidate_inode(node.ino, attr_only=False)
-                if parent is not None:
-                    pyfuse3.invalidate_entry(parent.ino, os.fsencode(split(rel)[1]))
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What a view may write between two commits (0: no limit) and its codebase's caps."""
+
+    delta_bytes: int = 0
+    delta_entries: int = 0
+    codebase_bytes: int = 0
+    codebase_entries: int = 0
 
 
-def _fuse_device_fd() -> int | None:
-    """The fd this process reads FUSE requests from (pyfuse3 does not expose it)."""
-    for name in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):
-            if os.readlink(f"/proc/self/fd/{name}") == "/dev/fuse":
-                return int(name)
-    return None
+@dataclass(frozen=True, slots=True)
+class Message:
+    op: ClassVar[str] = ""
+    seq: int = field(default=0, kw_only=True)
 
 
-async def _take_queued_requests() -> None:
-    """Let the FUSE loop answer the requests the kernel has already queued.
+@dataclass(frozen=True, slots=True)
+class AddView(Message):
+    """Serve the view on the connection whose fd comes along; ``recover``: it was served
+    by a process that died (the kernel knows its nodes, the delta holds its journal)."""
 
-    close() (and a process's exit) returns before the kernel's RELEASE of the file is
-    answered: a commit right after a command would still count the files it closed as open
-    for writing and leave them in the delta, where the next commit would apply them again,
-    over what other sandboxes committed meanwhile.
-    """
-    fd = _fuse_device_fd()
-    if fd is None:
-        return
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    with trio.move_on_after(1):
-        while poller.poll(0):
-            await trio.lowlevel.checkpoint()  # the FUSE workers read and answer
+    op: ClassVar[str] = "add_view"
+    id: str
+    lower: str
+    delta: str
+    rules: list[dict[str, Any]]
+    uid: int
+    gid: int
+    limits: Limits = Limits()
+    recover: bool = False
 
 
-async def handle(fs: PermissionFS, request: dict[str, Any]) -> dict[str, Any]:
-    op = request.get("op")
-    if op == "ping":
-        return {}
-    view_id = str(request["id"])
-    if op == "add_view":
-        rules = [PermissionRule.from_value(rule) for rule in request["rules"]]
-        old = fs.remove_view(view_id)
-        if old is not None:
-            old.close()
-        fs.add_view(
-            View(
-                view_id,
-                lower=Path(request["lower"]),
-                upper=Path(request["upper"]),
-                policy=Policy(rules),
-                uid=int(request["uid"]),
-                gid=int(request["gid"]),
-                max_delta=int(request.get("max_delta", 0)),
-            )
-        )
-        return {}
-    view = fs.views.get(view_id)
-    if view is None:
-        return {"error": f"no view {view_id}"}
-    if op == "commit":
-        if view.writers:
-            await _take_queued_requests()
-        result = commit(view)
-        if result.changed:
-            # Kernel cache invalidation may wait on requests this thread serves: off-thread.
-            await trio.to_thread.run_sync(_invalidate, fs, view, result.changed)
-        over_limit, view.over_limit, view.delta_bytes = view.over_limit, False, 0
-        return {
-            "changed": len(result.changed),
-            "kept": sorted(result.kept_deleted),
-            "over_limit": over_limit,
-        }
-    if op == "remove_view":
-        fs.remove_view(view_id)
-        view.close()
-        return {}
-    return {"error": f"unknown op {op!r}"}
+@dataclass(frozen=True, slots=True)
+class RemoveView(Message):
+    op: ClassVar[str] = "remove_view"
+    id: str
 
 
-async def serve_control(fs: PermissionFS, sock: socket.socket) -> None:
-    """Answer requests until the server closes the channel."""
-    sock.setblocking(False)
+@dataclass(frozen=True, slots=True)
+class Commit(Message):
+    op: ClassVar[str] = "commit"
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Changed(Message):
+    op: ClassVar[str] = "changed"
+    lower: str
+    paths: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Ping(Message):
+    op: ClassVar[str] = "ping"
+
+
+@dataclass(frozen=True, slots=True)
+class Done(Message):
+    op: ClassVar[str] = "done"
+
+
+@dataclass(frozen=True, slots=True)
+class Committed(Message):
+    op: ClassVar[str] = "committed"
+    changed: int
+    kept: int
+    over_limit: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Failed(Message):
+    op: ClassVar[str] = "failed"
+    message: str
+
+
+_TYPES: dict[str, type[Message]] = {
+    kind.op: kind for kind in (AddView, RemoveView, Commit, Changed, Ping, Done, Committed, Failed)
+}
+
+
+def encode(message: Message) -> bytes:
+    data = asdict(message)
+    data["op"] = message.op
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def decode(data: bytes) -> Message:
+    """The message in ``data``; ``ValueError`` when it is none."""
+    raw = json.loads(data)
+    kind = _TYPES.get(str(raw.pop("op", ""))) if isinstance(raw, dict) else None
+    if kind is None:
+        raise ValueError("not a message of this channel")
+    names = {f.name for f in fields(kind)}
+    if set(raw) - names:
+        raise ValueError(f"unknown fields {sorted(set(raw) - names)} in {kind.op}")
+    if kind is AddView and isinstance(raw.get("limits"), dict):
+        raw["limits"] = Limits(**raw["limits"])
+    try:
+        return kind(**raw)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def datagrams(payload: bytes) -> list[bytes]:
+    chunks = [payload[i : i + CHUNK] for i in range(0, len(payload), CHUNK)] or [b""]
+    return [(b"." if i == len(chunks) - 1 else b"+") + c for i, c in enumerate(chunks)]
+
+
+class Assembler:
+    """Joins datagrams into messages (and keeps the fds that came with them)."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self._size = 0
+        self.fds: list[int] = []
+
+    def add(self, datagram: bytes) -> bytes | None:
+        """The whole payload when ``datagram`` was its last part, else None."""
+        if not datagram or datagram[:1] not in (b"+", b"."):
+            raise ValueError("not a datagram of this channel")
+        self._size += len(datagram)
+        if self._size > MAX_MESSAGE:
+            raise ValueError("message too large")
+        self._parts.append(datagram[1:])
+        if datagram[:1] == b"+":
+            return None
+        payload = b"".join(self._parts)
+        self._parts.clear()
+        self._size = 0
+        return payload
+
+
+def send(sock: socket.socket, message: Message, fds: tuple[int, ...] = ()) -> None:
+    """Send ``message`` (blocking); the caller keeps other senders out meanwhile."""
+    for index, datagram in enumerate(datagrams(encode(message))):
+        ancillary = []
+        if index == 0 and fds:
+            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+        sock.sendmsg([datagram], ancillary)
+
+
+def received_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    fds = array.array("i")
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+    return list(fds)
+
+
+def receive(sock: socket.socket, assembler: Assembler) -> tuple[Message, list[int]] | None:
+    """The next message and the fds that came with it (blocking); None at end of stream."""
     while True:
-        await trio.lowlevel.wait_readable(sock)
-        try:
-            data = sock.recv(1 << 22)
-        except BlockingIOError:
-            continue
-        if not data:
-            return
-        request: dict[str, Any] = {}
-        try:
-            request = json.loads(data)
-            reply = await handle(fs, request)
-        except (OSError, SandboxError, ValueError, KeyError, TypeError) as exc:
-            reply = {"error": f"{type(exc).__name__}: {exc}"}
-        reply["seq"] = request.get("seq")
-        await trio.lowlevel.wait_writable(sock)
-        sock.send(json.dumps(reply).encode())
+        datagram, ancillary, _, _ = sock.recvmsg(CHUNK + 1, socket.CMSG_SPACE(16 * 4))
+        if not datagram:
+            return None
+        assembler.fds += received_fds(ancillary)
+        payload = assembler.add(datagram)
+        if payload is not None:
+            fds, assembler.fds = assembler.fds, []
+            return decode(payload), fds

@@ -1,58 +1,48 @@
-"""The FUSE operations: every request checks the level of each path it touches.
+"""The FUSE requests of one view: every request checks the level of each path it touches.
 
-The mount's root holds one directory per view (named by its id, never listed); a sandbox sees
-only its own, bound at ``/workspace``. A path whose level is ``none`` does not exist for the
-view (ENOENT everywhere, absent from listings) unless something below it is granted, in which
-case it is a bare directory that lists only what is granted. ``view`` shows the entry (mode
-without permission bits) and refuses its content; ``read`` allows reading; ``write`` allows
-every change. The kernel does not check modes (levels are per path: a read-only directory may
-hold a writable child), so every check is made here; a file's own owner bits are honoured on
-top of its level, as the kernel would for its owner.
+The kernel opens files without asking (OPEN and OPENDIR are answered ENOSYS once, and never
+sent again on the connection): it checks each open against the mode bits we report, which
+express the level (:mod:`._attrs`). CREATE is answered ENOSYS too: the kernel then makes a
+new file with MKNOD and opens it without asking, where CREATE would cost a RELEASE at close.
+Reads and writes then come with the node id alone, and are checked here again, as is
+everything that creates, removes or renames a name, changes attributes or extended
+attributes. A path whose level is ``none`` does not exist for the
+view (ENOENT everywhere, absent from listings) unless something below it is granted, in
+which case it is a bare directory that lists only what is granted. ``view`` shows the entry
+and refuses its content; ``read`` allows reading; ``write`` allows every change.
+
+Nothing here may raise anything but ``OSError`` on bad input: the connection answers it
+with its errno (anything else becomes EIO and is logged, and serving goes on).
 """
 
 from __future__ import annotations
 
 import errno
-import functools
 import os
 import stat
-from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
-from typing import Any, ParamSpec, TypeVar
-
-import pyfuse3
+import time
+from collections.abc import Callable
 
 from ..types import Permission
-from .nodes import Node, Nodes
-from .view import LOWER, UPPER, Entry, View, join
+from . import _abi as abi
+from ._attrs import attributes
+from ._host import copy_file
+from .nodes import Node
+from .view import LOWER, MAX_PATH, UPPER, Entry, View, fail, join
 
-P = ParamSpec("P")
-R = TypeVar("R")
+# Entries and attributes stay cached in the kernel this long; every change made outside the
+# kernel's sight (another sandbox's commit, an upload) is invalidated explicitly.
+CACHE_SECONDS = 3600
+_XATTR_PREFIX = b"user."
+_MAX_XATTR_VALUE = 64 * 1024
+# Requests any process that reached a file may make (the kernel checked its open), and
+# those that carry no caller at all.
+_ANY_CALLER = frozenset(
+    {abi.FORGET, abi.BATCH_FORGET, abi.INTERRUPT, abi.READ, abi.WRITE, abi.FSYNC,
+     abi.RELEASE, abi.RELEASEDIR, abi.FLUSH, abi.STATFS, abi.DESTROY}
+)  # fmt: skip
 
-CACHE_SECONDS = 5.0  # explicit invalidation on commits; this bounds out-of-band changes
-_XATTR_PREFIX = "user."
-
-
-def _fuse_errors(
-    fn: Callable[P, Coroutine[Any, Any, R]],
-) -> Callable[P, Coroutine[Any, Any, R]]:
-    """OSError from the host becomes the same errno for the caller."""
-
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await fn(*args, **kwargs)
-        except OSError as exc:
-            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
-
-    return wrapper
-
-
-_BACKING_FLAGS = os.O_ACCMODE | os.O_TRUNC | os.O_SYNC | os.O_DSYNC | os.O_NOATIME
-
-
-def _fail(code: int) -> pyfuse3.FUSEError:
-    return pyfuse3.FUSEError(code)
+Handler = Callable[[Node, memoryview], bytes]
 
 
 def _settable(mode: int) -> int:
@@ -62,574 +52,593 @@ def _settable(mode: int) -> int:
     return stat.S_IMODE(mode) & ~(stat.S_ISUID | stat.S_ISGID)
 
 
-@dataclass(eq=False)
-class Handle:
-    fd: int
-    node: Node
-    writer_path: str | None  # the upper path this handle may write, if any
-    writer_ino: int | None = None  # the upper file's inode (it outlives renames of the path)
+def _name(raw: memoryview | bytes) -> str:
+    """A NUL-terminated name from a request."""
+    data = bytes(raw)
+    end = data.find(b"\0")
+    name = os.fsdecode(data if end < 0 else data[:end])
+    if not name or name in (".", "..") or "/" in name:
+        raise fail(errno.EINVAL)
+    return name
 
 
-class PermissionFS(pyfuse3.Operations):
-    supports_dot_lookup = False
-    enable_writeback_cache = False
+def _two_names(raw: memoryview) -> tuple[str, bytes]:
+    data = bytes(raw)
+    first, _, rest = data.partition(b"\0")
+    return _name(first), rest.partition(b"\0")[0]
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.views: dict[str, View] = {}
-        self.nodes = Nodes()
-        self._handles: dict[int, Handle] = {}
-        self._dirs: dict[int, tuple[Node, list[tuple[str, Entry]]]] = {}
-        self._next_fh = 1
 
-    # -- bookkeeping ------------------------------------------------------------------------
+class Operations:
+    """Answers one view's requests; one thread at a time."""
 
-    def add_view(self, view: View) -> None:
-        self.views[view.id] = view
-        self.nodes.looked_up(self.nodes.get(view, ""))  # the root lives as long as the view
+    def __init__(self, view: View, notify: Callable[[list[bytes]], object]) -> None:
+        self.view = view
+        self.nodes = view.nodes
+        # Notifications for this view's own kernel: written later, by another thread.
+        self._notify = notify
+        # Files of the upper tree with several names (hard links): host inode -> the nodes
+        # of its names, whose cached pages a write through one of them makes stale.
+        self._linked: dict[int, set[int]] = {}
+        self.resent = False  # the request being answered was sent before, to a dead process
+        self._table: dict[int, Handler] = {
+            abi.LOOKUP: self.lookup,
+            abi.GETATTR: self.getattr,
+            abi.SETATTR: self.setattr,
+            abi.READLINK: self.readlink,
+            abi.SYMLINK: self.symlink,
+            abi.MKNOD: self.mknod,
+            abi.MKDIR: self.mkdir,
+            abi.UNLINK: self.unlink,
+            abi.RMDIR: self.rmdir,
+            abi.RENAME: self.rename,
+            abi.RENAME2: self.rename2,
+            abi.LINK: self.link,
+            abi.READ: self.read,
+            abi.WRITE: self.write,
+            abi.STATFS: self.statfs,
+            abi.RELEASE: self.nothing,
+            abi.RELEASEDIR: self.nothing,
+            abi.FSYNC: self.fsync,
+            abi.FSYNCDIR: self.nothing,
+            abi.SETXATTR: self.setxattr,
+            abi.GETXATTR: self.getxattr,
+            abi.LISTXATTR: self.listxattr,
+            abi.REMOVEXATTR: self.removexattr,
+            abi.FALLOCATE: self.fallocate,
+            abi.READDIRPLUS: self.readdirplus,
+            abi.READDIR: self.readdir,
+            abi.DESTROY: self.nothing,
+        }
 
-    def remove_view(self, view_id: str) -> View | None:
-        view = self.views.pop(view_id, None)
-        if view is not None:
-            self.nodes.drop_view(view)
-        return view
+    def handler(self, opcode: int) -> Handler | None:
+        return self._table.get(opcode)
 
-    @staticmethod
-    def _check_caller(view: View, ctx: pyfuse3.RequestContext) -> None:
-        """Only root (the server) and the view's own sandbox uid reach a view: the mount is
-        shared by every sandbox and allows other users (sandboxes run as their own uid)."""
-        if ctx.uid not in (0, view.uid):
-            raise _fail(errno.EACCES)
-
-    def _node(self, ino: int, ctx: pyfuse3.RequestContext) -> Node:
-        node = self.nodes.by_ino.get(ino)
-        if node is None or node.stale or node.view.id not in self.views:
-            raise _fail(errno.ENOENT)
-        self._check_caller(node.view, ctx)
+    def node(self, opcode: int, nodeid: int, uid: int) -> Node:
+        node = self.nodes.by_id.get(nodeid)
+        if node is None:
+            raise fail(errno.ESTALE)
+        if opcode not in _ANY_CALLER and uid not in (0, self.view.uid):
+            # The mount is reachable by path from the host: only the sandbox and root.
+            raise fail(errno.EACCES)
         return node
 
-    def _fh(self) -> int:
-        self._next_fh += 1
-        return self._next_fh
+    # -- shared checks ------------------------------------------------------------------------
 
     def _entry(self, node: Node) -> Entry:
-        entry = node.view.locate(node.rel)
-        if entry is None or not node.view.visible(node.rel, entry.is_dir):
-            raise _fail(errno.ENOENT)
+        """The live entry of a node (ENOENT when its path no longer shows it)."""
+        if node.stale:
+            raise fail(errno.ENOENT)
+        return self._existing(node)
+
+    @staticmethod
+    def _need(node: Node, level: Permission) -> None:
+        if node.level.rank < level.rank:
+            raise fail(errno.EACCES)
+
+    def _child(self, parent: Node, name: str) -> Node:
+        """The node of ``name`` in the directory ``parent``: the kernel's, or a stand-in the
+        table does not hold (id 0) when the kernel knows of none."""
+        rel = join(parent.rel, name)
+        node = self.nodes.by_path.get(rel)
+        if node is None:
+            state = self.nodes.child_state(parent, name)
+            node = Node(0, rel, state, self.view.policy.level_of(state))
+        return node
+
+    def _existing(self, node: Node) -> Entry:
+        entry = self.view.locate(node.rel)
+        if entry is None or not (
+            not node.rel or self.view.visible_state(node.state, node.level, entry.is_dir)
+        ):
+            raise fail(errno.ENOENT)
         return entry
 
-    @staticmethod
-    def _need(view: View, rel: str, level: Permission) -> None:
-        if view.level(rel).rank < level.rank:
-            raise _fail(errno.EACCES)
-
-    def _attrs(self, node: Node, entry: Entry) -> pyfuse3.EntryAttributes:
-        view, st = node.view, entry.st
-        mode = st.st_mode
-        perm = stat.S_IMODE(mode)
-        level = view.level(node.rel)
-        if stat.S_ISDIR(mode):
-            if level is Permission.WRITE:
-                shown = perm
-            elif level is Permission.READ:
-                shown = (perm & 0o555) | 0o500
-            else:  # view, or a bare passage to something granted below
-                shown = 0o555
-        elif stat.S_ISLNK(mode):
-            shown = 0o777
-        elif level is Permission.WRITE:
-            shown = perm
-        elif level is Permission.READ:
-            shown = (perm & 0o555) | 0o400
-        else:
-            shown = 0
-        attrs = pyfuse3.EntryAttributes()
-        attrs.st_ino = node.ino
-        attrs.st_mode = stat.S_IFMT(mode) | shown
-        # A directory's host link count counts its hidden subdirectories too: show 1, which
-        # tools read as "unknown" (as on btrfs).
-        attrs.st_nlink = 1 if stat.S_ISDIR(mode) else st.st_nlink
-        attrs.st_uid = view.uid
-        attrs.st_gid = view.gid
-        attrs.st_rdev = 0
-        attrs.st_size = st.st_size
-        attrs.st_blksize = 4096
-        attrs.st_blocks = st.st_blocks
-        attrs.st_atime_ns = st.st_atime_ns
-        attrs.st_mtime_ns = st.st_mtime_ns
-        attrs.st_ctime_ns = st.st_ctime_ns
-        attrs.entry_timeout = CACHE_SECONDS
-        attrs.attr_timeout = CACHE_SECONDS
-        return attrs
-
-    @staticmethod
-    def _mount_root_attrs() -> pyfuse3.EntryAttributes:
-        attrs = pyfuse3.EntryAttributes()
-        attrs.st_ino = pyfuse3.ROOT_INODE
-        attrs.st_mode = stat.S_IFDIR | 0o711
-        attrs.st_nlink = 2
-        attrs.entry_timeout = attrs.attr_timeout = CACHE_SECONDS
-        return attrs
-
-    def _child(
-        self, parent_ino: int, name: bytes, ctx: pyfuse3.RequestContext
-    ) -> tuple[View, str, Node | None]:
-        """The view and path of ``name`` in ``parent_ino`` (the node when it is the view root)."""
-        text = os.fsdecode(name)
-        if parent_ino == pyfuse3.ROOT_INODE:
-            view = self.views.get(text)
-            if view is None:
-                raise _fail(errno.ENOENT)
-            self._check_caller(view, ctx)
-            return view, "", self.nodes.get(view, "")
-        parent = self._node(parent_ino, ctx)
-        entry = self._entry(parent)
-        if not entry.is_dir:
-            raise _fail(errno.ENOTDIR)
-        return parent.view, join(parent.rel, text), None
-
-    def _made(self, view: View, rel: str) -> pyfuse3.EntryAttributes:
-        """A new entry stands at ``rel`` in the upper tree: record it, return its attributes."""
-        view.created(rel)
-        return self._found(view, rel, Entry(UPPER, view.upper.lstat(rel)))
-
-    def _found(self, view: View, rel: str, entry: Entry) -> pyfuse3.EntryAttributes:
-        node = self.nodes.get(view, rel)
+    def _reply_entry(self, node: Node, entry: Entry) -> bytes:
         self.nodes.looked_up(node)
-        return self._attrs(node, entry)
+        self._note_links(node, entry)
+        return abi.Reply.entry(node.id, attributes(self.view, node, entry), CACHE_SECONDS)
 
-    # -- lookup and attributes -------------------------------------------------------------
+    def _note_links(self, node: Node, entry: Entry) -> None:
+        st = entry.st
+        if entry.layer == UPPER and st.st_nlink > 1 and stat.S_ISREG(st.st_mode):
+            self._linked.setdefault(st.st_ino, set()).add(node.id)
 
-    @_fuse_errors
-    async def lookup(
-        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
-        view, rel, _ = self._child(parent_inode, name, ctx)
-        entry = view.locate(rel)
-        if entry is None or not view.visible(rel, entry.is_dir):
-            raise _fail(errno.ENOENT)
-        return self._found(view, rel, entry)
+    def _wrote(self, node: Node, fd: int) -> None:
+        """After a change of content through ``node``: its other names drop their pages."""
+        st = os.fstat(fd)
+        if st.st_nlink > 1:
+            others = self._linked.get(st.st_ino, set()) - {node.id}
+            if others:
+                self._notify([abi.notify_inval_inode(other) for other in sorted(others)])
 
-    @_fuse_errors
-    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        if inode == pyfuse3.ROOT_INODE:
-            return self._mount_root_attrs()
-        held = self._removed_but_open(inode, ctx)
-        if held is not None:
-            return held
-        node = self._node(inode, ctx)
-        return self._attrs(node, self._entry(node))
+    def _new_entry(self, parent: Node, name: str) -> Node | bytes:
+        """Check that ``name`` may be made in ``parent`` and make room for it: its node; or,
+        for a request sent again whose first answer was lost, the reply it had."""
+        self._entry(parent)
+        rel = join(parent.rel, name)
+        state = self.nodes.child_state(parent, name)
+        if self.view.policy.level_of(state) is not Permission.WRITE:
+            raise fail(errno.EACCES)
+        existing = self.view.locate(rel)
+        if existing is not None:
+            if self.resent and existing.layer == UPPER:
+                return self._reply_entry(self.nodes.get(rel, state), existing)
+            raise fail(errno.EEXIST)
+        self.view.prepare_new(rel)
+        return self.nodes.get(rel, state)
 
-    def _removed_but_open(
-        self, inode: int, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes | None:
-        """A file removed from its path keeps its attributes while a process holds it open
-        (the kernel asks for them to read an unlinked temporary file back)."""
-        node = self.nodes.by_ino.get(inode)
-        if node is None or not node.stale or node.view.id not in self.views:
-            return None
-        for handle in self._handles.values():
-            if handle.node is node:
-                self._check_caller(node.view, ctx)
-                return self._attrs(node, Entry(UPPER, os.fstat(handle.fd)))
-        return None
+    def _made(self, node: Node) -> bytes:
+        self.view.created(node.rel)
+        return self._reply_entry(node, Entry(UPPER, self.view.upper.lstat(node.rel)))
 
-    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
-        for inode, count in inode_list:
-            self.nodes.forget(inode, count)
+    # -- lookup and attributes ----------------------------------------------------------------
 
-    @_fuse_errors
-    async def setattr(
-        self,
-        inode: int,
-        attr: pyfuse3.EntryAttributes,
-        fields: pyfuse3.SetattrFields,
-        fh: int | None,
-        ctx: pyfuse3.RequestContext,
-    ) -> pyfuse3.EntryAttributes:
-        node = self._node(inode, ctx)
-        view, rel = node.view, node.rel
+    def lookup(self, parent: Node, body: memoryview) -> bytes:
+        name = _name(body)
+        rel = join(parent.rel, name)
+        if parent.stale or len(os.fsencode(rel)) > 4096:
+            raise fail(errno.ENOENT)
+        node = self.nodes.by_path.get(rel)
+        state = node.state if node is not None else self.nodes.child_state(parent, name)
+        level = node.level if node is not None else self.view.policy.level_of(state)
+        entry = self.view.locate(rel)
+        if entry is None or not self.view.visible_state(state, level, entry.is_dir):
+            return abi.Reply.entry(0, abi.ATTR.pack(*([0] * 16)), CACHE_SECONDS)  # cached ENOENT
+        return self._reply_entry(node or self.nodes.get(rel, state), entry)
+
+    def _orphan_entry(self, node: Node) -> Entry:
+        if not node.orphan:
+            raise fail(errno.ENOENT)
+        return Entry(UPPER, self.view.orphans.lstat(node.orphan))
+
+    def getattr(self, node: Node, body: memoryview) -> bytes:
+        entry = self._orphan_entry(node) if node.stale else self._entry(node)
+        return abi.Reply.attr_out(attributes(self.view, node, entry), CACHE_SECONDS)
+
+    def _writable_file(self, node: Node) -> tuple[int, Entry]:
+        """An fd open for writing on the node's own file (copied up, or its orphan)."""
+        view = self.view
+        if node.stale:
+            entry = self._orphan_entry(node)
+            if entry.st.st_nlink > 1:  # linked to a codebase file: copy it first
+                view.charge(entry.st.st_size)
+                private = f"{node.orphan}.copy"
+                copy_file(view.orphans, node.orphan, view.orphans, private)
+                view.orphans.rename(private, node.orphan)
+                entry = Entry(UPPER, view.orphans.lstat(node.orphan))
+            return view.orphans.open(node.orphan, os.O_WRONLY), entry
         self._entry(node)
-        self._need(view, rel, Permission.WRITE)
-        if (fields.update_uid and attr.st_uid != view.uid) or (
-            fields.update_gid and attr.st_gid != view.gid
-        ):
-            raise _fail(errno.EPERM)
-        entry = view.copy_up(rel)
-        if fields.update_mode:
-            if stat.S_ISLNK(entry.st.st_mode):
-                raise _fail(errno.EOPNOTSUPP)
-            view.upper.chmod(rel, _settable(attr.st_mode))
-        if fields.update_size:
-            view.charge(attr.st_size - entry.st.st_size)
-            handle = self._handles.get(fh) if fh else None
-            if handle is not None and handle.writer_path == rel:
-                os.ftruncate(handle.fd, attr.st_size)
-            else:
-                fd = view.upper.open(rel, os.O_WRONLY)
-                try:
-                    os.ftruncate(fd, attr.st_size)
-                finally:
-                    os.close(fd)
-        if fields.update_atime or fields.update_mtime:
-            current = view.upper.lstat(rel)
-            atime = attr.st_atime_ns if fields.update_atime else current.st_atime_ns
-            mtime = attr.st_mtime_ns if fields.update_mtime else current.st_mtime_ns
-            view.upper.utime(rel, (atime, mtime))
-        return self._attrs(node, self._entry(node))
+        self._need(node, Permission.WRITE)
+        entry = view.copy_up(node.rel)
+        if not stat.S_ISREG(entry.st.st_mode):
+            raise fail(errno.EINVAL if entry.is_dir else errno.EOPNOTSUPP)
+        return view.upper.open(node.rel, os.O_WRONLY), entry
 
-    @_fuse_errors
-    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
-        node = self._node(inode, ctx)
+    def setattr(self, node: Node, body: memoryview) -> bytes:
+        fields = abi.SETATTR_IN.unpack_from(body)
+        valid, _, _, size, _, atime, mtime, _, atime_ns, mtime_ns, _, mode, _, uid, gid, _ = fields
+        view = self.view
+        if (valid & abi.FATTR_UID and uid != view.uid) or (
+            valid & abi.FATTR_GID and gid != view.gid
+        ):
+            raise fail(errno.EPERM)
+        if node.stale:
+            tree, rel = view.orphans, node.orphan
+            entry = self._orphan_entry(node)
+        else:
+            self._entry(node)
+            self._need(node, Permission.WRITE)
+            tree, rel = view.upper, node.rel
+            entry = view.copy_up(node.rel)
+        if valid & abi.FATTR_MODE:
+            if stat.S_ISLNK(entry.st.st_mode):
+                raise fail(errno.EOPNOTSUPP)
+            tree.chmod(rel, _settable(mode))
+        if valid & abi.FATTR_SIZE:
+            fd, entry = self._writable_file(node)
+            try:
+                view.charge(size - entry.st.st_size)
+                os.ftruncate(fd, size)
+                self._wrote(node, fd)
+            finally:
+                os.close(fd)
+        if valid & (abi.FATTR_ATIME | abi.FATTR_MTIME | abi.FATTR_ATIME_NOW | abi.FATTR_MTIME_NOW):
+            current = tree.lstat(rel)
+            now = time.time_ns()
+            new_atime = current.st_atime_ns
+            new_mtime = current.st_mtime_ns
+            if valid & abi.FATTR_ATIME_NOW:
+                new_atime = now
+            elif valid & abi.FATTR_ATIME:
+                new_atime = atime * 1_000_000_000 + atime_ns
+            if valid & abi.FATTR_MTIME_NOW:
+                new_mtime = now
+            elif valid & abi.FATTR_MTIME:
+                new_mtime = mtime * 1_000_000_000 + mtime_ns
+            tree.utime(rel, (new_atime, new_mtime))
+        entry = Entry(UPPER, tree.lstat(rel))
+        return abi.Reply.attr_out(attributes(view, node, entry), CACHE_SECONDS)
+
+    def readlink(self, node: Node, body: memoryview) -> bytes:
         entry = self._entry(node)
         if not stat.S_ISLNK(entry.st.st_mode):
-            raise _fail(errno.EINVAL)
-        self._need(node.view, node.rel, Permission.READ)
-        return os.fsencode(node.view.readlink(node.rel, entry))
+            raise fail(errno.EINVAL)
+        self._need(node, Permission.READ)
+        return os.fsencode(self.view.readlink(node.rel, entry))
 
-    @_fuse_errors
-    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
-        if inode == pyfuse3.ROOT_INODE:
-            return not mode & (os.R_OK | os.W_OK)
-        node = self._node(inode, ctx)
-        entry = self._entry(node)
-        level = node.view.level(node.rel)
-        if mode & os.W_OK and level is not Permission.WRITE:
-            return False
-        if mode & (os.R_OK | os.X_OK) and not entry.is_dir:
-            return level.rank >= Permission.READ.rank
-        return True
+    # -- creating and removing ----------------------------------------------------------------
 
-    # -- directories ------------------------------------------------------------------------
+    def mkdir(self, parent: Node, body: memoryview) -> bytes:
+        mode, umask = abi.MKDIR_IN.unpack_from(body)
+        node = self._new_entry(parent, _name(body[abi.MKDIR_IN.size :]))
+        if isinstance(node, bytes):
+            return node
+        self.view.upper.mkdir(node.rel, _settable(mode) & ~umask)
+        return self._made(node)
 
-    @_fuse_errors
-    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        fh = self._fh()
-        if inode == pyfuse3.ROOT_INODE:
-            raise _fail(errno.EACCES)  # the mount's root lists no view
-        node = self._node(inode, ctx)
-        entry = self._entry(node)
-        if not entry.is_dir:
-            raise _fail(errno.ENOTDIR)
-        self._dirs[fh] = (node, node.view.entries(node.rel))
-        return fh
-
-    @_fuse_errors
-    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        node, entries = self._dirs[fh]
-        view = node.view
-        for index in range(start_id, len(entries)):
-            name, entry = entries[index]
-            rel = join(node.rel, name)
-            if not view.visible(rel, entry.is_dir):
-                continue
-            child = self.nodes.get(view, rel)
-            if not pyfuse3.readdir_reply(
-                token, os.fsencode(name), self._attrs(child, entry), index + 1
-            ):
-                return
-            self.nodes.looked_up(child)
-
-    async def releasedir(self, fh: int) -> None:
-        self._dirs.pop(fh, None)
-
-    @_fuse_errors
-    async def mkdir(
-        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
-        view, rel = self._new_entry(parent_inode, name, ctx)
-        view.upper.mkdir(rel, _settable(mode) & ~ctx.umask)
-        return self._made(view, rel)
-
-    @_fuse_errors
-    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        view, rel, _ = self._child(parent_inode, name, ctx)
-        entry = self._existing(view, rel)
-        self._need(view, rel, Permission.WRITE)
-        if not entry.is_dir:
-            raise _fail(errno.ENOTDIR)
-        if self._visible_children(view, rel):
-            raise _fail(errno.ENOTEMPTY)
-        view.remove(rel, entry)
-        self.nodes.removed(view, rel)
-
-    def _visible_children(self, view: View, rel: str) -> list[str]:
-        children = ((join(rel, name), entry) for name, entry in view.entries(rel))
-        return [child for child, entry in children if view.visible(child, entry.is_dir)]
-
-    # -- creating and removing --------------------------------------------------------------
-
-    def _existing(self, view: View, rel: str) -> Entry:
-        entry = view.locate(rel)
-        if entry is None or not view.visible(rel, entry.is_dir):
-            raise _fail(errno.ENOENT)
-        return entry
-
-    def _new_entry(
-        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
-    ) -> tuple[View, str]:
-        """Check that ``name`` may be created in the directory, and make room for it."""
-        view, rel, _ = self._child(parent_inode, name, ctx)
-        self._need(view, rel, Permission.WRITE)
-        if view.locate(rel) is not None:
-            raise _fail(errno.EEXIST)
-        view.prepare_new(rel)
-        return view, rel
-
-    @_fuse_errors
-    async def create(
-        self,
-        parent_inode: int,
-        name: bytes,
-        mode: int,
-        flags: int,
-        ctx: pyfuse3.RequestContext,
-    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        view, rel = self._new_entry(parent_inode, name, ctx)
-        flags = (flags & _BACKING_FLAGS) | os.O_CREAT | os.O_EXCL
-        fd = view.upper.open(rel, flags, _settable(mode) & ~ctx.umask)
-        view.created(rel)
-        attrs = self._found(view, rel, Entry(UPPER, os.fstat(fd)))
-        node = self.nodes.get(view, rel)
-        return pyfuse3.FileInfo(fh=self._register(fd, node, rel)), attrs
-
-    @_fuse_errors
-    async def mknod(
-        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
+    def mknod(self, parent: Node, body: memoryview) -> bytes:
+        mode, _, umask, _ = abi.MKNOD_IN.unpack_from(body)
         if not (stat.S_ISFIFO(mode) or stat.S_ISREG(mode) or stat.S_ISSOCK(mode)):
-            raise _fail(errno.EPERM)  # no device nodes
-        view, rel = self._new_entry(parent_inode, name, ctx)
-        with view.upper.parent(rel) as (fd, leaf):
-            os.mknod(leaf, stat.S_IFMT(mode) | (_settable(mode) & ~ctx.umask), dir_fd=fd)
-        return self._made(view, rel)
+            raise fail(errno.EPERM)  # no device nodes
+        node = self._new_entry(parent, _name(body[abi.MKNOD_IN.size :]))
+        if isinstance(node, bytes):
+            return node
+        with self.view.upper.parent(node.rel) as (fd, leaf):
+            os.mknod(leaf, stat.S_IFMT(mode) | (_settable(mode) & ~umask), dir_fd=fd)
+        return self._made(node)
 
-    @_fuse_errors
-    async def symlink(
-        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
-        view, rel = self._new_entry(parent_inode, name, ctx)
-        view.upper.symlink(os.fsdecode(target), rel)
-        return self._made(view, rel)
+    def symlink(self, parent: Node, body: memoryview) -> bytes:
+        name, target = _two_names(body)
+        if not target or len(target) >= 4096:
+            raise fail(errno.ENAMETOOLONG if target else errno.ENOENT)
+        node = self._new_entry(parent, name)
+        if isinstance(node, bytes):
+            return node
+        self.view.upper.symlink(os.fsdecode(target), node.rel)
+        return self._made(node)
 
-    @_fuse_errors
-    async def link(
-        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
-        node = self._node(inode, ctx)
-        entry = self._entry(node)
+    def link(self, parent: Node, body: memoryview) -> bytes:
+        (old_id,) = abi.LINK_IN.unpack_from(body)
+        source = self.nodes.by_id.get(old_id)
+        if source is None:
+            raise fail(errno.ESTALE)
+        entry = self._entry(source)
         if entry.is_dir:
-            raise _fail(errno.EPERM)
+            raise fail(errno.EPERM)
         # Both names reach one content: the source must be writable as well.
-        self._need(node.view, node.rel, Permission.WRITE)
-        view, rel = self._new_entry(new_parent_inode, new_name, ctx)
-        if view is not node.view:
-            raise _fail(errno.EXDEV)
-        view.copy_up(node.rel)
-        view.upper.link(node.rel, rel)
-        return self._made(view, rel)
+        self._need(source, Permission.WRITE)
+        node = self._new_entry(parent, _name(body[abi.LINK_IN.size :]))
+        if isinstance(node, bytes):
+            return node
+        self.view.copy_up(source.rel)
+        self.view.upper.link(source.rel, node.rel)
+        return self._made(node)
 
-    @_fuse_errors
-    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        view, rel, _ = self._child(parent_inode, name, ctx)
-        entry = self._existing(view, rel)
-        self._need(view, rel, Permission.WRITE)
-        if entry.is_dir:
-            raise _fail(errno.EISDIR)
-        view.remove(rel, entry)
-        self.nodes.removed(view, rel)
+    def _remove(self, node: Node, entry: Entry) -> None:
+        """Remove a checked entry; a file's content stays for whoever holds it open."""
+        orphan = ""
+        if node.id and not entry.is_dir and (node.lookups > 0 or node.recovered):
+            orphan = self.view.keep_orphan(node.rel, entry, node.id)
+        self.view.remove(node.rel, entry)
+        self.nodes.removed(node.rel, orphan)
 
-    @_fuse_errors
-    async def rename(
-        self,
-        parent_inode_old: int,
-        name_old: bytes,
-        parent_inode_new: int,
-        name_new: bytes,
-        flags: int,
-        ctx: pyfuse3.RequestContext,
-    ) -> None:
-        view, old, _ = self._child(parent_inode_old, name_old, ctx)
-        new_view, new, _ = self._child(parent_inode_new, name_new, ctx)
-        if new_view is not view or not old or not new:
-            raise _fail(errno.EXDEV)
-        if flags & pyfuse3.RENAME_EXCHANGE:
-            raise _fail(errno.EINVAL)
-        entry = self._existing(view, old)
-        self._need(view, old, Permission.WRITE)
-        self._need(view, new, Permission.WRITE)
+    def unlink(self, parent: Node, body: memoryview) -> bytes:
+        node = self._child(parent, _name(body))
+        try:
+            entry = self._existing(node)
+        except OSError:
+            if self.resent:
+                return b""
+            raise
+        self._need(node, Permission.WRITE)
         if entry.is_dir:
-            self._check_moved_tree(view, old, new)
-        target = view.locate(new)
-        if target is not None:
-            if flags & pyfuse3.RENAME_NOREPLACE:
-                raise _fail(errno.EEXIST)
-            if target.is_dir and not entry.is_dir:
-                raise _fail(errno.EISDIR)
-            if entry.is_dir and not target.is_dir:
-                raise _fail(errno.ENOTDIR)
-            if target.is_dir and self._visible_children(view, new):
-                raise _fail(errno.ENOTEMPTY)
-            view.remove(new, target)
+            raise fail(errno.EISDIR)
+        self._remove(node, entry)
+        return b""
+
+    def rmdir(self, parent: Node, body: memoryview) -> bytes:
+        node = self._child(parent, _name(body))
+        try:
+            entry = self._existing(node)
+        except OSError:
+            if self.resent:
+                return b""
+            raise
+        self._need(node, Permission.WRITE)
+        if not entry.is_dir:
+            raise fail(errno.ENOTDIR)
+        if self.view.has_visible_children(node.rel):
+            raise fail(errno.ENOTEMPTY)
+        self._remove(node, entry)
+        return b""
+
+    def rename(self, parent: Node, body: memoryview) -> bytes:
+        (new_dir,) = abi.RENAME_IN.unpack_from(body)
+        return self._rename(parent, new_dir, 0, body[abi.RENAME_IN.size :])
+
+    def rename2(self, parent: Node, body: memoryview) -> bytes:
+        new_dir, flags, _ = abi.RENAME2_IN.unpack_from(body)
+        return self._rename(parent, new_dir, flags, body[abi.RENAME2_IN.size :])
+
+    def _rename(self, parent: Node, new_dir: int, flags: int, names: memoryview) -> bytes:
+        view = self.view
+        old_name, new_raw = _two_names(names)
+        new_parent = self.nodes.by_id.get(new_dir)
+        if new_parent is None:
+            raise fail(errno.ESTALE)
+        self._entry(parent)
+        self._entry(new_parent)
+        if flags & abi.RENAME_EXCHANGE:
+            raise fail(errno.EINVAL)
+        new_name = _name(new_raw)
+        source = self._child(parent, old_name)
+        target = self._child(new_parent, new_name)
+        try:
+            entry = self._existing(source)
+        except OSError:
+            if self.resent and view.locate(target.rel) is not None:
+                return b""
+            raise
+        self._need(source, Permission.WRITE)
+        self._need(target, Permission.WRITE)
+        old, new = source.rel, target.rel
+        if entry.is_dir:
+            if new == old or new.startswith(old + "/"):
+                raise fail(errno.EINVAL)
+            self._check_moved_tree(old, new)
+            if len(os.fsencode(new)) > len(os.fsencode(old)):
+                grown = view.longest_below(old) - len(os.fsencode(old)) + len(os.fsencode(new))
+                if grown > MAX_PATH:
+                    raise fail(errno.ENAMETOOLONG)
+        view.check_length(new)
+        if new == old:
+            return b""
+        existing = view.locate(new)
+        if existing is not None and view.visible_state(target.state, target.level, existing.is_dir):
+            if flags & abi.RENAME_NOREPLACE:
+                raise fail(errno.EEXIST)
+            if existing.is_dir and not entry.is_dir:
+                raise fail(errno.EISDIR)
+            if entry.is_dir and not existing.is_dir:
+                raise fail(errno.ENOTDIR)
+            if existing.is_dir and view.has_visible_children(new):
+                raise fail(errno.ENOTEMPTY)
+            self._remove(target, existing)
+        elif existing is not None:
+            raise fail(errno.EACCES)  # hidden there: never replaced, never revealed
         view.rename(old, new)
-        self.nodes.rename(view, old, new)
+        self.nodes.removed(new)
+        self.nodes.rename(old, new)
+        return b""
 
-    def _check_moved_tree(self, view: View, old: str, new: str) -> None:
-        """Everything visible below a moved directory leaves ``old`` and lands under ``new``."""
-        for child in self._visible_children(view, old):
-            moved = new + child[len(old) :]
-            self._need(view, child, Permission.WRITE)
-            self._need(view, moved, Permission.WRITE)
-            entry = view.locate(child)
-            if entry is not None and entry.is_dir:
-                self._check_moved_tree(view, child, moved)
+    def _check_moved_tree(self, old: str, new: str) -> None:
+        """Everything visible below a moved directory leaves ``old`` and lands under ``new``
+        (iteratively: the depth is the sandbox's to choose)."""
+        view = self.view
+        pending = [old]
+        while pending:
+            current = pending.pop()
+            for child, entry in view.visible_children(current):
+                moved = new + child[len(old) :]
+                if view.level(child) is not Permission.WRITE:
+                    raise fail(errno.EACCES)
+                if view.level(moved) is not Permission.WRITE:
+                    raise fail(errno.EACCES)
+                if entry.is_dir:
+                    pending.append(child)
 
-    # -- files ------------------------------------------------------------------------------
+    # -- files --------------------------------------------------------------------------------
 
-    def _register(self, fd: int, node: Node, writer_path: str | None) -> int:
-        fh = self._fh()
-        handle = self._handles[fh] = Handle(fd, node, writer_path)
-        if writer_path is not None:
-            # Counted per inode, not per path: a rename or a hard link of the file must not
-            # let the commit move the inode this descriptor writes into the codebase.
-            handle.writer_ino = os.fstat(fd).st_ino
-            writers = node.view.writers
-            writers[handle.writer_ino] = writers.get(handle.writer_ino, 0) + 1
-        return fh
-
-    @_fuse_errors
-    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        node = self._node(inode, ctx)
-        view, rel = node.view, node.rel
-        entry = self._entry(node)
-        if entry.is_dir:
-            raise _fail(errno.EISDIR)
-        writing = (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC
-        reading = (flags & os.O_ACCMODE) != os.O_WRONLY
-        self._need(view, rel, Permission.WRITE if writing else Permission.READ)
-        owner = entry.st.st_mode
-        if (writing and not owner & stat.S_IWUSR) or (reading and not owner & stat.S_IRUSR):
-            raise _fail(errno.EACCES)
-        # Only what the backing file needs: the kernel also passes its own bits (exec's
-        # __FMODE_EXEC), which openat2 refuses with EINVAL.
-        backing = flags & _BACKING_FLAGS
-        if writing:
-            view.copy_up(rel)
-            fd = view.upper.open(rel, backing)
-            return pyfuse3.FileInfo(fh=self._register(fd, node, rel))
-        fd = view.open(rel, entry, backing)
-        return pyfuse3.FileInfo(fh=self._register(fd, node, None), keep_cache=entry.layer == LOWER)
-
-    @_fuse_errors
-    async def read(self, fh: int, off: int, size: int) -> bytes:
-        return os.pread(self._handles[fh].fd, size, off)
-
-    @_fuse_errors
-    async def write(self, fh: int, off: int, buf: bytes) -> int:
-        handle = self._handles[fh]
-        if handle.writer_path is None:
-            raise _fail(errno.EBADF)
-        handle.node.view.charge(off + len(buf) - os.fstat(handle.fd).st_size)
-        return os.pwrite(handle.fd, buf, off)
-
-    @_fuse_errors
-    async def fsync(self, fh: int, datasync: bool) -> None:
-        fd = self._handles[fh].fd
-        if datasync:
-            os.fdatasync(fd)
+    def read(self, node: Node, body: memoryview) -> bytes:
+        _, offset, size, _ = abi.READ_IN.unpack_from(body)
+        if node.stale:
+            self._orphan_entry(node)
+            fd = self.view.orphans.open(node.orphan, os.O_RDONLY)
         else:
-            os.fsync(fd)
+            self._need(node, Permission.READ)  # (a node is only ever made for a visible path)
+            fd = self.view.open_file(node.rel, os.O_RDONLY)
+        try:
+            return os.pread(fd, size, offset)
+        finally:
+            os.close(fd)
 
-    async def release(self, fh: int) -> None:
-        handle = self._handles.pop(fh, None)
-        if handle is None:
-            return
-        os.close(handle.fd)
-        if handle.writer_ino is not None:
-            writers = handle.node.view.writers
-            remaining = writers.get(handle.writer_ino, 1) - 1
-            if remaining > 0:
-                writers[handle.writer_ino] = remaining
+    def write(self, node: Node, body: memoryview) -> bytes:
+        _, offset, size, _, _, _, _ = abi.WRITE_IN.unpack_from(body)
+        data = body[abi.WRITE_IN.size : abi.WRITE_IN.size + size]
+        fd, _ = self._writable_file(node)
+        try:
+            end = offset + len(data)
+            self.view.charge(end - os.fstat(fd).st_size)
+            written = os.pwrite(fd, data, offset)
+            self._wrote(node, fd)
+        finally:
+            os.close(fd)
+        return abi.WRITE_OUT.pack(written, 0)
+
+    def fallocate(self, node: Node, body: memoryview) -> bytes:
+        _, offset, length, mode, _ = abi.FALLOCATE_IN.unpack_from(body)
+        if mode:
+            raise fail(errno.EOPNOTSUPP)
+        fd, _ = self._writable_file(node)
+        try:
+            self.view.charge(offset + length - os.fstat(fd).st_size)
+            os.posix_fallocate(fd, offset, length)
+        finally:
+            os.close(fd)
+        return b""
+
+    def fsync(self, node: Node, body: memoryview) -> bytes:
+        _, flags, _ = abi.FSYNC_IN.unpack_from(body)
+        entry = None if node.stale else self.view.locate(node.rel)
+        if entry is None or entry.layer == LOWER or not stat.S_ISREG(entry.st.st_mode):
+            return b""  # nothing of ours to flush: the codebase is the server's
+        fd = self.view.upper.open(node.rel, os.O_RDONLY)
+        try:
+            (os.fdatasync if flags & abi.FSYNC_FDATASYNC else os.fsync)(fd)
+        finally:
+            os.close(fd)
+        return b""
+
+    def statfs(self, node: Node, body: memoryview) -> bytes:
+        st = os.statvfs(self.view.upper.fd)
+        return abi.STATFS_OUT.pack(
+            st.f_blocks, st.f_bfree, st.f_bavail, st.f_files, st.f_ffree,
+            st.f_bsize, 255, st.f_frsize, 0,
+        )  # fmt: skip
+
+    def nothing(self, node: Node, body: memoryview) -> bytes:
+        return b""
+
+    # -- directories --------------------------------------------------------------------------
+
+    def _entries(self, node: Node, body: memoryview, plus: bool) -> bytes:
+        _, cookie, size, _ = abi.READ_IN.unpack_from(body)
+        entry = self._entry(node)
+        if not entry.is_dir:
+            raise fail(errno.ENOTDIR)
+        view, policy = self.view, self.view.policy
+        out: list[bytes] = []
+        room = size
+        for name, child_entry, after in view.listing(node.rel, cookie):
+            raw = os.fsencode(name)
+            if child_entry is None:  # `.` or `..`: no attributes, the kernel knows them
+                need = (
+                    abi.direntplus_size(len(raw)) if plus else (abi.DIRENT.size + len(raw) + 7) & ~7
+                )
+                if need > room:
+                    break
+                room -= need
+                ino = node.id if name == "." else self._parent_id(node)
+                if plus:
+                    empty = abi.Reply.entry(0, abi.ATTR.pack(*([0] * 16)), 0)
+                    out.append(abi.direntplus(empty, ino, after, raw, stat.S_IFDIR >> 12))
+                else:
+                    record = abi.DIRENT.pack(ino, after, len(raw), stat.S_IFDIR >> 12) + raw
+                    out.append(record + b"\0" * (-len(record) % 8))
+                continue
+            state = policy.step(node.state, name)
+            level = policy.level_of(state)
+            if not view.visible_state(state, level, child_entry.is_dir):
+                continue
+            need = abi.direntplus_size(len(raw)) if plus else (abi.DIRENT.size + len(raw) + 7) & ~7
+            if need > room:
+                break
+            room -= need
+            child = self.nodes.get(join(node.rel, name), state)
+            d_type = abi.dirent_type(child_entry.st.st_mode)
+            if plus:
+                self.nodes.looked_up(child)
+                self._note_links(child, child_entry)
+                entry_out = abi.Reply.entry(
+                    child.id, attributes(view, child, child_entry), CACHE_SECONDS
+                )
+                out.append(abi.direntplus(entry_out, child.id, after, raw, d_type))
             else:
-                writers.pop(handle.writer_ino, None)
+                record = abi.DIRENT.pack(child.id, after, len(raw), d_type) + raw
+                out.append(record + b"\0" * (-len(record) % 8))
+        return b"".join(out)
 
-    # -- extended attributes (the user namespace only) --------------------------------------
+    def _parent_id(self, node: Node) -> int:
+        if not node.rel:
+            return abi.ROOT_ID
+        parent = self.nodes.by_path.get(node.rel.rpartition("/")[0])
+        return parent.id if parent is not None else abi.ROOT_ID
+
+    def readdirplus(self, node: Node, body: memoryview) -> bytes:
+        return self._entries(node, body, plus=True)
+
+    def readdir(self, node: Node, body: memoryview) -> bytes:
+        return self._entries(node, body, plus=False)
+
+    # -- extended attributes (the user namespace only) ----------------------------------------
 
     def _xattr_fd(self, node: Node, *, write: bool) -> int:
-        view, rel = node.view, node.rel
+        view = self.view
         entry = self._entry(node)
         if not (entry.is_dir or stat.S_ISREG(entry.st.st_mode)):
-            raise _fail(errno.EOPNOTSUPP)
-        self._need(view, rel, Permission.WRITE if write else Permission.READ)
+            raise fail(errno.EOPNOTSUPP)
+        self._need(node, Permission.WRITE if write else Permission.READ)
         if write:
-            entry = view.copy_up(rel)
+            entry = view.copy_up(node.rel)
         flags = os.O_RDONLY | (os.O_DIRECTORY if entry.is_dir else 0)
-        return view.tree(entry.layer).open(rel, flags)
+        return view.tree(entry.layer).open(node.rel, flags)
 
     @staticmethod
-    def _xattr_name(name: bytes) -> str:
-        text = os.fsdecode(name)
-        if not text.startswith(_XATTR_PREFIX):
-            raise _fail(errno.EOPNOTSUPP)
-        return text
+    def _xattr_name(raw: memoryview) -> str:
+        data = bytes(raw).partition(b"\0")[0]
+        if not data.startswith(_XATTR_PREFIX):
+            raise fail(errno.EOPNOTSUPP)
+        return os.fsdecode(data)
 
-    @_fuse_errors
-    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        key = self._xattr_name(name)
-        fd = self._xattr_fd(self._node(inode, ctx), write=False)
+    @staticmethod
+    def _sized(value: bytes, size: int) -> bytes:
+        if size == 0:
+            return abi.GETXATTR_OUT.pack(len(value), 0)
+        if len(value) > size:
+            raise fail(errno.ERANGE)
+        return value
+
+    def getxattr(self, node: Node, body: memoryview) -> bytes:
+        size, _ = abi.GETXATTR_IN.unpack_from(body)
+        key = self._xattr_name(body[abi.GETXATTR_IN.size :])
+        fd = self._xattr_fd(node, write=False)
         try:
-            return os.getxattr(fd, key)
+            return self._sized(os.getxattr(fd, key), size)
         except OSError as exc:
             if exc.errno == errno.ENODATA:
-                raise _fail(pyfuse3.ENOATTR) from None
+                raise fail(errno.ENODATA) from None
             raise
         finally:
             os.close(fd)
 
-    @_fuse_errors
-    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        fd = self._xattr_fd(self._node(inode, ctx), write=False)
+    def listxattr(self, node: Node, body: memoryview) -> bytes:
+        size, _ = abi.GETXATTR_IN.unpack_from(body)
+        fd = self._xattr_fd(node, write=False)
         try:
-            return [os.fsencode(n) for n in os.listxattr(fd) if n.startswith(_XATTR_PREFIX)]
+            names = [n for n in os.listxattr(fd) if n.startswith("user.")]
         finally:
             os.close(fd)
+        return self._sized(b"".join(os.fsencode(n) + b"\0" for n in names), size)
 
-    @_fuse_errors
-    async def setxattr(
-        self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
-    ) -> None:
-        key = self._xattr_name(name)
-        fd = self._xattr_fd(self._node(inode, ctx), write=True)
+    def setxattr(self, node: Node, body: memoryview) -> bytes:
+        size, flags = abi.SETXATTR_IN.unpack_from(body)
+        rest = bytes(body[abi.SETXATTR_IN.size :])
+        raw_name, _, value = rest.partition(b"\0")
+        key = self._xattr_name(memoryview(raw_name))
+        if size > _MAX_XATTR_VALUE:
+            raise fail(errno.E2BIG)
+        fd = self._xattr_fd(node, write=True)
         try:
-            os.setxattr(fd, key, value)
+            os.setxattr(fd, key, value[:size], flags)
         finally:
             os.close(fd)
+        return b""
 
-    @_fuse_errors
-    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        key = self._xattr_name(name)
-        fd = self._xattr_fd(self._node(inode, ctx), write=True)
+    def removexattr(self, node: Node, body: memoryview) -> bytes:
+        key = self._xattr_name(body)
+        fd = self._xattr_fd(node, write=True)
         try:
             os.removexattr(fd, key)
-        except OSError as exc:
-            if exc.errno == errno.ENODATA:
-                raise _fail(pyfuse3.ENOATTR) from None
-            raise
         finally:
             os.close(fd)
-
-    # -- the file system --------------------------------------------------------------------
-
-    @_fuse_errors
-    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
-        views = list(self.views.values())
-        st = os.statvfs(views[0].upper.fd if views else "/")
-        data = pyfuse3.StatvfsData()
-        for name in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail"):
-            setattr(data, name, getattr(st, name))
-        data.f_files, data.f_ffree, data.f_favail = st.f_files, st.f_ffree, st.f_favail
-        data.f_namemax = st.f_namemax
-        return data
-
-
-__all__ = ["PermissionFS"]
+        return b""

@@ -2,27 +2,44 @@
 (upper, copy-on-write), deletions kept out of band, and the policy that says what it may see.
 
 Resolution of a path: the upper tree first; else the lower tree, unless the path or one of its
-ancestors was deleted in this view. Deletions are a set of paths in memory (saved beside the
-upper tree for recovery), never files an agent could create. All host access goes through
-:class:`HostTree`, which follows no symlink.
+ancestors was deleted in this view. Deletions are a set of paths in memory, appended to a log
+beside the upper tree for recovery (never files an agent could create). All host access goes
+through :class:`HostTree`, which follows no symlink. Nothing here recurses over a depth the
+sandbox controls, and no path longer than :data:`MAX_PATH` is ever made.
+
+A view is served by one thread at a time (its own), so it needs no lock of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import stat
-from collections.abc import Iterable
+import struct
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..policy import Policy
+from ..policy import MatchState, Policy
 from ..types import Permission
-from ._host import HostTree, copy_file, split
+from ._host import HostTree, copy_file, dir_entries, split
+from ._journal import Journal
+from ._usage import CodebaseUsage
+from .control import Limits
+from .nodes import Nodes
 
 UPPER, LOWER = "upper", "lower"
+WORKSPACE = "/workspace"
+# The longest path (relative to the view) that may be made: as /workspace/PATH it must fit
+# in PATH_MAX, and every host operation addresses it as one path beneath a tree's root.
+MAX_PATH = 4096 - 1 - len(WORKSPACE) - 1
+NO_LIMITS = Limits()
+_LOWER_PHASE = 1 << 63  # listing cookies: the upper directory's, then this bit and the lower's
+
+
+def fail(code: int) -> OSError:
+    return OSError(code, os.strerror(code))
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,172 +66,381 @@ def join(parent: str, name: str) -> str:
     return f"{parent}/{name}" if parent else name
 
 
+class Deletions:
+    """The paths this view deleted from its codebase, with a log to recover them from."""
+
+    _LEN = struct.Struct("<I")
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.paths: set[str] = set()
+        with contextlib.suppress(FileNotFoundError):
+            self.paths = set(self._decode(path.read_bytes()))
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def _decode(self, data: bytes) -> Iterator[str]:
+        at = 0
+        while at + self._LEN.size <= len(data):
+            (length,) = self._LEN.unpack_from(data, at)
+            at += self._LEN.size
+            if at + length > len(data):
+                return
+            yield os.fsdecode(data[at : at + length])
+            at += length
+
+    def _record(self, rel: str) -> bytes:
+        raw = os.fsencode(rel)
+        return self._LEN.pack(len(raw)) + raw
+
+    def __contains__(self, rel: str) -> bool:
+        return rel in self.paths
+
+    def __bool__(self) -> bool:
+        return bool(self.paths)
+
+    def add(self, rel: str) -> None:
+        if rel not in self.paths:
+            self.paths.add(rel)
+            os.write(self._fd, self._record(rel))  # appended: rm -rf stays linear
+
+    def replace(self, paths: set[str]) -> None:
+        """Keep only ``paths`` (after a commit); the log is rewritten whole."""
+        self.paths = set(paths)
+        temporary = self.path.with_name(self.path.name + ".new")
+        temporary.write_bytes(b"".join(self._record(rel) for rel in sorted(self.paths)))
+        os.replace(temporary, self.path)
+        os.close(self._fd)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
+
+
 class View:
-    """The codebase as one sandbox sees it. Not thread-safe; the fs runs on one thread."""
+    """The codebase as one sandbox sees it."""
 
     def __init__(
         self,
         view_id: str,
         *,
         lower: Path,
-        upper: Path,
+        delta: Path,
         policy: Policy,
         uid: int,
         gid: int,
-        max_delta: int = 0,
+        limits: Limits = NO_LIMITS,
+        usage: CodebaseUsage | None = None,
     ) -> None:
         self.id = view_id
-        upper.mkdir(parents=True, exist_ok=True)
+        for directory in (delta, delta / "upper", delta / "orphans"):
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.lower = HostTree(lower)
-        self.upper = HostTree(upper)
+        self.upper = HostTree(delta / "upper")
+        self.orphans = HostTree(delta / "orphans")
+        self.deleted = Deletions(delta / "deleted")
+        self.nodes = Nodes(policy, Journal(delta / "nodes"))
         self.policy = policy
         self.uid, self.gid = uid, gid
-        self._deleted_file = upper.parent / f"{upper.name}.deleted.json"
-        self.deleted: set[str] = set()
-        with contextlib.suppress(OSError, ValueError):
-            self.deleted = set(json.loads(self._deleted_file.read_text()))
-        self.writers: dict[int, int] = {}  # upper inode -> open write handles
-        # Bytes written into the delta since the last commit, against ``max_delta`` (0: no
-        # limit); ``over_limit`` records a write refused for it, for the command's result.
-        self.max_delta = max_delta
+        self.limits = limits
+        self.usage = usage or CodebaseUsage(lower)
+        # Written into the delta since the last commit, against the limits; ``over_limit``
+        # records a change refused for them, for the command's result.
         self.delta_bytes = 0
+        self.delta_entries = 0
+        # Held by removed files that are still open (never committed): counted against the
+        # delta limit once they outlive a commit, or a sandbox could keep any amount of disk
+        # by holding files open across commands. (Most go at once: the kernel lets go of a
+        # removed file as soon as nothing holds it.)
+        self.orphan_bytes = 0
+        self.carried_orphan_bytes = 0
         self.over_limit = False
         # Nothing written since the last commit: lookups need not ask the upper tree.
         self.upper_empty = not self.upper.listdir("")
 
     def close(self) -> None:
-        self.lower.close()
-        self.upper.close()
+        for tree in (self.lower, self.upper, self.orphans):
+            tree.close()
+        self.deleted.close()
+        self.nodes.journal.close()
 
     # -- policy -------------------------------------------------------------------------------
+
+    def state(self, rel: str) -> MatchState:
+        return self.policy.state(rel)
 
     def level(self, rel: str) -> Permission:
         return self.policy.level(rel)
 
-    def passage(self, rel: str) -> bool:
-        """A directory shown only because something below it is granted."""
-        return self.policy.may_grant_below(rel)
+    @staticmethod
+    def visible_state(state: MatchState, level: Permission, is_dir: bool) -> bool:
+        return level is not Permission.NONE or (is_dir and state.may_grant_below())
 
     def visible(self, rel: str, is_dir: bool) -> bool:
-        if not rel or self.policy.level(rel) is not Permission.NONE:
+        if not rel:
             return True
-        return is_dir and self.policy.may_grant_below(rel)
+        state = self.policy.state(rel)
+        return self.visible_state(state, self.policy.level_of(state), is_dir)
 
     # -- resolution ---------------------------------------------------------------------------
 
     def lower_hidden(self, rel: str) -> bool:
-        return any(prefix in self.deleted for prefix in ancestors_and_self(rel))
+        """Whether ``rel`` or one of its ancestors was deleted in this view."""
+        deleted = self.deleted.paths
+        if not deleted:
+            return False
+        if len(deleted) < 8:  # a few deletions: test each rather than every ancestor
+            return any(rel == d or rel.startswith(d + "/") for d in deleted)
+        return any(prefix in deleted for prefix in ancestors_and_self(rel))
 
     def locate(self, rel: str) -> Entry | None:
         if not self.upper_empty:
             st = self.upper.try_lstat(rel)
             if st is not None:
                 return Entry(UPPER, st)
-        if self.deleted and self.lower_hidden(rel):
+        if self.lower_hidden(rel):
             return None
         st = self.lower.try_lstat(rel)
         return None if st is None else Entry(LOWER, st)
 
-    def entries(self, rel: str) -> list[tuple[str, Entry]]:
-        """The directory's entries in this view (before any policy filtering), by name."""
-        found: dict[str, Entry] = {}
+    def open_file(self, rel: str, flags: int) -> int:
+        """An fd on the regular file ``rel`` of this view (the upper tree's, else the lower's);
+        never blocking on the way: a FIFO put there must not hold this view's thread."""
+        flags |= os.O_NONBLOCK | os.O_NOFOLLOW
+        fd = -1
         if not self.upper_empty:
-            found.update((name, Entry(UPPER, st)) for name, st in self.upper.scan(rel))
-        if not rel or not self.lower_hidden(rel):
-            for name, st in self.lower.scan(rel):
-                if name not in found and join(rel, name) not in self.deleted:
-                    found[name] = Entry(LOWER, st)
-        return sorted(found.items())
+            with contextlib.suppress(FileNotFoundError):
+                fd = self.upper.open(rel, flags)
+        if fd < 0:
+            if self.lower_hidden(rel):
+                raise fail(errno.ENOENT)
+            fd = self.lower.open(rel, flags)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise fail(errno.EINVAL)
+        return fd
 
     def tree(self, layer: str) -> HostTree:
         return self.upper if layer == UPPER else self.lower
 
+    def listing(self, rel: str, cookie: int) -> Iterator[tuple[str, Entry | None, int]]:
+        """The directory's entries in this view (before any policy filtering) from
+        ``cookie`` (0: the start), each with the cookie to go on after it. The upper
+        directory's entries come first, then the lower's that it does not override; ``.``
+        and ``..`` (with no entry) come from the first of the two."""
+        upper_fd = -1
+        if not self.upper_empty:
+            with contextlib.suppress(OSError):
+                upper_fd = self.upper.open(rel, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if upper_fd >= 0 and cookie < _LOWER_PHASE:
+                for name, _, after in dir_entries(upper_fd, cookie):
+                    if name in (".", ".."):
+                        yield name, None, after
+                        continue
+                    with contextlib.suppress(FileNotFoundError):
+                        st = os.stat(name, dir_fd=upper_fd, follow_symlinks=False)
+                        yield name, Entry(UPPER, st), after
+                cookie = _LOWER_PHASE
+            if rel and self.lower_hidden(rel):
+                return
+            try:
+                lower_fd = self.lower.open(rel, os.O_RDONLY | os.O_DIRECTORY)
+            except (FileNotFoundError, NotADirectoryError):
+                return
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    return
+                raise
+            try:
+                deleted = self.deleted.paths
+                for name, _, after in dir_entries(lower_fd, cookie & ~_LOWER_PHASE):
+                    if name in (".", ".."):
+                        if upper_fd < 0:
+                            yield name, None, after | _LOWER_PHASE
+                        continue
+                    if deleted and join(rel, name) in deleted:
+                        continue
+                    if upper_fd >= 0 and _exists_at(upper_fd, name):
+                        continue
+                    with contextlib.suppress(FileNotFoundError):
+                        st = os.stat(name, dir_fd=lower_fd, follow_symlinks=False)
+                        yield name, Entry(LOWER, st), after | _LOWER_PHASE
+            finally:
+                os.close(lower_fd)
+        finally:
+            if upper_fd >= 0:
+                os.close(upper_fd)
+
+    def visible_children(self, rel: str) -> Iterator[tuple[str, Entry]]:
+        """The entries of directory ``rel`` that this view shows."""
+        state = self.policy.state(rel)
+        for name, entry, _ in self.listing(rel, 0):
+            if entry is None:
+                continue
+            child = self.policy.step(state, name)
+            if self.visible_state(child, self.policy.level_of(child), entry.is_dir):
+                yield join(rel, name), entry
+
+    def has_visible_children(self, rel: str) -> bool:
+        return next(self.visible_children(rel), None) is not None
+
     def readlink(self, rel: str, entry: Entry) -> str:
         return self.tree(entry.layer).readlink(rel)
 
-    def open(self, rel: str, entry: Entry, flags: int) -> int:
-        return self.tree(entry.layer).open(rel, flags)
+    # -- limits -------------------------------------------------------------------------------
+
+    def _refuse(self) -> OSError:
+        self.over_limit = True
+        return fail(errno.ENOSPC)
+
+    def charge(self, size: int) -> None:
+        """Count ``size`` more bytes into the delta; ENOSPC beyond the sandbox's limit, or
+        beyond its codebase's cap (what the codebase holds and this delta would add)."""
+        if size <= 0:
+            return
+        most = self.limits.delta_bytes
+        if most and self.delta_bytes + self.carried_orphan_bytes + size > most:
+            raise self._refuse()
+        cap = self.limits.codebase_bytes
+        if cap and self.usage.known and self.usage.bytes + self.delta_bytes + size > cap:
+            raise self._refuse()
+        self.delta_bytes += size
+
+    def count_entry(self) -> None:
+        """One more entry in the delta (a new name, or one copied up); ENOSPC beyond the
+        limit: an entry costs the host an inode whatever its size."""
+        most = self.limits.delta_entries
+        if most and self.delta_entries + 1 > most:
+            raise self._refuse()
+        cap = self.limits.codebase_entries
+        if cap and self.usage.known and self.usage.entries + self.delta_entries + 1 > cap:
+            raise self._refuse()
+        self.delta_entries += 1
+
+    def measure_delta(self) -> None:
+        """Count what the delta holds (a view taken over from a process that died)."""
+        self.delta_bytes = self.delta_entries = 0
+        pending = [""]
+        while pending:
+            current = pending.pop()
+            for name, st in self.upper.scan(current):
+                self.delta_entries += 1
+                if stat.S_ISDIR(st.st_mode):
+                    pending.append(join(current, name))
+                elif stat.S_ISREG(st.st_mode):
+                    self.delta_bytes += st.st_size
+        for _, st in self.orphans.scan(""):
+            self.orphan_bytes += st.st_size
+        self.carried_orphan_bytes = self.orphan_bytes
+
+    @staticmethod
+    def check_length(rel: str) -> None:
+        if len(os.fsencode(rel)) > MAX_PATH:
+            raise fail(errno.ENAMETOOLONG)
 
     # -- copy-on-write ------------------------------------------------------------------------
 
-    def save_deleted(self) -> None:
-        tmp = self._deleted_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(sorted(self.deleted)))
-        tmp.replace(self._deleted_file)
-
     def _upper_parents(self, rel: str) -> None:
-        """Make ``rel``'s parent directories exist in the upper tree (modes from this view)."""
+        """Make ``rel``'s parent directories exist in the upper tree (modes from this view).
+        Usually the parent is there already: one look. Else from the deepest one there."""
+        missing: list[str] = []
+        parent = split(rel)[0]
+        while parent:
+            st = self.upper.try_lstat(parent) if not self.upper_empty else None
+            if st is not None:
+                if not stat.S_ISDIR(st.st_mode):
+                    raise fail(errno.ENOTDIR)
+                break
+            missing.append(parent)
+            parent = split(parent)[0]
+        for directory in reversed(missing):
+            entry = self.locate(directory)
+            if entry is None:
+                raise fail(errno.ENOENT)
+            self.count_entry()
+            self.upper.mkdir(directory, stat.S_IMODE(entry.st.st_mode))
+            self.upper_empty = False
         self.upper_empty = False
-        parent, _ = split(rel)
-
-        def mode_of(path: str) -> int:
-            entry = self.locate(path)
-            return stat.S_IMODE(entry.st.st_mode) if entry else 0o755
-
-        self.upper.makedirs(parent, mode_of)
-
-    def charge(self, size: int) -> None:
-        """Count ``size`` more bytes into the delta; ENOSPC beyond the sandbox's limit."""
-        if size <= 0:
-            return
-        if self.max_delta and self.delta_bytes + size > self.max_delta:
-            self.over_limit = True
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self.delta_bytes += size
 
     def copy_up(self, rel: str) -> Entry:
         """Bring ``rel`` into the upper tree (a directory without its content)."""
         entry = self.locate(rel)
         if entry is None:
-            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT), rel)
+            raise fail(errno.ENOENT)
         if entry.layer == UPPER or not rel:
             return entry
-        if stat.S_ISREG(entry.st.st_mode):
-            self.charge(entry.st.st_size)
-        self._upper_parents(rel)
         mode = entry.st.st_mode
+        if stat.S_ISREG(mode):
+            self.charge(entry.st.st_size)
+        elif not (stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+            raise OSError(errno.EOPNOTSUPP, "special files are not copied up", rel)
+        self._upper_parents(rel)
+        self.count_entry()
         if stat.S_ISDIR(mode):
             self.upper.mkdir(rel, stat.S_IMODE(mode))
         elif stat.S_ISLNK(mode):
             self.upper.symlink(self.lower.readlink(rel), rel)
-        elif stat.S_ISREG(mode):
-            copy_file(self.lower, rel, self.upper, rel)
         else:
-            raise OSError(errno.EOPNOTSUPP, "special files are not copied up", rel)
+            copy_file(self.lower, rel, self.upper, rel)
         return Entry(UPPER, self.upper.lstat(rel))
 
     def copy_up_tree(self, rel: str) -> None:
-        """Copy up ``rel`` and every entry below it that this view can see."""
-        entry = self.copy_up(rel)
-        if entry.is_dir:
-            for name, child_entry in self.entries(rel):
-                child = join(rel, name)
-                if self.visible(child, child_entry.is_dir):
-                    self.copy_up_tree(child)
+        """Copy up ``rel`` and every entry below it that this view can see (iteratively)."""
+        pending = [rel]
+        while pending:
+            current = pending.pop()
+            if self.copy_up(current).is_dir:
+                pending.extend(child for child, _ in self.visible_children(current))
 
     def prepare_new(self, rel: str) -> None:
         """Make room for a new entry at ``rel`` in the upper tree."""
+        self.check_length(rel)
         self._upper_parents(rel)
+        self.count_entry()
 
     def forget_lower(self, rel: str) -> None:
         """``rel`` is gone from this view (the lower tree's entry, if any, is hidden)."""
         if not self.lower_hidden(rel) and self.lower.try_lstat(rel) is not None:
             self.deleted.add(rel)
-            self.save_deleted()
 
     def created(self, rel: str) -> None:
         """A new entry now stands at ``rel`` in the upper tree."""
         # Hide whatever the lower tree holds there: a recreated directory starts empty.
-        if self.lower.try_lstat(rel) is not None and not self.lower_hidden(rel):
+        if not self.lower_hidden(rel) and self.lower.try_lstat(rel) is not None:
             self.deleted.add(rel)
-            self.save_deleted()
+
+    def keep_orphan(self, rel: str, entry: Entry, ident: int) -> str:
+        """Keep the content of the file at ``rel`` (about to go) for a process that may
+        hold it open; the orphan's name, or "" when it cannot be kept."""
+        name = str(ident)
+        try:
+            if entry.layer == UPPER:
+                self.upper.rename(rel, name, self.orphans)
+            else:  # the codebase's inode: linked, and copied before any write through it
+                with self.lower.parent(rel) as (fd, leaf):
+                    os.link(leaf, name, src_dir_fd=fd, dst_dir_fd=self.orphans.fd,
+                            follow_symlinks=False)  # fmt: skip
+        except OSError:
+            return ""
+        self.orphan_bytes += entry.st.st_size
+        return name
+
+    def drop_orphan(self, name: str) -> None:
+        with contextlib.suppress(OSError):
+            self.orphan_bytes -= self.orphans.lstat(name).st_size
+            self.orphans.unlink(name)
+        self.orphan_bytes = max(0, self.orphan_bytes)
+        self.carried_orphan_bytes = min(self.carried_orphan_bytes, self.orphan_bytes)
 
     def remove(self, rel: str, entry: Entry) -> None:
+        """Remove the entry (a file kept as an orphan has left the upper tree already)."""
         if entry.layer == UPPER:
-            if entry.is_dir:
-                self.upper.rmdir(rel)
-            else:
-                self.upper.unlink(rel)
+            with contextlib.suppress(FileNotFoundError):
+                if entry.is_dir:
+                    self.upper.rmdir(rel)
+                else:
+                    self.upper.unlink(rel)
         self.forget_lower(rel)
 
     def rename(self, old: str, new: str) -> None:
@@ -227,3 +453,30 @@ class View:
         self.upper.rename(old, new)
         self.created(new)
         self.forget_lower(old)
+
+    def longest_below(self, rel: str) -> int:
+        """The length of the longest path at ``rel`` or below it, in either tree."""
+        longest = len(os.fsencode(rel))
+        pending = [rel]
+        while pending:
+            current = pending.pop()
+            directories: set[str] = set()  # a directory in both trees is visited once
+            for tree in (self.upper, self.lower):
+                for name, st in tree.scan(current):
+                    child = join(current, name)
+                    longest = max(longest, len(os.fsencode(child)))
+                    if stat.S_ISDIR(st.st_mode):
+                        directories.add(child)
+            pending.extend(directories)
+        return longest
+
+
+def _exists_at(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+__all__ = ["LOWER", "MAX_PATH", "UPPER", "Entry", "View", "fail", "join"]

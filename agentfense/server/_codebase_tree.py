@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CodebaseNotFoundError, InvalidConfigurationError, SandboxError, StatusCode
+from ..fs._host import openat2
 
 _ID_RE = re.compile(r"cb_[0-9a-f]{16}")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -195,37 +196,32 @@ def _scan(dir_fd: int) -> builtins.list[tuple[str, os.stat_result]]:
 
 
 def _walk(top_fd: int, top_rel: str) -> Iterator[tuple[str, str, os.stat_result]]:
-    """``(path, name, lstat)`` of everything below ``top_fd``; links are never followed."""
-    stack: builtins.list[tuple[int, str, builtins.list[str] | None]] = [(top_fd, top_rel, None)]
-    try:
-        while stack:
-            fd, rel, pending = stack[-1]
-            if pending is None:
-                pending = []
-                for name, st in _scan(fd):
-                    path = f"{rel}/{name}" if rel else name
-                    yield path, name, st
-                    if stat.S_ISDIR(st.st_mode):
-                        pending.append(name)
-                pending.reverse()
-                stack[-1] = (fd, rel, pending)
-            if not pending:
-                stack.pop()
-                if fd != top_fd:
-                    os.close(fd)
+    """``(path, name, lstat)`` of everything below ``top_fd``; links are never followed.
+
+    Iterative and holding one directory open at a time: a tree as deep as a sandbox could
+    make it costs neither stack nor descriptors (each directory is opened by its path
+    beneath ``top_fd``, through no symlink)."""
+    pending = [""]
+    while pending:
+        rel = pending.pop()
+        try:
+            fd = top_fd if not rel else openat2(top_fd, rel, _DIR_FLAGS)
+        except OSError as err:  # replaced or removed since the scan
+            if err.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
                 continue
-            name = pending.pop()
-            try:
-                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
-            except OSError as err:  # replaced or removed since the scan
-                if err.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                    continue
-                raise
-            stack.append((child, f"{rel}/{name}" if rel else name, None))
-    finally:
-        for fd, _, _ in stack:
+            raise
+        try:
+            entries = _scan(fd)
+        finally:
             if fd != top_fd:
                 os.close(fd)
+        directories = []
+        for name, st in entries:
+            inner = f"{rel}/{name}" if rel else name
+            yield (f"{top_rel}/{inner}" if top_rel else inner), name, st
+            if stat.S_ISDIR(st.st_mode):
+                directories.append(inner)
+        pending.extend(reversed(directories))
 
 
 def _file_record(path: str, name: str, st: os.stat_result) -> FileRecord:

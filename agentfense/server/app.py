@@ -83,7 +83,10 @@ async def open_server(config: ServerConfig) -> AsyncIterator[str]:
         server = Server(
             [
                 CodebaseService(
-                    store, in_use=manager.uses_codebase, max_upload_bytes=config.max_upload_bytes
+                    store,
+                    in_use=manager.uses_codebase,
+                    changed=manager.codebase_changed,
+                    max_upload_bytes=config.max_upload_bytes,
                 ),
                 SandboxService(manager, max_upload_bytes=config.max_upload_bytes),
             ]

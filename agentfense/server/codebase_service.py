@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 
 import betterproto
@@ -95,7 +95,8 @@ async def _file_data(
 
 
 class CodebaseService(CodebaseServiceBase):  # type: ignore[misc]
-    """Codebase RPCs; ``in_use(codebase_id)`` tells whether sandboxes still use a codebase."""
+    """Codebase RPCs; ``in_use(codebase_id)`` tells whether sandboxes still use a codebase,
+    ``changed(codebase_id, paths)`` that an upload changed these paths under its sandboxes."""
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         return guarded(super().__mapping__())
@@ -105,10 +106,12 @@ class CodebaseService(CodebaseServiceBase):  # type: ignore[misc]
         store: CodebaseStore,
         *,
         in_use: Callable[[str], bool],
+        changed: Callable[[str, list[str]], Awaitable[None]],
         max_upload_bytes: int,
     ) -> None:
         self._store = store
         self._in_use = in_use
+        self._changed = changed
         self._max_upload_bytes = max_upload_bytes
 
     async def _codebase(self, record: CodebaseRecord) -> Codebase:
@@ -179,6 +182,7 @@ class CodebaseService(CodebaseServiceBase):  # type: ignore[misc]
                 self._max_upload_bytes,
                 executable=meta.executable,
             )
+            await self._changed(meta.codebase_id, [meta.file_path])
         return UploadResult(
             codebase_id=meta.codebase_id,
             file_path=meta.file_path,
@@ -224,6 +228,7 @@ class CodebaseService(CodebaseServiceBase):  # type: ignore[misc]
             finally:
                 if uploaded:  # once for the whole archive, also when it broke off
                     await self._store.touch(codebase_id)
+                    await self._changed(codebase_id, [f.file_path for f in uploaded])
         return ArchiveResult(codebase_id=codebase_id, files=uploaded)
 
     async def download_file(self, request: DownloadFileRequest) -> AsyncIterator[FileChunk]:

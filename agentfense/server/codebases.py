@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import secrets
-import shutil
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -30,6 +29,7 @@ from ..errors import (
     InvalidConfigurationError,
     ResourceLimitExceededError,
 )
+from ..fs._host import remove_tree
 from ._codebase_tree import (
     _ID_RE,
     FileRecord,
@@ -123,7 +123,7 @@ def _create_dirs(codebase_dir: Path, record: CodebaseRecord) -> None:
         (codebase_dir / "tmp").mkdir(mode=0o700)
         _write_meta(codebase_dir, record)
     except BaseException:
-        shutil.rmtree(codebase_dir, ignore_errors=True)
+        remove_tree(codebase_dir)
         raise
 
 
@@ -132,7 +132,7 @@ def _load_all(root: Path) -> builtins.list[CodebaseRecord]:
     records: builtins.list[CodebaseRecord] = []
     for entry in root.iterdir():
         if entry.name.startswith(".trash-"):
-            shutil.rmtree(entry, ignore_errors=True)
+            remove_tree(entry)
             continue
         if not _ID_RE.fullmatch(entry.name) or entry.is_symlink() or not entry.is_dir():
             continue
@@ -146,7 +146,7 @@ def _load_all(root: Path) -> builtins.list[CodebaseRecord]:
             continue
         (entry / "files").mkdir(mode=0o755, exist_ok=True)
         tmp = entry / "tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp)
         tmp.mkdir(mode=0o700)
         records.append(record)
     return records
@@ -253,7 +253,7 @@ class CodebaseStore:
         with anyio.CancelScope(shield=True):
             await _run(os.rename, self._dir(record.id), trash)
             self._records.pop(record.id, None)
-            await _run(functools.partial(shutil.rmtree, trash, ignore_errors=True))
+            await _run(remove_tree, trash)
 
     async def touch(self, codebase_id: str) -> CodebaseRecord:
         """Bump ``updated_at`` (after any change of the tree) and persist it.

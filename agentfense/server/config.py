@@ -30,8 +30,14 @@ class ServerConfig:
     state_dir: Path = field(default_factory=default_state_dir)
     max_output_bytes: int = 16 * 1024 * 1024
     max_upload_bytes: int = 1024 * 1024 * 1024
-    # What a sandbox may write between two commits (each command's delta); ENOSPC beyond.
+    # What a sandbox may write between two commits (each command's delta): bytes, and new
+    # entries (each costs an inode, whatever its size); ENOSPC beyond.
     max_delta_bytes: int = 4 * 1024 * 1024 * 1024
+    max_delta_entries: int = 100_000
+    # The most a codebase may hold (what its sandboxes write is refused with ENOSPC beyond;
+    # 0: no limit).
+    max_codebase_bytes: int = 64 * 1024 * 1024 * 1024
+    max_codebase_entries: int = 1_000_000
     default_timeout: float = 300.0
     max_timeout: float = 24 * 3600.0
     expiry_check_interval: float = 1.0
@@ -51,9 +57,17 @@ class ServerConfig:
     docker_host: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("max_output_bytes", "max_upload_bytes", "max_delta_bytes"):
+        for name in (
+            "max_output_bytes",
+            "max_upload_bytes",
+            "max_delta_bytes",
+            "max_delta_entries",
+        ):
             if getattr(self, name) <= 0:
                 raise InvalidConfigurationError(f"{name} must be positive")
+        for name in ("max_codebase_bytes", "max_codebase_entries"):
+            if getattr(self, name) < 0:
+                raise InvalidConfigurationError(f"{name} must be >= 0")
         for name in ("default_timeout", "max_timeout", "expiry_check_interval"):
             if getattr(self, name) <= 0:
                 raise InvalidConfigurationError(f"{name} must be positive")

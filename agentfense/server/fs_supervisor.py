@@ -1,88 +1,96 @@
-"""Runs the permission filesystem process and talks to it; restarts it if it dies.
+"""Mounts the views, runs the permission filesystem process that serves them, and replaces
+that process if it dies, without the sandboxes noticing.
 
-The fs process (``python -m agentfense.fs``) mounts one FUSE file system under the state
-directory; each sandbox's view is the subdirectory named by its id. If the process dies, the
-mounts that sandboxes hold are dead: ``on_crash`` is told (the manager puts the running
-sandboxes into ERROR), then a new process is started and every view is added again from its
-delta on disk, so nothing committed, and nothing written but uncommitted, is lost.
+Each view is a FUSE mount of its own under ``state_dir/fs/views/<id>``, made here; the device
+descriptor of its connection is kept here for the view's whole life and a copy is handed to
+the fs process (:class:`~agentfense.fs.control.AddView`). If that process dies (a bug, the
+OOM killer, a SIGKILL), the connections live on: the kernel holds the sandboxes' requests
+until a new process takes each view over (``recover``: it rebuilds the view's node table
+from its journal and asks the kernel to send again what the dead one never answered). A
+view that cannot be taken over is reported to ``on_lost`` with a sentence.
+
+Requests on the control channel are answered as they complete (a long commit of one view
+holds up no other view's): each carries a sequence number its reply repeats.
 """
 
 from __future__ import annotations
 
+import array
 import contextlib
-import json
 import logging
+import os
 import socket
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import anyio
 import anyio.abc
 
 from ..errors import SandboxError, StatusCode
+from ..fs import control
+from ..fs._device import MountError, mount_view, mounted_views, unmount
 
 log = logging.getLogger("agentfense.server.fs")
 
-
-def _mounted(path: Path) -> bool:
-    """Whether something is mounted on ``path`` (also a dead FUSE mount, which stat fails on)."""
-    target = str(path).replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011")
-    with open("/proc/self/mounts") as mounts:
-        return any(line.split(" ")[1] == target for line in mounts)
+_RESTART_WAIT = 60.0
 
 
-def _unmount(path: Path) -> None:
-    if _mounted(path):
-        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+@dataclass
+class _Mounted:
+    spec: control.AddView
+    fd: int  # the connection's device: kept while the view lives
+
+
+class _Pending:
+    __slots__ = ("done", "reply")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.reply: control.Message | None = None
 
 
 class FsSupervisor:
-    def __init__(
-        self,
-        state_dir: Path,
-        *,
-        views: Callable[[], Iterable[dict[str, Any]]],
-        on_crash: Callable[[], Awaitable[None]],
-    ) -> None:
-        self.mountpoint = state_dir / "fs" / "mnt"
+    def __init__(self, state_dir: Path, *, on_lost: Callable[[str, str], Awaitable[None]]) -> None:
+        self.views_dir = state_dir / "fs" / "views"
         self._log_path = state_dir / "logs" / "fs.log"
-        self._views = views
-        self._on_crash = on_crash
+        self._on_lost = on_lost
+        self._views: dict[str, _Mounted] = {}
         self._process: anyio.abc.Process | None = None
         self._sock: socket.socket | None = None
-        self._lock = anyio.Lock()
-        self._stopping = False
+        self._send_lock = anyio.Lock()
+        self._pending: dict[int, _Pending] = {}
         self._seq = 0
+        self._stopping = False
         self._ready = anyio.Event()  # set while a process serves every view
 
     def view_path(self, view_id: str) -> Path:
-        return self.mountpoint / view_id
+        return self.views_dir / view_id
+
+    # -- the process --------------------------------------------------------------------------
 
     async def start(self, task_group: anyio.abc.TaskGroup) -> None:
-        await self._launch()
-        task_group.start_soon(self._watch, task_group)
-
-    async def _launch(self) -> None:
-        _unmount(self.mountpoint)  # left by a process that died (stat fails on it)
-        for directory in (self.mountpoint.parent.parent, self.mountpoint.parent):
+        for leftover in mounted_views(self.views_dir):  # a killed server's
+            await anyio.to_thread.run_sync(unmount, leftover)
+        for directory in (self.views_dir.parent, self.views_dir):
             directory.mkdir(parents=True, exist_ok=True)
             directory.chmod(0o711)  # sandboxes reach their view; nothing here can be listed
-        self.mountpoint.mkdir(exist_ok=True)
+        for leftover in self.views_dir.iterdir():
+            with contextlib.suppress(OSError):
+                leftover.rmdir()
+        await self._launch(task_group)
+        self._ready.set()
+        task_group.start_soon(self._watch, task_group)
+
+    async def _launch(self, task_group: anyio.abc.TaskGroup) -> None:
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             with self._log_path.open("ab") as log_file:
                 self._process = await anyio.open_process(
-                    [
-                        sys.executable,
-                        "-m",
-                        "agentfense.fs",
-                        str(self.mountpoint),
-                        str(theirs.fileno()),
-                    ],
+                    [sys.executable, "-m", "agentfense.fs", str(theirs.fileno())],
                     stdin=subprocess.DEVNULL,
                     stdout=log_file,
                     stderr=log_file,
@@ -92,66 +100,52 @@ class FsSupervisor:
             theirs.close()
         ours.setblocking(False)
         self._sock = ours
-        with anyio.fail_after(30):
-            ready = await self._receive()
-        if not ready.get("ready"):
+        ready = _Pending()
+        self._pending[0] = ready
+        task_group.start_soon(self._read_replies, ours)
+        with anyio.move_on_after(30):
+            await ready.done.wait()
+        if not isinstance(ready.reply, control.Done):
             raise SandboxError(
                 f"the permission filesystem did not start: {self._log_tail()}",
                 code=StatusCode.INTERNAL,
             )
-        for view in self._views():
-            await self._request(op="add_view", **view)
-        self._ready.set()
 
     def _log_tail(self) -> str:
         with contextlib.suppress(OSError):
             return self._log_path.read_text(errors="replace").strip()[-2000:]
         return ""
 
-    async def _receive(self) -> dict[str, Any]:
-        assert self._sock is not None
-        while True:
-            await anyio.wait_readable(self._sock)
-            try:
-                data = self._sock.recv(1 << 22)
-            except BlockingIOError:
-                continue
-            if not data:
-                raise SandboxError("the permission filesystem stopped", code=StatusCode.UNAVAILABLE)
-            reply: dict[str, Any] = json.loads(data)
-            return reply
-
-    async def wait_ready(self) -> None:
-        """Wait while the process is being replaced (its views are added again)."""
-        if not self._ready.is_set():
-            with anyio.move_on_after(60):
-                await self._ready.wait()
-            if not self._ready.is_set():
-                raise SandboxError(
-                    "the permission filesystem is restarting; try again",
-                    code=StatusCode.UNAVAILABLE,
-                )
-
-    async def request(self, **message: Any) -> dict[str, Any]:
-        """Send one request and return its answer (requests are answered one at a time)."""
-        await self.wait_ready()
-        return await self._request(**message)
-
-    async def _request(self, **message: Any) -> dict[str, Any]:
-        async with self._lock:
-            if self._sock is None:
-                raise SandboxError(
-                    "the permission filesystem is not running", code=StatusCode.UNAVAILABLE
-                )
-            self._seq += 1
-            message["seq"] = self._seq
-            with anyio.CancelScope(shield=True):  # a reply must never be left for the next
-                await anyio.wait_writable(self._sock)
-                self._sock.send(json.dumps(message).encode())
-                reply = await self._receive()
-        if "error" in reply:
-            raise SandboxError(f"permission filesystem: {reply['error']}", code=StatusCode.INTERNAL)
-        return reply
+    async def _read_replies(self, sock: socket.socket) -> None:
+        assembler = control.Assembler()
+        try:
+            while True:
+                await anyio.wait_readable(sock)
+                try:
+                    datagram, ancillary, _, _ = sock.recvmsg(control.CHUNK + 1, 64)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    return
+                for fd in control.received_fds(ancillary):
+                    os.close(fd)  # none expected: never leak one
+                if not datagram:
+                    return
+                payload = assembler.add(datagram)
+                if payload is None:
+                    continue
+                reply = control.decode(payload)
+                pending = self._pending.pop(reply.seq, None)
+                if pending is not None:
+                    pending.reply = reply
+                    pending.done.set()
+        except (ValueError, anyio.ClosedResourceError):
+            log.exception("the permission filesystem's channel")
+        finally:
+            # The process is gone (or broken): nobody will answer what is waiting.
+            for pending in self._pending.values():
+                pending.done.set()
+            self._pending.clear()
 
     async def _watch(self, task_group: anyio.abc.TaskGroup) -> None:
         while not self._stopping:
@@ -161,22 +155,34 @@ class FsSupervisor:
             if self._stopping:
                 return
             log.error(
-                "the permission filesystem exited (%s); restarting it: %s",
+                "the permission filesystem exited (%s); a new one takes its views over: %s",
                 process.returncode,
                 self._log_tail(),
             )
             self._ready = anyio.Event()
-            async with self._lock:  # no request is between its question and its answer
-                if self._sock is not None:
-                    self._sock.close()
-                    self._sock = None
-            await self._on_crash()
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
             try:
-                await self._launch()
+                await self._launch(task_group)
             except SandboxError:
                 if self._stopping:
                     return
                 raise
+            for view_id, mounted in list(self._views.items()):
+                spec = replace(mounted.spec, recover=True)
+                try:
+                    await self._request(spec, (mounted.fd,))
+                except SandboxError as exc:
+                    await self._lose(view_id, f"the permission filesystem restarted: {exc}")
+            self._ready.set()
+
+    async def _lose(self, view_id: str, reason: str) -> None:
+        mounted = self._views.pop(view_id, None)
+        if mounted is not None:
+            await anyio.to_thread.run_sync(unmount, self.view_path(view_id))
+            os.close(mounted.fd)
+        await self._on_lost(view_id, reason)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -193,4 +199,125 @@ class FsSupervisor:
             if self._sock is not None:
                 self._sock.close()
                 self._sock = None
-            _unmount(self.mountpoint)
+            for view_id, mounted in list(self._views.items()):
+                await anyio.to_thread.run_sync(unmount, self.view_path(view_id))
+                os.close(mounted.fd)
+            self._views.clear()
+
+    # -- requests -----------------------------------------------------------------------------
+
+    async def wait_ready(self) -> None:
+        """Wait while the process is being replaced (its views are taken over)."""
+        if not self._ready.is_set():
+            with anyio.move_on_after(_RESTART_WAIT):
+                await self._ready.wait()
+            if not self._ready.is_set():
+                raise SandboxError(
+                    "the permission filesystem is restarting; try again",
+                    code=StatusCode.UNAVAILABLE,
+                )
+
+    async def _request(
+        self, message: control.Message, fds: tuple[int, ...] = ()
+    ) -> control.Message:
+        """Send one request and wait for its answer (others may be answered meanwhile)."""
+        self._seq += 1
+        message = replace(message, seq=self._seq)
+        pending = _Pending()
+        with anyio.CancelScope(shield=True):  # the fs process acts on it whatever we do
+            async with self._send_lock:
+                sock = self._sock
+                if sock is None:
+                    raise _unavailable()
+                self._pending[message.seq] = pending
+                for index, datagram in enumerate(control.datagrams(control.encode(message))):
+                    ancillary = []
+                    if index == 0 and fds:
+                        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _fd_array(fds))]
+                    while True:
+                        try:
+                            sock.sendmsg([datagram], ancillary)
+                            break
+                        except BlockingIOError:
+                            await anyio.wait_writable(sock)
+                        except OSError:
+                            self._pending.pop(message.seq, None)
+                            raise _unavailable() from None
+            await pending.done.wait()
+        reply = pending.reply
+        if reply is None:
+            raise _unavailable()
+        if isinstance(reply, control.Failed):
+            raise SandboxError(f"permission filesystem: {reply.message}", code=StatusCode.INTERNAL)
+        return reply
+
+    async def request(self, message: control.Message, fds: tuple[int, ...] = ()) -> control.Message:
+        """Send one request once a process serves every view; if that process dies before
+        answering, wait for the next one and ask it again (every request is idempotent)."""
+        for _ in range(3):
+            await self.wait_ready()
+            try:
+                return await self._request(message, fds)
+            except SandboxError as exc:
+                if exc.code != StatusCode.UNAVAILABLE or self._stopping:
+                    raise
+                await anyio.sleep(0.05)
+        raise _unavailable()
+
+    # -- views --------------------------------------------------------------------------------
+
+    async def add_view(self, spec: control.AddView) -> Path:
+        """Mount the view and have it served; its path on the host."""
+        mountpoint = self.view_path(spec.id)
+        await self.wait_ready()
+        mountpoint.mkdir(mode=0o755, exist_ok=True)
+        try:
+            fd = await anyio.to_thread.run_sync(mount_view, mountpoint)
+        except MountError as exc:
+            with contextlib.suppress(OSError):
+                mountpoint.rmdir()
+            raise SandboxError(str(exc), code=StatusCode.INTERNAL) from None
+        self._views[spec.id] = _Mounted(spec, fd)
+        try:
+            await self.request(spec, (fd,))
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                self._views.pop(spec.id, None)
+                await anyio.to_thread.run_sync(unmount, mountpoint)
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    mountpoint.rmdir()
+            raise
+        return mountpoint
+
+    async def remove_view(self, view_id: str) -> None:
+        mounted = self._views.pop(view_id, None)
+        if mounted is None:
+            return
+        with anyio.CancelScope(shield=True):
+            with contextlib.suppress(SandboxError):
+                await self.request(control.RemoveView(view_id))
+            mountpoint = self.view_path(view_id)
+            await anyio.to_thread.run_sync(unmount, mountpoint)
+            os.close(mounted.fd)  # with the mount gone, the connection ends
+            with contextlib.suppress(OSError):
+                mountpoint.rmdir()
+
+    async def commit(self, view_id: str) -> control.Committed:
+        reply = await self.request(control.Commit(view_id))
+        assert isinstance(reply, control.Committed)
+        return reply
+
+    async def changed(self, lower: Path, paths: list[str]) -> None:
+        """The server changed ``paths`` of the codebase at ``lower``: its views drop what
+        their kernels cached of them."""
+        if any(m.spec.lower == str(lower) for m in self._views.values()):
+            await self.request(control.Changed(str(lower), paths))
+
+
+def _unavailable() -> SandboxError:
+    return SandboxError("the permission filesystem stopped", code=StatusCode.UNAVAILABLE)
+
+
+def _fd_array(fds: tuple[int, ...]) -> bytes:
+    return array.array("i", fds).tobytes()

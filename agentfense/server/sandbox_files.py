@@ -1,7 +1,8 @@
 """A sandbox's files through its own view: what ``ReadSandboxFile``, ``WriteSandboxFile`` and
-``ListSandboxFiles`` serve. The view (a directory of the permission filesystem) applies the
-sandbox's permissions to every access; every path is resolved beneath it without following
-a symlink, so nothing a sandbox planted leads the server elsewhere on the host.
+``ListSandboxFiles`` serve. The view (a mount of the permission filesystem) applies the
+sandbox's permissions to every access, made as the sandbox's uid (``owner``) so that the
+kernel checks each open exactly as for the sandbox; every path is resolved beneath it without
+following a symlink, so nothing a sandbox planted leads the server elsewhere on the host.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..errors import (
     StatusCode,
 )
 from ..fs._host import HostTree
+from ..fs._identity import acting_as
 from ._paths import InvalidPathError, normalize_relpath
 
 WORKSPACE = "/workspace"
@@ -85,15 +87,19 @@ def _open_regular(tree: HostTree, rel: str, flags: int) -> int:
     return fd
 
 
-async def read_file(view: Path, rel: str) -> AsyncIterator[bytes]:
+Owner = tuple[int, int]  # the sandbox's uid and gid on the host
+
+
+async def read_file(view: Path, rel: str, owner: Owner) -> AsyncIterator[bytes]:
     """The file's content, chunk by chunk."""
 
     def open_file() -> int:
-        tree = HostTree(view)
-        try:
-            return _open_regular(tree, rel, os.O_RDONLY)
-        finally:
-            tree.close()
+        with acting_as(*owner):
+            tree = HostTree(view)
+            try:
+                return _open_regular(tree, rel, os.O_RDONLY)
+            finally:
+                tree.close()
 
     try:
         fd = await anyio.to_thread.run_sync(open_file)
@@ -107,20 +113,21 @@ async def read_file(view: Path, rel: str) -> AsyncIterator[bytes]:
 
 
 async def write_file(
-    view: Path, rel: str, chunks: AsyncIterator[bytes], *, max_bytes: int
+    view: Path, rel: str, chunks: AsyncIterator[bytes], *, owner: Owner, max_bytes: int
 ) -> tuple[int, str]:
     """Write the file (parents created), as the sandbox could; (size, sha256)."""
     if not rel:
         raise InvalidConfigurationError("path must name a file under /workspace")
 
     def open_file() -> int:
-        tree = HostTree(view)
-        try:
-            parent = rel.rpartition("/")[0]
-            tree.makedirs(parent)
-            return _open_regular(tree, rel, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        finally:
-            tree.close()
+        with acting_as(*owner):
+            tree = HostTree(view)
+            try:
+                parent = rel.rpartition("/")[0]
+                tree.makedirs(parent)
+                return _open_regular(tree, rel, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            finally:
+                tree.close()
 
     try:
         fd = await anyio.to_thread.run_sync(open_file)
@@ -148,35 +155,39 @@ async def write_file(
     return size, digest.hexdigest()
 
 
-def list_files(view: Path, rel: str, recursive: bool) -> list[SandboxFile]:
-    """What the sandbox sees below ``rel`` (blocking: run it in a thread)."""
-    tree = HostTree(view)
+def list_files(view: Path, rel: str, recursive: bool, owner: Owner) -> list[SandboxFile]:
+    """What the sandbox sees below ``rel``, each directory followed by what it holds (blocking:
+    run it in a thread). Iterative: the depth is the sandbox's to choose."""
     found: list[SandboxFile] = []
+    with acting_as(*owner):
+        tree = HostTree(view)
 
-    def visit(directory: str) -> None:
-        for name in sorted(tree.listdir(directory)):
-            child = f"{directory}/{name}" if directory else name
-            try:
-                st = tree.lstat(child)
-            except OSError:
-                continue  # gone meanwhile
-            is_dir = stat.S_ISDIR(st.st_mode)
-            found.append(
-                SandboxFile(
-                    path=child,
-                    name=name,
-                    is_dir=is_dir,
-                    size=0 if is_dir else st.st_size,
-                    modified_at=datetime.fromtimestamp(st.st_mtime, UTC),
+        def children(directory: str) -> list[str]:
+            names = sorted(tree.listdir(directory), reverse=True)  # ENOTDIR when it is none
+            return [f"{directory}/{name}" if directory else name for name in names]
+
+        try:
+            pending = children(rel)
+            while pending:
+                child = pending.pop()
+                try:
+                    st = tree.lstat(child)
+                except OSError:
+                    continue  # gone meanwhile
+                is_dir = stat.S_ISDIR(st.st_mode)
+                found.append(
+                    SandboxFile(
+                        path=child,
+                        name=child.rpartition("/")[2],
+                        is_dir=is_dir,
+                        size=0 if is_dir else st.st_size,
+                        modified_at=datetime.fromtimestamp(st.st_mtime, UTC),
+                    )
                 )
-            )
-            if recursive and is_dir:
-                visit(child)
-
-    try:
-        visit(rel)  # ENOTDIR when rel is no directory
-    except OSError as exc:
-        raise _error(exc, "list", rel) from None
-    finally:
-        tree.close()
+                if recursive and is_dir:
+                    pending.extend(children(child))
+        except OSError as exc:
+            raise _error(exc, "list", rel) from None
+        finally:
+            tree.close()
     return found

@@ -211,7 +211,7 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
         with grpc_errors():
             _record, view = self._manager.view_root(request.sandbox_id)
             rel = files.workspace_relpath(request.path)
-            async for data in files.read_file(view, rel):
+            async for data in files.read_file(view, rel, self._manager.view_owner):
                 yield pb.FileChunk(data=data)
 
     async def write_sandbox_file(
@@ -238,7 +238,11 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
             rel = files.workspace_relpath(meta.path)
             try:
                 size, checksum = await files.write_file(
-                    view, rel, data(), max_bytes=self._max_upload_bytes
+                    view,
+                    rel,
+                    data(),
+                    owner=self._manager.view_owner,
+                    max_bytes=self._max_upload_bytes,
                 )
             finally:
                 await self._manager.commit(record)
@@ -254,7 +258,9 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
         with grpc_errors():
             _record, view = self._manager.view_root(request.sandbox_id)
             rel = files.workspace_relpath(request.path)
-            found = await anyio.to_thread.run_sync(files.list_files, view, rel, request.recursive)
+            found = await anyio.to_thread.run_sync(
+                files.list_files, view, rel, request.recursive, self._manager.view_owner
+            )
         return pb.ListFilesResponse(
             files=[
                 pb.FileInfo(

@@ -13,12 +13,11 @@ import dataclasses
 import hashlib
 import re
 import secrets
-import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
@@ -31,6 +30,8 @@ from ..errors import (
     SandboxNotRunningError,
     StatusCode,
 )
+from ..fs import control
+from ..fs._host import remove_tree
 from ..policy import uniform_level, validate_rules
 from ..runtimes.base import (
     BASE_ENV,
@@ -45,6 +46,7 @@ from ..runtimes.base import (
 from ..runtimes.bwrap import BwrapRuntime
 from ..runtimes.docker import DockerRuntime
 from ..types import Permission, PermissionRule, ResourceLimits, RuntimeType, SandboxStatus
+from ._paths import InvalidPathError, normalize_relpath
 from .codebases import CodebaseStore
 from .config import ServerConfig
 from .execution import OnOutput, Outcome, run_to_completion, with_limits
@@ -110,7 +112,7 @@ class SandboxManager:
             server_label=hashlib.sha256(str(config.state_dir).encode()).hexdigest()[:16],
         )
         self._deltas = config.state_dir / "deltas"
-        self._fs = FsSupervisor(config.state_dir, views=self._view_specs, on_crash=self._fs_died)
+        self._fs = FsSupervisor(config.state_dir, on_lost=self._view_lost)
         self._task_group: anyio.abc.TaskGroup | None = None
         self.sessions = SessionRegistry(self)
 
@@ -153,29 +155,39 @@ class SandboxManager:
 
     # -- views ------------------------------------------------------------------------------
 
-    def _view_spec(self, record: SandboxRecord) -> dict[str, Any]:
-        return {
-            "id": record.id,
-            "lower": str(self._codebases.files_dir(record.codebase_id)),
-            "upper": str(self._deltas / record.id / "upper"),
-            "rules": [rule.to_dict() for rule in record.permissions],
-            "uid": self._bwrap.host_uid,
-            "gid": self._bwrap.host_uid,
-            "max_delta": self._config.max_delta_bytes,
-        }
+    def _view_spec(self, record: SandboxRecord) -> control.AddView:
+        config = self._config
+        return control.AddView(
+            id=record.id,
+            lower=str(self._codebases.files_dir(record.codebase_id)),
+            delta=str(self._deltas / record.id),
+            rules=[rule.to_dict() for rule in record.permissions],
+            uid=self._bwrap.host_uid,
+            gid=self._bwrap.host_uid,
+            limits=control.Limits(
+                delta_bytes=config.max_delta_bytes,
+                delta_entries=config.max_delta_entries,
+                codebase_bytes=config.max_codebase_bytes,
+                codebase_entries=config.max_codebase_entries,
+            ),
+        )
 
-    def _view_specs(self) -> list[dict[str, Any]]:
-        return [self._view_spec(record) for record in self._sandboxes.values()]
+    async def _view_lost(self, view_id: str, reason: str) -> None:
+        """The view could not be served again after the fs process died: its sandbox's
+        /workspace is gone, and it says so."""
+        record = self._sandboxes.get(view_id)
+        if record is None:
+            return
+        handle, record.handle = record.handle, None
+        if handle is not None:
+            await handle.stop()
+        record.status = SandboxStatus.ERROR
+        record.error = f"{reason}; destroy the sandbox and create it again"
 
-    async def _fs_died(self) -> None:
-        """The views' mount is gone: running sandboxes hold a dead /workspace."""
-        for record in list(self._sandboxes.values()):
-            if record.status is SandboxStatus.RUNNING:
-                handle, record.handle = record.handle, None
-                if handle is not None:
-                    await handle.stop()
-                record.status = SandboxStatus.ERROR
-                record.error = "the permission filesystem restarted; start the sandbox again"
+    @property
+    def view_owner(self) -> tuple[int, int]:
+        """The uid and gid the views belong to (the sandboxes' on the host)."""
+        return self._bwrap.host_uid, self._bwrap.host_uid
 
     def view_root(self, sandbox_id: str) -> tuple[SandboxRecord, Path]:
         """The sandbox and its view (its files as it sees them, whatever its state)."""
@@ -186,12 +198,23 @@ class SandboxManager:
         """Apply what the sandbox wrote since the last commit to its codebase; whether a
         write was refused meanwhile for its delta limit."""
         with anyio.CancelScope(shield=True):
-            reply = await self._fs.request(op="commit", id=record.id)
-            if reply.get("changed"):  # nothing changed (every read-only exec): no meta write
+            reply = await self._fs.commit(record.id)
+            if reply.changed:  # nothing changed (every read-only exec): no meta write
                 await self._codebases.touch(record.codebase_id)
-        return bool(reply.get("over_limit"))
+        return reply.over_limit
 
     # -- queries ----------------------------------------------------------------------------
+
+    async def codebase_changed(self, codebase_id: str, paths: list[str]) -> None:
+        """An upload changed ``paths`` of the codebase: its sandboxes' kernels drop what they
+        cached of them (and of the directories the upload may have made) at once."""
+        changed: set[str] = set()
+        for path in paths:
+            with contextlib.suppress(InvalidPathError):  # (uploaded: it was valid)
+                parts = normalize_relpath(path).split("/")
+                changed.update("/".join(parts[: n + 1]) for n in range(len(parts)))
+        with anyio.CancelScope(shield=True):
+            await self._fs.changed(self._codebases.files_dir(codebase_id), sorted(changed))
 
     def uses_codebase(self, codebase_id: str) -> bool:
         return any(r.codebase_id == codebase_id for r in self._sandboxes.values())
@@ -265,7 +288,7 @@ class SandboxManager:
         )
         if expires_in:
             record.expires_at = record.created_at + expires_in
-        await self._fs.request(op="add_view", **self._view_spec(record))
+        await self._fs.add_view(self._view_spec(record))
         self._sandboxes[record.id] = record
         return record
 
@@ -358,10 +381,8 @@ class SandboxManager:
             await self.commit(record)  # what file operations of a stopped sandbox wrote
             self._sandboxes.pop(record.id, None)
             await self.sessions.close_all(record, forget=True)
-            await self._fs.request(op="remove_view", id=record.id)
-            await anyio.to_thread.run_sync(
-                lambda: shutil.rmtree(self._deltas / record.id, ignore_errors=True)
-            )
+            await self._fs.remove_view(record.id)
+            await anyio.to_thread.run_sync(remove_tree, self._deltas / record.id)
 
     async def _expire_loop(self) -> None:
         while True:

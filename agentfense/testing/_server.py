@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -13,6 +12,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..fs._host import remove_tree
 
 
 @dataclass
@@ -46,7 +47,7 @@ class ServerProcess:
         with open("/proc/self/mounts") as mounts:
             if any(f" {self.state_dir}/" in line for line in mounts):
                 return  # something is still mounted below: leave it for a look
-        shutil.rmtree(self.state_dir, ignore_errors=True)
+        remove_tree(self.state_dir)
 
 
 def _accepting(listen: str) -> bool:

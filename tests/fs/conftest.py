@@ -1,39 +1,59 @@
-"""A real permission-filesystem process and its real FUSE mount, driven as the server does."""
+"""A real permission-filesystem process and real FUSE mounts, driven as the server does:
+each view is mounted here (this process holds its connection, as the server does) and
+handed to the fs process over the control channel.
+
+Views belong to :data:`VIEW_UID`, and tests touch them as that uid (``fs.sandbox()``), as a
+sandbox does: the kernel checks each open against the mode bits a view reports, for every
+caller but root."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agentfense.fs import control
+from agentfense.fs._device import mount_view, unmount
+from agentfense.fs._identity import acting_as
 from agentfense.types import PermissionRule
+
+VIEW_UID = 59999  # no user of the host
 
 
 class FsProcess:
-    """``python -m agentfense.fs MNT FD`` (as FsSupervisor starts it) and its control socket."""
+    """``python -m agentfense.fs FD`` (as the server starts it) and its control channel."""
 
     def __init__(self, base: Path) -> None:
         self.base = base
         self.mnt = base / "mnt"
-        self.work = base / "work"  # codebases (lower) and deltas (upper) of the tests
+        self.work = base / "work"  # codebases (lower) and deltas of the tests
         self.log_path = base / "fs.log"
         self.mnt.mkdir()
         self.work.mkdir()
+        for directory in (base, self.mnt, self.work):
+            directory.chmod(0o755)  # the sandbox's uid reaches its views and codebases
         self._count = 0
+        self._seq = 0
+        self.fds: dict[str, int] = {}  # each view's connection, held as the server holds it
+        self.sock: socket.socket | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             with self.log_path.open("ab") as log:
                 self.process = subprocess.Popen(
-                    [sys.executable, "-m", "agentfense.fs", str(self.mnt), str(theirs.fileno())],
+                    [sys.executable, "-m", "agentfense.fs", str(theirs.fileno())],
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=log,
@@ -41,66 +61,96 @@ class FsProcess:
                 )
         finally:
             theirs.close()
-        self.sock: socket.socket | None = ours
-        ours.settimeout(30)
+        self.sock = ours
+        self._assembler = control.Assembler()
+        ours.settimeout(60)
         ready = self._receive()
-        assert ready.get("ready"), self.log()
+        assert isinstance(ready, control.Done), self.log()
 
     def log(self) -> str:
         with contextlib.suppress(OSError):
             return self.log_path.read_text(errors="replace")[-4000:]
         return ""
 
-    def _receive(self) -> dict[str, Any]:
+    def _receive(self) -> control.Message:
         assert self.sock is not None
-        data = self.sock.recv(1 << 22)
-        assert data, f"the fs process closed its control socket: {self.log()}"
-        reply: dict[str, Any] = json.loads(data)
+        received = control.receive(self.sock, self._assembler)
+        assert received is not None, f"the fs process closed its control channel: {self.log()}"
+        return received[0]
+
+    def request(self, message: control.Message, fds: tuple[int, ...] = ()) -> control.Message:
+        assert self.sock is not None
+        control.send(self.sock, message, fds)
+        reply = self._receive()
+        assert not isinstance(reply, control.Failed), f"{message.op}: {reply}; {self.log()}"
         return reply
 
-    def request(self, **message: Any) -> dict[str, Any]:
-        assert self.sock is not None
-        self.sock.send(json.dumps(message).encode())
-        reply = self._receive()
-        assert "error" not in reply, f"{message.get('op')}: {reply['error']}; {self.log()}"
-        return reply
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def sandbox(self) -> contextlib.AbstractContextManager[None]:
+        """File accesses of this thread as the views' sandbox makes them."""
+        return acting_as(VIEW_UID, VIEW_UID)
 
     def new_id(self, prefix: str) -> str:
         self._count += 1
         return f"{prefix}{self._count}"
 
-    def add_view(self, view_id: str, lower: Path, rules: Sequence[PermissionRule]) -> Path:
-        """Add a view of ``lower`` (its delta under ``work``); its path in the mount."""
-        self.request(
-            op="add_view",
+    def spec(
+        self, view_id: str, lower: Path, rules: Sequence[PermissionRule], **extra: Any
+    ) -> control.AddView:
+        return control.AddView(
             id=view_id,
             lower=str(lower),
-            upper=str(self.upper(view_id)),
+            delta=str(self.delta(view_id)),
             rules=[rule.to_dict() for rule in rules],
-            uid=0,
-            gid=0,
+            uid=VIEW_UID,
+            gid=VIEW_UID,
+            seq=self._next_seq(),
+            **extra,
         )
-        return self.mnt / view_id
+
+    def add_view(
+        self, view_id: str, lower: Path, rules: Sequence[PermissionRule], **extra: Any
+    ) -> Path:
+        """Mount a view of ``lower`` and have it served; its path."""
+        mountpoint = self.mnt / view_id
+        mountpoint.mkdir()
+        fd = mount_view(mountpoint)
+        self.fds[view_id] = fd
+        self.request(self.spec(view_id, lower, rules, **extra), (fd,))
+        return mountpoint
+
+    def delta(self, view_id: str) -> Path:
+        return self.work / f"{view_id}.delta"
 
     def upper(self, view_id: str) -> Path:
         """The view's delta: what it wrote since its last commit."""
-        return self.work / f"{view_id}.delta" / "upper"
+        return self.delta(view_id) / "upper"
 
-    def commit(self, view_id: str) -> dict[str, Any]:
-        return self.request(op="commit", id=view_id)
+    def commit(self, view_id: str) -> control.Committed:
+        reply = self.request(control.Commit(view_id, seq=self._next_seq()))
+        assert isinstance(reply, control.Committed)
+        return reply
 
     def remove_view(self, view_id: str) -> None:
-        self.request(op="remove_view", id=view_id)
-        shutil.rmtree(self.work / f"{view_id}.delta", ignore_errors=True)
+        self.request(control.RemoveView(view_id, seq=self._next_seq()))
+        unmount(self.mnt / view_id)
+        os.close(self.fds.pop(view_id))
+        (self.mnt / view_id).rmdir()
+        shutil.rmtree(self.delta(view_id), ignore_errors=True)
 
     def check_alive(self) -> None:
+        assert self.process is not None
         assert self.process.poll() is None, f"the fs process died: {self.log()}"
 
-    def close(self) -> int:
-        """Close the control socket (the process unmounts and exits); its exit code."""
+    def stop(self) -> int:
+        """Close the control channel (the process stops serving and exits); its exit code."""
         if self.sock is not None:
             self.sock.close()
             self.sock = None
+        assert self.process is not None
         try:
             return self.process.wait(30)
         except subprocess.TimeoutExpired:
@@ -108,25 +158,27 @@ class FsProcess:
             self.process.wait()
             raise
 
-    def force_unmount(self) -> None:
-        if os.path.ismount(self.mnt):
-            subprocess.run(["umount", "-l", str(self.mnt)], capture_output=True, check=False)
+    def close(self) -> None:
+        self.stop()
+        for view_id, fd in list(self.fds.items()):
+            unmount(self.mnt / view_id)
+            os.close(fd)
+        self.fds.clear()
 
 
 @pytest.fixture(scope="module")
-def fs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FsProcess]:
-    """One fs process and mount for a test module; closing its socket must unmount it."""
+def fs() -> Iterator[FsProcess]:
+    """One fs process for a test module; it must exit cleanly when its channel closes."""
     if not os.path.exists("/dev/fuse"):
         pytest.skip("needs /dev/fuse")
-    running = FsProcess(tmp_path_factory.mktemp("fs"))
-    assert os.path.ismount(running.mnt)
+    # Not under pytest's temporary directory: the views' uid must be able to reach it.
+    base = Path(tempfile.mkdtemp(prefix="agentfense-fs-test-", dir="/tmp"))
+    running = FsProcess(base)
     try:
         yield running
         running.check_alive()
         assert "Traceback" not in running.log(), running.log()  # a handler crashed: EIO
-        code = running.close()
-        assert code == 0, running.log()
-        assert not os.path.ismount(running.mnt), "the mount outlived its fs process"
+        assert running.stop() == 0, running.log()
     finally:
         running.close()
-        running.force_unmount()
+        shutil.rmtree(base, ignore_errors=True)

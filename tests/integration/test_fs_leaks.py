@@ -781,7 +781,7 @@ async def test_other_host_users_cannot_reach_a_view(server: ServerProcess, proje
     async with await AsyncSandbox.from_local(
         project, preset="full-access", endpoint=server.endpoint
     ) as sandbox:
-        view = server.state_dir / "fs" / "mnt" / sandbox.id
+        view = server.state_dir / "fs" / "views" / sandbox.id
         script = f"ls {view}; cat {view}/README.md; touch {view}/planted; echo done"
         probe = await anyio.run_process(
             ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sh", "-c", script],

@@ -218,3 +218,16 @@ async def test_a_view_level_sandbox_lists_and_stats_but_never_reads(shared: Shar
         assert "secret-ish" not in result.stdout
     assert "fresh.txt" in (await shared.run(viewer, "ls")).stdout.split()
     assert await shared.download("shared.txt") == b"v1\n"
+
+
+async def test_an_upload_reaches_running_sandboxes_at_once(shared: Shared) -> None:
+    """The codebase API writes under sandboxes' views: their kernels must not keep serving
+    what they cached (entries and attributes are cached for an hour)."""
+    b = shared.b
+    primed = await shared.run(b, "cat shared.txt; ls; ls fresh")
+    assert primed.stdout.startswith("v1\n")
+    await shared.client.upload_file(shared.codebase_id, "shared.txt", b"uploaded\n")
+    await shared.client.upload_file(shared.codebase_id, "fresh/new.txt", b"new\n")
+    seen = await shared.run(b, "cat shared.txt fresh/new.txt; stat -c %s shared.txt; ls")
+    assert seen.stdout.splitlines()[:3] == ["uploaded", "new", "9"], seen.stderr
+    assert "fresh" in seen.stdout.splitlines()[3:]

@@ -79,7 +79,7 @@ async def _busy_server(
                 unique = uuid.uuid4().int % 10**9
                 entry = Running(
                     sandbox_id=info.id,
-                    workspace=f"{server.state_dir}/fs/mnt/{info.id}\0".encode(),
+                    workspace=f"{server.state_dir}/fs/views/{info.id}\0".encode(),
                     background=f"sleep\x001000.{unique}1\0".encode(),
                     foreground=f"sleep\x001000.{unique}2\0".encode(),
                 )
@@ -180,9 +180,9 @@ async def test_sigkill_leaves_no_sandbox_process_behind(tmp_path: Path) -> None:
             assert len(await client.list_codebases()) == len(running)
             assert await client.list_sandboxes() == []
         # The killed server's permission filesystem went with it (it exits when its server
-        # does), and the new one mounted its own.
+        # does), and the new server removed the views' dead mounts.
         mounts = await anyio.Path("/proc/self/mounts").read_text()
-        assert mounts.count(f" {restarted.state_dir}/fs/mnt ") == 1
+        assert f" {restarted.state_dir}/fs/views/" not in mounts
     finally:
         assert await anyio.to_thread.run_sync(restarted.stop) == 0, restarted.log()
 

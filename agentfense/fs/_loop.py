@@ -1,0 +1,229 @@
+"""Serving one view's FUSE connection: a thread of its own, reading and answering.
+
+One view's worst behaviour (a flood of requests, a huge copy-up, a commit of 50,000 entries)
+occupies its own thread and its own kernel queue: every other view has its own connection
+and thread. Every request is answered inside error handling (an unexpected exception is
+logged and answered EIO; serving goes on). The thread blocks in ``read`` on the device (a
+``poll`` first would cost a wake-up more per request); its buffer is an anonymous mapping of
+which only the pages a request touched are resident, and those a large write touched are
+given back, so an idle view costs its thread's stack and a page or two.
+
+Other work on the view (its commits) runs on a thread of its own while the serving thread
+waits between two requests (:meth:`ViewServer.exclusive`): nothing else touches the view.
+Notifications (dropping what the kernel caches) are written by a short-lived thread too: the
+kernel may need this view's thread to answer a request before it can take one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import mmap
+import os
+import queue
+import threading
+from collections.abc import Callable
+
+from . import _abi as abi
+from .operations import Operations
+from .view import View
+
+log = logging.getLogger("agentfense.fs")
+
+MAX_WRITE = 1 << 20  # the largest WRITE the kernel sends, and the largest READ it asks for
+_BUFFER_SIZE = MAX_WRITE + 4096  # a request: headers and up to MAX_WRITE bytes of data
+_KEEP_RESIDENT = 64 * 1024  # after a larger request, the buffer's tail goes back to the kernel
+
+
+class Notifier:
+    """Writes notifications to one connection, in order, from a thread that exists only
+    while there are some to write. ``send`` returns an event set once they are written."""
+
+    def __init__(self, fd: int, name: str) -> None:
+        self._fd = fd
+        self._name = name
+        self._queue: queue.SimpleQueue[tuple[list[bytes], threading.Event]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._running = False
+
+    def send(self, messages: list[bytes]) -> threading.Event:
+        done = threading.Event()
+        self._queue.put((messages, done))
+        with self._lock:
+            if not self._running:
+                self._running = True
+                threading.Thread(target=self._run, name=self._name, daemon=True).start()
+        return done
+
+    def _run(self) -> None:
+        while True:
+            try:
+                messages, done = self._queue.get_nowait()
+            except queue.Empty:
+                with self._lock:
+                    if self._queue.empty():
+                        self._running = False
+                        return
+                continue
+            for message in messages:
+                try:
+                    os.write(self._fd, message)
+                except OSError as exc:
+                    # ENOENT: nothing cached there. ENODEV: the connection is gone.
+                    if exc.errno not in (errno.ENOENT, errno.ENODEV, errno.ENOTCONN):
+                        log.warning("notification on %s: %s", self._name, exc)
+            done.set()
+
+
+class ViewServer:
+    """The thread that serves one view."""
+
+    def __init__(self, view: View, fd: int, *, initialized: bool) -> None:
+        self.view = view
+        self.fd = fd
+        os.set_blocking(fd, True)
+        self.notifier = Notifier(fd, f"notify-{view.id}")
+        self.ops = Operations(view, self.notifier.send)
+        self._initialized = initialized
+        self.requests = 0
+        self._turn = threading.Condition()
+        self._busy = False  # a request or exclusive work in progress
+        self._waiting = 0  # exclusive work waiting for its turn: it goes before requests
+        self._thread = threading.Thread(target=self._run, name=f"view-{view.id}", daemon=True)
+
+    def start(self) -> None:
+        if self._initialized:
+            # Taking over from a process that died: the kernel sends again what it sent
+            # that process and got no answer for (Linux 6.9 and later; where it cannot, the
+            # OSError says this view cannot be taken over).
+            os.write(self.fd, abi.notify_resend())
+        self._thread.start()
+
+    def exclusive(self, work: Callable[[], None]) -> None:
+        """Run ``work`` on a thread of its own while no request of this view is answered."""
+
+        def run() -> None:
+            with self._turn:
+                self._waiting += 1
+                while self._busy:
+                    self._turn.wait()
+                self._waiting -= 1
+                self._busy = True
+            try:
+                work()
+            except Exception:
+                log.exception("view %s: work failed", self.view.id)
+            finally:
+                with self._turn:
+                    self._busy = False
+                    self._turn.notify_all()
+
+        threading.Thread(target=run, name=f"work-{self.view.id}", daemon=True).start()
+
+    # -- the thread ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        """Serve until the connection ends (the server unmounted the view, and nothing holds
+        it any more); then close the view and the descriptor."""
+        buffer = mmap.mmap(-1, _BUFFER_SIZE)
+        try:
+            while True:
+                try:
+                    size = os.readv(self.fd, [buffer])
+                except OSError as exc:
+                    if exc.errno in (errno.EINTR, errno.ENOENT, errno.EAGAIN):
+                        continue  # ENOENT: the request was interrupted before we read it
+                    if exc.errno != errno.ENODEV:
+                        log.exception("view %s: reading requests", self.view.id)
+                    return
+                with self._turn:
+                    while self._waiting or self._busy:
+                        self._turn.wait()
+                    self._busy = True
+                try:
+                    self._answer(buffer, size)
+                finally:
+                    with self._turn:
+                        self._busy = False
+                        if self._waiting:
+                            self._turn.notify_all()
+                if size > _KEEP_RESIDENT:
+                    buffer.madvise(mmap.MADV_DONTNEED, 0, _BUFFER_SIZE)
+        finally:
+            buffer.close()
+            self.view.close()
+            os.close(self.fd)
+
+    def _answer(self, buffer: mmap.mmap, size: int) -> None:
+        _, opcode, unique, nodeid, uid, _, _, extlen, _ = abi.IN_HEADER.unpack_from(buffer)
+        body = memoryview(buffer)[abi.IN_HEADER.size : max(abi.IN_HEADER.size, size - extlen * 8)]
+        self.requests += 1
+        if opcode == abi.INIT:  # (also the first request after a restart of a resent INIT)
+            self._reply(unique, 0, self._init(body))
+            return
+        if opcode in (abi.FORGET, abi.BATCH_FORGET):
+            self._forget(nodeid, opcode, body)
+            return
+        ops = self.ops
+        handler = ops.handler(opcode)
+        if handler is None:  # OPEN and OPENDIR among them: the kernel stops sending them
+            self._reply(unique, errno.ENOSYS, b"")
+            return
+        ops.resent = bool(unique & abi.UNIQUE_RESEND)
+        try:
+            payload = handler(ops.node(opcode, nodeid, uid), body)
+            error = 0
+        except OSError as exc:
+            payload, error = b"", exc.errno or errno.EIO
+        except Exception:
+            log.exception("view %s: opcode %d failed", self.view.id, opcode)
+            payload, error = b"", errno.EIO
+        self._reply(unique, error, payload)
+
+    def _reply(self, unique: int, error: int, payload: bytes) -> None:
+        nodes = self.view.nodes
+        try:
+            nodes.journal.flush()  # the node ids this reply tells the kernel are on disk
+        except OSError:
+            log.exception("view %s: journal", self.view.id)
+        try:
+            os.writev(self.fd, [abi.reply_header(unique, error, len(payload)), payload])
+        except OSError as exc:
+            # ENOENT: the request was interrupted and is gone; ENODEV: so is the connection.
+            if exc.errno not in (errno.ENOENT, errno.ENODEV):
+                log.exception("view %s: replying", self.view.id)
+        if self.requests % 1024 == 0:
+            nodes.maybe_compact()
+
+    def _init(self, body: memoryview) -> bytes:
+        _, minor, readahead, flags = abi.INIT_IN.unpack_from(body)
+        if flags & abi.INIT_EXT and len(body) >= abi.INIT_IN.size + 4:
+            flags |= int.from_bytes(body[abi.INIT_IN.size : abi.INIT_IN.size + 4], "little") << 32
+        self._initialized = True
+        return abi.init_reply(minor, readahead, flags, MAX_WRITE)
+
+    def _forget(self, nodeid: int, opcode: int, body: memoryview) -> None:
+        if opcode == abi.FORGET:
+            pairs = [(nodeid, abi.FORGET_IN.unpack_from(body)[0])]
+        else:
+            (count, _) = abi.BATCH_FORGET_IN.unpack_from(body)
+            start = abi.BATCH_FORGET_IN.size
+            pairs = [
+                abi.FORGET_ONE.unpack_from(body, start + i * abi.FORGET_ONE.size)
+                for i in range(min(count, (len(body) - start) // abi.FORGET_ONE.size))
+            ]
+        view = self.view
+
+        def exists(rel: str) -> bool:
+            try:
+                return view.locate(rel) is not None
+            except OSError:
+                return False
+
+        for ident, count in pairs:
+            dropped = view.nodes.forget(ident, count, exists)
+            if dropped is not None and dropped.orphan:
+                view.drop_orphan(dropped.orphan)
+        with contextlib.suppress(OSError):
+            view.nodes.journal.flush()
