@@ -5,13 +5,14 @@ their working directory), and nothing committed is lost."""
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 from pathlib import Path
 
 import anyio
 import pytest
 
-from agentfense import AsyncSandboxClient, SandboxStatus
+from agentfense import AsyncSandbox, AsyncSandboxClient, SandboxStatus
 from agentfense.testing import start_server_process
 
 pytestmark = pytest.mark.anyio
@@ -66,3 +67,93 @@ async def test_a_dead_fs_process_is_replaced_and_the_sandboxes_go_on(tmp_path: P
             assert (await client.exec(other.id, "cat more.txt")).stdout == "more\n"
     finally:
         assert await anyio.to_thread.run_sync(server.stop) == 0, server.log()
+
+
+async def _kill_fs(server_pid: int) -> int:
+    pid = await anyio.to_thread.run_sync(_fs_pid, server_pid)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+async def test_sigkill_during_a_busy_grep(tmp_path: Path) -> None:
+    """Requests in flight when the process dies are answered by the next one: the grep
+    reads every file, reports no error, and the sandbox goes on."""
+    server = await anyio.to_thread.run_sync(start_server_process, tmp_path / "server")
+    project = tmp_path / "project"
+    for d in range(20):
+        (project / f"d{d}").mkdir(parents=True)
+        for f in range(100):
+            (project / f"d{d}" / f"f{f}.txt").write_text(f"line {d} {f}\nneedle\n" * 20)
+    try:
+        async with await AsyncSandbox.from_local(
+            project, preset="agent-safe", endpoint=server.endpoint
+        ) as sandbox:
+            # A fresh file each round (its first read goes to the fs process): 12 rounds.
+            script = (
+                "for i in $(seq 12); do grep -rc needle /workspace/d* | wc -l;"
+                " echo $i > /workspace/output/round; done"
+            )
+            async with anyio.create_task_group() as tg:
+
+                async def grep() -> None:
+                    result = await sandbox.run(f"mkdir -p output && {script}", timeout=120)
+                    assert result.exit_code == 0, result.stderr
+                    assert result.stderr == ""
+                    assert result.stdout.split() == ["2000"] * 12
+
+                tg.start_soon(grep)
+                await anyio.sleep(0.3)
+                killed = await _kill_fs(server.process.pid)
+            assert await anyio.to_thread.run_sync(_fs_pid, server.process.pid) != killed
+            assert (await sandbox.run("cat output/round")).stdout == "12\n"
+            assert (await sandbox.refresh()).status is SandboxStatus.RUNNING
+    finally:
+        assert await anyio.to_thread.run_sync(server.stop) == 0, server.log()
+
+
+async def test_sigkill_during_a_commit_tears_no_file(tmp_path: Path) -> None:
+    """Killed while it moves a command's files into the codebase: every file is the old one
+    or the new one, never a mix, and the commit is finished by the next process."""
+    server = await anyio.to_thread.run_sync(start_server_process, tmp_path / "server")
+    old, new = "old content\n" * 100, "new content\n" * 100
+    project = tmp_path / "project"
+    for d in range(10):
+        (project / f"d{d}").mkdir(parents=True)
+        for f in range(400):
+            (project / f"d{d}" / f"f{f}").write_text(old)
+    try:
+        async with await AsyncSandbox.from_local(
+            project, preset="full-access", endpoint=server.endpoint
+        ) as sandbox:
+            files = server.state_dir / "codebases" / sandbox.codebase_id / "files"
+            command = f"for f in d*/f*; do printf '%s' {shlex.quote(new)} > $f; done; echo written"
+            async with anyio.create_task_group() as tg:
+
+                async def rewrite() -> None:
+                    result = await sandbox.run(command, timeout=120)
+                    assert (result.exit_code, result.stdout) == (0, "written\n"), result.stderr
+
+                tg.start_soon(rewrite)
+                # The command ends, then the server commits: kill the process during it.
+                with anyio.fail_after(60):
+                    while True:
+                        if await anyio.to_thread.run_sync(_some_committed, files, new):
+                            break
+                        await anyio.sleep(0.005)
+                await _kill_fs(server.process.pid)
+                mixed = await anyio.to_thread.run_sync(_contents, files)
+                assert mixed <= {old, new}, "a torn file in the codebase"
+            assert await anyio.to_thread.run_sync(_contents, files) == {new}
+            seen = await sandbox.run("cat d*/f* | sort | uniq -c")
+            assert seen.stdout.split() == ["400000", "new", "content"]  # 4000 files of 100 lines
+    finally:
+        assert await anyio.to_thread.run_sync(server.stop) == 0, server.log()
+
+
+def _some_committed(files: Path, new: str) -> bool:
+    return any(p.read_text() == new for p in (files / "d0").iterdir())
+
+
+def _contents(files: Path) -> set[str]:
+    return {p.read_text() for p in files.glob("d*/f*")}
