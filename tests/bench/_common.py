@@ -31,7 +31,9 @@ class Sizes:
     lifecycle_warmup: int = 2
     grep: int = 20
     read: int = 20
+    first_grep: int = 5  # each in a new sandbox
     create: int = 10
+    commit: int = 3
     sandboxes: int = 100  # running at once, for the memory per sandbox
     fs_warmup: int = 1
     session: int = 200
@@ -56,7 +58,9 @@ class Sizes:
             lifecycle_warmup=1,
             grep=self.grep // 5,
             read=self.read // 5,
+            first_grep=2,
             create=self.create // 5,
+            commit=1,
             sandboxes=self.sandboxes // 5,
             fs_warmup=1,
             session=self.session // 5,

@@ -16,13 +16,20 @@ import shlex
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
 
-from agentfense import AsyncSandbox, AsyncSandboxClient, ExecResult, get_preset
+from agentfense import (
+    AsyncSandbox,
+    AsyncSandboxClient,
+    ExecResult,
+    Permission,
+    PermissionRule,
+    get_preset,
+)
 from agentfense.runtimes.base import BASE_ENV
 from agentfense.testing import ServerProcess
 
@@ -33,6 +40,7 @@ GREP_NEEDLE = "needle"
 BIG_FILE = "big.bin"
 BIG_SIZE = 256 * 2**20
 CREATE_FILES = 1000
+COMMIT_FILES = 10_000  # in 100 new directories
 START_CONCURRENCY = 8  # sandboxes created/started/destroyed at once in the memory benchmark
 
 # The host side runs with the sandbox's locale and PATH (grep is slower in a UTF-8 locale).
@@ -134,16 +142,37 @@ def on_host(command: str, cwd: Path) -> Step:
 # -- the measurements ------------------------------------------------------------------------
 
 
+# A policy with every level in it: most files read, some view-only (grep is refused their
+# content, silently), a writable area and hidden secrets.
+VIEW_AND_WRITE = [
+    PermissionRule("**", Permission.READ),
+    PermissionRule("**/file099.txt", Permission.VIEW),
+    PermissionRule("out/**", Permission.WRITE),
+    PermissionRule("**/.env*", Permission.NONE, priority=100),
+]
+POLICIES: dict[str, tuple[str | None, list[PermissionRule] | None]] = {
+    "read-only": ("read-only", None),
+    "agent-safe": ("agent-safe", None),
+    "view+write": (None, VIEW_AND_WRITE),
+}
+GREP = f"grep -rs {GREP_NEEDLE} {{}} > /dev/null; test $? -le 2"  # 2: refused files
+
+
+def _open(tree: Path, endpoint: str, policy: str) -> Awaitable[AsyncSandbox]:
+    preset, permissions = POLICIES[policy]
+    return AsyncSandbox.from_local(tree, preset=preset, permissions=permissions, endpoint=endpoint)
+
+
 async def grep(
-    endpoint: str, state_dir: Path, tree: Path, n: int, warmup: int, preset: str = "read-only"
+    endpoint: str, state_dir: Path, tree: Path, n: int, warmup: int, policy: str = "read-only"
 ) -> Samples:
     """``grep -r`` over the tree: in a sandbox (``read-only``: the codebase bound read-only;
-    ``agent-safe``: through the permission filesystem) vs on the codebase's files."""
-    async with await AsyncSandbox.from_local(tree, preset=preset, endpoint=endpoint) as sandbox:
+    the others through the permission filesystem) vs on the codebase's files."""
+    async with await _open(tree, endpoint, policy) as sandbox:
         files = codebase_files(state_dir, sandbox.codebase_id)
         return await interleaved(
-            in_sandbox(sandbox, f"grep -r {GREP_NEEDLE} /workspace > /dev/null"),
-            on_host(f"grep -r {GREP_NEEDLE} {shlex.quote(str(files))} > /dev/null", files),
+            in_sandbox(sandbox, GREP.format("/workspace")),
+            on_host(GREP.format(shlex.quote(str(files))), files),
             n_ours=n,
             n_base=n,
             warmup=warmup,
@@ -152,8 +181,26 @@ async def grep(
         )
 
 
+async def first_grep(endpoint: str, state_dir: Path, tree: Path, n: int) -> Samples:
+    """The first ``grep -r`` in a new ``agent-safe`` sandbox (nothing of its view is in the
+    kernel's caches yet; the host's page cache is warm) vs ``grep -r`` on the host."""
+    ours: list[float] = []
+    host: list[float] = []
+    async with await _open(tree, endpoint, "agent-safe") as first:
+        files = codebase_files(state_dir, first.codebase_id)
+        command = GREP.format("/workspace")
+        await first.run(GREP.format("/workspace"))  # the host's page cache: warm
+        for _ in range(n):
+            async with await AsyncSandbox.from_codebase(
+                first.codebase_id, preset="agent-safe", endpoint=endpoint
+            ) as sandbox:
+                ours.append(_in_sandbox_seconds(await sandbox.run(timed_script(command)), command))
+            host.append(_run_on_host(GREP.format(shlex.quote(str(files))), files))
+    return ours, host
+
+
 async def sequential_read(
-    endpoint: str, state_dir: Path, directory: Path, n: int, warmup: int, preset: str = "read-only"
+    endpoint: str, state_dir: Path, directory: Path, n: int, warmup: int, policy: str = "read-only"
 ) -> Samples:
     """``dd bs=1M`` of a 256 MiB file to /dev/null: in a read-only sandbox vs on the host.
 
@@ -162,9 +209,7 @@ async def sequential_read(
     """
     await anyio.to_thread.run_sync(make_big_file, directory)
     try:
-        async with await AsyncSandbox.from_local(
-            directory, preset=preset, endpoint=endpoint
-        ) as sandbox:
+        async with await _open(directory, endpoint, policy) as sandbox:
             files = codebase_files(state_dir, sandbox.codebase_id)
             read = "dd if={} of=/dev/null bs=1M status=none"
             return await interleaved(
@@ -252,6 +297,46 @@ async def create_files(endpoint: str, state_dir: Path, project: Path, n: int) ->
     return samples
 
 
+@dataclass
+class CommitSamples:
+    """Per iteration: the exec's round trip minus the time inside, for a command that made
+    COMMIT_FILES files, and ``run("true")``'s round trip just before (nothing to commit)."""
+
+    overhead: list[float] = field(default_factory=list)
+    true_idle: list[float] = field(default_factory=list)
+    inside: list[float] = field(default_factory=list)
+
+
+def commit_command(directory: str) -> str:
+    per = COMMIT_FILES // 100
+    return (
+        f"mkdir {directory} && cd {directory} && for d in $(seq 100); do mkdir d$d && "
+        f"for f in $(seq {per}); do : > d$d/f$f; done; done"
+    )
+
+
+async def commit_many(endpoint: str, project: Path, n: int) -> CommitSamples:
+    """The commit of COMMIT_FILES new files (a write sandbox; the first iteration warms up)."""
+    samples = CommitSamples()
+    async with AsyncSandboxClient(endpoint) as client:
+        codebase = await client.create_codebase("bench-commit")
+        for rel in await anyio.to_thread.run_sync(_files_of, project):
+            await client.upload_local_file(codebase.id, rel, project / rel)
+    async with await AsyncSandbox.from_codebase(
+        codebase.id, preset="full-access", endpoint=endpoint
+    ) as sandbox:
+        for index in range(n + 1):
+            command = commit_command(f"commit{index}")
+            _, idle = await _round_trip(sandbox, "true")
+            result, round_trip = await _round_trip(sandbox, timed_script(command))
+            inside = _in_sandbox_seconds(result, command)
+            if index:
+                samples.overhead.append(round_trip - inside)
+                samples.true_idle.append(idle)
+                samples.inside.append(inside)
+    return samples
+
+
 def _files_of(project: Path) -> list[str]:
     return sorted(str(p.relative_to(project)) for p in project.rglob("*") if p.is_file())
 
@@ -333,8 +418,9 @@ async def _settled(server_pid: int) -> Memory:
 
 
 async def memory(server: ServerProcess, project: Path, count: int) -> MemoryResult:
-    """The memory of a dedicated server before and with ``count`` read-only sandboxes running."""
-    rules = get_preset("read-only")
+    """The memory of a dedicated server before and with ``count`` agent-safe sandboxes running
+    (each view served by the permission filesystem)."""
+    rules = get_preset("agent-safe")
     pid = server.process.pid
     limiter = anyio.CapacityLimiter(START_CONCURRENCY)
     async with AsyncSandboxClient(server.endpoint) as client:
