@@ -126,7 +126,7 @@ class FsSupervisor:
                 except BlockingIOError:
                     continue
                 except OSError:
-                    return
+                    return  # closed: the process is gone
                 for fd in control.received_fds(ancillary):
                     os.close(fd)  # none expected: never leak one
                 if not datagram:
@@ -139,7 +139,9 @@ class FsSupervisor:
                 if pending is not None:
                     pending.reply = reply
                     pending.done.set()
-        except (ValueError, anyio.ClosedResourceError):
+        except anyio.ClosedResourceError:
+            pass  # closed while waiting: the process is gone
+        except ValueError:
             log.exception("the permission filesystem's channel")
         finally:
             # The process is gone (or broken): nobody will answer what is waiting.
@@ -161,6 +163,7 @@ class FsSupervisor:
             )
             self._ready = anyio.Event()
             if self._sock is not None:
+                anyio.notify_closing(self._sock)
                 self._sock.close()
                 self._sock = None
             try:
