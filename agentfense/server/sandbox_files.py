@@ -71,7 +71,8 @@ def _error(exc: OSError, what: str, rel: str) -> SandboxError:
     if exc.errno == errno.ENOSPC:
         return ResourceLimitExceededError(
             f"cannot {what} {where}: the sandbox may write no more before its next commit "
-            "(max_delta_bytes)"
+            "(max_delta_bytes, max_delta_entries), or its codebase is full "
+            "(max_codebase_bytes, max_codebase_entries)"
         )
     return SandboxError(f"cannot {what} {where}: {exc.strerror}")
 
