@@ -188,19 +188,24 @@ def _move_whole(view: View, rel: str, result: CommitResult) -> bool:
 
 
 def commit(view: View) -> CommitResult:
-    """Apply the view's delta to the codebase and clear it."""
+    """Apply the view's delta to the codebase and clear it.
+
+    Safe to ask again after it stopped halfway (the process died): the deletions done are
+    written down (what the view still keeps deleted) before anything of the upper tree moves
+    in, so a second pass never deletes what the first one brought in; deletions and moves
+    are each harmless to do twice.
+    """
     result = CommitResult()
     for rel in sorted(view.deleted.paths, key=lambda p: (p.count("/"), p)):
         if not _delete_lower(view, rel, result):
             result.kept.add(rel)
     # A kept deletion that the view recreated is no deletion any more: it sees the new entry.
     result.kept = {rel for rel in result.kept if view.upper.try_lstat(rel) is None}
+    if view.deleted.paths != result.kept:  # the usual empty-to-empty needs no file write
+        view.deleted.replace(result.kept)  # (if this fails, nothing moved: asked again later)
     for name in view.upper.listdir(""):
         _apply_upper(view, name, result)
     view.upper_empty = not view.upper.listdir("")
-    if view.deleted.paths != result.kept:  # the usual empty-to-empty needs no file write
-        with contextlib.suppress(OSError):
-            view.deleted.replace(result.kept)
     view.usage.add(result.bytes_delta, result.entries_delta)
     view.delta_bytes = view.delta_entries = 0
     view.carried_orphan_bytes = view.orphan_bytes

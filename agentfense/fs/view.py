@@ -100,17 +100,19 @@ class Deletions:
 
     def add(self, rel: str) -> None:
         if rel not in self.paths:
+            _write_all(self._fd, self._record(rel))  # appended: rm -rf stays linear
             self.paths.add(rel)
-            os.write(self._fd, self._record(rel))  # appended: rm -rf stays linear
 
     def replace(self, paths: set[str]) -> None:
-        """Keep only ``paths`` (after a commit); the log is rewritten whole."""
-        self.paths = set(paths)
+        """Keep only ``paths`` (after a commit): the log is rewritten whole, then the set
+        changes (so that it never holds less than the log on disk says)."""
         temporary = self.path.with_name(self.path.name + ".new")
-        temporary.write_bytes(b"".join(self._record(rel) for rel in sorted(self.paths)))
+        temporary.write_bytes(b"".join(self._record(rel) for rel in sorted(paths)))
         os.replace(temporary, self.path)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         os.close(self._fd)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        self._fd = fd
+        self.paths = set(paths)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -469,6 +471,18 @@ class View:
                         directories.add(child)
             pending.extend(directories)
         return longest
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Append ``data`` whole, or not at all (a short write, on a full disk, is taken back)."""
+    start = os.lseek(fd, 0, os.SEEK_END)
+    try:
+        done = 0
+        while done < len(data):
+            done += os.write(fd, data[done:])
+    except OSError:
+        os.ftruncate(fd, start)
+        raise
 
 
 def _exists_at(dir_fd: int, name: str) -> bool:
