@@ -69,8 +69,7 @@ class FsProcess:
         if isinstance(message, control.AddView):
             if len(fds) != 1:
                 raise ValueError("add_view comes with exactly one descriptor")
-            self._add_view(message, fds[0])
-            self.reply(control.Done(seq=message.seq))
+            self._add_view(message, fds[0])  # a view taken over answers when it is
             return
         for fd in fds:
             os.close(fd)
@@ -96,6 +95,7 @@ class FsProcess:
     def _add_view(self, spec: control.AddView, fd: int) -> None:
         if spec.id in self.servers:  # asked again after a restart that took it over
             os.close(fd)
+            self.reply(control.Done(seq=spec.seq))
             return
         lower = Path(spec.lower)
         usage = self._usages.get(lower)
@@ -112,12 +112,19 @@ class FsProcess:
             limits=spec.limits,
             usage=usage,
         )
-        if spec.recover:
-            view.nodes.recover(view.nodes.journal.read())
-            view.measure_delta()
-        server = ViewServer(view, fd, initialized=spec.recover)
+
+        def taken_over(error: str | None) -> None:
+            if error is None:
+                self.reply(control.Done(seq=spec.seq))
+            else:
+                self.servers.pop(spec.id, None)
+                self.reply(control.Failed(error, seq=spec.seq))
+
+        server = ViewServer(view, fd, recover=taken_over if spec.recover else None)
         self.servers[spec.id] = server
         server.start()
+        if not spec.recover:
+            self.reply(control.Done(seq=spec.seq))
 
     def _remove_view(self, view_id: str) -> None:
         # Its thread serves on until the server unmounts the view; then it closes the view.

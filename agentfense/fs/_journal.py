@@ -14,16 +14,17 @@ stops at the first incomplete record (a write cut short by a full disk).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._appendlog import AppendLog
+
 _ID = struct.Struct("<Q")
 _LEN = struct.Struct("<I")
-COMPACT_AT = 1 << 20  # bytes; and more than four times what a rewrite would take
+COMPACT_AT = 1 << 20  # bytes; and more than twice what a rewrite would take
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,41 +112,38 @@ class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._pending: list[bytes] = []
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        self.size = os.fstat(self._fd).st_size
+        self._log = AppendLog(path)
+
+    @property
+    def size(self) -> int:
+        return self._log.size
 
     def read(self) -> bytes:
-        with contextlib.suppress(FileNotFoundError):
-            return self.path.read_bytes()
-        return b""
+        return self._log.read()
+
+    def ensure(self, *, removing: bool = False) -> None:
+        """Room for one request's records (ENOSPC before anything changes, when none)."""
+        self._log.ensure(removing=removing)
 
     def add(self, record: Record) -> None:
         self._pending.append(encode(record))
 
     def flush(self) -> None:
-        """Write what was added; called before the kernel hears of it (a reply)."""
+        """Write what was added, whole; called before the kernel hears of it (a reply).
+        On failure nothing is written, and it stays to be written next time."""
         if not self._pending:
             return
-        data = b"".join(self._pending)
+        self._log.append(b"".join(self._pending))
         self._pending.clear()
-        os.write(self._fd, data)
-        self.size += len(data)
 
-    def due(self, live_records: int) -> bool:
-        return self.size > COMPACT_AT and self.size > 4 * 48 * live_records
+    def due(self, live: int) -> bool:
+        """Whether the file has grown well beyond ``live`` bytes, what it describes."""
+        return self.size > COMPACT_AT and self.size > 2 * live
 
     def rewrite(self, records: Iterator[Record]) -> None:
-        """Replace the file by ``records`` (the table as it stands)."""
+        """Replace the file by ``records`` (the table as it stands, pending records in it)."""
+        self._log.replace(b"".join(encode(record) for record in records))
         self._pending.clear()
-        temporary = self.path.with_name(self.path.name + ".new")
-        with temporary.open("wb") as out:
-            for record in records:
-                out.write(encode(record))
-        os.replace(temporary, self.path)
-        os.close(self._fd)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-        self.size = os.fstat(self._fd).st_size
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
+        self._log.close()

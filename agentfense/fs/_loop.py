@@ -17,23 +17,32 @@ kernel may need this view's thread to answer a request before it can take one.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import itertools
 import logging
 import mmap
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 
 from . import _abi as abi
 from .operations import Operations
 from .view import View
 
 log = logging.getLogger("agentfense.fs")
+_libc = ctypes.CDLL(None)
 
 MAX_WRITE = 1 << 20  # the largest WRITE the kernel sends, and the largest READ it asks for
 _BUFFER_SIZE = MAX_WRITE + 4096  # a request: headers and up to MAX_WRITE bytes of data
 _KEEP_RESIDENT = 64 * 1024  # after a larger request, the buffer's tail goes back to the kernel
+# Requests that may write down nodes or deletions (every other one writes nothing down).
+_WRITES_DOWN = frozenset(
+    {abi.LOOKUP, abi.MKNOD, abi.MKDIR, abi.SYMLINK, abi.LINK, abi.UNLINK, abi.RMDIR,
+     abi.RENAME, abi.RENAME2, abi.READDIRPLUS, abi.READDIR}
+)  # fmt: skip
+_REMOVES = frozenset({abi.UNLINK, abi.RMDIR})
 
 
 class Notifier:
@@ -43,11 +52,14 @@ class Notifier:
     def __init__(self, fd: int, name: str) -> None:
         self._fd = fd
         self._name = name
-        self._queue: queue.SimpleQueue[tuple[list[bytes], threading.Event]] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[Iterable[bytes], threading.Event]] = (
+            queue.SimpleQueue()
+        )
         self._lock = threading.Lock()
         self._running = False
 
-    def send(self, messages: list[bytes]) -> threading.Event:
+    def send(self, messages: Iterable[bytes]) -> threading.Event:
+        """Write ``messages`` (iterated in the notifier's thread) after those sent before."""
         done = threading.Event()
         self._queue.put((messages, done))
         with self._lock:
@@ -66,39 +78,68 @@ class Notifier:
                         self._running = False
                         return
                 continue
-            for message in messages:
-                try:
-                    os.write(self._fd, message)
-                except OSError as exc:
-                    # ENOENT: nothing cached there. ENODEV: the connection is gone.
-                    if exc.errno not in (errno.ENOENT, errno.ENODEV, errno.ENOTCONN):
-                        log.warning("notification on %s: %s", self._name, exc)
+            try:
+                for message in messages:
+                    try:
+                        os.write(self._fd, message)
+                    except OSError as exc:
+                        # ENOENT: nothing cached there. ENODEV: the connection is gone.
+                        if exc.errno not in (errno.ENOENT, errno.ENODEV, errno.ENOTCONN):
+                            log.warning("notification on %s: %s", self._name, exc)
+            except Exception:
+                log.exception("notifications on %s", self._name)
             done.set()
+
+
+def _trimmed() -> Iterator[bytes]:
+    """Nothing to write: when its turn comes, hand the allocator's free memory back."""
+    _libc.malloc_trim(0)
+    yield from ()
 
 
 class ViewServer:
     """The thread that serves one view."""
 
-    def __init__(self, view: View, fd: int, *, initialized: bool) -> None:
+    def __init__(
+        self,
+        view: View,
+        fd: int,
+        *,
+        recover: Callable[[str | None], None] | None = None,
+    ) -> None:
+        """``recover``: take the view over from a process that died, then call it (with
+        None, or why it could not) before serving."""
         self.view = view
         self.fd = fd
         os.set_blocking(fd, True)
         self.notifier = Notifier(fd, f"notify-{view.id}")
         self.ops = Operations(view, self.notifier.send)
-        self._initialized = initialized
+        self._recover = recover
         self.requests = 0
+        self._next_upkeep = 0
         self._turn = threading.Condition()
         self._busy = False  # a request or exclusive work in progress
         self._waiting = 0  # exclusive work waiting for its turn: it goes before requests
         self._thread = threading.Thread(target=self._run, name=f"view-{view.id}", daemon=True)
 
     def start(self) -> None:
-        if self._initialized:
-            # Taking over from a process that died: the kernel sends again what it sent
-            # that process and got no answer for (Linux 6.9 and later; where it cannot, the
-            # OSError says this view cannot be taken over).
-            os.write(self.fd, abi.notify_resend())
         self._thread.start()
+
+    def _take_over(self) -> bool:
+        """Rebuild the node table from its journal and the delta's counts, then have the
+        kernel send again what it sent the dead process and got no answer for (Linux 6.9
+        and later). On this view's thread: others are taken over meanwhile."""
+        assert self._recover is not None
+        try:
+            self.view.nodes.recover(self.view.nodes.journal.read())
+            self.view.measure_delta()
+            os.write(self.fd, abi.notify_resend())
+        except Exception as exc:
+            log.exception("view %s: cannot be taken over", self.view.id)
+            self._recover(f"{type(exc).__name__}: {exc}")
+            return False
+        self._recover(None)
+        return True
 
     def exclusive(self, work: Callable[[], None]) -> None:
         """Run ``work`` on a thread of its own while no request of this view is answered."""
@@ -128,6 +169,8 @@ class ViewServer:
         it any more); then close the view and the descriptor."""
         buffer = mmap.mmap(-1, _BUFFER_SIZE)
         try:
+            if self._recover is not None and not self._take_over():
+                return
             while True:
                 try:
                     size = os.readv(self.fd, [buffer])
@@ -164,6 +207,7 @@ class ViewServer:
             return
         if opcode in (abi.FORGET, abi.BATCH_FORGET):
             self._forget(nodeid, opcode, body)
+            self._maybe_upkeep()
             return
         ops = self.ops
         handler = ops.handler(opcode)
@@ -171,6 +215,14 @@ class ViewServer:
             self._reply(unique, errno.ENOSYS, b"")
             return
         ops.resent = bool(unique & abi.UNIQUE_RESEND)
+        if opcode in _WRITES_DOWN:
+            removing = opcode in _REMOVES
+            try:
+                self.view.nodes.journal.ensure(removing=removing)
+                self.view.deleted.ensure(removing=removing)
+            except OSError as exc:  # a full disk: refused before anything changes
+                self._reply(unique, exc.errno or errno.ENOSPC, b"")
+                return
         try:
             payload = handler(ops.node(opcode, nodeid, uid), body)
             error = 0
@@ -185,16 +237,34 @@ class ViewServer:
         nodes = self.view.nodes
         try:
             nodes.journal.flush()  # the node ids this reply tells the kernel are on disk
-        except OSError:
-            log.exception("view %s: journal", self.view.id)
+        except OSError as exc:  # (a full disk): the kernel must not learn them, then
+            error, payload = exc.errno or errno.EIO, b""
         try:
             os.writev(self.fd, [abi.reply_header(unique, error, len(payload)), payload])
         except OSError as exc:
             # ENOENT: the request was interrupted and is gone; ENODEV: so is the connection.
             if exc.errno not in (errno.ENOENT, errno.ENODEV):
                 log.exception("view %s: replying", self.view.id)
-        if self.requests % 1024 == 0:
+        self._maybe_upkeep()
+
+    def _maybe_upkeep(self) -> None:
+        if self.requests >= self._next_upkeep:
+            self._next_upkeep = self.requests + 64
+            self._upkeep()
+
+    def _upkeep(self) -> None:
+        """Keep the node table within its budget (the kernel is asked to drop entries used
+        longest ago) and its journal within twice what it describes."""
+        nodes = self.view.nodes
+        evict = nodes.over_budget()
+        if evict:
+            messages = [abi.notify_inval_entry(parent, name) for parent, name in evict]
+            # What the table freed goes back to the system (C's malloc keeps it otherwise).
+            self.notifier.send(itertools.chain(messages, _trimmed()))
+        try:
             nodes.maybe_compact()
+        except OSError:
+            log.exception("view %s: compacting the journal", self.view.id)
 
     def _init(self, body: memoryview) -> bytes:
         _, minor, readahead, flags = abi.INIT_IN.unpack_from(body)
@@ -214,16 +284,9 @@ class ViewServer:
                 for i in range(min(count, (len(body) - start) // abi.FORGET_ONE.size))
             ]
         view = self.view
-
-        def exists(rel: str) -> bool:
-            try:
-                return view.locate(rel) is not None
-            except OSError:
-                return False
-
         for ident, count in pairs:
-            dropped = view.nodes.forget(ident, count, exists)
+            dropped = view.nodes.forget(ident, count)
             if dropped is not None and dropped.orphan:
                 view.drop_orphan(dropped.orphan)
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):  # (kept for the next reply's flush)
             view.nodes.journal.flush()

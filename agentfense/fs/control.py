@@ -31,6 +31,7 @@ class Limits:
     delta_entries: int = 0
     codebase_bytes: int = 0
     codebase_entries: int = 0
+    node_bytes: int = 0  # the view's node table (0: nodes.BUDGET)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,8 +21,10 @@ import errno
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 
+from ..policy import MatchState
 from ..types import Permission
 from . import _abi as abi
 from ._attrs import attributes
@@ -34,6 +36,8 @@ from .view import LOWER, MAX_PATH, UPPER, Entry, View, fail, join
 # kernel's sight (another sandbox's commit, an upload) is invalidated explicitly.
 CACHE_SECONDS = 3600
 _XATTR_PREFIX = b"user."
+_CURSORS = 1024  # where listings stopped, remembered per view
+_NO_ENTRY = abi.Reply.entry(0, abi.ATTR.pack(*([0] * 16)), 0)  # a dirent without attributes
 _MAX_XATTR_VALUE = 64 * 1024
 # Requests any process that reached a file may make (the kernel checked its open), and
 # those that carry no caller at all.
@@ -79,6 +83,7 @@ class Operations:
         # Files of the upper tree with several names (hard links): host inode -> the nodes
         # of its names, whose cached pages a write through one of them makes stale.
         self._linked: dict[int, set[int]] = {}
+        self._cursors: OrderedDict[tuple[int, int], int] = OrderedDict()
         self.resent = False  # the request being answered was sent before, to a dead process
         self._table: dict[int, Handler] = {
             abi.LOOKUP: self.lookup,
@@ -142,7 +147,7 @@ class Operations:
         node = self.nodes.by_path.get(rel)
         if node is None:
             state = self.nodes.child_state(parent, name)
-            node = Node(0, rel, state, self.view.policy.level_of(state))
+            node = Node(0, rel, state, self.view.policy.level_of(state), None)
         return node
 
     def _existing(self, node: Node) -> Entry:
@@ -182,10 +187,10 @@ class Operations:
         existing = self.view.locate(rel)
         if existing is not None:
             if self.resent and existing.layer == UPPER:
-                return self._reply_entry(self.nodes.get(rel, state), existing)
+                return self._reply_entry(self.nodes.get(parent, name, state), existing)
             raise fail(errno.EEXIST)
         self.view.prepare_new(rel)
-        return self.nodes.get(rel, state)
+        return self.nodes.get(parent, name, state)
 
     def _made(self, node: Node) -> bytes:
         self.view.created(node.rel)
@@ -204,7 +209,7 @@ class Operations:
         entry = self.view.locate(rel)
         if entry is None or not self.view.visible_state(state, level, entry.is_dir):
             return abi.Reply.entry(0, abi.ATTR.pack(*([0] * 16)), CACHE_SECONDS)  # cached ENOENT
-        return self._reply_entry(node or self.nodes.get(rel, state), entry)
+        return self._reply_entry(node or self.nodes.get(parent, name, state), entry)
 
     def _orphan_entry(self, node: Node) -> Entry:
         if not node.orphan:
@@ -215,17 +220,24 @@ class Operations:
         entry = self._orphan_entry(node) if node.stale else self._entry(node)
         return abi.Reply.attr_out(attributes(self.view, node, entry), CACHE_SECONDS)
 
+    def _private_orphan(self, node: Node) -> Entry:
+        """The orphan of a stale node, made its own before any change: one linked to a
+        codebase file (or to another name) is copied first."""
+        view = self.view
+        entry = self._orphan_entry(node)
+        if entry.st.st_nlink > 1:
+            view.charge(entry.st.st_size)
+            private = f"{node.orphan}.copy"
+            copy_file(view.orphans, node.orphan, view.orphans, private)
+            view.orphans.rename(private, node.orphan)
+            entry = Entry(UPPER, view.orphans.lstat(node.orphan))
+        return entry
+
     def _writable_file(self, node: Node) -> tuple[int, Entry]:
         """An fd open for writing on the node's own file (copied up, or its orphan)."""
         view = self.view
         if node.stale:
-            entry = self._orphan_entry(node)
-            if entry.st.st_nlink > 1:  # linked to a codebase file: copy it first
-                view.charge(entry.st.st_size)
-                private = f"{node.orphan}.copy"
-                copy_file(view.orphans, node.orphan, view.orphans, private)
-                view.orphans.rename(private, node.orphan)
-                entry = Entry(UPPER, view.orphans.lstat(node.orphan))
+            entry = self._private_orphan(node)
             return view.orphans.open(node.orphan, os.O_WRONLY), entry
         self._entry(node)
         self._need(node, Permission.WRITE)
@@ -244,7 +256,7 @@ class Operations:
             raise fail(errno.EPERM)
         if node.stale:
             tree, rel = view.orphans, node.orphan
-            entry = self._orphan_entry(node)
+            entry = self._private_orphan(node)
         else:
             self._entry(node)
             self._need(node, Permission.WRITE)
@@ -397,6 +409,10 @@ class Operations:
             entry = self._existing(source)
         except OSError:
             if self.resent and view.locate(target.rel) is not None:
+                # Done by a process that died before it answered (and, maybe, before it
+                # wrote down where the nodes went): the table follows the rename now.
+                self.nodes.removed(target.rel)
+                self.nodes.rename(source.rel, target.rel)
                 return b""
             raise
         self._need(source, Permission.WRITE)
@@ -511,51 +527,78 @@ class Operations:
 
     # -- directories --------------------------------------------------------------------------
 
+    # Listings. The offset of each entry is its position among the entries the view shows
+    # (``.`` and ``..`` included), never the host's: a host offset would tell how many
+    # hidden entries sit between two shown ones (tmpfs numbers its entries) or give the hash
+    # of a hidden name (ext4). Where the last reply stopped is remembered, so a listing goes
+    # on from there; any other offset is found by counting again.
+
+    def _shown(
+        self, node: Node, cookie: int
+    ) -> Iterator[tuple[str, Entry | None, MatchState | None, int]]:
+        """The entries the view shows in directory ``node`` from the host ``cookie``: name,
+        entry (None for ``.`` and ``..``), state, and the host cookie after it."""
+        view, policy = self.view, self.view.policy
+        for name, entry, after in view.listing(node.rel, cookie):
+            if entry is None:
+                yield name, None, None, after
+                continue
+            state = policy.step(node.state, name)
+            if view.visible_state(state, policy.level_of(state), entry.is_dir):
+                yield name, entry, state, after
+
+    def _resume(self, node: Node, offset: int) -> int | None:
+        """The host cookie to go on from after ``offset`` entries (None: past the end)."""
+        if offset == 0:
+            return 0
+        cookie = self._cursors.pop((node.id, offset), None)
+        if cookie is not None:
+            return cookie
+        for count, (_, _, _, after) in enumerate(self._shown(node, 0), 1):
+            if count == offset:
+                return after
+        return None
+
     def _entries(self, node: Node, body: memoryview, plus: bool) -> bytes:
-        _, cookie, size, _ = abi.READ_IN.unpack_from(body)
+        _, offset, size, _ = abi.READ_IN.unpack_from(body)
         entry = self._entry(node)
         if not entry.is_dir:
             raise fail(errno.ENOTDIR)
-        view, policy = self.view, self.view.policy
+        cookie = self._resume(node, offset)
+        if cookie is None:
+            return b""
+        view = self.view
         out: list[bytes] = []
         room = size
-        for name, child_entry, after in view.listing(node.rel, cookie):
+        position = offset
+        for name, child_entry, state, after in self._shown(node, cookie):
             raw = os.fsencode(name)
-            if child_entry is None:  # `.` or `..`: no attributes, the kernel knows them
-                need = (
-                    abi.direntplus_size(len(raw)) if plus else (abi.DIRENT.size + len(raw) + 7) & ~7
-                )
-                if need > room:
-                    break
-                room -= need
-                ino = node.id if name == "." else self._parent_id(node)
-                if plus:
-                    empty = abi.Reply.entry(0, abi.ATTR.pack(*([0] * 16)), 0)
-                    out.append(abi.direntplus(empty, ino, after, raw, stat.S_IFDIR >> 12))
-                else:
-                    record = abi.DIRENT.pack(ino, after, len(raw), stat.S_IFDIR >> 12) + raw
-                    out.append(record + b"\0" * (-len(record) % 8))
-                continue
-            state = policy.step(node.state, name)
-            level = policy.level_of(state)
-            if not view.visible_state(state, level, child_entry.is_dir):
-                continue
             need = abi.direntplus_size(len(raw)) if plus else (abi.DIRENT.size + len(raw) + 7) & ~7
             if need > room:
                 break
             room -= need
-            child = self.nodes.get(join(node.rel, name), state)
-            d_type = abi.dirent_type(child_entry.st.st_mode)
-            if plus:
-                self.nodes.looked_up(child)
-                self._note_links(child, child_entry)
-                entry_out = abi.Reply.entry(
-                    child.id, attributes(view, child, child_entry), CACHE_SECONDS
-                )
-                out.append(abi.direntplus(entry_out, child.id, after, raw, d_type))
+            position += 1
+            cookie = after
+            if child_entry is None or state is None:  # `.` or `..`: the kernel knows them
+                ino = node.id if name == "." else self._parent_id(node)
+                d_type, entry_out = stat.S_IFDIR >> 12, _NO_ENTRY
             else:
-                record = abi.DIRENT.pack(child.id, after, len(raw), d_type) + raw
+                child = self.nodes.get(node, name, state)
+                ino, d_type = child.id, abi.dirent_type(child_entry.st.st_mode)
+                if plus:
+                    self.nodes.looked_up(child)
+                    self._note_links(child, child_entry)
+                    attrs = attributes(view, child, child_entry)
+                    entry_out = abi.Reply.entry(child.id, attrs, CACHE_SECONDS)
+            if plus:
+                out.append(abi.direntplus(entry_out, ino, position, raw, d_type))
+            else:
+                record = abi.DIRENT.pack(ino, position, len(raw), d_type) + raw
                 out.append(record + b"\0" * (-len(record) % 8))
+        if position != offset:
+            self._cursors[(node.id, position)] = cookie
+            while len(self._cursors) > _CURSORS:
+                self._cursors.popitem(last=False)
         return b"".join(out)
 
     def _parent_id(self, node: Node) -> int:

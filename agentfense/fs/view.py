@@ -23,11 +23,12 @@ from pathlib import Path
 
 from ..policy import MatchState, Policy
 from ..types import Permission
+from ._appendlog import AppendLog
 from ._host import HostTree, copy_file, dir_entries, split
 from ._journal import Journal
 from ._usage import CodebaseUsage
 from .control import Limits
-from .nodes import Nodes
+from .nodes import BUDGET, Nodes
 
 UPPER, LOWER = "upper", "lower"
 WORKSPACE = "/workspace"
@@ -72,11 +73,8 @@ class Deletions:
     _LEN = struct.Struct("<I")
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self.paths: set[str] = set()
-        with contextlib.suppress(FileNotFoundError):
-            self.paths = set(self._decode(path.read_bytes()))
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._log = AppendLog(path)
+        self.paths: set[str] = set(self._decode(self._log.read()))
 
     def _decode(self, data: bytes) -> Iterator[str]:
         at = 0
@@ -98,25 +96,23 @@ class Deletions:
     def __bool__(self) -> bool:
         return bool(self.paths)
 
+    def ensure(self, *, removing: bool = False) -> None:
+        """Room for one request's deletions (ENOSPC before anything changes, when none)."""
+        self._log.ensure(removing=removing)
+
     def add(self, rel: str) -> None:
         if rel not in self.paths:
-            _write_all(self._fd, self._record(rel))  # appended: rm -rf stays linear
+            self._log.append(self._record(rel))  # appended: rm -rf stays linear
             self.paths.add(rel)
 
     def replace(self, paths: set[str]) -> None:
         """Keep only ``paths`` (after a commit): the log is rewritten whole, then the set
         changes (so that it never holds less than the log on disk says)."""
-        temporary = self.path.with_name(self.path.name + ".new")
-        temporary.write_bytes(b"".join(self._record(rel) for rel in sorted(paths)))
-        os.replace(temporary, self.path)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-        os.close(self._fd)
-        self._fd = fd
+        self._log.replace(b"".join(self._record(rel) for rel in sorted(paths)))
         self.paths = set(paths)
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
+        self._log.close()
 
 
 class View:
@@ -141,7 +137,7 @@ class View:
         self.upper = HostTree(delta / "upper")
         self.orphans = HostTree(delta / "orphans")
         self.deleted = Deletions(delta / "deleted")
-        self.nodes = Nodes(policy, Journal(delta / "nodes"))
+        self.nodes = Nodes(policy, Journal(delta / "nodes"), limits.node_bytes or BUDGET)
         self.policy = policy
         self.uid, self.gid = uid, gid
         self.limits = limits
@@ -457,32 +453,18 @@ class View:
         self.forget_lower(old)
 
     def longest_below(self, rel: str) -> int:
-        """The length of the longest path at ``rel`` or below it, in either tree."""
+        """The length of the longest path this view shows at ``rel`` or below it: what a
+        rename of ``rel`` moves (hidden entries stay where they are, and must not be
+        measured: a refusal would tell how long their names are)."""
         longest = len(os.fsencode(rel))
         pending = [rel]
         while pending:
             current = pending.pop()
-            directories: set[str] = set()  # a directory in both trees is visited once
-            for tree in (self.upper, self.lower):
-                for name, st in tree.scan(current):
-                    child = join(current, name)
-                    longest = max(longest, len(os.fsencode(child)))
-                    if stat.S_ISDIR(st.st_mode):
-                        directories.add(child)
-            pending.extend(directories)
+            for child, entry in self.visible_children(current):
+                longest = max(longest, len(os.fsencode(child)))
+                if entry.is_dir:
+                    pending.append(child)
         return longest
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """Append ``data`` whole, or not at all (a short write, on a full disk, is taken back)."""
-    start = os.lseek(fd, 0, os.SEEK_END)
-    try:
-        done = 0
-        while done < len(data):
-            done += os.write(fd, data[done:])
-    except OSError:
-        os.ftruncate(fd, start)
-        raise
 
 
 def _exists_at(dir_fd: int, name: str) -> bool:

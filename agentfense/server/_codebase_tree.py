@@ -172,6 +172,8 @@ def _open_for_read(files_dir: Path, codebase_id: str, parts: builtins.list[str])
             raise InvalidConfigurationError(
                 f"file_path {path!r} is a symbolic link; the server does not follow links"
             ) from None
+        if err.errno in (errno.ENXIO, errno.EOPNOTSUPP):  # a socket (or device) there
+            raise InvalidConfigurationError(f"file_path {path!r} is not a regular file") from None
         raise
     finally:
         os.close(parent)

@@ -27,6 +27,11 @@ def _encoded(text: str) -> bytes:
         raise InvalidPathError("must be valid UTF-8 text") from None
 
 
+def wire_text(text: str) -> str:
+    """``text`` as valid UTF-8 (host file names may hold undecodable bytes)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def normalize_relpath(raw: str, *, allow_root: bool = False) -> str:
     """Turn ``raw`` ("/a//./b.txt") into a relative POSIX path ("a/b.txt").
 

@@ -33,6 +33,7 @@ from .._proto.sandbox.v1 import (
 from ..errors import CodebaseNotFoundError, InvalidConfigurationError, SandboxError
 from ._codebase_tree import FileRecord
 from ._guarded import guarded
+from ._paths import wire_text
 from .codebases import CodebaseRecord, CodebaseStore
 
 __all__ = ["CodebaseService"]
@@ -53,15 +54,10 @@ def _status_error(err: SandboxError) -> GRPCError:
     return GRPCError(grpclib.const.Status(err.code), err.message)
 
 
-def _wire_text(text: str) -> str:
-    """``text`` as valid UTF-8 (host file names may hold undecodable bytes)."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
 def _file_info(record: FileRecord) -> FileInfo:
     return FileInfo(
-        path=_wire_text(record.path),
-        name=_wire_text(record.name),
+        path=wire_text(record.path),
+        name=wire_text(record.name),
         is_dir=record.is_dir,
         size=record.size,
         modified_at=record.modified_at,

@@ -95,6 +95,9 @@ class FsSupervisor:
                     stdout=log_file,
                     stderr=log_file,
                     pass_fds=(theirs.fileno(),),
+                    # One thread per view: one malloc arena each would keep what each
+                    # freed; two arenas for all keep the process's memory what it uses.
+                    env={**os.environ, "MALLOC_ARENA_MAX": "2"},
                 )
         finally:
             theirs.close()
@@ -172,13 +175,16 @@ class FsSupervisor:
                 if self._stopping:
                     return
                 raise
-            for view_id, mounted in list(self._views.items()):
-                spec = replace(mounted.spec, recover=True)
-                try:
-                    await self._request(spec, (mounted.fd,))
-                except SandboxError as exc:
-                    await self._lose(view_id, f"the permission filesystem restarted: {exc}")
+            async with anyio.create_task_group() as tg:  # each view at its own pace
+                for view_id, mounted in list(self._views.items()):
+                    tg.start_soon(self._take_over, view_id, mounted)
             self._ready.set()
+
+    async def _take_over(self, view_id: str, mounted: _Mounted) -> None:
+        try:
+            await self._request(replace(mounted.spec, recover=True), (mounted.fd,))
+        except SandboxError as exc:
+            await self._lose(view_id, f"the permission filesystem restarted: {exc}")
 
     async def _lose(self, view_id: str, reason: str) -> None:
         mounted = self._views.pop(view_id, None)

@@ -28,6 +28,7 @@ from ..errors import InvalidConfigurationError, SandboxError
 from ..types import OutputStream, RuntimeType
 from . import sandbox_files as files
 from ._guarded import guarded
+from ._paths import wire_text
 from .execution import Outcome
 from .sandboxes import ExecParams, SandboxManager, SandboxRecord
 from .sessions import Session
@@ -264,8 +265,8 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
         return pb.ListFilesResponse(
             files=[
                 pb.FileInfo(
-                    path=f.path,
-                    name=f.name,
+                    path=wire_text(f.path),
+                    name=wire_text(f.name),
                     is_dir=f.is_dir,
                     size=f.size,
                     modified_at=f.modified_at,

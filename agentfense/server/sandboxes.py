@@ -11,6 +11,7 @@ import base64
 import contextlib
 import dataclasses
 import hashlib
+import logging
 import re
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
@@ -56,6 +57,7 @@ from .session_registry import SessionRegistry
 if TYPE_CHECKING:
     from .sessions import Session
 
+_log = logging.getLogger("agentfense.server")
 _ID_RE = re.compile(r"^sb_[0-9a-f]{16}$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -200,7 +202,10 @@ class SandboxManager:
         with anyio.CancelScope(shield=True):
             reply = await self._fs.commit(record.id)
             if reply.changed:  # nothing changed (every read-only exec): no meta write
-                await self._codebases.touch(record.codebase_id)
+                try:
+                    await self._codebases.touch(record.codebase_id)
+                except OSError as exc:  # (a full disk): the command's result matters more
+                    _log.warning("codebase %s: updated_at not saved: %s", record.codebase_id, exc)
         return reply.over_limit
 
     # -- queries ----------------------------------------------------------------------------

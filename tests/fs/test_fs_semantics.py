@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from agentfense.fs import control
+from agentfense.fs._host import dir_entries
 from agentfense.fs.view import MAX_PATH
 from agentfense.types import Permission, PermissionRule
 
@@ -188,3 +190,147 @@ def test_hard_links_share_one_content(fs: FsProcess, view: tuple[str, Path, Path
         while (root / "f").read_bytes() != b"third\n" and time.monotonic() < deadline:
             time.sleep(0.01)
         assert (root / "f").read_bytes() == b"third\n"
+
+
+SECRETS = [PermissionRule("**", Permission.WRITE), PermissionRule("**/*.key", Permission.NONE)]
+
+
+def _offsets(directory: Path) -> list[tuple[str, int]]:
+    """``(name, d_off)`` of each entry, as getdents64 gives them to a program."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return [(name, after) for name, _, after in dir_entries(fd, 0)]
+    finally:
+        os.close(fd)
+
+
+def test_listing_offsets_tell_nothing_of_hidden_entries(fs: FsProcess) -> None:
+    """An entry's offset is its position among what the view shows: the host's offsets
+    would count the hidden entries between two shown ones (tmpfs), or hash their names."""
+    view_id = fs.new_id("off")
+    lower = fs.work / f"{view_id}.lower"
+    for directory, hidden in (("many", 7), ("none", 0)):
+        (lower / directory).mkdir(parents=True)
+        for name in ("a.txt", "m.txt", "z.txt"):
+            (lower / directory / name).write_bytes(b"x")
+        for i in range(hidden):
+            (lower / directory / f"s{i}.key").write_bytes(b"secret")
+    root = fs.add_view(view_id, lower, SECRETS)
+    try:
+        with fs.sandbox():
+            for directory in ("many", "none"):
+                seen = _offsets(root / directory)
+                assert sorted(name for name, _ in seen) == [".", "..", "a.txt", "m.txt", "z.txt"]
+                assert [offset for _, offset in seen] == [1, 2, 3, 4, 5]
+    finally:
+        fs.remove_view(view_id)
+
+
+def test_a_refused_rename_tells_nothing_of_hidden_names(fs: FsProcess) -> None:
+    """Hidden entries stay where they are when their directory moves: their names never
+    count towards the longest path a rename would make (ENAMETOOLONG would measure them)."""
+    view_id = fs.new_id("len")
+    lower = fs.work / f"{view_id}.lower"
+    for directory, hidden in (("p", True), ("r", False)):
+        (lower / directory).mkdir(parents=True)
+        (lower / directory / "a.txt").write_bytes(b"x")
+        if hidden:
+            (lower / directory / ("s" * 240 + ".key")).write_bytes(b"secret")
+    root = fs.add_view(view_id, lower, SECRETS)
+    name = "d" * 200
+    try:
+        with fs.sandbox():
+            top = os.open(root, os.O_PATH | os.O_DIRECTORY)
+            os.mkdir("t", dir_fd=top)
+            fd, rel = os.open("t", os.O_PATH | os.O_DIRECTORY, dir_fd=top), "t"
+            try:
+                # Deep enough that p/a.txt just fits below, where p's hidden name would not.
+                while len(f"{rel}/{name}/p/a.txt") <= MAX_PATH:
+                    os.mkdir(name, dir_fd=fd)
+                    inner = os.open(name, os.O_PATH | os.O_DIRECTORY, dir_fd=fd)
+                    os.close(fd)
+                    fd, rel = inner, f"{rel}/{name}"
+                assert len(f"{rel}/p/{'s' * 240}.key") > MAX_PATH
+                outcomes = {
+                    d: errno_of(os.rename, d, d, src_dir_fd=top, dst_dir_fd=fd) for d in "pr"
+                }
+            finally:
+                os.close(fd)
+                os.close(top)
+        assert outcomes == {"p": None, "r": None}
+    finally:
+        fs.remove_view(view_id)
+
+
+def test_a_removed_file_held_open_changes_nothing_of_the_codebase(
+    fs: FsProcess, view: tuple[str, Path, Path]
+) -> None:
+    """Until the commit, the codebase's file stays as it was, whatever a descriptor on its
+    removed name does (its content, its mode, its times)."""
+    _, lower, root = view
+    before = os.stat(lower / "report.txt")
+    with fs.sandbox():
+        held = os.open(root / "report.txt", os.O_RDWR)
+        try:
+            os.unlink(root / "report.txt")
+            os.fchmod(held, 0)
+            os.utime(held, ns=(0, 0))
+            os.pwrite(held, b"X", 0)
+            assert os.fstat(held).st_mode & 0o777 == 0
+        finally:
+            os.close(held)
+    after = os.stat(lower / "report.txt")
+    assert (after.st_mode, after.st_mtime_ns) == (before.st_mode, before.st_mtime_ns)
+    assert (lower / "report.txt").read_bytes() == b"old report\nnew\n"
+
+
+@pytest.mark.parametrize("view", [{"limits": control.Limits(node_bytes=256 * 1024)}], indirect=True)
+def test_the_node_table_keeps_to_its_budget(fs: FsProcess, view: tuple[str, Path, Path]) -> None:
+    """Past its budget, the table asks the kernel to drop the entries used longest ago: a
+    file looked up again later has a new inode number (its old node is gone)."""
+    _, lower, root = view
+    for i in range(3000):
+        (lower / f"file-with-a-longish-name-{i:05}").write_bytes(b"x")
+    with fs.sandbox():
+        first = os.stat(root / "file-with-a-longish-name-00000").st_ino
+        for i in range(1, 3000):
+            os.stat(root / f"file-with-a-longish-name-{i:05}")
+        deadline = time.monotonic() + 10  # the kernel lets go asynchronously
+        while time.monotonic() < deadline:
+            again = os.stat(root / "file-with-a-longish-name-00000").st_ino
+            if again != first:
+                break
+            for i in range(1, 3000, 7):  # more lookups: more upkeep
+                os.stat(root / f"file-with-a-longish-name-{i:05}")
+        assert again != first
+
+
+def test_a_full_disk_fails_requests_and_kills_nothing(fs: FsProcess) -> None:
+    """With the delta's file system full, the view goes on: what it must write down has room
+    reserved; when that runs out, a request that would write something down is refused
+    with ENOSPC before it changes anything, but removals still work (they free room); with
+    room again, everything works."""
+    view_id = fs.new_id("full")
+    lower = fs.work / f"{view_id}.lower"
+    lower.mkdir()
+    names = [f"{i:05}-{'n' * 240}" for i in range(6000)]  # ~1.5 MiB of node records
+    for name in names:
+        (lower / name).write_bytes(b"x")
+    delta = fs.delta(view_id)
+    delta.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(delta)], check=True)
+    try:
+        root = fs.add_view(view_id, lower, WRITE_ALL)
+        try:
+            with fs.sandbox():
+                with open(root / "fill", "wb") as fill:
+                    assert errno_of(fill.write, b"\0" * (8 << 20)) == errno.ENOSPC
+                failed = [errno_of(os.stat, root / name) for name in names]
+                assert set(failed) == {None, errno.ENOSPC}  # the reserve took some, then none
+                os.unlink(root / "fill")  # a removal still works, and frees room
+                assert [errno_of(os.stat, root / name) for name in names] == [None] * 6000
+                assert (root / names[-1]).read_bytes() == b"x"
+        finally:
+            fs.remove_view(view_id)
+    finally:
+        subprocess.run(["umount", "-l", str(delta)], check=False)
