@@ -186,6 +186,8 @@ class ViewServer:
                     self._busy = True
                 try:
                     self._answer(buffer, size)
+                except Exception:  # (handlers' errors are answered: this is ours)
+                    log.exception("view %s: a request could not be answered", self.view.id)
                 finally:
                     with self._turn:
                         self._busy = False

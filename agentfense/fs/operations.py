@@ -177,8 +177,9 @@ class Operations:
                 self._notify([abi.notify_inval_inode(other) for other in sorted(others)])
 
     def _new_entry(self, parent: Node, name: str) -> Node | bytes:
-        """Check that ``name`` may be made in ``parent`` and make room for it: its node; or,
-        for a request sent again whose first answer was lost, the reply it had."""
+        """Check that ``name`` may be made in ``parent`` and make room for it: a stand-in of
+        its node (the table gets one once the entry is made: :meth:`_made`); or, for a
+        request sent again whose first answer was lost, the reply it had."""
         self._entry(parent)
         rel = join(parent.rel, name)
         state = self.nodes.child_state(parent, name)
@@ -190,11 +191,13 @@ class Operations:
                 return self._reply_entry(self.nodes.get(parent, name, state), existing)
             raise fail(errno.EEXIST)
         self.view.prepare_new(rel)
-        return self.nodes.get(parent, name, state)
+        return Node(0, rel, state, self.view.policy.level_of(state), None)
 
-    def _made(self, node: Node) -> bytes:
-        self.view.created(node.rel)
-        return self._reply_entry(node, Entry(UPPER, self.view.upper.lstat(node.rel)))
+    def _made(self, parent: Node, new: Node) -> bytes:
+        """The entry ``new`` stands for is made: its node, and the reply."""
+        self.view.created(new.rel)
+        node = self.nodes.get(parent, new.name, new.state)
+        return self._reply_entry(node, Entry(UPPER, self.view.upper.lstat(new.rel)))
 
     # -- lookup and attributes ----------------------------------------------------------------
 
@@ -306,7 +309,7 @@ class Operations:
         if isinstance(node, bytes):
             return node
         self.view.upper.mkdir(node.rel, _settable(mode) & ~umask)
-        return self._made(node)
+        return self._made(parent, node)
 
     def mknod(self, parent: Node, body: memoryview) -> bytes:
         mode, _, umask, _ = abi.MKNOD_IN.unpack_from(body)
@@ -317,7 +320,7 @@ class Operations:
             return node
         with self.view.upper.parent(node.rel) as (fd, leaf):
             os.mknod(leaf, stat.S_IFMT(mode) | (_settable(mode) & ~umask), dir_fd=fd)
-        return self._made(node)
+        return self._made(parent, node)
 
     def symlink(self, parent: Node, body: memoryview) -> bytes:
         name, target = _two_names(body)
@@ -327,7 +330,7 @@ class Operations:
         if isinstance(node, bytes):
             return node
         self.view.upper.symlink(os.fsdecode(target), node.rel)
-        return self._made(node)
+        return self._made(parent, node)
 
     def link(self, parent: Node, body: memoryview) -> bytes:
         (old_id,) = abi.LINK_IN.unpack_from(body)
@@ -344,7 +347,7 @@ class Operations:
             return node
         self.view.copy_up(source.rel)
         self.view.upper.link(source.rel, node.rel)
-        return self._made(node)
+        return self._made(parent, node)
 
     def _remove(self, node: Node, entry: Entry) -> None:
         """Remove a checked entry; a file's content stays for whoever holds it open."""
