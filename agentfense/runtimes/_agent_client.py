@@ -54,9 +54,9 @@ class AgentProcess:
             return None
         return SandboxCgroup.members(self.leaf)
 
-    async def kill_except(self, keep: frozenset[int]) -> None:
+    async def kill_except(self, keep: frozenset[int], *, interrupt: int | None = None) -> None:
         if self.leaf is not None:
-            await SandboxCgroup.kill_except(self.leaf, keep)
+            await SandboxCgroup.kill_except(self.leaf, keep, interrupt=interrupt)
 
     async def release(self) -> None:
         if self.leaf is not None and SandboxCgroup.try_remove(self.leaf):

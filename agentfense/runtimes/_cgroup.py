@@ -118,8 +118,12 @@ class SandboxCgroup:
             return frozenset()
 
     @staticmethod
-    async def kill_except(leaf: Path, keep: frozenset[int]) -> None:
-        """SIGKILL every process in ``leaf`` but ``keep``: frozen first, so none forks away."""
+    async def kill_except(
+        leaf: Path, keep: frozenset[int], *, interrupt: int | None = None
+    ) -> None:
+        """SIGKILL every process in ``leaf`` but ``keep``: frozen first, so none forks away.
+        ``interrupt`` (a pid of ``keep``) is sent SIGINT, and SIGCONT, while all are frozen:
+        it sees them gone and the signal together when it runs again."""
         freeze = leaf / "cgroup.freeze"
         try:
             freeze.write_text("1")
@@ -130,6 +134,10 @@ class SandboxCgroup:
                 if "frozen 1" in (leaf / "cgroup.events").read_text():
                     break
                 await anyio.sleep(0.005)
+            if interrupt is not None:
+                for number in (signal.SIGINT, signal.SIGCONT):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(interrupt, number)
             for pid in SandboxCgroup.members(leaf) - keep:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)

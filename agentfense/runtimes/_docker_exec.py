@@ -140,9 +140,9 @@ class DockerProcess:
     def members(self) -> frozenset[int] | None:
         return None if self.leaf is None else SandboxCgroup.members(self.leaf)
 
-    async def kill_except(self, keep: frozenset[int]) -> None:
+    async def kill_except(self, keep: frozenset[int], *, interrupt: int | None = None) -> None:
         if self.leaf is not None:
-            await SandboxCgroup.kill_except(self.leaf, keep)
+            await SandboxCgroup.kill_except(self.leaf, keep, interrupt=interrupt)
 
     async def release(self) -> None:
         self._sandbox.finished(self)

@@ -61,8 +61,9 @@ class Process(Protocol):
         or None where the runtime cannot tell them apart."""
         ...
 
-    async def kill_except(self, keep: frozenset[int]) -> None:
-        """Kill the command's processes but ``keep`` (taken from :meth:`members` earlier)."""
+    async def kill_except(self, keep: frozenset[int], *, interrupt: int | None = None) -> None:
+        """Kill the command's processes but ``keep`` (taken from :meth:`members` earlier),
+        all frozen meanwhile; ``interrupt`` (one of ``keep``) gets SIGINT and SIGCONT."""
         ...
 
     async def release(self) -> None:
@@ -73,6 +74,13 @@ class Process(Protocol):
 class SandboxHandle(Protocol):
     @property
     def alive(self) -> bool: ...
+
+    @property
+    def session_bash(self) -> str | None:
+        """A bash in the sandbox that its processes cannot look into (executable but not
+        readable, so the kernel makes it non-dumpable: no ptrace, no ``/proc/<pid>/fd`` or
+        ``mem`` for others of the same uid), for session shells; None where there is none."""
+        ...
 
     async def spawn(self, command: CommandSpec) -> Process: ...
 

@@ -36,6 +36,8 @@ from ._limits import SandboxLimits, find_limit_cgroups
 from .base import WORKSPACE, CommandSpec, ForkRefused, Process, RuntimeError_, SandboxSpec
 
 SANDBOX_UID = 1000
+# Where a sandbox finds the bash its sessions run (see ``SandboxHandle.session_bash``).
+SESSION_BASH = "/run/agentfense/bash"
 # The host uid (and gid) sandboxes run as when the server is root; the permission filesystem
 # shows it as the owner of every file. No user of the host should have it.
 DEFAULT_HOST_UID = 59000
@@ -160,6 +162,24 @@ def bwrap_isolation_args(etc_dir: Path) -> list[str]:
     return args
 
 
+def _exec_only_copy(program: str | None, directory: Path) -> Path | None:
+    """A copy of ``program`` that may be run but not read (mode 0111): the kernel makes
+    whoever runs it non-dumpable. None when there is no such program or no room for it."""
+    if program is None:
+        return None
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / Path(program).name
+    partial = directory / f".{target.name}.partial"
+    try:
+        shutil.copyfile(program, partial)
+        partial.chmod(0o111)
+        partial.replace(target)
+    except OSError as exc:
+        _log.warning("sessions get the sandbox's own bash: cannot copy %s (%s)", program, exc)
+        return None
+    return target
+
+
 class BwrapSandbox:
     """A running bwrap sandbox; implements ``runtimes.base.SandboxHandle``."""
 
@@ -170,7 +190,9 @@ class BwrapSandbox:
         cgroup: SandboxCgroup | None,
         limits: SandboxLimits | None,
         task_group: anyio.abc.TaskGroup,
+        session_bash: str | None,
     ) -> None:
+        self._session_bash = session_bash
         self._process = process
         self._agent = agent
         self._cgroup = cgroup
@@ -180,6 +202,10 @@ class BwrapSandbox:
     @property
     def alive(self) -> bool:
         return not self._agent.closed.is_set()
+
+    @property
+    def session_bash(self) -> str | None:
+        return self._session_bash
 
     async def spawn(self, command: CommandSpec) -> Process:
         try:
@@ -246,6 +272,7 @@ class BwrapRuntime:
         self._limit_cgroups = find_limit_cgroups()
         self._bwrap = shutil.which("bwrap")
         _bwrap_has_option("--disable-userns")  # once, here: not at each sandbox start
+        self._session_bash = _exec_only_copy(shutil.which("bash"), state_dir / "bwrap-bin")
 
     def check(self) -> str | None:
         """Why this runtime cannot start sandboxes here, or None when it can."""
@@ -308,6 +335,9 @@ class BwrapRuntime:
         workspace = ["--bind", str(spec.workspace), WORKSPACE]
         if spec.read_only_source is not None:
             workspace = ["--ro-bind", str(spec.read_only_source), WORKSPACE]
+        session_bash = self._session_bash
+        if session_bash is not None:
+            workspace += ["--ro-bind", str(session_bash), SESSION_BASH]
         argv = [
             self._bwrap,
             *bwrap_isolation_args(self._etc_dir),
@@ -349,7 +379,9 @@ class BwrapRuntime:
                 os.close(fd)
         agent = AgentConnection(ours, cgroup)
         task_group.start_soon(agent.run)
-        sandbox = BwrapSandbox(process, agent, cgroup, limits, task_group)
+        sandbox = BwrapSandbox(
+            process, agent, cgroup, limits, task_group, SESSION_BASH if session_bash else None
+        )
         try:
             with anyio.move_on_after(10):
                 await _first_of(agent.ready.wait, agent.closed.wait)

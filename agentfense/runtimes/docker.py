@@ -81,6 +81,10 @@ class DockerSandbox:
     def alive(self) -> bool:
         return not self._stopped
 
+    @property
+    def session_bash(self) -> str | None:
+        return None  # the image's own bash, which its processes can look into
+
     async def spawn(self, command: CommandSpec) -> Process:
         if self._stopped:
             raise RuntimeError_("the sandbox is not running")

@@ -36,6 +36,7 @@ class Outcome:
     duration: float
     timed_out: bool
     limit_exceeded: str = ""  # the sandbox's resource limit the command ran into, if any
+    detail: str = ""  # what became of the rest of a command cut short, as a sentence
 
 
 def with_limits(

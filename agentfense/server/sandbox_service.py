@@ -97,9 +97,10 @@ def _result(outcome: Outcome) -> pb.ExecResult:
 
 
 def _timed_out(outcome: Outcome) -> GRPCError:
+    detail = f"; {outcome.detail}" if outcome.detail else ""
     return GRPCError(
         grpclib.const.Status.DEADLINE_EXCEEDED,
-        f"command timed out after {outcome.duration:.3g} s and was killed",
+        f"command timed out after {outcome.duration:.3g} s and was killed{detail}",
     )
 
 

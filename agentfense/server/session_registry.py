@@ -17,6 +17,7 @@ from ..errors import (
 )
 from ..runtimes.base import WORKSPACE, CommandSpec, ForkRefused, RuntimeError_
 from ..types import SessionStatus
+from . import shell_protocol as protocol
 from .execution import OnOutput, Outcome, with_limits
 from .sessions import Session
 
@@ -24,8 +25,27 @@ if TYPE_CHECKING:
     from .sandboxes import SandboxManager, SandboxRecord
 
 _ID_RE = re.compile(r"^ses_[0-9a-f]{16}$")
-# No shell named: bash where the sandbox has it, else sh.
-_ANY_SHELL = ("/bin/sh", "-c", "command -v bash >/dev/null 2>&1 && exec bash -s; exec sh -s")
+_BASH_NAMES = frozenset({"bash", "/bin/bash", "/usr/bin/bash"})
+# No shell named, in a sandbox without a bash of ours: its bash where it has one, else sh.
+_ANY_SHELL = (
+    "/bin/sh",
+    "-c",
+    f"command -v bash >/dev/null 2>&1 && exec bash /dev/fd/0 {protocol.FROM_FD}; "
+    f"exec sh -s {protocol.FROM_STDIN}",
+)
+
+
+def shell_argv(shell: str, session_bash: str | None) -> tuple[str, ...]:
+    """How to start a session's shell (see ``shell_protocol``): bash reads its script
+    through a fd of its own, any other shell on its stdin."""
+    if not shell or shell in _BASH_NAMES:
+        if session_bash is not None:
+            return (session_bash, "/dev/fd/0", protocol.FROM_FD)
+        if not shell:
+            return _ANY_SHELL
+    if shell.rsplit("/", 1)[-1] == "bash":
+        return (shell, "/dev/fd/0", protocol.FROM_FD)
+    return (shell, "-s", protocol.FROM_STDIN)
 
 
 class SessionRegistry:
@@ -49,7 +69,7 @@ class SessionRegistry:
         record, handle = self._manager.running_handle(sandbox_id)
         if "\x00" in shell or len(shell) > 4096:
             raise InvalidConfigurationError("shell must be a program name or path without NUL")
-        argv = (shell, "-s") if shell else _ANY_SHELL
+        argv = shell_argv(shell, handle.session_bash)
         command = CommandSpec(argv, self._manager.command_env(env), WORKSPACE)
         try:
             process = await handle.spawn(command)

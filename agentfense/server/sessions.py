@@ -3,10 +3,12 @@
 A session is one process of its sandbox (its own cgroup leaf on bwrap): the shell, and every
 process its commands start. Commands run one at a time, in the order they arrive. Each
 command's output is read up to its end marker; what background jobs write between commands
-is dropped. A timeout (or the caller going away) kills the processes the command started
-(those in the session now that were not there when it began) and keeps the shell; a command
-that is the shell itself (a builtin loop) cannot be killed apart from it, so then the session
-closes. ``exit`` closes the session; closing kills every process of the session.
+is dropped. A timeout (or the caller going away) stops the command whole: the processes it
+started (those in the session now that were not there when it began) are killed and the
+shell is interrupted, so the rest of its command line never runs (``shell_protocol``). A bash
+that reports back stopped keeps its state; any other shell, or one that does not report back
+within a second, is closed with everything in it. The outcome says which. ``exit`` closes the
+session; closing kills every process of the session.
 """
 
 from __future__ import annotations
@@ -83,6 +85,11 @@ class Session:
         self._eof: set[OutputStream] = set()
         self._exited = anyio.Event()
         self._exit_code: int | None = None
+        # The shell's pid on the host, where it can be told apart from its commands and
+        # interrupted (bash only): then a command can be stopped without closing the session.
+        members = process.members()
+        self._shell_pid = next(iter(members)) if members and len(members) == 1 else None
+        self._stoppable = False
 
     @classmethod
     async def open(
@@ -110,6 +117,7 @@ class Session:
         if probe.timed_out or session.status is SessionStatus.CLOSED:
             await session.close()
             raise SessionClosedError(f"session {ident}: the shell {shell!r} did not start")
+        session._stoppable = probe.stdout == b"bash" and session._shell_pid is not None
         if not shell:
             session.shell = probe.stdout.decode() or "sh"
         return session
@@ -199,7 +207,7 @@ class Session:
         self._command = command
         for stream in self._eof:  # the shell is going away
             command.delivered_all(stream)
-        timed_out = done = False
+        interrupted = done = False
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_consume, receive, captures, on_output)
@@ -207,7 +215,7 @@ class Session:
                 with anyio.move_on_after(timeout):
                     await command.finished.wait()
                 if not command.finished.is_set():
-                    timed_out = True
+                    interrupted = True
                     await self._interrupt(command, before)
             done = True
         finally:
@@ -215,27 +223,40 @@ class Session:
                 with anyio.CancelScope(shield=True):
                     await self._interrupt(command, before)
             self._command = None
+        stopped = command.scanners[OutputStream.STDOUT].stopped
         exit_code = command.status
         if exit_code is None:  # the shell ended (``exit``, or we closed the session)
             with anyio.move_on_after(_KILL_GRACE, shield=True):
                 await self._exited.wait()
             exit_code = 137 if self._exit_code is None else self._exit_code
             await self.close()
+        detail = ""
+        if interrupted:
+            detail = (
+                "the rest of its command line was skipped; the session and its state are kept"
+                if stopped
+                else "the session was closed with every process in it, so nothing of the "
+                "command runs on"
+            )
         return Outcome(
             stdout=captures[OutputStream.STDOUT].value(),
             stderr=captures[OutputStream.STDERR].value(),
             exit_code=exit_code,
             duration=time.monotonic() - started,
-            timed_out=timed_out,
+            # A command that ended on its own while being stopped ran whole: its result is
+            # what happened.
+            timed_out=interrupted and (stopped or command.status is None),
+            detail=detail,
         )
 
     async def _interrupt(self, command: _Command, before: frozenset[int] | None) -> None:
-        """Kill what the command started and let the shell report; if it cannot (the
-        runtime cannot tell processes apart, or the shell itself is stuck), close."""
+        """Stop the command whole: kill what it started and interrupt the shell, which then
+        skips the rest of the line and reports. When it cannot (not bash, a runtime that
+        cannot tell processes apart) or does not report in time, close the session."""
         if command.finished.is_set():
             return
-        if before is not None:
-            await self._process.kill_except(before)
+        if self._stoppable and before is not None:
+            await self._process.kill_except(before, interrupt=self._shell_pid)
             with anyio.move_on_after(_KILL_GRACE):
                 await command.finished.wait()
         if not command.finished.is_set():

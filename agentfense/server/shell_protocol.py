@@ -1,13 +1,27 @@
 """How the server talks to a session's shell: pure functions, no I/O.
 
-The shell (bash or any POSIX sh) reads its script from its stdin (``-s``). The server first
-sends :data:`DRIVER`, then one :func:`command_line` per command. The driver ``eval``s the
-command in the shell itself, so ``cd``, ``export``, functions and background jobs persist,
-with stdin from ``/dev/null`` (the shell's stdin is this protocol). When the command is done
-it writes ``<token> <status>\\n`` to the shell's stdout and ``<token>\\n`` to its stderr, through
-copies of both taken at start (fds 8 and 9), so a command that redirects its own output
-(``exec >file``) cannot hide its end. The token is random per command and printed from two
-halves, so that not even ``set -x`` shows it whole before it ends the output.
+The shell reads its script from a pipe. bash is started as ``bash /dev/fd/0 fd``: it reads the
+script through an fd of its own (255), which it closes in every child, so nothing a command
+leaves behind (a background subshell, a job) holds the script, or can read a later command
+line and the token in it. Its stdin becomes ``/dev/null`` for good. Any other shell is started
+as ``sh -s stdin`` and reads the script on its stdin, which each command gets replaced by
+``/dev/null``: a background subshell keeps the shell's saved copy, so only bash sessions are
+closed to what commands leave behind (see docs/sessions.md).
+
+The server first sends :data:`DRIVER`, then one :func:`command_line` per command. The driver
+``eval``s the command in the shell itself, so ``cd``, ``export``, functions and background jobs
+persist. When the command is done it writes ``<token> <status>\\n`` to the shell's stdout and
+``<token>\\n`` to its stderr, through copies of both taken at start (fds 8 and 9), so a command
+that redirects its own output (``exec >file``) cannot hide its end. The token is random per
+command, printed from two halves (not even ``set -x`` shows it whole before it ends the
+output), and not handed to the command.
+
+Stopping a command (bash only): the server freezes the session, kills what the command started,
+sends the shell SIGINT and thaws it. The driver's INT trap then makes bash skip every command
+left (a DEBUG trap that returns from each function up to the driver's), so the rest of the
+command line never runs and the shell, with its state, goes on; the marker then says
+``<status> stopped``. A shell that cannot be stopped so (not bash, or a command that took the
+INT trap for itself) does not report back, and the session is closed.
 
 Everything the command wrote comes before its marker on each stream; :class:`MarkerScanner`
 splits a stream at the marker without ever altering or trimming what came before it.
@@ -18,10 +32,38 @@ from __future__ import annotations
 
 import secrets
 
-DRIVER = b"""__af_run() {
-  command eval "$3" </dev/null 8>&- 9>&-
-  command printf '%s%s %d\\n' "$1" "$2" "$?" >&8
+# How the shell reads its script (its first argument): "fd" through a fd of bash's own,
+# "stdin" on its stdin (any POSIX sh).
+FROM_FD = "fd"
+FROM_STDIN = "stdin"
+STOPPED = "stopped"
+
+DRIVER = b"""__af_mode=$1; set --
+if [ "$__af_mode" = fd ]; then exec 0</dev/null; fi
+__af_end() {
+  command printf '%s%s %d%s\\n' "$1" "$2" "$3" "$4" >&8
   command printf '%s%s\\n' "$1" "$2" >&9
+}
+__af_cmd() { __af_c=$1; shift; command eval "$__af_c"; }
+if [ -n "${BASH_VERSION-}" ]; then eval '
+__af_int() { __af_stop=1; set -T; shopt -s extdebug; trap "__af_dbg || return 2" DEBUG; }
+__af_dbg() {
+  [ -z "$__af_stop" ] && return 0
+  case ${FUNCNAME[1]-} in __af_run|__af_calm|__af_end|main|"") return 0;; esac
+  return 1
+}
+__af_calm() { trap - DEBUG; set +T; shopt -u extdebug; __af_stop=; }
+trap __af_int INT'
+else
+__af_calm() { :; }
+fi
+__af_run() {
+  if [ -n "${__af_stop-}" ]; then __af_calm; fi
+  if [ "$__af_mode" = fd ]; then __af_cmd "$3" 8>&- 9>&-
+  else __af_cmd "$3" </dev/null 8>&- 9>&-; fi
+  __af_status=$?
+  if [ -n "${__af_stop-}" ]; then __af_calm; __af_end "$1" "$2" 130 " stopped"
+  else __af_end "$1" "$2" "$__af_status" ""; fi
 }
 exec 8>&1 9>&2
 """
@@ -57,6 +99,7 @@ class MarkerScanner:
         self._buffer = bytearray()
         self.done = False
         self.status: int | None = None
+        self.stopped = False  # the driver stopped the command, the rest of its line too
         self.rest = b""
 
     def feed(self, data: bytes) -> bytes:
@@ -76,12 +119,13 @@ class MarkerScanner:
         end = self._buffer.find(b"\n", len(self._token))
         if end < 0:
             return output  # the marker's line is not whole yet
-        tail = bytes(self._buffer[len(self._token) : end]).strip()
-        if self._with_status:
+        tail = bytes(self._buffer[len(self._token) : end]).split()
+        if self._with_status and tail:
             try:
-                self.status = int(tail)
+                self.status = int(tail[0])
             except ValueError:
                 self.status = None
+            self.stopped = tail[1:] == [STOPPED.encode()]
         self.rest = bytes(self._buffer[end + 1 :])
         self._buffer.clear()
         self.done = True

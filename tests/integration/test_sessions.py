@@ -129,17 +129,30 @@ async def test_timeout_kills_the_command_and_keeps_the_session(
         assert host_pids_running(f"sleep\0{before}")  # an earlier command's job lives on
 
 
-async def test_a_stuck_builtin_loop_closes_the_session_on_timeout(
+async def test_a_stuck_builtin_loop_is_stopped_and_the_session_kept(
     endpoint: str, project: Path
 ) -> None:
-    # The loop is the shell itself: killing it is killing the session.
+    # The loop is the shell itself: the driver's INT trap breaks it, and the shell goes on.
     async with await AsyncSandbox.from_local(project, endpoint=endpoint) as sandbox:
         session = await sandbox.session()
-        with pytest.raises(CommandTimeoutError):
-            await session.exec("while :; do :; done", timeout=0.3)
+        await session.exec("kept=yes")
+        with pytest.raises(CommandTimeoutError, match="state are kept"):
+            await session.exec("while :; do :; done; echo after", timeout=0.3)
+        assert (await session.refresh()).status is SessionStatus.ACTIVE
+        assert (await session.exec("echo $kept")).stdout == "yes\n"
+
+
+async def test_a_shell_that_cannot_be_stopped_is_closed_on_timeout(
+    endpoint: str, project: Path
+) -> None:
+    # sh has no way to skip the rest of a line: closing it is the only honest stop.
+    async with await AsyncSandbox.from_local(project, endpoint=endpoint) as sandbox:
+        session = await sandbox.session(shell="/bin/sh")
+        with pytest.raises(CommandTimeoutError, match="session was closed"):
+            await session.exec("sleep 3; touch /tmp/flag", timeout=0.3)
         assert (await session.refresh()).status is SessionStatus.CLOSED
-        async with sandbox.session() as fresh:  # the sandbox itself is fine
-            assert (await fresh.exec("echo ok")).stdout == "ok\n"
+        await anyio.sleep(3)
+        assert (await sandbox.run("test -e /tmp/flag || echo absent")).stdout == "absent\n"
 
 
 async def test_destroying_a_session_kills_its_processes(endpoint: str, project: Path) -> None:

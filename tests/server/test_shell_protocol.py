@@ -64,3 +64,12 @@ def test_quote_gives_the_shell_the_text_back(text: str) -> None:
         ["sh", "-c", f"printf %s {protocol.quote(text)}"], capture_output=True, check=True
     )
     assert done.stdout == text.encode()
+
+
+def test_the_marker_says_when_the_driver_stopped_the_command() -> None:
+    stopped = protocol.MarkerScanner(TOKEN, with_status=True)
+    assert stopped.feed(b"out" + MARKER + b" 130 stopped\n") == b"out"
+    assert (stopped.done, stopped.status, stopped.stopped) == (True, 130, True)
+    finished = protocol.MarkerScanner(TOKEN, with_status=True)
+    finished.feed(MARKER + b" 0\n")
+    assert (finished.status, finished.stopped) == (0, False)
