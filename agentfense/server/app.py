@@ -77,6 +77,9 @@ async def open_server(config: ServerConfig) -> AsyncIterator[str]:
     deltas = config.state_dir / "deltas"
     deltas.mkdir(exist_ok=True, mode=0o700)
     deltas.chmod(0o700)
+    # Sandbox file writes whose temporary cannot live in the view wait here, unnamed.
+    spool = config.state_dir / "spool"
+    spool.mkdir(exist_ok=True, mode=0o700)
     store = CodebaseStore(config.state_dir / "codebases")
     await store.load()
     async with SandboxManager(config, store) as manager:
@@ -88,7 +91,7 @@ async def open_server(config: ServerConfig) -> AsyncIterator[str]:
                     changed=manager.codebase_changed,
                     max_upload_bytes=config.max_upload_bytes,
                 ),
-                SandboxService(manager, max_upload_bytes=config.max_upload_bytes),
+                SandboxService(manager, max_upload_bytes=config.max_upload_bytes, spool_dir=spool),
             ]
         )
         if isinstance(address, Path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -116,9 +117,10 @@ def _exec_params(request: pb.ExecRequest) -> ExecParams:
 class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
     """Sandbox lifecycle, exec, session and sandbox-file RPCs."""
 
-    def __init__(self, manager: SandboxManager, *, max_upload_bytes: int) -> None:
+    def __init__(self, manager: SandboxManager, *, max_upload_bytes: int, spool_dir: Path) -> None:
         self._manager = manager
         self._max_upload_bytes = max_upload_bytes
+        self._spool_dir = spool_dir  # where writes the view cannot take in a temporary wait
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         mapping: dict[str, grpclib.const.Handler] = super().__mapping__()
@@ -244,13 +246,11 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
                     data(),
                     owner=self._manager.view_owner,
                     max_bytes=self._max_upload_bytes,
+                    total_size=meta.total_size,
+                    spool_dir=self._spool_dir,
                 )
             finally:
                 await self._manager.commit(record)
-            if meta.total_size and size != meta.total_size:
-                raise InvalidConfigurationError(
-                    f"total_size said {meta.total_size} bytes but {size} came"
-                )
         return pb.UploadResult(
             codebase_id=record.codebase_id, file_path=meta.path, size=size, checksum=checksum
         )
