@@ -47,6 +47,7 @@ from ..runtimes.base import (
 from ..runtimes.bwrap import BwrapRuntime
 from ..runtimes.docker import DockerRuntime
 from ..types import Permission, PermissionRule, ResourceLimits, RuntimeType, SandboxStatus
+from ._contained import ContainedTaskGroup
 from ._paths import InvalidPathError, normalize_relpath
 from .codebases import CodebaseStore
 from .config import ServerConfig
@@ -129,7 +130,7 @@ class SandboxManager:
         return self._config.max_output_bytes
 
     async def __aenter__(self) -> SandboxManager:
-        self._task_group = anyio.create_task_group()
+        self._task_group = ContainedTaskGroup(anyio.create_task_group(), _log)
         await self._task_group.__aenter__()
         try:
             await self._fs.start(self._task_group)
@@ -390,13 +391,38 @@ class SandboxManager:
             await anyio.to_thread.run_sync(remove_tree, self._deltas / record.id)
 
     async def _expire_loop(self) -> None:
+        """Destroy each sandbox past its expiry. One whose destroy fails is marked (status
+        error, with why) and tried again later, ever less often: never the loop's end."""
+        interval = self._config.expiry_check_interval
+        retry: dict[str, tuple[float, float]] = {}  # sandbox id: (next attempt, back-off)
         while True:
-            await anyio.sleep(self._config.expiry_check_interval)
+            await anyio.sleep(interval)
             now = _now()
             for record in list(self._sandboxes.values()):
-                if record.expires_at is not None and record.expires_at <= now:
-                    with contextlib.suppress(SandboxNotFoundError):  # destroyed meanwhile
-                        await self.destroy(record.id)
+                if record.expires_at is None or record.expires_at > now:
+                    continue
+                attempt_at, back_off = retry.get(record.id, (0.0, interval))
+                if anyio.current_time() < attempt_at:
+                    continue
+                try:
+                    await self.destroy(record.id)
+                except SandboxNotFoundError:  # destroyed meanwhile
+                    pass
+                except Exception as exc:
+                    back_off = min(back_off * 2, 60.0)
+                    retry[record.id] = (anyio.current_time() + back_off, back_off)
+                    why = exc.message if isinstance(exc, SandboxError) else repr(exc)
+                    _log.error("sandbox %s expired but could not be destroyed: %s", record.id, why)
+                    if record.id in self._sandboxes:
+                        record.status = SandboxStatus.ERROR
+                        record.error = (
+                            f"the sandbox expired but could not be destroyed ({why}); "
+                            f"the server tries again in {back_off:g} s"
+                        )
+                    continue
+                retry.pop(record.id, None)
+            for gone in retry.keys() - self._sandboxes.keys():
+                del retry[gone]
 
     # -- commands ---------------------------------------------------------------------------
 

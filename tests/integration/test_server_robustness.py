@@ -1,0 +1,78 @@
+"""Nothing a sandbox or a client does stops the server: a sandbox whose destroy fails is
+marked and tried again while the others go on; a second server on the same state directory
+is refused before it touches anything."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from agentfense import AsyncSandboxClient, SandboxError, SandboxNotFoundError, SandboxStatus
+from agentfense.testing import ServerProcess, start_server_process
+
+pytestmark = pytest.mark.anyio
+
+WRITE = [{"pattern": "**", "permission": "write"}]
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    running = start_server_process(tmp_path / "own", settings={"expiry_check_interval": "0.2"})
+    yield running
+    assert running.stop() == 0, running.log()
+
+
+def _immutable(path: Path, on: bool) -> None:
+    subprocess.run(["chattr", "+i" if on else "-i", str(path)], check=True)
+
+
+async def _exists(client: AsyncSandboxClient, sandbox_id: str) -> bool:
+    try:
+        await client.get_sandbox(sandbox_id)
+    except SandboxNotFoundError:
+        return False
+    return True
+
+
+async def test_a_failing_destroy_of_an_expired_sandbox_never_stops_the_server(
+    own_server: ServerProcess,
+) -> None:
+    async with AsyncSandboxClient(own_server.endpoint) as client:
+        other_codebase = await client.create_codebase("other")
+        other = await client.start_sandbox(
+            (await client.create_sandbox(other_codebase.id, permissions=WRITE)).id
+        )
+        codebase = await client.create_codebase("doomed")
+        await client.upload_file(codebase.id, "keep.txt", b"keep\n")
+        doomed = await client.create_sandbox(codebase.id, permissions=WRITE, expires_in=4)
+        await client.start_sandbox(doomed.id)
+        delta = own_server.state_dir / "deltas" / doomed.id
+        _immutable(delta, True)  # its commits fail (EPERM, even for root)
+        try:
+            with pytest.raises(SandboxError, match="commit"):
+                await client.exec(doomed.id, "rm keep.txt; echo late > late.txt")
+            with anyio.fail_after(20):
+                while (await client.get_sandbox(doomed.id)).status is not SandboxStatus.ERROR:  # noqa: ASYNC110 - the server's state
+                    await anyio.sleep(0.2)
+            # The server still serves the others, and new sandboxes.
+            assert (await client.exec(other.id, "echo alive")).stdout == "alive\n"
+            fresh = await client.create_sandbox(other_codebase.id, permissions=WRITE)
+            await client.start_sandbox(fresh.id)
+            assert (await client.exec(fresh.id, "echo fresh > f; cat f")).stdout == "fresh\n"
+            await anyio.sleep(1)
+            assert (await client.get_sandbox(doomed.id)).status is SandboxStatus.ERROR
+        finally:
+            _immutable(delta, False)
+        # Tried again: once it can be, destroyed, and what it wrote is not lost.
+        with anyio.fail_after(30):
+            while await _exists(client, doomed.id):  # noqa: ASYNC110 - the server's state
+                await anyio.sleep(0.2)
+        assert await client.download_file(codebase.id, "late.txt") == b"late\n"
+        assert [f.path for f in await client.list_files(codebase.id)] == ["late.txt"]
+        assert (await client.exec(other.id, "echo still")).stdout == "still\n"
+    assert own_server.process.poll() is None
+    assert "could not be destroyed" in own_server.log()
