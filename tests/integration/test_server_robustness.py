@@ -4,7 +4,10 @@ is refused before it touches anything."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +15,7 @@ import anyio
 import pytest
 
 from agentfense import AsyncSandboxClient, SandboxError, SandboxNotFoundError, SandboxStatus
+from agentfense.fs._host import remove_tree
 from agentfense.testing import ServerProcess, start_server_process
 
 pytestmark = pytest.mark.anyio
@@ -76,3 +80,64 @@ async def test_a_failing_destroy_of_an_expired_sandbox_never_stops_the_server(
         assert (await client.exec(other.id, "echo still")).stdout == "still\n"
     assert own_server.process.poll() is None
     assert "could not be destroyed" in own_server.log()
+
+
+def _mounts_under(path: Path) -> list[str]:
+    with open("/proc/self/mounts") as mounts:
+        return [line for line in mounts if f" {path}/" in line]
+
+
+def _serve_again(listen: str, state_dir: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTFENSE_")}
+    return subprocess.run(
+        [sys.executable, "-m", "agentfense", "serve", "--listen", listen],
+        env={**env, "AGENTFENSE_STATE_DIR": str(state_dir)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_a_second_server_on_the_same_state_directory_is_refused_and_touches_nothing(
+    own_server: ServerProcess, tmp_path: Path
+) -> None:
+    async with AsyncSandboxClient(own_server.endpoint) as client:
+        codebase = await client.create_codebase("first")
+        await client.upload_file(codebase.id, "a.txt", b"a\n")
+        sandbox = await client.start_sandbox(
+            (await client.create_sandbox(codebase.id, permissions=WRITE)).id
+        )
+        mounts_before = _mounts_under(own_server.state_dir)
+        # On the same socket (which it would have taken over) and on another one.
+        for listen in (own_server.endpoint, f"unix:{tmp_path}/second.sock"):
+            second = _serve_again(listen, own_server.state_dir)
+            assert second.returncode != 0
+            lines = second.stderr.strip().splitlines()
+            assert lines == [
+                f"agentfense serve: state_dir {own_server.state_dir} is in use by another "
+                f"agentfense server (pid {own_server.process.pid}); stop it first or choose "
+                "another state_dir"
+            ], second.stderr
+        assert _mounts_under(own_server.state_dir) == mounts_before
+        assert not (tmp_path / "second.sock").exists()
+        # The first server's sandboxes go on: their view, their processes, their commits.
+        result = await client.exec(sandbox.id, "cat a.txt; echo b > b.txt")
+        assert result.stdout == "a\n"
+        assert await client.download_file(codebase.id, "b.txt") == b"b\n"
+        await client.write_sandbox_file(sandbox.id, "c.txt", "c\n")
+        assert await client.read_sandbox_file(sandbox.id, "/workspace/c.txt") == b"c\n"
+    assert own_server.process.poll() is None
+
+
+def test_a_busy_socket_is_refused_with_one_line(own_server: ServerProcess) -> None:
+    state = Path(tempfile.mkdtemp(prefix="agentfense-second-"))
+    try:
+        second = _serve_again(own_server.endpoint, state)
+    finally:
+        remove_tree(state)
+    assert second.returncode != 0
+    assert second.stderr.strip().splitlines() == [
+        f"agentfense serve: cannot listen on {own_server.endpoint}: a server already listens there"
+    ], second.stderr
+    assert own_server.socket_path.exists()
