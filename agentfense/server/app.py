@@ -17,6 +17,7 @@ from anyio.abc import TaskStatus
 from grpclib.server import Server
 
 from ..errors import InvalidConfigurationError
+from ._message_limit import MessageLimit
 from .codebase_service import CodebaseService
 from .codebases import CodebaseStore
 from .config import ServerConfig
@@ -135,17 +136,16 @@ async def _serving(config: ServerConfig, address: tuple[str, int] | Path) -> Asy
     store = CodebaseStore(config.state_dir / "codebases")
     await store.load()
     async with SandboxManager(config, store) as manager:
-        server = Server(
-            [
-                CodebaseService(
-                    store,
-                    in_use=manager.uses_codebase,
-                    changed=manager.codebase_changed,
-                    max_upload_bytes=config.max_upload_bytes,
-                ),
-                SandboxService(manager, max_upload_bytes=config.max_upload_bytes, spool_dir=spool),
-            ]
-        )
+        services = [
+            CodebaseService(
+                store,
+                in_use=manager.uses_codebase,
+                changed=manager.codebase_changed,
+                max_upload_bytes=config.max_upload_bytes,
+            ),
+            SandboxService(manager, max_upload_bytes=config.max_upload_bytes, spool_dir=spool),
+        ]
+        server = Server([MessageLimit(service, config.max_message_bytes) for service in services])
         if isinstance(address, Path):
             address.parent.mkdir(parents=True, exist_ok=True)
             if _answers(address):

@@ -8,19 +8,27 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
 import pytest
 
-from agentfense import AsyncSandboxClient, SandboxError, SandboxNotFoundError, SandboxStatus
+from agentfense import (
+    AsyncSandboxClient,
+    ResourceLimitExceededError,
+    SandboxError,
+    SandboxNotFoundError,
+    SandboxStatus,
+)
+from agentfense._proto.sandbox import v1 as pb
 from agentfense.fs._host import remove_tree
 from agentfense.testing import ServerProcess, start_server_process
 
 pytestmark = pytest.mark.anyio
 
 WRITE = [{"pattern": "**", "permission": "write"}]
+_WRITE = "/sandbox.v1.SandboxService/WriteSandboxFile"
 
 
 @pytest.fixture
@@ -141,3 +149,36 @@ def test_a_busy_socket_is_refused_with_one_line(own_server: ServerProcess) -> No
         f"agentfense serve: cannot listen on {own_server.endpoint}: a server already listens there"
     ], second.stderr
     assert own_server.socket_path.exists()
+
+
+async def test_a_request_message_over_the_limit_is_refused_before_it_is_buffered(
+    own_server: ServerProcess,
+) -> None:
+    limit = 4 * 1024 * 1024  # max_message_bytes' default
+    async with AsyncSandboxClient(own_server.endpoint) as client:
+        codebase = await client.create_codebase("big")
+        sandbox = await client.start_sandbox(
+            (await client.create_sandbox(codebase.id, permissions=WRITE)).id
+        )
+        with pytest.raises(ResourceLimitExceededError, match="max_message_bytes") as caught:
+            await client.exec(sandbox.id, "wc -c", stdin="x" * (limit + 1))
+        assert caught.value.code == 8
+        assert str(limit) in caught.value.message
+        # One message of a stream over the limit, the same.
+        transport = await client._channel()
+
+        async def one_big_chunk() -> AsyncIterator[pb.SandboxFileChunk]:
+            meta = pb.SandboxFileChunkMetadata(sandbox_id=sandbox.id, path="big.bin")
+            yield pb.SandboxFileChunk(metadata=meta)
+            yield pb.SandboxFileChunk(data=b"b" * (limit + 1))
+
+        with pytest.raises(ResourceLimitExceededError, match="max_message_bytes"):
+            await transport.client_stream(_WRITE, one_big_chunk, pb.UploadResult)
+        # The connection goes on; what fits is taken, and large files stream in chunks.
+        result = await client.exec(sandbox.id, "wc -c", stdin="x" * (limit // 2))
+        assert result.stdout.strip() == str(limit // 2)
+        big = bytes(range(256)) * (3 * limit // 256)
+        await client.write_sandbox_file(sandbox.id, "big.bin", big)
+        assert await client.read_sandbox_file(sandbox.id, "big.bin") == big
+        await client.upload_file(codebase.id, "up.bin", big)
+        assert await client.download_file(codebase.id, "up.bin") == big
