@@ -17,7 +17,7 @@ from anyio.abc import TaskStatus
 from grpclib.server import Server
 
 from ..errors import InvalidConfigurationError
-from ._message_limit import MessageLimit
+from ._wire_checks import WireChecks
 from .codebase_service import CodebaseService
 from .codebases import CodebaseStore
 from .config import ServerConfig
@@ -145,7 +145,7 @@ async def _serving(config: ServerConfig, address: tuple[str, int] | Path) -> Asy
             ),
             SandboxService(manager, max_upload_bytes=config.max_upload_bytes, spool_dir=spool),
         ]
-        server = Server([MessageLimit(service, config.max_message_bytes) for service in services])
+        server = Server([WireChecks(service, config.max_message_bytes) for service in services])
         if isinstance(address, Path):
             address.parent.mkdir(parents=True, exist_ok=True)
             if _answers(address):

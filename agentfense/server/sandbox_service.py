@@ -104,7 +104,29 @@ def _timed_out(outcome: Outcome) -> GRPCError:
     )
 
 
+# What a command, its environment and its workdir may take together (UTF-8 bytes), and how
+# many variables it may set: they travel to the sandbox in one control message, and the
+# kernel refuses a single argument over 128 KiB anyway (stdin is the way for more).
+MAX_COMMAND_BYTES = 32 * 1024
+MAX_ENV_VARS = 256
+
+
+def _check_command_text(command: str, env: dict[str, str], workdir: str = "") -> None:
+    if len(env) > MAX_ENV_VARS:
+        raise InvalidConfigurationError(
+            f"env: {len(env)} variables; at most {MAX_ENV_VARS} are allowed"
+        )
+    size = len(command.encode(errors="replace")) + len(workdir.encode(errors="replace"))
+    size += sum(len(f"{k}={v}".encode(errors="replace")) for k, v in env.items())
+    if size > MAX_COMMAND_BYTES:
+        raise InvalidConfigurationError(
+            f"command, env and workdir take {size} bytes; at most {MAX_COMMAND_BYTES} are "
+            "allowed (pass large input as stdin, or in a file)"
+        )
+
+
 def _exec_params(request: pb.ExecRequest) -> ExecParams:
+    _check_command_text(request.command, request.env, request.workdir)
     return ExecParams(
         command=request.command,
         stdin=request.stdin.encode(),
@@ -279,6 +301,7 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
 
     async def create_session(self, request: pb.CreateSessionRequest) -> pb.Session:
         with grpc_errors():
+            _check_command_text(request.shell, request.env)
             session = await self._manager.sessions.create(
                 request.sandbox_id, request.shell, dict(request.env)
             )

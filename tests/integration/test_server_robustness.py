@@ -4,18 +4,25 @@ is refused before it touches anything."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import anyio
+import betterproto
+import docker
 import pytest
 
 from agentfense import (
     AsyncSandboxClient,
+    InvalidConfigurationError,
     ResourceLimitExceededError,
     SandboxError,
     SandboxNotFoundError,
@@ -182,3 +189,135 @@ async def test_a_request_message_over_the_limit_is_refused_before_it_is_buffered
         assert await client.read_sandbox_file(sandbox.id, "big.bin") == big
         await client.upload_file(codebase.id, "up.bin", big)
         assert await client.download_file(codebase.id, "up.bin") == big
+
+
+@dataclass(eq=False, repr=False)
+class _RawDuration(betterproto.Message):
+    seconds: int = betterproto.int64_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class _RawCreate(betterproto.Message):
+    """CreateSandboxRequest with a duration no ``timedelta`` holds."""
+
+    codebase_id: str = betterproto.string_field(1)
+    expires_in: _RawDuration = betterproto.message_field(3)  # noqa: RUF009 - how betterproto declares
+
+
+@dataclass(eq=False, repr=False)
+class _RawGet(betterproto.Message):
+    """GetSandboxRequest whose string is not UTF-8."""
+
+    sandbox_id: bytes = betterproto.bytes_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class _RawRule(betterproto.Message):
+    pattern: str = betterproto.string_field(1)
+    type: int = betterproto.int32_field(2)
+    permission: int = betterproto.int32_field(3)
+
+
+@dataclass(eq=False, repr=False)
+class _RawRules(betterproto.Message):
+    codebase_id: str = betterproto.string_field(1)
+    permissions: list[_RawRule] = betterproto.message_field(2)  # noqa: RUF009 - how betterproto declares
+
+
+async def test_requests_the_server_cannot_honour_get_a_typed_error_never_internal(
+    client: AsyncSandboxClient,
+) -> None:
+    codebase = await client.create_codebase("extremes")
+    sandbox = await client.start_sandbox(
+        (await client.create_sandbox(codebase.id, permissions=WRITE)).id
+    )
+    session = await client.create_session(sandbox.id)
+    before = {s.id for s in await client.list_sandboxes(codebase.id)}
+    rule = pb.PermissionRule(pattern="**", permission=pb.Permission.WRITE)
+
+    def create(**fields: Any) -> pb.CreateSandboxRequest:
+        return pb.CreateSandboxRequest(
+            **{"codebase_id": codebase.id, "permissions": [rule], **fields}
+        )
+
+    def exec_(**fields: Any) -> pb.ExecRequest:
+        return pb.ExecRequest(**{"sandbox_id": sandbox.id, "command": "true", **fields})
+
+    many_rules = [
+        pb.PermissionRule(pattern=f"f{i}", type=pb.PatternType.FILE, permission=pb.Permission.READ)
+        for i in range(10_000)
+    ]
+    cases: list[tuple[str, Any, type[Any], str]] = [
+        ("CreateSandbox", create(expires_in=timedelta(days=365 * 8000)), pb.Sandbox, "expires_in"),
+        ("CreateSandbox", _RawCreate(codebase.id, _RawDuration(2**63 - 1)), pb.Sandbox, "valid"),
+        ("CreateSandbox", create(permissions=many_rules), pb.Sandbox, "4096"),
+        ("CreateSandbox", _RawRules(codebase.id, [_RawRule("**", 9, 4)]), pb.Sandbox, "type 9"),
+        ("CreateSandbox", create(labels={f"k{i}": "v" for i in range(10_000)}), pb.Sandbox, "64"),
+        ("CreateSandbox", create(labels={"k": "a\x00b"}), pb.Sandbox, "NUL"),
+        (
+            "CreateSandbox",
+            create(image="i\x00", runtime=pb.RuntimeType.DOCKER),
+            pb.Sandbox,
+            "image",
+        ),
+        (
+            "CreateSandbox",
+            create(resources=pb.ResourceLimits(pids_limit=2**62, cpu_quota=2**62)),
+            pb.Sandbox,
+            "resources",
+        ),
+        ("GetSandbox", _RawGet(b"sb_\xff\xfe"), pb.Sandbox, "valid GetSandboxRequest"),
+        ("Exec", exec_(timeout=timedelta(days=10**6)), pb.ExecResult, "timeout"),
+        ("Exec", exec_(command="true #" + "x" * 100_000), pb.ExecResult, "32768"),
+        ("Exec", exec_(env={"K": "\x01" * 200_000}), pb.ExecResult, "32768"),
+        ("Exec", exec_(env={f"K{i}": "v" for i in range(10_000)}), pb.ExecResult, "256"),
+        ("Exec", exec_(workdir="a/" * 100_000), pb.ExecResult, "32768"),
+        (
+            "CreateSession",
+            pb.CreateSessionRequest(sandbox_id=sandbox.id, env={f"K{i}": "v" for i in range(300)}),
+            pb.Session,
+            "256",
+        ),
+        (
+            "ListSandboxFiles",
+            pb.ListSandboxFilesRequest(sandbox_id=sandbox.id, path="a/" * 100_000),
+            pb.ListFilesResponse,
+            "path",
+        ),
+    ]
+    for method, request, reply, words in cases:
+        with pytest.raises(InvalidConfigurationError) as caught:
+            await client._unary(f"/sandbox.v1.SandboxService/{method}", request, reply)
+        assert caught.value.code == 3, (method, caught.value)
+        assert words in caught.value.message, (method, caught.value.message)
+    assert {s.id for s in await client.list_sandboxes(codebase.id)} == before
+    # None of it cost the sandbox or its session anything.
+    assert (await client.exec(sandbox.id, "echo fine")).stdout == "fine\n"
+    assert (await client.session_exec(session.id, "echo fine")).stdout == "fine\n"
+    await client.destroy_sandbox(sandbox.id)
+    await client.delete_codebase(codebase.id)
+
+
+async def test_a_start_refused_for_a_reason_the_caller_can_act_on_is_a_failed_precondition(
+    client: AsyncSandboxClient,
+) -> None:
+    engine = docker.from_env()
+    vanishing = f"agentfense/vanishing:{os.getpid()}"
+    engine.images.get("agentfense/busybox:latest").tag(vanishing)
+    codebase = await client.create_codebase("vanishing")
+    try:
+        sandbox = await client.create_sandbox(
+            codebase.id, permissions=WRITE, runtime="docker", image=vanishing
+        )
+        engine.images.remove(vanishing)  # (only the tag: the image stays for the others)
+        with pytest.raises(SandboxError) as caught:
+            await client.start_sandbox(sandbox.id)
+        assert caught.value.code == 9, caught.value
+        assert vanishing in caught.value.message
+        assert (await client.get_sandbox(sandbox.id)).status is SandboxStatus.ERROR
+    finally:
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            engine.images.remove(vanishing)
+        for sandbox_info in await client.list_sandboxes(codebase.id):
+            await client.destroy_sandbox(sandbox_info.id)
+        await client.delete_codebase(codebase.id)
