@@ -109,9 +109,18 @@ def _timed_out(outcome: Outcome) -> GRPCError:
 # kernel refuses a single argument over 128 KiB anyway (stdin is the way for more).
 MAX_COMMAND_BYTES = 32 * 1024
 MAX_ENV_VARS = 256
+MAX_PATH_BYTES = 4096
 
 
-def _check_command_text(command: str, env: dict[str, str], workdir: str = "") -> None:
+def _check_command_text(
+    command: str, env: dict[str, str], workdir: str = "", *, path_field: str = "workdir"
+) -> None:
+    """``path_field`` names what ``workdir`` is (a session's shell is a path too): a path the
+    kernel could never take (over PATH_MAX) is refused here, not sent."""
+    if len(workdir.encode(errors="replace")) > MAX_PATH_BYTES:
+        raise InvalidConfigurationError(
+            f"{path_field} must be at most {MAX_PATH_BYTES} bytes (PATH_MAX)"
+        )
     if len(env) > MAX_ENV_VARS:
         raise InvalidConfigurationError(
             f"env: {len(env)} variables; at most {MAX_ENV_VARS} are allowed"
@@ -301,7 +310,7 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
 
     async def create_session(self, request: pb.CreateSessionRequest) -> pb.Session:
         with grpc_errors():
-            _check_command_text(request.shell, request.env)
+            _check_command_text("", request.env, request.shell, path_field="shell")
             session = await self._manager.sessions.create(
                 request.sandbox_id, request.shell, dict(request.env)
             )

@@ -271,12 +271,19 @@ async def test_requests_the_server_cannot_honour_get_a_typed_error_never_interna
         ("Exec", exec_(command="true #" + "x" * 100_000), pb.ExecResult, "32768"),
         ("Exec", exec_(env={"K": "\x01" * 200_000}), pb.ExecResult, "32768"),
         ("Exec", exec_(env={f"K{i}": "v" for i in range(10_000)}), pb.ExecResult, "256"),
-        ("Exec", exec_(workdir="a/" * 100_000), pb.ExecResult, "32768"),
+        ("Exec", exec_(workdir="a/" * 100_000), pb.ExecResult, "4096"),
+        ("Exec", exec_(workdir="/tmp/" + "\x01" * 30_000), pb.ExecResult, "4096"),
         (
             "CreateSession",
             pb.CreateSessionRequest(sandbox_id=sandbox.id, env={f"K{i}": "v" for i in range(300)}),
             pb.Session,
             "256",
+        ),
+        (
+            "CreateSession",
+            pb.CreateSessionRequest(sandbox_id=sandbox.id, shell="/" + "\x01" * 30_000),
+            pb.Session,
+            "shell",
         ),
         (
             "ListSandboxFiles",
