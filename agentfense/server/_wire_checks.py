@@ -8,6 +8,11 @@
 * Decoding: a message whose bytes do not decode (a string that is not UTF-8, a duration past
   what a ``timedelta`` holds, a truncated field) is the client's error, INVALID_ARGUMENT with
   a sentence, not an INTERNAL one.
+* Decoding cost: betterproto takes ~0.2 ms per element of a repeated field, on the event
+  loop that serves every client: 4 MiB of one-byte rules would hold the whole server for half
+  a minute. A message's top-level fields are counted first (cheaply, stopping at the cap) and
+  one with more than :data:`MAX_FIELDS` is refused undecoded; a large message is decoded in a
+  worker thread, so other clients' calls go on meanwhile.
 """
 
 from __future__ import annotations
@@ -15,10 +20,84 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
 import grpclib.const
 from grpclib.exceptions import GRPCError
 
 _PREFIX = 5  # a message's compression flag and length, read before its body
+# The most top-level fields a request may hold: the most rules (4,096), labels (64) or
+# environment variables (256) any request may carry, and its handful of other fields.
+MAX_FIELDS = 4096 + 64 + 64
+_DECODE_INLINE = 64 * 1024  # messages up to this size are decoded on the event loop
+
+
+def _varint(data: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while i < len(data) and shift < 70:
+        byte = data[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, i
+        shift += 7
+    return -1, len(data)  # truncated or too long: the decoder says what is wrong
+
+
+def too_many_fields(data: bytes, most: int = MAX_FIELDS) -> bool:
+    """Whether the protobuf message ``data`` has more than ``most`` top-level fields (its
+    work stops at the field after ``most``, whatever the message's size)."""
+    i = count = 0
+    while i < len(data):
+        key, i = _varint(data, i)
+        wire_type = key & 7
+        if key < 0:
+            return False
+        if wire_type == 0:
+            i = _varint(data, i)[1]
+        elif wire_type == 1:
+            i += 8
+        elif wire_type == 2:
+            length, i = _varint(data, i)
+            i += max(length, 0)
+        elif wire_type == 5:
+            i += 4
+        else:
+            return False  # (groups, or no protobuf at all: the decoder refuses it)
+        count += 1
+        if count > most:
+            return True
+    return False
+
+
+class _Undecoded:
+    """What the codec hands grpclib: the message's bytes, decoded later (maybe in a thread)."""
+
+    __slots__ = ("data", "type")
+
+    def __init__(self, data: bytes, message_type: type[Any]) -> None:
+        self.data = data
+        self.type = message_type
+
+
+class _DeferredCodec:
+    """grpclib's codec, but decoding is left to :func:`_checked` (and counts fields first)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.__content_subtype__ = inner.__content_subtype__
+
+    def encode(self, message: Any, message_type: Any) -> bytes:
+        data: bytes = self._inner.encode(message, message_type)
+        return data
+
+    def decode(self, data: bytes, message_type: Any) -> _Undecoded:
+        if too_many_fields(data):
+            raise GRPCError(
+                grpclib.const.Status.INVALID_ARGUMENT,
+                f"the {message_type.__name__} has more than {MAX_FIELDS} fields; no request "
+                "needs that many (see the limits on rules, labels and env)",
+            )
+        return _Undecoded(data, message_type)
 
 
 class _BoundedReads:
@@ -47,11 +126,18 @@ def _checked(
 ) -> Callable[[Any], Awaitable[None]]:
     async def handler(stream: Any) -> None:
         stream._stream = _BoundedReads(stream._stream, most)  # grpclib's server Stream
+        codec = stream._codec
+        stream._codec = _DeferredCodec(codec)
         receive = stream.recv_message
 
         async def recv_message() -> Any:
             try:
-                return await receive()
+                raw = await receive()
+                if raw is None:
+                    return None
+                if len(raw.data) <= _DECODE_INLINE:
+                    return codec.decode(raw.data, raw.type)
+                return await anyio.to_thread.run_sync(codec.decode, raw.data, raw.type)
             except (ValueError, OverflowError, IndexError, TypeError) as exc:
                 raise GRPCError(
                     grpclib.const.Status.INVALID_ARGUMENT,

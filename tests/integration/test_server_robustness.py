@@ -328,3 +328,42 @@ async def test_a_start_refused_for_a_reason_the_caller_can_act_on_is_a_failed_pr
         for sandbox_info in await client.list_sandboxes(codebase.id):
             await client.destroy_sandbox(sandbox_info.id)
         await client.delete_codebase(codebase.id)
+
+
+class _Prebuilt:
+    """A request message given as its wire bytes (what a client of any make may send)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def SerializeToString(self) -> bytes:  # the protobuf name grpclib calls
+        return self.data
+
+
+async def test_a_message_of_countless_elements_is_refused_before_it_is_decoded(
+    client: AsyncSandboxClient,
+) -> None:
+    codebase = await client.create_codebase("countless")
+    rule = bytes(pb.PermissionRule(pattern="a", permission=pb.Permission.READ))
+    field = b"\x12" + bytes([len(rule)]) + rule  # permissions (2), one rule
+    request = bytes(pb.CreateSandboxRequest(codebase_id=codebase.id)) + field * 300_000
+    # Decoded, 300,000 rules would hold the server's event loop for a minute.
+    with anyio.fail_after(20), pytest.raises(InvalidConfigurationError, match="4224 fields"):
+        await client._unary(
+            "/sandbox.v1.SandboxService/CreateSandbox", _Prebuilt(request), pb.Sandbox
+        )
+    assert await client.list_sandboxes(codebase.id) == []
+    # The most rules a sandbox may have still go through (decoded off the event loop).
+    most = [
+        pb.PermissionRule(pattern=f"f{i}", type=pb.PatternType.FILE, permission=pb.Permission.READ)
+        for i in range(4095)
+    ]
+    most.append(pb.PermissionRule(pattern="**", permission=pb.Permission.WRITE))
+    created = await client._unary(
+        "/sandbox.v1.SandboxService/CreateSandbox",
+        pb.CreateSandboxRequest(codebase_id=codebase.id, permissions=most),
+        pb.Sandbox,
+    )
+    assert len(created.permissions) == 4096
+    await client.destroy_sandbox(created.id)
+    await client.delete_codebase(codebase.id)
