@@ -245,14 +245,15 @@ async def test_requests_the_server_cannot_honour_get_a_typed_error_never_interna
 
     many_rules = [
         pb.PermissionRule(pattern=f"f{i}", type=pb.PatternType.FILE, permission=pb.Permission.READ)
-        for i in range(10_000)
+        for i in range(4_100)
     ]
     cases: list[tuple[str, Any, type[Any], str]] = [
         ("CreateSandbox", create(expires_in=timedelta(days=365 * 8000)), pb.Sandbox, "expires_in"),
         ("CreateSandbox", _RawCreate(codebase.id, _RawDuration(2**63 - 1)), pb.Sandbox, "valid"),
         ("CreateSandbox", create(permissions=many_rules), pb.Sandbox, "4096"),
+        ("CreateSandbox", create(permissions=many_rules * 3), pb.Sandbox, "4224 fields"),
         ("CreateSandbox", _RawRules(codebase.id, [_RawRule("**", 9, 4)]), pb.Sandbox, "type 9"),
-        ("CreateSandbox", create(labels={f"k{i}": "v" for i in range(10_000)}), pb.Sandbox, "64"),
+        ("CreateSandbox", create(labels={f"k{i}": "v" for i in range(100)}), pb.Sandbox, "64"),
         ("CreateSandbox", create(labels={"k": "a\x00b"}), pb.Sandbox, "NUL"),
         (
             "CreateSandbox",
@@ -270,7 +271,7 @@ async def test_requests_the_server_cannot_honour_get_a_typed_error_never_interna
         ("Exec", exec_(timeout=timedelta(days=10**6)), pb.ExecResult, "timeout"),
         ("Exec", exec_(command="true #" + "x" * 100_000), pb.ExecResult, "32768"),
         ("Exec", exec_(env={"K": "\x01" * 200_000}), pb.ExecResult, "32768"),
-        ("Exec", exec_(env={f"K{i}": "v" for i in range(10_000)}), pb.ExecResult, "256"),
+        ("Exec", exec_(env={f"K{i}": "v" for i in range(300)}), pb.ExecResult, "256"),
         ("Exec", exec_(workdir="a/" * 100_000), pb.ExecResult, "4096"),
         ("Exec", exec_(workdir="/tmp/" + "\x01" * 30_000), pb.ExecResult, "4096"),
         (
