@@ -75,12 +75,21 @@ def rule_to_pb(rule: PermissionRule) -> pb.PermissionRule:
 
 
 def rule_from_pb(message: pb.PermissionRule, index: int = 0) -> PermissionRule:
-    """A rule off the wire; an unspecified type means glob, an unspecified level is refused."""
+    """A rule off the wire; an unspecified type means glob, an unknown one and an unspecified
+    level are refused (taken as a glob, a rule could grant what it does not say)."""
     if message.permission not in PERMISSION_FROM_PB:
         raise InvalidConfigurationError(
-            f"permissions[{index}] ({message.pattern!r}) has no valid permission level"
+            f"permissions[{index}] ({message.pattern[:200]!r}) has no valid permission level"
         )
-    pattern_type = PATTERN_FROM_PB.get(message.type, PatternType.GLOB)
+    if message.type == pb.PatternType.UNSPECIFIED:
+        pattern_type = PatternType.GLOB
+    elif message.type in PATTERN_FROM_PB:
+        pattern_type = PATTERN_FROM_PB[message.type]
+    else:
+        raise InvalidConfigurationError(
+            f"permissions[{index}] ({message.pattern[:200]!r}) has type {int(message.type)}, "
+            "which is not a known pattern type (glob, directory or file)"
+        )
     try:
         return PermissionRule(
             pattern=message.pattern,

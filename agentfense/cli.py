@@ -26,11 +26,16 @@ def _serve(args: argparse.Namespace) -> int:
         "default_timeout": args.default_timeout,
         "log_level": args.log_level,
     }
-    config = load_config(args.config, overrides=overrides)
-    logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    anyio.run(serve, config)
+    try:
+        config = load_config(args.config, overrides=overrides)
+        logging.basicConfig(
+            level=config.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        anyio.run(serve, config)
+    except SandboxError as exc:  # (a configuration the server cannot start with)
+        print(f"agentfense serve: {exc.message}", file=sys.stderr)
+        return 1
     return 0
 
 

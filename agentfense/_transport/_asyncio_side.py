@@ -14,6 +14,7 @@ from grpclib.client import Channel, Stream
 from grpclib.const import Cardinality
 from grpclib.exceptions import StreamTerminatedError
 
+from agentfense._transport._bounded import bound_reads
 from agentfense._transport._endpoint import Endpoint
 from agentfense._transport._errors import mapped_errors, trailers_only_status
 from agentfense.errors import ConnectionError
@@ -61,6 +62,7 @@ class GrpcCalls:
             ) as stream:
                 with trailers_only_status(stream):
                     await stream.send_message(request, end=True)
+                    bound_reads(stream)
                     response = await stream.recv_message()
         if response is None:
             raise _no_response(self.endpoint)
@@ -95,6 +97,7 @@ class GrpcCalls:
                 ) as stream:
                     with trailers_only_status(stream):
                         await stream.send_request()
+                        bound_reads(stream)
                         await _send_all(stream, produce)
                         try:
                             await stream.end()
@@ -179,6 +182,7 @@ class ServerStream(Generic[T]):
         try:
             with mapped_errors(self._endpoint):
                 await self._stream.send_message(self._request, end=True)
+                bound_reads(self._stream)
         except BaseException as exc:
             await self._stream.__aexit__(type(exc), exc, exc.__traceback__)
             raise

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ from anyio.abc import TaskStatus
 from grpclib.server import Server
 
 from ..errors import InvalidConfigurationError
+from ._wire_checks import WireChecks
 from .codebase_service import CodebaseService
 from .codebases import CodebaseStore
 from .config import ServerConfig
@@ -57,12 +60,62 @@ def _check_reachable(config: ServerConfig) -> None:
             )
 
 
+def _answers(path: Path) -> bool:
+    """Whether something accepts connections on the unix socket ``path``."""
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def _listen_errors(listen: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise InvalidConfigurationError(
+            f"cannot listen on {listen}: {exc.strerror or exc}"
+        ) from None
+
+
 @contextlib.asynccontextmanager
 async def open_server(config: ServerConfig) -> AsyncIterator[str]:
     """Run the server while the context is open; yields the address it listens on."""
     address = parse_listen(config.listen)
     _check_reachable(config)
     config.state_dir.mkdir(parents=True, exist_ok=True)
+    with _state_lock(config.state_dir):
+        async with _serving(config, address) as shown:
+            yield shown
+
+
+@contextlib.contextmanager
+def _state_lock(state_dir: Path) -> Iterator[None]:
+    """The state directory is this server's alone while it runs: taken before anything in it
+    is touched (a second server would take over the running one's mounts and socket), and
+    released when the process ends, however it ends."""
+    path = state_dir / "server.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise InvalidConfigurationError(
+                f"state_dir {state_dir} is in use by another agentfense server (pid {holder}); "
+                "stop it first or choose another state_dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.asynccontextmanager
+async def _serving(config: ServerConfig, address: tuple[str, int] | Path) -> AsyncIterator[str]:
     # Traversable (sandboxes, which run as their own uid, reach their view and the generated
     # /etc files below), but nothing in it can be listed by anyone else.
     config.state_dir.chmod(0o711)
@@ -77,27 +130,34 @@ async def open_server(config: ServerConfig) -> AsyncIterator[str]:
     deltas = config.state_dir / "deltas"
     deltas.mkdir(exist_ok=True, mode=0o700)
     deltas.chmod(0o700)
+    # Sandbox file writes whose temporary cannot live in the view wait here, unnamed.
+    spool = config.state_dir / "spool"
+    spool.mkdir(exist_ok=True, mode=0o700)
     store = CodebaseStore(config.state_dir / "codebases")
     await store.load()
     async with SandboxManager(config, store) as manager:
-        server = Server(
-            [
-                CodebaseService(
-                    store,
-                    in_use=manager.uses_codebase,
-                    changed=manager.codebase_changed,
-                    max_upload_bytes=config.max_upload_bytes,
-                ),
-                SandboxService(manager, max_upload_bytes=config.max_upload_bytes),
-            ]
-        )
+        services = [
+            CodebaseService(
+                store,
+                in_use=manager.uses_codebase,
+                changed=manager.codebase_changed,
+                max_upload_bytes=config.max_upload_bytes,
+            ),
+            SandboxService(manager, max_upload_bytes=config.max_upload_bytes, spool_dir=spool),
+        ]
+        server = Server([WireChecks(service, config.max_message_bytes) for service in services])
         if isinstance(address, Path):
             address.parent.mkdir(parents=True, exist_ok=True)
+            if _answers(address):
+                raise InvalidConfigurationError(
+                    f"cannot listen on {config.listen}: a server already listens there"
+                )
             with contextlib.suppress(FileNotFoundError):
-                address.unlink()
+                os.unlink(address)  # left by a server that died
             old_umask = os.umask(0o177)
             try:
-                await server.start(path=str(address))
+                with _listen_errors(config.listen):
+                    await server.start(path=str(address))
             finally:
                 os.umask(old_umask)
             shown = f"unix:{address}"
@@ -109,7 +169,8 @@ async def open_server(config: ServerConfig) -> AsyncIterator[str]:
                     "can run commands in sandboxes",
                     host,
                 )
-            await server.start(host, port)
+            with _listen_errors(config.listen):
+                await server.start(host, port)
             listening: Any = getattr(server, "_server", None)  # grpclib's asyncio server
             sockets = getattr(listening, "sockets", None) or []
             port = sockets[0].getsockname()[1] if sockets else port
@@ -124,7 +185,7 @@ async def open_server(config: ServerConfig) -> AsyncIterator[str]:
                     await server.wait_closed()
                 if isinstance(address, Path):
                     with contextlib.suppress(FileNotFoundError):
-                        address.unlink()
+                        os.unlink(address)
 
 
 async def serve(

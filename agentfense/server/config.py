@@ -30,6 +30,9 @@ class ServerConfig:
     state_dir: Path = field(default_factory=default_state_dir)
     max_output_bytes: int = 16 * 1024 * 1024
     max_upload_bytes: int = 1024 * 1024 * 1024
+    # The largest request message (an exec's stdin, one upload chunk, a rule list...): what
+    # one request may make the server buffer. The SDK sends files in 256 KiB chunks.
+    max_message_bytes: int = 4 * 1024 * 1024
     # What a sandbox may write between two commits (each command's delta): bytes, and new
     # entries (each costs an inode, whatever its size); ENOSPC beyond.
     max_delta_bytes: int = 4 * 1024 * 1024 * 1024
@@ -77,6 +80,8 @@ class ServerConfig:
                 raise InvalidConfigurationError(f"default_{name} and max_{name} must be >= 0")
             if most and default > most:
                 raise InvalidConfigurationError(f"default_{name} must not exceed max_{name}")
+        if self.max_message_bytes < 1024 * 1024:
+            raise InvalidConfigurationError("max_message_bytes must be at least 1 MiB (1048576)")
         if self.max_sandboxes_per_owner < 0:
             raise InvalidConfigurationError("max_sandboxes_per_owner must be >= 0")
         if not 0 < self.sandbox_uid < 2**32 - 1:

@@ -7,9 +7,11 @@ following a symlink, so nothing a sandbox planted leads the server elsewhere on 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
+import secrets
 import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -113,47 +115,144 @@ async def read_file(view: Path, rel: str, owner: Owner) -> AsyncIterator[bytes]:
         os.close(fd)
 
 
+def _remove_quietly(view: Path, rel: str, owner: Owner) -> None:
+    with acting_as(*owner):
+        tree = HostTree(view)
+        try:
+            with contextlib.suppress(OSError):
+                tree.unlink(rel)
+        finally:
+            tree.close()
+
+
+def _open_temporary(view: Path, rel: str, owner: Owner) -> tuple[int, str | None]:
+    """An fd to write the new content to: a new file beside the target in the view (``rel``
+    of it returned), or, when the sandbox may not create that name (a rule that grants only
+    the target's exact name, a name too long for a prefix), an unlinked file of the server's
+    (``None``), copied over the target once it is whole. The target's parents are created,
+    and a target that is not a regular file is refused before anything is written."""
+    parent, _, name = rel.rpartition("/")
+    with acting_as(*owner):
+        tree = HostTree(view)
+        try:
+            tree.makedirs(parent)
+            existing = tree.try_lstat(rel)
+            if existing is not None and not stat.S_ISREG(existing.st_mode):
+                code = errno.ELOOP if stat.S_ISLNK(existing.st_mode) else errno.EISDIR
+                raise OSError(code, os.strerror(code))
+            temp = f".agentfense-{secrets.token_hex(6)}.{name}"
+            temp = f"{parent}/{temp}" if parent else temp
+            try:
+                fd = tree.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except OSError as exc:
+                if exc.errno not in (errno.EACCES, errno.EPERM, errno.ENAMETOOLONG):
+                    raise
+                return -1, None
+            try:
+                if existing is not None:
+                    os.fchmod(fd, stat.S_IMODE(existing.st_mode))
+            except OSError:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    tree.unlink(temp)
+                raise
+            return fd, temp
+        finally:
+            tree.close()
+
+
+def _replace(view: Path, rel: str, owner: Owner, temp: str | None, spooled: int) -> None:
+    """Put the whole new content in place: rename the temporary over the target, or copy the
+    spooled content into it."""
+    with acting_as(*owner):
+        tree = HostTree(view)
+        try:
+            if temp is not None:
+                tree.rename(temp, rel)
+                return
+            fd = _open_regular(tree, rel, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            try:
+                os.lseek(spooled, 0, os.SEEK_SET)
+                while data := os.read(spooled, CHUNK):
+                    _write_all(fd, data)
+            finally:
+                os.close(fd)
+        finally:
+            tree.close()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view_data = memoryview(data)
+    while view_data:
+        view_data = view_data[os.write(fd, view_data) :]
+
+
 async def write_file(
-    view: Path, rel: str, chunks: AsyncIterator[bytes], *, owner: Owner, max_bytes: int
+    view: Path,
+    rel: str,
+    chunks: AsyncIterator[bytes],
+    *,
+    owner: Owner,
+    max_bytes: int,
+    total_size: int,
+    spool_dir: Path,
 ) -> tuple[int, str]:
-    """Write the file (parents created), as the sandbox could; (size, sha256)."""
+    """Write the file (parents created), as the sandbox could; (size, sha256).
+
+    All or nothing: the content goes to a temporary file and replaces the target only once
+    the stream ended with exactly ``total_size`` bytes (0: as many as came). A stream broken
+    off, longer or shorter than announced, or refused on the way leaves the target as it was.
+    """
     if not rel:
         raise InvalidConfigurationError("path must name a file under /workspace")
-
-    def open_file() -> int:
-        with acting_as(*owner):
-            tree = HostTree(view)
-            try:
-                parent = rel.rpartition("/")[0]
-                tree.makedirs(parent)
-                return _open_regular(tree, rel, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-            finally:
-                tree.close()
-
+    if total_size < 0:
+        raise InvalidConfigurationError(f"total_size must not be negative, not {total_size}")
+    if total_size > max_bytes:
+        raise ResourceLimitExceededError(_too_large(rel, max_bytes))
     try:
-        fd = await anyio.to_thread.run_sync(open_file)
+        fd, temp = await anyio.to_thread.run_sync(_open_temporary, view, rel, owner)
     except OSError as exc:
         raise _error(exc, "write", rel) from None
+    if temp is None:
+        fd = os.open(spool_dir, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
     digest = hashlib.sha256()
     size = 0
+    replaced = False
     try:
         async for data in chunks:
             size += len(data)
             if size > max_bytes:
-                raise ResourceLimitExceededError(
-                    f"{_shown(rel)} exceeds the largest file this server accepts "
-                    f"({max_bytes} bytes)"
+                raise ResourceLimitExceededError(_too_large(rel, max_bytes))
+            if total_size and size > total_size:
+                raise InvalidConfigurationError(
+                    f"{_shown(rel)}: more than the {total_size} bytes total_size announced came"
                 )
             digest.update(data)
-            view_data = memoryview(data)
-            while view_data:
-                written = await anyio.to_thread.run_sync(os.write, fd, view_data)
-                view_data = view_data[written:]
+            await anyio.to_thread.run_sync(_write_all, fd, data)
+        if total_size and size != total_size:
+            raise InvalidConfigurationError(
+                f"{_shown(rel)}: total_size announced {total_size} bytes but {size} came; "
+                "the file was left as it was"
+            )
+        with anyio.CancelScope(shield=True):
+            if temp is not None:
+                os.close(fd)
+                fd = -1
+            await anyio.to_thread.run_sync(_replace, view, rel, owner, temp, fd)
+            replaced = True
     except OSError as exc:
         raise _error(exc, "write", rel) from None
     finally:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
+        if temp is not None and not replaced:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_remove_quietly, view, temp, owner)
     return size, digest.hexdigest()
+
+
+def _too_large(rel: str, max_bytes: int) -> str:
+    return f"{_shown(rel)} exceeds the largest file this server accepts ({max_bytes} bytes)"
 
 
 def list_files(view: Path, rel: str, recursive: bool, owner: Owner) -> list[SandboxFile]:

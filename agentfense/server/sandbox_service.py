@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -104,7 +105,38 @@ def _timed_out(outcome: Outcome) -> GRPCError:
     )
 
 
+# What a command, its environment and its workdir may take together (UTF-8 bytes), and how
+# many variables it may set: they travel to the sandbox in one control message, and the
+# kernel refuses a single argument over 128 KiB anyway (stdin is the way for more).
+MAX_COMMAND_BYTES = 32 * 1024
+MAX_ENV_VARS = 256
+MAX_PATH_BYTES = 4096
+
+
+def _check_command_text(
+    command: str, env: dict[str, str], workdir: str = "", *, path_field: str = "workdir"
+) -> None:
+    """``path_field`` names what ``workdir`` is (a session's shell is a path too): a path the
+    kernel could never take (over PATH_MAX) is refused here, not sent."""
+    if len(workdir.encode(errors="replace")) > MAX_PATH_BYTES:
+        raise InvalidConfigurationError(
+            f"{path_field} must be at most {MAX_PATH_BYTES} bytes (PATH_MAX)"
+        )
+    if len(env) > MAX_ENV_VARS:
+        raise InvalidConfigurationError(
+            f"env: {len(env)} variables; at most {MAX_ENV_VARS} are allowed"
+        )
+    size = len(command.encode(errors="replace")) + len(workdir.encode(errors="replace"))
+    size += sum(len(f"{k}={v}".encode(errors="replace")) for k, v in env.items())
+    if size > MAX_COMMAND_BYTES:
+        raise InvalidConfigurationError(
+            f"command, env and workdir take {size} bytes; at most {MAX_COMMAND_BYTES} are "
+            "allowed (pass large input as stdin, or in a file)"
+        )
+
+
 def _exec_params(request: pb.ExecRequest) -> ExecParams:
+    _check_command_text(request.command, request.env, request.workdir)
     return ExecParams(
         command=request.command,
         stdin=request.stdin.encode(),
@@ -117,9 +149,10 @@ def _exec_params(request: pb.ExecRequest) -> ExecParams:
 class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
     """Sandbox lifecycle, exec, session and sandbox-file RPCs."""
 
-    def __init__(self, manager: SandboxManager, *, max_upload_bytes: int) -> None:
+    def __init__(self, manager: SandboxManager, *, max_upload_bytes: int, spool_dir: Path) -> None:
         self._manager = manager
         self._max_upload_bytes = max_upload_bytes
+        self._spool_dir = spool_dir  # where writes the view cannot take in a temporary wait
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         mapping: dict[str, grpclib.const.Handler] = super().__mapping__()
@@ -245,13 +278,11 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
                     data(),
                     owner=self._manager.view_owner,
                     max_bytes=self._max_upload_bytes,
+                    total_size=meta.total_size,
+                    spool_dir=self._spool_dir,
                 )
             finally:
                 await self._manager.commit(record)
-            if meta.total_size and size != meta.total_size:
-                raise InvalidConfigurationError(
-                    f"total_size said {meta.total_size} bytes but {size} came"
-                )
         return pb.UploadResult(
             codebase_id=record.codebase_id, file_path=meta.path, size=size, checksum=checksum
         )
@@ -280,6 +311,7 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
 
     async def create_session(self, request: pb.CreateSessionRequest) -> pb.Session:
         with grpc_errors():
+            _check_command_text("", request.env, request.shell, path_field="shell")
             session = await self._manager.sessions.create(
                 request.sandbox_id, request.shell, dict(request.env)
             )

@@ -47,6 +47,7 @@ from ..runtimes.base import (
 from ..runtimes.bwrap import BwrapRuntime
 from ..runtimes.docker import DockerRuntime
 from ..types import Permission, PermissionRule, ResourceLimits, RuntimeType, SandboxStatus
+from ._contained import ContainedTaskGroup
 from ._paths import InvalidPathError, normalize_relpath
 from .codebases import CodebaseStore
 from .config import ServerConfig
@@ -129,7 +130,7 @@ class SandboxManager:
         return self._config.max_output_bytes
 
     async def __aenter__(self) -> SandboxManager:
-        self._task_group = anyio.create_task_group()
+        self._task_group = ContainedTaskGroup(anyio.create_task_group(), _log)
         await self._task_group.__aenter__()
         try:
             await self._fs.start(self._task_group)
@@ -268,19 +269,21 @@ class SandboxManager:
     ) -> SandboxRecord:
         if not codebase_id:
             raise InvalidConfigurationError("codebase_id must not be empty")
+        _check_labels(labels)
+        if len(image) > 4096 or "\x00" in image:
+            raise InvalidConfigurationError("image must be at most 4096 characters, without NUL")
+        if expires_in is not None and expires_in < timedelta(0):
+            raise InvalidConfigurationError("expires_in must not be negative")
+        if expires_in is not None and expires_in > _MOST_EXPIRES_IN:
+            raise InvalidConfigurationError(
+                f"expires_in must be at most {_MOST_EXPIRES_IN.days} days"
+            )
         codebase = await self._codebases.get(codebase_id)
         self._check_owner_quota(codebase.owner_id)
         resources = self._with_server_limits(resources)
         _check_resources(resources)
-        await self._check_runtime(runtime, image, resources)
-        for key, value in labels.items():
-            if not key or len(key) > 256 or len(value) > 1024:
-                raise InvalidConfigurationError(
-                    "labels keys must be 1-256 characters and values at most 1024"
-                )
-        if expires_in is not None and expires_in < timedelta(0):
-            raise InvalidConfigurationError("expires_in must not be negative")
         validate_rules(permissions)
+        await self._check_runtime(runtime, image, resources)
         record = SandboxRecord(
             id="sb_" + secrets.token_hex(8),
             codebase_id=codebase_id,
@@ -355,9 +358,12 @@ class SandboxManager:
             try:
                 runtime = self._docker if record.runtime is RuntimeType.DOCKER else self._bwrap
                 record.handle = await runtime.start(spec, self._task_group)
-            except RuntimeError_ as exc:
+            except RuntimeError_ as exc:  # (what the caller can act on: limits, the image...)
                 record.status, record.error = SandboxStatus.ERROR, str(exc)
-                raise SandboxError(str(exc), code=StatusCode.INTERNAL) from None
+                raise SandboxError(
+                    f"sandbox {record.id} could not start: {exc}",
+                    code=StatusCode.FAILED_PRECONDITION,
+                ) from None
             record.status, record.error = SandboxStatus.RUNNING, ""
             record.started_at, record.stopped_at = _now(), None
             return record
@@ -390,13 +396,38 @@ class SandboxManager:
             await anyio.to_thread.run_sync(remove_tree, self._deltas / record.id)
 
     async def _expire_loop(self) -> None:
+        """Destroy each sandbox past its expiry. One whose destroy fails is marked (status
+        error, with why) and tried again later, ever less often: never the loop's end."""
+        interval = self._config.expiry_check_interval
+        retry: dict[str, tuple[float, float]] = {}  # sandbox id: (next attempt, back-off)
         while True:
-            await anyio.sleep(self._config.expiry_check_interval)
+            await anyio.sleep(interval)
             now = _now()
             for record in list(self._sandboxes.values()):
-                if record.expires_at is not None and record.expires_at <= now:
-                    with contextlib.suppress(SandboxNotFoundError):  # destroyed meanwhile
-                        await self.destroy(record.id)
+                if record.expires_at is None or record.expires_at > now:
+                    continue
+                attempt_at, back_off = retry.get(record.id, (0.0, interval))
+                if anyio.current_time() < attempt_at:
+                    continue
+                try:
+                    await self.destroy(record.id)
+                except SandboxNotFoundError:  # destroyed meanwhile
+                    pass
+                except Exception as exc:
+                    back_off = min(back_off * 2, 60.0)
+                    retry[record.id] = (anyio.current_time() + back_off, back_off)
+                    why = exc.message if isinstance(exc, SandboxError) else repr(exc)
+                    _log.error("sandbox %s expired but could not be destroyed: %s", record.id, why)
+                    if record.id in self._sandboxes:
+                        record.status = SandboxStatus.ERROR
+                        record.error = (
+                            f"the sandbox expired but could not be destroyed ({why}); "
+                            f"the server tries again in {back_off:g} s"
+                        )
+                    continue
+                retry.pop(record.id, None)
+            for gone in retry.keys() - self._sandboxes.keys():
+                del retry[gone]
 
     # -- commands ---------------------------------------------------------------------------
 
@@ -487,13 +518,45 @@ _RESOURCE_MINIMA = {
 }
 
 
+# The most labels a sandbox may carry, and how long their keys and values may be.
+MAX_LABELS = 64
+MAX_LABEL_KEY = 256
+MAX_LABEL_VALUE = 1024
+_MOST_EXPIRES_IN = timedelta(days=3650)
+
+
+def _check_labels(labels: Mapping[str, str]) -> None:
+    if len(labels) > MAX_LABELS:
+        raise InvalidConfigurationError(
+            f"labels: {len(labels)} of them; at most {MAX_LABELS} are allowed"
+        )
+    for key, value in labels.items():
+        if not key or len(key) > MAX_LABEL_KEY or len(value) > MAX_LABEL_VALUE:
+            raise InvalidConfigurationError(
+                f"labels keys must be 1-{MAX_LABEL_KEY} characters and values at most "
+                f"{MAX_LABEL_VALUE}"
+            )
+        if "\x00" in key or "\x00" in value:
+            raise InvalidConfigurationError(f"label {key[:64]!r} must not contain NUL")
+
+
+# The largest limits the kernel takes (cpu_quota: 10,000 CPUs' worth of a 100 ms period).
+_RESOURCE_MAXIMA = {
+    "cpu_quota": (10**9, "1000000000 microseconds per 100 ms period"),
+    "cpu_shares": (262144, "262144"),
+    "pids_limit": (4194304, "4194304 (the kernel's largest pid)"),
+}
+
+
 def _check_resources(resources: ResourceLimits) -> None:
     for name, (least, said) in _RESOURCE_MINIMA.items():
         value = getattr(resources, name)
         if value and value < least:
             raise InvalidConfigurationError(f"resources.{name} must be at least {said}")
-    if resources.cpu_shares and resources.cpu_shares > 262144:
-        raise InvalidConfigurationError("resources.cpu_shares must be at most 262144")
+    for name, (most, said) in _RESOURCE_MAXIMA.items():
+        value = getattr(resources, name)
+        if value and value > most:
+            raise InvalidConfigurationError(f"resources.{name} must be at most {said}")
 
 
 def _workdir(workdir: str) -> str:
