@@ -112,7 +112,7 @@ class AsyncSandbox:
                 client, info, owns_client=True, owns_sandbox=True, owned_codebase_id=codebase_id
             )
         except BaseException:
-            with anyio.CancelScope(shield=True), to_the_end():
+            with anyio.CancelScope(shield=True), to_the_end(client.cleanup_timeout):
                 if sandbox_id is not None:
                     await _quietly(client.destroy_sandbox(sandbox_id))
                 if codebase_id is not None:
@@ -225,7 +225,7 @@ class AsyncSandbox:
         if self._closed:
             return
         self._closed = True
-        with anyio.CancelScope(shield=True), to_the_end():
+        with anyio.CancelScope(shield=True), to_the_end(self._client.cleanup_timeout):
             try:
                 with contextlib.suppress(SandboxNotFoundError):  # gone already: its codebase too
                     await self._client.destroy_sandbox(self.id)
@@ -385,7 +385,7 @@ async def _created(call: Awaitable[T]) -> T:
     """The result of an RPC that creates something, even if the caller is cancelled meanwhile
     (the cancellation comes at the caller's next await, once it holds what was created and
     can remove it)."""
-    with anyio.move_on_after(CREATE_TIMEOUT, shield=True) as scope, to_the_end():
+    with anyio.move_on_after(CREATE_TIMEOUT, shield=True) as scope, to_the_end(CREATE_TIMEOUT):
         result = await call
     if scope.cancelled_caught:
         raise SandboxError(f"the server did not answer within {CREATE_TIMEOUT:g} s")
