@@ -7,8 +7,9 @@ What travels is checked, so that a server that loses part of it never makes a fa
 like success: a write sends its content on the command's stdin to a temporary file in the
 sandbox's ``/tmp``, which reaches the target only if its size and SHA-256 are what was sent
 (some servers, such as the upstream Go server, drop an Exec's stdin: the write is then
-refused and the target left as it was); a read reports the file's size after its content,
-and a listing ends with a marker, so that output cut short is an error.
+refused and the target left as it was); a read and a listing end with a marker, so that
+output cut short is an error. (A read is one pass over the file: ``/proc`` files and files
+being written change between two.)
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ WORKSPACE = "/workspace"
 # A write whose content did not arrive whole exits with this code and says so on stderr.
 SHORT_WRITE_EXIT = 86
 SHORT_WRITE_MARK = "agentfense: received "
-_LISTING_END = "end"
+_END = "end"
 
 
 def sandbox_path(path: str) -> str:
@@ -42,9 +43,8 @@ def in_workspace(path: str) -> bool:
 
 
 def read_command(path: str) -> str:
-    """The file base64-encoded, then a space and its size in bytes."""
-    source = shlex.quote(sandbox_path(path))
-    return f"base64 -w0 -- {source} && printf ' %s' \"$(wc -c < {source})\""
+    """The file base64-encoded, then a space and the end marker."""
+    return f"base64 -w0 -- {shlex.quote(sandbox_path(path))} && printf ' {_END}'"
 
 
 def write_command(path: str, data: bytes) -> str:
@@ -66,7 +66,7 @@ def list_command(path: str, recursive: bool) -> str:
     depth = "" if recursive else "-maxdepth 1 "
     return (
         f"find {shlex.quote(sandbox_path(path))} -mindepth 1 {depth}"
-        f"-printf '%y\\t%s\\t%T@\\t%P\\0' && printf '{_LISTING_END}\\0'"
+        f"-printf '%y\\t%s\\t%T@\\t%P\\0' && printf '{_END}\\0'"
     )
 
 
@@ -110,25 +110,22 @@ def check(result: ExecResult, what: str, path: str) -> None:
 
 def decode(result: ExecResult, path: str) -> bytes:
     check(result, "read", path)
-    encoded, _, size = result.stdout.rpartition(" ")
+    encoded, space, end = result.stdout.rpartition(" ")
     try:
-        data = base64.b64decode(encoded, validate=True)
-        whole = len(data) == int(size)
-    except (binascii.Error, ValueError):
-        whole = False
-    if not whole:
-        raise SandboxError(
-            f"cannot read {sandbox_path(path)}: its content arrived garbled or cut short, or "
-            "it changed while it was read",
-            code=StatusCode.DATA_LOSS,
-        )
-    return data
+        if space and end == _END:
+            return base64.b64decode(encoded, validate=True)
+    except binascii.Error:
+        pass
+    raise SandboxError(
+        f"cannot read {sandbox_path(path)}: its content arrived garbled or cut short",
+        code=StatusCode.DATA_LOSS,
+    )
 
 
 def parse_listing(result: ExecResult, path: str) -> list[FileInfo]:
     check(result, "list", path)
     entries = result.stdout.split("\0")
-    if entries[-2:] != [_LISTING_END, ""]:
+    if entries[-2:] != [_END, ""]:
         raise SandboxError(
             f"cannot list {sandbox_path(path)}: the listing arrived cut short",
             code=StatusCode.DATA_LOSS,
