@@ -14,16 +14,67 @@ from .types import PatternType, Permission, PermissionRule
 
 RuleLike = PermissionRule | Mapping[str, Any]
 
-_SECRETS = (
+# What the presets that hide secrets hide: what secret scanners (gitleaks, trufflehog,
+# detect-secrets) and a security review look for by name. Written in lower case here; each
+# letter becomes a class of both cases (``.env`` -> ``.[eE][nN][vV]``), so ``.ENV``,
+# ``server.KEY`` and ``Secrets/`` are hidden too, while matching itself stays case-sensitive
+# (a user's own pattern means exactly what it says). Character classes are glob syntax the
+# upstream Go server's ``filepath.Match`` understands as well.
+_SECRET_NAMES = (
+    # environment files (.env, .env.local, .envrc) and directories named like one
     "**/.env*",
-    "**/.env*/**",  # a directory named like one (.env.d/, a virtualenv called .env)
-    "**/secrets/**",
+    "**/.env*/**",
+    # private keys, certificates and key stores
     "**/*.key",
     "**/*.pem",
+    "**/*.p12",
+    "**/*.pfx",
+    "**/*.pkcs12",
+    "**/*.jks",
+    "**/*.keystore",
+    "**/*.kdbx",
+    "**/*.ppk",
+    "**/id_rsa*",
+    "**/id_dsa*",
+    "**/id_ecdsa*",
+    "**/id_ed25519*",
+    "**/.ssh/**",
+    "**/.gnupg/**",
+    # credentials of tools and registries
     "**/credentials*",
     "**/credentials*/**",
+    "**/service-account*.json",
+    "**/service_account*.json",
+    "**/.aws/**",
+    "**/.docker/config.json",
+    "**/.dockercfg",
+    "**/.kube/config",
+    "**/.npmrc",
+    "**/.pypirc",
+    "**/.netrc",
+    "**/.git-credentials",
+    "**/.htpasswd",
+    "**/.pgpass",
+    "**/.vault-token",
+    "**/secrets.*",
+    "**/secrets/**",
+    # Terraform state holds every secret of the infrastructure it describes
+    "**/*.tfstate",
+    "**/*.tfstate.*",
+    "**/.terraform/**",
+    # a repository's history holds what was ever committed, secrets included
     "**/.git/**",
 )
+
+
+def _any_case(pattern: str) -> str:
+    """``pattern`` with each ASCII letter made a class of its two cases."""
+    return "".join(
+        f"[{c.lower()}{c.upper()}]" if c.isascii() and c.isalpha() else c for c in pattern
+    )
+
+
+_SECRETS = tuple(_any_case(pattern) for pattern in _SECRET_NAMES)
 
 
 # Priorities: secrets outrank everything a preset grants (so `/output/.env` stays hidden), and
@@ -40,7 +91,7 @@ def _rule(pattern: str, permission: Permission, priority: int = 0) -> Permission
 _HIDE_SECRETS = tuple(_rule(p, Permission.NONE, SECRET_PRIORITY) for p in _SECRETS)
 
 _PRESETS: dict[str, tuple[PermissionRule, ...]] = {
-    "view-only": (_rule("**", Permission.VIEW),),
+    "view-only": (_rule("**", Permission.VIEW), *_HIDE_SECRETS),
     "read-only": (_rule("**", Permission.READ),),
     "full-access": (_rule("**", Permission.WRITE),),
     "agent-safe": (

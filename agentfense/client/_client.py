@@ -20,7 +20,7 @@ from .. import _convert as convert
 from .._blocking import BlockingFile, run_sync
 from .._proto.sandbox import v1 as pb
 from .._transport import DEFAULT_ENDPOINT, Transport, cancel_again, open_transport
-from ..errors import InvalidConfigurationError
+from ..errors import ConnectionError, InvalidConfigurationError, SandboxError, StatusCode
 from ..presets import RuleLike, normalize_rules
 from ..types import (
     Codebase,
@@ -42,6 +42,10 @@ UPLOAD_CHUNK = 256 * 1024
 # The gRPC deadline of an exec outlives the command's own timeout by this much, so that the
 # server's verdict (DEADLINE_EXCEEDED after killing the command) is the one the caller sees.
 _DEADLINE_MARGIN = 30.0
+# How long one cleanup call (destroying a sandbox or a session, deleting a codebase) may take.
+# Long enough for heavy legitimate work: deleting a codebase of 50,000 directories and a
+# 256 MiB file took 24 s to over 30 s on a loaded 2-core VM.
+DEFAULT_CLEANUP_TIMEOUT = 120.0
 
 
 def _duration(seconds: float | None, field: str = "timeout") -> timedelta | None:
@@ -97,19 +101,27 @@ class _Deferred:
 _TO_THE_END: contextvars.ContextVar[_Deferred | None] = contextvars.ContextVar(
     "agentfense_to_the_end", default=None
 )
+_CALL_TIMEOUT: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "agentfense_call_timeout", default=None
+)
 
 
 @contextlib.contextmanager
-def to_the_end() -> Iterator[None]:
+def to_the_end(timeout: float) -> Iterator[None]:
     """Unary calls in this block complete even if the caller is cancelled meanwhile (native
     asyncio cancellation otherwise goes through anyio's shields); a cancellation that came
-    meanwhile is requested again when the block ends, so it still reaches the caller."""
+    meanwhile is requested again when the block ends, so it still reaches the caller.
+
+    Each call is given ``timeout`` seconds (its gRPC deadline), so a server that never
+    answers holds the block for a bounded time: the call then raises ``ConnectionError``."""
     outer = _TO_THE_END.get()
     deferred = outer or _Deferred()
     token = _TO_THE_END.set(deferred)
+    timeout_token = _CALL_TIMEOUT.set(timeout)
     try:
         yield
     finally:
+        _CALL_TIMEOUT.reset(timeout_token)
         _TO_THE_END.reset(token)
         if outer is None and deferred.cancelled:
             cancel_again()
@@ -120,11 +132,22 @@ class AsyncSandboxClient:
 
     Works under asyncio and trio alike. Use ``async with AsyncSandboxClient(...) as client``,
     or call ``await client.close()`` when done.
+
+    ``cleanup_timeout``: how long each call that cleans up on the way out (``AsyncSandbox``
+    destroying its sandbox and codebase, a session closing) may wait for the server, in
+    seconds; past it the call raises ``ConnectionError`` instead of holding the caller.
     """
 
-    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, *, secure: bool = False) -> None:
+    def __init__(
+        self,
+        endpoint: str = DEFAULT_ENDPOINT,
+        *,
+        secure: bool = False,
+        cleanup_timeout: float = DEFAULT_CLEANUP_TIMEOUT,
+    ) -> None:
         self.endpoint = endpoint
         self.secure = secure
+        self.cleanup_timeout = cleanup_timeout
         self._transport: Transport | None = None
         self._opening: anyio.Event | None = None
         # AgentFense extensions the server turned down (UNIMPLEMENTED): not asked again.
@@ -144,11 +167,36 @@ class AsyncSandboxClient:
                 self._opening = None
         return self._transport
 
+    @property
+    def cleanup_timeout(self) -> float:
+        return self._cleanup_timeout
+
+    @cleanup_timeout.setter
+    def cleanup_timeout(self, seconds: float) -> None:
+        if not isinstance(seconds, int | float) or not 0 < seconds < float("inf"):
+            raise InvalidConfigurationError(
+                f"cleanup_timeout must be a positive number of seconds, not {seconds!r}"
+            )
+        self._cleanup_timeout = float(seconds)
+
     async def _unary(self, method: str, request: Any, reply: type[Any], **kw: Any) -> Any:
         deferred = _TO_THE_END.get()
-        if deferred is not None:
-            kw["to_the_end"] = deferred
-        return await (await self._channel()).unary(method, request, reply, **kw)
+        if deferred is None:
+            return await (await self._channel()).unary(method, request, reply, **kw)
+        deadline = _CALL_TIMEOUT.get()
+        kw["to_the_end"] = deferred
+        kw["timeout"] = deadline
+        try:
+            return await (await self._channel()).unary(method, request, reply, **kw)
+        except SandboxError as exc:
+            if exc.code != StatusCode.DEADLINE_EXCEEDED:
+                raise
+            name = method.rsplit("/", 1)[-1]
+            raise ConnectionError(
+                f"the AgentFense server at {self.endpoint} did not answer {name} within "
+                f"{deadline:g} s; what it was asked to do may not be done",
+                code=StatusCode.DEADLINE_EXCEEDED,
+            ) from exc
 
     async def close(self) -> None:
         transport, self._transport = self._transport, None

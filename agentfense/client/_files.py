@@ -2,12 +2,21 @@
 
 Going through the sandbox itself means its view and its permissions apply: a file the sandbox
 cannot read cannot be read this way either. Content travels base64-encoded, so any bytes work.
+
+What travels is checked, so that a server that loses part of it never makes a failure look
+like success: a write sends its content on the command's stdin to a temporary file in the
+sandbox's ``/tmp``, which reaches the target only if its size and SHA-256 are what was sent
+(some servers, such as the upstream Go server, drop an Exec's stdin: the write is then
+refused and the target left as it was); a read and a listing end with a marker, so that
+output cut short is an error. (A read is one pass over the file: ``/proc`` files and files
+being written change between two.)
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import shlex
 from datetime import UTC, datetime
 
@@ -15,6 +24,10 @@ from ..errors import InvalidConfigurationError, PermissionDeniedError, SandboxEr
 from ..types import ExecResult, FileInfo
 
 WORKSPACE = "/workspace"
+# A write whose content did not arrive whole exits with this code and says so on stderr.
+SHORT_WRITE_EXIT = 86
+SHORT_WRITE_MARK = "agentfense: received "
+_END = "end"
 
 
 def sandbox_path(path: str) -> str:
@@ -30,24 +43,54 @@ def in_workspace(path: str) -> bool:
 
 
 def read_command(path: str) -> str:
-    return f"base64 -w0 -- {shlex.quote(sandbox_path(path))}"
+    """The file base64-encoded, then a space and the end marker."""
+    return f"base64 -w0 -- {shlex.quote(sandbox_path(path))} && printf ' {_END}'"
 
 
-def write_command(path: str) -> str:
+def write_command(path: str, data: bytes) -> str:
+    """Decode stdin into a temporary file; copy it onto ``path`` only if it is ``data``."""
     target = shlex.quote(sandbox_path(path))
-    return f'mkdir -p -- "$(dirname -- {target})" && base64 -d > {target}'
+    digest = hashlib.sha256(data).hexdigest()
+    return (
+        "t=$(mktemp) || exit 1; "
+        f'if base64 -d > "$t" && [ "$(wc -c < "$t")" -eq {len(data)} ] '
+        f'&& [ "$(sha256sum < "$t")" = "{digest}  -" ]; then '
+        f'mkdir -p -- "$(dirname -- {target})" && cat -- "$t" > {target}; s=$?; '
+        'rm -f -- "$t"; exit $s; fi; '
+        f'echo "{SHORT_WRITE_MARK}$(wc -c < "$t") of {len(data)} bytes" >&2; '
+        f'rm -f -- "$t"; exit {SHORT_WRITE_EXIT}'
+    )
 
 
 def list_command(path: str, recursive: bool) -> str:
     depth = "" if recursive else "-maxdepth 1 "
     return (
-        f"find {shlex.quote(sandbox_path(path))} -mindepth 1 {depth}-printf '%y\\t%s\\t%T@\\t%P\\0'"
+        f"find {shlex.quote(sandbox_path(path))} -mindepth 1 {depth}"
+        f"-printf '%y\\t%s\\t%T@\\t%P\\0' && printf '{_END}\\0'"
     )
 
 
-def encode(content: bytes | str) -> str:
-    data = content.encode() if isinstance(content, str) else bytes(content)
+def as_bytes(content: bytes | str) -> bytes:
+    return content.encode() if isinstance(content, str) else bytes(content)
+
+
+def encode(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+def check_written(result: ExecResult, path: str) -> None:
+    """Raise if the content did not arrive whole (nothing was written then), or the write
+    failed in the sandbox."""
+    detail = result.stderr.strip().splitlines()[-1:] or [""]
+    if result.exit_code == SHORT_WRITE_EXIT and detail[0].startswith(SHORT_WRITE_MARK):
+        received = detail[0][len(SHORT_WRITE_MARK) :]
+        raise SandboxError(
+            f"cannot write {sandbox_path(path)}: the command in the sandbox received "
+            f"{received} (the server lacks the sandbox-file RPCs and dropped or cut short the "
+            "content sent on the command's stdin); nothing was written",
+            code=StatusCode.DATA_LOSS,
+        )
+    check(result, "write", path)
 
 
 def check(result: ExecResult, what: str, path: str) -> None:
@@ -67,19 +110,29 @@ def check(result: ExecResult, what: str, path: str) -> None:
 
 def decode(result: ExecResult, path: str) -> bytes:
     check(result, "read", path)
+    encoded, space, end = result.stdout.rpartition(" ")
     try:
-        return base64.b64decode(result.stdout, validate=True)
+        if space and end == _END:
+            return base64.b64decode(encoded, validate=True)
     except binascii.Error:
-        raise SandboxError(f"cannot read {sandbox_path(path)}: garbled transfer") from None
+        pass
+    raise SandboxError(
+        f"cannot read {sandbox_path(path)}: its content arrived garbled or cut short",
+        code=StatusCode.DATA_LOSS,
+    )
 
 
 def parse_listing(result: ExecResult, path: str) -> list[FileInfo]:
     check(result, "list", path)
+    entries = result.stdout.split("\0")
+    if entries[-2:] != [_END, ""]:
+        raise SandboxError(
+            f"cannot list {sandbox_path(path)}: the listing arrived cut short",
+            code=StatusCode.DATA_LOSS,
+        )
     base = sandbox_path(path).rstrip("/")
     infos = []
-    for entry in result.stdout.split("\0"):
-        if not entry:
-            continue
+    for entry in entries[:-2]:
         kind, size, mtime, rel = entry.split("\t", 3)
         infos.append(
             FileInfo(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import getpass
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from os import PathLike
@@ -81,7 +82,11 @@ class AsyncSandbox:
         labels: dict[str, str] | None = None,
         auto_start: bool = True,
     ) -> AsyncSandbox:
-        """Upload the project at ``path`` as a new codebase and create a sandbox on it."""
+        """Upload the project at ``path`` as a new codebase and create a sandbox on it.
+
+        ``owner_id`` defaults to the local user's name (``"default"`` where there is none):
+        servers may require one (the upstream server refuses a codebase without it), and a
+        stable owner groups one user's codebases for listings and per-owner limits."""
         rules = resolve_permissions(preset, permissions)
         root = Path(path)
         scan = await run_sync(lambda: scan_project(root, ignore_patterns))
@@ -92,7 +97,8 @@ class AsyncSandbox:
         codebase_id: str | None = None
         sandbox_id: str | None = None
         try:
-            codebase = await _created(client.create_codebase(name or "project", owner_id or ""))
+            owner = owner_id if owner_id else await run_sync(default_owner)
+            codebase = await _created(client.create_codebase(name or "project", owner))
             codebase_id = codebase.id
             total = len(scan.files)
             log.info("uploading %d files from %s to %s", total, root, codebase_id)
@@ -112,7 +118,7 @@ class AsyncSandbox:
                 client, info, owns_client=True, owns_sandbox=True, owned_codebase_id=codebase_id
             )
         except BaseException:
-            with anyio.CancelScope(shield=True), to_the_end():
+            with anyio.CancelScope(shield=True), to_the_end(client.cleanup_timeout):
                 if sandbox_id is not None:
                     await _quietly(client.destroy_sandbox(sandbox_id))
                 if codebase_id is not None:
@@ -225,7 +231,7 @@ class AsyncSandbox:
         if self._closed:
             return
         self._closed = True
-        with anyio.CancelScope(shield=True), to_the_end():
+        with anyio.CancelScope(shield=True), to_the_end(self._client.cleanup_timeout):
             try:
                 with contextlib.suppress(SandboxNotFoundError):  # gone already: its codebase too
                     await self._client.destroy_sandbox(self.id)
@@ -341,10 +347,11 @@ class AsyncSandbox:
         )
         if written is not None:
             return
+        data = _files.as_bytes(content)
         result = await self._client.exec(
-            self.id, _files.write_command(path), stdin=_files.encode(content)
+            self.id, _files.write_command(path, data), stdin=_files.encode(data)
         )
-        _files.check(result, "write", path)
+        _files.check_written(result, path)
 
     async def list_files(self, path: str = "/workspace", recursive: bool = False) -> list[FileInfo]:
         found = await self._file_rpc(
@@ -354,6 +361,15 @@ class AsyncSandbox:
             return found
         result = await self._client.exec(self.id, _files.list_command(path, recursive))
         return _files.parse_listing(result, path)
+
+
+def default_owner() -> str:
+    """The owner ``from_local`` gives a codebase when told none: the local user's name."""
+    try:
+        name = getpass.getuser().strip()
+    except (OSError, KeyError):  # no login name in the environment, no passwd entry
+        return "default"
+    return name if name and "\x00" not in name and len(name) <= 128 else "default"
 
 
 async def _upload_project(
@@ -385,7 +401,7 @@ async def _created(call: Awaitable[T]) -> T:
     """The result of an RPC that creates something, even if the caller is cancelled meanwhile
     (the cancellation comes at the caller's next await, once it holds what was created and
     can remove it)."""
-    with anyio.move_on_after(CREATE_TIMEOUT, shield=True) as scope, to_the_end():
+    with anyio.move_on_after(CREATE_TIMEOUT, shield=True) as scope, to_the_end(CREATE_TIMEOUT):
         result = await call
     if scope.cancelled_caught:
         raise SandboxError(f"the server did not answer within {CREATE_TIMEOUT:g} s")

@@ -74,7 +74,7 @@ class AsyncSessionWrapper:
         if self._closed:
             return
         self._closed = True
-        with anyio.CancelScope(shield=True), to_the_end():
+        with anyio.CancelScope(shield=True), to_the_end(self._client.cleanup_timeout):
             await self._client.destroy_session(self.id)
 
     destroy = close

@@ -8,7 +8,7 @@ from os import PathLike
 from types import TracebackType
 
 from .._transport import DEFAULT_ENDPOINT
-from ..client._client import AsyncSandboxClient
+from ..client._client import DEFAULT_CLEANUP_TIMEOUT, AsyncSandboxClient
 from ..presets import RuleLike
 from ..types import (
     Codebase,
@@ -31,8 +31,14 @@ class SandboxClient:
     are those of :class:`AsyncSandboxClient`, run in agentfense's one portal thread.
     """
 
-    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, *, secure: bool = False) -> None:
-        self._async = AsyncSandboxClient(endpoint, secure=secure)
+    def __init__(
+        self,
+        endpoint: str = DEFAULT_ENDPOINT,
+        *,
+        secure: bool = False,
+        cleanup_timeout: float = DEFAULT_CLEANUP_TIMEOUT,
+    ) -> None:
+        self._async = AsyncSandboxClient(endpoint, secure=secure, cleanup_timeout=cleanup_timeout)
 
     @classmethod
     def _wrap(cls, client: AsyncSandboxClient) -> SandboxClient:
@@ -47,6 +53,14 @@ class SandboxClient:
     @property
     def secure(self) -> bool:
         return self._async.secure
+
+    @property
+    def cleanup_timeout(self) -> float:
+        return self._async.cleanup_timeout
+
+    @cleanup_timeout.setter
+    def cleanup_timeout(self, seconds: float) -> None:
+        self._async.cleanup_timeout = seconds
 
     @property
     def lacks_file_rpcs(self) -> bool:

@@ -347,9 +347,9 @@ PAIRS = [
 ]
 LINK_TARGETS = ["../.env", ".env", "/workspace/secrets/token", "../secrets", "cfg/secrets/api"]
 NAMES = [
-    # 22: policy patterns are case-sensitive: these are ordinary names...
+    # 22: the preset's secret patterns match any case: these are hidden...
     ".ENV", ".Env.local", "X.KEY", "x.Key", "Secrets", "key.PEM",
-    # ...and these are hidden ones.
+    # ...and so are these.
     "x.key", ".env.local", ".env ", "credentials.json", "y.pem",
     # 23: names an overlay or a commit might treat specially are ordinary files.
     ".wh..env", ".wh.draft.txt", ".wh..wh..opq", ".agentfense-commit", ".agentfense-commit-1",
@@ -374,14 +374,14 @@ async def test_hidden_names_cannot_be_created_or_taken_over(fenced: Fenced) -> N
     for name in NAMES:
         allowed = POLICY.level(f"work/{name}") is Permission.WRITE
         assert out[f"name {name}"] == ("OK" if allowed else "EACCES"), name
-    assert out["name .ENV"] == out["name .wh..env"] == out["name " + "x" * 255] == "OK"
-    assert out["name x.key"] == out["name .env "] == "EACCES"
+    assert out["name .wh..env"] == out["name " + "x" * 255] == "OK"
+    assert out["name x.key"] == out["name .ENV"] == out["name .env "] == "EACCES"
 
     # Committed as ordinary files: nothing was deleted or uncovered by the special names.
     listing = await fenced.sh("ls -Ab work; cat work/.wh..env work/.agentfense-commit; cat .env")
     assert "No such file or directory" in listing.stderr
     shown = set(listing.stdout.splitlines())
-    assert {"draft.txt", "cfg", "keep", "mixed", ".ENV", ".wh.draft.txt", "upper"} <= shown
+    assert {"draft.txt", "cfg", "keep", "mixed", ".wh..env", ".wh.draft.txt", "upper"} <= shown
     assert not shown & HIDDEN_NAMES
     after = await fenced.assert_protected()
     for name in NAMES:

@@ -77,9 +77,7 @@ def test_development_preset(path: str, level: Permission) -> None:
     assert Policy(get_preset("development")).level(path) is level
 
 
-@pytest.mark.parametrize(
-    ("preset", "level"), [("view-only", VIEW), ("read-only", READ), ("full-access", WRITE)]
-)
+@pytest.mark.parametrize(("preset", "level"), [("read-only", READ), ("full-access", WRITE)])
 def test_whole_workspace_presets(preset: str, level: Permission) -> None:
     policy = Policy(get_preset(preset))
     assert [policy.level(p) for p in ("", "a", "a/.env", ".git/x")] == [level] * 4
