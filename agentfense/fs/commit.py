@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import secrets
 import stat
 from dataclasses import dataclass, field
 
@@ -23,6 +22,8 @@ from ._host import HostTree, copy_file, split
 from .view import View, join
 
 log = logging.getLogger("agentfense.fs")
+
+_COPY = "commit-copy"  # in the view's orphans directory (whose own names are numbers)
 
 
 @dataclass
@@ -147,10 +148,15 @@ def _apply_one(
         target = None
     result.changed.append(rel)
     if stat.S_ISREG(mode) and st.st_nlink > 1:
-        # The copy's name is unguessable: a sandbox may own any name it can guess.
-        temporary = join(_parent(rel), f".agentfense-commit-{secrets.token_hex(8)}")
-        copy_file(upper, rel, lower, temporary)
-        lower.rename(temporary, rel)
+        # Copied beside the delta, out of every view's sight, then renamed in: a commit cut
+        # short leaves no partial copy in the codebase (the next copy replaces it).
+        try:
+            copy_file(upper, rel, view.orphans, _COPY)
+            view.orphans.rename(_COPY, rel, lower)
+        except OSError:
+            with contextlib.suppress(OSError):
+                view.orphans.unlink(_COPY)  # (a full disk): its room back
+            raise
         waiting.add(_parent(rel))
     else:
         upper.rename(rel, rel, lower)
