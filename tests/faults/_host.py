@@ -100,6 +100,11 @@ class Footprint:
                 with suppress(OSError):
                     cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
                     found.append(f"process {pid} still runs: {cmd[:120]!r}")
+        for entry in os.listdir("/proc") if self.sandboxes else ():
+            with suppress(OSError):
+                cgroups = Path(f"/proc/{entry}/cgroup").read_text() if entry.isdigit() else ""
+                if any(f"/agentfense/{sandbox}" in cgroups for sandbox in self.sandboxes):
+                    found.append(f"process {entry} still runs in a dead sandbox's cgroup")
         with open("/proc/self/mounts") as mounts:
             for line in mounts:
                 if f" {self.state_dir}/" in line:

@@ -108,13 +108,16 @@ async def test_a_thousand_sandboxes_leave_nothing_behind(server: ServerProcess) 
 
         async def worker() -> None:
             for _ in counter:
-                sandbox = await client.create_sandbox(codebase.id, permissions=POLICY)
-                sandboxes.append(sandbox.id)
-                await client.start_sandbox(sandbox.id)
-                result = await client.exec(sandbox.id, COMMAND)
-                if result.exit_code != 0:
-                    failures.append(result.stderr)
-                await client.destroy_sandbox(sandbox.id)
+                # A connection each, as a program of its own would: what one connection
+                # keeps (HTTP/2 remembers up to 65,536 closed streams) goes with it.
+                async with AsyncSandboxClient(server.endpoint) as own:
+                    sandbox = await own.create_sandbox(codebase.id, permissions=POLICY)
+                    sandboxes.append(sandbox.id)
+                    await own.start_sandbox(sandbox.id)
+                    result = await own.exec(sandbox.id, COMMAND)
+                    if result.exit_code != 0:
+                        failures.append(result.stderr)
+                    await own.destroy_sandbox(sandbox.id)
 
         async def cycles(count: int) -> None:
             nonlocal counter
