@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,20 +37,33 @@ def _state_dir(directory: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"agentfense-state-{digest}"
 
 
+@dataclass
+class SmallDisk:
+    """The server (the latest start) whose state directory is a 64 MiB tmpfs of its own."""
+
+    directory: Path
+    server: ServerProcess | None = None
+
+    def start(self) -> ServerProcess:
+        self.server = start_server_process(
+            self.directory, settings={"max_upload_bytes": str(16 * MIB)}
+        )
+        self.server.owns_state = False  # a mount point: unmounted by the fixture
+        return self.server
+
+
 @pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[ServerProcess]:
-    """A server whose state directory is a 64 MiB tmpfs of its own."""
+def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
     state = _state_dir(tmp_path)
     state.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0711", "tmpfs", state], check=True)
+    disk = SmallDisk(tmp_path)
     try:
-        server = start_server_process(tmp_path, settings={"max_upload_bytes": str(16 * MIB)})
-        server.owns_state = False  # a mount point: unmounted below
-        try:
-            yield server
-        finally:
-            assert server.stop() == 0, server.log()
+        disk.start()
+        yield disk
     finally:
+        if disk.server is not None and disk.server.process.poll() is None:
+            assert disk.server.stop() == 0, disk.server.log()
         subprocess.run(["umount", "--lazy", state], check=True)
         state.rmdir()
 
@@ -88,8 +102,9 @@ async def _outcome(what: str, call: Callable[[], Awaitable[Any]], seen: dict[str
     return None
 
 
-async def test_a_full_disk(small_disk: ServerProcess) -> None:
-    server = small_disk
+async def test_a_full_disk(small_disk: SmallDisk) -> None:
+    server = small_disk.server
+    assert server is not None
     state = server.state_dir
     seen: dict[str, str] = {}
     async with AsyncSandboxClient(server.endpoint) as client:
@@ -150,7 +165,6 @@ async def test_a_full_disk(small_disk: ServerProcess) -> None:
             ("create session", lambda: client.create_session(sandbox.id)),
             ("download", lambda: client.download_file(codebase.id, "src/app.py")),
             ("list codebases", lambda: client.list_codebases()),
-            ("exec that deletes", lambda: client.exec(sandbox.id, "rm -f up/0.bin")),
         ]
         for what, call in calls:
             result = await _outcome(what, call, seen)
@@ -166,6 +180,11 @@ async def test_a_full_disk(small_disk: ServerProcess) -> None:
             )
         await _outcome("stop sandbox", lambda: client.stop_sandbox(sandbox.id), seen)
         await _outcome("start sandbox", lambda: client.start_sandbox(sandbox.id), seen)
+        deleted = await _outcome(
+            "exec that deletes", lambda: client.exec(sandbox.id, "rm -f up/0.bin"), seen
+        )
+        if deleted is not None:
+            seen["exec that deletes"] = f"exit {deleted.exit_code} {deleted.stderr[-60:]!r}"
         await _outcome("destroy sandbox", lambda: client.destroy_sandbox(sandbox.id), seen)
 
         # Whatever reached the codebase is whole, and nothing else is there.
@@ -193,11 +212,25 @@ async def test_a_full_disk(small_disk: ServerProcess) -> None:
             assert await client.download_file(codebase.id, "late.txt") == b"late\n" * 1000
 
         print("\n" + "\n".join(f"{what}: {outcome}" for what, outcome in seen.items()))
+        for left in await client.list_sandboxes():  # made while the disk was full
+            await client.destroy_sandbox(left.id)
+
+    # Killed on the full disk, the server starts again on it and serves.
+    await anyio.to_thread.run_sync(_fill, state / "filler-2")
+    server.process.kill()
+    server.process.wait()
+    server = await anyio.to_thread.run_sync(small_disk.start)
+    async with AsyncSandboxClient(server.endpoint) as client:
+        assert codebase.id in {c.id for c in await client.list_codebases()}
+        refused = await _outcome(
+            "create codebase, restarted", lambda: client.create_codebase("x"), seen
+        )
+        assert refused is None
+        assert await client.download_file(codebase.id, "src/app.py") == b"print('app')\n"
 
         # Space freed: everything works again.
         filler.unlink()
-        for left in await client.list_sandboxes():  # made while the disk was full
-            await client.destroy_sandbox(left.id)
+        (state / "filler-2").unlink()
         await client.delete_codebase(codebase.id)
         again = await client.create_codebase("again")
         await client.upload_file(again.id, "big.bin", b"b" * (4 * MIB))
