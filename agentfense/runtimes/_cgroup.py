@@ -75,8 +75,13 @@ def sweep_dead(
     """
     removed = 0
     hierarchies = list(dict.fromkeys([root, *roots]))
-    condemned = [h / _PARENT / sandbox for h in hierarchies for sandbox in dead]
-    condemned = [c for c in condemned if c.is_dir()]
+    wanted = set(dead)  # a cgroup is named for its sandbox ("sb_x", or "sb_x.<run>")
+    condemned = [
+        cgroup
+        for hierarchy in hierarchies
+        for cgroup in (hierarchy / _PARENT).glob("sb_*")
+        if cgroup.name.partition(".")[0] in wanted and cgroup.is_dir()
+    ]
     for cgroup in condemned:
         _kill_all(cgroup)
     deadline = time.monotonic() + wait

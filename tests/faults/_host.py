@@ -53,7 +53,8 @@ def kill_all(pids: dict[int, int]) -> None:
 
 
 def cgroup_dirs(sandbox_id: str) -> list[Path]:
-    """Where a sandbox's cgroups live on this host (command leaves and limits)."""
+    """A sandbox's cgroups on this host now (command leaves and limits; named for it, or
+    for one of its runs: ``<id>.<run>``)."""
     roots = []
     unified = find_cgroup2_root()
     if unified is not None:
@@ -61,7 +62,13 @@ def cgroup_dirs(sandbox_id: str) -> list[Path]:
     limits = find_limit_cgroups()
     if limits is not None:
         roots.extend(limits.roots.values())
-    return [root / "agentfense" / sandbox_id for root in dict.fromkeys(roots)]
+    found = []
+    for root in dict.fromkeys(roots):
+        found += [
+            *(root / "agentfense").glob(f"{sandbox_id}"),
+            *(root / "agentfense").glob(f"{sandbox_id}.*"),
+        ]
+    return found
 
 
 def _engine() -> docker.APIClient:
@@ -111,8 +118,7 @@ class Footprint:
                     found.append(f"still mounted: {line.split()[1]}")
         for sandbox in self.sandboxes:
             for path in cgroup_dirs(sandbox):
-                if path.exists():
-                    found.append(f"cgroup of the dead sandbox {sandbox} remains: {path}")
+                found.append(f"cgroup of the dead sandbox {sandbox} remains: {path}")
         delta = self.state_dir / "deltas"
         for sandbox in self.sandboxes:
             if (delta / sandbox).exists():

@@ -70,7 +70,7 @@ def _fs_pid(server: ServerProcess) -> int:
 def _sample(server: ServerProcess, sandboxes: list[str]) -> Sample:
     with open("/proc/self/mounts") as mounts:
         mounted = sum(f" {server.state_dir}/" in line for line in mounts)
-    cgroups = sum(path.exists() for sandbox in sandboxes for path in cgroup_dirs(sandbox))
+    cgroups = sum(len(cgroup_dirs(sandbox)) for sandbox in sandboxes)
     return Sample(_status(server.process.pid), _status(_fs_pid(server)), mounted, cgroups)
 
 
