@@ -149,6 +149,10 @@ def _load_all(root: Path) -> builtins.list[CodebaseRecord]:
             continue
         if not _ID_RE.fullmatch(entry.name) or entry.is_symlink() or not entry.is_dir():
             continue
+        files = entry / "files"
+        if not (entry / "meta.json").exists() and (not files.is_dir() or not any(files.iterdir())):
+            remove_tree(entry)  # a creation cut short (the server was killed): nothing in it
+            continue
         try:
             record = _meta_from_json((entry / "meta.json").read_text(encoding="utf-8"))
         except (OSError, ValueError, KeyError, TypeError) as err:
