@@ -139,8 +139,9 @@ async def test_a_thousand_sandboxes_leave_nothing_behind(server: ServerProcess) 
     assert (end.mounts, end.cgroups) == (0, 0)
     for process in ("server", "fs"):
         before, after = getattr(warm, process), getattr(end, process)
-        # Noise: a few fds and threads (an anyio worker thread that comes and goes), a few
-        # MiB of heap. Growth with the cycles would be ~19 times what 50 cycles grew.
-        assert after["fds"] <= before["fds"] + 4, (process, before, after)
-        assert after["threads"] <= before["threads"] + 4, (process, before, after)
-        assert after["rss_kib"] <= before["rss_kib"] + 8 * 1024, (process, before, after)
+        # Noise: a few fds and threads (an anyio worker thread that comes and goes), and the
+        # heap's fragmentation (about 1 MiB over the run, growing ever slower). What grows
+        # with the cycles fails: one fd or thread per 250 cycles, 4.4 KiB per cycle.
+        assert after["fds"] <= before["fds"] + 3, (process, before, after)
+        assert after["threads"] <= before["threads"] + 3, (process, before, after)
+        assert after["rss_kib"] <= before["rss_kib"] + 4 * 1024, (process, before, after)
