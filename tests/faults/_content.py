@@ -30,14 +30,18 @@ def shell_writer(names: list[str], gen: int) -> str:
 
 
 def python_writer(names: list[str], gen: int, *, links: int = 0) -> str:
-    """A python3 command that writes each file's content for ``gen`` (and, for the first
-    ``links`` names, a second name by a hard link: such files are committed as copies)."""
+    """A python3 command that writes each file's content for ``gen``: every other one in
+    place, the others as editors save (a new file renamed over the old one); and, for the
+    first ``links`` names, a second name by a hard link (such files are committed as
+    copies)."""
     script = (
         "import os,sys\n"
         f"g={gen}\n"
         f"names={names!r}\n"
-        "for n in names:\n"
-        f"    open(n,'wb').write(('%s:%d\\n'%(n,g)).encode()*{REPEATS})\n"
+        "for i,n in enumerate(names):\n"
+        f"    d=('%s:%d\\n'%(n,g)).encode()*{REPEATS}\n"
+        "    if i%2: open(n,'wb').write(d); continue\n"
+        "    open(n+'.new','wb').write(d); os.replace(n+'.new',n)\n"  # as editors save
         f"for n in names[:{links}]:\n"
         "    l=n+'.link'\n"
         "    if os.path.lexists(l): os.unlink(l)\n"

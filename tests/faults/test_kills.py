@@ -37,9 +37,10 @@ BUSYBOX = "agentfense/busybox:latest"
 LIMITED = ResourceLimits(memory_bytes=256 * 1024 * 1024, pids_limit=256)
 
 
-def _kill(server: ServerProcess, whole_tree: bool) -> None:
+def _kill(server: ServerProcess, whole_tree: bool, tree: dict[int, int] | None = None) -> None:
+    """SIGKILL the server alone, or its whole process ``tree`` (found now if not given)."""
     if whole_tree:
-        kill_all(process_tree(server.process.pid))
+        kill_all(tree or process_tree(server.process.pid))
     else:
         os.kill(server.process.pid, signal.SIGKILL)
     server.process.wait()
@@ -120,6 +121,8 @@ async def _kill_in_commit(
         finally:
             done.set()
 
+    # Taken beforehand: a look at every process of the host takes longer than a commit.
+    footprint = Footprint.of(server, sandboxes)
     async with anyio.create_task_group() as tg:
         tg.start_soon(command)
         written = False
@@ -130,8 +133,7 @@ async def _kill_in_commit(
                 if written and count <= threshold:
                     break
                 await anyio.sleep(0.0005)
-        footprint = Footprint.of(server, sandboxes)
-        _kill(server, whole_tree)
+        _kill(server, whole_tree, footprint.processes)
     return footprint
 
 
