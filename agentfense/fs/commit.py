@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import secrets
 import stat
 from dataclasses import dataclass, field
 
@@ -23,6 +22,8 @@ from ._host import HostTree, copy_file, split
 from .view import View, join
 
 log = logging.getLogger("agentfense.fs")
+
+_COPY = "commit-copy"  # in the view's orphans directory (whose own names are numbers)
 
 
 @dataclass
@@ -41,6 +42,7 @@ def _delete_lower(view: View, top: str, result: CommitResult) -> bool:
     """Remove ``top`` from the codebase as far as the view may; True when it is gone."""
     lower = view.lower
     blocked: set[str] = set()  # directories that keep something: they stay
+    recreated = view.upper.try_lstat(top) is not None  # (else nothing below is either)
     stack: list[tuple[str, bool]] = [(top, False)]
     while stack:
         rel, expanded = stack.pop()
@@ -62,6 +64,8 @@ def _delete_lower(view: View, top: str, result: CommitResult) -> bool:
                 with contextlib.suppress(OSError):  # not empty: another view committed here
                     lower.rmdir(rel)
                     gone = True
+        elif recreated and _replaced(view, rel):
+            pass  # its new file's rename replaces it at once: never missing meanwhile
         elif view.level(rel) is Permission.WRITE:
             with contextlib.suppress(FileNotFoundError):
                 lower.unlink(rel)
@@ -73,6 +77,14 @@ def _delete_lower(view: View, top: str, result: CommitResult) -> bool:
         elif rel != top:
             blocked.add(_parent(rel))
     return top not in blocked and lower.try_lstat(top) is None
+
+
+def _replaced(view: View, rel: str) -> bool:
+    """The upper tree holds a file (not a directory) at ``rel``: the deletion of the
+    codebase's file there is left to that file's rename, so that a commit cut short between
+    the two leaves it old or new, never missing."""
+    st = view.upper.try_lstat(rel)
+    return st is not None and not stat.S_ISDIR(st.st_mode)
 
 
 def _ensure_dir(lower: HostTree, rel: str, mode: int, result: CommitResult) -> None:
@@ -147,10 +159,15 @@ def _apply_one(
         target = None
     result.changed.append(rel)
     if stat.S_ISREG(mode) and st.st_nlink > 1:
-        # The copy's name is unguessable: a sandbox may own any name it can guess.
-        temporary = join(_parent(rel), f".agentfense-commit-{secrets.token_hex(8)}")
-        copy_file(upper, rel, lower, temporary)
-        lower.rename(temporary, rel)
+        # Copied beside the delta, out of every view's sight, then renamed in: a commit cut
+        # short leaves no partial copy in the codebase (the next copy replaces it).
+        try:
+            copy_file(upper, rel, view.orphans, _COPY)
+            view.orphans.rename(_COPY, rel, lower)
+        except OSError:
+            with contextlib.suppress(OSError):
+                view.orphans.unlink(_COPY)  # (a full disk): its room back
+            raise
         waiting.add(_parent(rel))
     else:
         upper.rename(rel, rel, lower)
@@ -193,9 +210,15 @@ def commit(view: View) -> CommitResult:
     Safe to ask again after it stopped halfway (the process died): the deletions done are
     written down (what the view still keeps deleted) before anything of the upper tree moves
     in, so a second pass never deletes what the first one brought in; deletions and moves
-    are each harmless to do twice.
+    are each harmless to do twice. A file the view replaced (deleted, then made again: an
+    editor's save) is not deleted first: its rename replaces it, so a commit cut short (a
+    killed server, whose sandboxes' deltas are gone with it) leaves it old or new.
     """
     result = CommitResult()
+    stale = view.orphans.try_lstat(_COPY)
+    if stale is not None:  # a copy a commit cut short left (counted when the view was taken over)
+        view.orphans.unlink(_COPY)
+        view.orphan_bytes = max(0, view.orphan_bytes - stale.st_size)
     for rel in sorted(view.deleted.paths, key=lambda p: (p.count("/"), p)):
         if not _delete_lower(view, rel, result):
             result.kept.add(rel)

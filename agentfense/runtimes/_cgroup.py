@@ -33,26 +33,76 @@ def find_cgroup2_root(mountinfo: str | None = None) -> Path | None:
     return None
 
 
-def sweep_dead(root: Path, older_than: float = 60.0) -> int:
+def _kill_all(cgroup: Path) -> None:
+    """SIGKILL every process in ``cgroup`` and below (v2 and v1 alike)."""
+    with contextlib.suppress(OSError):
+        (cgroup / "cgroup.kill").write_text("1")  # v2: the whole subtree at once
+    for directory in [cgroup, *(p for p in cgroup.glob("*") if p.is_dir())]:
+        for pid in SandboxCgroup.members(directory):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _remove_if_empty(cgroup: Path) -> bool:
+    """Remove ``cgroup`` (a sandbox's: its leaves, then itself) unless a process is in it."""
+    leaves = [p for p in cgroup.iterdir() if p.is_dir()]
+    if any(SandboxCgroup.members(p) for p in [cgroup, *leaves]):
+        return False
+    for leaf in leaves:
+        leaf.rmdir()
+    cgroup.rmdir()
+    return True
+
+
+def sweep_dead(
+    root: Path,
+    older_than: float = 60.0,
+    *,
+    dead: Collection[str] = (),
+    roots: Collection[Path] = (),
+    wait: float = 5.0,
+) -> int:
     """Remove the cgroups of sandboxes that are gone: left by a server that was killed (its
-    sandboxes died with it; nobody removed their cgroups). A sandbox's cgroup with no process
-    in it or below, untouched for ``older_than`` seconds, is dead (a live one holds its agent;
-    one being set up is younger). Returns how many were removed."""
+    sandboxes died with it; nobody removed their cgroups), in ``root`` and in the limit
+    hierarchies ``roots``. Returns how many were removed.
+
+    The sandboxes ``dead`` are known to be gone (the killed server was this one: their
+    deltas are still there): whatever still runs in their cgroups is killed, and they are
+    removed whatever their age (a process dying with the killed server may take a moment to
+    leave them: waited for up to ``wait`` seconds). Any other sandbox's cgroup with no
+    process in it or below, untouched for ``older_than`` seconds, is dead too (a live one
+    holds its agent; one being set up, by any server, is younger).
+    """
     removed = 0
+    hierarchies = list(dict.fromkeys([root, *roots]))
+    wanted = set(dead)  # a cgroup is named for its sandbox ("sb_x", or "sb_x.<run>")
+    condemned = [
+        cgroup
+        for hierarchy in hierarchies
+        for cgroup in (hierarchy / _PARENT).glob("sb_*")
+        if cgroup.name.partition(".")[0] in wanted and cgroup.is_dir()
+    ]
+    for cgroup in condemned:
+        _kill_all(cgroup)
+    deadline = time.monotonic() + wait
+    while condemned:
+        for cgroup in list(condemned):
+            with contextlib.suppress(OSError):
+                if _remove_if_empty(cgroup):
+                    condemned.remove(cgroup)
+                    removed += 1
+        if not condemned or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
     now = time.time()
-    for sandbox in (root / _PARENT).glob("sb_*"):
-        try:
-            if now - sandbox.stat().st_mtime < older_than:
+    for hierarchy in hierarchies:
+        for sandbox in (hierarchy / _PARENT).glob("sb_*"):
+            try:
+                if now - sandbox.stat().st_mtime < older_than:
+                    continue
+                removed += _remove_if_empty(sandbox)
+            except OSError:
                 continue
-            leaves = [p for p in sandbox.iterdir() if p.is_dir()]
-            if any(SandboxCgroup.members(p) for p in [sandbox, *leaves]):
-                continue
-            for leaf in leaves:
-                leaf.rmdir()
-            sandbox.rmdir()
-        except OSError:
-            continue
-        removed += 1
     return removed
 
 

@@ -265,11 +265,15 @@ class BwrapRuntime:
         self.host_uid = host_uid if os.geteuid() == 0 else os.geteuid()
         self._python = python
         self._cgroup_root = find_cgroup2_root() if os.geteuid() == 0 else None
+        self._limit_cgroups = find_limit_cgroups()
         if self._cgroup_root is not None:
-            swept = sweep_dead(self._cgroup_root)
+            # The sandboxes whose deltas are left died with this server's killed predecessor.
+            deltas = state_dir / "deltas"
+            dead = [p.name for p in deltas.glob("sb_*")] if deltas.is_dir() else []
+            limits = self._limit_cgroups.roots.values() if self._limit_cgroups else ()
+            swept = sweep_dead(self._cgroup_root, dead=dead, roots=limits)
             if swept:
                 _log.info("removed the cgroups of %d sandboxes gone with a killed server", swept)
-        self._limit_cgroups = find_limit_cgroups()
         self._bwrap = shutil.which("bwrap")
         _bwrap_has_option("--disable-userns")  # once, here: not at each sandbox start
         self._session_bash = _exec_only_copy(shutil.which("bash"), state_dir / "bwrap-bin")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import builtins
+import errno
 import functools
 import hashlib
 import json
@@ -67,7 +68,15 @@ class CodebaseRecord:
 
 
 async def _run(func: Callable[..., _T], *args: Any) -> _T:
-    return await anyio.to_thread.run_sync(functools.partial(func, *args))
+    try:
+        return await anyio.to_thread.run_sync(functools.partial(func, *args))
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ResourceLimitExceededError(
+                "the server's disk is full: no room is left for codebases; free some space "
+                "(delete codebases or files) and try again"
+            ) from None
+        raise
 
 
 def _relpath(raw: str, field: str, *, allow_root: bool = False) -> str:
@@ -112,8 +121,12 @@ def _meta_from_json(text: str) -> CodebaseRecord:
 
 def _write_meta(codebase_dir: Path, record: CodebaseRecord) -> None:
     temp = codebase_dir / f".meta-{secrets.token_hex(4)}.tmp"
-    temp.write_text(_meta_to_json(record), encoding="utf-8")
-    os.replace(temp, codebase_dir / "meta.json")
+    try:
+        temp.write_text(_meta_to_json(record), encoding="utf-8")
+        os.replace(temp, codebase_dir / "meta.json")
+    except BaseException:
+        temp.unlink(missing_ok=True)  # (a full disk): no half-written copy left behind
+        raise
 
 
 def _create_dirs(codebase_dir: Path, record: CodebaseRecord) -> None:
@@ -136,6 +149,10 @@ def _load_all(root: Path) -> builtins.list[CodebaseRecord]:
             continue
         if not _ID_RE.fullmatch(entry.name) or entry.is_symlink() or not entry.is_dir():
             continue
+        files = entry / "files"
+        if not (entry / "meta.json").exists() and (not files.is_dir() or not any(files.iterdir())):
+            remove_tree(entry)  # a creation cut short (the server was killed): nothing in it
+            continue
         try:
             record = _meta_from_json((entry / "meta.json").read_text(encoding="utf-8"))
         except (OSError, ValueError, KeyError, TypeError) as err:
@@ -145,6 +162,8 @@ def _load_all(root: Path) -> builtins.list[CodebaseRecord]:
             _log.warning("skipping codebase directory %s: meta.json names %s", entry, record.id)
             continue
         (entry / "files").mkdir(mode=0o755, exist_ok=True)
+        for temp in entry.glob(".meta-*.tmp"):  # a write of meta.json cut short
+            temp.unlink()
         tmp = entry / "tmp"
         remove_tree(tmp)
         tmp.mkdir(mode=0o700)
@@ -271,8 +290,12 @@ class CodebaseStore:
             while self._unsaved:
                 ident = self._unsaved.pop()
                 latest = self._records.get(ident)
-                if latest is not None:
+                if latest is None:
+                    continue
+                try:
                     await _run(_write_meta, self._dir(ident), latest)
+                except ResourceLimitExceededError:  # the change it follows stands: say so
+                    _log.warning("codebase %s: updated_at not saved: the disk is full", ident)
         return record
 
     async def upload(

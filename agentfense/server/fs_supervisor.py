@@ -32,6 +32,7 @@ import anyio.abc
 from ..errors import SandboxError, StatusCode
 from ..fs import control
 from ..fs._device import MountError, mount_view, mounted_views, unmount
+from ..fs._host import remove_tree
 
 log = logging.getLogger("agentfense.server.fs")
 
@@ -55,6 +56,7 @@ class _Pending:
 class FsSupervisor:
     def __init__(self, state_dir: Path, *, on_lost: Callable[[str, str], Awaitable[None]]) -> None:
         self.views_dir = state_dir / "fs" / "views"
+        self._deltas_dir = state_dir / "deltas"
         self._log_path = state_dir / "logs" / "fs.log"
         self._on_lost = on_lost
         self._views: dict[str, _Mounted] = {}
@@ -80,6 +82,13 @@ class FsSupervisor:
         for leftover in self.views_dir.iterdir():
             with contextlib.suppress(OSError):
                 leftover.rmdir()
+        # The deltas of a killed server's sandboxes: no record of those survived it, and a
+        # commit it was making left each file whole in the codebase, old or new.
+        dead = list(self._deltas_dir.glob("sb_*")) if self._deltas_dir.is_dir() else []
+        for leftover in dead:
+            await anyio.to_thread.run_sync(remove_tree, leftover)
+        if dead:
+            log.warning("removed the deltas of %d sandboxes gone with a killed server", len(dead))
         await self._launch(task_group)
         self._ready.set()
         task_group.start_soon(self._watch, task_group)

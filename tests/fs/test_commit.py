@@ -64,7 +64,8 @@ def test_a_commit_stopped_halfway_and_asked_again_loses_nothing(
     with pytest.raises(Killed):
         commit_module.commit(view)
     monkeypatch.setattr(commit_module, "_apply_one", real)
-    assert {(lower / n).read_bytes() for n in names if (lower / n).exists()} <= {b"new\n"}
+    # Each file old or new, never missing (a killed server's delta would be gone with it).
+    assert {(lower / n).read_bytes() for n in names} <= {b"old\n", b"new\n"}
 
     # The next process takes the view over from what is on disk, and commits again.
     view.close()
@@ -73,3 +74,40 @@ def test_a_commit_stopped_halfway_and_asked_again_loses_nothing(
     assert {n: (lower / n).read_bytes() for n in names} == dict.fromkeys(names, b"new\n")
     assert list((tmp_path / "delta" / "upper").iterdir()) == []
     assert not again.deleted.paths
+
+
+def test_a_commit_killed_while_copying_a_file_with_two_names_leaves_no_copy_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Such a file is committed as a copy: one cut short is never in the codebase (where
+    every view and the owner's listing would see it), and the next process's commit neither
+    keeps it nor counts it against the view."""
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    (lower / "a").write_bytes(b"old\n")
+    view = _view(tmp_path)
+    _rewrite(view, "a", b"new\n" * 1000)
+    view.upper.link("a", "b")
+    view.created("b")
+
+    def dies(src: Any, src_rel: str, dst: Any, dst_rel: str) -> None:
+        fd = dst.open(dst_rel, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.write(fd, b"new\n")  # a quarter of the copy, then the process dies
+        os.close(fd)
+        raise Killed
+
+    monkeypatch.setattr(commit_module, "copy_file", dies)
+    with pytest.raises(Killed):
+        commit_module.commit(view)
+    monkeypatch.undo()
+    assert sorted(os.listdir(lower)) == ["a"]
+    assert (lower / "a").read_bytes() == b"old\n"
+
+    view.close()
+    again = _view(tmp_path)
+    again.measure_delta()
+    commit_module.commit(again)
+    assert sorted(os.listdir(lower)) == ["a", "b"]
+    assert (lower / "a").read_bytes() == (lower / "b").read_bytes() == b"new\n" * 1000
+    assert os.listdir(tmp_path / "delta" / "orphans") == []
+    assert again.orphan_bytes == again.carried_orphan_bytes == 0

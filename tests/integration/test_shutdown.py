@@ -198,7 +198,12 @@ def test_the_cgroups_of_dead_sandboxes_are_swept(tmp_path: Path) -> None:
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
         (live / "cmd-1" / "cgroup.procs").write_text(str(sleeper.pid))
-        assert sweep_dead(root, older_than=0) >= 1
+        # Both older than the sweep's bound (not older_than=0: that would remove every empty
+        # sandbox cgroup of the host, a fresh one another server is setting up among them).
+        hour_ago = time.time() - 3600
+        for cgroup in (dead, live):
+            os.utime(cgroup, (hour_ago, hour_ago))
+        assert sweep_dead(root) >= 1
         assert not dead.exists()
         assert live.exists()  # a process is in it
     finally:
@@ -210,3 +215,36 @@ def test_the_cgroups_of_dead_sandboxes_are_swept(tmp_path: Path) -> None:
                     leaf.rmdir()
                     break
                 time.sleep(0.01)
+
+
+def test_a_killed_servers_sandboxes_cgroups_are_swept_at_once(tmp_path: Path) -> None:
+    """Named as dead (their deltas were left by this server's killed predecessor), a
+    sandbox's cgroups go however young, in the command and the limit hierarchies, with
+    whatever still runs in them; another sandbox's young empty cgroup stays."""
+    root = find_cgroup2_root()
+    assert root is not None
+    name = f"sb_{uuid.uuid4().hex[:16]}"
+    dead = root / "agentfense" / f"{name}.run1"  # (a cgroup named for one run of it)
+    (dead / "cmd-1").mkdir(parents=True)
+    limits = [Path(f"/sys/fs/cgroup/{c}") / "agentfense" / name for c in ("memory", "pids")]
+    limits = [p for p in limits if p.parent.parent.is_dir()]
+    for limit in limits:
+        limit.mkdir(parents=True)
+    young = root / "agentfense" / f"sb_{uuid.uuid4().hex[:16]}"
+    young.mkdir()
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        (dead / "cmd-1" / "cgroup.procs").write_text(str(sleeper.pid))
+        for limit in limits:
+            (limit / "cgroup.procs").write_text(str(sleeper.pid))
+        assert sweep_dead(root, dead=[name], roots=[p.parent.parent for p in limits]) == 1 + len(
+            limits
+        )
+        assert sleeper.wait(5) == -signal.SIGKILL
+        assert not dead.exists()
+        assert not any(limit.exists() for limit in limits)
+        assert young.exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        young.rmdir()

@@ -65,6 +65,27 @@ async def test_create_get_and_reload(tmp_path: Path) -> None:
     assert await reloaded.get(record.id) == record
 
 
+async def test_what_a_killed_server_left_is_gone_at_load(tmp_path: Path) -> None:
+    """A codebase whose creation was cut short (no meta.json, nothing in it) and a write of
+    meta.json cut short are removed; a codebase with files but no readable meta.json stays
+    (its files are someone's), skipped."""
+    store = await _store(tmp_path)
+    kept = await store.create("kept")
+    (tmp_path / kept.id / ".meta-0123abcd.tmp").write_text('{"id": ')
+    half_made = tmp_path / "cb_00000000000000aa"
+    (half_made / "files").mkdir(parents=True)
+    (half_made / "tmp").mkdir()
+    unreadable = tmp_path / "cb_00000000000000bb"
+    (unreadable / "files").mkdir(parents=True)
+    (unreadable / "files" / "work.txt").write_text("someone's\n")
+
+    reloaded = await _store(tmp_path)
+    assert [r.id for r in (await reloaded.list())[0]] == [kept.id]
+    assert not half_made.exists()
+    assert _names(tmp_path / kept.id) == ["files", "meta.json", "tmp"]
+    assert (unreadable / "files" / "work.txt").read_text() == "someone's\n"
+
+
 @pytest.mark.parametrize("name", ["", "   ", "x" * 257, "a\x00b"])
 async def test_create_rejects_bad_names(tmp_path: Path, name: str) -> None:
     store = await _store(tmp_path)
