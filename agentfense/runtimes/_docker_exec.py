@@ -29,7 +29,14 @@ if TYPE_CHECKING:
 
 Call = Callable[..., Awaitable[Any]]
 # $0 is "sh"; the command's argv follows. Exit 125 when the server hung up before the go.
-_GATE = 'IFS= read -r _ || exit 125; exec "$@"'
+# A sandbox that keeps its $HOME has one, /home/sandbox (on the /home tmpfs, made once).
+_GATE = 'IFS= read -r _ || exit 125; [ -d "$HOME" ] || mkdir -p "$HOME"; exec "$@"'
+# Else each command gets an empty one, removed when the command's own process exits (the
+# shell waits for it; a command killed takes it along, and /home's tmpfs holds it till stop).
+_GATE_FRESH_HOME = (
+    "IFS= read -r _ || exit 125; HOME=$(mktemp -d /home/home-XXXXXXXXXX) || exit 125; "
+    'export HOME; "$@"; code=$?; rm -rf "$HOME"; exit $code'
+)
 _HEADER = struct.Struct(">BxxxL")
 
 
@@ -160,7 +167,13 @@ async def start_exec(
         created = await call(
             "exec_create",
             container_id,
-            ["/bin/sh", "-c", _GATE, "sh", *command.argv],
+            [
+                "/bin/sh",
+                "-c",
+                _GATE if sandbox.keep_home else _GATE_FRESH_HOME,
+                "sh",
+                *command.argv,
+            ],
             stdin=True,
             stdout=True,
             stderr=True,

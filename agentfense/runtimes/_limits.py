@@ -67,6 +67,22 @@ def find_limit_cgroups(mountinfo: str | None = None) -> LimitCgroups | None:
     return None
 
 
+def tmpfs_sizes(memory_bytes: int, default: int) -> dict[str, int]:
+    """The size of each writable tmpfs of a sandbox: ``default`` for /tmp and /home (an
+    eighth of it for /dev/shm); with a memory limit, which their pages count against, half of
+    the limit at most in all (a quarter for /tmp, an eighth each for /home and /dev/shm), so
+    that filling them gets the writer ENOSPC and leaves its processes room to run."""
+    sizes = {"/tmp": default, "/home": default, "/dev/shm": max(default // 8, 1 << 20)}
+    if memory_bytes:
+        caps = {
+            "/tmp": memory_bytes // 4,
+            "/home": memory_bytes // 8,
+            "/dev/shm": memory_bytes // 8,
+        }
+        sizes = {path: min(size, caps[path]) for path, size in sizes.items()}
+    return sizes
+
+
 def cpu_weight(shares: int) -> int:
     """cgroup v2's cpu.weight for Docker's (v1) cpu shares, as runc maps them."""
     return max(1, min(10000, 1 + ((max(shares, 2) - 2) * 9999) // 262142))

@@ -210,9 +210,9 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
         self, request: pb.SandboxFileRequest
     ) -> AsyncIterator[pb.FileChunk]:
         with grpc_errors():
-            _record, view = self._manager.view_root(request.sandbox_id)
+            record, view = self._manager.view_root(request.sandbox_id)
             rel = files.workspace_relpath(request.path)
-            async for data in files.read_file(view, rel, self._manager.view_owner):
+            async for data in files.read_file(view, rel, self._manager.view_owner(record)):
                 yield pb.FileChunk(data=data)
 
     async def write_sandbox_file(
@@ -242,7 +242,7 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
                     view,
                     rel,
                     data(),
-                    owner=self._manager.view_owner,
+                    owner=self._manager.view_owner(record),
                     max_bytes=self._max_upload_bytes,
                 )
             finally:
@@ -257,10 +257,10 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
 
     async def list_sandbox_files(self, request: pb.ListSandboxFilesRequest) -> pb.ListFilesResponse:
         with grpc_errors():
-            _record, view = self._manager.view_root(request.sandbox_id)
+            record, view = self._manager.view_root(request.sandbox_id)
             rel = files.workspace_relpath(request.path)
             found = await anyio.to_thread.run_sync(
-                files.list_files, view, rel, request.recursive, self._manager.view_owner
+                files.list_files, view, rel, request.recursive, self._manager.view_owner(record)
             )
         return pb.ListFilesResponse(
             files=[
