@@ -61,6 +61,7 @@ def sandbox_to_pb(record: SandboxRecord) -> pb.Sandbox:
         runtime=RUNTIME_TO_PB[record.runtime],
         image=record.image,
         resources=resources_to_pb(record.resources),
+        keep_home=record.keep_home,
     )
     for name in ("started_at", "stopped_at", "expires_at"):
         value = getattr(record, name)
@@ -150,6 +151,7 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
                 resources=resources_from_pb(request.resources),
                 labels=dict(request.labels),
                 expires_in=request.expires_in or None,
+                keep_home=request.keep_home,
             )
             return sandbox_to_pb(record)
 

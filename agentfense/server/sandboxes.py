@@ -285,6 +285,7 @@ class SandboxManager:
         resources: ResourceLimits,
         labels: Mapping[str, str],
         expires_in: timedelta | None,
+        keep_home: bool = False,
     ) -> SandboxRecord:
         if not codebase_id:
             raise InvalidConfigurationError("codebase_id must not be empty")
@@ -310,6 +311,7 @@ class SandboxManager:
             resources=resources,
             labels=dict(labels),
             owner_id=codebase.owner_id,
+            keep_home=keep_home,
         )
         if expires_in:
             record.expires_at = record.created_at + expires_in

@@ -204,3 +204,19 @@ async def test_a_fork_bomb_starves_only_its_own_sandbox(
         assert "fork" in bombed.stderr.lower()  # its shell ran out of processes
         result = await other.run("echo fine; sh -c 'echo forked'")
         assert (result.stdout, result.exit_code) == ("fine\nforked\n", 0)
+
+
+@pytest.mark.parametrize("options", RUNTIMES)
+async def test_a_sandbox_that_asks_keeps_its_home(
+    endpoint: str, project: Path, options: dict[str, object]
+) -> None:
+    async with await AsyncSandbox.from_local(
+        project,
+        endpoint=endpoint,
+        keep_home=True,
+        **options,  # type: ignore[arg-type]
+    ) as sandbox:
+        assert sandbox.info.keep_home
+        await sandbox.run("echo kept > ~/note")
+        kept = await sandbox.run('cat ~/note; echo "$HOME"')
+        assert kept.stdout == "kept\n/home/sandbox\n"
