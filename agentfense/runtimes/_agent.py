@@ -17,8 +17,10 @@ Its options (a JSON object, its second argument) say how it starts commands: ``n
 most processes the sandbox's uid may have (RLIMIT_NPROC, for the agent and every command);
 ``fresh_home``, whether each command gets a new, empty ``$HOME`` of its own (a directory under
 ``/home``, removed when the command's own process exits) instead of sharing ``/home/sandbox``.
-Each command starts with the OOM score adjustment reset to 0: the server lowers the agent's
-own, so that the OOM killer picks the agent last.
+Each command starts with an OOM score adjustment of ``COMMAND_OOM_SCORE_ADJ``: the agent
+raises its own while it forks one (raising needs no privilege; going back down to where it
+was, no more than that) through an fd it opened before it made itself non-dumpable. The
+server also lowers the agent's own where it may. So the OOM killer picks the agent last.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from typing import Any, Callable, Dict, List, Tuple
 
 Children = Dict[int, Tuple[int, Any, str]]  # pid -> (id, a Popen or a _Started, its own $HOME)
@@ -46,6 +49,7 @@ PR_SET_DUMPABLE = 4
 SYS_CLONE3 = 435  # x86_64 and aarch64 alike
 CLONE_INTO_CGROUP = 0x200000000
 HOMES = "/home"
+COMMAND_OOM_SCORE_ADJ = b"500"
 # The signals whose action a command starts with (the agent's are its own business).
 _CHILD_DEFAULTS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGCHLD)
 
@@ -103,14 +107,27 @@ def _send(sock: socket.socket, payload: Dict[str, Any]) -> None:
 
 
 def _child_setup() -> None:
-    """In a command's process before exec: default signal actions, an ordinary OOM score."""
+    """In a command's process before exec: default signal actions."""
     for number in _CHILD_DEFAULTS:
         signal.signal(number, signal.SIG_DFL)
+
+
+_OOM_ADJ: List[int] = []  # an fd on the agent's own oom_score_adj, opened while it could
+
+
+@contextlib.contextmanager
+def _commands_oom_score() -> Iterator[None]:
+    """The agent's OOM score adjustment at the commands' while it forks one."""
+    if not _OOM_ADJ:
+        yield
+        return
+    fd = _OOM_ADJ[0]
+    own = os.pread(fd, 32, 0).strip()
+    os.pwrite(fd, COMMAND_OOM_SCORE_ADJ, 0)
     try:
-        with open("/proc/self/oom_score_adj", "w") as adj:
-            adj.write("0")
-    except OSError:
-        pass
+        yield
+    finally:
+        os.pwrite(fd, own, 0)
 
 
 def _join_cgroup(fd: int) -> Callable[[], None]:
@@ -206,18 +223,19 @@ def _spawn(
         if fresh_home:
             home = _new_home()
             header["env"]["HOME"] = home
-        started = None if cgroup_dir is None else _clone_into(cgroup_dir, header, fds[:3])
-        proc = started or subprocess.Popen(
-            header["argv"],
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            cwd=header["cwd"],
-            env=header["env"],
-            start_new_session=True,
-            close_fds=True,
-            preexec_fn=_join_cgroup(cgroup_fd),
-        )
+        with _commands_oom_score():
+            started = None if cgroup_dir is None else _clone_into(cgroup_dir, header, fds[:3])
+            proc = started or subprocess.Popen(
+                header["argv"],
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                cwd=header["cwd"],
+                env=header["env"],
+                start_new_session=True,
+                close_fds=True,
+                preexec_fn=_join_cgroup(cgroup_fd),
+            )
     except OSError as exc:
         _remove_home(home)
         reply = {
@@ -278,6 +296,8 @@ def main() -> None:
     # Python's SIGINT handler would let any process of the sandbox interrupt the agent: at
     # its default action, the kernel drops it (and every other signal) sent from inside.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    with contextlib.suppress(OSError):  # (once non-dumpable, its /proc files are not its)
+        _OOM_ADJ.append(os.open("/proc/self/oom_score_adj", os.O_RDWR | os.O_CLOEXEC))
     _not_dumpable()
     sock = socket.socket(fileno=int(sys.argv[1]))
     options = json.loads(sys.argv[2])

@@ -29,12 +29,15 @@ if TYPE_CHECKING:
 
 Call = Callable[..., Awaitable[Any]]
 # $0 is "sh"; the command's argv follows. Exit 125 when the server hung up before the go.
+# Every command starts with an OOM score adjustment above pid 1's (raising needs no privilege),
+# so the OOM killer takes pid 1, which holds the container up, last.
+_OOM = "{ echo 500 >/proc/self/oom_score_adj; } 2>/dev/null; "
 # A sandbox that keeps its $HOME has one, /home/sandbox (on the /home tmpfs, made once).
-_GATE = 'IFS= read -r _ || exit 125; [ -d "$HOME" ] || mkdir -p "$HOME"; exec "$@"'
+_GATE = _OOM + 'IFS= read -r _ || exit 125; [ -d "$HOME" ] || mkdir -p "$HOME"; exec "$@"'
 # Else each command gets an empty one, removed when the command's own process exits (the
-# shell waits for it; a command killed takes it along, and /home's tmpfs holds it till stop).
+# shell waits for it; the home of a command killed stays on /home's tmpfs till the stop).
 _GATE_FRESH_HOME = (
-    "IFS= read -r _ || exit 125; HOME=$(mktemp -d /home/home-XXXXXXXXXX) || exit 125; "
+    _OOM + "IFS= read -r _ || exit 125; HOME=$(mktemp -d /home/home-XXXXXXXXXX) || exit 125; "
     'export HOME; "$@"; code=$?; rm -rf "$HOME"; exit $code'
 )
 _HEADER = struct.Struct(">BxxxL")

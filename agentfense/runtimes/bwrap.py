@@ -46,7 +46,8 @@ from ._seccomp import compile_filter, native_arch
 from .base import WORKSPACE, CommandSpec, ForkRefused, Process, RuntimeError_, SandboxSpec
 
 SANDBOX_UID = 1000
-# The agent's OOM score adjustment: the OOM killer takes it last (its commands start at 0).
+# The agent's OOM score adjustment where the server may lower it (CAP_SYS_RESOURCE); its
+# commands start at a higher one anyway (``_agent.COMMAND_OOM_SCORE_ADJ``).
 AGENT_OOM_SCORE_ADJ = -999
 _SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
 _ETC_ENTRIES = (
@@ -258,7 +259,8 @@ class BwrapRuntime:
                 _log.info("removed the cgroups of %d sandboxes gone with a killed server", swept)
         self._limit_cgroups = find_limit_cgroups()
         self._bwrap = shutil.which("bwrap")
-        _bwrap_has_option("--disable-userns")  # once, here: not at each sandbox start
+        for option in ("--disable-userns", "--size"):  # once, here: not at each sandbox start
+            _bwrap_has_option(option)
 
     def check(self) -> str | None:
         """Why this runtime cannot start sandboxes here, or None when it can."""
@@ -266,6 +268,11 @@ class BwrapRuntime:
             return "bubblewrap (bwrap) is not installed; install the 'bubblewrap' package"
         if not Path(self._python).exists():
             return f"{self._python} is missing; sandboxes need Python 3 on the host's /usr"
+        if not _bwrap_has_option("--size"):
+            return (
+                "this bubblewrap has no --size option, which sizes the sandboxes' tmpfs; "
+                "install bubblewrap 0.8 or later"
+            )
         if native_arch() is None:
             return (
                 "the bwrap runtime's seccomp filter knows x86_64 and aarch64 only, "

@@ -42,7 +42,8 @@ _SIGNALS = (
 )
 # pid 1: ignores every signal; ``wait`` reaps any child (the orphans it inherits too).
 _KEEPALIVE = ["/bin/sh", "-c", f"trap '' {_SIGNALS}; while :; do sleep 3600 & wait $!; done"]
-# The OOM score adjustment of pid 1: the OOM killer takes it last (commands start at 0).
+# The OOM score adjustment of pid 1 where the server may lower it (CAP_SYS_RESOURCE); the
+# commands start at a higher one anyway (``_docker_exec``).
 PID1_OOM_SCORE_ADJ = -999
 CPU_PERIOD_US = 100_000
 # The Engine API version spoken: Docker 20.10's (Debian 12's docker.io); later engines speak

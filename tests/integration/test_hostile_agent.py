@@ -4,6 +4,7 @@ starve other sandboxes of processes, fill memory through /tmp, or ptrace a later
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import time
@@ -204,6 +205,34 @@ async def test_a_fork_bomb_starves_only_its_own_sandbox(
         assert "fork" in bombed.stderr.lower()  # its shell ran out of processes
         result = await other.run("echo fine; sh -c 'echo forked'")
         assert (result.stdout, result.exit_code) == ("fine\nforked\n", 0)
+        for uid in uids:  # held by this server while its sandboxes exist
+            with pytest.raises(BlockingIOError):
+                _lock(uid)
+    for uid in uids:  # destroyed: released, for any server of the host to take
+        _lock(uid)
+
+
+def _lock(uid: str) -> None:
+    """Take and drop a sandbox uid's lock as another server of the host would."""
+    with open(f"/run/agentfense/uids/{uid}", "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+@pytest.mark.parametrize("options", RUNTIMES)
+async def test_the_oom_killer_takes_what_holds_the_sandbox_up_last(
+    endpoint: str, project: Path, options: dict[str, object]
+) -> None:
+    async with await AsyncSandbox.from_local(project, endpoint=endpoint, **options) as sandbox:  # type: ignore[arg-type]
+        leftover = await _leave_marker(sandbox)
+        holder = int(_status_field(leftover, "PPid"))  # the agent (bwrap), pid 1 (docker)
+        held_up, command = (_oom_score_adj(pid) for pid in (holder, leftover))
+        assert held_up <= 0
+        assert command == 500
+
+
+def _oom_score_adj(pid: int) -> int:
+    with open(f"/proc/{pid}/oom_score_adj") as adj:
+        return int(adj.read())
 
 
 @pytest.mark.parametrize("options", RUNTIMES)
