@@ -132,7 +132,10 @@ async def test_each_command_has_a_fresh_home_and_each_session_its_own(
         # A command that fills its home: its home goes when it exits.
         filled = await sandbox.run("dd if=/dev/zero of=$HOME/fill bs=1M count=4096")
         assert "No space left on device" in filled.stderr
-        used = await sandbox.run("du -sk /home | cut -f1")
+        used = await sandbox.run(  # (removed in the background as the command exits)
+            "for i in $(seq 100); do [ $(du -sk /home | cut -f1) -lt 1024 ] && break; "
+            "sleep 0.05; done; du -sk /home | cut -f1"
+        )
         assert int(used.stdout) < 1024
 
 
