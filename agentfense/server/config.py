@@ -54,7 +54,8 @@ class ServerConfig:
     # The size of a sandbox's /tmp and /home tmpfs when it has no memory limit (with one,
     # they take at most half of it in all, with /dev/shm).
     sandbox_tmpfs_bytes: int = 512 * 1024 * 1024
-    # Limits every sandbox gets unless it asks otherwise, and the most it may ask (0: none).
+    # Limits every sandbox gets unless it asks otherwise (at most the maximum), and the most
+    # it may ask (0: none).
     default_memory_bytes: int = 0
     default_cpu_quota: int = 0
     default_pids_limit: int = 1024
@@ -85,8 +86,8 @@ class ServerConfig:
             default, most = getattr(self, f"default_{name}"), getattr(self, f"max_{name}")
             if default < 0 or most < 0:
                 raise InvalidConfigurationError(f"default_{name} and max_{name} must be >= 0")
-            if most and default > most:
-                raise InvalidConfigurationError(f"default_{name} must not exceed max_{name}")
+            # (a default above the maximum is the maximum: so a max_pids_limit below the
+            # built-in default_pids_limit needs no default_pids_limit beside it)
         if self.max_sandboxes_per_owner < 0:
             raise InvalidConfigurationError("max_sandboxes_per_owner must be >= 0")
         if not 0 < self.sandbox_uid < 2**32 - 1:

@@ -344,9 +344,8 @@ class SandboxManager:
         defaults = self._bwrap.limits_problem() is None
         for name in ("memory_bytes", "cpu_quota", "pids_limit"):
             most = getattr(self._config, f"max_{name}")
-            value = getattr(resources, name) or (
-                getattr(self._config, f"default_{name}") if defaults else 0
-            )
+            default = getattr(self._config, f"default_{name}") if defaults else 0
+            value = getattr(resources, name) or (min(default, most) if most else default)
             value = value or most or None  # with a maximum, "no limit" is the maximum
             if most and value and value > most:
                 raise InvalidConfigurationError(
