@@ -149,6 +149,9 @@ def _remove_home(home: str) -> None:
     reaping finds that process like any orphan)."""
     if not home:
         return
+    with contextlib.suppress(OSError):
+        os.rmdir(home)  # most often empty: no process needed
+        return
     try:
         os.posix_spawn("/bin/rm", ["rm", "-rf", "--", home], {}, setsigdef=_CHILD_DEFAULTS)
     except OSError:  # (no process left to spare): here, then
