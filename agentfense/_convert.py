@@ -136,6 +136,7 @@ def sandbox_from_pb(message: pb.Sandbox) -> SandboxInfo:
         started_at=timestamp(message.started_at),
         stopped_at=timestamp(message.stopped_at),
         expires_at=timestamp(message.expires_at),
+        keep_home=message.keep_home,
     )
 
 

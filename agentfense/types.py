@@ -217,6 +217,7 @@ class SandboxInfo:
     started_at: datetime | None = None
     stopped_at: datetime | None = None
     expires_at: datetime | None = None
+    keep_home: bool = False  # one $HOME for all its commands (else one each)
 
 
 @dataclass(frozen=True, slots=True)

@@ -373,6 +373,7 @@ class AsyncSandboxClient:
         resources: ResourceLimits | None = None,
         labels: Mapping[str, str] | None = None,
         expires_in: float | timedelta | None = None,
+        keep_home: bool = False,
     ) -> SandboxInfo:
         expiry = (
             expires_in if isinstance(expires_in, timedelta) else _duration(expires_in, "expires_in")
@@ -384,6 +385,7 @@ class AsyncSandboxClient:
             runtime=convert.RUNTIME_TO_PB[_runtime(runtime)],
             image=image or "",
             resources=convert.resources_to_pb(resources),
+            keep_home=keep_home,
         )
         if expiry is not None:
             request.expires_in = expiry

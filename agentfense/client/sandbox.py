@@ -81,6 +81,7 @@ class AsyncSandbox:
         ignore_patterns: list[str] | None = None,
         labels: dict[str, str] | None = None,
         auto_start: bool = True,
+        keep_home: bool = False,
     ) -> AsyncSandbox:
         """Upload the project at ``path`` as a new codebase and create a sandbox on it.
 
@@ -111,6 +112,7 @@ class AsyncSandbox:
                     image=image,
                     resources=resources,
                     labels=labels,
+                    keep_home=keep_home,
                 )
             )
             sandbox_id = info.id
@@ -151,6 +153,7 @@ class AsyncSandbox:
         secure: bool = False,
         labels: dict[str, str] | None = None,
         auto_start: bool = True,
+        keep_home: bool = False,
     ) -> AsyncSandbox:
         """A new sandbox on an existing codebase (which is kept when the sandbox goes)."""
         rules = resolve_permissions(preset, permissions)
@@ -164,6 +167,7 @@ class AsyncSandbox:
                     image=image,
                     resources=resources,
                     labels=labels,
+                    keep_home=keep_home,
                 )
             )
         except BaseException:

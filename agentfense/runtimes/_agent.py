@@ -7,9 +7,20 @@ stdin/stdout/stderr pipe ends (and optionally a cgroup.procs fd) attached as SCM
 the command in a new session, and reports its pid and exit status. When the server closes the
 socket the agent kills every session it started and exits, which tears the sandbox down.
 
-The agent is the sandbox's pid 1: it reaps every orphan, and signals from inside the sandbox
-cannot kill it. It runs as the same user as the commands, so it makes itself non-dumpable:
-they cannot ptrace it, nor open its ``/proc`` files (its socket to the server above all).
+The agent is the sandbox's pid 1: it reaps every orphan, and no signal from inside the sandbox
+reaches it: it leaves every signal at its default action (Python's own SIGINT handler too),
+which the kernel never delivers to a pid namespace's init from inside it, and it catches only
+SIGCHLD. It runs as the same user as the commands, so it makes itself non-dumpable: they
+cannot ptrace it, nor open its ``/proc`` files (its socket to the server above all).
+
+Its options (a JSON object, its second argument) say how it starts commands: ``nproc``, the
+most processes the sandbox's uid may have (RLIMIT_NPROC, for the agent and every command);
+``fresh_home``, whether each command gets a new, empty ``$HOME`` of its own (a directory under
+``/home``, removed when the command's own process exits) instead of sharing ``/home/sandbox``.
+Each command starts with an OOM score adjustment of ``COMMAND_OOM_SCORE_ADJ``: the agent
+raises its own while it forks one (raising needs no privilege; going back down to where it
+was, no more than that) through an fd it opened before it made itself non-dumpable. The
+server also lowers the agent's own where it may. So the OOM killer picks the agent last.
 """
 
 from __future__ import annotations
@@ -20,19 +31,27 @@ import ctypes
 import errno
 import json
 import os
+import resource
 import select
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from typing import Any, Callable, Dict, List, Tuple
 
-Children = Dict[int, Tuple[int, Any]]  # pid -> (id, a Popen or a _Started)
+Children = Dict[int, Tuple[int, Any, str]]  # pid -> (id, a Popen or a _Started, its own $HOME)
 
 MAX_FDS = 8
 PR_SET_DUMPABLE = 4
 SYS_CLONE3 = 435  # x86_64 and aarch64 alike
 CLONE_INTO_CGROUP = 0x200000000
+HOMES = "/home"
+COMMAND_OOM_SCORE_ADJ = b"500"
+# The signals whose action a command starts with (the agent's are its own business).
+_CHILD_DEFAULTS = (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGCHLD)
 
 
 class _CloneArgs(ctypes.Structure):
@@ -87,11 +106,56 @@ def _send(sock: socket.socket, payload: Dict[str, Any]) -> None:
     sock.send(json.dumps(payload).encode())
 
 
+def _child_setup() -> None:
+    """In a command's process before exec: default signal actions."""
+    for number in _CHILD_DEFAULTS:
+        signal.signal(number, signal.SIG_DFL)
+
+
+_OOM_ADJ: List[int] = []  # an fd on the agent's own oom_score_adj, opened while it could
+
+
+@contextlib.contextmanager
+def _commands_oom_score() -> Iterator[None]:
+    """The agent's OOM score adjustment at the commands' while it forks one."""
+    if not _OOM_ADJ:
+        yield
+        return
+    fd = _OOM_ADJ[0]
+    own = os.pread(fd, 32, 0).strip()
+    os.pwrite(fd, COMMAND_OOM_SCORE_ADJ, 0)
+    try:
+        yield
+    finally:
+        os.pwrite(fd, own, 0)
+
+
 def _join_cgroup(fd: int) -> Callable[[], None]:
     def join() -> None:
-        os.write(fd, b"0")
+        _child_setup()
+        if fd >= 0:
+            os.write(fd, b"0")
 
     return join
+
+
+def _new_home() -> str:
+    """An empty directory for one command's ``$HOME``, under a name no one can guess."""
+    return tempfile.mkdtemp(prefix="home-", dir=HOMES)
+
+
+def _remove_home(home: str) -> None:
+    """Remove a command's ``$HOME`` in a process of its own, not to hold up the agent (its
+    reaping finds that process like any orphan)."""
+    if not home:
+        return
+    with contextlib.suppress(OSError):
+        os.rmdir(home)  # most often empty: no process needed
+        return
+    try:
+        os.posix_spawn("/bin/rm", ["rm", "-rf", "--", home], {}, setsigdef=_CHILD_DEFAULTS)
+    except OSError:  # (no process left to spare): here, then
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def _clone_into(cgroup_dir: int, header: Dict[str, Any], stdio: List[int]) -> Any:
@@ -109,8 +173,7 @@ def _clone_into(cgroup_dir: int, header: Dict[str, Any], stdio: List[int]) -> An
                 os.dup2(fd, target)
             os.closerange(3, err_w)
             os.closerange(err_w + 1, 1 << 16)
-            for number in (signal.SIGPIPE, signal.SIGXFSZ):  # as Popen restores them
-                signal.signal(number, signal.SIG_DFL)
+            _child_setup()
             try:
                 os.chdir(header["cwd"])
             except OSError as exc:
@@ -148,24 +211,36 @@ def _clone_into(cgroup_dir: int, header: Dict[str, Any], stdio: List[int]) -> An
     return _Started(pid)
 
 
-def _spawn(sock: socket.socket, children: Children, header: Dict[str, Any], fds: List[int]) -> None:
+def _spawn(
+    sock: socket.socket,
+    children: Children,
+    header: Dict[str, Any],
+    fds: List[int],
+    fresh_home: bool,
+) -> None:
     stdin, stdout, stderr = fds[0], fds[1], fds[2]
-    cgroup_fd = fds[3] if len(fds) > 3 else None
+    cgroup_fd = fds[3] if len(fds) > 3 else -1
     cgroup_dir = fds[4] if len(fds) > 4 else None
+    home = ""
     try:
-        started = None if cgroup_dir is None else _clone_into(cgroup_dir, header, fds[:3])
-        proc = started or subprocess.Popen(
-            header["argv"],
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            cwd=header["cwd"],
-            env=header["env"],
-            start_new_session=True,
-            close_fds=True,
-            preexec_fn=_join_cgroup(cgroup_fd) if cgroup_fd is not None else None,
-        )
+        if fresh_home:
+            home = _new_home()
+            header["env"]["HOME"] = home
+        with _commands_oom_score():
+            started = None if cgroup_dir is None else _clone_into(cgroup_dir, header, fds[:3])
+            proc = started or subprocess.Popen(
+                header["argv"],
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                cwd=header["cwd"],
+                env=header["env"],
+                start_new_session=True,
+                close_fds=True,
+                preexec_fn=_join_cgroup(cgroup_fd),
+            )
     except OSError as exc:
+        _remove_home(home)
         reply = {
             "id": header["id"],
             "error": f"{exc.strerror or exc}: {exc.filename or ''}",
@@ -175,7 +250,7 @@ def _spawn(sock: socket.socket, children: Children, header: Dict[str, Any], fds:
             reply["field"] = "workdir"
         _send(sock, reply)
     else:
-        children[proc.pid] = (header["id"], proc)
+        children[proc.pid] = (header["id"], proc, home)
         _send(sock, {"id": header["id"], "pid": proc.pid})
     finally:
         for fd in fds:
@@ -199,14 +274,15 @@ def _reap(sock: socket.socket, children: Children) -> None:
         entry = children.pop(pid, None)
         if entry is None:
             continue
-        ident, proc = entry
+        ident, proc, home = entry
         code = os.waitstatus_to_exitcode(status)
         proc.returncode = code
+        _remove_home(home)
         _send(sock, {"id": ident, "exit": code if code >= 0 else 128 - code})
 
 
 def _kill(children: Children, header: Dict[str, Any]) -> None:
-    for ident, proc in children.values():
+    for ident, proc, _home in children.values():
         if ident == header["id"]:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, header.get("signal", signal.SIGKILL))
@@ -220,9 +296,19 @@ def _join_limit_cgroups(fds: List[int]) -> None:
 
 
 def main() -> None:
+    # Python's SIGINT handler would let any process of the sandbox interrupt the agent: at
+    # its default action, the kernel drops it (and every other signal) sent from inside.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    with contextlib.suppress(OSError):  # (once non-dumpable, its /proc files are not its)
+        _OOM_ADJ.append(os.open("/proc/self/oom_score_adj", os.O_RDWR | os.O_CLOEXEC))
     _not_dumpable()
     sock = socket.socket(fileno=int(sys.argv[1]))
-    _join_limit_cgroups([int(fd) for fd in sys.argv[2:]])
+    options = json.loads(sys.argv[2])
+    _join_limit_cgroups([int(fd) for fd in sys.argv[3:]])
+    nproc = int(options.get("nproc") or 0)
+    if nproc:
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+    fresh_home = bool(options.get("fresh_home"))
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -243,13 +329,13 @@ def main() -> None:
                 continue
             data, fds = _recv(sock)
             if not data:
-                for _ident, proc in children.values():
+                for _ident, proc, _home in children.values():
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(proc.pid, signal.SIGKILL)
                 return
             header = json.loads(data)
             if header["op"] == "spawn":
-                _spawn(sock, children, header, fds)
+                _spawn(sock, children, header, fds, fresh_home)
             elif header["op"] == "kill":
                 _kill(children, header)
 

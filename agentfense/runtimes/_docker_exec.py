@@ -29,7 +29,17 @@ if TYPE_CHECKING:
 
 Call = Callable[..., Awaitable[Any]]
 # $0 is "sh"; the command's argv follows. Exit 125 when the server hung up before the go.
-_GATE = 'IFS= read -r _ || exit 125; exec "$@"'
+# Every command starts with an OOM score adjustment above pid 1's (raising needs no privilege),
+# so the OOM killer takes pid 1, which holds the container up, last.
+_OOM = "{ echo 500 >/proc/self/oom_score_adj; } 2>/dev/null; "
+# A sandbox that keeps its $HOME has one, /home/sandbox (on the /home tmpfs, made once).
+_GATE = _OOM + 'IFS= read -r _ || exit 125; [ -d "$HOME" ] || mkdir -p "$HOME"; exec "$@"'
+# Else each command gets an empty one, removed when the command's own process exits (the
+# shell waits for it; the home of a command killed stays on /home's tmpfs till the stop).
+_GATE_FRESH_HOME = (
+    _OOM + "IFS= read -r _ || exit 125; HOME=$(mktemp -d /home/home-XXXXXXXXXX) || exit 125; "
+    'export HOME; "$@"; code=$?; rm -rf "$HOME"; exit $code'
+)
 _HEADER = struct.Struct(">BxxxL")
 
 
@@ -160,7 +170,13 @@ async def start_exec(
         created = await call(
             "exec_create",
             container_id,
-            ["/bin/sh", "-c", _GATE, "sh", *command.argv],
+            [
+                "/bin/sh",
+                "-c",
+                _GATE if sandbox.keep_home else _GATE_FRESH_HOME,
+                "sh",
+                *command.argv,
+            ],
             stdin=True,
             stdout=True,
             stderr=True,

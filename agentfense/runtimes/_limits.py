@@ -67,25 +67,59 @@ def find_limit_cgroups(mountinfo: str | None = None) -> LimitCgroups | None:
     return None
 
 
+def tmpfs_sizes(memory_bytes: int, default: int) -> dict[str, int]:
+    """The size of each writable tmpfs of a sandbox: ``default`` for /tmp and /home (an
+    eighth of it for /dev/shm); with a memory limit, which their pages count against, half of
+    the limit at most in all (a quarter for /tmp, an eighth each for /home and /dev/shm), so
+    that filling them gets the writer ENOSPC and leaves its processes room to run."""
+    sizes = {"/tmp": default, "/home": default, "/dev/shm": max(default // 8, 1 << 20)}
+    if memory_bytes:
+        caps = {
+            "/tmp": memory_bytes // 4,
+            "/home": memory_bytes // 8,
+            "/dev/shm": memory_bytes // 8,
+        }
+        sizes = {path: min(size, caps[path]) for path, size in sizes.items()}
+    return sizes
+
+
 def cpu_weight(shares: int) -> int:
     """cgroup v2's cpu.weight for Docker's (v1) cpu shares, as runc maps them."""
     return max(1, min(10000, 1 + ((max(shares, 2) - 2) * 9999) // 262142))
 
 
+def _controllers(limits: ResourceLimits) -> list[str]:
+    """The controllers ``limits`` need. No other: a cgroup of the cpu controller makes the
+    sandbox one scheduling entity among the host's, where it competes with a weight of one
+    process for the CPU of all of its own (twice as slow as without on a busy host)."""
+    wanted = {
+        "memory": bool(limits.memory_bytes),
+        "cpu": bool(limits.cpu_quota or limits.cpu_shares),
+        "pids": bool(limits.pids_limit),
+    }
+    return [controller for controller in _CONTROLLERS if wanted[controller]]
+
+
 class SandboxLimits:
-    """One sandbox's limit cgroups: create, join (fds for the agent), read OOM kills, remove."""
+    """One sandbox's limit cgroups: create, join (fds for the agent), read OOM kills, remove.
+
+    Only the controllers its limits need (on v2: memory and pids always, which cost nothing of
+    the kind, and cpu when it has a CPU limit)."""
 
     def __init__(self, cgroups: LimitCgroups, sandbox_id: str, limits: ResourceLimits) -> None:
         self._cgroups = cgroups
         self._limits = limits
-        self._dirs = sorted({root / _PARENT / sandbox_id for root in cgroups.roots.values()})
+        self._wanted = _controllers(limits)
+        roots = [cgroups.roots[controller] for controller in self._wanted or ["memory"]]
+        self._dirs = sorted({root / _PARENT / sandbox_id for root in roots})
         self._memory = cgroups.roots["memory"] / _PARENT / sandbox_id
 
     def create(self) -> list[int]:
         """Make the cgroups, write the limits; write fds on the ``cgroup.procs`` to join."""
         if self._cgroups.version == 2:
             root = self._cgroups.roots["memory"]
-            wanted = " ".join(f"+{c}" for c in _CONTROLLERS)
+            enabled = ["memory", "cpu", "pids"] if "cpu" in self._wanted else ["memory", "pids"]
+            wanted = " ".join(f"+{c}" for c in enabled)
             (root / "cgroup.subtree_control").write_text(wanted)
             (root / _PARENT).mkdir(exist_ok=True)
             (root / _PARENT / "cgroup.subtree_control").write_text(wanted)

@@ -26,8 +26,17 @@ class BadWorkdir(RuntimeError_):
 class SandboxSpec:
     sandbox_id: str
     workspace: Path  # the sandbox's view of its codebase (the permission filesystem)
+    host_uid: int  # its processes' uid and gid on the host (its own uid; a shared gid)
+    host_gid: int
     image: str = ""
     resources: ResourceLimits = field(default_factory=ResourceLimits)
+    # Whether ``$HOME`` is one directory for every command (else each command, and each
+    # session, gets an empty one of its own, removed when it exits).
+    keep_home: bool = False
+    # The most processes its uid may have (RLIMIT_NPROC; 0: the server's own limit).
+    max_processes: int = 0
+    # The size of its /tmp and /home tmpfs without a memory limit (see ``_limits.tmpfs_sizes``).
+    tmpfs_bytes: int = 512 * 1024 * 1024
     # When the policy lets the sandbox read every path and nothing more, its workspace is
     # this directory (the codebase's files) bound read-only: the kernel enforces that policy
     # whole, at native speed, with no permission filesystem in the way.

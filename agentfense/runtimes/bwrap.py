@@ -1,29 +1,38 @@
 """The bubblewrap runtime: each sandbox is one long-lived bwrap process tree.
 
 ``start`` launches ``bwrap`` with every namespace unshared and the agent (``_agent.py``) as its
-command; each exec is spawned by that agent, so background jobs, ``/tmp`` and ``$HOME`` live until
-the sandbox stops. Inside, the sandbox sees ``/usr`` (and the merged-usr links) read-only, a few
-files of ``/etc`` read-only, a generated ``passwd``/``group``/``hosts``, fresh ``/proc``, ``/dev``,
-``/tmp`` and ``$HOME``, and its workspace at ``/workspace``. It runs as uid 1000 with no
-capabilities, no network, its own pid/ipc/uts namespaces and a new session. The agent is the
-sandbox's pid 1 (no bwrap monitor inside), and the sandbox cannot create user namespaces.
+command; each exec is spawned by that agent, so background jobs and ``/tmp`` live until the
+sandbox stops (``$HOME`` too when the sandbox keeps it; else each command and each session
+gets an empty one of its own). Inside, the sandbox sees ``/usr`` (and the merged-usr links)
+read-only, a few files of ``/etc`` read-only, a generated ``passwd``/``group``/``hosts``, fresh
+``/proc``, a read-only ``/dev`` with a sized ``/dev/shm``, sized ``/tmp`` and ``/home`` tmpfs
+(``_limits.tmpfs_sizes``), and its workspace at ``/workspace``. It runs as uid 1000 with no
+capabilities, no network, its own pid/ipc/uts namespaces, a new session and a seccomp filter
+that refuses ptrace and its kin (``_seccomp.py``). The agent is the sandbox's pid 1 (no bwrap
+monitor inside), and the sandbox cannot create user namespaces.
 
-On the host, a sandbox's processes run as an unprivileged uid of their own (``host_uid``,
-when the server runs as root): no root-owned file, sysctl or device node counts them as its
-owner, and host limits per user apply. ``/proc/sys`` is read-only and ``/etc/ssl/private`` is
-not bound all the same.
+On the host, a sandbox's processes run as an unprivileged uid of its own (``spec.host_uid``,
+when the server runs as root; the gid is shared by every sandbox): no root-owned file, sysctl
+or device node counts them as its owner, and host limits per user (RLIMIT_NPROC, which the
+agent sets to ``spec.max_processes``) are the sandbox's alone. ``/proc/sys`` is read-only and
+``/etc/ssl/private`` is not bound all the same. Each run of a sandbox has cgroups of its own
+(named for the sandbox and the run), so that a run that died leaves nothing in the next one's
+way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +41,16 @@ import anyio.abc
 
 from ._agent_client import AGENT_SOURCE, AgentConnection
 from ._cgroup import SandboxCgroup, find_cgroup2_root, sweep_dead
-from ._limits import SandboxLimits, find_limit_cgroups
+from ._limits import SandboxLimits, find_limit_cgroups, tmpfs_sizes
+from ._seccomp import compile_filter, native_arch
 from .base import WORKSPACE, CommandSpec, ForkRefused, Process, RuntimeError_, SandboxSpec
 
 SANDBOX_UID = 1000
 # Where a sandbox finds the bash its sessions run (see ``SandboxHandle.session_bash``).
 SESSION_BASH = "/run/agentfense/bash"
-# The host uid (and gid) sandboxes run as when the server is root; the permission filesystem
-# shows it as the owner of every file. No user of the host should have it.
-DEFAULT_HOST_UID = 59000
+# The agent's OOM score adjustment where the server may lower it (CAP_SYS_RESOURCE); its
+# commands start at a higher one anyway (``_agent.COMMAND_OOM_SCORE_ADJ``).
+AGENT_OOM_SCORE_ADJ = -999
 _SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
 _ETC_ENTRIES = (
     "alternatives",
@@ -102,8 +112,14 @@ def _generated_etc(directory: Path) -> dict[str, Path]:
     return paths
 
 
-def bwrap_isolation_args(etc_dir: Path) -> list[str]:
-    """Everything but the workspace and the command: shared with the benchmark's raw bwrap."""
+def bwrap_isolation_args(etc_dir: Path, sizes: Mapping[str, int] | None = None) -> list[str]:
+    """Everything but the workspace and the command: shared with the benchmark's raw bwrap.
+    ``sizes``: the size of each tmpfs by path (``_limits.tmpfs_sizes``), else the kernel's."""
+
+    def tmpfs(path: str) -> list[str]:
+        size = (sizes or {}).get(path)
+        return ([] if size is None else ["--size", str(size)]) + ["--tmpfs", path]
+
     args = [
         "--unshare-all",
         "--die-with-parent",
@@ -149,10 +165,11 @@ def bwrap_isolation_args(etc_dir: Path) -> list[str]:
         "/proc/sysrq-trigger",
         "--dev",
         "/dev",
-        "--tmpfs",
-        "/tmp",
-        "--tmpfs",
-        "/home",
+        *tmpfs("/dev/shm"),
+        "--remount-ro",  # (/dev alone: its shm and pts are mounts of their own)
+        "/dev",
+        *tmpfs("/tmp"),
+        *tmpfs("/home"),
         "--dir",
         "/home/sandbox",
         "--chmod",
@@ -256,13 +273,10 @@ class BwrapRuntime:
         self,
         state_dir: Path,
         *,
-        host_uid: int = DEFAULT_HOST_UID,
         python: str = "/usr/bin/python3",
     ) -> None:
         self._etc_dir = state_dir / "bwrap-etc"
         self._log_dir = state_dir / "logs"
-        # Only root can give sandboxes a uid of their own; otherwise they run as the server.
-        self.host_uid = host_uid if os.geteuid() == 0 else os.geteuid()
         self._python = python
         self._cgroup_root = find_cgroup2_root() if os.geteuid() == 0 else None
         self._limit_cgroups = find_limit_cgroups()
@@ -275,7 +289,8 @@ class BwrapRuntime:
             if swept:
                 _log.info("removed the cgroups of %d sandboxes gone with a killed server", swept)
         self._bwrap = shutil.which("bwrap")
-        _bwrap_has_option("--disable-userns")  # once, here: not at each sandbox start
+        for option in ("--disable-userns", "--size"):  # once, here: not at each sandbox start
+            _bwrap_has_option(option)
         self._session_bash = _exec_only_copy(shutil.which("bash"), state_dir / "bwrap-bin")
 
     def check(self) -> str | None:
@@ -284,6 +299,16 @@ class BwrapRuntime:
             return "bubblewrap (bwrap) is not installed; install the 'bubblewrap' package"
         if not Path(self._python).exists():
             return f"{self._python} is missing; sandboxes need Python 3 on the host's /usr"
+        if not _bwrap_has_option("--size"):
+            return (
+                "this bubblewrap has no --size option, which sizes the sandboxes' tmpfs; "
+                "install bubblewrap 0.8 or later"
+            )
+        if native_arch() is None:
+            return (
+                "the bwrap runtime's seccomp filter knows x86_64 and aarch64 only, "
+                f"not this host's {os.uname().machine}"
+            )
         return None
 
     def limits_problem(self) -> str | None:
@@ -297,10 +322,11 @@ class BwrapRuntime:
             "which this host does not offer"
         )
 
-    def _as_host_user(self) -> dict[str, Any]:
-        if os.geteuid() != 0 or self.host_uid == 0:
+    @staticmethod
+    def _as_host_user(spec: SandboxSpec) -> dict[str, Any]:
+        if os.geteuid() != 0 or spec.host_uid == 0:
             return {}
-        return {"user": self.host_uid, "group": self.host_uid, "extra_groups": []}
+        return {"user": spec.host_uid, "group": spec.host_gid, "extra_groups": []}
 
     async def start(self, spec: SandboxSpec, task_group: anyio.abc.TaskGroup) -> BwrapSandbox:
         """Start the sandbox; its agent's reader runs in ``task_group`` until it stops."""
@@ -309,8 +335,10 @@ class BwrapRuntime:
             raise RuntimeError_(problem)
         assert self._bwrap is not None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # Cgroups of this run's own: whatever a run that died left is not in its way.
+        run = f"{spec.sandbox_id}.{secrets.token_hex(4)}"
         cgroup = (
-            SandboxCgroup(self._cgroup_root, spec.sandbox_id, owner_uid=self.host_uid)
+            SandboxCgroup(self._cgroup_root, run, owner_uid=spec.host_uid)
             if self._cgroup_root
             else None
         )
@@ -325,7 +353,7 @@ class BwrapRuntime:
                     cgroup.remove()
                 raise RuntimeError_(problem)
             assert self._limit_cgroups is not None
-            limits = SandboxLimits(self._limit_cgroups, spec.sandbox_id, spec.resources)
+            limits = SandboxLimits(self._limit_cgroups, run, spec.resources)
             try:
                 join_fds += limits.create()
             except OSError as exc:
@@ -336,6 +364,9 @@ class BwrapRuntime:
                 raise RuntimeError_(f"cannot set the resource limits: {exc}") from None
         if cgroup is not None:
             join_fds.append(cgroup.agent_join_fd())
+        seccomp = _filter_fd()
+        options = {"nproc": spec.max_processes, "fresh_home": not spec.keep_home}
+        sizes = tmpfs_sizes(spec.resources.memory_bytes or 0, spec.tmpfs_bytes)
         workspace = ["--bind", str(spec.workspace), WORKSPACE]
         if spec.read_only_source is not None:
             workspace = ["--ro-bind", str(spec.read_only_source), WORKSPACE]
@@ -344,12 +375,14 @@ class BwrapRuntime:
             workspace += ["--ro-bind", str(session_bash), SESSION_BASH]
         argv = [
             self._bwrap,
-            *bwrap_isolation_args(self._etc_dir),
+            *bwrap_isolation_args(self._etc_dir, sizes),
             *workspace,
             "--remount-ro",
             "/",
             "--chdir",
             WORKSPACE,
+            "--seccomp",
+            str(seccomp),
             "--",
             self._python,
             "-I",
@@ -357,6 +390,7 @@ class BwrapRuntime:
             "-c",
             AGENT_SOURCE,
             str(theirs.fileno()),
+            json.dumps(options),
             *(str(fd) for fd in join_fds),
         ]
         self._log_dir.mkdir(parents=True, exist_ok=True)
@@ -368,9 +402,9 @@ class BwrapRuntime:
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=log,
-                    pass_fds=(theirs.fileno(), *join_fds),
+                    pass_fds=(theirs.fileno(), seccomp, *join_fds),
                     env={},  # none of the server's environment reaches the sandbox
-                    **self._as_host_user(),
+                    **self._as_host_user(spec),
                 )
         except OSError as exc:
             ours.close()
@@ -379,7 +413,7 @@ class BwrapRuntime:
             raise RuntimeError_(f"cannot run bwrap: {exc.strerror}") from None
         finally:
             theirs.close()
-            for fd in join_fds:
+            for fd in (seccomp, *join_fds):
                 os.close(fd)
         agent = AgentConnection(ours, cgroup)
         task_group.start_soon(agent.run)
@@ -396,7 +430,30 @@ class BwrapRuntime:
             await sandbox.stop()
             detail = log_path.read_text(errors="replace").strip()[-2000:]
             raise RuntimeError_(f"the sandbox failed to start: {detail or 'bwrap said nothing'}")
+        _lower_oom_score(process.pid)
         return sandbox
+
+
+def _filter_fd() -> int:
+    """A readable fd holding the seccomp filter, for ``bwrap --seccomp``."""
+    arch = native_arch()
+    assert arch is not None  # (``check`` refuses other machines)
+    fd = os.memfd_create("agentfense-seccomp", os.MFD_CLOEXEC)
+    os.write(fd, compile_filter(arch))
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def _lower_oom_score(bwrap_pid: int) -> None:
+    """Make the agent (bwrap's child) the OOM killer's last choice, when the server may."""
+    if os.geteuid() != 0:
+        return
+    try:
+        children = Path(f"/proc/{bwrap_pid}/task/{bwrap_pid}/children").read_text().split()
+        for pid in children:
+            Path(f"/proc/{pid}/oom_score_adj").write_text(str(AGENT_OOM_SCORE_ADJ))
+    except OSError as exc:  # (gone meanwhile: the sandbox is dead, its next use says so)
+        _log.debug("cannot lower the agent's OOM score: %s", exc)
 
 
 async def _first_of(*waits: Any) -> None:

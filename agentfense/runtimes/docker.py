@@ -2,9 +2,12 @@
 
 The container runs the sandbox's image with its permission view bind-mounted at
 ``/workspace`` (private propagation: the view is never remounted under a running sandbox),
-no network, every capability dropped, ``no-new-privileges``, an init as pid 1, fresh ``/tmp``
-and ``$HOME`` tmpfs, the sandbox's uid (the view's owner), its resource limits and labels.
-Images are never pulled: a missing image is an error.
+no network, every capability dropped, ``no-new-privileges``, a seccomp profile of ours
+(``_docker_seccomp.py``), sized ``/tmp``, ``/home`` and ``/dev/shm`` tmpfs, the sandbox's own
+uid (the view's owner) and RLIMIT_NPROC, its resource limits and labels. Its pid 1 is a shell
+that ignores every signal and reaps orphans: the kernel delivers no signal from inside the
+container to it, so nothing there can end the container (Docker's init would pass a signal on
+to its child). Images are never pulled: a missing image is an error.
 
 Commands are ``docker exec``s, adapted to ``runtimes.base.Process`` by :mod:`._docker_exec`:
 each one gets a cgroup leaf of its own under the container's (on the unified hierarchy), so
@@ -15,9 +18,11 @@ makes a new one on the same view.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import select
 import socket
 from pathlib import Path
 from typing import Any
@@ -27,10 +32,19 @@ import anyio.abc
 
 from ._cgroup import SandboxCgroup, find_cgroup2_root
 from ._docker_exec import DockerProcess, start_exec
+from ._docker_seccomp import security_opt
+from ._limits import tmpfs_sizes
 from .base import WORKSPACE, CommandSpec, ForkRefused, Process, RuntimeError_, SandboxSpec
 
 _log = logging.getLogger(__name__)
-_KEEPALIVE = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600; done"]
+_SIGNALS = (
+    "HUP INT QUIT ABRT USR1 USR2 PIPE ALRM TERM TSTP TTIN TTOU URG XCPU XFSZ VTALRM PROF WINCH"
+)
+# pid 1: ignores every signal; ``wait`` reaps any child (the orphans it inherits too).
+_KEEPALIVE = ["/bin/sh", "-c", f"trap '' {_SIGNALS}; while :; do sleep 3600 & wait $!; done"]
+# The OOM score adjustment of pid 1 where the server may lower it (CAP_SYS_RESOURCE); the
+# commands start at a higher one anyway (``_docker_exec``).
+PID1_OOM_SCORE_ADJ = -999
 CPU_PERIOD_US = 100_000
 # The Engine API version spoken: Docker 20.10's (Debian 12's docker.io); later engines speak
 # it too. A fixed version needs no request to set up a client (nor leaks one that failed).
@@ -65,12 +79,21 @@ class DockerSandbox:
         self,
         runtime: DockerRuntime,
         container_id: str,
+        pid1: int,
         cgroups: dict[str, Path],
         task_group: anyio.abc.TaskGroup,
+        *,
+        keep_home: bool,
     ) -> None:
         self._runtime = runtime
         self._task_group = task_group
         self.container_id = container_id
+        self.keep_home = keep_home
+        # The container's pid 1, watched: when it is gone (killed from the host), so is the
+        # container, and a start makes a new one.
+        self._pid1: int | None = None
+        with contextlib.suppress(OSError):
+            self._pid1 = os.pidfd_open(pid1)
         self._cgroups = cgroups  # controller ("" for the unified hierarchy) -> its cgroup dir
         unified = cgroups.get("")
         self._leaves = SandboxCgroup.inside(unified) if unified is not None else None
@@ -79,7 +102,10 @@ class DockerSandbox:
 
     @property
     def alive(self) -> bool:
-        return not self._stopped
+        # (its pid fd readable: pid 1 exited)
+        return not self._stopped and not (
+            self._pid1 is not None and select.select([self._pid1], [], [], 0)[0]
+        )
 
     @property
     def session_bash(self) -> str | None:
@@ -139,6 +165,9 @@ class DockerSandbox:
             if self._leaves is not None:
                 await self._leaves.kill_leaves()
             await self._runtime.remove(self.container_id)
+            if self._pid1 is not None:
+                os.close(self._pid1)
+                self._pid1 = None
 
 
 class DockerRuntime:
@@ -146,10 +175,9 @@ class DockerRuntime:
 
     name = "docker"
 
-    def __init__(self, *, docker_host: str, host_uid: int, server_label: str) -> None:
+    def __init__(self, *, docker_host: str, server_label: str) -> None:
         self.docker_host = docker_host or os.environ.get("DOCKER_HOST", "")
         self.docker_host = self.docker_host or "unix:///var/run/docker.sock"
-        self.host_uid = host_uid
         self._server_label = server_label
         self._api: Any = None
         self._limiter = anyio.CapacityLimiter(8)
@@ -233,8 +261,10 @@ class DockerRuntime:
         problem = await self.check() or await self.check_image(spec.image)
         if problem is not None:
             raise RuntimeError_(problem)
-        uid = self.host_uid
+        uid, gid = spec.host_uid, spec.host_gid
         limits = spec.resources
+        sizes = tmpfs_sizes(limits.memory_bytes or 0, spec.tmpfs_bytes)
+        nproc = spec.max_processes
         host_config = (await self._client()).create_host_config(
             mounts=[
                 docker.types.Mount(
@@ -247,12 +277,13 @@ class DockerRuntime:
             ],
             network_mode="none",
             cap_drop=["ALL"],
-            security_opt=["no-new-privileges"],
-            init=True,
+            security_opt=["no-new-privileges", security_opt()],
             tmpfs={
-                "/tmp": "rw,nosuid,nodev,mode=1777",
-                "/home/sandbox": f"rw,nosuid,nodev,mode=700,uid={uid},gid={uid}",
+                "/tmp": f"rw,nosuid,nodev,mode=1777,size={sizes['/tmp']}",
+                "/home": f"rw,nosuid,nodev,mode=755,uid={uid},gid={gid},size={sizes['/home']}",
             },
+            shm_size=sizes["/dev/shm"],
+            ulimits=[docker.types.Ulimit(name="nproc", soft=nproc, hard=nproc)] if nproc else None,
             mem_limit=limits.memory_bytes or None,
             memswap_limit=limits.memory_bytes or None,
             cpu_quota=limits.cpu_quota or None,
@@ -267,7 +298,7 @@ class DockerRuntime:
                 "create_container",
                 spec.image,
                 command=_KEEPALIVE,
-                user=f"{uid}:{uid}",
+                user=f"{uid}:{gid}",
                 working_dir=WORKSPACE,
                 environment={"HOME": "/home/sandbox"},
                 labels={
@@ -282,22 +313,31 @@ class DockerRuntime:
         except docker.errors.DockerException as exc:
             raise RuntimeError_(f"cannot create the container: {_reason(exc)}") from None
         try:
-            cgroups = await self._started(container_id)
+            pid1, cgroups = await self._started(container_id)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await self.remove(container_id)
             if isinstance(exc, docker.errors.DockerException):
                 raise RuntimeError_(f"cannot start the container: {_reason(exc)}") from None
             raise
-        return DockerSandbox(self, container_id, cgroups, task_group)
+        return DockerSandbox(
+            self, container_id, pid1, cgroups, task_group, keep_home=spec.keep_home
+        )
 
-    async def _started(self, container_id: str) -> dict[str, Path]:
-        """Start the container; the cgroups it runs in."""
+    async def _started(self, container_id: str) -> tuple[int, dict[str, Path]]:
+        """Start the container; its pid 1 (on the host) and the cgroups it runs in."""
         await self.call("start", container_id)
         state = (await self.call("inspect_container", container_id))["State"]
         if not state.get("Running"):
             raise RuntimeError_(f"the container stopped at once: {state.get('Error') or state}")
-        return _cgroups_of(int(state["Pid"]))
+        pid1 = int(state["Pid"])
+        _lower_oom_score(pid1)
+        return pid1, _cgroups_of(pid1)
+
+
+def _lower_oom_score(pid: int) -> None:
+    with contextlib.suppress(OSError):  # (not as root: it stays as it is)
+        Path(f"/proc/{pid}/oom_score_adj").write_text(str(PID1_OOM_SCORE_ADJ))
 
 
 def _cgroups_of(pid: int) -> dict[str, Path]:

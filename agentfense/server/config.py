@@ -45,12 +45,23 @@ class ServerConfig:
     max_timeout: float = 24 * 3600.0
     expiry_check_interval: float = 1.0
     log_level: str = "info"
-    # The host uid/gid sandboxes run as (when the server runs as root).
+    # The host gid every sandbox shares (when the server runs as root), and the uid of every
+    # sandbox when sandbox_uid_count is 0.
     sandbox_uid: int = 59000
-    # Limits every sandbox gets unless it asks otherwise, and the most it may ask (0: none).
+    # Each sandbox's own host uid comes from sandbox_uid_first .. + sandbox_uid_count - 1,
+    # allocated between the servers of the host (flock'd files in /run/agentfense/uids).
+    sandbox_uid_first: int = 0x70000000
+    sandbox_uid_count: int = 65536
+    # The most processes a sandbox's uid may have (its RLIMIT_NPROC; 0: the server's own).
+    sandbox_max_processes: int = 4096
+    # The size of a sandbox's /tmp and /home tmpfs when it has no memory limit (with one,
+    # they take at most half of it in all, with /dev/shm).
+    sandbox_tmpfs_bytes: int = 512 * 1024 * 1024
+    # Limits every sandbox gets unless it asks otherwise (at most the maximum), and the most
+    # it may ask (0: none).
     default_memory_bytes: int = 0
     default_cpu_quota: int = 0
-    default_pids_limit: int = 0
+    default_pids_limit: int = 1024
     max_memory_bytes: int = 0
     max_cpu_quota: int = 0
     max_pids_limit: int = 0
@@ -78,14 +89,26 @@ class ServerConfig:
             default, most = getattr(self, f"default_{name}"), getattr(self, f"max_{name}")
             if default < 0 or most < 0:
                 raise InvalidConfigurationError(f"default_{name} and max_{name} must be >= 0")
-            if most and default > most:
-                raise InvalidConfigurationError(f"default_{name} must not exceed max_{name}")
+            # (a default above the maximum is the maximum: so a max_pids_limit below the
+            # built-in default_pids_limit needs no default_pids_limit beside it)
         if self.max_message_bytes < 1024 * 1024:
             raise InvalidConfigurationError("max_message_bytes must be at least 1 MiB (1048576)")
         if self.max_sandboxes_per_owner < 0:
             raise InvalidConfigurationError("max_sandboxes_per_owner must be >= 0")
         if not 0 < self.sandbox_uid < 2**32 - 1:
             raise InvalidConfigurationError("sandbox_uid must be a uid other than root's")
+        if self.sandbox_uid_count < 0 or not (
+            self.sandbox_uid_first > 0
+            and self.sandbox_uid_first + self.sandbox_uid_count < 2**32 - 1
+        ):
+            raise InvalidConfigurationError(
+                "sandbox_uid_first and sandbox_uid_count must make a range of uids other than "
+                "root's, below 4294967295"
+            )
+        if self.sandbox_max_processes < 0:
+            raise InvalidConfigurationError("sandbox_max_processes must be >= 0")
+        if self.sandbox_tmpfs_bytes <= 0:
+            raise InvalidConfigurationError("sandbox_tmpfs_bytes must be positive")
         if self.default_timeout > self.max_timeout:
             raise InvalidConfigurationError("default_timeout must not exceed max_timeout")
 

@@ -62,6 +62,7 @@ def sandbox_to_pb(record: SandboxRecord) -> pb.Sandbox:
         runtime=RUNTIME_TO_PB[record.runtime],
         image=record.image,
         resources=resources_to_pb(record.resources),
+        keep_home=record.keep_home,
     )
     for name in ("started_at", "stopped_at", "expires_at"):
         value = getattr(record, name)
@@ -184,6 +185,7 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
                 resources=resources_from_pb(request.resources),
                 labels=dict(request.labels),
                 expires_in=request.expires_in or None,
+                keep_home=request.keep_home,
             )
             return sandbox_to_pb(record)
 
@@ -244,9 +246,9 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
         self, request: pb.SandboxFileRequest
     ) -> AsyncIterator[pb.FileChunk]:
         with grpc_errors():
-            _record, view = self._manager.view_root(request.sandbox_id)
+            record, view = self._manager.view_root(request.sandbox_id)
             rel = files.workspace_relpath(request.path)
-            async for data in files.read_file(view, rel, self._manager.view_owner):
+            async for data in files.read_file(view, rel, self._manager.view_owner(record)):
                 yield pb.FileChunk(data=data)
 
     async def write_sandbox_file(
@@ -276,7 +278,7 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
                     view,
                     rel,
                     data(),
-                    owner=self._manager.view_owner,
+                    owner=self._manager.view_owner(record),
                     max_bytes=self._max_upload_bytes,
                     total_size=meta.total_size,
                     spool_dir=self._spool_dir,
@@ -289,10 +291,10 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
 
     async def list_sandbox_files(self, request: pb.ListSandboxFilesRequest) -> pb.ListFilesResponse:
         with grpc_errors():
-            _record, view = self._manager.view_root(request.sandbox_id)
+            record, view = self._manager.view_root(request.sandbox_id)
             rel = files.workspace_relpath(request.path)
             found = await anyio.to_thread.run_sync(
-                files.list_files, view, rel, request.recursive, self._manager.view_owner
+                files.list_files, view, rel, request.recursive, self._manager.view_owner(record)
             )
         return pb.ListFilesResponse(
             files=[

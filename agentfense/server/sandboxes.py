@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import os
 import re
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
@@ -34,6 +35,7 @@ from ..errors import (
 from ..fs import control
 from ..fs._host import remove_tree
 from ..policy import uniform_level, validate_rules
+from ..runtimes._uids import NoUidLeft, UidPool
 from ..runtimes.base import (
     BASE_ENV,
     WORKSPACE,
@@ -86,6 +88,8 @@ class SandboxRecord:
     lock: anyio.Lock = field(default_factory=anyio.Lock)
     sessions: dict[str, Session] = field(default_factory=dict)
     owner_id: str = ""  # its codebase's
+    host_uid: int = 0  # its processes' uid on the host, its own while it exists
+    keep_home: bool = False  # one $HOME for all its commands (else one each)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,10 +112,16 @@ class SandboxManager:
         self._config = config
         self._codebases = codebases
         self._sandboxes: dict[str, SandboxRecord] = {}
-        self._bwrap = BwrapRuntime(config.state_dir, host_uid=config.sandbox_uid)
+        self._bwrap = BwrapRuntime(config.state_dir)
+        # Only root can give sandboxes uids of their own; otherwise they run as the server.
+        self._uids: UidPool | None = None
+        self._gid = os.getegid()
+        if os.geteuid() == 0:
+            self._gid = config.sandbox_uid
+            if config.sandbox_uid_count:
+                self._uids = UidPool(config.sandbox_uid_first, config.sandbox_uid_count)
         self._docker = DockerRuntime(
             docker_host=config.docker_host,
-            host_uid=self._bwrap.host_uid,
             server_label=hashlib.sha256(str(config.state_dir).encode()).hexdigest()[:16],
         )
         self._deltas = config.state_dir / "deltas"
@@ -165,8 +175,8 @@ class SandboxManager:
             lower=str(self._codebases.files_dir(record.codebase_id)),
             delta=str(self._deltas / record.id),
             rules=[rule.to_dict() for rule in record.permissions],
-            uid=self._bwrap.host_uid,
-            gid=self._bwrap.host_uid,
+            uid=record.host_uid,
+            gid=self._gid,
             limits=control.Limits(
                 delta_bytes=config.max_delta_bytes,
                 delta_entries=config.max_delta_entries,
@@ -187,10 +197,20 @@ class SandboxManager:
         record.status = SandboxStatus.ERROR
         record.error = f"{reason}; destroy the sandbox and create it again"
 
-    @property
-    def view_owner(self) -> tuple[int, int]:
-        """The uid and gid the views belong to (the sandboxes' on the host)."""
-        return self._bwrap.host_uid, self._bwrap.host_uid
+    def view_owner(self, record: SandboxRecord) -> tuple[int, int]:
+        """The uid and gid the sandbox's view belongs to (its processes' on the host)."""
+        return record.host_uid, self._gid
+
+    def _take_uid(self) -> int:
+        """A host uid for a new sandbox (its own, when the server can give it one)."""
+        if os.geteuid() != 0:
+            return os.geteuid()
+        if self._uids is None:
+            return self._config.sandbox_uid
+        try:
+            return self._uids.take()
+        except NoUidLeft as exc:
+            raise ResourceLimitExceededError(str(exc)) from None
 
     def view_root(self, sandbox_id: str) -> tuple[SandboxRecord, Path]:
         """The sandbox and its view (its files as it sees them, whatever its state)."""
@@ -266,6 +286,7 @@ class SandboxManager:
         resources: ResourceLimits,
         labels: Mapping[str, str],
         expires_in: timedelta | None,
+        keep_home: bool = False,
     ) -> SandboxRecord:
         if not codebase_id:
             raise InvalidConfigurationError("codebase_id must not be empty")
@@ -293,12 +314,22 @@ class SandboxManager:
             resources=resources,
             labels=dict(labels),
             owner_id=codebase.owner_id,
+            keep_home=keep_home,
         )
         if expires_in:
             record.expires_at = record.created_at + expires_in
-        await self._fs.add_view(self._view_spec(record))
+        record.host_uid = self._take_uid()
+        try:
+            await self._fs.add_view(self._view_spec(record))
+        except BaseException:
+            self._release_uid(record)
+            raise
         self._sandboxes[record.id] = record
         return record
+
+    def _release_uid(self, record: SandboxRecord) -> None:
+        if self._uids is not None:
+            self._uids.release(record.host_uid)
 
     def _check_owner_quota(self, owner_id: str) -> None:
         most = self._config.max_sandboxes_per_owner
@@ -311,9 +342,13 @@ class SandboxManager:
     def _with_server_limits(self, resources: ResourceLimits) -> ResourceLimits:
         """The server's default limits where the request sets none; its maxima enforced."""
         values = {}
+        # A host that cannot enforce limits (a server not root) starts sandboxes without the
+        # default ones rather than refuse them all.
+        defaults = self._bwrap.limits_problem() is None
         for name in ("memory_bytes", "cpu_quota", "pids_limit"):
             most = getattr(self._config, f"max_{name}")
-            value = getattr(resources, name) or getattr(self._config, f"default_{name}")
+            default = getattr(self._config, f"default_{name}") if defaults else 0
+            value = getattr(resources, name) or (min(default, most) if most else default)
             value = value or most or None  # with a maximum, "no limit" is the maximum
             if most and value and value > most:
                 raise InvalidConfigurationError(
@@ -343,12 +378,20 @@ class SandboxManager:
             if record.status is SandboxStatus.RUNNING and record.handle and record.handle.alive:
                 return record
             assert self._task_group is not None
+            dead, record.handle = record.handle, None
+            if dead is not None:  # its processes died: what is left of them goes first
+                await dead.stop()
             await self._fs.wait_ready()
             spec = SandboxSpec(
                 sandbox_id=record.id,
                 workspace=self._fs.view_path(record.id),
+                host_uid=record.host_uid,
+                host_gid=self._gid,
                 image=record.image,
                 resources=record.resources,
+                keep_home=record.keep_home,
+                max_processes=self._config.sandbox_max_processes,
+                tmpfs_bytes=self._config.sandbox_tmpfs_bytes,
                 read_only_source=(
                     self._codebases.files_dir(record.codebase_id)
                     if uniform_level(record.permissions) is Permission.READ
@@ -394,6 +437,7 @@ class SandboxManager:
             await self.sessions.close_all(record, forget=True)
             await self._fs.remove_view(record.id)
             await anyio.to_thread.run_sync(remove_tree, self._deltas / record.id)
+            self._release_uid(record)
 
     async def _expire_loop(self) -> None:
         """Destroy each sandbox past its expiry. One whose destroy fails is marked (status

@@ -145,6 +145,7 @@ class SandboxClient:
         resources: ResourceLimits | None = None,
         labels: Mapping[str, str] | None = None,
         expires_in: float | timedelta | None = None,
+        keep_home: bool = False,
     ) -> SandboxInfo:
         return call(
             self._async.create_sandbox,
@@ -155,6 +156,7 @@ class SandboxClient:
             resources=resources,
             labels=labels,
             expires_in=expires_in,
+            keep_home=keep_home,
         )
 
     def get_sandbox(self, sandbox_id: str) -> SandboxInfo:

@@ -53,6 +53,7 @@ class Sandbox:
         ignore_patterns: list[str] | None = None,
         labels: dict[str, str] | None = None,
         auto_start: bool = True,
+        keep_home: bool = False,
     ) -> Sandbox:
         """Upload the project at ``path`` as a new codebase and create a sandbox on it."""
         return cls(
@@ -71,6 +72,7 @@ class Sandbox:
                 ignore_patterns,
                 labels,
                 auto_start,
+                keep_home=keep_home,
             )
         )
 
@@ -87,6 +89,7 @@ class Sandbox:
         secure: bool = False,
         labels: dict[str, str] | None = None,
         auto_start: bool = True,
+        keep_home: bool = False,
     ) -> Sandbox:
         """A new sandbox on an existing codebase (which is kept when the sandbox goes)."""
         return cls(
@@ -102,6 +105,7 @@ class Sandbox:
                 secure,
                 labels,
                 auto_start,
+                keep_home=keep_home,
             )
         )
 

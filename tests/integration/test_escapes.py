@@ -99,8 +99,10 @@ async def test_host_files_outside_the_binds_are_absent(
         result = await _sh(sandbox, f"ls {hidden}")
         assert result.exit_code != 0
         assert "No such file or directory" in result.stderr
-    # The host's /home is replaced by the sandbox's own, holding only its home directory.
-    assert (await _sh(sandbox, "ls -A /home")).stdout == "sandbox\n"
+    # The host's /home is replaced by the sandbox's own, holding only its home directory and
+    # the command's own $HOME.
+    listed = (await _sh(sandbox, 'ls -A /home; echo "$HOME"')).stdout.split()
+    assert sorted(listed[:-1]) == sorted(["sandbox", listed[-1].removeprefix("/home/")])
     assert (await _sh(sandbox, "ls -A ~")).stdout == ""
 
 

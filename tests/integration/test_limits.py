@@ -27,9 +27,11 @@ CPU_HOG = (
 
 
 def _cgroup_dir(controller: str, sandbox_id: str) -> Path:
+    """The sandbox's cgroup (of its running run: each has its own, ``<sandbox>.<run>``)."""
     cgroups = find_limit_cgroups()
     assert cgroups is not None, "this host offers no cgroups for limits"
-    return cgroups.roots[controller] / "agentfense" / sandbox_id
+    [found] = (cgroups.roots[controller] / "agentfense").glob(f"{sandbox_id}.*")
+    return found
 
 
 async def test_a_memory_bomb_is_killed_and_reported(endpoint: str, project: Path) -> None:

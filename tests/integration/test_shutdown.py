@@ -32,8 +32,12 @@ WRITE = [{"pattern": "**", "permission": "write"}]
 
 
 def _cgroup_of(sandbox_id: str) -> Path | None:
+    """The cgroup of the sandbox's run (``<sandbox>.<run>``); a path that is not, without."""
     root = find_cgroup2_root() if os.geteuid() == 0 else None
-    return None if root is None else root / "agentfense" / sandbox_id
+    if root is None:
+        return None
+    found = sorted((root / "agentfense").glob(f"{sandbox_id}.*"))
+    return found[0] if found else root / "agentfense" / sandbox_id
 
 
 @dataclass

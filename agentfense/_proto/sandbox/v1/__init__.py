@@ -235,6 +235,11 @@ class Sandbox(betterproto.Message):
     runtime: "RuntimeType" = betterproto.enum_field(10)
     image: str = betterproto.string_field(11)
     resources: "ResourceLimits" = betterproto.message_field(12)
+    keep_home: bool = betterproto.bool_field(100)
+    """
+    AgentFense extension: one $HOME for all of the sandbox's commands (else each plain
+     command, and each session, starts with an empty $HOME of its own).
+    """
 
 
 @dataclass(eq=False, repr=False)
@@ -248,6 +253,8 @@ class CreateSandboxRequest(betterproto.Message):
     runtime: "RuntimeType" = betterproto.enum_field(5)
     image: str = betterproto.string_field(6)
     resources: "ResourceLimits" = betterproto.message_field(7)
+    keep_home: bool = betterproto.bool_field(100)
+    """AgentFense extension: see Sandbox.keep_home."""
 
 
 @dataclass(eq=False, repr=False)

@@ -1,0 +1,254 @@
+"""A hostile agent inside a sandbox, on bwrap and on Docker (a real server, real bwrap, a real
+dockerd): it cannot kill what holds the sandbox up, leave anything in a later command's $HOME,
+starve other sandboxes of processes, fill memory through /tmp, or ptrace a later command."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from agentfense import (
+    AsyncSandbox,
+    ResourceLimits,
+    RuntimeType,
+    SandboxNotRunningError,
+    SandboxStatus,
+)
+from agentfense.testing import ServerProcess, start_server_process
+
+pytestmark = pytest.mark.anyio
+
+MiB = 1024 * 1024
+PYTHON_IMAGE = "python:3.11-slim"  # scripts/docker-images.sh builds it (python3, procps)
+RUNTIMES = [
+    pytest.param({}, id="bwrap"),
+    pytest.param({"runtime": RuntimeType.DOCKER, "image": PYTHON_IMAGE}, id="docker"),
+]
+SIGNALS = "INT TERM HUP QUIT USR1 USR2 PIPE ALRM STOP TSTP CONT KILL"
+PTRACE = """python3 -c '
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+pid = int(sys.argv[1])
+for name, call in [
+    ("ptrace", lambda: libc.ptrace(16, pid, 0, 0)),  # PTRACE_ATTACH
+    ("process_vm_readv", lambda: libc.process_vm_readv(pid, 0, 0, 0, 0, 0)),
+]:
+    print(name, call(), os.strerror(ctypes.get_errno()))
+' """
+
+
+def _host_pids(marker: str) -> list[int]:
+    """The host pids of the processes whose command line holds ``marker``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if marker in Path(f"/proc/{entry}/cmdline").read_text():
+                    found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def _status_field(pid: int, name: str) -> str:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{name}:"):
+            return line.split()[1]
+    raise AssertionError(f"no {name} in /proc/{pid}/status")
+
+
+async def _leave_marker(sandbox: AsyncSandbox) -> int:
+    """Leave a process running in the sandbox; its pid on the host."""
+    marker = f"{int(time.time() * 1000) % 100000}.{uuid.uuid4().int % 10**6}"
+    await sandbox.run(f"sleep {marker} >/dev/null 2>&1 &")
+    for _ in range(100):
+        pids = _host_pids(f"sleep\0{marker}")
+        if pids:
+            return pids[0]
+        await anyio.sleep(0.02)
+    raise AssertionError("the marker process is not on the host")
+
+
+@pytest.mark.parametrize("options", RUNTIMES)
+async def test_no_signal_from_inside_ends_the_sandbox(
+    endpoint: str, project: Path, options: dict[str, object]
+) -> None:
+    async with await AsyncSandbox.from_local(project, endpoint=endpoint, **options) as sandbox:  # type: ignore[arg-type]
+        sent = await sandbox.run(f"for s in {SIGNALS}; do kill -$s 1; done; echo sent")
+        assert sent.stdout == "sent\n"
+        after = await sandbox.run("echo still here")
+        assert (after.stdout, after.exit_code) == ("still here\n", 0)
+        assert (await sandbox.refresh()).status is SandboxStatus.RUNNING
+
+
+@pytest.mark.parametrize("options", RUNTIMES)
+async def test_a_sandbox_killed_from_the_host_starts_again(
+    endpoint: str, project: Path, options: dict[str, object]
+) -> None:
+    async with await AsyncSandbox.from_local(project, endpoint=endpoint, **options) as sandbox:  # type: ignore[arg-type]
+        leftover = await _leave_marker(sandbox)
+        holder = int(_status_field(leftover, "PPid"))  # the agent (bwrap), pid 1 (docker)
+        os.kill(holder, signal.SIGKILL)
+        for _ in range(200):
+            try:
+                os.kill(leftover, 0)
+            except ProcessLookupError:
+                break
+            await anyio.sleep(0.02)
+        with pytest.raises(SandboxNotRunningError):
+            await sandbox.run("true")
+        for _ in range(2):  # twice: a second run's start finds the first's leftovers too
+            await sandbox.start()
+            result = await sandbox.run("echo back; echo $((1 + 1))")
+            assert (result.stdout, result.exit_code) == ("back\n2\n", 0)
+
+
+@pytest.mark.parametrize("options", RUNTIMES)
+async def test_each_command_has_a_fresh_home_and_each_session_its_own(
+    endpoint: str, project: Path, options: dict[str, object]
+) -> None:
+    plant = (
+        "site=$(python3 -c 'import site; print(site.getusersitepackages())') && "
+        'mkdir -p "$site" && echo \'print("forged"); raise SystemExit(0)\' '
+        '> "$site/usercustomize.py" && echo planted'
+    )
+    async with await AsyncSandbox.from_local(project, endpoint=endpoint, **options) as sandbox:  # type: ignore[arg-type]
+        assert (await sandbox.run(plant)).stdout == "planted\n"
+        honest = await sandbox.run("python3 -c 'print(6 * 7)'; ls -A ~")
+        assert (honest.stdout, honest.exit_code) == ("42\n", 0)
+        async with sandbox.session() as session:
+            await session.exec("echo kept > ~/note; first=$HOME")
+            kept = await session.exec('cat ~/note; [ "$HOME" = "$first" ] && echo same')
+            assert kept.stdout == "kept\nsame\n"
+        assert (await sandbox.run("ls -A ~")).stdout == ""
+        # A command that fills its home: its home goes when it exits.
+        filled = await sandbox.run("dd if=/dev/zero of=$HOME/fill bs=1M count=4096")
+        assert "No space left on device" in filled.stderr
+        used = await sandbox.run(  # (removed in the background as the command exits)
+            "for i in $(seq 100); do [ $(du -sk /home | cut -f1) -lt 1024 ] && break; "
+            "sleep 0.05; done; du -sk /home | cut -f1"
+        )
+        assert int(used.stdout) < 1024
+
+
+@pytest.mark.parametrize("options", RUNTIMES)
+async def test_a_full_tmp_is_enospc_for_the_writer_not_an_oom_kill(
+    endpoint: str, project: Path, options: dict[str, object]
+) -> None:
+    limits = ResourceLimits(memory_bytes=256 * MiB)
+    async with await AsyncSandbox.from_local(
+        project,
+        endpoint=endpoint,
+        resources=limits,
+        **options,  # type: ignore[arg-type]
+    ) as sandbox:
+        for path in ("/tmp", "/dev/shm", "$HOME"):
+            filled = await sandbox.run(f"dd if=/dev/zero of={path}/fill bs=1M count=1024")
+            assert filled.exit_code != 0
+            assert "No space left on device" in filled.stderr
+            assert filled.limit_exceeded is None
+        sizes = await sandbox.run("df -k /tmp /home /dev/shm | tail -n +2 | awk '{print $2}'")
+        assert [int(size) * 1024 for size in sizes.stdout.split()] == [64 * MiB, 32 * MiB, 32 * MiB]
+        after = await sandbox.run("rm /tmp/fill /dev/shm/fill; echo usable")
+        assert (after.stdout, after.exit_code) == ("usable\n", 0)
+        assert (await sandbox.refresh()).status is SandboxStatus.RUNNING
+
+
+@pytest.mark.parametrize("options", RUNTIMES)
+async def test_a_leftover_process_cannot_ptrace_a_later_command(
+    endpoint: str, project: Path, options: dict[str, object]
+) -> None:
+    async with await AsyncSandbox.from_local(project, endpoint=endpoint, **options) as sandbox:  # type: ignore[arg-type]
+        target = await sandbox.run("sleep 30 >/dev/null 2>&1 & echo $!")
+        attempt = await sandbox.run(PTRACE + target.stdout.strip())
+        assert attempt.stdout.splitlines() == [
+            "ptrace -1 Operation not permitted",
+            "process_vm_readv -1 Operation not permitted",
+        ]
+        ordinary = await sandbox.run(
+            "python3 -c 'import subprocess; print(subprocess.run([\"true\"]).returncode)'"
+        )
+        assert ordinary.stdout == "0\n"
+
+
+@pytest.fixture(scope="module")
+def bomb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server with no default pids limit and a small per-sandbox process limit."""
+    running = start_server_process(
+        tmp_path_factory.mktemp("bomb-server"),
+        settings={"default_pids_limit": "0", "sandbox_max_processes": "300"},
+    )
+    yield running
+    assert running.stop() == 0, running.log()
+
+
+@pytest.mark.parametrize("options", RUNTIMES)
+async def test_a_fork_bomb_starves_only_its_own_sandbox(
+    bomb_server: ServerProcess, project: Path, options: dict[str, object]
+) -> None:
+    endpoint = bomb_server.endpoint
+    async with (
+        await AsyncSandbox.from_local(project, endpoint=endpoint, **options) as bomber,  # type: ignore[arg-type]
+        await AsyncSandbox.from_local(project, endpoint=endpoint, **options) as other,  # type: ignore[arg-type]
+    ):
+        uids = {_status_field(await _leave_marker(box), "Uid") for box in (bomber, other)}
+        assert len(uids) == 2  # a host uid each
+        assert bomber.info.resources.pids_limit is None
+        bombed = await bomber.run(
+            "i=0; while [ $i -lt 400 ]; do sleep 60 & i=$((i + 1)); done; echo done", timeout=60
+        )
+        assert "fork" in bombed.stderr.lower()  # its shell ran out of processes
+        result = await other.run("echo fine; sh -c 'echo forked'")
+        assert (result.stdout, result.exit_code) == ("fine\nforked\n", 0)
+        for uid in uids:  # held by this server while its sandboxes exist
+            with pytest.raises(BlockingIOError):
+                _lock(uid)
+    for uid in uids:  # destroyed: released, for any server of the host to take
+        _lock(uid)
+
+
+def _lock(uid: str) -> None:
+    """Take and drop a sandbox uid's lock as another server of the host would."""
+    with open(f"/run/agentfense/uids/{uid}", "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+@pytest.mark.parametrize("options", RUNTIMES)
+async def test_the_oom_killer_takes_what_holds_the_sandbox_up_last(
+    endpoint: str, project: Path, options: dict[str, object]
+) -> None:
+    async with await AsyncSandbox.from_local(project, endpoint=endpoint, **options) as sandbox:  # type: ignore[arg-type]
+        leftover = await _leave_marker(sandbox)
+        holder = int(_status_field(leftover, "PPid"))  # the agent (bwrap), pid 1 (docker)
+        held_up, command = (_oom_score_adj(pid) for pid in (holder, leftover))
+        assert held_up <= 0
+        assert command == 500
+
+
+def _oom_score_adj(pid: int) -> int:
+    with open(f"/proc/{pid}/oom_score_adj") as adj:
+        return int(adj.read())
+
+
+@pytest.mark.parametrize("options", RUNTIMES)
+async def test_a_sandbox_that_asks_keeps_its_home(
+    endpoint: str, project: Path, options: dict[str, object]
+) -> None:
+    async with await AsyncSandbox.from_local(
+        project,
+        endpoint=endpoint,
+        keep_home=True,
+        **options,  # type: ignore[arg-type]
+    ) as sandbox:
+        assert sandbox.info.keep_home
+        await sandbox.run("echo kept > ~/note")
+        kept = await sandbox.run('cat ~/note; echo "$HOME"')
+        assert kept.stdout == "kept\n/home/sandbox\n"
