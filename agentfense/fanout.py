@@ -77,6 +77,7 @@ class FromLocalOptions(TypedDict, total=False):
     ignore_patterns: list[str] | None
     labels: dict[str, str] | None
     auto_start: bool
+    keep_home: bool
 
 
 # -- the core ---------------------------------------------------------------------------------

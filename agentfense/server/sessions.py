@@ -6,8 +6,9 @@ command's output is read up to its end marker; what background jobs write betwee
 is dropped. A timeout (or the caller going away) stops the command whole: the processes it
 started (those in the session now that were not there when it began) are killed and the
 shell is interrupted, so the rest of its command line never runs (``shell_protocol``). A bash
-that reports back stopped keeps its state; any other shell, or one that does not report back
-within a second, is closed with everything in it. The outcome says which. ``exit`` closes the
+that reports back stopped keeps its state; any other shell, one that reports the command ran
+on to its end, or one that does not report back within a second, is closed with everything
+in it. The outcome says which. ``exit`` closes the
 session; closing kills every process of the session.
 """
 
@@ -108,7 +109,8 @@ class Session:
         try:
             await session._write(protocol.DRIVER)
             probe = await session.run(
-                'command printf %s "${BASH_VERSION:+bash}"', timeout=_START_TIMEOUT
+                'command printf "%s %s" "${BASH_VERSION:+bash}" "$__af_mode"',
+                timeout=_START_TIMEOUT,
             )
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -117,9 +119,11 @@ class Session:
         if probe.timed_out or session.status is SessionStatus.CLOSED:
             await session.close()
             raise SessionClosedError(f"session {ident}: the shell {shell!r} did not start")
-        session._stoppable = probe.stdout == b"bash" and session._shell_pid is not None
+        name, _, mode = probe.stdout.decode().partition(" ")
+        stoppable = name == "bash" and mode == protocol.FROM_FD
+        session._stoppable = stoppable and session._shell_pid is not None
         if not shell:
-            session.shell = probe.stdout.decode() or "sh"
+            session.shell = name or "sh"
         return session
 
     # -- the shell's side -------------------------------------------------------------------
@@ -224,6 +228,10 @@ class Session:
                     await self._interrupt(command, before)
             self._command = None
         stopped = command.scanners[OutputStream.STDOUT].stopped
+        if interrupted and not stopped and command.status is not None:
+            # It ran on past the interrupt (a command that took the INT trap for itself):
+            # what runs in this shell can no longer be stopped, so the shell goes.
+            await self.close()
         exit_code = command.status
         if exit_code is None:  # the shell ended (``exit``, or we closed the session)
             with anyio.move_on_after(_KILL_GRACE, shield=True):
@@ -232,20 +240,26 @@ class Session:
             await self.close()
         detail = ""
         if interrupted:
-            detail = (
-                "the rest of its command line was skipped; the session and its state are kept"
-                if stopped
-                else "the session was closed with every process in it, so nothing of the "
-                "command runs on"
-            )
+            if stopped:
+                detail = (
+                    "the rest of its command line was skipped; the session and its state are kept"
+                )
+            elif command.status is not None:
+                detail = (
+                    f"it did not stop when interrupted and ran to its end (exit {command.status}); "
+                    "the session was closed with every process in it"
+                )
+            else:
+                detail = (
+                    "the session was closed with every process in it, so nothing of the "
+                    "command runs on"
+                )
         return Outcome(
             stdout=captures[OutputStream.STDOUT].value(),
             stderr=captures[OutputStream.STDERR].value(),
             exit_code=exit_code,
             duration=time.monotonic() - started,
-            # A command that ended on its own while being stopped ran whole: its result is
-            # what happened.
-            timed_out=interrupted and (stopped or command.status is None),
+            timed_out=interrupted,
             detail=detail,
         )
 
@@ -256,6 +270,8 @@ class Session:
         if command.finished.is_set():
             return
         if self._stoppable and before is not None:
+            with contextlib.suppress(SessionClosedError, OSError):
+                await self._write(protocol.stop_line(command.token))
             await self._process.kill_except(before, interrupt=self._shell_pid)
             with anyio.move_on_after(_KILL_GRACE):
                 await command.finished.wait()

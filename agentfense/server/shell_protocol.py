@@ -16,12 +16,15 @@ that redirects its own output (``exec >file``) cannot hide its end. The token is
 command, printed from two halves (not even ``set -x`` shows it whole before it ends the
 output), and not handed to the command.
 
-Stopping a command (bash only): the server freezes the session, kills what the command started,
-sends the shell SIGINT and thaws it. The driver's INT trap then makes bash skip every command
-left (a DEBUG trap that returns from each function up to the driver's), so the rest of the
-command line never runs and the shell, with its state, goes on; the marker then says
-``<status> stopped``. A shell that cannot be stopped so (not bash, or a command that took the
-INT trap for itself) does not report back, and the session is closed.
+Stopping a command (bash reading through its own fd only): the server writes :func:`stop_line`
+to the shell's script pipe, freezes the session, kills what the command started, sends the
+shell SIGINT and thaws it. The driver's INT trap (armed again before each command) reads that
+line, and only when it names the running command does it make bash skip every command left
+(a DEBUG trap that returns from each function up to the driver's), so the rest of the command
+line never runs and the shell, with its state, goes on; the marker then says ``<status>
+stopped``. A SIGINT from inside the sandbox finds no such line and changes nothing. A shell
+that cannot be stopped so (any other, or a command that took the INT trap for itself) does
+not report ``stopped``, and the session is closed.
 
 Everything the command wrote comes before its marker on each stream; :class:`MarkerScanner`
 splits a stream at the marker without ever altering or trimming what came before it.
@@ -45,23 +48,36 @@ __af_end() {
   command printf '%s%s\\n' "$1" "$2" >&9
 }
 __af_cmd() { __af_c=$1; shift; command eval "$__af_c"; }
-if [ -n "${BASH_VERSION-}" ]; then eval '
-__af_int() { __af_stop=1; set -T; shopt -s extdebug; trap "__af_dbg || return 2" DEBUG; }
+__af_stopreq() { :; }
+if [ -n "${BASH_VERSION-}" ] && [ "$__af_mode" = fd ]; then eval '
+__af_int() {
+  [ -n "$__af_busy" ] || return 0
+  read -r -t 0 -u 255 || return 0
+  read -r -u 255 __af_l || return 0
+  [ "$__af_l" = "__af_stopreq $__af_busy" ] || return 0
+  __af_stop=1; set -T; shopt -s extdebug; trap "__af_dbg || return 2" DEBUG
+}
 __af_dbg() {
   [ -z "$__af_stop" ] && return 0
-  case ${FUNCNAME[1]-} in __af_run|__af_calm|__af_end|main|"") return 0;; esac
+  case ${#FUNCNAME[@]}:${FUNCNAME[1]-}:${FUNCNAME[2]-} in
+    1:*|2:*|3:__af_run:*|4:__af_end:__af_run|4:__af_calm:__af_run) return 0;;
+  esac
   return 1
 }
 __af_calm() { trap - DEBUG; set +T; shopt -u extdebug; __af_stop=; }
-trap __af_int INT'
+__af_arm() { trap __af_int INT; }'
 else
 __af_calm() { :; }
+__af_arm() { :; }
 fi
 __af_run() {
   if [ -n "${__af_stop-}" ]; then __af_calm; fi
+  __af_arm
+  __af_busy=$1$2
   if [ "$__af_mode" = fd ]; then __af_cmd "$3" 8>&- 9>&-
   else __af_cmd "$3" </dev/null 8>&- 9>&-; fi
   __af_status=$?
+  __af_busy=
   if [ -n "${__af_stop-}" ]; then __af_calm; __af_end "$1" "$2" 130 " stopped"
   else __af_end "$1" "$2" "$__af_status" ""; fi
 }
@@ -77,6 +93,14 @@ def new_token() -> tuple[str, str]:
 def quote(text: str) -> str:
     """``text`` as one single-quoted shell word (any text but NUL)."""
     return "'" + text.replace("'", "'\\''") + "'"
+
+
+def stop_line(token: tuple[str, str]) -> bytes:
+    """What the server sends before it interrupts the shell to stop the command of ``token``:
+    the driver's INT trap stops a command only on this line, so a SIGINT from a process of the
+    sandbox (the same uid may signal the shell) stops nothing. A shell that is not in a command
+    any more reads it as a command that does nothing."""
+    return f"__af_stopreq {token[0]}{token[1]}\n".encode()
 
 
 def command_line(token: tuple[str, str], command: str) -> bytes:

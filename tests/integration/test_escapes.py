@@ -92,10 +92,14 @@ async def test_host_files_outside_the_binds_are_absent(
 
     root = await _sh(sandbox, "ls -A /")
     assert set(root.stdout.split()) <= {
-        "bin", "dev", "etc", "home", "lib", "lib32", "lib64", "libx32", "proc", "sbin", "tmp",
-        "usr", "workspace",
+        "bin", "dev", "etc", "home", "lib", "lib32", "lib64", "libx32", "proc", "run", "sbin",
+        "tmp", "usr", "workspace",
     }  # fmt: skip
-    for hidden in ["/root", "/var", "/opt", "/srv", "/mnt", "/boot", "/sys", "/run"]:
+    # /run holds only the sessions' bash, which may be run but not read.
+    found_run = (await _sh(sandbox, "find /run")).stdout
+    assert found_run == "/run\n/run/agentfense\n/run/agentfense/bash\n"
+    assert (await _sh(sandbox, "head -c1 /run/agentfense/bash")).exit_code != 0
+    for hidden in ["/root", "/var", "/opt", "/srv", "/mnt", "/boot", "/sys"]:
         result = await _sh(sandbox, f"ls {hidden}")
         assert result.exit_code != 0
         assert "No such file or directory" in result.stderr

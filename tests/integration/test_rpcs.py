@@ -259,7 +259,8 @@ async def test_sandbox_create_get_list_carry_every_field(client: AsyncSandboxCli
         assert info.permissions == (PermissionRule("**", "read"),)
         assert info.runtime is RuntimeType.BWRAP
         assert info.image == ""
-        assert info.resources == ResourceLimits()
+        # No limit asked: the server's default process limit (default_pids_limit) applies.
+        assert info.resources == ResourceLimits(pids_limit=1024)
         assert info.created_at is not None
         assert (info.started_at, info.stopped_at, info.expires_at) == (None, None, None)
 

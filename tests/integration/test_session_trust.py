@@ -118,15 +118,53 @@ async def test_what_a_command_leaves_behind_cannot_read_or_answer_later_commands
     assert "orchestrator" not in report["stolen"] + stolen
 
 
-async def test_a_shell_stopped_by_a_leftover_is_woken_and_runs_the_next_command(
+async def test_a_shell_stopped_by_a_leftover_cannot_hang_the_session(
+    endpoint: str, project: Path
+) -> None:
+    async with await AsyncSandbox.from_local(project, endpoint=endpoint) as sandbox:
+        session = await sandbox.session()
+        await session.exec("( sleep 0.2; kill -STOP $$ ) &")
+        await anyio.sleep(0.5)
+        # Woken by the stop, the shell runs the command whole: said so, and closed.
+        with pytest.raises(CommandTimeoutError, match=r"ran to its end \(exit 0\)"):
+            await session.exec("echo ran", timeout=1)
+        assert (await session.refresh()).status is SessionStatus.CLOSED
+        async with sandbox.session() as fresh:
+            assert (await fresh.exec("echo again")).stdout == "again\n"
+
+
+async def test_a_function_named_like_the_scripts_bottom_frame_is_stopped_too(
     endpoint: str, project: Path
 ) -> None:
     async with (
         await AsyncSandbox.from_local(project, endpoint=endpoint) as sandbox,
         sandbox.session() as session,
     ):
-        await session.exec("( sleep 0.2; kill -STOP $$ ) &")
-        await anyio.sleep(0.5)
-        result = await session.exec("echo ran", timeout=1)
-        assert (result.stdout, result.exit_code) == ("ran\n", 0)
-        assert (await session.exec("echo again")).stdout == "again\n"
+        with pytest.raises(CommandTimeoutError, match="rest of its command line was skipped"):
+            await session.exec(
+                "main() { sleep 1.5; echo ran >> /tmp/ran; }; main; echo tail >> /tmp/ran",
+                timeout=0.3,
+            )
+        await anyio.sleep(1.7)
+        assert (await session.exec("cat /tmp/ran 2>/dev/null; echo end")).stdout == "end\n"
+
+
+async def test_a_command_that_takes_the_interrupt_for_itself_closes_the_session(
+    endpoint: str, project: Path
+) -> None:
+    async with await AsyncSandbox.from_local(project, endpoint=endpoint) as sandbox:
+        session = await sandbox.session()
+        with pytest.raises(CommandTimeoutError, match="did not stop when interrupted"):
+            await session.exec("trap 'echo caught' INT; sleep 1.5; echo after", timeout=0.3)
+        assert (await session.refresh()).status is SessionStatus.CLOSED
+
+
+async def test_a_sigint_from_inside_the_sandbox_stops_nothing(endpoint: str, project: Path) -> None:
+    async with (
+        await AsyncSandbox.from_local(project, endpoint=endpoint) as sandbox,
+        sandbox.session() as session,
+    ):
+        await session.exec("( for i in $(seq 30); do kill -INT $$; sleep 0.05; done ) &")
+        result = await session.exec("sleep 1; echo should-print; echo second")
+        assert (result.stdout, result.exit_code) == ("should-print\nsecond\n", 0)
+        assert (await session.exec("echo next")).stdout == "next\n"
