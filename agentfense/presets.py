@@ -50,18 +50,25 @@ _SECRET_NAMES = (
     "**/.dockercfg",
     "**/.kube/config",
     "**/.npmrc",
+    "**/.yarnrc.yml",  # Yarn 2+ keeps registry tokens (npmAuthToken) here
     "**/.pypirc",
     "**/.netrc",
     "**/.git-credentials",
     "**/.htpasswd",
     "**/.pgpass",
     "**/.vault-token",
+    "**/.s3cfg",
     "**/secrets.*",
     "**/secrets/**",
     # Terraform state holds every secret of the infrastructure it describes
     "**/*.tfstate",
     "**/*.tfstate.*",
     "**/.terraform/**",
+    # and its variables files and CLI configuration hold the secrets given to it
+    "**/*.tfvars",
+    "**/*.tfvars.json",
+    "**/.terraformrc",
+    "**/terraform.rc",
     # a repository's history holds what was ever committed, secrets included
     "**/.git/**",
 )

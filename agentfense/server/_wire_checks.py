@@ -6,8 +6,9 @@
   RESOURCE_EXHAUSTED with a sentence naming the limit. Streams (uploads) are unaffected as
   long as each of their messages fits.
 * Decoding: a message whose bytes do not decode (a string that is not UTF-8, a duration past
-  what a ``timedelta`` holds, a truncated field) is the client's error, INVALID_ARGUMENT with
-  a sentence, not an INTERNAL one.
+  what a ``timedelta`` holds, a truncated field, a field of the wrong wire type: see
+  :mod:`._wire_shape`) or that leaves a oneof unset (a stream chunk that is neither metadata
+  nor data) is the client's error, INVALID_ARGUMENT with a sentence, not an INTERNAL one.
 * Decoding cost: betterproto takes ~0.2 ms per element of a repeated field, on the event
   loop that serves every client: 4 MiB of one-byte rules would hold the whole server for half
   a minute. A message's top-level fields are counted first (cheaply, stopping at the cap) and
@@ -23,6 +24,8 @@ from typing import Any
 import anyio
 import grpclib.const
 from grpclib.exceptions import GRPCError
+
+from ._wire_shape import oneof_fault, wire_fault
 
 _PREFIX = 5  # a message's compression flag and length, read before its body
 # The most top-level fields a request may hold: the most rules (4,096), labels (64) or
@@ -67,6 +70,21 @@ def too_many_fields(data: bytes, most: int = MAX_FIELDS) -> bool:
         if count > most:
             return True
     return False
+
+
+class _Malformed(ValueError):
+    """A request's bytes that are not the message they are sent as (the sentence says why)."""
+
+
+def _decode(codec: Any, data: bytes, message_type: type[Any]) -> Any:
+    fault = wire_fault(data, message_type)
+    if fault is not None:
+        raise _Malformed(fault)
+    message = codec.decode(data, message_type)
+    fault = oneof_fault(message)
+    if fault is not None:
+        raise _Malformed(fault)
+    return message
 
 
 class _Undecoded:
@@ -136,9 +154,9 @@ def _checked(
                 if raw is None:
                     return None
                 if len(raw.data) <= _DECODE_INLINE:
-                    return codec.decode(raw.data, raw.type)
-                return await anyio.to_thread.run_sync(codec.decode, raw.data, raw.type)
-            except (ValueError, OverflowError, IndexError, TypeError) as exc:
+                    return _decode(codec, raw.data, raw.type)
+                return await anyio.to_thread.run_sync(_decode, codec, raw.data, raw.type)
+            except (ValueError, OverflowError, IndexError, TypeError, EOFError) as exc:
                 raise GRPCError(
                     grpclib.const.Status.INVALID_ARGUMENT,
                     f"the request is not a valid {type_name} message: {exc}"[:500],

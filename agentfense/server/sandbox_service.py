@@ -255,7 +255,7 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
         self, request_iterator: AsyncIterator[pb.SandboxFileChunk]
     ) -> pb.UploadResult:
         first = await anext(request_iterator, None)
-        if first is None or not betterproto.serialized_on_wire(first.metadata):
+        if first is None or betterproto.which_one_of(first, "content")[0] != "metadata":
             raise GRPCError(
                 grpclib.const.Status.INVALID_ARGUMENT,
                 "the first SandboxFileChunk must carry metadata",
