@@ -13,6 +13,14 @@ which the kernel never delivers to a pid namespace's init from inside it, and it
 SIGCHLD. It runs as the same user as the commands, so it makes itself non-dumpable: they
 cannot ptrace it, nor open its ``/proc`` files (its socket to the server above all).
 
+Each command starts in a Landlock domain of its own (where the kernel has Landlock), which
+its processes keep: the kernel lets no process look into a process of another domain (its
+``/proc/<pid>/mem``, ``environ``, ``fd``..., as ptrace would) and, from ABI 6, send a signal
+outside its own domain. So what one command leaves running can neither read, forge nor
+signal a later command, the agent or a session's shell. The agent itself is in no domain: it
+and the server still signal and kill every command. A session's shell is one command, so its
+commands, and what they leave behind, share its domain.
+
 Its options (a JSON object, its second argument) say how it starts commands: ``nproc``, the
 most processes the sandbox's uid may have (RLIMIT_NPROC, for the agent and every command);
 ``fresh_home``, whether each command gets a new, empty ``$HOME`` of its own (a directory under
@@ -47,7 +55,6 @@ Children = Dict[int, Tuple[int, Any, str]]  # pid -> (id, a Popen or a _Started,
 MAX_FDS = 8
 PR_SET_DUMPABLE = 4
 SYS_CLONE3 = 435  # x86_64 and aarch64 alike
-PR_SET_NO_NEW_PRIVS = 38
 SYS_LANDLOCK_CREATE_RULESET = 444  # x86_64 and aarch64 alike
 SYS_LANDLOCK_RESTRICT_SELF = 446
 LANDLOCK_CREATE_RULESET_VERSION = 1
@@ -149,11 +156,9 @@ _RULESET: List[int] = []  # the fd of _landlock_ruleset (O_CLOEXEC), when there 
 def _child_setup() -> None:
     """In a command's process before exec: a Landlock domain of its own (no process of
     another command may look into it or signal it, nor it them), default signal actions."""
-    if _RULESET:
+    if _RULESET:  # (Landlock needs no_new_privs: bwrap sets it, for every process inside)
         libc = _libc()
-        if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 or (
-            libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, _RULESET[0], 0) != 0
-        ):
+        if libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, _RULESET[0], 0) != 0:
             error = ctypes.get_errno()
             raise OSError(error, f"cannot confine the command: {os.strerror(error)}")
     for number in _CHILD_DEFAULTS:
