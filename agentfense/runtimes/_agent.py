@@ -156,7 +156,7 @@ _RULESET: List[int] = []  # the fd of _landlock_ruleset (O_CLOEXEC), when there 
 def _child_setup() -> None:
     """In a command's process before exec: a Landlock domain of its own (no process of
     another command may look into it or signal it, nor it them), default signal actions."""
-    if _RULESET:  # (Landlock needs no_new_privs: bwrap sets it, for every process inside)
+    if _RULESET:  # (Landlock needs no_new_privs: every process here has it from the start)
         libc = _libc()
         if libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, _RULESET[0], 0) != 0:
             error = ctypes.get_errno()
