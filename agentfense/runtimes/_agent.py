@@ -13,6 +13,14 @@ which the kernel never delivers to a pid namespace's init from inside it, and it
 SIGCHLD. It runs as the same user as the commands, so it makes itself non-dumpable: they
 cannot ptrace it, nor open its ``/proc`` files (its socket to the server above all).
 
+Each command starts in a Landlock domain of its own (where the kernel has Landlock), which
+its processes keep: the kernel lets no process look into a process of another domain (its
+``/proc/<pid>/mem``, ``environ``, ``fd``..., as ptrace would) and, from ABI 6, send a signal
+outside its own domain. So what one command leaves running can neither read, forge nor
+signal a later command, the agent or a session's shell. The agent itself is in no domain: it
+and the server still signal and kill every command. A session's shell is one command, so its
+commands, and what they leave behind, share its domain.
+
 Its options (a JSON object, its second argument) say how it starts commands: ``nproc``, the
 most processes the sandbox's uid may have (RLIMIT_NPROC, for the agent and every command);
 ``fresh_home``, whether each command gets a new, empty ``$HOME`` of its own (a directory under
@@ -47,6 +55,11 @@ Children = Dict[int, Tuple[int, Any, str]]  # pid -> (id, a Popen or a _Started,
 MAX_FDS = 8
 PR_SET_DUMPABLE = 4
 SYS_CLONE3 = 435  # x86_64 and aarch64 alike
+SYS_LANDLOCK_CREATE_RULESET = 444  # x86_64 and aarch64 alike
+SYS_LANDLOCK_RESTRICT_SELF = 446
+LANDLOCK_CREATE_RULESET_VERSION = 1
+LANDLOCK_ACCESS_FS_MAKE_BLOCK = 1 << 11
+LANDLOCK_SCOPE_SIGNAL = 1 << 1  # ABI 6
 CLONE_INTO_CGROUP = 0x200000000
 HOMES = "/home"
 COMMAND_OOM_SCORE_ADJ = b"500"
@@ -70,6 +83,14 @@ class _CloneArgs(ctypes.Structure):
             "set_tid_size",
             "cgroup",
         )
+    ]
+
+
+class _RulesetAttr(ctypes.Structure):
+    _fields_ = [  # struct landlock_ruleset_attr (ABI 6)
+        ("handled_access_fs", ctypes.c_uint64),
+        ("handled_access_net", ctypes.c_uint64),
+        ("scoped", ctypes.c_uint64),
     ]
 
 
@@ -106,8 +127,40 @@ def _send(sock: socket.socket, payload: Dict[str, Any]) -> None:
     sock.send(json.dumps(payload).encode())
 
 
+def _landlock_ruleset() -> int:
+    """The Landlock ruleset each command is confined by (an fd), or -1 where the kernel has
+    no Landlock. It restricts nothing a command needs: it exists for the domain it makes,
+    which the kernel's ptrace rule keeps other commands out of (``/proc/<pid>/mem``,
+    ``environ``, ``fd``...), and which no signal leaves (ABI 6+). Before ABI 6 it handles the
+    one right no sandbox has a use for (making block devices), as a domain needs one."""
+    libc = _libc()
+    abi = libc.syscall(
+        SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), LANDLOCK_CREATE_RULESET_VERSION
+    )
+    if abi < 1:
+        return -1
+    if abi >= 6:
+        attr, size = _RulesetAttr(scoped=LANDLOCK_SCOPE_SIGNAL), 24
+    else:  # (the struct's first member alone: every ABI knows it)
+        attr, size = _RulesetAttr(handled_access_fs=LANDLOCK_ACCESS_FS_MAKE_BLOCK), 8
+    fd = libc.syscall(SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), 0)
+    if fd < 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"cannot create a Landlock ruleset: {os.strerror(error)}")
+    return int(fd)
+
+
+_RULESET: List[int] = []  # the fd of _landlock_ruleset (O_CLOEXEC), when there is Landlock
+
+
 def _child_setup() -> None:
-    """In a command's process before exec: default signal actions."""
+    """In a command's process before exec: a Landlock domain of its own (no process of
+    another command may look into it or signal it, nor it them), default signal actions."""
+    if _RULESET:  # (Landlock needs no_new_privs: every process here has it from the start)
+        libc = _libc()
+        if libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, _RULESET[0], 0) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"cannot confine the command: {os.strerror(error)}")
     for number in _CHILD_DEFAULTS:
         signal.signal(number, signal.SIG_DFL)
 
@@ -169,11 +222,11 @@ def _clone_into(cgroup_dir: int, header: Dict[str, Any], stdio: List[int]) -> An
     if pid == 0:  # the child: nothing but system calls until exec
         try:
             os.setsid()
+            _child_setup()  # (before the ruleset's fd is closed)
             for target, fd in enumerate(stdio):
                 os.dup2(fd, target)
             os.closerange(3, err_w)
             os.closerange(err_w + 1, 1 << 16)
-            _child_setup()
             try:
                 os.chdir(header["cwd"])
             except OSError as exc:
@@ -302,6 +355,9 @@ def main() -> None:
     with contextlib.suppress(OSError):  # (once non-dumpable, its /proc files are not its)
         _OOM_ADJ.append(os.open("/proc/self/oom_score_adj", os.O_RDWR | os.O_CLOEXEC))
     _not_dumpable()
+    ruleset = _landlock_ruleset()
+    if ruleset >= 0:
+        _RULESET.append(ruleset)
     sock = socket.socket(fileno=int(sys.argv[1]))
     options = json.loads(sys.argv[2])
     _join_limit_cgroups([int(fd) for fd in sys.argv[3:]])

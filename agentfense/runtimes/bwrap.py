@@ -8,8 +8,9 @@ read-only, a few files of ``/etc`` read-only, a generated ``passwd``/``group``/`
 ``/proc``, a read-only ``/dev`` with a sized ``/dev/shm``, sized ``/tmp`` and ``/home`` tmpfs
 (``_limits.tmpfs_sizes``), and its workspace at ``/workspace``. It runs as uid 1000 with no
 capabilities, no network, its own pid/ipc/uts namespaces, a new session and a seccomp filter
-that refuses ptrace and its kin (``_seccomp.py``). The agent is the sandbox's pid 1 (no bwrap
-monitor inside), and the sandbox cannot create user namespaces.
+that refuses ptrace and its kin (``_seccomp.py``); the agent starts each command in a Landlock
+domain of its own. The agent is the sandbox's pid 1 (no bwrap monitor inside), and the
+sandbox cannot create user namespaces.
 
 On the host, a sandbox's processes run as an unprivileged uid of its own (``spec.host_uid``,
 when the server runs as root; the gid is shared by every sandbox): no root-owned file, sysctl
@@ -23,6 +24,7 @@ way.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import json
 import logging
@@ -76,6 +78,7 @@ _ETC_ENTRIES = (
 
 
 _log = logging.getLogger(__name__)
+_SYS_LANDLOCK_CREATE_RULESET = 444  # x86_64 and aarch64 alike
 
 
 @functools.cache
@@ -292,6 +295,18 @@ class BwrapRuntime:
         for option in ("--disable-userns", "--size"):  # once, here: not at each sandbox start
             _bwrap_has_option(option)
         self._session_bash = _exec_only_copy(shutil.which("bash"), state_dir / "bwrap-bin")
+        abi = _landlock_abi()
+        if abi == 0:
+            _log.warning(
+                "this kernel has no Landlock: a process one command of a sandbox leaves "
+                "behind can read the environment and memory of that sandbox's later commands"
+            )
+        elif abi < 6:
+            _log.warning(
+                "this kernel's Landlock (ABI %d) cannot scope signals: a process one command "
+                "of a sandbox leaves behind can signal that sandbox's later commands",
+                abi,
+            )
 
     def check(self) -> str | None:
         """Why this runtime cannot start sandboxes here, or None when it can."""
@@ -432,6 +447,14 @@ class BwrapRuntime:
             raise RuntimeError_(f"the sandbox failed to start: {detail or 'bwrap said nothing'}")
         _lower_oom_score(process.pid)
         return sandbox
+
+
+def _landlock_abi() -> int:
+    """The Landlock ABI of this kernel (the sandboxes' too), 0 without Landlock."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    abi = libc.syscall(_SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), 1)  # VERSION
+    return max(int(abi), 0)
 
 
 def _filter_fd() -> int:

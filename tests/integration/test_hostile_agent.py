@@ -1,6 +1,7 @@
 """A hostile agent inside a sandbox, on bwrap and on Docker (a real server, real bwrap, a real
 dockerd): it cannot kill what holds the sandbox up, leave anything in a later command's $HOME,
-starve other sandboxes of processes, fill memory through /tmp, or ptrace a later command."""
+starve other sandboxes of processes, fill memory through /tmp, or ptrace a later command; and
+on bwrap, look into, forge or signal a later command by its /proc files or kill."""
 
 from __future__ import annotations
 
@@ -177,6 +178,85 @@ async def test_a_leftover_process_cannot_ptrace_a_later_command(
             "python3 -c 'import subprocess; print(subprocess.run([\"true\"]).returncode)'"
         )
         assert ordinary.stdout == "0\n"
+
+
+SPY = """
+import os, re, signal, sys, time
+me, found = os.getpid(), None
+deadline = time.time() + 30
+while found is None and time.time() < deadline:
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and int(entry) != me and (
+                b"VICTIM" in open(f"/proc/{entry}/cmdline", "rb").read()
+            ):
+                found = int(entry)
+        except OSError:
+            continue
+    time.sleep(0.01)
+def attempt(name, call):
+    try:
+        call()
+        return f"{name} ok"
+    except OSError as exc:
+        return f"{name} {exc.strerror}"
+def forge():
+    fd = os.open(f"/proc/{found}/mem", os.O_RDWR)
+    for line in open(f"/proc/{found}/maps"):
+        m = re.match(r"([0-9a-f]+)-([0-9a-f]+) rw", line)
+        if m:
+            start, end = int(m[1], 16), int(m[2], 16)
+            data = os.pread(fd, end - start, start)
+            for hit in re.finditer(b"ORIGINAL", data):
+                os.pwrite(fd, b"FORGED!!", start + hit.start())
+report = [
+    attempt("environ", lambda: open(f"/proc/{found}/environ", "rb").read()),
+    attempt("fd", lambda: open(f"/proc/{found}/fd/1", "w").write("FORGED\\n")),
+    attempt("mem", forge),
+    attempt("signal", lambda: os.kill(found, signal.SIGTERM)),
+]
+open("/tmp/spy.log", "w").write("\\n".join(report) + "\\n")
+"""
+VICTIM = 'python3 -c \'import time; r = "ORIG" "INAL"; time.sleep(1.5); print(r)\' VICTIM'
+
+
+async def test_a_leftover_cannot_look_into_forge_or_signal_a_later_command(
+    endpoint: str, project: Path
+) -> None:
+    # (bwrap: each command is a Landlock domain of its own. Not Docker: see deployment.md.)
+    async with await AsyncSandbox.from_local(project, endpoint=endpoint) as sandbox:
+        await sandbox.write_file("/tmp/spy.py", SPY)
+        await sandbox.run("setsid python3 /tmp/spy.py >/dev/null 2>&1 &")
+        victim = await sandbox.run(VICTIM, env={"SECRET": "hunter2"})
+        assert (victim.stdout, victim.exit_code) == ("ORIGINAL\n", 0)
+        log = await sandbox.run(
+            "while [ ! -s /tmp/spy.log ]; do sleep 0.05; done; cat /tmp/spy.log"
+        )
+        assert log.stdout.splitlines() == [
+            "environ Permission denied",
+            "fd Permission denied",
+            "mem Permission denied",
+            "signal Operation not permitted",
+        ]
+
+
+async def test_a_command_still_signals_waits_for_and_reads_its_own_children(
+    endpoint: str, project: Path
+) -> None:
+    own = (
+        "sleep 30 & kill -0 $! && echo alive; kill $!; wait $!; echo $?; "
+        "SECRET=own sleep 30 & for i in $(seq 100); do "
+        "tr '\\0' '\\n' < /proc/$!/environ | grep ^SECRET && break; sleep 0.05; done; "
+        "kill $!; yes | head -n 1"
+    )
+    expected = "alive\n143\nSECRET=own\ny\n"
+    async with await AsyncSandbox.from_local(project, endpoint=endpoint) as sandbox:
+        result = await sandbox.run(own)
+        assert (result.stdout, result.exit_code) == (expected, 0)
+        async with sandbox.session() as session:  # one domain: a later command's own job
+            await session.exec("sleep 30 >/dev/null 2>&1 &")
+            later = await session.exec("kill %1; wait %1; echo $?")
+            assert (later.stdout, later.exit_code) == ("143\n", 0)
 
 
 @pytest.fixture(scope="module")
