@@ -15,11 +15,11 @@ cannot ptrace it, nor open its ``/proc`` files (its socket to the server above a
 
 Each command starts in a Landlock domain of its own (where the kernel has Landlock), which
 its processes keep: the kernel lets no process look into a process of another domain (its
-``/proc/<pid>/mem``, ``environ``, ``fd``..., as ptrace would) and, from ABI 6, send a signal
-outside its own domain. So what one command leaves running can neither read, forge nor
-signal a later command, the agent or a session's shell. The agent itself is in no domain: it
-and the server still signal and kill every command. A session's shell is one command, so its
-commands, and what they leave behind, share its domain.
+``/proc/<pid>/mem``, ``environ``, ``fd``..., as ptrace would). So what one command leaves
+running can neither read nor forge a later command. Signals are not scoped: a later command
+may stop what an earlier one left running (``pkill``), and a signal forges no result (a
+command killed says so). The agent itself is in no domain. A session's shell is one command,
+so its commands, and what they leave behind, share its domain.
 
 Its options (a JSON object, its second argument) say how it starts commands: ``nproc``, the
 most processes the sandbox's uid may have (RLIMIT_NPROC, for the agent and every command);
@@ -59,7 +59,6 @@ SYS_LANDLOCK_CREATE_RULESET = 444  # x86_64 and aarch64 alike
 SYS_LANDLOCK_RESTRICT_SELF = 446
 LANDLOCK_CREATE_RULESET_VERSION = 1
 LANDLOCK_ACCESS_FS_MAKE_BLOCK = 1 << 11
-LANDLOCK_SCOPE_SIGNAL = 1 << 1  # ABI 6
 CLONE_INTO_CGROUP = 0x200000000
 HOMES = "/home"
 COMMAND_OOM_SCORE_ADJ = b"500"
@@ -87,11 +86,7 @@ class _CloneArgs(ctypes.Structure):
 
 
 class _RulesetAttr(ctypes.Structure):
-    _fields_ = [  # struct landlock_ruleset_attr (ABI 6)
-        ("handled_access_fs", ctypes.c_uint64),
-        ("handled_access_net", ctypes.c_uint64),
-        ("scoped", ctypes.c_uint64),
-    ]
+    _fields_ = [("handled_access_fs", ctypes.c_uint64)]  # struct landlock_ruleset_attr, ABI 1
 
 
 _LIBC: List[Any] = []
@@ -131,18 +126,16 @@ def _landlock_ruleset() -> int:
     """The Landlock ruleset each command is confined by (an fd), or -1 where the kernel has
     no Landlock. It restricts nothing a command needs: it exists for the domain it makes,
     which the kernel's ptrace rule keeps other commands out of (``/proc/<pid>/mem``,
-    ``environ``, ``fd``...), and which no signal leaves (ABI 6+). Before ABI 6 it handles the
-    one right no sandbox has a use for (making block devices), as a domain needs one."""
+    ``environ``, ``fd``...). It handles the one right no sandbox has a use for (making block
+    devices), as a domain needs one."""
     libc = _libc()
     abi = libc.syscall(
         SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), LANDLOCK_CREATE_RULESET_VERSION
     )
     if abi < 1:
         return -1
-    if abi >= 6:
-        attr, size = _RulesetAttr(scoped=LANDLOCK_SCOPE_SIGNAL), 24
-    else:  # (the struct's first member alone: every ABI knows it)
-        attr, size = _RulesetAttr(handled_access_fs=LANDLOCK_ACCESS_FS_MAKE_BLOCK), 8
+    # (the struct's first member alone: every ABI knows it)
+    attr, size = _RulesetAttr(handled_access_fs=LANDLOCK_ACCESS_FS_MAKE_BLOCK), 8
     fd = libc.syscall(SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), 0)
     if fd < 0:
         error = ctypes.get_errno()
@@ -155,7 +148,7 @@ _RULESET: List[int] = []  # the fd of _landlock_ruleset (O_CLOEXEC), when there 
 
 def _child_setup() -> None:
     """In a command's process before exec: a Landlock domain of its own (no process of
-    another command may look into it or signal it, nor it them), default signal actions."""
+    another command may look into it, nor it into them), default signal actions."""
     if _RULESET:  # (Landlock needs no_new_privs: every process here has it from the start)
         libc = _libc()
         if libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, _RULESET[0], 0) != 0:

@@ -301,12 +301,6 @@ class BwrapRuntime:
                 "this kernel has no Landlock: a process one command of a sandbox leaves "
                 "behind can read the environment and memory of that sandbox's later commands"
             )
-        elif abi < 6:
-            _log.warning(
-                "this kernel's Landlock (ABI %d) cannot scope signals: a process one command "
-                "of a sandbox leaves behind can signal that sandbox's later commands",
-                abi,
-            )
 
     def check(self) -> str | None:
         """Why this runtime cannot start sandboxes here, or None when it can."""
