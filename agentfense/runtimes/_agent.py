@@ -56,7 +56,10 @@ MAX_FDS = 8
 PR_SET_DUMPABLE = 4
 SYS_CLONE3 = 435  # x86_64 and aarch64 alike
 SYS_LANDLOCK_CREATE_RULESET = 444  # x86_64 and aarch64 alike
+SYS_LANDLOCK_ADD_RULE = 445
 SYS_LANDLOCK_RESTRICT_SELF = 446
+LANDLOCK_RULE_PATH_BENEATH = 1
+LANDLOCK_ACCESS_FS_REFER = 1 << 13  # ABI 2
 LANDLOCK_CREATE_RULESET_VERSION = 1
 LANDLOCK_ACCESS_FS_MAKE_BLOCK = 1 << 11
 CLONE_INTO_CGROUP = 0x200000000
@@ -87,6 +90,11 @@ class _CloneArgs(ctypes.Structure):
 
 class _RulesetAttr(ctypes.Structure):
     _fields_ = [("handled_access_fs", ctypes.c_uint64)]  # struct landlock_ruleset_attr, ABI 1
+
+
+class _PathBeneath(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
 
 
 _LIBC: List[Any] = []
@@ -124,22 +132,37 @@ def _send(sock: socket.socket, payload: Dict[str, Any]) -> None:
 
 def _landlock_ruleset() -> int:
     """The Landlock ruleset each command is confined by (an fd), or -1 where the kernel has
-    no Landlock. It restricts nothing a command needs: it exists for the domain it makes,
-    which the kernel's ptrace rule keeps other commands out of (``/proc/<pid>/mem``,
+    no Landlock that fits. It restricts nothing a command needs: it exists for the domain it
+    makes, which the kernel's ptrace rule keeps other commands out of (``/proc/<pid>/mem``,
     ``environ``, ``fd``...). It handles the one right no sandbox has a use for (making block
-    devices), as a domain needs one."""
+    devices), as a domain needs one, and linking or renaming into another directory, which
+    every domain refuses unless a rule allows it: one does, beneath ``/``. ABI 1 has no such
+    rule (every cross-directory ``rename`` would fail), so there commands go unconfined."""
     libc = _libc()
     abi = libc.syscall(
         SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), LANDLOCK_CREATE_RULESET_VERSION
     )
-    if abi < 1:
+    if abi < 2:
         return -1
-    # (the struct's first member alone: every ABI knows it)
-    attr, size = _RulesetAttr(handled_access_fs=LANDLOCK_ACCESS_FS_MAKE_BLOCK), 8
-    fd = libc.syscall(SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), 0)
+    handled = LANDLOCK_ACCESS_FS_MAKE_BLOCK | LANDLOCK_ACCESS_FS_REFER
+    attr = _RulesetAttr(handled_access_fs=handled)  # (its first member: every ABI knows it)
+    fd = libc.syscall(
+        SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)), 0
+    )
     if fd < 0:
         error = ctypes.get_errno()
         raise OSError(error, f"cannot create a Landlock ruleset: {os.strerror(error)}")
+    root = os.open("/", os.O_PATH | os.O_CLOEXEC)
+    try:
+        rule = _PathBeneath(allowed_access=LANDLOCK_ACCESS_FS_REFER, parent_fd=root)
+        if libc.syscall(
+            SYS_LANDLOCK_ADD_RULE, fd, LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(rule), 0
+        ):
+            error = ctypes.get_errno()
+            os.close(fd)
+            raise OSError(error, f"cannot add a Landlock rule: {os.strerror(error)}")
+    finally:
+        os.close(root)
     return int(fd)
 
 

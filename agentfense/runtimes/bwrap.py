@@ -296,10 +296,11 @@ class BwrapRuntime:
             _bwrap_has_option(option)
         self._session_bash = _exec_only_copy(shutil.which("bash"), state_dir / "bwrap-bin")
         abi = _landlock_abi()
-        if abi == 0:
+        if abi < 2:
             _log.warning(
-                "this kernel has no Landlock: a process one command of a sandbox leaves "
-                "behind can read the environment and memory of that sandbox's later commands"
+                "this kernel has no Landlock (ABI 2 or later): a process one command of a "
+                "sandbox leaves behind can read the environment and memory of that sandbox's "
+                "later commands"
             )
 
     def check(self) -> str | None:

@@ -252,9 +252,18 @@ async def test_a_command_still_signals_waits_for_and_reads_its_own_children(
         "kill $!; yes | head -n 1"
     )
     expected = "alive\n143\nSECRET=own\ny\n"
+    # Its domain refuses no link or rename into another directory (one refuses them unless a
+    # rule allows them): git, mv and package managers depend on both.
+    moves = (
+        "mkdir -p /tmp/a /tmp/b && echo x > /tmp/a/f && python3 -c '"
+        'import os; os.rename("/tmp/a/f", "/tmp/b/f"); os.link("/tmp/b/f", "/tmp/a/g"); '
+        'print(open("/tmp/a/g").read().strip())\''
+    )
     async with await AsyncSandbox.from_local(project, endpoint=endpoint) as sandbox:
         result = await sandbox.run(own)
         assert (result.stdout, result.exit_code) == (expected, 0)
+        moved = await sandbox.run(moves)
+        assert (moved.stdout, moved.stderr, moved.exit_code) == ("x\n", "", 0)
         async with sandbox.session() as session:  # one domain: a later command's own job
             await session.exec("sleep 30 >/dev/null 2>&1 &")
             later = await session.exec("kill %1; wait %1; echo $?")
