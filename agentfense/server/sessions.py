@@ -8,8 +8,8 @@ started (those in the session now that were not there when it began) are killed 
 shell is interrupted, so the rest of its command line never runs (``shell_protocol``). A bash
 that reports back stopped keeps its state; any other shell, one that reports the command ran
 on to its end, or one that does not report back within a second, is closed with everything
-in it. The outcome says which. ``exit`` closes the
-session; closing kills every process of the session.
+in it. The outcome says which. ``exit`` closes the session; closing kills every process of
+the session.
 """
 
 from __future__ import annotations
