@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import anyio
 
 from .. import _convert as convert
+from .. import _timeouts as timeouts
 from .._blocking import BlockingFile, run_sync
 from .._proto.sandbox import v1 as pb
 from .._transport import DEFAULT_ENDPOINT, Transport, cancel_again, open_transport
@@ -39,21 +40,24 @@ T = TypeVar("T")
 _CODEBASE = "/sandbox.v1.CodebaseService/"
 _SANDBOX = "/sandbox.v1.SandboxService/"
 UPLOAD_CHUNK = 256 * 1024
-# The gRPC deadline of an exec outlives the command's own timeout by this much, so that the
-# server's verdict (DEADLINE_EXCEEDED after killing the command) is the one the caller sees.
-_DEADLINE_MARGIN = 30.0
 # How long one cleanup call (destroying a sandbox or a session, deleting a codebase) may take.
 # Long enough for heavy legitimate work: deleting a codebase of 50,000 directories and a
 # 256 MiB file took 24 s to over 30 s on a loaded 2-core VM.
 DEFAULT_CLEANUP_TIMEOUT = 120.0
 
 
-def _duration(seconds: float | None, field: str = "timeout") -> timedelta | None:
+def _duration(seconds: float | None, field: str) -> timedelta | None:
     if seconds is None:
         return None
     if seconds < 0:
         raise InvalidConfigurationError(f"{field} must not be negative")
     return timedelta(seconds=seconds)
+
+
+def _set_timeout(request: pb.ExecRequest | pb.SessionExecRequest, timeout: float | None) -> None:
+    duration, request.no_timeout = timeouts.to_wire(timeout)
+    if duration is not None:
+        request.timeout = duration
 
 
 def _as_bytes(content: bytes | str) -> bytes:
@@ -449,9 +453,7 @@ class AsyncSandboxClient:
             env={str(k): str(v) for k, v in (env or {}).items()},
             workdir=workdir or "",
         )
-        duration = _duration(timeout)
-        if duration is not None:
-            request.timeout = duration
+        _set_timeout(request, timeout)
         return request
 
     async def exec(
@@ -466,7 +468,7 @@ class AsyncSandboxClient:
     ) -> ExecResult:
         """Run ``command`` (``sh -c``) in a running sandbox; CommandTimeoutError on timeout."""
         request = self._exec_request(sandbox_id, command, stdin, env, workdir, timeout)
-        deadline = None if timeout is None else timeout + _DEADLINE_MARGIN
+        deadline = timeouts.client_deadline(timeout)
         reply = await self._unary(_SANDBOX + "Exec", request, pb.ExecResult, timeout=deadline)
         return convert.exec_result_from_pb(reply)
 
@@ -574,9 +576,7 @@ class AsyncSandboxClient:
         if not isinstance(command, str):
             raise InvalidConfigurationError("command must be a string")
         request = pb.SessionExecRequest(session_id=session_id, command=command)
-        duration = _duration(timeout)
-        if duration is not None:
-            request.timeout = duration
+        _set_timeout(request, timeout)
         return request
 
     async def session_exec(
@@ -584,7 +584,7 @@ class AsyncSandboxClient:
     ) -> ExecResult:
         """Run ``command`` in a session's shell; CommandTimeoutError on timeout."""
         request = self._session_exec_request(session_id, command, timeout)
-        deadline = None if timeout is None else timeout + _DEADLINE_MARGIN
+        deadline = timeouts.client_deadline(timeout)
         reply = await self._unary(
             _SANDBOX + "SessionExec", request, pb.ExecResult, timeout=deadline
         )

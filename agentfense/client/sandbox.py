@@ -276,7 +276,10 @@ class AsyncSandbox:
         workdir: str | None = None,
         raise_on_error: bool = False,
     ) -> ExecResult:
-        """Run ``command`` with ``sh -c`` in the sandbox and wait for it."""
+        """Run ``command`` with ``sh -c`` in the sandbox and wait for it.
+
+        ``timeout``: ``None`` for the server's default, ``0`` for none up to the server's
+        maximum, else seconds; past it the command is killed whole (``CommandTimeoutError``)."""
         return await self.exec(
             command, timeout=timeout, env=env, workdir=workdir, raise_on_error=raise_on_error
         )

@@ -14,6 +14,7 @@ import grpclib.const
 import grpclib.server
 from grpclib.exceptions import GRPCError
 
+from .. import _timeouts as timeouts
 from .._convert import (
     RUNTIME_FROM_PB,
     RUNTIME_TO_PB,
@@ -84,8 +85,8 @@ def session_to_pb(session: Session) -> pb.Session:
     return message
 
 
-def _seconds(value: timedelta | None) -> float | None:
-    return value.total_seconds() if value else None
+def _timeout(request: pb.ExecRequest | pb.SessionExecRequest) -> float | None:
+    return timeouts.from_wire(request.timeout, request.no_timeout)
 
 
 def _result(outcome: Outcome) -> pb.ExecResult:
@@ -143,7 +144,7 @@ def _exec_params(request: pb.ExecRequest) -> ExecParams:
         stdin=request.stdin.encode(),
         env=dict(request.env),
         workdir=request.workdir,
-        timeout=_seconds(request.timeout),
+        timeout=_timeout(request),
     )
 
 
@@ -336,7 +337,7 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
     async def session_exec(self, request: pb.SessionExecRequest) -> pb.ExecResult:
         with grpc_errors():
             outcome = await self._manager.sessions.exec(
-                request.session_id, request.command, _seconds(request.timeout)
+                request.session_id, request.command, _timeout(request)
             )
         if outcome.timed_out:
             raise _timed_out(outcome)
@@ -351,7 +352,7 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
 
         with grpc_errors():
             outcome = await self._manager.sessions.exec(
-                request.session_id, request.command, _seconds(request.timeout), on_output=send
+                request.session_id, request.command, _timeout(request), on_output=send
             )
         if outcome.timed_out:
             raise _timed_out(outcome)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.abc
 
+from .. import _timeouts as timeouts
 from ..errors import (
     InvalidConfigurationError,
     ResourceLimitExceededError,
@@ -508,15 +509,8 @@ class SandboxManager:
         return CommandSpec(("/bin/sh", "-c", params.command), env, _workdir(params.workdir))
 
     def exec_timeout(self, timeout: float | None) -> float:
-        if timeout is None or timeout == 0:
-            return self._config.default_timeout
-        if timeout < 0:
-            raise InvalidConfigurationError("timeout must not be negative")
-        if timeout > self._config.max_timeout:
-            raise InvalidConfigurationError(
-                f"timeout must be at most {self._config.max_timeout:g} seconds on this server"
-            )
-        return timeout
+        """The seconds a command may run (the policy: ``agentfense._timeouts``)."""
+        return timeouts.effective(timeout, self._config.default_timeout, self._config.max_timeout)
 
     async def exec(
         self, sandbox_id: str, params: ExecParams, on_output: OnOutput | None = None

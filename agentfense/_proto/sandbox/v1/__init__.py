@@ -300,6 +300,11 @@ class ExecRequest(betterproto.Message):
     )
     workdir: str = betterproto.string_field(5)
     timeout: timedelta = betterproto.message_field(6)
+    no_timeout: bool = betterproto.bool_field(100)
+    """
+    AgentFense extension: no timeout of the command's own, up to the server's maximum
+     (a zero Duration is not told from an absent one, which means the server's default).
+    """
 
 
 @dataclass(eq=False, repr=False)
@@ -370,6 +375,8 @@ class SessionExecRequest(betterproto.Message):
     session_id: str = betterproto.string_field(1)
     command: str = betterproto.string_field(2)
     timeout: timedelta = betterproto.message_field(3)
+    no_timeout: bool = betterproto.bool_field(100)
+    """AgentFense extension: see ExecRequest.no_timeout."""
 
 
 @dataclass(eq=False, repr=False)
