@@ -1,12 +1,17 @@
 """Typed exceptions of the SDK, each carrying the gRPC status code as an int.
 
-Every failure the SDK reports is a :class:`SandboxError`. The mapping from a gRPC status (and
-the server's message) to the most specific class is :func:`error_from_status`, a pure function.
+Every failure the SDK reports is a :class:`SandboxError`. Each class has a ``reason``, the
+error's kind as it travels on the wire (AgentFense's server sends it with every error, as a
+``google.rpc.ErrorInfo`` in the status details). The mapping from a gRPC status to the most
+specific class is :func:`error_from_status`, a pure function: by the reason where the server
+sent one, else by the status code and the RPC that failed (a server without the extension);
+never by the words of the message.
 """
 
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import ClassVar
 
 
 class StatusCode(IntEnum):
@@ -35,6 +40,7 @@ class SandboxError(Exception):
     """Base class of every AgentFense error. ``code`` is the gRPC status code as an int."""
 
     default_code: int = StatusCode.UNKNOWN
+    reason: ClassVar[str] = "SANDBOX_ERROR"
 
     def __init__(self, message: str, *, code: int | None = None) -> None:
         super().__init__(message)
@@ -51,32 +57,39 @@ def _rebuild(cls: type[SandboxError], message: str, code: int) -> SandboxError:
 
 class SandboxNotFoundError(SandboxError):
     default_code = StatusCode.NOT_FOUND
+    reason = "SANDBOX_NOT_FOUND"
 
 
 class CodebaseNotFoundError(SandboxError):
     default_code = StatusCode.NOT_FOUND
+    reason = "CODEBASE_NOT_FOUND"
 
 
 class SessionNotFoundError(SandboxError):
     default_code = StatusCode.NOT_FOUND
+    reason = "SESSION_NOT_FOUND"
 
 
 class SandboxNotRunningError(SandboxError):
     default_code = StatusCode.FAILED_PRECONDITION
+    reason = "SANDBOX_NOT_RUNNING"
 
 
 class SessionClosedError(SandboxError):
     default_code = StatusCode.FAILED_PRECONDITION
+    reason = "SESSION_CLOSED"
 
 
 class CommandTimeoutError(SandboxError):
     default_code = StatusCode.DEADLINE_EXCEEDED
+    reason = "COMMAND_TIMEOUT"
 
 
 class CommandExecutionError(SandboxError):
     """A command exited non-zero and the caller asked for ``raise_on_error``."""
 
     default_code = StatusCode.UNKNOWN
+    reason = "COMMAND_FAILED"
 
     def __init__(
         self,
@@ -95,6 +108,7 @@ class CommandExecutionError(SandboxError):
 
 class PermissionDeniedError(SandboxError):
     default_code = StatusCode.PERMISSION_DENIED
+    reason = "PERMISSION_DENIED"
 
 
 class ResourceLimitExceededError(SandboxError):
@@ -102,6 +116,7 @@ class ResourceLimitExceededError(SandboxError):
     stopped a command (``limit`` says which: "memory", "pids"; with the command's outcome)."""
 
     default_code = StatusCode.RESOURCE_EXHAUSTED
+    reason = "RESOURCE_LIMIT"
 
     def __init__(
         self,
@@ -122,47 +137,86 @@ class ResourceLimitExceededError(SandboxError):
 
 class InvalidConfigurationError(SandboxError):
     default_code = StatusCode.INVALID_ARGUMENT
+    reason = "INVALID_ARGUMENT"
 
 
 class ConnectionError(SandboxError):
     """The server could not be reached, or the connection broke mid-call."""
 
     default_code = StatusCode.UNAVAILABLE
+    reason = "UNAVAILABLE"
 
 
-# Servers mark the resource an error is about with one of these words at the start of the
-# message ("sandbox sb_x not found"); the SDK's own server always does.
-_NOT_FOUND_BY_SUBJECT: dict[str, type[SandboxError]] = {
-    "sandbox": SandboxNotFoundError,
-    "codebase": CodebaseNotFoundError,
-    "session": SessionNotFoundError,
+_BY_REASON: dict[str, type[SandboxError]] = {
+    cls.reason: cls
+    for cls in (
+        SandboxError,
+        SandboxNotFoundError,
+        CodebaseNotFoundError,
+        SessionNotFoundError,
+        SandboxNotRunningError,
+        SessionClosedError,
+        CommandTimeoutError,
+        CommandExecutionError,
+        PermissionDeniedError,
+        ResourceLimitExceededError,
+        InvalidConfigurationError,
+        ConnectionError,
+    )
 }
+_BY_CODE: dict[int, type[SandboxError]] = {
+    StatusCode.DEADLINE_EXCEEDED: CommandTimeoutError,
+    StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    StatusCode.UNAUTHENTICATED: PermissionDeniedError,
+    StatusCode.RESOURCE_EXHAUSTED: ResourceLimitExceededError,
+    StatusCode.INVALID_ARGUMENT: InvalidConfigurationError,
+    StatusCode.OUT_OF_RANGE: InvalidConfigurationError,
+    StatusCode.UNAVAILABLE: ConnectionError,
+}
+# A server without reasons (upstream's): what NOT_FOUND and FAILED_PRECONDITION are about
+# follows from the RPC that failed.
+_CODEBASE_RPCS = frozenset(
+    {
+        "GetCodebase",
+        "DeleteCodebase",
+        "UploadFiles",
+        "UploadArchive",
+        "DownloadFile",
+        "ListFiles",
+        "CreateSandbox",
+    }
+)
+_SESSION_RPCS = frozenset({"GetSession", "DestroySession", "SessionExec", "SessionExecStream"})
+_RUNNING_SANDBOX_RPCS = frozenset(
+    {
+        "Exec",
+        "ExecStream",
+        "CreateSession",
+        "ReadSandboxFile",
+        "WriteSandboxFile",
+        "ListSandboxFiles",
+    }
+)
 
 
-def error_from_status(code: int, message: str) -> SandboxError:
-    """The typed exception for a gRPC status ``code`` and the server's ``message``."""
-    lowered = message.lower()
-    cls: type[SandboxError]
+def _by_rpc(code: int, rpc: str) -> type[SandboxError] | None:
     if code == StatusCode.NOT_FOUND:
-        first_word = lowered.split(" ", 1)[0]
-        cls = _NOT_FOUND_BY_SUBJECT.get(first_word, SandboxError)
-    elif code == StatusCode.FAILED_PRECONDITION:
-        if "session" in lowered and "closed" in lowered:
-            cls = SessionClosedError
-        elif "not running" in lowered:
-            cls = SandboxNotRunningError
-        else:
-            cls = SandboxError
-    elif code == StatusCode.DEADLINE_EXCEEDED:
-        cls = CommandTimeoutError
-    elif code in (StatusCode.PERMISSION_DENIED, StatusCode.UNAUTHENTICATED):
-        cls = PermissionDeniedError
-    elif code == StatusCode.RESOURCE_EXHAUSTED:
-        cls = ResourceLimitExceededError
-    elif code in (StatusCode.INVALID_ARGUMENT, StatusCode.OUT_OF_RANGE):
-        cls = InvalidConfigurationError
-    elif code == StatusCode.UNAVAILABLE:
-        cls = ConnectionError
-    else:
-        cls = SandboxError
+        if rpc in _CODEBASE_RPCS:
+            return CodebaseNotFoundError
+        if rpc in _SESSION_RPCS:
+            return SessionNotFoundError
+        return SandboxNotFoundError if rpc else None
+    if code == StatusCode.FAILED_PRECONDITION:
+        if rpc in _SESSION_RPCS:
+            return SessionClosedError
+        if rpc in _RUNNING_SANDBOX_RPCS:
+            return SandboxNotRunningError
+    return None
+
+
+def error_from_status(code: int, message: str, *, reason: str = "", rpc: str = "") -> SandboxError:
+    """The typed exception for a gRPC status: ``code``, the server's ``message``, the
+    ``reason`` it sent (if any) and the name of the ``rpc`` that failed (e.g. "Exec")."""
+    known = _BY_REASON.get(reason) if reason else _by_rpc(code, rpc)
+    cls = known or _BY_CODE.get(code, SandboxError)
     return cls(message, code=code)

@@ -14,11 +14,13 @@ from grpclib.client import Channel, Stream
 from grpclib.const import Cardinality
 from grpclib.exceptions import StreamTerminatedError
 
+from agentfense._error_details import ReasonCodec
 from agentfense._transport._bounded import bound_reads
 from agentfense._transport._endpoint import Endpoint
 from agentfense._transport._errors import mapped_errors, trailers_only_status
 from agentfense.errors import ConnectionError
 
+_REASONS = ReasonCodec()
 T = TypeVar("T")  # a generated response message class (unbound: generated code is untyped)
 Producer = Callable[[], AsyncIterator[betterproto.Message]]
 
@@ -43,9 +45,11 @@ class GrpcCalls:
     def __init__(self, endpoint: Endpoint, *, secure: bool) -> None:
         ssl = True if secure else None
         if endpoint.path is not None:
-            self.channel = Channel(path=endpoint.path, ssl=ssl)
+            self.channel = Channel(path=endpoint.path, ssl=ssl, status_details_codec=_REASONS)
         else:
-            self.channel = Channel(endpoint.host, endpoint.port, ssl=ssl)
+            self.channel = Channel(
+                endpoint.host, endpoint.port, ssl=ssl, status_details_codec=_REASONS
+            )
         self.endpoint = endpoint.text
 
     async def unary(
@@ -56,7 +60,7 @@ class GrpcCalls:
         *,
         timeout: float | None = None,
     ) -> T:
-        with mapped_errors(self.endpoint):
+        with mapped_errors(self.endpoint, path):
             async with self.channel.request(
                 path, Cardinality.UNARY_UNARY, type(request), response_type, timeout=timeout
             ) as stream:
@@ -87,7 +91,7 @@ class GrpcCalls:
         timeout: float | None = None,
     ) -> T:
         try:
-            with mapped_errors(self.endpoint):
+            with mapped_errors(self.endpoint, path):
                 async with self.channel.request(
                     path,
                     Cardinality.STREAM_UNARY,
@@ -171,6 +175,7 @@ class ServerStream(Generic[T]):
         timeout: float | None,
     ) -> None:
         self._endpoint = calls.endpoint
+        self._path = path
         self._request = request
         self._stream: Stream[betterproto.Message, T] = calls.channel.request(
             path, Cardinality.UNARY_STREAM, type(request), response_type, timeout=timeout
@@ -180,7 +185,7 @@ class ServerStream(Generic[T]):
     async def __aenter__(self) -> ServerStream[T]:
         await self._stream.__aenter__()
         try:
-            with mapped_errors(self._endpoint):
+            with mapped_errors(self._endpoint, self._path):
                 await self._stream.send_message(self._request, end=True)
                 bound_reads(self._stream)
         except BaseException as exc:
@@ -194,7 +199,7 @@ class ServerStream(Generic[T]):
     async def __anext__(self) -> T:
         if self._finished:
             raise StopAsyncIteration
-        with mapped_errors(self._endpoint), trailers_only_status(self._stream):
+        with mapped_errors(self._endpoint, self._path), trailers_only_status(self._stream):
             message = await self._stream.recv_message()
         if message is None:
             self._finished = True
@@ -214,7 +219,7 @@ class ServerStream(Generic[T]):
                 await self._stream.__aexit__(exc_type, exc, tb)
             return
         if self._finished:
-            with mapped_errors(self._endpoint):
+            with mapped_errors(self._endpoint, self._path):
                 await self._stream.__aexit__(None, None, None)
             return
         # Left early: tell the server (RST_STREAM). Failures here are of no interest to the

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import h2.exceptions
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
-from grpclib.metadata import decode_grpc_message
+from grpclib.metadata import decode_bin_value, decode_grpc_message
 
+from agentfense._error_details import ReasonCodec
 from agentfense.errors import ConnectionError, SandboxError, StatusCode, error_from_status
 
 
-def translate(exc: BaseException, endpoint: str) -> SandboxError | None:
-    """The SDK error for a transport-level ``exc``, or ``None`` if ``exc`` is not one."""
+def translate(exc: BaseException, endpoint: str, path: str = "") -> SandboxError | None:
+    """The SDK error for a transport-level ``exc`` in a call of the RPC at ``path``
+    ("/sandbox.v1.SandboxService/Exec"), or ``None`` if ``exc`` is not one."""
     if isinstance(exc, GRPCError):
-        return error_from_status(int(exc.status.value), exc.message or "")
+        reason = exc.details if isinstance(exc.details, str) else ""
+        rpc = path.rsplit("/", 1)[-1]
+        return error_from_status(int(exc.status.value), exc.message or "", reason=reason, rpc=rpc)
     # asyncio's deadline expiry is a bare TimeoutError; the OS's ETIMEDOUT carries an errno.
     if isinstance(exc, TimeoutError) and exc.errno is None:
         return error_from_status(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
@@ -34,8 +38,14 @@ def _status_in_headers(headers: object) -> GRPCError | None:
         status = Status(int(headers_map["grpc-status"]))
     except (TypeError, ValueError, KeyError):
         return None
-    message = headers_map.get("grpc-message")
-    return GRPCError(status, decode_grpc_message(message) if message else None)
+    text = headers_map.get("grpc-message")
+    message = decode_grpc_message(text) if text else None
+    packed = headers_map.get("grpc-status-details-bin")
+    details = None
+    if packed:
+        with suppress(ValueError, TypeError):
+            details = ReasonCodec().decode(status, message, decode_bin_value(packed.encode()))
+    return GRPCError(status, message, details)
 
 
 @contextmanager
@@ -58,12 +68,13 @@ def trailers_only_status(stream: object) -> Iterator[None]:
 
 
 @contextmanager
-def mapped_errors(endpoint: str) -> Iterator[None]:
-    """Re-raise transport failures inside the block as SDK errors; let anything else through."""
+def mapped_errors(endpoint: str, path: str = "") -> Iterator[None]:
+    """Re-raise transport failures inside the block (a call of the RPC at ``path``) as SDK
+    errors; let anything else through."""
     try:
         yield
     except Exception as exc:
-        mapped = translate(exc, endpoint)
+        mapped = translate(exc, endpoint, path)
         if mapped is None:
             raise
         raise mapped from exc

@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 
 from ._cgroup import SandboxCgroup
-from .base import BadWorkdir, CommandSpec, ForkRefused, RuntimeError_
+from .base import BadWorkdir, CommandSpec, ForkRefused, RuntimeError_, SandboxGone
 
 AGENT_SOURCE = (Path(__file__).parent / "_agent.py").read_text()
 
@@ -133,7 +133,7 @@ class AgentConnection:
 
     async def spawn(self, command: CommandSpec) -> AgentProcess:
         if self.closed.is_set():
-            raise RuntimeError_("the sandbox is not running")
+            raise SandboxGone("the sandbox is not running")
         self._next_id += 1
         ident = self._next_id
         stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
@@ -173,7 +173,7 @@ class AgentConnection:
             self._spawned.pop(ident, None)
             self._pending.pop(ident, None)
             _close_all(ours)
-            raise RuntimeError_(f"the sandbox is not running ({exc.strerror})") from None
+            raise SandboxGone(f"the sandbox is not running ({exc.strerror})") from None
         finally:
             _close_all(theirs)
         with anyio.CancelScope(shield=True):

@@ -18,6 +18,10 @@ class ForkRefused(RuntimeError_):
     """The sandbox could not start another process (its process limit is reached)."""
 
 
+class SandboxGone(RuntimeError_):
+    """The sandbox is not running any more (its processes died or were stopped)."""
+
+
 class BadWorkdir(RuntimeError_):
     """The command's working directory does not exist, or is no directory, in the sandbox."""
 

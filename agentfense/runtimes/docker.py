@@ -34,7 +34,15 @@ from ._cgroup import SandboxCgroup, find_cgroup2_root
 from ._docker_exec import DockerProcess, start_exec
 from ._docker_seccomp import security_opt
 from ._limits import tmpfs_sizes
-from .base import WORKSPACE, CommandSpec, ForkRefused, Process, RuntimeError_, SandboxSpec
+from .base import (
+    WORKSPACE,
+    CommandSpec,
+    ForkRefused,
+    Process,
+    RuntimeError_,
+    SandboxGone,
+    SandboxSpec,
+)
 
 _log = logging.getLogger(__name__)
 _SIGNALS = (
@@ -113,7 +121,7 @@ class DockerSandbox:
 
     async def spawn(self, command: CommandSpec) -> Process:
         if self._stopped:
-            raise RuntimeError_("the sandbox is not running")
+            raise SandboxGone("the sandbox is not running")
         try:
             process = await start_exec(self._runtime.call, self.container_id, command, self)
         except ForkRefused:
@@ -122,7 +130,7 @@ class DockerSandbox:
         except RuntimeError_ as exc:
             if "is not running" in str(exc):  # the container died (its keepalive was killed)
                 self._stopped = True
-                raise RuntimeError_("the sandbox's container is not running any more") from None
+                raise SandboxGone("the sandbox's container is not running any more") from None
             raise
             # Its pids limit is full of what earlier commands left behind: kill those.
             await self._leaves.kill_leaves(keep=self.running_leaves())

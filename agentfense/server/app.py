@@ -16,12 +16,13 @@ import anyio
 from anyio.abc import TaskStatus
 from grpclib.server import Server
 
+from .._error_details import ReasonCodec
 from ..errors import InvalidConfigurationError
-from ._wire_checks import WireChecks
-from .codebase_service import CodebaseService
+from ._grpc.codebase_service import CodebaseService
+from ._grpc.sandbox_service import SandboxService
+from ._grpc.wire_checks import WireChecks
 from .codebases import CodebaseStore
 from .config import ServerConfig
-from .sandbox_service import SandboxService
 from .sandboxes import SandboxManager
 
 log = logging.getLogger("agentfense.server")
@@ -145,7 +146,8 @@ async def _serving(config: ServerConfig, address: tuple[str, int] | Path) -> Asy
             ),
             SandboxService(manager, max_upload_bytes=config.max_upload_bytes, spool_dir=spool),
         ]
-        server = Server([WireChecks(service, config.max_message_bytes) for service in services])
+        checked = [WireChecks(service, config.max_message_bytes) for service in services]
+        server = Server(checked, status_details_codec=ReasonCodec())
         if isinstance(address, Path):
             address.parent.mkdir(parents=True, exist_ok=True)
             if _answers(address):

@@ -44,6 +44,7 @@ from ..runtimes.base import (
     CommandSpec,
     ForkRefused,
     RuntimeError_,
+    SandboxGone,
     SandboxHandle,
     SandboxSpec,
 )
@@ -529,6 +530,8 @@ class SandboxManager:
             raise ResourceLimitExceededError(
                 f"the sandbox's process limit is reached; {exc}"
             ) from None
+        except SandboxGone as exc:
+            raise SandboxNotRunningError(f"sandbox {record.id}: {exc}") from None
         except RuntimeError_ as exc:
             raise SandboxError(str(exc), code=StatusCode.FAILED_PRECONDITION) from None
         try:

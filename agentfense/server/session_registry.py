@@ -11,11 +11,12 @@ from ..errors import (
     InvalidConfigurationError,
     ResourceLimitExceededError,
     SandboxError,
+    SandboxNotRunningError,
     SessionClosedError,
     SessionNotFoundError,
     StatusCode,
 )
-from ..runtimes.base import WORKSPACE, CommandSpec, ForkRefused, RuntimeError_
+from ..runtimes.base import WORKSPACE, CommandSpec, ForkRefused, RuntimeError_, SandboxGone
 from ..types import SessionStatus
 from . import shell_protocol as protocol
 from .execution import OnOutput, Outcome, with_limits
@@ -77,6 +78,8 @@ class SessionRegistry:
             raise ResourceLimitExceededError(
                 f"the sandbox's process limit is reached; {exc}"
             ) from None
+        except SandboxGone as exc:
+            raise SandboxNotRunningError(f"sandbox {record.id}: {exc}") from None
         except RuntimeError_ as exc:
             if shell:
                 raise InvalidConfigurationError(

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import betterproto
 import grpclib.const
-from grpclib.exceptions import GRPCError
 
-from .._proto.sandbox.v1 import (
+from ..._proto.sandbox.v1 import (
     ArchiveChunk,
     ArchiveChunkFile,
     ArchiveResult,
@@ -30,28 +28,16 @@ from .._proto.sandbox.v1 import (
     UploadChunk,
     UploadResult,
 )
-from ..errors import CodebaseNotFoundError, InvalidConfigurationError, SandboxError
-from ._codebase_tree import FileRecord
-from ._guarded import guarded
-from ._paths import wire_text
-from .codebases import CodebaseRecord, CodebaseStore
+from ...errors import CodebaseNotFoundError, InvalidConfigurationError, SandboxError, StatusCode
+from .._codebase_tree import FileRecord
+from .._paths import wire_text
+from ..codebases import CodebaseRecord, CodebaseStore
+from .errors import grpc_errors, invalid, status_error
+from .guarded import guarded
 
 __all__ = ["CodebaseService"]
 
 _DOWNLOAD_CHUNK = 64 * 1024
-
-
-@contextmanager
-def _grpc_errors() -> Iterator[None]:
-    """Turn a :class:`SandboxError` into the ``GRPCError`` carrying its status and message."""
-    try:
-        yield
-    except SandboxError as err:
-        raise _status_error(err) from None
-
-
-def _status_error(err: SandboxError) -> GRPCError:
-    return GRPCError(grpclib.const.Status(err.code), err.message)
 
 
 def _file_info(record: FileRecord) -> FileInfo:
@@ -62,10 +48,6 @@ def _file_info(record: FileRecord) -> FileInfo:
         size=record.size,
         modified_at=record.modified_at,
     )
-
-
-def _invalid(message: str) -> GRPCError:
-    return GRPCError(grpclib.const.Status.INVALID_ARGUMENT, message)
 
 
 async def _file_data(
@@ -123,17 +105,17 @@ class CodebaseService(CodebaseServiceBase):  # type: ignore[misc]
         )
 
     async def create_codebase(self, request: CreateCodebaseRequest) -> Codebase:
-        with _grpc_errors():
+        with grpc_errors():
             record = await self._store.create(request.name, request.owner_id)
             return await self._codebase(record)
 
     async def get_codebase(self, request: GetCodebaseRequest) -> Codebase:
-        with _grpc_errors():
+        with grpc_errors():
             record = await self._store.get(request.codebase_id)
             return await self._codebase(record)
 
     async def list_codebases(self, request: ListCodebasesRequest) -> ListCodebasesResponse:
-        with _grpc_errors():
+        with grpc_errors():
             records, next_token = await self._store.list(
                 request.owner_id, request.page_size, request.page_token
             )
@@ -144,12 +126,12 @@ class CodebaseService(CodebaseServiceBase):  # type: ignore[misc]
         return ListCodebasesResponse(codebases=codebases, next_page_token=next_token)
 
     async def delete_codebase(self, request: DeleteCodebaseRequest) -> Empty:
-        with _grpc_errors():
+        with grpc_errors():
             record = await self._store.get(request.codebase_id)
             if self._in_use(record.id):
-                raise GRPCError(
-                    grpclib.const.Status.FAILED_PRECONDITION,
+                raise SandboxError(
                     f"codebase {record.id} is used by sandboxes; destroy them first",
+                    code=StatusCode.FAILED_PRECONDITION,
                 )
             await self._store.delete(record.id)
         return Empty()
@@ -157,19 +139,19 @@ class CodebaseService(CodebaseServiceBase):  # type: ignore[misc]
     async def upload_files(self, request_iterator: AsyncIterator[UploadChunk]) -> UploadResult:
         first = await anext(request_iterator, None)
         if first is None or betterproto.which_one_of(first, "content")[0] != "metadata":
-            raise _invalid("the first UploadChunk must carry metadata")
+            raise invalid("the first UploadChunk must carry metadata")
         meta = first.metadata
 
         async def data() -> AsyncIterator[bytes]:
             async for chunk in request_iterator:
                 field, value = betterproto.which_one_of(chunk, "content")
                 if field == "metadata":
-                    raise _invalid("only the first UploadChunk may carry metadata")
+                    raise invalid("only the first UploadChunk may carry metadata")
                 if field == "data":
                     assert isinstance(value, bytes)
                     yield value
 
-        with _grpc_errors():
+        with grpc_errors():
             size, checksum = await self._store.upload(
                 meta.codebase_id,
                 meta.file_path,
@@ -190,10 +172,10 @@ class CodebaseService(CodebaseServiceBase):  # type: ignore[misc]
         """Many files in one stream: each header is followed by exactly its size in data."""
         first = await anext(request_iterator, None)
         if first is None or betterproto.which_one_of(first, "content")[0] != "codebase_id":
-            raise _invalid("the first ArchiveChunk must carry the codebase_id")
+            raise invalid("the first ArchiveChunk must carry the codebase_id")
         codebase_id = first.codebase_id
         uploaded: list[UploadResult] = []
-        with _grpc_errors():
+        with grpc_errors():
             await self._store.get(codebase_id)  # a missing codebase fails before any data
             try:
                 async for chunk in request_iterator:
@@ -236,13 +218,13 @@ class CodebaseService(CodebaseServiceBase):  # type: ignore[misc]
                 except StopAsyncIteration:
                     return
                 except SandboxError as err:
-                    raise _status_error(err) from None
+                    raise status_error(err) from None
                 yield FileChunk(data=data)
         finally:
             await chunks.aclose()
 
     async def list_files(self, request: ListFilesRequest) -> ListFilesResponse:
-        with _grpc_errors():
+        with grpc_errors():
             records = await self._store.list_files(
                 request.codebase_id, request.path, request.recursive
             )

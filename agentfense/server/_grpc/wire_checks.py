@@ -23,9 +23,10 @@ from typing import Any
 
 import anyio
 import grpclib.const
-from grpclib.exceptions import GRPCError
 
-from ._wire_shape import oneof_fault, wire_fault
+from ...errors import ResourceLimitExceededError
+from .errors import invalid, status_error
+from .wire_shape import oneof_fault, wire_fault
 
 _PREFIX = 5  # a message's compression flag and length, read before its body
 # The most top-level fields a request may hold: the most rules (4,096), labels (64) or
@@ -110,10 +111,9 @@ class _DeferredCodec:
 
     def decode(self, data: bytes, message_type: Any) -> _Undecoded:
         if too_many_fields(data):
-            raise GRPCError(
-                grpclib.const.Status.INVALID_ARGUMENT,
+            raise invalid(
                 f"the {message_type.__name__} has more than {MAX_FIELDS} fields; no request "
-                "needs that many (see the limits on rules, labels and env)",
+                "needs that many (see the limits on rules, labels and env)"
             )
         return _Undecoded(data, message_type)
 
@@ -130,10 +130,11 @@ class _BoundedReads:
 
     async def recv_data(self, size: int) -> bytes:
         if size > self._most and size != _PREFIX:
-            raise GRPCError(
-                grpclib.const.Status.RESOURCE_EXHAUSTED,
-                f"a request message of {size} bytes is larger than this server accepts "
-                f"({self._most} bytes, max_message_bytes); send large content in chunks",
+            raise status_error(
+                ResourceLimitExceededError(
+                    f"a request message of {size} bytes is larger than this server accepts "
+                    f"({self._most} bytes, max_message_bytes); send large content in chunks"
+                )
             )
         data: bytes = await self._inner.recv_data(size)
         return data
@@ -157,9 +158,8 @@ def _checked(
                     return _decode(codec, raw.data, raw.type)
                 return await anyio.to_thread.run_sync(_decode, codec, raw.data, raw.type)
             except (ValueError, OverflowError, IndexError, TypeError, EOFError) as exc:
-                raise GRPCError(
-                    grpclib.const.Status.INVALID_ARGUMENT,
-                    f"the request is not a valid {type_name} message: {exc}"[:500],
+                raise invalid(
+                    f"the request is not a valid {type_name} message: {exc}"[:500]
                 ) from None
 
         stream.recv_message = recv_message  # (what iterating the stream calls too)

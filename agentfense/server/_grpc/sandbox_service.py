@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -14,8 +13,8 @@ import grpclib.const
 import grpclib.server
 from grpclib.exceptions import GRPCError
 
-from .. import _timeouts as timeouts
-from .._convert import (
+from ... import _timeouts as timeouts
+from ..._convert import (
     RUNTIME_FROM_PB,
     RUNTIME_TO_PB,
     SESSION_STATUS_TO_PB,
@@ -25,15 +24,16 @@ from .._convert import (
     rule_from_pb,
     rule_to_pb,
 )
-from .._proto.sandbox import v1 as pb
-from ..errors import InvalidConfigurationError, SandboxError
-from ..types import OutputStream, RuntimeType
-from . import sandbox_files as files
-from ._guarded import guarded
-from ._paths import wire_text
-from .execution import Outcome
-from .sandboxes import ExecParams, SandboxManager, SandboxRecord
-from .sessions import Session
+from ..._proto.sandbox import v1 as pb
+from ...errors import CommandTimeoutError, InvalidConfigurationError
+from ...types import OutputStream, RuntimeType
+from .. import sandbox_files as files
+from .._paths import wire_text
+from ..execution import Outcome
+from ..sandboxes import ExecParams, SandboxManager, SandboxRecord
+from ..sessions import Session
+from .errors import grpc_errors, invalid, status_error
+from .guarded import guarded
 
 __all__ = ["SandboxService"]
 
@@ -41,15 +41,6 @@ _STREAM_TYPE = {
     OutputStream.STDOUT: pb.ExecOutputOutputType.OUTPUT_TYPE_STDOUT,
     OutputStream.STDERR: pb.ExecOutputOutputType.OUTPUT_TYPE_STDERR,
 }
-
-
-@contextmanager
-def grpc_errors() -> Iterator[None]:
-    """Turn a :class:`SandboxError` into the ``GRPCError`` carrying its status and message."""
-    try:
-        yield
-    except SandboxError as err:
-        raise GRPCError(grpclib.const.Status(err.code), err.message) from None
 
 
 def sandbox_to_pb(record: SandboxRecord) -> pb.Sandbox:
@@ -101,9 +92,10 @@ def _result(outcome: Outcome) -> pb.ExecResult:
 
 def _timed_out(outcome: Outcome) -> GRPCError:
     detail = f"; {outcome.detail}" if outcome.detail else ""
-    return GRPCError(
-        grpclib.const.Status.DEADLINE_EXCEEDED,
-        f"command timed out after {outcome.duration:.3g} s and was killed{detail}",
+    return status_error(
+        CommandTimeoutError(
+            f"command timed out after {outcome.duration:.3g} s and was killed{detail}"
+        )
     )
 
 
@@ -257,10 +249,7 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
     ) -> pb.UploadResult:
         first = await anext(request_iterator, None)
         if first is None or betterproto.which_one_of(first, "content")[0] != "metadata":
-            raise GRPCError(
-                grpclib.const.Status.INVALID_ARGUMENT,
-                "the first SandboxFileChunk must carry metadata",
-            )
+            raise invalid("the first SandboxFileChunk must carry metadata")
         meta = first.metadata
 
         async def data() -> AsyncIterator[bytes]:
