@@ -95,7 +95,15 @@ class SandboxHandle(Protocol):
         ``mem`` for others of the same uid), for session shells; None where there is none."""
         ...
 
-    async def spawn(self, command: CommandSpec) -> Process: ...
+    async def spawn(self, command: CommandSpec) -> Process:
+        """Start ``command``; ForkRefused when the sandbox's process limit is reached,
+        SandboxGone when the sandbox is not running any more, BadWorkdir for its cwd."""
+        ...
+
+    async def kill_leftovers(self) -> bool:
+        """Kill what earlier commands left running (not the running commands, nor the
+        sessions); whether the runtime could tell them apart and did."""
+        ...
 
     def limit_events(self) -> dict[str, int]:
         """How often each resource limit has struck in the sandbox so far, by name

@@ -45,7 +45,7 @@ from ._agent_client import AGENT_SOURCE, AgentConnection
 from ._cgroup import SandboxCgroup, find_cgroup2_root, sweep_dead
 from ._limits import SandboxLimits, find_limit_cgroups, tmpfs_sizes
 from ._seccomp import compile_filter, native_arch
-from .base import WORKSPACE, CommandSpec, ForkRefused, Process, RuntimeError_, SandboxSpec
+from .base import WORKSPACE, CommandSpec, Process, RuntimeError_, SandboxSpec
 
 SANDBOX_UID = 1000
 # Where a sandbox finds the bash its sessions run (see ``SandboxHandle.session_bash``).
@@ -228,15 +228,13 @@ class BwrapSandbox:
         return self._session_bash
 
     async def spawn(self, command: CommandSpec) -> Process:
-        try:
-            return await self._agent.spawn(command)
-        except ForkRefused:
-            if self._limits is None or self._cgroup is None:
-                raise
-        # The process limit is reached, by what earlier commands left running (a fork bomb
-        # in the background): kill those leftovers so the sandbox stays usable, and retry.
-        await self._cgroup.kill_leaves(keep=self._agent.running_leaves())
         return await self._agent.spawn(command)
+
+    async def kill_leftovers(self) -> bool:
+        if self._limits is None or self._cgroup is None:
+            return False
+        await self._cgroup.kill_leaves(keep=self._agent.running_leaves())
+        return True
 
     def limit_events(self) -> dict[str, int]:
         return {} if self._limits is None else self._limits.events()

@@ -36,6 +36,7 @@ from ._docker_seccomp import security_opt
 from ._limits import tmpfs_sizes
 from .base import (
     WORKSPACE,
+    BadWorkdir,
     CommandSpec,
     ForkRefused,
     Process,
@@ -122,21 +123,28 @@ class DockerSandbox:
     async def spawn(self, command: CommandSpec) -> Process:
         if self._stopped:
             raise SandboxGone("the sandbox is not running")
+        forks_refused = self.limit_events().get("pids", 0)
         try:
             process = await start_exec(self._runtime.call, self.container_id, command, self)
-        except ForkRefused:
-            if self._leaves is None:
-                raise
+        except (ForkRefused, BadWorkdir):
+            raise
         except RuntimeError_ as exc:
             if "is not running" in str(exc):  # the container died (its keepalive was killed)
                 self._stopped = True
                 raise SandboxGone("the sandbox's container is not running any more") from None
+            if self.limit_events().get("pids", 0) > forks_refused:
+                # (runc words it in several ways: "resource temporarily unavailable", "read
+                # init-p: connection reset by peer"...; the pids cgroup's count is certain)
+                raise ForkRefused(str(exc)) from None
             raise
-            # Its pids limit is full of what earlier commands left behind: kill those.
-            await self._leaves.kill_leaves(keep=self.running_leaves())
-            process = await start_exec(self._runtime.call, self.container_id, command, self)
         self._running.add(process)
         return process
+
+    async def kill_leftovers(self) -> bool:
+        if self._leaves is None:
+            return False
+        await self._leaves.kill_leaves(keep=self.running_leaves())
+        return True
 
     def runtime_task_group(self) -> anyio.abc.TaskGroup:
         """Where the copying tasks of its commands run."""

@@ -7,30 +7,24 @@ SDK's typed errors (``agentfense.errors``); the gRPC adapter turns them into sta
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
 import hashlib
 import logging
 import os
-import re
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
 
-from .. import _timeouts as timeouts
 from ..errors import (
     InvalidConfigurationError,
     ResourceLimitExceededError,
     SandboxError,
     SandboxNotFoundError,
-    SandboxNotRunningError,
     StatusCode,
 )
 from ..fs import control
@@ -38,14 +32,7 @@ from ..fs._host import remove_tree
 from ..policy import uniform_level, validate_rules
 from ..runtimes._uids import NoUidLeft, UidPool
 from ..runtimes.base import (
-    BASE_ENV,
-    WORKSPACE,
-    BadWorkdir,
-    CommandSpec,
-    ForkRefused,
     RuntimeError_,
-    SandboxGone,
-    SandboxHandle,
     SandboxSpec,
 )
 from ..runtimes.bwrap import BwrapRuntime
@@ -54,57 +41,14 @@ from ..types import Permission, PermissionRule, ResourceLimits, RuntimeType, San
 from ._contained import ContainedTaskGroup
 from ._paths import InvalidPathError, normalize_relpath
 from .codebases import CodebaseStore
+from .commands import Commands, ExecParams
 from .config import ServerConfig
-from .execution import OnOutput, Outcome, run_to_completion, with_limits
+from .execution import OnOutput, Outcome
 from .fs_supervisor import FsSupervisor
+from .sandbox_table import SandboxRecord, SandboxTable, now
 from .session_registry import SessionRegistry
 
-if TYPE_CHECKING:
-    from .sessions import Session
-
 _log = logging.getLogger("agentfense.server")
-_ID_RE = re.compile(r"^sb_[0-9a-f]{16}$")
-_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-@dataclass
-class SandboxRecord:
-    id: str
-    codebase_id: str
-    permissions: tuple[PermissionRule, ...]
-    runtime: RuntimeType
-    image: str
-    resources: ResourceLimits
-    labels: dict[str, str]
-    status: SandboxStatus = SandboxStatus.PENDING
-    created_at: datetime = field(default_factory=_now)
-    started_at: datetime | None = None
-    stopped_at: datetime | None = None
-    expires_at: datetime | None = None
-    error: str = ""
-    handle: SandboxHandle | None = None
-    lock: anyio.Lock = field(default_factory=anyio.Lock)
-    sessions: dict[str, Session] = field(default_factory=dict)
-    owner_id: str = ""  # its codebase's
-    host_uid: int = 0  # its processes' uid on the host, its own while it exists
-    keep_home: bool = False  # one $HOME for all its commands (else one each)
-
-
-@dataclass(frozen=True, slots=True)
-class ExecParams:
-    command: str
-    stdin: bytes = b""
-    env: Mapping[str, str] = field(default_factory=dict)
-    workdir: str = ""
-    timeout: float | None = None
-
-
-def _not_found(sandbox_id: str) -> SandboxNotFoundError:
-    return SandboxNotFoundError(f"sandbox {sandbox_id[:64]!r} not found")
 
 
 class SandboxManager:
@@ -113,7 +57,7 @@ class SandboxManager:
     def __init__(self, config: ServerConfig, codebases: CodebaseStore) -> None:
         self._config = config
         self._codebases = codebases
-        self._sandboxes: dict[str, SandboxRecord] = {}
+        self._sandboxes = SandboxTable()
         self._bwrap = BwrapRuntime(config.state_dir)
         # Only root can give sandboxes uids of their own; otherwise they run as the server.
         self._uids: UidPool | None = None
@@ -129,17 +73,14 @@ class SandboxManager:
         self._deltas = config.state_dir / "deltas"
         self._fs = FsSupervisor(config.state_dir, on_lost=self._view_lost)
         self._task_group: anyio.abc.TaskGroup | None = None
-        self.sessions = SessionRegistry(self)
+        self.commands = Commands(config, self.commit)
+        self.sessions = SessionRegistry(self._sandboxes, self.commands, lambda: self.task_group)
 
     @property
     def task_group(self) -> anyio.abc.TaskGroup:
         """Where the server's long-lived tasks run (sandbox agents, session readers)."""
         assert self._task_group is not None
         return self._task_group
-
-    @property
-    def max_output_bytes(self) -> int:
-        return self._config.max_output_bytes
 
     async def __aenter__(self) -> SandboxManager:
         self._task_group = ContainedTaskGroup(anyio.create_task_group(), _log)
@@ -165,7 +106,7 @@ class SandboxManager:
     async def shutdown(self) -> None:
         """Stop every running sandbox, committing what they wrote (the server is going away)."""
         async with anyio.create_task_group() as tg:
-            for record in list(self._sandboxes.values()):
+            for record in self._sandboxes:
                 tg.start_soon(self._stop_record, record)
 
     # -- views ------------------------------------------------------------------------------
@@ -190,7 +131,7 @@ class SandboxManager:
     async def _view_lost(self, view_id: str, reason: str) -> None:
         """The view could not be served again after the fs process died: its sandbox's
         /workspace is gone, and it says so."""
-        record = self._sandboxes.get(view_id)
+        record = self._sandboxes.find(view_id)
         if record is None:
             return
         handle, record.handle = record.handle, None
@@ -245,36 +186,18 @@ class SandboxManager:
             await self._fs.changed(self._codebases.files_dir(codebase_id), sorted(changed))
 
     def uses_codebase(self, codebase_id: str) -> bool:
-        return any(r.codebase_id == codebase_id for r in self._sandboxes.values())
+        return self._sandboxes.uses_codebase(codebase_id)
 
     def find(self, sandbox_id: str) -> SandboxRecord | None:
-        return self._sandboxes.get(sandbox_id)
+        return self._sandboxes.find(sandbox_id)
 
     def get(self, sandbox_id: str) -> SandboxRecord:
-        if not _ID_RE.match(sandbox_id):
-            if not sandbox_id:
-                raise InvalidConfigurationError("sandbox_id must not be empty")
-            raise _not_found(sandbox_id)
-        try:
-            return self._sandboxes[sandbox_id]
-        except KeyError:
-            raise _not_found(sandbox_id) from None
+        return self._sandboxes.get(sandbox_id)
 
     def list(
         self, codebase_id: str, page_size: int, page_token: str
     ) -> tuple[list[SandboxRecord], str]:
-        if page_size < 0:
-            raise InvalidConfigurationError("page_size must not be negative")
-        size = min(page_size or 100, 1000)
-        records = sorted(self._sandboxes.values(), key=lambda r: (r.created_at, r.id))
-        if codebase_id:
-            records = [r for r in records if r.codebase_id == codebase_id]
-        if page_token:
-            after = _decode_token(page_token)
-            records = [r for r in records if (r.created_at.isoformat(), r.id) > after]
-        page = records[:size]
-        token = _encode_token(page[-1]) if len(records) > size else ""
-        return page, token
+        return self._sandboxes.page(codebase_id, page_size, page_token)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -326,7 +249,7 @@ class SandboxManager:
         except BaseException:
             self._release_uid(record)
             raise
-        self._sandboxes[record.id] = record
+        self._sandboxes.add(record)
         return record
 
     def _release_uid(self, record: SandboxRecord) -> None:
@@ -335,7 +258,7 @@ class SandboxManager:
 
     def _check_owner_quota(self, owner_id: str) -> None:
         most = self._config.max_sandboxes_per_owner
-        if most and sum(r.owner_id == owner_id for r in self._sandboxes.values()) >= most:
+        if most and self._sandboxes.owned_by(owner_id) >= most:
             raise ResourceLimitExceededError(
                 f"owner {owner_id[:64]!r} has {most} sandboxes, the most this server allows "
                 "(max_sandboxes_per_owner); destroy one first"
@@ -410,7 +333,7 @@ class SandboxManager:
                     code=StatusCode.FAILED_PRECONDITION,
                 ) from None
             record.status, record.error = SandboxStatus.RUNNING, ""
-            record.started_at, record.stopped_at = _now(), None
+            record.started_at, record.stopped_at = now(), None
             return record
 
     async def stop(self, sandbox_id: str) -> SandboxRecord:
@@ -421,22 +344,22 @@ class SandboxManager:
     async def _stop_record(self, record: SandboxRecord) -> None:
         with anyio.CancelScope(shield=True):
             async with record.lock:
-                await self.sessions.close_all(record, forget=False)
+                await self.sessions.close_all(record.id, forget=False)
                 handle, record.handle = record.handle, None
                 if handle is not None:
                     await handle.stop()
                     await self.commit(record)
                 if record.status is SandboxStatus.RUNNING:
                     record.status = SandboxStatus.STOPPED
-                    record.stopped_at = _now()
+                    record.stopped_at = now()
 
     async def destroy(self, sandbox_id: str) -> None:
         record = self.get(sandbox_id)
         await self._stop_record(record)
         with anyio.CancelScope(shield=True):
             await self.commit(record)  # what file operations of a stopped sandbox wrote
-            self._sandboxes.pop(record.id, None)
-            await self.sessions.close_all(record, forget=True)
+            self._sandboxes.remove(record.id)
+            await self.sessions.close_all(record.id, forget=True)
             await self._fs.remove_view(record.id)
             await anyio.to_thread.run_sync(remove_tree, self._deltas / record.id)
             self._release_uid(record)
@@ -448,9 +371,9 @@ class SandboxManager:
         retry: dict[str, tuple[float, float]] = {}  # sandbox id: (next attempt, back-off)
         while True:
             await anyio.sleep(interval)
-            now = _now()
-            for record in list(self._sandboxes.values()):
-                if record.expires_at is None or record.expires_at > now:
+            moment = now()
+            for record in self._sandboxes:
+                if record.expires_at is None or record.expires_at > moment:
                     continue
                 attempt_at, back_off = retry.get(record.id, (0.0, interval))
                 if anyio.current_time() < attempt_at:
@@ -472,82 +395,19 @@ class SandboxManager:
                         )
                     continue
                 retry.pop(record.id, None)
-            for gone in retry.keys() - self._sandboxes.keys():
+            for gone in [ident for ident in retry if ident not in self._sandboxes]:
                 del retry[gone]
 
     # -- commands ---------------------------------------------------------------------------
 
-    def running_handle(self, sandbox_id: str) -> tuple[SandboxRecord, SandboxHandle]:
-        record = self.get(sandbox_id)
-        handle = record.handle
-        if record.status is not SandboxStatus.RUNNING or handle is None:
-            raise SandboxNotRunningError(
-                f"sandbox {record.id} is not running (status: {record.status.value})"
-            )
-        if not handle.alive:
-            record.status, record.error = SandboxStatus.ERROR, "the sandbox's processes died"
-            raise SandboxNotRunningError(f"sandbox {record.id} is not running (its processes died)")
-        return record, handle
-
-    @staticmethod
-    def command_env(extra: Mapping[str, str]) -> dict[str, str]:
-        """The base environment of the sandbox with ``extra`` (checked) over it."""
-        env = dict(BASE_ENV)
-        for name, value in extra.items():
-            if not _ENV_NAME_RE.match(name):
-                raise InvalidConfigurationError(f"env name {name[:64]!r} is not a valid name")
-            if "\x00" in value:
-                raise InvalidConfigurationError(f"env {name} must not contain NUL")
-            env[name] = value
-        return env
-
-    def _command(self, params: ExecParams) -> CommandSpec:
-        if not params.command.strip():
-            raise InvalidConfigurationError("command must not be empty")
-        if "\x00" in params.command:
-            raise InvalidConfigurationError("command must not contain NUL")
-        env = self.command_env(params.env)
-        return CommandSpec(("/bin/sh", "-c", params.command), env, _workdir(params.workdir))
-
-    def exec_timeout(self, timeout: float | None) -> float:
-        """The seconds a command may run (the policy: ``agentfense._timeouts``)."""
-        return timeouts.effective(timeout, self._config.default_timeout, self._config.max_timeout)
-
     async def exec(
         self, sandbox_id: str, params: ExecParams, on_output: OnOutput | None = None
     ) -> Outcome:
-        record, handle = self.running_handle(sandbox_id)
-        command = self._command(params)
-        timeout = self.exec_timeout(params.timeout)
-        limits_before = handle.limit_events()
-        try:
-            process = await handle.spawn(command)
-        except BadWorkdir as exc:
-            raise InvalidConfigurationError(
-                f"workdir {command.cwd!r} cannot be used in the sandbox ({exc})"
-            ) from None
-        except ForkRefused as exc:
-            raise ResourceLimitExceededError(
-                f"the sandbox's process limit is reached; {exc}"
-            ) from None
-        except SandboxGone as exc:
-            raise SandboxNotRunningError(f"sandbox {record.id}: {exc}") from None
-        except RuntimeError_ as exc:
-            raise SandboxError(str(exc), code=StatusCode.FAILED_PRECONDITION) from None
-        try:
-            outcome = await run_to_completion(
-                process,
-                stdin=params.stdin,
-                timeout=timeout,
-                max_output=self._config.max_output_bytes,
-                on_output=on_output,
-            )
-        finally:
-            over_limit = await self.commit(record)
-        return with_limits(outcome, limits_before, handle.limit_events(), disk=over_limit)
+        record, handle = self._sandboxes.running(sandbox_id)
+        return await self.commands.exec(record, handle, params, on_output)
 
     def __iter__(self) -> Iterator[SandboxRecord]:
-        return iter(list(self._sandboxes.values()))
+        return iter(self._sandboxes)
 
 
 # The smallest limits a sandbox can start and run a shell under.
@@ -598,29 +458,6 @@ def _check_resources(resources: ResourceLimits) -> None:
         value = getattr(resources, name)
         if value and value > most:
             raise InvalidConfigurationError(f"resources.{name} must be at most {said}")
-
-
-def _workdir(workdir: str) -> str:
-    if "\x00" in workdir:
-        raise InvalidConfigurationError("workdir must not contain NUL")
-    if not workdir:
-        return WORKSPACE
-    return workdir if workdir.startswith("/") else str(Path(WORKSPACE) / workdir)
-
-
-def _encode_token(record: SandboxRecord) -> str:
-    raw = f"{record.created_at.isoformat()}|{record.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode()
-
-
-def _decode_token(token: str) -> tuple[str, str]:
-    try:
-        created, _, ident = base64.urlsafe_b64decode(token.encode()).decode().partition("|")
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidConfigurationError("page_token is not a token this server issued") from None
-    if not _ID_RE.match(ident):
-        raise InvalidConfigurationError("page_token is not a token this server issued")
-    return created, ident
 
 
 __all__ = ["ExecParams", "SandboxManager", "SandboxRecord"]

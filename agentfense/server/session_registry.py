@@ -1,29 +1,22 @@
-"""Every session of the server, found by id, on top of the sandbox manager."""
+"""Every session of the server, found by id: built on the sandbox table and the one command
+path (``commands``), never on the lifecycle manager."""
 
 from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
 
-from ..errors import (
-    InvalidConfigurationError,
-    ResourceLimitExceededError,
-    SandboxError,
-    SandboxNotRunningError,
-    SessionClosedError,
-    SessionNotFoundError,
-    StatusCode,
-)
-from ..runtimes.base import WORKSPACE, CommandSpec, ForkRefused, RuntimeError_, SandboxGone
+import anyio.abc
+
+from ..errors import InvalidConfigurationError, SessionClosedError, SessionNotFoundError
+from ..runtimes.base import WORKSPACE, CommandSpec
 from ..types import SessionStatus
 from . import shell_protocol as protocol
-from .execution import OnOutput, Outcome, with_limits
+from .commands import Commands
+from .execution import OnOutput, Outcome
+from .sandbox_table import SandboxTable
 from .sessions import Session
-
-if TYPE_CHECKING:
-    from .sandboxes import SandboxManager, SandboxRecord
 
 _ID_RE = re.compile(r"^ses_[0-9a-f]{16}$")
 _BASH_NAMES = frozenset({"bash", "/bin/bash", "/usr/bin/bash"})
@@ -50,8 +43,15 @@ def shell_argv(shell: str, session_bash: str | None) -> tuple[str, ...]:
 
 
 class SessionRegistry:
-    def __init__(self, manager: SandboxManager) -> None:
-        self._manager = manager
+    def __init__(
+        self,
+        sandboxes: SandboxTable,
+        commands: Commands,
+        task_group: Callable[[], anyio.abc.TaskGroup],
+    ) -> None:
+        self._sandboxes = sandboxes
+        self._commands = commands
+        self._task_group = task_group
         self._sessions: dict[str, Session] = {}
 
     def get(self, session_id: str) -> Session:
@@ -63,32 +63,19 @@ class SessionRegistry:
         return session
 
     def list(self, sandbox_id: str) -> list[Session]:
-        record = self._manager.get(sandbox_id)
-        return sorted(record.sessions.values(), key=lambda s: (s.created_at, s.id))
+        record = self._sandboxes.get(sandbox_id)
+        found = [s for s in self._sessions.values() if s.sandbox_id == record.id]
+        return sorted(found, key=lambda s: (s.created_at, s.id))
 
     async def create(self, sandbox_id: str, shell: str, env: Mapping[str, str]) -> Session:
-        record, handle = self._manager.running_handle(sandbox_id)
+        record, handle = self._sandboxes.running(sandbox_id)
         if "\x00" in shell or len(shell) > 4096:
             raise InvalidConfigurationError("shell must be a program name or path without NUL")
         argv = shell_argv(shell, handle.session_bash)
-        command = CommandSpec(argv, self._manager.command_env(env), WORKSPACE)
-        try:
-            process = await handle.spawn(command)
-        except ForkRefused as exc:
-            raise ResourceLimitExceededError(
-                f"the sandbox's process limit is reached; {exc}"
-            ) from None
-        except SandboxGone as exc:
-            raise SandboxNotRunningError(f"sandbox {record.id}: {exc}") from None
-        except RuntimeError_ as exc:
-            if shell:
-                raise InvalidConfigurationError(
-                    f"shell {shell[:200]!r} cannot be started in the sandbox ({exc})"
-                ) from None
-            raise SandboxError(str(exc), code=StatusCode.FAILED_PRECONDITION) from None
+        command = CommandSpec(argv, self._commands.env(env), WORKSPACE)
+        process = await self._commands.spawn(record, handle, command, shell=shell)
         ident = "ses_" + secrets.token_hex(8)
-        session = await Session.open(ident, record.id, process, shell, self._manager.task_group)
-        record.sessions[ident] = session
+        session = await Session.open(ident, record.id, process, shell, self._task_group())
         self._sessions[ident] = session
         return session
 
@@ -96,9 +83,6 @@ class SessionRegistry:
         session = self.get(session_id)
         await session.close()
         self._sessions.pop(session.id, None)
-        record = self._manager.find(session.sandbox_id)
-        if record is not None:
-            record.sessions.pop(session.id, None)
 
     async def exec(
         self,
@@ -110,29 +94,24 @@ class SessionRegistry:
         session = self.get(session_id)
         if "\x00" in command:
             raise InvalidConfigurationError("command must not contain NUL")
-        seconds = self._manager.exec_timeout(timeout)
+        seconds = self._commands.timeout(timeout)
         if session.status is SessionStatus.CLOSED:
             raise SessionClosedError(f"session {session.id} is closed")
-        record = self._manager.get(session.sandbox_id)
-        handle = record.handle
-        before = handle.limit_events() if handle is not None else {}
-        try:
-            outcome = await session.run(
+        record, handle = self._sandboxes.running(session.sandbox_id)
+
+        async def work() -> Outcome:
+            return await session.run(
                 command,
                 timeout=seconds,
-                max_output=self._manager.max_output_bytes,
+                max_output=self._commands.max_output_bytes,
                 on_output=on_output,
             )
-        finally:
-            over_limit = await self._manager.commit(record)
-        after = handle.limit_events() if handle is not None else {}
-        return with_limits(outcome, before, after, disk=over_limit)
 
-    async def close_all(self, record: SandboxRecord, *, forget: bool) -> None:
+        return await self._commands.accounted(record, handle, work)
+
+    async def close_all(self, sandbox_id: str, *, forget: bool) -> None:
         """Close the sandbox's sessions (it stops); ``forget`` them too (it goes away)."""
-        for session in list(record.sessions.values()):
+        for session in [s for s in self._sessions.values() if s.sandbox_id == sandbox_id]:
             await session.close()
             if forget:
                 self._sessions.pop(session.id, None)
-        if forget:
-            record.sessions.clear()

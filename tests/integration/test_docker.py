@@ -157,6 +157,22 @@ async def test_limits_hold_in_a_container(
         assert (await sandbox.run("echo usable")).stdout == "usable\n"
 
 
+async def test_leftovers_that_fill_the_pids_limit_are_cleared_for_the_next_command(
+    engine: docker.APIClient, endpoint: str, project: Path
+) -> None:
+    """Once the Docker copy of this retry was dead code: the next command answered UNKNOWN
+    (an UnboundLocalError) where bwrap's recovered."""
+    async with await _docker_sandbox(
+        endpoint, project, resources=ResourceLimits(pids_limit=40)
+    ) as sandbox:
+        # Sleepers left in the background hold every pid the limit allows.
+        left = await sandbox.run("for i in $(seq 100); do sleep 300 & done; wait")
+        assert left.limit_exceeded == "pids"
+        assert (await sandbox.run("echo still usable")).stdout == "still usable\n"
+        async with sandbox.session() as session:
+            assert (await session.exec("echo in a session")).stdout == "in a session\n"
+
+
 def _cpu_seconds(api: docker.APIClient, container_id: str) -> float:
     """CPU time the container's processes used so far, from its cgroup on the host."""
     pid = api.inspect_container(container_id)["State"]["Pid"]
