@@ -304,6 +304,7 @@ PLANT = (  # (once it returns, the planter knows which homes are there already)
     "setsid python3 /tmp/planter.py >/dev/null 2>&1 & "
     "while [ ! -e /tmp/planter.ready ]; do sleep 0.01; done"
 )
+WAIT_PLANTED = "while [ ! -s /tmp/plant.log ]; do sleep 0.01; done"
 REFUSED = [  # (where makedirs refuses the first directory, the file's open says the same)
     f"~/{path} Permission denied"
     for path in (".local/lib/python3.*/site-packages/usercustomize.py", ".bashrc", ".gitconfig")
@@ -311,10 +312,12 @@ REFUSED = [  # (where makedirs refuses the first directory, the file's open says
 
 
 async def _plant_log(sandbox: AsyncSandbox) -> list[str]:
-    log = await sandbox.run(
-        "while [ ! -s /tmp/plant.log ]; do sleep 0.05; done; cat /tmp/plant.log"
-    )
-    return log.stdout.splitlines()
+    return (await sandbox.run(f"{WAIT_PLANTED}; cat /tmp/plant.log")).stdout.splitlines()
+
+
+def _wait_for(path: str) -> str:
+    """A shell loop that waits (5 s at most) for a non-empty file at ``path``."""
+    return f"for i in $(seq 100); do [ -s {path} ] && break; sleep 0.05; done"
 
 
 def _matches(lines: list[str], patterns: list[str]) -> bool:
@@ -328,20 +331,20 @@ async def test_a_leftover_cannot_plant_files_in_a_later_commands_home(
     async with await AsyncSandbox.from_local(project, endpoint=endpoint) as sandbox:
         await sandbox.write_file("/tmp/planter.py", PLANTER)
         await sandbox.run(PLANT)
-        # (The pause gives the planter time to find the new home before python3 starts.)
-        honest = await sandbox.run("sleep 0.5; python3 -c 'print(6 * 7)'; ls -A ~")
+        # (It waits for the planter to have tried its home before python3 starts.)
+        honest = await sandbox.run(f"{WAIT_PLANTED}; python3 -c 'print(6 * 7)'; ls -A ~")
         assert (honest.stdout, honest.exit_code) == ("42\n", 0)
         assert _matches(await _plant_log(sandbox), REFUSED)
         # Nor in a session's home, which lasts as long as the session.
         await sandbox.run(f"rm /tmp/plant.log /tmp/planter.ready; {PLANT}")
         async with sandbox.session() as session:
-            await session.exec("sleep 0.5")
+            await session.exec(WAIT_PLANTED)
             assert _matches(await _plant_log(sandbox), REFUSED)
             inside = await session.exec("python3 -c 'print(6 * 7)'; ls -A ~")
             assert (inside.stdout, inside.exit_code) == ("42\n", 0)
             # The session's own commands, and what they leave running, are one trust unit.
             await session.exec("(sleep 0.2; echo later > ~/note) &")
-            kept = await session.exec("sleep 0.5; cat ~/note")
+            kept = await session.exec(f"{_wait_for('~/note')}; cat ~/note")
             assert kept.stdout == "later\n"
 
 
@@ -471,5 +474,5 @@ async def test_a_sandbox_that_asks_keeps_its_home(
         assert kept.stdout == "kept\n/home/sandbox\n"
         # One home by choice: what a command leaves running may write in it later too.
         await sandbox.run("(sleep 0.2; echo later > ~/later) >/dev/null 2>&1 &")
-        later = await sandbox.run("sleep 0.5; cat ~/later")
+        later = await sandbox.run(f"{_wait_for('~/later')}; cat ~/later")
         assert later.stdout == "later\n"
