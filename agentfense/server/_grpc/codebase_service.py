@@ -19,7 +19,6 @@ from ..._proto.sandbox.v1 import (
     DownloadFileRequest,
     Empty,
     FileChunk,
-    FileInfo,
     GetCodebaseRequest,
     ListCodebasesRequest,
     ListCodebasesResponse,
@@ -29,25 +28,14 @@ from ..._proto.sandbox.v1 import (
     UploadResult,
 )
 from ...errors import CodebaseNotFoundError, InvalidConfigurationError, SandboxError, StatusCode
-from .._codebase_tree import FileRecord
-from .._paths import wire_text
 from ..codebases import CodebaseRecord, CodebaseStore
+from . import convert
 from .errors import grpc_errors, invalid, status_error
 from .guarded import guarded
 
 __all__ = ["CodebaseService"]
 
 _DOWNLOAD_CHUNK = 64 * 1024
-
-
-def _file_info(record: FileRecord) -> FileInfo:
-    return FileInfo(
-        path=wire_text(record.path),
-        name=wire_text(record.name),
-        is_dir=record.is_dir,
-        size=record.size,
-        modified_at=record.modified_at,
-    )
 
 
 async def _file_data(
@@ -94,15 +82,7 @@ class CodebaseService(CodebaseServiceBase):  # type: ignore[misc]
 
     async def _codebase(self, record: CodebaseRecord) -> Codebase:
         size, file_count = await self._store.stats(record.id)
-        return Codebase(
-            id=record.id,
-            name=record.name,
-            owner_id=record.owner_id,
-            size=size,
-            file_count=file_count,
-            created_at=record.created_at,
-            updated_at=record.updated_at,
-        )
+        return convert.codebase_to_pb(record, size, file_count)
 
     async def create_codebase(self, request: CreateCodebaseRequest) -> Codebase:
         with grpc_errors():
@@ -228,4 +208,4 @@ class CodebaseService(CodebaseServiceBase):  # type: ignore[misc]
             records = await self._store.list_files(
                 request.codebase_id, request.path, request.recursive
             )
-        return ListFilesResponse(files=[_file_info(record) for record in records])
+        return ListFilesResponse(files=[convert.file_info_to_pb(record) for record in records])

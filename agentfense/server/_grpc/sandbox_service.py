@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,16 +12,10 @@ import grpclib.const
 import grpclib.server
 from grpclib.exceptions import GRPCError
 
-from ... import _timeouts as timeouts
 from ..._convert import (
     RUNTIME_FROM_PB,
-    RUNTIME_TO_PB,
-    SESSION_STATUS_TO_PB,
-    STATUS_TO_PB,
     resources_from_pb,
-    resources_to_pb,
     rule_from_pb,
-    rule_to_pb,
 )
 from ..._proto.sandbox import v1 as pb
 from ...errors import CommandTimeoutError, InvalidConfigurationError
@@ -30,8 +23,8 @@ from ...types import OutputStream, RuntimeType
 from .. import sandbox_files as files
 from .._paths import wire_text
 from ..execution import Outcome
-from ..sandboxes import ExecParams, SandboxManager, SandboxRecord
-from ..sessions import Session
+from ..sandboxes import SandboxManager
+from . import convert
 from .errors import grpc_errors, invalid, status_error
 from .guarded import guarded
 
@@ -43,100 +36,12 @@ _STREAM_TYPE = {
 }
 
 
-def sandbox_to_pb(record: SandboxRecord) -> pb.Sandbox:
-    message = pb.Sandbox(
-        id=record.id,
-        codebase_id=record.codebase_id,
-        permissions=[rule_to_pb(rule) for rule in record.permissions],
-        status=STATUS_TO_PB[record.status],
-        labels=dict(record.labels),
-        created_at=record.created_at,
-        runtime=RUNTIME_TO_PB[record.runtime],
-        image=record.image,
-        resources=resources_to_pb(record.resources),
-        keep_home=record.keep_home,
-    )
-    for name in ("started_at", "stopped_at", "expires_at"):
-        value = getattr(record, name)
-        if value is not None:
-            setattr(message, name, value)
-    return message
-
-
-def session_to_pb(session: Session) -> pb.Session:
-    message = pb.Session(
-        id=session.id,
-        sandbox_id=session.sandbox_id,
-        status=SESSION_STATUS_TO_PB[session.status],
-        shell=session.shell,
-        created_at=session.created_at,
-    )
-    if session.closed_at is not None:
-        message.closed_at = session.closed_at
-    return message
-
-
-def _timeout(request: pb.ExecRequest | pb.SessionExecRequest) -> float | None:
-    return timeouts.from_wire(request.timeout, request.no_timeout)
-
-
-def _result(outcome: Outcome) -> pb.ExecResult:
-    return pb.ExecResult(
-        stdout=outcome.stdout.decode(errors="replace"),
-        stderr=outcome.stderr.decode(errors="replace"),
-        exit_code=outcome.exit_code,
-        duration=timedelta(seconds=outcome.duration),
-        limit_exceeded=outcome.limit_exceeded,
-    )
-
-
 def _timed_out(outcome: Outcome) -> GRPCError:
     detail = f"; {outcome.detail}" if outcome.detail else ""
     return status_error(
         CommandTimeoutError(
             f"command timed out after {outcome.duration:.3g} s and was killed{detail}"
         )
-    )
-
-
-# What a command, its environment and its workdir may take together (UTF-8 bytes), and how
-# many variables it may set: they travel to the sandbox in one control message, and the
-# kernel refuses a single argument over 128 KiB anyway (stdin is the way for more).
-MAX_COMMAND_BYTES = 32 * 1024
-MAX_ENV_VARS = 256
-MAX_PATH_BYTES = 4096
-
-
-def _check_command_text(
-    command: str, env: dict[str, str], workdir: str = "", *, path_field: str = "workdir"
-) -> None:
-    """``path_field`` names what ``workdir`` is (a session's shell is a path too): a path the
-    kernel could never take (over PATH_MAX) is refused here, not sent."""
-    if len(workdir.encode(errors="replace")) > MAX_PATH_BYTES:
-        raise InvalidConfigurationError(
-            f"{path_field} must be at most {MAX_PATH_BYTES} bytes (PATH_MAX)"
-        )
-    if len(env) > MAX_ENV_VARS:
-        raise InvalidConfigurationError(
-            f"env: {len(env)} variables; at most {MAX_ENV_VARS} are allowed"
-        )
-    size = len(command.encode(errors="replace")) + len(workdir.encode(errors="replace"))
-    size += sum(len(f"{k}={v}".encode(errors="replace")) for k, v in env.items())
-    if size > MAX_COMMAND_BYTES:
-        raise InvalidConfigurationError(
-            f"command, env and workdir take {size} bytes; at most {MAX_COMMAND_BYTES} are "
-            "allowed (pass large input as stdin, or in a file)"
-        )
-
-
-def _exec_params(request: pb.ExecRequest) -> ExecParams:
-    _check_command_text(request.command, request.env, request.workdir)
-    return ExecParams(
-        command=request.command,
-        stdin=request.stdin.encode(),
-        env=dict(request.env),
-        workdir=request.workdir,
-        timeout=_timeout(request),
     )
 
 
@@ -180,11 +85,11 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
                 expires_in=request.expires_in or None,
                 keep_home=request.keep_home,
             )
-            return sandbox_to_pb(record)
+            return convert.sandbox_to_pb(record)
 
     async def get_sandbox(self, request: pb.GetSandboxRequest) -> pb.Sandbox:
         with grpc_errors():
-            return sandbox_to_pb(self._manager.get(request.sandbox_id))
+            return convert.sandbox_to_pb(self._manager.get(request.sandbox_id))
 
     async def list_sandboxes(self, request: pb.ListSandboxesRequest) -> pb.ListSandboxesResponse:
         with grpc_errors():
@@ -192,16 +97,16 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
                 request.codebase_id, request.page_size, request.page_token
             )
             return pb.ListSandboxesResponse(
-                sandboxes=[sandbox_to_pb(r) for r in records], next_page_token=token
+                sandboxes=[convert.sandbox_to_pb(r) for r in records], next_page_token=token
             )
 
     async def start_sandbox(self, request: pb.StartSandboxRequest) -> pb.Sandbox:
         with grpc_errors():
-            return sandbox_to_pb(await self._manager.start(request.sandbox_id))
+            return convert.sandbox_to_pb(await self._manager.start(request.sandbox_id))
 
     async def stop_sandbox(self, request: pb.StopSandboxRequest) -> pb.Sandbox:
         with grpc_errors():
-            return sandbox_to_pb(await self._manager.stop(request.sandbox_id))
+            return convert.sandbox_to_pb(await self._manager.stop(request.sandbox_id))
 
     async def destroy_sandbox(self, request: pb.DestroySandboxRequest) -> pb.Empty:
         with grpc_errors():
@@ -210,11 +115,11 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
 
     async def exec(self, request: pb.ExecRequest) -> pb.ExecResult:
         with grpc_errors():
-            params = _exec_params(request)
+            params = convert.exec_params_from_pb(request)
             outcome = await self._manager.exec(request.sandbox_id, params)
         if outcome.timed_out:
             raise _timed_out(outcome)
-        return _result(outcome)
+        return convert.exec_result_to_pb(outcome)
 
     async def _exec_stream(self, stream: grpclib.server.Stream[Any, Any]) -> None:
         request = await stream.recv_message()
@@ -224,11 +129,11 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
             await stream.send_message(pb.ExecOutput(type=_STREAM_TYPE[kind], data=data))
 
         with grpc_errors():
-            params = _exec_params(request)
+            params = convert.exec_params_from_pb(request)
             outcome = await self._manager.exec(request.sandbox_id, params, on_output=send)
         if outcome.timed_out:
             raise _timed_out(outcome)
-        await stream.send_message(pb.ExecOutput(result=_result(outcome)))
+        await stream.send_message(pb.ExecOutput(result=convert.exec_result_to_pb(outcome)))
 
     async def exec_stream(self, request: pb.ExecRequest) -> Any:  # served by _exec_stream
         raise GRPCError(grpclib.const.Status.INTERNAL, "unreachable")
@@ -303,20 +208,20 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
 
     async def create_session(self, request: pb.CreateSessionRequest) -> pb.Session:
         with grpc_errors():
-            _check_command_text("", request.env, request.shell, path_field="shell")
+            convert.check_command_text("", request.env, request.shell, path_field="shell")
             session = await self._manager.sessions.create(
                 request.sandbox_id, request.shell, dict(request.env)
             )
-            return session_to_pb(session)
+            return convert.session_to_pb(session)
 
     async def get_session(self, request: pb.GetSessionRequest) -> pb.Session:
         with grpc_errors():
-            return session_to_pb(self._manager.sessions.get(request.session_id))
+            return convert.session_to_pb(self._manager.sessions.get(request.session_id))
 
     async def list_sessions(self, request: pb.ListSessionsRequest) -> pb.ListSessionsResponse:
         with grpc_errors():
             found = self._manager.sessions.list(request.sandbox_id)
-            return pb.ListSessionsResponse(sessions=[session_to_pb(s) for s in found])
+            return pb.ListSessionsResponse(sessions=[convert.session_to_pb(s) for s in found])
 
     async def destroy_session(self, request: pb.DestroySessionRequest) -> pb.Empty:
         with grpc_errors():
@@ -326,11 +231,11 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
     async def session_exec(self, request: pb.SessionExecRequest) -> pb.ExecResult:
         with grpc_errors():
             outcome = await self._manager.sessions.exec(
-                request.session_id, request.command, _timeout(request)
+                request.session_id, request.command, convert.timeout_from_pb(request)
             )
         if outcome.timed_out:
             raise _timed_out(outcome)
-        return _result(outcome)
+        return convert.exec_result_to_pb(outcome)
 
     async def _session_exec_stream(self, stream: grpclib.server.Stream[Any, Any]) -> None:
         request = await stream.recv_message()
@@ -341,11 +246,14 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
 
         with grpc_errors():
             outcome = await self._manager.sessions.exec(
-                request.session_id, request.command, _timeout(request), on_output=send
+                request.session_id,
+                request.command,
+                convert.timeout_from_pb(request),
+                on_output=send,
             )
         if outcome.timed_out:
             raise _timed_out(outcome)
-        await stream.send_message(pb.ExecOutput(result=_result(outcome)))
+        await stream.send_message(pb.ExecOutput(result=convert.exec_result_to_pb(outcome)))
 
     async def session_exec_stream(self, request: pb.SessionExecRequest) -> Any:
         raise GRPCError(grpclib.const.Status.INTERNAL, "unreachable")  # _session_exec_stream

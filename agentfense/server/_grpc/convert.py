@@ -1,0 +1,137 @@
+"""Every conversion between the server's types and the wire's messages, both ways.
+
+The enum tables and the conversions of the public types that the SDK shares live in
+``agentfense._convert``; this module holds the server's side (its records and outcomes), and
+the checks a request's fields get as they are decoded.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from ... import _timeouts as timeouts
+from ..._convert import (
+    RUNTIME_TO_PB,
+    SESSION_STATUS_TO_PB,
+    STATUS_TO_PB,
+    resources_to_pb,
+    rule_to_pb,
+)
+from ..._proto.sandbox import v1 as pb
+from ...errors import InvalidConfigurationError
+from .._codebase_tree import FileRecord
+from .._paths import MAX_PATH_BYTES, wire_text
+from ..codebases import CodebaseRecord
+from ..commands import ExecParams
+from ..execution import Outcome
+from ..sandbox_table import SandboxRecord
+from ..sessions import Session
+
+
+def sandbox_to_pb(record: SandboxRecord) -> pb.Sandbox:
+    message = pb.Sandbox(
+        id=record.id,
+        codebase_id=record.codebase_id,
+        permissions=[rule_to_pb(rule) for rule in record.permissions],
+        status=STATUS_TO_PB[record.status],
+        labels=dict(record.labels),
+        created_at=record.created_at,
+        runtime=RUNTIME_TO_PB[record.runtime],
+        image=record.image,
+        resources=resources_to_pb(record.resources),
+        keep_home=record.keep_home,
+    )
+    for name in ("started_at", "stopped_at", "expires_at"):
+        value = getattr(record, name)
+        if value is not None:
+            setattr(message, name, value)
+    return message
+
+
+def session_to_pb(session: Session) -> pb.Session:
+    message = pb.Session(
+        id=session.id,
+        sandbox_id=session.sandbox_id,
+        status=SESSION_STATUS_TO_PB[session.status],
+        shell=session.shell,
+        created_at=session.created_at,
+    )
+    if session.closed_at is not None:
+        message.closed_at = session.closed_at
+    return message
+
+
+def timeout_from_pb(request: pb.ExecRequest | pb.SessionExecRequest) -> float | None:
+    return timeouts.from_wire(request.timeout, request.no_timeout)
+
+
+def exec_result_to_pb(outcome: Outcome) -> pb.ExecResult:
+    return pb.ExecResult(
+        stdout=outcome.stdout.decode(errors="replace"),
+        stderr=outcome.stderr.decode(errors="replace"),
+        exit_code=outcome.exit_code,
+        duration=timedelta(seconds=outcome.duration),
+        limit_exceeded=outcome.limit_exceeded,
+    )
+
+
+# What a command, its environment and its workdir may take together (UTF-8 bytes), and how
+# many variables it may set: they travel to the sandbox in one control message, and the
+# kernel refuses a single argument over 128 KiB anyway (stdin is the way for more).
+MAX_COMMAND_BYTES = 32 * 1024
+MAX_ENV_VARS = 256
+
+
+def check_command_text(
+    command: str, env: dict[str, str], workdir: str = "", *, path_field: str = "workdir"
+) -> None:
+    """``path_field`` names what ``workdir`` is (a session's shell is a path too): a path the
+    kernel could never take (over PATH_MAX) is refused here, not sent."""
+    if len(workdir.encode(errors="replace")) > MAX_PATH_BYTES:
+        raise InvalidConfigurationError(
+            f"{path_field} must be at most {MAX_PATH_BYTES} bytes (PATH_MAX)"
+        )
+    if len(env) > MAX_ENV_VARS:
+        raise InvalidConfigurationError(
+            f"env: {len(env)} variables; at most {MAX_ENV_VARS} are allowed"
+        )
+    size = len(command.encode(errors="replace")) + len(workdir.encode(errors="replace"))
+    size += sum(len(f"{k}={v}".encode(errors="replace")) for k, v in env.items())
+    if size > MAX_COMMAND_BYTES:
+        raise InvalidConfigurationError(
+            f"command, env and workdir take {size} bytes; at most {MAX_COMMAND_BYTES} are "
+            "allowed (pass large input as stdin, or in a file)"
+        )
+
+
+def exec_params_from_pb(request: pb.ExecRequest) -> ExecParams:
+    check_command_text(request.command, request.env, request.workdir)
+    return ExecParams(
+        command=request.command,
+        stdin=request.stdin.encode(),
+        env=dict(request.env),
+        workdir=request.workdir,
+        timeout=timeout_from_pb(request),
+    )
+
+
+def codebase_to_pb(record: CodebaseRecord, size: int, file_count: int) -> pb.Codebase:
+    return pb.Codebase(
+        id=record.id,
+        name=record.name,
+        owner_id=record.owner_id,
+        size=size,
+        file_count=file_count,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+    )
+
+
+def file_info_to_pb(record: FileRecord) -> pb.FileInfo:
+    return pb.FileInfo(
+        path=wire_text(record.path),
+        name=wire_text(record.name),
+        is_dir=record.is_dir,
+        size=record.size,
+        modified_at=record.modified_at,
+    )
