@@ -77,6 +77,11 @@ class FsProcess:
         assert received is not None, f"the fs process closed its control channel: {self.log()}"
         return control.decode_reply(received[0])
 
+    def exchange(self, payload: bytes) -> control.Reply:
+        """Send ``payload`` as it is (whatever it holds) and read the reply."""
+        self._channel.send(payload)
+        return self._receive()
+
     def request(self, message: control.Request, fds: tuple[int, ...] = ()) -> control.Reply:
         self._channel.send(message.encode(), fds)
         reply = self._receive()
