@@ -149,13 +149,14 @@ def test_fields_of_the_wrong_type_are_refused() -> None:
         data = json.dumps({**good, "limits": {**good["limits"], name: bad}}).encode()
         _refused(data, words)
     rule = good["rules"][0]
-    for changes, words in [
+    bad_rules: list[tuple[dict[str, object], str]] = [
         ({"permission": "own"}, "add_view.rules[0]: permission must be one of"),
         ({"type": "regex"}, "pattern type must be one of"),
         ({"pattern": ""}, "pattern must be a non-empty string"),
         ({"priority": 1.5}, "priority must be an integer"),
         ({"owner": "me"}, "unknown fields ['owner']"),
-    ]:
+    ]
+    for changes, words in bad_rules:
         _refused(json.dumps({**good, "rules": [{**rule, **changes}]}).encode(), words)
     missing = {k: v for k, v in rule.items() if k != "type"}
     _refused(json.dumps({**good, "rules": [missing]}).encode(), "'type' is missing")
