@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentfense._json_messages import MAX_INT, MessageError
@@ -58,6 +58,7 @@ replies = st.one_of(
 )
 
 
+@settings(deadline=None)  # a shared 2-core machine: time is no property here
 @given(requests)
 def test_every_request_round_trips(message: control.Request) -> None:
     data = message.encode()
@@ -65,6 +66,7 @@ def test_every_request_round_trips(message: control.Request) -> None:
     assert type(message).decode(data) == message
 
 
+@settings(deadline=None)  # a shared 2-core machine: time is no property here
 @given(replies)
 def test_every_reply_round_trips(message: control.Reply) -> None:
     data = message.encode()

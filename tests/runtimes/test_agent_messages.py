@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import anyio
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agentfense import _seqpacket
@@ -46,11 +46,13 @@ replies = st.one_of(
 )
 
 
+@settings(deadline=None)  # a shared 2-core machine: time is no property here
 @given(requests)
 def test_every_request_round_trips(request: messages.Spawn | messages.Kill) -> None:
     assert type(request).decode(request.encode()) == request
 
 
+@settings(deadline=None)  # a shared 2-core machine: time is no property here
 @given(replies)
 def test_every_reply_round_trips(reply: messages.Reply) -> None:
     assert messages.decode_reply(reply.encode()) == reply
