@@ -169,7 +169,12 @@ class FsSupervisor:
             if process.returncode is None:
                 process.kill()
         finally:
-            # The process is gone (or broken): nobody will answer what is waiting.
+            # The process is gone (or broken): nobody will answer what is waiting, nor what
+            # is sent from now on (it fails at once), and requests wait for the next one.
+            with contextlib.suppress(OSError):
+                channel.sock.shutdown(socket.SHUT_RDWR)
+            if self._channel is channel and self._ready.is_set() and not self._stopping:
+                self._ready = anyio.Event()
             for waiting in pending.values():
                 waiting.done.set()
             pending.clear()
@@ -186,7 +191,8 @@ class FsSupervisor:
                 process.returncode,
                 self._log_tail(),
             )
-            self._ready = anyio.Event()
+            if self._ready.is_set():  # (else its reader did, and requests wait on that one)
+                self._ready = anyio.Event()
             if self._channel is not None:
                 anyio.notify_closing(self._channel.sock)
                 self._channel.sock.close()
