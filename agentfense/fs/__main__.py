@@ -15,10 +15,13 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import assert_never
 
+from .._json_messages import MessageError
+from .._seqpacket import FrameError, close_all
 from ..policy import Policy
-from ..types import PermissionRule
 from . import _abi as abi
 from . import control
 from ._host import split
@@ -35,44 +38,50 @@ INVALIDATION_WAIT = 0.5
 
 
 class FsProcess:
-    def __init__(self, channel: socket.socket) -> None:
-        self._channel = channel
+    def __init__(self, sock: socket.socket) -> None:
+        self._channel = control.channel(sock)
         self._send_lock = threading.Lock()
         self.servers: dict[str, ViewServer] = {}
         self._usages: dict[Path, CodebaseUsage] = {}
 
-    def reply(self, message: control.Message) -> None:
+    def reply(self, message: control.Reply) -> None:
         with self._send_lock:
-            control.send(self._channel, message)
+            self._channel.send(message.encode())
 
     def run(self) -> None:
         self.reply(control.Done(seq=0))  # ready
-        assembler = control.Assembler()
         while True:
             try:
-                received = control.receive(self._channel, assembler)
-            except (OSError, ValueError):
+                received = self._channel.receive()
+            except (OSError, FrameError):
                 log.exception("control channel")
                 break
             if received is None:
                 break
-            message, fds = received
+            payload, fds = received
+            try:
+                message = control.decode_request(payload)
+            except MessageError as exc:
+                close_all(fds)
+                log.warning("control channel: %s", exc)
+                if exc.seq is None:
+                    break  # nothing to answer: the server hears of it by our exit
+                self.reply(control.Failed(f"a malformed request: {exc}", seq=exc.seq))
+                continue
             try:
                 self.handle(message, fds)
             except Exception as exc:
                 log.exception("%s failed", message.op)
-                for fd in fds:
-                    os.close(fd)
+                close_all(fds)
                 self.reply(control.Failed(f"{type(exc).__name__}: {exc}", seq=message.seq))
 
-    def handle(self, message: control.Message, fds: list[int]) -> None:
+    def handle(self, message: control.Request, fds: list[int]) -> None:
         if isinstance(message, control.AddView):
             if len(fds) != 1:
                 raise ValueError("add_view comes with exactly one descriptor")
             self._add_view(message, fds[0])  # a view taken over answers when it is
             return
-        for fd in fds:
-            os.close(fd)
+        close_all(fds)
         if isinstance(message, control.Ping):
             self.reply(control.Done(seq=message.seq))
         elif isinstance(message, control.RemoveView):
@@ -84,7 +93,7 @@ class FsProcess:
         elif isinstance(message, control.Changed):
             threading.Thread(target=self._changed, args=(message,), daemon=True).start()
         else:
-            raise TypeError(f"{message.op} is not a request")
+            assert_never(message)
 
     def _server(self, view_id: str) -> ViewServer:
         server = self.servers.get(view_id)
@@ -106,7 +115,7 @@ class FsProcess:
             spec.id,
             lower=lower,
             delta=Path(spec.delta),
-            policy=Policy([PermissionRule.from_value(rule) for rule in spec.rules]),
+            policy=Policy(spec.rules),
             uid=spec.uid,
             gid=spec.gid,
             limits=spec.limits,
@@ -156,7 +165,7 @@ class FsProcess:
         self._invalidate(Path(message.lower), message.paths, exclude=None)
         self.reply(control.Done(seq=message.seq))
 
-    def _invalidate(self, lower: Path, paths: list[str], exclude: ViewServer | None) -> None:
+    def _invalidate(self, lower: Path, paths: Sequence[str], exclude: ViewServer | None) -> None:
         """Every other view of the codebase at ``lower`` drops what its kernel cached of
         ``paths`` (the entry in its parent, the parent's listing, the file) before the
         change is acknowledged; a view that cannot within INVALIDATION_WAIT catches up later."""
@@ -174,7 +183,7 @@ class FsProcess:
             deadline -= time.monotonic() - started
 
 
-def _invalidations(view: View, paths: list[str]) -> list[bytes]:
+def _invalidations(view: View, paths: Sequence[str]) -> list[bytes]:
     nodes = view.nodes.by_path  # read from another thread: single lookups only
     messages: list[bytes] = []
     parents: set[str] = set()

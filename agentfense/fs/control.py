@@ -1,26 +1,41 @@
-"""The control channel between the server and the fs process: typed messages, any size.
+"""The control channel between the server and the fs process: its messages, typed.
 
-A message is one JSON object (``op`` names its type; ``seq`` pairs a reply with its request,
-for requests are answered as they complete, not in order) sent as one or more datagrams on
-a SOCK_SEQPACKET socket: each starts with ``+`` (more follows) or ``.`` (the last), so a
-reply of any size is delivered. The descriptor of a view's FUSE connection travels with its
-:class:`AddView` (SCM_RIGHTS, on the first datagram).
+Each message is a frozen dataclass with a pure :meth:`~Message.encode` (one JSON object:
+``op`` names its type, ``seq`` pairs a reply with its request, for requests are answered as
+they complete, not in order) and :meth:`~Message.decode`, which takes only what ``encode``
+makes: a field missing, of the wrong type or unknown, an unknown op, or more than
+:data:`MAX_MESSAGE` bytes is a :class:`~agentfense._json_messages.MessageError` with a
+sentence (and the ``seq`` of the message, when that much could be read). The server decodes
+only replies (:func:`decode_reply`), the fs process only requests (:func:`decode_request`).
+
+Messages travel on a SOCK_SEQPACKET socket framed by :class:`agentfense._seqpacket.Channel`
+(:func:`channel`): any size up to :data:`MAX_MESSAGE`; the descriptor of a view's FUSE
+connection comes with its :class:`AddView`.
 
 Requests: :class:`AddView`, :class:`RemoveView`, :class:`Commit`, :class:`Changed` (the
 server changed paths of a codebase: views drop what their kernel cached of them),
-:class:`Ping`. Replies: :class:`Done`, :class:`Committed`, :class:`Failed`.
+:class:`Ping`. Replies: :class:`Done`, :class:`Committed` (to a commit), :class:`Failed`
+(to any request that could not be done, with a sentence).
 """
 
 from __future__ import annotations
 
-import array
-import json
 import socket
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import ClassVar, Self, TypeVar
 
-CHUNK = 60 * 1024
+from .._json_messages import MAX_INT, Fields, MessageError, dump, parse
+from .._seqpacket import Channel
+from ..errors import InvalidConfigurationError
+from ..types import PermissionRule
+
 MAX_MESSAGE = 64 << 20  # a peer that sends more is broken: refuse rather than grow
+MAX_UID = (1 << 32) - 2  # (-1, 4294967295, means "no change" to chown)
+
+
+def channel(sock: socket.socket) -> Channel:
+    """The framing of the control channel on ``sock`` (a message brings at most one fd)."""
+    return Channel(sock, most=MAX_MESSAGE, max_fds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,51 +48,47 @@ class Limits:
     codebase_entries: int = 0
     node_bytes: int = 0  # the view's node table (0: nodes.BUDGET)
 
+    def to_json(self) -> dict[str, object]:
+        return {
+            "delta_bytes": self.delta_bytes,
+            "delta_entries": self.delta_entries,
+            "codebase_bytes": self.codebase_bytes,
+            "codebase_entries": self.codebase_entries,
+            "node_bytes": self.node_bytes,
+        }
+
+    @classmethod
+    def from_json(cls, fields: Fields) -> Limits:
+        limits = cls(
+            delta_bytes=fields.integer("delta_bytes"),
+            delta_entries=fields.integer("delta_entries"),
+            codebase_bytes=fields.integer("codebase_bytes"),
+            codebase_entries=fields.integer("codebase_entries"),
+            node_bytes=fields.integer("node_bytes"),
+        )
+        fields.done()
+        return limits
+
 
 @dataclass(frozen=True, slots=True)
 class Message:
     op: ClassVar[str] = ""
     seq: int = field(default=0, kw_only=True)
 
+    def encode(self) -> bytes:
+        return dump({"op": self.op, "seq": self.seq, **self._fields()})
 
-@dataclass(frozen=True, slots=True)
-class AddView(Message):
-    """Serve the view on the connection whose fd comes along; ``recover``: it was served
-    by a process that died (the kernel knows its nodes, the delta holds its journal)."""
+    @classmethod
+    def decode(cls, data: bytes) -> Self:
+        """The message of this type in ``data``; MessageError when it is none."""
+        return _decode(data, (cls,))
 
-    op: ClassVar[str] = "add_view"
-    id: str
-    lower: str
-    delta: str
-    rules: list[dict[str, Any]]
-    uid: int
-    gid: int
-    limits: Limits = Limits()
-    recover: bool = False
+    def _fields(self) -> dict[str, object]:
+        return {}
 
-
-@dataclass(frozen=True, slots=True)
-class RemoveView(Message):
-    op: ClassVar[str] = "remove_view"
-    id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Commit(Message):
-    op: ClassVar[str] = "commit"
-    id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Changed(Message):
-    op: ClassVar[str] = "changed"
-    lower: str
-    paths: list[str]
-
-
-@dataclass(frozen=True, slots=True)
-class Ping(Message):
-    op: ClassVar[str] = "ping"
+    @classmethod
+    def _read(cls, fields: Fields, seq: int) -> Self:
+        return cls(seq=seq)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,95 +103,163 @@ class Committed(Message):
     kept: int
     over_limit: bool
 
+    def _fields(self) -> dict[str, object]:
+        return {"changed": self.changed, "kept": self.kept, "over_limit": self.over_limit}
+
+    @classmethod
+    def _read(cls, fields: Fields, seq: int) -> Self:
+        return cls(
+            fields.integer("changed"),
+            fields.integer("kept"),
+            fields.boolean("over_limit"),
+            seq=seq,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Failed(Message):
     op: ClassVar[str] = "failed"
     message: str
 
+    def _fields(self) -> dict[str, object]:
+        return {"message": self.message}
 
-_TYPES: dict[str, type[Message]] = {
-    kind.op: kind for kind in (AddView, RemoveView, Commit, Changed, Ping, Done, Committed, Failed)
-}
-
-
-def encode(message: Message) -> bytes:
-    data = asdict(message)
-    data["op"] = message.op
-    return json.dumps(data, separators=(",", ":")).encode()
+    @classmethod
+    def _read(cls, fields: Fields, seq: int) -> Self:
+        return cls(fields.string("message"), seq=seq)
 
 
-def decode(data: bytes) -> Message:
-    """The message in ``data``; ``ValueError`` when it is none."""
-    raw = json.loads(data)
-    kind = _TYPES.get(str(raw.pop("op", ""))) if isinstance(raw, dict) else None
-    if kind is None:
-        raise ValueError("not a message of this channel")
-    names = {f.name for f in fields(kind)}
-    if set(raw) - names:
-        raise ValueError(f"unknown fields {sorted(set(raw) - names)} in {kind.op}")
-    if kind is AddView and isinstance(raw.get("limits"), dict):
-        raw["limits"] = Limits(**raw["limits"])
+Reply = Done | Committed | Failed
+
+
+@dataclass(frozen=True, slots=True)
+class AddView(Message):
+    """Serve the view on the connection whose fd comes along; ``recover``: it was served
+    by a process that died (the kernel knows its nodes, the delta holds its journal)."""
+
+    op: ClassVar[str] = "add_view"
+    id: str
+    lower: str
+    delta: str
+    rules: tuple[PermissionRule, ...]
+    uid: int
+    gid: int
+    limits: Limits = Limits()
+    recover: bool = False
+
+    def _fields(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "lower": self.lower,
+            "delta": self.delta,
+            "rules": [rule.to_dict() for rule in self.rules],
+            "uid": self.uid,
+            "gid": self.gid,
+            "limits": self.limits.to_json(),
+            "recover": self.recover,
+        }
+
+    @classmethod
+    def _read(cls, fields: Fields, seq: int) -> Self:
+        return cls(
+            fields.path("id"),
+            fields.path("lower"),
+            fields.path("delta"),
+            tuple(_rule(rule) for rule in fields.nested_list("rules")),
+            fields.integer("uid", most=MAX_UID),
+            fields.integer("gid", most=MAX_UID),
+            Limits.from_json(fields.nested("limits")),
+            fields.boolean("recover"),
+            seq=seq,
+        )
+
+
+def _rule(fields: Fields) -> PermissionRule:
+    value = {
+        "pattern": fields.string("pattern"),
+        "permission": fields.string("permission"),
+        "type": fields.string("type"),
+        "priority": fields.integer("priority", least=-MAX_INT),
+    }
+    fields.done()
     try:
-        return kind(**raw)
-    except TypeError as exc:
-        raise ValueError(str(exc)) from None
+        return PermissionRule.from_value(value)
+    except InvalidConfigurationError as exc:  # (a permission or type it does not know)
+        raise fields.error(str(exc)) from None
 
 
-def datagrams(payload: bytes) -> list[bytes]:
-    chunks = [payload[i : i + CHUNK] for i in range(0, len(payload), CHUNK)] or [b""]
-    return [(b"." if i == len(chunks) - 1 else b"+") + c for i, c in enumerate(chunks)]
+@dataclass(frozen=True, slots=True)
+class RemoveView(Message):
+    op: ClassVar[str] = "remove_view"
+    id: str
+
+    def _fields(self) -> dict[str, object]:
+        return {"id": self.id}
+
+    @classmethod
+    def _read(cls, fields: Fields, seq: int) -> Self:
+        return cls(fields.path("id"), seq=seq)
 
 
-class Assembler:
-    """Joins datagrams into messages (and keeps the fds that came with them)."""
+@dataclass(frozen=True, slots=True)
+class Commit(Message):
+    op: ClassVar[str] = "commit"
+    id: str
 
-    def __init__(self) -> None:
-        self._parts: list[bytes] = []
-        self._size = 0
-        self.fds: list[int] = []
+    def _fields(self) -> dict[str, object]:
+        return {"id": self.id}
 
-    def add(self, datagram: bytes) -> bytes | None:
-        """The whole payload when ``datagram`` was its last part, else None."""
-        if not datagram or datagram[:1] not in (b"+", b"."):
-            raise ValueError("not a datagram of this channel")
-        self._size += len(datagram)
-        if self._size > MAX_MESSAGE:
-            raise ValueError("message too large")
-        self._parts.append(datagram[1:])
-        if datagram[:1] == b"+":
-            return None
-        payload = b"".join(self._parts)
-        self._parts.clear()
-        self._size = 0
-        return payload
+    @classmethod
+    def _read(cls, fields: Fields, seq: int) -> Self:
+        return cls(fields.path("id"), seq=seq)
 
 
-def send(sock: socket.socket, message: Message, fds: tuple[int, ...] = ()) -> None:
-    """Send ``message`` (blocking); the caller keeps other senders out meanwhile."""
-    for index, datagram in enumerate(datagrams(encode(message))):
-        ancillary = []
-        if index == 0 and fds:
-            ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
-        sock.sendmsg([datagram], ancillary)
+@dataclass(frozen=True, slots=True)
+class Changed(Message):
+    op: ClassVar[str] = "changed"
+    lower: str
+    paths: tuple[str, ...]
+
+    def _fields(self) -> dict[str, object]:
+        return {"lower": self.lower, "paths": list(self.paths)}
+
+    @classmethod
+    def _read(cls, fields: Fields, seq: int) -> Self:
+        return cls(fields.path("lower"), fields.strings("paths"), seq=seq)
 
 
-def received_fds(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
-    fds = array.array("i")
-    for level, kind, data in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
-    return list(fds)
+@dataclass(frozen=True, slots=True)
+class Ping(Message):
+    op: ClassVar[str] = "ping"
 
 
-def receive(sock: socket.socket, assembler: Assembler) -> tuple[Message, list[int]] | None:
-    """The next message and the fds that came with it (blocking); None at end of stream."""
-    while True:
-        datagram, ancillary, _, _ = sock.recvmsg(CHUNK + 1, socket.CMSG_SPACE(16 * 4))
-        if not datagram:
-            return None
-        assembler.fds += received_fds(ancillary)
-        payload = assembler.add(datagram)
-        if payload is not None:
-            fds, assembler.fds = assembler.fds, []
-            return decode(payload), fds
+Request = AddView | RemoveView | Commit | Changed | Ping
+
+REQUESTS: tuple[type[Request], ...] = (AddView, RemoveView, Commit, Changed, Ping)
+REPLIES: tuple[type[Reply], ...] = (Done, Committed, Failed)
+M = TypeVar("M", bound=Message)
+
+
+def decode_request(data: bytes) -> Request:
+    """The request in ``data``; MessageError when it is none."""
+    return _decode(data, REQUESTS)
+
+
+def decode_reply(data: bytes) -> Reply:
+    """The reply in ``data``; MessageError when it is none."""
+    return _decode(data, REPLIES)
+
+
+def _decode(data: bytes, kinds: tuple[type[M], ...]) -> M:
+    raw = parse(data, most=MAX_MESSAGE)
+    seq = raw.get("seq")
+    known = seq if type(seq) is int and 0 <= seq <= MAX_INT else None
+    op = raw.pop("op", None)
+    by_op = {kind.op: kind for kind in kinds}
+    if type(op) is not str or op not in by_op:
+        expected = ", ".join(sorted(by_op))
+        raise MessageError(f"a message whose op {op!r} is not one of {expected}", seq=known)
+    fields = Fields(raw, op, seq=known)
+    message = by_op[op]._read(fields, fields.integer("seq"))
+    fields.done()
+    return message

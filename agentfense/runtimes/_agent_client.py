@@ -1,19 +1,32 @@
-"""The server's side of the agent protocol (see ``_agent.py``): spawn, kill, exit reports."""
+"""The server's side of the agent protocol (see ``_agent.py``): spawn, kill, exit reports,
+as the typed messages of ``_agent_messages.py``, one per datagram."""
 
 from __future__ import annotations
 
-import array
 import contextlib
 import errno
-import json
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import anyio
 
+from .. import _seqpacket
+from .._json_messages import MessageError
+from .._seqpacket import FrameError, close_all
+from ._agent_messages import (
+    MAX_REPLY,
+    Exited,
+    Kill,
+    Ready,
+    Refused,
+    Reply,
+    Spawn,
+    Started,
+    decode_reply,
+)
 from ._cgroup import SandboxCgroup
 from .base import BadWorkdir, CommandSpec, ForkRefused, RuntimeError_, SandboxGone
 
@@ -42,7 +55,7 @@ class AgentProcess:
         if self.leaf is not None:
             SandboxCgroup.kill(self.leaf)
         with contextlib.suppress(OSError):
-            self.connection.send({"op": "kill", "id": self.ident, "signal": 9})
+            self.connection.send(Kill(self.ident, 9))
         with anyio.move_on_after(5, shield=True):
             await self.exited.wait()
             if self.leaf is not None:
@@ -72,64 +85,54 @@ class AgentConnection:
         self._cgroup = cgroup
         self._next_id = 0
         self._pending: dict[int, AgentProcess] = {}
-        self._spawned: dict[int, tuple[anyio.Event, dict[str, Any]]] = {}
+        self._spawned: dict[int, _Spawning] = {}
         self.ready = anyio.Event()
         self.closed = anyio.Event()
 
-    def send(self, header: dict[str, Any], fds: list[int] | None = None) -> None:
-        data = json.dumps(header).encode()
-        if fds:
-            self._sock.sendmsg(
-                [data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
-            )
-        else:
-            self._sock.send(data)
+    def send(self, request: Spawn | Kill, fds: Sequence[int] = ()) -> None:
+        """Send ``request`` now: OSError (BlockingIOError too) if the agent cannot take it."""
+        _seqpacket.send(self._sock, request.encode(), fds)
 
     async def run(self) -> None:
         """Read the agent's reports until it exits or the socket closes."""
         try:
             while True:
-                await anyio.wait_readable(self._sock)
                 try:
-                    data = self._sock.recv(1 << 16)
-                except BlockingIOError:
-                    continue
+                    data, _ = await _seqpacket.receive_async(self._sock, most=MAX_REPLY)
+                    if not data:
+                        return
+                    self._dispatch(decode_reply(data))
                 except OSError:
                     return
-                if not data:
-                    return
-                try:
-                    self._dispatch(json.loads(data))
-                except (ValueError, KeyError, TypeError, AttributeError):
+                except (FrameError, MessageError):
                     # Not what the agent sends: the sandbox is not to be trusted any more.
                     # Hang up (which stops it) rather than let its message break the server.
                     return
         finally:
             self.closed.set()
             self._sock.close()
-            for event, reply in self._spawned.values():
-                reply.setdefault("error", "the sandbox stopped")
-                event.set()
+            for spawning in self._spawned.values():
+                spawning.done.set()  # with no reply: the sandbox stopped
             for process in self._pending.values():
                 if process.exit_code is None:
                     process.exit_code = 137
                 process.exited.set()
             self._pending.clear()
 
-    def _dispatch(self, message: dict[str, Any]) -> None:
-        if "ready" in message:
+    def _dispatch(self, reply: Reply) -> None:
+        if isinstance(reply, Ready):
             self.ready.set()
-            return
-        ident = message["id"]
-        if "pid" in message or "error" in message:
-            event, reply = self._spawned.pop(ident)
-            reply.update(message)
-            event.set()
-        elif "exit" in message:
-            process = self._pending.pop(ident, None)
+        elif isinstance(reply, Exited):
+            process = self._pending.pop(reply.id, None)
             if process is not None:
-                process.exit_code = int(message["exit"])
+                process.exit_code = reply.code
                 process.exited.set()
+        else:
+            spawning = self._spawned.pop(reply.id, None)
+            if spawning is None:
+                raise MessageError(f"a reply about command {reply.id}, which is not starting")
+            spawning.reply = reply
+            spawning.done.set()
 
     async def spawn(self, command: CommandSpec) -> AgentProcess:
         if self.closed.is_set():
@@ -155,40 +158,33 @@ class AgentConnection:
         for fd in ours:
             os.set_blocking(fd, False)
         process = AgentProcess(self, ident, stdin_w, stdout_r, stderr_r, leaf)
-        event, reply = anyio.Event(), dict[str, Any]()
-        self._spawned[ident] = (event, reply)
+        spawning = self._spawned[ident] = _Spawning()
         self._pending[ident] = process
         try:
-            self.send(
-                {
-                    "op": "spawn",
-                    "id": ident,
-                    "argv": list(command.argv),
-                    "env": dict(command.env),
-                    "cwd": command.cwd,
-                },
-                theirs,
-            )
+            self.send(Spawn(ident, command.argv, command.env, command.cwd), theirs)
         except OSError as exc:
             self._spawned.pop(ident, None)
             self._pending.pop(ident, None)
-            _close_all(ours)
+            close_all(ours)
             raise SandboxGone(f"the sandbox is not running ({exc.strerror})") from None
         finally:
-            _close_all(theirs)
+            close_all(theirs)
         with anyio.CancelScope(shield=True):
-            await event.wait()
-        if "error" in reply:
-            self._pending.pop(ident, None)
-            _close_all(ours)
-            if leaf is not None:
-                SandboxCgroup.try_remove(leaf)
-            if reply.get("field") == "workdir":
-                raise BadWorkdir(reply["error"])
-            if reply.get("errno") == errno.EAGAIN:
-                raise ForkRefused(f"cannot start the command: {reply['error']}")
-            raise RuntimeError_(f"cannot start the command: {reply['error']}")
-        return process
+            await spawning.done.wait()
+        if isinstance(spawning.reply, Started):
+            return process
+        self._pending.pop(ident, None)
+        close_all(ours)
+        if leaf is not None:
+            SandboxCgroup.try_remove(leaf)
+        if spawning.reply is None:
+            raise SandboxGone("cannot start the command: the sandbox stopped")
+        refused = spawning.reply
+        if refused.workdir:
+            raise BadWorkdir(refused.error)
+        if refused.errno == errno.EAGAIN:
+            raise ForkRefused(f"cannot start the command: {refused.error}")
+        raise RuntimeError_(f"cannot start the command: {refused.error}")
 
     def running_leaves(self) -> list[Path]:
         """The cgroup leaves of the commands whose own process still runs."""
@@ -200,7 +196,11 @@ class AgentConnection:
             self._sock.shutdown(socket.SHUT_RDWR)
 
 
-def _close_all(fds: list[int]) -> None:
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
+class _Spawning:
+    """A spawn request waiting for the agent's answer (None: the sandbox stopped first)."""
+
+    __slots__ = ("done", "reply")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.reply: Started | Refused | None = None

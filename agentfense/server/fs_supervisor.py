@@ -10,25 +10,30 @@ from its journal and asks the kernel to send again what the dead one never answe
 view that cannot be taken over is reported to ``on_lost`` with a sentence.
 
 Requests on the control channel are answered as they complete (a long commit of one view
-holds up no other view's): each carries a sequence number its reply repeats.
+holds up no other view's): each carries a sequence number its reply repeats. A reply that
+does not decode fails its request (INTERNAL, with a sentence); a channel that no longer
+frames, or a reply that does not even say which request it answers, means the process is
+broken: it is killed and replaced like a dead one, and what it left unanswered is asked again.
 """
 
 from __future__ import annotations
 
-import array
 import contextlib
 import logging
 import os
 import socket
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 import anyio.abc
 
+from .._json_messages import MessageError
+from .._seqpacket import Channel, FrameError, close_all
 from ..errors import SandboxError, StatusCode
 from ..fs import control
 from ..fs._device import MountError, mount_view, mounted_views, unmount
@@ -37,6 +42,7 @@ from ..fs._host import remove_tree
 log = logging.getLogger("agentfense.server.fs")
 
 _RESTART_WAIT = 60.0
+R = TypeVar("R", bound=control.Reply)
 
 
 @dataclass
@@ -50,7 +56,7 @@ class _Pending:
 
     def __init__(self) -> None:
         self.done = anyio.Event()
-        self.reply: control.Message | None = None
+        self.reply: control.Reply | None = None
 
 
 class FsSupervisor:
@@ -61,7 +67,7 @@ class FsSupervisor:
         self._on_lost = on_lost
         self._views: dict[str, _Mounted] = {}
         self._process: anyio.abc.Process | None = None
-        self._sock: socket.socket | None = None
+        self._channel: Channel | None = None
         self._send_lock = anyio.Lock()
         self._pending: dict[int, _Pending] = {}
         self._seq = 0
@@ -111,10 +117,9 @@ class FsSupervisor:
         finally:
             theirs.close()
         ours.setblocking(False)
-        self._sock = ours
-        ready = _Pending()
-        self._pending[0] = ready
-        task_group.start_soon(self._read_replies, ours)
+        self._channel = control.channel(ours)
+        self._pending = {0: (ready := _Pending())}  # a table per process: no reply mix-ups
+        task_group.start_soon(self._read_replies, self._channel, self._process, self._pending)
         with anyio.move_on_after(30):
             await ready.done.wait()
         if not isinstance(ready.reply, control.Done):
@@ -128,38 +133,51 @@ class FsSupervisor:
             return self._log_path.read_text(errors="replace").strip()[-2000:]
         return ""
 
-    async def _read_replies(self, sock: socket.socket) -> None:
-        assembler = control.Assembler()
+    async def _read_replies(
+        self, channel: Channel, process: anyio.abc.Process, pending: dict[int, _Pending]
+    ) -> None:
+        """Hand each reply to the request waiting for it in ``pending`` (this process's)."""
         try:
             while True:
-                await anyio.wait_readable(sock)
                 try:
-                    datagram, ancillary, _, _ = sock.recvmsg(control.CHUNK + 1, 64)
-                except BlockingIOError:
-                    continue
+                    received = await channel.receive_async()
                 except OSError:
                     return  # closed: the process is gone
-                for fd in control.received_fds(ancillary):
-                    os.close(fd)  # none expected: never leak one
-                if not datagram:
+                if received is None:
                     return
-                payload = assembler.add(datagram)
-                if payload is None:
+                payload, fds = received
+                close_all(fds)  # none expected: never leak one
+                try:
+                    reply: control.Reply = control.decode_reply(payload)
+                except MessageError as exc:
+                    if exc.seq is None:
+                        raise
+                    reply = control.Failed(f"a malformed reply ({exc})", seq=exc.seq)
+                waiting = pending.pop(reply.seq, None)
+                if waiting is None:
+                    log.warning(
+                        "the permission filesystem answered %d, which no one asked", reply.seq
+                    )
                     continue
-                reply = control.decode(payload)
-                pending = self._pending.pop(reply.seq, None)
-                if pending is not None:
-                    pending.reply = reply
-                    pending.done.set()
+                waiting.reply = reply
+                waiting.done.set()
         except anyio.ClosedResourceError:
             pass  # closed while waiting: the process is gone
-        except ValueError:
-            log.exception("the permission filesystem's channel")
+        except (FrameError, MessageError):
+            # Whatever it is doing, its answers cannot be told apart any more: replace it.
+            log.exception("the permission filesystem's channel broke; replacing it")
+            if process.returncode is None:
+                process.kill()
         finally:
-            # The process is gone (or broken): nobody will answer what is waiting.
-            for pending in self._pending.values():
-                pending.done.set()
-            self._pending.clear()
+            # The process is gone (or broken): nobody will answer what is waiting, nor what
+            # is sent from now on (it fails at once), and requests wait for the next one.
+            with contextlib.suppress(OSError):
+                channel.sock.shutdown(socket.SHUT_RDWR)
+            if self._channel is channel and self._ready.is_set() and not self._stopping:
+                self._ready = anyio.Event()
+            for waiting in pending.values():
+                waiting.done.set()
+            pending.clear()
 
     async def _watch(self, task_group: anyio.abc.TaskGroup) -> None:
         while not self._stopping:
@@ -173,11 +191,12 @@ class FsSupervisor:
                 process.returncode,
                 self._log_tail(),
             )
-            self._ready = anyio.Event()
-            if self._sock is not None:
-                anyio.notify_closing(self._sock)
-                self._sock.close()
-                self._sock = None
+            if self._ready.is_set():  # (else its reader did, and requests wait on that one)
+                self._ready = anyio.Event()
+            if self._channel is not None:
+                anyio.notify_closing(self._channel.sock)
+                self._channel.sock.close()
+                self._channel = None
             try:
                 await self._launch(task_group)
             except SandboxError:
@@ -191,7 +210,7 @@ class FsSupervisor:
 
     async def _take_over(self, view_id: str, mounted: _Mounted) -> None:
         try:
-            await self._request(replace(mounted.spec, recover=True), (mounted.fd,))
+            await self._request(replace(mounted.spec, recover=True), control.Done, (mounted.fd,))
         except SandboxError as exc:
             await self._lose(view_id, f"the permission filesystem restarted: {exc}")
 
@@ -205,18 +224,18 @@ class FsSupervisor:
     async def stop(self) -> None:
         self._stopping = True
         with anyio.CancelScope(shield=True):
-            if self._sock is not None:
+            if self._channel is not None:
                 with contextlib.suppress(OSError):
-                    self._sock.shutdown(socket.SHUT_RDWR)
+                    self._channel.sock.shutdown(socket.SHUT_RDWR)
             if self._process is not None:
                 with anyio.move_on_after(10):
                     await self._process.wait()
                 if self._process.returncode is None:
                     self._process.kill()
                     await self._process.wait()
-            if self._sock is not None:
-                self._sock.close()
-                self._sock = None
+            if self._channel is not None:
+                self._channel.sock.close()
+                self._channel = None
             for view_id, mounted in list(self._views.items()):
                 await anyio.to_thread.run_sync(unmount, self.view_path(view_id))
                 os.close(mounted.fd)
@@ -236,46 +255,47 @@ class FsSupervisor:
                 )
 
     async def _request(
-        self, message: control.Message, fds: tuple[int, ...] = ()
-    ) -> control.Message:
+        self, message: control.Request, answer: type[R], fds: Sequence[int] = ()
+    ) -> R:
         """Send one request and wait for its answer (others may be answered meanwhile)."""
         self._seq += 1
         message = replace(message, seq=self._seq)
+        payload = message.encode()
         pending = _Pending()
         with anyio.CancelScope(shield=True):  # the fs process acts on it whatever we do
             async with self._send_lock:
-                sock = self._sock
-                if sock is None:
+                channel = self._channel
+                if channel is None:
                     raise _unavailable()
                 self._pending[message.seq] = pending
-                for index, datagram in enumerate(control.datagrams(control.encode(message))):
-                    ancillary = []
-                    if index == 0 and fds:
-                        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _fd_array(fds))]
-                    while True:
-                        try:
-                            sock.sendmsg([datagram], ancillary)
-                            break
-                        except BlockingIOError:
-                            await anyio.wait_writable(sock)
-                        except OSError:
-                            self._pending.pop(message.seq, None)
-                            raise _unavailable() from None
+                try:
+                    await channel.send_async(payload, fds)
+                except OSError:
+                    self._pending.pop(message.seq, None)
+                    raise _unavailable() from None
             await pending.done.wait()
         reply = pending.reply
         if reply is None:
             raise _unavailable()
         if isinstance(reply, control.Failed):
             raise SandboxError(f"permission filesystem: {reply.message}", code=StatusCode.INTERNAL)
+        if not isinstance(reply, answer):
+            raise SandboxError(
+                f"permission filesystem: {reply.op} is no answer to {message.op}",
+                code=StatusCode.INTERNAL,
+            )
         return reply
 
-    async def request(self, message: control.Message, fds: tuple[int, ...] = ()) -> control.Message:
-        """Send one request once a process serves every view; if that process dies before
-        answering, wait for the next one and ask it again (every request is idempotent)."""
+    async def request(
+        self, message: control.Request, answer: type[R], fds: Sequence[int] = ()
+    ) -> R:
+        """Send one request once a process serves every view and wait for its ``answer``;
+        if that process dies before answering, wait for the next one and ask it again
+        (every request is idempotent)."""
         for _ in range(3):
             await self.wait_ready()
             try:
-                return await self._request(message, fds)
+                return await self._request(message, answer, fds)
             except SandboxError as exc:
                 if exc.code != StatusCode.UNAVAILABLE or self._stopping:
                     raise
@@ -297,7 +317,7 @@ class FsSupervisor:
             raise SandboxError(str(exc), code=StatusCode.INTERNAL) from None
         self._views[spec.id] = _Mounted(spec, fd)
         try:
-            await self.request(spec, (fd,))
+            await self.request(spec, control.Done, (fd,))
         except BaseException:
             with anyio.CancelScope(shield=True):
                 self._views.pop(spec.id, None)
@@ -314,7 +334,7 @@ class FsSupervisor:
             return
         with anyio.CancelScope(shield=True):
             with contextlib.suppress(SandboxError):
-                await self.request(control.RemoveView(view_id))
+                await self.request(control.RemoveView(view_id), control.Done)
             mountpoint = self.view_path(view_id)
             await anyio.to_thread.run_sync(unmount, mountpoint)
             os.close(mounted.fd)  # with the mount gone, the connection ends
@@ -322,20 +342,14 @@ class FsSupervisor:
                 mountpoint.rmdir()
 
     async def commit(self, view_id: str) -> control.Committed:
-        reply = await self.request(control.Commit(view_id))
-        assert isinstance(reply, control.Committed)
-        return reply
+        return await self.request(control.Commit(view_id), control.Committed)
 
-    async def changed(self, lower: Path, paths: list[str]) -> None:
+    async def changed(self, lower: Path, paths: Sequence[str]) -> None:
         """The server changed ``paths`` of the codebase at ``lower``: its views drop what
         their kernels cached of them."""
         if any(m.spec.lower == str(lower) for m in self._views.values()):
-            await self.request(control.Changed(str(lower), paths))
+            await self.request(control.Changed(str(lower), tuple(paths)), control.Done)
 
 
 def _unavailable() -> SandboxError:
     return SandboxError("the permission filesystem stopped", code=StatusCode.UNAVAILABLE)
-
-
-def _fd_array(fds: tuple[int, ...]) -> bytes:
-    return array.array("i", fds).tobytes()

@@ -117,7 +117,7 @@ class SandboxManager:
             id=record.id,
             lower=str(self._codebases.files_dir(record.codebase_id)),
             delta=str(self._deltas / record.id),
-            rules=[rule.to_dict() for rule in record.permissions],
+            rules=record.permissions,
             uid=record.host_uid,
             gid=self._gid,
             limits=control.Limits(

@@ -62,7 +62,7 @@ class FsProcess:
         finally:
             theirs.close()
         self.sock = ours
-        self._assembler = control.Assembler()
+        self._channel = control.channel(ours)
         ours.settimeout(60)
         ready = self._receive()
         assert isinstance(ready, control.Done), self.log()
@@ -72,15 +72,18 @@ class FsProcess:
             return self.log_path.read_text(errors="replace")[-4000:]
         return ""
 
-    def _receive(self) -> control.Message:
-        assert self.sock is not None
-        received = control.receive(self.sock, self._assembler)
+    def _receive(self) -> control.Reply:
+        received = self._channel.receive()
         assert received is not None, f"the fs process closed its control channel: {self.log()}"
-        return received[0]
+        return control.decode_reply(received[0])
 
-    def request(self, message: control.Message, fds: tuple[int, ...] = ()) -> control.Message:
-        assert self.sock is not None
-        control.send(self.sock, message, fds)
+    def exchange(self, payload: bytes) -> control.Reply:
+        """Send ``payload`` as it is (whatever it holds) and read the reply."""
+        self._channel.send(payload)
+        return self._receive()
+
+    def request(self, message: control.Request, fds: tuple[int, ...] = ()) -> control.Reply:
+        self._channel.send(message.encode(), fds)
         reply = self._receive()
         assert not isinstance(reply, control.Failed), f"{message.op}: {reply}; {self.log()}"
         return reply
@@ -104,7 +107,7 @@ class FsProcess:
             id=view_id,
             lower=str(lower),
             delta=str(self.delta(view_id)),
-            rules=[rule.to_dict() for rule in rules],
+            rules=tuple(rules),
             uid=VIEW_UID,
             gid=VIEW_UID,
             seq=self._next_seq(),

@@ -4,9 +4,11 @@ their working directory), and nothing committed is lost."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shlex
 import signal
+import socket
 from pathlib import Path
 
 import anyio
@@ -157,3 +159,48 @@ def _some_committed(files: Path, new: str) -> bool:
 
 def _contents(files: Path) -> set[str]:
     return {p.read_text() for p in files.glob("d*/f*")}
+
+
+def _grab_control_socket(fs_pid: int) -> socket.socket:
+    """A copy of the fs process's end of its control channel (``pidfd_getfd``, as root)."""
+    fd_number = int((Path("/proc") / str(fs_pid) / "cmdline").read_bytes().split(b"\0")[-2])
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(fs_pid)
+    try:
+        fd = libc.syscall(438, pidfd, fd_number, 0)  # SYS_pidfd_getfd, x86_64 and aarch64
+    finally:
+        os.close(pidfd)
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "pidfd_getfd")
+    return socket.socket(fileno=fd)
+
+
+async def test_a_broken_control_channel_replaces_the_fs_process(tmp_path: Path) -> None:
+    """A datagram on the control channel that is no frame of it (a bug, a stray write) means
+    the fs process's answers cannot be trusted: the server replaces it and the sandbox goes
+    on. (It used to stop reading replies and leave the process running, so the next
+    command's commit waited forever.)"""
+    server = await anyio.to_thread.run_sync(start_server_process, tmp_path)
+    try:
+        async with AsyncSandboxClient(server.endpoint) as client:
+            codebase = await client.create_codebase("broken-channel")
+            sandbox = await client.create_sandbox(codebase.id, permissions=WRITE)
+            await client.start_sandbox(sandbox.id)
+            await client.exec(sandbox.id, "echo before > before.txt")
+
+            fs_pid = await anyio.to_thread.run_sync(_fs_pid, server.process.pid)
+            assert fs_pid is not None
+            with _grab_control_socket(fs_pid) as channel:
+                channel.send(b"no frame of this channel")
+
+            with anyio.fail_after(60):
+                result = await client.exec(sandbox.id, "cat before.txt; echo after > after.txt")
+            assert (result.stdout, result.exit_code) == ("before\n", 0)
+            assert await client.download_file(codebase.id, "after.txt") == b"after\n"
+            assert (await client.get_sandbox(sandbox.id)).status is SandboxStatus.RUNNING
+            assert await anyio.to_thread.run_sync(_fs_pid, server.process.pid) not in (
+                None,
+                fs_pid,
+            )
+    finally:
+        assert await anyio.to_thread.run_sync(server.stop) == 0, server.log()
