@@ -397,8 +397,10 @@ def _spawn(
                 close_fds=True,
                 preexec_fn=_join_cgroup(cgroup_fd, ruleset),
             )
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # (ValueError: Popen refuses a NUL in argv or env)
         _remove_home(home)
+        if not isinstance(exc, OSError):
+            exc = OSError(errno.EINVAL, str(exc))
         reply = {
             "id": header["id"],
             "error": f"{exc.strerror or exc}: {exc.filename or ''}",
