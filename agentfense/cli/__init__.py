@@ -286,10 +286,9 @@ def _dispatch(argv: Sequence[str], parser: argparse.ArgumentParser) -> int:
         raise UsageError(f"`{args.prog}` takes no command after --")
     if args.action in ("serve", "doctor"):  # (serve sets up its own logging)
         return int(args.func(args))
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.WARNING,
-        format=f"{args.prog}: %(message)s",
-    )
+    logging.basicConfig(level=logging.WARNING, format=f"{args.prog}: %(message)s")
+    if args.debug:  # ours only: asyncio's and docker's would drown them
+        logging.getLogger("agentfense").setLevel(logging.DEBUG)
     return int(anyio.run(args.func, args))
 
 

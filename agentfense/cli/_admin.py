@@ -88,7 +88,8 @@ async def _rm(args: argparse.Namespace) -> int:
             except ConnectionError:
                 raise  # no server: every other id would say the same
             except SandboxError as exc:
-                print(f"{args.prog}: {item}: {exc.message}", file=sys.stderr)
+                said = exc.message if item in exc.message else f"{item}: {exc.message}"
+                print(f"{args.prog}: {said}", file=sys.stderr)
                 failed = True
             else:
                 print(item)
