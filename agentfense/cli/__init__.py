@@ -4,7 +4,8 @@ Exit codes (documented in docs/cli.md): the command's own code for ``run`` and `
 124 the command timed out (``--timeout``) and was killed; 125 agentfense itself failed (bad
 usage, a bad flag, no server, an unknown sandbox): the command did not run, or what it did is
 unknown; 126 and 127 as the shell says them (not executable, not found); 128 + N for a signal,
-130 on Ctrl-C (the sandbox ``run`` made is destroyed first).
+130 on Ctrl-C, 143 on SIGTERM, 129 on SIGHUP (the sandbox ``run`` made is destroyed first),
+141 when our own output is closed (``| head``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Running the CLI's async work so that Ctrl-C (SIGINT) or SIGTERM cleans up, then exits.
+"""Running the CLI's async work so that Ctrl-C (SIGINT), SIGTERM or SIGHUP (the terminal
+closed) cleans up, then exits.
 
 The first signal cancels the innermost :meth:`Interrupts.cancellable` section: for ``run``
 that is the sandbox's part, so the SDK's cleanup (destroying the sandbox, deleting the
@@ -17,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import anyio
 
-HANDLED = (signal.SIGINT, signal.SIGTERM)
+HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def signal_exit_code(signum: int) -> int:
@@ -62,7 +63,7 @@ class Interrupts:
 
 
 async def run_interruptible(work: Callable[[Interrupts], Awaitable[int]]) -> int:
-    """``await work(interrupts)``, or 128 + the signal if SIGINT or SIGTERM came first."""
+    """``await work(interrupts)``, or 128 + the signal if one of ``HANDLED`` came first."""
     interrupts = Interrupts()
     outcome: list[int] = []
     failure: list[Exception] = []

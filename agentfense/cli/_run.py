@@ -4,18 +4,29 @@ command in a running sandbox): the command's output streamed, its exit code retu
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
+import signal
 import sys
 from collections.abc import Sequence
+from typing import TextIO
 
 from .. import AsyncSandbox, ResourceLimits
-from ..errors import CommandTimeoutError
+from ..errors import CommandTimeoutError, SandboxError
 from ..types import OutputStream
 from ._endpoint import endpoint_or_default, endpoint_or_embedded
 from ._interrupt import Interrupts, run_interruptible
 
-# The shell's own codes, and the one `timeout(1)` gives a command it had to kill.
+# The code `timeout(1)` gives a command it had to kill, and a writer's death by SIGPIPE.
 EXIT_TIMEOUT = 124
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+
+
+def _discard(out: TextIO) -> None:
+    """Point the broken stream at /dev/null: the interpreter's last flush must not fail."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, out.fileno())
+    os.close(devnull)
 
 
 def command_line(argv: Sequence[str]) -> str:
@@ -39,14 +50,20 @@ async def _stream(sandbox: AsyncSandbox, args: argparse.Namespace) -> int:
         async with stream:
             async for chunk in stream:
                 out = sys.stdout if chunk.stream is OutputStream.STDOUT else sys.stderr
-                out.buffer.write(chunk.data)
-                out.flush()
+                try:
+                    out.buffer.write(chunk.data)
+                    out.flush()
+                except BrokenPipeError:
+                    # Our reader is gone (`agentfense run ... | head`): leaving the stream
+                    # stops the command, and we end as a shell pipeline's writer would.
+                    _discard(out)
+                    return EXIT_BROKEN_PIPE
     except CommandTimeoutError as exc:
         print(f"{args.prog}: {exc.message}", file=sys.stderr)
         return EXIT_TIMEOUT
     result = stream.result
     if result is None:
-        raise RuntimeError("the server ended the stream without the command's exit code")
+        raise SandboxError("the server ended the stream without the command's exit code")
     if result.limit_exceeded:
         print(
             f"{args.prog}: the command ran into the sandbox's {result.limit_exceeded} limit",

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import signal
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from agentfense import SandboxClient, SandboxInfo
 
-from .conftest import cli, cli_env
+from .conftest import cli, cli_env, start_cli
 
 pytestmark = pytest.mark.bwrap
 
@@ -69,6 +71,25 @@ def test_exec_runs_in_the_running_sandbox_with_its_flags(
     assert cli(*exec_, "--timeout", "0.5", sandbox.id, "--", "sleep", "20").returncode == 124
     # The sandbox stays: exec is not run.
     assert cli(*exec_, sandbox.id, "--", "true").returncode == 0
+
+
+def test_ctrl_c_stops_the_exec_command_and_keeps_the_sandbox(
+    endpoint: str, sandbox: SandboxInfo, client: SandboxClient
+) -> None:
+    def sleepers() -> list[str]:
+        """The processes of the sandbox running ``sleep 1234`` (the pattern is not its own)."""
+        find = "grep -l 123[4] /proc/[0-9]*/cmdline || true"
+        return cli("exec", "--endpoint", endpoint, sandbox.id, "--", find).stdout.split()
+
+    running = start_cli("exec", "--endpoint", endpoint, sandbox.id, "--", "exec sleep 1234")
+    deadline = time.monotonic() + 30
+    while not sleepers():
+        assert time.monotonic() < deadline, "the command never started"
+    running.send_signal(signal.SIGINT)
+    _, err = running.communicate(timeout=60)
+    assert running.returncode == 130, err
+    assert client.get_sandbox(sandbox.id).status.value == "running"
+    assert sleepers() == [], "the command still runs"
 
 
 def test_exec_on_an_unknown_sandbox_is_125(endpoint: str) -> None:

@@ -4,7 +4,10 @@ landing in the sandbox, against a real server and the embedded one."""
 from __future__ import annotations
 
 import contextlib
+import shlex
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -127,8 +130,11 @@ def test_a_memory_limit_kills_what_goes_over_it_and_says_so(endpoint: str, proje
     assert "agentfense run: the command ran into the sandbox's memory limit" in done.stderr
 
 
-def test_ctrl_c_destroys_the_sandbox_and_exits_130(
-    endpoint: str, project: Path, client: SandboxClient
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)]
+)
+def test_a_signal_destroys_the_sandbox_and_exits_128_plus_it(
+    endpoint: str, project: Path, client: SandboxClient, signum: int, code: int
 ) -> None:
     before = held(client)
     running = start_cli(
@@ -140,11 +146,30 @@ def test_ctrl_c_destroys_the_sandbox_and_exits_130(
     # While it runs: the limits asked for are the sandbox's.
     [made] = [s for s in client.list_sandboxes() if s.id not in before[0]]
     assert made.resources == ResourceLimits(memory_bytes=96 << 20, cpu_quota=50_000, pids_limit=64)
-    running.send_signal(signal.SIGINT)
+    running.send_signal(signum)
     out, err = running.communicate(timeout=60)
-    assert running.returncode == 130, err
+    assert running.returncode == code, err
     assert (out, err) == ("", "")
     assert held(client) == before  # the sandbox and the codebase it uploaded are gone
+
+
+def test_a_closed_output_stops_the_command_quietly(
+    endpoint: str, project: Path, client: SandboxClient
+) -> None:
+    before = held(client)
+    agentfense = shlex.join([sys.executable, "-m", "agentfense"])
+    run = shlex.join(["run", "--endpoint", endpoint, str(project), "--", "yes"])
+    pipeline = f"{agentfense} {run} | head -2"
+    done = subprocess.run(
+        ["bash", "-c", pipeline + "; echo ${PIPESTATUS[0]}"],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=120,
+        check=False,
+    )
+    assert (done.stdout, done.stderr) == ("y\ny\n141\n", "")
+    assert held(client) == before
 
 
 def test_ctrl_c_with_the_embedded_server_leaves_nothing_behind(project: Path) -> None:
