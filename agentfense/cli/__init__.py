@@ -26,8 +26,8 @@ from ..errors import SandboxError
 from ..presets import list_presets
 from ..types import RuntimeType
 from . import _admin, _run, _serve
-from ._endpoint import ENDPOINT_VARIABLE, EmbeddedServerUnavailable
-from ._interrupt import signal_exit_code
+from ._endpoint import ENDPOINT_VARIABLE
+from ._exits import EXIT_FAILED, EXIT_INTERRUPTED
 from ._parse import (
     parse_count,
     parse_cpus,
@@ -37,8 +37,6 @@ from ._parse import (
     parse_size,
 )
 
-EXIT_FAILED = 125
-EXIT_INTERRUPTED = signal_exit_code(2)  # SIGINT
 COMMANDS = ("run", "exec", "ls", "rm", "serve", "doctor")
 _TAKES_COMMAND = ("run", "exec")
 
@@ -263,7 +261,7 @@ def _sentence(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         where = f": {exc.filename}" if exc.filename else ""
         return f"{exc.strerror}{where}"
-    if isinstance(exc, UsageError | EmbeddedServerUnavailable):
+    if isinstance(exc, UsageError):
         return str(exc)
     return f"unexpected {type(exc).__name__}: {exc} (--debug shows where)"
 

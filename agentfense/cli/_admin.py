@@ -10,9 +10,8 @@ from datetime import datetime
 from .. import AsyncSandboxClient
 from ..errors import ConnectionError, SandboxError
 from ._endpoint import endpoint_or_default
+from ._exits import EXIT_FAILED
 from ._interrupt import run_interruptible
-
-EXIT_FAILED = 125
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

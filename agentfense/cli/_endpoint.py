@@ -30,19 +30,10 @@ async def endpoint_or_embedded(flag: str | None) -> AsyncIterator[str]:
     if requested:
         yield requested
         return
-    try:
-        from ..server.app import open_server
-        from ..server.config import ServerConfig
-    except ImportError as exc:
-        raise EmbeddedServerUnavailable(
-            f"no server was given (--endpoint or {ENDPOINT_VARIABLE}) and this installation "
-            f"cannot run one ({exc}); `agentfense doctor` says what it needs"
-        ) from exc
+    from ..server.app import open_server
+    from ..server.config import ServerConfig
+
     with tempfile.TemporaryDirectory(prefix="agentfense-run-") as state:
         config = ServerConfig(listen=f"unix:{state}/server.sock", state_dir=Path(state))
         async with open_server(config) as address:
             yield address
-
-
-class EmbeddedServerUnavailable(Exception):
-    """The embedded server's code cannot be imported here (a client-only installation)."""

@@ -18,11 +18,9 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import anyio
 
+from ._exits import signal_exit_code
+
 HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-def signal_exit_code(signum: int) -> int:
-    return 128 + signum
 
 
 class Interrupts:

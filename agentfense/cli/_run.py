@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import signal
 import sys
 from collections.abc import Sequence
 from typing import TextIO
@@ -15,11 +14,8 @@ from .. import AsyncSandbox, ResourceLimits
 from ..errors import CommandTimeoutError, SandboxError
 from ..types import OutputStream
 from ._endpoint import endpoint_or_default, endpoint_or_embedded
+from ._exits import EXIT_BROKEN_PIPE, EXIT_FAILED, EXIT_TIMEOUT
 from ._interrupt import Interrupts, run_interruptible
-
-# The code `timeout(1)` gives a command it had to kill, and a writer's death by SIGPIPE.
-EXIT_TIMEOUT = 124
-EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
 
 
 def _discard(out: TextIO) -> None:
@@ -36,9 +32,15 @@ def command_line(argv: Sequence[str]) -> str:
     return argv[0] if len(argv) == 1 else shlex.join(argv)
 
 
-def _exit_code(code: int) -> int:
-    """An exit code a process can have: a signal's death (negative) as the shell says it."""
-    return 128 - code if code < 0 else code & 0xFF
+def exit_status(code: int) -> int:
+    """The command's exit code as ours: 0-255 as it is, a death by signal N (reported as -N)
+    as the shell says it (128 + N); anything else no process can have, so it cannot be
+    passed on (256 would read as 0, success): agentfense's own failure, 125."""
+    if 0 <= code <= 255:
+        return code
+    if -64 <= code < 0:
+        return 128 - code
+    return EXIT_FAILED
 
 
 async def _stream(sandbox: AsyncSandbox, args: argparse.Namespace) -> int:
@@ -69,7 +71,10 @@ async def _stream(sandbox: AsyncSandbox, args: argparse.Namespace) -> int:
             f"{args.prog}: the command ran into the sandbox's {result.limit_exceeded} limit",
             file=sys.stderr,
         )
-    return _exit_code(result.exit_code)
+    status = exit_status(result.exit_code)
+    if status == EXIT_FAILED:
+        print(f"{args.prog}: the server reported exit code {result.exit_code}", file=sys.stderr)
+    return status
 
 
 def _resources(args: argparse.Namespace) -> ResourceLimits | None:

@@ -17,7 +17,7 @@ from agentfense.cli._parse import (
     parse_seconds,
     parse_size,
 )
-from agentfense.cli._run import command_line
+from agentfense.cli._run import command_line, exit_status
 
 
 @pytest.mark.parametrize(
@@ -114,3 +114,11 @@ def test_one_argument_is_a_shell_line_several_an_argv() -> None:
 @given(st.lists(st.text(st.characters(exclude_characters="\x00")), min_size=2))
 def test_several_arguments_reach_the_shell_as_they_are(argv: list[str]) -> None:
     assert shlex.split(command_line(argv)) == argv
+
+
+@pytest.mark.parametrize(
+    ("reported", "ours"),
+    [(0, 0), (7, 7), (255, 255), (-9, 137), (-2, 130), (256, 125), (512, 125), (-1000, 125)],
+)
+def test_exit_codes_no_process_can_have_are_never_success(reported: int, ours: int) -> None:
+    assert exit_status(reported) == ours
