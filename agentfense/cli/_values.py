@@ -1,4 +1,4 @@
-"""Parsing the values of the CLI's flags: sizes, CPUs, rules, variables. Pure functions.
+"""The values of the CLI's flags: sizes, CPUs, rules, variables, counts, seconds. Pure.
 
 Each raises ``ValueError`` with a sentence naming what it expected; argparse turns that into
 a usage error.

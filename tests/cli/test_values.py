@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agentfense import PermissionRule
-from agentfense.cli._parse import (
+from agentfense.cli._run import command_line, exit_status
+from agentfense.cli._values import (
     parse_count,
     parse_cpus,
     parse_env,
@@ -17,7 +18,6 @@ from agentfense.cli._parse import (
     parse_seconds,
     parse_size,
 )
-from agentfense.cli._run import command_line, exit_status
 
 
 @pytest.mark.parametrize(
