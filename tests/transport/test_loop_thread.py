@@ -4,54 +4,47 @@ a forked child starts its own; the interpreter's exit stops it without hanging."
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import trio
-from _grpc_test_server import ServerThread
+from _server_process import ServerProcess, environment
 
 from agentfense import AsyncSandboxClient, SandboxClient
 from agentfense._transport import finishing
 
-TESTS = str(Path(__file__).parent)
-
 
 @pytest.fixture
-def server() -> Iterator[ServerThread]:
-    directory = tempfile.mkdtemp(prefix="af-loop-")  # short: a socket path has a limit
-    thread = ServerThread("unix", os.path.join(directory, "s.sock"))
-    thread.start()
-    yield thread
-    thread.stop()
-    Path(directory, "s.sock").unlink(missing_ok=True)
-    os.rmdir(directory)
+def server_process() -> Iterator[ServerProcess]:
+    server = ServerProcess()
+    yield server
+    server.finish()
 
 
 def _sdk_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("agentfense-")]
 
 
-def test_trio_asyncio_cleanup_and_sync_share_one_thread(server: ServerThread) -> None:
+def test_trio_asyncio_cleanup_and_sync_share_one_thread(server_process: ServerProcess) -> None:
+    endpoint = server_process.endpoint
+
     async def from_trio() -> str:
-        async with AsyncSandboxClient(server.endpoint) as client:
+        async with AsyncSandboxClient(endpoint) as client:
             return (await client.get_sandbox("sb_trio")).id
 
     async def from_asyncio_cleanup() -> str:
-        async with AsyncSandboxClient(server.endpoint) as client:
+        async with AsyncSandboxClient(endpoint) as client:
             with finishing(5):  # its calls run on the private loop
                 return (await client.get_sandbox("sb_asyncio")).id
 
     assert trio.run(from_trio) == "sb_trio"
     assert asyncio.run(from_asyncio_cleanup()) == "sb_asyncio"
-    with SandboxClient(server.endpoint) as client:
+    with SandboxClient(endpoint) as client:
         assert client.get_sandbox("sb_sync").id == "sb_sync"
     assert _sdk_threads() == ["agentfense-loop"]
 
@@ -63,11 +56,11 @@ def _run_script(source: str, timeout: float = 60) -> subprocess.CompletedProcess
         text=True,
         timeout=timeout,
         check=False,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([TESTS, os.environ["PYTHONPATH"]])},
+        env=environment(),
     )
 
 
-def test_a_forked_child_gets_its_own_loop(server: ServerThread) -> None:
+def test_a_forked_child_gets_its_own_loop(server_process: ServerProcess) -> None:
     """The child starts one loop thread of its own, used by every API; a connection made
     before the fork fails there with a sentence (it would wait forever on a loop that no
     thread runs); the parent's loop goes on serving the parent."""
@@ -86,10 +79,10 @@ def test_a_forked_child_gets_its_own_loop(server: ServerThread) -> None:
             return (await client.get_sandbox(sandbox_id)).id
 
         async def fresh(sandbox_id):
-            async with AsyncSandboxClient({server.endpoint!r}) as client:
+            async with AsyncSandboxClient({server_process.endpoint!r}) as client:
                 return await get(client, sandbox_id)
 
-        before_fork = AsyncSandboxClient({server.endpoint!r})
+        before_fork = AsyncSandboxClient({server_process.endpoint!r})
         trio.run(get, before_fork, "sb_parent")
         parent_threads = sdk_threads()
         pid = os.fork()
@@ -99,7 +92,7 @@ def test_a_forked_child_gets_its_own_loop(server: ServerThread) -> None:
             except ConnectionError as exc:
                 print("old connection:", exc.message, flush=True)
             print("child trio", trio.run(fresh, "sb_c1"), flush=True)
-            with SandboxClient({server.endpoint!r}) as client:
+            with SandboxClient({server_process.endpoint!r}) as client:
                 print("child sync", client.get_sandbox("sb_c2").id, flush=True)
             threads = sdk_threads()
             print("child threads", len(threads), threads != parent_threads, flush=True)
@@ -125,7 +118,9 @@ def test_a_forked_child_gets_its_own_loop(server: ServerThread) -> None:
     assert done.returncode == 0
 
 
-def test_the_exit_cancels_what_runs_on_the_loop_and_does_not_hang(server: ServerThread) -> None:
+def test_the_exit_cancels_what_runs_on_the_loop_and_does_not_hang(
+    server_process: ServerProcess,
+) -> None:
     """A sync call still waiting (in a daemon thread) when the interpreter exits: the call
     is cancelled on the server and the process ends at once."""
     began = time.monotonic()
@@ -134,7 +129,7 @@ def test_the_exit_cancels_what_runs_on_the_loop_and_does_not_hang(server: Server
         import threading, time
         from agentfense.sync import SandboxClient
 
-        client = SandboxClient({server.endpoint!r})
+        client = SandboxClient({server_process.endpoint!r})
         threading.Thread(target=client.get_sandbox, args=("hang",), daemon=True).start()
         time.sleep(0.5)
         print("leaving", flush=True)
@@ -143,4 +138,4 @@ def test_the_exit_cancels_what_runs_on_the_loop_and_does_not_hang(server: Server
     )
     assert (done.returncode, done.stdout) == (0, "leaving\n")
     assert time.monotonic() - began < 5
-    assert server.observed.cancelled.wait(5)
+    assert server_process.finish(wait_for_a_cancellation=True) == "a call was cancelled"
