@@ -7,13 +7,22 @@ from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Protocol
 
-import anyio
 import betterproto
 import sniffio
 
 from agentfense._transport._asyncio_side import GrpcCalls, T
 from agentfense._transport._endpoint import DEFAULT_ENDPOINT, Endpoint, parse_endpoint
-from agentfense.errors import ConnectionError, InvalidConfigurationError
+from agentfense._transport._finishing import (
+    current_block,
+    overdue,
+    unary_on_its_own_connection,
+)
+from agentfense.errors import (
+    ConnectionError,
+    InvalidConfigurationError,
+    SandboxError,
+    StatusCode,
+)
 
 
 class _Calls(Protocol):
@@ -71,26 +80,29 @@ class Transport:
         response_type: type[T],
         *,
         timeout: float | None = None,
-        to_the_end: Callable[[], None] | None = None,
     ) -> T:
         """One request, one response. ``timeout`` (seconds) is sent as the gRPC deadline.
 
-        ``to_the_end``: the call completes even if the caller is cancelled meanwhile, for
-        cleanup that must not be cut short; an asyncio cancellation swallowed meanwhile calls
-        ``to_the_end()``, whose owner requests it again (:func:`cancel_again`) once done.
+        In a :func:`finishing` block the call runs to its end through the caller's
+        cancellation, within the block's deadline.
         """
         self._check_open()
-        if to_the_end is None:
+        block = current_block()
+        if block is None:
             return await self._calls.unary(path, request, response_type, timeout=timeout)
-        if self.backend == "asyncio":
-            from agentfense._transport._detached import unary_to_the_end
-
-            return await unary_to_the_end(
-                self._parsed, self._secure, path, request, response_type, timeout, to_the_end
-            )
-        with anyio.CancelScope(shield=True):
-            response = await self._calls.unary(path, request, response_type, timeout=timeout)
-        return response
+        deadline = block.deadline(timeout)
+        try:
+            if self.backend == "asyncio":
+                call = unary_on_its_own_connection(
+                    self._parsed, self._secure, path, request, response_type, deadline
+                )
+                return await block.wait_elsewhere(call, path.rsplit("/", 1)[-1])
+            # trio: the block's shield keeps the caller's cancellation out.
+            return await self._calls.unary(path, request, response_type, timeout=deadline)
+        except SandboxError as exc:
+            if exc.code != StatusCode.DEADLINE_EXCEEDED:
+                raise
+            raise overdue(path, self.endpoint, deadline) from exc
 
     def server_stream(
         self,
@@ -170,11 +182,3 @@ async def open_transport(endpoint: str = DEFAULT_ENDPOINT, *, secure: bool = Fal
     else:
         raise RuntimeError(f"agentfense supports asyncio and trio, not {backend}")
     return Transport(calls, parsed, backend, secure=secure)
-
-
-def cancel_again() -> None:
-    """Request again an asyncio cancellation that calls made ``to_the_end`` swallowed."""
-    if sniffio.current_async_library() == "asyncio":
-        from agentfense._transport._detached import cancel_again as asyncio_cancel_again
-
-        asyncio_cancel_again()

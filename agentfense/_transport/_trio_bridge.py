@@ -1,6 +1,6 @@
-"""Running grpclib calls for trio callers on the private asyncio loop thread.
+"""Running grpclib calls for trio callers on the SDK's private asyncio loop (``_loop_thread``).
 
-Each call is one asyncio task on the shared loop; the trio side waits on a ``trio.Event`` set
+Each call is one asyncio task on that loop; the trio side waits on a ``trio.Event`` set
 through the trio token, so no thread is spent per call. A trio cancellation cancels the asyncio
 task (which resets the HTTP/2 stream) and waits, shielded, until that task has really ended.
 """
@@ -15,6 +15,9 @@ from typing import Any, Generic, TypeVar
 
 import sniffio
 import trio
+
+from agentfense._transport._loop_thread import is_private_loop
+from agentfense.errors import ConnectionError
 
 R = TypeVar("R")
 
@@ -34,6 +37,12 @@ class LoopTask(Generic[R]):
         self._token = trio.lowlevel.current_trio_token()
         self._done = trio.Event()
         self._task: asyncio.Task[R] | None = None
+        if not is_private_loop(loop):  # its thread would never run the task
+            coro.close()
+            raise ConnectionError(
+                "this connection was made before the process forked (or the interpreter "
+                "is exiting): its event loop does not run here; open a new client"
+            )
         try:
             loop.call_soon_threadsafe(self._start, coro, context=_loop_context())
         except BaseException:

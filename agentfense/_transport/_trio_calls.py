@@ -1,4 +1,4 @@
-"""The transport's calls for trio callers: grpclib on the shared private asyncio loop."""
+"""The transport's calls for trio callers: grpclib on the SDK's private asyncio loop."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ import trio
 
 from agentfense._transport._asyncio_side import GrpcCalls, Producer, T
 from agentfense._transport._endpoint import Endpoint
-from agentfense._transport._loop_thread import shared_loop
+from agentfense._transport._loop_thread import is_private_loop, private_loop
 from agentfense._transport._trio_bridge import LoopTask, run_on_loop
 
 # Server-stream messages handed to trio but not yet consumed, at most.
 STREAM_WINDOW = 16
+# In a forked child: the parent's channels closed there, never to be touched (see aclose).
+_KEPT_AFTER_FORK: list[GrpcCalls] = []
 
 
 async def _new_calls(endpoint: Endpoint, secure: bool) -> GrpcCalls:
@@ -24,7 +26,7 @@ async def _new_calls(endpoint: Endpoint, secure: bool) -> GrpcCalls:
 
 
 class TrioCalls:
-    """Owns a grpclib channel on the shared loop; every method is awaited from trio."""
+    """Owns a grpclib channel on the private loop; every method is awaited from trio."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, calls: GrpcCalls) -> None:
         self._loop = loop
@@ -32,7 +34,7 @@ class TrioCalls:
 
     @classmethod
     async def open(cls, endpoint: Endpoint, *, secure: bool) -> TrioCalls:
-        loop = shared_loop()
+        loop = private_loop()
         return cls(loop, await run_on_loop(loop, _new_calls(endpoint, secure)))
 
     async def unary(
@@ -68,6 +70,11 @@ class TrioCalls:
         return await run_on_loop(self._loop, coro)
 
     async def aclose(self) -> None:
+        if not is_private_loop(self._loop):
+            # Made before a fork: no thread runs its loop here, and closing its socket from
+            # here would unregister it from the epoll instance the parent shares. Kept as is.
+            _KEPT_AFTER_FORK.append(self._calls)
+            return
         with trio.CancelScope(shield=True):
             await run_on_loop(self._loop, self._calls.aclose())
 

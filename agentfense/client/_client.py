@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import dataclasses
 import os
 import stat
@@ -20,8 +19,8 @@ from .. import _convert as convert
 from .. import _timeouts as timeouts
 from .._blocking import BlockingFile, run_sync
 from .._proto.sandbox import v1 as pb
-from .._transport import DEFAULT_ENDPOINT, Transport, cancel_again, open_transport
-from ..errors import ConnectionError, InvalidConfigurationError, SandboxError, StatusCode
+from .._transport import DEFAULT_ENDPOINT, Transport, finishing, open_transport
+from ..errors import InvalidConfigurationError
 from ..presets import RuleLike, normalize_rules
 from ..types import (
     Codebase,
@@ -92,45 +91,6 @@ def _runtime(value: RuntimeType | str) -> RuntimeType:
         ) from None
 
 
-class _Deferred:
-    """A cleanup block's state: whether a cancellation arrived during its calls."""
-
-    def __init__(self) -> None:
-        self.cancelled = False
-
-    def __call__(self) -> None:
-        self.cancelled = True
-
-
-_TO_THE_END: contextvars.ContextVar[_Deferred | None] = contextvars.ContextVar(
-    "agentfense_to_the_end", default=None
-)
-_CALL_TIMEOUT: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "agentfense_call_timeout", default=None
-)
-
-
-@contextlib.contextmanager
-def to_the_end(timeout: float) -> Iterator[None]:
-    """Unary calls in this block complete even if the caller is cancelled meanwhile (native
-    asyncio cancellation otherwise goes through anyio's shields); a cancellation that came
-    meanwhile is requested again when the block ends, so it still reaches the caller.
-
-    Each call is given ``timeout`` seconds (its gRPC deadline), so a server that never
-    answers holds the block for a bounded time: the call then raises ``ConnectionError``."""
-    outer = _TO_THE_END.get()
-    deferred = outer or _Deferred()
-    token = _TO_THE_END.set(deferred)
-    timeout_token = _CALL_TIMEOUT.set(timeout)
-    try:
-        yield
-    finally:
-        _CALL_TIMEOUT.reset(timeout_token)
-        _TO_THE_END.reset(token)
-        if outer is None and deferred.cancelled:
-            cancel_again()
-
-
 class AsyncSandboxClient:
     """Low-level async client of an AgentFense server (or any ``sandbox.v1`` server).
 
@@ -184,23 +144,7 @@ class AsyncSandboxClient:
         self._cleanup_timeout = float(seconds)
 
     async def _unary(self, method: str, request: Any, reply: type[Any], **kw: Any) -> Any:
-        deferred = _TO_THE_END.get()
-        if deferred is None:
-            return await (await self._channel()).unary(method, request, reply, **kw)
-        deadline = _CALL_TIMEOUT.get()
-        kw["to_the_end"] = deferred
-        kw["timeout"] = deadline
-        try:
-            return await (await self._channel()).unary(method, request, reply, **kw)
-        except SandboxError as exc:
-            if exc.code != StatusCode.DEADLINE_EXCEEDED:
-                raise
-            name = method.rsplit("/", 1)[-1]
-            raise ConnectionError(
-                f"the AgentFense server at {self.endpoint} did not answer {name} within "
-                f"{deadline:g} s; what it was asked to do may not be done",
-                code=StatusCode.DEADLINE_EXCEEDED,
-            ) from exc
+        return await (await self._channel()).unary(method, request, reply, **kw)
 
     async def close(self) -> None:
         transport, self._transport = self._transport, None
@@ -219,7 +163,7 @@ class AsyncSandboxClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        with anyio.CancelScope(shield=True):
+        with finishing(self.cleanup_timeout):
             await self.close()
 
     # -- codebases --------------------------------------------------------------------------

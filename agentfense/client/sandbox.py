@@ -14,7 +14,7 @@ from typing import TypeVar
 import anyio
 
 from .._blocking import run_sync
-from .._transport import DEFAULT_ENDPOINT
+from .._transport import DEFAULT_ENDPOINT, finishing
 from ..errors import SandboxError, SandboxNotFoundError, StatusCode
 from ..presets import RuleLike, resolve_permissions
 from ..types import (
@@ -27,7 +27,7 @@ from ..types import (
 )
 from ..utils import ProjectFile, scan_project
 from . import _files
-from ._client import AsyncSandboxClient, to_the_end
+from ._client import AsyncSandboxClient
 from ._results import checked
 from ._stream import ExecStream
 from .session import SessionOpener
@@ -120,7 +120,7 @@ class AsyncSandbox:
                 client, info, owns_client=True, owns_sandbox=True, owned_codebase_id=codebase_id
             )
         except BaseException:
-            with anyio.CancelScope(shield=True), to_the_end(client.cleanup_timeout):
+            with finishing(client.cleanup_timeout):
                 if sandbox_id is not None:
                     await _quietly(client.destroy_sandbox(sandbox_id))
                 if codebase_id is not None:
@@ -135,8 +135,7 @@ class AsyncSandbox:
             try:
                 await self.start()
             except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await self.destroy()
+                await self.destroy()  # a finishing() block of its own
                 raise
         return self
 
@@ -171,7 +170,7 @@ class AsyncSandbox:
                 )
             )
         except BaseException:
-            with anyio.CancelScope(shield=True):
+            with finishing(client.cleanup_timeout):
                 await client.close()
             raise
         sandbox = cls(client, info, owns_client=True, owns_sandbox=True)
@@ -191,7 +190,7 @@ class AsyncSandbox:
         try:
             info = await client.get_sandbox(sandbox_id)
         except BaseException:
-            with anyio.CancelScope(shield=True):
+            with finishing(client.cleanup_timeout):
                 await client.close()
             raise
         return cls(client, info, owns_client=True, owns_sandbox=destroy_on_exit)
@@ -235,7 +234,7 @@ class AsyncSandbox:
         if self._closed:
             return
         self._closed = True
-        with anyio.CancelScope(shield=True), to_the_end(self._client.cleanup_timeout):
+        with finishing(self._client.cleanup_timeout):
             try:
                 with contextlib.suppress(SandboxNotFoundError):  # gone already: its codebase too
                     await self._client.destroy_sandbox(self.id)
@@ -263,7 +262,7 @@ class AsyncSandbox:
         if self._owns_sandbox:
             await self.destroy()
         else:
-            with anyio.CancelScope(shield=True):
+            with finishing(self._client.cleanup_timeout):
                 await self.close()
 
     # -- commands ---------------------------------------------------------------------------
@@ -408,11 +407,8 @@ async def _created(call: Awaitable[T]) -> T:
     """The result of an RPC that creates something, even if the caller is cancelled meanwhile
     (the cancellation comes at the caller's next await, once it holds what was created and
     can remove it)."""
-    with anyio.move_on_after(CREATE_TIMEOUT, shield=True) as scope, to_the_end(CREATE_TIMEOUT):
-        result = await call
-    if scope.cancelled_caught:
-        raise SandboxError(f"the server did not answer within {CREATE_TIMEOUT:g} s")
-    return result
+    with finishing(CREATE_TIMEOUT):
+        return await call
 
 
 async def _quietly(awaitable: Awaitable[object]) -> None:

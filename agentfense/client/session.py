@@ -6,10 +6,8 @@ from collections.abc import Generator, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import anyio
-
+from .._transport import finishing
 from ..types import ExecResult, SessionInfo, SessionStatus
-from ._client import to_the_end
 from ._results import checked
 from ._stream import ExecStream
 
@@ -74,7 +72,7 @@ class AsyncSessionWrapper:
         if self._closed:
             return
         self._closed = True
-        with anyio.CancelScope(shield=True), to_the_end(self._client.cleanup_timeout):
+        with finishing(self._client.cleanup_timeout):
             await self._client.destroy_session(self.id)
 
     destroy = close

@@ -1,4 +1,5 @@
-"""The blocking (sync) API: the async SDK run through one shared anyio blocking portal.
+"""The blocking (sync) API: the async SDK run on the SDK's one private loop thread, through an
+anyio blocking portal.
 
 ``with Sandbox.from_local("./project") as sandbox: sandbox.run("make test")``. Calling it
 from inside a running event loop is an error: async code uses ``AsyncSandbox``.

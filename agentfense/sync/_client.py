@@ -7,7 +7,7 @@ from datetime import timedelta
 from os import PathLike
 from types import TracebackType
 
-from .._transport import DEFAULT_ENDPOINT
+from .._transport import DEFAULT_ENDPOINT, check_not_async, run_blocking
 from ..client._client import DEFAULT_CLEANUP_TIMEOUT, AsyncSandboxClient
 from ..presets import RuleLike
 from ..types import (
@@ -20,7 +20,6 @@ from ..types import (
     SessionInfo,
     UploadResult,
 )
-from ._portal import call, check_not_async
 from ._stream import ExecStream
 
 
@@ -28,7 +27,7 @@ class SandboxClient:
     """Low-level blocking client of an AgentFense server (or any ``sandbox.v1`` server).
 
     ``with SandboxClient(...) as client:``, or call :meth:`close` when done. The methods
-    are those of :class:`AsyncSandboxClient`, run in agentfense's one portal thread.
+    are those of :class:`AsyncSandboxClient`, run on agentfense's one private loop thread.
     """
 
     def __init__(
@@ -79,10 +78,10 @@ class SandboxClient:
         self._async.lacks_archive_upload = value
 
     def close(self) -> None:
-        call(self._async.close)
+        run_blocking(self._async.close)
 
     def __enter__(self) -> SandboxClient:
-        call(self._async.__aenter__)
+        run_blocking(self._async.__aenter__)
         return self
 
     def __exit__(
@@ -91,47 +90,47 @@ class SandboxClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        call(self._async.__aexit__, exc_type, exc, tb)
+        run_blocking(self._async.__aexit__, exc_type, exc, tb)
 
     # -- codebases --------------------------------------------------------------------------
 
     def create_codebase(self, name: str, owner_id: str = "") -> Codebase:
-        return call(self._async.create_codebase, name, owner_id)
+        return run_blocking(self._async.create_codebase, name, owner_id)
 
     def get_codebase(self, codebase_id: str) -> Codebase:
-        return call(self._async.get_codebase, codebase_id)
+        return run_blocking(self._async.get_codebase, codebase_id)
 
     def list_codebases(self, owner_id: str = "", *, page_size: int = 0) -> list[Codebase]:
         """Every codebase (of ``owner_id`` if given), fetched page by page."""
-        return call(self._async.list_codebases, owner_id, page_size=page_size)
+        return run_blocking(self._async.list_codebases, owner_id, page_size=page_size)
 
     def delete_codebase(self, codebase_id: str) -> None:
-        call(self._async.delete_codebase, codebase_id)
+        run_blocking(self._async.delete_codebase, codebase_id)
 
     def upload_file(self, codebase_id: str, file_path: str, content: bytes | str) -> UploadResult:
         """Upload ``content`` as ``file_path`` of the codebase (streamed in chunks)."""
-        return call(self._async.upload_file, codebase_id, file_path, content)
+        return run_blocking(self._async.upload_file, codebase_id, file_path, content)
 
     def upload_local_file(
         self, codebase_id: str, file_path: str, local_path: str | PathLike[str]
     ) -> UploadResult:
         """Upload a local file; a large one is streamed without being read into memory."""
-        return call(self._async.upload_local_file, codebase_id, file_path, local_path)
+        return run_blocking(self._async.upload_local_file, codebase_id, file_path, local_path)
 
     def upload_archive(
         self, codebase_id: str, files: Sequence[tuple[str, str | PathLike[str]]]
     ) -> list[UploadResult]:
         """Upload local files (``(file_path, local_path)`` pairs) in one stream."""
-        return call(self._async.upload_archive, codebase_id, files)
+        return run_blocking(self._async.upload_archive, codebase_id, files)
 
     def download_file(self, codebase_id: str, file_path: str) -> bytes:
         """The whole content of a codebase file (the owner's unfiltered view)."""
-        return call(self._async.download_file, codebase_id, file_path)
+        return run_blocking(self._async.download_file, codebase_id, file_path)
 
     def list_files(
         self, codebase_id: str, path: str = "", recursive: bool = False
     ) -> list[FileInfo]:
-        return call(self._async.list_files, codebase_id, path, recursive)
+        return run_blocking(self._async.list_files, codebase_id, path, recursive)
 
     # -- sandboxes --------------------------------------------------------------------------
 
@@ -147,7 +146,7 @@ class SandboxClient:
         expires_in: float | timedelta | None = None,
         keep_home: bool = False,
     ) -> SandboxInfo:
-        return call(
+        return run_blocking(
             self._async.create_sandbox,
             codebase_id,
             permissions=permissions,
@@ -160,20 +159,20 @@ class SandboxClient:
         )
 
     def get_sandbox(self, sandbox_id: str) -> SandboxInfo:
-        return call(self._async.get_sandbox, sandbox_id)
+        return run_blocking(self._async.get_sandbox, sandbox_id)
 
     def list_sandboxes(self, codebase_id: str = "", *, page_size: int = 0) -> list[SandboxInfo]:
         """Every sandbox (of ``codebase_id`` if given), fetched page by page."""
-        return call(self._async.list_sandboxes, codebase_id, page_size=page_size)
+        return run_blocking(self._async.list_sandboxes, codebase_id, page_size=page_size)
 
     def start_sandbox(self, sandbox_id: str) -> SandboxInfo:
-        return call(self._async.start_sandbox, sandbox_id)
+        return run_blocking(self._async.start_sandbox, sandbox_id)
 
     def stop_sandbox(self, sandbox_id: str) -> SandboxInfo:
-        return call(self._async.stop_sandbox, sandbox_id)
+        return run_blocking(self._async.stop_sandbox, sandbox_id)
 
     def destroy_sandbox(self, sandbox_id: str) -> None:
-        call(self._async.destroy_sandbox, sandbox_id)
+        run_blocking(self._async.destroy_sandbox, sandbox_id)
 
     def exec(
         self,
@@ -186,7 +185,7 @@ class SandboxClient:
         timeout: float | None = None,
     ) -> ExecResult:
         """Run ``command`` (``sh -c``) in a running sandbox; CommandTimeoutError on timeout."""
-        return call(
+        return run_blocking(
             self._async.exec,
             sandbox_id,
             command,
@@ -218,39 +217,39 @@ class SandboxClient:
 
     def read_sandbox_file(self, sandbox_id: str, path: str) -> bytes:
         """A file as the sandbox sees it (``/workspace/...`` or relative to it)."""
-        return call(self._async.read_sandbox_file, sandbox_id, path)
+        return run_blocking(self._async.read_sandbox_file, sandbox_id, path)
 
     def write_sandbox_file(self, sandbox_id: str, path: str, content: bytes | str) -> UploadResult:
         """Write a file as the sandbox could (its permissions apply), then commit it."""
-        return call(self._async.write_sandbox_file, sandbox_id, path, content)
+        return run_blocking(self._async.write_sandbox_file, sandbox_id, path, content)
 
     def list_sandbox_files(
         self, sandbox_id: str, path: str = "/workspace", recursive: bool = False
     ) -> list[FileInfo]:
         """What the sandbox sees below ``path``; paths are given as ``/workspace/...``."""
-        return call(self._async.list_sandbox_files, sandbox_id, path, recursive)
+        return run_blocking(self._async.list_sandbox_files, sandbox_id, path, recursive)
 
     # -- sessions ---------------------------------------------------------------------------
 
     def create_session(
         self, sandbox_id: str, *, shell: str = "", env: Mapping[str, str] | None = None
     ) -> SessionInfo:
-        return call(self._async.create_session, sandbox_id, shell=shell, env=env)
+        return run_blocking(self._async.create_session, sandbox_id, shell=shell, env=env)
 
     def get_session(self, session_id: str) -> SessionInfo:
-        return call(self._async.get_session, session_id)
+        return run_blocking(self._async.get_session, session_id)
 
     def list_sessions(self, sandbox_id: str) -> list[SessionInfo]:
-        return call(self._async.list_sessions, sandbox_id)
+        return run_blocking(self._async.list_sessions, sandbox_id)
 
     def destroy_session(self, session_id: str) -> None:
-        call(self._async.destroy_session, session_id)
+        run_blocking(self._async.destroy_session, session_id)
 
     def session_exec(
         self, session_id: str, command: str, *, timeout: float | None = None
     ) -> ExecResult:
         """Run ``command`` in a session's shell; CommandTimeoutError on timeout."""
-        return call(self._async.session_exec, session_id, command, timeout=timeout)
+        return run_blocking(self._async.session_exec, session_id, command, timeout=timeout)
 
     def session_exec_stream(
         self, session_id: str, command: str, *, timeout: float | None = None

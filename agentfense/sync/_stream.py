@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from types import TracebackType
 
+from .._transport import run_blocking
 from ..client._stream import ExecStream as AsyncExecStream
 from ..types import ExecResult, OutputChunk
-from ._portal import call
 
 
 async def _next_chunk(stream: AsyncExecStream) -> OutputChunk | None:
@@ -36,7 +36,7 @@ class ExecStream:
         return self._async.exit_code
 
     def __enter__(self) -> ExecStream:
-        call(self._async.__aenter__)
+        run_blocking(self._async.__aenter__)
         return self
 
     def __exit__(
@@ -45,20 +45,20 @@ class ExecStream:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        call(self._async.__aexit__, exc_type, exc, tb)
+        run_blocking(self._async.__aexit__, exc_type, exc, tb)
 
     def close(self) -> None:
-        call(self._async.aclose)
+        run_blocking(self._async.aclose)
 
     def __iter__(self) -> ExecStream:
         return self
 
     def __next__(self) -> OutputChunk:
-        chunk = call(_next_chunk, self._async)
+        chunk = run_blocking(_next_chunk, self._async)
         if chunk is None:
             raise StopIteration
         return chunk
 
     def collect(self) -> ExecResult:
         """Read the stream to its end; the result with both streams joined in."""
-        return call(self._async.collect)
+        return run_blocking(self._async.collect)

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from os import PathLike
 from types import TracebackType
 
-from .._transport import DEFAULT_ENDPOINT
+from .._transport import DEFAULT_ENDPOINT, check_not_async, run_blocking
 from ..client.sandbox import AsyncSandbox
 from ..presets import RuleLike
 from ..types import (
@@ -18,7 +18,6 @@ from ..types import (
     SandboxStatus,
 )
 from ._client import SandboxClient
-from ._portal import call, check_not_async
 from ._stream import ExecStream
 from .session import SessionWrapper
 
@@ -28,7 +27,7 @@ class Sandbox:
 
     ``with Sandbox.from_local("./project") as sandbox:`` creates a codebase from the
     project, a sandbox on it, starts it, and on exit destroys both. The methods are those of
-    :class:`AsyncSandbox`, run in agentfense's one portal thread.
+    :class:`AsyncSandbox`, run on agentfense's one private loop thread.
     """
 
     def __init__(self, sandbox: AsyncSandbox) -> None:
@@ -57,7 +56,7 @@ class Sandbox:
     ) -> Sandbox:
         """Upload the project at ``path`` as a new codebase and create a sandbox on it."""
         return cls(
-            call(
+            run_blocking(
                 AsyncSandbox.from_local,
                 path,
                 preset,
@@ -93,7 +92,7 @@ class Sandbox:
     ) -> Sandbox:
         """A new sandbox on an existing codebase (which is kept when the sandbox goes)."""
         return cls(
-            call(
+            run_blocking(
                 AsyncSandbox.from_codebase,
                 codebase_id,
                 preset,
@@ -120,7 +119,7 @@ class Sandbox:
     ) -> Sandbox:
         """Attach to an existing sandbox. Leaving ``with`` destroys it only if asked."""
         return cls(
-            call(
+            run_blocking(
                 AsyncSandbox.connect, sandbox_id, endpoint, secure, destroy_on_exit=destroy_on_exit
             )
         )
@@ -148,23 +147,23 @@ class Sandbox:
         return self._client
 
     def start(self) -> Sandbox:
-        call(self._async.start)
+        run_blocking(self._async.start)
         return self
 
     def stop(self) -> Sandbox:
-        call(self._async.stop)
+        run_blocking(self._async.stop)
         return self
 
     def refresh(self) -> SandboxInfo:
-        return call(self._async.refresh)
+        return run_blocking(self._async.refresh)
 
     def destroy(self) -> None:
         """Destroy the sandbox (and the codebase ``from_local`` created); idempotent."""
-        call(self._async.destroy)
+        run_blocking(self._async.destroy)
 
     def close(self) -> None:
         """Release the connection without destroying anything."""
-        call(self._async.close)
+        run_blocking(self._async.close)
 
     def __enter__(self) -> Sandbox:
         return self
@@ -175,7 +174,7 @@ class Sandbox:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        call(self._async.__aexit__, exc_type, exc, tb)
+        run_blocking(self._async.__aexit__, exc_type, exc, tb)
 
     # -- commands ---------------------------------------------------------------------------
 
@@ -188,7 +187,7 @@ class Sandbox:
         raise_on_error: bool = False,
     ) -> ExecResult:
         """Run ``command`` with ``sh -c`` in the sandbox and wait for it."""
-        return call(
+        return run_blocking(
             self._async.run,
             command,
             timeout=timeout,
@@ -207,7 +206,7 @@ class Sandbox:
         timeout: float | None = None,
         raise_on_error: bool = False,
     ) -> ExecResult:
-        return call(
+        return run_blocking(
             self._async.exec,
             command,
             stdin=stdin,
@@ -237,18 +236,18 @@ class Sandbox:
     ) -> SessionWrapper:
         """A persistent shell, created now: ``with sandbox.session() as s:`` destroys it on
         exit; ``shell`` defaults to bash where the sandbox has it, else sh."""
-        return SessionWrapper(call(self._async.session(shell, env).open))
+        return SessionWrapper(run_blocking(self._async.session(shell, env).open))
 
     # -- files (through the sandbox's own view and permissions) -----------------------------
 
     def read_file_bytes(self, path: str) -> bytes:
-        return call(self._async.read_file_bytes, path)
+        return run_blocking(self._async.read_file_bytes, path)
 
     def read_file(self, path: str, encoding: str = "utf-8") -> str:
-        return call(self._async.read_file, path, encoding)
+        return run_blocking(self._async.read_file, path, encoding)
 
     def write_file(self, path: str, content: str | bytes) -> None:
-        call(self._async.write_file, path, content)
+        run_blocking(self._async.write_file, path, content)
 
     def list_files(self, path: str = "/workspace", recursive: bool = False) -> list[FileInfo]:
-        return call(self._async.list_files, path, recursive)
+        return run_blocking(self._async.list_files, path, recursive)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from types import TracebackType
 
+from .._transport import check_not_async, run_blocking
 from ..client.session import AsyncSessionWrapper
 from ..types import ExecResult, SessionInfo, SessionStatus
-from ._portal import call, check_not_async
 from ._stream import ExecStream
 
 
@@ -41,7 +41,9 @@ class SessionWrapper:
         self, command: str, timeout: float | None = None, raise_on_error: bool = False
     ) -> ExecResult:
         """Run ``command`` in the session's shell and wait for it."""
-        return call(self._async.exec, command, timeout=timeout, raise_on_error=raise_on_error)
+        return run_blocking(
+            self._async.exec, command, timeout=timeout, raise_on_error=raise_on_error
+        )
 
     def exec_stream(self, command: str, *, timeout: float | None = None) -> ExecStream:
         """Stream the command's output: ``with session.exec_stream(cmd) as s: ...``."""
@@ -49,11 +51,11 @@ class SessionWrapper:
         return ExecStream(self._async.exec_stream(command, timeout=timeout))
 
     def refresh(self) -> SessionInfo:
-        return call(self._async.refresh)
+        return run_blocking(self._async.refresh)
 
     def close(self) -> None:
         """Destroy the session, killing every process it started; idempotent."""
-        call(self._async.close)
+        run_blocking(self._async.close)
 
     destroy = close
 
@@ -66,4 +68,4 @@ class SessionWrapper:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        call(self._async.__aexit__, exc_type, exc, tb)
+        run_blocking(self._async.__aexit__, exc_type, exc, tb)

@@ -29,9 +29,9 @@ from agentfense import (
     SessionNotFoundError,
     SessionStatus,
 )
+from agentfense._transport._loop_thread import THREAD_NAME
 from agentfense.client._stream import ExecStream as AsyncExecStream
 from agentfense.sync import ExecStream, Sandbox, SandboxClient, SessionWrapper
-from agentfense.sync._portal import THREAD_NAME
 
 # -- the sync classes mirror the async ones ---------------------------------------------------
 

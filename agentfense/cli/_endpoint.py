@@ -1,0 +1,39 @@
+"""Which server a command talks to: ``--endpoint``, else ``AGENTFENSE_ENDPOINT``, else a
+default (``localhost:9000``, or for ``run`` a server embedded in this process)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from .._transport import DEFAULT_ENDPOINT
+
+ENDPOINT_VARIABLE = "AGENTFENSE_ENDPOINT"
+
+
+def chosen_endpoint(flag: str | None) -> str | None:
+    """The endpoint asked for by the flag or the environment (an empty variable is unset)."""
+    return flag or os.environ.get(ENDPOINT_VARIABLE) or None
+
+
+def endpoint_or_default(flag: str | None) -> str:
+    return chosen_endpoint(flag) or DEFAULT_ENDPOINT
+
+
+@contextlib.asynccontextmanager
+async def endpoint_or_embedded(flag: str | None) -> AsyncIterator[str]:
+    """The server asked for, or one embedded in this process for as long as the context."""
+    requested = chosen_endpoint(flag)
+    if requested:
+        yield requested
+        return
+    from ..server.app import open_server
+    from ..server.config import ServerConfig
+
+    with tempfile.TemporaryDirectory(prefix="agentfense-run-") as state:
+        config = ServerConfig(listen=f"unix:{state}/server.sock", state_dir=Path(state))
+        async with open_server(config) as address:
+            yield address

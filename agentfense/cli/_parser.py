@@ -1,0 +1,219 @@
+"""The ``agentfense`` command line: its commands, flags, help texts and examples."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+from .. import __version__
+from ..presets import list_presets
+from ..types import RuntimeType
+from . import _admin, _run, _serve
+from ._endpoint import ENDPOINT_VARIABLE
+from ._values import (
+    parse_count,
+    parse_cpus,
+    parse_env,
+    parse_rule,
+    parse_seconds,
+    parse_size,
+)
+
+COMMANDS = ("run", "exec", "ls", "rm", "serve", "doctor")
+TAKES_COMMAND = ("run", "exec")
+
+
+class UsageError(Exception):
+    """The command line is not one agentfense understands."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _typed(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``parse`` for argparse: its ``ValueError`` sentence becomes the usage error."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = parse.__name__.removeprefix("parse_")
+    return convert
+
+
+def _subcommand(
+    commands: Any, name: str, summary: str, epilog: str, func: Callable[..., Any]
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name,
+        help=summary,
+        description=summary[0].upper() + summary[1:] + ".",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
+    parser.set_defaults(func=func, prog=parser.prog)
+    return parser
+
+
+def _endpoint_flag(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument(
+        "--endpoint",
+        metavar="ADDRESS",
+        help=f"the server: host:port or unix:/path (default: ${ENDPOINT_VARIABLE}, else {default})",
+    )
+
+
+def _command_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        type=_typed(parse_env),
+        metavar="NAME=VALUE",
+        help="set a variable for the command (repeatable)",
+    )
+    parser.add_argument(
+        "-w", "--workdir", metavar="DIR", help="the command's directory (default /workspace)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_typed(parse_seconds),
+        metavar="SECONDS",
+        help="kill the command after this long and exit 124 (default: the server's, 300 s)",
+    )
+
+
+_RUN_EPILOG = """\
+The command comes after `--`. One argument is a shell command line (pipes, &&, globs);
+several are a program and its arguments, passed exactly as given.
+
+examples:
+  agentfense run ./proj -- pytest -q
+  agentfense run ./proj -- 'ls src | wc -l'
+  agentfense run --preset agent-safe --rule '**/*.log=none' ./proj -- python3 main.py
+  agentfense run --memory 512m --cpus 0.5 --pids 256 --timeout 60 ./proj -- make test
+  agentfense run -e CI=1 -w /workspace/src ./proj -- ./test.sh
+  agentfense run --runtime docker --image python:3.11-slim ./proj -- python3 -V
+"""
+
+_EXEC_EPILOG = """\
+examples:
+  agentfense exec sb_0123456789abcdef -- cat /workspace/output/report.txt
+  agentfense exec --timeout 30 -e CI=1 sb_0123456789abcdef -- 'pytest -x && echo ok'
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="agentfense",
+        description="Least-privilege sandboxes for AI agents.",
+        epilog=(
+            "exit codes: the command's own; 124 timeout; 125 agentfense failed; 126/127 not "
+            "executable/not found; 130 Ctrl-C.\nexamples:\n"
+            "  agentfense run ./proj -- pytest -q\n  agentfense serve\n"
+            "  agentfense ls\n  agentfense --version"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"agentfense {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks and debug logs on errors"
+    )
+    commands = parser.add_subparsers(dest="action", metavar="COMMAND", required=True)
+
+    run = _subcommand(
+        commands,
+        "run",
+        "run one command in a throw-away sandbox of a local project",
+        _RUN_EPILOG,
+        _run.run,
+    )
+    run.add_argument("path", help="the project directory, uploaded as a new codebase")
+    run.add_argument(
+        "--preset",
+        default="read-only",
+        help=f"permission preset: {', '.join(list_presets())} (default read-only)",
+    )
+    run.add_argument(
+        "--rule",
+        action="append",
+        type=_typed(parse_rule),
+        metavar="PATTERN=LEVEL",
+        help="a permission rule after the preset's, e.g. '**/*.log=none' (repeatable; "
+        "levels none, view, read, write)",
+    )
+    _command_flags(run)
+    run.add_argument(
+        "-m", "--memory", type=_typed(parse_size), metavar="SIZE", help="memory limit: 512m, 1g"
+    )
+    run.add_argument(
+        "--cpus", type=_typed(parse_cpus), metavar="N", help="CPU limit in CPUs: 0.5, 2"
+    )
+    run.add_argument("--pids", type=_typed(parse_count), metavar="N", help="process limit")
+    run.add_argument(
+        "--runtime",
+        choices=[r.value for r in RuntimeType],
+        default=RuntimeType.BWRAP.value,
+        help="how the sandbox isolates (default bwrap)",
+    )
+    run.add_argument("--image", help="the Docker image (with --runtime docker)")
+    _endpoint_flag(run, "a server embedded in this command")
+
+    exec_ = _subcommand(
+        commands, "exec", "run a command in a running sandbox", _EXEC_EPILOG, _run.exec_
+    )
+    exec_.add_argument("sandbox_id", metavar="ID", help="the sandbox (sb_…)")
+    _command_flags(exec_)
+    _endpoint_flag(exec_, "localhost:9000")
+
+    ls = _subcommand(
+        commands,
+        "ls",
+        "list the sandboxes and codebases of a server",
+        "examples:\n  agentfense ls\n  agentfense rm $(agentfense ls -q)",
+        _admin.ls,
+    )
+    ls.add_argument("-q", "--quiet", action="store_true", help="only the ids, one a line")
+    _endpoint_flag(ls, "localhost:9000")
+
+    rm = _subcommand(
+        commands,
+        "rm",
+        "destroy sandboxes and delete codebases",
+        "examples:\n  agentfense rm sb_0123456789abcdef\n  agentfense rm cb_0123456789abcdef",
+        _admin.rm,
+    )
+    rm.add_argument("ids", nargs="+", metavar="ID", help="a sandbox (sb_…) or codebase (cb_…)")
+    _endpoint_flag(rm, "localhost:9000")
+
+    serve = _subcommand(
+        commands,
+        "serve",
+        "run the AgentFense server in the foreground",
+        "examples:\n  agentfense serve\n  agentfense serve --listen unix:/run/agentfense.sock",
+        _serve.serve,
+    )
+    serve.add_argument("--config", type=Path, help="TOML configuration file")
+    serve.add_argument("--listen", help="host:port or unix:/path (default localhost:9000)")
+    serve.add_argument("--state-dir", type=Path, help="where codebases and state live")
+    serve.add_argument("--max-output-bytes", type=int, help="cap on captured output per stream")
+    serve.add_argument("--default-timeout", type=float, help="exec timeout when none is given")
+    serve.add_argument("--log-level", help="debug, info, warning, error")
+
+    _subcommand(
+        commands,
+        "doctor",
+        "check what this machine needs to run the server",
+        "exits 1 when a required check fails\nexample:\n  agentfense doctor",
+        _serve.doctor,
+    )
+    return parser

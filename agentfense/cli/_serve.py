@@ -1,0 +1,41 @@
+"""``agentfense serve`` (the server in the foreground) and ``agentfense doctor``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import anyio
+
+
+def serve(args: argparse.Namespace) -> int:
+    from ..server.app import serve as serve_forever
+    from ..server.config import load_config
+
+    overrides = {
+        "listen": args.listen,
+        "state_dir": args.state_dir,
+        "max_output_bytes": args.max_output_bytes,
+        "default_timeout": args.default_timeout,
+        "log_level": args.log_level,
+    }
+    config = load_config(args.config, overrides=overrides)
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    anyio.run(serve_forever, config)
+    return 0
+
+
+def doctor(args: argparse.Namespace) -> int:
+    from ..server.doctor import run_checks
+
+    failed = False
+    for check in run_checks():
+        mark = "ok  " if check.ok else ("FAIL" if check.required else "warn")
+        print(f"[{mark}] {check.name}: {check.detail}")
+        if not check.ok:
+            print(f"       fix: {check.fix}")
+            failed = failed or check.required
+    return 1 if failed else 0

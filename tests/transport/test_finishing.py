@@ -1,0 +1,153 @@
+"""``finishing()``: the calls of a cleanup block run to their end through any cancellation of
+the caller (trio's, anyio's, asyncio's own ``task.cancel()``, ``wait_for``, ``gather``),
+each within the block's deadline, and the cancellation reaches the caller after the block."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+
+import anyio
+import pytest
+from _server_process import ServerProcess
+
+from agentfense._proto.sandbox.v1 import GetSandboxRequest, Sandbox
+from agentfense._transport import Transport, finishing, open_transport
+from agentfense.errors import ConnectionError, StatusCode
+
+GET_SANDBOX = "/sandbox.v1.SandboxService/GetSandbox"
+CANCEL_AFTER = 0.05  # the "slow-" calls take 0.2 s: the cancellation comes during the first
+
+
+@pytest.fixture
+def server() -> Iterator[ServerProcess]:
+    server = ServerProcess()
+    yield server
+    server.finish()
+
+
+async def get(transport: Transport, sandbox_id: str) -> str:
+    request = GetSandboxRequest(sandbox_id=sandbox_id)
+    return str((await transport.unary(GET_SANDBOX, request, Sandbox)).id)
+
+
+def cleanup(transport: Transport, done: list[str]) -> Callable[[], Awaitable[None]]:
+    """Two calls in a finishing block, then an await where the cancellation must come."""
+
+    async def run() -> None:
+        with finishing(5):
+            done.append(await get(transport, "slow-1"))
+            done.append(await get(transport, "slow-2"))
+        done.append("after the block")
+        await anyio.sleep(5)
+        done.append("not cancelled")
+
+    return run
+
+
+async def _native_cancel(run: Callable[[], Awaitable[None]]) -> None:
+    task = asyncio.ensure_future(run())
+    await asyncio.sleep(CANCEL_AFTER)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert task.cancelled()
+
+
+async def _wait_for(run: Callable[[], Awaitable[None]]) -> None:
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(run(), CANCEL_AFTER)
+
+
+async def _gather(run: Callable[[], Awaitable[None]]) -> None:
+    ours = asyncio.ensure_future(run())
+    both = asyncio.gather(ours, asyncio.sleep(5))
+    await asyncio.sleep(CANCEL_AFTER)
+    both.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await both  # at once, as the other child is cancelled: ours goes on meanwhile
+    with pytest.raises(asyncio.CancelledError):
+        await ours
+
+
+async def _anyio_scope(run: Callable[[], Awaitable[None]]) -> None:
+    with anyio.move_on_after(CANCEL_AFTER) as scope:
+        await run()
+    assert scope.cancelled_caught
+
+
+ASYNCIO_WAYS = {
+    "task.cancel": _native_cancel,
+    "wait_for": _wait_for,
+    "gather": _gather,
+    "anyio.move_on_after": _anyio_scope,
+}
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("way", ASYNCIO_WAYS)
+@pytest.mark.anyio
+async def test_a_block_runs_to_its_end_through_an_asyncio_cancellation(
+    server: ServerProcess, way: str
+) -> None:
+    done: list[str] = []
+    async with await open_transport(server.endpoint) as transport:
+        await ASYNCIO_WAYS[way](cleanup(transport, done))
+    assert done == ["slow-1", "slow-2", "after the block"]
+    assert server.finish() == "no call was cancelled"
+
+
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+@pytest.mark.anyio
+async def test_a_block_runs_to_its_end_through_a_trio_cancellation(server: ServerProcess) -> None:
+    done: list[str] = []
+    async with await open_transport(server.endpoint) as transport:
+        await _anyio_scope(cleanup(transport, done))
+    assert done == ["slow-1", "slow-2", "after the block"]
+    assert server.finish() == "no call was cancelled"
+
+
+@pytest.mark.anyio
+async def test_a_call_in_a_block_has_the_blocks_deadline(server: ServerProcess) -> None:
+    async with await open_transport(server.endpoint) as transport:
+        began = time.monotonic()
+        with pytest.raises(ConnectionError) as caught, finishing(0.3):
+            await get(transport, "hang")
+    assert time.monotonic() - began < 3
+    assert caught.value.code == StatusCode.DEADLINE_EXCEEDED
+    assert caught.value.message == (
+        f"the AgentFense server at {server.endpoint} did not answer GetSandbox within 0.3 s; "
+        "what it was asked to do may not be done"
+    )
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_the_deadline_holds_through_a_native_cancellation(server: ServerProcess) -> None:
+    """Cancelled while its call hangs, the block waits for the call's deadline, not longer:
+    the caller gets the deadline's error (a cancellation then would hide that the cleanup
+    failed)."""
+    async with await open_transport(server.endpoint) as transport:
+
+        async def hanging_cleanup() -> None:
+            with finishing(0.3):
+                await get(transport, "hang")
+
+        began = time.monotonic()
+        task = asyncio.ensure_future(hanging_cleanup())
+        await asyncio.sleep(CANCEL_AFTER)
+        task.cancel()
+        with pytest.raises(ConnectionError, match=r"did not answer GetSandbox within 0\.3 s"):
+            await task
+    assert time.monotonic() - began < 3
+
+
+@pytest.mark.anyio
+async def test_nested_blocks_take_the_shorter_deadline(server: ServerProcess) -> None:
+    shorter = r"within 0\.2 s"
+    async with await open_transport(server.endpoint) as transport:
+        with finishing(60), pytest.raises(ConnectionError, match=shorter), finishing(0.2):
+            await get(transport, "hang")
+        with finishing(0.2), pytest.raises(ConnectionError, match=shorter), finishing(60):
+            await get(transport, "hang")
