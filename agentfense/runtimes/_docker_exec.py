@@ -51,6 +51,7 @@ def gate(*, keep_home: bool, confined: bool) -> str:
         f'{run}; code=$?; rm -rf "$HOME"; exit $code'
     )
 
+
 _HEADER = struct.Struct(">BxxxL")
 
 

@@ -47,7 +47,7 @@ _RUN_DIR_BYTES = 16 * 1024 * 1024
 # owner): says which shell it copies, from where, then copies it (mode 0111). (The gate is
 # /bin/sh: every image has it; busybox's sh says "sh" for ``command -v sh``.)
 _COPY_SHELL = (
-    "if p=$(command -v bash) && [ -z \"${p%%/*}\" ]; then n=bash; else p=/bin/sh n=sh; fi; "
+    'if p=$(command -v bash) && [ -z "${p%%/*}" ]; then n=bash; else p=/bin/sh n=sh; fi; '
     f'echo "$n $p"; cp "$p" {RUN_DIR}/.$n && chmod 0111 {RUN_DIR}/.$n && '
     f"mv -f {RUN_DIR}/.$n {RUN_DIR}/$n"
 )

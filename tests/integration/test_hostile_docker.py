@@ -91,7 +91,7 @@ report = [
 ]
 open("/tmp/spy.log", "w").write("\\n".join(report) + "\\n")
 """
-VICTIM = "python3 -c 'import time; r = \"ORIG\" \"INAL\"; time.sleep(1.5); print(r)'"
+VICTIM = 'python3 -c \'import time; r = "ORIG" "INAL"; time.sleep(1.5); print(r)\''
 
 
 async def test_a_leftover_cannot_look_into_or_forge_a_later_command(
@@ -210,7 +210,7 @@ async def test_renames_between_tmp_the_workspace_and_home_still_work(
     moves = (
         "set -e; echo x > /tmp/f; mv /tmp/f /workspace/f; mv /workspace/f ~/f; mv ~/f /tmp/g; "
         "mkdir -p /tmp/a /tmp/b ~/a /workspace/a; echo y > /tmp/a/f; "
-        "python3 -c 'import os; os.rename(\"/tmp/a/f\", \"/tmp/b/f\"); "
+        'python3 -c \'import os; os.rename("/tmp/a/f", "/tmp/b/f"); '
         'os.link("/tmp/b/f", "/tmp/a/h")\'; '
         "echo z > ~/a/f; mv ~/a/f ~/b; echo w > /workspace/a/f; mv /workspace/a/f /workspace/b; "
         "cat /tmp/g /tmp/a/h ~/b /workspace/b"
