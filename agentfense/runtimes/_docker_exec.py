@@ -1,11 +1,12 @@
 """One ``docker exec`` as a ``runtimes.base.Process``: pipes in and out, a wait, a kill.
 
-The exec'd command first waits for one line on its stdin (``read``, which takes no byte
-beyond the newline). Meanwhile the server moves it into a cgroup leaf of its own, so that
-everything it starts stays in the leaf; then it sends the line, and the command's own stdin
-after it. The Engine API's stream (a hijacked connection, frames of stdout and stderr) is
-copied into ordinary pipes, so the rest of the server reads a Docker command exactly as a
-bwrap one.
+The exec'd command is a gate (:func:`gate`, an ``sh -c`` script) that first waits for one
+line on its stdin (``read``, which takes no byte beyond the newline). Meanwhile the server
+moves it into a cgroup leaf of its own, so that everything it starts stays in the leaf; then
+it sends the line, and the command's own stdin after it. The gate gives the command its
+``$HOME`` and runs it through the confine helper where the server has one. The Engine API's
+stream (a hijacked connection, frames of stdout and stderr) is copied into ordinary pipes, so
+the rest of the server reads a Docker command exactly as a bwrap one.
 """
 
 from __future__ import annotations

@@ -14,6 +14,18 @@ each one gets a cgroup leaf of its own under the container's (on the unified hie
 that a timeout kills every process it started and a session's command can be told apart from
 its shell, exactly as on bwrap. Stopping a sandbox removes its container; starting it again
 makes a new one on the same view.
+
+Commands are kept apart as on bwrap. Every container has ``/run/agentfense``, a small tmpfs
+of root's (0755), with the server's ``confine`` helper bound read-only in it (built at the
+first start, see :mod:`._confine`); each command's gate runs the command through it, in a
+Landlock domain of its own, so that what one command leaves running can neither look into a
+later one (``/proc/<pid>/environ``, ``mem``, ``fd``) nor write into its fresh ``$HOME``. A
+session's shell is one command (its commands share its domain), run from an exec-only copy
+of the image's bash (else its sh) that a root ``docker exec`` makes there at the first
+session's start (plain starts pay nothing): the kernel makes it non-dumpable, so not even
+the session's background jobs can open its ``/proc/<pid>/fd``. The container has no
+capability: root writes there only as the directory's owner. Without a compiler to build
+the helper, commands run unconfined, and the server says so once.
 """
 
 from __future__ import annotations
