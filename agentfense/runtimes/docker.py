@@ -146,33 +146,50 @@ class DockerSandbox:
     async def spawn(self, command: CommandSpec) -> Process:
         if self._stopped:
             raise RuntimeError_("the sandbox is not running")
-        if command.argv[0] == SESSION_BASH:
-            command = await self._session_command(command)
         try:
-            process = await start_exec(self._runtime.call, self.container_id, command, self)
-        except ForkRefused:
-            if self._leaves is None:
-                raise
+            return await self._start(command)
         except RuntimeError_ as exc:
             if "is not running" in str(exc):  # the container died (its keepalive was killed)
                 self._stopped = True
                 raise RuntimeError_("the sandbox's container is not running any more") from None
-            raise
+            if self._leaves is None or not (isinstance(exc, ForkRefused) or self._pids_full()):
+                raise
             # Its pids limit is full of what earlier commands left behind: kill those.
             await self._leaves.kill_leaves(keep=self.running_leaves())
-            process = await start_exec(self._runtime.call, self.container_id, command, self)
+            return await self._start(command)
+
+    async def _start(self, command: CommandSpec) -> DockerProcess:
+        if command.argv[0] == SESSION_BASH:
+            command = await self._session_command(command)
+        process = await start_exec(self._runtime.call, self.container_id, command, self)
         self._running.add(process)
         return process
+
+    def _pids_full(self) -> bool:
+        """Whether the container's pids limit is reached (then runc cannot even start an
+        exec, and says only that its init pipe was reset)."""
+        pids = self._cgroups.get("pids") or self._cgroups.get("")
+        if pids is None:
+            return False
+        try:
+            limit = (pids / "pids.max").read_text().strip()
+            return limit != "max" and int((pids / "pids.current").read_text()) >= int(limit)
+        except (OSError, ValueError):
+            return False
 
     async def _session_command(self, command: CommandSpec) -> CommandSpec:
         """A session's shell: the exec-only copy of the image's bash (or, in an image without
         bash, of its sh) that the first session's start makes, which the kernel makes
         non-dumpable: no process of the sandbox may open its ``/proc/<pid>/fd`` (its script
-        and the next command's end marker). Where no copy can be made, the image's own."""
+        and the next command's end marker). Where no copy can be made, the image's own (and
+        the next session tries again: a copy made fails only for want of room or processes)."""
         async with self._session_shell_lock:
-            if self._session_shell is None:
-                self._session_shell = await self._runtime.copy_session_shell(self.container_id)
-        return CommandSpec((self._session_shell, *command.argv[1:]), command.env, command.cwd)
+            shell = self._session_shell
+            if shell is None:
+                shell, copied = await self._runtime.copy_session_shell(self.container_id)
+                if copied:
+                    self._session_shell = shell
+        return CommandSpec((shell, *command.argv[1:]), command.env, command.cwd)
 
     def runtime_task_group(self) -> anyio.abc.TaskGroup:
         """Where the copying tasks of its commands run."""
@@ -300,9 +317,10 @@ class DockerRuntime:
                 self._confine_known = True
         return self._confine
 
-    async def copy_session_shell(self, container_id: str) -> str:
+    async def copy_session_shell(self, container_id: str) -> tuple[str, bool]:
         """Copy the image's bash (else its sh) into the container's RUN_DIR, exec-only, as
-        root; the copy's path, or the image's own program where it cannot be copied."""
+        root: the copy's path, or the image's own program where it cannot be copied; and
+        whether it was."""
         docker = _docker()
         try:
             created = await self.call(
@@ -326,7 +344,7 @@ class DockerRuntime:
         if name not in ("bash", "sh") or not program.startswith("/"):
             raise RuntimeError_(f"cannot prepare the session's shell: {output.strip()[:500]}")
         if found.get("ExitCode") == 0:
-            return f"{RUN_DIR}/{name}"
+            return f"{RUN_DIR}/{name}", True
         _log.warning(
             "sessions of container %s get the image's own %s, which their processes can look "
             "into: cannot copy it (%s)",
@@ -334,7 +352,7 @@ class DockerRuntime:
             program,
             output.strip(),
         )
-        return program
+        return program, False
 
     async def remove(self, container_id: str) -> None:
         docker = _docker()

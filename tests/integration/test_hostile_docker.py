@@ -12,7 +12,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from agentfense import AsyncSandbox, RuntimeType, SandboxError
+from agentfense import AsyncSandbox, ResourceLimits, RuntimeType, SandboxError
 from agentfense.testing import ServerProcess, start_server_process
 
 pytestmark = pytest.mark.anyio
@@ -271,3 +271,21 @@ async def test_without_a_compiler_commands_run_unconfined_and_the_server_says_so
     assert "WARNING" in warnings[0]
     assert "no C compiler" in warnings[0]
     assert "install gcc and libc6-dev" in warnings[0]
+
+
+# Forks sleepers until the pids limit refuses one, and leaves them running.
+PID_HOG = (
+    "python3 -c '\nimport os, time\nwhile True:\n    if os.fork() == 0:\n"
+    "        time.sleep(300)\n        os._exit(0)'"
+)
+
+
+async def test_leftovers_holding_every_pid_are_cleared_for_the_next_command(
+    engine: docker.APIClient, endpoint: str, project: Path
+) -> None:
+    limits = ResourceLimits(pids_limit=40)
+    async with await _sandbox(endpoint, project, resources=limits) as sandbox:
+        left = await sandbox.run(PID_HOG)
+        assert left.limit_exceeded == "pids"
+        after = await sandbox.run("echo still usable")
+        assert (after.stdout, after.exit_code) == ("still usable\n", 0)
