@@ -14,9 +14,11 @@ from agentfense.server import doctor
 
 
 def test_the_helper_builds_once_per_source_and_confines(tmp_path: Path) -> None:
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "confine-0123456789abcdef").write_bytes(b"built from an older source")
     helper = _confine.build(tmp_path / "bin")
     assert helper.stat().st_mode & 0o777 == 0o755
-    assert [p.name for p in helper.parent.iterdir()] == [helper.name]  # no temporary left
+    assert [p.name for p in helper.parent.iterdir()] == [helper.name]  # no temporary, no old
     built_at = helper.stat().st_mtime_ns
     assert _confine.build(tmp_path / "bin") == helper
     assert helper.stat().st_mtime_ns == built_at  # the cached one
