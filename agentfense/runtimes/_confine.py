@@ -65,9 +65,9 @@ def build(cache_dir: Path) -> Path:
         os.replace(partial, target)
         # One helper at a time: those built from an earlier source go (a container that
         # binds one keeps its inode).
-        for built in cache_dir.glob("confine-*"):
-            if built != target:
-                built.unlink(missing_ok=True)
+        for earlier in cache_dir.glob("confine-*"):
+            if earlier != target:
+                earlier.unlink(missing_ok=True)
     except subprocess.TimeoutExpired:
         raise ConfineUnavailable(
             f"{compiler} did not build the confine helper within {_BUILD_TIMEOUT} s"
