@@ -13,18 +13,22 @@ which the kernel never delivers to a pid namespace's init from inside it, and it
 SIGCHLD. It runs as the same user as the commands, so it makes itself non-dumpable: they
 cannot ptrace it, nor open its ``/proc`` files (its socket to the server above all).
 
-Each command starts in a Landlock domain of its own (where the kernel has Landlock), which
-its processes keep: the kernel lets no process look into a process of another domain (its
-``/proc/<pid>/mem``, ``environ``, ``fd``..., as ptrace would). So what one command leaves
-running can neither read nor forge a later command. Signals are not scoped: a later command
-may stop what an earlier one left running (``pkill``), and a signal forges no result (a
-command killed says so). The agent itself is in no domain. A session's shell is one command,
-so its commands, and what they leave behind, share its domain.
+Each command starts in a Landlock domain of its own (where the kernel has Landlock ABI 2 or
+later), which its processes keep, made from a ruleset the agent builds for it once its
+``$HOME`` exists: the kernel lets no process look into a process of another domain (its
+``/proc/<pid>/mem``, ``environ``, ``fd``..., as ptrace would), and the ruleset lets a
+command write everywhere but under ``/home``, where only beneath its own ``$HOME``. So what
+one command leaves running can neither read nor forge a later command, nor plant anything
+in its ``$HOME`` for it to run. Signals are not scoped: a later command may stop what an
+earlier one left running (``pkill``), and a signal forges no result (a command killed says
+so). The agent itself is in no domain. A session's shell is one command, so its commands,
+and what they leave behind, share its domain and its home: a session is one trust unit.
 
 Its options (a JSON object, its second argument) say how it starts commands: ``nproc``, the
 most processes the sandbox's uid may have (RLIMIT_NPROC, for the agent and every command);
 ``fresh_home``, whether each command gets a new, empty ``$HOME`` of its own (a directory under
-``/home``, removed when the command's own process exits) instead of sharing ``/home/sandbox``.
+``/home``, removed when the command's own process exits, which no other command may write)
+instead of sharing ``/home/sandbox`` (then every command may write all of ``/home``).
 Each command starts with an OOM score adjustment of ``COMMAND_OOM_SCORE_ADJ``: the agent
 raises its own while it forks one (raising needs no privilege; going back down to where it
 was, no more than that) through an fd it opened before it made itself non-dumpable. The
@@ -59,9 +63,20 @@ SYS_LANDLOCK_CREATE_RULESET = 444  # x86_64 and aarch64 alike
 SYS_LANDLOCK_ADD_RULE = 445
 SYS_LANDLOCK_RESTRICT_SELF = 446
 LANDLOCK_RULE_PATH_BENEATH = 1
-LANDLOCK_ACCESS_FS_REFER = 1 << 13  # ABI 2
 LANDLOCK_CREATE_RULESET_VERSION = 1
+# The rights that change the file system (ABI 1, but REFER: 2, and TRUNCATE: 3).
+LANDLOCK_ACCESS_FS_WRITE_FILE = 1 << 1
+LANDLOCK_ACCESS_FS_REMOVE_DIR = 1 << 4
+LANDLOCK_ACCESS_FS_REMOVE_FILE = 1 << 5
+LANDLOCK_ACCESS_FS_MAKE_CHAR = 1 << 6
+LANDLOCK_ACCESS_FS_MAKE_DIR = 1 << 7
+LANDLOCK_ACCESS_FS_MAKE_REG = 1 << 8
+LANDLOCK_ACCESS_FS_MAKE_SOCK = 1 << 9
+LANDLOCK_ACCESS_FS_MAKE_FIFO = 1 << 10
 LANDLOCK_ACCESS_FS_MAKE_BLOCK = 1 << 11
+LANDLOCK_ACCESS_FS_MAKE_SYM = 1 << 12
+LANDLOCK_ACCESS_FS_REFER = 1 << 13
+LANDLOCK_ACCESS_FS_TRUNCATE = 1 << 14
 CLONE_INTO_CGROUP = 0x200000000
 HOMES = "/home"
 COMMAND_OOM_SCORE_ADJ = b"500"
@@ -130,53 +145,123 @@ def _send(sock: socket.socket, payload: Dict[str, Any]) -> None:
     sock.send(json.dumps(payload).encode())
 
 
-def _landlock_ruleset() -> int:
-    """The Landlock ruleset each command is confined by (an fd), or -1 where the kernel has
-    no Landlock that fits. It restricts nothing a command needs: it exists for the domain it
-    makes, which the kernel's ptrace rule keeps other commands out of (``/proc/<pid>/mem``,
-    ``environ``, ``fd``...). It handles the one right no sandbox has a use for (making block
-    devices), as a domain needs one, and linking or renaming into another directory, which
-    every domain refuses unless a rule allows it: one does, beneath ``/``. ABI 1 has no such
-    rule (every cross-directory ``rename`` would fail), so there commands go unconfined."""
+def _landlock_abi() -> int:
+    """The kernel's Landlock ABI, 0 without Landlock."""
     libc = _libc()
     abi = libc.syscall(
         SYS_LANDLOCK_CREATE_RULESET, None, ctypes.c_size_t(0), LANDLOCK_CREATE_RULESET_VERSION
     )
-    if abi < 2:
+    return max(int(abi), 0)
+
+
+def _handled_writes(abi: int) -> int:
+    """The rights a command's ruleset handles: every one that changes the file system
+    (TRUNCATE where the kernel knows it), none that reads it."""
+    handled = (
+        LANDLOCK_ACCESS_FS_WRITE_FILE
+        | LANDLOCK_ACCESS_FS_REMOVE_DIR
+        | LANDLOCK_ACCESS_FS_REMOVE_FILE
+        | LANDLOCK_ACCESS_FS_MAKE_CHAR
+        | LANDLOCK_ACCESS_FS_MAKE_DIR
+        | LANDLOCK_ACCESS_FS_MAKE_REG
+        | LANDLOCK_ACCESS_FS_MAKE_SOCK
+        | LANDLOCK_ACCESS_FS_MAKE_FIFO
+        | LANDLOCK_ACCESS_FS_MAKE_BLOCK
+        | LANDLOCK_ACCESS_FS_MAKE_SYM
+        | LANDLOCK_ACCESS_FS_REFER
+    )
+    return handled | (LANDLOCK_ACCESS_FS_TRUNCATE if abi >= 3 else 0)
+
+
+def _dir_rights(handled: int) -> int:
+    """What a command may do beneath a directory it may write: all but make block devices."""
+    return handled & ~LANDLOCK_ACCESS_FS_MAKE_BLOCK
+
+
+def _file_rights(handled: int) -> int:
+    """What a command may do to a plain file it may write (the kernel allows a rule on a
+    file no directory right)."""
+    return handled & (LANDLOCK_ACCESS_FS_WRITE_FILE | LANDLOCK_ACCESS_FS_TRUNCATE)
+
+
+def _writable_places(handled: int, keep_home: bool) -> List[Tuple[int, int]]:
+    """Where every command may write, as (an ``O_PATH`` fd, the rights beneath it): each
+    top-level entry of ``/`` but ``/home`` (all of it when the sandbox keeps its home), so
+    read-only places stay read-only by their mounts, as without Landlock. Symbolic links
+    lead into those entries. Opened once: the sandbox cannot change ``/`` (read-only, and no
+    mount is its to make)."""
+    places = []
+    with os.scandir("/") as entries:
+        for entry in entries:
+            if entry.is_symlink() or (entry.path == HOMES and not keep_home):
+                continue
+            rights = _dir_rights(handled) if entry.is_dir() else _file_rights(handled)
+            fd = os.open(entry.path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+            places.append((fd, rights))
+    return places
+
+
+def _add_rule(ruleset: int, fd: int, rights: int) -> None:
+    rule = _PathBeneath(allowed_access=rights, parent_fd=fd)
+    if _libc().syscall(
+        SYS_LANDLOCK_ADD_RULE, ruleset, LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(rule), 0
+    ):
+        error = ctypes.get_errno()
+        raise OSError(error, f"cannot add a Landlock rule: {os.strerror(error)}")
+
+
+def _landlock_ruleset(home: str) -> int:
+    """The Landlock ruleset a command is confined by (an fd, for the caller to close), or -1
+    where the kernel has no Landlock that fits (ABI 2, the first that can allow a rename into
+    another directory: on ABI 1 every one would fail, so there commands go unconfined).
+
+    It handles every right that changes the file system and allows them all (but making
+    block devices) everywhere except ``/home``, and beneath the command's own ``home``, its
+    ``$HOME`` ("": the sandbox keeps its home, and every command may write all of
+    ``/home``). So what an earlier command left running may not create, change or remove
+    anything in this command's home (a ``usercustomize.py``, a ``.bashrc``), nor this one in
+    any other. Renames and links across directories (REFER) stay allowed wherever both sides
+    are, the rights being the same everywhere a command may write. The domain it makes is
+    the command's own besides: the kernel keeps the processes of other domains out of its
+    processes (``/proc/<pid>/mem``, ``environ``, ``fd``..., as ptrace would)."""
+    if _LANDLOCK_ABI[0] < 2:
         return -1
-    handled = LANDLOCK_ACCESS_FS_MAKE_BLOCK | LANDLOCK_ACCESS_FS_REFER
+    handled = _handled_writes(_LANDLOCK_ABI[0])
     attr = _RulesetAttr(handled_access_fs=handled)  # (its first member: every ABI knows it)
-    fd = libc.syscall(
+    libc = _libc()
+    ruleset = libc.syscall(
         SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)), 0
     )
-    if fd < 0:
+    if ruleset < 0:
         error = ctypes.get_errno()
         raise OSError(error, f"cannot create a Landlock ruleset: {os.strerror(error)}")
-    root = os.open("/", os.O_PATH | os.O_CLOEXEC)
     try:
-        rule = _PathBeneath(allowed_access=LANDLOCK_ACCESS_FS_REFER, parent_fd=root)
-        if libc.syscall(
-            SYS_LANDLOCK_ADD_RULE, fd, LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(rule), 0
-        ):
-            error = ctypes.get_errno()
-            os.close(fd)
-            raise OSError(error, f"cannot add a Landlock rule: {os.strerror(error)}")
-    finally:
-        os.close(root)
-    return int(fd)
+        for fd, rights in _WRITABLE:
+            _add_rule(ruleset, fd, rights)
+        if home:
+            fd = os.open(home, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                _add_rule(ruleset, fd, _dir_rights(handled))
+            finally:
+                os.close(fd)
+    except OSError:
+        os.close(ruleset)
+        raise
+    return int(ruleset)
 
 
-_RULESET: List[int] = []  # the fd of _landlock_ruleset (O_CLOEXEC), when there is Landlock
+_LANDLOCK_ABI: List[int] = [0]  # the kernel's, found at start
+_WRITABLE: List[Tuple[int, int]] = []  # _writable_places, when there is Landlock
 
 
-def _child_setup() -> None:
-    """In a command's process before exec: a Landlock domain of its own (no process of
-    another command may look into it, nor it into them), default signal actions."""
-    if _RULESET:  # (Landlock needs no_new_privs: every process here has it from the start)
-        libc = _libc()
-        if libc.syscall(SYS_LANDLOCK_RESTRICT_SELF, _RULESET[0], 0) != 0:
-            error = ctypes.get_errno()
-            raise OSError(error, f"cannot confine the command: {os.strerror(error)}")
+def _child_setup(ruleset: int) -> None:
+    """In a command's process before exec: its Landlock domain (``ruleset``, if any: no
+    process of another command may look into it, nor it into them), default signal
+    actions."""
+    # (Landlock needs no_new_privs: every process here has it from the start)
+    if ruleset >= 0 and _libc().syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"cannot confine the command: {os.strerror(error)}")
     for number in _CHILD_DEFAULTS:
         signal.signal(number, signal.SIG_DFL)
 
@@ -199,9 +284,9 @@ def _commands_oom_score() -> Iterator[None]:
         os.pwrite(fd, own, 0)
 
 
-def _join_cgroup(fd: int) -> Callable[[], None]:
+def _join_cgroup(fd: int, ruleset: int) -> Callable[[], None]:
     def join() -> None:
-        _child_setup()
+        _child_setup(ruleset)
         if fd >= 0:
             os.write(fd, b"0")
 
@@ -227,7 +312,7 @@ def _remove_home(home: str) -> None:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def _clone_into(cgroup_dir: int, header: Dict[str, Any], stdio: List[int]) -> Any:
+def _clone_into(cgroup_dir: int, header: Dict[str, Any], stdio: List[int], ruleset: int) -> Any:
     """Start the command right in its cgroup (clone3 with CLONE_INTO_CGROUP): no migration,
     which costs ~10 ms once the kernel's RCU has gone idle. None where clone3 cannot; an
     OSError (with ``filename``) where the command cannot start."""
@@ -238,7 +323,7 @@ def _clone_into(cgroup_dir: int, header: Dict[str, Any], stdio: List[int]) -> An
     if pid == 0:  # the child: nothing but system calls until exec
         try:
             os.setsid()
-            _child_setup()  # (before the ruleset's fd is closed)
+            _child_setup(ruleset)  # (before the ruleset's fd is closed)
             for target, fd in enumerate(stdio):
                 os.dup2(fd, target)
             os.closerange(3, err_w)
@@ -291,12 +376,16 @@ def _spawn(
     cgroup_fd = fds[3] if len(fds) > 3 else -1
     cgroup_dir = fds[4] if len(fds) > 4 else None
     home = ""
+    ruleset = -1
     try:
         if fresh_home:
             home = _new_home()
             header["env"]["HOME"] = home
+        ruleset = _landlock_ruleset(home)
         with _commands_oom_score():
-            started = None if cgroup_dir is None else _clone_into(cgroup_dir, header, fds[:3])
+            started = (
+                None if cgroup_dir is None else _clone_into(cgroup_dir, header, fds[:3], ruleset)
+            )
             proc = started or subprocess.Popen(
                 header["argv"],
                 stdin=stdin,
@@ -306,7 +395,7 @@ def _spawn(
                 env=header["env"],
                 start_new_session=True,
                 close_fds=True,
-                preexec_fn=_join_cgroup(cgroup_fd),
+                preexec_fn=_join_cgroup(cgroup_fd, ruleset),
             )
     except OSError as exc:
         _remove_home(home)
@@ -324,6 +413,8 @@ def _spawn(
     finally:
         for fd in fds:
             os.close(fd)
+        if ruleset >= 0:
+            os.close(ruleset)
 
 
 def _not_dumpable() -> None:
@@ -371,16 +462,16 @@ def main() -> None:
     with contextlib.suppress(OSError):  # (once non-dumpable, its /proc files are not its)
         _OOM_ADJ.append(os.open("/proc/self/oom_score_adj", os.O_RDWR | os.O_CLOEXEC))
     _not_dumpable()
-    ruleset = _landlock_ruleset()
-    if ruleset >= 0:
-        _RULESET.append(ruleset)
     sock = socket.socket(fileno=int(sys.argv[1]))
     options = json.loads(sys.argv[2])
+    fresh_home = bool(options.get("fresh_home"))
+    _LANDLOCK_ABI[0] = _landlock_abi()
+    if _LANDLOCK_ABI[0] >= 2:
+        _WRITABLE.extend(_writable_places(_handled_writes(_LANDLOCK_ABI[0]), not fresh_home))
     _join_limit_cgroups([int(fd) for fd in sys.argv[3:]])
     nproc = int(options.get("nproc") or 0)
     if nproc:
         resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
-    fresh_home = bool(options.get("fresh_home"))
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)

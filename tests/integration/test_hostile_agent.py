@@ -1,11 +1,13 @@
 """A hostile agent inside a sandbox, on bwrap and on Docker (a real server, real bwrap, a real
 dockerd): it cannot kill what holds the sandbox up, leave anything in a later command's $HOME,
 starve other sandboxes of processes, fill memory through /tmp, or ptrace a later command; and
-on bwrap, look into or forge a later command through its /proc files."""
+on bwrap, look into or forge a later command through its /proc files, or leave a process that
+plants files in a later command's (or a session's) $HOME."""
 
 from __future__ import annotations
 
 import fcntl
+import fnmatch
 import os
 import signal
 import time
@@ -270,6 +272,133 @@ async def test_a_command_still_signals_waits_for_and_reads_its_own_children(
             assert (later.stdout, later.exit_code) == ("143\n", 0)
 
 
+PLANTER = """
+import os, site, time
+seen = set(os.listdir("/home"))
+open("/tmp/planter.ready", "w").close()
+site_dir = site.getusersitepackages().replace(os.environ["HOME"], "{home}")
+plants = {
+    site_dir + "/usercustomize.py": 'print("forged"); raise SystemExit(0)\\n',
+    "{home}/.bashrc": "echo forged\\n",
+    "{home}/.gitconfig": "[core]\\n\\tpager = echo forged\\n",
+}
+report = []
+deadline = time.time() + 30
+while not report and time.time() < deadline:
+    for name in set(os.listdir("/home")) - seen:
+        home = "/home/" + name
+        for path, text in plants.items():
+            path = path.format(home=home)
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "w") as planted:
+                    planted.write(text)
+                report.append(path.replace(home, "~") + " planted")
+            except OSError as exc:
+                report.append(path.replace(home, "~") + " " + exc.strerror)
+        break
+    time.sleep(0.001)
+open("/tmp/plant.log", "w").write("\\n".join(report) + "\\n")
+"""
+PLANT = (  # (once it returns, the planter knows which homes are there already)
+    "setsid python3 /tmp/planter.py >/dev/null 2>&1 & "
+    "while [ ! -e /tmp/planter.ready ]; do sleep 0.01; done"
+)
+WAIT_PLANTED = "while [ ! -s /tmp/plant.log ]; do sleep 0.01; done"
+REFUSED = [  # (where makedirs refuses the first directory, the file's open says the same)
+    f"~/{path} Permission denied"
+    for path in (".local/lib/python3.*/site-packages/usercustomize.py", ".bashrc", ".gitconfig")
+]
+
+
+async def _plant_log(sandbox: AsyncSandbox) -> list[str]:
+    return (await sandbox.run(f"{WAIT_PLANTED}; cat /tmp/plant.log")).stdout.splitlines()
+
+
+def _wait_for(path: str) -> str:
+    """A shell loop that waits (5 s at most) for a non-empty file at ``path``."""
+    return f"for i in $(seq 100); do [ -s {path} ] && break; sleep 0.05; done"
+
+
+def _matches(lines: list[str], patterns: list[str]) -> bool:
+    return len(lines) == len(patterns) and all(map(fnmatch.fnmatchcase, lines, patterns))
+
+
+async def test_a_leftover_cannot_plant_files_in_a_later_commands_home(
+    endpoint: str, project: Path
+) -> None:
+    # (bwrap: each command may write beneath its own $HOME, no other one under /home.)
+    async with await AsyncSandbox.from_local(project, endpoint=endpoint) as sandbox:
+        await sandbox.write_file("/tmp/planter.py", PLANTER)
+        await sandbox.run(PLANT)
+        # (It waits for the planter to have tried its home before python3 starts.)
+        honest = await sandbox.run(f"{WAIT_PLANTED}; python3 -c 'print(6 * 7)'; ls -A ~")
+        assert (honest.stdout, honest.exit_code) == ("42\n", 0)
+        assert _matches(await _plant_log(sandbox), REFUSED)
+        # Nor in a session's home, which lasts as long as the session.
+        await sandbox.run(f"rm /tmp/plant.log /tmp/planter.ready; {PLANT}")
+        async with sandbox.session() as session:
+            await session.exec(WAIT_PLANTED)
+            assert _matches(await _plant_log(sandbox), REFUSED)
+            inside = await session.exec("python3 -c 'print(6 * 7)'; ls -A ~")
+            assert (inside.stdout, inside.exit_code) == ("42\n", 0)
+            # The session's own commands, and what they leave running, are one trust unit.
+            await session.exec("(sleep 0.2; echo later > ~/note) &")
+            kept = await session.exec(f"{_wait_for('~/note')}; cat ~/note")
+            assert kept.stdout == "later\n"
+
+
+MOVES = """
+import os, socket
+home = os.environ["HOME"]
+for top in ("/tmp", home, "/workspace"):
+    os.makedirs(top + "/a/d"); os.mkdir(top + "/b")
+    open(top + "/a/d/f", "w").write("x")
+    os.rename(top + "/a/d", top + "/b/d")  # into another directory: a file, a directory
+    os.link(top + "/b/d/f", top + "/a/g")
+    os.symlink("g", top + "/a/s")
+    os.truncate(top + "/a/s", 0)
+    os.unlink(top + "/a/g"); os.unlink(top + "/a/s"); os.unlink(top + "/b/d/f")
+    os.rmdir(top + "/b/d"); os.rmdir(top + "/b"); os.rmdir(top + "/a")
+os.mkfifo(home + "/fifo")
+socket.socket(socket.AF_UNIX).bind(home + "/sock")
+for path in ("/dev/null", "/proc/self/fd/1"):
+    with open(path, "w") as out:
+        out.write(path + " ")
+for path in ("/usr/evil", "/evil", "/home/evil", "/home/sandbox/evil"):
+    try:
+        open(path, "w")
+    except OSError as exc:
+        print(path, exc.strerror)
+"""
+
+
+async def test_a_command_still_writes_where_it_did_and_nowhere_else(
+    endpoint: str, project: Path
+) -> None:
+    # (bwrap: a command's domain handles the rights that write, allowed outside /home.)
+    async with await AsyncSandbox.from_local(
+        project, preset="full-access", endpoint=endpoint
+    ) as sandbox:
+        await sandbox.write_file("/tmp/moves.py", MOVES)
+        result = await sandbox.run("python3 /tmp/moves.py | cat; ls -A ~")
+        assert (result.stderr, result.exit_code) == ("", 0)
+        assert result.stdout.splitlines() == [
+            "/proc/self/fd/1 /usr/evil Read-only file system",  # (as without Landlock)
+            "/evil Read-only file system",
+            "/home/evil Permission denied",  # (anywhere under /home but its own $HOME)
+            "/home/sandbox/evil Permission denied",
+            "fifo",
+            "sock",
+        ]
+        # Across mounts, mv copies and removes; a pipe reached through /proc works too.
+        moved = await sandbox.run(
+            "echo y > /tmp/m && mv /tmp/m ~/m && mv ~/m /workspace/m && mv /workspace/m /tmp/m "
+            "&& cat /tmp/m | cat /proc/self/fd/0"
+        )
+        assert (moved.stdout, moved.stderr, moved.exit_code) == ("y\n", "", 0)
+
+
 @pytest.fixture(scope="module")
 def bomb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A server with no default pids limit and a small per-sandbox process limit."""
@@ -340,6 +469,10 @@ async def test_a_sandbox_that_asks_keeps_its_home(
         **options,  # type: ignore[arg-type]
     ) as sandbox:
         assert sandbox.info.keep_home
-        await sandbox.run("echo kept > ~/note")
-        kept = await sandbox.run('cat ~/note; echo "$HOME"')
+        await sandbox.run("mkdir ~/a ~/b && echo kept > ~/a/note && mv ~/a/note ~/b/")
+        kept = await sandbox.run('cat ~/b/note; echo "$HOME"')
         assert kept.stdout == "kept\n/home/sandbox\n"
+        # One home by choice: what a command leaves running may write in it later too.
+        await sandbox.run("(sleep 0.2; echo later > ~/later) >/dev/null 2>&1 &")
+        later = await sandbox.run(f"{_wait_for('~/later')}; cat ~/later")
+        assert later.stdout == "later\n"
