@@ -10,9 +10,11 @@
  * domain of its own, which everything it starts keeps.
  *
  * The domain handles the rights to change the file system, and allows them beneath every
- * top-level entry of / but /home, and beneath HOMEDIR (the command's own $HOME, or /home for
- * a sandbox that keeps one): so a command also cannot write into a later command's $HOME.
- * Making block devices is allowed nowhere. Reading and executing are not handled: allowed.
+ * top-level entry of / but /home (symbolic links skipped: they lead into those entries), and
+ * beneath HOMEDIR (the command's own $HOME, or /home for a sandbox that keeps one): so a
+ * command also cannot write into a later command's $HOME. Making block devices is allowed
+ * nowhere. Reading and executing are not handled: allowed. These are the rules the bwrap
+ * agent gives its commands (_agent.py), in C.
  * On a kernel without Landlock ABI 2 (Linux 5.19: the first that can allow renames across
  * directories) the command runs unconfined.
  *
@@ -67,15 +69,13 @@ static int fail(const char *what, const char *name)
     return 126;
 }
 
-/* Allow `rights` (those a directory takes, or a file's alone) beneath the open `fd`. */
-static int allow(int ruleset, int fd, uint64_t dir_rights, uint64_t file_rights)
+/* Allow beneath the open `fd` what a directory may take, or a plain file. */
+static int allow(int ruleset, int fd, const struct stat *st, uint64_t dir_rights,
+                 uint64_t file_rights)
 {
-    struct stat st;
     struct path_beneath_attr rule;
 
-    if (fstat(fd, &st) != 0)
-        return -1;
-    rule.allowed_access = S_ISDIR(st.st_mode) ? dir_rights : file_rights;
+    rule.allowed_access = S_ISDIR(st->st_mode) ? dir_rights : file_rights;
     rule.parent_fd = fd;
     return (int)syscall(SYS_ADD_RULE, ruleset, RULE_PATH_BENEATH, &rule, 0);
 }
@@ -85,6 +85,7 @@ static int add_rules(int ruleset, const char *home, uint64_t dir_rights, uint64_
 {
     DIR *root = opendir("/");
     struct dirent *entry;
+    struct stat st;
     int fd;
 
     if (root == NULL)
@@ -93,15 +94,18 @@ static int add_rules(int ruleset, const char *home, uint64_t dir_rights, uint64_
         const char *name = entry->d_name;
         if (!strcmp(name, ".") || !strcmp(name, "..") || !strcmp(name, "home"))
             continue;
-        /* (a symbolic link stands for what it names, as for every path beneath it) */
-        fd = openat(dirfd(root), name, O_PATH | O_CLOEXEC);
+        fd = openat(dirfd(root), name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
         if (fd < 0) {
-            if (errno == ENOENT) /* a link that names nothing: nothing to allow */
-                continue;
             closedir(root);
             return fail("open /", name);
         }
-        if (allow(ruleset, fd, dir_rights, file_rights) != 0) {
+        if (fstat(fd, &st) != 0) {
+            close(fd);
+            closedir(root);
+            return fail("look at /", name);
+        }
+        /* A symbolic link is skipped: it leads into the entries allowed, or nowhere allowed. */
+        if (!S_ISLNK(st.st_mode) && allow(ruleset, fd, &st, dir_rights, file_rights) != 0) {
             close(fd);
             closedir(root);
             return fail("allow writes beneath /", name);
@@ -113,10 +117,10 @@ static int add_rules(int ruleset, const char *home, uint64_t dir_rights, uint64_
         return fail("list", "/");
     }
     closedir(root);
-    fd = open(home, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    fd = open(home, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0)
         return fail("open the home directory", home);
-    if (allow(ruleset, fd, dir_rights, file_rights) != 0) {
+    if (fstat(fd, &st) != 0 || allow(ruleset, fd, &st, dir_rights, file_rights) != 0) {
         close(fd);
         return fail("allow writes beneath", home);
     }
