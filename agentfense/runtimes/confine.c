@@ -14,12 +14,12 @@
  * beneath HOMEDIR (the command's own $HOME, or /home for a sandbox that keeps one): so a
  * command also cannot write into a later command's $HOME. Making block devices is allowed
  * nowhere. Reading and executing are not handled: allowed. These are the rules the bwrap
- * agent gives its commands (_agent.py), in C.
- * On a kernel without Landlock ABI 2 (Linux 5.19: the first that can allow renames across
- * directories) the command runs unconfined.
+ * agent gives its commands (_agent.py), in C. On a kernel without Landlock ABI 2 (Linux
+ * 5.19: the first that can allow renames across directories) the command runs unconfined.
  *
  * C99, no dependency but the C library; the Landlock ABI is spelled out here, so that the
- * build needs no kernel headers of a given age. Errors: one sentence on stderr, exit 126.
+ * build needs no kernel headers of a given age. Errors: one sentence on stderr, exit 126
+ * (127 when the command is not found, as a shell says).
  */
 #define _GNU_SOURCE
 #include <dirent.h>
