@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 
 packages=(
   bubblewrap fuse3 gcc python3 python3-venv python3-dev git ca-certificates
+  # the server builds the Docker runtime's confine helper (agentfense/runtimes/confine.c)
+  # statically: gcc needs the C library's static archive, which --no-install-recommends omits
+  libc6-dev
   # the Docker runtime: scripts/dockerd.sh starts a private dockerd; scripts/docker-images.sh
   # builds its images from Debian packages (mmdebstrap; busybox-static is fetched, not installed)
   docker.io mmdebstrap curl

@@ -1,11 +1,12 @@
 """One ``docker exec`` as a ``runtimes.base.Process``: pipes in and out, a wait, a kill.
 
-The exec'd command first waits for one line on its stdin (``read``, which takes no byte
-beyond the newline). Meanwhile the server moves it into a cgroup leaf of its own, so that
-everything it starts stays in the leaf; then it sends the line, and the command's own stdin
-after it. The Engine API's stream (a hijacked connection, frames of stdout and stderr) is
-copied into ordinary pipes, so the rest of the server reads a Docker command exactly as a
-bwrap one.
+The exec'd command is a gate (:func:`gate`, an ``sh -c`` script) that first waits for one
+line on its stdin (``read``, which takes no byte beyond the newline). Meanwhile the server
+moves it into a cgroup leaf of its own, so that everything it starts stays in the leaf; then
+it sends the line, and the command's own stdin after it. The gate gives the command its
+``$HOME`` and runs it through the confine helper where the server has one. The Engine API's
+stream (a hijacked connection, frames of stdout and stderr) is copied into ordinary pipes, so
+the rest of the server reads a Docker command exactly as a bwrap one.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._cgroup import SandboxCgroup
+from ._confine import IN_CONTAINER
 from ._pipes import write_all
 from .base import BadWorkdir, CommandSpec, ForkRefused, RuntimeError_
 
@@ -32,14 +34,25 @@ Call = Callable[..., Awaitable[Any]]
 # Every command starts with an OOM score adjustment above pid 1's (raising needs no privilege),
 # so the OOM killer takes pid 1, which holds the container up, last.
 _OOM = "{ echo 500 >/proc/self/oom_score_adj; } 2>/dev/null; "
-# A sandbox that keeps its $HOME has one, /home/sandbox (on the /home tmpfs, made once).
-_GATE = _OOM + 'IFS= read -r _ || exit 125; [ -d "$HOME" ] || mkdir -p "$HOME"; exec "$@"'
-# Else each command gets an empty one, removed when the command's own process exits (the
-# shell waits for it; the home of a command killed stays on /home's tmpfs till the stop).
-_GATE_FRESH_HOME = (
-    _OOM + "IFS= read -r _ || exit 125; HOME=$(mktemp -d /home/home-XXXXXXXXXX) || exit 125; "
-    'export HOME; "$@"; code=$?; rm -rf "$HOME"; exit $code'
-)
+_GO = "IFS= read -r _ || exit 125; "
+
+
+def gate(*, keep_home: bool, confined: bool) -> str:
+    """The ``sh -c`` script that starts a command: ``confined``, through the confine helper
+    (a Landlock domain of the command's own, writing beneath its own ``$HOME`` only of
+    ``/home``); the gate itself stays unconfined, to remove that home afterwards."""
+    if keep_home:  # one $HOME, /home/sandbox (on the /home tmpfs, made once)
+        run = f'exec {IN_CONTAINER} /home "$@"' if confined else 'exec "$@"'
+        return _OOM + _GO + '[ -d "$HOME" ] || mkdir -p "$HOME"; ' + run
+    # Else each command gets an empty one, removed when the command's own process exits (the
+    # shell waits for it; the home of a command killed stays on /home's tmpfs till the stop).
+    run = f'{IN_CONTAINER} "$HOME" "$@"' if confined else '"$@"'
+    return (
+        _OOM + _GO + "HOME=$(mktemp -d /home/home-XXXXXXXXXX) || exit 125; export HOME; "
+        f'{run}; code=$?; rm -rf "$HOME"; exit $code'
+    )
+
+
 _HEADER = struct.Struct(">BxxxL")
 
 
@@ -173,7 +186,7 @@ async def start_exec(
             [
                 "/bin/sh",
                 "-c",
-                _GATE if sandbox.keep_home else _GATE_FRESH_HOME,
+                gate(keep_home=sandbox.keep_home, confined=sandbox.confined),
                 "sh",
                 *command.argv,
             ],

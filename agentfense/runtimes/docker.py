@@ -14,6 +14,18 @@ each one gets a cgroup leaf of its own under the container's (on the unified hie
 that a timeout kills every process it started and a session's command can be told apart from
 its shell, exactly as on bwrap. Stopping a sandbox removes its container; starting it again
 makes a new one on the same view.
+
+Commands are kept apart as on bwrap. Every container has ``/run/agentfense``, a small tmpfs
+of root's (0755), with the server's ``confine`` helper bound read-only in it (built at the
+first start, see :mod:`._confine`); each command's gate runs the command through it, in a
+Landlock domain of its own, so that what one command leaves running can neither look into a
+later one (``/proc/<pid>/environ``, ``mem``, ``fd``) nor write into its fresh ``$HOME``. A
+session's shell is one command (its commands share its domain), run from an exec-only copy
+of the image's bash (else its sh) that a root ``docker exec`` makes there at the first
+session's start (plain starts pay nothing): the kernel makes it non-dumpable, so not even
+the session's background jobs can open its ``/proc/<pid>/fd``. The container has no
+capability: root writes there only as the directory's owner. Without a compiler to build
+the helper, commands run unconfined, and the server says so once.
 """
 
 from __future__ import annotations
@@ -31,6 +43,8 @@ import anyio
 import anyio.abc
 
 from ._cgroup import SandboxCgroup, find_cgroup2_root
+from ._confine import FIX, IN_CONTAINER, ConfineUnavailable
+from ._confine import build as build_confine
 from ._docker_exec import DockerProcess, start_exec
 from ._docker_seccomp import security_opt
 from ._limits import tmpfs_sizes
@@ -43,6 +57,20 @@ from .base import (
     RuntimeError_,
     SandboxGone,
     SandboxSpec,
+)
+
+# A small tmpfs of root's (mode 0755) in every container: the confine helper is bound in it,
+# and the first session's start copies the image's shell there, exec-only.
+RUN_DIR = "/run/agentfense"
+SESSION_BASH = f"{RUN_DIR}/bash"
+_RUN_DIR_BYTES = 16 * 1024 * 1024
+# Run as root in the container (which has no capability: root writes in RUN_DIR as its
+# owner): says which shell it copies, from where, then copies it (mode 0111). (The gate is
+# /bin/sh: every image has it; busybox's sh says "sh" for ``command -v sh``.)
+_COPY_SHELL = (
+    'if p=$(command -v bash) && [ -z "${p%%/*}" ]; then n=bash; else p=/bin/sh n=sh; fi; '
+    f'echo "$n $p"; cp "$p" {RUN_DIR}/.$n && chmod 0111 {RUN_DIR}/.$n && '
+    f"mv -f {RUN_DIR}/.$n {RUN_DIR}/$n"
 )
 
 _log = logging.getLogger(__name__)
@@ -93,11 +121,15 @@ class DockerSandbox:
         task_group: anyio.abc.TaskGroup,
         *,
         keep_home: bool,
+        confined: bool,
     ) -> None:
         self._runtime = runtime
         self._task_group = task_group
         self.container_id = container_id
         self.keep_home = keep_home
+        self.confined = confined  # its commands run through the confine helper
+        self._session_shell: str | None = None  # (made at the first session's start)
+        self._session_shell_lock = anyio.Lock()
         # The container's pid 1, watched: when it is gone (killed from the host), so is the
         # container, and a start makes a new one.
         self._pid1: int | None = None
@@ -118,33 +150,64 @@ class DockerSandbox:
 
     @property
     def session_bash(self) -> str | None:
-        return None  # the image's own bash, which its processes can look into
+        return SESSION_BASH  # a name: what it stands for is made at the first session's start
 
     async def spawn(self, command: CommandSpec) -> Process:
         if self._stopped:
             raise SandboxGone("the sandbox is not running")
         forks_refused = self.limit_events().get("pids", 0)
         try:
-            process = await start_exec(self._runtime.call, self.container_id, command, self)
+            return await self._start(command)
         except (ForkRefused, BadWorkdir):
             raise
         except RuntimeError_ as exc:
             if "is not running" in str(exc):  # the container died (its keepalive was killed)
                 self._stopped = True
                 raise SandboxGone("the sandbox's container is not running any more") from None
-            if self.limit_events().get("pids", 0) > forks_refused:
-                # (runc words it in several ways: "resource temporarily unavailable", "read
-                # init-p: connection reset by peer"...; the pids cgroup's count is certain)
+            if self._pids_full() or self.limit_events().get("pids", 0) > forks_refused:
+                # (runc says only that its init pipe was reset, or that a resource is
+                # temporarily unavailable: the pids cgroup is certain)
                 raise ForkRefused(str(exc)) from None
             raise
-        self._running.add(process)
-        return process
 
     async def kill_leftovers(self) -> bool:
         if self._leaves is None:
             return False
         await self._leaves.kill_leaves(keep=self.running_leaves())
         return True
+
+    async def _start(self, command: CommandSpec) -> DockerProcess:
+        if command.argv[0] == SESSION_BASH:
+            command = await self._session_command(command)
+        process = await start_exec(self._runtime.call, self.container_id, command, self)
+        self._running.add(process)
+        return process
+
+    def _pids_full(self) -> bool:
+        """Whether the container's pids limit is reached (then runc cannot even start an
+        exec, and says only that its init pipe was reset)."""
+        pids = self._cgroups.get("pids") or self._cgroups.get("")
+        if pids is None:
+            return False
+        try:
+            limit = (pids / "pids.max").read_text().strip()
+            return limit != "max" and int((pids / "pids.current").read_text()) >= int(limit)
+        except (OSError, ValueError):
+            return False
+
+    async def _session_command(self, command: CommandSpec) -> CommandSpec:
+        """A session's shell: the exec-only copy of the image's bash (or, in an image without
+        bash, of its sh) that the first session's start makes, which the kernel makes
+        non-dumpable: no process of the sandbox may open its ``/proc/<pid>/fd`` (its script
+        and the next command's end marker). Where no copy can be made, the image's own (and
+        the next session tries again: a copy made fails only for want of room or processes)."""
+        async with self._session_shell_lock:
+            shell = self._session_shell
+            if shell is None:
+                shell, copied = await self._runtime.copy_session_shell(self.container_id)
+                if copied:
+                    self._session_shell = shell
+        return CommandSpec((shell, *command.argv[1:]), command.env, command.cwd)
 
     def runtime_task_group(self) -> anyio.abc.TaskGroup:
         """Where the copying tasks of its commands run."""
@@ -191,12 +254,16 @@ class DockerRuntime:
 
     name = "docker"
 
-    def __init__(self, *, docker_host: str, server_label: str) -> None:
+    def __init__(self, *, docker_host: str, server_label: str, state_dir: Path) -> None:
         self.docker_host = docker_host or os.environ.get("DOCKER_HOST", "")
         self.docker_host = self.docker_host or "unix:///var/run/docker.sock"
         self._server_label = server_label
         self._api: Any = None
         self._limiter = anyio.CapacityLimiter(8)
+        self._bin_dir = state_dir / "docker-bin"
+        self._confine: Path | None = None
+        self._confine_known = False
+        self._confine_lock = anyio.Lock()
 
     # -- the engine -------------------------------------------------------------------------
 
@@ -250,6 +317,61 @@ class DockerRuntime:
             return f"cannot inspect image {image!r}: {_reason(exc)}"
         return None
 
+    async def confine_helper(self) -> Path | None:
+        """The confine helper bound into every container (see ``_confine``), built at the
+        first start; None, and one warning, where it cannot be built: then commands run
+        unconfined, and a process one leaves running can look into later ones."""
+        async with self._confine_lock:
+            if not self._confine_known:
+                try:
+                    self._confine = await anyio.to_thread.run_sync(build_confine, self._bin_dir)
+                except ConfineUnavailable as exc:
+                    _log.warning(
+                        "Docker sandboxes run their commands unconfined, not kept apart from "
+                        "one another: %s; %s",
+                        exc,
+                        FIX,
+                    )
+                self._confine_known = True
+        return self._confine
+
+    async def copy_session_shell(self, container_id: str) -> tuple[str, bool]:
+        """Copy the image's bash (else its sh) into the container's RUN_DIR, exec-only, as
+        root: the copy's path, or the image's own program where it cannot be copied; and
+        whether it was."""
+        docker = _docker()
+        try:
+            created = await self.call(
+                "exec_create",
+                container_id,
+                ["/bin/sh", "-c", _COPY_SHELL],
+                stdout=True,
+                stderr=True,
+                user="0",
+                workdir="/",
+            )
+            output: str = (await self.call("exec_start", created["Id"])).decode(errors="replace")
+            for _ in range(500):  # the output ends a moment before docker records the exit
+                found = await self.call("exec_inspect", created["Id"])
+                if not found.get("Running"):
+                    break
+                await anyio.sleep(0.01)
+        except docker.errors.DockerException as exc:
+            raise RuntimeError_(f"cannot prepare the session's shell: {_reason(exc)}") from None
+        name, _, program = output.partition("\n")[0].partition(" ")
+        if name not in ("bash", "sh") or not program.startswith("/"):
+            raise RuntimeError_(f"cannot prepare the session's shell: {output.strip()[:500]}")
+        if found.get("ExitCode") == 0:
+            return f"{RUN_DIR}/{name}", True
+        _log.warning(
+            "sessions of container %s get the image's own %s, which their processes can look "
+            "into: cannot copy it (%s)",
+            container_id[:12],
+            program,
+            output.strip(),
+        )
+        return program, False
+
     async def remove(self, container_id: str) -> None:
         docker = _docker()
         try:
@@ -277,26 +399,33 @@ class DockerRuntime:
         problem = await self.check() or await self.check_image(spec.image)
         if problem is not None:
             raise RuntimeError_(problem)
+        confine = await self.confine_helper()
         uid, gid = spec.host_uid, spec.host_gid
         limits = spec.resources
         sizes = tmpfs_sizes(limits.memory_bytes or 0, spec.tmpfs_bytes)
         nproc = spec.max_processes
+        mounts = [
+            docker.types.Mount(
+                WORKSPACE,
+                str(spec.read_only_source or spec.workspace),
+                type="bind",
+                read_only=spec.read_only_source is not None,
+                propagation="rprivate",
+            )
+        ]
+        if confine is not None:
+            mounts.append(
+                docker.types.Mount(IN_CONTAINER, str(confine), type="bind", read_only=True)
+            )
         host_config = (await self._client()).create_host_config(
-            mounts=[
-                docker.types.Mount(
-                    WORKSPACE,
-                    str(spec.read_only_source or spec.workspace),
-                    type="bind",
-                    read_only=spec.read_only_source is not None,
-                    propagation="rprivate",
-                )
-            ],
+            mounts=mounts,
             network_mode="none",
             cap_drop=["ALL"],
             security_opt=["no-new-privileges", security_opt()],
             tmpfs={
                 "/tmp": f"rw,nosuid,nodev,mode=1777,size={sizes['/tmp']}",
                 "/home": f"rw,nosuid,nodev,mode=755,uid={uid},gid={gid},size={sizes['/home']}",
+                RUN_DIR: f"rw,exec,nosuid,nodev,mode=755,size={_RUN_DIR_BYTES}",
             },
             shm_size=sizes["/dev/shm"],
             ulimits=[docker.types.Ulimit(name="nproc", soft=nproc, hard=nproc)] if nproc else None,
@@ -337,7 +466,13 @@ class DockerRuntime:
                 raise RuntimeError_(f"cannot start the container: {_reason(exc)}") from None
             raise
         return DockerSandbox(
-            self, container_id, pid1, cgroups, task_group, keep_home=spec.keep_home
+            self,
+            container_id,
+            pid1,
+            cgroups,
+            task_group,
+            keep_home=spec.keep_home,
+            confined=confine is not None,
         )
 
     async def _started(self, container_id: str) -> tuple[int, dict[str, Path]]:

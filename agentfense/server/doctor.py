@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..runtimes import _confine
 from ..runtimes._cgroup import find_cgroup2_root
 from ..runtimes._limits import find_limit_cgroups
 from ..runtimes.docker import DOCKER_API_VERSION, unix_socket_problem
@@ -130,5 +132,32 @@ def _docker() -> Check:
     return Check("docker", True, f"Docker {version} at {host}", required=False)
 
 
+def _confine_helper() -> Check:
+    """Whether the server can build the helper that keeps Docker commands apart (a build
+    in a scratch directory: a compiler without a static C library cannot)."""
+    with tempfile.TemporaryDirectory(prefix="agentfense-doctor-") as scratch:
+        try:
+            _confine.build(Path(scratch))
+        except _confine.ConfineUnavailable as exc:
+            return Check(
+                "confine helper",
+                False,
+                f"Docker sandboxes would run their commands unconfined, so a process one "
+                f"command leaves running could look into later ones: {exc}",
+                _confine.FIX,
+                required=False,
+            )
+    return Check("confine helper", True, "builds: Docker commands are kept apart", required=False)
+
+
 def run_checks() -> list[Check]:
-    return [_bwrap(), _userns(), _python(), _fuse(), _cgroups(), _limits(), _docker()]
+    return [
+        _bwrap(),
+        _userns(),
+        _python(),
+        _fuse(),
+        _cgroups(),
+        _limits(),
+        _docker(),
+        _confine_helper(),
+    ]

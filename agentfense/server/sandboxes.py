@@ -69,6 +69,7 @@ class SandboxManager:
         self._docker = DockerRuntime(
             docker_host=config.docker_host,
             server_label=hashlib.sha256(str(config.state_dir).encode()).hexdigest()[:16],
+            state_dir=config.state_dir,
         )
         self._deltas = config.state_dir / "deltas"
         self._fs = FsSupervisor(config.state_dir, on_lost=self._view_lost)

@@ -120,6 +120,9 @@ class Session:
             await session.close()
             raise SessionClosedError(f"session {ident}: the shell {shell!r} did not start")
         name, _, mode = probe.stdout.decode().partition(" ")
+        if shell.rsplit("/", 1)[-1] == "bash" and name != "bash":  # (a runtime's stand-in sh)
+            await session.close()
+            raise SessionClosedError(f"session {ident}: the shell {shell!r} is not in the sandbox")
         stoppable = name == "bash" and mode == protocol.FROM_FD
         session._stoppable = stoppable and session._shell_pid is not None
         if not shell:

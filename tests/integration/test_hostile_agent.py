@@ -224,7 +224,7 @@ VICTIM = 'python3 -c \'import time; r = "ORIG" "INAL"; time.sleep(1.5); print(r)
 async def test_a_leftover_cannot_look_into_or_forge_a_later_command(
     endpoint: str, project: Path
 ) -> None:
-    # (bwrap: each command is a Landlock domain of its own. Not Docker: see deployment.md.)
+    # (bwrap: each command is a Landlock domain of its own. Docker: test_hostile_docker.py.)
     async with await AsyncSandbox.from_local(project, endpoint=endpoint) as sandbox:
         await sandbox.write_file("/tmp/spy.py", SPY)
         await sandbox.run("setsid python3 /tmp/spy.py >/dev/null 2>&1 &")

@@ -1,0 +1,67 @@
+"""The Docker runtime's confine helper: built from the package's source once per source,
+refusing what it should on this host's kernel, and its absence said in a sentence (the
+server's log: tests/integration/test_hostile_docker.py)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agentfense.runtimes import _confine
+from agentfense.server import doctor
+
+
+def test_the_helper_builds_once_per_source_and_confines(tmp_path: Path) -> None:
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "confine-0123456789abcdef").write_bytes(b"built from an older source")
+    helper = _confine.build(tmp_path / "bin")
+    assert helper.stat().st_mode & 0o777 == 0o755
+    assert [p.name for p in helper.parent.iterdir()] == [helper.name]  # no temporary, no old
+    built_at = helper.stat().st_mtime_ns
+    assert _confine.build(tmp_path / "bin") == helper
+    assert helper.stat().st_mtime_ns == built_at  # the cached one
+    home = tmp_path / "home"
+    home.mkdir()
+    ran = subprocess.run(
+        [helper, home, "sh", "-c", f"echo x > {home}/own && cat {home}/own; echo y > /home/x"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert ran.stdout == "x\n"
+    assert "Permission denied" in ran.stderr  # beneath /home: its own home only
+    assert not Path("/home/x").exists()
+    usage = subprocess.run([helper], capture_output=True, text=True, check=False)
+    assert (usage.returncode, usage.stderr) == (
+        126,
+        "confine: usage: confine HOMEDIR cmd args...\n",
+    )
+    missing = subprocess.run(
+        [helper, home, "/no/such"], capture_output=True, text=True, check=False
+    )
+    assert missing.returncode == 127
+    assert missing.stderr == "confine: cannot run /no/such: No such file or directory.\n"
+
+
+def test_no_compiler_is_said_in_a_sentence_with_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    with pytest.raises(_confine.ConfineUnavailable, match=r"no C compiler \(/nonexistent/cc\)"):
+        _confine.build(tmp_path)
+    check = doctor._confine_helper()
+    assert not check.ok
+    assert not check.required  # bwrap sandboxes need no helper
+    assert "unconfined" in check.detail
+    assert check.fix.startswith("install gcc and libc6-dev")
+    monkeypatch.setenv("CC", "false")  # a compiler that fails: its exit, in the sentence
+    with pytest.raises(_confine.ConfineUnavailable, match=r"cannot build .* statically \(exit 1\)"):
+        _confine.build(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_doctor_finds_the_helper_builds_here() -> None:
+    check = doctor._confine_helper()
+    assert (check.ok, check.detail) == (True, "builds: Docker commands are kept apart")
