@@ -17,17 +17,35 @@ import socket
 import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import anyio
+import anyio.abc
 
 from ._cgroup import SandboxCgroup
 from ._confine import IN_CONTAINER
 from ._pipes import write_all
 from .base import BadWorkdir, CommandSpec, ForkRefused, RuntimeError_
 
-if TYPE_CHECKING:
-    from .docker import DockerSandbox
+
+class ExecHost(Protocol):
+    """What an exec needs of its sandbox (``docker.DockerSandbox``)."""
+
+    keep_home: bool  # one $HOME for every command (else a fresh one each)
+    confined: bool  # its commands run through the confine helper
+
+    def new_leaf(self) -> tuple[Path, int] | None:
+        """A cgroup leaf for a new command, and an fd on its ``cgroup.procs``."""
+        ...
+
+    def runtime_task_group(self) -> anyio.abc.TaskGroup:
+        """Where the copying tasks of its commands run."""
+        ...
+
+    def finished(self, process: DockerProcess) -> None:
+        """The command's own process exited and its leaf is released."""
+        ...
+
 
 Call = Callable[..., Awaitable[Any]]
 # $0 is "sh"; the command's argv follows. Exit 125 when the server hung up before the go.
@@ -65,7 +83,7 @@ class DockerProcess:
         exec_id: str,
         sock: socket.socket,
         leaf: Path | None,
-        sandbox: DockerSandbox,
+        sandbox: ExecHost,
     ) -> None:
         self._call = call
         self._exec_id = exec_id
@@ -174,7 +192,7 @@ class DockerProcess:
 
 
 async def start_exec(
-    call: Call, container_id: str, command: CommandSpec, sandbox: DockerSandbox
+    call: Call, container_id: str, command: CommandSpec, sandbox: ExecHost
 ) -> DockerProcess:
     """Start ``command`` in the container, in a cgroup leaf of its own where there is one."""
     import docker

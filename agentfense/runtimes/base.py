@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import anyio.abc
+
 from ..types import ResourceLimits
 
 
@@ -116,9 +118,24 @@ class SandboxHandle(Protocol):
 
 
 class Runtime(Protocol):
-    name: str
+    """What starts sandboxes of one kind; ``lookup.Runtimes`` finds the one a sandbox asks
+    for."""
 
-    async def start(self, spec: SandboxSpec) -> SandboxHandle: ...
+    def limits_problem(self) -> str | None:
+        """Why this runtime cannot enforce resource limits here (a sentence), or None."""
+        ...
+
+    async def problem(self, image: str, resources: ResourceLimits) -> str | None:
+        """Why a sandbox of ``image`` under ``resources`` cannot run here, or None."""
+        ...
+
+    async def start(self, spec: SandboxSpec, task_group: anyio.abc.TaskGroup) -> SandboxHandle:
+        """Start the sandbox; what watches its processes runs in ``task_group``."""
+        ...
+
+    async def remove_leftovers(self) -> None:
+        """Remove what a killed predecessor on the same state directory left behind."""
+        ...
 
 
 BASE_ENV: Mapping[str, str] = {

@@ -41,6 +41,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from ..types import ResourceLimits
 from ._agent_client import AGENT_SOURCE, AgentConnection
 from ._cgroup import SandboxCgroup, find_cgroup2_root, sweep_dead
 from ._limits import SandboxLimits, find_limit_cgroups, tmpfs_sizes
@@ -281,14 +282,10 @@ class BwrapRuntime:
         self._python = python
         self._cgroup_root = find_cgroup2_root() if os.geteuid() == 0 else None
         self._limit_cgroups = find_limit_cgroups()
-        if self._cgroup_root is not None:
-            # The sandboxes whose deltas are left died with this server's killed predecessor.
-            deltas = state_dir / "deltas"
-            dead = [p.name for p in deltas.glob("sb_*")] if deltas.is_dir() else []
-            limits = self._limit_cgroups.roots.values() if self._limit_cgroups else ()
-            swept = sweep_dead(self._cgroup_root, dead=dead, roots=limits)
-            if swept:
-                _log.info("removed the cgroups of %d sandboxes gone with a killed server", swept)
+        # The sandboxes whose deltas are left died with a killed predecessor (taken now,
+        # before this server makes any of its own).
+        deltas = state_dir / "deltas"
+        self._dead = [p.name for p in deltas.glob("sb_*")] if deltas.is_dir() else []
         self._bwrap = shutil.which("bwrap")
         for option in ("--disable-userns", "--size"):  # once, here: not at each sandbox start
             _bwrap_has_option(option)
@@ -318,6 +315,25 @@ class BwrapRuntime:
                 f"not this host's {os.uname().machine}"
             )
         return None
+
+    async def problem(self, image: str, resources: ResourceLimits) -> str | None:
+        """Why a sandbox cannot run here (bwrap runs the host's ``/usr``: no image)."""
+        problem = self.check()
+        if problem is None and not resources.is_empty:
+            problem = self.limits_problem()
+        return problem
+
+    async def remove_leftovers(self) -> None:
+        """Remove the cgroups of the sandboxes that died with a killed predecessor."""
+        dead, self._dead = self._dead, []
+        if self._cgroup_root is None:
+            return
+        limits = list(self._limit_cgroups.roots.values()) if self._limit_cgroups else []
+        swept = await anyio.to_thread.run_sync(
+            functools.partial(sweep_dead, self._cgroup_root, dead=dead, roots=limits)
+        )
+        if swept:
+            _log.info("removed the cgroups of %d sandboxes gone with a killed server", swept)
 
     def limits_problem(self) -> str | None:
         """Why this host cannot enforce resource limits on sandboxes, or None when it can."""

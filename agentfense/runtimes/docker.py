@@ -42,6 +42,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from ..types import ResourceLimits
 from ._cgroup import SandboxCgroup, find_cgroup2_root
 from ._confine import FIX, IN_CONTAINER, ConfineUnavailable
 from ._confine import build as build_confine
@@ -286,6 +287,13 @@ class DockerRuntime:
                 )
             )
         return self._api
+
+    def limits_problem(self) -> str | None:
+        return None  # the engine enforces them
+
+    async def problem(self, image: str, resources: ResourceLimits) -> str | None:
+        """Why a sandbox of ``image`` cannot run here: no engine, or no such image."""
+        return await self.check() or await self.check_image(image)
 
     async def check(self) -> str | None:
         """Why no sandbox can run on Docker here (a sentence), or None when one can."""

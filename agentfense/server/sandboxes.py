@@ -35,8 +35,7 @@ from ..runtimes.base import (
     RuntimeError_,
     SandboxSpec,
 )
-from ..runtimes.bwrap import BwrapRuntime
-from ..runtimes.docker import DockerRuntime
+from ..runtimes.lookup import Runtimes
 from ..types import Permission, PermissionRule, ResourceLimits, RuntimeType, SandboxStatus
 from ._contained import ContainedTaskGroup
 from ._paths import InvalidPathError, normalize_relpath
@@ -58,7 +57,6 @@ class SandboxManager:
         self._config = config
         self._codebases = codebases
         self._sandboxes = SandboxTable()
-        self._bwrap = BwrapRuntime(config.state_dir)
         # Only root can give sandboxes uids of their own; otherwise they run as the server.
         self._uids: UidPool | None = None
         self._gid = os.getegid()
@@ -66,11 +64,12 @@ class SandboxManager:
             self._gid = config.sandbox_uid
             if config.sandbox_uid_count:
                 self._uids = UidPool(config.sandbox_uid_first, config.sandbox_uid_count)
-        self._docker = DockerRuntime(
+        self._runtimes = Runtimes(
+            config.state_dir,
             docker_host=config.docker_host,
             server_label=hashlib.sha256(str(config.state_dir).encode()).hexdigest()[:16],
-            state_dir=config.state_dir,
         )
+        self._runtimes[RuntimeType.BWRAP]  # (made now: it notes what a killed server left)
         self._deltas = config.state_dir / "deltas"
         self._fs = FsSupervisor(config.state_dir, on_lost=self._view_lost)
         self._task_group: anyio.abc.TaskGroup | None = None
@@ -93,7 +92,8 @@ class SandboxManager:
             await self._task_group.__aexit__(None, None, None)
             raise
         self._task_group.start_soon(self._expire_loop)
-        self._task_group.start_soon(self._docker.remove_leftovers)
+        for kind in RuntimeType:
+            self._task_group.start_soon(self._runtimes[kind].remove_leftovers)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -227,7 +227,7 @@ class SandboxManager:
             )
         codebase = await self._codebases.get(codebase_id)
         self._check_owner_quota(codebase.owner_id)
-        resources = self._with_server_limits(resources)
+        resources = self._with_server_limits(resources, runtime)
         _check_resources(resources)
         validate_rules(permissions)
         await self._check_runtime(runtime, image, resources)
@@ -265,12 +265,14 @@ class SandboxManager:
                 "(max_sandboxes_per_owner); destroy one first"
             )
 
-    def _with_server_limits(self, resources: ResourceLimits) -> ResourceLimits:
+    def _with_server_limits(
+        self, resources: ResourceLimits, runtime: RuntimeType
+    ) -> ResourceLimits:
         """The server's default limits where the request sets none; its maxima enforced."""
         values = {}
-        # A host that cannot enforce limits (a server not root) starts sandboxes without the
-        # default ones rather than refuse them all.
-        defaults = self._bwrap.limits_problem() is None
+        # A runtime that cannot enforce limits here (bwrap in a server not root) starts
+        # sandboxes without the default ones rather than refuse them all.
+        defaults = self._runtimes[runtime].limits_problem() is None
         for name in ("memory_bytes", "cpu_quota", "pids_limit"):
             most = getattr(self._config, f"max_{name}")
             default = getattr(self._config, f"default_{name}") if defaults else 0
@@ -287,14 +289,9 @@ class SandboxManager:
         self, runtime: RuntimeType, image: str, resources: ResourceLimits
     ) -> None:
         """Refuse, with a sentence, a sandbox this server cannot run."""
-        if runtime is RuntimeType.DOCKER:
-            if not image:
-                raise InvalidConfigurationError("image is required with runtime 'docker'")
-            problem = await self._docker.check() or await self._docker.check_image(image)
-        else:
-            problem = self._bwrap.check()
-            if problem is None and not resources.is_empty:
-                problem = self._bwrap.limits_problem()
+        if runtime is RuntimeType.DOCKER and not image:
+            raise InvalidConfigurationError("image is required with runtime 'docker'")
+        problem = await self._runtimes[runtime].problem(image, resources)
         if problem is not None:
             raise SandboxError(problem, code=StatusCode.FAILED_PRECONDITION)
 
@@ -325,7 +322,7 @@ class SandboxManager:
                 ),
             )
             try:
-                runtime = self._docker if record.runtime is RuntimeType.DOCKER else self._bwrap
+                runtime = self._runtimes[record.runtime]
                 record.handle = await runtime.start(spec, self._task_group)
             except RuntimeError_ as exc:  # (what the caller can act on: limits, the image...)
                 record.status, record.error = SandboxStatus.ERROR, str(exc)
