@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import Enum, StrEnum
-from typing import Any
+from typing import Any, final
 
 from .errors import InvalidConfigurationError
 
@@ -71,6 +71,7 @@ def _enum_value(enum: type[Enum], value: object, what: str) -> Any:
         raise InvalidConfigurationError(f"{what} must be one of {allowed}, not {value!r}") from None
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class PermissionRule:
     """Grants ``permission`` on the paths matched by ``pattern`` (from the workspace root)."""
@@ -124,6 +125,7 @@ class PermissionRule:
         }
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class ResourceLimits:
     """Limits for every process of a sandbox; ``None`` leaves a limit unset."""
@@ -149,6 +151,7 @@ class ResourceLimits:
         )
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class ExecResult:
     """The outcome of one command: both streams whole, the exact exit code, the wall time."""
@@ -165,6 +168,7 @@ class ExecResult:
         return self.exit_code == 0
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class OutputChunk:
     """A piece of a streamed command's output, tagged with the stream it came from."""
@@ -173,6 +177,7 @@ class OutputChunk:
     data: bytes
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class Codebase:
     id: str
@@ -184,6 +189,7 @@ class Codebase:
     updated_at: datetime | None = None
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class FileInfo:
     path: str
@@ -193,6 +199,7 @@ class FileInfo:
     modified_at: datetime | None = None
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class UploadResult:
     codebase_id: str
@@ -201,6 +208,7 @@ class UploadResult:
     checksum: str
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class SandboxInfo:
     """What the server says of a sandbox."""
@@ -220,6 +228,7 @@ class SandboxInfo:
     keep_home: bool = False  # one $HOME for all its commands (else one each)
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class SessionInfo:
     id: str

@@ -11,7 +11,7 @@ from datetime import timedelta
 from os import PathLike
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, final
 
 import anyio
 
@@ -91,6 +91,7 @@ def _runtime(value: RuntimeType | str) -> RuntimeType:
         ) from None
 
 
+@final
 class AsyncSandboxClient:
     """Low-level async client of an AgentFense server (or any ``sandbox.v1`` server).
 
@@ -428,7 +429,7 @@ class AsyncSandboxClient:
     ) -> ExecStream:
         """Run ``command`` and stream its output; see :class:`ExecStream`."""
         request = self._exec_request(sandbox_id, command, stdin, env, workdir, timeout)
-        return ExecStream(
+        return ExecStream._create(
             lambda: self._server_stream(_SANDBOX + "ExecStream", request, pb.ExecOutput)
         )
 
@@ -539,6 +540,6 @@ class AsyncSandboxClient:
     ) -> ExecStream:
         """Run ``command`` in a session's shell and stream its output (see ExecStream)."""
         request = self._session_exec_request(session_id, command, timeout)
-        return ExecStream(
+        return ExecStream._create(
             lambda: self._server_stream(_SANDBOX + "SessionExecStream", request, pb.ExecOutput)
         )

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
+from typing import final
 
 import betterproto
 
+from .._construction import NoPublicConstructor
 from .._convert import exec_result_from_pb
 from .._proto.sandbox import v1 as pb
 from ..errors import SandboxError
@@ -21,13 +23,16 @@ _KIND = {
 StreamOpener = Callable[[], AbstractAsyncContextManager[AsyncIterator[pb.ExecOutput]]]
 
 
-class ExecStream:
+@final
+class ExecStream(metaclass=NoPublicConstructor):
     """Output chunks of a running command, tagged stdout/stderr, as they are produced.
 
     ``async with sandbox.exec_stream(cmd) as stream: async for chunk in stream: ...``; after
     the last chunk, ``stream.result`` holds the exit code and duration (its stdout/stderr are
     empty: they were streamed). Leaving the block early cancels the command on the server.
     """
+
+    _obtained_from = "use `async with sandbox.exec_stream(command) as stream`"
 
     def __init__(self, open_stream: StreamOpener) -> None:
         self._open_stream = open_stream

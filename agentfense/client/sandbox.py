@@ -9,11 +9,12 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import TypeVar, final
 
 import anyio
 
 from .._blocking import run_sync
+from .._construction import NoPublicConstructor
 from .._transport import DEFAULT_ENDPOINT, finishing
 from ..errors import SandboxError, SandboxNotFoundError, StatusCode
 from ..presets import RuleLike, resolve_permissions
@@ -39,13 +40,16 @@ UPLOAD_CONCURRENCY = 8
 CREATE_TIMEOUT = 60.0  # how long a create RPC may hold up a cancellation of its caller
 
 
-class AsyncSandbox:
+@final
+class AsyncSandbox(metaclass=NoPublicConstructor):
     """A sandbox on an AgentFense server, usable from asyncio and trio alike.
 
     ``async with await AsyncSandbox.from_local("./project") as sandbox:`` creates a codebase
     from the project, a sandbox on it, starts it, and on exit destroys the sandbox and deletes
     the codebase it created.
     """
+
+    _obtained_from = "use AsyncSandbox.from_local(), from_codebase() or connect()"
 
     def __init__(
         self,
@@ -116,7 +120,7 @@ class AsyncSandbox:
                 )
             )
             sandbox_id = info.id
-            sandbox = cls(
+            sandbox = cls._create(
                 client, info, owns_client=True, owns_sandbox=True, owned_codebase_id=codebase_id
             )
         except BaseException:
@@ -173,7 +177,7 @@ class AsyncSandbox:
             with finishing(client.cleanup_timeout):
                 await client.close()
             raise
-        sandbox = cls(client, info, owns_client=True, owns_sandbox=True)
+        sandbox = cls._create(client, info, owns_client=True, owns_sandbox=True)
         return await sandbox._started(auto_start)
 
     @classmethod
@@ -193,7 +197,7 @@ class AsyncSandbox:
             with finishing(client.cleanup_timeout):
                 await client.close()
             raise
-        return cls(client, info, owns_client=True, owns_sandbox=destroy_on_exit)
+        return cls._create(client, info, owns_client=True, owns_sandbox=destroy_on_exit)
 
     # -- state ------------------------------------------------------------------------------
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Generator, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, final
 
+from .._construction import NoPublicConstructor
 from .._transport import finishing
 from ..types import ExecResult, SessionInfo, SessionStatus
 from ._results import checked
@@ -15,13 +16,16 @@ if TYPE_CHECKING:
     from ._client import AsyncSandboxClient
 
 
-class AsyncSessionWrapper:
+@final
+class AsyncSessionWrapper(metaclass=NoPublicConstructor):
     """One shell session. ``async with`` (or :meth:`close`) destroys it and its processes.
 
     Commands run one after another in the same shell, so ``cd``, ``export``, functions and
     background jobs carry over; concurrent ``exec`` calls on one session are serialised by
     the server in the order they arrive.
     """
+
+    _obtained_from = "use `async with sandbox.session() as session`"
 
     def __init__(self, client: AsyncSandboxClient, info: SessionInfo) -> None:
         self._client = client
@@ -113,7 +117,7 @@ class SessionOpener:
         info = await self._client.create_session(
             self._sandbox_id, shell=self._shell or "", env=self._env
         )
-        return AsyncSessionWrapper(self._client, info)
+        return AsyncSessionWrapper._create(self._client, info)
 
     def __await__(self) -> Generator[Any, None, AsyncSessionWrapper]:
         return self.open().__await__()

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from os import PathLike
 from types import TracebackType
+from typing import final
 
 from .._transport import DEFAULT_ENDPOINT, check_not_async, run_blocking
 from ..client._client import DEFAULT_CLEANUP_TIMEOUT, AsyncSandboxClient
@@ -23,6 +24,7 @@ from ..types import (
 from ._stream import ExecStream
 
 
+@final
 class SandboxClient:
     """Low-level blocking client of an AgentFense server (or any ``sandbox.v1`` server).
 
@@ -207,7 +209,7 @@ class SandboxClient:
     ) -> ExecStream:
         """Run ``command`` and stream its output; see :class:`ExecStream`."""
         check_not_async()
-        return ExecStream(
+        return ExecStream._create(
             self._async.exec_stream(
                 sandbox_id, command, stdin=stdin, env=env, workdir=workdir, timeout=timeout
             )
@@ -256,4 +258,6 @@ class SandboxClient:
     ) -> ExecStream:
         """Run ``command`` in a session's shell and stream its output (see ExecStream)."""
         check_not_async()
-        return ExecStream(self._async.session_exec_stream(session_id, command, timeout=timeout))
+        return ExecStream._create(
+            self._async.session_exec_stream(session_id, command, timeout=timeout)
+        )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from types import TracebackType
+from typing import final
 
+from .._construction import NoPublicConstructor
 from .._transport import run_blocking
 from ..client._stream import ExecStream as AsyncExecStream
 from ..types import ExecResult, OutputChunk
@@ -16,12 +18,15 @@ async def _next_chunk(stream: AsyncExecStream) -> OutputChunk | None:
         return None
 
 
-class ExecStream:
+@final
+class ExecStream(metaclass=NoPublicConstructor):
     """Output chunks of a running command, tagged stdout/stderr, as they are produced.
 
     ``with sandbox.exec_stream(cmd) as stream: for chunk in stream: ...``; then
     ``stream.result`` holds the exit code. Leaving the block early cancels the command.
     """
+
+    _obtained_from = "use `with sandbox.exec_stream(command) as stream`"
 
     def __init__(self, stream: AsyncExecStream) -> None:
         self._async = stream

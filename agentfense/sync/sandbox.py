@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from os import PathLike
 from types import TracebackType
+from typing import final
 
+from .._construction import NoPublicConstructor
 from .._transport import DEFAULT_ENDPOINT, check_not_async, run_blocking
 from ..client.sandbox import AsyncSandbox
 from ..presets import RuleLike
@@ -22,13 +24,16 @@ from ._stream import ExecStream
 from .session import SessionWrapper
 
 
-class Sandbox:
+@final
+class Sandbox(metaclass=NoPublicConstructor):
     """A sandbox on an AgentFense server, for code without an event loop.
 
     ``with Sandbox.from_local("./project") as sandbox:`` creates a codebase from the
     project, a sandbox on it, starts it, and on exit destroys both. The methods are those of
     :class:`AsyncSandbox`, run on agentfense's one private loop thread.
     """
+
+    _obtained_from = "use Sandbox.from_local(), from_codebase() or connect()"
 
     def __init__(self, sandbox: AsyncSandbox) -> None:
         self._async = sandbox
@@ -55,7 +60,7 @@ class Sandbox:
         keep_home: bool = False,
     ) -> Sandbox:
         """Upload the project at ``path`` as a new codebase and create a sandbox on it."""
-        return cls(
+        return cls._create(
             run_blocking(
                 AsyncSandbox.from_local,
                 path,
@@ -91,7 +96,7 @@ class Sandbox:
         keep_home: bool = False,
     ) -> Sandbox:
         """A new sandbox on an existing codebase (which is kept when the sandbox goes)."""
-        return cls(
+        return cls._create(
             run_blocking(
                 AsyncSandbox.from_codebase,
                 codebase_id,
@@ -118,7 +123,7 @@ class Sandbox:
         destroy_on_exit: bool = False,
     ) -> Sandbox:
         """Attach to an existing sandbox. Leaving ``with`` destroys it only if asked."""
-        return cls(
+        return cls._create(
             run_blocking(
                 AsyncSandbox.connect, sandbox_id, endpoint, secure, destroy_on_exit=destroy_on_exit
             )
@@ -227,7 +232,7 @@ class Sandbox:
     ) -> ExecStream:
         """Stream the command's output: ``with sandbox.exec_stream(cmd) as s: ...``."""
         check_not_async()
-        return ExecStream(
+        return ExecStream._create(
             self._async.exec_stream(command, stdin=stdin, env=env, workdir=workdir, timeout=timeout)
         )
 
@@ -236,7 +241,7 @@ class Sandbox:
     ) -> SessionWrapper:
         """A persistent shell, created now: ``with sandbox.session() as s:`` destroys it on
         exit; ``shell`` defaults to bash where the sandbox has it, else sh."""
-        return SessionWrapper(run_blocking(self._async.session(shell, env).open))
+        return SessionWrapper._create(run_blocking(self._async.session(shell, env).open))
 
     # -- files (through the sandbox's own view and permissions) -----------------------------
 

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 from types import TracebackType
+from typing import final
 
+from .._construction import NoPublicConstructor
 from .._transport import check_not_async, run_blocking
 from ..client.session import AsyncSessionWrapper
 from ..types import ExecResult, SessionInfo, SessionStatus
 from ._stream import ExecStream
 
 
-class SessionWrapper:
+@final
+class SessionWrapper(metaclass=NoPublicConstructor):
     """One shell session, made by ``sandbox.session()``; ``with`` (or :meth:`close`)
     destroys it and its processes. ``cd``, ``export`` and background jobs carry over."""
+
+    _obtained_from = "use `with sandbox.session() as session`"
 
     def __init__(self, session: AsyncSessionWrapper) -> None:
         self._async = session
@@ -48,7 +53,7 @@ class SessionWrapper:
     def exec_stream(self, command: str, *, timeout: float | None = None) -> ExecStream:
         """Stream the command's output: ``with session.exec_stream(cmd) as s: ...``."""
         check_not_async()
-        return ExecStream(self._async.exec_stream(command, timeout=timeout))
+        return ExecStream._create(self._async.exec_stream(command, timeout=timeout))
 
     def refresh(self) -> SessionInfo:
         return run_blocking(self._async.refresh)
