@@ -24,6 +24,7 @@ import anyio.abc
 
 from ._cgroup import SandboxCgroup
 from ._confine import IN_CONTAINER
+from ._docker_api import ProcessState, created_id
 from ._pipes import write_all
 from .base import BadWorkdir, CommandSpec, ForkRefused, RuntimeError_
 
@@ -155,10 +156,9 @@ class DockerProcess:
         await self._ended.wait()
         if self._exit_code is None:
             for _ in range(500):  # the stream ends a moment before docker records the exit
-                found = await self._call("exec_inspect", self._exec_id)
-                if not found.get("Running"):
-                    code = found.get("ExitCode")
-                    self._exit_code = 137 if code is None else int(code)
+                found = ProcessState.decode(await self._call("exec_inspect", self._exec_id))
+                if not found.running:
+                    self._exit_code = 137 if found.exit_code is None else found.exit_code
                     break
                 await anyio.sleep(0.01)
             else:
@@ -215,16 +215,17 @@ async def start_exec(
             environment=dict(command.env),
             workdir=command.cwd,
         )
-        stream = await call("exec_start", created["Id"], socket=True, demux=False)
+        exec_id = created_id(created)
+        stream = await call("exec_start", exec_id, socket=True, demux=False)
     except docker.errors.APIError as exc:
         raise _start_error(str(exc.explanation or exc), command) from None
     sock: socket.socket = stream._sock
     sock.setblocking(False)
     opened = sandbox.new_leaf()
     leaf, procs_fd = opened if opened is not None else (None, -1)
-    process = DockerProcess(call, created["Id"], sock, leaf, sandbox)
+    process = DockerProcess(call, exec_id, sock, leaf, sandbox)
     try:
-        process.pid = await _exec_pid(call, created["Id"], sock, command)
+        process.pid = await _exec_pid(call, exec_id, sock, command)
         if procs_fd >= 0:
             with contextlib.suppress(ProcessLookupError):
                 os.write(procs_fd, str(process.pid).encode())
@@ -275,10 +276,10 @@ async def _exec_pid(call: Call, exec_id: str, sock: socket.socket, command: Comm
     """The host pid of the exec's process, once docker knows it; the reason it did not
     start (which docker puts in the stream) raised when it never ran."""
     for _ in range(500):
-        found = await call("exec_inspect", exec_id)
-        if found.get("Pid"):
-            return int(found["Pid"])
-        if not found.get("Running") and found.get("ExitCode") is not None:
+        found = ProcessState.decode(await call("exec_inspect", exec_id))
+        if found.pid:
+            return found.pid
+        if not found.running and found.exit_code is not None:
             raise _start_error(await _read_text(sock), command)
         await anyio.sleep(0.002)
     return 0

@@ -46,6 +46,7 @@ from ..types import ResourceLimits
 from ._cgroup import SandboxCgroup, find_cgroup2_root
 from ._confine import FIX, IN_CONTAINER, ConfineUnavailable
 from ._confine import build as build_confine
+from ._docker_api import ProcessState, created_id
 from ._docker_exec import DockerProcess, start_exec
 from ._docker_seccomp import security_opt
 from ._limits import tmpfs_sizes
@@ -358,10 +359,11 @@ class DockerRuntime:
                 user="0",
                 workdir="/",
             )
-            output: str = (await self.call("exec_start", created["Id"])).decode(errors="replace")
+            exec_id = created_id(created)
+            output: str = (await self.call("exec_start", exec_id)).decode(errors="replace")
             for _ in range(500):  # the output ends a moment before docker records the exit
-                found = await self.call("exec_inspect", created["Id"])
-                if not found.get("Running"):
+                found = ProcessState.decode(await self.call("exec_inspect", exec_id))
+                if not found.running:
                     break
                 await anyio.sleep(0.01)
         except docker.errors.DockerException as exc:
@@ -369,7 +371,7 @@ class DockerRuntime:
         name, _, program = output.partition("\n")[0].partition(" ")
         if name not in ("bash", "sh") or not program.startswith("/"):
             raise RuntimeError_(f"cannot prepare the session's shell: {output.strip()[:500]}")
-        if found.get("ExitCode") == 0:
+        if found.exit_code == 0:
             return f"{RUN_DIR}/{name}", True
         _log.warning(
             "sessions of container %s get the image's own %s, which their processes can look "
@@ -462,7 +464,7 @@ class DockerRuntime:
                 name=name,
                 network_disabled=True,
             )
-            container_id = created["Id"]
+            container_id = created_id(created)
         except docker.errors.DockerException as exc:
             raise RuntimeError_(f"cannot create the container: {_reason(exc)}") from None
         try:
@@ -486,10 +488,11 @@ class DockerRuntime:
     async def _started(self, container_id: str) -> tuple[int, dict[str, Path]]:
         """Start the container; its pid 1 (on the host) and the cgroups it runs in."""
         await self.call("start", container_id)
-        state = (await self.call("inspect_container", container_id))["State"]
-        if not state.get("Running"):
-            raise RuntimeError_(f"the container stopped at once: {state.get('Error') or state}")
-        pid1 = int(state["Pid"])
+        inspected = await self.call("inspect_container", container_id)
+        state = ProcessState.decode(inspected.get("State"), "a container's inspect")
+        if not state.running or not state.pid:
+            raise RuntimeError_(f"the container stopped at once: {state.error or state}")
+        pid1 = state.pid
         _lower_oom_score(pid1)
         return pid1, _cgroups_of(pid1)
 

@@ -1,8 +1,10 @@
-"""The sandbox manager: records, the state machine, runtimes, expiry and command execution.
+"""The sandbox manager: the lifecycle of every sandbox (create, start, stop, destroy, expiry).
 
 States: pending → running ⇄ stopped, and error when the runtime fails. A sandbox's processes
-live from start to stop; ``exec`` enters the running sandbox. Everything here raises the
-SDK's typed errors (``agentfense.errors``); the gRPC adapter turns them into statuses.
+live from start to stop; a command enters the running sandbox through ``commands``. The
+records live in ``sandbox_table``; the runtimes come from ``runtimes.lookup``. Everything here
+raises the SDK's typed errors (``agentfense.errors``); the gRPC layer turns them into
+statuses.
 """
 
 from __future__ import annotations
