@@ -21,7 +21,8 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imports(path: Path, name: str, known: set[str]) -> Iterator[str]:
+def _imports(path: Path, name: str, known: set[str] | None = None) -> Iterator[str]:
+    """The modules ``name`` (at ``path``) imports: of ``known`` only, or all when None."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
@@ -34,11 +35,11 @@ def _imports(path: Path, name: str, known: set[str]) -> Iterator[str]:
             # ``from package import module`` imports the module, not the package's body
             # (beyond its __init__, which every import of the package runs anyway)
             names = [f"{base}.{alias.name}" for alias in node.names]
-            targets = [n for n in names if n in known] or [base]
+            targets = [n for n in names if known is not None and n in known] or [base]
         else:
             continue
         for target in targets:
-            if target in known and target != name:
+            if known is None or (target in known and target != name):
                 yield target
 
 
@@ -102,3 +103,22 @@ def test_the_package_has_no_import_cycle() -> None:
 def test_the_check_finds_a_cycle() -> None:
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert _cycles(graph) == [["a", "b", "c"]]
+
+
+WIRE = ("grpclib", "betterproto", "h2", "agentfense._proto", "agentfense._error_details")
+
+
+def test_only_the_grpc_layer_of_the_server_touches_the_wire() -> None:
+    server = PACKAGE / "server"
+    grpc_layer = server / "_grpc"
+    offenders = {}
+    for path in server.rglob("*.py"):
+        if grpc_layer in path.parents:
+            continue
+        name = _module_name(path)
+        wire = sorted(
+            t for t in _imports(path, name) if any(t == w or t.startswith(w + ".") for w in WIRE)
+        )
+        if wire:
+            offenders[name] = wire
+    assert offenders == {}

@@ -1,4 +1,4 @@
-"""``serve``: the AgentFense server process (grpclib on asyncio, logic on anyio)."""
+"""``serve``: the AgentFense server process (grpclib on asyncio, in ``_grpc``; logic on anyio)."""
 
 from __future__ import annotations
 
@@ -10,17 +10,12 @@ import signal
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
-from grpclib.server import Server
 
-from .._error_details import ReasonCodec
 from ..errors import InvalidConfigurationError
-from ._grpc.codebase_service import CodebaseService
-from ._grpc.sandbox_service import SandboxService
-from ._grpc.wire_checks import WireChecks
+from ._grpc.listener import Listener
 from .codebases import CodebaseStore
 from .config import ServerConfig
 from .sandboxes import SandboxManager
@@ -137,17 +132,7 @@ async def _serving(config: ServerConfig, address: tuple[str, int] | Path) -> Asy
     store = CodebaseStore(config.state_dir / "codebases")
     await store.load()
     async with SandboxManager(config, store) as manager:
-        services = [
-            CodebaseService(
-                store,
-                in_use=manager.uses_codebase,
-                changed=manager.codebase_changed,
-                max_upload_bytes=config.max_upload_bytes,
-            ),
-            SandboxService(manager, max_upload_bytes=config.max_upload_bytes, spool_dir=spool),
-        ]
-        checked = [WireChecks(service, config.max_message_bytes) for service in services]
-        server = Server(checked, status_details_codec=ReasonCodec())
+        server = Listener(config, store, manager, spool)
         if isinstance(address, Path):
             address.parent.mkdir(parents=True, exist_ok=True)
             if _answers(address):
@@ -159,7 +144,7 @@ async def _serving(config: ServerConfig, address: tuple[str, int] | Path) -> Asy
             old_umask = os.umask(0o177)
             try:
                 with _listen_errors(config.listen):
-                    await server.start(path=str(address))
+                    await server.start_unix(address)
             finally:
                 os.umask(old_umask)
             shown = f"unix:{address}"
@@ -172,10 +157,7 @@ async def _serving(config: ServerConfig, address: tuple[str, int] | Path) -> Asy
                     host,
                 )
             with _listen_errors(config.listen):
-                await server.start(host, port)
-            listening: Any = getattr(server, "_server", None)  # grpclib's asyncio server
-            sockets = getattr(listening, "sockets", None) or []
-            port = sockets[0].getsockname()[1] if sockets else port
+                port = await server.start_tcp(host, port)
             shown = f"{host}:{port}"
         try:
             yield shown

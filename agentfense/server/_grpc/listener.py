@@ -1,0 +1,51 @@
+"""The gRPC server object: both services, behind the wire checks, with the error-kind codec."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from grpclib.server import Server
+
+from ..._error_details import ReasonCodec
+from ..codebases import CodebaseStore
+from ..config import ServerConfig
+from ..sandboxes import SandboxManager
+from .codebase_service import CodebaseService
+from .sandbox_service import SandboxService
+from .wire_checks import WireChecks
+
+
+class Listener:
+    """grpclib's server for one ``agentfense serve``: start it on a path or a port, close it."""
+
+    def __init__(
+        self, config: ServerConfig, store: CodebaseStore, manager: SandboxManager, spool: Path
+    ) -> None:
+        services = [
+            CodebaseService(
+                store,
+                in_use=manager.uses_codebase,
+                changed=manager.codebase_changed,
+                max_upload_bytes=config.max_upload_bytes,
+            ),
+            SandboxService(manager, max_upload_bytes=config.max_upload_bytes, spool_dir=spool),
+        ]
+        checked = [WireChecks(service, config.max_message_bytes) for service in services]
+        self._server = Server(checked, status_details_codec=ReasonCodec())
+
+    async def start_unix(self, path: Path) -> None:
+        await self._server.start(path=str(path))
+
+    async def start_tcp(self, host: str, port: int) -> int:
+        """Listen on ``host:port``; the port bound (``port`` 0: one the kernel chose)."""
+        await self._server.start(host, port)
+        listening: Any = getattr(self._server, "_server", None)  # grpclib's asyncio server
+        sockets = getattr(listening, "sockets", None) or []
+        return int(sockets[0].getsockname()[1]) if sockets else port
+
+    def close(self) -> None:
+        self._server.close()
+
+    async def wait_closed(self) -> None:
+        await self._server.wait_closed()
