@@ -15,29 +15,19 @@ from typing import Any
 import grpclib.const
 from grpclib.exceptions import GRPCError
 
+from .._bounded_reads import BoundedReads
+
 MAX_RECEIVE_BYTES = 256 * 1024 * 1024
-_PREFIX = 5  # a message's compression flag and length, read before its body
-
-
-class _BoundedReads:
-    def __init__(self, inner: Any, most: int) -> None:
-        self._inner = inner
-        self._most = most
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    async def recv_data(self, size: int) -> bytes:
-        if size > self._most and size != _PREFIX:
-            raise GRPCError(
-                grpclib.const.Status.RESOURCE_EXHAUSTED,
-                f"the server sent a message of {size} bytes; the client takes at most {self._most}",
-            )
-        data: bytes = await self._inner.recv_data(size)
-        return data
 
 
 def bound_reads(stream: Any, most: int = MAX_RECEIVE_BYTES) -> None:
     """Bound what ``stream`` (a grpclib client Stream whose request is sent) reads per message."""
-    if not isinstance(stream._stream, _BoundedReads):
-        stream._stream = _BoundedReads(stream._stream, most)
+
+    def refuse(size: int) -> GRPCError:
+        return GRPCError(
+            grpclib.const.Status.RESOURCE_EXHAUSTED,
+            f"the server sent a message of {size} bytes; the client takes at most {most}",
+        )
+
+    if not isinstance(stream._stream, BoundedReads):
+        stream._stream = BoundedReads(stream._stream, most, refuse)

@@ -24,11 +24,11 @@ from typing import Any
 import anyio
 import grpclib.const
 
+from ..._bounded_reads import BoundedReads
 from ...errors import ResourceLimitExceededError
 from .errors import invalid, status_error
 from .wire_shape import oneof_fault, wire_fault
 
-_PREFIX = 5  # a message's compression flag and length, read before its body
 # The most top-level fields a request may hold: the most rules (4,096), labels (64) or
 # environment variables (256) any request may carry, and its handful of other fields.
 MAX_FIELDS = 4096 + 64 + 64
@@ -118,33 +118,19 @@ class _DeferredCodec:
         return _Undecoded(data, message_type)
 
 
-class _BoundedReads:
-    """A grpclib protocol stream whose ``recv_data`` refuses a message body over the limit."""
-
-    def __init__(self, inner: Any, most: int) -> None:
-        self._inner = inner
-        self._most = most
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    async def recv_data(self, size: int) -> bytes:
-        if size > self._most and size != _PREFIX:
-            raise status_error(
-                ResourceLimitExceededError(
-                    f"a request message of {size} bytes is larger than this server accepts "
-                    f"({self._most} bytes, max_message_bytes); send large content in chunks"
-                )
-            )
-        data: bytes = await self._inner.recv_data(size)
-        return data
-
-
 def _checked(
     func: Callable[[Any], Awaitable[None]], most: int, type_name: str
 ) -> Callable[[Any], Awaitable[None]]:
+    def too_large(size: int) -> Exception:
+        return status_error(
+            ResourceLimitExceededError(
+                f"a request message of {size} bytes is larger than this server accepts "
+                f"({most} bytes, max_message_bytes); send large content in chunks"
+            )
+        )
+
     async def handler(stream: Any) -> None:
-        stream._stream = _BoundedReads(stream._stream, most)  # grpclib's server Stream
+        stream._stream = BoundedReads(stream._stream, most, too_large)  # grpclib's Stream
         codec = stream._codec
         stream._codec = _DeferredCodec(codec)
         receive = stream.recv_message
