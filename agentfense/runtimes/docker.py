@@ -359,11 +359,12 @@ class DockerRuntime:
                 workdir="/",
             )
             output: str = (await self.call("exec_start", created["Id"])).decode(errors="replace")
+            found = await self.call("exec_inspect", created["Id"])
             for _ in range(500):  # the output ends a moment before docker records the exit
-                found = await self.call("exec_inspect", created["Id"])
                 if not found.get("Running"):
                     break
                 await anyio.sleep(0.01)
+                found = await self.call("exec_inspect", created["Id"])
         except docker.errors.DockerException as exc:
             raise RuntimeError_(f"cannot prepare the session's shell: {_reason(exc)}") from None
         name, _, program = output.partition("\n")[0].partition(" ")
