@@ -30,7 +30,7 @@ from agentfense.types import (
 
 M = TypeVar("M", bound=betterproto.Message)
 
-text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"))
+text = st.text(st.characters(codec="utf-8", exclude_characters="\x00"))
 moments = st.datetimes(
     min_value=datetime(1971, 1, 1), max_value=datetime(9000, 1, 1), timezones=st.just(UTC)
 ).map(lambda moment: moment.replace(microsecond=moment.microsecond // 1000 * 1000))
