@@ -143,7 +143,7 @@ class ViewServer:
 
     def _work_waiting(self) -> bool:
         # A call, not the attribute: other threads change it while this one answers, and mypy
-        # would keep the value the wait loop's test narrowed it to (and skip the notify).
+        # would keep the value the wait loop's test narrowed it to (and call the notify dead).
         return self._waiting > 0
 
     def exclusive(self, work: Callable[[], None]) -> None:
