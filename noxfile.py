@@ -16,6 +16,7 @@ PROTOS = sorted(str(p.relative_to(ROOT / "protos")) for p in (ROOT / "protos").r
 GENERATED = ROOT / "agentfense" / "_proto"
 PY = sys.executable  # the environment nox runs in (.venv); sessions reuse it
 PLUGIN = Path(PY).parent / "protoc-gen-python_betterproto"
+CHECKED = ("agentfense", "tests", "noxfile.py", "examples")  # what lint checks
 
 
 def _generate(session: nox.Session, out: Path) -> None:
@@ -64,12 +65,11 @@ def generated(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def lint(session: nox.Session) -> None:
-    """ruff (with the ASYNC rules) and mypy --strict."""
-    session.run(PY, "-m", "ruff", "check", "agentfense", "tests", "noxfile.py", "examples")
-    session.run(
-        PY, "-m", "ruff", "format", "--check", "agentfense", "tests", "noxfile.py", "examples"
-    )
-    session.run(PY, "-m", "mypy", "agentfense")
+    """ruff (with the ASYNC rules), and mypy (strict, with the checks pyproject.toml adds) on
+    the package, its tests, the examples and this file."""
+    session.run(PY, "-m", "ruff", "check", *CHECKED)
+    session.run(PY, "-m", "ruff", "format", "--check", *CHECKED)
+    session.run(PY, "-m", "mypy", *CHECKED)
 
 
 @nox.session(python=False)

@@ -29,32 +29,39 @@ from .types import (
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
+# The generated members are named through their enum (``pb.Permission(pb.Permission.NONE)``,
+# the same object): betterproto 2.0.0b7 builds its Enum on a base mypy cannot read, so mypy
+# takes a bare ``pb.Permission.NONE`` for an int (upstream issue #600), where the generated
+# messages' fields expect the enum.
 PERMISSION_TO_PB = {
-    Permission.NONE: pb.Permission.NONE,
-    Permission.VIEW: pb.Permission.VIEW,
-    Permission.READ: pb.Permission.READ,
-    Permission.WRITE: pb.Permission.WRITE,
+    Permission.NONE: pb.Permission(pb.Permission.NONE),
+    Permission.VIEW: pb.Permission(pb.Permission.VIEW),
+    Permission.READ: pb.Permission(pb.Permission.READ),
+    Permission.WRITE: pb.Permission(pb.Permission.WRITE),
 }
 PERMISSION_FROM_PB = {v: k for k, v in PERMISSION_TO_PB.items()}
 PATTERN_TO_PB = {
-    PatternType.GLOB: pb.PatternType.GLOB,
-    PatternType.DIRECTORY: pb.PatternType.DIRECTORY,
-    PatternType.FILE: pb.PatternType.FILE,
+    PatternType.GLOB: pb.PatternType(pb.PatternType.GLOB),
+    PatternType.DIRECTORY: pb.PatternType(pb.PatternType.DIRECTORY),
+    PatternType.FILE: pb.PatternType(pb.PatternType.FILE),
 }
 PATTERN_FROM_PB = {v: k for k, v in PATTERN_TO_PB.items()}
 STATUS_TO_PB = {
-    SandboxStatus.PENDING: pb.SandboxStatus.PENDING,
-    SandboxStatus.RUNNING: pb.SandboxStatus.RUNNING,
-    SandboxStatus.STOPPED: pb.SandboxStatus.STOPPED,
-    SandboxStatus.ERROR: pb.SandboxStatus.ERROR,
+    SandboxStatus.PENDING: pb.SandboxStatus(pb.SandboxStatus.PENDING),
+    SandboxStatus.RUNNING: pb.SandboxStatus(pb.SandboxStatus.RUNNING),
+    SandboxStatus.STOPPED: pb.SandboxStatus(pb.SandboxStatus.STOPPED),
+    SandboxStatus.ERROR: pb.SandboxStatus(pb.SandboxStatus.ERROR),
 }
 STATUS_FROM_PB = {v: k for k, v in STATUS_TO_PB.items()}
 SESSION_STATUS_TO_PB = {
-    SessionStatus.ACTIVE: pb.SessionStatus.ACTIVE,
-    SessionStatus.CLOSED: pb.SessionStatus.CLOSED,
+    SessionStatus.ACTIVE: pb.SessionStatus(pb.SessionStatus.ACTIVE),
+    SessionStatus.CLOSED: pb.SessionStatus(pb.SessionStatus.CLOSED),
 }
 SESSION_STATUS_FROM_PB = {v: k for k, v in SESSION_STATUS_TO_PB.items()}
-RUNTIME_TO_PB = {RuntimeType.BWRAP: pb.RuntimeType.BWRAP, RuntimeType.DOCKER: pb.RuntimeType.DOCKER}
+RUNTIME_TO_PB = {
+    RuntimeType.BWRAP: pb.RuntimeType(pb.RuntimeType.BWRAP),
+    RuntimeType.DOCKER: pb.RuntimeType(pb.RuntimeType.DOCKER),
+}
 RUNTIME_FROM_PB = {v: k for k, v in RUNTIME_TO_PB.items()}
 
 

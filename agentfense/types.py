@@ -72,26 +72,34 @@ def _enum_value(enum: type[Enum], value: object, what: str) -> Any:
 
 
 @final
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class PermissionRule:
     """Grants ``permission`` on the paths matched by ``pattern`` (from the workspace root)."""
 
     pattern: str
-    permission: Permission = Permission.READ
-    type: PatternType = PatternType.GLOB
-    priority: int = 0
+    permission: Permission
+    type: PatternType
+    priority: int
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.pattern, str) or not self.pattern.strip():
+    # Written out rather than generated: it takes the levels and types as strings too
+    # (``PermissionRule("/output/**", "write")``, as the docs show), and says so to mypy.
+    def __init__(
+        self,
+        pattern: str,
+        permission: Permission | str = Permission.READ,
+        type: PatternType | str = PatternType.GLOB,
+        priority: int = 0,
+    ) -> None:
+        if not isinstance(pattern, str) or not pattern.strip():
             raise InvalidConfigurationError("permission rule pattern must be a non-empty string")
-        if "\x00" in self.pattern:
+        if "\x00" in pattern:
             raise InvalidConfigurationError("permission rule pattern must not contain NUL")
-        object.__setattr__(
-            self, "permission", _enum_value(Permission, self.permission, "permission")
-        )
-        object.__setattr__(self, "type", _enum_value(PatternType, self.type, "pattern type"))
-        if isinstance(self.priority, bool) or not isinstance(self.priority, int):
+        object.__setattr__(self, "pattern", pattern)
+        object.__setattr__(self, "permission", _enum_value(Permission, permission, "permission"))
+        object.__setattr__(self, "type", _enum_value(PatternType, type, "pattern type"))
+        if isinstance(priority, bool) or not isinstance(priority, int):
             raise InvalidConfigurationError("permission rule priority must be an int")
+        object.__setattr__(self, "priority", priority)
 
     @classmethod
     def from_value(cls, value: PermissionRule | Mapping[str, Any]) -> PermissionRule:

@@ -15,14 +15,14 @@ import pytest
 import agentfense
 from agentfense import errors, types
 
-HANDLES = [
+HANDLES: list[type] = [
     agentfense.AsyncSandbox,
     agentfense.AsyncSessionWrapper,
     agentfense.ExecStream,
     agentfense.Sandbox,
     agentfense.SessionWrapper,
 ]
-CLIENTS = [agentfense.AsyncSandboxClient, agentfense.SandboxClient]
+CLIENTS: list[type] = [agentfense.AsyncSandboxClient, agentfense.SandboxClient]
 
 
 def test_all_names_what_the_package_offers() -> None:

@@ -21,7 +21,7 @@ from agentfense._transport._errors import mapped_errors, trailers_only_status
 from agentfense.errors import ConnectionError
 
 _REASONS = ReasonCodec()
-T = TypeVar("T")  # a generated response message class (unbound: generated code is untyped)
+T = TypeVar("T", bound=betterproto.Message)  # a generated reply message class
 Producer = Callable[[], AsyncIterator[betterproto.Message]]
 
 

@@ -10,11 +10,11 @@ during the cleanup leaves at once, and says what may be left behind.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
+from types import TracebackType
 
 import anyio
 
@@ -34,17 +34,9 @@ class Interrupts:
     def exit_code(self) -> int:
         return signal_exit_code(self.received[0]) if self.received else 0
 
-    @contextlib.contextmanager
-    def cancellable(self) -> Iterator[None]:
+    def cancellable(self) -> _Section:
         """A section the first signal cancels (the innermost one open at the time)."""
-        with anyio.CancelScope() as scope:
-            self._sections.append(scope)
-            if self.received:
-                scope.cancel()
-            try:
-                yield
-            finally:
-                self._sections.remove(scope)
+        return _Section(self, self._sections)
 
     def on_signal(self, signum: int) -> None:
         if self.received:
@@ -58,6 +50,35 @@ class Interrupts:
         self.received.append(signum)
         if self._sections:
             self._sections[-1].cancel()
+
+
+class _Section:
+    """A cancel scope the first signal cancels, known to its :class:`Interrupts` while open.
+
+    A class rather than ``@contextmanager``: its ``__exit__`` is typed ``bool`` (it swallows
+    the cancellation it caused), so for mypy too, code after a ``with`` block that returns
+    runs when a signal cut the block short.
+    """
+
+    def __init__(self, interrupts: Interrupts, sections: list[anyio.CancelScope]) -> None:
+        self._interrupts = interrupts
+        self._sections = sections
+        self._scope = anyio.CancelScope()
+
+    def __enter__(self) -> None:
+        self._scope.__enter__()
+        self._sections.append(self._scope)
+        if self._interrupts.received:
+            self._scope.cancel()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        self._sections.remove(self._scope)
+        return self._scope.__exit__(exc_type, exc, traceback)
 
 
 async def run_interruptible(work: Callable[[Interrupts], Awaitable[int]]) -> int:

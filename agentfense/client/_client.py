@@ -6,12 +6,12 @@ import contextlib
 import dataclasses
 import os
 import stat
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from os import PathLike
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar, final
+from typing import final
 
 import anyio
 
@@ -32,12 +32,10 @@ from ..types import (
     SessionInfo,
     UploadResult,
 )
+from . import _rpcs as rpcs
+from ._rpcs import ClientStream, Rep, Req, ServerStream, Unary
 from ._stream import ExecStream
 
-T = TypeVar("T")
-
-_CODEBASE = "/sandbox.v1.CodebaseService/"
-_SANDBOX = "/sandbox.v1.SandboxService/"
 UPLOAD_CHUNK = 256 * 1024
 # How long one cleanup call (destroying a sandbox or a session, deleting a codebase) may take.
 # Long enough for heavy legitimate work: deleting a codebase of 50,000 directories and a
@@ -144,8 +142,25 @@ class AsyncSandboxClient:
             )
         self._cleanup_timeout = float(seconds)
 
-    async def _unary(self, method: str, request: Any, reply: type[Any], **kw: Any) -> Any:
-        return await (await self._channel()).unary(method, request, reply, **kw)
+    async def _unary(
+        self, rpc: Unary[Req, Rep], request: Req, *, timeout: float | None = None
+    ) -> Rep:
+        transport = await self._channel()
+        return await transport.unary(rpc.path, request, rpc.reply, timeout=timeout)
+
+    @contextlib.asynccontextmanager
+    async def _server_stream(
+        self, rpc: ServerStream[Req, Rep], request: Req
+    ) -> AsyncIterator[AsyncIterator[Rep]]:
+        transport = await self._channel()
+        async with transport.server_stream(rpc.path, request, rpc.reply) as stream:
+            yield stream
+
+    async def _client_stream(
+        self, rpc: ClientStream[Req, Rep], produce: Callable[[], AsyncIterator[Req]]
+    ) -> Rep:
+        transport = await self._channel()
+        return await transport.client_stream(rpc.path, produce, rpc.reply)
 
     async def close(self) -> None:
         transport, self._transport = self._transport, None
@@ -171,15 +186,11 @@ class AsyncSandboxClient:
 
     async def create_codebase(self, name: str, owner_id: str = "") -> Codebase:
         request = pb.CreateCodebaseRequest(name=name, owner_id=owner_id or "")
-        return convert.codebase_from_pb(
-            await self._unary(_CODEBASE + "CreateCodebase", request, pb.Codebase)
-        )
+        return convert.codebase_from_pb(await self._unary(rpcs.CREATE_CODEBASE, request))
 
     async def get_codebase(self, codebase_id: str) -> Codebase:
         request = pb.GetCodebaseRequest(codebase_id=codebase_id)
-        return convert.codebase_from_pb(
-            await self._unary(_CODEBASE + "GetCodebase", request, pb.Codebase)
-        )
+        return convert.codebase_from_pb(await self._unary(rpcs.GET_CODEBASE, request))
 
     async def list_codebases(self, owner_id: str = "", *, page_size: int = 0) -> list[Codebase]:
         """Every codebase (of ``owner_id`` if given), fetched page by page."""
@@ -189,9 +200,7 @@ class AsyncSandboxClient:
             request = pb.ListCodebasesRequest(
                 owner_id=owner_id or "", page_size=page_size, page_token=token
             )
-            reply = await self._unary(
-                _CODEBASE + "ListCodebases", request, pb.ListCodebasesResponse
-            )
+            reply = await self._unary(rpcs.LIST_CODEBASES, request)
             found += [convert.codebase_from_pb(c) for c in reply.codebases]
             token = reply.next_page_token
             if not token:
@@ -199,7 +208,7 @@ class AsyncSandboxClient:
 
     async def delete_codebase(self, codebase_id: str) -> None:
         request = pb.DeleteCodebaseRequest(codebase_id=codebase_id)
-        await self._unary(_CODEBASE + "DeleteCodebase", request, pb.Empty)
+        await self._unary(rpcs.DELETE_CODEBASE, request)
 
     async def upload_file(
         self, codebase_id: str, file_path: str, content: bytes | str
@@ -285,20 +294,18 @@ class AsyncSandboxClient:
                 if sent != size:
                     raise InvalidConfigurationError(f"{local_path} changed while it was uploaded")
 
-        transport = await self._channel()
-        reply = await transport.client_stream(_CODEBASE + "UploadArchive", chunks, pb.ArchiveResult)
+        reply = await self._client_stream(rpcs.UPLOAD_ARCHIVE, chunks)
         return [convert.upload_result_from_pb(f) for f in reply.files]
 
-    async def _upload(self, chunks: Any) -> UploadResult:
-        transport = await self._channel()
-        reply = await transport.client_stream(_CODEBASE + "UploadFiles", chunks, pb.UploadResult)
+    async def _upload(self, chunks: Callable[[], AsyncIterator[pb.UploadChunk]]) -> UploadResult:
+        reply = await self._client_stream(rpcs.UPLOAD_FILES, chunks)
         return convert.upload_result_from_pb(reply)
 
     async def download_file(self, codebase_id: str, file_path: str) -> bytes:
         """The whole content of a codebase file (the owner's unfiltered view)."""
         request = pb.DownloadFileRequest(codebase_id=codebase_id, file_path=file_path)
         parts: list[bytes] = []
-        async with self._server_stream(_CODEBASE + "DownloadFile", request, pb.FileChunk) as stream:
+        async with self._server_stream(rpcs.DOWNLOAD_FILE, request) as stream:
             async for chunk in stream:
                 parts.append(chunk.data)
         return b"".join(parts)
@@ -307,7 +314,7 @@ class AsyncSandboxClient:
         self, codebase_id: str, path: str = "", recursive: bool = False
     ) -> list[FileInfo]:
         request = pb.ListFilesRequest(codebase_id=codebase_id, path=path, recursive=recursive)
-        reply = await self._unary(_CODEBASE + "ListFiles", request, pb.ListFilesResponse)
+        reply = await self._unary(rpcs.LIST_FILES, request)
         return [convert.file_info_from_pb(f) for f in reply.files]
 
     # -- sandboxes --------------------------------------------------------------------------
@@ -338,15 +345,11 @@ class AsyncSandboxClient:
         )
         if expiry is not None:
             request.expires_in = expiry
-        return convert.sandbox_from_pb(
-            await self._unary(_SANDBOX + "CreateSandbox", request, pb.Sandbox)
-        )
+        return convert.sandbox_from_pb(await self._unary(rpcs.CREATE_SANDBOX, request))
 
     async def get_sandbox(self, sandbox_id: str) -> SandboxInfo:
         request = pb.GetSandboxRequest(sandbox_id=sandbox_id)
-        return convert.sandbox_from_pb(
-            await self._unary(_SANDBOX + "GetSandbox", request, pb.Sandbox)
-        )
+        return convert.sandbox_from_pb(await self._unary(rpcs.GET_SANDBOX, request))
 
     async def list_sandboxes(
         self, codebase_id: str = "", *, page_size: int = 0
@@ -358,7 +361,7 @@ class AsyncSandboxClient:
             request = pb.ListSandboxesRequest(
                 codebase_id=codebase_id or "", page_size=page_size, page_token=token
             )
-            reply = await self._unary(_SANDBOX + "ListSandboxes", request, pb.ListSandboxesResponse)
+            reply = await self._unary(rpcs.LIST_SANDBOXES, request)
             found += [convert.sandbox_from_pb(s) for s in reply.sandboxes]
             token = reply.next_page_token
             if not token:
@@ -366,19 +369,15 @@ class AsyncSandboxClient:
 
     async def start_sandbox(self, sandbox_id: str) -> SandboxInfo:
         request = pb.StartSandboxRequest(sandbox_id=sandbox_id)
-        return convert.sandbox_from_pb(
-            await self._unary(_SANDBOX + "StartSandbox", request, pb.Sandbox)
-        )
+        return convert.sandbox_from_pb(await self._unary(rpcs.START_SANDBOX, request))
 
     async def stop_sandbox(self, sandbox_id: str) -> SandboxInfo:
         request = pb.StopSandboxRequest(sandbox_id=sandbox_id)
-        return convert.sandbox_from_pb(
-            await self._unary(_SANDBOX + "StopSandbox", request, pb.Sandbox)
-        )
+        return convert.sandbox_from_pb(await self._unary(rpcs.STOP_SANDBOX, request))
 
     async def destroy_sandbox(self, sandbox_id: str) -> None:
         request = pb.DestroySandboxRequest(sandbox_id=sandbox_id)
-        await self._unary(_SANDBOX + "DestroySandbox", request, pb.Empty)
+        await self._unary(rpcs.DESTROY_SANDBOX, request)
 
     @staticmethod
     def _exec_request(
@@ -414,7 +413,7 @@ class AsyncSandboxClient:
         """Run ``command`` (``sh -c``) in a running sandbox; CommandTimeoutError on timeout."""
         request = self._exec_request(sandbox_id, command, stdin, env, workdir, timeout)
         deadline = timeouts.client_deadline(timeout)
-        reply = await self._unary(_SANDBOX + "Exec", request, pb.ExecResult, timeout=deadline)
+        reply = await self._unary(rpcs.EXEC, request, timeout=deadline)
         return convert.exec_result_from_pb(reply)
 
     def exec_stream(
@@ -429,20 +428,7 @@ class AsyncSandboxClient:
     ) -> ExecStream:
         """Run ``command`` and stream its output; see :class:`ExecStream`."""
         request = self._exec_request(sandbox_id, command, stdin, env, workdir, timeout)
-        return ExecStream._create(
-            lambda: self._server_stream(_SANDBOX + "ExecStream", request, pb.ExecOutput)
-        )
-
-    @contextlib.asynccontextmanager
-    async def _server_stream(
-        self,
-        method: str,
-        request: Any,
-        reply: type[T],
-    ) -> AsyncIterator[AsyncIterator[T]]:
-        transport = await self._channel()
-        async with transport.server_stream(method, request, reply) as stream:
-            yield stream
+        return ExecStream._create(lambda: self._server_stream(rpcs.EXEC_STREAM, request))
 
     # -- a sandbox's files, through its view and permissions (AgentFense extension) ---------
 
@@ -450,9 +436,7 @@ class AsyncSandboxClient:
         """A file as the sandbox sees it (``/workspace/...`` or relative to it)."""
         request = pb.SandboxFileRequest(sandbox_id=sandbox_id, path=path)
         parts: list[bytes] = []
-        async with self._server_stream(
-            _SANDBOX + "ReadSandboxFile", request, pb.FileChunk
-        ) as stream:
+        async with self._server_stream(rpcs.READ_SANDBOX_FILE, request) as stream:
             async for chunk in stream:
                 parts.append(chunk.data)
         return b"".join(parts)
@@ -472,10 +456,7 @@ class AsyncSandboxClient:
             for piece in _pieces(data):
                 yield pb.SandboxFileChunk(data=piece)
 
-        transport = await self._channel()
-        reply = await transport.client_stream(
-            _SANDBOX + "WriteSandboxFile", chunks, pb.UploadResult
-        )
+        reply = await self._client_stream(rpcs.WRITE_SANDBOX_FILE, chunks)
         return convert.upload_result_from_pb(reply)
 
     async def list_sandbox_files(
@@ -483,7 +464,7 @@ class AsyncSandboxClient:
     ) -> list[FileInfo]:
         """What the sandbox sees below ``path``; paths are given as ``/workspace/...``."""
         request = pb.ListSandboxFilesRequest(sandbox_id=sandbox_id, path=path, recursive=recursive)
-        reply = await self._unary(_SANDBOX + "ListSandboxFiles", request, pb.ListFilesResponse)
+        reply = await self._unary(rpcs.LIST_SANDBOX_FILES, request)
         return [
             dataclasses.replace(convert.file_info_from_pb(f), path=f"/workspace/{f.path}")
             for f in reply.files
@@ -495,24 +476,20 @@ class AsyncSandboxClient:
         self, sandbox_id: str, *, shell: str = "", env: Mapping[str, str] | None = None
     ) -> SessionInfo:
         request = pb.CreateSessionRequest(sandbox_id=sandbox_id, shell=shell, env=dict(env or {}))
-        return convert.session_from_pb(
-            await self._unary(_SANDBOX + "CreateSession", request, pb.Session)
-        )
+        return convert.session_from_pb(await self._unary(rpcs.CREATE_SESSION, request))
 
     async def get_session(self, session_id: str) -> SessionInfo:
         request = pb.GetSessionRequest(session_id=session_id)
-        return convert.session_from_pb(
-            await self._unary(_SANDBOX + "GetSession", request, pb.Session)
-        )
+        return convert.session_from_pb(await self._unary(rpcs.GET_SESSION, request))
 
     async def list_sessions(self, sandbox_id: str) -> list[SessionInfo]:
         request = pb.ListSessionsRequest(sandbox_id=sandbox_id)
-        reply = await self._unary(_SANDBOX + "ListSessions", request, pb.ListSessionsResponse)
+        reply = await self._unary(rpcs.LIST_SESSIONS, request)
         return [convert.session_from_pb(s) for s in reply.sessions]
 
     async def destroy_session(self, session_id: str) -> None:
         request = pb.DestroySessionRequest(session_id=session_id)
-        await self._unary(_SANDBOX + "DestroySession", request, pb.Empty)
+        await self._unary(rpcs.DESTROY_SESSION, request)
 
     @staticmethod
     def _session_exec_request(
@@ -530,9 +507,7 @@ class AsyncSandboxClient:
         """Run ``command`` in a session's shell; CommandTimeoutError on timeout."""
         request = self._session_exec_request(session_id, command, timeout)
         deadline = timeouts.client_deadline(timeout)
-        reply = await self._unary(
-            _SANDBOX + "SessionExec", request, pb.ExecResult, timeout=deadline
-        )
+        reply = await self._unary(rpcs.SESSION_EXEC, request, timeout=deadline)
         return convert.exec_result_from_pb(reply)
 
     def session_exec_stream(
@@ -540,6 +515,4 @@ class AsyncSandboxClient:
     ) -> ExecStream:
         """Run ``command`` in a session's shell and stream its output (see ExecStream)."""
         request = self._session_exec_request(session_id, command, timeout)
-        return ExecStream._create(
-            lambda: self._server_stream(_SANDBOX + "SessionExecStream", request, pb.ExecOutput)
-        )
+        return ExecStream._create(lambda: self._server_stream(rpcs.SESSION_EXEC_STREAM, request))

@@ -141,6 +141,11 @@ class ViewServer:
         self._recover(None)
         return True
 
+    def _work_waiting(self) -> bool:
+        # A call, not the attribute: other threads change it while this one answers, and mypy
+        # would keep the value the wait loop's test narrowed it to (and call the notify dead).
+        return self._waiting > 0
+
     def exclusive(self, work: Callable[[], None]) -> None:
         """Run ``work`` on a thread of its own while no request of this view is answered."""
 
@@ -191,7 +196,7 @@ class ViewServer:
                 finally:
                     with self._turn:
                         self._busy = False
-                        if self._waiting:
+                        if self._work_waiting():
                             self._turn.notify_all()
                 if size > _KEEP_RESIDENT:
                     buffer.madvise(mmap.MADV_DONTNEED, 0, _BUFFER_SIZE)

@@ -582,9 +582,10 @@ class Operations:
             room -= need
             position += 1
             cookie = after
+            entry_out = _NO_ENTRY  # (replaced below for a child in a READDIRPLUS answer)
             if child_entry is None or state is None:  # `.` or `..`: the kernel knows them
                 ino = node.id if name == "." else self._parent_id(node)
-                d_type, entry_out = stat.S_IFDIR >> 12, _NO_ENTRY
+                d_type = stat.S_IFDIR >> 12
             else:
                 child = self.nodes.get(node, name, state)
                 ino, d_type = child.id, abi.dirent_type(child_entry.st.st_mode)

@@ -221,6 +221,17 @@ class View:
     def tree(self, layer: str) -> HostTree:
         return self.upper if layer == UPPER else self.lower
 
+    def _lower_directory(self, rel: str) -> int | None:
+        """An fd on the lower tree's directory ``rel``; None when it has none there."""
+        try:
+            return self.lower.open(rel, os.O_RDONLY | os.O_DIRECTORY)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return None
+            raise
+
     def listing(self, rel: str, cookie: int) -> Iterator[tuple[str, Entry | None, int]]:
         """The directory's entries in this view (before any policy filtering) from
         ``cookie`` (0: the start), each with the cookie to go on after it. The upper
@@ -242,14 +253,9 @@ class View:
                 cookie = _LOWER_PHASE
             if rel and self.lower_hidden(rel):
                 return
-            try:
-                lower_fd = self.lower.open(rel, os.O_RDONLY | os.O_DIRECTORY)
-            except (FileNotFoundError, NotADirectoryError):
+            lower_fd = self._lower_directory(rel)
+            if lower_fd is None:
                 return
-            except OSError as exc:
-                if exc.errno == errno.ELOOP:
-                    return
-                raise
             try:
                 deleted = self.deleted.paths
                 for name, _, after in dir_entries(lower_fd, cookie & ~_LOWER_PHASE):

@@ -31,7 +31,9 @@ MAX_RULES = 4096
 MAX_WILDCARD_RULES = 256
 
 
-def _compile_rules(rules: Sequence[PermissionRule]) -> list[CompiledPattern]:
+def _compile_rules(rules: object) -> list[CompiledPattern]:
+    # `object`: callers are typed to pass rules, but this is where an untyped caller's
+    # string, or list of anything, is refused with a sentence.
     if isinstance(rules, (str, bytes)) or not isinstance(rules, Sequence):
         raise InvalidConfigurationError("permissions must be a list of rules")
     if len(rules) > MAX_RULES:

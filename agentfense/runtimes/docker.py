@@ -361,11 +361,12 @@ class DockerRuntime:
             )
             exec_id = created_id(created)
             output: str = (await self.call("exec_start", exec_id)).decode(errors="replace")
+            found = ProcessState.decode(await self.call("exec_inspect", exec_id))
             for _ in range(500):  # the output ends a moment before docker records the exit
-                found = ProcessState.decode(await self.call("exec_inspect", exec_id))
                 if not found.running:
                     break
                 await anyio.sleep(0.01)
+                found = ProcessState.decode(await self.call("exec_inspect", exec_id))
         except docker.errors.DockerException as exc:
             raise RuntimeError_(f"cannot prepare the session's shell: {_reason(exc)}") from None
         name, _, program = output.partition("\n")[0].partition(" ")

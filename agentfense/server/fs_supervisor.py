@@ -71,8 +71,13 @@ class FsSupervisor:
         self._send_lock = anyio.Lock()
         self._pending: dict[int, _Pending] = {}
         self._seq = 0
-        self._stopping = False
+        self._stop_called = False
         self._ready = anyio.Event()  # set while a process serves every view
+
+    def _stopping(self) -> bool:
+        # A call, not the attribute: stop() sets it while a task awaits, and mypy would keep
+        # the value a test before that await narrowed it to (and call what follows unreachable).
+        return self._stop_called
 
     def view_path(self, view_id: str) -> Path:
         return self.views_dir / view_id
@@ -173,18 +178,18 @@ class FsSupervisor:
             # is sent from now on (it fails at once), and requests wait for the next one.
             with contextlib.suppress(OSError):
                 channel.sock.shutdown(socket.SHUT_RDWR)
-            if self._channel is channel and self._ready.is_set() and not self._stopping:
+            if self._channel is channel and self._ready.is_set() and not self._stopping():
                 self._ready = anyio.Event()
             for waiting in pending.values():
                 waiting.done.set()
             pending.clear()
 
     async def _watch(self, task_group: anyio.abc.TaskGroup) -> None:
-        while not self._stopping:
+        while not self._stopping():
             process = self._process
             assert process is not None
             await process.wait()
-            if self._stopping:
+            if self._stopping():
                 return
             log.error(
                 "the permission filesystem exited (%s); a new one takes its views over: %s",
@@ -200,7 +205,7 @@ class FsSupervisor:
             try:
                 await self._launch(task_group)
             except SandboxError:
-                if self._stopping:
+                if self._stopping():
                     return
                 raise
             async with anyio.create_task_group() as tg:  # each view at its own pace
@@ -222,7 +227,7 @@ class FsSupervisor:
         await self._on_lost(view_id, reason)
 
     async def stop(self) -> None:
-        self._stopping = True
+        self._stop_called = True
         with anyio.CancelScope(shield=True):
             if self._channel is not None:
                 with contextlib.suppress(OSError):
@@ -297,7 +302,7 @@ class FsSupervisor:
             try:
                 return await self._request(message, answer, fds)
             except SandboxError as exc:
-                if exc.code != StatusCode.UNAVAILABLE or self._stopping:
+                if exc.code != StatusCode.UNAVAILABLE or self._stopping():
                     raise
                 await anyio.sleep(0.05)
         raise _unavailable()

@@ -165,10 +165,10 @@ class Session:
         if command is None:
             return  # background jobs' output between commands
         scanner = command.scanners[stream]
-        if scanner.done:
+        if scanner.done():
             return
         await self._deliver(command, stream, scanner.feed(data))
-        if scanner.done:
+        if scanner.done():
             command.delivered_all(stream)
 
     @staticmethod

@@ -113,7 +113,7 @@ class MarkerScanner:
 
     ``feed`` returns the bytes that are surely the command's output; bytes that might be
     the start of the marker are held back until the next feed decides. After the marker,
-    :attr:`done` is true and :attr:`status` holds the number printed after the token (on
+    :meth:`done` is true and :attr:`status` holds the number printed after the token (on
     stdout; None on stderr); whatever followed the marker is :attr:`rest`.
     """
 
@@ -121,13 +121,18 @@ class MarkerScanner:
         self._token = (token[0] + token[1]).encode()
         self._with_status = with_status
         self._buffer = bytearray()
-        self.done = False
+        self._done = False
         self.status: int | None = None
         self.stopped = False  # the driver stopped the command, the rest of its line too
         self.rest = b""
 
+    def done(self) -> bool:
+        """Whether the marker was found. (A call: ``feed`` changes it, and mypy would keep an
+        attribute narrowed by a test made before the feed.)"""
+        return self._done
+
     def feed(self, data: bytes) -> bytes:
-        if self.done:
+        if self._done:
             self.rest += data
             return b""
         self._buffer += data
@@ -152,7 +157,7 @@ class MarkerScanner:
             self.stopped = tail[1:] == [STOPPED.encode()]
         self.rest = bytes(self._buffer[end + 1 :])
         self._buffer.clear()
-        self.done = True
+        self._done = True
         return output
 
     def flush(self) -> bytes:

@@ -13,7 +13,7 @@ from agentfense._proto.sandbox import v1 as pb
 HANG = 20.0  # far longer than a test waits: a client without a deadline is seen waiting
 
 
-class _Sandboxes(pb.SandboxServiceBase):  # type: ignore[misc]
+class _Sandboxes(pb.SandboxServiceBase):
     def __init__(self, server: SilentServer) -> None:
         self._server = server
 
@@ -21,14 +21,14 @@ class _Sandboxes(pb.SandboxServiceBase):  # type: ignore[misc]
         return pb.Sandbox(
             id=get_sandbox_request.sandbox_id,
             codebase_id="cb_silent",
-            status=pb.SandboxStatus.RUNNING,
+            status=pb.SandboxStatus(pb.SandboxStatus.RUNNING),
         )
 
     async def create_session(self, create_session_request: pb.CreateSessionRequest) -> pb.Session:
         return pb.Session(
             id="ss_silent",
             sandbox_id=create_session_request.sandbox_id,
-            status=pb.SessionStatus.ACTIVE,
+            status=pb.SessionStatus(pb.SessionStatus.ACTIVE),
             shell="/bin/sh",
         )
 
@@ -39,7 +39,7 @@ class _Sandboxes(pb.SandboxServiceBase):  # type: ignore[misc]
         return await self._server.sit("DestroySession")
 
 
-class _Codebases(pb.CodebaseServiceBase):  # type: ignore[misc]
+class _Codebases(pb.CodebaseServiceBase):
     def __init__(self, server: SilentServer) -> None:
         self._server = server
 

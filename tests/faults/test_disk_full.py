@@ -87,13 +87,12 @@ def _fill(path: Path) -> int:
 async def _outcome(what: str, call: Callable[[], Awaitable[Any]], seen: dict[str, str]) -> Any:
     """Run one request against the full disk: it ends within 30 s, in a success or a typed
     error that says something; never INTERNAL or UNKNOWN."""
-    error: SandboxError | None = None
-    with anyio.fail_after(30):
-        try:
+    try:
+        with anyio.fail_after(30):
             result = await call()
-        except SandboxError as exc:
-            error = exc
-    if error is None:
+    except SandboxError as exc:
+        error = exc
+    else:
         seen[what] = "ok"
         return result
     seen[what] = f"{type(error).__name__}({error.code}): {error}"
@@ -175,8 +174,9 @@ async def test_a_full_disk(small_disk: SmallDisk) -> None:
             if what == "create session" and result is not None:
                 session = result
         if session is not None:
+            opened = session  # (the lambda sees a name that is never None)
             await _outcome(
-                "session exec", lambda: client.session_exec(session.id, "echo x > s.txt"), seen
+                "session exec", lambda: client.session_exec(opened.id, "echo x > s.txt"), seen
             )
         await _outcome("stop sandbox", lambda: client.stop_sandbox(sandbox.id), seen)
         await _outcome("start sandbox", lambda: client.start_sandbox(sandbox.id), seen)
@@ -188,7 +188,7 @@ async def test_a_full_disk(small_disk: SmallDisk) -> None:
         await _outcome("destroy sandbox", lambda: client.destroy_sandbox(sandbox.id), seen)
 
         # Whatever reached the codebase is whole, and nothing else is there.
-        listing = {f.path for f in await client.list_files(codebase.id, "", recursive=True)}
+        kept = {f.path for f in await client.list_files(codebase.id, "", recursive=True)}
         ours = {
             "src",
             "src/app.py",
@@ -201,7 +201,7 @@ async def test_a_full_disk(small_disk: SmallDisk) -> None:
             "s.txt",
             "w.txt",
         }
-        assert listing <= ours | {f"up/{i}.bin" for i in range(uploaded)}, listing - ours
+        assert kept <= ours | {f"up/{i}.bin" for i in range(uploaded)}, kept - ours
         data = await client.download_file(codebase.id, "linked")
         assert hashlib.md5(data).hexdigest() == digest
         for index in range(uploaded):

@@ -213,7 +213,8 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     for d in ["", *(p for p, c in tree.items() if c is None)]:
         for name in draw(st.lists(st.sampled_from(CANDIDATES), max_size=2, unique=True)):
             creations.append((join(d, name), draw(st.booleans())))
-    file_actions, dir_actions = {}, {}
+    file_actions: dict[str, str] = {}
+    dir_actions: dict[str, str] = {}
     for rel, content in tree.items():
         choices = ["keep", "rename"] + (["rmdir"] if content is None else ["modify", "unlink"])
         action = draw(st.sampled_from(choices))

@@ -296,6 +296,7 @@ def test_the_node_table_keeps_to_its_budget(fs: FsProcess, view: tuple[str, Path
         for i in range(1, 3000):
             os.stat(root / f"file-with-a-longish-name-{i:05}")
         deadline = time.monotonic() + 10  # the kernel lets go asynchronously
+        again = first
         while time.monotonic() < deadline:
             again = os.stat(root / "file-with-a-longish-name-00000").st_ino
             if again != first:

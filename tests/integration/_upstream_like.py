@@ -46,8 +46,8 @@ class _Forward:
 
     def __mapping__(self) -> dict[str, Handler]:
         mapping: dict[str, Handler] = {}
-        for base in (pb.CodebaseServiceBase, pb.SandboxServiceBase):
-            for path, handler in base.__mapping__(base()).items():
+        for service in (pb.CodebaseServiceBase(), pb.SandboxServiceBase()):
+            for path, handler in service.__mapping__().items():
                 if path not in EXTENSIONS:
                     forward = partial(self._forward, path, handler)
                     mapping[path] = Handler(
@@ -79,7 +79,7 @@ class UpstreamLike:
         self._path = socket_path
         self._target = target
         self._ready = threading.Event()
-        self._stop: Callable[[], None] | None = None
+        self._stop: Callable[[], object] | None = None
         self._thread = threading.Thread(target=asyncio.run, args=(self._main(),), daemon=True)
 
     def start(self) -> None:

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager, suppress
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -29,6 +30,8 @@ from agentfense import (
     SandboxNotFoundError,
 )
 from agentfense._proto.sandbox import v1 as pb
+from agentfense.client import _rpcs as rpcs
+from agentfense.client._rpcs import Rep, Req, Unary
 from agentfense.testing import ServerProcess
 
 from .conftest import MAX_UPLOAD
@@ -37,8 +40,9 @@ pytestmark = pytest.mark.anyio
 
 READ = [{"pattern": "**", "permission": "read"}]
 WRITE = [{"pattern": "**", "permission": "write"}]
-_CODEBASE = "/sandbox.v1.CodebaseService/"
-_SANDBOX = "/sandbox.v1.SandboxService/"
+# Generated enum members named through their enum (a bare one is an int to mypy: see _convert).
+_PB_READ, _PB_WRITE = pb.Permission(pb.Permission.READ), pb.Permission(pb.Permission.WRITE)
+_PB_UNKNOWN = pb.Permission.try_value(9)  # a level no server knows
 
 Call = Callable[[], Awaitable[object]]
 
@@ -335,16 +339,16 @@ async def test_oversized_uploads_leave_nothing(
 
 
 async def _raw_create(client: AsyncSandboxClient, request: pb.CreateSandboxRequest) -> object:
-    return await client._unary(_SANDBOX + "CreateSandbox", request, pb.Sandbox)
+    return await client._unary(rpcs.CREATE_SANDBOX, request)
 
 
 async def test_invalid_sandbox_requests_create_nothing(client: AsyncSandboxClient) -> None:
     async with _codebase(client) as codebase:
         before = await _state(client)
-        read_all = pb.PermissionRule(pattern="**", permission=pb.Permission.READ)
+        read_all = pb.PermissionRule(pattern="**", permission=_PB_READ)
 
-        def request(**fields: object) -> pb.CreateSandboxRequest:
-            values: dict[str, object] = {"codebase_id": codebase.id, "permissions": [read_all]}
+        def request(**fields: Any) -> pb.CreateSandboxRequest:
+            values: dict[str, Any] = {"codebase_id": codebase.id, "permissions": [read_all]}
             values.update(fields)
             return pb.CreateSandboxRequest(**values)
 
@@ -380,19 +384,30 @@ async def test_invalid_sandbox_requests_create_nothing(client: AsyncSandboxClien
 
         # ... and what the server refuses when another client sends it.
         remote: list[tuple[pb.CreateSandboxRequest, str]] = [
-            (request(permissions=[pb.PermissionRule(pattern="", permission=4)]), "pattern"),
+            (request(permissions=[pb.PermissionRule(pattern="", permission=_PB_WRITE)]), "pattern"),
             (request(permissions=[pb.PermissionRule(pattern="**")]), "permission"),
-            (request(permissions=[pb.PermissionRule(pattern="**", permission=9)]), "permission"),
             (
-                request(permissions=[pb.PermissionRule(pattern="a\x00b", permission=3)]),
+                request(permissions=[pb.PermissionRule(pattern="**", permission=_PB_UNKNOWN)]),
+                "permission",
+            ),
+            (
+                request(permissions=[pb.PermissionRule(pattern="a\x00b", permission=_PB_READ)]),
                 "NUL",
             ),
             (
-                request(permissions=[read_all, pb.PermissionRule(pattern="a/[b", permission=3)]),
+                request(
+                    permissions=[read_all, pb.PermissionRule(pattern="a/[b", permission=_PB_READ)]
+                ),
                 "'a/[b'",
             ),
-            (request(permissions=[pb.PermissionRule(pattern="a/../b", permission=3)]), "'a/../b'"),
-            (request(permissions=[pb.PermissionRule(pattern="a//b", permission=3)]), "'a//b'"),
+            (
+                request(permissions=[pb.PermissionRule(pattern="a/../b", permission=_PB_READ)]),
+                "'a/../b'",
+            ),
+            (
+                request(permissions=[pb.PermissionRule(pattern="a//b", permission=_PB_READ)]),
+                "'a//b'",
+            ),
             (request(expires_in=timedelta(seconds=-5)), "expires_in"),
             (request(runtime=7), "runtime"),
             (request(labels={"": "empty key"}), "labels"),
@@ -475,7 +490,7 @@ async def test_bad_exec_options_are_invalid(client: AsyncSandboxClient) -> None:
                 timeout=timedelta(seconds=seconds),
             )
             await _refused(
-                partial(client._unary, _SANDBOX + "Exec", raw, pb.ExecResult),
+                partial(client._unary, rpcs.EXEC, raw),
                 InvalidConfigurationError,
                 3,
                 "timeout",
@@ -563,19 +578,20 @@ async def test_a_socket_nobody_listens_on_is_a_connection_error(tmp_path: Path) 
 
 
 async def test_bad_page_tokens_and_sizes_are_invalid(client: AsyncSandboxClient) -> None:
-    for method, request, reply in [
-        ("ListCodebases", pb.ListCodebasesRequest, pb.ListCodebasesResponse),
-        ("ListSandboxes", pb.ListSandboxesRequest, pb.ListSandboxesResponse),
-    ]:
-        path = (_CODEBASE if method == "ListCodebases" else _SANDBOX) + method
-        for fields in [
-            {"page_token": "garbage!"},
-            {"page_token": "Zm9vfGJhcg=="},
-            {"page_size": -1},
-        ]:
-            await _refused(
-                partial(client._unary, path, request(**fields), reply),
-                InvalidConfigurationError,
-                3,
-                next(iter(fields)),
-            )
+    await _bad_pages_refused(client, rpcs.LIST_CODEBASES)
+    await _bad_pages_refused(client, rpcs.LIST_SANDBOXES)
+
+
+async def _bad_pages_refused(client: AsyncSandboxClient, rpc: Unary[Req, Rep]) -> None:
+    bad: list[dict[str, Any]] = [
+        {"page_token": "garbage!"},
+        {"page_token": "Zm9vfGJhcg=="},
+        {"page_size": -1},
+    ]
+    for fields in bad:
+        await _refused(
+            partial(client._unary, rpc, rpc.request(**fields)),
+            InvalidConfigurationError,
+            3,
+            next(iter(fields)),
+        )

@@ -35,7 +35,7 @@ def engine() -> Iterator[docker.APIClient]:
     host = os.environ.get("DOCKER_HOST", "")
     api = docker.APIClient(base_url=host or "unix:///var/run/docker.sock", version="auto")
     try:
-        api.inspect_image(BUSYBOX)
+        api.inspect_image(BUSYBOX)  # type: ignore[no-untyped-call]  # (unannotated in types-docker)
     except docker.errors.DockerException as exc:
         pytest.fail(
             f"the Docker tests need dockerd with the image {BUSYBOX} (DOCKER_HOST={host!r}): "

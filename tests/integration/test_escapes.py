@@ -60,8 +60,8 @@ def host_markers(tmp_path: Path, server: ServerProcess) -> Iterator[dict[str, st
             continue
         markers[str(path)] = f"host secret {token}"
     yield markers
-    for path in markers:
-        Path(path).unlink(missing_ok=True)
+    for marked in markers:
+        Path(marked).unlink(missing_ok=True)
 
 
 async def _sh(sandbox: AsyncSandbox, command: str) -> ExecResult:

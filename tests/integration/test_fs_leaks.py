@@ -728,9 +728,9 @@ async def test_the_sandbox_file_api_goes_through_the_view(fenced: Fenced) -> Non
     assert made.exit_code == 0, made.stderr
     for rel in ("work/report.txt", "work/report.sock"):
         for write in (False, True):
-            call = sandbox.write_file(rel, "x") if write else sandbox.read_file(rel)
+            pending = sandbox.write_file(rel, "x") if write else sandbox.read_file(rel)
             with anyio.move_on_after(5) as waited, pytest.raises(SandboxError):
-                await call
+                await pending
             if waited.cancel_called:  # release the server's thread before failing
                 await fenced.sh(
                     "timeout 1 cat work/report.txt >/dev/null & timeout 1 sh -c"

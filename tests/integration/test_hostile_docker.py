@@ -28,7 +28,7 @@ def engine() -> Iterator[docker.APIClient]:
     api = docker.APIClient(base_url=host or "unix:///var/run/docker.sock", version="auto")
     try:
         for image in (PYTHON_IMAGE, BUSYBOX):
-            api.inspect_image(image)
+            api.inspect_image(image)  # type: ignore[no-untyped-call]  # (unannotated in types-docker)
     except docker.errors.DockerException as exc:
         pytest.fail(
             f"these tests need dockerd with the images {PYTHON_IMAGE} and {BUSYBOX} "

@@ -29,6 +29,7 @@ from agentfense import (
     SessionStatus,
 )
 from agentfense._proto.sandbox import v1 as pb
+from agentfense.client import _rpcs as rpcs
 
 from ._procs import host_pids_running, until_running
 
@@ -114,9 +115,8 @@ async def test_list_codebases_walks_every_page(client: AsyncSandboxClient) -> No
         token = ""
         while True:
             reply = await client._unary(
-                "/sandbox.v1.CodebaseService/ListCodebases",
+                rpcs.LIST_CODEBASES,
                 pb.ListCodebasesRequest(owner_id=owner, page_size=2, page_token=token),
-                pb.ListCodebasesResponse,
             )
             pages.append([c.id for c in reply.codebases])
             token = reply.next_page_token
@@ -126,9 +126,8 @@ async def test_list_codebases_walks_every_page(client: AsyncSandboxClient) -> No
 
         # A page that holds everything carries no token.
         reply = await client._unary(
-            "/sandbox.v1.CodebaseService/ListCodebases",
+            rpcs.LIST_CODEBASES,
             pb.ListCodebasesRequest(owner_id=owner, page_size=5),
-            pb.ListCodebasesResponse,
         )
         assert len(reply.codebases) == 5
         assert reply.next_page_token == ""
@@ -287,9 +286,8 @@ async def test_list_sandboxes_walks_every_page(client: AsyncSandboxClient) -> No
         token = ""
         while True:
             reply = await client._unary(
-                "/sandbox.v1.SandboxService/ListSandboxes",
+                rpcs.LIST_SANDBOXES,
                 pb.ListSandboxesRequest(codebase_id=codebase.id, page_size=2, page_token=token),
-                pb.ListSandboxesResponse,
             )
             pages.append([s.id for s in reply.sandboxes])
             token = reply.next_page_token

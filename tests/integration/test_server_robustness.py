@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import anyio
 import betterproto
@@ -29,12 +29,17 @@ from agentfense import (
     SandboxStatus,
 )
 from agentfense._proto.sandbox import v1 as pb
+from agentfense.client import _rpcs as rpcs
 from agentfense.fs._host import remove_tree
 from agentfense.testing import ServerProcess, start_server_process
 
 pytestmark = pytest.mark.anyio
 
 WRITE = [{"pattern": "**", "permission": "write"}]
+M = TypeVar("M", bound=betterproto.Message)
+# Generated enum members named through their enum (a bare one is an int to mypy: see _convert).
+_PB_READ, _PB_WRITE = pb.Permission(pb.Permission.READ), pb.Permission(pb.Permission.WRITE)
+_PB_FILE = pb.PatternType(pb.PatternType.FILE)
 _WRITE = "/sandbox.v1.SandboxService/WriteSandboxFile"
 
 
@@ -196,6 +201,14 @@ class _RawDuration(betterproto.Message):
     seconds: int = betterproto.int64_field(1)
 
 
+async def _unary_as_built(
+    client: AsyncSandboxClient, path: str, request: betterproto.Message, reply: type[M]
+) -> M:
+    """Sends ``request`` as built, past the client's typed RPC table: these tests send what
+    the SDK never would."""
+    return await (await client._channel()).unary(path, request, reply)
+
+
 @dataclass(eq=False, repr=False)
 class _RawCreate(betterproto.Message):
     """CreateSandboxRequest with a duration no ``timedelta`` holds."""
@@ -233,7 +246,7 @@ async def test_requests_the_server_cannot_honour_get_a_typed_error_never_interna
     )
     session = await client.create_session(sandbox.id)
     before = {s.id for s in await client.list_sandboxes(codebase.id)}
-    rule = pb.PermissionRule(pattern="**", permission=pb.Permission.WRITE)
+    rule = pb.PermissionRule(pattern="**", permission=_PB_WRITE)
 
     def create(**fields: Any) -> pb.CreateSandboxRequest:
         return pb.CreateSandboxRequest(
@@ -244,10 +257,9 @@ async def test_requests_the_server_cannot_honour_get_a_typed_error_never_interna
         return pb.ExecRequest(**{"sandbox_id": sandbox.id, "command": "true", **fields})
 
     many_rules = [
-        pb.PermissionRule(pattern=f"f{i}", type=pb.PatternType.FILE, permission=pb.Permission.READ)
-        for i in range(4_100)
+        pb.PermissionRule(pattern=f"f{i}", type=_PB_FILE, permission=_PB_READ) for i in range(4_100)
     ]
-    cases: list[tuple[str, Any, type[Any], str]] = [
+    cases: list[tuple[str, betterproto.Message, type[betterproto.Message], str]] = [
         ("CreateSandbox", create(expires_in=timedelta(days=365 * 8000)), pb.Sandbox, "expires_in"),
         ("CreateSandbox", _RawCreate(codebase.id, _RawDuration(2**63 - 1)), pb.Sandbox, "valid"),
         ("CreateSandbox", create(permissions=many_rules), pb.Sandbox, "4096"),
@@ -295,7 +307,7 @@ async def test_requests_the_server_cannot_honour_get_a_typed_error_never_interna
     ]
     for method, request, reply, words in cases:
         with pytest.raises(InvalidConfigurationError) as caught:
-            await client._unary(f"/sandbox.v1.SandboxService/{method}", request, reply)
+            await _unary_as_built(client, f"/sandbox.v1.SandboxService/{method}", request, reply)
         assert caught.value.code == 3, (method, caught.value)
         assert words in caught.value.message, (method, caught.value.message)
     assert {s.id for s in await client.list_sandboxes(codebase.id)} == before
@@ -332,7 +344,8 @@ async def test_a_start_refused_for_a_reason_the_caller_can_act_on_is_a_failed_pr
 
 
 class _Prebuilt:
-    """A request message given as its wire bytes (what a client of any make may send)."""
+    """A request message given as its wire bytes (what a client of any make may send); not a
+    betterproto message, but grpclib only calls its ``SerializeToString``."""
 
     def __init__(self, data: bytes) -> None:
         self.data = data
@@ -345,25 +358,25 @@ async def test_a_message_of_countless_elements_is_refused_before_it_is_decoded(
     client: AsyncSandboxClient,
 ) -> None:
     codebase = await client.create_codebase("countless")
-    rule = bytes(pb.PermissionRule(pattern="a", permission=pb.Permission.READ))
+    rule = bytes(pb.PermissionRule(pattern="a", permission=_PB_READ))
     field = b"\x12" + bytes([len(rule)]) + rule  # permissions (2), one rule
     request = bytes(pb.CreateSandboxRequest(codebase_id=codebase.id)) + field * 300_000
     # Decoded, 300,000 rules would hold the server's event loop for a minute.
     with anyio.fail_after(20), pytest.raises(InvalidConfigurationError, match="4224 fields"):
-        await client._unary(
-            "/sandbox.v1.SandboxService/CreateSandbox", _Prebuilt(request), pb.Sandbox
+        await _unary_as_built(
+            client,
+            rpcs.CREATE_SANDBOX.path,
+            cast(betterproto.Message, _Prebuilt(request)),
+            pb.Sandbox,
         )
     assert await client.list_sandboxes(codebase.id) == []
     # The most rules a sandbox may have still go through (decoded off the event loop).
     most = [
-        pb.PermissionRule(pattern=f"f{i}", type=pb.PatternType.FILE, permission=pb.Permission.READ)
-        for i in range(4095)
+        pb.PermissionRule(pattern=f"f{i}", type=_PB_FILE, permission=_PB_READ) for i in range(4095)
     ]
-    most.append(pb.PermissionRule(pattern="**", permission=pb.Permission.WRITE))
+    most.append(pb.PermissionRule(pattern="**", permission=_PB_WRITE))
     created = await client._unary(
-        "/sandbox.v1.SandboxService/CreateSandbox",
-        pb.CreateSandboxRequest(codebase_id=codebase.id, permissions=most),
-        pb.Sandbox,
+        rpcs.CREATE_SANDBOX, pb.CreateSandboxRequest(codebase_id=codebase.id, permissions=most)
     )
     assert len(created.permissions) == 4096
     await client.destroy_sandbox(created.id)

@@ -11,6 +11,7 @@ import pytest
 from agentfense import (
     AsyncSandbox,
     AsyncSandboxClient,
+    AsyncSessionWrapper,
     CommandTimeoutError,
     InvalidConfigurationError,
     OutputStream,
@@ -219,14 +220,13 @@ async def test_sessions_of_one_sandbox_run_in_parallel(endpoint: str, project: P
         await sandbox.session() as other,
     ):
         # Each waits for the other's file: they finish only if they run at the same time.
-        async def one(session: object, mine: str, theirs: str) -> int:
-            assert hasattr(session, "exec")
+        async def one(session: AsyncSessionWrapper, mine: str, theirs: str) -> int:
             command = f"touch /tmp/{mine}; while [ ! -e /tmp/{theirs} ]; do sleep 0.02; done"
             return (await session.exec(command, timeout=20)).exit_code
 
         codes: list[int] = []
 
-        async def run(session: object, mine: str, theirs: str) -> None:
+        async def run(session: AsyncSessionWrapper, mine: str, theirs: str) -> None:
             codes.append(await one(session, mine, theirs))
 
         async with anyio.create_task_group() as tg:

@@ -162,8 +162,9 @@ def test_lifecycle_connect_and_codebase_reuse(endpoint: str, project: Path) -> N
                 codebase.id, preset="read-only", endpoint=endpoint, auto_start=False
             ) as sandbox:
                 assert sandbox.status is SandboxStatus.PENDING
-                assert sandbox.start() is sandbox
-                assert sandbox.status is SandboxStatus.RUNNING
+                started = sandbox.start()  # (a name of its own: mypy narrowed sandbox.status)
+                assert started is sandbox
+                assert started.status is SandboxStatus.RUNNING
                 with Sandbox.connect(sandbox.id, endpoint=endpoint) as again:
                     assert again.run("cat hello.txt").stdout == "hi from the codebase\n"
                 assert sandbox.refresh().status is SandboxStatus.RUNNING  # connect kept it

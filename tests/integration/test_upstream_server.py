@@ -40,7 +40,11 @@ async def test_a_write_whose_content_is_dropped_fails_and_writes_nothing(
         project, preset="agent-safe", endpoint=upstream.endpoint
     ) as sandbox:
         await sandbox.run("mkdir -p output && echo kept > output/kept.txt")
-        for path, content in [("output/new.txt", "hello"), ("output/kept.txt", b"\x00new")]:
+        writes: list[tuple[str, str | bytes]] = [
+            ("output/new.txt", "hello"),
+            ("output/kept.txt", b"\x00new"),
+        ]
+        for path, content in writes:
             with pytest.raises(SandboxError, match="received 0 of") as refused:
                 await sandbox.write_file(path, content)
             assert refused.value.code == StatusCode.DATA_LOSS

@@ -34,7 +34,7 @@ def test_output_before_the_marker_comes_out_whole_however_it_is_split(
     scanner = protocol.MarkerScanner(TOKEN, with_status=True)
     stream = output + MARKER + f" {status}\n".encode() + after
     assert _feed_all(scanner, stream, cuts) == output
-    assert scanner.done
+    assert scanner.done()
     assert scanner.status == status
     assert scanner.rest == after
 
@@ -44,16 +44,16 @@ def test_without_a_marker_nothing_is_lost(output: bytes, cuts: list[int]) -> Non
     scanner = protocol.MarkerScanner(TOKEN, with_status=False)
     seen = _feed_all(scanner, output, cuts) + scanner.flush()
     assert seen == output
-    assert not scanner.done
+    assert not scanner.done()
 
 
 def test_stderr_marker_has_no_status_and_a_split_token_is_not_a_marker() -> None:
     scanner = protocol.MarkerScanner(TOKEN, with_status=False)
     half = f"{TOKEN[0]} {TOKEN[1]}\n".encode()  # what `set -x` shows of the driver
     assert scanner.feed(half) == half
-    assert not scanner.done
+    assert not scanner.done()
     assert scanner.feed(MARKER + b"\n") == b""
-    assert scanner.done
+    assert scanner.done()
     assert scanner.status is None
 
 
@@ -69,7 +69,7 @@ def test_quote_gives_the_shell_the_text_back(text: str) -> None:
 def test_the_marker_says_when_the_driver_stopped_the_command() -> None:
     stopped = protocol.MarkerScanner(TOKEN, with_status=True)
     assert stopped.feed(b"out" + MARKER + b" 130 stopped\n") == b"out"
-    assert (stopped.done, stopped.status, stopped.stopped) == (True, 130, True)
+    assert (stopped.done(), stopped.status, stopped.stopped) == (True, 130, True)
     finished = protocol.MarkerScanner(TOKEN, with_status=True)
     finished.feed(MARKER + b" 0\n")
     assert (finished.status, finished.stopped) == (0, False)

@@ -47,7 +47,7 @@ class Observed:
             raise
 
 
-class SandboxService(SandboxServiceBase):  # type: ignore[misc]
+class SandboxService(SandboxServiceBase):
     def __init__(self, observed: Observed) -> None:
         self.observed = observed
 
@@ -78,7 +78,7 @@ class SandboxService(SandboxServiceBase):  # type: ignore[misc]
             raise GRPCError(Status.NOT_FOUND, "sandbox sb_gone not found")
 
 
-class CodebaseService(CodebaseServiceBase):  # type: ignore[misc]
+class CodebaseService(CodebaseServiceBase):
     def __init__(self, observed: Observed) -> None:
         self.observed = observed
 

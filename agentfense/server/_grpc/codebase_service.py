@@ -60,7 +60,7 @@ async def _file_data(
         yield value
 
 
-class CodebaseService(CodebaseServiceBase):  # type: ignore[misc]
+class CodebaseService(CodebaseServiceBase):
     """Codebase RPCs; ``in_use(codebase_id)`` tells whether sandboxes still use a codebase,
     ``changed(codebase_id, paths)`` that an upload changed these paths under its sandboxes."""
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import anyio
 import betterproto
@@ -31,8 +30,9 @@ from .guarded import guarded
 __all__ = ["SandboxService"]
 
 _STREAM_TYPE = {
-    OutputStream.STDOUT: pb.ExecOutputOutputType.OUTPUT_TYPE_STDOUT,
-    OutputStream.STDERR: pb.ExecOutputOutputType.OUTPUT_TYPE_STDERR,
+    # (through the enum: see _convert on why a bare generated member is an int to mypy)
+    OutputStream.STDOUT: pb.ExecOutputOutputType(pb.ExecOutputOutputType.OUTPUT_TYPE_STDOUT),
+    OutputStream.STDERR: pb.ExecOutputOutputType(pb.ExecOutputOutputType.OUTPUT_TYPE_STDERR),
 }
 
 
@@ -45,7 +45,7 @@ def _timed_out(outcome: Outcome) -> GRPCError:
     )
 
 
-class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
+class SandboxService(pb.SandboxServiceBase):
     """Sandbox lifecycle, exec, session and sandbox-file RPCs."""
 
     def __init__(self, manager: SandboxManager, *, max_upload_bytes: int, spool_dir: Path) -> None:
@@ -121,7 +121,9 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
             raise _timed_out(outcome)
         return convert.exec_result_to_pb(outcome)
 
-    async def _exec_stream(self, stream: grpclib.server.Stream[Any, Any]) -> None:
+    async def _exec_stream(
+        self, stream: grpclib.server.Stream[pb.ExecRequest, pb.ExecOutput]
+    ) -> None:
         request = await stream.recv_message()
         assert request is not None
 
@@ -134,9 +136,6 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
         if outcome.timed_out:
             raise _timed_out(outcome)
         await stream.send_message(pb.ExecOutput(result=convert.exec_result_to_pb(outcome)))
-
-    async def exec_stream(self, request: pb.ExecRequest) -> Any:  # served by _exec_stream
-        raise GRPCError(grpclib.const.Status.INTERNAL, "unreachable")
 
     # -- files through the sandbox's view ---------------------------------------------------
 
@@ -237,7 +236,9 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
             raise _timed_out(outcome)
         return convert.exec_result_to_pb(outcome)
 
-    async def _session_exec_stream(self, stream: grpclib.server.Stream[Any, Any]) -> None:
+    async def _session_exec_stream(
+        self, stream: grpclib.server.Stream[pb.SessionExecRequest, pb.ExecOutput]
+    ) -> None:
         request = await stream.recv_message()
         assert request is not None
 
@@ -254,6 +255,3 @@ class SandboxService(pb.SandboxServiceBase):  # type: ignore[misc]
         if outcome.timed_out:
             raise _timed_out(outcome)
         await stream.send_message(pb.ExecOutput(result=convert.exec_result_to_pb(outcome)))
-
-    async def session_exec_stream(self, request: pb.SessionExecRequest) -> Any:
-        raise GRPCError(grpclib.const.Status.INTERNAL, "unreachable")  # _session_exec_stream

@@ -102,6 +102,7 @@ def _walk(
                 " needs that many (see the limits on rules, labels and env)"
             )
         key, i = _varint(data, i, end, f"a field key of {where}")
+        payload = i  # where the field's bytes start (past its length, for a LEN field)
         number, wire = key >> 3, key & 7
         if number == 0:
             raise _Fault(f"{where} has a field numbered 0, which protobuf does not allow")
@@ -114,10 +115,10 @@ def _walk(
             if i > end:
                 raise _Fault(f"{field} is cut off (fewer bytes than its wire type holds)")
         elif wire == _LEN:
-            length, value = _varint(data, i, end, f"the length of {field}")
-            if length > end - value:
-                raise _Fault(f"{field} announces {length} bytes but only {end - value} follow")
-            i = value + length
+            length, payload = _varint(data, i, end, f"the length of {field}")
+            if length > end - payload:
+                raise _Fault(f"{field} announces {length} bytes but only {end - payload} follow")
+            i = payload + length
         else:
             raise _Fault(f"{field} has wire type {wire}, which is not one this API uses")
         if name is None:
@@ -134,7 +135,7 @@ def _walk(
         if field_meta.proto_type in (betterproto.TYPE_MESSAGE, betterproto.TYPE_MAP):
             nested = meta.cls_by_field[name]
             nested = _NESTED.get(nested, nested)
-            _walk(data, i - length, i, nested, f"{where}.{name}", count)
+            _walk(data, payload, i, nested, f"{where}.{name}", count)
 
 
 def wire_fault(data: bytes, message_type: type[Any]) -> str | None:
