@@ -5,10 +5,11 @@
   (24 h unless configured).
 - A positive number of seconds: that long, at most ``max_timeout`` (more is refused).
 
-Anything else (negative, NaN, infinite, not a number) is refused on both sides:
-``InvalidConfigurationError`` in the SDK, INVALID_ARGUMENT from the server.
+Anything else (negative, NaN, infinite, more than ``MOST`` seconds, not a number) is refused
+on both sides: ``InvalidConfigurationError`` in the SDK, INVALID_ARGUMENT from the server.
 
-On the wire a positive timeout travels as the request's ``timeout`` Duration. ``0`` travels
+On the wire a positive timeout travels as the request's ``timeout`` Duration, at least
+``LEAST`` (a shorter one would travel as a zero Duration, which means none given). ``0`` travels
 as the AgentFense extension ``no_timeout``: a zero Duration cannot be told from an absent one.
 A server without the extension ignores it and applies its default.
 
@@ -26,6 +27,8 @@ from datetime import timedelta
 from .errors import InvalidConfigurationError
 
 DEADLINE_MARGIN = 30.0
+LEAST = 1e-6  # a Duration's resolution here: timedelta's microsecond
+MOST = 1e9  # about 31 years: more than any server allows, and within timedelta's range
 
 
 def checked(timeout: float | None) -> float | None:
@@ -36,12 +39,16 @@ def checked(timeout: float | None) -> float | None:
         raise InvalidConfigurationError(
             f"timeout must be a number of seconds or None, not {type(timeout).__name__}"
         )
-    if math.isnan(timeout) or math.isinf(timeout) or timeout < 0:
+    try:
+        seconds = float(timeout)
+    except OverflowError:  # (an int beyond any float)
+        seconds = math.inf
+    if math.isnan(seconds) or not 0 <= seconds <= MOST:
         raise InvalidConfigurationError(
-            f"timeout must be a finite number of seconds, 0 (no timeout) or None "
-            f"(the server's default), not {timeout!r}"
+            f"timeout must be a number of seconds from 0 (no timeout) to {MOST:g}, or None "
+            f"(the server's default), not {timeout!r:.40}"
         )
-    return float(timeout)
+    return seconds
 
 
 def to_wire(timeout: float | None) -> tuple[timedelta | None, bool]:
@@ -51,7 +58,7 @@ def to_wire(timeout: float | None) -> tuple[timedelta | None, bool]:
         return None, False
     if seconds == 0:
         return None, True
-    return timedelta(seconds=seconds), False
+    return timedelta(seconds=max(seconds, LEAST)), False
 
 
 def from_wire(duration: timedelta | None, no_timeout: bool) -> float | None:
