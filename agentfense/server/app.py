@@ -15,6 +15,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from ..errors import InvalidConfigurationError
+from ._descriptors import raise_limit as raise_descriptor_limit
 from ._grpc.listener import Listener
 from .codebases import CodebaseStore
 from .config import ServerConfig
@@ -81,6 +82,7 @@ async def open_server(config: ServerConfig) -> AsyncIterator[str]:
     """Run the server while the context is open; yields the address it listens on."""
     address = parse_listen(config.listen)
     _check_reachable(config)
+    raise_descriptor_limit()
     config.state_dir.mkdir(parents=True, exist_ok=True)
     with _state_lock(config.state_dir):
         async with _serving(config, address) as shown:

@@ -67,6 +67,9 @@ class ServerConfig:
     max_pids_limit: int = 0
     # How many sandboxes the codebases of one owner may have at once (0: no limit).
     max_sandboxes_per_owner: int = 0
+    # How many open sessions one sandbox may have (each holds three of the server's file
+    # descriptors for its life).
+    max_sessions_per_sandbox: int = 64
     # The Docker engine of the docker runtime ("" = $DOCKER_HOST, else the default socket).
     docker_host: str = ""
 
@@ -93,6 +96,8 @@ class ServerConfig:
             # built-in default_pids_limit needs no default_pids_limit beside it)
         if self.max_message_bytes < 1024 * 1024:
             raise InvalidConfigurationError("max_message_bytes must be at least 1 MiB (1048576)")
+        if self.max_sessions_per_sandbox < 1:
+            raise InvalidConfigurationError("max_sessions_per_sandbox must be >= 1")
         if self.max_sandboxes_per_owner < 0:
             raise InvalidConfigurationError("max_sandboxes_per_owner must be >= 0")
         if not 0 < self.sandbox_uid < 2**32 - 1:

@@ -40,6 +40,7 @@ from ..runtimes.base import (
 from ..runtimes.lookup import Runtimes
 from ..types import Permission, PermissionRule, ResourceLimits, RuntimeType, SandboxStatus
 from ._contained import ContainedTaskGroup
+from ._descriptors import check_headroom
 from ._paths import InvalidPathError, normalize_relpath
 from .codebases import CodebaseStore
 from .commands import Commands, ExecParams
@@ -76,7 +77,12 @@ class SandboxManager:
         self._fs = FsSupervisor(config.state_dir, on_lost=self._view_lost)
         self._task_group: anyio.abc.TaskGroup | None = None
         self.commands = Commands(config, self.commit)
-        self.sessions = SessionRegistry(self._sandboxes, self.commands, lambda: self.task_group)
+        self.sessions = SessionRegistry(
+            self._sandboxes,
+            self.commands,
+            lambda: self.task_group,
+            most_per_sandbox=config.max_sessions_per_sandbox,
+        )
 
     @property
     def task_group(self) -> anyio.abc.TaskGroup:
@@ -303,6 +309,7 @@ class SandboxManager:
             if record.status is SandboxStatus.RUNNING and record.handle and record.handle.alive:
                 return record
             assert self._task_group is not None
+            check_headroom(f"sandbox {record.id} cannot start")
             dead, record.handle = record.handle, None
             if dead is not None:  # its processes died: what is left of them goes first
                 await dead.stop()

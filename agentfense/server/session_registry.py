@@ -9,10 +9,16 @@ from collections.abc import Callable, Mapping
 
 import anyio.abc
 
-from ..errors import InvalidConfigurationError, SessionClosedError, SessionNotFoundError
+from ..errors import (
+    InvalidConfigurationError,
+    ResourceLimitExceededError,
+    SessionClosedError,
+    SessionNotFoundError,
+)
 from ..runtimes.base import WORKSPACE, CommandSpec
 from ..types import SessionStatus
 from . import shell_protocol as protocol
+from ._descriptors import check_headroom
 from .commands import Commands
 from .execution import OnOutput, Outcome
 from .sandbox_table import SandboxTable
@@ -48,7 +54,10 @@ class SessionRegistry:
         sandboxes: SandboxTable,
         commands: Commands,
         task_group: Callable[[], anyio.abc.TaskGroup],
+        *,
+        most_per_sandbox: int,
     ) -> None:
+        self._most_per_sandbox = most_per_sandbox
         self._sandboxes = sandboxes
         self._commands = commands
         self._task_group = task_group
@@ -71,6 +80,13 @@ class SessionRegistry:
         record, handle = self._sandboxes.running(sandbox_id)
         if "\x00" in shell or len(shell) > 4096:
             raise InvalidConfigurationError("shell must be a program name or path without NUL")
+        held = [s for s in self._sessions.values() if s.sandbox_id == record.id]
+        if sum(s.status is not SessionStatus.CLOSED for s in held) >= self._most_per_sandbox:
+            raise ResourceLimitExceededError(
+                f"sandbox {record.id} has {self._most_per_sandbox} open sessions, the most "
+                "this server allows (max_sessions_per_sandbox); destroy one first"
+            )
+        check_headroom(f"a new session of sandbox {record.id}")
         argv = shell_argv(shell, handle.session_bash)
         command = CommandSpec(argv, self._commands.env(env), WORKSPACE)
         process = await self._commands.spawn(record, handle, command, shell=shell)
