@@ -294,8 +294,14 @@ def _join_cgroup(fd: int, ruleset: int) -> Callable[[], None]:
 
 
 def _new_home() -> str:
-    """An empty directory for one command's ``$HOME``, under a name no one can guess."""
-    return tempfile.mkdtemp(prefix="home-", dir=HOMES)
+    """An empty directory for one command's ``$HOME``, under a name no one can guess. A
+    ``/home`` an earlier command made unusable (``chmod 000``: modes are no Landlock right,
+    and ``/home`` is the sandbox uid's) gets its mode back first."""
+    try:
+        return tempfile.mkdtemp(prefix="home-", dir=HOMES)
+    except PermissionError:
+        os.chmod(HOMES, 0o755)
+        return tempfile.mkdtemp(prefix="home-", dir=HOMES)
 
 
 def _remove_home(home: str) -> None:

@@ -62,13 +62,25 @@ def gate(*, keep_home: bool, confined: bool) -> str:
     ``/home``); the gate itself stays unconfined, to remove that home afterwards."""
     if keep_home:  # one $HOME, /home/sandbox (on the /home tmpfs, made once)
         run = f'exec {IN_CONTAINER} /home "$@"' if confined else 'exec "$@"'
-        return _OOM + _GO + '[ -d "$HOME" ] || mkdir -p "$HOME"; ' + run
+        heal = "[ -x /home ] || chmod 755 /home; "  # (see below)
+        return _OOM + _GO + heal + '[ -d "$HOME" ] || mkdir -p "$HOME"; ' + run
     # Else each command gets an empty one, removed when the command's own process exits (the
     # shell waits for it; the home of a command killed stays on /home's tmpfs till the stop).
+    # Its contents are removed in the command's own domain: a process it left there could
+    # swap a directory being emptied for a link elsewhere (busybox's rm walks by path names),
+    # and then the rm may do no more than the command could. The gate removes only the empty
+    # directory itself (rmdir, which follows no link). A /home made unusable (chmod 000, which
+    # is no Landlock right) is given its mode back for the next command.
     run = f'{IN_CONTAINER} "$HOME" "$@"' if confined else '"$@"'
+    empty = f'{IN_CONTAINER} "$HOME" rm -rf -- "$HOME" 2>/dev/null; rmdir -- "$HOME" 2>/dev/null'
+    new_home = "mktemp -d /home/home-XXXXXXXXXX 2>/dev/null"
     return (
-        _OOM + _GO + "HOME=$(mktemp -d /home/home-XXXXXXXXXX) || exit 125; export HOME; "
-        f'{run}; code=$?; rm -rf "$HOME"; exit $code'
+        _OOM
+        + _GO
+        + f"HOME=$({new_home} || {{ chmod 755 /home && {new_home}; }}) || exit 125; "
+        + f"export HOME; {run}; code=$?; "
+        + (empty if confined else 'rm -rf -- "$HOME"')
+        + "; exit $code"
     )
 
 

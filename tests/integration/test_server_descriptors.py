@@ -54,28 +54,18 @@ async def test_many_sessions_of_one_sandbox_cost_no_other_sandbox(
             except SandboxError as exc:
                 refusal = exc
                 break
-        victim_error: SandboxError | None = None
-        try:
-            result = await victim.run("echo unharmed")
-        except SandboxError as exc:
-            victim_error = exc
         assert refusal is not None, "the server's descriptors never ran out"
-        assert victim_error is None, (
-            f"another sandbox's command failed: {type(victim_error).__name__} "
-            f"(code {victim_error.code}): {victim_error}"
-        )
         assert isinstance(refusal, ResourceLimitExceededError), (
             f"a session too many is refused with {type(refusal).__name__} "
             f"(code {refusal.code}): {refusal}"
         )
+        result = await victim.run("echo unharmed")  # (another sandbox's command still runs)
         assert (result.stdout, result.exit_code) == ("unharmed\n", 0)
 
 
 @pytest.fixture
 def two_sessions_server(tmp_path: Path) -> Iterator[ServerProcess]:
-    running = start_server_process(
-        tmp_path / "server", settings={"max_sessions_per_sandbox": "2"}
-    )
+    running = start_server_process(tmp_path / "server", settings={"max_sessions_per_sandbox": "2"})
     yield running
     assert running.stop() == 0, running.log()
 
