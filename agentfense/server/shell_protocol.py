@@ -6,7 +6,7 @@ leaves behind (a background subshell, a job) holds the script, or can read a lat
 line and the token in it. Its stdin becomes ``/dev/null`` for good. Any other shell is started
 as ``sh -s stdin`` and reads the script on its stdin, which each command gets replaced by
 ``/dev/null``: a background subshell keeps the shell's saved copy, so only bash sessions are
-closed to what commands leave behind (see docs/sessions.md).
+closed to what commands leave behind (see docs/architecture.md, "Sessions").
 
 The server first sends :data:`DRIVER`, then one :func:`command_line` per command. The driver
 ``eval``s the command in the shell itself, so ``cd``, ``export``, functions and background jobs

@@ -86,6 +86,8 @@ def start_server_process(
     digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
     state = Path(tempfile.gettempdir()) / f"agentfense-state-{digest}"
     log_path = root / "server.log"
+    if _accepting(listen):  # (else the wait below would take that server for this one)
+        raise RuntimeError(f"another server already accepts connections at {listen}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTFENSE_")}
     env.update({f"AGENTFENSE_{k.upper()}": v for k, v in (settings or {}).items()})
     with log_path.open("wb") as log:
