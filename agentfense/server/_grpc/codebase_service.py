@@ -141,12 +141,7 @@ class CodebaseService(CodebaseServiceBase):
                 executable=meta.executable,
             )
             await self._changed(meta.codebase_id, [meta.file_path])
-        return UploadResult(
-            codebase_id=meta.codebase_id,
-            file_path=meta.file_path,
-            size=size,
-            checksum=checksum,
-        )
+        return convert.upload_result_to_pb(meta.codebase_id, meta.file_path, size, checksum)
 
     async def upload_archive(self, request_iterator: AsyncIterator[ArchiveChunk]) -> ArchiveResult:
         """Many files in one stream: each header is followed by exactly its size in data."""
@@ -176,12 +171,7 @@ class CodebaseService(CodebaseServiceBase):
                         executable=header.executable,
                     )
                     uploaded.append(
-                        UploadResult(
-                            codebase_id=codebase_id,
-                            file_path=header.file_path,
-                            size=size,
-                            checksum=checksum,
-                        )
+                        convert.upload_result_to_pb(codebase_id, header.file_path, size, checksum)
                     )
             finally:
                 if uploaded:  # once for the whole archive, also when it broke off

@@ -24,6 +24,7 @@ from .._paths import MAX_PATH_BYTES, wire_text
 from ..codebases import CodebaseRecord
 from ..commands import ExecParams
 from ..execution import Outcome
+from ..sandbox_files import SandboxFile
 from ..sandbox_table import SandboxRecord
 from ..sessions import Session
 
@@ -127,7 +128,8 @@ def codebase_to_pb(record: CodebaseRecord, size: int, file_count: int) -> pb.Cod
     )
 
 
-def file_info_to_pb(record: FileRecord) -> pb.FileInfo:
+def file_info_to_pb(record: FileRecord | SandboxFile) -> pb.FileInfo:
+    """An entry of a codebase (the owner's view) or of a sandbox's view."""
     return pb.FileInfo(
         path=wire_text(record.path),
         name=wire_text(record.name),
@@ -135,3 +137,7 @@ def file_info_to_pb(record: FileRecord) -> pb.FileInfo:
         size=record.size,
         modified_at=record.modified_at,
     )
+
+
+def upload_result_to_pb(codebase_id: str, path: str, size: int, checksum: str) -> pb.UploadResult:
+    return pb.UploadResult(codebase_id=codebase_id, file_path=path, size=size, checksum=checksum)

@@ -20,7 +20,6 @@ from ..._proto.sandbox import v1 as pb
 from ...errors import CommandTimeoutError, InvalidConfigurationError
 from ...types import OutputStream, RuntimeType
 from .. import sandbox_files as files
-from .._paths import wire_text
 from ..execution import Outcome
 from ..sandboxes import SandboxManager
 from . import convert
@@ -179,9 +178,7 @@ class SandboxService(pb.SandboxServiceBase):
                 )
             finally:
                 await self._manager.commit(record)
-        return pb.UploadResult(
-            codebase_id=record.codebase_id, file_path=meta.path, size=size, checksum=checksum
-        )
+        return convert.upload_result_to_pb(record.codebase_id, meta.path, size, checksum)
 
     async def list_sandbox_files(self, request: pb.ListSandboxFilesRequest) -> pb.ListFilesResponse:
         with grpc_errors():
@@ -190,18 +187,7 @@ class SandboxService(pb.SandboxServiceBase):
             found = await anyio.to_thread.run_sync(
                 files.list_files, view, rel, request.recursive, self._manager.view_owner(record)
             )
-        return pb.ListFilesResponse(
-            files=[
-                pb.FileInfo(
-                    path=wire_text(f.path),
-                    name=wire_text(f.name),
-                    is_dir=f.is_dir,
-                    size=f.size,
-                    modified_at=f.modified_at,
-                )
-                for f in found
-            ]
-        )
+        return pb.ListFilesResponse(files=[convert.file_info_to_pb(f) for f in found])
 
     # -- sessions ---------------------------------------------------------------------------
 
