@@ -14,7 +14,9 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import stat
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -30,8 +32,14 @@ from agentfense.fs.view import View
 from agentfense.policy import Policy
 from agentfense.types import Permission, PermissionRule
 
-Tree = dict[str, bytes | None]
-"""Relative path -> a file's content, or ``None`` for a directory."""
+
+@dataclass(frozen=True)
+class Link:
+    target: str
+
+
+Tree = dict[str, bytes | Link | None]
+"""Relative path -> a file's content, a symlink, or ``None`` for a directory."""
 
 WRITE_ALL = Policy([PermissionRule("**", Permission.WRITE)])
 MIXED = Policy(
@@ -48,7 +56,10 @@ NAMES = ("a", "b", "c")
 PATHS = tuple(
     "/".join(parts) for depth in (1, 2, 3) for parts in itertools.product(NAMES, repeat=depth)
 )
-START: Tree = {"a": None, "a/b": b"ab", "b": b"b", "c": None, "c/a": None, "c/a/b": b"cab"}
+START: Tree = {
+    **{"a": None, "a/b": b"ab", "b": b"b", "c": None, "c/a": None, "c/a/b": b"cab"},
+    **{"c/b": Link("../a/b"), "c/c": Link("x" * 3000)},
+}
 # Under the mixed policy, beside START: hidden (never shown, never touched) and read-only.
 HIDDEN: Tree = {"secret": None, "secret/s": b"s", "a/k.key": b"k", "c/a/k.key": b"k2"}
 READ_ONLY: Tree = {"ro.txt": b"ro"}
@@ -56,6 +67,7 @@ READ_ONLY: Tree = {"ro.txt": b"ro"}
 A_PATH = st.one_of(
     *(st.sampled_from([rel for rel in PATHS if rel.count("/") == depth]) for depth in (0, 1, 2))
 )
+TARGETS = st.sampled_from([Link("a"), Link("../b"), Link("t" * 2000)])
 CONTENTS = st.sampled_from([b"", b"x", b"hello\n", b"y" * 5000])
 
 
@@ -77,6 +89,8 @@ def write_tree(root: Path, tree: Tree) -> None:
     for rel, content in sorted(tree.items()):
         if content is None:
             (root / rel).mkdir()
+        elif isinstance(content, Link):
+            (root / rel).symlink_to(content.target)
         else:
             (root / rel).write_bytes(content)
 
@@ -85,11 +99,15 @@ def host_tree(root: Path) -> Tree:
     tree: Tree = {}
     for directory, dirs, files in os.walk(root):
         base = os.path.relpath(directory, root)
-        for name in dirs:
-            tree[os.path.normpath(os.path.join(base, name))] = None
-        for name in files:
+        for name in dirs + files:
             path = os.path.join(directory, name)
-            tree[os.path.normpath(os.path.join(base, name))] = Path(path).read_bytes()
+            rel = os.path.normpath(os.path.join(base, name))
+            if os.path.islink(path):
+                tree[rel] = Link(os.readlink(path))
+            elif name in dirs:
+                tree[rel] = None
+            else:
+                tree[rel] = Path(path).read_bytes()
     return tree
 
 
@@ -103,6 +121,8 @@ def shown(view: View) -> Tree:
             if entry.is_dir:
                 tree[rel] = None
                 pending.append(rel)
+            elif stat.S_ISLNK(entry.st.st_mode):
+                tree[rel] = Link(view.readlink(rel, entry))
             elif view.level(rel).rank >= Permission.READ.rank:
                 fd = view.open_file(rel, os.O_RDONLY)
                 try:
@@ -187,9 +207,17 @@ class ViewModel(RuleBasedStateMachine):
             self.view.created(rel)
             self.model[rel] = None
 
+    @rule(rel=A_PATH, link=TARGETS)
+    def symlink(self, rel: str, link: Link) -> None:
+        if self._creatable(rel):
+            self.view.prepare_new(rel)
+            self.view.upper.symlink(link.target, rel)
+            self.view.created(rel)
+            self.model[rel] = link
+
     @rule(rel=A_PATH, content=CONTENTS)
     def write(self, rel: str, content: bytes) -> None:
-        if self.model.get(rel) is not None:
+        if isinstance(self.model.get(rel), bytes):
             self._write(rel, content)
             self.model[rel] = content
 
@@ -209,7 +237,7 @@ class ViewModel(RuleBasedStateMachine):
     @rule(rel=A_PATH, content=CONTENTS)
     def rewrite(self, rel: str, content: bytes) -> None:
         """An editor's save: the file removed, then made again."""
-        if self.model.get(rel) is not None:
+        if isinstance(self.model.get(rel), bytes):
             self._remove(rel)
             self._new_file(rel, content)
 
