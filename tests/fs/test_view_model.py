@@ -59,7 +59,8 @@ PATHS = tuple(
     "/".join(parts) for depth in (1, 2, 3) for parts in itertools.product(NAMES, repeat=depth)
 )
 START: Tree = {
-    **{"a": None, "a/b": b"ab", "b": b"b", "c": None, "c/a": None, "c/a/b": b"cab"},
+    **{"a": None, "a/a": b"aa", "a/b": b"ab", "a/c": None, "a/c/a": b"aca", "b": b"b"},
+    **{"c": None, "c/a": None, "c/a/a": b"caa", "c/a/b": b"cab"},
     **{"c/b": Link("../a/b"), "c/c": Link("x" * 3000)},
 }
 # Under the mixed policy, beside START: hidden (never shown, never touched) and read-only.
@@ -311,6 +312,19 @@ class ViewModel(RuleBasedStateMachine):
         assert shown(self.view) == self.model
 
     @invariant()
+    def each_path_looked_up_is_the_model_s(self) -> None:
+        """What a LOOKUP of any name finds (``locate``), listed or not."""
+        for rel in PATHS:
+            entry = self.view.locate(rel)
+            if rel not in self.model:
+                assert entry is None, f"{rel} found"
+                continue
+            assert entry is not None, f"{rel} not found"
+            content = self.model[rel]
+            assert entry.is_dir == (content is None)
+            assert stat.S_ISLNK(entry.st.st_mode) == isinstance(content, Link)
+
+    @invariant()
     def a_view_taken_over_shows_the_same(self) -> None:
         again = self._view()
         try:
@@ -338,7 +352,7 @@ class MixedViewModel(ViewModel):
 
 
 _SETTINGS = settings(
-    max_examples=60,
+    max_examples=40,
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
@@ -368,6 +382,7 @@ def _steps(machine: ViewModel, *steps: tuple[str, tuple[object, ...]]) -> None:
     for name, args in steps:
         getattr(machine, name)(*args)
         machine.shows_the_model()
+        machine.each_path_looked_up_is_the_model_s()
         machine.a_view_taken_over_shows_the_same()
         machine.protected_entries_stay_in_the_codebase()
 
@@ -381,6 +396,7 @@ def test_a_file_made_where_a_hidden_entry_keeps_a_directory_waits_in_the_delta(
     hidden; made a directory again, it is committed into the kept one."""
     _steps(
         mixed,
+        ("unlink", ("c/a/a",)),
         ("unlink", ("c/a/b",)),
         ("rmdir", ("c/a",)),
         ("create", ("c/a", b"file")),
@@ -411,10 +427,27 @@ def test_a_directory_with_hidden_entries_renamed_leaves_them_where_they_were(
         ("unlink", ("b",)),
         ("rename", ("c", "b")),
         ("commit", ()),
-        ("rename", ("b/a", "a/a")),
-        ("rewrite", ("a/a/b", b"x")),
+        ("rename", ("b/a", "a/c/b")),
+        ("rewrite", ("a/c/b/b", b"x")),
         ("commit", ()),
     )
-    assert (mixed.lower / "a" / "a" / "b").read_bytes() == b"x"
+    assert (mixed.lower / "a" / "c" / "b" / "b").read_bytes() == b"x"
     assert sorted(os.listdir(mixed.lower / "c" / "a")) == ["k.key"]
     assert not (mixed.lower / "b" / "a").exists()
+
+
+def test_a_directory_deleted_among_many_hides_what_was_below_it() -> None:
+    """Past a few deletions a lookup tests each ancestor of the path: one deleted directory
+    still hides every entry below it, listed or looked up by name."""
+    machine = ViewModel()
+    try:
+        _steps(
+            machine,
+            *(("unlink", (rel,)) for rel in ("a/a", "a/b", "a/c/a", "b", "c/b", "c/c", "c/a/a")),
+            ("rename", ("c", "b")),
+            ("mkdir", ("c",)),
+        )
+        assert len(machine.view.deleted.paths) >= 8
+        _steps(machine, ("mkdir", ("c/b",)), ("commit", ()))
+    finally:
+        machine.teardown()
