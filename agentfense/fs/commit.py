@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import stat
 from dataclasses import dataclass, field
 
@@ -69,7 +70,7 @@ def _delete_lower(view: View, top: str, result: CommitResult) -> bool:
         elif view.level(rel) is Permission.WRITE:
             with contextlib.suppress(FileNotFoundError):
                 lower.unlink(rel)
-            result.bytes_delta -= st.st_size
+            result.bytes_delta -= _file_bytes(st)
             gone = True
         if gone:
             result.changed.append(rel)
@@ -77,6 +78,12 @@ def _delete_lower(view: View, top: str, result: CommitResult) -> bool:
         elif rel != top:
             blocked.add(_parent(rel))
     return top not in blocked and lower.try_lstat(top) is None
+
+
+def _file_bytes(st: os.stat_result) -> int:
+    """What an entry counts for in the codebase's bytes: a regular file's size (a symlink's
+    size is its target's length, which the count leaves out)."""
+    return st.st_size if stat.S_ISREG(st.st_mode) else 0
 
 
 def _replaced(view: View, rel: str) -> bool:
@@ -93,7 +100,7 @@ def _ensure_dir(lower: HostTree, rel: str, mode: int, result: CommitResult) -> N
     target = lower.try_lstat(rel)
     if target is not None and not stat.S_ISDIR(target.st_mode):
         lower.unlink(rel)
-        result.bytes_delta -= target.st_size
+        result.bytes_delta -= _file_bytes(target)
         result.entries_delta -= 1
         target = None
     if target is None:
