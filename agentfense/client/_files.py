@@ -136,9 +136,10 @@ def check(result: ExecResult, what: str, path: str) -> None:
         return
     detail = (result.stderr.strip().splitlines() or [f"exit code {result.exit_code}"])[-1]
     message = f"cannot {what} {sandbox_path(path)}: {detail}"
-    if "Permission denied" in detail or "Operation not permitted" in detail:
+    said = detail.lower()  # (each shell words it its own way: dash, busybox's ash, bash)
+    if "permission denied" in said or "operation not permitted" in said:
         raise PermissionDeniedError(message)
-    if "No such file" in detail or "Not a directory" in detail:  # (sh says only "No such file")
+    if any(words in said for words in ("no such file", "not a directory", "nonexistent dir")):
         raise SandboxError(
             f"file {sandbox_path(path)} not found in the sandbox", code=StatusCode.NOT_FOUND
         )
