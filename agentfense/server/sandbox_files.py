@@ -178,8 +178,9 @@ def _check_writable(view: Path, rel: str, owner: Owner) -> None:
 
 def _put_in_place(view: Path, rel: str, owner: Owner, spooled: int) -> None:
     """Copy the spooled content into a temporary beside the target and rename it over the
-    target (or, without a temporary, into the target): either all of it is there, or,
-    when this fails, none of it and no temporary."""
+    target: all of it is there, or, when this fails, none of it and no temporary. (Without a
+    temporary, the content is copied into the target itself, which a failure on the way (a
+    full delta) leaves cut short.)"""
     with acting_as(*owner):
         tree = HostTree(view)
         try:
