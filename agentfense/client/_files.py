@@ -10,6 +10,11 @@ sandbox's ``/tmp``, which reaches the target only if its size and SHA-256 are wh
 refused and the target left as it was); a read and a listing end with a marker, so that
 output cut short is an error. (A read is one pass over the file: ``/proc`` files and files
 being written change between two.)
+
+A read is bounded, whatever the sandbox put at the path: only a regular file is read (not a
+FIFO nobody writes, nor a link to ``/dev/zero``), at most ``READ_LIMIT`` bytes of it (a file
+larger is refused), and the command has ``READ_TIMEOUT`` seconds (a FIFO swapped in after the
+check holds it no longer).
 """
 
 from __future__ import annotations
@@ -20,7 +25,14 @@ import hashlib
 import shlex
 from datetime import UTC, datetime
 
-from ..errors import InvalidConfigurationError, PermissionDeniedError, SandboxError, StatusCode
+from ..errors import (
+    CommandTimeoutError,
+    InvalidConfigurationError,
+    PermissionDeniedError,
+    ResourceLimitExceededError,
+    SandboxError,
+    StatusCode,
+)
 from ..types import ExecResult, FileInfo
 
 WORKSPACE = "/workspace"
@@ -28,6 +40,13 @@ WORKSPACE = "/workspace"
 SHORT_WRITE_EXIT = 86
 SHORT_WRITE_MARK = "agentfense: received "
 _END = "end"
+# The most a read through a command carries: base64 makes it a third larger, and it must fit
+# in the server's output cap (max_output_bytes, 16 MiB by default on ours).
+READ_LIMIT = 8 * 1024 * 1024
+# How long a read through a command may take (seconds).
+READ_TIMEOUT = 30.0
+# A read of something that is not a regular file exits with this code and says why on stderr.
+NOT_REGULAR_EXIT = 87
 
 
 def sandbox_path(path: str) -> str:
@@ -42,9 +61,27 @@ def in_workspace(path: str) -> bool:
     return not path.startswith("/") or path == WORKSPACE or path.startswith(WORKSPACE + "/")
 
 
-def read_command(path: str) -> str:
-    """The file base64-encoded, then a space and the end marker."""
-    return f"base64 -w0 -- {shlex.quote(sandbox_path(path))} && printf ' {_END}'"
+def read_command(path: str, limit: int = READ_LIMIT) -> str:
+    """The file base64-encoded (at most ``limit`` + 1 bytes of it, to tell a file too large),
+    then a space and the end marker. Opened (``exec 3<``) before it is read, so that a file
+    that cannot be opened fails the command rather than read as empty."""
+    target = shlex.quote(sandbox_path(path))
+    return (
+        f"if [ -d {target} ]; then echo 'is a directory' >&2; exit {NOT_REGULAR_EXIT}; fi; "
+        f"if [ -e {target} ] && [ ! -f {target} ]; then "
+        f"echo 'is not a regular file (a FIFO, a socket or a device)' >&2; "
+        f"exit {NOT_REGULAR_EXIT}; fi; "
+        f"exec 3< {target} || exit 1; "
+        f"head -c {limit + 1} <&3 | base64 -w0 && printf ' {_END}'"
+    )
+
+
+def read_timed_out(path: str) -> SandboxError:
+    """What a read through a command that did not end in ``READ_TIMEOUT`` raises."""
+    return CommandTimeoutError(
+        f"cannot read {sandbox_path(path)}: the read did not end within {READ_TIMEOUT:g} s "
+        "(a FIFO or a device that gives nothing?)"
+    )
 
 
 def write_command(path: str, data: bytes) -> str:
@@ -99,21 +136,33 @@ def check(result: ExecResult, what: str, path: str) -> None:
         return
     detail = (result.stderr.strip().splitlines() or [f"exit code {result.exit_code}"])[-1]
     message = f"cannot {what} {sandbox_path(path)}: {detail}"
-    if "Permission denied" in detail or "Operation not permitted" in detail:
+    said = detail.lower()  # (each shell words it its own way: dash, busybox's ash, bash)
+    if "permission denied" in said or "operation not permitted" in said:
         raise PermissionDeniedError(message)
-    if "No such file or directory" in detail or "Not a directory" in detail:
+    if any(words in said for words in ("no such file", "not a directory", "nonexistent dir")):
         raise SandboxError(
             f"file {sandbox_path(path)} not found in the sandbox", code=StatusCode.NOT_FOUND
         )
     raise SandboxError(message)
 
 
-def decode(result: ExecResult, path: str) -> bytes:
+def decode(result: ExecResult, path: str, limit: int = READ_LIMIT) -> bytes:
+    """The content a ``read_command(path, limit)`` sent back."""
+    if result.exit_code == NOT_REGULAR_EXIT:
+        detail = (result.stderr.strip().splitlines() or ["is not a regular file"])[-1]
+        raise InvalidConfigurationError(f"cannot read {sandbox_path(path)}: it {detail}")
     check(result, "read", path)
     encoded, space, end = result.stdout.rpartition(" ")
     try:
         if space and end == _END:
-            return base64.b64decode(encoded, validate=True)
+            data = base64.b64decode(encoded, validate=True)
+            if len(data) > limit:
+                raise ResourceLimitExceededError(
+                    f"cannot read {sandbox_path(path)}: it is larger than the {limit} bytes "
+                    "a read through a command in the sandbox carries (a file of /workspace "
+                    "is read whole by the server's file RPCs)"
+                )
+            return data
     except binascii.Error:
         pass
     raise SandboxError(

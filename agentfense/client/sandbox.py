@@ -16,7 +16,7 @@ import anyio
 from .._blocking import run_sync
 from .._construction import NoPublicConstructor
 from .._transport import DEFAULT_ENDPOINT, finishing
-from ..errors import SandboxError, SandboxNotFoundError, StatusCode
+from ..errors import CommandTimeoutError, SandboxError, SandboxNotFoundError, StatusCode
 from ..presets import RuleLike, resolve_permissions
 from ..types import (
     ExecResult,
@@ -345,7 +345,12 @@ class AsyncSandbox(metaclass=NoPublicConstructor):
         data = await self._file_rpc(path, lambda: self._client.read_sandbox_file(self.id, path))
         if data is not None:
             return data
-        result = await self._client.exec(self.id, _files.read_command(path))
+        try:
+            result = await self._client.exec(
+                self.id, _files.read_command(path), timeout=_files.READ_TIMEOUT
+            )
+        except CommandTimeoutError:
+            raise _files.read_timed_out(path) from None
         return _files.decode(result, path)
 
     async def read_file(self, path: str, encoding: str = "utf-8") -> str:

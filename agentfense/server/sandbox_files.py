@@ -79,13 +79,26 @@ def _error(exc: OSError, what: str, rel: str) -> SandboxError:
     return SandboxError(f"cannot {what} {where}: {exc.strerror}")
 
 
+def _not_regular(rel: str, mode: int) -> SandboxError:
+    where = _shown(rel)
+    if stat.S_ISDIR(mode):
+        return InvalidConfigurationError(f"{where} is a directory")
+    if stat.S_ISLNK(mode):
+        return InvalidConfigurationError(f"{where} is a symbolic link; it is not followed")
+    return InvalidConfigurationError(
+        f"{where} is not a regular file (a FIFO, a socket or a device); only regular files "
+        "are read and written"
+    )
+
+
 def _open_regular(tree: HostTree, rel: str, flags: int) -> int:
     """An fd on a regular file, never blocking on the way: a FIFO the sandbox made must not
     hold a server thread until someone writes to it."""
     fd = tree.open(rel, flags | os.O_NONBLOCK, 0o644)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
         os.close(fd)
-        raise OSError(errno.EISDIR, "not a regular file")
+        raise _not_regular(rel, mode)
     os.set_blocking(fd, True)
     return fd
 
@@ -115,68 +128,80 @@ async def read_file(view: Path, rel: str, owner: Owner) -> AsyncIterator[bytes]:
         os.close(fd)
 
 
-def _remove_quietly(view: Path, rel: str, owner: Owner) -> None:
-    with acting_as(*owner):
-        tree = HostTree(view)
-        try:
-            with contextlib.suppress(OSError):
-                tree.unlink(rel)
-        finally:
-            tree.close()
-
-
-def _open_temporary(view: Path, rel: str, owner: Owner) -> tuple[int, str | None]:
-    """An fd to write the new content to: a new file beside the target in the view (``rel``
-    of it returned), or, when the sandbox may not create that name (a rule that grants only
-    the target's exact name, a name too long for a prefix), an unlinked file of the server's
-    (``None``), copied over the target once it is whole. The target's parents are created,
-    and a target that is not a regular file is refused before anything is written."""
+def _open_temporary(tree: HostTree, rel: str) -> tuple[int, str | None]:
+    """An fd to put the new content in: a new file beside the target in the view (``rel`` of
+    it returned), or, when the sandbox may not create that name (a rule that grants only the
+    target's exact name, a name too long for a prefix), none (-1, ``None``): the content then
+    goes into the target itself. The target's parents are created, and a target that is not
+    a regular file is refused before anything is written. Made as the sandbox's uid
+    (``acting_as``)."""
     parent, _, name = rel.rpartition("/")
+    tree.makedirs(parent)
+    existing = tree.try_lstat(rel)
+    if existing is not None and not stat.S_ISREG(existing.st_mode):
+        raise _not_regular(rel, existing.st_mode)
+    temp = f".agentfense-{secrets.token_hex(6)}.{name}"
+    temp = f"{parent}/{temp}" if parent else temp
+    try:
+        fd = tree.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EPERM, errno.ENAMETOOLONG):
+            raise
+        return -1, None
+    try:
+        if existing is not None:
+            os.fchmod(fd, stat.S_IMODE(existing.st_mode))
+    except OSError:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            tree.unlink(temp)
+        raise
+    return fd, temp
+
+
+def _check_writable(view: Path, rel: str, owner: Owner) -> None:
+    """Refuse, before a byte is taken, a write the sandbox may not make: what putting the
+    content in place does, without the content (a temporary made and removed at once)."""
     with acting_as(*owner):
         tree = HostTree(view)
         try:
-            tree.makedirs(parent)
-            existing = tree.try_lstat(rel)
-            if existing is not None and not stat.S_ISREG(existing.st_mode):
-                code = errno.ELOOP if stat.S_ISLNK(existing.st_mode) else errno.EISDIR
-                raise OSError(code, os.strerror(code))
-            temp = f".agentfense-{secrets.token_hex(6)}.{name}"
-            temp = f"{parent}/{temp}" if parent else temp
-            try:
-                fd = tree.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except OSError as exc:
-                if exc.errno not in (errno.EACCES, errno.EPERM, errno.ENAMETOOLONG):
-                    raise
-                return -1, None
-            try:
-                if existing is not None:
-                    os.fchmod(fd, stat.S_IMODE(existing.st_mode))
-            except OSError:
+            fd, temp = _open_temporary(tree, rel)
+            if temp is None and tree.try_lstat(rel) is not None:
+                fd = _open_regular(tree, rel, os.O_WRONLY)  # (not truncated: only a check)
+            if fd >= 0:
                 os.close(fd)
-                with contextlib.suppress(OSError):
-                    tree.unlink(temp)
-                raise
-            return fd, temp
+            if temp is not None:
+                tree.unlink(temp)
         finally:
             tree.close()
 
 
-def _replace(view: Path, rel: str, owner: Owner, temp: str | None, spooled: int) -> None:
-    """Put the whole new content in place: rename the temporary over the target, or copy the
-    spooled content into it."""
+def _put_in_place(view: Path, rel: str, owner: Owner, spooled: int) -> None:
+    """Copy the spooled content into a temporary beside the target and rename it over the
+    target: all of it is there, or, when this fails, none of it and no temporary. (Without a
+    temporary, the content is copied into the target itself, which a failure on the way (a
+    full delta) leaves cut short.)"""
     with acting_as(*owner):
         tree = HostTree(view)
         try:
-            if temp is not None:
-                tree.rename(temp, rel)
-                return
-            fd = _open_regular(tree, rel, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            fd, temp = _open_temporary(tree, rel)
+            if temp is None:
+                fd = _open_regular(tree, rel, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
             try:
                 os.lseek(spooled, 0, os.SEEK_SET)
                 while data := os.read(spooled, CHUNK):
                     _write_all(fd, data)
-            finally:
                 os.close(fd)
+                fd = -1
+                if temp is not None:
+                    tree.rename(temp, rel)
+                    temp = None
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+                if temp is not None:
+                    with contextlib.suppress(OSError):
+                        tree.unlink(temp)
         finally:
             tree.close()
 
@@ -196,12 +221,16 @@ async def write_file(
     max_bytes: int,
     total_size: int,
     spool_dir: Path,
+    commit_lock: anyio.Lock,
 ) -> tuple[int, str]:
     """Write the file (parents created), as the sandbox could; (size, sha256).
 
-    All or nothing: the content goes to a temporary file and replaces the target only once
-    the stream ended with exactly ``total_size`` bytes (0: as many as came). A stream broken
-    off, longer or shorter than announced, or refused on the way leaves the target as it was.
+    All or nothing: the content is spooled in the server's ``spool_dir``, outside the view,
+    while it comes, and is put in the view only once the stream ended with exactly
+    ``total_size`` bytes (0: as many as came), under ``commit_lock`` (the sandbox's commits
+    take it too): no commit ever sees a partial write, and a client that stalls holds up no
+    commit. A stream broken off, longer or shorter than announced, or refused on the way
+    leaves the target as it was.
     """
     if not rel:
         raise InvalidConfigurationError("path must name a file under /workspace")
@@ -210,14 +239,13 @@ async def write_file(
     if total_size > max_bytes:
         raise ResourceLimitExceededError(_too_large(rel, max_bytes))
     try:
-        fd, temp = await anyio.to_thread.run_sync(_open_temporary, view, rel, owner)
+        async with commit_lock:
+            await anyio.to_thread.run_sync(_check_writable, view, rel, owner)
+        spooled = os.open(spool_dir, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise _error(exc, "write", rel) from None
-    if temp is None:
-        fd = os.open(spool_dir, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
     digest = hashlib.sha256()
     size = 0
-    replaced = False
     try:
         async for data in chunks:
             size += len(data)
@@ -228,26 +256,28 @@ async def write_file(
                     f"{_shown(rel)}: more than the {total_size} bytes total_size announced came"
                 )
             digest.update(data)
-            await anyio.to_thread.run_sync(_write_all, fd, data)
+            try:
+                await anyio.to_thread.run_sync(_write_all, spooled, data)
+            except OSError as exc:
+                said = (
+                    f"cannot write {_shown(rel)}: the server could not keep it while it came "
+                    f"({exc.strerror}); nothing was written"
+                )
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise ResourceLimitExceededError(said) from None
+                raise SandboxError(said) from None
         if total_size and size != total_size:
             raise InvalidConfigurationError(
                 f"{_shown(rel)}: total_size announced {total_size} bytes but {size} came; "
                 "the file was left as it was"
             )
         with anyio.CancelScope(shield=True):
-            if temp is not None:
-                os.close(fd)
-                fd = -1
-            await anyio.to_thread.run_sync(_replace, view, rel, owner, temp, fd)
-            replaced = True
+            async with commit_lock:
+                await anyio.to_thread.run_sync(_put_in_place, view, rel, owner, spooled)
     except OSError as exc:
         raise _error(exc, "write", rel) from None
     finally:
-        if fd >= 0:
-            os.close(fd)
-        if temp is not None and not replaced:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(_remove_quietly, view, temp, owner)
+        os.close(spooled)
     return size, digest.hexdigest()
 
 

@@ -76,6 +76,7 @@ class SandboxManager:
         self._deltas = config.state_dir / "deltas"
         self._fs = FsSupervisor(config.state_dir, on_lost=self._view_lost)
         self._task_group: anyio.abc.TaskGroup | None = None
+        self._commit_locks: dict[str, anyio.Lock] = {}  # sandbox id: its commit_lock
         self.commands = Commands(config, self.commit)
         self.sessions = SessionRegistry(
             self._sandboxes,
@@ -169,11 +170,17 @@ class SandboxManager:
         record = self.get(sandbox_id)
         return record, self._fs.view_path(record.id)
 
+    def commit_lock(self, record: SandboxRecord) -> anyio.Lock:
+        """Held by every commit of the sandbox: whoever holds it (a file write putting its
+        content in place) is sure that no commit sees its view half-changed."""
+        return self._commit_locks.setdefault(record.id, anyio.Lock())
+
     async def commit(self, record: SandboxRecord) -> bool:
         """Apply what the sandbox wrote since the last commit to its codebase; whether a
         write was refused meanwhile for its delta limit."""
         with anyio.CancelScope(shield=True):
-            reply = await self._fs.commit(record.id)
+            async with self.commit_lock(record):
+                reply = await self._fs.commit(record.id)
             if reply.changed:  # nothing changed (every read-only exec): no meta write
                 try:
                     await self._codebases.touch(record.codebase_id)
@@ -366,6 +373,7 @@ class SandboxManager:
         with anyio.CancelScope(shield=True):
             await self.commit(record)  # what file operations of a stopped sandbox wrote
             self._sandboxes.remove(record.id)
+            self._commit_locks.pop(record.id, None)
             await self.sessions.close_all(record.id, forget=True)
             await self._fs.remove_view(record.id)
             await anyio.to_thread.run_sync(remove_tree, self._deltas / record.id)

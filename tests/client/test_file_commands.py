@@ -4,13 +4,19 @@ is checked, so output cut short or content dropped is an error, never a smaller 
 from __future__ import annotations
 
 import base64
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from agentfense.client import _files
-from agentfense.errors import SandboxError, StatusCode
+from agentfense.errors import (
+    InvalidConfigurationError,
+    ResourceLimitExceededError,
+    SandboxError,
+    StatusCode,
+)
 from agentfense.types import ExecResult
 
 
@@ -68,3 +74,23 @@ def test_a_write_whose_stdin_is_lost_leaves_the_target(tmp_path: Path) -> None:
     fresh = tmp_path / "new" / "deeper" / "f"
     _files.check_written(_sh(_files.write_command(str(fresh), b""), ""), str(fresh))
     assert fresh.read_bytes() == b""
+
+
+def test_a_read_larger_than_its_limit_is_refused_not_cut(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"x" * 11)
+    (tmp_path / "g").write_bytes(b"x" * 10)
+    with pytest.raises(ResourceLimitExceededError, match="larger than the 10 bytes"):
+        _files.decode(_sh(_files.read_command(str(tmp_path / "f"), 10)), "f", 10)
+    assert _files.decode(_sh(_files.read_command(str(tmp_path / "g"), 10)), "g", 10) == b"x" * 10
+
+
+def test_a_read_refuses_what_is_not_a_regular_file_without_blocking(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "pipe")  # nobody writes it: opening it would block
+    (tmp_path / "zero").symlink_to("/dev/zero")
+    for name in ("pipe", "zero"):
+        result = _sh(_files.read_command(str(tmp_path / name)))
+        with pytest.raises(InvalidConfigurationError, match="not a regular file"):
+            _files.decode(result, name)
+    with pytest.raises(SandboxError) as missing:
+        _files.decode(_sh(_files.read_command(str(tmp_path / "none"))), "none")
+    assert missing.value.code == StatusCode.NOT_FOUND

@@ -9,10 +9,17 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import docker
 import pytest
 
-from agentfense import AsyncSandbox, RuntimeType, SandboxError
+from agentfense import (
+    AsyncSandbox,
+    InvalidConfigurationError,
+    RuntimeType,
+    SandboxError,
+)
+from agentfense.errors import StatusCode
 from agentfense.testing import ServerProcess, start_server_process
 
 pytestmark = pytest.mark.anyio
@@ -242,6 +249,24 @@ async def test_sessions_in_an_image_without_bash_get_its_sh_and_never_pass_it_of
             assert "Permission denied" in fds.stderr
         with pytest.raises(SandboxError, match="bash"):
             await sandbox.session(shell="bash")
+
+
+async def test_reading_what_never_ends_outside_the_workspace_ends_at_once_in_busybox(
+    engine: docker.APIClient, endpoint: str, project: Path
+) -> None:
+    """As on bwrap (test_sandbox_files.py), with busybox's sh and tools."""
+    async with await _sandbox(endpoint, project, image=BUSYBOX) as sandbox:
+        planted = await sandbox.run("ln -s /dev/zero /tmp/zero && mkfifo /tmp/pipe")
+        assert planted.exit_code == 0, planted.stderr
+        for path in ("/tmp/zero", "/tmp/pipe"):
+            with anyio.fail_after(10), pytest.raises(InvalidConfigurationError) as refused:
+                await sandbox.read_file_bytes(path)
+            assert "is not a regular file" in str(refused.value)
+        await sandbox.run("printf 'made\\n' > /tmp/made")
+        assert await sandbox.read_file("/tmp/made") == "made\n"
+        with pytest.raises(SandboxError) as missing:
+            await sandbox.read_file("/tmp/none")
+        assert missing.value.code == StatusCode.NOT_FOUND
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ announced leaves the file as it was (and nothing else behind); a whole one repla
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -95,3 +96,40 @@ async def test_a_broken_off_or_short_write_leaves_the_file_as_it_was(
         assert await client.download_file(sandbox.codebase_id, "notes/a.txt") == PIECE * 2
         assert (await sandbox.run("stat -c %a notes/a.txt")).stdout.strip() == "755"
         assert {f.name for f in await sandbox.list_files("/workspace/notes")} == {"a.txt"}
+
+
+async def test_a_write_in_flight_never_reaches_the_codebase_nor_holds_up_commits(
+    client: AsyncSandboxClient, endpoint: str, project: Path
+) -> None:
+    """A command of the sandbox that ends while a write is still coming commits at once (the
+    client does not hold the commit hostage), and what it commits holds nothing of the write:
+    no partial temporary file (it used to be made in the view, where a commit took it)."""
+    async with await AsyncSandbox.from_local(
+        project, endpoint=endpoint, preset="development"
+    ) as sandbox:
+        codebase_id = (await sandbox.refresh()).codebase_id
+        # (Not an anyio.Event: under trio, the transport runs this generator on its asyncio
+        # loop thread.)
+        release = threading.Event()
+
+        async def chunks() -> AsyncIterator[pb.SandboxFileChunk]:
+            meta = pb.SandboxFileChunkMetadata(
+                sandbox_id=sandbox.id, path="/workspace/report.txt", total_size=200
+            )
+            yield pb.SandboxFileChunk(metadata=meta)
+            yield pb.SandboxFileChunk(data=b"A" * 100)
+            await anyio.to_thread.run_sync(release.wait)
+            yield pb.SandboxFileChunk(data=b"B" * 100)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_send, client, chunks)
+            try:
+                await anyio.sleep(1)  # the first half is on the server
+                with anyio.fail_after(20):
+                    await sandbox.run("echo ran > /workspace/ran.txt")  # ends: it commits
+                names = [info.path for info in await client.list_files(codebase_id, recursive=True)]
+            finally:
+                release.set()
+        assert "ran.txt" in names
+        assert not [name for name in names if ".agentfense-" in name or "report" in name], names
+        assert await client.download_file(codebase_id, "report.txt") == b"A" * 100 + b"B" * 100

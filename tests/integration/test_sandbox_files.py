@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
 import pytest
 
 from agentfense import (
@@ -84,3 +85,40 @@ async def test_file_rpcs_work_on_a_stopped_sandbox_and_refuse_bad_paths(
             await sandbox.write_file("link", "through the link")
         result = await sandbox.run("cat notes.txt; readlink link")
         assert result.stdout == "written while stopped\n/etc/hostname\n"
+
+
+async def test_reading_what_never_ends_outside_the_workspace_ends_at_once(
+    endpoint: str, project: Path
+) -> None:
+    """A path outside /workspace is read by a command in the sandbox: what the sandbox put
+    there (a link to /dev/zero, a FIFO nobody writes, a sparse file of 100 GiB) is refused
+    at once, not read until the command's default timeout (300 s)."""
+    async with await AsyncSandbox.from_local(project, endpoint=endpoint) as sandbox:
+        planted = await sandbox.run(
+            "ln -s /dev/zero /tmp/zero && mkfifo /tmp/pipe && truncate -s 100G /tmp/huge"
+        )
+        assert planted.exit_code == 0, planted.stderr
+        for path in ("/tmp/zero", "/tmp/pipe"):
+            with anyio.fail_after(10), pytest.raises(InvalidConfigurationError) as refused:
+                await sandbox.read_file_bytes(path)
+            assert str(refused.value) == (
+                f"cannot read {path}: it is not a regular file (a FIFO, a socket or a device)"
+            )
+        # (Past the test server's small output cap (max_output_bytes): cut short.)
+        with anyio.fail_after(20), pytest.raises(SandboxError, match="cut short"):
+            await sandbox.read_file_bytes("/tmp/huge")
+        with anyio.fail_after(10), pytest.raises(InvalidConfigurationError, match="directory"):
+            await sandbox.read_file_bytes("/tmp")
+
+
+async def test_a_fifo_in_the_workspace_is_refused_as_not_a_regular_file(
+    endpoint: str, project: Path
+) -> None:
+    async with await AsyncSandbox.from_local(
+        project, endpoint=endpoint, preset="development"
+    ) as sandbox:
+        assert (await sandbox.run("mkfifo /workspace/pipe && echo made")).stdout == "made\n"
+        for attempt in (sandbox.read_file_bytes, lambda path: sandbox.write_file(path, "x")):
+            with anyio.fail_after(10), pytest.raises(InvalidConfigurationError) as refused:
+                await attempt("/workspace/pipe")
+            assert "/workspace/pipe is not a regular file" in str(refused.value)

@@ -50,7 +50,7 @@ class SandboxService(pb.SandboxServiceBase):
     def __init__(self, manager: SandboxManager, *, max_upload_bytes: int, spool_dir: Path) -> None:
         self._manager = manager
         self._max_upload_bytes = max_upload_bytes
-        self._spool_dir = spool_dir  # where writes the view cannot take in a temporary wait
+        self._spool_dir = spool_dir  # where a sandbox file write waits until it is whole
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         mapping: dict[str, grpclib.const.Handler] = super().__mapping__()
@@ -175,6 +175,7 @@ class SandboxService(pb.SandboxServiceBase):
                     max_bytes=self._max_upload_bytes,
                     total_size=meta.total_size,
                     spool_dir=self._spool_dir,
+                    commit_lock=self._manager.commit_lock(record),
                 )
             finally:
                 await self._manager.commit(record)
