@@ -73,11 +73,14 @@ def gate(*, keep_home: bool, confined: bool) -> str:
     # is no Landlock right) is given its mode back for the next command.
     run = f'{IN_CONTAINER} "$HOME" "$@"' if confined else '"$@"'
     empty = f'{IN_CONTAINER} "$HOME" rm -rf -- "$HOME" 2>/dev/null; rmdir -- "$HOME" 2>/dev/null'
-    new_home = "mktemp -d /home/home-XXXXXXXXXX 2>/dev/null"
+    # (Each attempt is one command substitution of one program, which the shell execs in its
+    # fork: a sandbox whose pids are nearly all taken by leftovers needs no more pids here.)
+    new_home = "mktemp -d /home/home-XXXXXXXXXX"
     return (
         _OOM
         + _GO
-        + f"HOME=$({new_home} || {{ chmod 755 /home && {new_home}; }}) || exit 125; "
+        + f"HOME=$({new_home} 2>/dev/null) || HOME=$(chmod 755 /home && {new_home}) "
+        + "|| exit 125; "
         + f"export HOME; {run}; code=$?; "
         + (empty if confined else 'rm -rf -- "$HOME"')
         + "; exit $code"
