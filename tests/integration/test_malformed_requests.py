@@ -117,6 +117,8 @@ async def test_malformed_requests_and_streams_out_of_order_are_invalid_arguments
         ("rule as a varint", _SB + "CreateSandbox", [_ld(1, cid) + _vi(2, 1)], "permissions"),
         ("rules packed", _SB + "CreateSandbox", [_ld(1, cid) + _ld(2, b"\x01")], "numbered 0"),
         ("empty stream", _SB + "WriteSandboxFile", [], "metadata"),
+        ("exec stream without a request", _SB + "ExecStream", [], "no request message"),
+        ("session stream without a request", _SB + "SessionExecStream", [], "no request message"),
         ("metadata twice", _SB + "WriteSandboxFile", [write_meta, write_meta], "metadata"),
         ("empty later chunk", _SB + "WriteSandboxFile", [write_meta, b""], "sets none"),
         ("upload, empty stream", _CB + "UploadFiles", [], "metadata"),

@@ -124,7 +124,8 @@ class SandboxService(pb.SandboxServiceBase):
         self, stream: grpclib.server.Stream[pb.ExecRequest, pb.ExecOutput]
     ) -> None:
         request = await stream.recv_message()
-        assert request is not None
+        if request is None:  # (a client that closed its side without a request)
+            raise invalid("the stream carried no request message")
 
         async def send(kind: OutputStream, data: bytes) -> None:
             await stream.send_message(pb.ExecOutput(type=_STREAM_TYPE[kind], data=data))
@@ -227,7 +228,8 @@ class SandboxService(pb.SandboxServiceBase):
         self, stream: grpclib.server.Stream[pb.SessionExecRequest, pb.ExecOutput]
     ) -> None:
         request = await stream.recv_message()
-        assert request is not None
+        if request is None:  # (a client that closed its side without a request)
+            raise invalid("the stream carried no request message")
 
         async def send(kind: OutputStream, data: bytes) -> None:
             await stream.send_message(pb.ExecOutput(type=_STREAM_TYPE[kind], data=data))
