@@ -27,6 +27,8 @@ from collections.abc import Sequence
 import anyio
 
 _FD_SIZE = array.array("i").itemsize
+# As plain ints: an IntFlag's ``&`` runs Python code, twice per datagram on the exec path.
+_TRUNC, _CTRUNC = int(socket.MSG_TRUNC), int(socket.MSG_CTRUNC)
 
 
 class FrameError(ValueError):
@@ -72,9 +74,9 @@ def receive(sock: socket.socket, *, most: int, max_fds: int = 0) -> tuple[bytes,
     data, ancillary, flags, _ = sock.recvmsg(most, socket.CMSG_SPACE(max(max_fds, 1) * _FD_SIZE))
     fds = _fds(ancillary)
     problem = ""
-    if flags & socket.MSG_TRUNC:
+    if flags & _TRUNC:
         problem = f"a datagram longer than {most} bytes"
-    elif flags & socket.MSG_CTRUNC or len(fds) > max_fds:
+    elif flags & _CTRUNC or len(fds) > max_fds:
         problem = f"a datagram with more than {max_fds} descriptors"
     if problem:
         close_all(fds)
