@@ -22,13 +22,17 @@ say() {
 }
 
 step() {
-  local what=$1 start=$SECONDS log beat rc=0
+  local what=$1 start=$SECONDS log beat rc=0 parent=$BASHPID
   shift
   log=$(mktemp "${TMPDIR:-/tmp}/agentfense-step.XXXXXX")
   say "$what ..."
   (
-    # (sleep without our stdout: a reader of it sees its end when we end)
-    while sleep "$heartbeat" </dev/null >/dev/null 2>&1; do
+    me=$BASHPID
+    # sleep without our stdout (a reader of it sees its end when we end), and stop once the
+    # script is gone (killed, or stopped by Ctrl-C, which a background job does not get):
+    # then this subshell has another parent (a dead one not yet reaped still answers kill -0)
+    while sleep "$heartbeat" </dev/null >/dev/null 2>&1 &&
+      [ "$(cut -d' ' -f4 "/proc/$me/stat")" = "$parent" ]; do
       say "$what: still going, $((SECONDS - start)) s so far"
     done
   ) &

@@ -98,3 +98,20 @@ def test_a_free_package_lock_is_taken_without_a_word(tmp_path: Path) -> None:
     lock.touch()
     done = _bash(f"wait_for_package_lock {lock}\necho got it")
     assert done.stdout == "got it\n"
+
+
+def test_a_killed_script_leaves_no_heartbeat_behind() -> None:
+    script = subprocess.Popen(
+        ["bash", "-c", '. scripts/_steps.sh\nstep "resting" sleep 5'],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "AGENTFENSE_SETUP_HEARTBEAT": "1"},
+    )
+    time.sleep(2.5)
+    script.kill()
+    # the heartbeat holds our end of the pipe open for as long as it runs
+    out, _ = script.communicate(timeout=4)
+    assert out.startswith("setup: resting ...\nsetup: resting: still going, ")
