@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -131,16 +132,23 @@ def test_a_client_install_in_a_fresh_venv(tmp_path: Path, server: ServerProcess)
     _ok(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", tmp_path / "wheel", source)
     (wheel,) = (tmp_path / "wheel").glob("*.whl")
     assert wheel.name == f"agentfense_sandbox-{agentfense.__version__}-py3-none-any.whl"
+    licence = f"agentfense_sandbox-{agentfense.__version__}.dist-info/licenses/LICENSE"
+    with zipfile.ZipFile(wheel) as archive:
+        assert archive.read(licence) == (ROOT / "LICENSE").read_bytes()
     lap("build the wheel")
 
+    # Without a pip of its own (installing one costs half a minute on a busy machine): ours
+    # installs into it (pip --python), as the venv's own would.
     venv = tmp_path / "venv"
-    _ok(sys.executable, "-m", "venv", venv)
+    _ok(sys.executable, "-m", "venv", "--without-pip", venv)
     python, cli = venv / "bin" / "python", venv / "bin" / "agentfense"
     site = Path(_ok(python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))").strip())
     before = set(_installed(site))
+    assert before == set()
     lap("create the venv")
+    pip = (sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-input")
 
-    _ok(python, "-m", "pip", "install", "-q", "--disable-pip-version-check", wheel)
+    _ok(*pip, wheel)
     lap("pip install the wheel")
     installed = _installed(site)
     pulled = set(installed) - before
@@ -173,7 +181,7 @@ def test_a_client_install_in_a_fresh_venv(tmp_path: Path, server: ServerProcess)
     assert SERVER_INSTALL in serve.stderr
     lap("doctor and serve")
 
-    _ok(python, "-m", "pip", "install", "-q", "--disable-pip-version-check", f"{wheel}[trio]")
+    _ok(*pip, f"{wheel}[trio]")
     installed = _installed(site)
     assert set(installed) - before == _closure([(DISTRIBUTION, frozenset({"trio"}))], installed)
     assert "trio" in installed
