@@ -9,7 +9,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._extras import SERVER_INSTALL, missing_server_distributions
+from .._extras import SERVER_INSTALL, SERVER_MODULES, missing_server_distributions
 from ..runtimes import _confine
 from ..runtimes._cgroup import find_cgroup2_root
 from ..runtimes._limits import find_limit_cgroups
@@ -34,7 +34,7 @@ def _server_extra() -> Check:
             f"not installed: {', '.join(missing)} (a client-only install cannot serve)",
             SERVER_INSTALL,
         )
-    return Check("server extra", True, "installed")
+    return Check("server extra", True, f"installed ({', '.join(sorted(SERVER_MODULES))})")
 
 
 def _bwrap() -> Check:
