@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Sets everything up, starts a real AgentFense server and runs the demo agent against it.
+# Installs what the demo needs (scripts/setup.sh --demo), starts a real AgentFense server and
+# runs the demo agent against it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --demo
 state=$(mktemp -d /tmp/agentfense-demo.XXXXXX)
 chmod 711 "$state"  # the sandboxes run as their own uid and must reach their view below
 .venv/bin/agentfense serve --listen "unix:$state/server.sock" --state-dir "$state/state" &

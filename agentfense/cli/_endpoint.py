@@ -9,7 +9,9 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from .._extras import server_extra_problem
 from .._transport import DEFAULT_ENDPOINT
+from ..errors import SandboxError, StatusCode
 
 ENDPOINT_VARIABLE = "AGENTFENSE_ENDPOINT"
 
@@ -30,6 +32,12 @@ async def endpoint_or_embedded(flag: str | None) -> AsyncIterator[str]:
     if requested:
         yield requested
         return
+    problem = server_extra_problem()
+    if problem is not None:
+        raise SandboxError(
+            f"without --endpoint or {ENDPOINT_VARIABLE}, run embeds a server; {problem}",
+            code=StatusCode.FAILED_PRECONDITION,
+        )
     from ..server.app import open_server
     from ..server.config import ServerConfig
 

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 import anyio
 
+from .._extras import server_extra_problem
+from ._exits import EXIT_FAILED
+
 
 def serve(args: argparse.Namespace) -> int:
+    problem = server_extra_problem()
+    if problem is not None:  # before anything starts: not a stopped filesystem later
+        print(f"{args.prog}: {problem}", file=sys.stderr)
+        return EXIT_FAILED
     from ..server.app import serve as serve_forever
     from ..server.config import load_config
 
@@ -38,4 +46,8 @@ def doctor(args: argparse.Namespace) -> int:
         if not check.ok:
             print(f"       fix: {check.fix}")
             failed = failed or check.required
-    return 1 if failed else 0
+    if failed:
+        print("this machine cannot serve sandboxes yet: fix what FAIL says (the client works)")
+        return 1
+    print("this machine can serve sandboxes (a warn line is a feature it cannot offer)")
+    return 0

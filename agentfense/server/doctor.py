@@ -9,6 +9,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._extras import SERVER_INSTALL, SERVER_MODULES, missing_server_distributions
 from ..runtimes import _confine
 from ..runtimes._cgroup import find_cgroup2_root
 from ..runtimes._limits import find_limit_cgroups
@@ -22,6 +23,18 @@ class Check:
     detail: str
     fix: str = ""
     required: bool = True
+
+
+def _server_extra() -> Check:
+    missing = missing_server_distributions()
+    if missing:
+        return Check(
+            "server extra",
+            False,
+            f"not installed: {', '.join(missing)} (a client-only install cannot serve)",
+            SERVER_INSTALL,
+        )
+    return Check("server extra", True, f"installed ({', '.join(sorted(SERVER_MODULES))})")
 
 
 def _bwrap() -> Check:
@@ -116,6 +129,8 @@ def _limits() -> Check:
 def _docker() -> Check:
     host = os.environ.get("DOCKER_HOST", "") or "unix:///var/run/docker.sock"
     fix = "apt-get install -y docker.io, then bash scripts/dockerd.sh start (or set DOCKER_HOST)"
+    if "docker" in missing_server_distributions():
+        return Check("docker", False, "the docker package is missing", SERVER_INSTALL, False)
     unreachable = unix_socket_problem(host)
     if unreachable is not None:
         return Check("docker", False, f"no Docker engine answers at {unreachable}", fix, False)
@@ -152,6 +167,7 @@ def _confine_helper() -> Check:
 
 def run_checks() -> list[Check]:
     return [
+        _server_extra(),
         _bwrap(),
         _userns(),
         _python(),
