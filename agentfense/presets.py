@@ -10,6 +10,7 @@ import difflib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from ._rule_ranking import exact_path_priority as exact_path_priority
 from ._rule_ranking import rank_user_rules
 from .errors import InvalidConfigurationError
 from .policy import validate_rules
@@ -209,6 +210,7 @@ def resolve_permissions(
 __all__ = [
     "PatternType",
     "describe_preset",
+    "exact_path_priority",
     "extend_preset",
     "get_preset",
     "get_preset_dicts",

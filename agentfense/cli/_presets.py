@@ -6,9 +6,8 @@ import argparse
 import sys
 import textwrap
 
-from .._rule_ranking import exact_path_priority
 from ..policy import Policy
-from ..presets import describe_preset, get_preset, list_presets
+from ..presets import describe_preset, exact_path_priority, get_preset, list_presets
 from ._admin import table
 from ._exits import EXIT_BROKEN_PIPE
 from ._run import _discard

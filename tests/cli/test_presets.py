@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from agentfense.presets import get_preset, list_presets
 
@@ -68,3 +71,24 @@ def test_a_closed_reader_ends_it_quietly() -> None:
         assert shown.wait(timeout=60) == 141
         assert shown.stderr is not None
         assert shown.stderr.read() == b""
+
+
+@pytest.mark.bwrap
+def test_run_ranks_an_exact_rule_above_the_preset_and_warns_of_an_outranked_one(
+    endpoint: str, project: Path
+) -> None:
+    (project / ".env").write_text("TOKEN=hunter2\n")
+    (project / ".env.example").write_text("TOKEN=\n")
+    done = cli(
+        "run", "--endpoint", endpoint, "--preset", "agent-safe",
+        "--rule", ".env.example=read", "--rule", "**/.npmrc=read",
+        str(project), "--", "cat .env.example; ls -A",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("TOKEN=\n.env.example\n")
+    assert ".env\n" not in done.stdout
+    assert done.stderr == (
+        "agentfense run: warning: permission rule '**/.npmrc' (read) has no effect on "
+        "/workspace/.npmrc: preset 'agent-safe' rule '**/.[nN][pP][mM][rR][cC]' (none, "
+        "priority 100) outranks it; give yours priority=101 to outrank it\n"
+    )
