@@ -22,6 +22,7 @@ from .errors import InvalidConfigurationError
 from .policy import Policy, compile_pattern
 from .types import PermissionRule
 
+_MAX_PRIORITY = (1 << 31) - 1  # the wire's priority is an int32
 # A policy is compiled only to find the winners of one path per rule of the user.
 _CHECK_CACHE_SIZE = 64
 
@@ -40,8 +41,10 @@ def names_one_path(rule: PermissionRule) -> bool:
 
 
 def exact_path_priority(preset_rules: Sequence[PermissionRule]) -> int:
-    """The priority a user's exact-path rule is sent at: above every rule of the preset."""
-    return max([0, *(rule.priority for rule in preset_rules)]) + 1
+    """The priority a user's exact-path rule is sent at: above every rule of the preset (or
+    level with the highest, when a registered preset uses the wire's largest priority: the
+    user's rule, an exact path after the preset's, then still wins the tie of any glob)."""
+    return min(max([0, *(rule.priority for rule in preset_rules)]) + 1, _MAX_PRIORITY)
 
 
 def rank_user_rules(

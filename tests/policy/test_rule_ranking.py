@@ -14,6 +14,7 @@ from agentfense import (
     RuleShadowedWarning,
     extend_preset,
     get_preset,
+    presets,
 )
 from agentfense.policy import Policy
 from agentfense.presets import resolve_permissions
@@ -181,3 +182,12 @@ def test_a_view_rule_for_one_path_under_view_only() -> None:
     rules = quietly("view-only", PermissionRule("README.md", "read"))
     policy = Policy(rules)
     assert (policy.level("README.md"), policy.level("main.py")) == (READ, VIEW)
+
+
+def test_the_rank_stays_within_the_wires_int32(monkeypatch: pytest.MonkeyPatch) -> None:
+    top = (1 << 31) - 1
+    highest = (PermissionRule("**/*.txt", "none", priority=top),)
+    monkeypatch.setitem(presets._PRESETS, "test-highest", highest)  # as register_preset does
+    rules = quietly("test-highest", PermissionRule("notes.txt", "read"))
+    assert rules[-1].priority == top
+    assert Policy(rules).level("notes.txt") is READ
