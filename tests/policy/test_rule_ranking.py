@@ -5,10 +5,13 @@ still outranked where it applies is named in a ``RuleShadowedWarning``."""
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import pytest
 
 from agentfense import (
+    AsyncSandbox,
+    ConnectionError,
     InvalidConfigurationError,
     PermissionRule,
     RuleShadowedWarning,
@@ -191,3 +194,16 @@ def test_the_rank_stays_within_the_wires_int32(monkeypatch: pytest.MonkeyPatch) 
     rules = quietly("test-highest", PermissionRule("notes.txt", "read"))
     assert rules[-1].priority == top
     assert Policy(rules).level("notes.txt") is READ
+
+
+@pytest.mark.anyio
+async def test_from_locals_warning_points_at_the_callers_line(tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("a\n")
+    with pytest.warns(RuleShadowedWarning) as caught, pytest.raises(ConnectionError):
+        await AsyncSandbox.from_local(
+            tmp_path,
+            preset="agent-safe",
+            permissions=[PermissionRule("**/.npmrc", "read")],
+            endpoint=f"unix:{tmp_path}/no-server.sock",
+        )
+    assert caught[0].filename == __file__
