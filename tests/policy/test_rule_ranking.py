@@ -8,6 +8,8 @@ import warnings
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from agentfense import (
     AsyncSandbox,
@@ -17,6 +19,7 @@ from agentfense import (
     RuleShadowedWarning,
     extend_preset,
     get_preset,
+    list_presets,
     presets,
 )
 from agentfense.policy import Policy
@@ -207,3 +210,26 @@ async def test_from_locals_warning_points_at_the_callers_line(tmp_path: Path) ->
             endpoint=f"unix:{tmp_path}/no-server.sock",
         )
     assert caught[0].filename == __file__
+
+
+NAMES = st.sampled_from(
+    [".env", ".env.example", "x.key", ".git", "config", "output", "tmp", "src", "a.py", ".npmrc"]
+)
+PATHS = st.lists(NAMES, min_size=1, max_size=4).map("/".join)
+
+
+@given(
+    preset=st.sampled_from(list_presets()),
+    path=PATHS,
+    other=PATHS,
+    level=st.sampled_from(list(Permission)),
+    leading_slash=st.booleans(),
+)
+def test_an_exact_path_gets_its_level_and_no_other_path_changes(
+    preset: str, path: str, other: str, level: Permission, leading_slash: bool
+) -> None:
+    given_rule = PermissionRule("/" + path if leading_slash else path, level)
+    policy = Policy(quietly(preset, given_rule))
+    assert policy.level(path) is level
+    if other != path:
+        assert policy.level(other) is Policy(get_preset(preset)).level(other)
