@@ -10,7 +10,10 @@ priority either way, so a server reads every rule as it always has.
 
 When a rule of yours is still outranked, by a rule with a different level, on the path its
 pattern names most plainly (:meth:`~agentfense.policy.CompiledPattern.example`), it does not
-do what it says: :class:`RuleShadowedWarning` names the rule that wins there.
+do what it says: :class:`RuleShadowedWarning` names the rule that wins there. The rules
+raised above the preset are not checked (nothing of the preset outranks them), nor more than
+:data:`MAX_CHECKED_RULES` of the others (each check is one walk of the compiled policy, some
+milliseconds when the list is long): a courtesy of bounded cost, never a refusal.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from .policy import Policy, compile_pattern
 from .types import PermissionRule
 
 _MAX_PRIORITY = (1 << 31) - 1  # the wire's priority is an int32
+MAX_CHECKED_RULES = 256
 # A policy is compiled only to find the winners of one path per rule of the user.
 _CHECK_CACHE_SIZE = 64
 
@@ -58,29 +62,34 @@ def rank_user_rules(
     preset's; warns of every user rule still outranked (``stacklevel`` as for
     ``warnings.warn`` called where this is called)."""
     ranked = list(user_rules)
+    raised: set[int] = set()
     if preset_rules:
         top = exact_path_priority(preset_rules)
-        ranked = [
-            PermissionRule(rule.pattern, rule.permission, rule.type, top)
-            if rule.priority == 0 and names_one_path(rule)
-            else rule
-            for rule in ranked
-        ]
+        for index, rule in enumerate(ranked):
+            if rule.priority == 0 and names_one_path(rule):
+                ranked[index] = PermissionRule(rule.pattern, rule.permission, rule.type, top)
+                raised.add(len(preset_rules) + index)
     rules = [*preset_rules, *ranked]
-    for warning in shadowed(preset, rules, first_user=len(preset_rules)):
+    checked = [i for i in range(len(preset_rules), len(rules)) if i not in raised]
+    for warning in shadowed(preset, rules, checked[:MAX_CHECKED_RULES], len(preset_rules)):
         warnings.warn(warning, RuleShadowedWarning, stacklevel=stacklevel + 1)
     return rules
 
 
-def shadowed(preset: str | None, rules: Sequence[PermissionRule], *, first_user: int) -> list[str]:
-    """A sentence for each rule from ``rules[first_user]`` on that another rule, of another
-    level, outranks on the path its pattern names most plainly."""
+def shadowed(
+    preset: str | None, rules: Sequence[PermissionRule], checked: Sequence[int], first_user: int
+) -> list[str]:
+    """A sentence for each rule ``rules[i]``, ``i`` in ``checked``, that another rule, of
+    another level, outranks on the path its pattern names most plainly (the user's rules
+    start at ``first_user``)."""
+    if not checked:
+        return []
     try:
         policy = Policy(rules, cache_size=_CHECK_CACHE_SIZE)
     except InvalidConfigurationError:
         return []  # the server refuses the rules with a sentence
     found = []
-    for index in range(first_user, len(rules)):
+    for index in checked:
         rule = rules[index]
         path = compile_pattern(rule).example()
         if path is None:

@@ -22,6 +22,7 @@ from agentfense import (
     list_presets,
     presets,
 )
+from agentfense._rule_ranking import MAX_CHECKED_RULES
 from agentfense.policy import Policy
 from agentfense.presets import resolve_permissions
 from agentfense.types import Permission
@@ -233,3 +234,11 @@ def test_an_exact_path_gets_its_level_and_no_other_path_changes(
     assert policy.level(path) is level
     if other != path:
         assert policy.level(other) is Policy(get_preset(preset)).level(other)
+
+
+def test_the_check_is_bounded() -> None:
+    outranked = [
+        PermissionRule(f".env.x{i}", "read", priority=1) for i in range(MAX_CHECKED_RULES + 20)
+    ]
+    exact = [PermissionRule(f"src/f{i}.py", "write") for i in range(1000)]
+    assert len(shadow_warnings("agent-safe", *exact, *outranked)) == MAX_CHECKED_RULES
