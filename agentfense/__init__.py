@@ -5,6 +5,7 @@ asyncio; ``Sandbox`` and ``SandboxClient`` are its blocking mirror; the server i
 ``agentfense serve``.
 """
 
+from agentfense._rule_ranking import RuleShadowedWarning as RuleShadowedWarning
 from agentfense.client._client import AsyncSandboxClient as AsyncSandboxClient
 from agentfense.client._stream import ExecStream as ExecStream
 from agentfense.client.sandbox import AsyncSandbox as AsyncSandbox
@@ -68,6 +69,7 @@ __all__ = [
     "PermissionRule",
     "ResourceLimitExceededError",
     "ResourceLimits",
+    "RuleShadowedWarning",
     "RuntimeType",
     "Sandbox",
     "SandboxClient",

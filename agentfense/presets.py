@@ -1,13 +1,17 @@
 """Permission presets: named rule lists that ``from_local(..., preset=...)`` starts from.
 
-User rules are appended after a preset's rules, so at equal priority and specificity they win.
+User rules are appended after a preset's rules, so at equal priority and specificity they win;
+a user rule for one exact path outranks the preset's rules (:mod:`agentfense._rule_ranking`).
 """
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from ._rule_ranking import exact_path_priority as exact_path_priority
+from ._rule_ranking import rank_user_rules
 from .errors import InvalidConfigurationError
 from .policy import validate_rules
 from .types import PatternType, Permission, PermissionRule
@@ -84,9 +88,9 @@ def _any_case(pattern: str) -> str:
 _SECRETS = tuple(_any_case(pattern) for pattern in _SECRET_NAMES)
 
 
-# Priorities: secrets outrank everything a preset grants (so `/output/.env` stays hidden), and
-# the writable areas outrank the read-everything base rule. A user rule needs a priority of its
-# own above 100 to uncover a secret; at equal priority and specificity the user's rule wins.
+# Priorities: secrets outrank everything a preset grants (so `output/.env` stays hidden), and
+# the writable areas outrank the read-everything base rule. A user's pattern needs a priority
+# of its own above 100 to uncover a secret; a user's rule for one exact path outranks them all.
 SECRET_PRIORITY = 100
 AREA_PRIORITY = 10
 
@@ -103,13 +107,26 @@ _PRESETS: dict[str, tuple[PermissionRule, ...]] = {
     "full-access": (_rule("**", Permission.WRITE),),
     "agent-safe": (
         _rule("**", Permission.READ),
-        _rule("/output/**", Permission.WRITE, AREA_PRIORITY),
-        _rule("/tmp/**", Permission.WRITE, AREA_PRIORITY),
+        # Paths in rules are from the codebase's root: these are /workspace/output and
+        # /workspace/tmp, written without a leading "/" so that nobody reads the sandbox's own
+        # /tmp (always writable, not part of the codebase) into them.
+        _rule("output/**", Permission.WRITE, AREA_PRIORITY),
+        _rule("tmp/**", Permission.WRITE, AREA_PRIORITY),
         *_HIDE_SECRETS,
     ),
     "development": (_rule("**", Permission.WRITE), *_HIDE_SECRETS),
 }
 _BUILTIN = frozenset(_PRESETS)
+_SUMMARIES = {
+    "view-only": "view (list, stat) everything, read nothing; secrets hidden",
+    "read-only": "read everything, secrets included; write nothing",
+    "full-access": "read and write everything, secrets included",
+    "agent-safe": (
+        "read everything; write the codebase's output/ and tmp/ folders (/workspace/output, "
+        "/workspace/tmp; the sandbox's own /tmp is always writable); secrets hidden"
+    ),
+    "development": "read and write everything; secrets hidden",
+}
 
 
 def list_presets() -> list[str]:
@@ -122,9 +139,17 @@ def get_preset(name: str) -> list[PermissionRule]:
     try:
         return list(_PRESETS[name])
     except KeyError:
+        close = difflib.get_close_matches(str(name), list_presets(), n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]!r}? " if close else ""
         raise InvalidConfigurationError(
-            f"unknown preset {name!r}; known presets: {', '.join(list_presets())}"
+            f"unknown preset {name!r}; {hint}known presets: {', '.join(list_presets())}"
         ) from None
+
+
+def describe_preset(name: str) -> str:
+    """What preset ``name`` gives, in one line; ``InvalidConfigurationError`` if unknown."""
+    rules = get_preset(name)
+    return _SUMMARIES.get(name, f"registered by this program ({len(rules)} rules)")
 
 
 def get_preset_dicts(name: str) -> list[dict[str, Any]]:
@@ -146,12 +171,15 @@ def extend_preset(
     additions: Sequence[RuleLike] | None = None,
     overrides: Sequence[RuleLike] | None = None,
 ) -> list[PermissionRule]:
-    """Preset ``base`` with ``additions`` appended; ``overrides`` replace rules of equal pattern."""
+    """Preset ``base`` with ``additions`` appended; ``overrides`` replace rules of equal pattern.
+
+    The rules added rank as ``permissions=`` do: one for an exact path at the default priority
+    outranks the preset's rules; ``RuleShadowedWarning`` for one that is outranked."""
     rules = get_preset(base)
-    for override in normalize_rules(overrides):
-        rules = [rule for rule in rules if rule.pattern != override.pattern]
-        rules.append(override)
-    return rules + normalize_rules(additions)
+    replacing = normalize_rules(overrides)
+    replaced = {override.pattern for override in replacing}
+    kept = [rule for rule in rules if rule.pattern not in replaced]
+    return rank_user_rules(base, kept, replacing + normalize_rules(additions), stacklevel=2)
 
 
 def register_preset(name: str, rules: Sequence[RuleLike], *, replace: bool = False) -> None:
@@ -172,13 +200,17 @@ def register_preset(name: str, rules: Sequence[RuleLike], *, replace: bool = Fal
 def resolve_permissions(
     preset: str | None, permissions: Iterable[RuleLike] | None
 ) -> list[PermissionRule]:
-    """A preset's rules followed by the user's, as ``from_local`` sends them."""
+    """A preset's rules followed by the user's, ranked as ``from_local`` sends them (a user
+    rule for an exact path at the default priority outranks the preset's rules), with a
+    ``RuleShadowedWarning`` for each rule of the user still outranked."""
     rules = get_preset(preset) if preset else []
-    return rules + normalize_rules(permissions)
+    return rank_user_rules(preset, rules, normalize_rules(permissions), stacklevel=3)
 
 
 __all__ = [
     "PatternType",
+    "describe_preset",
+    "exact_path_priority",
     "extend_preset",
     "get_preset",
     "get_preset_dicts",

@@ -15,7 +15,9 @@ import difflib
 import logging
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
+from typing import TextIO
 
 import anyio
 
@@ -72,7 +74,7 @@ def _dispatch(argv: Sequence[str], parser: argparse.ArgumentParser) -> int:
         args.command = command
     elif command is not None:
         raise UsageError(f"`{args.prog}` takes no command after --")
-    if args.action in ("serve", "doctor"):  # (serve sets up its own logging)
+    if args.action in ("presets", "serve", "doctor"):  # (serve sets up its own logging)
         return int(args.func(args))
     logging.basicConfig(level=logging.WARNING, format=f"{args.prog}: %(message)s")
     if args.debug:  # ours only: asyncio's and docker's would drown them
@@ -86,11 +88,29 @@ def _prog(words: Sequence[str]) -> str:
     return f"agentfense {name}" if name in COMMANDS else "agentfense"
 
 
+def _one_line_warnings(prog: str) -> None:
+    """Show the SDK's warnings (a rule the preset outranks) as our errors are: one line."""
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        print(f"{prog}: warning: {message}", file=sys.stderr)
+
+    warnings.showwarning = show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``agentfense`` command; returns its exit code."""
     words = list(sys.argv[1:] if argv is None else argv)
     ours, _ = _split_command(words)
     debug = "--debug" in ours
+    if not debug:
+        _one_line_warnings(_prog(ours))
     parser = build_parser()
     try:
         return _dispatch(words, parser)

@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 from .. import __version__
 from ..presets import list_presets
 from ..types import RuntimeType
-from . import _admin, _run, _serve
+from . import _admin, _presets, _run, _serve
 from ._endpoint import ENDPOINT_VARIABLE
 from ._values import (
     parse_count,
@@ -21,7 +21,7 @@ from ._values import (
     parse_size,
 )
 
-COMMANDS = ("run", "exec", "ls", "rm", "serve", "doctor")
+COMMANDS = ("run", "exec", "ls", "rm", "presets", "serve", "doctor")
 TAKES_COMMAND = ("run", "exec")
 
 
@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_typed(parse_rule),
         metavar="PATTERN=LEVEL",
         help="a permission rule after the preset's, e.g. '**/*.log=none' (repeatable; "
-        "levels none, view, read, write)",
+        "levels none, view, read, write); one for an exact path outranks the preset's rules",
     )
     _command_flags(run)
     run.add_argument(
@@ -194,6 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rm.add_argument("ids", nargs="+", metavar="ID", help="a sandbox (sb_…) or codebase (cb_…)")
     _endpoint_flag(rm, "localhost:9000")
+
+    shown = _subcommand(
+        commands,
+        "presets",
+        "show the permission presets, or one preset's rules and priorities",
+        "examples:\n  agentfense presets\n  agentfense presets agent-safe",
+        _presets.presets,
+    )
+    shown.add_argument("name", nargs="?", metavar="NAME", help="the preset to show")
 
     serve = _subcommand(
         commands,

@@ -109,7 +109,7 @@ class Policy:
     :class:`MatchState` from its parent's in one step; :meth:`level_of` reads its level.
     """
 
-    __slots__ = ("_automaton", "_cached", "_compiled", "rules")
+    __slots__ = ("_automaton", "_cached", "_compiled", "order", "rules")
 
     def __init__(
         self, rules: Sequence[PermissionRule], *, cache_size: int = DEFAULT_CACHE_SIZE
@@ -128,6 +128,8 @@ class Policy:
             ),
             reverse=True,
         )
+        self.order: tuple[int, ...] = tuple(order)
+        """The rules' indices, highest precedence first: the first that matches decides."""
         rank = [0] * len(compiled)
         for position, index in enumerate(order):
             rank[index] = position

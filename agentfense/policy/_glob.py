@@ -118,6 +118,19 @@ class CompiledPattern:
         """Whether the pattern covers ``path`` (relative, normalized; ``""`` is the root)."""
         return match_segments(self.segments, path.split("/") if path else [])
 
+    def example(self) -> str | None:
+        """A path the pattern matches, its wildcards taken as plainly as they allow: ``**``
+        as no segment, ``*`` and ``?`` as ``x``, a class as one of its members. So
+        ``**/*.key`` gives ``x.key``, ``output/**`` gives ``output``, ``**`` the root ``""``.
+        None in the rare case that this path is not matched (a class of no usable member)."""
+        names = [
+            segment.source if segment.is_literal else _example_name(segment.source)
+            for segment in self.segments
+            if not segment.is_globstar
+        ]
+        path = "/".join(names)
+        return path if self.matches(path) else None
+
 
 def match_segments(segments: tuple[Segment, ...], names: list[str]) -> bool:
     """Whether ``segments`` match the path made of ``names``: the set of positions reached
@@ -185,6 +198,26 @@ def _class_regex(body: str) -> str:
     if any(low <= "/" <= high for low, high in ranges):
         return f"(?!/)[{items}]"
     return f"[{items}]"
+
+
+def _example_name(source: str) -> str:
+    """A name the glob segment ``source`` is meant to match (see ``CompiledPattern.example``)."""
+    chars: list[str] = []
+    i = 0
+    while i < len(source):
+        if source[i] in "*?":
+            chars.append("x")
+            i += 1
+        elif source[i] == "[":
+            end = _class_end(source, i)
+            body = source[i + 1 : end]
+            member = re.compile(_class_regex(body), re.DOTALL).fullmatch
+            chars.append(next((c for c in f"xa0_{body}" if member(c)), "x"))
+            i = end + 1
+        else:
+            chars.append(source[i])
+            i += 1
+    return "".join(chars)
 
 
 def _glob_segment(source: str) -> Segment:

@@ -19,7 +19,7 @@ from .conftest import cli
         (["rn", "./p", "--", "ls"], "agentfense: 'rn' is not a command; did you mean 'run'?"),
         (["exce", "sb_1"], "agentfense: 'exce' is not a command; did you mean 'exec'?"),
         (["sevre"], "agentfense: 'sevre' is not a command; did you mean 'serve'?"),
-        (["zzz"], "agentfense: 'zzz' is not a command (commands: run, exec, ls, rm, serve"),
+        (["zzz"], "agentfense: 'zzz' is not a command (commands: run, exec, ls, rm, presets"),
         (["run", "./p"], "agentfense run: give the command after --"),
         (["run", "--rule", "**/*.py", "./p", "--", "ls"], "agentfense run: argument --rule:"),
         (["run", "--rule", "x=all", "./p", "--", "ls"], "'all' in 'x=all' is not a level"),

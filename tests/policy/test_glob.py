@@ -337,3 +337,29 @@ def test_matches_agrees_with_reference_oracle(
         if "//" in path or any(n in (".", "..") for n in path.split("/")) or path.startswith("/"):
             continue
         assert compiled.matches(path) is oracle(pattern, type, path), path
+
+
+@pytest.mark.parametrize(
+    ("pattern", "type", "example"),
+    [
+        ("**/*.key", GLOB, "x.key"),
+        ("output/**", GLOB, "output"),
+        ("**", GLOB, ""),
+        ("/.env.example", GLOB, ".env.example"),
+        ("**/.[eE][nN][vV]*", GLOB, ".envx"),
+        ("a/[!x]?/b", GLOB, "a/ax/b"),
+        ("docs", DIRECTORY, "docs"),
+        ("a/*.py", FILE, "a/*.py"),
+    ],
+)
+def test_the_example_path_of_a_pattern_is_one_it_matches(
+    pattern: str, type: PatternType, example: str
+) -> None:
+    compiled = compile_pattern(PermissionRule(pattern, Permission.READ, type))
+    assert compiled.example() == example
+    assert compiled.matches(example)
+
+
+def test_a_pattern_of_an_empty_class_has_no_example() -> None:
+    assert compile_pattern(PermissionRule("a[]]", Permission.READ)).example() == "a]"
+    assert compile_pattern(PermissionRule("a[b-a]", Permission.READ)).example() is None
