@@ -12,13 +12,19 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 
 from ..fs._host import remove_tree
 
 
 @dataclass
 class ServerProcess:
-    """A running server: ``endpoint`` to connect to, ``state_dir`` where it keeps state."""
+    """A running server: ``endpoint`` to connect to, ``state_dir`` where it keeps state.
+
+    A context manager: ``with start_server_process() as server:`` stops it on the way out,
+    and raises ``RuntimeError`` (with the server's log) if it did not exit cleanly, unless
+    the block is already raising.
+    """
 
     process: subprocess.Popen[bytes]
     endpoint: str
@@ -42,6 +48,19 @@ class ServerProcess:
         if self.process.returncode == 0 and self.owns_state:
             self._remove_state()
         return self.process.returncode
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        code = self.stop()
+        if code != 0 and exc is None:
+            raise RuntimeError(f"the AgentFense server exited with code {code}:\n{self.log()}")
 
     def _remove_state(self) -> None:
         with open("/proc/self/mounts") as mounts:
