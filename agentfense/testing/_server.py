@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from ..fs._host import remove_tree
 
 
 @dataclass
@@ -66,6 +65,9 @@ class ServerProcess:
         with open("/proc/self/mounts") as mounts:
             if any(f" {self.state_dir}/" in line for line in mounts):
                 return  # something is still mounted below: leave it for a look
+        # (imported here: the pytest plugin imports this module in every session)
+        from ..fs._host import remove_tree
+
         remove_tree(self.state_dir)
 
 

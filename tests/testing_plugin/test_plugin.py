@@ -257,12 +257,14 @@ def test_the_entry_point_loads_the_plugin_beside_both_async_plugins(
 
 
 def test_importing_the_plugin_imports_no_server_module() -> None:
+    """Every pytest session imports the plugin: nothing of the server or its filesystem."""
     done = subprocess.run(
         [
             sys.executable,
             "-c",
             "import sys, agentfense.testing.plugin\n"
-            "print(sorted(m for m in sys.modules if m.startswith('agentfense.server')))",
+            "server = ('agentfense.server', 'agentfense.fs')\n"
+            "print(sorted(m for m in sys.modules if m.startswith(server)))",
         ],
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
