@@ -15,7 +15,6 @@ from pathlib import Path
 from types import TracebackType
 
 
-
 @dataclass
 class ServerProcess:
     """A running server: ``endpoint`` to connect to, ``state_dir`` where it keeps state.

@@ -167,7 +167,7 @@ def test_without_the_variable_a_throw_away_server_is_started_and_stopped(tmp_pat
             assert agentfense_sync_sandbox.run("cat README.md").exit_code == 0
         """,
     )
-    session = pytester.run()
+    session = pytester.run(env={"AGENTFENSE_ENDPOINT": ""})  # empty: as unset
     assert session.code == 0, session.output
     assert "1 passed" in session.output
     assert "error" not in session.output.lower()
