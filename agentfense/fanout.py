@@ -70,7 +70,7 @@ class FromLocalOptions(TypedDict, total=False):
     runtime: RuntimeType
     image: str | None
     resources: ResourceLimits | None
-    endpoint: str
+    endpoint: str | None
     secure: bool
     owner_id: str | None
     codebase_name: str | None

@@ -12,13 +12,17 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-
-from ..fs._host import remove_tree
+from types import TracebackType
 
 
 @dataclass
 class ServerProcess:
-    """A running server: ``endpoint`` to connect to, ``state_dir`` where it keeps state."""
+    """A running server: ``endpoint`` to connect to, ``state_dir`` where it keeps state.
+
+    A context manager: ``with start_server_process() as server:`` stops it on the way out,
+    and raises ``RuntimeError`` (with the server's log) if it did not exit cleanly, unless
+    the block is already raising.
+    """
 
     process: subprocess.Popen[bytes]
     endpoint: str
@@ -43,10 +47,26 @@ class ServerProcess:
             self._remove_state()
         return self.process.returncode
 
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        code = self.stop()
+        if code != 0 and exc is None:
+            raise RuntimeError(f"the AgentFense server exited with code {code}:\n{self.log()}")
+
     def _remove_state(self) -> None:
         with open("/proc/self/mounts") as mounts:
             if any(f" {self.state_dir}/" in line for line in mounts):
                 return  # something is still mounted below: leave it for a look
+        # (imported here: the pytest plugin imports this module in every session)
+        from ..fs._host import remove_tree
+
         remove_tree(self.state_dir)
 
 

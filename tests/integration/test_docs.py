@@ -28,6 +28,12 @@ def _project(root: Path) -> None:
     (root / "project" / "src" / "main.py").write_text("print('main')\n")
     (root / "project" / "README.md").write_text("# sample project\n")
     (root / "project" / ".env").write_text("SECRET=do-not-show\n")
+    # the docs' convention: a tests/ folder with a passing unittest (testing.md runs it)
+    (root / "project" / "tests").mkdir()
+    (root / "project" / "tests" / "test_main.py").write_text(
+        "import unittest\n\n\nclass Main(unittest.TestCase):\n"
+        "    def test_sum(self):\n        self.assertEqual(1 + 1, 2)\n"
+    )
 
 
 def test_the_docs_have_samples() -> None:
