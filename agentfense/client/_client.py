@@ -19,7 +19,7 @@ from .. import _convert as convert
 from .. import _timeouts as timeouts
 from .._blocking import BlockingFile, run_sync
 from .._proto.sandbox import v1 as pb
-from .._transport import DEFAULT_ENDPOINT, Transport, finishing, open_transport
+from .._transport import Transport, finishing, open_transport
 from ..errors import InvalidConfigurationError
 from ..presets import RuleLike, normalize_rules
 from ..types import (
@@ -33,6 +33,7 @@ from ..types import (
     UploadResult,
 )
 from . import _rpcs as rpcs
+from ._environment import endpoint_or_configured
 from ._rpcs import ClientStream, Rep, Req, ServerStream, Unary
 from ._stream import ExecStream
 
@@ -96,6 +97,9 @@ class AsyncSandboxClient:
     Works under asyncio and trio alike. Use ``async with AsyncSandboxClient(...) as client``,
     or call ``await client.close()`` when done.
 
+    ``endpoint``: ``host:port``, ``[::1]:port`` or ``unix:/path``; when None, the
+    ``AGENTFENSE_ENDPOINT`` environment variable, else ``localhost:9000``.
+
     ``cleanup_timeout``: how long each call that cleans up on the way out (``AsyncSandbox``
     destroying its sandbox and codebase, a session closing) may wait for the server, in
     seconds; past it the call raises ``ConnectionError`` instead of holding the caller.
@@ -103,12 +107,12 @@ class AsyncSandboxClient:
 
     def __init__(
         self,
-        endpoint: str = DEFAULT_ENDPOINT,
+        endpoint: str | None = None,
         *,
         secure: bool = False,
         cleanup_timeout: float = DEFAULT_CLEANUP_TIMEOUT,
     ) -> None:
-        self.endpoint = endpoint
+        self.endpoint = endpoint_or_configured(endpoint)
         self.secure = secure
         self.cleanup_timeout = cleanup_timeout
         self._transport: Transport | None = None

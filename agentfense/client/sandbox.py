@@ -15,7 +15,7 @@ import anyio
 
 from .._blocking import run_sync
 from .._construction import NoPublicConstructor
-from .._transport import DEFAULT_ENDPOINT, finishing
+from .._transport import finishing
 from ..errors import CommandTimeoutError, SandboxError, SandboxNotFoundError, StatusCode
 from ..presets import RuleLike, resolve_permissions
 from ..types import (
@@ -78,7 +78,7 @@ class AsyncSandbox(metaclass=NoPublicConstructor):
         runtime: RuntimeType = RuntimeType.BWRAP,
         image: str | None = None,
         resources: ResourceLimits | None = None,
-        endpoint: str = DEFAULT_ENDPOINT,
+        endpoint: str | None = None,
         secure: bool = False,
         owner_id: str | None = None,
         codebase_name: str | None = None,
@@ -152,7 +152,7 @@ class AsyncSandbox(metaclass=NoPublicConstructor):
         runtime: RuntimeType = RuntimeType.BWRAP,
         image: str | None = None,
         resources: ResourceLimits | None = None,
-        endpoint: str = DEFAULT_ENDPOINT,
+        endpoint: str | None = None,
         secure: bool = False,
         labels: dict[str, str] | None = None,
         auto_start: bool = True,
@@ -184,7 +184,7 @@ class AsyncSandbox(metaclass=NoPublicConstructor):
     async def connect(
         cls,
         sandbox_id: str,
-        endpoint: str = DEFAULT_ENDPOINT,
+        endpoint: str | None = None,
         secure: bool = False,
         *,
         destroy_on_exit: bool = False,

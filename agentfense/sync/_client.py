@@ -8,7 +8,7 @@ from os import PathLike
 from types import TracebackType
 from typing import final
 
-from .._transport import DEFAULT_ENDPOINT, check_not_async, run_blocking
+from .._transport import check_not_async, run_blocking
 from ..client._client import DEFAULT_CLEANUP_TIMEOUT, AsyncSandboxClient
 from ..presets import RuleLike
 from ..types import (
@@ -34,7 +34,7 @@ class SandboxClient:
 
     def __init__(
         self,
-        endpoint: str = DEFAULT_ENDPOINT,
+        endpoint: str | None = None,
         *,
         secure: bool = False,
         cleanup_timeout: float = DEFAULT_CLEANUP_TIMEOUT,

@@ -8,7 +8,7 @@ from types import TracebackType
 from typing import final
 
 from .._construction import NoPublicConstructor
-from .._transport import DEFAULT_ENDPOINT, check_not_async, run_blocking
+from .._transport import check_not_async, run_blocking
 from ..client.sandbox import AsyncSandbox
 from ..presets import RuleLike
 from ..types import (
@@ -50,7 +50,7 @@ class Sandbox(metaclass=NoPublicConstructor):
         runtime: RuntimeType = RuntimeType.BWRAP,
         image: str | None = None,
         resources: ResourceLimits | None = None,
-        endpoint: str = DEFAULT_ENDPOINT,
+        endpoint: str | None = None,
         secure: bool = False,
         owner_id: str | None = None,
         codebase_name: str | None = None,
@@ -89,7 +89,7 @@ class Sandbox(metaclass=NoPublicConstructor):
         runtime: RuntimeType = RuntimeType.BWRAP,
         image: str | None = None,
         resources: ResourceLimits | None = None,
-        endpoint: str = DEFAULT_ENDPOINT,
+        endpoint: str | None = None,
         secure: bool = False,
         labels: dict[str, str] | None = None,
         auto_start: bool = True,
@@ -117,7 +117,7 @@ class Sandbox(metaclass=NoPublicConstructor):
     def connect(
         cls,
         sandbox_id: str,
-        endpoint: str = DEFAULT_ENDPOINT,
+        endpoint: str | None = None,
         secure: bool = False,
         *,
         destroy_on_exit: bool = False,
