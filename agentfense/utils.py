@@ -79,6 +79,7 @@ class ProjectScan:
 
     @property
     def total_size(self) -> int:
+        """The size of the files to upload, in bytes."""
         return sum(f.size for f in self.files)
 
 
