@@ -1,9 +1,9 @@
 """Typed exceptions of the SDK, each carrying the gRPC status code as an int.
 
-Every failure the SDK reports is a :class:`SandboxError`. Each class has a ``reason``, the
+Every failure the SDK reports is a ``SandboxError``. Each class has a ``reason``, the
 error's kind as it travels on the wire (AgentFense's server sends it with every error, as a
 ``google.rpc.ErrorInfo`` in the status details). The mapping from a gRPC status to the most
-specific class is :func:`error_from_status`, a pure function: by the reason where the server
+specific class is ``error_from_status``, a pure function: by the reason where the server
 sent one, else by the status code and the RPC that failed (a server without the extension);
 never by the words of the message.
 """

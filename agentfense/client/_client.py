@@ -442,7 +442,7 @@ class AsyncSandboxClient:
         workdir: str | None = None,
         timeout: float | None = None,
     ) -> ExecStream:
-        """Run ``command`` and stream its output; see :class:`ExecStream`."""
+        """Run ``command`` and stream its output; see ``ExecStream``."""
         request = self._exec_request(sandbox_id, command, stdin, env, workdir, timeout)
         return ExecStream._create(lambda: self._server_stream(rpcs.EXEC_STREAM, request))
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 @final
 class AsyncSessionWrapper(metaclass=NoPublicConstructor):
-    """One shell session. ``async with`` (or :meth:`close`) destroys it and its processes.
+    """One shell session. ``async with`` (or ``close``) destroys it and its processes.
 
     Commands run one after another in the same shell, so ``cd``, ``export``, functions and
     background jobs carry over; concurrent ``exec`` calls on one session are serialised by

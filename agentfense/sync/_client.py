@@ -28,8 +28,8 @@ from ._stream import ExecStream
 class SandboxClient:
     """Low-level blocking client of an AgentFense server (or any ``sandbox.v1`` server).
 
-    ``with SandboxClient(...) as client:``, or call :meth:`close` when done. The methods
-    are those of :class:`AsyncSandboxClient`, run on agentfense's one private loop thread.
+    ``with SandboxClient(...) as client:``, or call ``close`` when done. The methods
+    are those of ``AsyncSandboxClient``, run on agentfense's one private loop thread.
     """
 
     def __init__(
@@ -223,7 +223,7 @@ class SandboxClient:
         workdir: str | None = None,
         timeout: float | None = None,
     ) -> ExecStream:
-        """Run ``command`` and stream its output; see :class:`ExecStream`."""
+        """Run ``command`` and stream its output; see ``ExecStream``."""
         check_not_async()
         return ExecStream._create(
             self._async.exec_stream(

@@ -30,7 +30,7 @@ class Sandbox(metaclass=NoPublicConstructor):
 
     ``with Sandbox.from_local("./project") as sandbox:`` creates a codebase from the
     project, a sandbox on it, starts it, and on exit destroys both. The methods are those of
-    :class:`AsyncSandbox`, run on agentfense's one private loop thread.
+    ``AsyncSandbox``, run on agentfense's one private loop thread.
     """
 
     _obtained_from = "use Sandbox.from_local(), from_codebase() or connect()"

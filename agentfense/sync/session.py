@@ -14,7 +14,7 @@ from ._stream import ExecStream
 
 @final
 class SessionWrapper(metaclass=NoPublicConstructor):
-    """One shell session, made by ``sandbox.session()``; ``with`` (or :meth:`close`)
+    """One shell session, made by ``sandbox.session()``; ``with`` (or ``close``)
     destroys it and its processes. ``cd``, ``export`` and background jobs carry over."""
 
     _obtained_from = "use `with sandbox.session() as session`"

@@ -15,7 +15,6 @@ import types
 from collections.abc import Iterator
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "docs" / "reference"
 DIRECTIVE = re.compile(r"^::: ([\w.]+)$", re.MULTILINE)
@@ -127,3 +126,20 @@ def test_the_reference_names_only_what_exists() -> None:
             except (AttributeError, ImportError):
                 unknown.append(f"{page.name}: {path}")
     assert not unknown, f"the reference names what does not exist: {unknown}"
+
+
+ROLE = re.compile(r":(class|func|data|mod|meth|attr|exc):`")
+
+
+def test_no_docstring_the_reference_shows_uses_sphinx_roles() -> None:
+    """mkdocs renders Markdown: ``:func:`x``` comes out as the literal text ":func:"."""
+    shown: list[tuple[str, object]] = []
+    for module in PUBLIC_MODULES:
+        imported = importlib.import_module(module)
+        shown.append((module, imported))
+        for name, value in _public(imported).items():
+            shown.append((name, value))
+            if inspect.isclass(value):
+                shown += [(f"{name}.{member}", f) for member, f in _members(value)]
+    marked = sorted({name for name, value in shown if ROLE.search(value.__doc__ or "")})
+    assert not marked, f"Sphinx roles in docstrings the reference renders: {marked}"
