@@ -79,6 +79,13 @@ def tests(session: nox.Session) -> None:
 
 
 @nox.session(python=False)
+def docs(session: nox.Session) -> None:
+    """Build the docs site (mkdocs, the API reference from docstrings) into site/; any
+    warning fails the build."""
+    session.run(PY, "-m", "mkdocs", "build", "--strict", "--clean")
+
+
+@nox.session(python=False)
 def bench(session: nox.Session) -> None:
     """Benchmarks, measured side by side in one run and printed as a table."""
     session.run(PY, "-m", "tests.bench", *session.posargs)

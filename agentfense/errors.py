@@ -1,9 +1,9 @@
 """Typed exceptions of the SDK, each carrying the gRPC status code as an int.
 
-Every failure the SDK reports is a :class:`SandboxError`. Each class has a ``reason``, the
+Every failure the SDK reports is a ``SandboxError``. Each class has a ``reason``, the
 error's kind as it travels on the wire (AgentFense's server sends it with every error, as a
 ``google.rpc.ErrorInfo`` in the status details). The mapping from a gRPC status to the most
-specific class is :func:`error_from_status`, a pure function: by the reason where the server
+specific class is ``error_from_status``, a pure function: by the reason where the server
 sent one, else by the status code and the RPC that failed (a server without the extension);
 never by the words of the message.
 """
@@ -56,31 +56,43 @@ def _rebuild(cls: type[SandboxError], message: str, code: int) -> SandboxError:
 
 
 class SandboxNotFoundError(SandboxError):
+    """No sandbox of that id (or not one of this client's): NOT_FOUND."""
+
     default_code = StatusCode.NOT_FOUND
     reason = "SANDBOX_NOT_FOUND"
 
 
 class CodebaseNotFoundError(SandboxError):
+    """No codebase of that id (or not one of this client's): NOT_FOUND."""
+
     default_code = StatusCode.NOT_FOUND
     reason = "CODEBASE_NOT_FOUND"
 
 
 class SessionNotFoundError(SandboxError):
+    """No session of that id in that sandbox: NOT_FOUND."""
+
     default_code = StatusCode.NOT_FOUND
     reason = "SESSION_NOT_FOUND"
 
 
 class SandboxNotRunningError(SandboxError):
+    """The sandbox is not running (start it first): FAILED_PRECONDITION."""
+
     default_code = StatusCode.FAILED_PRECONDITION
     reason = "SANDBOX_NOT_RUNNING"
 
 
 class SessionClosedError(SandboxError):
+    """The session's shell has ended (``exit``, or a stop it could not survive)."""
+
     default_code = StatusCode.FAILED_PRECONDITION
     reason = "SESSION_CLOSED"
 
 
 class CommandTimeoutError(SandboxError):
+    """The command ran past its ``timeout`` and the server killed its processes."""
+
     default_code = StatusCode.DEADLINE_EXCEEDED
     reason = "COMMAND_TIMEOUT"
 
@@ -107,6 +119,8 @@ class CommandExecutionError(SandboxError):
 
 
 class PermissionDeniedError(SandboxError):
+    """The sandbox's permission rules refuse the operation on that path."""
+
     default_code = StatusCode.PERMISSION_DENIED
     reason = "PERMISSION_DENIED"
 
@@ -136,6 +150,8 @@ class ResourceLimitExceededError(SandboxError):
 
 
 class InvalidConfigurationError(SandboxError):
+    """A bad argument or setting; the message names it: INVALID_ARGUMENT."""
+
     default_code = StatusCode.INVALID_ARGUMENT
     reason = "INVALID_ARGUMENT"
 

@@ -59,11 +59,11 @@ Limit: TypeAlias = int | anyio.CapacityLimiter | None
 """How many run at once: a number, a limiter shared with other calls, or ``None`` (no bound)."""
 
 SandboxSource: TypeAlias = str | PathLike[str] | Callable[[], Awaitable[AsyncSandbox]]
-"""What :func:`open_sandboxes` opens: a local project, or a function that makes a sandbox."""
+"""What ``open_sandboxes`` opens: a local project, or a function that makes a sandbox."""
 
 
 class FromLocalOptions(TypedDict, total=False):
-    """The options of :meth:`AsyncSandbox.from_local` (all but the path); its defaults apply."""
+    """The options of ``AsyncSandbox.from_local`` (all but the path); its defaults apply."""
 
     preset: str | None
     permissions: Sequence[RuleLike] | None
@@ -247,7 +247,7 @@ async def map_concurrently(
     """``[await func(item) for item in items]``, concurrently (at most ``limit`` at a time).
 
     ``func(item)`` is called only when there is capacity for it (never after a failure has
-    cancelled the rest); failures as in :func:`gather`.
+    cancelled the rest); failures as in ``gather``.
     """
     return await _fan_out(
         [partial(func, item) for item in items],
@@ -401,7 +401,7 @@ async def read_many_bytes(
     limit: Limit = 8,
     return_exceptions: bool = False,
 ) -> dict[str, bytes] | dict[str, bytes | Exception]:
-    """:func:`read_many` for bytes, as ``read_file_bytes`` reads them."""
+    """``read_many`` for bytes, as ``read_file_bytes`` reads them."""
     unique = list(dict.fromkeys(_many(paths, "paths")))
     datas = await map_concurrently(
         sandbox.read_file_bytes, unique, limit=limit, return_exceptions=return_exceptions
@@ -426,7 +426,7 @@ async def open_sandboxes(
     ``lambda: AsyncSandbox.from_codebase(cb)``) is called for its sandbox. The sandboxes come in
     the order of ``sources``. Each is left as its own ``async with`` would leave it (from_local
     and from_codebase: destroyed). If one cannot be created, the others are cancelled, those
-    already made are destroyed, and the failure is raised as :func:`gather` raises it.
+    already made are destroyed, and the failure is raised as ``gather`` raises it.
     """
     numbered = list(enumerate(_many(sources, "sources")))
     made: dict[int, AsyncSandbox] = {}
@@ -458,7 +458,7 @@ async def open_sandboxes(
 
 async def _close_all(sandboxes: Sequence[AsyncSandbox], *, limit: Limit, quietly: bool) -> None:
     """Leave every sandbox (all of them, whatever fails). Failures are logged when an exception
-    is already on its way (``quietly``), else raised as :func:`gather` raises them."""
+    is already on its way (``quietly``), else raised as ``gather`` raises them."""
 
     async def close(sandbox: AsyncSandbox) -> None:
         await sandbox.__aexit__(None, None, None)

@@ -32,6 +32,7 @@ class Permission(StrEnum):
 
     @property
     def rank(self) -> int:
+        """The level's order: 0 for ``none`` up to 3 for ``write``."""
         return _PERMISSION_RANK[self]
 
 
@@ -47,6 +48,8 @@ class PatternType(StrEnum):
 
 
 class SandboxStatus(StrEnum):
+    """Where a sandbox is in its life: made, running, stopped, or broken (``error``)."""
+
     PENDING = "pending"
     RUNNING = "running"
     STOPPED = "stopped"
@@ -54,11 +57,15 @@ class SandboxStatus(StrEnum):
 
 
 class SessionStatus(StrEnum):
+    """Whether a session's shell is still there to run commands."""
+
     ACTIVE = "active"
     CLOSED = "closed"
 
 
 class OutputStream(StrEnum):
+    """Which of a command's output streams a chunk came from."""
+
     STDOUT = "stdout"
     STDERR = "stderr"
 
@@ -125,6 +132,7 @@ class PermissionRule:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """The rule as a plain dict (``pattern``, ``permission``, ``type``, ``priority``)."""
         return {
             "pattern": self.pattern,
             "permission": self.permission.value,
@@ -153,6 +161,7 @@ class ResourceLimits:
 
     @property
     def is_empty(self) -> bool:
+        """Whether no limit is set (each is ``None`` or 0)."""
         return all(
             v is None or v == 0
             for v in (self.memory_bytes, self.cpu_quota, self.cpu_shares, self.pids_limit)
@@ -173,6 +182,7 @@ class ExecResult:
 
     @property
     def ok(self) -> bool:
+        """Whether the command exited 0."""
         return self.exit_code == 0
 
 
@@ -188,6 +198,8 @@ class OutputChunk:
 @final
 @dataclass(frozen=True, slots=True)
 class Codebase:
+    """A codebase on the server: its files' total ``size`` in bytes and ``file_count``."""
+
     id: str
     name: str
     owner_id: str
@@ -200,6 +212,8 @@ class Codebase:
 @final
 @dataclass(frozen=True, slots=True)
 class FileInfo:
+    """One entry of a listing (``list_files``): a file or a directory."""
+
     path: str
     name: str
     is_dir: bool
@@ -210,6 +224,8 @@ class FileInfo:
 @final
 @dataclass(frozen=True, slots=True)
 class UploadResult:
+    """One uploaded file: its size in bytes and its SHA-256 (hex) as the server computed it."""
+
     codebase_id: str
     file_path: str
     size: int
@@ -239,6 +255,8 @@ class SandboxInfo:
 @final
 @dataclass(frozen=True, slots=True)
 class SessionInfo:
+    """What the server says of a session: its sandbox, its shell, whether it is open."""
+
     id: str
     sandbox_id: str
     status: SessionStatus

@@ -1,12 +1,12 @@
 """Choosing the files of a local project to upload into a sandbox.
 
-:func:`scan_project` walks a directory once and sorts every entry into one of three outcomes:
-uploaded (:class:`ProjectFile`), ignored (counted), or skipped with a reason
-(:class:`SkippedEntry`: symbolic links, sockets, FIFOs, devices, unreadable entries, names that
-are not valid UTF-8). Nothing is dropped silently. :func:`iter_project_files` and
-:func:`walk_directory` are built on it.
+``scan_project`` walks a directory once and sorts every entry into one of three outcomes:
+uploaded (``ProjectFile``), ignored (counted), or skipped with a reason
+(``SkippedEntry``: symbolic links, sockets, FIFOs, devices, unreadable entries, names that
+are not valid UTF-8). Nothing is dropped silently. ``iter_project_files`` and
+``walk_directory`` are built on it.
 
-Which paths are ignored follows gitignore semantics (see :mod:`agentfense._ignore`). Sources,
+Which paths are ignored follows gitignore semantics (see ``agentfense._ignore``). Sources,
 from the highest precedence to the lowest, as in git (where command-line ``--exclude`` patterns
 beat ``.gitignore`` files, which beat ``core.excludesFile``):
 
@@ -14,7 +14,7 @@ beat ``.gitignore`` files, which beat ``core.excludesFile``):
 2. ``.gitignore`` and ``.sandboxignore`` files found in any directory, each applying to its own
    subtree, a deeper file overriding a shallower one; within one directory ``.sandboxignore`` is
    read after ``.gitignore``, so it can re-include (``!``) what ``.gitignore`` excludes;
-3. :data:`DEFAULT_IGNORE_PATTERNS` when ``use_defaults`` is true.
+3. ``DEFAULT_IGNORE_PATTERNS`` when ``use_defaults`` is true.
 
 Within one source the last matching pattern wins. Ignored directories are never entered, so
 nothing inside one can be re-included, exactly as in git.
@@ -70,7 +70,7 @@ class SkippedEntry:
 
 @dataclass(frozen=True, slots=True)
 class ProjectScan:
-    """The outcome of :func:`scan_project`. ``files`` and ``skipped`` are sorted by
+    """The outcome of ``scan_project``. ``files`` and ``skipped`` are sorted by
     ``rel_path``; ``ignored_count`` counts ignored entries, an ignored directory as one."""
 
     files: tuple[ProjectFile, ...]
@@ -79,6 +79,7 @@ class ProjectScan:
 
     @property
     def total_size(self) -> int:
+        """The size of the files to upload, in bytes."""
         return sum(f.size for f in self.files)
 
 
@@ -266,11 +267,11 @@ def scan_project(
 
     ``ignore_patterns`` are gitignore patterns relative to the project root; they take
     precedence over ignore files found in the tree, which take precedence over
-    :data:`DEFAULT_IGNORE_PATTERNS` (used only if ``use_defaults``). With ``follow_symlinks``,
+    ``DEFAULT_IGNORE_PATTERNS`` (used only if ``use_defaults``). With ``follow_symlinks``,
     symbolic links are followed (also to outside the project), except a link to a directory
     that contains it; broken links are then skipped.
 
-    Raises :class:`InvalidConfigurationError` if ``path`` does not exist, is not a directory or
+    Raises ``InvalidConfigurationError`` if ``path`` does not exist, is not a directory or
     cannot be read, or if ``ignore_patterns`` is not a sequence of strings.
     """
     user = _user_rules(ignore_patterns)
@@ -289,7 +290,7 @@ def iter_project_files(
     """The files to upload, sorted by ``rel_path``, without reading their content.
 
     The project is scanned (and errors raised) when this function is called, not lazily.
-    Skipped entries are not reported here: use :func:`scan_project` to see them.
+    Skipped entries are not reported here: use ``scan_project`` to see them.
     """
     scan = scan_project(
         path, ignore_patterns, use_defaults=use_defaults, follow_symlinks=follow_symlinks
@@ -307,8 +308,8 @@ def walk_directory(
     """``(relative POSIX path, content)`` of each file to upload, sorted by path.
 
     The project is scanned (and errors raised) when this function is called; each file is read
-    only when the iterator reaches it, and an :class:`OSError` while reading (a file removed
-    meanwhile, say) propagates. Prefer :func:`iter_project_files` for large files.
+    only when the iterator reaches it, and an ``OSError`` while reading (a file removed
+    meanwhile, say) propagates. Prefer ``iter_project_files`` for large files.
     """
     files = iter_project_files(
         path, ignore_patterns, use_defaults=use_defaults, follow_symlinks=follow_symlinks

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets everything up, then runs every check CI runs: generated code, lint, types, tests.
+# Sets everything up, then runs every check CI runs: generated code, lint, types, the docs
+# site's build (warnings as errors), tests.
 # The Docker tests get a private dockerd (scripts/dockerd.sh) with locally built images
 # (scripts/docker-images.sh) at $DOCKER_HOST; a dockerd this run starts is stopped when it ends,
 # one that was already running is used and left running. AGENTFENSE_DOCKER=0 skips Docker.
@@ -18,4 +19,4 @@ if [ "${AGENTFENSE_DOCKER:-1}" != 0 ]; then
   eval "$(bash scripts/dockerd.sh env)"
 fi
 
-.venv/bin/nox --no-venv -s generated lint tests "$@"
+.venv/bin/nox --no-venv -s generated lint docs tests "$@"

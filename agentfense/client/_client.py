@@ -136,6 +136,7 @@ class AsyncSandboxClient:
 
     @property
     def cleanup_timeout(self) -> float:
+        """How long each call that cleans up on the way out may wait for the server, in seconds."""
         return self._cleanup_timeout
 
     @cleanup_timeout.setter
@@ -167,6 +168,7 @@ class AsyncSandboxClient:
         return await transport.client_stream(rpc.path, produce, rpc.reply)
 
     async def close(self) -> None:
+        """Close the connection (``aclose`` is the same); it reopens on the next call."""
         transport, self._transport = self._transport, None
         if transport is not None:
             await transport.aclose()
@@ -189,10 +191,12 @@ class AsyncSandboxClient:
     # -- codebases --------------------------------------------------------------------------
 
     async def create_codebase(self, name: str, owner_id: str = "") -> Codebase:
+        """Create an empty codebase named ``name``, owned by ``owner_id``."""
         request = pb.CreateCodebaseRequest(name=name, owner_id=owner_id or "")
         return convert.codebase_from_pb(await self._unary(rpcs.CREATE_CODEBASE, request))
 
     async def get_codebase(self, codebase_id: str) -> Codebase:
+        """What the server holds of one codebase (``CodebaseNotFoundError`` if none)."""
         request = pb.GetCodebaseRequest(codebase_id=codebase_id)
         return convert.codebase_from_pb(await self._unary(rpcs.GET_CODEBASE, request))
 
@@ -211,6 +215,7 @@ class AsyncSandboxClient:
                 return found
 
     async def delete_codebase(self, codebase_id: str) -> None:
+        """Delete a codebase and its files."""
         request = pb.DeleteCodebaseRequest(codebase_id=codebase_id)
         await self._unary(rpcs.DELETE_CODEBASE, request)
 
@@ -317,6 +322,7 @@ class AsyncSandboxClient:
     async def list_files(
         self, codebase_id: str, path: str = "", recursive: bool = False
     ) -> list[FileInfo]:
+        """A codebase's entries under ``path`` (all below it with ``recursive``), unfiltered."""
         request = pb.ListFilesRequest(codebase_id=codebase_id, path=path, recursive=recursive)
         reply = await self._unary(rpcs.LIST_FILES, request)
         return [convert.file_info_from_pb(f) for f in reply.files]
@@ -335,6 +341,8 @@ class AsyncSandboxClient:
         expires_in: float | timedelta | None = None,
         keep_home: bool = False,
     ) -> SandboxInfo:
+        """Create a sandbox on a codebase, not started. ``expires_in`` (seconds or a
+        ``timedelta``): the server destroys the sandbox once that much time has passed."""
         expiry = (
             expires_in if isinstance(expires_in, timedelta) else _duration(expires_in, "expires_in")
         )
@@ -352,6 +360,7 @@ class AsyncSandboxClient:
         return convert.sandbox_from_pb(await self._unary(rpcs.CREATE_SANDBOX, request))
 
     async def get_sandbox(self, sandbox_id: str) -> SandboxInfo:
+        """What the server says of one sandbox (``SandboxNotFoundError`` if none)."""
         request = pb.GetSandboxRequest(sandbox_id=sandbox_id)
         return convert.sandbox_from_pb(await self._unary(rpcs.GET_SANDBOX, request))
 
@@ -372,14 +381,17 @@ class AsyncSandboxClient:
                 return found
 
     async def start_sandbox(self, sandbox_id: str) -> SandboxInfo:
+        """Start a sandbox; its state after."""
         request = pb.StartSandboxRequest(sandbox_id=sandbox_id)
         return convert.sandbox_from_pb(await self._unary(rpcs.START_SANDBOX, request))
 
     async def stop_sandbox(self, sandbox_id: str) -> SandboxInfo:
+        """Stop a sandbox's processes, committing what they wrote; its state after."""
         request = pb.StopSandboxRequest(sandbox_id=sandbox_id)
         return convert.sandbox_from_pb(await self._unary(rpcs.STOP_SANDBOX, request))
 
     async def destroy_sandbox(self, sandbox_id: str) -> None:
+        """Destroy a sandbox, committing what it wrote first."""
         request = pb.DestroySandboxRequest(sandbox_id=sandbox_id)
         await self._unary(rpcs.DESTROY_SANDBOX, request)
 
@@ -430,7 +442,7 @@ class AsyncSandboxClient:
         workdir: str | None = None,
         timeout: float | None = None,
     ) -> ExecStream:
-        """Run ``command`` and stream its output; see :class:`ExecStream`."""
+        """Run ``command`` and stream its output; see ``ExecStream``."""
         request = self._exec_request(sandbox_id, command, stdin, env, workdir, timeout)
         return ExecStream._create(lambda: self._server_stream(rpcs.EXEC_STREAM, request))
 
@@ -479,19 +491,23 @@ class AsyncSandboxClient:
     async def create_session(
         self, sandbox_id: str, *, shell: str = "", env: Mapping[str, str] | None = None
     ) -> SessionInfo:
+        """Open a persistent shell in a running sandbox (``shell``: bash if it has one, else sh)."""
         request = pb.CreateSessionRequest(sandbox_id=sandbox_id, shell=shell, env=dict(env or {}))
         return convert.session_from_pb(await self._unary(rpcs.CREATE_SESSION, request))
 
     async def get_session(self, session_id: str) -> SessionInfo:
+        """What the server says of one session (``SessionNotFoundError`` if none)."""
         request = pb.GetSessionRequest(session_id=session_id)
         return convert.session_from_pb(await self._unary(rpcs.GET_SESSION, request))
 
     async def list_sessions(self, sandbox_id: str) -> list[SessionInfo]:
+        """Every session of a sandbox."""
         request = pb.ListSessionsRequest(sandbox_id=sandbox_id)
         reply = await self._unary(rpcs.LIST_SESSIONS, request)
         return [convert.session_from_pb(s) for s in reply.sessions]
 
     async def destroy_session(self, session_id: str) -> None:
+        """Close a session, killing every process it started."""
         request = pb.DestroySessionRequest(session_id=session_id)
         await self._unary(rpcs.DESTROY_SESSION, request)
 

@@ -43,6 +43,7 @@ class ExecStream(metaclass=NoPublicConstructor):
 
     @property
     def exit_code(self) -> int | None:
+        """The command's exit code once the stream has ended, else None."""
         return None if self.result is None else self.result.exit_code
 
     async def __aenter__(self) -> ExecStream:
@@ -60,6 +61,7 @@ class ExecStream(metaclass=NoPublicConstructor):
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Stop reading; a command still running is cancelled (the server kills it)."""
         context, self._context = self._context, None
         self._done = True
         if context is not None:

@@ -203,33 +203,41 @@ class AsyncSandbox(metaclass=NoPublicConstructor):
 
     @property
     def id(self) -> str:
+        """The sandbox's id (``sb_...``)."""
         return self._info.id
 
     @property
     def codebase_id(self) -> str:
+        """The id of the codebase the sandbox shows at ``/workspace``."""
         return self._info.codebase_id
 
     @property
     def status(self) -> SandboxStatus:
+        """The status the server gave when last asked (``refresh()`` asks again)."""
         return self._info.status
 
     @property
     def info(self) -> SandboxInfo:
+        """Everything the server said of the sandbox when last asked."""
         return self._info
 
     @property
     def client(self) -> AsyncSandboxClient:
+        """The client this sandbox talks through (its ``cleanup_timeout`` is settable)."""
         return self._client
 
     async def start(self) -> AsyncSandbox:
+        """Start the sandbox (``from_local`` and ``from_codebase`` do unless told not to)."""
         self._info = await self._client.start_sandbox(self.id)
         return self
 
     async def stop(self) -> AsyncSandbox:
+        """Stop the sandbox's processes, committing what they wrote; ``start()`` runs it again."""
         self._info = await self._client.stop_sandbox(self.id)
         return self
 
     async def refresh(self) -> SandboxInfo:
+        """Ask the server for the sandbox's state again; also kept as ``info``."""
         self._info = await self._client.get_sandbox(self.id)
         return self._info
 
@@ -297,6 +305,7 @@ class AsyncSandbox(metaclass=NoPublicConstructor):
         timeout: float | None = None,
         raise_on_error: bool = False,
     ) -> ExecResult:
+        """``run`` with keyword-only options and ``stdin``, text fed to the command."""
         result = await self._client.exec(
             self.id, command, stdin=stdin, env=env, workdir=workdir, timeout=timeout
         )
@@ -342,6 +351,7 @@ class AsyncSandbox(metaclass=NoPublicConstructor):
             return None
 
     async def read_file_bytes(self, path: str) -> bytes:
+        """A file's content, read through the sandbox's view and its permissions."""
         data = await self._file_rpc(path, lambda: self._client.read_sandbox_file(self.id, path))
         if data is not None:
             return data
@@ -354,9 +364,11 @@ class AsyncSandbox(metaclass=NoPublicConstructor):
         return _files.decode(result, path)
 
     async def read_file(self, path: str, encoding: str = "utf-8") -> str:
+        """A file's content as text (``encoding``), read through the sandbox's view."""
         return (await self.read_file_bytes(path)).decode(encoding)
 
     async def write_file(self, path: str, content: str | bytes) -> None:
+        """Write a file through the sandbox's view and permissions; it lands whole or not at all."""
         written = await self._file_rpc(
             path, lambda: self._client.write_sandbox_file(self.id, path, content)
         )
@@ -369,6 +381,7 @@ class AsyncSandbox(metaclass=NoPublicConstructor):
         _files.check_written(result, path)
 
     async def list_files(self, path: str = "/workspace", recursive: bool = False) -> list[FileInfo]:
+        """The entries of a directory as the sandbox sees it (all below it with ``recursive``)."""
         found = await self._file_rpc(
             path, lambda: self._client.list_sandbox_files(self.id, path, recursive)
         )

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 @final
 class AsyncSessionWrapper(metaclass=NoPublicConstructor):
-    """One shell session. ``async with`` (or :meth:`close`) destroys it and its processes.
+    """One shell session. ``async with`` (or ``close``) destroys it and its processes.
 
     Commands run one after another in the same shell, so ``cd``, ``export``, functions and
     background jobs carry over; concurrent ``exec`` calls on one session are serialised by
@@ -34,22 +34,27 @@ class AsyncSessionWrapper(metaclass=NoPublicConstructor):
 
     @property
     def id(self) -> str:
+        """The session's id."""
         return self._info.id
 
     @property
     def sandbox_id(self) -> str:
+        """The id of the sandbox the session's shell runs in."""
         return self._info.sandbox_id
 
     @property
     def shell(self) -> str:
+        """The shell the session runs (bash where the sandbox has it, else sh, unless named)."""
         return self._info.shell
 
     @property
     def status(self) -> SessionStatus:
+        """The status the server gave when last asked (``refresh()`` asks again)."""
         return self._info.status
 
     @property
     def info(self) -> SessionInfo:
+        """Everything the server said of the session when last asked."""
         return self._info
 
     async def exec(
@@ -68,6 +73,7 @@ class AsyncSessionWrapper(metaclass=NoPublicConstructor):
         return self._client.session_exec_stream(self.id, command, timeout=timeout)
 
     async def refresh(self) -> SessionInfo:
+        """Ask the server for the session's state again; also kept as ``info``."""
         self._info = await self._client.get_session(self.id)
         return self._info
 

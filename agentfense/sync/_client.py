@@ -28,8 +28,8 @@ from ._stream import ExecStream
 class SandboxClient:
     """Low-level blocking client of an AgentFense server (or any ``sandbox.v1`` server).
 
-    ``with SandboxClient(...) as client:``, or call :meth:`close` when done. The methods
-    are those of :class:`AsyncSandboxClient`, run on agentfense's one private loop thread.
+    ``with SandboxClient(...) as client:``, or call ``close`` when done. The methods
+    are those of ``AsyncSandboxClient``, run on agentfense's one private loop thread.
     """
 
     def __init__(
@@ -49,14 +49,17 @@ class SandboxClient:
 
     @property
     def endpoint(self) -> str:
+        """The server this client talks to."""
         return self._async.endpoint
 
     @property
     def secure(self) -> bool:
+        """Whether the connection uses TLS."""
         return self._async.secure
 
     @property
     def cleanup_timeout(self) -> float:
+        """How long each call that cleans up on the way out may wait for the server, in seconds."""
         return self._async.cleanup_timeout
 
     @cleanup_timeout.setter
@@ -65,6 +68,7 @@ class SandboxClient:
 
     @property
     def lacks_file_rpcs(self) -> bool:
+        """Whether the server turned down AgentFense's file RPCs (commands are used instead)."""
         return self._async.lacks_file_rpcs
 
     @lacks_file_rpcs.setter
@@ -73,6 +77,7 @@ class SandboxClient:
 
     @property
     def lacks_archive_upload(self) -> bool:
+        """Whether the server turned down the archive upload (files go one by one instead)."""
         return self._async.lacks_archive_upload
 
     @lacks_archive_upload.setter
@@ -80,6 +85,7 @@ class SandboxClient:
         self._async.lacks_archive_upload = value
 
     def close(self) -> None:
+        """Close the connection; it reopens on the next call."""
         run_blocking(self._async.close)
 
     def __enter__(self) -> SandboxClient:
@@ -97,9 +103,11 @@ class SandboxClient:
     # -- codebases --------------------------------------------------------------------------
 
     def create_codebase(self, name: str, owner_id: str = "") -> Codebase:
+        """Create an empty codebase named ``name``, owned by ``owner_id``."""
         return run_blocking(self._async.create_codebase, name, owner_id)
 
     def get_codebase(self, codebase_id: str) -> Codebase:
+        """What the server holds of one codebase (``CodebaseNotFoundError`` if none)."""
         return run_blocking(self._async.get_codebase, codebase_id)
 
     def list_codebases(self, owner_id: str = "", *, page_size: int = 0) -> list[Codebase]:
@@ -107,6 +115,7 @@ class SandboxClient:
         return run_blocking(self._async.list_codebases, owner_id, page_size=page_size)
 
     def delete_codebase(self, codebase_id: str) -> None:
+        """Delete a codebase and its files."""
         run_blocking(self._async.delete_codebase, codebase_id)
 
     def upload_file(self, codebase_id: str, file_path: str, content: bytes | str) -> UploadResult:
@@ -132,6 +141,7 @@ class SandboxClient:
     def list_files(
         self, codebase_id: str, path: str = "", recursive: bool = False
     ) -> list[FileInfo]:
+        """A codebase's entries under ``path`` (all below it with ``recursive``), unfiltered."""
         return run_blocking(self._async.list_files, codebase_id, path, recursive)
 
     # -- sandboxes --------------------------------------------------------------------------
@@ -148,6 +158,8 @@ class SandboxClient:
         expires_in: float | timedelta | None = None,
         keep_home: bool = False,
     ) -> SandboxInfo:
+        """Create a sandbox on a codebase, not started. ``expires_in`` (seconds or a
+        ``timedelta``): the server destroys the sandbox once that much time has passed."""
         return run_blocking(
             self._async.create_sandbox,
             codebase_id,
@@ -161,6 +173,7 @@ class SandboxClient:
         )
 
     def get_sandbox(self, sandbox_id: str) -> SandboxInfo:
+        """What the server says of one sandbox (``SandboxNotFoundError`` if none)."""
         return run_blocking(self._async.get_sandbox, sandbox_id)
 
     def list_sandboxes(self, codebase_id: str = "", *, page_size: int = 0) -> list[SandboxInfo]:
@@ -168,12 +181,15 @@ class SandboxClient:
         return run_blocking(self._async.list_sandboxes, codebase_id, page_size=page_size)
 
     def start_sandbox(self, sandbox_id: str) -> SandboxInfo:
+        """Start a sandbox; its state after."""
         return run_blocking(self._async.start_sandbox, sandbox_id)
 
     def stop_sandbox(self, sandbox_id: str) -> SandboxInfo:
+        """Stop a sandbox's processes, committing what they wrote; its state after."""
         return run_blocking(self._async.stop_sandbox, sandbox_id)
 
     def destroy_sandbox(self, sandbox_id: str) -> None:
+        """Destroy a sandbox, committing what it wrote first."""
         run_blocking(self._async.destroy_sandbox, sandbox_id)
 
     def exec(
@@ -207,7 +223,7 @@ class SandboxClient:
         workdir: str | None = None,
         timeout: float | None = None,
     ) -> ExecStream:
-        """Run ``command`` and stream its output; see :class:`ExecStream`."""
+        """Run ``command`` and stream its output; see ``ExecStream``."""
         check_not_async()
         return ExecStream._create(
             self._async.exec_stream(
@@ -236,15 +252,19 @@ class SandboxClient:
     def create_session(
         self, sandbox_id: str, *, shell: str = "", env: Mapping[str, str] | None = None
     ) -> SessionInfo:
+        """Open a persistent shell in a running sandbox (``shell``: bash if it has one, else sh)."""
         return run_blocking(self._async.create_session, sandbox_id, shell=shell, env=env)
 
     def get_session(self, session_id: str) -> SessionInfo:
+        """What the server says of one session (``SessionNotFoundError`` if none)."""
         return run_blocking(self._async.get_session, session_id)
 
     def list_sessions(self, sandbox_id: str) -> list[SessionInfo]:
+        """Every session of a sandbox."""
         return run_blocking(self._async.list_sessions, sandbox_id)
 
     def destroy_session(self, session_id: str) -> None:
+        """Close a session, killing every process it started."""
         run_blocking(self._async.destroy_session, session_id)
 
     def session_exec(

@@ -38,6 +38,7 @@ class ExecStream(metaclass=NoPublicConstructor):
 
     @property
     def exit_code(self) -> int | None:
+        """The command's exit code once the stream has ended, else None."""
         return self._async.exit_code
 
     def __enter__(self) -> ExecStream:
@@ -53,6 +54,7 @@ class ExecStream(metaclass=NoPublicConstructor):
         run_blocking(self._async.__aexit__, exc_type, exc, tb)
 
     def close(self) -> None:
+        """Stop reading; a command still running is cancelled (the server kills it)."""
         run_blocking(self._async.aclose)
 
     def __iter__(self) -> ExecStream:

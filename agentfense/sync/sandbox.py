@@ -30,7 +30,7 @@ class Sandbox(metaclass=NoPublicConstructor):
 
     ``with Sandbox.from_local("./project") as sandbox:`` creates a codebase from the
     project, a sandbox on it, starts it, and on exit destroys both. The methods are those of
-    :class:`AsyncSandbox`, run on agentfense's one private loop thread.
+    ``AsyncSandbox``, run on agentfense's one private loop thread.
     """
 
     _obtained_from = "use Sandbox.from_local(), from_codebase() or connect()"
@@ -133,33 +133,41 @@ class Sandbox(metaclass=NoPublicConstructor):
 
     @property
     def id(self) -> str:
+        """The sandbox's id (``sb_...``)."""
         return self._async.id
 
     @property
     def codebase_id(self) -> str:
+        """The id of the codebase the sandbox shows at ``/workspace``."""
         return self._async.codebase_id
 
     @property
     def status(self) -> SandboxStatus:
+        """The status the server gave when last asked (``refresh()`` asks again)."""
         return self._async.status
 
     @property
     def info(self) -> SandboxInfo:
+        """Everything the server said of the sandbox when last asked."""
         return self._async.info
 
     @property
     def client(self) -> SandboxClient:
+        """The client this sandbox talks through (its ``cleanup_timeout`` is settable)."""
         return self._client
 
     def start(self) -> Sandbox:
+        """Start the sandbox (``from_local`` and ``from_codebase`` do unless told not to)."""
         run_blocking(self._async.start)
         return self
 
     def stop(self) -> Sandbox:
+        """Stop the sandbox's processes, committing what they wrote; ``start()`` runs it again."""
         run_blocking(self._async.stop)
         return self
 
     def refresh(self) -> SandboxInfo:
+        """Ask the server for the sandbox's state again; also kept as ``info``."""
         return run_blocking(self._async.refresh)
 
     def destroy(self) -> None:
@@ -211,6 +219,7 @@ class Sandbox(metaclass=NoPublicConstructor):
         timeout: float | None = None,
         raise_on_error: bool = False,
     ) -> ExecResult:
+        """``run`` with keyword-only options and ``stdin``, text fed to the command."""
         return run_blocking(
             self._async.exec,
             command,
@@ -246,13 +255,17 @@ class Sandbox(metaclass=NoPublicConstructor):
     # -- files (through the sandbox's own view and permissions) -----------------------------
 
     def read_file_bytes(self, path: str) -> bytes:
+        """A file's content, read through the sandbox's view and its permissions."""
         return run_blocking(self._async.read_file_bytes, path)
 
     def read_file(self, path: str, encoding: str = "utf-8") -> str:
+        """A file's content as text (``encoding``), read through the sandbox's view."""
         return run_blocking(self._async.read_file, path, encoding)
 
     def write_file(self, path: str, content: str | bytes) -> None:
+        """Write a file through the sandbox's view and permissions; it lands whole or not at all."""
         run_blocking(self._async.write_file, path, content)
 
     def list_files(self, path: str = "/workspace", recursive: bool = False) -> list[FileInfo]:
+        """The entries of a directory as the sandbox sees it (all below it with ``recursive``)."""
         return run_blocking(self._async.list_files, path, recursive)

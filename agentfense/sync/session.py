@@ -14,7 +14,7 @@ from ._stream import ExecStream
 
 @final
 class SessionWrapper(metaclass=NoPublicConstructor):
-    """One shell session, made by ``sandbox.session()``; ``with`` (or :meth:`close`)
+    """One shell session, made by ``sandbox.session()``; ``with`` (or ``close``)
     destroys it and its processes. ``cd``, ``export`` and background jobs carry over."""
 
     _obtained_from = "use `with sandbox.session() as session`"
@@ -24,22 +24,27 @@ class SessionWrapper(metaclass=NoPublicConstructor):
 
     @property
     def id(self) -> str:
+        """The session's id."""
         return self._async.id
 
     @property
     def sandbox_id(self) -> str:
+        """The id of the sandbox the session's shell runs in."""
         return self._async.sandbox_id
 
     @property
     def shell(self) -> str:
+        """The shell the session runs (bash where the sandbox has it, else sh, unless named)."""
         return self._async.shell
 
     @property
     def status(self) -> SessionStatus:
+        """The status the server gave when last asked (``refresh()`` asks again)."""
         return self._async.status
 
     @property
     def info(self) -> SessionInfo:
+        """Everything the server said of the session when last asked."""
         return self._async.info
 
     def exec(
@@ -56,6 +61,7 @@ class SessionWrapper(metaclass=NoPublicConstructor):
         return ExecStream._create(self._async.exec_stream(command, timeout=timeout))
 
     def refresh(self) -> SessionInfo:
+        """Ask the server for the session's state again; also kept as ``info``."""
         return run_blocking(self._async.refresh)
 
     def close(self) -> None:

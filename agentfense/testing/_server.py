@@ -32,6 +32,7 @@ class ServerProcess:
     owns_state: bool = False  # made for this server: removed when it stops cleanly
 
     def log(self) -> str:
+        """What the server wrote to its log so far."""
         return self.log_path.read_text(errors="replace")
 
     def stop(self, timeout: float = 30) -> int:

@@ -55,8 +55,9 @@ def _listener_pids(port: int) -> set[int]:
 @pytest.fixture(scope="session")
 def default_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A server on the SDK's default endpoint (``localhost:9000``), for code that names no
-    endpoint: the docs' samples and the user's guide. Only one can listen there at a time:
-    if another one does (another test run), fail rather than talk to it."""
+    endpoint: the user's guide (the docs' samples name theirs in AGENTFENSE_ENDPOINT). Only
+    one can listen there at a time: if another one does (another test run), fail rather than
+    talk to it."""
     busy = "localhost:9000 is taken (another test run?); try again when it is free"
     if _listener_pids(DEFAULT_PORT):
         pytest.fail(busy)
