@@ -102,9 +102,15 @@ class Committed(Message):
     changed: int
     kept: int
     over_limit: bool
+    written: int  # bytes of the regular files the commit moved into the codebase
 
     def _fields(self) -> dict[str, object]:
-        return {"changed": self.changed, "kept": self.kept, "over_limit": self.over_limit}
+        return {
+            "changed": self.changed,
+            "kept": self.kept,
+            "over_limit": self.over_limit,
+            "written": self.written,
+        }
 
     @classmethod
     def _read(cls, fields: Fields, seq: int) -> Self:
@@ -112,6 +118,7 @@ class Committed(Message):
             fields.integer("changed"),
             fields.integer("kept"),
             fields.boolean("over_limit"),
+            fields.integer("written"),
             seq=seq,
         )
 

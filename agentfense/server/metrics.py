@@ -93,6 +93,11 @@ class ServerMetrics:
             "Entries (files, directories, links, deletions) commits applied to codebases.",
             registry=self.registry,
         )
+        self.committed_bytes = Counter(
+            "agentfense_commit_bytes",
+            "Bytes of the regular files commits moved into codebases.",
+            registry=self.registry,
+        )
         self.rpcs = Counter(
             "agentfense_grpc_requests",
             "gRPC calls answered, by method and status code (OK included).",

@@ -214,6 +214,7 @@ class SandboxManager:
                     raise
             self._metrics.commits.labels("changed" if reply.changed else "unchanged").inc()
             self._metrics.committed_entries.inc(reply.changed)
+            self._metrics.committed_bytes.inc(reply.written)
             if reply.changed:  # nothing changed (every read-only exec): no meta write
                 try:
                     await self._codebases.touch(record.codebase_id)

@@ -53,7 +53,14 @@ requests = st.one_of(
 )
 replies = st.one_of(
     st.builds(control.Done, seq=seqs),
-    st.builds(control.Committed, changed=counts, kept=counts, over_limit=st.booleans(), seq=seqs),
+    st.builds(
+        control.Committed,
+        changed=counts,
+        kept=counts,
+        over_limit=st.booleans(),
+        written=counts,
+        seq=seqs,
+    ),
     st.builds(control.Failed, message=st.text(), seq=seqs),
 )
 
@@ -165,8 +172,8 @@ def test_fields_of_the_wrong_type_are_refused() -> None:
 
 
 def test_replies_are_checked_as_strictly() -> None:
-    committed = json.loads(control.Committed(3, 1, False, seq=9).encode())
-    for name, bad in [("changed", "3"), ("kept", -1), ("over_limit", 0)]:
+    committed = json.loads(control.Committed(3, 1, False, 10, seq=9).encode())
+    for name, bad in [("changed", "3"), ("kept", -1), ("over_limit", 0), ("written", -1)]:
         with pytest.raises(MessageError, match=f"committed: {name} must be") as caught:
             control.decode_reply(json.dumps({**committed, name: bad}).encode())
         assert caught.value.seq == 9

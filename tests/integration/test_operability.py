@@ -115,7 +115,7 @@ async def test_a_lifecycle_is_logged_once_each_at_info_and_counted(
         running = await scrape(ops_server)  # (created, not started: pending)
         assert moved(before, running, "agentfense_sandboxes", state="pending", runtime="bwrap") == 1
         await client.start_sandbox(sandbox)
-        assert (await client.exec(sandbox, "echo made > made.txt")).exit_code == 0
+        assert (await client.exec(sandbox, "head -c 12345 /dev/zero > made.bin")).exit_code == 0
         assert (await client.exec(sandbox, "true")).exit_code == 0
         assert (await client.exec(sandbox, "exit 3")).exit_code == 3
         with pytest.raises(CommandTimeoutError):
@@ -164,6 +164,7 @@ async def test_a_lifecycle_is_logged_once_each_at_info_and_counted(
     assert moved(before, after, "agentfense_exec_duration_seconds_sum", kind="exec") >= 0.3
     assert moved(before, after, "agentfense_commits_total", result="changed") >= 1
     assert moved(before, after, "agentfense_commit_entries_total") >= 1
+    assert moved(before, after, "agentfense_commit_bytes_total") == 12345
     assert moved(before, after, "agentfense_fs_requests_total", op="add_view", result="ok") == 1
     assert moved(before, after, "agentfense_fs_requests_total", op="commit", result="ok") >= 6
     rpcs = "agentfense_grpc_requests_total"
