@@ -157,7 +157,8 @@ class FsProcess:
         if result.changed:
             self._invalidate(view.lower.root, result.changed, exclude=server)
         counts = len(result.changed), len(result.kept)
-        self.reply(control.Committed(*counts, over_limit, result.written, seq=seq))
+        ops = server.take_op_counts()
+        self.reply(control.Committed(*counts, over_limit, result.written, ops, seq=seq))
 
     def _changed(self, message: control.Changed) -> None:
         usage = self._usages.get(Path(message.lower))

@@ -276,11 +276,11 @@ class FsSupervisor:
             reply = await self._exchange(message, answer, fds)
         except SandboxError as exc:
             unavailable = exc.code == StatusCode.UNAVAILABLE
-            self._metrics.fs_requests.labels(
+            self._metrics.fs_control.labels(
                 message.op, "unavailable" if unavailable else "failed"
             ).inc()
             raise
-        self._metrics.fs_requests.labels(message.op, "ok").inc()
+        self._metrics.fs_control.labels(message.op, "ok").inc()
         return reply
 
     async def _exchange(self, message: control.Request, answer: type[R], fds: Sequence[int]) -> R:

@@ -74,11 +74,18 @@ class ServerMetrics:
             buckets=_DURATION_BUCKETS,
             registry=self.registry,
         )
+        self.fs_control = Counter(
+            "agentfense_fs_control_requests",
+            "Requests of the server to the permission filesystem process over its control "
+            "channel, by op and result.",
+            ["op", "result"],
+            registry=self.registry,
+        )
         self.fs_requests = Counter(
             "agentfense_fs_requests",
-            "Requests of the server to the permission filesystem process (its control "
-            "channel), by op and result; a sandbox's own file operations are not counted.",
-            ["op", "result"],
+            "FUSE requests the permission filesystem answered for sandboxes' views, by op "
+            "(reported with each commit).",
+            ["op"],
             registry=self.registry,
         )
         self.commits = Counter(

@@ -215,6 +215,9 @@ class SandboxManager:
             self._metrics.commits.labels("changed" if reply.changed else "unchanged").inc()
             self._metrics.committed_entries.inc(reply.changed)
             self._metrics.committed_bytes.inc(reply.written)
+            for op, count in zip(control.FS_OPS, reply.ops, strict=True):
+                if count:
+                    self._metrics.fs_requests.labels(op).inc(count)
             if reply.changed:  # nothing changed (every read-only exec): no meta write
                 try:
                     await self._codebases.touch(record.codebase_id)

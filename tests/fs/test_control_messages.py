@@ -59,6 +59,7 @@ replies = st.one_of(
         kept=counts,
         over_limit=st.booleans(),
         written=counts,
+        ops=st.lists(counts, min_size=len(control.FS_OPS), max_size=len(control.FS_OPS)).map(tuple),
         seq=seqs,
     ),
     st.builds(control.Failed, message=st.text(), seq=seqs),
@@ -177,6 +178,13 @@ def test_replies_are_checked_as_strictly() -> None:
         with pytest.raises(MessageError, match=f"committed: {name} must be") as caught:
             control.decode_reply(json.dumps({**committed, name: bad}).encode())
         assert caught.value.seq == 9
+    for ops, words in [
+        ({"read": -1}, "committed.ops: read must be"),
+        ({"no_such_op": 1}, r"committed.ops: unknown fields \['no_such_op'\]"),
+        ([1, 2], "committed: ops must be an object"),
+    ]:
+        with pytest.raises(MessageError, match=words):
+            control.decode_reply(json.dumps({**committed, "ops": ops}).encode())
     with pytest.raises(MessageError, match="op 'commit' is not one of committed, done"):
         control.decode_reply(control.Commit("sb_1", seq=9).encode())
     with pytest.raises(MessageError, match="op 'done' is not one of committed"):

@@ -165,8 +165,13 @@ async def test_a_lifecycle_is_logged_once_each_at_info_and_counted(
     assert moved(before, after, "agentfense_commits_total", result="changed") >= 1
     assert moved(before, after, "agentfense_commit_entries_total") >= 1
     assert moved(before, after, "agentfense_commit_bytes_total") == 12345
-    assert moved(before, after, "agentfense_fs_requests_total", op="add_view", result="ok") == 1
-    assert moved(before, after, "agentfense_fs_requests_total", op="commit", result="ok") >= 6
+    fs_control = "agentfense_fs_control_requests_total"
+    assert moved(before, after, fs_control, op="add_view", result="ok") == 1
+    assert moved(before, after, fs_control, op="commit", result="ok") >= 6
+    # The view's own requests: the file made (12345 bytes written), and the sandbox's reads.
+    assert moved(before, after, "agentfense_fs_requests_total", op="mknod") >= 1
+    assert moved(before, after, "agentfense_fs_requests_total", op="write") >= 1
+    assert moved(before, after, "agentfense_fs_requests_total", op="lookup") >= 1
     rpcs = "agentfense_grpc_requests_total"
     assert moved(before, after, rpcs, method="SandboxService/Exec", code="OK") == 3
     assert moved(before, after, rpcs, method="SandboxService/Exec", code="DEADLINE_EXCEEDED") == 1
