@@ -22,6 +22,7 @@ from agentfense import (
     InvalidConfigurationError,
     Permission,
     PermissionRule,
+    RuntimeType,
     SandboxNotFoundError,
 )
 from agentfense.testing import ServerProcess, start_server_process
@@ -294,3 +295,30 @@ async def test_debug_keeps_grpclib_lines_and_a_public_address_warns(tmp_path: Pa
 def test_a_bad_metrics_address_is_refused_with_a_sentence(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="metrics_listen must be 'host:port'"):
         _start(tmp_path, metrics_listen="nowhere")
+
+
+async def test_a_docker_sandbox_is_logged_and_counted_as_docker(ops_server: ServerProcess) -> None:
+    before = await scrape(ops_server)
+    async with AsyncSandboxClient(ops_server.endpoint) as client:
+        codebase = await client.create_codebase("ops-docker", owner_id="team-d")
+        sandbox = (
+            await client.create_sandbox(
+                codebase.id, runtime=RuntimeType.DOCKER, image="agentfense/busybox:latest"
+            )
+        ).id
+        await client.start_sandbox(sandbox)
+        running = await scrape(ops_server)
+        assert (await client.exec(sandbox, "exit 4")).exit_code == 4
+        await client.destroy_sandbox(sandbox)
+        await client.delete_codebase(codebase.id)
+    after = await scrape(ops_server)
+    assert moved(before, running, "agentfense_sandboxes", state="running", runtime="docker") == 1
+    assert moved(before, after, "agentfense_sandboxes", state="running", runtime="docker") == 0
+    assert moved(before, after, "agentfense_execs_total", kind="exec", outcome="exit_nonzero") == 1
+    for event in ("sandbox created", "sandbox started", "sandbox stopped", "sandbox destroyed"):
+        found = lines(ops_server, event, sandbox_id=sandbox, owner="team-d", runtime="docker")
+        assert len(found) == 1, (event, ops_server.log())
+    assert (
+        "image=agentfense/busybox:latest"
+        in lines(ops_server, "sandbox created", sandbox_id=sandbox)[0]
+    )
