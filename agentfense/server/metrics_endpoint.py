@@ -5,8 +5,10 @@ On the loop rather than in prometheus_client's threads (``start_http_server`` st
 per connection, without a bound): the gauges read the sandbox table where it changes, and what
 a scraper can cost is bounded here. At most ``MOST_CONNECTIONS`` connections are answered at
 once (more are closed at once), each has ``REQUEST_TIMEOUT`` seconds for its request and its
-answer, and a request head is at most ``MOST_REQUEST_BYTES``. Building the answer takes
-well under a millisecond: its series are few and fixed (no label takes an id).
+answer, and a request head is at most ``MOST_REQUEST_BYTES``. Building the answer holds the
+loop (0.7 ms on a fresh server, 7 ms with every series in use and 1,000 sandboxes, on a
+loaded 2-core machine), so answers are built at most once per ``PACE`` seconds: a scraper in
+a tight loop takes at most a few percent of the loop, and every answer is still fresh.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ log = logging.getLogger("agentfense.server.metrics")
 
 MOST_CONNECTIONS = 8
 REQUEST_TIMEOUT = 5.0
+PACE = 0.25
 MOST_REQUEST_BYTES = 8192
 
 
@@ -52,9 +55,10 @@ async def open_metrics_endpoint(listen: str, metrics: ServerMetrics) -> AsyncIte
     sockets: list[anyio.abc.SocketListener] = getattr(listener, "listeners", [listener])
     bound = int(sockets[0].extra(SocketAttribute.local_port))  # (the same for each family)
     busy = anyio.Semaphore(MOST_CONNECTIONS)
+    paced = _Paced(metrics)
     async with listener, anyio.create_task_group() as tg:
         for socket in sockets:
-            tg.start_soon(_accept, socket, tg, metrics, busy)
+            tg.start_soon(_accept, socket, tg, paced, busy)
         shown = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
         log.info("metrics on http://%s/metrics", shown)
         try:
@@ -72,10 +76,25 @@ def _loopback(host: str) -> bool:
         return False
 
 
+class _Paced:
+    """The exposition, built at most once per ``PACE`` seconds (a scrape sooner waits)."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self._metrics = metrics
+        self._lock = anyio.Lock()
+        self._last = -PACE
+
+    async def exposition(self) -> bytes:
+        async with self._lock:
+            await anyio.sleep_until(self._last + PACE)
+            self._last = anyio.current_time()
+            return self._metrics.exposition()
+
+
 async def _accept(
     listener: anyio.abc.SocketListener,
     tg: anyio.abc.TaskGroup,
-    metrics: ServerMetrics,
+    paced: _Paced,
     busy: anyio.Semaphore,
 ) -> None:
     while True:
@@ -87,12 +106,10 @@ async def _accept(
             log.warning("the metrics endpoint cannot accept a connection: %s", exc)
             await anyio.sleep(0.1)
             continue
-        tg.start_soon(_answer, connection, metrics, busy)
+        tg.start_soon(_answer, connection, paced, busy)
 
 
-async def _answer(
-    connection: anyio.abc.SocketStream, metrics: ServerMetrics, busy: anyio.Semaphore
-) -> None:
+async def _answer(connection: anyio.abc.SocketStream, paced: _Paced, busy: anyio.Semaphore) -> None:
     async with connection:
         try:
             busy.acquire_nowait()
@@ -102,7 +119,7 @@ async def _answer(
             with anyio.move_on_after(REQUEST_TIMEOUT):
                 head = await _read_head(connection)
                 if head is not None:
-                    await connection.send(_response(head, metrics))
+                    await connection.send(await _response(head, paced))
         except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass  # (the scraper went away)
         except Exception:  # never the server's end: a bug here costs only this answer
@@ -124,7 +141,7 @@ async def _read_head(connection: anyio.abc.SocketStream) -> bytes | None:
     return data
 
 
-def _response(head: bytes, metrics: ServerMetrics) -> bytes:
+async def _response(head: bytes, paced: _Paced) -> bytes:
     words = head.split(b"\n", 1)[0].split()
     if len(words) != 3 or not words[2].startswith(b"HTTP/"):
         return _reply(400, "Bad Request", b"a request line 'GET /metrics HTTP/1.1' is needed\n")
@@ -133,7 +150,7 @@ def _response(head: bytes, metrics: ServerMetrics) -> bytes:
         return _reply(404, "Not Found", b"the metrics are at /metrics\n")
     if method not in (b"GET", b"HEAD"):
         return _reply(405, "Method Not Allowed", b"only GET and HEAD are answered\n")
-    body = metrics.exposition()
+    body = await paced.exposition()
     return _reply(200, "OK", body, CONTENT_TYPE_LATEST, send_body=method == b"GET")
 
 

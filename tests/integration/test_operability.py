@@ -322,3 +322,26 @@ async def test_a_docker_sandbox_is_logged_and_counted_as_docker(ops_server: Serv
         "image=agentfense/busybox:latest"
         in lines(ops_server, "sandbox created", sandbox_id=sandbox)[0]
     )
+
+
+async def test_a_scraper_in_a_tight_loop_gets_answers_paced(ops_server: ServerProcess) -> None:
+    """Each answer holds the server's loop while it is built: at most one per 0.25 s."""
+    answered = 0
+
+    def hammer(until: float) -> None:
+        nonlocal answered
+        while time.monotonic() < until:
+            if _get(ops_server)[0] == 200:
+                answered += 1
+
+    began = time.monotonic()
+    until = began + 2.0
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):
+            tg.start_soon(anyio.to_thread.run_sync, hammer, until)
+        async with AsyncSandboxClient(ops_server.endpoint) as client:
+            with anyio.fail_after(5):  # (the gRPC server answers meanwhile)
+                codebase = await client.create_codebase("ops-paced")
+                await client.delete_codebase(codebase.id)
+    elapsed = time.monotonic() - began  # (the last answers came after `until`)
+    assert 2 <= answered <= elapsed / 0.25 + 1
