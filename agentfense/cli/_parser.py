@@ -217,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-output-bytes", type=int, help="cap on captured output per stream")
     serve.add_argument("--default-timeout", type=float, help="exec timeout when none is given")
     serve.add_argument("--log-level", help="debug, info, warning, error")
+    serve.add_argument(
+        "--metrics-listen", help="host:port for Prometheus (GET /metrics); off by default"
+    )
 
     _subcommand(
         commands,

@@ -26,6 +26,7 @@ def serve(args: argparse.Namespace) -> int:
         "max_output_bytes": args.max_output_bytes,
         "default_timeout": args.default_timeout,
         "log_level": args.log_level,
+        "metrics_listen": args.metrics_listen,
     }
     config = load_config(args.config, overrides=overrides)
     logging.basicConfig(

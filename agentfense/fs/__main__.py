@@ -156,7 +156,9 @@ class FsProcess:
         over_limit, view.over_limit = view.over_limit, False
         if result.changed:
             self._invalidate(view.lower.root, result.changed, exclude=server)
-        self.reply(control.Committed(len(result.changed), len(result.kept), over_limit, seq=seq))
+        counts = len(result.changed), len(result.kept)
+        ops = server.take_op_counts()
+        self.reply(control.Committed(*counts, over_limit, result.written, ops, seq=seq))
 
     def _changed(self, message: control.Changed) -> None:
         usage = self._usages.get(Path(message.lower))

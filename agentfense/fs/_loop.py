@@ -28,6 +28,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 
 from . import _abi as abi
+from . import control
 from .operations import Operations
 from .view import View
 
@@ -97,6 +98,15 @@ def _trimmed() -> Iterator[bytes]:
     yield from ()
 
 
+# Where each opcode is counted: FS_OPS names them as _abi does.
+_OP_INDEX = {
+    getattr(abi, name.upper()): index
+    for index, name in enumerate(control.FS_OPS)
+    if hasattr(abi, name.upper())
+}
+_OTHER = control.FS_OPS.index("other")
+
+
 class ViewServer:
     """The thread that serves one view."""
 
@@ -116,6 +126,7 @@ class ViewServer:
         self.ops = Operations(view, self.notifier.send)
         self._recover = recover
         self.requests = 0
+        self._op_counts = [0] * len(control.FS_OPS)  # since the last take_op_counts()
         self._next_upkeep = 0
         self._turn = threading.Condition()
         self._busy = False  # a request or exclusive work in progress
@@ -205,10 +216,18 @@ class ViewServer:
             self.view.close()
             os.close(self.fd)
 
+    def take_op_counts(self) -> tuple[int, ...]:
+        """The requests answered since the last call, by op (aligned with FS_OPS). Called
+        from another thread: the list is swapped, never resized, so at most the increment in
+        flight is lost."""
+        counts, self._op_counts = self._op_counts, [0] * len(control.FS_OPS)
+        return tuple(counts)
+
     def _answer(self, buffer: mmap.mmap, size: int) -> None:
         _, opcode, unique, nodeid, uid, _, _, extlen, _ = abi.IN_HEADER.unpack_from(buffer)
         body = memoryview(buffer)[abi.IN_HEADER.size : max(abi.IN_HEADER.size, size - extlen * 8)]
         self.requests += 1
+        self._op_counts[_OP_INDEX.get(opcode, _OTHER)] += 1
         if opcode == abi.INIT:  # (also the first request after a restart of a resent INIT)
             self._reply(unique, 0, self._init(body))
             return

@@ -32,6 +32,7 @@ class CommitResult:
     changed: list[str] = field(default_factory=list)  # paths created, replaced or removed
     kept: set[str] = field(default_factory=set)  # deletions the codebase keeps (hidden entries)
     bytes_delta: int = 0  # how the codebase's size changed
+    written: int = 0  # bytes of the regular files moved into it
     entries_delta: int = 0  # and its number of entries
 
 
@@ -178,6 +179,7 @@ def _apply_one(
         waiting.add(_parent(rel))
     else:
         upper.rename(rel, rel, lower)
+    result.written += st.st_size if stat.S_ISREG(mode) else 0
     result.bytes_delta += (st.st_size if stat.S_ISREG(mode) else 0) - (
         target.st_size if target is not None and stat.S_ISREG(target.st_mode) else 0
     )
@@ -208,6 +210,7 @@ def _move_whole(view: View, rel: str, result: CommitResult) -> bool:
     result.changed.append(rel)  # (nothing below it was in the codebase: no view saw any)
     result.entries_delta += entries + 1
     result.bytes_delta += sizes
+    result.written += sizes
     return True
 
 

@@ -96,15 +96,70 @@ class Done(Message):
     op: ClassVar[str] = "done"
 
 
+# The FUSE requests the fs process counts, by the name of their opcode (``fs/_abi.py``);
+# ``other``: any opcode not named here.
+FS_OPS = (
+    *sorted(
+        {
+            "lookup",
+            "forget",
+            "batch_forget",
+            "getattr",
+            "setattr",
+            "readlink",
+            "symlink",
+            "mknod",
+            "mkdir",
+            "unlink",
+            "rmdir",
+            "rename",
+            "link",
+            "open",
+            "read",
+            "write",
+            "statfs",
+            "release",
+            "fsync",
+            "setxattr",
+            "getxattr",
+            "listxattr",
+            "removexattr",
+            "flush",
+            "init",
+            "opendir",
+            "readdir",
+            "releasedir",
+            "fsyncdir",
+            "create",
+            "interrupt",
+            "destroy",
+            "fallocate",
+            "readdirplus",
+        }
+    ),
+    "other",
+)
+NO_OPS = (0,) * len(FS_OPS)
+
+
 @dataclass(frozen=True, slots=True)
 class Committed(Message):
     op: ClassVar[str] = "committed"
     changed: int
     kept: int
     over_limit: bool
+    written: int  # bytes of the regular files the commit moved into the codebase
+    # The FUSE requests the view answered since its last commit, aligned with FS_OPS.
+    ops: tuple[int, ...] = NO_OPS
 
     def _fields(self) -> dict[str, object]:
-        return {"changed": self.changed, "kept": self.kept, "over_limit": self.over_limit}
+        return {
+            "changed": self.changed,
+            "kept": self.kept,
+            "over_limit": self.over_limit,
+            "written": self.written,
+            "ops": {name: count for name, count in zip(FS_OPS, self.ops, strict=True) if count},
+        }
 
     @classmethod
     def _read(cls, fields: Fields, seq: int) -> Self:
@@ -112,8 +167,16 @@ class Committed(Message):
             fields.integer("changed"),
             fields.integer("kept"),
             fields.boolean("over_limit"),
+            fields.integer("written"),
+            _ops(fields.nested("ops")),
             seq=seq,
         )
+
+
+def _ops(fields: Fields) -> tuple[int, ...]:
+    counts = tuple(fields.integer(name) if fields.has(name) else 0 for name in FS_OPS)
+    fields.done()  # (an op not in FS_OPS is refused)
+    return counts
 
 
 @dataclass(frozen=True, slots=True)

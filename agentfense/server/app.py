@@ -19,6 +19,8 @@ from ._descriptors import raise_limit as raise_descriptor_limit
 from ._grpc.listener import Listener
 from .codebases import CodebaseStore
 from .config import ServerConfig
+from .metrics import ServerMetrics
+from .metrics_endpoint import open_metrics_endpoint
 from .sandboxes import SandboxManager
 
 log = logging.getLogger("agentfense.server")
@@ -133,8 +135,14 @@ async def _serving(config: ServerConfig, address: tuple[str, int] | Path) -> Asy
     spool.mkdir(exist_ok=True, mode=0o700)
     store = CodebaseStore(config.state_dir / "codebases")
     await store.load()
-    async with SandboxManager(config, store) as manager:
-        server = Listener(config, store, manager, spool)
+    metrics = ServerMetrics()
+    endpoint = (
+        open_metrics_endpoint(config.metrics_listen, metrics)
+        if config.metrics_listen
+        else contextlib.nullcontext()
+    )
+    async with SandboxManager(config, store, metrics) as manager, endpoint:
+        server = Listener(config, store, manager, spool, metrics)
         if isinstance(address, Path):
             address.parent.mkdir(parents=True, exist_ok=True)
             if _answers(address):

@@ -45,10 +45,12 @@ from ._codebase_tree import (
     _write_all,
 )
 from ._paths import InvalidPathError, normalize_relpath
+from .log_lines import log_event
 
 __all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "CodebaseRecord", "CodebaseStore", "FileRecord"]
 
 _log = logging.getLogger(__name__)
+_lifecycle = logging.getLogger("agentfense.server.lifecycle")
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -240,6 +242,14 @@ class CodebaseStore:
         )
         await _run(_create_dirs, self._dir(record.id), record)
         self._records[record.id] = record
+        log_event(
+            _lifecycle,
+            logging.INFO,
+            "codebase created",
+            codebase_id=record.id,
+            owner=owner_id,
+            name=name,
+        )
         return record
 
     async def get(self, codebase_id: str) -> CodebaseRecord:
@@ -273,6 +283,13 @@ class CodebaseStore:
             await _run(os.rename, self._dir(record.id), trash)
             self._records.pop(record.id, None)
             await _run(remove_tree, trash)
+        log_event(
+            _lifecycle,
+            logging.INFO,
+            "codebase deleted",
+            codebase_id=record.id,
+            owner=record.owner_id,
+        )
 
     async def touch(self, codebase_id: str) -> CodebaseRecord:
         """Bump ``updated_at`` (after any change of the tree) and persist it.

@@ -7,15 +7,19 @@ SessionExecStream (and of a session's shell, which is a command too).
   is tried once more.
 - ``accounted``: run the work, then commit what the sandbox wrote in a ``finally`` (a
   command cut short by its timeout or its caller has written all the same), and mark the
-  outcome with the resource limit that struck meanwhile.
+  outcome with the resource limit that struck meanwhile; count it in the metrics and log it
+  (at DEBUG: one line per command).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import anyio
 
 from .. import _timeouts as timeouts
 from ..errors import (
@@ -38,7 +42,18 @@ from ..runtimes.base import (
 )
 from .config import ServerConfig
 from .execution import OnOutput, Outcome, run_to_completion, with_limits
+from .log_lines import log_event
+from .metrics import (
+    CANCELLED,
+    ERROR,
+    EXIT_NONZERO,
+    EXIT_ZERO,
+    TIMEOUT,
+    ServerMetrics,
+)
 from .sandbox_table import SandboxRecord
+
+_log = logging.getLogger("agentfense.server.commands")
 
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 Commit = Callable[[SandboxRecord], Awaitable[bool]]  # whether a write met the delta limit
@@ -56,9 +71,10 @@ class ExecParams:
 class Commands:
     """Starts and accounts for every command of the server's sandboxes."""
 
-    def __init__(self, config: ServerConfig, commit: Commit) -> None:
+    def __init__(self, config: ServerConfig, commit: Commit, metrics: ServerMetrics) -> None:
         self._config = config
         self._commit = commit
+        self._metrics = metrics
 
     @property
     def max_output_bytes(self) -> int:
@@ -115,15 +131,46 @@ class Commands:
         record: SandboxRecord,
         handle: SandboxHandle,
         work: Callable[[], Awaitable[Outcome]],
+        *,
+        kind: str,
     ) -> Outcome:
         """``work``'s outcome, with what the sandbox wrote committed after it, whatever
-        happened, and the limit that struck meanwhile."""
+        happened, and the limit that struck meanwhile. ``kind`` (``exec`` or ``session``)
+        labels it in the metrics."""
         before = handle.limit_events()
+        began = anyio.current_time()
         try:
-            outcome = await work()
-        finally:
-            over_limit = await self._commit(record)
-        return with_limits(outcome, before, handle.limit_events(), disk=over_limit)
+            try:
+                outcome = await work()
+            finally:
+                over_limit = await self._commit(record)
+        except Exception:
+            self._account(record, kind, ERROR, None, anyio.current_time() - began)
+            raise
+        except BaseException:  # (the caller's cancellation)
+            self._account(record, kind, CANCELLED, None, anyio.current_time() - began)
+            raise
+        outcome = with_limits(outcome, before, handle.limit_events(), disk=over_limit)
+        said = TIMEOUT if outcome.timed_out else EXIT_NONZERO if outcome.exit_code else EXIT_ZERO
+        self._account(record, kind, said, outcome, anyio.current_time() - began)
+        return outcome
+
+    def _account(
+        self, record: SandboxRecord, kind: str, said: str, outcome: Outcome | None, seconds: float
+    ) -> None:
+        self._metrics.execs.labels(kind, said).inc()
+        self._metrics.exec_seconds.labels(kind).observe(seconds)
+        log_event(
+            _log,
+            logging.DEBUG,
+            "command finished",
+            sandbox_id=record.id,
+            kind=kind,
+            outcome=said,
+            exit_code=outcome.exit_code if outcome is not None else None,
+            limit=(outcome.limit_exceeded or None) if outcome is not None else None,
+            seconds=seconds,
+        )
 
     async def exec(
         self,
@@ -152,7 +199,7 @@ class Commands:
                 on_output=on_output,
             )
 
-        return await self.accounted(record, handle, work)
+        return await self.accounted(record, handle, work, kind="exec")
 
 
 def _workdir(workdir: str) -> str:

@@ -15,6 +15,17 @@ from ..errors import InvalidConfigurationError
 DEFAULT_LISTEN = "localhost:9000"
 
 
+def parse_metrics_listen(listen: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:9464`` for IPv6); a sentence naming the problem otherwise."""
+    host, sep, port = listen.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise InvalidConfigurationError(
+            f"metrics_listen must be 'host:port' (or empty: no metrics), not {listen!r}"
+        )
+    return host, int(port)
+
+
 def default_state_dir() -> Path:
     if os.geteuid() == 0:
         return Path("/var/lib/agentfense")
@@ -72,6 +83,8 @@ class ServerConfig:
     max_sessions_per_sandbox: int = 64
     # The Docker engine of the docker runtime ("" = $DOCKER_HOST, else the default socket).
     docker_host: str = ""
+    # Where Prometheus scrapes the server's metrics ("host:port", GET /metrics; "" = nowhere).
+    metrics_listen: str = ""
 
     def __post_init__(self) -> None:
         for name in (
@@ -116,6 +129,8 @@ class ServerConfig:
             raise InvalidConfigurationError("sandbox_tmpfs_bytes must be positive")
         if self.default_timeout > self.max_timeout:
             raise InvalidConfigurationError("default_timeout must not exceed max_timeout")
+        if self.metrics_listen:
+            parse_metrics_listen(self.metrics_listen)
 
     def with_values(self, values: Mapping[str, Any]) -> ServerConfig:
         """A copy with ``values`` (strings are converted to each field's type)."""

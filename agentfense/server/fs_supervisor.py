@@ -38,6 +38,7 @@ from ..errors import SandboxError, StatusCode
 from ..fs import control
 from ..fs._device import MountError, mount_view, mounted_views, unmount
 from ..fs._host import remove_tree
+from .metrics import ServerMetrics
 
 log = logging.getLogger("agentfense.server.fs")
 
@@ -60,7 +61,14 @@ class _Pending:
 
 
 class FsSupervisor:
-    def __init__(self, state_dir: Path, *, on_lost: Callable[[str, str], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        on_lost: Callable[[str, str], Awaitable[None]],
+        metrics: ServerMetrics,
+    ) -> None:
+        self._metrics = metrics
         self.views_dir = state_dir / "fs" / "views"
         self._deltas_dir = state_dir / "deltas"
         self._log_path = state_dir / "logs" / "fs.log"
@@ -262,7 +270,20 @@ class FsSupervisor:
     async def _request(
         self, message: control.Request, answer: type[R], fds: Sequence[int] = ()
     ) -> R:
-        """Send one request and wait for its answer (others may be answered meanwhile)."""
+        """Send one request and wait for its answer (others may be answered meanwhile);
+        counted by op and result."""
+        try:
+            reply = await self._exchange(message, answer, fds)
+        except SandboxError as exc:
+            unavailable = exc.code == StatusCode.UNAVAILABLE
+            self._metrics.fs_control.labels(
+                message.op, "unavailable" if unavailable else "failed"
+            ).inc()
+            raise
+        self._metrics.fs_control.labels(message.op, "ok").inc()
+        return reply
+
+    async def _exchange(self, message: control.Request, answer: type[R], fds: Sequence[int]) -> R:
         self._seq += 1
         message = replace(message, seq=self._seq)
         payload = message.encode()

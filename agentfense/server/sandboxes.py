@@ -47,17 +47,23 @@ from .commands import Commands, ExecParams
 from .config import ServerConfig
 from .execution import OnOutput, Outcome
 from .fs_supervisor import FsSupervisor
+from .log_lines import Value, log_event
+from .metrics import ServerMetrics
 from .sandbox_table import SandboxRecord, SandboxTable, now
 from .session_registry import SessionRegistry
 
 _log = logging.getLogger("agentfense.server")
+_lifecycle = logging.getLogger("agentfense.server.lifecycle")
 
 
 class SandboxManager:
     """Owns every sandbox of the server. Use as ``async with SandboxManager(...)``."""
 
-    def __init__(self, config: ServerConfig, codebases: CodebaseStore) -> None:
+    def __init__(
+        self, config: ServerConfig, codebases: CodebaseStore, metrics: ServerMetrics
+    ) -> None:
         self._config = config
+        self._metrics = metrics
         self._codebases = codebases
         self._sandboxes = SandboxTable()
         # Only root can give sandboxes uids of their own; otherwise they run as the server.
@@ -74,15 +80,36 @@ class SandboxManager:
         )
         self._runtimes[RuntimeType.BWRAP]  # (made now: it notes what a killed server left)
         self._deltas = config.state_dir / "deltas"
-        self._fs = FsSupervisor(config.state_dir, on_lost=self._view_lost)
+        self._fs = FsSupervisor(config.state_dir, on_lost=self._view_lost, metrics=metrics)
         self._task_group: anyio.abc.TaskGroup | None = None
         self._commit_locks: dict[str, anyio.Lock] = {}  # sandbox id: its commit_lock
-        self.commands = Commands(config, self.commit)
+        self.commands = Commands(config, self.commit, metrics)
         self.sessions = SessionRegistry(
             self._sandboxes,
             self.commands,
             lambda: self.task_group,
             most_per_sandbox=config.max_sessions_per_sandbox,
+            metrics=metrics,
+        )
+        metrics.watch(
+            lambda: [(record.status, record.runtime) for record in self._sandboxes],
+            self.sessions.open_count,
+        )
+
+    def _event(
+        self, event: str, record: SandboxRecord, level: int = logging.INFO, **more: Value
+    ) -> None:
+        """One lifecycle line of the sandbox (with its ids, owner and runtime), counted."""
+        self._metrics.lifecycle.labels(event.replace(" ", "_")).inc()
+        log_event(
+            _lifecycle,
+            level,
+            event,
+            sandbox_id=record.id,
+            codebase_id=record.codebase_id,
+            owner=record.owner_id,
+            runtime=record.runtime.value,
+            **more,
         )
 
     @property
@@ -180,7 +207,17 @@ class SandboxManager:
         write was refused meanwhile for its delta limit."""
         with anyio.CancelScope(shield=True):
             async with self.commit_lock(record):
-                reply = await self._fs.commit(record.id)
+                try:
+                    reply = await self._fs.commit(record.id)
+                except BaseException:
+                    self._metrics.commits.labels("failed").inc()
+                    raise
+            self._metrics.commits.labels("changed" if reply.changed else "unchanged").inc()
+            self._metrics.committed_entries.inc(reply.changed)
+            self._metrics.committed_bytes.inc(reply.written)
+            for op, count in zip(control.FS_OPS, reply.ops, strict=True):
+                if count:
+                    self._metrics.fs_requests.labels(op).inc(count)
             if reply.changed:  # nothing changed (every read-only exec): no meta write
                 try:
                     await self._codebases.touch(record.codebase_id)
@@ -266,6 +303,12 @@ class SandboxManager:
             self._release_uid(record)
             raise
         self._sandboxes.add(record)
+        self._event(
+            "sandbox created",
+            record,
+            image=record.image or None,
+            expires_in=expires_in.total_seconds() if expires_in else None,
+        )
         return record
 
     def _release_uid(self, record: SandboxRecord) -> None:
@@ -320,6 +363,7 @@ class SandboxManager:
             dead, record.handle = record.handle, None
             if dead is not None:  # its processes died: what is left of them goes first
                 await dead.stop()
+            began = anyio.current_time()
             await self._fs.wait_ready()
             spec = SandboxSpec(
                 sandbox_id=record.id,
@@ -342,12 +386,14 @@ class SandboxManager:
                 record.handle = await runtime.start(spec, self._task_group)
             except RuntimeError_ as exc:  # (what the caller can act on: limits, the image...)
                 record.status, record.error = SandboxStatus.ERROR, str(exc)
+                self._event("sandbox start failed", record, logging.WARNING, error=str(exc))
                 raise SandboxError(
                     f"sandbox {record.id} could not start: {exc}",
                     code=StatusCode.FAILED_PRECONDITION,
                 ) from None
             record.status, record.error = SandboxStatus.RUNNING, ""
             record.started_at, record.stopped_at = now(), None
+            self._event("sandbox started", record, seconds=anyio.current_time() - began)
             return record
 
     async def stop(self, sandbox_id: str) -> SandboxRecord:
@@ -366,8 +412,10 @@ class SandboxManager:
                 if record.status is SandboxStatus.RUNNING:
                     record.status = SandboxStatus.STOPPED
                     record.stopped_at = now()
+                    ran = record.stopped_at - (record.started_at or record.stopped_at)
+                    self._event("sandbox stopped", record, ran_seconds=ran.total_seconds())
 
-    async def destroy(self, sandbox_id: str) -> None:
+    async def destroy(self, sandbox_id: str, *, why: str = "requested") -> None:
         record = self.get(sandbox_id)
         await self._stop_record(record)
         with anyio.CancelScope(shield=True):
@@ -378,6 +426,8 @@ class SandboxManager:
             await self._fs.remove_view(record.id)
             await anyio.to_thread.run_sync(remove_tree, self._deltas / record.id)
             self._release_uid(record)
+        lived = now() - record.created_at
+        self._event("sandbox destroyed", record, why=why, lived_seconds=lived.total_seconds())
 
     async def _expire_loop(self) -> None:
         """Destroy each sandbox past its expiry. One whose destroy fails is marked (status
@@ -393,8 +443,10 @@ class SandboxManager:
                 attempt_at, back_off = retry.get(record.id, (0.0, interval))
                 if anyio.current_time() < attempt_at:
                     continue
+                if record.id not in retry:
+                    self._event("sandbox expired", record, expires_at=record.expires_at.isoformat())
                 try:
-                    await self.destroy(record.id)
+                    await self.destroy(record.id, why="expired")
                 except SandboxNotFoundError:  # destroyed meanwhile
                     pass
                 except Exception as exc:

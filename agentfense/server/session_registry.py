@@ -1,11 +1,19 @@
 """Every session of the server, found by id: built on the sandbox table and the one command
-path (``commands``), never on the lifecycle manager."""
+path (``commands``), never on the lifecycle manager.
+
+Sessions opened and closed are logged at INFO: like a sandbox, a session holds resources
+until it closes (a shell, its processes, three of the server's descriptors; at most
+``max_sessions_per_sandbox`` per sandbox), so what holds them is worth a line. The commands
+they run are logged at DEBUG only (``commands``).
+"""
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 
 import anyio.abc
 
@@ -21,9 +29,12 @@ from . import shell_protocol as protocol
 from ._descriptors import check_headroom
 from .commands import Commands
 from .execution import OnOutput, Outcome
+from .log_lines import log_event
+from .metrics import ServerMetrics
 from .sandbox_table import SandboxTable
 from .sessions import Session
 
+_lifecycle = logging.getLogger("agentfense.server.lifecycle")
 _ID_RE = re.compile(r"^ses_[0-9a-f]{16}$")
 _BASH_NAMES = frozenset({"bash", "/bin/bash", "/usr/bin/bash"})
 # No shell named, in a sandbox without a bash of ours: its bash where it has one, else sh.
@@ -56,12 +67,15 @@ class SessionRegistry:
         task_group: Callable[[], anyio.abc.TaskGroup],
         *,
         most_per_sandbox: int,
+        metrics: ServerMetrics,
     ) -> None:
+        self._metrics = metrics
         self._most_per_sandbox = most_per_sandbox
         self._sandboxes = sandboxes
         self._commands = commands
         self._task_group = task_group
         self._sessions: dict[str, Session] = {}
+        self._reported: set[str] = set()  # sessions whose opening is logged, not their close
 
     def get(self, session_id: str) -> Session:
         if not session_id:
@@ -70,6 +84,21 @@ class SessionRegistry:
         if session is None:
             raise SessionNotFoundError(f"session {session_id[:64]!r} not found")
         return session
+
+    def open_count(self) -> int:
+        """How many sessions are open, in every sandbox."""
+        return sum(s.status is not SessionStatus.CLOSED for s in list(self._sessions.values()))
+
+    def _event(self, event: str, session: Session, **more: str | float) -> None:
+        self._metrics.lifecycle.labels(event.replace(" ", "_")).inc()
+        log_event(
+            _lifecycle,
+            logging.INFO,
+            event,
+            session_id=session.id,
+            sandbox_id=session.sandbox_id,
+            **more,
+        )
 
     def list(self, sandbox_id: str) -> list[Session]:
         record = self._sandboxes.get(sandbox_id)
@@ -93,11 +122,25 @@ class SessionRegistry:
         ident = "ses_" + secrets.token_hex(8)
         session = await Session.open(ident, record.id, process, shell, self._task_group())
         self._sessions[ident] = session
+        self._reported.add(ident)
+        self._event("session opened", session, shell=session.shell)
         return session
+
+    async def _close(self, session: Session, why: str) -> None:
+        """Close the session; its line says ``why``, or that its shell had ended (a session
+        whose shell exits closes itself, and is reported when the registry next sees it)."""
+        if session.status is SessionStatus.CLOSED and session.id in self._reported:
+            why = "shell ended"
+        await session.close()
+        if session.id in self._reported:
+            self._reported.discard(session.id)
+            ended = session.closed_at or datetime.now(UTC)
+            lived = (ended - session.created_at).total_seconds()
+            self._event("session closed", session, why=why, lived_seconds=lived)
 
     async def destroy(self, session_id: str) -> None:
         session = self.get(session_id)
-        await session.close()
+        await self._close(session, "requested")
         self._sessions.pop(session.id, None)
 
     async def exec(
@@ -123,11 +166,11 @@ class SessionRegistry:
                 on_output=on_output,
             )
 
-        return await self._commands.accounted(record, handle, work)
+        return await self._commands.accounted(record, handle, work, kind="session")
 
     async def close_all(self, sandbox_id: str, *, forget: bool) -> None:
         """Close the sandbox's sessions (it stops); ``forget`` them too (it goes away)."""
         for session in [s for s in self._sessions.values() if s.sandbox_id == sandbox_id]:
-            await session.close()
+            await self._close(session, "sandbox stopped" if not forget else "sandbox destroyed")
             if forget:
                 self._sessions.pop(session.id, None)

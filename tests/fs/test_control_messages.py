@@ -53,7 +53,15 @@ requests = st.one_of(
 )
 replies = st.one_of(
     st.builds(control.Done, seq=seqs),
-    st.builds(control.Committed, changed=counts, kept=counts, over_limit=st.booleans(), seq=seqs),
+    st.builds(
+        control.Committed,
+        changed=counts,
+        kept=counts,
+        over_limit=st.booleans(),
+        written=counts,
+        ops=st.lists(counts, min_size=len(control.FS_OPS), max_size=len(control.FS_OPS)).map(tuple),
+        seq=seqs,
+    ),
     st.builds(control.Failed, message=st.text(), seq=seqs),
 )
 
@@ -165,11 +173,18 @@ def test_fields_of_the_wrong_type_are_refused() -> None:
 
 
 def test_replies_are_checked_as_strictly() -> None:
-    committed = json.loads(control.Committed(3, 1, False, seq=9).encode())
-    for name, bad in [("changed", "3"), ("kept", -1), ("over_limit", 0)]:
+    committed = json.loads(control.Committed(3, 1, False, 10, seq=9).encode())
+    for name, bad in [("changed", "3"), ("kept", -1), ("over_limit", 0), ("written", -1)]:
         with pytest.raises(MessageError, match=f"committed: {name} must be") as caught:
             control.decode_reply(json.dumps({**committed, name: bad}).encode())
         assert caught.value.seq == 9
+    for ops, words in [
+        ({"read": -1}, "committed.ops: read must be"),
+        ({"no_such_op": 1}, r"committed.ops: unknown fields \['no_such_op'\]"),
+        ([1, 2], "committed: ops must be an object"),
+    ]:
+        with pytest.raises(MessageError, match=words):
+            control.decode_reply(json.dumps({**committed, "ops": ops}).encode())
     with pytest.raises(MessageError, match="op 'commit' is not one of committed, done"):
         control.decode_reply(control.Commit("sb_1", seq=9).encode())
     with pytest.raises(MessageError, match="op 'done' is not one of committed"):

@@ -1,4 +1,5 @@
-"""The gRPC server object: both services, behind the wire checks, with the error-kind codec."""
+"""The gRPC server object: both services, behind the wire checks, with the error-kind codec,
+every call counted; grpclib's per-call log lines kept out of INFO."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from grpclib.server import Server
 from ..._error_details import ReasonCodec
 from ..codebases import CodebaseStore
 from ..config import ServerConfig
+from ..metrics import ServerMetrics
 from ..sandboxes import SandboxManager
+from .call_metrics import CallMetrics
 from .codebase_service import CodebaseService
+from .quiet_logs import quiet_per_call_logs
 from .sandbox_service import SandboxService
 from .wire_checks import WireChecks
 
@@ -20,8 +24,14 @@ class Listener:
     """grpclib's server for one ``agentfense serve``: start it on a path or a port, close it."""
 
     def __init__(
-        self, config: ServerConfig, store: CodebaseStore, manager: SandboxManager, spool: Path
+        self,
+        config: ServerConfig,
+        store: CodebaseStore,
+        manager: SandboxManager,
+        spool: Path,
+        metrics: ServerMetrics,
     ) -> None:
+        quiet_per_call_logs()
         services = [
             CodebaseService(
                 store,
@@ -31,7 +41,10 @@ class Listener:
             ),
             SandboxService(manager, max_upload_bytes=config.max_upload_bytes, spool_dir=spool),
         ]
-        checked = [WireChecks(service, config.max_message_bytes) for service in services]
+        checked = [
+            CallMetrics(WireChecks(service, config.max_message_bytes), metrics)
+            for service in services
+        ]
         self._server = Server(checked, status_details_codec=ReasonCodec())
 
     async def start_unix(self, path: Path) -> None:
