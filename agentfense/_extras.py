@@ -16,6 +16,7 @@ DISTRIBUTION = "agentfense-sandbox"  # the name on PyPI; the import name is agen
 # the server extra's distributions, each with the module the server imports from it
 SERVER_MODULES = {
     "docker": "docker",
+    "prometheus-client": "prometheus_client",
 }
 
 SERVER_INSTALL = f"pip install '{DISTRIBUTION}[server]'"
@@ -38,7 +39,6 @@ def server_extra_problem() -> str | None:
     missing = missing_server_distributions()
     if not missing:
         return None
-    return (
-        f"serving needs the server extra, and {', '.join(missing)} "
-        f"{'is' if len(missing) == 1 else 'are'} not installed: {SERVER_INSTALL}"
-    )
+    names = missing[0] if len(missing) == 1 else f"{', '.join(missing[:-1])} and {missing[-1]}"
+    verb = "is" if len(missing) == 1 else "are"
+    return f"serving needs the server extra, and {names} {verb} not installed: {SERVER_INSTALL}"

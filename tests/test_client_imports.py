@@ -82,7 +82,8 @@ def test_serve_without_the_server_extra_fails_at_once_naming_the_install(tmp_pat
     assert time.monotonic() - started < 30
     assert done.returncode == 125
     assert done.stderr.splitlines() == [
-        "agentfense serve: serving needs the server extra, and docker is not installed: "
+        "agentfense serve: serving needs the server extra, and docker and prometheus-client are "
+        "not installed: "
         "pip install 'agentfense-sandbox[server]'"
     ]
     assert not sock.exists()
@@ -94,7 +95,8 @@ def test_doctor_without_the_server_extra_fails_and_says_how_to_install_it() -> N
     assert done.returncode == 1, done.stdout
     lines = done.stdout.splitlines()
     extra = lines.index(
-        "[FAIL] server extra: not installed: docker (a client-only install cannot serve)"
+        "[FAIL] server extra: not installed: docker, prometheus-client (a client-only install "
+        "cannot serve)"
     )
     assert lines[extra + 1].strip() == "fix: pip install 'agentfense-sandbox[server]'"
     assert lines[-1].startswith("this machine cannot serve sandboxes yet")
@@ -110,6 +112,6 @@ def test_run_without_an_endpoint_needs_the_server_extra_for_its_embedded_server(
     assert done.returncode == 125
     assert done.stderr.splitlines() == [
         "agentfense run: without --endpoint or AGENTFENSE_ENDPOINT, run embeds a server; "
-        "serving needs the server extra, and docker is not installed: "
+        "serving needs the server extra, and docker and prometheus-client are not installed: "
         "pip install 'agentfense-sandbox[server]'"
     ]

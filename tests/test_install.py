@@ -153,7 +153,7 @@ def test_a_client_install_in_a_fresh_venv(tmp_path: Path, server: ServerProcess)
     installed = _installed(site)
     pulled = set(installed) - before
     assert pulled == _closure([(DISTRIBUTION, frozenset())], installed)
-    assert {"docker", "trio", "requests"}.isdisjoint(pulled)
+    assert {"docker", "prometheus-client", "trio", "requests"}.isdisjoint(pulled)
     assert {"agentfense-sandbox", "anyio", "grpclib", "betterproto", "sniffio"} <= pulled
 
     imported = _ok(python, "-c", "import agentfense; print(agentfense.__file__)", cwd=tmp_path)
@@ -172,7 +172,7 @@ def test_a_client_install_in_a_fresh_venv(tmp_path: Path, server: ServerProcess)
 
     doctor = _run(cli, "doctor")
     assert doctor.returncode == 1, doctor.stdout
-    assert "[FAIL] server extra: not installed: docker" in doctor.stdout
+    assert "[FAIL] server extra: not installed: docker, prometheus-client" in doctor.stdout
     assert f"fix: {SERVER_INSTALL}" in doctor.stdout
     serve = _run(
         cli, "serve", "--listen", f"unix:{tmp_path}/s.sock", "--state-dir", tmp_path / "st"
