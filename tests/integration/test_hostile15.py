@@ -1,0 +1,87 @@
+"""Hostile checks of issue 15 (the first hour): lifecycle log lines, the metrics endpoint,
+rule ranking, the test server helper. Real server, real components."""
+
+from __future__ import annotations
+
+import _thread
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from agentfense import AsyncSandboxClient
+from agentfense.testing import ServerProcess, start_server_process
+from agentfense.testing import _server as server_module
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    running = start_server_process(
+        tmp_path_factory.mktemp("hostile15"), settings={"metrics_listen": "127.0.0.1:0"}
+    )
+    yield running
+    assert running.stop() == 0, running.log()
+
+
+async def test_a_trailing_newline_in_an_owner_does_not_end_the_log_line(
+    server: ServerProcess,
+) -> None:
+    """log_lines promises that no client value can end a line: a value that is plain but for
+    one trailing newline ('$' matches before it) went out bare, newline included."""
+    async with AsyncSandboxClient(server.endpoint) as client:
+        codebase = await client.create_codebase("inj", owner_id="mallory\n")
+        await client.delete_codebase(codebase.id)
+    with anyio.fail_after(10):
+        while f"codebase deleted codebase_id={codebase.id}" not in server.log():  # noqa: ASYNC110
+            await anyio.sleep(0.05)
+    created = [
+        line
+        for line in server.log().splitlines()
+        if f"codebase created codebase_id={codebase.id} owner=" in line
+    ]
+    assert len(created) == 1, server.log()
+    assert created[0].endswith(' owner="mallory\\n" name=inj'), created[0]
+
+
+def test_an_interrupt_while_the_server_starts_leaves_no_server_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C (KeyboardInterrupt) while start_server_process waits for the socket: the child
+    server it started must not be left running (the pytest plugin's agentfense_server)."""
+    started: list[subprocess.Popen[bytes]] = []
+    real_popen = subprocess.Popen
+
+    def recording_popen(*args, **kwargs):  # type: ignore[no-untyped-def]
+        process = real_popen(*args, **kwargs)
+        started.append(process)
+        threading.Timer(0.05, _thread.interrupt_main).start()
+        return process
+
+    monkeypatch.setattr(server_module.subprocess, "Popen", recording_popen)
+    try:
+        server = start_server_process(tmp_path)
+    except KeyboardInterrupt:
+        pass
+    else:  # (the server was faster than the interrupt: not the case under test)
+        with pytest.raises(KeyboardInterrupt):
+            time.sleep(5)
+        server.stop()
+        pytest.skip("the server accepted before the interrupt")
+    assert len(started) == 1
+    try:
+        started[0].wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        started[0].kill()
+        started[0].wait()
+        pytest.fail("the server started before the interrupt is still running")
