@@ -85,3 +85,24 @@ def test_an_interrupt_while_the_server_starts_leaves_no_server_running(
         started[0].kill()
         started[0].wait()
         pytest.fail("the server started before the interrupt is still running")
+
+
+def test_doctor_fails_without_fuse_which_every_sandbox_needs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every sandbox's view is a FUSE mount (create_sandbox -> add_view, no fallback): without
+    /dev/fuse doctor must not say 'this machine can serve sandboxes' and exit 0."""
+    from agentfense.cli._serve import doctor as doctor_command
+    from agentfense.server import doctor
+
+    real_exists = Path.exists
+
+    def exists(self: Path, *args: object, **kwargs: object) -> bool:
+        return False if str(self) == "/dev/fuse" else real_exists(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "exists", exists)
+    checks = {check.name: check for check in doctor.run_checks()}
+    assert not checks["FUSE"].ok
+    assert checks["FUSE"].required, checks["FUSE"]
+    assert doctor_command(None) == 1  # type: ignore[arg-type]
+    assert "cannot serve" in capsys.readouterr().out
