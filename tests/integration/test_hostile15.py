@@ -106,3 +106,16 @@ def test_doctor_fails_without_fuse_which_every_sandbox_needs(
     assert checks["FUSE"].required, checks["FUSE"]
     assert doctor_command(None) == 1  # type: ignore[arg-type]
     assert "cannot serve" in capsys.readouterr().out
+
+
+def test_an_exact_path_rule_raised_above_the_preset_but_outranked_by_your_own_is_warned() -> None:
+    """The raised exact-path rules were never checked ('nothing of the preset outranks
+    them'), but a rule of the user's own with a higher priority can: the same rules warn
+    without a preset and stayed silent with one."""
+    from agentfense import PermissionRule, RuleShadowedWarning
+    from agentfense.presets import resolve_permissions
+
+    rules = [PermissionRule("**/*.log", "none", priority=200), PermissionRule("debug.log", "read")]
+    for preset in (None, "agent-safe"):
+        with pytest.warns(RuleShadowedWarning, match=r"'debug.log' \(read\) has no effect"):
+            resolve_permissions(preset, rules)
