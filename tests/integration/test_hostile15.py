@@ -119,3 +119,18 @@ def test_an_exact_path_rule_raised_above_the_preset_but_outranked_by_your_own_is
     for preset in (None, "agent-safe"):
         with pytest.warns(RuleShadowedWarning, match=r"'debug.log' \(read\) has no effect"):
             resolve_permissions(preset, rules)
+
+
+def test_no_doc_installs_the_other_projects_agentfense_distribution() -> None:
+    """'pip install agentfense' installs another project (PyPI's 'agentfense' is not this
+    one: the distribution is agentfense-sandbox); no install line of the docs may say it."""
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    wrong = []
+    for doc in [root / "README.md", *sorted((root / "docs").rglob("*.md"))]:
+        for number, text in enumerate(doc.read_text().splitlines(), 1):
+            for command in re.findall(r"pip install ([^#`]*)", text):
+                if re.search(r"(^|\s)['\"]?agentfense(\[|['\"]?(\s|$))", command):
+                    wrong.append(f"{doc.relative_to(root)}:{number}: {text.strip()}")
+    assert not wrong, wrong
