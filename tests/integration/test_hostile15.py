@@ -134,3 +134,44 @@ def test_no_doc_installs_the_other_projects_agentfense_distribution() -> None:
                 if re.search(r"(^|\s)['\"]?agentfense(\[|['\"]?(\s|$))", command):
                     wrong.append(f"{doc.relative_to(root)}:{number}: {text.strip()}")
     assert not wrong, wrong
+
+
+def _state_dir_of(directory: Path) -> Path:
+    import hashlib
+    import tempfile
+
+    digest = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"agentfense-state-{digest}"
+
+
+@pytest.mark.parametrize("planted", ["directory", "symlink"])
+def test_a_state_dir_planted_by_another_user_is_refused(tmp_path: Path, planted: str) -> None:
+    """The helper's state directory is in the shared /tmp under a name anyone can compute
+    from the test's directory (the pytest plugin's is /tmp/pytest-of-USER/pytest-N/...): one
+    made first by another user (or a link to one) would get the server's codebases, the
+    user's project with its secrets included, and let that user plant and swap files."""
+    import os
+
+    directory = tmp_path / "victim"
+    state = _state_dir_of(directory)
+    elsewhere = tmp_path / "mallory-owned"
+    try:
+        if planted == "directory":
+            state.mkdir(mode=0o777)
+            os.chown(state, 59999, 59999)
+        else:
+            elsewhere.mkdir()
+            os.chown(elsewhere, 59999, 59999)
+            state.symlink_to(elsewhere)
+        try:
+            server = start_server_process(directory)
+        except RuntimeError as exc:
+            assert "state" in str(exc)
+        else:
+            server.stop()
+            pytest.fail(f"the server ran on a state directory planted by another user ({planted})")
+    finally:
+        if state.is_symlink():
+            state.unlink()
+        elif state.exists():
+            subprocess.run(["rm", "-rf", "--one-file-system", str(state)], check=False)
