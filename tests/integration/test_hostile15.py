@@ -175,3 +175,24 @@ def test_a_state_dir_planted_by_another_user_is_refused(tmp_path: Path, planted:
             state.unlink()
         elif state.exists():
             subprocess.run(["rm", "-rf", "--one-file-system", str(state)], check=False)
+
+
+def test_the_cli_names_a_malformed_endpoint_variable_as_the_sdk_does(tmp_path: Path) -> None:
+    """A user who never typed 'localhost' is told which variable says it (the SDK says so;
+    the CLI passed the variable on as if it were the user's --endpoint)."""
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTFENSE_")}
+    env["AGENTFENSE_ENDPOINT"] = "localhost"
+    done = subprocess.run(
+        [sys.executable, "-m", "agentfense", "ls"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 125, done
+    assert "AGENTFENSE_ENDPOINT" in done.stderr, done.stderr
