@@ -196,3 +196,34 @@ def test_the_cli_names_a_malformed_endpoint_variable_as_the_sdk_does(tmp_path: P
     )
     assert done.returncode == 125, done
     assert "AGENTFENSE_ENDPOINT" in done.stderr, done.stderr
+
+
+def test_a_directory_named_like_a_server_module_is_not_its_installed_package(
+    tmp_path: Path,
+) -> None:
+    """`python -m agentfense doctor` puts the working directory first on sys.path: in a
+    project with a docker/ folder, a client-only install found 'docker' (a namespace package
+    of that folder) and said the server extra was installed. (-S: no site-packages, so as a
+    client-only install, without docker nor prometheus_client.)"""
+    import sys
+
+    extras = Path(__file__).resolve().parents[2] / "agentfense" / "_extras.py"
+    (tmp_path / "docker").mkdir()
+    (tmp_path / "docker" / "Dockerfile").write_text("FROM debian\n")
+    (tmp_path / "prometheus_client").mkdir()
+    program = (
+        "import importlib.util\n"
+        f"spec = importlib.util.spec_from_file_location('extras', {str(extras)!r})\n"
+        "module = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(module)\n"
+        "print(module.missing_server_distributions())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", program],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.strip() == "['docker', 'prometheus-client']", done
