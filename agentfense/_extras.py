@@ -24,9 +24,12 @@ SERVER_INSTALL = f"pip install '{DISTRIBUTION}[server]'"
 
 def _importable(module: str) -> bool:
     try:
-        return importlib.util.find_spec(module) is not None
+        spec = importlib.util.find_spec(module)
     except (ImportError, ValueError):  # a parent that fails, or a module without a spec
         return False
+    # A namespace package is only a folder of that name (a project's docker/, on sys.path
+    # as the working directory of `python -m agentfense`), never the distribution.
+    return spec is not None and spec.origin not in (None, "namespace")
 
 
 def missing_server_distributions() -> list[str]:

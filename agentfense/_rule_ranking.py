@@ -10,10 +10,10 @@ priority either way, so a server reads every rule as it always has.
 
 When a rule of yours is still outranked, by a rule with a different level, on the path its
 pattern names most plainly (:meth:`~agentfense.policy.CompiledPattern.example`), it does not
-do what it says: :class:`RuleShadowedWarning` names the rule that wins there. The rules
-raised above the preset are not checked (nothing of the preset outranks them), nor more than
-:data:`MAX_CHECKED_RULES` of the others (each check is one walk of the compiled policy, some
-milliseconds when the list is long): a courtesy of bounded cost, never a refusal.
+do what it says: :class:`RuleShadowedWarning` names the rule that wins there. A rule raised
+above the preset is outranked only by one of the user's own of a priority as high; at most
+:data:`MAX_CHECKED_RULES` rules are checked (each check is one walk of the compiled policy,
+some milliseconds when the list is long): a courtesy of bounded cost, never a refusal.
 """
 
 from __future__ import annotations
@@ -71,6 +71,10 @@ def rank_user_rules(
                 raised.add(len(preset_rules) + index)
     rules = [*preset_rules, *ranked]
     checked = [i for i in range(len(preset_rules), len(rules)) if i not in raised]
+    if raised and any(rules[i].priority >= rules[min(raised)].priority for i in checked):
+        # No rule of the preset outranks a raised rule, but one of yours with a priority of
+        # its own as high may: then they are checked too.
+        checked = sorted([*checked, *raised])
     for warning in shadowed(preset, rules, checked[:MAX_CHECKED_RULES], len(preset_rules)):
         warnings.warn(warning, RuleShadowedWarning, stacklevel=stacklevel + 1)
     return rules

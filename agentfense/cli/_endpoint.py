@@ -11,14 +11,20 @@ from pathlib import Path
 
 from .._extras import server_extra_problem
 from .._transport import DEFAULT_ENDPOINT
+from ..client._environment import endpoint_or_configured
 from ..errors import SandboxError, StatusCode
 
 ENDPOINT_VARIABLE = "AGENTFENSE_ENDPOINT"
 
 
 def chosen_endpoint(flag: str | None) -> str | None:
-    """The endpoint asked for by the flag or the environment (an empty variable is unset)."""
-    return flag or os.environ.get(ENDPOINT_VARIABLE) or None
+    """The endpoint asked for by the flag or the environment (an empty variable is unset; a
+    malformed one is refused in a sentence that names it, as the SDK does)."""
+    if flag:
+        return flag
+    if not os.environ.get(ENDPOINT_VARIABLE):
+        return None
+    return endpoint_or_configured(None)
 
 
 def endpoint_or_default(flag: str | None) -> str:

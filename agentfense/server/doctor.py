@@ -94,8 +94,7 @@ def _fuse() -> Check:
         f"/dev/fuse {'present' if dev else 'missing'}"
         + ("" if os.geteuid() == 0 else f", fusermount3 {'present' if tool else 'missing'}"),
         "apt-get install -y fuse3 (and load the fuse module: modprobe fuse)",
-        required=False,
-    )
+    )  # (required: every sandbox's view is a FUSE mount, made when the sandbox is created)
 
 
 def _cgroups() -> Check:

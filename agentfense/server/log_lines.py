@@ -10,7 +10,8 @@ import json
 import logging
 import re
 
-_PLAIN = re.compile(r"^[A-Za-z0-9_.:/@+-]{1,200}$")
+# (fullmatch: "$" would also match before a trailing newline, which would end the line)
+_PLAIN = re.compile(r"[A-Za-z0-9_.:/@+-]{1,200}")
 _MOST = 200
 
 Value = str | int | float | bool | None
@@ -20,7 +21,7 @@ def _shown(value: str | int | float | bool) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
     text = str(value)
-    if _PLAIN.match(text):
+    if _PLAIN.fullmatch(text):
         return text
     return json.dumps(text[:_MOST])  # (quoted, with every control character escaped)
 

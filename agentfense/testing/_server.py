@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -71,6 +73,25 @@ class ServerProcess:
         remove_tree(self.state_dir)
 
 
+def _claim_state_dir(state: Path) -> None:
+    """Make ``state`` ours, or check that it is: its name in the shared temporary directory
+    can be computed by anyone, and a directory (or a link) another user made there first
+    would hold the server's codebases, and let that user read and plant files."""
+    with contextlib.suppress(FileExistsError):
+        state.mkdir(mode=0o711)
+    found = os.lstat(state)
+    if (
+        not stat.S_ISDIR(found.st_mode)
+        or found.st_uid != os.geteuid()
+        or found.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    ):
+        raise RuntimeError(
+            f"the server's state directory {state} exists and is not this user's own "
+            "(a link, another user's, or writable by others): remove it, or start the "
+            "server on another directory"
+        )
+
+
 def _accepting(listen: str) -> bool:
     if listen.startswith("unix:"):
         family, address = socket.AF_UNIX, listen[len("unix:") :]
@@ -107,6 +128,7 @@ def start_server_process(
     digest = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
     state = Path(tempfile.gettempdir()) / f"agentfense-state-{digest}"
     log_path = root / "server.log"
+    _claim_state_dir(state)
     if _accepting(listen):  # (else the wait below would take that server for this one)
         raise RuntimeError(f"another server already accepts connections at {listen}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTFENSE_")}
@@ -130,9 +152,13 @@ def start_server_process(
         )
     server = ServerProcess(process, listen, sock, state, log_path, owns_state=True)
     deadline = time.monotonic() + wait
-    while not _accepting(listen):
-        if process.poll() is not None or time.monotonic() > deadline:
-            server.stop()
-            raise RuntimeError(f"the AgentFense server did not start:\n{server.log()}")
-        time.sleep(0.02)
+    try:
+        while not _accepting(listen):
+            if process.poll() is not None or time.monotonic() > deadline:
+                server.stop()
+                raise RuntimeError(f"the AgentFense server did not start:\n{server.log()}")
+            time.sleep(0.02)
+    except BaseException:  # (Ctrl-C while waiting: nobody else holds the server to stop it)
+        server.stop()
+        raise
     return server

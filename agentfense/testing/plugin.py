@@ -58,9 +58,10 @@ def agentfense_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serv
 def agentfense_endpoint(request: pytest.FixtureRequest) -> str:
     """The server the sandboxes live on: ``$AGENTFENSE_ENDPOINT`` (an empty one is unset),
     else a throw-away one (``agentfense_server``), started only when needed."""
-    configured = os.environ.get(ENDPOINT_VARIABLE, "")
-    if configured:
-        return configured
+    if os.environ.get(ENDPOINT_VARIABLE, ""):
+        from agentfense.client._environment import endpoint_or_configured
+
+        return endpoint_or_configured(None)  # (a malformed one refused, the variable named)
     server: ServerProcess = request.getfixturevalue("agentfense_server")
     return server.endpoint
 

@@ -30,4 +30,4 @@ def test_a_docker_engine_that_does_not_answer_is_a_warning_with_a_fix(
 def test_the_server_extra_is_checked_first_and_found_here() -> None:
     first = doctor.run_checks()[0]
     assert (first.name, first.ok, first.required) == ("server extra", True, True)
-    assert first.detail == "installed (docker)"
+    assert first.detail == "installed (docker, prometheus-client)"
