@@ -153,12 +153,14 @@ def start_server_process(
     server = ServerProcess(process, listen, sock, state, log_path, owns_state=True)
     deadline = time.monotonic() + wait
     try:
-        while not _accepting(listen):
-            if process.poll() is not None or time.monotonic() > deadline:
-                server.stop()
-                raise RuntimeError(f"the AgentFense server did not start:\n{server.log()}")
+        while not _accepting(listen) and process.poll() is None:
+            if time.monotonic() > deadline:
+                break
             time.sleep(0.02)
     except BaseException:  # (Ctrl-C while waiting: nobody else holds the server to stop it)
         server.stop()
         raise
+    if not _accepting(listen):
+        server.stop()
+        raise RuntimeError(f"the AgentFense server did not start:\n{server.log()}")
     return server
