@@ -17,10 +17,11 @@ from grpclib.exceptions import StreamTerminatedError
 from agentfense._error_details import ReasonCodec
 from agentfense._transport._bounded import bound_reads
 from agentfense._transport._endpoint import Endpoint
-from agentfense._transport._errors import mapped_errors, trailers_only_status
+from agentfense._transport._errors import ReplyCodec, mapped_errors, trailers_only_status
 from agentfense.errors import ConnectionError
 
 _REASONS = ReasonCodec()
+_REPLIES = ReplyCodec()
 T = TypeVar("T", bound=betterproto.Message)  # a generated reply message class
 Producer = Callable[[], AsyncIterator[betterproto.Message]]
 
@@ -45,10 +46,12 @@ class GrpcCalls:
     def __init__(self, endpoint: Endpoint, *, secure: bool) -> None:
         ssl = True if secure else None
         if endpoint.path is not None:
-            self.channel = Channel(path=endpoint.path, ssl=ssl, status_details_codec=_REASONS)
+            self.channel = Channel(
+                path=endpoint.path, ssl=ssl, codec=_REPLIES, status_details_codec=_REASONS
+            )
         else:
             self.channel = Channel(
-                endpoint.host, endpoint.port, ssl=ssl, status_details_codec=_REASONS
+                endpoint.host, endpoint.port, ssl=ssl, codec=_REPLIES, status_details_codec=_REASONS
             )
         self.endpoint = endpoint.text
 

@@ -4,14 +4,31 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from typing import Any
 
 import h2.exceptions
 from grpclib.const import Status
+from grpclib.encoding.proto import ProtoCodec
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from grpclib.metadata import decode_bin_value, decode_grpc_message
 
 from agentfense._error_details import ReasonCodec
 from agentfense.errors import ConnectionError, SandboxError, StatusCode, error_from_status
+
+
+class BadReply(Exception):
+    """A reply whose bytes are not the message its RPC answers with (the sentence says so)."""
+
+
+class ReplyCodec(ProtoCodec):
+    """grpclib's protobuf codec, with a reply that does not decode a :class:`BadReply`:
+    betterproto raises ValueError, EOFError and others, its compiled codec RuntimeError."""
+
+    def decode(self, data: bytes, message_type: type[Any]) -> Any:
+        try:
+            return super().decode(data, message_type)
+        except (RuntimeError, ValueError, TypeError, OverflowError, IndexError, EOFError) as exc:
+            raise BadReply(f"not a valid {message_type.__name__} message ({exc})") from None
 
 
 def translate(exc: BaseException, endpoint: str, path: str = "") -> SandboxError | None:
@@ -24,6 +41,8 @@ def translate(exc: BaseException, endpoint: str, path: str = "") -> SandboxError
     # asyncio's deadline expiry is a bare TimeoutError; the OS's ETIMEDOUT carries an errno.
     if isinstance(exc, TimeoutError) and exc.errno is None:
         return error_from_status(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+    if isinstance(exc, BadReply):
+        return ConnectionError(f"the AgentFense server at {endpoint} sent a reply that is {exc}")
     if isinstance(
         exc, OSError | StreamTerminatedError | ProtocolError | h2.exceptions.H2Error | EOFError
     ):
