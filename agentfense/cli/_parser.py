@@ -220,6 +220,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--metrics-listen", help="host:port for Prometheus (GET /metrics); off by default"
     )
+    serve.add_argument("--tls-cert", metavar="PEM", help="the server's TLS certificate (chain)")
+    serve.add_argument("--tls-key", metavar="PEM", help="its private key (default: in --tls-cert)")
+    serve.add_argument(
+        "--tls-client-ca",
+        metavar="PEM",
+        help="mutual TLS: require client certificates signed by these CAs",
+    )
+    serve.add_argument(
+        "--insecure-listen",
+        action="store_true",
+        default=None,
+        help="listen on a non-loopback address without TLS all the same (logged as a WARNING)",
+    )
 
     _subcommand(
         commands,
