@@ -70,6 +70,25 @@ def _endpoint_flag(parser: argparse.ArgumentParser, default: str) -> None:
         metavar="ADDRESS",
         help=f"the server: host:port or unix:/path (default: ${ENDPOINT_VARIABLE}, else {default})",
     )
+    tls = parser.add_argument_group("TLS (a host:port endpoint)")
+    tls.add_argument(
+        "--tls", action="store_true", help="connect over TLS, trusting the system's CAs"
+    )
+    tls.add_argument(
+        "--tls-ca",
+        metavar="PEM",
+        help="connect over TLS, trusting these CAs (default: $AGENTFENSE_TLS_CA)",
+    )
+    tls.add_argument(
+        "--tls-cert",
+        metavar="PEM",
+        help="the client certificate, for mutual TLS (default: $AGENTFENSE_TLS_CLIENT_CERT)",
+    )
+    tls.add_argument(
+        "--tls-key",
+        metavar="PEM",
+        help="its private key (default: in --tls-cert, or $AGENTFENSE_TLS_CLIENT_KEY)",
+    )
 
 
 def _command_flags(parser: argparse.ArgumentParser) -> None:
