@@ -44,6 +44,13 @@ def _no_response(endpoint: str) -> ConnectionError:
     )
 
 
+# A TLS server hangs up on a client that does not speak TLS without a word.
+_PLAIN_HUNG_UP = (
+    "the server closed the connection before answering: if it serves TLS, connect with "
+    "secure=True or tls=TLSConfig(...) (or set AGENTFENSE_TLS_CA)"
+)
+
+
 class _WatchedProtocol(H2Protocol):
     """grpclib's connection, keeping why it was lost (a TLS alert that comes after the
     handshake, TLS 1.3's "certificate required" from a server that wants a client
@@ -94,10 +101,13 @@ class _Channel(Channel):
         return self._last
 
     def why_lost(self) -> str | None:
-        """Why the last connection was lost, in a sentence, when it was TLS's doing."""
+        """Why the last connection was lost, in a sentence, when TLS (or its absence) may be
+        why."""
         protocol = self._last
-        if protocol is None or self._tls is None or not protocol._gone.is_set():
+        if protocol is None or not protocol._gone.is_set():
             return None
+        if self._tls is None:
+            return None if protocol.heard else _PLAIN_HUNG_UP
         told = tls_failure(protocol.lost, "") if protocol.lost is not None else None
         if told is None and not protocol.heard:
             return self._tls.hung_up()

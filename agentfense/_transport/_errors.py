@@ -29,7 +29,7 @@ def translate(
     if isinstance(exc, TimeoutError) and exc.errno is None:
         return error_from_status(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
     tls = tls_failure(exc, endpoint)
-    if tls is None and isinstance(exc, StreamTerminatedError | OSError):
+    if tls is None and isinstance(exc, StreamTerminatedError):
         tls = lost
     if tls is not None:
         return ConnectionError(f"cannot reach the AgentFense server at {endpoint}: {tls}")

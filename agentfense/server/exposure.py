@@ -33,20 +33,21 @@ def check_exposure(config: ServerConfig, host: str) -> None:
     """Refuse (a sentence naming the flag that forces it) or, when forced, warn loudly."""
     if is_loopback(host):
         return
-    missing = []
+    missing, fixes = [], []
     if not config.tls_cert:
-        missing.append("TLS (tls_cert and tls_key)")
+        missing.append("TLS")
+        fixes.append("set tls_cert and tls_key (--tls-cert, --tls-key)")
     if _auth_off(config):
         missing.append('authentication (auth = "none")')
+        fixes.append('set auth = "token"')
     if not missing:
         return
     without = " and ".join(missing)
     if not config.allow_insecure_listen:
         raise InvalidConfigurationError(
             f"refusing to listen on {host}, which is not loopback, without {without}: anyone "
-            "who can reach it could run commands in sandboxes; set tls_cert and tls_key "
-            "(--tls-cert, --tls-key), or force it with --insecure-listen (setting "
-            "allow_insecure_listen = true)"
+            f"who can reach it could run commands in sandboxes; {' and '.join(fixes)}, or "
+            "force it with --insecure-listen (setting allow_insecure_listen = true)"
         )
     log.warning(
         "INSECURE: listening on %s, which is not loopback, without %s, because "

@@ -214,6 +214,13 @@ async def test_tls_against_a_plain_server(plain_server: ServerProcess) -> None:
 
 
 @pytest.mark.anyio
+async def test_no_tls_against_a_tls_server(tls_server: ServerProcess) -> None:
+    async with AsyncSandboxClient(tls_server.endpoint) as client:
+        with pytest.raises(ConnectionError, match="if it serves TLS, connect with secure=True"):
+            await client.list_codebases()
+
+
+@pytest.mark.anyio
 async def test_an_unreadable_ca_bundle_is_named(tls_server: ServerProcess, tmp_path: Path) -> None:
     client = AsyncSandboxClient(_by_name(tls_server), tls=TLSConfig(ca=tmp_path / "no"))
     with pytest.raises(InvalidConfigurationError, match=r"tls.ca .*/no cannot be read"):
