@@ -106,8 +106,8 @@ class _Channel(Channel):
         protocol = self._last
         if protocol is None or not protocol._gone.is_set():
             return None
-        if self._tls is None:
-            return None if protocol.heard else _PLAIN_HUNG_UP
+        if self._tls is None:  # (a unix socket never serves TLS here)
+            return None if protocol.heard or self._path is not None else _PLAIN_HUNG_UP
         told = tls_failure(protocol.lost, "") if protocol.lost is not None else None
         if told is None and not protocol.heard:
             return self._tls.hung_up()
