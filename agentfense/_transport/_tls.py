@@ -57,6 +57,11 @@ def client_tls(tls: TLSConfig) -> ClientTLS:
     return ClientTLS(client_context(tls), tls.cert is not None)
 
 
+def _no_password() -> str:
+    """What OpenSSL asks for an encrypted key's password (it would prompt on the terminal)."""
+    raise InvalidConfigurationError("tls.key is encrypted: give an unencrypted key")
+
+
 def client_context(tls: TLSConfig) -> ssl.SSLContext:
     """TLS 1.2+, ALPN h2, the server checked against ``tls.ca`` (else the system's store),
     ``tls.cert`` shown to it."""
@@ -81,7 +86,7 @@ def client_context(tls: TLSConfig) -> ssl.SSLContext:
     context.set_alpn_protocols(["h2"])
     if tls.cert is not None:
         try:
-            context.load_cert_chain(tls.cert, tls.key)
+            context.load_cert_chain(tls.cert, tls.key, password=_no_password)
         except ssl.SSLError as exc:
             if exc.reason == "KEY_VALUES_MISMATCH":
                 raise InvalidConfigurationError(

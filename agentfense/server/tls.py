@@ -4,6 +4,7 @@ TLS) make, and a sentence for each way they can be wrong, at start."""
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import InvalidConfigurationError
@@ -24,6 +25,18 @@ def _readable(setting: str, path: Path) -> None:
         ) from None
 
 
+def _no_password(key: Path) -> Callable[[], str]:
+    """What OpenSSL asks for an encrypted key's password (it would prompt on the terminal)."""
+
+    def refuse() -> str:
+        raise InvalidConfigurationError(
+            f"tls_key {key} is encrypted: give the server an unencrypted key (a file only "
+            "its user can read)"
+        )
+
+    return refuse
+
+
 def server_context(config: ServerConfig) -> ssl.SSLContext | None:
     """The ssl context for the listener (TLS 1.2+, ALPN h2), or None without ``tls_cert``."""
     if not config.tls_cert:
@@ -36,7 +49,7 @@ def server_context(config: ServerConfig) -> ssl.SSLContext | None:
     context.set_ciphers(_CIPHERS)
     context.set_alpn_protocols(["h2"])
     try:
-        context.load_cert_chain(cert, key)
+        context.load_cert_chain(cert, key, password=_no_password(key))
     except ssl.SSLError as exc:
         if exc.reason == "KEY_VALUES_MISMATCH":
             raise InvalidConfigurationError(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import trustme
+from cryptography.hazmat.primitives import serialization
 
 from agentfense import SandboxClient, TLSConfig
 from agentfense.testing import start_server_process
@@ -27,11 +28,18 @@ def pems(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("pems")
     ca = trustme.CA()
     leaf, other = ca.issue_cert("localhost"), ca.issue_cert("localhost")
+    key = serialization.load_pem_private_key(leaf.private_key_pem.bytes(), password=None)
+    encrypted = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret"),
+    )
     files = {
         "ca": ca.cert_pem.bytes(),
         "cert": leaf.cert_chain_pems[0].bytes(),
         "key": leaf.private_key_pem.bytes(),
         "other_key": other.private_key_pem.bytes(),
+        "encrypted_key": encrypted,
         "garbage": b"not a certificate\n",
     }
     for name, data in files.items():
@@ -49,6 +57,10 @@ def pems(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "tls_key {other_key} does not match the certificate in tls_cert {cert}",
         ),
         (["--tls-cert", "{garbage}", "--tls-key", "{key}"], "must be a PEM certificate"),
+        (
+            ["--tls-cert", "{cert}", "--tls-key", "{encrypted_key}"],
+            "tls_key {encrypted_key} is encrypted: give the server an unencrypted key",
+        ),
         (
             ["--tls-cert", "{cert}", "--tls-key", "{key}", "--tls-client-ca", "{garbage}"],
             "tls_client_ca {garbage} must hold PEM CA certificates",

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import trustme
+from cryptography.hazmat.primitives import serialization
 
 from agentfense import (
     AsyncSandbox,
@@ -224,4 +225,23 @@ async def test_no_tls_against_a_tls_server(tls_server: ServerProcess) -> None:
 async def test_an_unreadable_ca_bundle_is_named(tls_server: ServerProcess, tmp_path: Path) -> None:
     client = AsyncSandboxClient(_by_name(tls_server), tls=TLSConfig(ca=tmp_path / "no"))
     with pytest.raises(InvalidConfigurationError, match=r"tls.ca .*/no cannot be read"):
+        await client.list_codebases()
+
+
+@pytest.mark.anyio
+async def test_an_encrypted_client_key_is_refused_not_prompted_for(
+    mtls_server: ServerProcess, certs: Certificates, tmp_path: Path
+) -> None:
+    key = serialization.load_pem_private_key(certs.client_key.read_bytes(), password=None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    tls = TLSConfig(ca=certs.ca_pem, cert=certs.client_pem, key=encrypted)
+    client = AsyncSandboxClient(_by_name(mtls_server), tls=tls)
+    with pytest.raises(InvalidConfigurationError, match=r"tls\.key is encrypted"):
         await client.list_codebases()
