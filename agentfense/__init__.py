@@ -44,6 +44,7 @@ from agentfense.types import SandboxInfo as SandboxInfo
 from agentfense.types import SandboxStatus as SandboxStatus
 from agentfense.types import SessionInfo as SessionInfo
 from agentfense.types import SessionStatus as SessionStatus
+from agentfense.types import TLSConfig as TLSConfig
 from agentfense.types import UploadResult as UploadResult
 
 __version__ = "0.1.0"
@@ -83,6 +84,7 @@ __all__ = [
     "SessionNotFoundError",
     "SessionStatus",
     "SessionWrapper",
+    "TLSConfig",
     "UploadResult",
     "extend_preset",
     "get_preset",

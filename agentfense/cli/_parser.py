@@ -70,6 +70,25 @@ def _endpoint_flag(parser: argparse.ArgumentParser, default: str) -> None:
         metavar="ADDRESS",
         help=f"the server: host:port or unix:/path (default: ${ENDPOINT_VARIABLE}, else {default})",
     )
+    tls = parser.add_argument_group("TLS (a host:port endpoint)")
+    tls.add_argument(
+        "--tls", action="store_true", help="connect over TLS, trusting the system's CAs"
+    )
+    tls.add_argument(
+        "--tls-ca",
+        metavar="PEM",
+        help="connect over TLS, trusting these CAs (default: $AGENTFENSE_TLS_CA)",
+    )
+    tls.add_argument(
+        "--tls-cert",
+        metavar="PEM",
+        help="the client certificate, for mutual TLS (default: $AGENTFENSE_TLS_CLIENT_CERT)",
+    )
+    tls.add_argument(
+        "--tls-key",
+        metavar="PEM",
+        help="its private key (default: in --tls-cert, or $AGENTFENSE_TLS_CLIENT_KEY)",
+    )
 
 
 def _command_flags(parser: argparse.ArgumentParser) -> None:
@@ -219,6 +238,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", help="debug, info, warning, error")
     serve.add_argument(
         "--metrics-listen", help="host:port for Prometheus (GET /metrics); off by default"
+    )
+    serve.add_argument("--tls-cert", metavar="PEM", help="the server's TLS certificate (chain)")
+    serve.add_argument("--tls-key", metavar="PEM", help="its private key (default: in --tls-cert)")
+    serve.add_argument(
+        "--tls-client-ca",
+        metavar="PEM",
+        help="mutual TLS: require client certificates signed by these CAs",
+    )
+    serve.add_argument(
+        "--insecure-listen",
+        action="store_true",
+        default=None,
+        help="listen on a non-loopback address without TLS all the same (logged as a WARNING)",
     )
 
     _subcommand(

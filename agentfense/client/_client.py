@@ -30,10 +30,11 @@ from ..types import (
     RuntimeType,
     SandboxInfo,
     SessionInfo,
+    TLSConfig,
     UploadResult,
 )
 from . import _rpcs as rpcs
-from ._environment import endpoint_or_configured
+from ._environment import endpoint_or_configured, tls_or_configured
 from ._rpcs import ClientStream, Rep, Req, ServerStream, Unary
 from ._stream import ExecStream
 
@@ -100,6 +101,12 @@ class AsyncSandboxClient:
     ``endpoint``: ``host:port``, ``[::1]:port`` or ``unix:/path``; when None, the
     ``AGENTFENSE_ENDPOINT`` environment variable, else ``localhost:9000``.
 
+    ``secure``: connect over TLS, checking the server against the system's trust store;
+    ``tls``: over TLS with a CA bundle of one's own and a client certificate (mutual TLS).
+    Without either, the ``AGENTFENSE_TLS_CA``, ``AGENTFENSE_TLS_CLIENT_CERT`` and
+    ``AGENTFENSE_TLS_CLIENT_KEY`` variables, when set, give the TLS of a ``host:port``
+    endpoint. ``tls`` says what TLS is used, or None.
+
     ``cleanup_timeout``: how long each call that cleans up on the way out (``AsyncSandbox``
     destroying its sandbox and codebase, a session closing) may wait for the server, in
     seconds; past it the call raises ``ConnectionError`` instead of holding the caller.
@@ -111,9 +118,11 @@ class AsyncSandboxClient:
         *,
         secure: bool = False,
         cleanup_timeout: float = DEFAULT_CLEANUP_TIMEOUT,
+        tls: TLSConfig | None = None,
     ) -> None:
         self.endpoint = endpoint_or_configured(endpoint)
-        self.secure = secure
+        self.tls = tls_or_configured(self.endpoint, secure, tls)
+        self.secure = self.tls is not None
         self.cleanup_timeout = cleanup_timeout
         self._transport: Transport | None = None
         self._opening: anyio.Event | None = None
@@ -128,7 +137,7 @@ class AsyncSandboxClient:
                 continue
             self._opening = anyio.Event()
             try:
-                self._transport = await open_transport(self.endpoint, secure=self.secure)
+                self._transport = await open_transport(self.endpoint, tls=self.tls)
             finally:
                 self._opening.set()
                 self._opening = None

@@ -10,8 +10,12 @@ import os
 
 from .._transport import DEFAULT_ENDPOINT, parse_endpoint
 from ..errors import InvalidConfigurationError
+from ..types import TLSConfig
 
 ENDPOINT_VARIABLE = "AGENTFENSE_ENDPOINT"
+TLS_CA_VARIABLE = "AGENTFENSE_TLS_CA"
+TLS_CERT_VARIABLE = "AGENTFENSE_TLS_CLIENT_CERT"
+TLS_KEY_VARIABLE = "AGENTFENSE_TLS_CLIENT_KEY"
 
 
 def endpoint_or_configured(endpoint: str | None) -> str:
@@ -29,3 +33,26 @@ def endpoint_or_configured(endpoint: str | None) -> str:
     except InvalidConfigurationError as exc:
         raise InvalidConfigurationError(f"the variable {ENDPOINT_VARIABLE}: {exc}") from None
     return configured
+
+
+def tls_or_configured(endpoint: str, secure: bool, tls: TLSConfig | None) -> TLSConfig | None:
+    """The TLS to use with ``endpoint``: ``tls`` if given; else, for a ``host:port``
+    endpoint, the ``AGENTFENSE_TLS_*`` variables when one is set (a CA bundle's path, a
+    client certificate's and its key's); else the system's trust store when ``secure``; else
+    none. A unix socket takes no TLS from the variables (its file mode decides who
+    connects); ``secure=True`` with one is refused when the connection opens."""
+    if tls is not None:
+        if not isinstance(tls, TLSConfig):
+            raise InvalidConfigurationError(f"tls must be a TLSConfig, not {type(tls).__name__}")
+        return tls
+    ca, cert, key = (
+        os.environ.get(name) or None
+        for name in (TLS_CA_VARIABLE, TLS_CERT_VARIABLE, TLS_KEY_VARIABLE)
+    )
+    if (ca or cert or key) and (secure or not endpoint.startswith("unix:")):
+        if key and not cert:
+            raise InvalidConfigurationError(
+                f"the variable {TLS_KEY_VARIABLE} needs {TLS_CERT_VARIABLE} beside it"
+            )
+        return TLSConfig(ca=ca, cert=cert, key=key)
+    return TLSConfig() if secure else None

@@ -25,6 +25,7 @@ from ..types import (
     RuntimeType,
     SandboxInfo,
     SandboxStatus,
+    TLSConfig,
 )
 from ..utils import ProjectFile, scan_project
 from . import _files
@@ -86,6 +87,7 @@ class AsyncSandbox(metaclass=NoPublicConstructor):
         labels: dict[str, str] | None = None,
         auto_start: bool = True,
         keep_home: bool = False,
+        tls: TLSConfig | None = None,
     ) -> AsyncSandbox:
         """Upload the project at ``path`` as a new codebase and create a sandbox on it.
 
@@ -98,7 +100,7 @@ class AsyncSandbox(metaclass=NoPublicConstructor):
         name = codebase_name or await run_sync(lambda: root.resolve().name)
         for skipped in scan.skipped:
             log.warning("not uploading %s: %s", skipped.rel_path, skipped.reason)
-        client = AsyncSandboxClient(endpoint, secure=secure)
+        client = AsyncSandboxClient(endpoint, secure=secure, tls=tls)
         codebase_id: str | None = None
         sandbox_id: str | None = None
         try:
@@ -157,10 +159,11 @@ class AsyncSandbox(metaclass=NoPublicConstructor):
         labels: dict[str, str] | None = None,
         auto_start: bool = True,
         keep_home: bool = False,
+        tls: TLSConfig | None = None,
     ) -> AsyncSandbox:
         """A new sandbox on an existing codebase (which is kept when the sandbox goes)."""
         rules = resolve_permissions(preset, permissions)
-        client = AsyncSandboxClient(endpoint, secure=secure)
+        client = AsyncSandboxClient(endpoint, secure=secure, tls=tls)
         try:
             info = await _created(
                 client.create_sandbox(
@@ -188,9 +191,10 @@ class AsyncSandbox(metaclass=NoPublicConstructor):
         secure: bool = False,
         *,
         destroy_on_exit: bool = False,
+        tls: TLSConfig | None = None,
     ) -> AsyncSandbox:
         """Attach to an existing sandbox. Leaving ``async with`` destroys it only if asked."""
-        client = AsyncSandboxClient(endpoint, secure=secure)
+        client = AsyncSandboxClient(endpoint, secure=secure, tls=tls)
         try:
             info = await client.get_sandbox(sandbox_id)
         except BaseException:

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -19,13 +20,13 @@ from ._descriptors import raise_limit as raise_descriptor_limit
 from ._grpc.listener import Listener
 from .codebases import CodebaseStore
 from .config import ServerConfig
+from .exposure import check_exposure
 from .metrics import ServerMetrics
 from .metrics_endpoint import open_metrics_endpoint
 from .sandboxes import SandboxManager
+from .tls import server_context
 
 log = logging.getLogger("agentfense.server")
-
-_LOOPBACK = {"localhost", "127.0.0.1", "::1", "[::1]"}
 
 
 def parse_listen(listen: str) -> tuple[str, int] | Path:
@@ -83,11 +84,20 @@ def _listen_errors(listen: str) -> Iterator[None]:
 async def open_server(config: ServerConfig) -> AsyncIterator[str]:
     """Run the server while the context is open; yields the address it listens on."""
     address = parse_listen(config.listen)
+    if isinstance(address, Path):
+        if config.tls_cert:
+            raise InvalidConfigurationError(
+                f"tls_cert is set but listen {config.listen} is a unix socket: TLS needs a "
+                "host:port listen address (a unix socket's file mode decides who connects)"
+            )
+    else:
+        check_exposure(config, address[0])
+    tls = server_context(config)
     _check_reachable(config)
     raise_descriptor_limit()
     config.state_dir.mkdir(parents=True, exist_ok=True)
     with _state_lock(config.state_dir):
-        async with _serving(config, address) as shown:
+        async with _serving(config, address, tls) as shown:
             yield shown
 
 
@@ -115,7 +125,9 @@ def _state_lock(state_dir: Path) -> Iterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def _serving(config: ServerConfig, address: tuple[str, int] | Path) -> AsyncIterator[str]:
+async def _serving(
+    config: ServerConfig, address: tuple[str, int] | Path, tls: ssl.SSLContext | None
+) -> AsyncIterator[str]:
     # Traversable (sandboxes, which run as their own uid, reach their view and the generated
     # /etc files below), but nothing in it can be listed by anyone else.
     config.state_dir.chmod(0o711)
@@ -160,14 +172,8 @@ async def _serving(config: ServerConfig, address: tuple[str, int] | Path) -> Asy
             shown = f"unix:{address}"
         else:
             host, port = address
-            if host not in _LOOPBACK:
-                log.warning(
-                    "listening on %s, which is not loopback: anyone who can reach it "
-                    "can run commands in sandboxes",
-                    host,
-                )
             with _listen_errors(config.listen):
-                port = await server.start_tcp(host, port)
+                port = await server.start_tcp(host, port, tls)
             shown = f"{host}:{port}"
         try:
             yield shown
@@ -190,7 +196,13 @@ async def serve(
     # gracefully, rather than killing it half-way (with its state left behind).
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_server(config) as address:
-            log.info("agentfense listening on %s (state in %s)", address, config.state_dir)
+            tls = " over mutual TLS" if config.tls_client_ca else " over TLS"
+            log.info(
+                "agentfense listening on %s%s (state in %s)",
+                address,
+                tls if config.tls_cert else "",
+                config.state_dir,
+            )
             task_status.started(address)
             async for signum in signals:
                 log.info("received %s, shutting down", signal.Signals(signum).name)

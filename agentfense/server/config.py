@@ -85,6 +85,15 @@ class ServerConfig:
     docker_host: str = ""
     # Where Prometheus scrapes the server's metrics ("host:port", GET /metrics; "" = nowhere).
     metrics_listen: str = ""
+    # TLS on the TCP listener: the server's certificate chain and its private key (PEM paths;
+    # "" = no TLS; a key in the certificate's file needs no tls_key), and for mutual TLS the
+    # CA bundle that every client's certificate must be signed by (required when set).
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    # Listen on an address other than loopback without TLS: refused unless this is set (and
+    # then logged as a WARNING at start).
+    allow_insecure_listen: bool = False
 
     def __post_init__(self) -> None:
         for name in (
@@ -131,6 +140,10 @@ class ServerConfig:
             raise InvalidConfigurationError("default_timeout must not exceed max_timeout")
         if self.metrics_listen:
             parse_metrics_listen(self.metrics_listen)
+        if (self.tls_key or self.tls_client_ca) and not self.tls_cert:
+            raise InvalidConfigurationError(
+                "tls_key and tls_client_ca need tls_cert (the server's certificate) beside them"
+            )
 
     def with_values(self, values: Mapping[str, Any]) -> ServerConfig:
         """A copy with ``values`` (strings are converted to each field's type)."""

@@ -10,7 +10,8 @@ sandboxes at once against one after another, and the client's memory and threads
 sandboxes at once, each in a fresh process (``_fanout.py``); their suites are in
 ``_concurrency_suites.py``. The Docker benchmarks (``_docker.py``) time a docker sandbox's
 create+start, exec round trip and destroy against the raw Docker Engine API, and bwrap against
-Docker on the same commands; without a Docker engine their rows show n/a.
+Docker on the same commands; without a Docker engine their rows show n/a. The TLS benchmark
+(``_tls.py``) times ``run("true")`` over TLS against plain TCP, on two servers of its own.
 """
 
 from __future__ import annotations
@@ -50,8 +51,10 @@ from ._ours import get_sandbox, lifecycle, open_sandbox, run_true
 from ._sessions import session_vs_run
 from ._stats import MIB, Row, Summary, Target, render
 from ._timing import interleaved
+from ._tls import tls_servers, tls_vs_plain
 
 EXEC_TARGET = Target(max_ratio=1.5)
+TLS_TARGET = Target(max_ratio=1.1)  # issue 12: auth and TLS on against off, at most 1.1x
 LIFECYCLE_TARGET = Target(max_p50=0.200)
 GREP_TARGET = Target(max_ratio=1.5)
 READ_TARGET = Target(max_ratio=2.0)  # at least half the host's throughput
@@ -405,7 +408,34 @@ async def session_suite(
     return [row(name, backend, result, 'run("true")', INFORMATIVE)]
 
 
-GROUPS = ("create", "exec", "fs", "session", "sleep", "fanout", "docker", "memory")
+GROUPS = ("create", "exec", "fs", "session", "sleep", "fanout", "docker", "memory", "tls")
+
+
+def tls_suite(work: Path, sizes: Sizes, reference: list[float]) -> list[Row]:
+    """``run("true")`` over TLS against plain TCP, on both backends, on servers of their own."""
+    name = 'run("true") over TLS'
+    progress("starting a plain and a TLS server on 127.0.0.1")
+    try:
+        with tls_servers(work) as servers:
+            return [
+                row(
+                    name,
+                    backend,
+                    anyio.run(
+                        attempt,
+                        f"{backend}: run('true') over TLS vs plain TCP",
+                        tls_vs_plain(servers, work / "project-small", sizes),
+                        reference,
+                        backend=backend,
+                    ),
+                    'run("true") over plain TCP',
+                    TLS_TARGET,
+                )
+                for backend in ("asyncio", "trio")
+            ]
+    except RuntimeError as exc:
+        progress(str(exc))
+        return error_rows([name], "-", exc)
 
 
 def shared_server_suites(
@@ -475,8 +505,10 @@ def main(argv: list[str] | None = None) -> int:
             make_project(work / "project-100", 100)
         if "fs" in groups:
             _fs.make_grep_tree(work / "grep-tree")
-        if groups - {"memory"}:
+        if groups - {"memory", "tls"}:
             rows, server_failed = shared_server_suites(groups, work, sizes, reference)
+        if "tls" in groups:
+            rows += tls_suite(work, sizes, reference)
         rows += docker_skipped
         if "memory" in groups:
             rows += anyio.run(memory_suite, work, sizes.sandboxes, reference, backend=FS_BACKEND)

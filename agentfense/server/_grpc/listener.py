@@ -3,6 +3,7 @@ every call counted; grpclib's per-call log lines kept out of INFO."""
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +51,10 @@ class Listener:
     async def start_unix(self, path: Path) -> None:
         await self._server.start(path=str(path))
 
-    async def start_tcp(self, host: str, port: int) -> int:
-        """Listen on ``host:port``; the port bound (``port`` 0: one the kernel chose)."""
-        await self._server.start(host, port)
+    async def start_tcp(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> int:
+        """Listen on ``host:port`` (over TLS with ``tls``); the port bound (``port`` 0: one
+        the kernel chose)."""
+        await self._server.start(host, port, ssl=tls)
         listening: Any = getattr(self._server, "_server", None)  # grpclib's asyncio server
         sockets = getattr(listening, "sockets", None) or []
         return int(sockets[0].getsockname()[1]) if sockets else port
