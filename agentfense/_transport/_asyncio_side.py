@@ -12,6 +12,7 @@ import betterproto
 import h2.exceptions
 from grpclib.client import Channel, Stream
 from grpclib.const import Cardinality
+from grpclib.events import SendRequest, listen
 from grpclib.exceptions import StreamTerminatedError
 
 from agentfense._error_details import ReasonCodec
@@ -42,7 +43,7 @@ def _no_response(endpoint: str) -> ConnectionError:
 class GrpcCalls:
     """One grpclib channel; construct and use it only on the loop that will run the calls."""
 
-    def __init__(self, endpoint: Endpoint, *, secure: bool) -> None:
+    def __init__(self, endpoint: Endpoint, *, secure: bool, api_key: str | None = None) -> None:
         ssl = True if secure else None
         if endpoint.path is not None:
             self.channel = Channel(path=endpoint.path, ssl=ssl, status_details_codec=_REASONS)
@@ -51,6 +52,13 @@ class GrpcCalls:
                 endpoint.host, endpoint.port, ssl=ssl, status_details_codec=_REASONS
             )
         self.endpoint = endpoint.text
+        if api_key:
+            authorization = f"Bearer {api_key}"
+
+            async def authorize(event: SendRequest) -> None:
+                event.metadata["authorization"] = authorization
+
+            listen(self.channel, SendRequest, authorize)
 
     async def unary(
         self,

@@ -64,12 +64,19 @@ class Transport:
     """
 
     def __init__(
-        self, calls: _Calls, endpoint: Endpoint, backend: str, *, secure: bool = False
+        self,
+        calls: _Calls,
+        endpoint: Endpoint,
+        backend: str,
+        *,
+        secure: bool = False,
+        api_key: str | None = None,
     ) -> None:
         self._calls = calls
         self._closed = False
         self._parsed = endpoint
         self._secure = secure
+        self._api_key = api_key
         self.endpoint = endpoint.text
         self.backend = backend
 
@@ -94,7 +101,13 @@ class Transport:
         try:
             if self.backend == "asyncio":
                 call = unary_on_its_own_connection(
-                    self._parsed, self._secure, path, request, response_type, deadline
+                    self._parsed,
+                    self._secure,
+                    path,
+                    request,
+                    response_type,
+                    deadline,
+                    self._api_key,
                 )
                 return await block.wait_elsewhere(call, path.rsplit("/", 1)[-1])
             # trio: the block's shield keeps the caller's cancellation out.
@@ -159,12 +172,15 @@ class Transport:
         await self.aclose()
 
 
-async def open_transport(endpoint: str = DEFAULT_ENDPOINT, *, secure: bool = False) -> Transport:
+async def open_transport(
+    endpoint: str = DEFAULT_ENDPOINT, *, secure: bool = False, api_key: str | None = None
+) -> Transport:
     """A :class:`Transport` to ``endpoint`` for the running async library (asyncio or trio).
 
     ``endpoint`` is ``"host:port"``, ``"[ipv6]:port"``, ``"unix:/path"`` or ``"unix:///path"``;
-    ``secure`` uses TLS with the default SSL context (TCP endpoints only). The connection is
-    made on the first call.
+    ``secure`` uses TLS with the default SSL context (TCP endpoints only); ``api_key`` is sent
+    as ``authorization: Bearer <api_key>`` with every call. The connection is made on the
+    first call.
     """
     parsed = parse_endpoint(endpoint)
     if secure and parsed.path is not None:
@@ -176,9 +192,9 @@ async def open_transport(endpoint: str = DEFAULT_ENDPOINT, *, secure: bool = Fal
     if backend == "trio":
         from agentfense._transport._trio_calls import TrioCalls
 
-        calls = await TrioCalls.open(parsed, secure=secure)
+        calls = await TrioCalls.open(parsed, secure=secure, api_key=api_key)
     elif backend == "asyncio":
-        calls = GrpcCalls(parsed, secure=secure)
+        calls = GrpcCalls(parsed, secure=secure, api_key=api_key)
     else:
         raise RuntimeError(f"agentfense supports asyncio and trio, not {backend}")
-    return Transport(calls, parsed, backend, secure=secure)
+    return Transport(calls, parsed, backend, secure=secure, api_key=api_key)

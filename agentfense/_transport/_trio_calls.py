@@ -21,8 +21,8 @@ STREAM_WINDOW = 16
 _KEPT_AFTER_FORK: list[GrpcCalls] = []
 
 
-async def _new_calls(endpoint: Endpoint, secure: bool) -> GrpcCalls:
-    return GrpcCalls(endpoint, secure=secure)
+async def _new_calls(endpoint: Endpoint, secure: bool, api_key: str | None) -> GrpcCalls:
+    return GrpcCalls(endpoint, secure=secure, api_key=api_key)
 
 
 class TrioCalls:
@@ -33,9 +33,9 @@ class TrioCalls:
         self._calls = calls
 
     @classmethod
-    async def open(cls, endpoint: Endpoint, *, secure: bool) -> TrioCalls:
+    async def open(cls, endpoint: Endpoint, *, secure: bool, api_key: str | None) -> TrioCalls:
         loop = private_loop()
-        return cls(loop, await run_on_loop(loop, _new_calls(endpoint, secure)))
+        return cls(loop, await run_on_loop(loop, _new_calls(endpoint, secure, api_key)))
 
     async def unary(
         self,

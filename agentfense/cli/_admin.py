@@ -40,7 +40,9 @@ def _size(size: int) -> str:
 
 
 async def _ls(args: argparse.Namespace) -> int:
-    async with AsyncSandboxClient(endpoint_or_default(args.endpoint)) as client:
+    async with AsyncSandboxClient(
+        endpoint_or_default(args.endpoint), api_key=args.api_key
+    ) as client:
         sandboxes = await client.list_sandboxes()
         codebases = await client.list_codebases()
     if args.quiet:
@@ -80,7 +82,9 @@ async def _remove(client: AsyncSandboxClient, item: str) -> None:
 
 async def _rm(args: argparse.Namespace) -> int:
     failed = False
-    async with AsyncSandboxClient(endpoint_or_default(args.endpoint)) as client:
+    async with AsyncSandboxClient(
+        endpoint_or_default(args.endpoint), api_key=args.api_key
+    ) as client:
         for item in args.ids:
             try:
                 await _remove(client, item)

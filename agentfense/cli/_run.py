@@ -95,6 +95,7 @@ async def _run_async(args: argparse.Namespace, interrupts: Interrupts) -> int:
                 image=args.image,
                 resources=_resources(args),
                 endpoint=endpoint,
+                api_key=args.api_key,
             ) as sandbox:
                 return await _stream(sandbox, args)
         return interrupts.exit_code
@@ -102,7 +103,9 @@ async def _run_async(args: argparse.Namespace, interrupts: Interrupts) -> int:
 
 async def _exec_async(args: argparse.Namespace, interrupts: Interrupts) -> int:
     endpoint = endpoint_or_default(args.endpoint)
-    async with await AsyncSandbox.connect(args.sandbox_id, endpoint=endpoint) as sandbox:
+    async with await AsyncSandbox.connect(
+        args.sandbox_id, endpoint=endpoint, api_key=args.api_key
+    ) as sandbox:
         return await _stream(sandbox, args)
 
 

@@ -14,14 +14,17 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskStatus
 
+from .._local_token import read_local_token, token_path, write_local_token
 from ..errors import InvalidConfigurationError
 from ._descriptors import raise_limit as raise_descriptor_limit
 from ._grpc.listener import Listener
+from .audit_log import AuditLog
 from .codebases import CodebaseStore
 from .config import ServerConfig
 from .metrics import ServerMetrics
 from .metrics_endpoint import open_metrics_endpoint
 from .sandboxes import SandboxManager
+from .tokens import LOCAL_TENANT, TokenStore
 
 log = logging.getLogger("agentfense.server")
 
@@ -114,6 +117,40 @@ def _state_lock(state_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def _leave_local_token(tokens: TokenStore, endpoint: str) -> None:
+    """Secure by default, with no key to pass: the user running the server finds a token of
+    tenant ``local`` in a file only they can read (``agentfense._local_token``), kept from an
+    earlier start while the store still accepts it."""
+    try:
+        existing = read_local_token(endpoint)
+        if existing is not None and tokens.tenant_of(existing) == LOCAL_TENANT:
+            return
+        path = write_local_token(endpoint, tokens.create(LOCAL_TENANT, local=True))
+    except OSError as exc:
+        log.warning(
+            "cannot leave the local owner's API token for %s (%s): clients must pass a token "
+            "made with 'agentfense token create'",
+            endpoint,
+            exc.strerror or exc,
+        )
+        return
+    log.info("the API token of this server's own user (tenant local) is in %s", path)
+    # (for a unix socket, removed with the socket when the server stops)
+
+
+def _front_door(config: ServerConfig) -> tuple[TokenStore | None, AuditLog | None]:
+    tokens = TokenStore(config.state_dir) if config.auth == "token" else None
+    if tokens is None:
+        log.warning(
+            "auth is 'none': anyone who can reach %s can read every codebase and run, read "
+            "and destroy every sandbox of this server; use it for development only",
+            config.listen,
+        )
+    else:
+        tokens.records()  # (a damaged store is refused at start, in a sentence)
+    return tokens, AuditLog(config.audit_log) if config.audit_log else None
+
+
 @contextlib.asynccontextmanager
 async def _serving(config: ServerConfig, address: tuple[str, int] | Path) -> AsyncIterator[str]:
     # Traversable (sandboxes, which run as their own uid, reach their view and the generated
@@ -141,8 +178,9 @@ async def _serving(config: ServerConfig, address: tuple[str, int] | Path) -> Asy
         if config.metrics_listen
         else contextlib.nullcontext()
     )
+    tokens, audit = _front_door(config)
     async with SandboxManager(config, store, metrics) as manager, endpoint:
-        server = Listener(config, store, manager, spool, metrics)
+        server = Listener(config, store, manager, spool, metrics, tokens=tokens, audit=audit)
         if isinstance(address, Path):
             address.parent.mkdir(parents=True, exist_ok=True)
             if _answers(address):
@@ -151,6 +189,9 @@ async def _serving(config: ServerConfig, address: tuple[str, int] | Path) -> Asy
                 )
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(address)  # left by a server that died
+            if tokens is not None:  # (before the socket accepts a call)
+                _leave_local_token(tokens, f"unix:{address}")
+            # 0600: only the server's user may connect (never the sandboxes' uids).
             old_umask = os.umask(0o177)
             try:
                 with _listen_errors(config.listen):
@@ -166,9 +207,13 @@ async def _serving(config: ServerConfig, address: tuple[str, int] | Path) -> Asy
                     "can run commands in sandboxes",
                     host,
                 )
+            if tokens is not None and port != 0:  # (before the port accepts a call)
+                _leave_local_token(tokens, f"{host}:{port}")
             with _listen_errors(config.listen):
-                port = await server.start_tcp(host, port)
-            shown = f"{host}:{port}"
+                chosen = await server.start_tcp(host, port)
+            if tokens is not None and port == 0:  # (the port is known only now)
+                _leave_local_token(tokens, f"{host}:{chosen}")
+            shown = f"{host}:{chosen}"
         try:
             yield shown
         finally:
@@ -180,6 +225,11 @@ async def _serving(config: ServerConfig, address: tuple[str, int] | Path) -> Asy
                 if isinstance(address, Path):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(address)
+                    if tokens is not None:  # (its token goes with the socket: a new one next time)
+                        with contextlib.suppress(OSError):
+                            os.unlink(token_path(shown))
+                if audit is not None:
+                    audit.close()
 
 
 async def serve(

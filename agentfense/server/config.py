@@ -85,6 +85,11 @@ class ServerConfig:
     docker_host: str = ""
     # Where Prometheus scrapes the server's metrics ("host:port", GET /metrics; "" = nowhere).
     metrics_listen: str = ""
+    # "token": every call needs an API token (deployment.md, "Authentication"); "none":
+    # anyone who reaches the listen address is the local owner (development only).
+    auth: str = "token"
+    # Where each API call is logged as a JSON line (a path, appended; "-" = stdout; "" = off).
+    audit_log: str = ""
 
     def __post_init__(self) -> None:
         for name in (
@@ -131,6 +136,8 @@ class ServerConfig:
             raise InvalidConfigurationError("default_timeout must not exceed max_timeout")
         if self.metrics_listen:
             parse_metrics_listen(self.metrics_listen)
+        if self.auth not in ("token", "none"):
+            raise InvalidConfigurationError(f"auth must be 'token' or 'none', not {self.auth!r}")
 
     def with_values(self, values: Mapping[str, Any]) -> ServerConfig:
         """A copy with ``values`` (strings are converted to each field's type)."""

@@ -38,8 +38,11 @@ class SandboxClient:
         *,
         secure: bool = False,
         cleanup_timeout: float = DEFAULT_CLEANUP_TIMEOUT,
+        api_key: str | None = None,
     ) -> None:
-        self._async = AsyncSandboxClient(endpoint, secure=secure, cleanup_timeout=cleanup_timeout)
+        self._async = AsyncSandboxClient(
+            endpoint, secure=secure, cleanup_timeout=cleanup_timeout, api_key=api_key
+        )
 
     @classmethod
     def _wrap(cls, client: AsyncSandboxClient) -> SandboxClient:

@@ -58,6 +58,8 @@ class Sandbox(metaclass=NoPublicConstructor):
         labels: dict[str, str] | None = None,
         auto_start: bool = True,
         keep_home: bool = False,
+        *,
+        api_key: str | None = None,
     ) -> Sandbox:
         """Upload the project at ``path`` as a new codebase and create a sandbox on it."""
         return cls._create(
@@ -77,6 +79,7 @@ class Sandbox(metaclass=NoPublicConstructor):
                 labels,
                 auto_start,
                 keep_home=keep_home,
+                api_key=api_key,
             )
         )
 
@@ -94,6 +97,8 @@ class Sandbox(metaclass=NoPublicConstructor):
         labels: dict[str, str] | None = None,
         auto_start: bool = True,
         keep_home: bool = False,
+        *,
+        api_key: str | None = None,
     ) -> Sandbox:
         """A new sandbox on an existing codebase (which is kept when the sandbox goes)."""
         return cls._create(
@@ -110,6 +115,7 @@ class Sandbox(metaclass=NoPublicConstructor):
                 labels,
                 auto_start,
                 keep_home=keep_home,
+                api_key=api_key,
             )
         )
 
@@ -121,11 +127,17 @@ class Sandbox(metaclass=NoPublicConstructor):
         secure: bool = False,
         *,
         destroy_on_exit: bool = False,
+        api_key: str | None = None,
     ) -> Sandbox:
         """Attach to an existing sandbox. Leaving ``with`` destroys it only if asked."""
         return cls._create(
             run_blocking(
-                AsyncSandbox.connect, sandbox_id, endpoint, secure, destroy_on_exit=destroy_on_exit
+                AsyncSandbox.connect,
+                sandbox_id,
+                endpoint,
+                secure,
+                destroy_on_exit=destroy_on_exit,
+                api_key=api_key,
             )
         )
 
