@@ -235,15 +235,22 @@ def build_parser() -> argparse.ArgumentParser:
         "  agentfense token revoke 0123abcd",
         _tokens.token,
     )
-    token.add_argument("--config", type=Path, help="the server's TOML configuration file")
-    token.add_argument(
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--config", type=Path, help="the server's TOML configuration file")
+    where.add_argument(
         "--state-dir", type=Path, help="the server's state directory (default: the server's)"
     )
     verbs = token.add_subparsers(dest="verb", metavar="VERB", required=True)
-    create = verbs.add_parser("create", help="make a token (printed once) for a tenant")
+    create = verbs.add_parser(
+        "create", parents=[where], help="make a token (printed once) for a tenant"
+    )
     create.add_argument("--tenant", required=True, help="the tenant the token acts as")
-    verbs.add_parser("list", help="the tokens: ids, tenants, creation times (never a token)")
-    revoke = verbs.add_parser("revoke", help="revoke a token (from its next call on)")
+    verbs.add_parser(
+        "list", parents=[where], help="the tokens: ids, tenants, creation times (never a token)"
+    )
+    revoke = verbs.add_parser(
+        "revoke", parents=[where], help="revoke a token (from its next call on)"
+    )
     revoke.add_argument("token_id", metavar="ID", help="the token's id (see list)")
 
     _subcommand(
