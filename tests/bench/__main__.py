@@ -5,10 +5,11 @@ Each measurement interleaves ours and its baseline in blocks, in one run, and pr
 the ratio. Exits non-zero only when a measurement fails (or the server misbehaves); a missed
 target shows as MISSED in the table, never as a failure. The permission filesystem's
 benchmarks (``_fs.py``) time commands inside the sandbox, and measure a dedicated server's
-memory with many sandboxes running. The concurrency benchmarks (``_concurrency.py``) run
-sandboxes at once against one after another, and the client's memory and threads with many
-sandboxes at once, each in a fresh process (``_fanout.py``); their suites are in
-``_concurrency_suites.py``. The Docker benchmarks (``_docker.py``) time a docker sandbox's
+memory with many sandboxes running. The authentication benchmark (``_auth.py``) times calls
+to a server that checks tokens against one that does not. The concurrency benchmarks
+(``_concurrency.py``) run sandboxes at once against one after another, and the client's
+memory and threads with many sandboxes at once, each in a fresh process (``_fanout.py``);
+their suites are in ``_concurrency_suites.py``. The Docker benchmarks (``_docker.py``) time a docker sandbox's
 create+start, exec round trip and destroy against the raw Docker Engine API, and bwrap against
 Docker on the same commands; without a Docker engine their rows show n/a.
 """
@@ -30,6 +31,7 @@ import anyio
 from agentfense.testing import start_server_process
 
 from . import _fs
+from ._auth import auth_suite
 from ._baselines import open_echo, raw_bwrap, raw_lifecycle
 from ._common import (
     INFORMATIVE,
@@ -405,7 +407,7 @@ async def session_suite(
     return [row(name, backend, result, 'run("true")', INFORMATIVE)]
 
 
-GROUPS = ("create", "exec", "fs", "session", "sleep", "fanout", "docker", "memory")
+GROUPS = ("create", "exec", "auth", "fs", "session", "sleep", "fanout", "docker", "memory")
 
 
 def shared_server_suites(
@@ -427,6 +429,8 @@ def shared_server_suites(
             create_rows = anyio.run(create_suite, *fs_args, backend=FS_BACKEND)
         for backend in ("asyncio", "trio") if "exec" in groups else ():
             rows += anyio.run(suite, backend, endpoint, work, sizes, reference, backend=backend)
+        if "auth" in groups:
+            rows += anyio.run(auth_suite, endpoint, work, sizes, reference, backend="asyncio")
         for backend in ("asyncio", "trio") if "session" in groups else ():
             rows += anyio.run(
                 session_suite, backend, endpoint, work, sizes, reference, backend=backend
