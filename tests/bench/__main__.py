@@ -3,13 +3,13 @@ ours and a baseline side by side.
 
 Each measurement interleaves ours and its baseline in blocks, in one run, and prints p50/p90 and
 the ratio. Exits non-zero only when a measurement fails (or the server misbehaves); a missed
-target shows as MISSED in the table, never as a failure. The permission filesystem's
-benchmarks (``_fs.py``) time commands inside the sandbox, and measure a dedicated server's
-memory with many sandboxes running. The authentication benchmark (``_auth.py``) times calls
-to a server that checks tokens against one that does not. The concurrency benchmarks
-(``_concurrency.py``) run sandboxes at once against one after another, and the client's
-memory and threads with many sandboxes at once, each in a fresh process (``_fanout.py``);
-their suites are in ``_concurrency_suites.py``. The Docker benchmarks (``_docker.py``) time a docker sandbox's
+target shows as MISSED in the table, never as a failure. The permission filesystem's benchmarks
+(``_fs.py``) time commands inside the sandbox, and measure a dedicated server's memory with many
+sandboxes running. The authentication benchmark (``_auth.py``) times calls to a server that
+checks tokens against one that does not. The concurrency benchmarks (``_concurrency.py``) run
+sandboxes at once against one after another, and the client's memory and threads with many
+sandboxes at once, each in a fresh process (``_fanout.py``); their suites are in
+``_concurrency_suites.py``. The Docker benchmarks (``_docker.py``) time a docker sandbox's
 create+start, exec round trip and destroy against the raw Docker Engine API, and bwrap against
 Docker on the same commands; without a Docker engine their rows show n/a.
 """
