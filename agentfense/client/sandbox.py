@@ -94,7 +94,7 @@ class AsyncSandbox(metaclass=NoPublicConstructor):
         ``owner_id`` defaults to the local user's name (``"default"`` where there is none):
         servers may require one (the upstream server refuses a codebase without it), and a
         stable owner groups one user's codebases for listings and per-owner limits.
-        ``api_key``: see :class:`AsyncSandboxClient`."""
+        ``api_key``: as for ``AsyncSandboxClient``."""
         rules = resolve_permissions(preset, permissions)
         root = Path(path)
         scan = await run_sync(lambda: scan_project(root, ignore_patterns))
