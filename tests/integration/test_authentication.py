@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import site
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -215,7 +218,33 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _as_nobody(endpoint: str) -> subprocess.CompletedProcess[str]:
+@pytest.fixture(scope="module")
+def readable_sdk() -> Iterator[Path]:
+    """The SDK and what it imports, copied where any user may read them: this checkout and
+    its environment may sit in a directory that uid 65534 cannot enter."""
+    import agentfense._transport._asyncio_side  # noqa: F401  (what a call loads: grpclib...)
+
+    root = Path(tempfile.mkdtemp(prefix="agentfense-sdk-"))
+    roots = [*site.getsitepackages(), str(_REPO)]
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if "." in name or not file or not any(file.startswith(r + os.sep) for r in roots):
+            continue
+        source = Path(file)
+        if source.name == "__init__.py":
+            shutil.copytree(source.parent, root / name, dirs_exist_ok=True)
+        else:
+            shutil.copy2(source, root / source.name)
+    for packages in site.getsitepackages():  # (and their metadata, which some read)
+        for metadata in Path(packages).glob("*.dist-info"):
+            shutil.copytree(metadata, root / metadata.name, dirs_exist_ok=True)
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    yield root
+    shutil.rmtree(root)
+
+
+def _as_nobody(endpoint: str, sdk: Path) -> subprocess.CompletedProcess[str]:
     """An SDK call by a real unprivileged user (uid 65534), with no key of its own."""
     script = (
         "import anyio, agentfense\n"
@@ -231,21 +260,15 @@ def _as_nobody(endpoint: str) -> subprocess.CompletedProcess[str]:
     )
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "PYTHONPATH": str(_REPO),
+        "PYTHONPATH": str(sdk),
         "PYTHONDONTWRITEBYTECODE": "1",
         "HOME": "/nonexistent",
         "AGENTFENSE_ENDPOINT": endpoint,
     }
+    python = os.path.realpath(sys.executable)  # (the interpreter, not the environment's link)
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
     return subprocess.run(
-        [
-            "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            sys.executable,
-            "-c",
-            script,
-        ],
+        [*as_nobody, python, "-s", "-c", script],
         capture_output=True,
         text=True,
         env=env,
@@ -255,7 +278,7 @@ def _as_nobody(endpoint: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_by_default_the_servers_user_gets_in_with_no_key_and_another_user_does_not(
-    tmp_path: Path,
+    tmp_path: Path, readable_sdk: Path
 ) -> None:
     endpoint = f"127.0.0.1:{_free_port()}"
     tcp = start_server_process(tmp_path / "tcp", listen=endpoint)
@@ -266,8 +289,10 @@ async def test_by_default_the_servers_user_gets_in_with_no_key_and_another_user_
         assert left.parent.stat().st_mode & 0o777 == 0o700
         async with AsyncSandboxClient(endpoint) as owner:  # the seed's pattern: no key
             await owner.list_codebases()
-        refused = _as_nobody(endpoint)
-        assert refused.stdout.startswith("AuthenticationError this server requires an API token")
+        refused = _as_nobody(endpoint, readable_sdk)
+        assert refused.stdout.startswith("AuthenticationError this server requires an API token"), (
+            refused.stdout + refused.stderr
+        )
     finally:
         assert tcp.stop() == 0, tcp.log()
         token_path(endpoint).unlink(missing_ok=True)
@@ -277,7 +302,7 @@ async def test_by_default_the_servers_user_gets_in_with_no_key_and_another_user_
         socket_path = unix.endpoint.removeprefix("unix:")
         assert os.stat(socket_path).st_mode & 0o777 == 0o600
         os.chmod(tmp_path / "unix", 0o755)  # (so only the socket's own mode keeps nobody out)
-        refused = _as_nobody(unix.endpoint)
+        refused = _as_nobody(unix.endpoint, readable_sdk)
         assert refused.stdout.startswith("ConnectionError"), refused.stdout + refused.stderr
         assert "Permission denied" in refused.stdout
     finally:
