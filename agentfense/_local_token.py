@@ -4,7 +4,12 @@ tenant ``local`` for the user who runs it, and where the SDK, run by that user, 
 One file per endpoint, ``~/.config/agentfense/tokens/<key>`` (the directory 0700, the file
 0600, both the user's): the key is the endpoint as the server listens on it, with the
 spellings of one place made one (``unix:/p`` and ``unix:///p`` are ``/p``; ``localhost``,
-``127.0.0.1`` and ``[::1]`` are ``localhost``). Shared by both sides, pure but for the file.
+``127.0.0.1``, ``[::1]`` and the wildcard addresses are ``localhost``). Shared by both sides.
+
+The SDK hands the token only to a server of its own user: a unix socket it owns, or a TCP
+port every listener of which is its (``/proc/net/tcp``, ``tcp6``). Another local user who
+listens on the same port first, or on the other loopback address (``[::1]`` beside
+``127.0.0.1``), would otherwise be sent the token by a client that names ``localhost``.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import stat
 from pathlib import Path
 from urllib.parse import quote
 
-_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0", "::"})
 _MOST = 512  # a token is ~60 characters; a larger file is not one of ours
 
 
@@ -36,9 +41,40 @@ def token_path(endpoint: str) -> Path:
     return Path.home() / ".config" / "agentfense" / "tokens" / quote(endpoint_key(endpoint), "")
 
 
+def _listeners_are_mine(endpoint: str) -> bool:
+    """Whether what listens at ``endpoint`` is this user's (and something does)."""
+    if endpoint.startswith("unix:"):
+        try:
+            info = os.stat(endpoint_key(endpoint))
+        except OSError:
+            return False
+        return stat.S_ISSOCK(info.st_mode) and info.st_uid == os.geteuid()
+    port = endpoint.rpartition(":")[2]
+    if not port.isdigit():
+        return False
+    owners = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rpartition(":")[2], 16) == int(port):
+                owners.add(int(fields[7]))  # (a LISTEN socket on the port, and its uid)
+    return owners == {os.geteuid()}
+
+
 def read_local_token(endpoint: str) -> str | None:
     """The token the server at ``endpoint`` left for this user, if there is one that this
-    user alone owns and can read (a file others could write is not trusted)."""
+    user alone owns and can read (a file others could write is not trusted), and what listens
+    at ``endpoint`` is this user's too."""
+    return read_token_file(endpoint) if _listeners_are_mine(endpoint) else None
+
+
+def read_token_file(endpoint: str) -> str | None:
+    """The token file's token for ``endpoint``, if this user alone owns and can read it (the
+    server's check before it makes a new one; clients use :func:`read_local_token`)."""
     try:
         fd = os.open(token_path(endpoint), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:

@@ -14,7 +14,7 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskStatus
 
-from .._local_token import read_local_token, token_path, write_local_token
+from .._local_token import read_token_file, token_path, write_local_token
 from ..errors import InvalidConfigurationError
 from ._descriptors import raise_limit as raise_descriptor_limit
 from ._grpc.listener import Listener
@@ -122,7 +122,7 @@ def _leave_local_token(tokens: TokenStore, endpoint: str) -> None:
     tenant ``local`` in a file only they can read (``agentfense._local_token``), kept from an
     earlier start while the store still accepts it."""
     try:
-        existing = read_local_token(endpoint)
+        existing = read_token_file(endpoint)
         if existing is not None and tokens.tenant_of(existing) == LOCAL_TENANT:
             return
         path = write_local_token(endpoint, tokens.create(LOCAL_TENANT, local=True))
