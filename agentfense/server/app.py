@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -60,6 +61,23 @@ def _check_reachable(config: ServerConfig) -> None:
                 f"{config.sandbox_uid}: {parent} is mode {oct(mode & 0o777)}; choose a "
                 "state_dir whose parent directories others may traverse (o+x)"
             )
+
+
+def _port_taken(host: str, port: int) -> bool:
+    """Whether something already listens on ``host``:``port`` (any address it names)."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return False  # (the listen itself then says what is wrong)
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # (as asyncio binds)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return True
+    return False
 
 
 def _answers(path: Path) -> bool:
@@ -208,6 +226,10 @@ async def _serving(config: ServerConfig, address: tuple[str, int] | Path) -> Asy
                     host,
                 )
             if tokens is not None and port != 0:  # (before the port accepts a call)
+                if _port_taken(host, port):  # (and not over the file of the server there)
+                    raise InvalidConfigurationError(
+                        f"cannot listen on {config.listen}: the address is in use"
+                    )
                 _leave_local_token(tokens, f"{host}:{port}")
             with _listen_errors(config.listen):
                 chosen = await server.start_tcp(host, port)

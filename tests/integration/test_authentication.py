@@ -289,6 +289,14 @@ async def test_by_default_the_servers_user_gets_in_with_no_key_and_another_user_
         assert left.parent.stat().st_mode & 0o777 == 0o700
         async with AsyncSandboxClient(endpoint) as owner:  # the seed's pattern: no key
             await owner.list_codebases()
+        other_state = Path(tempfile.mkdtemp(prefix="agentfense-second-"))
+        os.chmod(other_state, 0o711)
+        second = _cli("serve", "--listen", endpoint, "--state-dir", str(other_state))
+        shutil.rmtree(other_state)
+        assert second.returncode != 0
+        assert f"cannot listen on {endpoint}: the address is in use" in second.stderr
+        async with AsyncSandboxClient(endpoint) as owner:  # (its file is still the first's)
+            await owner.list_codebases()
         refused = _as_nobody(endpoint, readable_sdk)
         assert refused.stdout.startswith("AuthenticationError this server requires an API token"), (
             refused.stdout + refused.stderr
