@@ -10,6 +10,7 @@ from agentfense.client._client import AsyncSandboxClient as AsyncSandboxClient
 from agentfense.client._stream import ExecStream as ExecStream
 from agentfense.client.sandbox import AsyncSandbox as AsyncSandbox
 from agentfense.client.session import AsyncSessionWrapper as AsyncSessionWrapper
+from agentfense.errors import AuthenticationError as AuthenticationError
 from agentfense.errors import CodebaseNotFoundError as CodebaseNotFoundError
 from agentfense.errors import CommandExecutionError as CommandExecutionError
 from agentfense.errors import CommandTimeoutError as CommandTimeoutError
@@ -53,6 +54,7 @@ __all__ = [
     "AsyncSandbox",
     "AsyncSandboxClient",
     "AsyncSessionWrapper",
+    "AuthenticationError",
     "Codebase",
     "CodebaseNotFoundError",
     "CommandExecutionError",

@@ -78,6 +78,7 @@ class FromLocalOptions(TypedDict, total=False):
     labels: dict[str, str] | None
     auto_start: bool
     keep_home: bool
+    api_key: str | None
     tls: TLSConfig | None
 
 

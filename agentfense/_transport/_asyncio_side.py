@@ -13,6 +13,7 @@ import betterproto
 import h2.exceptions
 from grpclib.client import Channel, Handler, Stream
 from grpclib.const import Cardinality
+from grpclib.events import SendRequest, listen
 from grpclib.exceptions import StreamTerminatedError
 from grpclib.protocol import H2Protocol
 
@@ -125,7 +126,9 @@ class _Channel(Channel):
 class GrpcCalls:
     """One grpclib channel; construct and use it only on the loop that will run the calls."""
 
-    def __init__(self, endpoint: Endpoint, *, ssl: ClientTLS | None) -> None:
+    def __init__(
+        self, endpoint: Endpoint, *, ssl: ClientTLS | None, api_key: str | None = None
+    ) -> None:
         context = None if ssl is None else ssl.context
         if endpoint.path is not None:
             self.channel = _Channel(
@@ -141,6 +144,13 @@ class GrpcCalls:
             )
         self.channel._tls = ssl
         self.endpoint = endpoint.text
+        if api_key:
+            authorization = f"Bearer {api_key}"
+
+            async def authorize(event: SendRequest) -> None:
+                event.metadata["authorization"] = authorization
+
+            listen(self.channel, SendRequest, authorize)
 
     async def unary(
         self,

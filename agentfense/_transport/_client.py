@@ -72,11 +72,13 @@ class Transport:
         backend: str,
         *,
         ssl: ClientTLS | None = None,
+        api_key: str | None = None,
     ) -> None:
         self._calls = calls
         self._closed = False
         self._parsed = endpoint
         self._ssl = ssl
+        self._api_key = api_key
         self.endpoint = endpoint.text
         self.backend = backend
 
@@ -101,7 +103,13 @@ class Transport:
         try:
             if self.backend == "asyncio":
                 call = unary_on_its_own_connection(
-                    self._parsed, self._ssl, path, request, response_type, deadline
+                    self._parsed,
+                    self._ssl,
+                    path,
+                    request,
+                    response_type,
+                    deadline,
+                    self._api_key,
                 )
                 return await block.wait_elsewhere(call, path.rsplit("/", 1)[-1])
             # trio: the block's shield keeps the caller's cancellation out.
@@ -167,13 +175,17 @@ class Transport:
 
 
 async def open_transport(
-    endpoint: str = DEFAULT_ENDPOINT, *, tls: TLSConfig | None = None
+    endpoint: str = DEFAULT_ENDPOINT,
+    *,
+    api_key: str | None = None,
+    tls: TLSConfig | None = None,
 ) -> Transport:
     """A :class:`Transport` to ``endpoint`` for the running async library (asyncio or trio).
 
     ``endpoint`` is ``"host:port"``, ``"[ipv6]:port"``, ``"unix:/path"`` or ``"unix:///path"``;
-    ``tls`` connects over TLS (TCP endpoints only), as :func:`client_context` says. The
-    connection is made on the first call.
+    ``api_key`` is sent as ``authorization: Bearer <api_key>`` with every call; ``tls``
+    connects over TLS (TCP endpoints only), as :func:`client_context` says. The connection is
+    made on the first call.
     """
     parsed = parse_endpoint(endpoint)
     if tls is not None and parsed.path is not None:
@@ -187,9 +199,9 @@ async def open_transport(
     if backend == "trio":
         from agentfense._transport._trio_calls import TrioCalls
 
-        calls = await TrioCalls.open(parsed, ssl=ssl)
+        calls = await TrioCalls.open(parsed, ssl=ssl, api_key=api_key)
     elif backend == "asyncio":
-        calls = GrpcCalls(parsed, ssl=ssl)
+        calls = GrpcCalls(parsed, ssl=ssl, api_key=api_key)
     else:
         raise RuntimeError(f"agentfense supports asyncio and trio, not {backend}")
-    return Transport(calls, parsed, backend, ssl=ssl)
+    return Transport(calls, parsed, backend, ssl=ssl, api_key=api_key)

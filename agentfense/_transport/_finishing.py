@@ -122,9 +122,10 @@ async def unary_on_its_own_connection(
     request: betterproto.Message,
     response_type: type[T],
     timeout: float | None,
+    api_key: str | None = None,
 ) -> T:
     """One unary call over a new connection, closed after it (to run on the private loop)."""
-    calls = GrpcCalls(endpoint, ssl=ssl)
+    calls = GrpcCalls(endpoint, ssl=ssl, api_key=api_key)
     try:
         return await calls.unary(path, request, response_type, timeout=timeout)
     finally:

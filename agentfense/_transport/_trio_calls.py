@@ -22,8 +22,8 @@ STREAM_WINDOW = 16
 _KEPT_AFTER_FORK: list[GrpcCalls] = []
 
 
-async def _new_calls(endpoint: Endpoint, ssl: ClientTLS | None) -> GrpcCalls:
-    return GrpcCalls(endpoint, ssl=ssl)
+async def _new_calls(endpoint: Endpoint, ssl: ClientTLS | None, api_key: str | None) -> GrpcCalls:
+    return GrpcCalls(endpoint, ssl=ssl, api_key=api_key)
 
 
 class TrioCalls:
@@ -34,9 +34,11 @@ class TrioCalls:
         self._calls = calls
 
     @classmethod
-    async def open(cls, endpoint: Endpoint, *, ssl: ClientTLS | None) -> TrioCalls:
+    async def open(
+        cls, endpoint: Endpoint, *, ssl: ClientTLS | None, api_key: str | None
+    ) -> TrioCalls:
         loop = private_loop()
-        return cls(loop, await run_on_loop(loop, _new_calls(endpoint, ssl)))
+        return cls(loop, await run_on_loop(loop, _new_calls(endpoint, ssl, api_key)))
 
     async def unary(
         self,

@@ -75,7 +75,7 @@ def _dispatch(argv: Sequence[str], parser: argparse.ArgumentParser) -> int:
         args.command = command
     elif command is not None:
         raise UsageError(f"`{args.prog}` takes no command after --")
-    if args.action in ("presets", "serve", "doctor"):  # (serve sets up its own logging)
+    if args.action in ("presets", "serve", "doctor", "token"):  # (serve: its own logging)
         return int(args.func(args))
     logging.basicConfig(level=logging.WARNING, format=f"{args.prog}: %(message)s")
     if args.debug:  # ours only: asyncio's and docker's would drown them

@@ -42,7 +42,7 @@ def _size(size: int) -> str:
 async def _ls(args: argparse.Namespace) -> int:
     secure, tls = tls_flags(args)
     async with AsyncSandboxClient(
-        endpoint_or_default(args.endpoint), secure=secure, tls=tls
+        endpoint_or_default(args.endpoint), secure=secure, api_key=args.api_key, tls=tls
     ) as client:
         sandboxes = await client.list_sandboxes()
         codebases = await client.list_codebases()
@@ -85,7 +85,7 @@ async def _rm(args: argparse.Namespace) -> int:
     failed = False
     secure, tls = tls_flags(args)
     async with AsyncSandboxClient(
-        endpoint_or_default(args.endpoint), secure=secure, tls=tls
+        endpoint_or_default(args.endpoint), secure=secure, api_key=args.api_key, tls=tls
     ) as client:
         for item in args.ids:
             try:

@@ -97,6 +97,7 @@ async def _run_async(args: argparse.Namespace, interrupts: Interrupts) -> int:
                 resources=_resources(args),
                 endpoint=endpoint,
                 secure=secure,
+                api_key=args.api_key,
                 tls=tls,
             ) as sandbox:
                 return await _stream(sandbox, args)
@@ -107,7 +108,7 @@ async def _exec_async(args: argparse.Namespace, interrupts: Interrupts) -> int:
     endpoint = endpoint_or_default(args.endpoint)
     secure, tls = tls_flags(args)
     async with await AsyncSandbox.connect(
-        args.sandbox_id, endpoint=endpoint, secure=secure, tls=tls
+        args.sandbox_id, endpoint=endpoint, secure=secure, api_key=args.api_key, tls=tls
     ) as sandbox:
         return await _stream(sandbox, args)
 

@@ -16,6 +16,7 @@ ENDPOINT_VARIABLE = "AGENTFENSE_ENDPOINT"
 TLS_CA_VARIABLE = "AGENTFENSE_TLS_CA"
 TLS_CERT_VARIABLE = "AGENTFENSE_TLS_CLIENT_CERT"
 TLS_KEY_VARIABLE = "AGENTFENSE_TLS_CLIENT_KEY"
+API_KEY_VARIABLE = "AGENTFENSE_API_KEY"
 
 
 def endpoint_or_configured(endpoint: str | None) -> str:
@@ -33,6 +34,27 @@ def endpoint_or_configured(endpoint: str | None) -> str:
     except InvalidConfigurationError as exc:
         raise InvalidConfigurationError(f"the variable {ENDPOINT_VARIABLE}: {exc}") from None
     return configured
+
+
+def api_key_or_configured(api_key: str | None) -> str | None:
+    """``api_key`` if given (``""``: send none), else ``$AGENTFENSE_API_KEY``, else None (the
+    caller then looks for the local owner's token file). A key that cannot be a header value
+    is refused in a sentence that does not repeat it."""
+    where = "api_key"
+    if api_key is None:
+        api_key, where = (
+            os.environ.get(API_KEY_VARIABLE) or None,
+            f"the variable {API_KEY_VARIABLE}",
+        )
+    if api_key is not None and (
+        not isinstance(api_key, str)
+        or not api_key.isascii()
+        or not all(c.isprintable() and not c.isspace() for c in api_key)
+    ):
+        raise InvalidConfigurationError(
+            f"{where} must be the printable text of a token, without spaces"
+        )
+    return api_key
 
 
 def tls_or_configured(endpoint: str, secure: bool, tls: TLSConfig | None) -> TLSConfig | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -15,9 +16,11 @@ from pathlib import Path
 import anyio
 from anyio.abc import TaskStatus
 
+from .._local_token import read_token_file, token_path, write_local_token
 from ..errors import InvalidConfigurationError
 from ._descriptors import raise_limit as raise_descriptor_limit
 from ._grpc.listener import Listener
+from .audit_log import AuditLog
 from .codebases import CodebaseStore
 from .config import ServerConfig
 from .exposure import check_exposure
@@ -25,6 +28,7 @@ from .metrics import ServerMetrics
 from .metrics_endpoint import open_metrics_endpoint
 from .sandboxes import SandboxManager
 from .tls import server_context
+from .tokens import LOCAL_TENANT, TokenStore
 
 log = logging.getLogger("agentfense.server")
 
@@ -58,6 +62,23 @@ def _check_reachable(config: ServerConfig) -> None:
                 f"{config.sandbox_uid}: {parent} is mode {oct(mode & 0o777)}; choose a "
                 "state_dir whose parent directories others may traverse (o+x)"
             )
+
+
+def _port_taken(host: str, port: int) -> bool:
+    """Whether something already listens on ``host``:``port`` (any address it names)."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return False  # (the listen itself then says what is wrong)
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # (as asyncio binds)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return True
+    return False
 
 
 def _answers(path: Path) -> bool:
@@ -124,6 +145,40 @@ def _state_lock(state_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def _leave_local_token(tokens: TokenStore, endpoint: str) -> None:
+    """Secure by default, with no key to pass: the user running the server finds a token of
+    tenant ``local`` in a file only they can read (``agentfense._local_token``), kept from an
+    earlier start while the store still accepts it."""
+    try:
+        existing = read_token_file(endpoint)
+        if existing is not None and tokens.tenant_of(existing) == LOCAL_TENANT:
+            return
+        path = write_local_token(endpoint, tokens.create(LOCAL_TENANT, local=True))
+    except OSError as exc:
+        log.warning(
+            "cannot leave the local owner's API token for %s (%s): clients must pass a token "
+            "made with 'agentfense token create'",
+            endpoint,
+            exc.strerror or exc,
+        )
+        return
+    log.info("the API token of this server's own user (tenant local) is in %s", path)
+    # (for a unix socket, removed with the socket when the server stops)
+
+
+def _front_door(config: ServerConfig) -> tuple[TokenStore | None, AuditLog | None]:
+    tokens = TokenStore(config.state_dir) if config.auth == "token" else None
+    if tokens is None:
+        log.warning(
+            "auth is 'none': anyone who can reach %s can read every codebase and run, read "
+            "and destroy every sandbox of this server; use it for development only",
+            config.listen,
+        )
+    else:
+        tokens.records()  # (a damaged store is refused at start, in a sentence)
+    return tokens, AuditLog(config.audit_log) if config.audit_log else None
+
+
 @contextlib.asynccontextmanager
 async def _serving(
     config: ServerConfig, address: tuple[str, int] | Path, tls: ssl.SSLContext | None
@@ -153,8 +208,9 @@ async def _serving(
         if config.metrics_listen
         else contextlib.nullcontext()
     )
+    tokens, audit = _front_door(config)
     async with SandboxManager(config, store, metrics) as manager, endpoint:
-        server = Listener(config, store, manager, spool, metrics)
+        server = Listener(config, store, manager, spool, metrics, tokens=tokens, audit=audit)
         if isinstance(address, Path):
             address.parent.mkdir(parents=True, exist_ok=True)
             if _answers(address):
@@ -163,6 +219,9 @@ async def _serving(
                 )
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(address)  # left by a server that died
+            if tokens is not None:  # (before the socket accepts a call)
+                _leave_local_token(tokens, f"unix:{address}")
+            # 0600: only the server's user may connect (never the sandboxes' uids).
             old_umask = os.umask(0o177)
             try:
                 with _listen_errors(config.listen):
@@ -172,9 +231,17 @@ async def _serving(
             shown = f"unix:{address}"
         else:
             host, port = address
+            if tokens is not None and port != 0:  # (before the port accepts a call)
+                if _port_taken(host, port):  # (and not over the file of the server there)
+                    raise InvalidConfigurationError(
+                        f"cannot listen on {config.listen}: the address is in use"
+                    )
+                _leave_local_token(tokens, f"{host}:{port}")
             with _listen_errors(config.listen):
-                port = await server.start_tcp(host, port, tls)
-            shown = f"{host}:{port}"
+                chosen = await server.start_tcp(host, port, tls)
+            if tokens is not None and port == 0:  # (the port is known only now)
+                _leave_local_token(tokens, f"{host}:{chosen}")
+            shown = f"{host}:{chosen}"
         try:
             yield shown
         finally:
@@ -186,6 +253,11 @@ async def _serving(
                 if isinstance(address, Path):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(address)
+                    if tokens is not None:  # (its token goes with the socket: a new one next time)
+                        with contextlib.suppress(OSError):
+                            os.unlink(token_path(shown))
+                if audit is not None:
+                    audit.close()
 
 
 async def serve(

@@ -91,9 +91,14 @@ class ServerConfig:
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
-    # Listen on an address other than loopback without TLS: refused unless this is set (and
-    # then logged as a WARNING at start).
+    # Listen on an address other than loopback without TLS, or with auth "none": refused
+    # unless this is set (and then logged as a WARNING at start).
     allow_insecure_listen: bool = False
+    # "token": every call needs an API token (deployment.md, "Authentication"); "none":
+    # anyone who reaches the listen address is the local owner (development only).
+    auth: str = "token"
+    # Where each API call is logged as a JSON line (a path, appended; "-" = stdout; "" = off).
+    audit_log: str = ""
 
     def __post_init__(self) -> None:
         for name in (
@@ -144,6 +149,8 @@ class ServerConfig:
             raise InvalidConfigurationError(
                 "tls_key and tls_client_ca need tls_cert (the server's certificate) beside them"
             )
+        if self.auth not in ("token", "none"):
+            raise InvalidConfigurationError(f"auth must be 'token' or 'none', not {self.auth!r}")
 
     def with_values(self, values: Mapping[str, Any]) -> ServerConfig:
         """A copy with ``values`` (strings are converted to each field's type)."""

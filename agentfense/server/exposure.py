@@ -1,5 +1,5 @@
-"""Who can reach a TCP listener: a non-loopback address without TLS (and, where the server
-has the ``auth`` setting, without authentication) is refused at start unless forced."""
+"""Who can reach a TCP listener: a non-loopback address without TLS, or without
+authentication (``auth = "none"``), is refused at start unless forced."""
 
 from __future__ import annotations
 
@@ -22,13 +22,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _auth_off(config: ServerConfig) -> bool:
-    """Whether the server lets clients in without a token. The seam for the ``auth`` setting
-    (``"token"`` or ``"none"``): a server without that setting has no authentication to
-    require, and only TLS is checked."""
-    return bool(getattr(config, "auth", None) == "none")
-
-
 def check_exposure(config: ServerConfig, host: str) -> None:
     """Refuse (a sentence naming the flag that forces it) or, when forced, warn loudly."""
     if is_loopback(host):
@@ -37,7 +30,7 @@ def check_exposure(config: ServerConfig, host: str) -> None:
     if not config.tls_cert:
         missing.append("TLS")
         fixes.append("set tls_cert and tls_key (--tls-cert, --tls-key)")
-    if _auth_off(config):
+    if config.auth == "none":
         missing.append('authentication (auth = "none")')
         fixes.append('set auth = "token"')
     if not missing:

@@ -39,10 +39,15 @@ class SandboxClient:
         *,
         secure: bool = False,
         cleanup_timeout: float = DEFAULT_CLEANUP_TIMEOUT,
+        api_key: str | None = None,
         tls: TLSConfig | None = None,
     ) -> None:
         self._async = AsyncSandboxClient(
-            endpoint, secure=secure, cleanup_timeout=cleanup_timeout, tls=tls
+            endpoint,
+            secure=secure,
+            cleanup_timeout=cleanup_timeout,
+            api_key=api_key,
+            tls=tls,
         )
 
     @classmethod

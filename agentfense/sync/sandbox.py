@@ -59,6 +59,8 @@ class Sandbox(metaclass=NoPublicConstructor):
         labels: dict[str, str] | None = None,
         auto_start: bool = True,
         keep_home: bool = False,
+        *,
+        api_key: str | None = None,
         tls: TLSConfig | None = None,
     ) -> Sandbox:
         """Upload the project at ``path`` as a new codebase and create a sandbox on it."""
@@ -79,6 +81,7 @@ class Sandbox(metaclass=NoPublicConstructor):
                 labels,
                 auto_start,
                 keep_home=keep_home,
+                api_key=api_key,
                 tls=tls,
             )
         )
@@ -97,6 +100,8 @@ class Sandbox(metaclass=NoPublicConstructor):
         labels: dict[str, str] | None = None,
         auto_start: bool = True,
         keep_home: bool = False,
+        *,
+        api_key: str | None = None,
         tls: TLSConfig | None = None,
     ) -> Sandbox:
         """A new sandbox on an existing codebase (which is kept when the sandbox goes)."""
@@ -114,6 +119,7 @@ class Sandbox(metaclass=NoPublicConstructor):
                 labels,
                 auto_start,
                 keep_home=keep_home,
+                api_key=api_key,
                 tls=tls,
             )
         )
@@ -126,6 +132,7 @@ class Sandbox(metaclass=NoPublicConstructor):
         secure: bool = False,
         *,
         destroy_on_exit: bool = False,
+        api_key: str | None = None,
         tls: TLSConfig | None = None,
     ) -> Sandbox:
         """Attach to an existing sandbox. Leaving ``with`` destroys it only if asked."""
@@ -136,6 +143,7 @@ class Sandbox(metaclass=NoPublicConstructor):
                 endpoint,
                 secure,
                 destroy_on_exit=destroy_on_exit,
+                api_key=api_key,
                 tls=tls,
             )
         )

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from .._local_token import token_path
+
 
 @dataclass
 class ServerProcess:
@@ -48,6 +50,8 @@ class ServerProcess:
                 self.process.wait()
         if self.process.returncode == 0 and self.owns_state:
             self._remove_state()
+        if self.endpoint.startswith("unix:"):  # (a server that was killed leaves its token)
+            token_path(self.endpoint).unlink(missing_ok=True)
         return self.process.returncode
 
     def __enter__(self) -> ServerProcess:

@@ -3,9 +3,10 @@ ours and a baseline side by side.
 
 Each measurement interleaves ours and its baseline in blocks, in one run, and prints p50/p90 and
 the ratio. Exits non-zero only when a measurement fails (or the server misbehaves); a missed
-target shows as MISSED in the table, never as a failure. The permission filesystem's
-benchmarks (``_fs.py``) time commands inside the sandbox, and measure a dedicated server's
-memory with many sandboxes running. The concurrency benchmarks (``_concurrency.py``) run
+target shows as MISSED in the table, never as a failure. The permission filesystem's benchmarks
+(``_fs.py``) time commands inside the sandbox, and measure a dedicated server's memory with many
+sandboxes running. The authentication benchmark (``_auth.py``) times calls to a server that
+checks tokens against one that does not. The concurrency benchmarks (``_concurrency.py``) run
 sandboxes at once against one after another, and the client's memory and threads with many
 sandboxes at once, each in a fresh process (``_fanout.py``); their suites are in
 ``_concurrency_suites.py``. The Docker benchmarks (``_docker.py``) time a docker sandbox's
@@ -31,6 +32,7 @@ import anyio
 from agentfense.testing import start_server_process
 
 from . import _fs
+from ._auth import auth_suite
 from ._baselines import open_echo, raw_bwrap, raw_lifecycle
 from ._common import (
     INFORMATIVE,
@@ -408,7 +410,7 @@ async def session_suite(
     return [row(name, backend, result, 'run("true")', INFORMATIVE)]
 
 
-GROUPS = ("create", "exec", "fs", "session", "sleep", "fanout", "docker", "memory", "tls")
+GROUPS = ("create", "exec", "auth", "fs", "session", "sleep", "fanout", "docker", "memory", "tls")
 
 
 def tls_suite(work: Path, sizes: Sizes, reference: list[float]) -> list[Row]:
@@ -457,6 +459,8 @@ def shared_server_suites(
             create_rows = anyio.run(create_suite, *fs_args, backend=FS_BACKEND)
         for backend in ("asyncio", "trio") if "exec" in groups else ():
             rows += anyio.run(suite, backend, endpoint, work, sizes, reference, backend=backend)
+        if "auth" in groups:
+            rows += anyio.run(auth_suite, endpoint, work, sizes, reference, backend="asyncio")
         for backend in ("asyncio", "trio") if "session" in groups else ():
             rows += anyio.run(
                 session_suite, backend, endpoint, work, sizes, reference, backend=backend

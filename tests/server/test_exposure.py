@@ -1,10 +1,9 @@
-"""Which listen addresses need TLS: loopback ones do not; any other is refused without it
-unless forced (pure: no server)."""
+"""Which listen addresses need TLS and authentication: loopback ones do not; any other is
+refused without TLS or with auth "none" unless forced (pure: no server)."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import pytest
 
@@ -34,17 +33,22 @@ def test_tls_or_the_force_flag_lets_it_listen(caplog: pytest.LogCaptureFixture) 
     assert record.getMessage().startswith("INSECURE: listening on 0.0.0.0")
 
 
-@dataclass(frozen=True, slots=True)
-class _WithAuth(ServerConfig):
-    """ServerConfig as it is with the ``auth`` setting (issue 12's tokens)."""
-
-    auth: str = "token"
-
-
-def test_with_the_auth_setting_auth_none_is_refused_too() -> None:
-    check_exposure(_WithAuth(tls_cert="/server.pem"), "0.0.0.0")
+def test_auth_none_is_refused_too_even_over_tls() -> None:
+    check_exposure(ServerConfig(tls_cert="/server.pem"), "0.0.0.0")  # (auth "token" by default)
     with pytest.raises(InvalidConfigurationError) as refused:
-        check_exposure(_WithAuth(tls_cert="/server.pem", auth="none"), "0.0.0.0")
+        check_exposure(ServerConfig(tls_cert="/server.pem", auth="none"), "0.0.0.0")
     assert 'without authentication (auth = "none")' in refused.value.message
     assert 'set auth = "token", or force it with --insecure-listen' in refused.value.message
-    check_exposure(_WithAuth(auth="none"), "127.0.0.1")
+    check_exposure(ServerConfig(auth="none"), "127.0.0.1")
+
+
+def test_without_tls_and_with_auth_none_both_are_named(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with pytest.raises(InvalidConfigurationError) as refused:
+        check_exposure(ServerConfig(auth="none"), "10.1.2.3")
+    assert 'without TLS and authentication (auth = "none")' in refused.value.message
+    with caplog.at_level(logging.WARNING, logger="agentfense.server"):
+        check_exposure(ServerConfig(auth="none", allow_insecure_listen=True), "10.1.2.3")
+    [record] = caplog.records
+    assert 'without TLS and authentication (auth = "none")' in record.getMessage()

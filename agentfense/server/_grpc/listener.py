@@ -1,5 +1,6 @@
-"""The gRPC server object: both services, behind the wire checks, with the error-kind codec,
-every call counted; grpclib's per-call log lines kept out of INFO."""
+"""The gRPC server object: both services, each call authenticated and audited, behind the
+wire checks, with the error-kind codec, every call counted; grpclib's per-call log lines kept
+out of INFO."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ from typing import Any
 from grpclib.server import Server
 
 from ..._error_details import ReasonCodec
+from ..audit_log import AuditLog
 from ..codebases import CodebaseStore
 from ..config import ServerConfig
 from ..metrics import ServerMetrics
 from ..sandboxes import SandboxManager
+from ..tokens import TokenStore
+from .authentication import FrontDoor
 from .call_metrics import CallMetrics
 from .codebase_service import CodebaseService
 from .quiet_logs import quiet_per_call_logs
@@ -31,6 +35,9 @@ class Listener:
         manager: SandboxManager,
         spool: Path,
         metrics: ServerMetrics,
+        *,
+        tokens: TokenStore | None,
+        audit: AuditLog | None,
     ) -> None:
         quiet_per_call_logs()
         services = [
@@ -43,7 +50,9 @@ class Listener:
             SandboxService(manager, max_upload_bytes=config.max_upload_bytes, spool_dir=spool),
         ]
         checked = [
-            CallMetrics(WireChecks(service, config.max_message_bytes), metrics)
+            CallMetrics(
+                WireChecks(FrontDoor(service, tokens, audit), config.max_message_bytes), metrics
+            )
             for service in services
         ]
         self._server = Server(checked, status_details_codec=ReasonCodec())
