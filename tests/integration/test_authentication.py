@@ -190,7 +190,12 @@ async def test_the_audit_log_has_a_line_per_call_and_no_secrets(
         assert secret not in text
     lines = [json.loads(line) for line in text.splitlines()]
     # (a refused call is refused before its request is read: no ids)
-    refused = {"action": "GetSandbox", "outcome": "UNAUTHENTICATED", "tenant": None, "ids": {}}
+    refused: dict[str, object] = {
+        "action": "GetSandbox",
+        "outcome": "UNAUTHENTICATED",
+        "tenant": None,
+        "ids": {},
+    }
     assert lines[-1].items() >= refused.items()
     mine = [line for line in lines if line["tenant"] == "dave"] + [lines[-1]]
     assert [(line["action"], line["outcome"]) for line in mine] == [
