@@ -158,7 +158,17 @@ class FsProcess:
             self._invalidate(view.lower.root, result.changed, exclude=server)
         counts = len(result.changed), len(result.kept)
         ops = server.take_op_counts()
-        self.reply(control.Committed(*counts, over_limit, result.written, ops, seq=seq))
+        self.reply(
+            control.Committed(
+                *counts,
+                over_limit,
+                result.written,
+                result.bytes_delta,
+                result.entries_delta,
+                ops,
+                seq=seq,
+            )
+        )
 
     def _changed(self, message: control.Changed) -> None:
         usage = self._usages.get(Path(message.lower))

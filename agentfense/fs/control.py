@@ -149,6 +149,9 @@ class Committed(Message):
     kept: int
     over_limit: bool
     written: int  # bytes of the regular files the commit moved into the codebase
+    # How the codebase changed: bytes of its regular files, and its number of entries.
+    bytes_delta: int = 0
+    entries_delta: int = 0
     # The FUSE requests the view answered since its last commit, aligned with FS_OPS.
     ops: tuple[int, ...] = NO_OPS
 
@@ -158,6 +161,8 @@ class Committed(Message):
             "kept": self.kept,
             "over_limit": self.over_limit,
             "written": self.written,
+            "bytes_delta": self.bytes_delta,
+            "entries_delta": self.entries_delta,
             "ops": {name: count for name, count in zip(FS_OPS, self.ops, strict=True) if count},
         }
 
@@ -168,6 +173,8 @@ class Committed(Message):
             fields.integer("kept"),
             fields.boolean("over_limit"),
             fields.integer("written"),
+            fields.integer("bytes_delta", least=-MAX_INT),
+            fields.integer("entries_delta", least=-MAX_INT),
             _ops(fields.nested("ops")),
             seq=seq,
         )

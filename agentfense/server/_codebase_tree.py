@@ -68,11 +68,18 @@ def _not_a_dir(field: str, prefix: str) -> InvalidConfigurationError:
 
 
 def _open_parent(
-    files_dir: Path, codebase_id: str, parts: builtins.list[str], *, create: bool, field: str
+    files_dir: Path,
+    codebase_id: str,
+    parts: builtins.list[str],
+    *,
+    create: bool,
+    field: str,
+    made: builtins.list[str] | None = None,
 ) -> int | None:
     """An fd of the directory ``parts`` in the tree, opened without following links.
 
-    Missing directories are created when ``create``, else the result is ``None``.
+    Missing directories are created when ``create`` (and named in ``made``), else the
+    result is ``None``.
     """
     fd = _open_root(files_dir, codebase_id)
     try:
@@ -83,8 +90,13 @@ def _open_parent(
                 except FileNotFoundError:
                     if not create:
                         return None
-                    with contextlib.suppress(FileExistsError):
+                    try:
                         os.mkdir(part, 0o755, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+                    else:
+                        if made is not None:
+                            made.append("/".join(parts[: index + 1]))
                     child = os.open(part, _DIR_FLAGS, dir_fd=fd)
             except OSError as err:
                 if err.errno in (errno.ELOOP, errno.ENOTDIR):
@@ -137,17 +149,26 @@ def _write_all(fd: int, data: bytes | bytearray, digest: Any) -> None:
 
 def _commit_upload(
     temp: Path, files_dir: Path, codebase_id: str, parts: builtins.list[str]
-) -> None:
+) -> tuple[int, int]:
+    """Put the upload in place; how the tree changed: bytes of its regular files, entries."""
     path = "/".join(parts)
-    parent = _open_parent(files_dir, codebase_id, parts[:-1], create=True, field="file_path")
+    made: builtins.list[str] = []
+    parent = _open_parent(
+        files_dir, codebase_id, parts[:-1], create=True, field="file_path", made=made
+    )
     assert parent is not None
     try:
+        before = _lstat_at(parent, parts[-1])
+        size = os.stat(temp).st_size
         # rename() replaces a symlink itself, never the file it points to.
         os.replace(temp, parts[-1], dst_dir_fd=parent)
     except IsADirectoryError:
         raise InvalidConfigurationError(f"file_path {path!r} is a directory") from None
     finally:
         os.close(parent)
+    if before is None:
+        return size, len(made) + 1
+    return size - (before.st_size if stat.S_ISREG(before.st_mode) else 0), 0
 
 
 def _discard_temp(fd: int, temp: Path) -> None:
@@ -270,14 +291,16 @@ def _list_files(
     return records
 
 
-def _stats(files_dir: Path, codebase_id: str) -> tuple[int, int]:
+def _stats(files_dir: Path, codebase_id: str) -> tuple[int, int, int]:
+    """The bytes and the number of the tree's regular files, and its number of entries."""
     root = _open_root(files_dir, codebase_id)
-    size = count = 0
+    size = count = entries = 0
     try:
         for _, _, st in _walk(root, ""):
+            entries += 1
             if stat.S_ISREG(st.st_mode):
                 size += st.st_size
                 count += 1
     finally:
         os.close(root)
-    return size, count
+    return size, count, entries

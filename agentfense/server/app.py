@@ -170,8 +170,9 @@ def _front_door(config: ServerConfig) -> tuple[TokenStore | None, AuditLog | Non
     tokens = TokenStore(config.state_dir) if config.auth == "token" else None
     if tokens is None:
         log.warning(
-            "auth is 'none': anyone who can reach %s can read every codebase and run, read "
-            "and destroy every sandbox of this server; use it for development only",
+            "auth is 'none': anyone who can reach %s is this server's own user (tenant "
+            "local), who can read every codebase of it and run, read and destroy every sandbox "
+            "of it; use it for development only",
             config.listen,
         )
     else:
@@ -200,7 +201,7 @@ async def _serving(
     # Sandbox file writes whose temporary cannot live in the view wait here, unnamed.
     spool = config.state_dir / "spool"
     spool.mkdir(exist_ok=True, mode=0o700)
-    store = CodebaseStore(config.state_dir / "codebases")
+    store = CodebaseStore(config.state_dir / "codebases", config.quota_table())
     await store.load()
     metrics = ServerMetrics()
     endpoint = (

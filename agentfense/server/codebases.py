@@ -27,6 +27,7 @@ import anyio
 import anyio.to_thread
 
 from ..errors import (
+    CodebaseNotFoundError,
     InvalidConfigurationError,
     ResourceLimitExceededError,
 )
@@ -45,7 +46,10 @@ from ._codebase_tree import (
     _write_all,
 )
 from ._paths import InvalidPathError, normalize_relpath
+from .callers import creating_tenant, may_see
 from .log_lines import log_event
+from .quotas import DEFAULT_QUOTA, Quotas
+from .tokens import LOCAL_TENANT
 
 __all__ = ["DEFAULT_PAGE_SIZE", "MAX_PAGE_SIZE", "CodebaseRecord", "CodebaseStore", "FileRecord"]
 
@@ -67,6 +71,7 @@ class CodebaseRecord:
     owner_id: str
     created_at: datetime
     updated_at: datetime
+    tenant: str = LOCAL_TENANT  # whose it is (owner_id is a label the client chose)
 
 
 async def _run(func: Callable[..., _T], *args: Any) -> _T:
@@ -101,7 +106,12 @@ def _check_text(value: object, field: str, *, required: bool) -> str:
 
 
 def _meta_to_json(record: CodebaseRecord) -> str:
-    meta = {"id": record.id, "name": record.name, "owner_id": record.owner_id}
+    meta = {
+        "id": record.id,
+        "name": record.name,
+        "owner_id": record.owner_id,
+        "tenant": record.tenant,
+    }
     for key in ("created_at", "updated_at"):
         meta[key] = getattr(record, key).isoformat()
     return json.dumps(meta, indent=2)
@@ -113,6 +123,8 @@ def _meta_from_json(text: str) -> CodebaseRecord:
         id=str(data["id"]),
         name=str(data["name"]),
         owner_id=str(data.get("owner_id", "")),
+        # (a codebase of a server from before tenants: its own user's)
+        tenant=str(data.get("tenant", LOCAL_TENANT)),
         created_at=datetime.fromisoformat(data["created_at"]),
         updated_at=datetime.fromisoformat(data["updated_at"]),
     )
@@ -196,9 +208,13 @@ def _decode_token(token: str) -> tuple[datetime, str]:
 class CodebaseStore:
     """Codebases kept under ``root``; call :meth:`load` once before use."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, quotas: Quotas | None = None) -> None:
         self._root = Path(root)
+        self._quotas = quotas or Quotas(DEFAULT_QUOTA, {})
         self._records: dict[str, CodebaseRecord] = {}
+        # What each codebase holds (bytes of its files, entries) once counted: kept up to
+        # date by uploads and commits, counted again by every stats().
+        self._usage: dict[str, tuple[int, int]] = {}
         self._meta_lock = anyio.Lock()
         self._unsaved: set[str] = set()  # ids whose meta.json lags the record
 
@@ -215,7 +231,7 @@ class CodebaseStore:
         if codebase_id == "":
             raise InvalidConfigurationError("codebase_id must not be empty")
         record = self._records.get(codebase_id) if isinstance(codebase_id, str) else None
-        if record is None:
+        if record is None or not may_see(record.tenant):  # (another tenant's: none, to it)
             raise _not_found(str(codebase_id))
         return record
 
@@ -229,9 +245,15 @@ class CodebaseStore:
     def exists(self, codebase_id: str) -> bool:
         return codebase_id in self._records
 
+    def tenant_of(self, codebase_id: str) -> str:
+        return self._record(codebase_id).tenant
+
     async def create(self, name: str, owner_id: str = "") -> CodebaseRecord:
         name = _check_text(name, "name", required=True)
         owner_id = _check_text(owner_id or "", "owner_id", required=False)
+        tenant = creating_tenant()
+        held = sum(r.tenant == tenant for r in self._records.values())
+        self._quotas.check(tenant, "codebases", held)
         now = datetime.now(UTC)
         record = CodebaseRecord(
             id=f"cb_{secrets.token_hex(8)}",
@@ -239,6 +261,7 @@ class CodebaseStore:
             owner_id=owner_id,
             created_at=now,
             updated_at=now,
+            tenant=tenant,
         )
         await _run(_create_dirs, self._dir(record.id), record)
         self._records[record.id] = record
@@ -247,6 +270,7 @@ class CodebaseStore:
             logging.INFO,
             "codebase created",
             codebase_id=record.id,
+            tenant=tenant,
             owner=owner_id,
             name=name,
         )
@@ -258,12 +282,17 @@ class CodebaseStore:
     async def list(
         self, owner_id: str = "", page_size: int = 0, page_token: str = ""
     ) -> tuple[builtins.list[CodebaseRecord], str]:
-        """One page of codebases (of ``owner_id`` if given) and the next page's token."""
+        """One page of the caller's codebases (of ``owner_id`` if given), and the next
+        page's token."""
         if page_size < 0:
             raise InvalidConfigurationError("page_size must not be negative")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         records = sorted(
-            (r for r in self._records.values() if not owner_id or r.owner_id == owner_id),
+            (
+                r
+                for r in self._records.values()
+                if may_see(r.tenant) and (not owner_id or r.owner_id == owner_id)
+            ),
             key=lambda r: (r.created_at, r.id),
         )
         if page_token:
@@ -282,12 +311,14 @@ class CodebaseStore:
         with anyio.CancelScope(shield=True):
             await _run(os.rename, self._dir(record.id), trash)
             self._records.pop(record.id, None)
+            self._usage.pop(record.id, None)
             await _run(remove_tree, trash)
         log_event(
             _lifecycle,
             logging.INFO,
             "codebase deleted",
             codebase_id=record.id,
+            tenant=record.tenant,
             owner=record.owner_id,
         )
 
@@ -342,6 +373,7 @@ class CodebaseStore:
             raise ResourceLimitExceededError(
                 f"file {path} ({total_size} bytes) exceeds the upload limit of {max_bytes} bytes"
             )
+        await self._check_room(record.tenant, total_size)  # (as declared: before any data)
         files_dir = self._dir(record.id) / "files"
         temp = self._dir(record.id) / "tmp" / f"upload-{secrets.token_hex(8)}"
         digest = hashlib.sha256()
@@ -353,14 +385,14 @@ class CodebaseStore:
             except FileNotFoundError:
                 raise _not_found(record.id) from None
 
-        def write_whole(data: bytearray) -> None:
+        def write_whole(data: bytearray) -> tuple[int, int]:
             """A file that fits the write buffer: everything in one trip to a thread."""
             fd = open_temp()
             try:
                 _write_all(fd, data, digest)
                 closing, fd = fd, -1
                 os.close(closing)
-                _commit_upload(temp, files_dir, record.id, parts)
+                return _commit_upload(temp, files_dir, record.id, parts)
             finally:
                 _discard_temp(fd, temp)
 
@@ -390,14 +422,17 @@ class CodebaseStore:
                 raise InvalidConfigurationError(
                     f"total_size is {total_size} bytes but {size} bytes were sent"
                 )
+            if not total_size:  # (what was sent, when no size was declared)
+                await self._check_room(record.tenant, size)
             if fd < 0:
-                await _run(write_whole, buffer)
+                grown = await _run(write_whole, buffer)
             else:
                 if buffer:
                     await _run(_write_all, fd, buffer, digest)
                 closing, fd = fd, -1
                 await _run(os.close, closing)
-                await _run(_commit_upload, temp, files_dir, record.id, parts)
+                grown = await _run(_commit_upload, temp, files_dir, record.id, parts)
+            self.usage_changed(record.id, *grown)
         finally:
             with anyio.CancelScope(shield=True):
                 await _run(_discard_temp, fd, temp)
@@ -437,4 +472,40 @@ class CodebaseStore:
     async def stats(self, codebase_id: str) -> tuple[int, int]:
         """``(total bytes, number)`` of the regular files in the tree, counted now."""
         record = self._record(codebase_id)
-        return await _run(_stats, self._dir(record.id) / "files", record.id)
+        size, files, entries = await _run(_stats, self._dir(record.id) / "files", record.id)
+        if record.id in self._records:
+            self._usage[record.id] = (size, entries)
+        return size, files
+
+    # -- what a tenant's codebases hold, against its quota -----------------------------------
+
+    def usage_changed(self, codebase_id: str, size: int, entries: int) -> None:
+        """The codebase's files grew by ``size`` bytes and ``entries`` entries (an upload, a
+        sandbox's commit); negative when they shrank."""
+        known = self._usage.get(codebase_id)
+        if known is not None:
+            self._usage[codebase_id] = (max(0, known[0] + size), max(0, known[1] + entries))
+
+    async def _held(self, tenant: str) -> tuple[int, int]:
+        """What the tenant's codebases hold: bytes of their files, entries (each codebase
+        counted once, then kept up to date)."""
+        size = entries = 0
+        for record in [r for r in self._records.values() if r.tenant == tenant]:
+            known = self._usage.get(record.id)
+            if known is None:
+                try:
+                    counted = await _run(_stats, self._dir(record.id) / "files", record.id)
+                except CodebaseNotFoundError:  # deleted meanwhile
+                    continue
+                known = self._usage.setdefault(record.id, (counted[0], counted[2]))
+            size, entries = size + known[0], entries + known[1]
+        return size, entries
+
+    async def _check_room(self, tenant: str, size: int) -> None:
+        """Refuse a file of ``size`` bytes (one more entry) beyond the tenant's quota."""
+        quota = self._quotas.of(tenant)
+        if not quota.codebase_bytes and not quota.codebase_entries:
+            return
+        held_bytes, held_entries = await self._held(tenant)
+        self._quotas.check(tenant, "codebase_bytes", held_bytes, size)
+        self._quotas.check(tenant, "codebase_entries", held_entries)

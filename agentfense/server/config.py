@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidConfigurationError
+from .quotas import DEFAULT_QUOTA, QUOTA_NAMES, Quota, Quotas, parse_quotas
 
 DEFAULT_LISTEN = "localhost:9000"
 
@@ -76,8 +77,14 @@ class ServerConfig:
     max_memory_bytes: int = 0
     max_cpu_quota: int = 0
     max_pids_limit: int = 0
-    # How many sandboxes the codebases of one owner may have at once (0: no limit).
-    max_sandboxes_per_owner: int = 0
+    # What each tenant may hold at once (0: no limit), unless the config file gives it its
+    # own quota in a [server.quotas.<tenant>] table (server/quotas.py).
+    quota_sandboxes: int = DEFAULT_QUOTA.sandboxes
+    quota_sessions: int = DEFAULT_QUOTA.sessions
+    quota_codebases: int = DEFAULT_QUOTA.codebases
+    quota_codebase_bytes: int = DEFAULT_QUOTA.codebase_bytes
+    quota_codebase_entries: int = DEFAULT_QUOTA.codebase_entries
+    quotas: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     # How many open sessions one sandbox may have (each holds three of the server's file
     # descriptors for its life).
     max_sessions_per_sandbox: int = 64
@@ -125,8 +132,8 @@ class ServerConfig:
             raise InvalidConfigurationError("max_message_bytes must be at least 1 MiB (1048576)")
         if self.max_sessions_per_sandbox < 1:
             raise InvalidConfigurationError("max_sessions_per_sandbox must be >= 1")
-        if self.max_sandboxes_per_owner < 0:
-            raise InvalidConfigurationError("max_sandboxes_per_owner must be >= 0")
+        Quota(**{name: getattr(self, f"quota_{name}") for name in QUOTA_NAMES})  # (checks)
+        parse_quotas(self.quotas)
         if not 0 < self.sandbox_uid < 2**32 - 1:
             raise InvalidConfigurationError("sandbox_uid must be a uid other than root's")
         if self.sandbox_uid_count < 0 or not (
@@ -152,6 +159,11 @@ class ServerConfig:
         if self.auth not in ("token", "none"):
             raise InvalidConfigurationError(f"auth must be 'token' or 'none', not {self.auth!r}")
 
+    def quota_table(self) -> Quotas:
+        """Every tenant's quota: the default (``quota_*``) and the tenants' own."""
+        default = Quota(**{name: getattr(self, f"quota_{name}") for name in QUOTA_NAMES})
+        return Quotas(default, parse_quotas(self.quotas))
+
     def with_values(self, values: Mapping[str, Any]) -> ServerConfig:
         """A copy with ``values`` (strings are converted to each field's type)."""
         known = {f.name: f for f in fields(self)}
@@ -162,6 +174,9 @@ class ServerConfig:
                     f"unknown setting {name!r}; known: {', '.join(sorted(known))}"
                 )
             current = getattr(self, name)
+            if name == "quotas":
+                converted[name] = parse_quotas(value)
+                continue
             try:
                 if isinstance(current, Path):
                     converted[name] = Path(value)

@@ -2,6 +2,7 @@
 
 The lifecycle (``sandboxes.SandboxManager``) adds and removes records; everything else that
 looks a sandbox up (sessions, the sandbox file RPCs) does it here, never through the manager.
+A call sees only its own tenant's sandboxes (``callers.may_see``): another's is not found.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import anyio
 from ..errors import InvalidConfigurationError, SandboxNotFoundError, SandboxNotRunningError
 from ..runtimes.base import SandboxHandle
 from ..types import PermissionRule, ResourceLimits, RuntimeType, SandboxStatus
+from .callers import may_see
+from .tokens import LOCAL_TENANT
 
 _ID_RE = re.compile(r"^sb_[0-9a-f]{16}$")
 MAX_PAGE = 1000
@@ -43,7 +46,8 @@ class SandboxRecord:
     error: str = ""
     handle: SandboxHandle | None = None
     lock: anyio.Lock = field(default_factory=anyio.Lock)
-    owner_id: str = ""  # its codebase's
+    owner_id: str = ""  # its codebase's (a label)
+    tenant: str = LOCAL_TENANT  # its codebase's: whose it is
     host_uid: int = 0  # its processes' uid on the host, its own while it exists
     keep_home: bool = False  # one $HOME for all its commands (else one each)
 
@@ -76,10 +80,10 @@ class SandboxTable:
             if not sandbox_id:
                 raise InvalidConfigurationError("sandbox_id must not be empty")
             raise _not_found(sandbox_id)
-        try:
-            return self._records[sandbox_id]
-        except KeyError:
-            raise _not_found(sandbox_id) from None
+        record = self._records.get(sandbox_id)
+        if record is None or not may_see(record.tenant):  # (another tenant's: none, to it)
+            raise _not_found(sandbox_id)
+        return record
 
     def running(self, sandbox_id: str) -> tuple[SandboxRecord, SandboxHandle]:
         """The sandbox and its processes; SandboxNotRunningError unless it runs."""
@@ -94,8 +98,8 @@ class SandboxTable:
             raise SandboxNotRunningError(f"sandbox {record.id} is not running (its processes died)")
         return record, handle
 
-    def owned_by(self, owner_id: str) -> int:
-        return sum(r.owner_id == owner_id for r in self._records.values())
+    def held_by(self, tenant: str) -> int:
+        return sum(r.tenant == tenant for r in self._records.values())
 
     def uses_codebase(self, codebase_id: str) -> bool:
         return any(r.codebase_id == codebase_id for r in self._records.values())
@@ -103,12 +107,16 @@ class SandboxTable:
     def page(
         self, codebase_id: str, page_size: int, page_token: str
     ) -> tuple[list[SandboxRecord], str]:
-        """Up to ``page_size`` sandboxes (of the codebase, if given) in creation order, after
-        the one the token names; and the token of the next page ("" at the end)."""
+        """Up to ``page_size`` of the caller's sandboxes (of the codebase, if given) in
+        creation order, after the one the token names; and the next page's token ("" at the
+        end)."""
         if page_size < 0:
             raise InvalidConfigurationError("page_size must not be negative")
         size = min(page_size or 100, MAX_PAGE)
-        records = sorted(self._records.values(), key=lambda r: (r.created_at, r.id))
+        records = sorted(
+            (r for r in self._records.values() if may_see(r.tenant)),
+            key=lambda r: (r.created_at, r.id),
+        )
         if codebase_id:
             records = [r for r in records if r.codebase_id == codebase_id]
         if page_token:

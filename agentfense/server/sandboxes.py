@@ -83,12 +83,14 @@ class SandboxManager:
         self._fs = FsSupervisor(config.state_dir, on_lost=self._view_lost, metrics=metrics)
         self._task_group: anyio.abc.TaskGroup | None = None
         self._commit_locks: dict[str, anyio.Lock] = {}  # sandbox id: its commit_lock
+        self._quotas = config.quota_table()
         self.commands = Commands(config, self.commit, metrics)
         self.sessions = SessionRegistry(
             self._sandboxes,
             self.commands,
             lambda: self.task_group,
             most_per_sandbox=config.max_sessions_per_sandbox,
+            quotas=self._quotas,
             metrics=metrics,
         )
         metrics.watch(
@@ -107,6 +109,7 @@ class SandboxManager:
             event,
             sandbox_id=record.id,
             codebase_id=record.codebase_id,
+            tenant=record.tenant,
             owner=record.owner_id,
             runtime=record.runtime.value,
             **more,
@@ -218,6 +221,9 @@ class SandboxManager:
             for op, count in zip(control.FS_OPS, reply.ops, strict=True):
                 if count:
                     self._metrics.fs_requests.labels(op).inc(count)
+            self._codebases.usage_changed(
+                record.codebase_id, reply.bytes_delta, reply.entries_delta
+            )
             if reply.changed:  # nothing changed (every read-only exec): no meta write
                 try:
                     await self._codebases.touch(record.codebase_id)
@@ -277,8 +283,8 @@ class SandboxManager:
             raise InvalidConfigurationError(
                 f"expires_in must be at most {_MOST_EXPIRES_IN.days} days"
             )
-        codebase = await self._codebases.get(codebase_id)
-        self._check_owner_quota(codebase.owner_id)
+        codebase = await self._codebases.get(codebase_id)  # (the caller's, or not found)
+        self._quotas.check(codebase.tenant, "sandboxes", self._sandboxes.held_by(codebase.tenant))
         resources = self._with_server_limits(resources, runtime)
         _check_resources(resources)
         validate_rules(permissions)
@@ -292,6 +298,7 @@ class SandboxManager:
             resources=resources,
             labels=dict(labels),
             owner_id=codebase.owner_id,
+            tenant=codebase.tenant,
             keep_home=keep_home,
         )
         if expires_in:
@@ -314,14 +321,6 @@ class SandboxManager:
     def _release_uid(self, record: SandboxRecord) -> None:
         if self._uids is not None:
             self._uids.release(record.host_uid)
-
-    def _check_owner_quota(self, owner_id: str) -> None:
-        most = self._config.max_sandboxes_per_owner
-        if most and self._sandboxes.owned_by(owner_id) >= most:
-            raise ResourceLimitExceededError(
-                f"owner {owner_id[:64]!r} has {most} sandboxes, the most this server allows "
-                "(max_sandboxes_per_owner); destroy one first"
-            )
 
     def _with_server_limits(
         self, resources: ResourceLimits, runtime: RuntimeType

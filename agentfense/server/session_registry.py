@@ -27,10 +27,12 @@ from ..runtimes.base import WORKSPACE, CommandSpec
 from ..types import SessionStatus
 from . import shell_protocol as protocol
 from ._descriptors import check_headroom
+from .callers import may_see
 from .commands import Commands
 from .execution import OnOutput, Outcome
 from .log_lines import log_event
 from .metrics import ServerMetrics
+from .quotas import Quotas
 from .sandbox_table import SandboxTable
 from .sessions import Session
 
@@ -67,9 +69,11 @@ class SessionRegistry:
         task_group: Callable[[], anyio.abc.TaskGroup],
         *,
         most_per_sandbox: int,
+        quotas: Quotas,
         metrics: ServerMetrics,
     ) -> None:
         self._metrics = metrics
+        self._quotas = quotas
         self._most_per_sandbox = most_per_sandbox
         self._sandboxes = sandboxes
         self._commands = commands
@@ -81,9 +85,19 @@ class SessionRegistry:
         if not session_id:
             raise InvalidConfigurationError("session_id must not be empty")
         session = self._sessions.get(session_id) if _ID_RE.match(session_id) else None
-        if session is None:
+        sandbox = self._sandboxes.find(session.sandbox_id) if session is not None else None
+        if session is None or sandbox is None or not may_see(sandbox.tenant):
             raise SessionNotFoundError(f"session {session_id[:64]!r} not found")
         return session
+
+    def _held_by(self, tenant: str) -> int:
+        """How many sessions the tenant's sandboxes have open."""
+        held = 0
+        for session in list(self._sessions.values()):
+            sandbox = self._sandboxes.find(session.sandbox_id)
+            if sandbox is not None and sandbox.tenant == tenant:
+                held += session.status is not SessionStatus.CLOSED
+        return held
 
     def open_count(self) -> int:
         """How many sessions are open, in every sandbox."""
@@ -115,6 +129,7 @@ class SessionRegistry:
                 f"sandbox {record.id} has {self._most_per_sandbox} open sessions, the most "
                 "this server allows (max_sessions_per_sandbox); destroy one first"
             )
+        self._quotas.check(record.tenant, "sessions", self._held_by(record.tenant))
         check_headroom(f"a new session of sandbox {record.id}")
         argv = shell_argv(shell, handle.session_bash)
         command = CommandSpec(argv, self._commands.env(env), WORKSPACE)

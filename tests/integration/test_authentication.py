@@ -331,7 +331,7 @@ async def test_auth_none_lets_anyone_in_and_says_so_at_start(tmp_path: Path) -> 
             await client.list_codebases()
         assert "WARNING" in server.log()
         assert (
-            f"auth is 'none': anyone who can reach {server.endpoint} can read every codebase"
+            f"auth is 'none': anyone who can reach {server.endpoint} is this server's own user"
             in server.log()
         )
     finally:

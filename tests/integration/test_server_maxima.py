@@ -27,7 +27,7 @@ def strict_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
     running = start_server_process(
         tmp_path_factory.mktemp("maxima"),
         settings={
-            "max_sandboxes_per_owner": "2",
+            "quota_sandboxes": "2",
             "default_memory_bytes": str(64 * MiB),
             "max_pids_limit": "100",
             "max_timeout": "5",
@@ -55,20 +55,20 @@ async def test_defaults_apply_and_maxima_hold(strict_server: ServerProcess, proj
         )
 
 
-async def test_sandboxes_per_owner(strict_server: ServerProcess, project: Path) -> None:
+async def test_sandboxes_per_tenant(strict_server: ServerProcess, project: Path) -> None:
+    """The quota is the tenant's, whatever owner_id its codebases carry (a label)."""
     endpoint, owner = strict_server.endpoint, f"owner-{uuid.uuid4().hex}"
     async with AsyncSandboxClient(endpoint) as client:
         codebase = await client.create_codebase("quota", owner)
         first = await client.create_sandbox(codebase.id)
         await client.create_sandbox(codebase.id)
-        with pytest.raises(ResourceLimitExceededError, match="max_sandboxes_per_owner") as full:
-            await client.create_sandbox(codebase.id)
+        other = await client.create_codebase("quota", f"other-{owner}")  # (no way around it)
+        with pytest.raises(ResourceLimitExceededError, match="quota_sandboxes") as full:
+            await client.create_sandbox(other.id)
         assert full.value.code == 8
-        other = await client.create_codebase("quota", f"other-{owner}")  # others are not held up
-        await client.destroy_sandbox((await client.create_sandbox(other.id)).id)
         await client.destroy_sandbox(first.id)
-        await client.create_sandbox(codebase.id)  # room again
-        for sandbox in await client.list_sandboxes(codebase.id):
+        await client.create_sandbox(other.id)  # room again
+        for sandbox in await client.list_sandboxes():
             await client.destroy_sandbox(sandbox.id)
         await client.delete_codebase(codebase.id)
         await client.delete_codebase(other.id)

@@ -17,6 +17,7 @@ from agentfense.errors import (
     SandboxError,
     StatusCode,
 )
+from agentfense.server.callers import calling_as
 from agentfense.server.codebases import CodebaseStore
 
 pytestmark = pytest.mark.anyio
@@ -293,3 +294,36 @@ async def test_delete_and_unknown_ids(tmp_path: Path) -> None:
             await store.delete(bad)
     reloaded = await _store(tmp_path)
     assert (await reloaded.list("", 0, ""))[0] == []
+
+
+async def test_a_tenant_finds_and_lists_only_its_own_codebases_also_after_a_reload(
+    tmp_path: Path,
+) -> None:
+    store = await _store(tmp_path)
+    with calling_as("alpha"):
+        theirs = await store.create("alpha's", "shared-label")
+        await _upload(store, theirs.id, ".env", b"SECRET=1")
+    with calling_as("beta"):
+        mine = await store.create("beta's", "shared-label")
+        assert mine.tenant == "beta" and mine.owner_id == "shared-label"
+    for reloaded in (store, await _store(tmp_path)):  # (the tenant is kept in meta.json)
+        with calling_as("beta"):
+            for call in (
+                reloaded.get(theirs.id),
+                reloaded.list_files(theirs.id),
+                _download(reloaded, theirs.id, ".env"),
+                _upload(reloaded, theirs.id, "planted", b"x"),
+                reloaded.delete(theirs.id),
+            ):
+                with pytest.raises(CodebaseNotFoundError) as hidden:
+                    await call
+                with pytest.raises(CodebaseNotFoundError) as missing:
+                    await reloaded.get("cb_0000000000000000")
+                assert str(hidden.value) == str(missing.value).replace(
+                    "cb_0000000000000000", theirs.id
+                )
+            assert [r.id for r in (await reloaded.list("shared-label"))[0]] == [mine.id]
+        with calling_as("alpha"):
+            assert [r.id for r in (await reloaded.list())[0]] == [theirs.id]
+            assert await _download(reloaded, theirs.id, ".env") == b"SECRET=1"
+        assert {r.id for r in (await reloaded.list())[0]} == {theirs.id, mine.id}  # (the server)
