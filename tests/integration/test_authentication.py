@@ -19,46 +19,21 @@ from pathlib import Path
 
 import grpclib.const
 import pytest
-from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 import agentfense
 from agentfense import AsyncSandboxClient, AuthenticationError, PermissionDeniedError
 from agentfense._local_token import read_local_token, token_path
-from agentfense._proto.sandbox import v1 as pb
 from agentfense.testing import ServerProcess, start_server_process
+
+from ._callers import cli as _cli
+from ._callers import every_rpc as _every_rpc
+from ._callers import raw_call
+from ._callers import token as _token
 
 pytestmark = pytest.mark.anyio
 _REPO = Path(agentfense.__file__).resolve().parent.parent
-
-
-def _every_rpc() -> dict[str, grpclib.const.Handler]:
-    """Every RPC of both services, from the generated service definitions: a new RPC is in
-    this table the day it is generated."""
-    return {
-        path: handler
-        for service in (pb.CodebaseServiceBase(), pb.SandboxServiceBase())
-        for path, handler in service.__mapping__().items()
-    }
-
-
-def _cli(*words: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTFENSE_")}
-    return subprocess.run(
-        [sys.executable, "-m", "agentfense", *words],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
-
-
-def _token(server: ServerProcess, tenant: str) -> str:
-    made = _cli("token", "create", "--tenant", tenant, "--state-dir", str(server.state_dir))
-    assert made.returncode == 0, made.stderr
-    return made.stdout.strip()
 
 
 @pytest.fixture(scope="module")
@@ -79,23 +54,8 @@ async def _raw_call(
     endpoint: str, path: str, handler: grpclib.const.Handler, metadata: dict[str, str]
 ) -> GRPCError | None:
     """The status of ``path`` called with an empty request (None: it answered OK)."""
-    channel = Channel(path=endpoint.removeprefix("unix:"))
-    try:
-        async with channel.request(
-            path, handler.cardinality, handler.request_type, handler.reply_type, metadata=metadata
-        ) as stream:
-            await stream.send_message(handler.request_type(), end=True)
-            while await stream.recv_message() is not None:
-                if handler.cardinality in (
-                    grpclib.const.Cardinality.UNARY_UNARY,
-                    grpclib.const.Cardinality.STREAM_UNARY,
-                ):
-                    break
-    except GRPCError as exc:
-        return exc
-    finally:
-        channel.close()
-    return None
+    answer = await raw_call(endpoint, path, handler, [handler.request_type()], metadata=metadata)
+    return answer.error
 
 
 async def test_every_rpc_refuses_a_call_without_a_valid_token(audited: ServerProcess) -> None:
