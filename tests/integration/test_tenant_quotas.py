@@ -4,9 +4,6 @@ file. Against a real server, as real tenants (tokens made by the CLI)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +11,8 @@ import pytest
 
 from agentfense import AsyncSandboxClient, PermissionRule, ResourceLimitExceededError
 from agentfense.testing import ServerProcess, start_server_process
+
+from ._callers import token
 
 pytestmark = pytest.mark.anyio
 KiB = 1024
@@ -38,28 +37,13 @@ def quota_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
     assert running.stop() == 0, running.log()
 
 
-def _token(server: ServerProcess, tenant: str) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTFENSE_")}
-    made = subprocess.run(
-        [sys.executable, "-m", "agentfense", "token", "create", "--tenant", tenant]
-        + ["--state-dir", str(server.state_dir)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
-    assert made.returncode == 0, made.stderr
-    return made.stdout.strip()
-
-
 async def test_codebases_count_per_tenant_with_a_tenants_own_quota(
     quota_server: ServerProcess,
 ) -> None:
     endpoint = quota_server.endpoint
     async with (
-        AsyncSandboxClient(endpoint, api_key=_token(quota_server, "small")) as small,
-        AsyncSandboxClient(endpoint, api_key=_token(quota_server, "big")) as big,
+        AsyncSandboxClient(endpoint, api_key=token(quota_server, "small")) as small,
+        AsyncSandboxClient(endpoint, api_key=token(quota_server, "big")) as big,
     ):
         made = [await small.create_codebase("one"), await small.create_codebase("two", "x")]
         with pytest.raises(ResourceLimitExceededError, match="quota of 2 codebases") as full:
@@ -81,8 +65,8 @@ async def test_open_sessions_count_across_a_tenants_sandboxes(
 ) -> None:
     endpoint = quota_server.endpoint
     async with (
-        AsyncSandboxClient(endpoint, api_key=_token(quota_server, "solo")) as solo,
-        AsyncSandboxClient(endpoint, api_key=_token(quota_server, "big")) as big,
+        AsyncSandboxClient(endpoint, api_key=token(quota_server, "solo")) as solo,
+        AsyncSandboxClient(endpoint, api_key=token(quota_server, "big")) as big,
     ):
         codebase = await solo.create_codebase("sessions")
         first = await solo.create_sandbox(codebase.id)
@@ -111,7 +95,7 @@ async def test_codebase_bytes_and_entries_count_uploads_and_what_sandboxes_write
     quota_server: ServerProcess,
 ) -> None:
     endpoint = quota_server.endpoint
-    async with AsyncSandboxClient(endpoint, api_key=_token(quota_server, "files")) as client:
+    async with AsyncSandboxClient(endpoint, api_key=token(quota_server, "files")) as client:
         first = await client.create_codebase("a")
         second = await client.create_codebase("b")
         await client.upload_file(first.id, "big.bin", b"x" * (40 * KiB))

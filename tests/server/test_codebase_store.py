@@ -305,7 +305,7 @@ async def test_a_tenant_finds_and_lists_only_its_own_codebases_also_after_a_relo
         await _upload(store, theirs.id, ".env", b"SECRET=1")
     with calling_as("beta"):
         mine = await store.create("beta's", "shared-label")
-        assert mine.tenant == "beta" and mine.owner_id == "shared-label"
+        assert (mine.tenant, mine.owner_id) == ("beta", "shared-label")
     for reloaded in (store, await _store(tmp_path)):  # (the tenant is kept in meta.json)
         with calling_as("beta"):
             for call in (
