@@ -233,7 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
         commands,
         "serve",
         "run the AgentFense server in the foreground",
-        "examples:\n  agentfense serve\n  agentfense serve --listen unix:/run/agentfense.sock",
+        "examples:\n  agentfense serve\n  agentfense serve --listen unix:/run/agentfense.sock\n"
+        "  agentfense serve --audit-log /var/log/agentfense/audit.jsonl\n"
+        "  agentfense serve --auth none --listen unix:/tmp/dev.sock",
         _serve.serve,
     )
     serve.add_argument("--config", type=Path, help="TOML configuration file")
@@ -258,6 +260,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="listen on a non-loopback address without TLS, or with auth none, all the same "
         "(logged as a WARNING)",
+    )
+    serve.add_argument(
+        "--auth",
+        choices=("token", "none"),
+        help="token: every call needs an API token (the default); none: anyone who reaches "
+        "the listen address gets in (development only; logged as a WARNING)",
+    )
+    serve.add_argument(
+        "--audit-log",
+        metavar="PATH",
+        help="append one JSON line per API call to this file (- for standard output)",
     )
 
     token = _subcommand(

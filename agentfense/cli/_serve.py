@@ -31,6 +31,8 @@ def serve(args: argparse.Namespace) -> int:
         "tls_key": args.tls_key,
         "tls_client_ca": args.tls_client_ca,
         "allow_insecure_listen": args.insecure_listen,
+        "auth": args.auth,
+        "audit_log": args.audit_log,
     }
     config = load_config(args.config, overrides=overrides)
     logging.basicConfig(

@@ -12,7 +12,9 @@ sandboxes at once, each in a fresh process (``_fanout.py``); their suites are in
 ``_concurrency_suites.py``. The Docker benchmarks (``_docker.py``) time a docker sandbox's
 create+start, exec round trip and destroy against the raw Docker Engine API, and bwrap against
 Docker on the same commands; without a Docker engine their rows show n/a. The TLS benchmark
-(``_tls.py``) times ``run("true")`` over TLS against plain TCP, on two servers of its own.
+(``_tls.py``) times ``run("true")`` over TLS against plain TCP, on two servers of its own. The
+trust benchmark (``_trust.py``) times ``run("true")`` and one unary RPC with auth and TLS on
+against both off (issue 12's target), on two servers of its own.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from ._sessions import session_vs_run
 from ._stats import MIB, Row, Summary, Target, render
 from ._timing import interleaved
 from ._tls import tls_servers, tls_vs_plain
+from ._trust import trust_suite
 
 EXEC_TARGET = Target(max_ratio=1.5)
 TLS_TARGET = Target(max_ratio=1.1)  # issue 12: auth and TLS on against off, at most 1.1x
@@ -410,7 +413,20 @@ async def session_suite(
     return [row(name, backend, result, 'run("true")', INFORMATIVE)]
 
 
-GROUPS = ("create", "exec", "auth", "fs", "session", "sleep", "fanout", "docker", "memory", "tls")
+GROUPS = (
+    "create",
+    "exec",
+    "auth",
+    "fs",
+    "session",
+    "sleep",
+    "fanout",
+    "docker",
+    "memory",
+    "tls",
+    "trust",
+)
+OWN_SERVERS = {"memory", "tls", "trust"}  # groups that start servers of their own
 
 
 def tls_suite(work: Path, sizes: Sizes, reference: list[float]) -> list[Row]:
@@ -509,10 +525,12 @@ def main(argv: list[str] | None = None) -> int:
             make_project(work / "project-100", 100)
         if "fs" in groups:
             _fs.make_grep_tree(work / "grep-tree")
-        if groups - {"memory", "tls"}:
+        if groups - OWN_SERVERS:
             rows, server_failed = shared_server_suites(groups, work, sizes, reference)
         if "tls" in groups:
             rows += tls_suite(work, sizes, reference)
+        if "trust" in groups:
+            rows += trust_suite(work, sizes, reference)
         rows += docker_skipped
         if "memory" in groups:
             rows += anyio.run(memory_suite, work, sizes.sandboxes, reference, backend=FS_BACKEND)

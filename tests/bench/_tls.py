@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,19 +35,28 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def tls_servers(work: Path) -> Iterator[Servers]:
-    """A plain and a TLS server on 127.0.0.1, both stopped on the way out."""
+def tls_servers(
+    work: Path, *, name: str = "tls", plain: Mapping[str, str] | None = None
+) -> Iterator[Servers]:
+    """A plain and a TLS server on 127.0.0.1, both stopped on the way out. ``name`` keeps
+    their files apart from another pair's; ``plain`` are more settings of the plain one."""
     ca = trustme.CA()
-    pem, ca_pem = work / "tls-server.pem", work / "tls-ca.pem"
+    pem, ca_pem = work / f"{name}-server.pem", work / f"{name}-ca.pem"
     pem.write_bytes(ca.issue_cert("localhost").private_key_and_cert_chain_pem.bytes())
     ca_pem.write_bytes(ca.cert_pem.bytes())
     started: list[ServerProcess] = []
     try:
         plain_port, tls_port = _free_port(), _free_port()
-        started.append(start_server_process(work / "server-tcp", listen=f"127.0.0.1:{plain_port}"))
         started.append(
             start_server_process(
-                work / "server-tls",
+                work / f"server-{name}-tcp",
+                listen=f"127.0.0.1:{plain_port}",
+                settings=dict(plain or {}),
+            )
+        )
+        started.append(
+            start_server_process(
+                work / f"server-{name}-tls",
                 listen=f"127.0.0.1:{tls_port}",
                 settings={"tls_cert": str(pem)},
             )

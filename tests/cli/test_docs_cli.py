@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from agentfense import SandboxClient, SandboxInfo
+from agentfense.cli._parser import build_parser
 
 from .conftest import cli_env
 
@@ -86,3 +88,24 @@ def test_the_cli_samples_run(
     for needle, shown in SHOWN.items():
         if needle in sample:
             assert shown in done.stdout, needle
+
+
+def test_every_serve_flag_is_documented() -> None:
+    """docs/cli.md's synopsis of ``agentfense serve`` names each of its flags."""
+    page = (ROOT / "docs" / "cli.md").read_text()
+    start = page.index("`agentfense serve [")
+    synopsis = page[start : page.index("`", start + 1)]
+    [serve] = [
+        action.choices["serve"]
+        for action in build_parser()._actions
+        if isinstance(action, argparse._SubParsersAction)
+    ]
+    flags = {
+        option
+        for action in serve._actions
+        if action.help != argparse.SUPPRESS
+        for option in action.option_strings
+        if option != "--help" and option.startswith("--")
+    }
+    assert {"--auth", "--audit-log", "--tls-cert"} <= flags
+    assert sorted(flag for flag in flags if flag not in synopsis) == []
