@@ -116,10 +116,16 @@ async def open_server(config: ServerConfig) -> AsyncIterator[str]:
     tls = server_context(config)
     _check_reachable(config)
     raise_descriptor_limit()
-    config.state_dir.mkdir(parents=True, exist_ok=True)
-    with _state_lock(config.state_dir):
-        async with _serving(config, address, tls) as shown:
-            yield shown
+    # (a path it cannot open is refused before the state directory is touched)
+    audit = AuditLog(config.audit_log) if config.audit_log else None
+    try:
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        with _state_lock(config.state_dir):
+            async with _serving(config, address, tls, audit) as shown:
+                yield shown
+    finally:
+        if audit is not None:
+            audit.close()
 
 
 @contextlib.contextmanager
@@ -166,7 +172,7 @@ def _leave_local_token(tokens: TokenStore, endpoint: str) -> None:
     # (for a unix socket, removed with the socket when the server stops)
 
 
-def _front_door(config: ServerConfig) -> tuple[TokenStore | None, AuditLog | None]:
+def _token_store(config: ServerConfig) -> TokenStore | None:
     tokens = TokenStore(config.state_dir) if config.auth == "token" else None
     if tokens is None:
         log.warning(
@@ -177,12 +183,15 @@ def _front_door(config: ServerConfig) -> tuple[TokenStore | None, AuditLog | Non
         )
     else:
         tokens.records()  # (a damaged store is refused at start, in a sentence)
-    return tokens, AuditLog(config.audit_log) if config.audit_log else None
+    return tokens
 
 
 @contextlib.asynccontextmanager
 async def _serving(
-    config: ServerConfig, address: tuple[str, int] | Path, tls: ssl.SSLContext | None
+    config: ServerConfig,
+    address: tuple[str, int] | Path,
+    tls: ssl.SSLContext | None,
+    audit: AuditLog | None,
 ) -> AsyncIterator[str]:
     # Traversable (sandboxes, which run as their own uid, reach their view and the generated
     # /etc files below), but nothing in it can be listed by anyone else.
@@ -209,7 +218,7 @@ async def _serving(
         if config.metrics_listen
         else contextlib.nullcontext()
     )
-    tokens, audit = _front_door(config)
+    tokens = _token_store(config)
     async with SandboxManager(config, store, metrics) as manager, endpoint:
         server = Listener(config, store, manager, spool, metrics, tokens=tokens, audit=audit)
         if isinstance(address, Path):
@@ -257,8 +266,6 @@ async def _serving(
                     if tokens is not None:  # (its token goes with the socket: a new one next time)
                         with contextlib.suppress(OSError):
                             os.unlink(token_path(shown))
-                if audit is not None:
-                    audit.close()
 
 
 async def serve(

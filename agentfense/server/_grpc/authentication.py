@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import betterproto
-import grpclib.const
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from ...errors import AuthenticationError, ConnectionError, InvalidConfigurationError
@@ -26,6 +25,7 @@ from ..audit_log import AuditLog
 from ..callers import calling_as
 from ..tokens import LOCAL_TENANT, TokenStore
 from .errors import status_error
+from .layers import Layer, method_name
 
 log = logging.getLogger("agentfense.server")
 
@@ -136,23 +136,7 @@ def _front_door(
     return handler
 
 
-class FrontDoor:
+def front_door(service: Any, tokens: TokenStore | None, audit: AuditLog | None) -> Layer:
     """``service`` (a grpclib handler object) with each call authenticated by ``tokens``
     (None: ``auth = "none"``) and written to ``audit`` (None: no audit log)."""
-
-    def __init__(self, service: Any, tokens: TokenStore | None, audit: AuditLog | None) -> None:
-        self._service = service
-        self._tokens = tokens
-        self._audit = audit
-
-    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
-        mapping: dict[str, grpclib.const.Handler] = self._service.__mapping__()
-        return {
-            path: grpclib.const.Handler(
-                _front_door(h.func, path.rsplit("/", 1)[-1], self._tokens, self._audit),
-                h.cardinality,
-                h.request_type,
-                h.reply_type,
-            )
-            for path, h in mapping.items()
-        }
+    return Layer(service, lambda path, h: _front_door(h.func, method_name(path), tokens, audit))

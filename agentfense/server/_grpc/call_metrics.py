@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import grpclib.const
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
 from ..metrics import ServerMetrics
+from .layers import Layer
 
 
 def _counted(
@@ -42,21 +42,7 @@ def _counted(
     return handler
 
 
-class CallMetrics:
-    """``service`` (a grpclib handler object) with each call counted in ``metrics``."""
-
-    def __init__(self, service: Any, metrics: ServerMetrics) -> None:
-        self._service = service
-        self._metrics = metrics
-
-    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
-        mapping: dict[str, grpclib.const.Handler] = self._service.__mapping__()
-        return {
-            path: grpclib.const.Handler(
-                _counted(h.func, path.rsplit(".", 1)[-1], self._metrics),
-                h.cardinality,
-                h.request_type,
-                h.reply_type,
-            )
-            for path, h in mapping.items()
-        }
+def call_metrics(service: Any, metrics: ServerMetrics) -> Layer:
+    """``service`` (a grpclib handler object) with each call counted in ``metrics``, by
+    ``Service/Method``."""
+    return Layer(service, lambda path, h: _counted(h.func, path.rsplit(".", 1)[-1], metrics))

@@ -15,6 +15,8 @@ from typing import Any
 import anyio
 import grpclib.const
 
+from .layers import wrap_handlers
+
 
 def _guarded(func: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
     async def handler(stream: Any) -> None:
@@ -36,7 +38,4 @@ def _guarded(func: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitabl
 
 def guarded(mapping: dict[str, grpclib.const.Handler]) -> dict[str, grpclib.const.Handler]:
     """``mapping`` (a service's ``__mapping__``) with every handler guarded."""
-    return {
-        name: grpclib.const.Handler(_guarded(h.func), h.cardinality, h.request_type, h.reply_type)
-        for name, h in mapping.items()
-    }
+    return wrap_handlers(mapping, lambda _, h: _guarded(h.func))

@@ -17,12 +17,12 @@ from ..config import ServerConfig
 from ..metrics import ServerMetrics
 from ..sandboxes import SandboxManager
 from ..tokens import TokenStore
-from .authentication import FrontDoor
-from .call_metrics import CallMetrics
+from .authentication import front_door
+from .call_metrics import call_metrics
 from .codebase_service import CodebaseService
 from .quiet_logs import quiet_per_call_logs
 from .sandbox_service import SandboxService
-from .wire_checks import WireChecks
+from .wire_checks import wire_checks
 
 
 class Listener:
@@ -50,8 +50,8 @@ class Listener:
             SandboxService(manager, max_upload_bytes=config.max_upload_bytes, spool_dir=spool),
         ]
         checked = [
-            CallMetrics(
-                WireChecks(FrontDoor(service, tokens, audit), config.max_message_bytes), metrics
+            call_metrics(
+                wire_checks(front_door(service, tokens, audit), config.max_message_bytes), metrics
             )
             for service in services
         ]

@@ -22,11 +22,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
-import grpclib.const
 
 from ..._bounded_reads import BoundedReads
 from ...errors import ResourceLimitExceededError
 from .errors import invalid, status_error
+from .layers import Layer
 from .wire_shape import oneof_fault, wire_fault
 
 # The most top-level fields a request may hold: the most rules (4,096), labels (64) or
@@ -157,22 +157,7 @@ def _checked(
     return handler
 
 
-class WireChecks:
+def wire_checks(service: Any, most: int) -> Layer:
     """``service`` (a grpclib handler object) with request messages of at most ``most`` bytes
     that decode."""
-
-    def __init__(self, service: Any, most: int) -> None:
-        self._service = service
-        self._most = most
-
-    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
-        mapping: dict[str, grpclib.const.Handler] = self._service.__mapping__()
-        return {
-            name: grpclib.const.Handler(
-                _checked(h.func, self._most, h.request_type.__name__),
-                h.cardinality,
-                h.request_type,
-                h.reply_type,
-            )
-            for name, h in mapping.items()
-        }
+    return Layer(service, lambda _, h: _checked(h.func, most, h.request_type.__name__))
