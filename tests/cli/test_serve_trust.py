@@ -190,3 +190,4 @@ def test_an_audit_log_that_cannot_be_opened_is_one_sentence(
     assert done.stderr.splitlines()[-1] == (
         f"agentfense serve: cannot open the audit log {where}: No such file or directory"
     )
+    assert list(state_dir.iterdir()) == []  # refused before anything of the server was made
