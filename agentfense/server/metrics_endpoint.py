@@ -14,7 +14,6 @@ a tight loop takes at most a few percent of the loop, and every answer is still 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 from collections.abc import AsyncIterator
 
@@ -25,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..errors import InvalidConfigurationError
 from .config import parse_metrics_listen
+from .exposure import is_loopback
 from .metrics import ServerMetrics
 
 log = logging.getLogger("agentfense.server.metrics")
@@ -40,7 +40,7 @@ async def open_metrics_endpoint(listen: str, metrics: ServerMetrics) -> AsyncIte
     """Serve ``metrics`` on ``listen`` while the context is open; yields ``host:port`` bound
     (the port the kernel chose for port 0)."""
     host, port = parse_metrics_listen(listen)
-    if not _loopback(host):
+    if not is_loopback(host):
         log.warning(
             "metrics listen on %s, which is not loopback: anyone who can reach it can read "
             "the server's metrics",
@@ -65,15 +65,6 @@ async def open_metrics_endpoint(listen: str, metrics: ServerMetrics) -> AsyncIte
             yield shown
         finally:
             tg.cancel_scope.cancel()
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # (a name: it may resolve to anything)
-        return False
 
 
 class _Paced:
