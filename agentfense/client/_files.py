@@ -76,10 +76,12 @@ def read_command(path: str, limit: int = READ_LIMIT) -> str:
     )
 
 
-def read_timed_out(path: str) -> SandboxError:
-    """What a read through a command that did not end in ``READ_TIMEOUT`` raises."""
+def read_timed_out(path: str, timeout: float | None) -> SandboxError:
+    """What a read through a command that did not end in ``timeout`` seconds (None: the
+    server's default timeout) raises."""
+    within = f"{timeout:g} s" if timeout is not None else "the server's default timeout"
     return CommandTimeoutError(
-        f"cannot read {sandbox_path(path)}: the read did not end within {READ_TIMEOUT:g} s "
+        f"cannot read {sandbox_path(path)}: the read did not end within {within} "
         "(a FIFO or a device that gives nothing?)"
     )
 

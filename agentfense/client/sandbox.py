@@ -16,7 +16,13 @@ import anyio
 from .._blocking import run_sync
 from .._construction import NoPublicConstructor
 from .._transport import finishing
-from ..errors import CommandTimeoutError, SandboxError, SandboxNotFoundError, StatusCode
+from ..errors import (
+    CommandTimeoutError,
+    InvalidConfigurationError,
+    SandboxError,
+    SandboxNotFoundError,
+    StatusCode,
+)
 from ..presets import RuleLike, resolve_permissions
 from ..types import (
     ExecResult,
@@ -365,12 +371,16 @@ class AsyncSandbox(metaclass=NoPublicConstructor):
         data = await self._file_rpc(path, lambda: self._client.read_sandbox_file(self.id, path))
         if data is not None:
             return data
+        command = _files.read_command(path)
+        timeout: float | None = _files.READ_TIMEOUT
         try:
-            result = await self._client.exec(
-                self.id, _files.read_command(path), timeout=_files.READ_TIMEOUT
-            )
+            try:
+                result = await self._client.exec(self.id, command, timeout=timeout)
+            except InvalidConfigurationError:  # a server whose max_timeout is shorter
+                timeout = None
+                result = await self._client.exec(self.id, command, timeout=timeout)
         except CommandTimeoutError:
-            raise _files.read_timed_out(path) from None
+            raise _files.read_timed_out(path, timeout) from None
         return _files.decode(result, path)
 
     async def read_file(self, path: str, encoding: str = "utf-8") -> str:

@@ -49,6 +49,9 @@ async def test_defaults_apply_and_maxima_hold(strict_server: ServerProcess, proj
         async with sandbox.session() as session:
             with pytest.raises(InvalidConfigurationError, match="at most 5 seconds"):
                 await session.exec("true", timeout=60)
+        # A file outside /workspace is read by a command, within this server's max_timeout.
+        await sandbox.run("echo outside > /tmp/note")
+        assert await sandbox.read_file("/tmp/note") == "outside\n"
     with pytest.raises(InvalidConfigurationError, match="max_pids_limit"):
         await AsyncSandbox.from_local(
             project, endpoint=endpoint, resources=ResourceLimits(pids_limit=1000)
