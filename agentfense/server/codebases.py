@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import builtins
+import contextlib
 import errno
 import functools
 import hashlib
@@ -253,18 +254,18 @@ class CodebaseStore:
         owner_id = _check_text(owner_id or "", "owner_id", required=False)
         tenant = creating_tenant()
         held = sum(r.tenant == tenant for r in self._records.values())
-        self._quotas.check(tenant, "codebases", held)
-        now = datetime.now(UTC)
-        record = CodebaseRecord(
-            id=f"cb_{secrets.token_hex(8)}",
-            name=name,
-            owner_id=owner_id,
-            created_at=now,
-            updated_at=now,
-            tenant=tenant,
-        )
-        await _run(_create_dirs, self._dir(record.id), record)
-        self._records[record.id] = record
+        with self._quotas.reserving(tenant, "codebases", held):
+            now = datetime.now(UTC)
+            record = CodebaseRecord(
+                id=f"cb_{secrets.token_hex(8)}",
+                name=name,
+                owner_id=owner_id,
+                created_at=now,
+                updated_at=now,
+                tenant=tenant,
+            )
+            await _run(_create_dirs, self._dir(record.id), record)
+            self._records[record.id] = record
         log_event(
             _lifecycle,
             logging.INFO,
@@ -373,7 +374,30 @@ class CodebaseStore:
             raise ResourceLimitExceededError(
                 f"file {path} ({total_size} bytes) exceeds the upload limit of {max_bytes} bytes"
             )
-        await self._check_room(record.tenant, total_size)  # (as declared: before any data)
+        try:
+            async with self._room(record.tenant, total_size):  # (as declared: before any data)
+                return await self._receive(
+                    record, parts, total_size, chunks, max_bytes, touch=touch, executable=executable
+                )
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                with anyio.CancelScope(shield=True):
+                    await aclose()
+
+    async def _receive(
+        self,
+        record: CodebaseRecord,
+        parts: builtins.list[str],
+        total_size: int,
+        chunks: AsyncIterator[bytes],
+        max_bytes: int,
+        *,
+        touch: bool,
+        executable: bool,
+    ) -> tuple[int, str]:
+        """The rest of :meth:`upload`, within the room the tenant's quota holds for it."""
+        path = "/".join(parts)
         files_dir = self._dir(record.id) / "files"
         temp = self._dir(record.id) / "tmp" / f"upload-{secrets.token_hex(8)}"
         digest = hashlib.sha256()
@@ -422,23 +446,21 @@ class CodebaseStore:
                 raise InvalidConfigurationError(
                     f"total_size is {total_size} bytes but {size} bytes were sent"
                 )
-            if not total_size:  # (what was sent, when no size was declared)
-                await self._check_room(record.tenant, size)
-            if fd < 0:
-                grown = await _run(write_whole, buffer)
-            else:
-                if buffer:
-                    await _run(_write_all, fd, buffer, digest)
-                closing, fd = fd, -1
-                await _run(os.close, closing)
-                grown = await _run(_commit_upload, temp, files_dir, record.id, parts)
-            self.usage_changed(record.id, *grown)
+            if buffer and fd >= 0:
+                await _run(_write_all, fd, buffer, digest)
+                buffer = bytearray()
+            # (what was sent, when no size was declared: checked now, before it is in place)
+            async with self._room(record.tenant, 0 if total_size else size, entries=0):
+                if fd < 0:
+                    grown = await _run(write_whole, buffer)
+                else:
+                    closing, fd = fd, -1
+                    await _run(os.close, closing)
+                    grown = await _run(_commit_upload, temp, files_dir, record.id, parts)
+                self.usage_changed(record.id, *grown)
         finally:
             with anyio.CancelScope(shield=True):
                 await _run(_discard_temp, fd, temp)
-                aclose = getattr(chunks, "aclose", None)
-                if aclose is not None:
-                    await aclose()
         if touch and self.exists(record.id):
             await self.touch(record.id)
         return size, digest.hexdigest()
@@ -501,11 +523,17 @@ class CodebaseStore:
             size, entries = size + known[0], entries + known[1]
         return size, entries
 
-    async def _check_room(self, tenant: str, size: int) -> None:
-        """Refuse a file of ``size`` bytes (one more entry) beyond the tenant's quota."""
+    @contextlib.asynccontextmanager
+    async def _room(self, tenant: str, size: int, entries: int = 1) -> AsyncIterator[None]:
+        """Hold room for a file of ``size`` bytes (and ``entries`` more entries) within the
+        tenant's quota while the block puts it in place (uploads at once count each other's)."""
         quota = self._quotas.of(tenant)
         if not quota.codebase_bytes and not quota.codebase_entries:
+            yield
             return
         held_bytes, held_entries = await self._held(tenant)
-        self._quotas.check(tenant, "codebase_bytes", held_bytes, size)
-        self._quotas.check(tenant, "codebase_entries", held_entries)
+        with (
+            self._quotas.reserving(tenant, "codebase_bytes", held_bytes, size),
+            self._quotas.reserving(tenant, "codebase_entries", held_entries, entries),
+        ):
+            yield

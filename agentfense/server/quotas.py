@@ -8,8 +8,10 @@ RESOURCE_EXHAUSTED with a sentence naming the quota; what the tenant already hol
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from ..errors import InvalidConfigurationError, ResourceLimitExceededError
@@ -61,11 +63,28 @@ def parse_quotas(value: object) -> dict[str, dict[str, int]]:
 
 
 class Quotas:
-    """The server's default quota and each tenant's own."""
+    """The server's default quota and each tenant's own, and what is being added under way
+    (calls at once must not all pass one check: see :meth:`reserving`)."""
 
     def __init__(self, default: Quota, own: Mapping[str, Mapping[str, int]]) -> None:
         self._default = default
         self._own = {tenant: dataclasses.replace(default, **given) for tenant, given in own.items()}
+        self._pending: collections.Counter[tuple[str, str]] = collections.Counter()
+
+    @contextlib.contextmanager
+    def reserving(self, tenant: str, name: str, held: int, adding: int = 1) -> Iterator[None]:
+        """Check ``adding`` more of ``name`` (with what other calls are adding meanwhile) and
+        hold it while the block makes it: a creation between its check and its record
+        counts for the next check, even while it awaits."""
+        key = (tenant, name)
+        self.check(tenant, name, held + self._pending[key], adding)
+        self._pending[key] += adding
+        try:
+            yield
+        finally:
+            self._pending[key] -= adding
+            if self._pending[key] <= 0:
+                del self._pending[key]
 
     def of(self, tenant: str) -> Quota:
         return self._own.get(tenant, self._default)

@@ -42,7 +42,7 @@ from ..types import Permission, PermissionRule, ResourceLimits, RuntimeType, San
 from ._contained import ContainedTaskGroup
 from ._descriptors import check_headroom
 from ._paths import InvalidPathError, normalize_relpath
-from .codebases import CodebaseStore
+from .codebases import CodebaseRecord, CodebaseStore
 from .commands import Commands, ExecParams
 from .config import ServerConfig
 from .execution import OnOutput, Outcome
@@ -284,14 +284,38 @@ class SandboxManager:
                 f"expires_in must be at most {_MOST_EXPIRES_IN.days} days"
             )
         codebase = await self._codebases.get(codebase_id)  # (the caller's, or not found)
-        self._quotas.check(codebase.tenant, "sandboxes", self._sandboxes.held_by(codebase.tenant))
+        held = self._sandboxes.held_by(codebase.tenant)
+        with self._quotas.reserving(codebase.tenant, "sandboxes", held):
+            return await self._create(
+                codebase,
+                permissions=permissions,
+                runtime=runtime,
+                image=image,
+                resources=resources,
+                labels=labels,
+                expires_in=expires_in,
+                keep_home=keep_home,
+            )
+
+    async def _create(
+        self,
+        codebase: CodebaseRecord,
+        *,
+        permissions: Sequence[PermissionRule],
+        runtime: RuntimeType,
+        image: str,
+        resources: ResourceLimits,
+        labels: Mapping[str, str],
+        expires_in: timedelta | None,
+        keep_home: bool,
+    ) -> SandboxRecord:
         resources = self._with_server_limits(resources, runtime)
         _check_resources(resources)
         validate_rules(permissions)
         await self._check_runtime(runtime, image, resources)
         record = SandboxRecord(
             id="sb_" + secrets.token_hex(8),
-            codebase_id=codebase_id,
+            codebase_id=codebase.id,
             permissions=tuple(permissions),
             runtime=runtime,
             image=image,

@@ -129,14 +129,14 @@ class SessionRegistry:
                 f"sandbox {record.id} has {self._most_per_sandbox} open sessions, the most "
                 "this server allows (max_sessions_per_sandbox); destroy one first"
             )
-        self._quotas.check(record.tenant, "sessions", self._held_by(record.tenant))
-        check_headroom(f"a new session of sandbox {record.id}")
-        argv = shell_argv(shell, handle.session_bash)
-        command = CommandSpec(argv, self._commands.env(env), WORKSPACE)
-        process = await self._commands.spawn(record, handle, command, shell=shell)
-        ident = "ses_" + secrets.token_hex(8)
-        session = await Session.open(ident, record.id, process, shell, self._task_group())
-        self._sessions[ident] = session
+        with self._quotas.reserving(record.tenant, "sessions", self._held_by(record.tenant)):
+            check_headroom(f"a new session of sandbox {record.id}")
+            argv = shell_argv(shell, handle.session_bash)
+            command = CommandSpec(argv, self._commands.env(env), WORKSPACE)
+            process = await self._commands.spawn(record, handle, command, shell=shell)
+            ident = "ses_" + secrets.token_hex(8)
+            session = await Session.open(ident, record.id, process, shell, self._task_group())
+            self._sessions[ident] = session
         self._reported.add(ident)
         self._event("session opened", session, shell=session.shell)
         return session
