@@ -10,6 +10,7 @@ from agentfense.client._client import AsyncSandboxClient as AsyncSandboxClient
 from agentfense.client._stream import ExecStream as ExecStream
 from agentfense.client.sandbox import AsyncSandbox as AsyncSandbox
 from agentfense.client.session import AsyncSessionWrapper as AsyncSessionWrapper
+from agentfense.errors import AuthenticationError as AuthenticationError
 from agentfense.errors import CodebaseNotFoundError as CodebaseNotFoundError
 from agentfense.errors import CommandExecutionError as CommandExecutionError
 from agentfense.errors import CommandTimeoutError as CommandTimeoutError
@@ -44,6 +45,7 @@ from agentfense.types import SandboxInfo as SandboxInfo
 from agentfense.types import SandboxStatus as SandboxStatus
 from agentfense.types import SessionInfo as SessionInfo
 from agentfense.types import SessionStatus as SessionStatus
+from agentfense.types import TLSConfig as TLSConfig
 from agentfense.types import UploadResult as UploadResult
 
 __version__ = "0.1.0"
@@ -52,6 +54,7 @@ __all__ = [
     "AsyncSandbox",
     "AsyncSandboxClient",
     "AsyncSessionWrapper",
+    "AuthenticationError",
     "Codebase",
     "CodebaseNotFoundError",
     "CommandExecutionError",
@@ -83,6 +86,7 @@ __all__ = [
     "SessionNotFoundError",
     "SessionStatus",
     "SessionWrapper",
+    "TLSConfig",
     "UploadResult",
     "extend_preset",
     "get_preset",

@@ -125,6 +125,15 @@ class PermissionDeniedError(SandboxError):
     reason = "PERMISSION_DENIED"
 
 
+class AuthenticationError(PermissionDeniedError):
+    """The call carried no API token, or one the server does not accept: UNAUTHENTICATED.
+
+    (A kind of ``PermissionDeniedError``, which is what such a refusal was before.)"""
+
+    default_code = StatusCode.UNAUTHENTICATED
+    reason = "UNAUTHENTICATED"
+
+
 class ResourceLimitExceededError(SandboxError):
     """A limit was reached: the server's (RESOURCE_EXHAUSTED), or the sandbox's own that
     stopped a command (``limit`` says which: "memory", "pids"; with the command's outcome)."""
@@ -175,6 +184,7 @@ _BY_REASON: dict[str, type[SandboxError]] = {
         CommandTimeoutError,
         CommandExecutionError,
         PermissionDeniedError,
+        AuthenticationError,
         ResourceLimitExceededError,
         InvalidConfigurationError,
         ConnectionError,
@@ -183,7 +193,7 @@ _BY_REASON: dict[str, type[SandboxError]] = {
 _BY_CODE: dict[int, type[SandboxError]] = {
     StatusCode.DEADLINE_EXCEEDED: CommandTimeoutError,
     StatusCode.PERMISSION_DENIED: PermissionDeniedError,
-    StatusCode.UNAUTHENTICATED: PermissionDeniedError,
+    StatusCode.UNAUTHENTICATED: AuthenticationError,
     StatusCode.RESOURCE_EXHAUSTED: ResourceLimitExceededError,
     StatusCode.INVALID_ARGUMENT: InvalidConfigurationError,
     StatusCode.OUT_OF_RANGE: InvalidConfigurationError,

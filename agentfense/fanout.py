@@ -36,7 +36,7 @@ import anyio.lowlevel
 
 from .client.sandbox import AsyncSandbox
 from .presets import RuleLike
-from .types import ExecResult, ResourceLimits, RuntimeType
+from .types import ExecResult, ResourceLimits, RuntimeType, TLSConfig
 
 __all__ = [
     "FromLocalOptions",
@@ -78,6 +78,8 @@ class FromLocalOptions(TypedDict, total=False):
     labels: dict[str, str] | None
     auto_start: bool
     keep_home: bool
+    api_key: str | None
+    tls: TLSConfig | None
 
 
 # -- the core ---------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Permission presets: named rule lists that ``from_local(..., preset=...)`` starts from.
 
 User rules are appended after a preset's rules, so at equal priority and specificity they win;
-a user rule for one exact path outranks the preset's rules (:mod:`agentfense._rule_ranking`).
+a user rule for one exact path outranks the preset's rules (docs/permissions.md says how).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import Enum, StrEnum
+from os import PathLike
 from typing import Any, final
 
 from .errors import InvalidConfigurationError
@@ -166,6 +167,33 @@ class ResourceLimits:
             v is None or v == 0
             for v in (self.memory_bytes, self.cpu_quota, self.cpu_shares, self.pids_limit)
         )
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """How the SDK checks the server's TLS certificate, and the one it shows (mutual TLS).
+
+    ``ca``: the CA bundle to trust, a PEM file's path or PEM bytes (``None``: the system's
+    trust store). ``cert``: the client's certificate (chain), a PEM file's path, for a
+    server that requires one; ``key``: its private key's path (``None``: in ``cert``'s
+    file). Giving one turns TLS on, as ``secure=True`` does.
+    """
+
+    ca: str | PathLike[str] | bytes | None = None
+    cert: str | PathLike[str] | None = None
+    key: str | PathLike[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.ca is not None and not isinstance(self.ca, str | PathLike | bytes):
+            raise InvalidConfigurationError("tls.ca must be a path or PEM bytes")
+        for name in ("cert", "key"):
+            if getattr(self, name) is not None and not isinstance(
+                getattr(self, name), str | PathLike
+            ):
+                raise InvalidConfigurationError(f"tls.{name} must be a path")
+        if self.key is not None and self.cert is None:
+            raise InvalidConfigurationError("tls.key needs tls.cert (the certificate it signs)")
 
 
 @final

@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import suppress
 from types import TracebackType
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 import betterproto
 import h2.exceptions
-from grpclib.client import Channel, Stream
+from grpclib.client import Channel, Handler, Stream
 from grpclib.const import Cardinality
+from grpclib.events import SendRequest, listen
 from grpclib.exceptions import StreamTerminatedError
+from grpclib.protocol import H2Protocol
 
 from agentfense._error_details import ReasonCodec
 from agentfense._transport._bounded import bound_reads
 from agentfense._transport._endpoint import Endpoint
-from agentfense._transport._errors import mapped_errors, trailers_only_status
+from agentfense._transport._errors import ReplyCodec, mapped_errors, trailers_only_status
+from agentfense._transport._tls import ClientTLS, tls_failure
 from agentfense.errors import ConnectionError
 
 _REASONS = ReasonCodec()
+_REPLIES = ReplyCodec()
 T = TypeVar("T", bound=betterproto.Message)  # a generated reply message class
+# How long closing a connection waits for it to be gone (a TLS server's close_notify).
+CLOSE_TIMEOUT = 2.0
 Producer = Callable[[], AsyncIterator[betterproto.Message]]
 
 
@@ -39,18 +46,111 @@ def _no_response(endpoint: str) -> ConnectionError:
     )
 
 
+# A TLS server hangs up on a client that does not speak TLS without a word.
+_PLAIN_HUNG_UP = (
+    "the server closed the connection before answering: if it serves TLS, connect with "
+    "secure=True or tls=TLSConfig(...) (or set AGENTFENSE_TLS_CA)"
+)
+
+
+class _WatchedProtocol(H2Protocol):
+    """grpclib's connection, keeping why it was lost (a TLS alert that comes after the
+    handshake, TLS 1.3's "certificate required" from a server that wants a client
+    certificate, reaches grpclib's calls only as "Connection lost"), and telling when it is
+    gone (a TLS connection's close waits for the server's goodbye: an asyncio loop that ends
+    before then leaves its socket open)."""
+
+    lost: BaseException | None = None
+    heard = False  # whether the server sent anything
+
+    def __init__(self, handler: Handler, config: Any, h2_config: Any) -> None:
+        super().__init__(handler, config, h2_config)
+        self._gone = asyncio.Event()
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if isinstance(transport, asyncio.Transport):
+            self._transport = transport
+        super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.heard = True
+        super().data_received(data)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost = exc
+        self._gone.set()
+        super().connection_lost(exc)
+
+    async def gone(self, timeout: float) -> None:
+        """Wait until the connection is closed; past ``timeout``, drop it (abort)."""
+        if self._transport is None:  # never made (a failed handshake): nothing to wait for
+            return
+        try:
+            with anyio.move_on_after(timeout):
+                await self._gone.wait()
+        finally:
+            if not self._gone.is_set():
+                self._transport.abort()
+
+
+class _Channel(Channel):
+    _tls: ClientTLS | None = None
+    _last: _WatchedProtocol | None = None
+
+    def _protocol_factory(self) -> H2Protocol:
+        self._last = _WatchedProtocol(Handler(), self._config, self._h2_config)
+        return self._last
+
+    def why_lost(self) -> str | None:
+        """Why the last connection was lost, in a sentence, when TLS (or its absence) may be
+        why."""
+        protocol = self._last
+        if protocol is None or not protocol._gone.is_set():
+            return None
+        if self._tls is None:  # (a unix socket never serves TLS here)
+            return None if protocol.heard or self._path is not None else _PLAIN_HUNG_UP
+        told = tls_failure(protocol.lost, "") if protocol.lost is not None else None
+        if told is None and not protocol.heard:
+            return self._tls.hung_up()
+        return told
+
+    async def aclose(self) -> None:
+        """Close the connection and wait until it is gone (at most ``CLOSE_TIMEOUT``)."""
+        protocol = self._last
+        self.close()
+        if isinstance(protocol, _WatchedProtocol):
+            await protocol.gone(CLOSE_TIMEOUT)
+
+
 class GrpcCalls:
     """One grpclib channel; construct and use it only on the loop that will run the calls."""
 
-    def __init__(self, endpoint: Endpoint, *, secure: bool) -> None:
-        ssl = True if secure else None
+    def __init__(
+        self, endpoint: Endpoint, *, ssl: ClientTLS | None, api_key: str | None = None
+    ) -> None:
+        context = None if ssl is None else ssl.context
         if endpoint.path is not None:
-            self.channel = Channel(path=endpoint.path, ssl=ssl, status_details_codec=_REASONS)
-        else:
-            self.channel = Channel(
-                endpoint.host, endpoint.port, ssl=ssl, status_details_codec=_REASONS
+            self.channel = _Channel(
+                path=endpoint.path, ssl=context, codec=_REPLIES, status_details_codec=_REASONS
             )
+        else:
+            self.channel = _Channel(
+                endpoint.host,
+                endpoint.port,
+                ssl=context,
+                codec=_REPLIES,
+                status_details_codec=_REASONS,
+            )
+        self.channel._tls = ssl
         self.endpoint = endpoint.text
+        if api_key:
+            authorization = f"Bearer {api_key}"
+
+            async def authorize(event: SendRequest) -> None:
+                event.metadata["authorization"] = authorization
+
+            listen(self.channel, SendRequest, authorize)
 
     async def unary(
         self,
@@ -60,7 +160,7 @@ class GrpcCalls:
         *,
         timeout: float | None = None,
     ) -> T:
-        with mapped_errors(self.endpoint, path):
+        with mapped_errors(self.endpoint, path, self.channel.why_lost):
             async with self.channel.request(
                 path, Cardinality.UNARY_UNARY, type(request), response_type, timeout=timeout
             ) as stream:
@@ -91,7 +191,7 @@ class GrpcCalls:
         timeout: float | None = None,
     ) -> T:
         try:
-            with mapped_errors(self.endpoint, path):
+            with mapped_errors(self.endpoint, path, self.channel.why_lost):
                 async with self.channel.request(
                     path,
                     Cardinality.STREAM_UNARY,
@@ -117,7 +217,7 @@ class GrpcCalls:
         return response
 
     async def aclose(self) -> None:
-        self.channel.close()
+        await self.channel.aclose()
 
 
 async def _send_all(stream: Stream[betterproto.Message, T], produce: Producer) -> None:
@@ -175,6 +275,7 @@ class ServerStream(Generic[T]):
         timeout: float | None,
     ) -> None:
         self._endpoint = calls.endpoint
+        self._lost = calls.channel.why_lost
         self._path = path
         self._request = request
         self._stream: Stream[betterproto.Message, T] = calls.channel.request(
@@ -185,7 +286,7 @@ class ServerStream(Generic[T]):
     async def __aenter__(self) -> ServerStream[T]:
         await self._stream.__aenter__()
         try:
-            with mapped_errors(self._endpoint, self._path):
+            with mapped_errors(self._endpoint, self._path, self._lost):
                 await self._stream.send_message(self._request, end=True)
                 bound_reads(self._stream)
         except BaseException as exc:
@@ -199,7 +300,10 @@ class ServerStream(Generic[T]):
     async def __anext__(self) -> T:
         if self._finished:
             raise StopAsyncIteration
-        with mapped_errors(self._endpoint, self._path), trailers_only_status(self._stream):
+        with (
+            mapped_errors(self._endpoint, self._path, self._lost),
+            trailers_only_status(self._stream),
+        ):
             message = await self._stream.recv_message()
         if message is None:
             self._finished = True
@@ -219,7 +323,7 @@ class ServerStream(Generic[T]):
                 await self._stream.__aexit__(exc_type, exc, tb)
             return
         if self._finished:
-            with mapped_errors(self._endpoint, self._path):
+            with mapped_errors(self._endpoint, self._path, self._lost):
                 await self._stream.__aexit__(None, None, None)
             return
         # Left early: tell the server (RST_STREAM). Failures here are of no interest to the

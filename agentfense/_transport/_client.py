@@ -17,12 +17,14 @@ from agentfense._transport._finishing import (
     overdue,
     unary_on_its_own_connection,
 )
+from agentfense._transport._tls import ClientTLS, client_tls
 from agentfense.errors import (
     ConnectionError,
     InvalidConfigurationError,
     SandboxError,
     StatusCode,
 )
+from agentfense.types import TLSConfig
 
 
 class _Calls(Protocol):
@@ -64,12 +66,19 @@ class Transport:
     """
 
     def __init__(
-        self, calls: _Calls, endpoint: Endpoint, backend: str, *, secure: bool = False
+        self,
+        calls: _Calls,
+        endpoint: Endpoint,
+        backend: str,
+        *,
+        ssl: ClientTLS | None = None,
+        api_key: str | None = None,
     ) -> None:
         self._calls = calls
         self._closed = False
         self._parsed = endpoint
-        self._secure = secure
+        self._ssl = ssl
+        self._api_key = api_key
         self.endpoint = endpoint.text
         self.backend = backend
 
@@ -94,7 +103,13 @@ class Transport:
         try:
             if self.backend == "asyncio":
                 call = unary_on_its_own_connection(
-                    self._parsed, self._secure, path, request, response_type, deadline
+                    self._parsed,
+                    self._ssl,
+                    path,
+                    request,
+                    response_type,
+                    deadline,
+                    self._api_key,
                 )
                 return await block.wait_elsewhere(call, path.rsplit("/", 1)[-1])
             # trio: the block's shield keeps the caller's cancellation out.
@@ -159,26 +174,34 @@ class Transport:
         await self.aclose()
 
 
-async def open_transport(endpoint: str = DEFAULT_ENDPOINT, *, secure: bool = False) -> Transport:
+async def open_transport(
+    endpoint: str = DEFAULT_ENDPOINT,
+    *,
+    api_key: str | None = None,
+    tls: TLSConfig | None = None,
+) -> Transport:
     """A :class:`Transport` to ``endpoint`` for the running async library (asyncio or trio).
 
     ``endpoint`` is ``"host:port"``, ``"[ipv6]:port"``, ``"unix:/path"`` or ``"unix:///path"``;
-    ``secure`` uses TLS with the default SSL context (TCP endpoints only). The connection is
+    ``api_key`` is sent as ``authorization: Bearer <api_key>`` with every call; ``tls``
+    connects over TLS (TCP endpoints only), as :func:`client_context` says. The connection is
     made on the first call.
     """
     parsed = parse_endpoint(endpoint)
-    if secure and parsed.path is not None:
+    if tls is not None and parsed.path is not None:
         raise InvalidConfigurationError(
-            f"endpoint {endpoint!r} is a unix socket; secure=True (TLS) needs a host:port endpoint"
+            f"endpoint {endpoint!r} is a unix socket; TLS (secure=True, tls=) needs a "
+            "host:port endpoint"
         )
+    ssl = None if tls is None else client_tls(tls)
     backend = sniffio.current_async_library()
     calls: _Calls
     if backend == "trio":
         from agentfense._transport._trio_calls import TrioCalls
 
-        calls = await TrioCalls.open(parsed, secure=secure)
+        calls = await TrioCalls.open(parsed, ssl=ssl, api_key=api_key)
     elif backend == "asyncio":
-        calls = GrpcCalls(parsed, secure=secure)
+        calls = GrpcCalls(parsed, ssl=ssl, api_key=api_key)
     else:
         raise RuntimeError(f"agentfense supports asyncio and trio, not {backend}")
-    return Transport(calls, parsed, backend, secure=secure)
+    return Transport(calls, parsed, backend, ssl=ssl, api_key=api_key)

@@ -2,21 +2,42 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from typing import Any
 
 import h2.exceptions
 from grpclib.const import Status
+from grpclib.encoding.proto import ProtoCodec
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from grpclib.metadata import decode_bin_value, decode_grpc_message
 
 from agentfense._error_details import ReasonCodec
+from agentfense._transport._tls import tls_failure
 from agentfense.errors import ConnectionError, SandboxError, StatusCode, error_from_status
 
 
-def translate(exc: BaseException, endpoint: str, path: str = "") -> SandboxError | None:
+class BadReply(Exception):
+    """A reply whose bytes are not the message its RPC answers with (the sentence says so)."""
+
+
+class ReplyCodec(ProtoCodec):
+    """grpclib's protobuf codec, with a reply that does not decode a :class:`BadReply`:
+    betterproto raises ValueError, EOFError and others, its compiled codec RuntimeError."""
+
+    def decode(self, data: bytes, message_type: type[Any]) -> Any:
+        try:
+            return super().decode(data, message_type)
+        except (RuntimeError, ValueError, TypeError, OverflowError, IndexError, EOFError) as exc:
+            raise BadReply(f"not a valid {message_type.__name__} message ({exc})") from None
+
+
+def translate(
+    exc: BaseException, endpoint: str, path: str = "", lost: str | None = None
+) -> SandboxError | None:
     """The SDK error for a transport-level ``exc`` in a call of the RPC at ``path``
-    ("/sandbox.v1.SandboxService/Exec"), or ``None`` if ``exc`` is not one."""
+    ("/sandbox.v1.SandboxService/Exec"), or ``None`` if ``exc`` is not one; ``lost`` says
+    why the connection was lost, when TLS knows (the call saw only a lost connection)."""
     if isinstance(exc, GRPCError):
         reason = exc.details if isinstance(exc.details, str) else ""
         rpc = path.rsplit("/", 1)[-1]
@@ -24,6 +45,13 @@ def translate(exc: BaseException, endpoint: str, path: str = "") -> SandboxError
     # asyncio's deadline expiry is a bare TimeoutError; the OS's ETIMEDOUT carries an errno.
     if isinstance(exc, TimeoutError) and exc.errno is None:
         return error_from_status(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+    if isinstance(exc, BadReply):
+        return ConnectionError(f"the AgentFense server at {endpoint} sent a reply that is {exc}")
+    tls = tls_failure(exc, endpoint)
+    if tls is None and isinstance(exc, StreamTerminatedError):
+        tls = lost
+    if tls is not None:
+        return ConnectionError(f"cannot reach the AgentFense server at {endpoint}: {tls}")
     if isinstance(
         exc, OSError | StreamTerminatedError | ProtocolError | h2.exceptions.H2Error | EOFError
     ):
@@ -68,13 +96,15 @@ def trailers_only_status(stream: object) -> Iterator[None]:
 
 
 @contextmanager
-def mapped_errors(endpoint: str, path: str = "") -> Iterator[None]:
+def mapped_errors(
+    endpoint: str, path: str = "", lost: Callable[[], str | None] | None = None
+) -> Iterator[None]:
     """Re-raise transport failures inside the block (a call of the RPC at ``path``) as SDK
-    errors; let anything else through."""
+    errors; let anything else through. ``lost()`` says why the connection was lost."""
     try:
         yield
     except Exception as exc:
-        mapped = translate(exc, endpoint, path)
+        mapped = translate(exc, endpoint, path, None if lost is None else lost())
         if mapped is None:
             raise
         raise mapped from exc

@@ -37,6 +37,7 @@ import betterproto
 from agentfense._transport._asyncio_side import GrpcCalls, T
 from agentfense._transport._endpoint import Endpoint
 from agentfense._transport._loop_thread import private_loop
+from agentfense._transport._tls import ClientTLS
 from agentfense.errors import ConnectionError, StatusCode
 
 
@@ -116,14 +117,15 @@ def finishing(timeout: float) -> Iterator[None]:
 
 async def unary_on_its_own_connection(
     endpoint: Endpoint,
-    secure: bool,
+    ssl: ClientTLS | None,
     path: str,
     request: betterproto.Message,
     response_type: type[T],
     timeout: float | None,
+    api_key: str | None = None,
 ) -> T:
     """One unary call over a new connection, closed after it (to run on the private loop)."""
-    calls = GrpcCalls(endpoint, secure=secure)
+    calls = GrpcCalls(endpoint, ssl=ssl, api_key=api_key)
     try:
         return await calls.unary(path, request, response_type, timeout=timeout)
     finally:

@@ -13,6 +13,7 @@ import trio
 from agentfense._transport._asyncio_side import GrpcCalls, Producer, T
 from agentfense._transport._endpoint import Endpoint
 from agentfense._transport._loop_thread import is_private_loop, private_loop
+from agentfense._transport._tls import ClientTLS
 from agentfense._transport._trio_bridge import LoopTask, run_on_loop
 
 # Server-stream messages handed to trio but not yet consumed, at most.
@@ -21,8 +22,8 @@ STREAM_WINDOW = 16
 _KEPT_AFTER_FORK: list[GrpcCalls] = []
 
 
-async def _new_calls(endpoint: Endpoint, secure: bool) -> GrpcCalls:
-    return GrpcCalls(endpoint, secure=secure)
+async def _new_calls(endpoint: Endpoint, ssl: ClientTLS | None, api_key: str | None) -> GrpcCalls:
+    return GrpcCalls(endpoint, ssl=ssl, api_key=api_key)
 
 
 class TrioCalls:
@@ -33,9 +34,11 @@ class TrioCalls:
         self._calls = calls
 
     @classmethod
-    async def open(cls, endpoint: Endpoint, *, secure: bool) -> TrioCalls:
+    async def open(
+        cls, endpoint: Endpoint, *, ssl: ClientTLS | None, api_key: str | None
+    ) -> TrioCalls:
         loop = private_loop()
-        return cls(loop, await run_on_loop(loop, _new_calls(endpoint, secure)))
+        return cls(loop, await run_on_loop(loop, _new_calls(endpoint, ssl, api_key)))
 
     async def unary(
         self,

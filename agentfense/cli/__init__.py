@@ -22,8 +22,9 @@ from typing import TextIO
 import anyio
 
 from ..errors import SandboxError
-from ._exits import EXIT_FAILED, EXIT_INTERRUPTED
+from ._exits import EXIT_BROKEN_PIPE, EXIT_FAILED, EXIT_INTERRUPTED
 from ._parser import COMMANDS, TAKES_COMMAND, UsageError, build_parser
+from ._run import _discard
 
 
 def _did_you_mean(words: Sequence[str], known: Sequence[str]) -> None:
@@ -74,7 +75,7 @@ def _dispatch(argv: Sequence[str], parser: argparse.ArgumentParser) -> int:
         args.command = command
     elif command is not None:
         raise UsageError(f"`{args.prog}` takes no command after --")
-    if args.action in ("presets", "serve", "doctor"):  # (serve sets up its own logging)
+    if args.action in ("presets", "serve", "doctor", "token"):  # (serve: its own logging)
         return int(args.func(args))
     logging.basicConfig(level=logging.WARNING, format=f"{args.prog}: %(message)s")
     if args.debug:  # ours only: asyncio's and docker's would drown them
@@ -119,6 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except Exception as raised:
         exc = _leaf(raised)
+        if isinstance(exc, BrokenPipeError):  # `agentfense ls | head`: end as a pipe's writer
+            _discard(sys.stdout)
+            return EXIT_BROKEN_PIPE
         if debug:
             traceback.print_exception(raised)
         prog = _prog(ours)

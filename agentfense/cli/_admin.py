@@ -9,7 +9,7 @@ from datetime import datetime
 
 from .. import AsyncSandboxClient
 from ..errors import ConnectionError, SandboxError
-from ._endpoint import endpoint_or_default
+from ._endpoint import endpoint_or_default, tls_flags
 from ._exits import EXIT_FAILED
 from ._interrupt import run_interruptible
 
@@ -40,7 +40,10 @@ def _size(size: int) -> str:
 
 
 async def _ls(args: argparse.Namespace) -> int:
-    async with AsyncSandboxClient(endpoint_or_default(args.endpoint)) as client:
+    secure, tls = tls_flags(args)
+    async with AsyncSandboxClient(
+        endpoint_or_default(args.endpoint), secure=secure, api_key=args.api_key, tls=tls
+    ) as client:
         sandboxes = await client.list_sandboxes()
         codebases = await client.list_codebases()
     if args.quiet:
@@ -80,7 +83,10 @@ async def _remove(client: AsyncSandboxClient, item: str) -> None:
 
 async def _rm(args: argparse.Namespace) -> int:
     failed = False
-    async with AsyncSandboxClient(endpoint_or_default(args.endpoint)) as client:
+    secure, tls = tls_flags(args)
+    async with AsyncSandboxClient(
+        endpoint_or_default(args.endpoint), secure=secure, api_key=args.api_key, tls=tls
+    ) as client:
         for item in args.ids:
             try:
                 await _remove(client, item)

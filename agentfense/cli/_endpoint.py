@@ -3,6 +3,7 @@ default (``localhost:9000``, or for ``run`` a server embedded in this process)."
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import tempfile
@@ -13,6 +14,7 @@ from .._extras import server_extra_problem
 from .._transport import DEFAULT_ENDPOINT
 from ..client._environment import endpoint_or_configured
 from ..errors import SandboxError, StatusCode
+from ..types import TLSConfig
 
 ENDPOINT_VARIABLE = "AGENTFENSE_ENDPOINT"
 
@@ -25,6 +27,23 @@ def chosen_endpoint(flag: str | None) -> str | None:
     if not os.environ.get(ENDPOINT_VARIABLE):
         return None
     return endpoint_or_configured(None)
+
+
+def tls_flags(args: argparse.Namespace) -> tuple[bool, TLSConfig | None]:
+    """``secure`` and ``tls`` for the SDK from --tls, --tls-ca, --tls-cert and --tls-key,
+    each falling back to its ``AGENTFENSE_TLS_*`` variable (without any flag, the SDK reads
+    the variables itself)."""
+    if args.tls_ca is None and args.tls_cert is None and args.tls_key is None:
+        return bool(args.tls), None
+    ca, cert, key = (
+        flag or os.environ.get(variable) or None
+        for flag, variable in (
+            (args.tls_ca, "AGENTFENSE_TLS_CA"),
+            (args.tls_cert, "AGENTFENSE_TLS_CLIENT_CERT"),
+            (args.tls_key, "AGENTFENSE_TLS_CLIENT_KEY"),
+        )
+    )
+    return True, TLSConfig(ca=ca, cert=cert, key=key)
 
 
 def endpoint_or_default(flag: str | None) -> str:

@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 from .. import __version__
 from ..presets import list_presets
 from ..types import RuntimeType
-from . import _admin, _presets, _run, _serve
+from . import _admin, _presets, _run, _serve, _tokens
 from ._endpoint import ENDPOINT_VARIABLE
 from ._values import (
     parse_count,
@@ -21,7 +21,7 @@ from ._values import (
     parse_size,
 )
 
-COMMANDS = ("run", "exec", "ls", "rm", "presets", "serve", "doctor")
+COMMANDS = ("run", "exec", "ls", "rm", "presets", "serve", "doctor", "token")
 TAKES_COMMAND = ("run", "exec")
 
 
@@ -69,6 +69,31 @@ def _endpoint_flag(parser: argparse.ArgumentParser, default: str) -> None:
         "--endpoint",
         metavar="ADDRESS",
         help=f"the server: host:port or unix:/path (default: ${ENDPOINT_VARIABLE}, else {default})",
+    )
+    parser.add_argument(
+        "--api-key",
+        metavar="TOKEN",
+        help="the API token (default: $AGENTFENSE_API_KEY, else the one a server run by "
+        "this user left for the endpoint); prefer the variable: others can read flags",
+    )
+    tls = parser.add_argument_group("TLS (a host:port endpoint)")
+    tls.add_argument(
+        "--tls", action="store_true", help="connect over TLS, trusting the system's CAs"
+    )
+    tls.add_argument(
+        "--tls-ca",
+        metavar="PEM",
+        help="connect over TLS, trusting these CAs (default: $AGENTFENSE_TLS_CA)",
+    )
+    tls.add_argument(
+        "--tls-cert",
+        metavar="PEM",
+        help="the client certificate, for mutual TLS (default: $AGENTFENSE_TLS_CLIENT_CERT)",
+    )
+    tls.add_argument(
+        "--tls-key",
+        metavar="PEM",
+        help="its private key (default: in --tls-cert, or $AGENTFENSE_TLS_CLIENT_KEY)",
     )
 
 
@@ -220,6 +245,46 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--metrics-listen", help="host:port for Prometheus (GET /metrics); off by default"
     )
+    serve.add_argument("--tls-cert", metavar="PEM", help="the server's TLS certificate (chain)")
+    serve.add_argument("--tls-key", metavar="PEM", help="its private key (default: in --tls-cert)")
+    serve.add_argument(
+        "--tls-client-ca",
+        metavar="PEM",
+        help="mutual TLS: require client certificates signed by these CAs",
+    )
+    serve.add_argument(
+        "--insecure-listen",
+        action="store_true",
+        default=None,
+        help="listen on a non-loopback address without TLS, or with auth none, all the same "
+        "(logged as a WARNING)",
+    )
+
+    token = _subcommand(
+        commands,
+        "token",
+        "create, list and revoke the API tokens of a server's state directory",
+        "examples:\n  agentfense token create --tenant alice\n  agentfense token list\n"
+        "  agentfense token revoke 0123abcd",
+        _tokens.token,
+    )
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--config", type=Path, help="the server's TOML configuration file")
+    where.add_argument(
+        "--state-dir", type=Path, help="the server's state directory (default: the server's)"
+    )
+    verbs = token.add_subparsers(dest="verb", metavar="VERB", required=True)
+    create = verbs.add_parser(
+        "create", parents=[where], help="make a token (printed once) for a tenant"
+    )
+    create.add_argument("--tenant", required=True, help="the tenant the token acts as")
+    verbs.add_parser(
+        "list", parents=[where], help="the tokens: ids, tenants, creation times (never a token)"
+    )
+    revoke = verbs.add_parser(
+        "revoke", parents=[where], help="revoke a token (from its next call on)"
+    )
+    revoke.add_argument("token_id", metavar="ID", help="the token's id (see list)")
 
     _subcommand(
         commands,

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import textwrap
 
 from ..policy import Policy
 from ..presets import describe_preset, exact_path_priority, get_preset, list_presets
 from ._admin import table
-from ._exits import EXIT_BROKEN_PIPE
-from ._run import _discard
 
 _WIDTH = 96
 
@@ -48,10 +45,5 @@ def _listing() -> str:
 
 
 def presets(args: argparse.Namespace) -> int:
-    text = _listing() if args.name is None else _one(args.name)
-    try:
-        print(text, flush=True)
-    except BrokenPipeError:  # `agentfense presets agent-safe | head`: end as a pipe's writer
-        _discard(sys.stdout)
-        return EXIT_BROKEN_PIPE
+    print(_listing() if args.name is None else _one(args.name), flush=True)
     return 0

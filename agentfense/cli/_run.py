@@ -13,7 +13,7 @@ from typing import TextIO
 from .. import AsyncSandbox, ResourceLimits
 from ..errors import CommandTimeoutError, SandboxError
 from ..types import OutputStream
-from ._endpoint import endpoint_or_default, endpoint_or_embedded
+from ._endpoint import endpoint_or_default, endpoint_or_embedded, tls_flags
 from ._exits import EXIT_BROKEN_PIPE, EXIT_FAILED, EXIT_TIMEOUT
 from ._interrupt import Interrupts, run_interruptible
 
@@ -84,6 +84,7 @@ def _resources(args: argparse.Namespace) -> ResourceLimits | None:
 
 
 async def _run_async(args: argparse.Namespace, interrupts: Interrupts) -> int:
+    secure, tls = tls_flags(args)
     async with endpoint_or_embedded(args.endpoint) as endpoint:
         # A signal cancels only this part: an embedded server outlives the sandbox's cleanup.
         with interrupts.cancellable():
@@ -95,6 +96,9 @@ async def _run_async(args: argparse.Namespace, interrupts: Interrupts) -> int:
                 image=args.image,
                 resources=_resources(args),
                 endpoint=endpoint,
+                secure=secure,
+                api_key=args.api_key,
+                tls=tls,
             ) as sandbox:
                 return await _stream(sandbox, args)
         return interrupts.exit_code
@@ -102,7 +106,10 @@ async def _run_async(args: argparse.Namespace, interrupts: Interrupts) -> int:
 
 async def _exec_async(args: argparse.Namespace, interrupts: Interrupts) -> int:
     endpoint = endpoint_or_default(args.endpoint)
-    async with await AsyncSandbox.connect(args.sandbox_id, endpoint=endpoint) as sandbox:
+    secure, tls = tls_flags(args)
+    async with await AsyncSandbox.connect(
+        args.sandbox_id, endpoint=endpoint, secure=secure, api_key=args.api_key, tls=tls
+    ) as sandbox:
         return await _stream(sandbox, args)
 
 

@@ -27,6 +27,10 @@ def serve(args: argparse.Namespace) -> int:
         "default_timeout": args.default_timeout,
         "log_level": args.log_level,
         "metrics_listen": args.metrics_listen,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "tls_client_ca": args.tls_client_ca,
+        "allow_insecure_listen": args.insecure_listen,
     }
     config = load_config(args.config, overrides=overrides)
     logging.basicConfig(

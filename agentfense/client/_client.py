@@ -18,6 +18,7 @@ import anyio
 from .. import _convert as convert
 from .. import _timeouts as timeouts
 from .._blocking import BlockingFile, run_sync
+from .._local_token import read_local_token
 from .._proto.sandbox import v1 as pb
 from .._transport import Transport, finishing, open_transport
 from ..errors import InvalidConfigurationError
@@ -30,10 +31,11 @@ from ..types import (
     RuntimeType,
     SandboxInfo,
     SessionInfo,
+    TLSConfig,
     UploadResult,
 )
 from . import _rpcs as rpcs
-from ._environment import endpoint_or_configured
+from ._environment import api_key_or_configured, endpoint_or_configured, tls_or_configured
 from ._rpcs import ClientStream, Rep, Req, ServerStream, Unary
 from ._stream import ExecStream
 
@@ -100,6 +102,17 @@ class AsyncSandboxClient:
     ``endpoint``: ``host:port``, ``[::1]:port`` or ``unix:/path``; when None, the
     ``AGENTFENSE_ENDPOINT`` environment variable, else ``localhost:9000``.
 
+    ``api_key``: the API token sent with every call (``authorization: Bearer``); when None,
+    the ``AGENTFENSE_API_KEY`` environment variable, else the token that a server run by
+    the same user left for this endpoint (deployment.md, "Authentication"), else none ("":
+    none). It is never shown in a repr, a log line or an error.
+
+    ``secure``: connect over TLS, checking the server against the system's trust store;
+    ``tls``: over TLS with a CA bundle of one's own and a client certificate (mutual TLS).
+    Without either, the ``AGENTFENSE_TLS_CA``, ``AGENTFENSE_TLS_CLIENT_CERT`` and
+    ``AGENTFENSE_TLS_CLIENT_KEY`` variables, when set, give the TLS of a ``host:port``
+    endpoint. ``tls`` says what TLS is used, or None.
+
     ``cleanup_timeout``: how long each call that cleans up on the way out (``AsyncSandbox``
     destroying its sandbox and codebase, a session closing) may wait for the server, in
     seconds; past it the call raises ``ConnectionError`` instead of holding the caller.
@@ -111,9 +124,13 @@ class AsyncSandboxClient:
         *,
         secure: bool = False,
         cleanup_timeout: float = DEFAULT_CLEANUP_TIMEOUT,
+        api_key: str | None = None,
+        tls: TLSConfig | None = None,
     ) -> None:
         self.endpoint = endpoint_or_configured(endpoint)
-        self.secure = secure
+        self.tls = tls_or_configured(self.endpoint, secure, tls)
+        self.secure = self.tls is not None
+        self._api_key = api_key_or_configured(api_key)
         self.cleanup_timeout = cleanup_timeout
         self._transport: Transport | None = None
         self._opening: anyio.Event | None = None
@@ -128,7 +145,12 @@ class AsyncSandboxClient:
                 continue
             self._opening = anyio.Event()
             try:
-                self._transport = await open_transport(self.endpoint, secure=self.secure)
+                api_key = self._api_key
+                if api_key is None:  # (read now: the server may have written it since)
+                    api_key = await run_sync(lambda: read_local_token(self.endpoint))
+                self._transport = await open_transport(
+                    self.endpoint, api_key=api_key or None, tls=self.tls
+                )
             finally:
                 self._opening.set()
                 self._opening = None

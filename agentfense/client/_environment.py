@@ -10,8 +10,13 @@ import os
 
 from .._transport import DEFAULT_ENDPOINT, parse_endpoint
 from ..errors import InvalidConfigurationError
+from ..types import TLSConfig
 
 ENDPOINT_VARIABLE = "AGENTFENSE_ENDPOINT"
+TLS_CA_VARIABLE = "AGENTFENSE_TLS_CA"
+TLS_CERT_VARIABLE = "AGENTFENSE_TLS_CLIENT_CERT"
+TLS_KEY_VARIABLE = "AGENTFENSE_TLS_CLIENT_KEY"
+API_KEY_VARIABLE = "AGENTFENSE_API_KEY"
 
 
 def endpoint_or_configured(endpoint: str | None) -> str:
@@ -29,3 +34,47 @@ def endpoint_or_configured(endpoint: str | None) -> str:
     except InvalidConfigurationError as exc:
         raise InvalidConfigurationError(f"the variable {ENDPOINT_VARIABLE}: {exc}") from None
     return configured
+
+
+def api_key_or_configured(api_key: str | None) -> str | None:
+    """``api_key`` if given (``""``: send none), else ``$AGENTFENSE_API_KEY``, else None (the
+    caller then looks for the local owner's token file). A key that cannot be a header value
+    is refused in a sentence that does not repeat it."""
+    where = "api_key"
+    if api_key is None:
+        api_key, where = (
+            os.environ.get(API_KEY_VARIABLE) or None,
+            f"the variable {API_KEY_VARIABLE}",
+        )
+    if api_key is not None and (
+        not isinstance(api_key, str)
+        or not api_key.isascii()
+        or not all(c.isprintable() and not c.isspace() for c in api_key)
+    ):
+        raise InvalidConfigurationError(
+            f"{where} must be the printable text of a token, without spaces"
+        )
+    return api_key
+
+
+def tls_or_configured(endpoint: str, secure: bool, tls: TLSConfig | None) -> TLSConfig | None:
+    """The TLS to use with ``endpoint``: ``tls`` if given; else, for a ``host:port``
+    endpoint, the ``AGENTFENSE_TLS_*`` variables when one is set (a CA bundle's path, a
+    client certificate's and its key's); else the system's trust store when ``secure``; else
+    none. A unix socket takes no TLS from the variables (its file mode decides who
+    connects); ``secure=True`` with one is refused when the connection opens."""
+    if tls is not None:
+        if not isinstance(tls, TLSConfig):
+            raise InvalidConfigurationError(f"tls must be a TLSConfig, not {type(tls).__name__}")
+        return tls
+    ca, cert, key = (
+        os.environ.get(name) or None
+        for name in (TLS_CA_VARIABLE, TLS_CERT_VARIABLE, TLS_KEY_VARIABLE)
+    )
+    if (ca or cert or key) and (secure or not endpoint.startswith("unix:")):
+        if key and not cert:
+            raise InvalidConfigurationError(
+                f"the variable {TLS_KEY_VARIABLE} needs {TLS_CERT_VARIABLE} beside it"
+            )
+        return TLSConfig(ca=ca, cert=cert, key=key)
+    return TLSConfig() if secure else None

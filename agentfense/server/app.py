@@ -3,29 +3,34 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
 import signal
 import socket
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
 from anyio.abc import TaskStatus
 
+from .._local_token import read_token_file, token_path, write_local_token
 from ..errors import InvalidConfigurationError
 from ._descriptors import raise_limit as raise_descriptor_limit
 from ._grpc.listener import Listener
+from .audit_log import AuditLog
 from .codebases import CodebaseStore
 from .config import ServerConfig
+from .exposure import check_exposure
 from .metrics import ServerMetrics
 from .metrics_endpoint import open_metrics_endpoint
 from .sandboxes import SandboxManager
+from .tls import server_context
+from .tokens import LOCAL_TENANT, TokenStore
 
 log = logging.getLogger("agentfense.server")
-
-_LOOPBACK = {"localhost", "127.0.0.1", "::1", "[::1]"}
 
 
 def parse_listen(listen: str) -> tuple[str, int] | Path:
@@ -59,6 +64,23 @@ def _check_reachable(config: ServerConfig) -> None:
             )
 
 
+def _port_taken(host: str, port: int) -> bool:
+    """Whether something already listens on ``host``:``port`` (any address it names)."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return False  # (the listen itself then says what is wrong)
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # (as asyncio binds)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return True
+    return False
+
+
 def _answers(path: Path) -> bool:
     """Whether something accepts connections on the unix socket ``path``."""
     with socket.socket(socket.AF_UNIX) as probe:
@@ -83,11 +105,20 @@ def _listen_errors(listen: str) -> Iterator[None]:
 async def open_server(config: ServerConfig) -> AsyncIterator[str]:
     """Run the server while the context is open; yields the address it listens on."""
     address = parse_listen(config.listen)
+    if isinstance(address, Path):
+        if config.tls_cert:
+            raise InvalidConfigurationError(
+                f"tls_cert is set but listen {config.listen} is a unix socket: TLS needs a "
+                "host:port listen address (a unix socket's file mode decides who connects)"
+            )
+    else:
+        check_exposure(config, address[0])
+    tls = server_context(config)
     _check_reachable(config)
     raise_descriptor_limit()
     config.state_dir.mkdir(parents=True, exist_ok=True)
     with _state_lock(config.state_dir):
-        async with _serving(config, address) as shown:
+        async with _serving(config, address, tls) as shown:
             yield shown
 
 
@@ -114,8 +145,44 @@ def _state_lock(state_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def _leave_local_token(tokens: TokenStore, endpoint: str) -> None:
+    """Secure by default, with no key to pass: the user running the server finds a token of
+    tenant ``local`` in a file only they can read (``agentfense._local_token``), kept from an
+    earlier start while the store still accepts it."""
+    try:
+        existing = read_token_file(endpoint)
+        if existing is not None and tokens.tenant_of(existing) == LOCAL_TENANT:
+            return
+        path = write_local_token(endpoint, tokens.create(LOCAL_TENANT, local=True))
+    except OSError as exc:
+        log.warning(
+            "cannot leave the local owner's API token for %s (%s): clients must pass a token "
+            "made with 'agentfense token create'",
+            endpoint,
+            exc.strerror or exc,
+        )
+        return
+    log.info("the API token of this server's own user (tenant local) is in %s", path)
+    # (for a unix socket, removed with the socket when the server stops)
+
+
+def _front_door(config: ServerConfig) -> tuple[TokenStore | None, AuditLog | None]:
+    tokens = TokenStore(config.state_dir) if config.auth == "token" else None
+    if tokens is None:
+        log.warning(
+            "auth is 'none': anyone who can reach %s can read every codebase and run, read "
+            "and destroy every sandbox of this server; use it for development only",
+            config.listen,
+        )
+    else:
+        tokens.records()  # (a damaged store is refused at start, in a sentence)
+    return tokens, AuditLog(config.audit_log) if config.audit_log else None
+
+
 @contextlib.asynccontextmanager
-async def _serving(config: ServerConfig, address: tuple[str, int] | Path) -> AsyncIterator[str]:
+async def _serving(
+    config: ServerConfig, address: tuple[str, int] | Path, tls: ssl.SSLContext | None
+) -> AsyncIterator[str]:
     # Traversable (sandboxes, which run as their own uid, reach their view and the generated
     # /etc files below), but nothing in it can be listed by anyone else.
     config.state_dir.chmod(0o711)
@@ -141,8 +208,9 @@ async def _serving(config: ServerConfig, address: tuple[str, int] | Path) -> Asy
         if config.metrics_listen
         else contextlib.nullcontext()
     )
+    tokens, audit = _front_door(config)
     async with SandboxManager(config, store, metrics) as manager, endpoint:
-        server = Listener(config, store, manager, spool, metrics)
+        server = Listener(config, store, manager, spool, metrics, tokens=tokens, audit=audit)
         if isinstance(address, Path):
             address.parent.mkdir(parents=True, exist_ok=True)
             if _answers(address):
@@ -151,6 +219,9 @@ async def _serving(config: ServerConfig, address: tuple[str, int] | Path) -> Asy
                 )
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(address)  # left by a server that died
+            if tokens is not None:  # (before the socket accepts a call)
+                _leave_local_token(tokens, f"unix:{address}")
+            # 0600: only the server's user may connect (never the sandboxes' uids).
             old_umask = os.umask(0o177)
             try:
                 with _listen_errors(config.listen):
@@ -160,15 +231,17 @@ async def _serving(config: ServerConfig, address: tuple[str, int] | Path) -> Asy
             shown = f"unix:{address}"
         else:
             host, port = address
-            if host not in _LOOPBACK:
-                log.warning(
-                    "listening on %s, which is not loopback: anyone who can reach it "
-                    "can run commands in sandboxes",
-                    host,
-                )
+            if tokens is not None and port != 0:  # (before the port accepts a call)
+                if _port_taken(host, port):  # (and not over the file of the server there)
+                    raise InvalidConfigurationError(
+                        f"cannot listen on {config.listen}: the address is in use"
+                    )
+                _leave_local_token(tokens, f"{host}:{port}")
             with _listen_errors(config.listen):
-                port = await server.start_tcp(host, port)
-            shown = f"{host}:{port}"
+                chosen = await server.start_tcp(host, port, tls)
+            if tokens is not None and port == 0:  # (the port is known only now)
+                _leave_local_token(tokens, f"{host}:{chosen}")
+            shown = f"{host}:{chosen}"
         try:
             yield shown
         finally:
@@ -180,6 +253,11 @@ async def _serving(config: ServerConfig, address: tuple[str, int] | Path) -> Asy
                 if isinstance(address, Path):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(address)
+                    if tokens is not None:  # (its token goes with the socket: a new one next time)
+                        with contextlib.suppress(OSError):
+                            os.unlink(token_path(shown))
+                if audit is not None:
+                    audit.close()
 
 
 async def serve(
@@ -190,7 +268,13 @@ async def serve(
     # gracefully, rather than killing it half-way (with its state left behind).
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_server(config) as address:
-            log.info("agentfense listening on %s (state in %s)", address, config.state_dir)
+            tls = " over mutual TLS" if config.tls_client_ca else " over TLS"
+            log.info(
+                "agentfense listening on %s%s (state in %s)",
+                address,
+                tls if config.tls_cert else "",
+                config.state_dir,
+            )
             task_status.started(address)
             async for signum in signals:
                 log.info("received %s, shutting down", signal.Signals(signum).name)

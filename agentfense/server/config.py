@@ -85,6 +85,20 @@ class ServerConfig:
     docker_host: str = ""
     # Where Prometheus scrapes the server's metrics ("host:port", GET /metrics; "" = nowhere).
     metrics_listen: str = ""
+    # TLS on the TCP listener: the server's certificate chain and its private key (PEM paths;
+    # "" = no TLS; a key in the certificate's file needs no tls_key), and for mutual TLS the
+    # CA bundle that every client's certificate must be signed by (required when set).
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    # Listen on an address other than loopback without TLS, or with auth "none": refused
+    # unless this is set (and then logged as a WARNING at start).
+    allow_insecure_listen: bool = False
+    # "token": every call needs an API token (deployment.md, "Authentication"); "none":
+    # anyone who reaches the listen address is the local owner (development only).
+    auth: str = "token"
+    # Where each API call is logged as a JSON line (a path, appended; "-" = stdout; "" = off).
+    audit_log: str = ""
 
     def __post_init__(self) -> None:
         for name in (
@@ -131,6 +145,12 @@ class ServerConfig:
             raise InvalidConfigurationError("default_timeout must not exceed max_timeout")
         if self.metrics_listen:
             parse_metrics_listen(self.metrics_listen)
+        if (self.tls_key or self.tls_client_ca) and not self.tls_cert:
+            raise InvalidConfigurationError(
+                "tls_key and tls_client_ca need tls_cert (the server's certificate) beside them"
+            )
+        if self.auth not in ("token", "none"):
+            raise InvalidConfigurationError(f"auth must be 'token' or 'none', not {self.auth!r}")
 
     def with_values(self, values: Mapping[str, Any]) -> ServerConfig:
         """A copy with ``values`` (strings are converted to each field's type)."""

@@ -19,6 +19,7 @@ from ..types import (
     RuntimeType,
     SandboxInfo,
     SessionInfo,
+    TLSConfig,
     UploadResult,
 )
 from ._stream import ExecStream
@@ -38,8 +39,16 @@ class SandboxClient:
         *,
         secure: bool = False,
         cleanup_timeout: float = DEFAULT_CLEANUP_TIMEOUT,
+        api_key: str | None = None,
+        tls: TLSConfig | None = None,
     ) -> None:
-        self._async = AsyncSandboxClient(endpoint, secure=secure, cleanup_timeout=cleanup_timeout)
+        self._async = AsyncSandboxClient(
+            endpoint,
+            secure=secure,
+            cleanup_timeout=cleanup_timeout,
+            api_key=api_key,
+            tls=tls,
+        )
 
     @classmethod
     def _wrap(cls, client: AsyncSandboxClient) -> SandboxClient:
@@ -56,6 +65,11 @@ class SandboxClient:
     def secure(self) -> bool:
         """Whether the connection uses TLS."""
         return self._async.secure
+
+    @property
+    def tls(self) -> TLSConfig | None:
+        """The TLS the connection uses (None: none)."""
+        return self._async.tls
 
     @property
     def cleanup_timeout(self) -> float:

@@ -18,6 +18,7 @@ from ..types import (
     RuntimeType,
     SandboxInfo,
     SandboxStatus,
+    TLSConfig,
 )
 from ._client import SandboxClient
 from ._stream import ExecStream
@@ -58,6 +59,9 @@ class Sandbox(metaclass=NoPublicConstructor):
         labels: dict[str, str] | None = None,
         auto_start: bool = True,
         keep_home: bool = False,
+        *,
+        api_key: str | None = None,
+        tls: TLSConfig | None = None,
     ) -> Sandbox:
         """Upload the project at ``path`` as a new codebase and create a sandbox on it."""
         return cls._create(
@@ -77,6 +81,8 @@ class Sandbox(metaclass=NoPublicConstructor):
                 labels,
                 auto_start,
                 keep_home=keep_home,
+                api_key=api_key,
+                tls=tls,
             )
         )
 
@@ -94,6 +100,9 @@ class Sandbox(metaclass=NoPublicConstructor):
         labels: dict[str, str] | None = None,
         auto_start: bool = True,
         keep_home: bool = False,
+        *,
+        api_key: str | None = None,
+        tls: TLSConfig | None = None,
     ) -> Sandbox:
         """A new sandbox on an existing codebase (which is kept when the sandbox goes)."""
         return cls._create(
@@ -110,6 +119,8 @@ class Sandbox(metaclass=NoPublicConstructor):
                 labels,
                 auto_start,
                 keep_home=keep_home,
+                api_key=api_key,
+                tls=tls,
             )
         )
 
@@ -121,11 +132,19 @@ class Sandbox(metaclass=NoPublicConstructor):
         secure: bool = False,
         *,
         destroy_on_exit: bool = False,
+        api_key: str | None = None,
+        tls: TLSConfig | None = None,
     ) -> Sandbox:
         """Attach to an existing sandbox. Leaving ``with`` destroys it only if asked."""
         return cls._create(
             run_blocking(
-                AsyncSandbox.connect, sandbox_id, endpoint, secure, destroy_on_exit=destroy_on_exit
+                AsyncSandbox.connect,
+                sandbox_id,
+                endpoint,
+                secure,
+                destroy_on_exit=destroy_on_exit,
+                api_key=api_key,
+                tls=tls,
             )
         )
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from .._local_token import token_path
+
 
 @dataclass
 class ServerProcess:
@@ -48,6 +50,8 @@ class ServerProcess:
                 self.process.wait()
         if self.process.returncode == 0 and self.owns_state:
             self._remove_state()
+        if self.endpoint.startswith("unix:"):  # (a server that was killed leaves its token)
+            token_path(self.endpoint).unlink(missing_ok=True)
         return self.process.returncode
 
     def __enter__(self) -> ServerProcess:
@@ -153,12 +157,14 @@ def start_server_process(
     server = ServerProcess(process, listen, sock, state, log_path, owns_state=True)
     deadline = time.monotonic() + wait
     try:
-        while not _accepting(listen):
-            if process.poll() is not None or time.monotonic() > deadline:
-                server.stop()
-                raise RuntimeError(f"the AgentFense server did not start:\n{server.log()}")
+        while not _accepting(listen) and process.poll() is None:
+            if time.monotonic() > deadline:
+                break
             time.sleep(0.02)
     except BaseException:  # (Ctrl-C while waiting: nobody else holds the server to stop it)
         server.stop()
         raise
+    if not _accepting(listen):
+        server.stop()
+        raise RuntimeError(f"the AgentFense server did not start:\n{server.log()}")
     return server

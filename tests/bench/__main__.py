@@ -3,14 +3,16 @@ ours and a baseline side by side.
 
 Each measurement interleaves ours and its baseline in blocks, in one run, and prints p50/p90 and
 the ratio. Exits non-zero only when a measurement fails (or the server misbehaves); a missed
-target shows as MISSED in the table, never as a failure. The permission filesystem's
-benchmarks (``_fs.py``) time commands inside the sandbox, and measure a dedicated server's
-memory with many sandboxes running. The concurrency benchmarks (``_concurrency.py``) run
+target shows as MISSED in the table, never as a failure. The permission filesystem's benchmarks
+(``_fs.py``) time commands inside the sandbox, and measure a dedicated server's memory with many
+sandboxes running. The authentication benchmark (``_auth.py``) times calls to a server that
+checks tokens against one that does not. The concurrency benchmarks (``_concurrency.py``) run
 sandboxes at once against one after another, and the client's memory and threads with many
 sandboxes at once, each in a fresh process (``_fanout.py``); their suites are in
 ``_concurrency_suites.py``. The Docker benchmarks (``_docker.py``) time a docker sandbox's
 create+start, exec round trip and destroy against the raw Docker Engine API, and bwrap against
-Docker on the same commands; without a Docker engine their rows show n/a.
+Docker on the same commands; without a Docker engine their rows show n/a. The TLS benchmark
+(``_tls.py``) times ``run("true")`` over TLS against plain TCP, on two servers of its own.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import anyio
 from agentfense.testing import start_server_process
 
 from . import _fs
+from ._auth import auth_suite
 from ._baselines import open_echo, raw_bwrap, raw_lifecycle
 from ._common import (
     INFORMATIVE,
@@ -50,8 +53,10 @@ from ._ours import get_sandbox, lifecycle, open_sandbox, run_true
 from ._sessions import session_vs_run
 from ._stats import MIB, Row, Summary, Target, render
 from ._timing import interleaved
+from ._tls import tls_servers, tls_vs_plain
 
 EXEC_TARGET = Target(max_ratio=1.5)
+TLS_TARGET = Target(max_ratio=1.1)  # issue 12: auth and TLS on against off, at most 1.1x
 LIFECYCLE_TARGET = Target(max_p50=0.200)
 GREP_TARGET = Target(max_ratio=1.5)
 READ_TARGET = Target(max_ratio=2.0)  # at least half the host's throughput
@@ -405,7 +410,34 @@ async def session_suite(
     return [row(name, backend, result, 'run("true")', INFORMATIVE)]
 
 
-GROUPS = ("create", "exec", "fs", "session", "sleep", "fanout", "docker", "memory")
+GROUPS = ("create", "exec", "auth", "fs", "session", "sleep", "fanout", "docker", "memory", "tls")
+
+
+def tls_suite(work: Path, sizes: Sizes, reference: list[float]) -> list[Row]:
+    """``run("true")`` over TLS against plain TCP, on both backends, on servers of their own."""
+    name = 'run("true") over TLS'
+    progress("starting a plain and a TLS server on 127.0.0.1")
+    try:
+        with tls_servers(work) as servers:
+            return [
+                row(
+                    name,
+                    backend,
+                    anyio.run(
+                        attempt,
+                        f"{backend}: run('true') over TLS vs plain TCP",
+                        tls_vs_plain(servers, work / "project-small", sizes),
+                        reference,
+                        backend=backend,
+                    ),
+                    'run("true") over plain TCP',
+                    TLS_TARGET,
+                )
+                for backend in ("asyncio", "trio")
+            ]
+    except RuntimeError as exc:
+        progress(str(exc))
+        return error_rows([name], "-", exc)
 
 
 def shared_server_suites(
@@ -427,6 +459,8 @@ def shared_server_suites(
             create_rows = anyio.run(create_suite, *fs_args, backend=FS_BACKEND)
         for backend in ("asyncio", "trio") if "exec" in groups else ():
             rows += anyio.run(suite, backend, endpoint, work, sizes, reference, backend=backend)
+        if "auth" in groups:
+            rows += anyio.run(auth_suite, endpoint, work, sizes, reference, backend="asyncio")
         for backend in ("asyncio", "trio") if "session" in groups else ():
             rows += anyio.run(
                 session_suite, backend, endpoint, work, sizes, reference, backend=backend
@@ -475,8 +509,10 @@ def main(argv: list[str] | None = None) -> int:
             make_project(work / "project-100", 100)
         if "fs" in groups:
             _fs.make_grep_tree(work / "grep-tree")
-        if groups - {"memory"}:
+        if groups - {"memory", "tls"}:
             rows, server_failed = shared_server_suites(groups, work, sizes, reference)
+        if "tls" in groups:
+            rows += tls_suite(work, sizes, reference)
         rows += docker_skipped
         if "memory" in groups:
             rows += anyio.run(memory_suite, work, sizes.sandboxes, reference, backend=FS_BACKEND)

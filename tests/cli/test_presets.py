@@ -58,10 +58,13 @@ def test_an_unknown_preset_exits_125_with_the_nearest_name() -> None:
     assert "did you mean 'presets'?" in mistyped.stderr
 
 
-def test_a_closed_reader_ends_it_quietly() -> None:
-    """As ``agentfense presets | head -1`` when head is gone before the table is written."""
+@pytest.mark.parametrize("words", [("presets", "view-only"), ("doctor",), ("--help",)])
+def test_a_closed_reader_ends_it_quietly(words: tuple[str, ...]) -> None:
+    """As ``agentfense presets | head -1`` when head is gone before the table is written:
+    every command that writes ends as a pipe's writer does (``doctor`` once said
+    "unexpected BrokenPipeError" and exited 125)."""
     with subprocess.Popen(
-        [sys.executable, "-m", "agentfense", "presets", "view-only"],
+        [sys.executable, "-m", "agentfense", *words],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=cli_env(),

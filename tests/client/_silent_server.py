@@ -4,6 +4,7 @@ sandbox or a session, deleting a codebase) for :data:`HANG` seconds, in its own 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 
 from grpclib.server import Server
@@ -61,8 +62,12 @@ class SilentServer:
         self._thread = threading.Thread(target=asyncio.run, args=(self._main(),), daemon=True)
 
     async def sit(self, name: str) -> pb.Empty:
+        """Sit on the call for HANG seconds, or until the server stops (so that it closes
+        its connections then: a sitter left running held one open past the test)."""
         self.asked.append(name)
-        await asyncio.sleep(HANG)
+        assert self._stop is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), HANG)
         return pb.Empty()
 
     def start(self) -> None:

@@ -1,8 +1,9 @@
 """A real grpclib server in front of a real AgentFense server that behaves as the upstream Go
 server does where the SDK must not be fooled: it has only the ``sandbox.v1`` RPCs of the wire
 contract (AgentFense's extensions — the sandbox-file RPCs, UploadArchive — are UNIMPLEMENTED),
-its Exec drops the request's stdin, and it refuses a codebase without an owner. Everything
-else is forwarded as is, so sandboxes are real ones."""
+its Exec drops the request's stdin, it refuses a codebase without an owner, and it asks for no
+API token. Everything else is forwarded as is (with the AgentFense server's local owner's
+token: the proxy runs as the server's user), so sandboxes are real ones."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from grpclib.client import Channel
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.server import Server, Stream
 
+from agentfense._local_token import read_local_token
 from agentfense._proto.sandbox import v1 as pb
 
 EXTENSIONS = frozenset(
@@ -41,8 +43,9 @@ def _as_upstream(path: str, request: Any) -> Any:
 class _Forward:
     """Every RPC of the wire contract, forwarded over ``channel``."""
 
-    def __init__(self, channel: Channel) -> None:
+    def __init__(self, channel: Channel, token: str | None) -> None:
         self._channel = channel
+        self._metadata = {"authorization": f"Bearer {token}"} if token else None
 
     def __mapping__(self) -> dict[str, Handler]:
         mapping: dict[str, Handler] = {}
@@ -58,7 +61,11 @@ class _Forward:
     async def _forward(self, path: str, handler: Handler, stream: Stream[Any, Any]) -> None:
         unary_in = handler.cardinality in (Cardinality.UNARY_UNARY, Cardinality.UNARY_STREAM)
         async with self._channel.request(
-            path, handler.cardinality, handler.request_type, handler.reply_type
+            path,
+            handler.cardinality,
+            handler.request_type,
+            handler.reply_type,
+            metadata=self._metadata,
         ) as upstream:
             if unary_in:
                 request = _as_upstream(path, await stream.recv_message())
@@ -94,7 +101,7 @@ class UpstreamLike:
 
     async def _main(self) -> None:
         channel = Channel(path=self._target)
-        server = Server([_Forward(channel)])
+        server = Server([_Forward(channel, read_local_token(f"unix:{self._target}"))])
         await server.start(path=self._path)
         loop, stop = asyncio.get_running_loop(), asyncio.Event()
         self._stop = partial(loop.call_soon_threadsafe, stop.set)

@@ -15,7 +15,6 @@ import pytest
 
 from agentfense import AsyncSandboxClient
 from agentfense.testing import ServerProcess, start_server_process
-from agentfense.testing import _server as server_module
 
 pytestmark = pytest.mark.anyio
 
@@ -68,7 +67,7 @@ def test_an_interrupt_while_the_server_starts_leaves_no_server_running(
         threading.Timer(0.05, _thread.interrupt_main).start()
         return process
 
-    monkeypatch.setattr(server_module.subprocess, "Popen", recording_popen)
+    monkeypatch.setattr(subprocess, "Popen", recording_popen)  # (the module the helper uses)
     try:
         server = start_server_process(tmp_path)
     except KeyboardInterrupt:
@@ -98,7 +97,7 @@ def test_doctor_fails_without_fuse_which_every_sandbox_needs(
     real_exists = Path.exists
 
     def exists(self: Path, *args: object, **kwargs: object) -> bool:
-        return False if str(self) == "/dev/fuse" else real_exists(self, *args, **kwargs)  # type: ignore[arg-type]
+        return False if str(self) == "/dev/fuse" else real_exists(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "exists", exists)
     checks = {check.name: check for check in doctor.run_checks()}
@@ -163,13 +162,8 @@ def test_a_state_dir_planted_by_another_user_is_refused(tmp_path: Path, planted:
             elsewhere.mkdir()
             os.chown(elsewhere, 59999, 59999)
             state.symlink_to(elsewhere)
-        try:
-            server = start_server_process(directory)
-        except RuntimeError as exc:
-            assert "state" in str(exc)
-        else:
-            server.stop()
-            pytest.fail(f"the server ran on a state directory planted by another user ({planted})")
+        with pytest.raises(RuntimeError, match="state"):
+            start_server_process(directory).stop()
     finally:
         if state.is_symlink():
             state.unlink()

@@ -323,6 +323,7 @@ async def test_a_flood_of_requests_from_eight_processes(ring: Ring) -> None:
             flooded = await _run(attacker, command)
             counts = [int(n) for n in flooded.stdout.split()]
             assert len(counts) == 8
-            assert sum(counts) > 10_000  # it did flood
+            # it did flood (~10,000 on a quiet machine, fewer under load)
+            assert sum(counts) > 2_000
 
         await ring.during(attack)

@@ -13,9 +13,11 @@ import pytest
 from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
 from grpclib.encoding.base import CodecBase
+from grpclib.events import SendRequest, listen
 from grpclib.exceptions import GRPCError
 
 from agentfense import AsyncSandboxClient
+from agentfense._local_token import read_local_token
 from agentfense._proto.sandbox import v1 as pb
 from agentfense.testing import ServerProcess
 
@@ -37,6 +39,18 @@ class _Raw(CodecBase):
 
     def decode(self, data: bytes, message_type: Any) -> bytes:
         return data
+
+
+def _raw_channel(server: ServerProcess) -> Channel:
+    """A channel of raw frames to ``server``, with the server's local owner's token."""
+    channel = Channel(path=str(server.socket_path), codec=_Raw())
+    authorization = f"Bearer {read_local_token(server.endpoint)}"
+
+    async def authorize(event: SendRequest) -> None:
+        event.metadata["authorization"] = authorization
+
+    listen(channel, SendRequest, authorize)
+    return channel
 
 
 def _varint(n: int) -> bytes:
@@ -136,7 +150,7 @@ async def test_malformed_requests_and_streams_out_of_order_are_invalid_arguments
             "size",
         ),
     ]
-    channel = Channel(path=str(server.socket_path), codec=_Raw())
+    channel = _raw_channel(server)
     try:
         for label, path, frames, words in cases:
             status, message = await _status(channel, path, frames)
@@ -150,7 +164,7 @@ async def test_malformed_requests_and_streams_out_of_order_are_invalid_arguments
     await client.write_sandbox_file(sandbox.id, "ok.txt", b"ok")
     assert await client.read_sandbox_file(sandbox.id, "ok.txt") == b"ok"
     # Well-formed requests using packed numbers, unknown fields and a map still decode.
-    channel = Channel(path=str(server.socket_path), codec=_Raw())
+    channel = _raw_channel(server)
     try:
         request = bytes(pb.ExecRequest(sandbox_id=sandbox.id, command="echo $K", env={"K": "v"}))
         async with channel.request(_SB + "Exec", Cardinality.UNARY_UNARY, bytes, bytes) as st:
@@ -170,7 +184,7 @@ async def test_a_nested_message_of_countless_fields_is_refused_before_it_is_deco
     them, holding the interpreter every client shares. They are counted, and refused."""
     codebase = await client.create_codebase("nested-flood")
     flood = _ld(1, codebase.id.encode()) + _ld(2, _vi(15, 0) * 1_000_000)
-    channel = Channel(path=str(server.socket_path), codec=_Raw())
+    channel = _raw_channel(server)
     try:
         status, message = await _status(channel, _SB + "CreateSandbox", [flood])
     finally:

@@ -56,7 +56,7 @@ ASYNC_TO_SYNC_TYPE = {
 }
 # Plain attributes of the async instances, which the sync classes offer as properties.
 INSTANCE_ATTRIBUTES = {
-    AsyncSandboxClient: {"endpoint", "secure", "lacks_file_rpcs", "lacks_archive_upload"},
+    AsyncSandboxClient: {"endpoint", "secure", "tls", "lacks_file_rpcs", "lacks_archive_upload"},
     AsyncExecStream: {"result"},
 }
 SYNC_DUNDERS = {"__enter__", "__exit__", "__iter__", "__next__"}

@@ -1,5 +1,6 @@
 """A response message the client would have to buffer whole beyond its limit is refused as
-soon as its length is read, on asyncio and trio alike."""
+soon as its length is read, and one that is not the message it answers with is a
+ConnectionError naming it, on asyncio and trio alike."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import grpclib.const
 import pytest
 from grpclib.server import Server
 
-from agentfense import AsyncSandboxClient, ResourceLimitExceededError
+from agentfense import AsyncSandboxClient, ConnectionError, ResourceLimitExceededError
 from agentfense._proto.sandbox import v1 as pb
 from agentfense._transport._bounded import MAX_RECEIVE_BYTES
 
@@ -31,6 +32,15 @@ async def _announce_a_huge_sandbox(stream: Any) -> None:
     await asyncio.sleep(3600)
 
 
+async def _answer_garbage(stream: Any) -> None:
+    """Answer with a message whose first field (a string) comes as a varint."""
+    await stream.recv_message()
+    await stream.send_initial_metadata()
+    body = b"\x08\x01"
+    await stream._stream.send_data(struct.pack("?", False) + struct.pack(">I", len(body)) + body)
+    await stream.send_trailing_metadata()
+
+
 class _Hostile:
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         return {
@@ -39,7 +49,13 @@ class _Hostile:
                 grpclib.const.Cardinality.UNARY_UNARY,
                 pb.GetSandboxRequest,
                 pb.Sandbox,
-            )
+            ),
+            "/sandbox.v1.SandboxService/GetSession": grpclib.const.Handler(
+                _answer_garbage,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                pb.GetSessionRequest,
+                pb.Session,
+            ),
         }
 
 
@@ -75,3 +91,12 @@ async def test_a_response_over_the_limit_is_refused_before_it_is_buffered(hostil
             await client.get_sandbox("sb_0000000000000000")
     assert caught.value.code == 8
     assert f"at most {MAX_RECEIVE_BYTES}" in caught.value.message
+
+
+async def test_a_reply_that_does_not_decode_is_a_connection_error(hostile: str) -> None:
+    """betterproto's compiled codec raises RuntimeError on such bytes: it used to reach the
+    caller as is."""
+    async with AsyncSandboxClient(hostile) as client:
+        with anyio.fail_after(10), pytest.raises(ConnectionError) as caught:
+            await client.get_session("ses_0000000000000000")
+    assert "not a valid Session message" in caught.value.message

@@ -34,6 +34,7 @@ from agentfense.errors import (
     SandboxError,
     SandboxNotFoundError,
 )
+from agentfense.types import TLSConfig
 
 pytestmark = pytest.mark.anyio
 
@@ -198,7 +199,7 @@ async def test_closed_transport_refuses_calls(server: ServerThread) -> None:
 
 async def test_tls_over_unix_socket_is_invalid() -> None:
     with pytest.raises(InvalidConfigurationError, match="unix socket"):
-        await open_transport("unix:/tmp/x.sock", secure=True)
+        await open_transport("unix:/tmp/x.sock", tls=TLSConfig())
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])

@@ -1,18 +1,23 @@
-"""The gRPC server object: both services, behind the wire checks, with the error-kind codec,
-every call counted; grpclib's per-call log lines kept out of INFO."""
+"""The gRPC server object: both services, each call authenticated and audited, behind the
+wire checks, with the error-kind codec, every call counted; grpclib's per-call log lines kept
+out of INFO."""
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 from typing import Any
 
 from grpclib.server import Server
 
 from ..._error_details import ReasonCodec
+from ..audit_log import AuditLog
 from ..codebases import CodebaseStore
 from ..config import ServerConfig
 from ..metrics import ServerMetrics
 from ..sandboxes import SandboxManager
+from ..tokens import TokenStore
+from .authentication import FrontDoor
 from .call_metrics import CallMetrics
 from .codebase_service import CodebaseService
 from .quiet_logs import quiet_per_call_logs
@@ -30,6 +35,9 @@ class Listener:
         manager: SandboxManager,
         spool: Path,
         metrics: ServerMetrics,
+        *,
+        tokens: TokenStore | None,
+        audit: AuditLog | None,
     ) -> None:
         quiet_per_call_logs()
         services = [
@@ -42,7 +50,9 @@ class Listener:
             SandboxService(manager, max_upload_bytes=config.max_upload_bytes, spool_dir=spool),
         ]
         checked = [
-            CallMetrics(WireChecks(service, config.max_message_bytes), metrics)
+            CallMetrics(
+                WireChecks(FrontDoor(service, tokens, audit), config.max_message_bytes), metrics
+            )
             for service in services
         ]
         self._server = Server(checked, status_details_codec=ReasonCodec())
@@ -50,9 +60,10 @@ class Listener:
     async def start_unix(self, path: Path) -> None:
         await self._server.start(path=str(path))
 
-    async def start_tcp(self, host: str, port: int) -> int:
-        """Listen on ``host:port``; the port bound (``port`` 0: one the kernel chose)."""
-        await self._server.start(host, port)
+    async def start_tcp(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> int:
+        """Listen on ``host:port`` (over TLS with ``tls``); the port bound (``port`` 0: one
+        the kernel chose)."""
+        await self._server.start(host, port, ssl=tls)
         listening: Any = getattr(self._server, "_server", None)  # grpclib's asyncio server
         sockets = getattr(listening, "sockets", None) or []
         return int(sockets[0].getsockname()[1]) if sockets else port

@@ -81,7 +81,10 @@ def _decode(codec: Any, data: bytes, message_type: type[Any]) -> Any:
     fault = wire_fault(data, message_type)
     if fault is not None:
         raise _Malformed(fault)
-    message = codec.decode(data, message_type)
+    try:
+        message = codec.decode(data, message_type)
+    except RuntimeError as exc:  # betterproto's compiled codec: bytes wire_fault let through
+        raise _Malformed(f"the bytes do not decode ({exc})") from None
     fault = oneof_fault(message)
     if fault is not None:
         raise _Malformed(fault)
