@@ -227,22 +227,24 @@ def test_the_plugin_loaded_in_every_pytest_session_does_not_import_the_sdk() -> 
     """plugin.py: 'cost nothing until a test asks for one (... the SDK and the server helpers
     are imported by the fixtures, not here)'. The pytest11 entry point imports the plugin in
     every pytest session of every project where agentfense-sandbox is installed, and
-    importing agentfense.testing.plugin imports the package agentfense, whose __init__
-    imports the whole SDK and its transport (grpclib, h2, betterproto): about a second on a
-    loaded machine, in each session, used or not. NOT FIXED (needs a lazy package
-    __init__, or the plugin outside the package)."""
+    importing agentfense.testing.plugin imported the package agentfense, whose __init__
+    imported the whole SDK and its transport (grpclib, h2, betterproto): about a second on a
+    loaded machine, in each session, used or not. Fixed: the package's __init__ imports each
+    public name on first use (tests/test_exports.py)."""
     import sys
 
+    wire = "{'grpclib', 'h2', 'betterproto'}"
     done = subprocess.run(
         [
             sys.executable,
             "-c",
             "import sys, agentfense.testing.plugin\n"
-            "print(sorted({m.split('.')[0] for m in sys.modules} & {'grpclib', 'h2', 'betterproto'}))",
+            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {wire}))\n"
+            "print(sorted(m for m in sys.modules if m.startswith('agentfense.client')))",
         ],
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
     )
-    assert done.stdout.strip() == "[]", done.stdout
+    assert done.stdout.splitlines() == ["[]", "[]"], done.stdout

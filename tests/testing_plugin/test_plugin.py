@@ -175,7 +175,9 @@ def test_without_the_variable_a_throw_away_server_is_started_and_stopped(tmp_pat
     assert not Path(f"/proc/{pid}").exists(), "the session's server outlived it"
 
 
-def test_a_session_that_asks_for_no_fixture_starts_no_server(tmp_path: Path) -> None:
+def test_a_session_that_asks_for_no_fixture_starts_no_server_and_imports_no_sdk(
+    tmp_path: Path,
+) -> None:
     pytester = Pytester(tmp_path, endpoint=None)
     pytester.write(
         "test_plain.py",
@@ -192,7 +194,8 @@ def test_a_session_that_asks_for_no_fixture_starts_no_server(tmp_path: Path) -> 
                 and (p / "stat").read_text().rpartition(")")[2].split()[1] == mine
             ]
             assert children == []
-            assert [m for m in sys.modules if m.startswith("agentfense.server")] == []
+            sdk = ("agentfense.server", "agentfense.client", "agentfense.sync", "grpclib")
+            assert [m for m in sys.modules if m.startswith(sdk)] == []
         """,
     )
     session = pytester.run()
