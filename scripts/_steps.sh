@@ -1,5 +1,5 @@
-# Sourced by scripts/setup.sh: steps that say what they do and how long they took, and apt
-# that waits for another package manager instead of failing.
+# Sourced by scripts/setup.sh and scripts/docker-images.sh: steps that say what they do and
+# how long they took, and apt that waits for another package manager instead of failing.
 #
 #   step WHAT COMMAND...    run COMMAND (its output kept in a log), saying WHAT first, a line
 #                           every $AGENTFENSE_SETUP_HEARTBEAT s (15) while it runs, and how long

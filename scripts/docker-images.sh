@@ -42,13 +42,14 @@ dpkg_excludes=(
   --dpkgopt='path-include=/usr/share/doc/*/copyright'
 )
 
-die() {
-  echo "docker-images.sh: $*" >&2
-  exit 1
-}
+# say, step, wait_for_package_lock, apt_get (apt that waits for another package manager)
+say_as=docker-images.sh
+# shellcheck source=scripts/_steps.sh
+. scripts/_steps.sh
 
-say() {
-  echo "docker-images.sh: $*"
+die() {
+  say "$*" >&2
+  exit 1
 }
 
 case "$mode" in
@@ -75,8 +76,8 @@ sources=$(apt_sources)
 
 # The host's package lists tell the versions (and are needed to fetch busybox-static).
 if ! apt-cache show --no-all-versions busybox-static >/dev/null 2>&1; then
-  say "updating the package lists"
-  apt-get update -qq
+  wait_for_package_lock
+  step "updating the package lists" apt_get update -qq
 fi
 
 # "name version" of the packages and everything they depend on, as the host's apt sees them

@@ -1,14 +1,16 @@
 """The public surface: what ``agentfense`` exports, which classes are final, and which
-handles only the SDK may build (as trio does)."""
+handles only the SDK may build (as trio does); the package imports each name on first use."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import enum
 import inspect
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -64,10 +66,12 @@ def test_handles_have_no_public_constructor(cls: type) -> None:
         cls()
 
 
-def test_the_type_checker_refuses_a_subclass_of_a_final_class() -> None:
+def test_the_type_checker_refuses_a_subclass_of_a_final_class_and_a_misspelt_name() -> None:
+    """The lazy package (its ``__getattr__`` hidden from the type checker) is typed as the
+    imports it names: a misspelt name is an error, not an ``object``."""
     source = textwrap.dedent(
         """
-        from agentfense import AsyncSandbox
+        from agentfense import AsyncSandbox, AsyncSandbx
 
         class Mine(AsyncSandbox):
             pass
@@ -80,6 +84,60 @@ def test_the_type_checker_refuses_a_subclass_of_a_final_class() -> None:
         check=False,
     )
     assert "Cannot inherit from final class" in found.stdout, found.stdout
+    assert 'Module "agentfense" has no attribute "AsyncSandbx"' in found.stdout, found.stdout
+
+
+def _type_checked_imports() -> dict[str, str]:
+    """What ``agentfense/__init__.py`` imports for the type checker: name -> module."""
+    tree = ast.parse(Path(agentfense.__file__).read_text())
+    block = next(node for node in tree.body if isinstance(node, ast.If))
+    assert ast.unparse(block.test) == "_typing.TYPE_CHECKING"
+    found: dict[str, str] = {}
+    for node in block.body:
+        assert isinstance(node, ast.ImportFrom)
+        assert node.module is not None
+        for alias in node.names:
+            assert alias.asname == alias.name, "an import that is not a re-export"
+            found[alias.name] = node.module
+    return found
+
+
+def test_each_name_is_imported_from_the_module_the_type_checker_sees() -> None:
+    assert _type_checked_imports() == agentfense._HOMES
+    assert sorted(agentfense._HOMES) == agentfense.__all__
+    for name, home in agentfense._HOMES.items():
+        assert getattr(agentfense, name) is getattr(sys.modules[home], name), name
+
+
+def test_importing_the_package_imports_none_of_its_modules_until_a_name_is_used() -> None:
+    """Importing any part of the package (the pytest plugin, in every pytest session) runs
+    ``agentfense/__init__.py``: it loads nothing, and each name comes on first use, by
+    attribute, ``from agentfense import`` or ``*``."""
+    code = textwrap.dedent(
+        """
+        import sys
+        import agentfense
+        print(sorted(m for m in sys.modules if m.startswith("agentfense.")))
+        from agentfense import TLSConfig
+        sdk = ("agentfense.client", "agentfense.sync", "agentfense._transport")
+        print("agentfense.types" in sys.modules, any(m.startswith(sdk) for m in sys.modules))
+        from agentfense import *
+        print(Sandbox.__module__, agentfense.SandboxError.__module__, "Sandbox" in dir(agentfense))
+        try:
+            agentfense.Sandbx
+        except AttributeError as exc:
+            print(exc)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.splitlines() == [
+        "[]",
+        "True False",
+        "agentfense.sync.sandbox agentfense.errors True",
+        "module 'agentfense' has no attribute 'Sandbx'",
+    ]
 
 
 def test_enums_are_str_enums() -> None:

@@ -1,6 +1,7 @@
 """scripts/setup.sh as a user meets it: what ``--demo`` installs (only the demo's needs),
 steps that say what they do while they run and how long they took, and a package lock that
-another package manager holds waited for, not failed on (scripts/_steps.sh, run by bash)."""
+another package manager holds waited for, not failed on (scripts/_steps.sh, run by bash; so
+does scripts/docker-images.sh)."""
 
 from __future__ import annotations
 
@@ -115,3 +116,46 @@ def test_a_killed_script_leaves_no_heartbeat_behind() -> None:
     # the heartbeat holds our end of the pipe open for as long as it runs
     out, _ = script.communicate(timeout=4)
     assert out.startswith("setup: resting ...\nsetup: resting: still going, ")
+
+
+def test_the_image_script_updates_the_package_lists_through_the_lock_waiting_apt(
+    tmp_path: Path,
+) -> None:
+    """scripts/docker-images.sh updates the host's package lists when they lack
+    busybox-static: through ``apt_get`` (which waits for the package lock another package
+    manager holds, then gives apt the same wait for dpkg's), as a step that says so.
+
+    apt-cache and apt-get are stand-ins on PATH (apt-cache without lists, apt-get that
+    records its arguments and fails as an unreachable mirror would), so that the host's
+    lists are not touched; the script stops there."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "apt-get.args"
+    (bin_dir / "apt-cache").write_text("#!/bin/sh\nexit 100\n")
+    (bin_dir / "apt-get").write_text(
+        f'#!/bin/sh\necho "$*" >>{record}\necho "E: the mirror is unreachable"\nexit 100\n'
+    )
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    done = subprocess.run(
+        ["bash", "scripts/docker-images.sh", "build"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+            "AGENTFENSE_IMAGE_CACHE": str(tmp_path / "cache"),
+        },
+        timeout=660,  # (another package manager may hold the lock: up to 600 s)
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 1, done.stderr
+    assert record.read_text() == "-o DPkg::Lock::Timeout=600 update -qq\n"
+    assert done.stdout.splitlines()[-1] == "docker-images.sh: updating the package lists ..."
+    failed, *output = done.stderr.splitlines()
+    assert failed.startswith("docker-images.sh: updating the package lists: FAILED after ")
+    assert failed.endswith(" s (exit 1); its last lines:")
+    assert output == ["E: the mirror is unreachable"]
+    assert not (tmp_path / "cache").exists()

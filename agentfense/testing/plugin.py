@@ -31,8 +31,9 @@ if TYPE_CHECKING:
 
 ENDPOINT_VARIABLE = "AGENTFENSE_ENDPOINT"
 MARKER = "agentfense"
-# What the fixtures decide themselves, so a marker may not say it.
-_NOT_OPTIONS = frozenset({"path", "endpoint", "secure"})
+# What the fixtures decide, so a marker may not say it: the project, and the connection to the
+# server (its endpoint, TLS and API key: the endpoint fixture's and the environment's).
+_NOT_OPTIONS = frozenset({"path", "endpoint", "secure", "tls", "api_key"})
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -93,7 +94,9 @@ def _options(request: pytest.FixtureRequest) -> dict[str, Any]:
     if reserved:
         pytest.fail(
             f"@pytest.mark.{MARKER} cannot set {', '.join(reserved)}: override the "
-            "agentfense_project or agentfense_endpoint fixture, or set AGENTFENSE_ENDPOINT",
+            "agentfense_project or agentfense_endpoint fixture, or set AGENTFENSE_ENDPOINT "
+            "(and AGENTFENSE_API_KEY, AGENTFENSE_TLS_CA, AGENTFENSE_TLS_CLIENT_CERT, "
+            "AGENTFENSE_TLS_CLIENT_KEY for the connection)",
             pytrace=False,
         )
     return options

@@ -221,3 +221,30 @@ def test_a_directory_named_like_a_server_module_is_not_its_installed_package(
         check=True,
     )
     assert done.stdout.strip() == "['docker', 'prometheus-client']", done
+
+
+def test_the_plugin_loaded_in_every_pytest_session_does_not_import_the_sdk() -> None:
+    """plugin.py: 'cost nothing until a test asks for one (... the SDK and the server helpers
+    are imported by the fixtures, not here)'. The pytest11 entry point imports the plugin in
+    every pytest session of every project where agentfense-sandbox is installed, and
+    importing agentfense.testing.plugin imported the package agentfense, whose __init__
+    imported the whole SDK and its transport (grpclib, h2, betterproto): about a second on a
+    loaded machine, in each session, used or not. Fixed: the package's __init__ imports each
+    public name on first use (tests/test_exports.py)."""
+    import sys
+
+    wire = "{'grpclib', 'h2', 'betterproto'}"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, agentfense.testing.plugin\n"
+            f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {wire}))\n"
+            "print(sorted(m for m in sys.modules if m.startswith('agentfense.client')))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.splitlines() == ["[]", "[]"], done.stdout

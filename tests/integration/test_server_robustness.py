@@ -132,7 +132,7 @@ async def test_a_second_server_on_the_same_state_directory_is_refused_and_touche
         # On the same socket (which it would have taken over) and on another one.
         for listen in (own_server.endpoint, f"unix:{tmp_path}/second.sock"):
             second = _serve_again(listen, own_server.state_dir)
-            assert second.returncode != 0
+            assert second.returncode == 125  # (deployment.md)
             lines = second.stderr.strip().splitlines()
             assert lines == [
                 f"agentfense serve: state_dir {own_server.state_dir} is in use by another "
@@ -156,7 +156,7 @@ def test_a_busy_socket_is_refused_with_one_line(own_server: ServerProcess) -> No
         second = _serve_again(own_server.endpoint, state)
     finally:
         remove_tree(state)
-    assert second.returncode != 0
+    assert second.returncode == 125  # (deployment.md)
     assert second.stderr.strip().splitlines() == [
         f"agentfense serve: cannot listen on {own_server.endpoint}: a server already listens there"
     ], second.stderr

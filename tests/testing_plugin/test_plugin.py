@@ -4,16 +4,20 @@ real server; every sandbox they make is gone when the test is."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import subprocess
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from agentfense import AsyncSandbox, AsyncSandboxClient, Sandbox
 from agentfense.testing import ServerProcess, start_server_process
+from agentfense.testing.plugin import _NOT_OPTIONS
 
 from .conftest import ROOT, Pytester, left_on
 
@@ -139,13 +143,32 @@ def test_a_marker_cannot_set_what_the_fixtures_decide(pytester_on_server: Pytest
         @pytest.mark.agentfense("read-only")
         def test_positional(agentfense_sync_sandbox):
             pass
+
+        @pytest.mark.agentfense(api_key="a-key-of-the-tests-own", tls=None)
+        def test_connection(agentfense_sync_sandbox):
+            pass
         """,
     )
     session = pytester_on_server.run()
     assert session.code == 1, session.output
     assert "@pytest.mark.agentfense cannot set endpoint" in session.output
     assert "takes keyword arguments only, not ('read-only',)" in session.output
-    assert "2 errors" in session.output
+    assert "@pytest.mark.agentfense cannot set api_key, tls: " in session.output
+    assert "AGENTFENSE_API_KEY" in session.output
+    assert "3 errors" in session.output
+
+
+@pytest.mark.parametrize("from_local", [AsyncSandbox.from_local, Sandbox.from_local])
+def test_the_marker_cannot_set_any_connection_setting_of_from_local(
+    from_local: Callable[..., object],
+) -> None:
+    """What ``from_local`` passes on to the client (where and how to connect) belongs to
+    the endpoint fixture and the environment, not to a sandbox option of one test."""
+    connection = set(inspect.signature(AsyncSandboxClient).parameters)
+    accepted = set(inspect.signature(from_local).parameters)
+    assert {"endpoint", "secure", "tls", "api_key"} <= connection & accepted
+    assert connection & accepted <= _NOT_OPTIONS
+    assert "path" in _NOT_OPTIONS
 
 
 def test_without_the_variable_a_throw_away_server_is_started_and_stopped(tmp_path: Path) -> None:
@@ -175,7 +198,9 @@ def test_without_the_variable_a_throw_away_server_is_started_and_stopped(tmp_pat
     assert not Path(f"/proc/{pid}").exists(), "the session's server outlived it"
 
 
-def test_a_session_that_asks_for_no_fixture_starts_no_server(tmp_path: Path) -> None:
+def test_a_session_that_asks_for_no_fixture_starts_no_server_and_imports_no_sdk(
+    tmp_path: Path,
+) -> None:
     pytester = Pytester(tmp_path, endpoint=None)
     pytester.write(
         "test_plain.py",
@@ -192,7 +217,8 @@ def test_a_session_that_asks_for_no_fixture_starts_no_server(tmp_path: Path) -> 
                 and (p / "stat").read_text().rpartition(")")[2].split()[1] == mine
             ]
             assert children == []
-            assert [m for m in sys.modules if m.startswith("agentfense.server")] == []
+            sdk = ("agentfense.server", "agentfense.client", "agentfense.sync", "grpclib")
+            assert [m for m in sys.modules if m.startswith(sdk)] == []
         """,
     )
     session = pytester.run()
