@@ -47,7 +47,7 @@ async def test_a_trailing_newline_in_an_owner_does_not_end_the_log_line(
     created = [
         line
         for line in server.log().splitlines()
-        if f"codebase created codebase_id={codebase.id} owner=" in line
+        if f"codebase created codebase_id={codebase.id} tenant=local owner=" in line
     ]
     assert len(created) == 1, server.log()
     assert created[0].endswith(' owner="mallory\\n" name=inj'), created[0]

@@ -5,7 +5,7 @@ file. Against a real server, as real tenants (tokens made by the CLI)."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
 import anyio
@@ -131,7 +131,7 @@ async def test_codebase_bytes_and_entries_count_uploads_and_what_sandboxes_write
         await client.delete_codebase(second.id)
 
 
-async def _count_made(calls: list[Callable[[], Awaitable[object]]]) -> int:
+async def _count_made(calls: Sequence[Callable[[], Awaitable[object]]]) -> int:
     """Run the calls at once; how many succeeded (the others must hit a quota)."""
     made = 0
 
