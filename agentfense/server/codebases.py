@@ -246,9 +246,6 @@ class CodebaseStore:
     def exists(self, codebase_id: str) -> bool:
         return codebase_id in self._records
 
-    def tenant_of(self, codebase_id: str) -> str:
-        return self._record(codebase_id).tenant
-
     async def create(self, name: str, owner_id: str = "") -> CodebaseRecord:
         name = _check_text(name, "name", required=True)
         owner_id = _check_text(owner_id or "", "owner_id", required=False)
