@@ -188,8 +188,12 @@ async def idle_memory(root: int, endpoint: str, codebase_id: str, count: int) ->
                     for _ in range(START_CONCURRENCY):
                         tg.start_soon(destroyer, ids)
 
-        await start()
-        await destroy_all()
+        try:
+            await start()
+        finally:
+            await destroy_all()
+        if failures:
+            raise failures[0]
         before = await _settled(root)
         try:
             remaining = list(range(count))

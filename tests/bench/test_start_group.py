@@ -1,7 +1,8 @@
 """``python -m tests.bench --quick --only start`` runs as ``nox -s bench`` would run it: the
 group is wired in, measures on servers of its own, and prints its rows with issue 16's
 targets, the tails of the first-command rows, and the idle memory's breakdown. A smoke run:
-what it measures is printed, never asserted."""
+what it measures is printed, never asserted. And the idle rows refuse to take the shared
+machine's memory when it has not enough."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.bwrap, pytest.mark.slow]
+from ._idle import MemoryShortError, available, check_room
 
 ROOT = Path(__file__).resolve().parents[2]
 FIRST = "create+start+run(echo ok)"
 
 
+@pytest.mark.bwrap
+@pytest.mark.slow
 def test_the_start_group_runs_and_prints_its_rows() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "tests.bench", "--quick", "--only", "start"],
@@ -51,3 +54,9 @@ def test_the_start_group_runs_and_prints_its_rows() -> None:
             assert float(row["ours p50"]) <= float(row["ours p95"]) <= float(row["ours p99"])
     assert "processes and" in done.stdout  # (the idle rows' notes)
     assert "ERROR" not in done.stdout
+
+
+def test_idle_sandboxes_that_would_not_fit_in_memory_are_not_started() -> None:
+    too_many = available() // 2**20 + 1  # sandboxes of 1 MiB each: more than the machine has
+    with pytest.raises(MemoryShortError, match=rf"^{too_many} idle sandboxes would take .* not"):
+        check_room(too_many, 2**20)
