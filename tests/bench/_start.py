@@ -16,6 +16,7 @@ no sandbox quota); one backend (asyncio).
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -83,7 +84,7 @@ def _raw(argv: list[str], expected: bytes) -> Timed:
 
     async def step() -> float:
         started = time.perf_counter()
-        done = await anyio.run_process(argv, stdin=None, check=False)
+        done = await anyio.run_process(argv, stdin=subprocess.DEVNULL, check=False)
         elapsed = time.perf_counter() - started
         if done.returncode != 0 or done.stdout != expected:
             raise RuntimeError(f"raw bwrap exited with {done.returncode}: {done.stderr[-500:]!r}")
