@@ -14,7 +14,11 @@ create+start, exec round trip and destroy against the raw Docker Engine API, and
 Docker on the same commands; without a Docker engine their rows show n/a. The TLS benchmark
 (``_tls.py``) times ``run("true")`` over TLS against plain TCP, on two servers of its own. The
 trust benchmark (``_trust.py``) times ``run("true")`` and one unary RPC with auth and TLS on
-against both off (issue 12's target), on two servers of its own.
+against both off (issue 12's target), on two servers of its own. The start benchmark
+(``_start.py``, issue 16's targets) times ``StartSandbox`` and the first command of 100
+sandboxes created one after another, 10 ms apart and all at once (p95 and p99 too) against raw
+bwrap spawns, ``run("true")`` against a raw bwrap spawn, and the memory per idle sandbox of a
+server's whole process tree at 100 and 1,000 (``_idle.py``), on servers of its own.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from ._concurrency_suites import fanout_suite, sleep_suite
 from ._docker import docker_suite, engine_host, skipped_rows
 from ._ours import get_sandbox, lifecycle, open_sandbox, run_true
 from ._sessions import session_vs_run
+from ._start import start_suite
 from ._stats import MIB, Row, Summary, Target, render
 from ._timing import interleaved
 from ._tls import tls_servers, tls_vs_plain
@@ -425,8 +430,9 @@ GROUPS = (
     "memory",
     "tls",
     "trust",
+    "start",
 )
-OWN_SERVERS = {"memory", "tls", "trust"}  # groups that start servers of their own
+OWN_SERVERS = {"memory", "tls", "trust", "start"}  # groups that start servers of their own
 
 
 def tls_suite(work: Path, sizes: Sizes, reference: list[float]) -> list[Row]:
@@ -521,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="agentfense-bench-") as tmp:
         work = Path(tmp)
         make_project(work / "project-small", 3)
-        if "exec" in groups:
+        if groups & {"exec", "start"}:
             make_project(work / "project-100", 100)
         if "fs" in groups:
             _fs.make_grep_tree(work / "grep-tree")
@@ -531,6 +537,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += tls_suite(work, sizes, reference)
         if "trust" in groups:
             rows += trust_suite(work, sizes, reference)
+        if "start" in groups:
+            rows += start_suite(work, sizes, reference)
         rows += docker_skipped
         if "memory" in groups:
             rows += anyio.run(memory_suite, work, sizes.sandboxes, reference, backend=FS_BACKEND)

@@ -11,7 +11,7 @@ import contextlib
 import shutil
 import socket
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import sniffio
@@ -25,8 +25,10 @@ from ._timing import Step
 ECHO_PAYLOAD = b"x" * 64
 
 
-def raw_bwrap_argv(etc_dir: Path, workspace: Path) -> list[str]:
-    """``bwrap`` with the server's isolation, ``workspace`` read-only, running ``/bin/true``."""
+def raw_bwrap_argv(
+    etc_dir: Path, workspace: Path, command: Sequence[str] = ("/bin/true",)
+) -> list[str]:
+    """``bwrap`` with the server's isolation, ``workspace`` read-only, running ``command``."""
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         raise RuntimeError("bubblewrap (bwrap) is not installed")
@@ -41,7 +43,7 @@ def raw_bwrap_argv(etc_dir: Path, workspace: Path) -> list[str]:
         "--chdir",
         "/workspace",
         "--",
-        "/bin/true",
+        *command,
     ]
 
 

@@ -45,9 +45,13 @@ class Sizes:
     docker_lifecycle: int = 20  # docker create+start, destroy vs the raw API, each side
     docker_vs_bwrap: int = 100  # run("true") in a docker vs a bwrap sandbox, each side
     docker_loop: int = 40  # a loop of 100 processes in a docker vs a bwrap sandbox
+    creations: int = 100  # sandboxes started, and first commands in each of three runs
+    idle_some: int = 100  # idle sandboxes, for the memory per idle sandbox
+    idle_many: int = 1000  # the same, on a server of their own
 
     def quick(self) -> Sizes:
-        """Five times fewer iterations (and sandboxes), shorter sleeps: a smoke run."""
+        """Five times fewer iterations (and sandboxes; ten to fifty times fewer sandboxes
+        started or idle), shorter sleeps: a smoke run."""
         return Sizes(
             exec=self.exec // 5,
             raw_bwrap=self.raw_bwrap // 5,
@@ -72,6 +76,9 @@ class Sizes:
             docker_lifecycle=self.docker_lifecycle // 5,
             docker_vs_bwrap=self.docker_vs_bwrap // 5,
             docker_loop=self.docker_loop // 5,
+            creations=self.creations // 10,
+            idle_some=self.idle_some // 10,
+            idle_many=self.idle_many // 50,
         )
 
 
