@@ -118,17 +118,29 @@ def _lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
         return None
 
 
-def _check_upload_target(files_dir: Path, codebase_id: str, parts: builtins.list[str]) -> None:
+def _check_upload_target(files_dir: Path, codebase_id: str, parts: builtins.list[str]) -> int:
+    """Refuse a target that is a directory, or under a file or link; how many entries an
+    upload to it adds (the file, unless it replaces one, and each directory it makes)."""
     path = "/".join(parts)
-    parent = _open_parent(files_dir, codebase_id, parts[:-1], create=False, field="file_path")
-    if parent is None:
-        return
+    fd = _open_root(files_dir, codebase_id)
     try:
-        st = _lstat_at(parent, parts[-1])
+        for index, part in enumerate(parts[:-1]):
+            try:
+                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                return len(parts) - index  # (this directory, those below it, the file)
+            except OSError as err:
+                if err.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise _not_a_dir("file_path", "/".join(parts[: index + 1])) from None
+                raise
+            fd, child = child, fd
+            os.close(child)
+        st = _lstat_at(fd, parts[-1])
     finally:
-        os.close(parent)
+        os.close(fd)
     if st is not None and stat.S_ISDIR(st.st_mode):
         raise InvalidConfigurationError(f"file_path {path!r} is a directory")
+    return 0 if st is not None else 1
 
 
 def _create_temp(path: Path, executable: bool) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import builtins
+import contextlib
 import errno
 import functools
 import hashlib
@@ -253,7 +254,6 @@ class CodebaseStore:
         owner_id = _check_text(owner_id or "", "owner_id", required=False)
         tenant = creating_tenant()
         held = sum(r.tenant == tenant for r in self._records.values())
-        self._quotas.check(tenant, "codebases", held)
         now = datetime.now(UTC)
         record = CodebaseRecord(
             id=f"cb_{secrets.token_hex(8)}",
@@ -263,8 +263,10 @@ class CodebaseStore:
             updated_at=now,
             tenant=tenant,
         )
-        await _run(_create_dirs, self._dir(record.id), record)
-        self._records[record.id] = record
+        with self._quotas.reserve(tenant, "codebases", held):
+            await _run(_create_dirs, self._dir(record.id), record)
+            self._records[record.id] = record
+            self._usage[record.id] = (0, 0)
         log_event(
             _lifecycle,
             logging.INFO,
@@ -373,13 +375,36 @@ class CodebaseStore:
             raise ResourceLimitExceededError(
                 f"file {path} ({total_size} bytes) exceeds the upload limit of {max_bytes} bytes"
             )
-        await self._check_room(record.tenant, total_size)  # (as declared: before any data)
+        files_dir = self._dir(record.id) / "files"
+        # Before any data: the target, and room for the file (as declared) and the
+        # directories it makes, reserved until it is in place.
+        entries = await _run(_check_upload_target, files_dir, record.id, parts)
+        with contextlib.ExitStack() as room:
+            await self._reserve_room(room, record.tenant, total_size, entries)
+            size, checksum = await self._receive(
+                record, parts, total_size, chunks, max_bytes, executable, room
+            )
+        if touch and self.exists(record.id):
+            await self.touch(record.id)
+        return size, checksum
+
+    async def _receive(
+        self,
+        record: CodebaseRecord,
+        parts: builtins.list[str],
+        total_size: int,
+        chunks: AsyncIterator[bytes],
+        max_bytes: int,
+        executable: bool,
+        room: contextlib.ExitStack,
+    ) -> tuple[int, str]:
+        """The upload's data, put in place and counted (its room reserved in ``room``)."""
+        path = "/".join(parts)
         files_dir = self._dir(record.id) / "files"
         temp = self._dir(record.id) / "tmp" / f"upload-{secrets.token_hex(8)}"
         digest = hashlib.sha256()
 
         def open_temp() -> int:
-            _check_upload_target(files_dir, record.id, parts)
             try:
                 return _create_temp(temp, executable)
             except FileNotFoundError:
@@ -396,8 +421,6 @@ class CodebaseStore:
             finally:
                 _discard_temp(fd, temp)
 
-        if total_size > _WRITE_BUFFER:
-            await _run(_check_upload_target, files_dir, record.id, parts)  # before the data
         fd = -1
         size = 0
         try:
@@ -423,7 +446,7 @@ class CodebaseStore:
                     f"total_size is {total_size} bytes but {size} bytes were sent"
                 )
             if not total_size:  # (what was sent, when no size was declared)
-                await self._check_room(record.tenant, size)
+                await self._reserve_room(room, record.tenant, size, 0)
             if fd < 0:
                 grown = await _run(write_whole, buffer)
             else:
@@ -433,14 +456,13 @@ class CodebaseStore:
                 await _run(os.close, closing)
                 grown = await _run(_commit_upload, temp, files_dir, record.id, parts)
             self.usage_changed(record.id, *grown)
+            room.close()  # (counted now, no longer reserved)
         finally:
             with anyio.CancelScope(shield=True):
                 await _run(_discard_temp, fd, temp)
                 aclose = getattr(chunks, "aclose", None)
                 if aclose is not None:
                     await aclose()
-        if touch and self.exists(record.id):
-            await self.touch(record.id)
         return size, digest.hexdigest()
 
     async def download(
@@ -486,26 +508,36 @@ class CodebaseStore:
         if known is not None:
             self._usage[codebase_id] = (max(0, known[0] + size), max(0, known[1] + entries))
 
-    async def _held(self, tenant: str) -> tuple[int, int]:
-        """What the tenant's codebases hold: bytes of their files, entries (each codebase
-        counted once, then kept up to date)."""
-        size = entries = 0
-        for record in [r for r in self._records.values() if r.tenant == tenant]:
-            known = self._usage.get(record.id)
-            if known is None:
-                try:
-                    counted = await _run(_stats, self._dir(record.id) / "files", record.id)
-                except CodebaseNotFoundError:  # deleted meanwhile
-                    continue
-                known = self._usage.setdefault(record.id, (counted[0], counted[2]))
-            size, entries = size + known[0], entries + known[1]
-        return size, entries
-
-    async def _check_room(self, tenant: str, size: int) -> None:
-        """Refuse a file of ``size`` bytes (one more entry) beyond the tenant's quota."""
+    async def _reserve_room(
+        self, room: contextlib.ExitStack, tenant: str, size: int, entries: int
+    ) -> None:
+        """Reserve, in ``room``, ``size`` bytes and ``entries`` entries more for the
+        tenant's codebases; refused beyond its quota."""
         quota = self._quotas.of(tenant)
         if not quota.codebase_bytes and not quota.codebase_entries:
             return
-        held_bytes, held_entries = await self._held(tenant)
-        self._quotas.check(tenant, "codebase_bytes", held_bytes, size)
-        self._quotas.check(tenant, "codebase_entries", held_entries)
+        await self._count(tenant)
+        held_bytes, held_entries = self._held(tenant)  # (and reserved: with no await between)
+        room.enter_context(self._quotas.reserve(tenant, "codebase_bytes", held_bytes, size))
+        room.enter_context(self._quotas.reserve(tenant, "codebase_entries", held_entries, entries))
+
+    async def _count(self, tenant: str) -> None:
+        """Count what each of the tenant's codebases holds, where not known yet."""
+        for record in [r for r in self._records.values() if r.tenant == tenant]:
+            if record.id in self._usage:
+                continue
+            try:
+                counted = await _run(_stats, self._dir(record.id) / "files", record.id)
+            except CodebaseNotFoundError:  # deleted meanwhile
+                continue
+            if record.id in self._records:
+                self._usage.setdefault(record.id, (counted[0], counted[2]))
+
+    def _held(self, tenant: str) -> tuple[int, int]:
+        """What the tenant's codebases hold: bytes of their files, entries (as counted)."""
+        size = entries = 0
+        for record in self._records.values():
+            if record.tenant == tenant:
+                known = self._usage.get(record.id, (0, 0))
+                size, entries = size + known[0], entries + known[1]
+        return size, entries

@@ -284,7 +284,43 @@ class SandboxManager:
                 f"expires_in must be at most {_MOST_EXPIRES_IN.days} days"
             )
         codebase = await self._codebases.get(codebase_id)  # (the caller's, or not found)
-        self._quotas.check(codebase.tenant, "sandboxes", self._sandboxes.held_by(codebase.tenant))
+        held = self._sandboxes.held_by(codebase.tenant)
+        with self._quotas.reserve(codebase.tenant, "sandboxes", held):
+            record = await self._make(
+                codebase.id,
+                codebase.owner_id,
+                codebase.tenant,
+                permissions=permissions,
+                runtime=runtime,
+                image=image,
+                resources=resources,
+                labels=labels,
+                keep_home=keep_home,
+            )
+        if expires_in:
+            record.expires_at = record.created_at + expires_in
+        self._event(
+            "sandbox created",
+            record,
+            image=record.image or None,
+            expires_in=expires_in.total_seconds() if expires_in else None,
+        )
+        return record
+
+    async def _make(
+        self,
+        codebase_id: str,
+        owner_id: str,
+        tenant: str,
+        *,
+        permissions: Sequence[PermissionRule],
+        runtime: RuntimeType,
+        image: str,
+        resources: ResourceLimits,
+        labels: Mapping[str, str],
+        keep_home: bool,
+    ) -> SandboxRecord:
+        """The new sandbox, in the table when this returns (its quota reserved meanwhile)."""
         resources = self._with_server_limits(resources, runtime)
         _check_resources(resources)
         validate_rules(permissions)
@@ -297,12 +333,10 @@ class SandboxManager:
             image=image,
             resources=resources,
             labels=dict(labels),
-            owner_id=codebase.owner_id,
-            tenant=codebase.tenant,
+            owner_id=owner_id,
+            tenant=tenant,
             keep_home=keep_home,
         )
-        if expires_in:
-            record.expires_at = record.created_at + expires_in
         record.host_uid = self._take_uid()
         try:
             await self._fs.add_view(self._view_spec(record))
@@ -310,12 +344,6 @@ class SandboxManager:
             self._release_uid(record)
             raise
         self._sandboxes.add(record)
-        self._event(
-            "sandbox created",
-            record,
-            image=record.image or None,
-            expires_in=expires_in.total_seconds() if expires_in else None,
-        )
         return record
 
     def _release_uid(self, record: SandboxRecord) -> None:
