@@ -311,8 +311,13 @@ class CodebaseStore:
         # Whole or not at all, whatever happens to the caller: a record without its
         # directory would break every listing.
         with anyio.CancelScope(shield=True):
-            await _run(os.rename, self._dir(record.id), trash)
+            # Gone at once: no sandbox or upload starts on it while its tree is moved away.
             self._records.pop(record.id, None)
+            try:
+                await _run(os.rename, self._dir(record.id), trash)
+            except BaseException:
+                self._records[record.id] = record
+                raise
             self._usage.pop(record.id, None)
             await _run(remove_tree, trash)
         log_event(

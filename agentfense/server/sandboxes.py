@@ -83,6 +83,7 @@ class SandboxManager:
         self._fs = FsSupervisor(config.state_dir, on_lost=self._view_lost, metrics=metrics)
         self._task_group: anyio.abc.TaskGroup | None = None
         self._commit_locks: dict[str, anyio.Lock] = {}  # sandbox id: its commit_lock
+        self._making_on: dict[str, int] = {}  # codebase id: sandboxes being made on it
         self._quotas = config.quota_table()
         self.commands = Commands(config, self.commit, metrics)
         self.sessions = SessionRegistry(
@@ -245,7 +246,19 @@ class SandboxManager:
             await self._fs.changed(self._codebases.files_dir(codebase_id), sorted(changed))
 
     def uses_codebase(self, codebase_id: str) -> bool:
-        return self._sandboxes.uses_codebase(codebase_id)
+        """Whether a sandbox uses the codebase, or is being made on it."""
+        return codebase_id in self._making_on or self._sandboxes.uses_codebase(codebase_id)
+
+    @contextlib.contextmanager
+    def _making(self, codebase_id: str) -> Iterator[None]:
+        """A sandbox is being made on the codebase (it cannot be deleted meanwhile)."""
+        self._making_on[codebase_id] = self._making_on.get(codebase_id, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._making_on.pop(codebase_id) - 1
+            if left:
+                self._making_on[codebase_id] = left
 
     def find(self, sandbox_id: str) -> SandboxRecord | None:
         return self._sandboxes.find(sandbox_id)
@@ -285,7 +298,7 @@ class SandboxManager:
             )
         codebase = await self._codebases.get(codebase_id)  # (the caller's, or not found)
         held = self._sandboxes.held_by(codebase.tenant)
-        with self._quotas.reserve(codebase.tenant, "sandboxes", held):
+        with self._quotas.reserve(codebase.tenant, "sandboxes", held), self._making(codebase.id):
             record = await self._make(
                 codebase.id,
                 codebase.owner_id,
