@@ -161,8 +161,9 @@ def _write_all(fd: int, data: bytes | bytearray, digest: Any) -> None:
 
 def _commit_upload(
     temp: Path, files_dir: Path, codebase_id: str, parts: builtins.list[str]
-) -> tuple[int, int]:
-    """Put the upload in place; how the tree changed: bytes of its regular files, entries."""
+) -> tuple[int, int, int]:
+    """Put the upload in place; how the tree changed: bytes of its regular files, entries,
+    regular files."""
     path = "/".join(parts)
     made: builtins.list[str] = []
     parent = _open_parent(
@@ -179,8 +180,10 @@ def _commit_upload(
     finally:
         os.close(parent)
     if before is None:
-        return size, len(made) + 1
-    return size - (before.st_size if stat.S_ISREG(before.st_mode) else 0), 0
+        return size, len(made) + 1, 1
+    if stat.S_ISREG(before.st_mode):
+        return size - before.st_size, 0, 0
+    return size, 0, 1  # (it replaced a link, or another kind of entry)
 
 
 def _discard_temp(fd: int, temp: Path) -> None:

@@ -43,11 +43,11 @@ from ._codebase_tree import (
     _list_files,
     _not_found,
     _open_for_read,
-    _stats,
     _write_all,
 )
 from ._paths import InvalidPathError, normalize_relpath
 from .callers import creating_tenant, may_see
+from .codebase_usage import CodebaseUsage, Usage
 from .log_lines import log_event
 from .quotas import DEFAULT_QUOTA, Quotas
 from .tokens import LOCAL_TENANT
@@ -213,9 +213,7 @@ class CodebaseStore:
         self._root = Path(root)
         self._quotas = quotas or Quotas(DEFAULT_QUOTA, {})
         self._records: dict[str, CodebaseRecord] = {}
-        # What each codebase holds (bytes of its files, entries) once counted: kept up to
-        # date by uploads and commits, counted again by every stats().
-        self._usage: dict[str, tuple[int, int]] = {}
+        self._usage = CodebaseUsage()
         self._meta_lock = anyio.Lock()
         self._unsaved: set[str] = set()  # ids whose meta.json lags the record
 
@@ -266,7 +264,7 @@ class CodebaseStore:
         with self._quotas.reserve(tenant, "codebases", held):
             await _run(_create_dirs, self._dir(record.id), record)
             self._records[record.id] = record
-            self._usage[record.id] = (0, 0)
+            self._usage.created(record.id)
         log_event(
             _lifecycle,
             logging.INFO,
@@ -318,7 +316,7 @@ class CodebaseStore:
             except BaseException:
                 self._records[record.id] = record
                 raise
-            self._usage.pop(record.id, None)
+            self._usage.forget(record.id)
             await _run(remove_tree, trash)
         log_event(
             _lifecycle,
@@ -415,7 +413,7 @@ class CodebaseStore:
             except FileNotFoundError:
                 raise _not_found(record.id) from None
 
-        def write_whole(data: bytearray) -> tuple[int, int]:
+        def write_whole(data: bytearray) -> tuple[int, int, int]:
             """A file that fits the write buffer: everything in one trip to a thread."""
             fd = open_temp()
             try:
@@ -497,21 +495,27 @@ class CodebaseStore:
         return await _run(_list_files, self._dir(record.id) / "files", record.id, rel, recursive)
 
     async def stats(self, codebase_id: str) -> tuple[int, int]:
-        """``(total bytes, number)`` of the regular files in the tree, counted now."""
+        """``(total bytes, number)`` of the regular files in the tree (``codebase_usage``)."""
         record = self._record(codebase_id)
-        size, files, entries = await _run(_stats, self._dir(record.id) / "files", record.id)
-        if record.id in self._records:
-            self._usage[record.id] = (size, entries)
-        return size, files
+        usage = await self._counted(record, files=True)
+        assert usage.files is not None
+        return usage.size, usage.files
+
+    async def _counted(self, record: CodebaseRecord, *, files: bool) -> Usage:
+        files_dir = self._dir(record.id) / "files"
+        return await self._usage.count(
+            record.id, record.tenant, files_dir, files=files, exists=self.exists
+        )
 
     # -- what a tenant's codebases hold, against its quota -----------------------------------
 
-    def usage_changed(self, codebase_id: str, size: int, entries: int) -> None:
-        """The codebase's files grew by ``size`` bytes and ``entries`` entries (an upload, a
-        sandbox's commit); negative when they shrank."""
-        known = self._usage.get(codebase_id)
-        if known is not None:
-            self._usage[codebase_id] = (max(0, known[0] + size), max(0, known[1] + entries))
+    def usage_changed(
+        self, codebase_id: str, size: int, entries: int, files: int | None = None
+    ) -> None:
+        """The codebase's tree grew by ``size`` bytes, ``entries`` entries and ``files``
+        regular files (an upload; None: a number not known, a sandbox's commit); negative
+        when it shrank."""
+        self._usage.changed(codebase_id, size, entries, files)
 
     async def _reserve_room(
         self, room: contextlib.ExitStack, tenant: str, size: int, entries: int
@@ -529,20 +533,14 @@ class CodebaseStore:
     async def _count(self, tenant: str) -> None:
         """Count what each of the tenant's codebases holds, where not known yet."""
         for record in [r for r in self._records.values() if r.tenant == tenant]:
-            if record.id in self._usage:
-                continue
-            try:
-                counted = await _run(_stats, self._dir(record.id) / "files", record.id)
-            except CodebaseNotFoundError:  # deleted meanwhile
-                continue
-            if record.id in self._records:
-                self._usage.setdefault(record.id, (counted[0], counted[2]))
+            if self._usage.known(record.id) is None:
+                with contextlib.suppress(CodebaseNotFoundError):  # deleted meanwhile
+                    await self._counted(record, files=False)
 
     def _held(self, tenant: str) -> tuple[int, int]:
         """What the tenant's codebases hold: bytes of their files, entries (as counted)."""
         size = entries = 0
         for record in self._records.values():
-            if record.tenant == tenant:
-                known = self._usage.get(record.id, (0, 0))
-                size, entries = size + known[0], entries + known[1]
+            if record.tenant == tenant and (known := self._usage.known(record.id)) is not None:
+                size, entries = size + known.size, entries + known.entries
         return size, entries

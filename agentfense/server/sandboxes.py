@@ -222,8 +222,11 @@ class SandboxManager:
             for op, count in zip(control.FS_OPS, reply.ops, strict=True):
                 if count:
                     self._metrics.fs_requests.labels(op).inc(count)
-            self._codebases.usage_changed(
-                record.codebase_id, reply.bytes_delta, reply.entries_delta
+            self._codebases.usage_changed(  # (its files: a number not known, if any changed)
+                record.codebase_id,
+                reply.bytes_delta,
+                reply.entries_delta,
+                None if reply.changed else 0,
             )
             if reply.changed:  # nothing changed (every read-only exec): no meta write
                 try:
