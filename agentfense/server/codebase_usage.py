@@ -13,7 +13,6 @@ their own (:data:`WALK_THREADS`), never on the worker threads every other call n
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,19 +32,35 @@ class Usage:
 
 
 class CodebaseUsage:
+    """Each codebase's usage, and each tenant's in all (kept as they change, so that the
+    quota check of each file of an upload costs the same however many codebases there
+    are)."""
+
     def __init__(self) -> None:
         self._known: dict[str, Usage] = {}
+        self._tenant: dict[str, str] = {}  # codebase id: its tenant
+        self._unknown: dict[str, set[str]] = {}  # tenant: its codebases not counted yet
+        self._held: dict[str, tuple[int, int]] = {}  # tenant: bytes, entries (as counted)
         self._changes: dict[str, int] = {}  # changes of each codebase since the start
         self._walking: dict[str, anyio.Lock] = {}  # tenant: held while it walks a tree
         self._threads = anyio.CapacityLimiter(WALK_THREADS)
 
-    def created(self, codebase_id: str) -> None:
-        """A new codebase: empty."""
-        self._known[codebase_id] = Usage(0, 0, 0)
+    def track(self, codebase_id: str, tenant: str, usage: Usage | None) -> None:
+        """A codebase of ``tenant``: new (``usage`` zero) or loaded (None: not counted)."""
+        self._tenant[codebase_id] = tenant
+        if usage is None:
+            self._unknown.setdefault(tenant, set()).add(codebase_id)
+        else:
+            self._set(codebase_id, usage)
 
     def forget(self, codebase_id: str) -> None:
         """The codebase is gone."""
-        self._known.pop(codebase_id, None)
+        tenant = self._tenant.pop(codebase_id, None)
+        if tenant is not None:
+            self._unknown.get(tenant, set()).discard(codebase_id)
+            known = self._known.pop(codebase_id, None)
+            if known is not None:
+                self._add(tenant, -known.size, -known.entries)
         self._changes.pop(codebase_id, None)
 
     def changed(self, codebase_id: str, size: int, entries: int, files: int | None) -> None:
@@ -54,26 +69,39 @@ class CodebaseUsage:
         self._changes[codebase_id] = self._changes.get(codebase_id, 0) + 1
         known = self._known.get(codebase_id)
         if known is not None:
-            self._known[codebase_id] = Usage(
-                max(0, known.size + size),
-                None if files is None or known.files is None else max(0, known.files + files),
-                max(0, known.entries + entries),
+            self._set(
+                codebase_id,
+                Usage(
+                    max(0, known.size + size),
+                    None if files is None or known.files is None else max(0, known.files + files),
+                    max(0, known.entries + entries),
+                ),
             )
 
-    def known(self, codebase_id: str) -> Usage | None:
-        return self._known.get(codebase_id)
+    def held(self, tenant: str) -> tuple[int, int]:
+        """What the tenant's codebases hold in all, as counted: bytes, entries."""
+        return self._held.get(tenant, (0, 0))
 
-    async def count(
-        self,
-        codebase_id: str,
-        tenant: str,
-        files_dir: Path,
-        *,
-        files: bool,
-        exists: Callable[[str], bool],
-    ) -> Usage:
+    def uncounted(self, tenant: str) -> list[str]:
+        """The tenant's codebases not counted yet (since the server's start)."""
+        return sorted(self._unknown.get(tenant, ()))
+
+    def _set(self, codebase_id: str, usage: Usage) -> None:
+        tenant = self._tenant.get(codebase_id)
+        if tenant is None:  # (gone)
+            return
+        before = self._known.get(codebase_id, Usage(0, 0, 0))
+        self._known[codebase_id] = usage
+        self._unknown.get(tenant, set()).discard(codebase_id)
+        self._add(tenant, usage.size - before.size, usage.entries - before.entries)
+
+    def _add(self, tenant: str, size: int, entries: int) -> None:
+        held = self._held.get(tenant, (0, 0))
+        self._held[tenant] = (held[0] + size, held[1] + entries)
+
+    async def count(self, codebase_id: str, tenant: str, files_dir: Path, *, files: bool) -> Usage:
         """What the codebase holds (its file count too, if ``files``): as known, else walked
-        (and kept, unless the tree changed meanwhile or ``exists`` says it is gone)."""
+        (and kept, unless the tree changed meanwhile or the codebase is gone)."""
         known = self._known.get(codebase_id)
         if known is not None and (known.files is not None or not files):
             return known
@@ -86,6 +114,6 @@ class CodebaseUsage:
                 functools.partial(_stats, files_dir, codebase_id), limiter=self._threads
             )
         usage = Usage(size, count, entries)
-        if self._changes.get(codebase_id, 0) == before and exists(codebase_id):
-            self._known[codebase_id] = usage
+        if self._changes.get(codebase_id, 0) == before:
+            self._set(codebase_id, usage)
         return usage

@@ -225,6 +225,8 @@ class CodebaseStore:
         """Read every codebase's metadata from disk (and clear leftovers of a crash)."""
         records = await _run(_load_all, self._root)
         self._records = {r.id: r for r in records}
+        for record in records:
+            self._usage.track(record.id, record.tenant, None)
 
     def _record(self, codebase_id: str) -> CodebaseRecord:
         if codebase_id == "":
@@ -264,7 +266,7 @@ class CodebaseStore:
         with self._quotas.reserve(tenant, "codebases", held):
             await _run(_create_dirs, self._dir(record.id), record)
             self._records[record.id] = record
-            self._usage.created(record.id)
+            self._usage.track(record.id, tenant, Usage(0, 0, 0))
         log_event(
             _lifecycle,
             logging.INFO,
@@ -503,9 +505,7 @@ class CodebaseStore:
 
     async def _counted(self, record: CodebaseRecord, *, files: bool) -> Usage:
         files_dir = self._dir(record.id) / "files"
-        return await self._usage.count(
-            record.id, record.tenant, files_dir, files=files, exists=self.exists
-        )
+        return await self._usage.count(record.id, record.tenant, files_dir, files=files)
 
     # -- what a tenant's codebases hold, against its quota -----------------------------------
 
@@ -526,21 +526,14 @@ class CodebaseStore:
         if not quota.codebase_bytes and not quota.codebase_entries:
             return
         await self._count(tenant)
-        held_bytes, held_entries = self._held(tenant)  # (and reserved: with no await between)
+        held_bytes, held_entries = self._usage.held(tenant)  # (then reserved: no await between)
         room.enter_context(self._quotas.reserve(tenant, "codebase_bytes", held_bytes, size))
         room.enter_context(self._quotas.reserve(tenant, "codebase_entries", held_entries, entries))
 
     async def _count(self, tenant: str) -> None:
         """Count what each of the tenant's codebases holds, where not known yet."""
-        for record in [r for r in self._records.values() if r.tenant == tenant]:
-            if self._usage.known(record.id) is None:
+        for codebase_id in self._usage.uncounted(tenant):
+            record = self._records.get(codebase_id)
+            if record is not None:
                 with contextlib.suppress(CodebaseNotFoundError):  # deleted meanwhile
                     await self._counted(record, files=False)
-
-    def _held(self, tenant: str) -> tuple[int, int]:
-        """What the tenant's codebases hold: bytes of their files, entries (as counted)."""
-        size = entries = 0
-        for record in self._records.values():
-            if record.tenant == tenant and (known := self._usage.known(record.id)) is not None:
-                size, entries = size + known.size, entries + known.entries
-        return size, entries
