@@ -15,7 +15,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..errors import CodebaseNotFoundError, InvalidConfigurationError, SandboxError, StatusCode
+from ..errors import (
+    CodebaseNotFoundError,
+    InvalidConfigurationError,
+    ResourceLimitExceededError,
+    SandboxError,
+    StatusCode,
+)
 from ..fs._host import openat2
 
 _ID_RE = re.compile(r"cb_[0-9a-f]{16}")
@@ -118,17 +124,29 @@ def _lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
         return None
 
 
-def _check_upload_target(files_dir: Path, codebase_id: str, parts: builtins.list[str]) -> None:
+def _check_upload_target(files_dir: Path, codebase_id: str, parts: builtins.list[str]) -> int:
+    """Refuse a target that is a directory, or under a file or link; how many entries an
+    upload to it adds (the file, unless it replaces one, and each directory it makes)."""
     path = "/".join(parts)
-    parent = _open_parent(files_dir, codebase_id, parts[:-1], create=False, field="file_path")
-    if parent is None:
-        return
+    fd = _open_root(files_dir, codebase_id)
     try:
-        st = _lstat_at(parent, parts[-1])
+        for index, part in enumerate(parts[:-1]):
+            try:
+                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                return len(parts) - index  # (this directory, those below it, the file)
+            except OSError as err:
+                if err.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise _not_a_dir("file_path", "/".join(parts[: index + 1])) from None
+                raise
+            fd, child = child, fd
+            os.close(child)
+        st = _lstat_at(fd, parts[-1])
     finally:
-        os.close(parent)
+        os.close(fd)
     if st is not None and stat.S_ISDIR(st.st_mode):
         raise InvalidConfigurationError(f"file_path {path!r} is a directory")
+    return 0 if st is not None else 1
 
 
 def _create_temp(path: Path, executable: bool) -> int:
@@ -149,8 +167,9 @@ def _write_all(fd: int, data: bytes | bytearray, digest: Any) -> None:
 
 def _commit_upload(
     temp: Path, files_dir: Path, codebase_id: str, parts: builtins.list[str]
-) -> tuple[int, int]:
-    """Put the upload in place; how the tree changed: bytes of its regular files, entries."""
+) -> tuple[int, int, int]:
+    """Put the upload in place; how the tree changed: bytes of its regular files, entries,
+    regular files."""
     path = "/".join(parts)
     made: builtins.list[str] = []
     parent = _open_parent(
@@ -167,8 +186,10 @@ def _commit_upload(
     finally:
         os.close(parent)
     if before is None:
-        return size, len(made) + 1
-    return size - (before.st_size if stat.S_ISREG(before.st_mode) else 0), 0
+        return size, len(made) + 1, 1
+    if stat.S_ISREG(before.st_mode):
+        return size - before.st_size, 0, 0
+    return size, 0, 1  # (it replaced a link, or another kind of entry)
 
 
 def _discard_temp(fd: int, temp: Path) -> None:
@@ -258,8 +279,16 @@ def _file_record(path: str, name: str, st: os.stat_result) -> FileRecord:
     )
 
 
+def too_many_entries(rel: str, most: int) -> ResourceLimitExceededError:
+    where = f"/{rel}" if rel else "the root"
+    return ResourceLimitExceededError(
+        f"the listing of {where} has more than {most} entries, the most one listing returns "
+        "(max_list_entries); list a directory further down, or without recursive"
+    )
+
+
 def _list_files(
-    files_dir: Path, codebase_id: str, rel: str, recursive: bool
+    files_dir: Path, codebase_id: str, rel: str, recursive: bool, most: int
 ) -> builtins.list[FileRecord]:
     parts = rel.split("/") if rel else []
     parent = _open_parent(files_dir, codebase_id, parts[:-1], create=False, field="path")
@@ -279,10 +308,17 @@ def _list_files(
                 if err.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
                     raise _file_not_found(rel, codebase_id) from None
                 raise
+        records: builtins.list[FileRecord] = []
         if recursive:
-            records = [_file_record(p, n, st) for p, n, st in _walk(top, rel)]
+            for p, n, st in _walk(top, rel):
+                if len(records) == most:
+                    raise too_many_entries(rel, most)
+                records.append(_file_record(p, n, st))
         else:
-            records = [_file_record(f"{rel}/{n}" if rel else n, n, st) for n, st in _scan(top)]
+            entries = _scan(top)
+            if len(entries) > most:
+                raise too_many_entries(rel, most)
+            records = [_file_record(f"{rel}/{n}" if rel else n, n, st) for n, st in entries]
     finally:
         os.close(parent)
         if top != parent:

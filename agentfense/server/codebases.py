@@ -43,11 +43,11 @@ from ._codebase_tree import (
     _list_files,
     _not_found,
     _open_for_read,
-    _stats,
     _write_all,
 )
 from ._paths import InvalidPathError, normalize_relpath
 from .callers import creating_tenant, may_see
+from .codebase_usage import CodebaseUsage, Usage
 from .log_lines import log_event
 from .quotas import DEFAULT_QUOTA, Quotas
 from .tokens import LOCAL_TENANT
@@ -213,9 +213,7 @@ class CodebaseStore:
         self._root = Path(root)
         self._quotas = quotas or Quotas(DEFAULT_QUOTA, {})
         self._records: dict[str, CodebaseRecord] = {}
-        # What each codebase holds (bytes of its files, entries) once counted: kept up to
-        # date by uploads and commits, counted again by every stats().
-        self._usage: dict[str, tuple[int, int]] = {}
+        self._usage = CodebaseUsage()
         self._meta_lock = anyio.Lock()
         self._unsaved: set[str] = set()  # ids whose meta.json lags the record
 
@@ -227,6 +225,8 @@ class CodebaseStore:
         """Read every codebase's metadata from disk (and clear leftovers of a crash)."""
         records = await _run(_load_all, self._root)
         self._records = {r.id: r for r in records}
+        for record in records:
+            self._usage.track(record.id, record.tenant, None)
 
     def _record(self, codebase_id: str) -> CodebaseRecord:
         if codebase_id == "":
@@ -251,18 +251,19 @@ class CodebaseStore:
         owner_id = _check_text(owner_id or "", "owner_id", required=False)
         tenant = creating_tenant()
         held = sum(r.tenant == tenant for r in self._records.values())
-        with self._quotas.reserving(tenant, "codebases", held):
-            now = datetime.now(UTC)
-            record = CodebaseRecord(
-                id=f"cb_{secrets.token_hex(8)}",
-                name=name,
-                owner_id=owner_id,
-                created_at=now,
-                updated_at=now,
-                tenant=tenant,
-            )
+        now = datetime.now(UTC)
+        record = CodebaseRecord(
+            id=f"cb_{secrets.token_hex(8)}",
+            name=name,
+            owner_id=owner_id,
+            created_at=now,
+            updated_at=now,
+            tenant=tenant,
+        )
+        with self._quotas.reserve(tenant, "codebases", held):
             await _run(_create_dirs, self._dir(record.id), record)
             self._records[record.id] = record
+            self._usage.track(record.id, tenant, Usage(0, 0, 0))
         log_event(
             _lifecycle,
             logging.INFO,
@@ -307,9 +308,14 @@ class CodebaseStore:
         # Whole or not at all, whatever happens to the caller: a record without its
         # directory would break every listing.
         with anyio.CancelScope(shield=True):
-            await _run(os.rename, self._dir(record.id), trash)
+            # Gone at once: no sandbox or upload starts on it while its tree is moved away.
             self._records.pop(record.id, None)
-            self._usage.pop(record.id, None)
+            try:
+                await _run(os.rename, self._dir(record.id), trash)
+            except BaseException:
+                self._records[record.id] = record
+                raise
+            self._usage.forget(record.id)
             await _run(remove_tree, trash)
         log_event(
             _lifecycle,
@@ -371,16 +377,18 @@ class CodebaseStore:
             raise ResourceLimitExceededError(
                 f"file {path} ({total_size} bytes) exceeds the upload limit of {max_bytes} bytes"
             )
-        try:
-            async with self._room(record.tenant, total_size):  # (as declared: before any data)
-                return await self._receive(
-                    record, parts, total_size, chunks, max_bytes, touch=touch, executable=executable
-                )
-        finally:
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
-                with anyio.CancelScope(shield=True):
-                    await aclose()
+        files_dir = self._dir(record.id) / "files"
+        # Before any data: the target, and room for the file (as declared) and the
+        # directories it makes, reserved until it is in place.
+        entries = await _run(_check_upload_target, files_dir, record.id, parts)
+        with contextlib.ExitStack() as room:
+            await self._reserve_room(room, record.tenant, total_size, entries)
+            size, checksum = await self._receive(
+                record, parts, total_size, chunks, max_bytes, executable, room
+            )
+        if touch and self.exists(record.id):
+            await self.touch(record.id)
+        return size, checksum
 
     async def _receive(
         self,
@@ -389,24 +397,22 @@ class CodebaseStore:
         total_size: int,
         chunks: AsyncIterator[bytes],
         max_bytes: int,
-        *,
-        touch: bool,
         executable: bool,
+        room: contextlib.ExitStack,
     ) -> tuple[int, str]:
-        """The rest of :meth:`upload`, within the room the tenant's quota holds for it."""
+        """The upload's data, put in place and counted (its room reserved in ``room``)."""
         path = "/".join(parts)
         files_dir = self._dir(record.id) / "files"
         temp = self._dir(record.id) / "tmp" / f"upload-{secrets.token_hex(8)}"
         digest = hashlib.sha256()
 
         def open_temp() -> int:
-            _check_upload_target(files_dir, record.id, parts)
             try:
                 return _create_temp(temp, executable)
             except FileNotFoundError:
                 raise _not_found(record.id) from None
 
-        def write_whole(data: bytearray) -> tuple[int, int]:
+        def write_whole(data: bytearray) -> tuple[int, int, int]:
             """A file that fits the write buffer: everything in one trip to a thread."""
             fd = open_temp()
             try:
@@ -417,8 +423,6 @@ class CodebaseStore:
             finally:
                 _discard_temp(fd, temp)
 
-        if total_size > _WRITE_BUFFER:
-            await _run(_check_upload_target, files_dir, record.id, parts)  # before the data
         fd = -1
         size = 0
         try:
@@ -443,23 +447,24 @@ class CodebaseStore:
                 raise InvalidConfigurationError(
                     f"total_size is {total_size} bytes but {size} bytes were sent"
                 )
-            if buffer and fd >= 0:
-                await _run(_write_all, fd, buffer, digest)
-                buffer = bytearray()
-            # (what was sent, when no size was declared: checked now, before it is in place)
-            async with self._room(record.tenant, 0 if total_size else size, entries=0):
-                if fd < 0:
-                    grown = await _run(write_whole, buffer)
-                else:
-                    closing, fd = fd, -1
-                    await _run(os.close, closing)
-                    grown = await _run(_commit_upload, temp, files_dir, record.id, parts)
-                self.usage_changed(record.id, *grown)
+            if not total_size:  # (what was sent, when no size was declared)
+                await self._reserve_room(room, record.tenant, size, 0)
+            if fd < 0:
+                grown = await _run(write_whole, buffer)
+            else:
+                if buffer:
+                    await _run(_write_all, fd, buffer, digest)
+                closing, fd = fd, -1
+                await _run(os.close, closing)
+                grown = await _run(_commit_upload, temp, files_dir, record.id, parts)
+            self.usage_changed(record.id, *grown)
+            room.close()  # (counted now, no longer reserved)
         finally:
             with anyio.CancelScope(shield=True):
                 await _run(_discard_temp, fd, temp)
-        if touch and self.exists(record.id):
-            await self.touch(record.id)
+                aclose = getattr(chunks, "aclose", None)
+                if aclose is not None:
+                    await aclose()
         return size, digest.hexdigest()
 
     async def download(
@@ -481,56 +486,57 @@ class CodebaseStore:
             os.close(fd)
 
     async def list_files(
-        self, codebase_id: str, path: str = "", recursive: bool = False
+        self,
+        codebase_id: str,
+        path: str = "",
+        recursive: bool = False,
+        most: int = 100_000,
     ) -> builtins.list[FileRecord]:
-        """Entries under ``path`` ("" or "/" is the root), sorted by path; links not followed."""
+        """Entries under ``path`` ("" or "/" is the root), sorted by path; links not followed;
+        ResourceLimitExceededError beyond ``most`` of them."""
         record = self._record(codebase_id)
         rel = _relpath(path, "path", allow_root=True)
-        return await _run(_list_files, self._dir(record.id) / "files", record.id, rel, recursive)
+        files = self._dir(record.id) / "files"
+        return await _run(_list_files, files, record.id, rel, recursive, most)
 
     async def stats(self, codebase_id: str) -> tuple[int, int]:
-        """``(total bytes, number)`` of the regular files in the tree, counted now."""
+        """``(total bytes, number)`` of the regular files in the tree (``codebase_usage``)."""
         record = self._record(codebase_id)
-        size, files, entries = await _run(_stats, self._dir(record.id) / "files", record.id)
-        if record.id in self._records:
-            self._usage[record.id] = (size, entries)
-        return size, files
+        usage = await self._counted(record, files=True)
+        assert usage.files is not None
+        return usage.size, usage.files
+
+    async def _counted(self, record: CodebaseRecord, *, files: bool) -> Usage:
+        files_dir = self._dir(record.id) / "files"
+        return await self._usage.count(record.id, record.tenant, files_dir, files=files)
 
     # -- what a tenant's codebases hold, against its quota -----------------------------------
 
-    def usage_changed(self, codebase_id: str, size: int, entries: int) -> None:
-        """The codebase's files grew by ``size`` bytes and ``entries`` entries (an upload, a
-        sandbox's commit); negative when they shrank."""
-        known = self._usage.get(codebase_id)
-        if known is not None:
-            self._usage[codebase_id] = (max(0, known[0] + size), max(0, known[1] + entries))
+    def usage_changed(
+        self, codebase_id: str, size: int, entries: int, files: int | None = None
+    ) -> None:
+        """The codebase's tree grew by ``size`` bytes, ``entries`` entries and ``files``
+        regular files (an upload; None: a number not known, a sandbox's commit); negative
+        when it shrank."""
+        self._usage.changed(codebase_id, size, entries, files)
 
-    async def _held(self, tenant: str) -> tuple[int, int]:
-        """What the tenant's codebases hold: bytes of their files, entries (each codebase
-        counted once, then kept up to date)."""
-        size = entries = 0
-        for record in [r for r in self._records.values() if r.tenant == tenant]:
-            known = self._usage.get(record.id)
-            if known is None:
-                try:
-                    counted = await _run(_stats, self._dir(record.id) / "files", record.id)
-                except CodebaseNotFoundError:  # deleted meanwhile
-                    continue
-                known = self._usage.setdefault(record.id, (counted[0], counted[2]))
-            size, entries = size + known[0], entries + known[1]
-        return size, entries
-
-    @contextlib.asynccontextmanager
-    async def _room(self, tenant: str, size: int, entries: int = 1) -> AsyncIterator[None]:
-        """Hold room for a file of ``size`` bytes (and ``entries`` more entries) within the
-        tenant's quota while the block puts it in place (uploads at once count each other's)."""
+    async def _reserve_room(
+        self, room: contextlib.ExitStack, tenant: str, size: int, entries: int
+    ) -> None:
+        """Reserve, in ``room``, ``size`` bytes and ``entries`` entries more for the
+        tenant's codebases; refused beyond its quota."""
         quota = self._quotas.of(tenant)
         if not quota.codebase_bytes and not quota.codebase_entries:
-            yield
             return
-        held_bytes, held_entries = await self._held(tenant)
-        with (
-            self._quotas.reserving(tenant, "codebase_bytes", held_bytes, size),
-            self._quotas.reserving(tenant, "codebase_entries", held_entries, entries),
-        ):
-            yield
+        await self._count(tenant)
+        held_bytes, held_entries = self._usage.held(tenant)  # (then reserved: no await between)
+        room.enter_context(self._quotas.reserve(tenant, "codebase_bytes", held_bytes, size))
+        room.enter_context(self._quotas.reserve(tenant, "codebase_entries", held_entries, entries))
+
+    async def _count(self, tenant: str) -> None:
+        """Count what each of the tenant's codebases holds, where not known yet."""
+        for codebase_id in self._usage.uncounted(tenant):
+            record = self._records.get(codebase_id)
+            if record is not None:
+                with contextlib.suppress(CodebaseNotFoundError):  # deleted meanwhile
+                    await self._counted(record, files=False)

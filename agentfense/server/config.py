@@ -45,6 +45,9 @@ class ServerConfig:
     # The largest request message (an exec's stdin, one upload chunk, a rule list...): what
     # one request may make the server buffer. The SDK sends files in 256 KiB chunks.
     max_message_bytes: int = 4 * 1024 * 1024
+    # The most entries one listing (ListFiles, ListSandboxFiles) returns: a larger one is
+    # refused, as soon as the walk finds one more, rather than built whole in memory.
+    max_list_entries: int = 100_000
     # What a sandbox may write between two commits (each command's delta): bytes, and new
     # entries (each costs an inode, whatever its size); ENOSPC beyond.
     max_delta_bytes: int = 4 * 1024 * 1024 * 1024
@@ -113,6 +116,7 @@ class ServerConfig:
             "max_upload_bytes",
             "max_delta_bytes",
             "max_delta_entries",
+            "max_list_entries",
         ):
             if getattr(self, name) <= 0:
                 raise InvalidConfigurationError(f"{name} must be positive")

@@ -4,17 +4,22 @@ its codebases (bytes, and entries: files, directories, links).
 Every tenant has the server's default quota (``quota_*`` settings) unless the config file
 gives it its own (``[server.quotas.<tenant>]``). A call that would go beyond is refused
 RESOURCE_EXHAUSTED with a sentence naming the quota; what the tenant already holds stays.
+
+A call that makes something (a sandbox, a session, a codebase, a file) awaits before what it
+makes is counted where the tenant's holdings are counted, so it *reserves* its share first
+(:meth:`Quotas.reserve`): calls racing each other each count what the others are making, and
+together never go beyond the quota.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from ..errors import InvalidConfigurationError, ResourceLimitExceededError
+from .tokens import check_tenant
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +52,10 @@ def parse_quotas(value: object) -> dict[str, dict[str, int]]:
         )
     parsed: dict[str, dict[str, int]] = {}
     for tenant, limits in value.items():
+        try:  # (a name no token can have would silently apply to no one)
+            check_tenant(str(tenant))
+        except InvalidConfigurationError as exc:
+            raise InvalidConfigurationError(f"quotas.{tenant}: {exc.message}") from None
         if not isinstance(limits, Mapping):
             raise InvalidConfigurationError(f"quotas.{tenant} must be a table")
         for name, number in limits.items():
@@ -63,40 +72,40 @@ def parse_quotas(value: object) -> dict[str, dict[str, int]]:
 
 
 class Quotas:
-    """The server's default quota and each tenant's own, and what is being added under way
-    (calls at once must not all pass one check: see :meth:`reserving`)."""
+    """The server's default quota and each tenant's own."""
 
     def __init__(self, default: Quota, own: Mapping[str, Mapping[str, int]]) -> None:
         self._default = default
         self._own = {tenant: dataclasses.replace(default, **given) for tenant, given in own.items()}
-        self._pending: collections.Counter[tuple[str, str]] = collections.Counter()
-
-    @contextlib.contextmanager
-    def reserving(self, tenant: str, name: str, held: int, adding: int = 1) -> Iterator[None]:
-        """Check ``adding`` more of ``name`` (with what other calls are adding meanwhile) and
-        hold it while the block makes it: a creation between its check and its record
-        counts for the next check, even while it awaits."""
-        key = (tenant, name)
-        self.check(tenant, name, held + self._pending[key], adding)
-        self._pending[key] += adding
-        try:
-            yield
-        finally:
-            self._pending[key] -= adding
-            if self._pending[key] <= 0:
-                del self._pending[key]
+        self._pending: dict[tuple[str, str], int] = {}  # (tenant, name): reserved, not yet held
 
     def of(self, tenant: str) -> Quota:
         return self._own.get(tenant, self._default)
 
     def check(self, tenant: str, name: str, held: int, adding: int = 1) -> None:
-        """Refuse ``adding`` more of ``name`` to a tenant holding ``held``, beyond its quota."""
+        """Refuse ``adding`` more of ``name`` to a tenant holding ``held`` (and what calls
+        under way have reserved), beyond its quota."""
         most = getattr(self.of(tenant), name)
-        if most and held + adding > most:
+        if most and held + self._pending.get((tenant, name), 0) + adding > most:
             raise ResourceLimitExceededError(
                 f"tenant {tenant[:64]!r} would exceed its quota of {most} "
                 f"{_UNITS[name]} (quota_{name}); {_REMEDY[name]}"
             )
+
+    @contextlib.contextmanager
+    def reserve(self, tenant: str, name: str, held: int, adding: int = 1) -> Iterator[None]:
+        """:meth:`check`, then hold ``adding`` of ``name`` for the tenant until the block
+        ends. The block makes it and, before it ends and with no await between, puts it
+        where ``held`` is counted from."""
+        self.check(tenant, name, held, adding)
+        key = (tenant, name)
+        self._pending[key] = self._pending.get(key, 0) + adding
+        try:
+            yield
+        finally:
+            left = self._pending.pop(key, 0) - adding  # (the sum of those under way)
+            if left:
+                self._pending[key] = left
 
 
 _UNITS = {

@@ -29,6 +29,7 @@ from ..errors import (
 )
 from ..fs._host import HostTree
 from ..fs._identity import acting_as
+from ._codebase_tree import too_many_entries
 from ._paths import InvalidPathError, normalize_relpath
 
 WORKSPACE = "/workspace"
@@ -285,9 +286,10 @@ def _too_large(rel: str, max_bytes: int) -> str:
     return f"{_shown(rel)} exceeds the largest file this server accepts ({max_bytes} bytes)"
 
 
-def list_files(view: Path, rel: str, recursive: bool, owner: Owner) -> list[SandboxFile]:
+def list_files(view: Path, rel: str, recursive: bool, owner: Owner, most: int) -> list[SandboxFile]:
     """What the sandbox sees below ``rel``, each directory followed by what it holds (blocking:
-    run it in a thread). Iterative: the depth is the sandbox's to choose."""
+    run it in a thread); ResourceLimitExceededError beyond ``most`` entries. Iterative: the
+    depth is the sandbox's to choose."""
     found: list[SandboxFile] = []
     with acting_as(*owner):
         tree = HostTree(view)
@@ -305,6 +307,8 @@ def list_files(view: Path, rel: str, recursive: bool, owner: Owner) -> list[Sand
                 except OSError:
                     continue  # gone meanwhile
                 is_dir = stat.S_ISDIR(st.st_mode)
+                if len(found) == most:
+                    raise too_many_entries(rel, most)
                 found.append(
                     SandboxFile(
                         path=child,

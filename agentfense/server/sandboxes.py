@@ -42,7 +42,7 @@ from ..types import Permission, PermissionRule, ResourceLimits, RuntimeType, San
 from ._contained import ContainedTaskGroup
 from ._descriptors import check_headroom
 from ._paths import InvalidPathError, normalize_relpath
-from .codebases import CodebaseRecord, CodebaseStore
+from .codebases import CodebaseStore
 from .commands import Commands, ExecParams
 from .config import ServerConfig
 from .execution import OnOutput, Outcome
@@ -83,6 +83,7 @@ class SandboxManager:
         self._fs = FsSupervisor(config.state_dir, on_lost=self._view_lost, metrics=metrics)
         self._task_group: anyio.abc.TaskGroup | None = None
         self._commit_locks: dict[str, anyio.Lock] = {}  # sandbox id: its commit_lock
+        self._making_on: dict[str, int] = {}  # codebase id: sandboxes being made on it
         self._quotas = config.quota_table()
         self.commands = Commands(config, self.commit, metrics)
         self.sessions = SessionRegistry(
@@ -221,8 +222,11 @@ class SandboxManager:
             for op, count in zip(control.FS_OPS, reply.ops, strict=True):
                 if count:
                     self._metrics.fs_requests.labels(op).inc(count)
-            self._codebases.usage_changed(
-                record.codebase_id, reply.bytes_delta, reply.entries_delta
+            self._codebases.usage_changed(  # (its files: a number not known, if any changed)
+                record.codebase_id,
+                reply.bytes_delta,
+                reply.entries_delta,
+                None if reply.changed else 0,
             )
             if reply.changed:  # nothing changed (every read-only exec): no meta write
                 try:
@@ -245,7 +249,19 @@ class SandboxManager:
             await self._fs.changed(self._codebases.files_dir(codebase_id), sorted(changed))
 
     def uses_codebase(self, codebase_id: str) -> bool:
-        return self._sandboxes.uses_codebase(codebase_id)
+        """Whether a sandbox uses the codebase, or is being made on it."""
+        return codebase_id in self._making_on or self._sandboxes.uses_codebase(codebase_id)
+
+    @contextlib.contextmanager
+    def _making(self, codebase_id: str) -> Iterator[None]:
+        """A sandbox is being made on the codebase (it cannot be deleted meanwhile)."""
+        self._making_on[codebase_id] = self._making_on.get(codebase_id, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._making_on.pop(codebase_id) - 1
+            if left:
+                self._making_on[codebase_id] = left
 
     def find(self, sandbox_id: str) -> SandboxRecord | None:
         return self._sandboxes.find(sandbox_id)
@@ -285,48 +301,58 @@ class SandboxManager:
             )
         codebase = await self._codebases.get(codebase_id)  # (the caller's, or not found)
         held = self._sandboxes.held_by(codebase.tenant)
-        with self._quotas.reserving(codebase.tenant, "sandboxes", held):
-            return await self._create(
-                codebase,
+        with self._quotas.reserve(codebase.tenant, "sandboxes", held), self._making(codebase.id):
+            record = await self._make(
+                codebase.id,
+                codebase.owner_id,
+                codebase.tenant,
                 permissions=permissions,
                 runtime=runtime,
                 image=image,
                 resources=resources,
                 labels=labels,
-                expires_in=expires_in,
                 keep_home=keep_home,
             )
+        if expires_in:
+            record.expires_at = record.created_at + expires_in
+        self._event(
+            "sandbox created",
+            record,
+            image=record.image or None,
+            expires_in=expires_in.total_seconds() if expires_in else None,
+        )
+        return record
 
-    async def _create(
+    async def _make(
         self,
-        codebase: CodebaseRecord,
+        codebase_id: str,
+        owner_id: str,
+        tenant: str,
         *,
         permissions: Sequence[PermissionRule],
         runtime: RuntimeType,
         image: str,
         resources: ResourceLimits,
         labels: Mapping[str, str],
-        expires_in: timedelta | None,
         keep_home: bool,
     ) -> SandboxRecord:
+        """The new sandbox, in the table when this returns (its quota reserved meanwhile)."""
         resources = self._with_server_limits(resources, runtime)
         _check_resources(resources)
         validate_rules(permissions)
         await self._check_runtime(runtime, image, resources)
         record = SandboxRecord(
             id="sb_" + secrets.token_hex(8),
-            codebase_id=codebase.id,
+            codebase_id=codebase_id,
             permissions=tuple(permissions),
             runtime=runtime,
             image=image,
             resources=resources,
             labels=dict(labels),
-            owner_id=codebase.owner_id,
-            tenant=codebase.tenant,
+            owner_id=owner_id,
+            tenant=tenant,
             keep_home=keep_home,
         )
-        if expires_in:
-            record.expires_at = record.created_at + expires_in
         record.host_uid = self._take_uid()
         try:
             await self._fs.add_view(self._view_spec(record))
@@ -334,12 +360,6 @@ class SandboxManager:
             self._release_uid(record)
             raise
         self._sandboxes.add(record)
-        self._event(
-            "sandbox created",
-            record,
-            image=record.image or None,
-            expires_in=expires_in.total_seconds() if expires_in else None,
-        )
         return record
 
     def _release_uid(self, record: SandboxRecord) -> None:

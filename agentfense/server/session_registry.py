@@ -23,7 +23,7 @@ from ..errors import (
     SessionClosedError,
     SessionNotFoundError,
 )
-from ..runtimes.base import WORKSPACE, CommandSpec
+from ..runtimes.base import WORKSPACE, CommandSpec, SandboxHandle
 from ..types import SessionStatus
 from . import shell_protocol as protocol
 from ._descriptors import check_headroom
@@ -33,7 +33,7 @@ from .execution import OnOutput, Outcome
 from .log_lines import log_event
 from .metrics import ServerMetrics
 from .quotas import Quotas
-from .sandbox_table import SandboxTable
+from .sandbox_table import SandboxRecord, SandboxTable
 from .sessions import Session
 
 _lifecycle = logging.getLogger("agentfense.server.lifecycle")
@@ -80,6 +80,7 @@ class SessionRegistry:
         self._task_group = task_group
         self._sessions: dict[str, Session] = {}
         self._reported: set[str] = set()  # sessions whose opening is logged, not their close
+        self._opening: dict[str, int] = {}  # sandbox id: sessions being opened in it
 
     def get(self, session_id: str) -> Session:
         if not session_id:
@@ -124,21 +125,38 @@ class SessionRegistry:
         if "\x00" in shell or len(shell) > 4096:
             raise InvalidConfigurationError("shell must be a program name or path without NUL")
         held = [s for s in self._sessions.values() if s.sandbox_id == record.id]
-        if sum(s.status is not SessionStatus.CLOSED for s in held) >= self._most_per_sandbox:
+        opening = self._opening.get(record.id, 0)
+        if sum(s.status is not SessionStatus.CLOSED for s in held) + opening >= (
+            self._most_per_sandbox
+        ):
             raise ResourceLimitExceededError(
                 f"sandbox {record.id} has {self._most_per_sandbox} open sessions, the most "
                 "this server allows (max_sessions_per_sandbox); destroy one first"
             )
-        with self._quotas.reserving(record.tenant, "sessions", self._held_by(record.tenant)):
-            check_headroom(f"a new session of sandbox {record.id}")
-            argv = shell_argv(shell, handle.session_bash)
-            command = CommandSpec(argv, self._commands.env(env), WORKSPACE)
-            process = await self._commands.spawn(record, handle, command, shell=shell)
-            ident = "ses_" + secrets.token_hex(8)
-            session = await Session.open(ident, record.id, process, shell, self._task_group())
-            self._sessions[ident] = session
-        self._reported.add(ident)
+        with self._quotas.reserve(record.tenant, "sessions", self._held_by(record.tenant)):
+            self._opening[record.id] = opening + 1  # (counted above by calls racing this one)
+            try:
+                session = await self._open(record, handle, shell, env)
+            finally:
+                if self._opening[record.id] > 1:
+                    self._opening[record.id] -= 1
+                else:
+                    del self._opening[record.id]
+        self._reported.add(session.id)
         self._event("session opened", session, shell=session.shell)
+        return session
+
+    async def _open(
+        self, record: SandboxRecord, handle: SandboxHandle, shell: str, env: Mapping[str, str]
+    ) -> Session:
+        """A new session, in the registry when this returns."""
+        check_headroom(f"a new session of sandbox {record.id}")
+        argv = shell_argv(shell, handle.session_bash)
+        command = CommandSpec(argv, self._commands.env(env), WORKSPACE)
+        process = await self._commands.spawn(record, handle, command, shell=shell)
+        ident = "ses_" + secrets.token_hex(8)
+        session = await Session.open(ident, record.id, process, shell, self._task_group())
+        self._sessions[ident] = session
         return session
 
     async def _close(self, session: Session, why: str) -> None:

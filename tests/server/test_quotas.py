@@ -53,6 +53,9 @@ def test_a_quota_of_zero_is_no_limit_and_beyond_is_refused_with_its_name() -> No
         ("[server]\nquotas = 3\n", "quotas must be a table of tenants"),
         ("[server]\nquotas = {ci = 3}\n", "quotas.ci must be a table"),
         ("[server]\nquota_sessions = -2\n", "quota sessions must be an integer >= 0"),
+        # A name no token can have (tenants are lower case) would hold no one back.
+        ("[server.quotas.CI]\nsandboxes = 3\n", "quotas.CI: tenant 'CI' is not a valid name"),
+        ('[server.quotas."c i"]\nsandboxes = 3\n', "quotas.c i: tenant 'c i' is not a valid"),
     ],
 )
 def test_mistakes_are_refused_in_a_sentence(tmp_path: Path, text: str, said: str) -> None:
@@ -63,3 +66,16 @@ def test_mistakes_are_refused_in_a_sentence(tmp_path: Path, text: str, said: str
 def test_per_tenant_quotas_come_from_the_file_not_the_environment() -> None:
     with pytest.raises(InvalidConfigurationError, match=r"\[server.quotas.<tenant>\]"):
         load_config(None, environ={"AGENTFENSE_QUOTAS": "ci=3"})
+
+
+def test_a_reservation_counts_until_its_block_ends_and_then_no_more() -> None:
+    table = load_config(None, environ={"AGENTFENSE_QUOTA_SANDBOXES": "2"}).quota_table()
+    with table.reserve("t", "sandboxes", held=0), table.reserve("t", "sandboxes", held=0):
+        with pytest.raises(ResourceLimitExceededError, match="quota of 2 sandboxes"):
+            table.check("t", "sandboxes", held=0)  # (two under way: none left)
+        table.check("another", "sandboxes", held=0)  # (another tenant's are its own)
+        with table.reserve("t", "sandboxes", held=0, adding=0):  # (nothing: always room)
+            pass
+    with pytest.raises(ResourceLimitExceededError), table.reserve("t", "sandboxes", held=2):
+        pass
+    table.check("t", "sandboxes", held=1)  # (both ended; the refused one held nothing)

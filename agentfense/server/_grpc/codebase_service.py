@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import betterproto
 import grpclib.const
+import grpclib.server
 
 from ..._proto.sandbox.v1 import (
     ArchiveChunk,
@@ -30,6 +33,7 @@ from ..._proto.sandbox.v1 import (
 from ...errors import CodebaseNotFoundError, InvalidConfigurationError, SandboxError, StatusCode
 from ..codebases import CodebaseRecord, CodebaseStore
 from . import convert
+from .encoded import encoded_off_loop
 from .errors import grpc_errors, invalid, status_error
 from .guarded import guarded
 
@@ -65,7 +69,14 @@ class CodebaseService(CodebaseServiceBase):
     ``changed(codebase_id, paths)`` that an upload changed these paths under its sandboxes."""
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
-        return guarded(super().__mapping__())
+        mapping: dict[str, grpclib.const.Handler] = super().__mapping__()
+        mapping["/sandbox.v1.CodebaseService/ListFiles"] = grpclib.const.Handler(
+            self._list_files,
+            grpclib.const.Cardinality.UNARY_UNARY,
+            ListFilesRequest,
+            ListFilesResponse,
+        )
+        return guarded(mapping)
 
     def __init__(
         self,
@@ -74,8 +85,10 @@ class CodebaseService(CodebaseServiceBase):
         in_use: Callable[[str], bool],
         changed: Callable[[str, list[str]], Awaitable[None]],
         max_upload_bytes: int,
+        max_list_entries: int,
     ) -> None:
         self._store = store
+        self._max_list_entries = max_list_entries
         self._in_use = in_use
         self._changed = changed
         self._max_upload_bytes = max_upload_bytes
@@ -193,9 +206,16 @@ class CodebaseService(CodebaseServiceBase):
         finally:
             await chunks.aclose()
 
-    async def list_files(self, request: ListFilesRequest) -> ListFilesResponse:
+    async def _list_files(self, stream: grpclib.server.Stream[ListFilesRequest, Any]) -> None:
+        """ListFiles, whose reply (up to ``max_list_entries`` entries) is built and encoded
+        in a worker thread."""
+        request = await stream.recv_message()
+        if request is None:  # (a client that closed its side without a request)
+            raise invalid("the stream carried no request message")
         with grpc_errors():
             records = await self._store.list_files(
-                request.codebase_id, request.path, request.recursive
+                request.codebase_id, request.path, request.recursive, self._max_list_entries
             )
-        return ListFilesResponse(files=[convert.file_info_to_pb(record) for record in records])
+        await stream.send_message(
+            await encoded_off_loop(functools.partial(convert.list_files_reply, records))
+        )

@@ -7,6 +7,7 @@ the checks a request's fields get as they are decoded.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 
 from ... import _timeouts as timeouts
@@ -137,6 +138,12 @@ def file_info_to_pb(record: FileRecord | SandboxFile) -> pb.FileInfo:
         size=record.size,
         modified_at=record.modified_at,
     )
+
+
+def list_files_reply(records: Sequence[FileRecord] | Sequence[SandboxFile]) -> pb.ListFilesResponse:
+    """A listing's reply (up to ``max_list_entries`` messages to build: run it in a thread,
+    off the loop every client shares)."""
+    return pb.ListFilesResponse(files=[file_info_to_pb(record) for record in records])
 
 
 def upload_result_to_pb(codebase_id: str, path: str, size: int, checksum: str) -> pb.UploadResult:

@@ -46,8 +46,14 @@ class Listener:
                 in_use=manager.uses_codebase,
                 changed=manager.codebase_changed,
                 max_upload_bytes=config.max_upload_bytes,
+                max_list_entries=config.max_list_entries,
             ),
-            SandboxService(manager, max_upload_bytes=config.max_upload_bytes, spool_dir=spool),
+            SandboxService(
+                manager,
+                max_upload_bytes=config.max_upload_bytes,
+                max_list_entries=config.max_list_entries,
+                spool_dir=spool,
+            ),
         ]
         checked = [
             call_metrics(

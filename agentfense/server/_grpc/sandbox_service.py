@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import betterproto
@@ -23,6 +25,7 @@ from .. import sandbox_files as files
 from ..execution import Outcome
 from ..sandboxes import SandboxManager
 from . import convert
+from .encoded import encoded_off_loop
 from .errors import grpc_errors, invalid, status_error
 from .guarded import guarded
 
@@ -47,8 +50,16 @@ def _timed_out(outcome: Outcome) -> GRPCError:
 class SandboxService(pb.SandboxServiceBase):
     """Sandbox lifecycle, exec, session and sandbox-file RPCs."""
 
-    def __init__(self, manager: SandboxManager, *, max_upload_bytes: int, spool_dir: Path) -> None:
+    def __init__(
+        self,
+        manager: SandboxManager,
+        *,
+        max_upload_bytes: int,
+        max_list_entries: int,
+        spool_dir: Path,
+    ) -> None:
         self._manager = manager
+        self._max_list_entries = max_list_entries
         self._max_upload_bytes = max_upload_bytes
         self._spool_dir = spool_dir  # where a sandbox file write waits until it is whole
 
@@ -59,6 +70,12 @@ class SandboxService(pb.SandboxServiceBase):
             grpclib.const.Cardinality.UNARY_STREAM,
             pb.ExecRequest,
             pb.ExecOutput,
+        )
+        mapping["/sandbox.v1.SandboxService/ListSandboxFiles"] = grpclib.const.Handler(
+            self._list_sandbox_files,
+            grpclib.const.Cardinality.UNARY_UNARY,
+            pb.ListSandboxFilesRequest,
+            pb.ListFilesResponse,
         )
         mapping["/sandbox.v1.SandboxService/SessionExecStream"] = grpclib.const.Handler(
             self._session_exec_stream,
@@ -182,14 +199,27 @@ class SandboxService(pb.SandboxServiceBase):
                 await self._manager.commit(record)
         return convert.upload_result_to_pb(record.codebase_id, meta.path, size, checksum)
 
-    async def list_sandbox_files(self, request: pb.ListSandboxFilesRequest) -> pb.ListFilesResponse:
+    async def _list_sandbox_files(
+        self, stream: grpclib.server.Stream[pb.ListSandboxFilesRequest, Any]
+    ) -> None:
+        """ListSandboxFiles, whose reply is built and encoded in a worker thread."""
+        request = await stream.recv_message()
+        if request is None:  # (a client that closed its side without a request)
+            raise invalid("the stream carried no request message")
         with grpc_errors():
             record, view = self._manager.view_root(request.sandbox_id)
             rel = files.workspace_relpath(request.path)
             found = await anyio.to_thread.run_sync(
-                files.list_files, view, rel, request.recursive, self._manager.view_owner(record)
+                files.list_files,
+                view,
+                rel,
+                request.recursive,
+                self._manager.view_owner(record),
+                self._max_list_entries,
             )
-        return pb.ListFilesResponse(files=[convert.file_info_to_pb(f) for f in found])
+        await stream.send_message(
+            await encoded_off_loop(functools.partial(convert.list_files_reply, found))
+        )
 
     # -- sessions ---------------------------------------------------------------------------
 

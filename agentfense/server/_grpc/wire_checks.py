@@ -25,6 +25,7 @@ import anyio
 
 from ..._bounded_reads import BoundedReads
 from ...errors import ResourceLimitExceededError
+from .encoded import Encoded
 from .errors import invalid, status_error
 from .layers import Layer
 from .wire_shape import oneof_fault, wire_fault
@@ -109,6 +110,8 @@ class _DeferredCodec:
         self.__content_subtype__ = inner.__content_subtype__
 
     def encode(self, message: Any, message_type: Any) -> bytes:
+        if isinstance(message, Encoded):  # (a large reply, encoded in a worker thread)
+            return message.data
         data: bytes = self._inner.encode(message, message_type)
         return data
 
