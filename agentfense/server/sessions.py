@@ -15,7 +15,6 @@ the session.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import time
 from dataclasses import dataclass, field
@@ -26,7 +25,6 @@ import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..errors import SessionClosedError
-from ..runtimes._pipes import write_all
 from ..runtimes.base import Process
 from ..types import OutputStream, SessionStatus
 from . import shell_protocol as protocol
@@ -81,6 +79,9 @@ class Session:
         self.created_at = datetime.now(UTC)
         self.closed_at: datetime | None = None
         self._process = process
+        # The write end of the shell's script pipe: the session's own, closed once, by
+        # ``close`` (its number is free for any other descriptor of the server afterwards).
+        self._stdin: int | None = process.stdin_fd
         self._lock = anyio.Lock()
         self._command: _Command | None = None
         self._eof: set[OutputStream] = set()
@@ -178,14 +179,20 @@ class Session:
                 await command.send.send((stream, data))
 
     async def _write(self, data: bytes) -> None:
-        try:
-            written = await write_all(self._process.stdin_fd, data)
-        except OSError as exc:
-            if exc.errno != errno.EBADF:  # stdin closed: the session was closed
-                raise
-            written = False
-        if not written:
-            raise SessionClosedError(f"session {self.id} is closed")
+        """Write ``data`` to the shell's script pipe, looking the descriptor up again after
+        every wait: once ``close`` has closed it, its number may be another's."""
+        view = memoryview(data)
+        while view:
+            fd = self._stdin
+            if fd is None:
+                raise SessionClosedError(f"session {self.id} is closed")
+            try:
+                view = view[os.write(fd, view) :]
+            except BlockingIOError:
+                with contextlib.suppress(anyio.ClosedResourceError):  # (``close`` woke it)
+                    await anyio.wait_writable(fd)
+            except BrokenPipeError:  # the shell is gone
+                raise SessionClosedError(f"session {self.id} is closed") from None
 
     # -- commands ---------------------------------------------------------------------------
 
@@ -215,21 +222,30 @@ class Session:
         for stream in self._eof:  # the shell is going away
             command.delivered_all(stream)
         interrupted = done = False
+        unwritten: SessionClosedError | None = None
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_consume, receive, captures, on_output)
-                await self._write(protocol.command_line(command.token, text))
-                with anyio.move_on_after(timeout):
-                    await command.finished.wait()
-                if not command.finished.is_set():
-                    interrupted = True
-                    await self._interrupt(command, before)
+                try:
+                    await self._write(protocol.command_line(command.token, text))
+                except SessionClosedError as exc:
+                    unwritten = exc  # (raised below as itself, not in an exception group)
+                    tg.cancel_scope.cancel()
+                else:
+                    with anyio.move_on_after(timeout):
+                        await command.finished.wait()
+                    if not command.finished.is_set():
+                        interrupted = True
+                        await self._interrupt(command, before)
             done = True
         finally:
             if not done:
                 with anyio.CancelScope(shield=True):
                     await self._interrupt(command, before)
             self._command = None
+        if unwritten is not None:  # the shell is gone, or the session was closed meanwhile
+            await self.close()
+            raise unwritten
         stopped = command.scanners[OutputStream.STDOUT].stopped
         if interrupted and not stopped and command.status is not None:
             # It ran on past the interrupt (a command that took the INT trap for itself):
@@ -289,8 +305,10 @@ class Session:
                 self.status = SessionStatus.CLOSED
                 self.closed_at = datetime.now(UTC)
             await self._process.kill()
-            with contextlib.suppress(OSError):
-                os.close(self._process.stdin_fd)
+            fd, self._stdin = self._stdin, None
+            if fd is not None:
+                anyio.notify_closing(fd)  # (a write waiting on it ends, and says closed)
+                os.close(fd)
 
 
 async def _consume(
