@@ -107,19 +107,23 @@ class Session:
         task_group.start_soon(session._pump, OutputStream.STDOUT, process.stdout_fd)
         task_group.start_soon(session._pump, OutputStream.STDERR, process.stderr_fd)
         task_group.start_soon(session._reap)
+        probe: Outcome | None = None
         try:
-            await session._write(protocol.DRIVER)
-            probe = await session.run(
-                'command printf "%s %s" "${BASH_VERSION:+bash}" "$__af_mode"',
-                timeout=_START_TIMEOUT,
-            )
+            with contextlib.suppress(SessionClosedError):  # (it went before it read them)
+                await session._write(protocol.DRIVER)
+                probe = await session.run(
+                    'command printf "%s %s" "${BASH_VERSION:+bash}" "$__af_mode"',
+                    timeout=_START_TIMEOUT,
+                )
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await session.close()
             raise
-        if probe.timed_out or session.status is SessionStatus.CLOSED:
+        if probe is None or probe.timed_out or session.status is SessionStatus.CLOSED:
+            why = await session._not_started(probe)
             await session.close()
-            raise SessionClosedError(f"session {ident}: the shell {shell!r} did not start")
+            named = f"the shell {shell!r}" if shell else "the sandbox's shell"
+            raise SessionClosedError(f"session {ident}: {named} did not start: {why}")
         name, _, mode = probe.stdout.decode().partition(" ")
         if shell.rsplit("/", 1)[-1] == "bash" and name != "bash":  # (a runtime's stand-in sh)
             await session.close()
@@ -129,6 +133,17 @@ class Session:
         if not shell:
             session.shell = name or "sh"
         return session
+
+    async def _not_started(self, probe: Outcome | None) -> str:
+        """Why the shell did not answer its first command (``probe``: None when it went
+        before it read it)."""
+        if probe is not None and probe.timed_out:
+            return f"it did not answer within {_START_TIMEOUT:g} s"
+        with anyio.move_on_after(_KILL_GRACE):
+            await self._exited.wait()
+        if self._exit_code is None:
+            return "it ended at once"
+        return f"it ended at once, with exit code {self._exit_code}"
 
     # -- the shell's side -------------------------------------------------------------------
 

@@ -1,24 +1,28 @@
-"""Sessions opened and closed many at a time, on Docker (busybox: no bash) and on bwrap.
+"""Opening sessions, on Docker (busybox: no bash) and on bwrap: an open succeeds, or fails
+with its real reason.
 
 Each session owns the write end of its shell's script pipe. A session closed more than once
 (destroyed, then its shell's end noticed) closed that descriptor number each time; between
 the two, the number had gone to another session's pipe or socket (or one of the server's
 connections), which the second close cut: an open failed with "session … is closed", its
-shell never answered ("did not start"), or a reader found its descriptor taken. An open
-succeeds, or fails with its real reason; nothing one session does closes another's.
+shell never answered ("did not start"), or a reader found its descriptor taken. Nothing one
+session does closes another's.
+
+A shell that ends before it reads its driver is reported as such (it was a bare "is
+closed", or INTERNAL when the write failed inside the command's task group).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import re
 from pathlib import Path
 
 import anyio
 import docker
 import pytest
 
-from agentfense import AsyncSandbox, RuntimeType
+from agentfense import AsyncSandbox, RuntimeType, SessionClosedError
 from agentfense.testing import ServerProcess
 
 pytestmark = pytest.mark.anyio
@@ -34,7 +38,7 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(scope="module")
-def busybox_image() -> Iterator[str]:
+def busybox_image() -> str:
     host = os.environ.get("DOCKER_HOST", "") or "unix:///var/run/docker.sock"
     api = docker.APIClient(base_url=host, version="auto")
     try:
@@ -46,7 +50,7 @@ def busybox_image() -> Iterator[str]:
         )
     finally:
         api.close()
-    yield BUSYBOX
+    return BUSYBOX
 
 
 async def _churn(sandbox: AsyncSandbox, count: int) -> list[str]:
@@ -98,3 +102,37 @@ async def test_bwrap_sessions_open_and_close_many_at_once(
         failures = await _churn(sandbox, 120)
         assert failures == []
         assert _new_errors(server, since) == []
+
+
+async def _open_failures(sandbox: AsyncSandbox, shell: str, count: int) -> list[str]:
+    """What each of ``count`` opens of ``shell`` raised (one after another)."""
+    said = []
+    for _ in range(count):
+        try:
+            await sandbox.session(shell=shell)
+        except SessionClosedError as exc:
+            said.append(re.sub(r"^session ses_[0-9a-f]+:? ", "", str(exc)))
+        except Exception as exc:
+            said.append(repr(exc))
+        else:
+            said.append("opened")
+    return said
+
+
+async def test_a_docker_shell_that_ends_at_once_is_reported_so(
+    server: ServerProcess, project: Path, busybox_image: str
+) -> None:
+    async with await AsyncSandbox.from_local(
+        project, endpoint=server.endpoint, runtime=RuntimeType.DOCKER, image=busybox_image
+    ) as sandbox:
+        said = await _open_failures(sandbox, "false", 10)
+    assert said == ["the shell 'false' did not start: it ended at once, with exit code 1"] * 10
+
+
+@pytest.mark.bwrap
+async def test_a_bwrap_shell_that_ends_at_once_is_reported_so(
+    server: ServerProcess, project: Path
+) -> None:
+    async with await AsyncSandbox.from_local(project, endpoint=server.endpoint) as sandbox:
+        said = await _open_failures(sandbox, "false", 30)
+    assert said == ["the shell 'false' did not start: it ended at once, with exit code 1"] * 30
