@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import struct
 from collections.abc import Awaitable, Callable
@@ -106,7 +107,9 @@ class DockerProcess:
         self._sock = sock
         self.leaf = leaf
         self._sandbox = sandbox
-        self.pid = 0
+        # The exec's own process, held by a pid fd (a number would outlive it, and name
+        # whatever host process takes it next); None before it is known, and once released.
+        self._pidfd: int | None = None
         stdin_r, self.stdin_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self.stdout_fd, stdout_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self.stderr_fd, stderr_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -184,9 +187,9 @@ class DockerProcess:
         with anyio.CancelScope(shield=True):
             if self.leaf is not None:
                 SandboxCgroup.kill(self.leaf)
-            elif self.pid:
+            elif self._pidfd is not None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.pid, 9)
+                    signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
             with anyio.move_on_after(5):
                 await self._ended.wait()
                 if self.leaf is not None:
@@ -200,7 +203,16 @@ class DockerProcess:
         if self.leaf is not None:
             await SandboxCgroup.kill_except(self.leaf, keep, interrupt=interrupt)
 
+    def hold(self, pid: int) -> None:
+        """Take a pid fd on the exec's process, host pid ``pid`` (known while it waits for
+        its go: then the number is surely its own)."""
+        with contextlib.suppress(ProcessLookupError):
+            self._pidfd = os.pidfd_open(pid)
+
     async def release(self) -> None:
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
         self._sandbox.finished(self)
         if self.leaf is not None and SandboxCgroup.try_remove(self.leaf):
             self.leaf = None
@@ -240,10 +252,12 @@ async def start_exec(
     leaf, procs_fd = opened if opened is not None else (None, -1)
     process = DockerProcess(call, exec_id, sock, leaf, sandbox)
     try:
-        process.pid = await _exec_pid(call, exec_id, sock, command)
+        pid = await _exec_pid(call, exec_id, sock, command)
+        if pid:
+            process.hold(pid)
         if procs_fd >= 0:
             with contextlib.suppress(ProcessLookupError):
-                os.write(procs_fd, str(process.pid).encode())
+                os.write(procs_fd, str(pid).encode())
         await _send_all(sock, b"\n")  # go
     except BaseException:
         sock.close()
