@@ -253,8 +253,7 @@ async def start_exec(
     process = DockerProcess(call, exec_id, sock, leaf, sandbox)
     try:
         pid = await _exec_pid(call, exec_id, sock, command)
-        if pid:
-            process.hold(pid)
+        process.hold(pid)
         if procs_fd >= 0:
             with contextlib.suppress(ProcessLookupError):
                 os.write(procs_fd, str(pid).encode())
@@ -303,7 +302,8 @@ async def _read_text(sock: socket.socket) -> str:
 
 async def _exec_pid(call: Call, exec_id: str, sock: socket.socket, command: CommandSpec) -> int:
     """The host pid of the exec's process, once docker knows it; the reason it did not
-    start (which docker puts in the stream) raised when it never ran."""
+    start (which docker puts in the stream) raised when it never ran, or that docker did not
+    say."""
     for _ in range(500):
         found = ProcessState.decode(await call("exec_inspect", exec_id))
         if found.pid:
@@ -311,7 +311,8 @@ async def _exec_pid(call: Call, exec_id: str, sock: socket.socket, command: Comm
         if not found.running and found.exit_code is not None:
             raise _start_error(await _read_text(sock), command)
         await anyio.sleep(0.002)
-    return 0
+    # (Not a pid of 0: written to cgroup.procs, that moves the server itself into the leaf.)
+    raise RuntimeError_("cannot start the command: the Docker engine never told its process")
 
 
 async def _send_all(sock: socket.socket, data: bytes) -> None:
