@@ -203,6 +203,12 @@ class DockerProcess:
         if self.leaf is not None:
             await SandboxCgroup.kill_except(self.leaf, keep, interrupt=interrupt)
 
+    def close_pipes(self) -> None:
+        """It never started (``run`` never runs): close both ends of its pipes, which no one
+        else will."""
+        for fd in (*self._ours, self.stdin_fd, self.stdout_fd, self.stderr_fd):
+            os.close(fd)
+
     def hold(self, pid: int) -> None:
         """Take a pid fd on the exec's process, host pid ``pid`` (known while it waits for
         its go: then the number is surely its own)."""
@@ -246,7 +252,10 @@ async def start_exec(
         stream = await call("exec_start", exec_id, socket=True, demux=False)
     except docker.errors.APIError as exc:
         raise _start_error(str(exc.explanation or exc), command) from None
-    sock: socket.socket = stream._sock
+    # The hijacked connection, taken from the docker library: its socket object keeps the
+    # descriptor open until the cyclic GC collects the HTTP response around it (its close
+    # only marks it), so the descriptor moves to a socket object that is ours alone.
+    sock = socket.socket(fileno=stream._sock.detach())
     sock.setblocking(False)
     opened = sandbox.new_leaf()
     leaf, procs_fd = opened if opened is not None else (None, -1)
@@ -260,6 +269,7 @@ async def start_exec(
         await _send_all(sock, b"\n")  # go
     except BaseException:
         sock.close()
+        process.close_pipes()
         await process.release()
         raise
     finally:

@@ -23,7 +23,7 @@ from agentfense import (
     SandboxError,
     SessionStatus,
 )
-from agentfense.testing import start_server_process
+from agentfense.testing import ServerProcess, start_server_process
 
 pytestmark = pytest.mark.anyio
 
@@ -128,6 +128,21 @@ async def test_sessions_in_a_container(
         closing = await sandbox.session()
         assert (await closing.exec("exit 4")).exit_code == 4
         assert (await closing.refresh()).status is SessionStatus.CLOSED
+
+
+async def test_commands_that_cannot_start_leave_no_descriptor_open_in_the_server(
+    engine: docker.APIClient, server: ServerProcess, project: Path
+) -> None:
+    """Each exec refused by the engine (here a workdir that does not exist) kept the six
+    ends of its three pipes open in the server: a client could run it out of descriptors."""
+    async with await _docker_sandbox(server.endpoint, project) as sandbox:
+        await sandbox.run("true")
+        before = len(os.listdir(f"/proc/{server.process.pid}/fd"))
+        for _ in range(30):
+            with pytest.raises(InvalidConfigurationError, match="workdir"):
+                await sandbox.exec("true", workdir="/no/such/dir")
+        after = len(os.listdir(f"/proc/{server.process.pid}/fd"))
+    assert after - before < 10, f"{after - before} more descriptors after 30 refused execs"
 
 
 def _exec_host_pid(marker: str) -> int:
