@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import struct
 from collections.abc import Awaitable, Callable
@@ -106,7 +107,9 @@ class DockerProcess:
         self._sock = sock
         self.leaf = leaf
         self._sandbox = sandbox
-        self.pid = 0
+        # The exec's own process, held by a pid fd (a number would outlive it, and name
+        # whatever host process takes it next); None before it is known, and once released.
+        self._pidfd: int | None = None
         stdin_r, self.stdin_fd = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self.stdout_fd, stdout_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self.stderr_fd, stderr_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -184,9 +187,9 @@ class DockerProcess:
         with anyio.CancelScope(shield=True):
             if self.leaf is not None:
                 SandboxCgroup.kill(self.leaf)
-            elif self.pid:
+            elif self._pidfd is not None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.pid, 9)
+                    signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
             with anyio.move_on_after(5):
                 await self._ended.wait()
                 if self.leaf is not None:
@@ -200,7 +203,22 @@ class DockerProcess:
         if self.leaf is not None:
             await SandboxCgroup.kill_except(self.leaf, keep, interrupt=interrupt)
 
+    def close_pipes(self) -> None:
+        """It never started (``run`` never runs): close both ends of its pipes, which no one
+        else will."""
+        for fd in (*self._ours, self.stdin_fd, self.stdout_fd, self.stderr_fd):
+            os.close(fd)
+
+    def hold(self, pid: int) -> None:
+        """Take a pid fd on the exec's process, host pid ``pid`` (known while it waits for
+        its go: then the number is surely its own)."""
+        with contextlib.suppress(ProcessLookupError):
+            self._pidfd = os.pidfd_open(pid)
+
     async def release(self) -> None:
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
         self._sandbox.finished(self)
         if self.leaf is not None and SandboxCgroup.try_remove(self.leaf):
             self.leaf = None
@@ -234,19 +252,24 @@ async def start_exec(
         stream = await call("exec_start", exec_id, socket=True, demux=False)
     except docker.errors.APIError as exc:
         raise _start_error(str(exc.explanation or exc), command) from None
-    sock: socket.socket = stream._sock
+    # The hijacked connection, taken from the docker library: its socket object keeps the
+    # descriptor open until the cyclic GC collects the HTTP response around it (its close
+    # only marks it), so the descriptor moves to a socket object that is ours alone.
+    sock = socket.socket(fileno=stream._sock.detach())
     sock.setblocking(False)
     opened = sandbox.new_leaf()
     leaf, procs_fd = opened if opened is not None else (None, -1)
     process = DockerProcess(call, exec_id, sock, leaf, sandbox)
     try:
-        process.pid = await _exec_pid(call, exec_id, sock, command)
+        pid = await _exec_pid(call, exec_id, sock, command)
+        process.hold(pid)
         if procs_fd >= 0:
             with contextlib.suppress(ProcessLookupError):
-                os.write(procs_fd, str(process.pid).encode())
+                os.write(procs_fd, str(pid).encode())
         await _send_all(sock, b"\n")  # go
     except BaseException:
         sock.close()
+        process.close_pipes()
         await process.release()
         raise
     finally:
@@ -289,7 +312,8 @@ async def _read_text(sock: socket.socket) -> str:
 
 async def _exec_pid(call: Call, exec_id: str, sock: socket.socket, command: CommandSpec) -> int:
     """The host pid of the exec's process, once docker knows it; the reason it did not
-    start (which docker puts in the stream) raised when it never ran."""
+    start (which docker puts in the stream) raised when it never ran, or that docker did not
+    say."""
     for _ in range(500):
         found = ProcessState.decode(await call("exec_inspect", exec_id))
         if found.pid:
@@ -297,7 +321,8 @@ async def _exec_pid(call: Call, exec_id: str, sock: socket.socket, command: Comm
         if not found.running and found.exit_code is not None:
             raise _start_error(await _read_text(sock), command)
         await anyio.sleep(0.002)
-    return 0
+    # (Not a pid of 0: written to cgroup.procs, that moves the server itself into the leaf.)
+    raise RuntimeError_("cannot start the command: the Docker engine never told its process")
 
 
 async def _send_all(sock: socket.socket, data: bytes) -> None:

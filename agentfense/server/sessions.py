@@ -15,7 +15,6 @@ the session.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import time
 from dataclasses import dataclass, field
@@ -26,7 +25,6 @@ import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ..errors import SessionClosedError
-from ..runtimes._pipes import write_all
 from ..runtimes.base import Process
 from ..types import OutputStream, SessionStatus
 from . import shell_protocol as protocol
@@ -81,6 +79,9 @@ class Session:
         self.created_at = datetime.now(UTC)
         self.closed_at: datetime | None = None
         self._process = process
+        # The write end of the shell's script pipe: the session's own, closed once, by
+        # ``close`` (its number is free for any other descriptor of the server afterwards).
+        self._stdin: int | None = process.stdin_fd
         self._lock = anyio.Lock()
         self._command: _Command | None = None
         self._eof: set[OutputStream] = set()
@@ -106,19 +107,23 @@ class Session:
         task_group.start_soon(session._pump, OutputStream.STDOUT, process.stdout_fd)
         task_group.start_soon(session._pump, OutputStream.STDERR, process.stderr_fd)
         task_group.start_soon(session._reap)
+        probe: Outcome | None = None
         try:
-            await session._write(protocol.DRIVER)
-            probe = await session.run(
-                'command printf "%s %s" "${BASH_VERSION:+bash}" "$__af_mode"',
-                timeout=_START_TIMEOUT,
-            )
+            with contextlib.suppress(SessionClosedError):  # (it went before it read them)
+                await session._write(protocol.DRIVER)
+                probe = await session.run(
+                    'command printf "%s %s" "${BASH_VERSION:+bash}" "$__af_mode"',
+                    timeout=_START_TIMEOUT,
+                )
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await session.close()
             raise
-        if probe.timed_out or session.status is SessionStatus.CLOSED:
+        if probe is None or probe.timed_out or session.status is SessionStatus.CLOSED:
+            why = await session._not_started(probe)
             await session.close()
-            raise SessionClosedError(f"session {ident}: the shell {shell!r} did not start")
+            named = f"the shell {shell!r}" if shell else "the sandbox's shell"
+            raise SessionClosedError(f"session {ident}: {named} did not start: {why}")
         name, _, mode = probe.stdout.decode().partition(" ")
         if shell.rsplit("/", 1)[-1] == "bash" and name != "bash":  # (a runtime's stand-in sh)
             await session.close()
@@ -128,6 +133,17 @@ class Session:
         if not shell:
             session.shell = name or "sh"
         return session
+
+    async def _not_started(self, probe: Outcome | None) -> str:
+        """Why the shell did not answer its first command (``probe``: None when it went
+        before it read it)."""
+        if probe is not None and probe.timed_out:
+            return f"it did not answer within {_START_TIMEOUT:g} s"
+        with anyio.move_on_after(_KILL_GRACE):
+            await self._exited.wait()
+        if self._exit_code is None:
+            return "it ended at once"
+        return f"it ended at once, with exit code {self._exit_code}"
 
     # -- the shell's side -------------------------------------------------------------------
 
@@ -178,14 +194,20 @@ class Session:
                 await command.send.send((stream, data))
 
     async def _write(self, data: bytes) -> None:
-        try:
-            written = await write_all(self._process.stdin_fd, data)
-        except OSError as exc:
-            if exc.errno != errno.EBADF:  # stdin closed: the session was closed
-                raise
-            written = False
-        if not written:
-            raise SessionClosedError(f"session {self.id} is closed")
+        """Write ``data`` to the shell's script pipe, looking the descriptor up again after
+        every wait: once ``close`` has closed it, its number may be another's."""
+        view = memoryview(data)
+        while view:
+            fd = self._stdin
+            if fd is None:
+                raise SessionClosedError(f"session {self.id} is closed")
+            try:
+                view = view[os.write(fd, view) :]
+            except BlockingIOError:
+                with contextlib.suppress(anyio.ClosedResourceError):  # (``close`` woke it)
+                    await anyio.wait_writable(fd)
+            except BrokenPipeError:  # the shell is gone
+                raise SessionClosedError(f"session {self.id} is closed") from None
 
     # -- commands ---------------------------------------------------------------------------
 
@@ -215,21 +237,30 @@ class Session:
         for stream in self._eof:  # the shell is going away
             command.delivered_all(stream)
         interrupted = done = False
+        unwritten: SessionClosedError | None = None
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_consume, receive, captures, on_output)
-                await self._write(protocol.command_line(command.token, text))
-                with anyio.move_on_after(timeout):
-                    await command.finished.wait()
-                if not command.finished.is_set():
-                    interrupted = True
-                    await self._interrupt(command, before)
+                try:
+                    await self._write(protocol.command_line(command.token, text))
+                except SessionClosedError as exc:
+                    unwritten = exc  # (raised below as itself, not in an exception group)
+                    tg.cancel_scope.cancel()
+                else:
+                    with anyio.move_on_after(timeout):
+                        await command.finished.wait()
+                    if not command.finished.is_set():
+                        interrupted = True
+                        await self._interrupt(command, before)
             done = True
         finally:
             if not done:
                 with anyio.CancelScope(shield=True):
                     await self._interrupt(command, before)
             self._command = None
+        if unwritten is not None:  # the shell is gone, or the session was closed meanwhile
+            await self.close()
+            raise unwritten
         stopped = command.scanners[OutputStream.STDOUT].stopped
         if interrupted and not stopped and command.status is not None:
             # It ran on past the interrupt (a command that took the INT trap for itself):
@@ -289,8 +320,10 @@ class Session:
                 self.status = SessionStatus.CLOSED
                 self.closed_at = datetime.now(UTC)
             await self._process.kill()
-            with contextlib.suppress(OSError):
-                os.close(self._process.stdin_fd)
+            fd, self._stdin = self._stdin, None
+            if fd is not None:
+                anyio.notify_closing(fd)  # (a write waiting on it ends, and says closed)
+                os.close(fd)
 
 
 async def _consume(

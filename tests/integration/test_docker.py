@@ -4,10 +4,12 @@ with ``--bridge=none --iptables=false``) and the images scripts/docker-images.sh
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import docker
 import pytest
 
@@ -21,7 +23,7 @@ from agentfense import (
     SandboxError,
     SessionStatus,
 )
-from agentfense.testing import start_server_process
+from agentfense.testing import ServerProcess, start_server_process
 
 pytestmark = pytest.mark.anyio
 
@@ -126,6 +128,85 @@ async def test_sessions_in_a_container(
         closing = await sandbox.session()
         assert (await closing.exec("exit 4")).exit_code == 4
         assert (await closing.refresh()).status is SessionStatus.CLOSED
+
+
+async def test_commands_that_cannot_start_leave_no_descriptor_open_in_the_server(
+    engine: docker.APIClient, server: ServerProcess, project: Path
+) -> None:
+    """Each exec refused by the engine (here a workdir that does not exist) kept the six
+    ends of its three pipes open in the server: a client could run it out of descriptors."""
+    async with await _docker_sandbox(server.endpoint, project) as sandbox:
+        await sandbox.run("true")
+        before = len(os.listdir(f"/proc/{server.process.pid}/fd"))
+        for _ in range(30):
+            with pytest.raises(InvalidConfigurationError, match="workdir"):
+                await sandbox.exec("true", workdir="/no/such/dir")
+        after = len(os.listdir(f"/proc/{server.process.pid}/fd"))
+    assert after - before < 10, f"{after - before} more descriptors after 30 refused execs"
+
+
+def _exec_host_pid(marker: str) -> int:
+    """The host pid of the ``docker exec`` whose environment holds ``AF_MARK=marker``: the
+    one such process whose parent does not hold it."""
+    needle = f"AF_MARK={marker}".encode()
+    marked = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if needle in Path(f"/proc/{entry}/environ").read_bytes().split(b"\0"):
+                    marked.add(int(entry))
+            except OSError:
+                continue
+    tops = [
+        pid
+        for pid in marked
+        if int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) not in marked
+    ]
+    assert len(tops) == 1, tops
+    return tops[0]
+
+
+def _exists(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+def _process_at(pid: int) -> subprocess.Popen[bytes] | None:
+    """A host process (a sleep) with exactly ``pid``, made the next pid to hand out; None
+    when other processes of the host keep taking it first."""
+    for _ in range(200):
+        Path("/proc/sys/kernel/ns_last_pid").write_text(str(pid - 1))
+        child = subprocess.Popen(["sleep", "60"])
+        if child.pid == pid:
+            return child
+        child.kill()
+        child.wait()
+    return None
+
+
+async def test_a_closed_session_kills_no_process_that_took_its_pid(
+    engine: docker.APIClient, endpoint: str, project: Path
+) -> None:
+    """A session whose shell has ended is closed again when its sandbox stops: that close
+    sent SIGKILL to the ended exec's host pid, whatever process of the host had it since."""
+    marker = uuid.uuid4().hex
+    async with await _docker_sandbox(endpoint, project) as sandbox:
+        session = await sandbox.session(env={"AF_MARK": marker})
+        pid = _exec_host_pid(marker)
+        assert (await session.exec("exit 3")).exit_code == 3
+        with anyio.fail_after(10):  # (the shell is gone, and its pid free)
+            while True:
+                if not _exists(pid):
+                    break
+                await anyio.sleep(0.01)
+        bystander = _process_at(pid)
+        assert bystander is not None, f"pid {pid} kept being taken by other processes"
+        try:
+            await sandbox.stop()  # (closes its sessions, this one again)
+            await anyio.sleep(0.5)
+            assert bystander.poll() is None, "the host process that took the pid was killed"
+        finally:
+            bystander.kill()
+            bystander.wait()
 
 
 async def test_stop_start_and_destroy(
