@@ -1,12 +1,13 @@
 """The server's file descriptors: as many as the host allows, and a reserve no one sandbox
 can take.
 
-Every session holds three of the server's descriptors (its shell's pipes) for its life, every
-running sandbox a few. When they run out, whatever needs one next fails: a command of another
-sandbox, an accept(). So the server raises its own limit to the hard one at start, and what
-holds descriptors for long (a new session, a sandbox's start) is refused with
-RESOURCE_EXHAUSTED while fewer than ``reserve()`` are left, which keeps room for the
-commands, file operations and connections of everyone else.
+Every session holds a few of the server's descriptors for its life (its shell's pipes; on
+Docker its exec's socket and a pid fd too), every running sandbox a few. When they run out,
+whatever needs one next fails: a command of another sandbox, an accept(). So the server
+raises its own limit to the hard one at start, and what holds descriptors for long (a new
+session, a sandbox's start) is refused with RESOURCE_EXHAUSTED while fewer than
+``reserve()`` are left, which keeps room for the commands, file operations and connections
+of everyone else.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 path (``commands``), never on the lifecycle manager.
 
 Sessions opened and closed are logged at INFO: like a sandbox, a session holds resources
-until it closes (a shell, its processes, three of the server's descriptors; at most
+until it closes (a shell, its processes, a few of the server's descriptors; at most
 ``max_sessions_per_sandbox`` per sandbox), so what holds them is worth a line. The commands
 they run are logged at DEBUG only (``commands``).
 """
