@@ -4,6 +4,7 @@
     python bench.py create [N]    create + destroy of a held sandbox, p50/p95
     python bench.py idle N        N idle held sandboxes: processes, kernel memory deltas
     python bench.py bwrapidle N   N idle sandboxes of today's shape with a C pid 1 (design B)
+    python bench.py burst N       N creates + first echo at once
     python bench.py jobs          a background job across commands: what stays, and its cost
 
 Run as root, one at a time (the machine is shared: each step is sequential, one core).
@@ -109,15 +110,20 @@ def bench_exec(n: int) -> None:
 
 
 def bench_create(n: int) -> None:
-    made, gone = [], []
+    made, gone, raw = [], [], []
+    raw_today = nsbox.bwrap_argv(WS, ["--", "/bin/true"])
     for i in range(n):
         start = time.perf_counter()
         nsbox.create(f"bench-create-{i}", WS)
         made.append((time.perf_counter() - start) * 1000)
+        nsbox.reap()
+        raw.append(timed(raw_today))
         start = time.perf_counter()
         nsbox.destroy(f"bench-create-{i}")
         gone.append((time.perf_counter() - start) * 1000)
     show("A: create (bwrap as builder, binds)", made)
+    show("raw bwrap true (today's isolation), alternated", raw)
+    print(f"ratio create / raw bwrap (p50): {statistics.median(made) / statistics.median(raw):.2f}")
     show("A: destroy (umount the binds)", gone)
     first = []
     for i in range(n):
@@ -129,6 +135,31 @@ def bench_create(n: int) -> None:
         nsbox.destroy(f"bench-first-{i}")
         nsbox.reap()
     show("A: create + first echo ok", first)
+
+
+def bench_burst(n: int) -> None:
+    """``n`` creates + a first ``echo ok`` at once (threads), as the issue's burst run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i: int) -> float:
+        start = time.perf_counter()
+        nsbox.create(f"burst-{i}", WS)
+        done = nsbox.run(f"burst-{i}", ["echo", "ok"])
+        if done.stdout != b"ok\n":
+            raise RuntimeError(f"burst-{i}: {done}")
+        return (time.perf_counter() - start) * 1000
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(n) as pool:
+        futures = [pool.submit(one, i) for i in range(n)]
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    took = time.perf_counter() - start
+    show(f"A: burst of {n} create + echo ok, each", [f.result() for f in futures if not f.exception()])
+    print(f"  all {n} in {took:.2f} s; errors: {len(errors)} {errors[:3]}")
+    nsbox.reap()
+    for i in range(n):
+        if (nsbox.NSDIR / f"burst-{i}").exists():
+            nsbox.destroy(f"burst-{i}")
 
 
 def processes() -> int:
@@ -289,5 +320,5 @@ if __name__ == "__main__":
     setup()
     what = sys.argv[1]
     count = int(sys.argv[2]) if len(sys.argv) > 2 else 200
-    {"exec": bench_exec, "create": bench_create, "idle": bench_idle,
+    {"exec": bench_exec, "create": bench_create, "idle": bench_idle, "burst": bench_burst,
      "bwrapidle": bench_bwrap_idle}.get(what, lambda n: bench_jobs())(count)

@@ -2,6 +2,7 @@
  *
  *   launcher NSDIR CGDIR UID GID NPROC -- cmd args...
  *   launcher join INITPID UID GID NPROC -- cmd args...   (while an init holds a job)
+ *   launcher build BUILDERNS -- bwrap args...  (create: bwrap from the builder mount ns)
  *   launcher hold READYFD BLOCKFD (bwrap's command at create; see nsbox.py)
  *
  * NSDIR holds bind mounts of the sandbox's /proc/<pid>/ns/{user,mnt,net,ipc,uts,cgroup} files
@@ -306,8 +307,21 @@ static int join(pid_t init, uid_t uid, gid_t gid, long nproc, char **argv)
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
+/* bwrap's way into the builder mount namespace (see nsbox.py): setns, then exec it. */
+static int build(const char *builder, char **argv)
+{
+    int fd = open(builder, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || setns(fd, CLONE_NEWNS) != 0)
+        die("enter the builder mount namespace");
+    execv(argv[0], argv);
+    die("run bwrap");
+    return 126;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc >= 5 && !strcmp(argv[1], "build") && !strcmp(argv[3], "--"))
+        return build(argv[2], argv + 4);
     if (argc >= 8 && !strcmp(argv[1], "join") && !strcmp(argv[6], "--"))
         return join((pid_t)atol(argv[2]), (uid_t)atol(argv[3]), (gid_t)atol(argv[4]),
                     atol(argv[5]), argv + 7);

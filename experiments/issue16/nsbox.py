@@ -51,14 +51,6 @@ def _mount(source: str, target: str, fstype: str | None, flags: int, data: str |
         raise OSError(error, f"mount {source} on {target}: {os.strerror(error)}")
 
 
-CLONE_NEWNS = 0x00020000
-
-
-def _setns(fd: int, kind: int) -> None:
-    if _libc.setns(fd, kind) != 0:
-        raise OSError(ctypes.get_errno(), "setns")
-
-
 def _umount(target: str) -> None:
     if _libc.umount2(target.encode(), MNT_DETACH) != 0:
         error = ctypes.get_errno()
@@ -142,16 +134,17 @@ def create(name: str, workspace: Path) -> Path:
         ["--", f"/proc/self/fd/{binary}", "hold", str(ready_w), str(block_r)],
         userns=False,
     )
-    builder = os.open(BUILDER, os.O_RDONLY | os.O_CLOEXEC)
+    # (through the launcher's build mode, not a preexec_fn: that would make subprocess fork
+    # the whole server instead of a vfork-like posix_spawn)
     proc = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, pass_fds=(ready_w, block_r, binary), env={},
-        preexec_fn=lambda: _setns(builder, CLONE_NEWNS),
+        [str(LAUNCHER), "build", str(BUILDER), "--", *argv],
+        stdin=subprocess.DEVNULL, pass_fds=(ready_w, block_r, binary), env={},
     )
-    os.close(builder)
     for fd in (ready_w, block_r, binary):
         os.close(fd)
     try:
         if os.read(ready_r, 1) != b"r":
+            proc.wait()
             raise RuntimeError("the holder died")
         child = _holder_pid(proc.pid)
         # No user namespace: bwrap's tmpfs are root's; the sandbox's host uid gets them
@@ -167,15 +160,20 @@ def create(name: str, workspace: Path) -> Path:
     finally:
         os.close(ready_r)
         os.close(block_w)
-        code = proc.wait()
-    if code != 0:
-        raise RuntimeError(f"bwrap failed: {code}")
+    # Held: the sandbox is ready. bwrap's exit (the holder's pid namespace going) is not
+    # waited for here (a server reaps it in the background).
+    _EXITING.append(proc)
     return held
+
+
+_EXITING: list[subprocess.Popen[bytes]] = []  # bwraps whose exit nobody has waited for
 
 
 def _holder_pid(bwrap_pid: int) -> int:
     """The sandbox's pid 1 (bwrap's one child: --as-pid-1)."""
     children = Path(f"/proc/{bwrap_pid}/task/{bwrap_pid}/children").read_text().split()
+    if not children:
+        raise RuntimeError("bwrap has no child")
     return int(children[0])
 
 
@@ -202,7 +200,11 @@ def run(name: str, argv: list[str], *, cgroup: str = "-", nproc: int = 0,
 
 
 def reap() -> None:
-    """Collect the sandbox inits we inherited (we are their subreaper)."""
+    """Collect the exited bwraps and the sandbox inits we inherited (we are their
+    subreaper)."""
+    for proc in _EXITING:  # (their status no longer matters: the namespaces are held)
+        proc.wait()
+    _EXITING.clear()
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
