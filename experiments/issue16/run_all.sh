@@ -28,5 +28,7 @@ finally:
     nsbox.destroy("sb")
     nsbox.reap()
 PY
+echo "== A2 probe (load: $(cut -d' ' -f1-3 /proc/loadavg))"
+$PY a2_userns.py
 echo "== fuse attach (load: $(cut -d' ' -f1-3 /proc/loadavg))"
 $PY fuse_attach.py
