@@ -5,6 +5,7 @@
     python bench.py idle N        N idle held sandboxes: processes, kernel memory deltas
     python bench.py bwrapidle N   N idle sandboxes of today's shape with a C pid 1 (design B)
     python bench.py burst N       N creates + first echo at once
+    python bench.py stagger N     the same, started 10 ms apart
     python bench.py jobs          a background job across commands: what stays, and its cost
 
 Run as root, one at a time (the machine is shared: each step is sequential, one core).
@@ -137,8 +138,13 @@ def bench_create(n: int) -> None:
     show("A: create + first echo ok", first)
 
 
-def bench_burst(n: int) -> None:
-    """``n`` creates + a first ``echo ok`` at once (threads), as the issue's burst run."""
+def bench_stagger(n: int) -> None:
+    bench_burst(n, apart=0.010)
+
+
+def bench_burst(n: int, apart: float = 0.0) -> None:
+    """``n`` creates + a first ``echo ok`` at once (threads), as the issue's burst run; or
+    started ``apart`` seconds apart (its staggered run)."""
     from concurrent.futures import ThreadPoolExecutor
 
     def one(i: int) -> float:
@@ -151,10 +157,14 @@ def bench_burst(n: int) -> None:
 
     start = time.perf_counter()
     with ThreadPoolExecutor(n) as pool:
-        futures = [pool.submit(one, i) for i in range(n)]
+        futures = []
+        for i in range(n):
+            futures.append(pool.submit(one, i))
+            time.sleep(apart)
     errors = [f.exception() for f in futures if f.exception() is not None]
     took = time.perf_counter() - start
-    show(f"A: burst of {n} create + echo ok, each", [f.result() for f in futures if not f.exception()])
+    each = [f.result() for f in futures if not f.exception()]
+    show(f"A: {n} create + echo ok, {apart * 1000:.0f} ms apart, each", each)
     print(f"  all {n} in {took:.2f} s; errors: {len(errors)} {errors[:3]}")
     nsbox.reap()
     for i in range(n):
@@ -321,4 +331,5 @@ if __name__ == "__main__":
     what = sys.argv[1]
     count = int(sys.argv[2]) if len(sys.argv) > 2 else 200
     {"exec": bench_exec, "create": bench_create, "idle": bench_idle, "burst": bench_burst,
+     "stagger": bench_stagger,
      "bwrapidle": bench_bwrap_idle}.get(what, lambda n: bench_jobs())(count)

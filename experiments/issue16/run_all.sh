@@ -7,7 +7,7 @@ PY=${PY:-/work/main/.venv/bin/python}
 export PYTHONPATH="$(cd ../.. && pwd)"
 gcc -O2 -o /tmp/issue16-bin/spawnbench spawnbench.c 2>/dev/null || { mkdir -p /tmp/issue16-bin; gcc -O2 -o /tmp/issue16-bin/spawnbench spawnbench.c; }
 gcc -static -Os -o /tmp/issue16-bin/attach attach.c
-for step in "exec 300" "create 100" "burst 100" "jobs" "idle 100" "idle 1000" "bwrapidle 100"; do
+for step in "exec 300" "create 100" "burst 100" "stagger 100" "jobs" "idle 100" "idle 1000" "bwrapidle 100"; do
     echo "== $step (load: $(cut -d' ' -f1-3 /proc/loadavg))"
     $PY bench.py $step
 done
