@@ -7,6 +7,7 @@ value is required.
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime, timedelta
 
 from ._proto.sandbox import v1 as pb
@@ -72,7 +73,10 @@ def timestamp(value: datetime | None) -> datetime | None:
     return value
 
 
+@functools.lru_cache(maxsize=1024)
 def rule_to_pb(rule: PermissionRule) -> pb.PermissionRule:
+    """The rule's message (kept: a sandbox's reply carries all its rules each time; the
+    message is shared, never to be changed)."""
     return pb.PermissionRule(
         pattern=rule.pattern,
         type=PATTERN_TO_PB[rule.type],
@@ -98,14 +102,17 @@ def rule_from_pb(message: pb.PermissionRule, index: int = 0) -> PermissionRule:
             "which is not a known pattern type (glob, directory or file)"
         )
     try:
-        return PermissionRule(
-            pattern=message.pattern,
-            permission=PERMISSION_FROM_PB[message.permission],
-            type=pattern_type,
-            priority=message.priority,
+        return _rule(
+            message.pattern, PERMISSION_FROM_PB[message.permission], pattern_type, message.priority
         )
     except InvalidConfigurationError as exc:
         raise InvalidConfigurationError(f"permissions[{index}]: {exc.message}") from None
+
+
+@functools.lru_cache(maxsize=1024)
+def _rule(pattern: str, level: Permission, kind: PatternType, priority: int) -> PermissionRule:
+    """(kept: a PermissionRule checks its pattern when made, and replies repeat rules)"""
+    return PermissionRule(pattern=pattern, permission=level, type=kind, priority=priority)
 
 
 def resources_to_pb(limits: ResourceLimits | None) -> pb.ResourceLimits:

@@ -13,6 +13,8 @@ from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from grpclib.metadata import decode_bin_value, decode_grpc_message
 
 from agentfense._error_details import ReasonCodec
+from agentfense._proto.sandbox import v1 as pb
+from agentfense._repeated_memo import RepeatedMemo
 from agentfense._transport._tls import tls_failure
 from agentfense.errors import ConnectionError, SandboxError, StatusCode, error_from_status
 
@@ -23,10 +25,18 @@ class BadReply(Exception):
 
 class ReplyCodec(ProtoCodec):
     """grpclib's protobuf codec, with a reply that does not decode a :class:`BadReply`:
-    betterproto raises ValueError, EOFError and others, its compiled codec RuntimeError."""
+    betterproto raises ValueError, EOFError and others, its compiled codec RuntimeError.
+    A ``Sandbox``'s rules are decoded once per distinct set (``_repeated_memo``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sandbox_rules = RepeatedMemo(3, "permissions")  # Sandbox.permissions
 
     def decode(self, data: bytes, message_type: type[Any]) -> Any:
         try:
+            if message_type is pb.Sandbox:
+                decode = super().decode
+                return self._sandbox_rules.decode(data, lambda raw: decode(raw, pb.Sandbox))
             return super().decode(data, message_type)
         except (RuntimeError, ValueError, TypeError, OverflowError, IndexError, EOFError) as exc:
             raise BadReply(f"not a valid {message_type.__name__} message ({exc})") from None

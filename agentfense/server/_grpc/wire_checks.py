@@ -24,6 +24,8 @@ from typing import Any
 import anyio
 
 from ..._bounded_reads import BoundedReads
+from ..._proto.sandbox import v1 as pb
+from ..._repeated_memo import RepeatedMemo
 from ...errors import ResourceLimitExceededError
 from .encoded import Encoded
 from .errors import invalid, status_error
@@ -34,6 +36,9 @@ from .wire_shape import oneof_fault, wire_fault
 # environment variables (256) any request may carry, and its handful of other fields.
 MAX_FIELDS = 4096 + 64 + 64
 _DECODE_INLINE = 64 * 1024  # messages up to this size are decoded on the event loop
+# A new sandbox's rules, decoded once per distinct set: most are a preset's (_repeated_memo).
+# (Large messages are decoded in worker threads: the table takes a lock.)
+_MEMOS = {pb.CreateSandboxRequest: RepeatedMemo(2, "permissions")}
 
 
 def _varint(data: bytes, i: int) -> tuple[int, int]:
@@ -83,7 +88,11 @@ def _decode(codec: Any, data: bytes, message_type: type[Any]) -> Any:
     if fault is not None:
         raise _Malformed(fault)
     try:
-        message = codec.decode(data, message_type)
+        memo = _MEMOS.get(message_type)
+        if memo is None:
+            message = codec.decode(data, message_type)
+        else:
+            message = memo.decode(data, lambda raw: codec.decode(raw, message_type))
     except RuntimeError as exc:  # betterproto's compiled codec: bytes wire_fault let through
         raise _Malformed(f"the bytes do not decode ({exc})") from None
     fault = oneof_fault(message)
