@@ -28,6 +28,7 @@ from ..execution import Outcome
 from ..sandbox_files import SandboxFile
 from ..sandbox_table import SandboxRecord
 from ..sessions import Session
+from .encoded import repeated_field
 
 
 def sandbox_to_pb(record: SandboxRecord) -> pb.Sandbox:
@@ -140,10 +141,10 @@ def file_info_to_pb(record: FileRecord | SandboxFile) -> pb.FileInfo:
     )
 
 
-def list_files_reply(records: Sequence[FileRecord] | Sequence[SandboxFile]) -> pb.ListFilesResponse:
-    """A listing's reply (up to ``max_list_entries`` messages to build: run it in a thread,
-    off the loop every client shares)."""
-    return pb.ListFilesResponse(files=[file_info_to_pb(record) for record in records])
+def list_files_reply(records: Sequence[FileRecord] | Sequence[SandboxFile]) -> bytes:
+    """A listing's reply, ``ListFilesResponse``, encoded (up to ``max_list_entries`` entries:
+    run it in a worker thread, off the loop every client shares)."""
+    return repeated_field(1, (file_info_to_pb(record) for record in records))  # files = 1
 
 
 def upload_result_to_pb(codebase_id: str, path: str, size: int, checksum: str) -> pb.UploadResult:
