@@ -137,6 +137,10 @@ class Runtime(Protocol):
         """Remove what a killed predecessor on the same state directory left behind."""
         ...
 
+    def close(self) -> None:
+        """Let go of what the runtime holds open (the server stops; its sandboxes are gone)."""
+        ...
+
 
 BASE_ENV: Mapping[str, str] = {
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",

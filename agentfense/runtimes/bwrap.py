@@ -335,6 +335,9 @@ class BwrapRuntime:
         if swept:
             _log.info("removed the cgroups of %d sandboxes gone with a killed server", swept)
 
+    def close(self) -> None:
+        """(Nothing held open between sandboxes.)"""
+
     def limits_problem(self) -> str | None:
         """Why this host cannot enforce resource limits on sandboxes, or None when it can."""
         if self._limit_cgroups is not None:

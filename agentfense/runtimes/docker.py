@@ -289,6 +289,12 @@ class DockerRuntime:
             )
         return self._api
 
+    def close(self) -> None:
+        """Close the engine client's connections."""
+        api, self._api = self._api, None
+        if api is not None:
+            api.close()
+
     def limits_problem(self) -> str | None:
         return None  # the engine enforces them
 
@@ -303,7 +309,7 @@ class DockerRuntime:
             try:
                 await self.call("ping")
             except Exception as exc:
-                self._api = None
+                self.close()  # (a new client next time, the engine may come back)
                 reason = _reason(exc)
         if reason is None:
             return None

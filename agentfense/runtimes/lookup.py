@@ -26,6 +26,11 @@ class Runtimes:
             runtime = self._made[kind] = self._make(kind)
         return runtime
 
+    def close(self) -> None:
+        """Close every runtime made (the server stops)."""
+        for runtime in self._made.values():
+            runtime.close()
+
     def _make(self, kind: RuntimeType) -> Runtime:
         if kind is RuntimeType.DOCKER:
             from .docker import DockerRuntime

@@ -143,6 +143,7 @@ class SandboxManager:
             await self._fs.stop()
         self._task_group.cancel_scope.cancel()
         await self._task_group.__aexit__(None, None, None)
+        self._runtimes.close()
 
     async def shutdown(self) -> None:
         """Stop every running sandbox, committing what they wrote (the server is going away)."""
