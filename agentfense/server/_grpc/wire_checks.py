@@ -152,7 +152,12 @@ def _checked(
                 ) from None
 
         stream.recv_message = recv_message  # (what iterating the stream calls too)
-        await func(stream)
+        try:
+            await func(stream)
+        finally:
+            # It refers to the stream (through ``receive``): left in place, every call's
+            # stream would be a cycle that only a full garbage collection frees.
+            del stream.recv_message
 
     return handler
 
