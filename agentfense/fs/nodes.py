@@ -90,6 +90,14 @@ class Nodes:
     def __len__(self) -> int:
         return len(self.by_id)
 
+    def clear(self) -> None:
+        """Drop every node (the view is closed): parents and children refer to each other,
+        and a tree left whole would wait for a full garbage collection."""
+        for node in self.by_id.values():
+            node.parent = node.children = None
+        self.by_id.clear()
+        self.by_path.clear()
+
     # -- looking up ---------------------------------------------------------------------------
 
     def child_state(self, parent: Node, name: str) -> MatchState:

@@ -72,6 +72,38 @@ def _two_names(raw: memoryview) -> tuple[str, bytes]:
     return _name(first), rest.partition(b"\0")[0]
 
 
+# The method answering each opcode.
+_HANDLERS: dict[int, str] = {
+    abi.LOOKUP: "lookup",
+    abi.GETATTR: "getattr",
+    abi.SETATTR: "setattr",
+    abi.READLINK: "readlink",
+    abi.SYMLINK: "symlink",
+    abi.MKNOD: "mknod",
+    abi.MKDIR: "mkdir",
+    abi.UNLINK: "unlink",
+    abi.RMDIR: "rmdir",
+    abi.RENAME: "rename",
+    abi.RENAME2: "rename2",
+    abi.LINK: "link",
+    abi.READ: "read",
+    abi.WRITE: "write",
+    abi.STATFS: "statfs",
+    abi.RELEASE: "nothing",
+    abi.RELEASEDIR: "nothing",
+    abi.FSYNC: "fsync",
+    abi.FSYNCDIR: "nothing",
+    abi.SETXATTR: "setxattr",
+    abi.GETXATTR: "getxattr",
+    abi.LISTXATTR: "listxattr",
+    abi.REMOVEXATTR: "removexattr",
+    abi.FALLOCATE: "fallocate",
+    abi.READDIRPLUS: "readdirplus",
+    abi.READDIR: "readdir",
+    abi.DESTROY: "nothing",
+}
+
+
 class Operations:
     """Answers one view's requests; one thread at a time."""
 
@@ -85,38 +117,12 @@ class Operations:
         self._linked: dict[int, set[int]] = {}
         self._cursors: OrderedDict[tuple[int, int], int] = OrderedDict()
         self.resent = False  # the request being answered was sent before, to a dead process
-        self._table: dict[int, Handler] = {
-            abi.LOOKUP: self.lookup,
-            abi.GETATTR: self.getattr,
-            abi.SETATTR: self.setattr,
-            abi.READLINK: self.readlink,
-            abi.SYMLINK: self.symlink,
-            abi.MKNOD: self.mknod,
-            abi.MKDIR: self.mkdir,
-            abi.UNLINK: self.unlink,
-            abi.RMDIR: self.rmdir,
-            abi.RENAME: self.rename,
-            abi.RENAME2: self.rename2,
-            abi.LINK: self.link,
-            abi.READ: self.read,
-            abi.WRITE: self.write,
-            abi.STATFS: self.statfs,
-            abi.RELEASE: self.nothing,
-            abi.RELEASEDIR: self.nothing,
-            abi.FSYNC: self.fsync,
-            abi.FSYNCDIR: self.nothing,
-            abi.SETXATTR: self.setxattr,
-            abi.GETXATTR: self.getxattr,
-            abi.LISTXATTR: self.listxattr,
-            abi.REMOVEXATTR: self.removexattr,
-            abi.FALLOCATE: self.fallocate,
-            abi.READDIRPLUS: self.readdirplus,
-            abi.READDIR: self.readdir,
-            abi.DESTROY: self.nothing,
-        }
 
     def handler(self, opcode: int) -> Handler | None:
-        return self._table.get(opcode)
+        # Bound per request: a table of bound methods kept on the object would be a cycle,
+        # and the view would wait for a full garbage collection once it is closed.
+        name = _HANDLERS.get(opcode)
+        return None if name is None else getattr(self, name)
 
     def node(self, opcode: int, nodeid: int, uid: int) -> Node:
         node = self.nodes.by_id.get(nodeid)

@@ -161,6 +161,7 @@ class View:
             tree.close()
         self.deleted.close()
         self.nodes.journal.close()
+        self.nodes.clear()
 
     # -- policy -------------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ too: a client's rules cost its own sandbox a bounded amount per path, nothing mo
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import lru_cache, partial
 
 from ..errors import InvalidConfigurationError
 from ..types import PatternType, Permission, PermissionRule
@@ -102,6 +102,11 @@ def _normalize(path: str) -> str:
     return "" if path == "." else path
 
 
+def _state_of(automaton: Automaton, path: str) -> MatchState:
+    path = _normalize(path)
+    return automaton.walk(path.split("/") if path else ())
+
+
 class Policy:
     """The compiled form of a rule list: the level of any path, fast and cached.
 
@@ -138,7 +143,8 @@ class Policy:
             [rule.permission for rule in self.rules],
             rank,
         )
-        self._cached = lru_cache(maxsize=cache_size)(self._state_of)
+        # Over the automaton, not a method: a cache holding its policy would be a cycle.
+        self._cached = lru_cache(maxsize=cache_size)(partial(_state_of, self._automaton))
 
     def __repr__(self) -> str:
         return f"Policy({list(self.rules)!r})"
@@ -158,10 +164,6 @@ class Policy:
 
     def level_of(self, state: MatchState) -> Permission:
         return Permission.NONE if state.winner < 0 else self.rules[state.winner].permission
-
-    def _state_of(self, path: str) -> MatchState:
-        path = _normalize(path)
-        return self._automaton.walk(path.split("/") if path else ())
 
     def level(self, path: str) -> Permission:
         """The level of ``path`` (relative; ``""`` is the root): ``none`` if no rule matches."""

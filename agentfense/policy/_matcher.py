@@ -16,6 +16,7 @@ some path below may be granted ``write``.
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -49,7 +50,6 @@ class _Steps:
     always: frozenset[int]
     wildcards: tuple[tuple[int, Segment], ...]
     any_wildcard: Callable[[str], re.Match[str] | None] | None
-    common: MatchState | None = None  # the state of a name no literal or wildcard matches
 
 
 class MatchState:
@@ -61,7 +61,9 @@ class MatchState:
     __slots__ = ("_automaton", "_below", "_steps", "_write_below", "positions", "winner")
 
     def __init__(self, automaton: Automaton, positions: frozenset[int]) -> None:
-        self._automaton = automaton
+        # Weak, as no state refers to another: the automaton and its states are freed as
+        # soon as their policy is (a cycle would wait for a full garbage collection).
+        self._automaton = weakref.ref(automaton)
         self.positions = positions
         ends = [automaton.rule_of[p] for p in positions if automaton.is_end[p]]
         self.winner = min(ends, key=automaton.rank.__getitem__) if ends else -1
@@ -73,14 +75,19 @@ class MatchState:
     def may_grant_below(self) -> bool:
         """Whether some path strictly below could get a level above ``none``."""
         if self._below is None:
-            self._below = self._automaton.decides_below(self, lambda p: p is not Permission.NONE)
+            self._below = self._tables().decides_below(self, lambda p: p is not Permission.NONE)
         return self._below
 
     def may_write_below(self) -> bool:
         """Whether some path strictly below could get ``write``."""
         if self._write_below is None:
-            self._write_below = self._automaton.decides_below(self, lambda p: p is Permission.WRITE)
+            self._write_below = self._tables().decides_below(self, lambda p: p is Permission.WRITE)
         return self._write_below
+
+    def _tables(self) -> Automaton:
+        automaton = self._automaton()
+        assert automaton is not None, "a state outlived its policy"
+        return automaton
 
 
 class Automaton:
@@ -165,9 +172,7 @@ class Automaton:
         hits = steps.literal.get(name)
         wild = steps.any_wildcard is not None and steps.any_wildcard(name) is not None
         if not hits and not wild:
-            if steps.common is None:
-                steps.common = self._state(set(steps.always))
-            return steps.common
+            return self._interned.get(steps.always) or self._state(set(steps.always))
         closure = self._closure
         following = set(steps.always)
         for position in hits or ():
