@@ -19,7 +19,8 @@ MOST = 64  # distinct runs of records kept
 MOST_BYTES = 64 * 1024  # the longest run kept (a preset's rules are ~2 KiB): 4 MiB in all
 
 
-def _varint(data: bytes, i: int) -> tuple[int, int]:
+def read_varint(data: bytes, i: int) -> tuple[int, int]:
+    """The varint at ``data[i]`` and the index after it; ``(-1, i)`` past its end or 64 bits."""
     value = shift = 0
     while i < len(data) and shift < 64:
         byte = data[i]
@@ -39,18 +40,18 @@ def split_field(data: bytes, number: int) -> tuple[bytes, bytes] | None:
     i = 0
     while i < len(data):
         start = i
-        key, i = _varint(data, i)
+        key, i = read_varint(data, i)
         if key < 0:
             return None
         wire_type = key & 7
         if wire_type == 0:
-            value, i = _varint(data, i)
+            value, i = read_varint(data, i)
             if value < 0:
                 return None
         elif wire_type == 1:
             i += 8
         elif wire_type == 2:
-            length, i = _varint(data, i)
+            length, i = read_varint(data, i)
             if length < 0:
                 return None
             i += length

@@ -7,30 +7,19 @@ machine's memory when it has not enough."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from ._idle import MemoryShortError, available, check_room
+from ._smoke import run_group
 
-ROOT = Path(__file__).resolve().parents[2]
 FIRST = "create+start+run(echo ok)"
 
 
 @pytest.mark.bwrap
 @pytest.mark.slow
 def test_the_start_group_runs_and_prints_its_rows() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.bench", "--quick", "--only", "start"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
+    done = run_group("start")
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     header = next(re.split(r" {2,}", line) for line in lines if line.startswith("benchmark"))

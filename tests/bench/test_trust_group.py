@@ -5,27 +5,16 @@ target. A smoke run: what it measures is printed, never asserted."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.bwrap
+from ._smoke import run_group
 
-ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.bwrap
 
 
 def test_the_trust_group_runs_and_prints_its_rows() -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.bench", "--quick", "--only", "trust"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
+    done = run_group("trust")
     assert done.returncode == 0, done.stdout + done.stderr
     rows = [re.split(r" {2,}", line) for line in done.stdout.splitlines()]  # (the columns)
     shown = {(cells[0], cells[1]) for cells in rows if cells[0].startswith(("run(", "get_"))}

@@ -25,7 +25,7 @@ import anyio
 
 from ..._bounded_reads import BoundedReads
 from ..._proto.sandbox import v1 as pb
-from ..._repeated_memo import RepeatedMemo
+from ..._repeated_memo import RepeatedMemo, read_varint
 from ...errors import ResourceLimitExceededError
 from .encoded import Encoded
 from .errors import invalid, status_error
@@ -41,33 +41,21 @@ _DECODE_INLINE = 64 * 1024  # messages up to this size are decoded on the event 
 _MEMOS = {pb.CreateSandboxRequest: RepeatedMemo(2, "permissions")}
 
 
-def _varint(data: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while i < len(data) and shift < 70:
-        byte = data[i]
-        i += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, i
-        shift += 7
-    return -1, len(data)  # truncated or too long: the decoder says what is wrong
-
-
 def too_many_fields(data: bytes, most: int = MAX_FIELDS) -> bool:
     """Whether the protobuf message ``data`` has more than ``most`` top-level fields (its
     work stops at the field after ``most``, whatever the message's size)."""
     i = count = 0
     while i < len(data):
-        key, i = _varint(data, i)
+        key, i = read_varint(data, i)
         wire_type = key & 7
         if key < 0:
             return False
         if wire_type == 0:
-            i = _varint(data, i)[1]
+            i = read_varint(data, i)[1]
         elif wire_type == 1:
             i += 8
         elif wire_type == 2:
-            length, i = _varint(data, i)
+            length, i = read_varint(data, i)
             i += max(length, 0)
         elif wire_type == 5:
             i += 4
