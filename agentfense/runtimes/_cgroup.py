@@ -147,11 +147,16 @@ class SandboxCgroup:
         self._owner = None
         return self
 
+    def new_leaf(self, kind: str = "cmd") -> Path:
+        """A new leaf cgroup: ``cmd-N`` for a command, ``init-N`` for a held sandbox's init."""
+        self._next += 1
+        leaf = self.path / f"{kind}-{self._next}"
+        leaf.mkdir()
+        return leaf
+
     def open_command(self) -> tuple[Path, int]:
         """A new leaf cgroup and a write fd on its ``cgroup.procs`` (joins a process to it)."""
-        self._next += 1
-        leaf = self.path / f"cmd-{self._next}"
-        leaf.mkdir()
+        leaf = self.new_leaf()
         return leaf, os.open(leaf / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
 
     @staticmethod
@@ -215,9 +220,10 @@ class SandboxCgroup:
                 return
             await anyio.sleep(0.005)
 
-    async def kill_leaves(self, keep: Collection[Path] = ()) -> None:
-        """Kill every command's processes (but those in ``keep``) and remove their leaves."""
-        leaves = [leaf for leaf in sorted(self.path.glob("cmd-*")) if leaf not in keep]
+    async def kill_leaves(self, keep: Collection[Path] = (), *, kinds: str = "cmd") -> None:
+        """Kill every command's processes (but those in ``keep``) and remove their leaves
+        (``kinds="*"``: every leaf's, inits' too)."""
+        leaves = [leaf for leaf in sorted(self.path.glob(f"{kinds}-*")) if leaf not in keep]
         for leaf in leaves:
             self.kill(leaf)
         for leaf in leaves:
@@ -225,8 +231,13 @@ class SandboxCgroup:
             self.try_remove(leaf)
 
     def remove(self) -> bool:
-        """Remove the sandbox's cgroup (once its agent is gone); False while it is busy."""
-        for directory in (self.path / "agent", self.path):
+        """Remove the sandbox's cgroup and its leaves (once its processes are gone); False
+        while it is busy."""
+        try:
+            leaves = [p for p in self.path.iterdir() if p.is_dir()]
+        except FileNotFoundError:
+            return True
+        for directory in (*leaves, self.path):
             try:
                 directory.rmdir()
             except FileNotFoundError:

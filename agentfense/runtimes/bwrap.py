@@ -44,8 +44,11 @@ import anyio.abc
 from ..types import ResourceLimits
 from ._agent_client import AGENT_SOURCE, AgentConnection
 from ._cgroup import SandboxCgroup, find_cgroup2_root, sweep_dead
+from ._held import HeldNamespaces, HeldSandbox, LaunchSettings, give_to_sandbox, reap, spawn
 from ._limits import SandboxLimits, find_limit_cgroups, tmpfs_sizes
 from ._seccomp import compile_filter, native_arch
+from ._static_helpers import FIX, HelperUnavailable
+from ._static_helpers import build as build_helper
 from .base import WORKSPACE, CommandSpec, Process, RuntimeError_, SandboxSpec
 
 SANDBOX_UID = 1000
@@ -116,31 +119,34 @@ def _generated_etc(directory: Path) -> dict[str, Path]:
     return paths
 
 
-def bwrap_isolation_args(etc_dir: Path, sizes: Mapping[str, int] | None = None) -> list[str]:
+def bwrap_isolation_args(
+    etc_dir: Path, sizes: Mapping[str, int] | None = None, *, user_namespace: bool = True
+) -> list[str]:
     """Everything but the workspace and the command: shared with the benchmark's raw bwrap.
-    ``sizes``: the size of each tmpfs by path (``_limits.tmpfs_sizes``), else the kernel's."""
+    ``sizes``: the size of each tmpfs by path (``_limits.tmpfs_sizes``), else the kernel's.
+    Without ``user_namespace``, bwrap (run as root) makes the namespaces a held sandbox
+    keeps (``_held``), and no user namespace: each command gets one of its own there."""
 
     def tmpfs(path: str) -> list[str]:
         size = (sizes or {}).get(path)
         return ([] if size is None else ["--size", str(size)]) + ["--tmpfs", path]
 
     args = [
-        "--unshare-all",
         "--die-with-parent",
         "--new-session",
         "--as-pid-1",
         "--cap-drop",
         "ALL",
-        "--uid",
-        str(SANDBOX_UID),
-        "--gid",
-        str(SANDBOX_UID),
         "--hostname",
         "sandbox",
         "--clearenv",
     ]
-    if _bwrap_has_option("--disable-userns"):  # bubblewrap 0.8 and later
-        args += ["--unshare-user", "--disable-userns"]
+    if not user_namespace:
+        args += ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts"]
+    else:
+        args += ["--unshare-all", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID)]
+        if _bwrap_has_option("--disable-userns"):  # bubblewrap 0.8 and later
+            args += ["--unshare-user", "--disable-userns"]
     root = Path("/")
     for name in _SYSTEM_DIRS:
         path = root / name
@@ -148,6 +154,10 @@ def bwrap_isolation_args(etc_dir: Path, sizes: Mapping[str, int] | None = None) 
             args += ["--symlink", os.readlink(path), f"/{name}"]
         elif path.is_dir():
             args += ["--ro-bind", str(path), f"/{name}"]
+    # bwrap makes a bind's missing parents mode 0700: as root (no user namespace), the
+    # sandbox could not look into them.
+    for directory in ("/etc", "/etc/ssl", "/run", "/run/agentfense"):
+        args += ["--perms", "0755", "--dir", directory]
     for name in _ETC_ENTRIES:
         path = root / "etc" / name
         if path.is_symlink():
@@ -290,6 +300,13 @@ class BwrapRuntime:
         for option in ("--disable-userns", "--size"):  # once, here: not at each sandbox start
             _bwrap_has_option(option)
         self._session_bash = _exec_only_copy(shutil.which("bash"), state_dir / "bwrap-bin")
+        self._bin_dir = state_dir / "bwrap-bin"
+        # The launcher (``_held``): built once, at the server's start; None until then, and
+        # where it cannot be (a server not root, no cgroup v2, no compiler).
+        self._launcher: Path | None = None
+        self._launcher_known = False
+        self._launcher_lock = anyio.Lock()
+        self._held_seccomp = -1  # the held sandboxes' filter, one memfd for all
         abi = _landlock_abi()
         if abi < 2:
             _log.warning(
@@ -324,7 +341,9 @@ class BwrapRuntime:
         return problem
 
     async def remove_leftovers(self) -> None:
-        """Remove the cgroups of the sandboxes that died with a killed predecessor."""
+        """Remove the cgroups of the sandboxes that died with a killed predecessor (and build
+        the launcher, before the first sandbox needs it)."""
+        await self._find_launcher()
         dead, self._dead = self._dead, []
         if self._cgroup_root is None:
             return
@@ -336,7 +355,29 @@ class BwrapRuntime:
             _log.info("removed the cgroups of %d sandboxes gone with a killed server", swept)
 
     def close(self) -> None:
-        """(Nothing held open between sandboxes.)"""
+        """Close the held sandboxes' seccomp filter (its sandboxes are gone)."""
+        if self._held_seccomp >= 0:
+            os.close(self._held_seccomp)
+            self._held_seccomp = -1
+
+    async def _find_launcher(self) -> Path | None:
+        """The launcher, built at the first call, where sandboxes can be held (as root, with
+        cgroup v2); None where not: each sandbox then has an agent process (``_agent``)."""
+        async with self._launcher_lock:
+            if self._launcher_known:
+                return self._launcher
+            self._launcher_known = True
+            if self._cgroup_root is None or native_arch() is None:
+                return None
+            try:
+                self._launcher = await anyio.to_thread.run_sync(
+                    build_helper, "launcher", self._bin_dir
+                )
+            except HelperUnavailable as exc:
+                _log.warning("each idle bwrap sandbox keeps two processes: %s (%s)", exc, FIX)
+                return None
+            self._held_seccomp = _filter_fd(new_user_namespaces=False)
+            return self._launcher
 
     def limits_problem(self) -> str | None:
         """Why this host cannot enforce resource limits on sandboxes, or None when it can."""
@@ -355,57 +396,169 @@ class BwrapRuntime:
             return {}
         return {"user": spec.host_uid, "group": spec.host_gid, "extra_groups": []}
 
-    async def start(self, spec: SandboxSpec, task_group: anyio.abc.TaskGroup) -> BwrapSandbox:
-        """Start the sandbox; its agent's reader runs in ``task_group`` until it stops."""
+    async def start(
+        self, spec: SandboxSpec, task_group: anyio.abc.TaskGroup
+    ) -> HeldSandbox | BwrapSandbox:
+        """Start the sandbox: held by fds where the launcher runs (``_held``), else with an
+        agent whose reader runs in ``task_group`` until it stops."""
         problem = self.check()
         if problem is not None:
             raise RuntimeError_(problem)
-        assert self._bwrap is not None
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        launcher = await self._find_launcher()
         # Cgroups of this run's own: whatever a run that died left is not in its way.
         run = f"{spec.sandbox_id}.{secrets.token_hex(4)}"
+        if launcher is not None:
+            assert self._cgroup_root is not None  # (``_find_launcher`` needs it)
+            leaves = SandboxCgroup(self._cgroup_root, run)
+            limits, limit_fds = self._limits(spec, run, leaves)
+            try:
+                return await self._start_held(spec, task_group, launcher, leaves, limits, limit_fds)
+            except BaseException:
+                for fd in limit_fds:
+                    os.close(fd)
+                leaves.remove()
+                if limits is not None:
+                    limits.remove()
+                raise
         cgroup = (
             SandboxCgroup(self._cgroup_root, run, owner_uid=spec.host_uid)
             if self._cgroup_root
             else None
         )
-        limits: SandboxLimits | None = None
-        join_fds: list[int] = []
-        if not spec.resources.is_empty:
-            problem = self.limits_problem()
-            if problem is not None:
-                ours.close()
-                theirs.close()
-                if cgroup is not None:
-                    cgroup.remove()
-                raise RuntimeError_(problem)
+        limits, join_fds = self._limits(spec, run, cgroup)
+        return await self._start_agent(spec, task_group, cgroup, limits, join_fds)
+
+    def _limits(
+        self, spec: SandboxSpec, run: str, cgroup: SandboxCgroup | None
+    ) -> tuple[SandboxLimits | None, list[int]]:
+        """The sandbox's limit cgroups and write fds on their ``cgroup.procs``, if it has
+        limits; RuntimeError_ (with ``cgroup`` removed) when they cannot be."""
+        if spec.resources.is_empty:
+            return None, []
+        problem = self.limits_problem()
+        if problem is None:
             assert self._limit_cgroups is not None
             limits = SandboxLimits(self._limit_cgroups, run, spec.resources)
             try:
-                join_fds += limits.create()
+                return limits, limits.create()
             except OSError as exc:
-                ours.close()
-                theirs.close()
-                if cgroup is not None:
-                    cgroup.remove()
-                raise RuntimeError_(f"cannot set the resource limits: {exc}") from None
+                problem = f"cannot set the resource limits: {exc}"
+        if cgroup is not None:
+            cgroup.remove()
+        raise RuntimeError_(problem)
+
+    def _workspace_args(self, spec: SandboxSpec) -> list[str]:
+        workspace = ["--bind", str(spec.workspace), WORKSPACE]
+        if spec.read_only_source is not None:
+            workspace = ["--ro-bind", str(spec.read_only_source), WORKSPACE]
+        if self._session_bash is not None:
+            workspace += ["--ro-bind", str(self._session_bash), SESSION_BASH]
+        return [*workspace, "--remount-ro", "/"]
+
+    async def _start_held(
+        self,
+        spec: SandboxSpec,
+        task_group: anyio.abc.TaskGroup,
+        launcher: Path,
+        cgroup: SandboxCgroup,
+        limits: SandboxLimits | None,
+        limit_fds: list[int],
+    ) -> HeldSandbox:
+        """bwrap builds the namespaces with the launcher's ``hold`` as its command, which says
+        ready once every mount is in place; the server keeps the namespaces' fds, gives the
+        tmpfs to the sandbox's uid, and lets bwrap go (its exit is not waited for)."""
+        assert self._bwrap is not None
+        sizes = tmpfs_sizes(spec.resources.memory_bytes or 0, spec.tmpfs_bytes)
+        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        block_r, block_w = os.pipe2(os.O_CLOEXEC)
+        binary = os.open(launcher, os.O_PATH | os.O_CLOEXEC)  # bound nowhere in the sandbox
+        argv = [
+            self._bwrap,
+            *bwrap_isolation_args(self._etc_dir, sizes, user_namespace=False),
+            *self._workspace_args(spec),  # (no --chdir: the view refuses root; commands cd)
+            "--",
+            f"/proc/self/fd/{binary}",
+            "hold",
+            str(ready_w),
+            str(block_r),
+        ]
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self._log_dir / f"{spec.sandbox_id}.log"
+        try:
+            with log_path.open("ab") as log:
+                bwrap = spawn(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    pass_fds=(ready_w, block_r, binary),
+                    env={},  # none of the server's environment reaches the sandbox
+                )
+        except OSError as exc:
+            os.close(ready_r)
+            os.close(block_w)
+            raise RuntimeError_(f"cannot run bwrap: {exc.strerror}") from None
+        finally:
+            for fd in (ready_w, block_r, binary):
+                os.close(fd)
+        namespaces: HeldNamespaces | None = None
+        try:
+            with anyio.move_on_after(10):
+                if await _read_byte(ready_r):
+                    holder = _holder_pid(bwrap.pid)
+                    namespaces = HeldNamespaces(holder)
+                    give_to_sandbox(holder, spec.host_uid, spec.host_gid)
+        except BaseException:
+            if namespaces is not None:
+                namespaces.close()
+            bwrap.kill()
+            raise
+        finally:
+            os.close(ready_r)
+            os.close(block_w)  # the holder and bwrap exit
+            task_group.start_soon(reap, bwrap)
+        if namespaces is None:
+            bwrap.kill()
+            detail = log_path.read_text(errors="replace").strip()[-2000:]
+            raise RuntimeError_(f"the sandbox failed to start: {detail or 'bwrap said nothing'}")
+        settings = LaunchSettings(
+            launcher=launcher,
+            seccomp_fd=self._held_seccomp,
+            uid=spec.host_uid,
+            gid=spec.host_gid,
+            nproc=spec.max_processes,
+            fresh_home=not spec.keep_home,
+        )
+        return HeldSandbox(
+            namespaces,
+            settings,
+            cgroup,
+            limits,
+            limit_fds,
+            task_group,
+            SESSION_BASH if self._session_bash else None,
+        )
+
+    async def _start_agent(
+        self,
+        spec: SandboxSpec,
+        task_group: anyio.abc.TaskGroup,
+        cgroup: SandboxCgroup | None,
+        limits: SandboxLimits | None,
+        join_fds: list[int],
+    ) -> BwrapSandbox:
+        """bwrap with the agent (``_agent``) as the sandbox's pid 1."""
+        assert self._bwrap is not None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         if cgroup is not None:
             join_fds.append(cgroup.agent_join_fd())
         seccomp = _filter_fd()
         options = {"nproc": spec.max_processes, "fresh_home": not spec.keep_home}
         sizes = tmpfs_sizes(spec.resources.memory_bytes or 0, spec.tmpfs_bytes)
-        workspace = ["--bind", str(spec.workspace), WORKSPACE]
-        if spec.read_only_source is not None:
-            workspace = ["--ro-bind", str(spec.read_only_source), WORKSPACE]
-        session_bash = self._session_bash
-        if session_bash is not None:
-            workspace += ["--ro-bind", str(session_bash), SESSION_BASH]
         argv = [
             self._bwrap,
             *bwrap_isolation_args(self._etc_dir, sizes),
-            *workspace,
-            "--remount-ro",
-            "/",
+            *self._workspace_args(spec),
             "--chdir",
             WORKSPACE,
             "--seccomp",
@@ -445,7 +598,7 @@ class BwrapRuntime:
         agent = AgentConnection(ours, cgroup)
         task_group.start_soon(agent.run)
         sandbox = BwrapSandbox(
-            process, agent, cgroup, limits, task_group, SESSION_BASH if session_bash else None
+            process, agent, cgroup, limits, task_group, SESSION_BASH if self._session_bash else None
         )
         try:
             with anyio.move_on_after(10):
@@ -461,6 +614,24 @@ class BwrapRuntime:
         return sandbox
 
 
+async def _read_byte(fd: int) -> bytes:
+    """One byte from a pipe (b"" at EOF), without blocking the loop."""
+    os.set_blocking(fd, False)
+    while True:
+        try:
+            return os.read(fd, 1)
+        except BlockingIOError:
+            await anyio.wait_readable(fd)
+
+
+def _holder_pid(bwrap_pid: int) -> int:
+    """The sandbox's pid 1 (bwrap's one child: ``--as-pid-1``)."""
+    children = Path(f"/proc/{bwrap_pid}/task/{bwrap_pid}/children").read_text().split()
+    if not children:
+        raise RuntimeError_("the sandbox failed to start: bwrap has no child")
+    return int(children[0])
+
+
 def _landlock_abi() -> int:
     """The Landlock ABI of this kernel (the sandboxes' too), 0 without Landlock."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -469,12 +640,13 @@ def _landlock_abi() -> int:
     return max(int(abi), 0)
 
 
-def _filter_fd() -> int:
-    """A readable fd holding the seccomp filter, for ``bwrap --seccomp``."""
+def _filter_fd(*, new_user_namespaces: bool = True) -> int:
+    """A readable fd holding the seccomp filter, for ``bwrap --seccomp`` (and the launcher,
+    which refuses new user namespaces with it)."""
     arch = native_arch()
     assert arch is not None  # (``check`` refuses other machines)
     fd = os.memfd_create("agentfense-seccomp", os.MFD_CLOEXEC)
-    os.write(fd, compile_filter(arch))
+    os.write(fd, compile_filter(arch, new_user_namespaces=new_user_namespaces))
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
 

@@ -380,8 +380,10 @@ async def test_host_processes_are_invisible_and_unreachable(
     listing = await _sh(sandbox, "ps -eo pid=,args=")
     processes = dict(line.strip().split(None, 1) for line in listing.stdout.splitlines())
     pids = [int(pid) for pid in processes]
-    # The sandbox's init (its agent), the shell and ps: nothing else, nothing of the host.
-    assert processes.pop("1").startswith("/usr/bin/python3 -I -S -c ")
+    # The commands' init, this command's guard, the shell and ps: nothing else, nothing of
+    # the host.
+    assert processes.pop("1") == "init"
+    assert processes.pop("2") == "guard"
     assert all("ps -eo pid=,args=" in args for args in processes.values()), listing.stdout
     assert "agentfense" not in listing.stdout
     assert "pytest" not in listing.stdout
@@ -399,51 +401,58 @@ async def test_host_processes_are_invisible_and_unreachable(
 
 
 async def test_pid_1_cannot_be_traced_or_inspected(sandbox: AsyncSandbox) -> None:
+    # Pid 1 is the init of the commands' pid namespace; a command's parent is its guard
+    # (which holds the status pipe to the server): neither may be traced or looked into.
     result = await _python(
         sandbox,
         "import ctypes, errno, os\n"
         "libc = ctypes.CDLL(None, use_errno=True)\n"
         "PTRACE_ATTACH, PTRACE_DETACH = 16, 17\n"
-        "if libc.ptrace(PTRACE_ATTACH, 1, 0, 0) == 0:\n"
-        "    os.waitpid(1, 0)\n"
-        "    libc.ptrace(PTRACE_DETACH, 1, 0, 0)\n"
-        "    print('ATTACHED')\n"
-        "else:\n"
-        "    print(errno.errorcode[ctypes.get_errno()])\n"
-        "sock = open('/proc/1/cmdline', 'rb').read().split(b'\\0')[-2].decode()\n"
-        "for name in ('environ', 'fd/0', 'fd/' + sock, 'mem', 'root', 'cwd', 'exe'):\n"
+        "guard = os.getppid()\n"
+        "while not open(f'/proc/{guard}/cmdline', 'rb').read().startswith(b'guard'):\n"
+        "    guard = int(open(f'/proc/{guard}/stat').read().rsplit(')', 1)[1].split()[1])\n"
+        "for pid in (1, guard):\n"
+        "    if libc.ptrace(PTRACE_ATTACH, pid, 0, 0) == 0:\n"
+        "        os.waitpid(pid, 0)\n"
+        "        libc.ptrace(PTRACE_DETACH, pid, 0, 0)\n"
+        "        print('ATTACHED')\n"
+        "    else:\n"
+        "        print(errno.errorcode[ctypes.get_errno()])\n"
+        "    for name in ('environ', 'fd', 'fd/0', 'fd/3', 'mem', 'root', 'cwd', 'exe'):\n"
+        "        try:\n"
+        "            if name == 'mem':\n"
+        "                open(f'/proc/{pid}/mem', 'rb').close()\n"
+        "            elif name == 'environ':\n"
+        "                open(f'/proc/{pid}/environ', 'rb').read()\n"
+        "            elif name == 'fd':\n"
+        "                os.listdir(f'/proc/{pid}/fd')\n"
+        "            else:\n"
+        "                os.readlink(f'/proc/{pid}/{name}')\n"
+        "            print(name, 'OPEN')\n"
+        "        except OSError as exc:\n"
+        "            print(name, errno.errorcode[exc.errno])\n"
         "    try:\n"
-        "        if name == 'mem':\n"
-        "            open('/proc/1/mem', 'rb').close()\n"
-        "        elif name == 'environ':\n"
-        "            open('/proc/1/environ', 'rb').read()\n"
-        "        else:\n"
-        "            os.readlink(f'/proc/1/{name}')\n"
-        "        print(name, 'OPEN')\n"
+        "        os.kill(pid, 9)\n"
+        "        print('killed')\n"
         "    except OSError as exc:\n"
-        "        print(name.replace(sock, 'SOCKET'), errno.errorcode[exc.errno])\n"
-        "try:\n"
-        "    os.open('/proc/1/fd/' + sock, os.O_RDWR)\n"
-        "    print('socket OPEN')\n"
-        "except OSError as exc:\n"
-        "    print('socket', errno.errorcode[exc.errno])\n",
+        "        print('kill', errno.errorcode[exc.errno])\n",
     )
+    shut = ["environ", "fd", "fd/0", "fd/3", "mem", "root", "cwd", "exe"]
     assert result.stdout.splitlines() == [
         "EPERM",
-        "environ EACCES",
-        "fd/0 EACCES",
-        "fd/SOCKET EACCES",  # the agent's socket to the server
-        "mem EACCES",
-        "root EACCES",
-        "cwd EACCES",
-        "exe EACCES",
-        "socket EACCES",
+        *(f"{name} EACCES" for name in shut),
+        "killed",  # (a no-op: the kernel drops what pid 1 does not handle from inside)
+        "EPERM",
+        *(f"{name} EACCES" for name in shut),
+        "kill EPERM",  # the guard is root's
     ], result.stderr
-    # Nor through its open files (which on the host lead to the server's state directory).
-    for fd in range(3):
-        attempt = await _sh(sandbox, f"echo pwned >> /proc/1/fd/{fd}")
-        assert attempt.exit_code != 0
-        assert "Permission denied" in attempt.stderr
+    assert (await _sh(sandbox, "echo alive")).stdout == "alive\n"
+    # Nor through their open files (which on the host lead to the server's state directory).
+    for fd in range(4):
+        for pid in ("1", "$PPID"):
+            attempt = await _sh(sandbox, f"echo pwned >> /proc/{pid}/fd/{fd}")
+            assert attempt.exit_code != 0
+            assert "Permission denied" in attempt.stderr
 
 
 async def test_kernel_settings_cannot_be_written(sandbox: AsyncSandbox) -> None:

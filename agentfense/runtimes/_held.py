@@ -1,0 +1,412 @@
+"""bwrap sandboxes that no process holds while they are idle (a server that runs as root).
+
+A sandbox is four namespaces (mount, network, ipc, uts) that bwrap builds once, with the
+launcher's ``hold`` mode as its command (``launcher.c``); the server keeps an fd on each
+(``/proc/<holder>/ns/*``) and lets bwrap go. So an idle sandbox has no process: it costs
+what the kernel keeps for its namespaces and mounts (about 0.3 MiB), and a few objects here.
+Each command is one ``launcher run``: it enters the namespaces, makes a pid namespace whose
+pid 1 (an init of the launcher's) starts the command as uid 1000 of a user namespace of its
+own, in the command's cgroup leaf, and reports on a status pipe (``ok`` or ``error ...``,
+then ``exit N``). The init stays while something the command left runs (a background job),
+and the launcher while the init does: the server reaps the launcher.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import select
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.abc
+
+from ._cgroup import SandboxCgroup
+from ._limits import SandboxLimits
+from .base import BadWorkdir, CommandSpec, ForkRefused, RuntimeError_, SandboxGone
+
+_log = logging.getLogger(__name__)
+NAMESPACES = ("mnt", "net", "ipc", "uts")  # (launcher.c's order)
+_MAX_LINE = 1024  # a status line is shorter (launcher.c's ``say``)
+# bwrap makes these as root; the sandbox's processes run as its host uid (1000 inside).
+_OWNED = ("home", "home/sandbox", "dev/shm", "tmp")
+
+
+class HeldNamespaces:
+    """The fds that keep a sandbox's namespaces while no process is in them."""
+
+    def __init__(self, holder_pid: int) -> None:
+        self.fds: list[int] = []
+        try:
+            for kind in NAMESPACES:
+                path = f"/proc/{holder_pid}/ns/{kind}"
+                self.fds.append(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+        except OSError:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        fds, self.fds = self.fds, []
+        for fd in fds:
+            os.close(fd)
+
+
+def give_to_sandbox(holder_pid: int, uid: int, gid: int) -> None:
+    """Give the sandbox's tmpfs to its host uid, through the holder's root (the server never
+    enters the mount namespace)."""
+    root = Path(f"/proc/{holder_pid}/root")
+    for path in _OWNED:
+        os.chown(root / path, uid, gid)
+    os.chmod(root / "tmp", 0o1777)
+
+
+class _StatusReader:
+    """Lines from a launcher's status pipe (non-blocking read end)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._buffer = b""
+        self._eof = False
+
+    async def line(self) -> str | None:
+        """The next line, None at EOF (or at a line too long to be the launcher's)."""
+        while b"\n" not in self._buffer:
+            if self._eof or len(self._buffer) > _MAX_LINE:
+                return None
+            try:
+                chunk = os.read(self.fd, 4096)
+            except BlockingIOError:
+                await anyio.wait_readable(self.fd)
+                continue
+            if not chunk:
+                self._eof = True
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode(errors="replace")
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@dataclass(eq=False)
+class LaunchedProcess:
+    """A command started by the launcher; implements ``runtimes.base.Process``."""
+
+    stdin_fd: int
+    stdout_fd: int
+    stderr_fd: int
+    leaf: Path
+    exit_code: int | None = None
+    exited: anyio.Event = field(default_factory=anyio.Event)
+
+    async def wait(self) -> int:
+        await self.exited.wait()
+        assert self.exit_code is not None
+        return self.exit_code
+
+    async def kill(self) -> None:
+        SandboxCgroup.kill(self.leaf)  # the init with the rest: the pid namespace goes
+        with anyio.move_on_after(5, shield=True):
+            await self.exited.wait()
+            await SandboxCgroup.emptied(self.leaf)
+        await self.release()
+
+    def members(self) -> frozenset[int] | None:
+        return SandboxCgroup.members(self.leaf)
+
+    async def kill_except(self, keep: frozenset[int], *, interrupt: int | None = None) -> None:
+        await SandboxCgroup.kill_except(self.leaf, keep, interrupt=interrupt)
+
+    async def release(self) -> None:
+        SandboxCgroup.try_remove(self.leaf)
+
+
+class _InitGone(Exception):
+    """The init a command was to join ended first."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Init:
+    """The running init of a held sandbox's commands' pid namespace."""
+
+    pidfd: int
+    leaf: Path
+
+    def alive(self) -> bool:
+        return not select.select([self.pidfd], [], [], 0)[0]  # (readable: it has exited)
+
+    def close(self) -> None:
+        os.close(self.pidfd)
+        SandboxCgroup.try_remove(self.leaf)
+
+
+def _open_dir(path: Path) -> int:
+    return os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchSettings:
+    """What every command of one sandbox is started with."""
+
+    launcher: Path
+    seccomp_fd: int  # the filter (a memfd the sandbox keeps)
+    uid: int
+    gid: int
+    nproc: int
+    fresh_home: bool
+
+
+class HeldSandbox:
+    """A bwrap sandbox held by fds; implements ``runtimes.base.SandboxHandle``."""
+
+    def __init__(
+        self,
+        namespaces: HeldNamespaces,
+        settings: LaunchSettings,
+        cgroup: SandboxCgroup,
+        limits: SandboxLimits | None,
+        limit_fds: Sequence[int],
+        task_group: anyio.abc.TaskGroup,
+        session_bash: str | None,
+    ) -> None:
+        self._namespaces = namespaces
+        self._settings = settings
+        self._cgroup = cgroup
+        self._limits = limits
+        self._limit_fds = list(limit_fds)
+        self._task_group = task_group
+        self._session_bash = session_bash
+        self._running: set[LaunchedProcess] = set()
+        self._init: _Init | None = None
+        self._stopped = False
+
+    @property
+    def alive(self) -> bool:
+        return not self._stopped
+
+    @property
+    def session_bash(self) -> str | None:
+        return self._session_bash
+
+    async def spawn(self, command: CommandSpec) -> LaunchedProcess:
+        if self._stopped:
+            raise SandboxGone("the sandbox is not running")
+        init = self._live_init()
+        try:
+            return await self._launch(command, init)
+        except _InitGone:  # (it ended between the look and the join: once more, without)
+            self._forget_init()
+            return await self._launch(command, None)
+
+    def _live_init(self) -> _Init | None:
+        """The init of the commands' pid namespace while something runs there."""
+        init = self._init
+        if init is not None and not init.alive():
+            self._forget_init()
+            return None
+        return init
+
+    def _forget_init(self) -> None:
+        init, self._init = self._init, None
+        if init is not None:
+            init.close()
+
+    async def _launch(self, command: CommandSpec, init: _Init | None) -> LaunchedProcess:
+        settings = self._settings
+        leaf = self._cgroup.new_leaf()
+        # The init's leaf holds the init and the guards (of the commands that join it too).
+        init_dir = init.leaf if init is not None else self._cgroup.new_leaf("init")
+        init_leaf = None if init is not None else init_dir  # (a new one)
+        theirs: list[int] = []
+        ours: list[int] = []
+        try:
+            leaf_fd = _open_dir(leaf)
+            theirs.append(leaf_fd)
+            init_leaf_fd = _open_dir(init_dir)
+            theirs.append(init_leaf_fd)
+            stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
+            stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
+            stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
+            status_r, status_w = os.pipe2(os.O_CLOEXEC)
+            theirs += [stdin_r, stdout_w, stderr_w, status_w]
+            ours += [stdin_w, stdout_r, stderr_r, status_r]
+            for fd in (stdin_r, stdout_w, stderr_w):
+                # The pipes are the server's (root's, 0600): the command could not reopen
+                # its own stdio through /dev/stdout, /dev/stderr or /proc/self/fd otherwise.
+                os.fchmod(fd, 0o666)
+            for fd in ours:
+                os.set_blocking(fd, False)
+            ns = self._namespaces.fds
+            join_fd = -1 if init is None else init.pidfd
+            argv = [
+                "init",  # (and the init rewrites its command line: not the server's paths)
+                "run",
+                str(status_w),
+                str(settings.seccomp_fd),
+                ",".join(map(str, ns)),
+                str(init_leaf_fd),
+                str(leaf_fd),
+                str(join_fd),
+                ",".join(map(str, self._limit_fds)) or "-",
+                str(settings.uid),
+                str(settings.gid),
+                str(settings.nproc),
+                "fresh" if settings.fresh_home else "keep",
+                command.cwd,
+                "--",
+                *command.argv,
+            ]
+            passed = [status_w, settings.seccomp_fd, *ns, leaf_fd, init_leaf_fd, *self._limit_fds]
+            launcher = spawn(
+                argv,
+                executable=settings.launcher,
+                stdin=stdin_r,
+                stdout=stdout_w,
+                stderr=stderr_w,
+                pass_fds=passed + ([] if init is None else [init.pidfd]),
+                env=dict(command.env),
+            )
+        except (OSError, ValueError) as exc:  # (ValueError: a NUL in argv or env)
+            for fd in theirs + ours:
+                os.close(fd)
+            for empty in (leaf, init_leaf):
+                if empty is not None:
+                    SandboxCgroup.try_remove(empty)
+            if isinstance(exc, OSError) and exc.errno == errno.EAGAIN:
+                raise ForkRefused(f"cannot start the command: {exc.strerror}") from None
+            detail = exc.strerror if isinstance(exc, OSError) else str(exc)
+            raise RuntimeError_(f"cannot start the command: {detail}") from None
+        for fd in theirs:
+            os.close(fd)
+        status = _StatusReader(ours[3])
+        process = LaunchedProcess(ours[0], ours[1], ours[2], leaf)
+        with anyio.CancelScope(shield=True):
+            first = await status.line()
+            if init_leaf is not None and first is not None and first.startswith("init "):
+                self._adopt_init(first, init_leaf)
+                first = await status.line()
+        if first == "ok":
+            self._running.add(process)
+            self._task_group.start_soon(self._follow, process, status, launcher)
+            return process
+        for fd in ours[:3]:
+            os.close(fd)
+        status.close()
+        self._task_group.start_soon(reap, launcher)
+        with anyio.CancelScope(shield=True):
+            await SandboxCgroup.emptied(leaf)
+        SandboxCgroup.try_remove(leaf)
+        if init is not None and _error_number(first) in (errno.ESRCH, errno.ENOMEM):
+            raise _InitGone  # (setns: it has ended; clone3: its pid namespace is ending)
+        raise _refusal(first, stopped=self._stopped)
+
+    def _adopt_init(self, line: str, leaf: Path) -> None:
+        """Keep the init the launcher started (``init PID``) for later commands to join:
+        a pidfd on it, once its pid is seen in its own leaf (nothing else ever is)."""
+        with contextlib.suppress(ValueError, OSError):
+            pid = int(line[5:])
+            pidfd = os.pidfd_open(pid)
+            if pid in SandboxCgroup.members(leaf):
+                self._forget_init()
+                self._init = _Init(pidfd, leaf)
+                return
+            os.close(pidfd)  # (ended already: its command is done, nothing to join)
+
+    async def _follow(
+        self, process: LaunchedProcess, status: _StatusReader, launcher: subprocess.Popen[bytes]
+    ) -> None:
+        """Until the command's exit is known; then until its launcher (and init) ends."""
+        try:
+            line = await status.line()
+            code = 137  # killed before its init could say (the pid namespace went with it)
+            if line is not None and line.startswith("exit "):
+                with contextlib.suppress(ValueError):
+                    code = int(line[5:])
+            process.exit_code = code
+        finally:
+            status.close()
+            if process.exit_code is None:
+                process.exit_code = 137
+            process.exited.set()
+            self._running.discard(process)
+        await reap(launcher)
+
+    async def kill_leftovers(self) -> bool:
+        # (an init ends by itself once nothing is left in its pid namespace)
+        await self._cgroup.kill_leaves(keep=[p.leaf for p in self._running])
+        return True
+
+    def limit_events(self) -> dict[str, int]:
+        return {} if self._limits is None else self._limits.events()
+
+    async def stop(self) -> None:
+        with anyio.CancelScope(shield=True):
+            if self._stopped:
+                return
+            self._stopped = True
+            self._namespaces.close()  # the namespaces go with their last process
+            self._forget_init()
+            await self._cgroup.kill_leaves(kinds="*")
+            for fd in self._limit_fds:
+                os.close(fd)
+            self._limit_fds = []
+            self._task_group.start_soon(self._remove_cgroups)
+
+    async def _remove_cgroups(self) -> None:
+        """Once the last processes are gone (asynchronously, after the kill): in the
+        background, not to hold up a stop (a killed server's next one sweeps them)."""
+        for _ in range(500):
+            if self._cgroup.remove() and (self._limits is None or self._limits.remove()):
+                return
+            await anyio.sleep(0.01)
+        _log.warning("the sandbox's cgroups are still busy; the next server removes them")
+
+
+def _error_number(line: str | None) -> int | None:
+    """The errno of a status line ``error ERRNO ...``."""
+    if line is None or not line.startswith("error "):
+        return None
+    try:
+        return int(line.split(" ", 2)[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def _refusal(line: str | None, *, stopped: bool) -> RuntimeError_:
+    """The error a launcher's first status line (not ``ok``) stands for."""
+    if line is None or not line.startswith("error "):
+        if stopped:
+            return SandboxGone("cannot start the command: the sandbox stopped")
+        return RuntimeError_("cannot start the command: the launcher ended without a word")
+    number, _, rest = line[6:].partition(" ")
+    where, _, message = rest.partition(" ")
+    if where == "workdir":
+        return BadWorkdir(message)
+    if number == str(errno.EAGAIN):
+        return ForkRefused(f"cannot start the command: {message}")
+    return RuntimeError_(f"cannot start the command: {message}")
+
+
+def spawn(argv: Sequence[str], **options: Any) -> subprocess.Popen[bytes]:
+    """Start a program from the event loop's thread. subprocess uses vfork here (no
+    ``preexec_fn``), so the loop waits only until the exec (a fraction of a millisecond),
+    less than a worker thread's hand-off would cost; and a helper spawned from a worker
+    thread would get bwrap's ``--die-with-parent`` when that thread ends."""
+    return subprocess.Popen(argv, close_fds=True, **options)
+
+
+async def reap(launcher: subprocess.Popen[bytes]) -> None:
+    """Wait for the launcher's exit without a thread, then collect it (cancelled: the server
+    stops, and its children with it)."""
+    pidfd = os.pidfd_open(launcher.pid)
+    try:
+        await anyio.wait_readable(pidfd)
+    finally:
+        os.close(pidfd)
+    launcher.wait()

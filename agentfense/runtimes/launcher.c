@@ -1,0 +1,643 @@
+/* launcher: run one command in a bwrap sandbox that no process holds while it is idle.
+ *
+ *   launcher hold READY BLOCK
+ *   launcher run STATUS SECCOMP NS INIT_LEAF CMD_LEAF JOIN LIMITS UID GID NPROC HOME CWD -- cmd...
+ *
+ * A sandbox is a set of namespaces (mount, network, ipc, uts) that bwrap builds once, with
+ * `launcher hold` as its command: it says ready on READY, and waits for BLOCK to close while
+ * the server opens /proc/<it>/ns/ and keeps those fds; then it and bwrap exit (see
+ * _held.py). Nothing of the sandbox runs until a command does.
+ *
+ * `run` starts one command there; the server spawns it as root with the command's stdio on
+ * 0, 1, 2, its environment as ours, and these fds: STATUS (a pipe the server reads), SECCOMP
+ * (the filter, as `struct sock_filter`s), NS (the held namespaces, comma-separated:
+ * mnt,net,ipc,uts), INIT_LEAF and CMD_LEAF (cgroup v2 directories, or -1), JOIN (a pidfd of
+ * a running init, or -1), LIMITS (the sandbox's limit cgroups' cgroup.procs, write fds,
+ * comma-separated, or -). UID and GID are the sandbox's on the host; NPROC its RLIMIT_NPROC
+ * (0: none); HOME `fresh` (the command gets an empty $HOME of its own, removed when it
+ * ends) or `keep` (/home/sandbox, shared); CWD its working directory.
+ *
+ * The launcher drops root's supplementary groups and joins the limit cgroups. Then either
+ * (JOIN is -1) it enters the held namespaces, unshares a pid namespace and a mount namespace
+ * (a copy of the held one: the same /tmp, /home and /workspace, but a /proc of its own) and
+ * starts an init there (pid 1, in INIT_LEAF), saying `init PID` (its host pid); or (an init
+ * still runs: something an earlier command left) it joins that init's namespaces, so the
+ * command sees, and may signal, what runs there, as commands always could.
+ *
+ * Either way the command gets a guard, started (by the init, or by the launcher when it
+ * joins) in INIT_LEAF (the init's: an init and the guards of its namespace's commands),
+ * root of the host in the sandbox's namespaces. It makes the command's home (a fresh one:
+ * owned by UID) and starts the command right in CMD_LEAF (so the leaf holds the command's
+ * processes and nothing else), which makes a cgroup namespace rooted there and a user
+ * namespace of its own that the guard maps (uid and gid 1000 inside = UID and GID on the
+ * host, nothing else); as uid 1000 there: no
+ * capabilities, RLIMIT_NPROC, not dumpable, no_new_privs, the seccomp filter, a new session,
+ * its Landlock domain (landlock.c), CWD, exec. The guard reports on STATUS, one line each:
+ * `ok` once the command runs, or `error ERRNO FIELD MESSAGE` (FIELD: `workdir` when CWD is
+ * at fault, else `-`) when it cannot start; then `exit CODE` (128+N for signal N) when the
+ * command's own process ends. It then removes the command's home (as UID) and ends; what
+ * the command left runs on, reaped by the init (which runs as UID, with no capabilities),
+ * and the init ends when nothing is left in its pid namespace. The launcher waits for what
+ * it started, so the server reaps one child per command.
+ *
+ * Whatever runs in the sandbox gets none of these fds (the guard keeps STATUS; the command
+ * closes every fd beyond its stdio): no command can forge another's report. Nothing in the
+ * sandbox can signal, trace (seccomp) or look into a guard (root's), nor the init (pid 1:
+ * the kernel drops the signals from inside its namespace that it does not handle; not
+ * dumpable); a launcher that dies takes what it started with it (the parent-death signal).
+ */
+
+const char PROGRAM[] = "launcher";
+
+#include <grp.h>
+#include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/sched.h>
+#include <linux/seccomp.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <sys/mount.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+
+#define SANDBOX_ID 1000
+#define NS_COUNT 4
+#define MAX_LIMITS 8
+#define MAX_FILTER 4096 /* instructions: the kernel's BPF_MAXINSNS */
+#define COMMAND_OOM_SCORE_ADJ "500"
+#define INIT_OOM_SCORE_ADJ "-999"
+
+/* Our command line's memory, which /proc/<pid>/cmdline shows: the init rewrites it. */
+static char *args_start, *args_end;
+
+static const int NS_TYPES[NS_COUNT] = {CLONE_NEWNS, CLONE_NEWNET, CLONE_NEWIPC, CLONE_NEWUTS};
+
+struct request {
+    int status;
+    int seccomp;
+    int ns[NS_COUNT];
+    int init_leaf;
+    int cmd_leaf;
+    int join;
+    int limits[MAX_LIMITS];
+    int limit_count;
+    uid_t uid;
+    gid_t gid;
+    long nproc;
+    int fresh_home;
+    const char *cwd;
+    char **argv;
+};
+
+/* One line on STATUS, in one write (shorter than PIPE_BUF: never torn). */
+static void say(int fd, const char *format, ...)
+{
+    char line[512];
+    va_list args;
+    int length;
+
+    va_start(args, format);
+    length = vsnprintf(line, sizeof line - 1, format, args);
+    va_end(args);
+    if (length < 0)
+        return;
+    if (length > (int)sizeof line - 2)
+        length = (int)sizeof line - 2;
+    for (int i = 0; i < length; i++)
+        if (line[i] == '\n')
+            line[i] = ' ';
+    line[length++] = '\n';
+    if (write(fd, line, (size_t)length) != length) {
+        /* the server is gone: nobody to tell */
+    }
+}
+
+/* The command cannot start: say why (the errno of `what`) and end. */
+static void refuse(int status, const char *what)
+{
+    int error = errno;
+    say(status, "error %d - cannot %s: %s", error, what, strerror(error));
+    _exit(126);
+}
+
+static int parse_fds(const char *text, int *fds, int most)
+{
+    int count = 0;
+    char *end;
+
+    if (!strcmp(text, "-"))
+        return 0;
+    for (;;) {
+        long fd = strtol(text, &end, 10);
+        if (end == text || fd < 0 || fd > 65535 || count == most)
+            return -1;
+        fds[count++] = (int)fd;
+        if (*end == '\0')
+            return count;
+        if (*end != ',')
+            return -1;
+        text = end + 1;
+    }
+}
+
+/* Close every fd from 3 on but `keep` (-1: none). */
+static void close_all_but(int keep)
+{
+    if (keep > 3)
+        syscall(SYS_close_range, 3u, (unsigned)keep - 1, 0);
+    syscall(SYS_close_range, (unsigned)(keep < 3 ? 3 : keep + 1), ~0u, 0);
+}
+
+static void stdio_to_null(void)
+{
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null >= 0) {
+        dup2(null, 0);
+        dup2(null, 1);
+        dup2(null, 2);
+        close(null);
+    }
+}
+
+static void mount_proc(int status)
+{
+    unsigned long ro = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC;
+    if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0)
+        refuse(status, "mount /proc");
+    /* bwrap does the same: a sysctl the host's root owns stays read-only to the sandbox. */
+    if (mount("/proc/sys", "/proc/sys", NULL, MS_BIND | MS_REC, NULL) != 0 ||
+        mount(NULL, "/proc/sys", NULL, ro, NULL) != 0)
+        refuse(status, "bind /proc/sys read-only");
+    if (mount("/proc/sysrq-trigger", "/proc/sysrq-trigger", NULL, MS_BIND, NULL) == 0 &&
+        mount(NULL, "/proc/sysrq-trigger", NULL, ro, NULL) != 0)
+        refuse(status, "bind /proc/sysrq-trigger read-only");
+}
+
+static void load_seccomp(int status, int fd)
+{
+    static struct sock_filter filter[MAX_FILTER];
+    size_t got = 0;
+    ssize_t n;
+
+    while ((n = pread(fd, (char *)filter + got, sizeof filter - got, (off_t)got)) > 0)
+        got += (size_t)n;
+    if (n < 0 || got == 0 || got % sizeof filter[0] != 0)
+        refuse(status, "read the seccomp filter");
+    struct sock_fprog program = {(unsigned short)(got / sizeof filter[0]), filter};
+    if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &program) != 0)
+        refuse(status, "load the seccomp filter");
+}
+
+/* As uid 1000 of the command's own user namespace, with no capability left anywhere. */
+static void become_sandbox_user(int status)
+{
+    struct __user_cap_header_struct head = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[2];
+
+    for (int cap = 0; cap <= 63; cap++) /* (needs CAP_SETPCAP: before the uid changes) */
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EINVAL)
+            refuse(status, "drop the bounding set");
+    if (setresgid(SANDBOX_ID, SANDBOX_ID, SANDBOX_ID) != 0)
+        refuse(status, "become the sandbox's group");
+    if (setresuid(SANDBOX_ID, SANDBOX_ID, SANDBOX_ID) != 0)
+        refuse(status, "become the sandbox's user");
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+    memset(data, 0, sizeof data);
+    if (syscall(SYS_capset, &head, data) != 0)
+        refuse(status, "drop capabilities");
+    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 || prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+        refuse(status, "set no_new_privs");
+}
+
+/* A new, empty $HOME under a name no one can guess. A /home an earlier command made
+ * unusable (chmod 000: modes are no Landlock right, and /home is the sandbox's) gets its
+ * mode back first. */
+static void make_home(int status, char *home)
+{
+    if (mkdtemp(home) != NULL)
+        return;
+    if (errno == EACCES && chmod("/home", 0755) == 0) {
+        strcpy(home + strlen(home) - 6, "XXXXXX");
+        if (mkdtemp(home) != NULL)
+            return;
+    }
+    refuse(status, "make the command's home");
+}
+
+/* Remove a command's home, as the sandbox's host uid (what the command left there is its). */
+static void remove_home(const char *home, uid_t uid, gid_t gid)
+{
+    if (rmdir(home) == 0 || errno == ENOENT)
+        return;
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (setresgid(gid, gid, gid) != 0 || setresuid(uid, uid, uid) != 0)
+            _exit(126);
+        execl("/bin/rm", "rm", "-rf", "--", home, (char *)NULL);
+        _exit(127);
+    }
+    while (pid > 0 && waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+    }
+}
+
+/* In the command's process, whose only fds are its stdio and `report` (close-on-exec):
+ * never returns. Its errors go on `report`, as ERRNO FIELD MESSAGE, for the guard to pass on. */
+static void exec_command(struct request *r, const char *landlock_home, int report)
+{
+    int error;
+    const char *field = "-";
+    char message[400];
+
+    setsid();
+    if (enter_landlock(landlock_home) != 0) {
+        error = errno;
+        snprintf(message, sizeof message, "cannot confine the command: %s", strerror(error));
+    } else if (chdir(r->cwd) != 0) {
+        error = errno;
+        field = "workdir";
+        snprintf(message, sizeof message, "%s: %s", strerror(error), r->cwd);
+    } else {
+        execvp(r->argv[0], r->argv);
+        error = errno;
+        snprintf(message, sizeof message, "%s: %s", strerror(error), r->argv[0]);
+    }
+    dprintf(report, "%d %s %s", error, field, message);
+    _exit(127);
+}
+
+static int write_file(int at, const char *path, const char *text)
+{
+    int fd = openat(at, path, O_WRONLY | O_CLOEXEC);
+    ssize_t length = (ssize_t)strlen(text);
+    int ok = fd >= 0 && write(fd, text, (size_t)length) == length;
+    if (fd >= 0)
+        close(fd);
+    return ok ? 0 : -1;
+}
+
+/* Map uid and gid 1000 of a guard's new user namespace to the sandbox's on the host; `proc`
+ * is a /proc that shows the guard (the held mount namespace has none that does). */
+static int map_ids(int proc, pid_t guard, uid_t uid, gid_t gid)
+{
+    char path[64], map[64];
+
+    snprintf(path, sizeof path, "%d/setgroups", (int)guard);
+    if (write_file(proc, path, "deny") != 0)
+        return -1;
+    snprintf(path, sizeof path, "%d/uid_map", (int)guard);
+    snprintf(map, sizeof map, "%d %u 1\n", SANDBOX_ID, (unsigned)uid);
+    if (write_file(proc, path, map) != 0)
+        return -1;
+    snprintf(path, sizeof path, "%d/gid_map", (int)guard);
+    snprintf(map, sizeof map, "%d %u 1\n", SANDBOX_ID, (unsigned)gid);
+    return write_file(proc, path, map);
+}
+
+/* What /proc/<pid>/cmdline shows for us from now on (the command keeps its own copy). */
+static void rename_self(const char *name)
+{
+    size_t room = (size_t)(args_end - args_start);
+    memset(args_start, 0, room);
+    if (strlen(name) < room)
+        memcpy(args_start, name, strlen(name));
+}
+
+/* In the command's process: its own user namespace (mapped by the guard), uid 1000 there,
+ * the seccomp filter, then exec_command. Never returns. */
+static void command_main(struct request *r, const char *landlock_home, int unshared,
+                         int mapped, int report)
+{
+    char byte;
+
+    if (unshare(CLONE_NEWCGROUP) != 0) /* its root: the command's own leaf */
+        refuse(r->status, "make a cgroup namespace");
+    if (r->nproc > 0) {
+        /* Before the user namespace: it counts the sandbox's host uid, all commands together. */
+        struct rlimit limit = {(rlim_t)r->nproc, (rlim_t)r->nproc};
+        if (setrlimit(RLIMIT_NPROC, &limit) != 0)
+            refuse(r->status, "set the process limit");
+    }
+    if (unshare(CLONE_NEWUSER) != 0)
+        refuse(r->status, "make a user namespace");
+    if (write(unshared, "u", 1) != 1 || read(mapped, &byte, 1) != 1)
+        _exit(126); /* the guard said why */
+    close(unshared);
+    close(mapped);
+    become_sandbox_user(r->status);
+    load_seccomp(r->status, r->seccomp);
+    if (report != 3 && dup3(report, 3, O_CLOEXEC) != 3)
+        refuse(r->status, "keep the report pipe");
+    close_all_but(3);
+    exec_command(r, landlock_home, 3);
+}
+
+/* The command's guard (see the top), root of the host in the sandbox's namespaces: nothing
+ * there may signal, trace or look into it. Never returns. */
+static void guard_main(struct request *r)
+{
+    int status = r->status;
+    char home[] = "/home/home-XXXXXX";
+    const char *landlock_home = "/home";
+    int unshared[2], mapped[2], report[2];
+    char byte;
+
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0)
+        refuse(status, "set the parent-death signal");
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    write_file(AT_FDCWD, "/proc/self/oom_score_adj", COMMAND_OOM_SCORE_ADJ);
+    int proc = open("/proc", O_PATH | O_DIRECTORY | O_CLOEXEC); /* (this pid namespace's) */
+    if (proc < 0)
+        refuse(status, "open /proc");
+    if (r->fresh_home) {
+        make_home(status, home);
+        if (chown(home, r->uid, r->gid) != 0)
+            refuse(status, "give the command its home");
+        if (setenv("HOME", home, 1) != 0)
+            refuse(status, "set $HOME");
+        landlock_home = home;
+    }
+    if (pipe2(unshared, O_CLOEXEC) != 0 || pipe2(mapped, O_CLOEXEC) != 0 ||
+        pipe2(report, O_CLOEXEC) != 0)
+        refuse(status, "make a pipe");
+    /* The command starts right in its own leaf: its processes, and only they, are there. */
+    struct clone_args args;
+    memset(&args, 0, sizeof args);
+    args.exit_signal = SIGCHLD;
+    if (r->cmd_leaf >= 0) {
+        args.flags = CLONE_INTO_CGROUP;
+        args.cgroup = (uint64_t)r->cmd_leaf;
+    }
+    pid_t command = (pid_t)syscall(SYS_clone3, &args, sizeof args);
+    if (command < 0) {
+        int error = errno;
+        if (r->fresh_home)
+            rmdir(home);
+        errno = error;
+        refuse(status, "start the command");
+    }
+    if (command == 0) {
+        close(unshared[0]);
+        close(mapped[1]);
+        close(report[0]);
+        command_main(r, landlock_home, unshared[1], mapped[0], report[1]);
+    }
+    rename_self("guard");
+    close(unshared[1]);
+    close(mapped[0]);
+    close(report[1]);
+    if (read(unshared[0], &byte, 1) == 1) {
+        if (map_ids(proc, command, r->uid, r->gid) != 0) {
+            say(status, "error %d - cannot map the sandbox's user: %s", errno, strerror(errno));
+            kill(command, SIGKILL);
+        } else if (write(mapped[1], "m", 1) != 1) {
+            kill(command, SIGKILL);
+        }
+    }
+    close(unshared[0]);
+    close(mapped[1]);
+    close(proc);
+    char why[512];
+    ssize_t got = 0, n;
+    while ((n = read(report[0], why + got, sizeof why - 1 - (size_t)got)) > 0)
+        got += n;
+    close(report[0]);
+    if (got > 0) {
+        why[got] = '\0';
+        say(status, "error %s", why);
+    } else {
+        say(status, "ok"); /* (or the command said why it could not, first) */
+    }
+    stdio_to_null(); /* the command's: let the server see EOF once only leftovers hold them */
+    close_all_but(got > 0 ? -1 : status);
+    int wstatus = 0;
+    while (waitpid(command, &wstatus, 0) < 0 && errno == EINTR) {
+    }
+    if (got == 0)
+        say(status, "exit %d",
+            WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : 128 + WTERMSIG(wstatus));
+    close(status);
+    if (r->fresh_home)
+        remove_home(home, r->uid, r->gid);
+    _exit(0);
+}
+
+/* Start the command's guard, in the init's leaf (the command's holds the command's processes
+ * alone). Its pid, or -1 (said on STATUS). */
+static pid_t start_guard(struct request *r)
+{
+    struct clone_args args;
+    memset(&args, 0, sizeof args);
+    args.exit_signal = SIGCHLD;
+    if (r->init_leaf >= 0) {
+        args.flags = CLONE_INTO_CGROUP;
+        args.cgroup = (uint64_t)r->init_leaf;
+    }
+    long pid = syscall(SYS_clone3, &args, sizeof args);
+    if (pid < 0) {
+        say(r->status, "error %d - cannot start the command: %s", errno, strerror(errno));
+        return -1;
+    }
+    if (pid == 0)
+        guard_main(r);
+    return (pid_t)pid;
+}
+
+static void wake(int signal_number)
+{
+    (void)signal_number;
+}
+
+/* Pidfds (up to `most`) on the processes of our pid namespace but us (its /proc lists them). */
+static int others(int *pidfds, int most)
+{
+    DIR *proc = opendir("/proc");
+    struct dirent *entry;
+    int count = 0;
+
+    if (proc == NULL)
+        return 0;
+    while (count < most && (entry = readdir(proc)) != NULL) {
+        char *end;
+        long pid = strtol(entry->d_name, &end, 10);
+        if (*end != '\0' || pid <= 1)
+            continue;
+        int fd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
+        if (fd >= 0)
+            pidfds[count++] = fd;
+    }
+    closedir(proc);
+    return count;
+}
+
+/* Reap whatever ends in our pid namespace; end once nothing else is in it. Commands that
+ * joined it are not our children (their launchers, outside, are their parents), so while
+ * we have none, we wait for those to end too (their pidfds): if we ended, the kernel would
+ * kill them with the namespace. SIGCHLD (blocked but while we wait) wakes us for orphans. */
+static void reap_until_empty(void)
+{
+    struct sigaction action;
+    sigset_t chld, waiting;
+    struct pollfd polled[256];
+    int pidfds[256];
+
+    memset(&action, 0, sizeof action);
+    action.sa_handler = wake;
+    sigaction(SIGCHLD, &action, NULL);
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &chld, &waiting);
+    sigdelset(&waiting, SIGCHLD);
+    for (;;) {
+        pid_t pid;
+        while ((pid = waitpid(-1, NULL, WNOHANG)) > 0) {
+        }
+        if (pid == 0) { /* children still run */
+            sigsuspend(&waiting);
+            continue;
+        }
+        int count = others(pidfds, 256);
+        if (count == 0)
+            _exit(0);
+        for (int i = 0; i < count; i++) {
+            polled[i].fd = pidfds[i];
+            polled[i].events = POLLIN;
+        }
+        ppoll(polled, (nfds_t)count, NULL, &waiting);
+        for (int i = 0; i < count; i++)
+            close(pidfds[i]);
+    }
+}
+
+/* The init of a new pid namespace (pid 1, in INIT_LEAF): mounts the namespace's /proc,
+ * starts the first command's guard, then reaps everything orphaned there until nothing is
+ * left, as the sandbox's host uid with no capabilities. Never returns. */
+static void init_main(struct request *r)
+{
+    struct __user_cap_header_struct head = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct data[2];
+
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0)
+        refuse(r->status, "set the parent-death signal");
+    mount_proc(r->status);
+    start_guard(r);
+    rename_self("init");
+    stdio_to_null();
+    close_all_but(-1);
+    for (int cap = 0; cap <= 63; cap++)
+        prctl(PR_CAPBSET_DROP, cap, 0, 0, 0);
+    if (setresgid(r->gid, r->gid, r->gid) != 0 || setresuid(r->uid, r->uid, r->uid) != 0)
+        _exit(126);
+    memset(data, 0, sizeof data);
+    syscall(SYS_capset, &head, data);
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0); /* (the uid change cleared it) */
+    reap_until_empty();
+}
+
+static int run(struct request *r)
+{
+    int status = r->status;
+    pid_t pid;
+
+    if (setgroups(0, NULL) != 0)
+        refuse(status, "drop the supplementary groups");
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0)
+        refuse(status, "set the parent-death signal");
+    /* The OOM killer takes an init last (its pid namespace goes with it); commands first. */
+    write_file(AT_FDCWD, "/proc/self/oom_score_adj", INIT_OOM_SCORE_ADJ);
+    for (int i = 0; i < r->limit_count; i++) {
+        if (write(r->limits[i], "0", 1) != 1)
+            refuse(status, "join the sandbox's limit cgroups");
+        close(r->limits[i]);
+    }
+    if (r->join >= 0) {
+        if (setns(r->join, CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC |
+                               CLONE_NEWUTS) != 0)
+            refuse(status, "join the running commands");
+        pid = start_guard(r);
+    } else {
+        for (int i = 0; i < NS_COUNT; i++)
+            if (setns(r->ns[i], NS_TYPES[i]) != 0)
+                refuse(status, "enter the sandbox's namespaces");
+        if (unshare(CLONE_NEWPID | CLONE_NEWNS) != 0)
+            refuse(status, "make the command's pid namespace");
+        struct clone_args args;
+        memset(&args, 0, sizeof args);
+        args.exit_signal = SIGCHLD;
+        if (r->init_leaf >= 0) {
+            args.flags = CLONE_INTO_CGROUP;
+            args.cgroup = (uint64_t)r->init_leaf;
+        }
+        pid = (pid_t)syscall(SYS_clone3, &args, sizeof args);
+        if (pid < 0)
+            refuse(status, "start the command");
+        if (pid == 0)
+            init_main(r);
+        say(status, "init %d", (int)pid);
+    }
+    stdio_to_null();
+    close_all_but(-1);
+    while (pid > 0 && waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+    }
+    return 0;
+}
+
+/* bwrap's command at create: ready once every mount is in place; gone when told. */
+static int hold(int ready, int block)
+{
+    char byte = 'r';
+    if (write(ready, &byte, 1) != 1)
+        return 126;
+    close(ready);
+    while (read(block, &byte, 1) > 0) {
+    }
+    return 0;
+}
+
+static int usage(void)
+{
+    fputs("launcher: usage: launcher hold READY BLOCK | launcher run STATUS SECCOMP NS "
+          "INIT_LEAF CMD_LEAF JOIN LIMITS UID GID NPROC HOME CWD -- cmd args...\n",
+          stderr);
+    return 126;
+}
+
+/* One fd, or -1 for "-1". */
+static int parse_fd(const char *text, int *fd)
+{
+    if (!strcmp(text, "-1")) {
+        *fd = -1;
+        return 0;
+    }
+    return parse_fds(text, fd, 1) == 1 ? 0 : -1;
+}
+
+int main(int argc, char **argv)
+{
+    struct request r;
+
+    args_start = argv[0];
+    args_end = argv[argc - 1] + strlen(argv[argc - 1]) + 1;
+    if (argc == 4 && !strcmp(argv[1], "hold"))
+        return hold(atoi(argv[2]), atoi(argv[3]));
+    if (argc < 16 || strcmp(argv[1], "run") != 0 || strcmp(argv[14], "--") != 0)
+        return usage();
+    memset(&r, 0, sizeof r);
+    r.limit_count = parse_fds(argv[8], r.limits, MAX_LIMITS);
+    if (parse_fd(argv[2], &r.status) != 0 || parse_fd(argv[3], &r.seccomp) != 0 ||
+        parse_fds(argv[4], r.ns, NS_COUNT) != NS_COUNT || parse_fd(argv[5], &r.init_leaf) != 0 ||
+        parse_fd(argv[6], &r.cmd_leaf) != 0 || parse_fd(argv[7], &r.join) != 0 ||
+        r.limit_count < 0 || r.status < 0 || r.seccomp < 0)
+        return usage();
+    r.uid = (uid_t)strtoul(argv[9], NULL, 10);
+    r.gid = (gid_t)strtoul(argv[10], NULL, 10);
+    r.nproc = atol(argv[11]);
+    r.fresh_home = !strcmp(argv[12], "fresh");
+    r.cwd = argv[13];
+    r.argv = argv + 15;
+    return run(&r);
+}
