@@ -137,12 +137,14 @@ class _Init:
 
     pidfd: int
     leaf: Path
+    door: int  # a file the init marks when it ends, under a lock joiners share (launcher.c)
 
     def alive(self) -> bool:
         return not select.select([self.pidfd], [], [], 0)[0]  # (readable: it has exited)
 
     def close(self) -> None:
         os.close(self.pidfd)
+        os.close(self.door)
         SandboxCgroup.try_remove(self.leaf)
 
 
@@ -225,7 +227,9 @@ class HeldSandbox:
         init_leaf = None if init is not None else init_dir  # (a new one)
         theirs: list[int] = []
         ours: list[int] = []
+        door = -1
         try:
+            door = init.door if init is not None else os.memfd_create("door", os.MFD_CLOEXEC)
             leaf_fd = _open_dir(leaf)
             theirs.append(leaf_fd)
             init_leaf_fd = _open_dir(init_dir)
@@ -253,6 +257,7 @@ class HeldSandbox:
                 str(init_leaf_fd),
                 str(leaf_fd),
                 str(join_fd),
+                str(door),
                 ",".join(map(str, self._limit_fds)) or "-",
                 str(settings.uid),
                 str(settings.gid),
@@ -262,7 +267,8 @@ class HeldSandbox:
                 "--",
                 *command.argv,
             ]
-            passed = [status_w, settings.seccomp_fd, *ns, leaf_fd, init_leaf_fd, *self._limit_fds]
+            passed = [status_w, settings.seccomp_fd, *ns, leaf_fd, init_leaf_fd, door]
+            passed += self._limit_fds
             launcher = spawn(
                 argv,
                 executable=settings.launcher,
@@ -275,6 +281,8 @@ class HeldSandbox:
         except (OSError, ValueError) as exc:  # (ValueError: a NUL in argv or env)
             for fd in theirs + ours:
                 os.close(fd)
+            if init is None and door >= 0:
+                os.close(door)
             for empty in (leaf, init_leaf):
                 if empty is not None:
                     SandboxCgroup.try_remove(empty)
@@ -289,8 +297,10 @@ class HeldSandbox:
         with anyio.CancelScope(shield=True):
             first = await status.line()
             if init_leaf is not None and first is not None and first.startswith("init "):
-                self._adopt_init(first, init_leaf)
+                door = self._adopt_init(first, init_leaf, door)
                 first = await status.line()
+        if init is None and door >= 0:
+            os.close(door)  # (not adopted: no init to join)
         if first == "ok":
             self._running.add(process)
             self._task_group.start_soon(self._follow, process, status, launcher)
@@ -306,17 +316,19 @@ class HeldSandbox:
             raise _InitGone  # (setns: it has ended; clone3: its pid namespace is ending)
         raise _refusal(first, stopped=self._stopped)
 
-    def _adopt_init(self, line: str, leaf: Path) -> None:
-        """Keep the init the launcher started (``init PID``) for later commands to join:
-        a pidfd on it, once its pid is seen in its own leaf (nothing else ever is)."""
+    def _adopt_init(self, line: str, leaf: Path, door: int) -> int:
+        """Keep the init the launcher started (``init PID``) for later commands to join: a
+        pidfd on it, once its pid is seen in its own leaf (where only it starts), and its
+        door. The door when it is not kept (-1 when it is)."""
         with contextlib.suppress(ValueError, OSError):
             pid = int(line[5:])
             pidfd = os.pidfd_open(pid)
             if pid in SandboxCgroup.members(leaf):
                 self._forget_init()
-                self._init = _Init(pidfd, leaf)
-                return
+                self._init = _Init(pidfd, leaf, door)
+                return -1
             os.close(pidfd)  # (ended already: its command is done, nothing to join)
+        return door
 
     async def _follow(
         self, process: LaunchedProcess, status: _StatusReader, launcher: subprocess.Popen[bytes]
@@ -324,7 +336,7 @@ class HeldSandbox:
         """Until the command's exit is known; then until its launcher (and init) ends."""
         try:
             line = await status.line()
-            code = 137  # killed before its init could say (the pid namespace went with it)
+            code = 137  # its guard was killed before it could say (its pid namespace went)
             if line is not None and line.startswith("exit "):
                 with contextlib.suppress(ValueError):
                     code = int(line[5:])

@@ -1,7 +1,7 @@
 /* launcher: run one command in a bwrap sandbox that no process holds while it is idle.
  *
  *   launcher hold READY BLOCK
- *   launcher run STATUS SECCOMP NS INIT_LEAF CMD_LEAF JOIN LIMITS UID GID NPROC HOME CWD -- cmd...
+ *   launcher run STATUS SECCOMP NS INIT_LEAF CMD_LEAF JOIN DOOR LIMITS UID GID NPROC HOME CWD -- cmd
  *
  * A sandbox is a set of namespaces (mount, network, ipc, uts) that bwrap builds once, with
  * `launcher hold` as its command: it says ready on READY, and waits for BLOCK to close while
@@ -12,7 +12,8 @@
  * 0, 1, 2, its environment as ours, and these fds: STATUS (a pipe the server reads), SECCOMP
  * (the filter, as `struct sock_filter`s), NS (the held namespaces, comma-separated:
  * mnt,net,ipc,uts), INIT_LEAF and CMD_LEAF (cgroup v2 directories, or -1), JOIN (a pidfd of
- * a running init, or -1), LIMITS (the sandbox's limit cgroups' cgroup.procs, write fds,
+ * a running init, or -1), DOOR (a file of that init's: see below), LIMITS (the sandbox's
+ * limit cgroups' cgroup.procs, write fds,
  * comma-separated, or -). UID and GID are the sandbox's on the host; NPROC its RLIMIT_NPROC
  * (0: none); HOME `fresh` (the command gets an empty $HOME of its own, removed when it
  * ends) or `keep` (/home/sandbox, shared); CWD its working directory.
@@ -20,9 +21,14 @@
  * The launcher drops root's supplementary groups and joins the limit cgroups. Then either
  * (JOIN is -1) it enters the held namespaces, unshares a pid namespace and a mount namespace
  * (a copy of the held one: the same /tmp, /home and /workspace, but a /proc of its own) and
- * starts an init there (pid 1, in INIT_LEAF), saying `init PID` (its host pid); or (an init
- * still runs: something an earlier command left) it joins that init's namespaces, so the
- * command sees, and may signal, what runs there, as commands always could.
+ * starts an init there (pid 1, in INIT_LEAF), saying `init PID` (its host pid) before
+ * anything else is said; or (an init still runs: something an earlier command left) it
+ * joins that init's namespaces, so the command sees, and may signal, what runs there, as
+ * commands always could. An init ends once nothing else is in its namespace, and its
+ * namespace with it: so that no command joins it as it ends (and dies with it), the init
+ * decides under an exclusive flock of DOOR and marks it closed, and a joiner enters under a
+ * shared one, unless it is closed (then it fails with
+ * ESRCH, and the server starts a new init).
  *
  * Either way the command gets a guard, started (by the init, or by the launcher when it
  * joins) in INIT_LEAF (the init's: an init and the guards of its namespace's commands),
@@ -59,6 +65,7 @@ const char PROGRAM[] = "launcher";
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
+#include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -82,6 +89,7 @@ struct request {
     int init_leaf;
     int cmd_leaf;
     int join;
+    int door;
     int limits[MAX_LIMITS];
     int limit_count;
     uid_t uid;
@@ -476,7 +484,7 @@ static int others(int *pidfds, int most)
  * joined it are not our children (their launchers, outside, are their parents), so while
  * we have none, we wait for those to end too (their pidfds): if we ended, the kernel would
  * kill them with the namespace. SIGCHLD (blocked but while we wait) wakes us for orphans. */
-static void reap_until_empty(void)
+static void reap_until_empty(int door)
 {
     struct sigaction action;
     sigset_t chld, waiting;
@@ -498,9 +506,15 @@ static void reap_until_empty(void)
             sigsuspend(&waiting);
             continue;
         }
+        flock(door, LOCK_EX); /* (no command joins meanwhile) */
         int count = others(pidfds, 256);
-        if (count == 0)
+        if (count == 0) {
+            if (pwrite(door, "x", 1, 0) != 1) {
+                /* (a file of the server's own: cannot fail) */
+            }
             _exit(0);
+        }
+        flock(door, LOCK_UN);
         for (int i = 0; i < count; i++) {
             polled[i].fd = pidfds[i];
             polled[i].events = POLLIN;
@@ -525,7 +539,10 @@ static void init_main(struct request *r)
     start_guard(r);
     rename_self("init");
     stdio_to_null();
-    close_all_but(-1);
+    if (r->door != 3 && dup3(r->door, 3, O_CLOEXEC) != 3)
+        _exit(126);
+    r->door = 3;
+    close_all_but(3);
     for (int cap = 0; cap <= 63; cap++)
         prctl(PR_CAPBSET_DROP, cap, 0, 0, 0);
     if (setresgid(r->gid, r->gid, r->gid) != 0 || setresuid(r->uid, r->uid, r->uid) != 0)
@@ -535,7 +552,7 @@ static void init_main(struct request *r)
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
     prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0); /* (the uid change cleared it) */
-    reap_until_empty();
+    reap_until_empty(r->door);
 }
 
 static int run(struct request *r)
@@ -555,16 +572,26 @@ static int run(struct request *r)
         close(r->limits[i]);
     }
     if (r->join >= 0) {
+        char closed = 0;
+        flock(r->door, LOCK_SH);
+        if (pread(r->door, &closed, 1, 0) == 1 && closed == 'x') {
+            errno = ESRCH;
+            refuse(status, "join the running commands (their init has ended)");
+        }
         if (setns(r->join, CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC |
                                CLONE_NEWUTS) != 0)
             refuse(status, "join the running commands");
         pid = start_guard(r);
+        flock(r->door, LOCK_UN); /* (the guard is in the namespace: the init sees it) */
     } else {
         for (int i = 0; i < NS_COUNT; i++)
             if (setns(r->ns[i], NS_TYPES[i]) != 0)
                 refuse(status, "enter the sandbox's namespaces");
         if (unshare(CLONE_NEWPID | CLONE_NEWNS) != 0)
             refuse(status, "make the command's pid namespace");
+        int go[2]; /* (the init waits until `init PID` is said: it is the first line) */
+        if (pipe2(go, O_CLOEXEC) != 0)
+            refuse(status, "make a pipe");
         struct clone_args args;
         memset(&args, 0, sizeof args);
         args.exit_signal = SIGCHLD;
@@ -575,9 +602,19 @@ static int run(struct request *r)
         pid = (pid_t)syscall(SYS_clone3, &args, sizeof args);
         if (pid < 0)
             refuse(status, "start the command");
-        if (pid == 0)
+        if (pid == 0) {
+            char byte;
+            close(go[1]);
+            if (read(go[0], &byte, 1) != 1)
+                _exit(126);
+            close(go[0]);
             init_main(r);
+        }
+        close(go[0]);
         say(status, "init %d", (int)pid);
+        if (write(go[1], "g", 1) != 1)
+            kill(pid, SIGKILL);
+        close(go[1]);
     }
     stdio_to_null();
     close_all_but(-1);
@@ -601,7 +638,7 @@ static int hold(int ready, int block)
 static int usage(void)
 {
     fputs("launcher: usage: launcher hold READY BLOCK | launcher run STATUS SECCOMP NS "
-          "INIT_LEAF CMD_LEAF JOIN LIMITS UID GID NPROC HOME CWD -- cmd args...\n",
+          "INIT_LEAF CMD_LEAF JOIN DOOR LIMITS UID GID NPROC HOME CWD -- cmd args...\n",
           stderr);
     return 126;
 }
@@ -624,20 +661,21 @@ int main(int argc, char **argv)
     args_end = argv[argc - 1] + strlen(argv[argc - 1]) + 1;
     if (argc == 4 && !strcmp(argv[1], "hold"))
         return hold(atoi(argv[2]), atoi(argv[3]));
-    if (argc < 16 || strcmp(argv[1], "run") != 0 || strcmp(argv[14], "--") != 0)
+    if (argc < 17 || strcmp(argv[1], "run") != 0 || strcmp(argv[15], "--") != 0)
         return usage();
     memset(&r, 0, sizeof r);
-    r.limit_count = parse_fds(argv[8], r.limits, MAX_LIMITS);
+    r.limit_count = parse_fds(argv[9], r.limits, MAX_LIMITS);
     if (parse_fd(argv[2], &r.status) != 0 || parse_fd(argv[3], &r.seccomp) != 0 ||
         parse_fds(argv[4], r.ns, NS_COUNT) != NS_COUNT || parse_fd(argv[5], &r.init_leaf) != 0 ||
         parse_fd(argv[6], &r.cmd_leaf) != 0 || parse_fd(argv[7], &r.join) != 0 ||
-        r.limit_count < 0 || r.status < 0 || r.seccomp < 0)
+        parse_fd(argv[8], &r.door) != 0 || r.limit_count < 0 || r.status < 0 ||
+        r.seccomp < 0 || r.door < 0)
         return usage();
-    r.uid = (uid_t)strtoul(argv[9], NULL, 10);
-    r.gid = (gid_t)strtoul(argv[10], NULL, 10);
-    r.nproc = atol(argv[11]);
-    r.fresh_home = !strcmp(argv[12], "fresh");
-    r.cwd = argv[13];
-    r.argv = argv + 15;
+    r.uid = (uid_t)strtoul(argv[10], NULL, 10);
+    r.gid = (gid_t)strtoul(argv[11], NULL, 10);
+    r.nproc = atol(argv[12]);
+    r.fresh_home = !strcmp(argv[13], "fresh");
+    r.cwd = argv[14];
+    r.argv = argv + 16;
     return run(&r);
 }

@@ -13,6 +13,8 @@ from .._extras import SERVER_INSTALL, SERVER_MODULES, missing_server_distributio
 from ..runtimes import _confine
 from ..runtimes._cgroup import find_cgroup2_root
 from ..runtimes._limits import find_limit_cgroups
+from ..runtimes._static_helpers import HelperUnavailable
+from ..runtimes._static_helpers import build as build_helper
 from ..runtimes.docker import DOCKER_API_VERSION, unix_socket_problem
 
 
@@ -164,6 +166,24 @@ def _confine_helper() -> Check:
     return Check("confine helper", True, "builds: Docker commands are kept apart", required=False)
 
 
+def _launcher() -> Check:
+    """Whether the server can build the launcher, which lets an idle bwrap sandbox hold no
+    process (a build in a scratch directory)."""
+    with tempfile.TemporaryDirectory(prefix="agentfense-doctor-") as scratch:
+        try:
+            build_helper("launcher", Path(scratch))
+        except HelperUnavailable as exc:
+            return Check(
+                "launcher",
+                False,
+                f"each bwrap sandbox would keep two processes (bwrap and an agent) while "
+                f"idle: {exc}",
+                _confine.FIX,
+                required=False,
+            )
+    return Check("launcher", True, "builds: idle bwrap sandboxes hold no process", required=False)
+
+
 def run_checks() -> list[Check]:
     return [
         _server_extra(),
@@ -175,4 +195,5 @@ def run_checks() -> list[Check]:
         _limits(),
         _docker(),
         _confine_helper(),
+        _launcher(),
     ]

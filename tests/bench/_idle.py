@@ -32,12 +32,14 @@ class MemoryShortError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class Tree:
-    """A process tree's memory (bytes) and size, and the host's MemAvailable at the time."""
+    """A process tree's memory (bytes) and size, and the host's MemAvailable and unreclaimable
+    kernel slab (SUnreclaim: where namespaces, mounts and tmpfs inodes live) at the time."""
 
     pss: int
     rss: int
     processes: int
     available: int
+    kernel: int
 
 
 def _children() -> dict[int, list[int]]:
@@ -94,7 +96,7 @@ def tree_memory(root: int) -> Tree:
         pss, rss, processes = pss + found[0], rss + found[1], processes + 1
     if not processes:
         raise RuntimeError(f"process {root} is gone: no memory to measure")
-    return Tree(pss, rss, processes, available())
+    return Tree(pss, rss, processes, available(), _kib("/proc/meminfo", "SUnreclaim") or 0)
 
 
 async def _settled(root: int) -> Tree:
@@ -134,6 +136,11 @@ class IdleResult:
     @property
     def processes(self) -> float:
         return (self.idle.processes - self.before.processes) / self.count
+
+    @property
+    def kernel(self) -> float:
+        """How much the kernel's unreclaimable slab grew per sandbox (not in any PSS)."""
+        return (self.idle.kernel - self.before.kernel) / self.count
 
     @property
     def host(self) -> float:

@@ -29,7 +29,7 @@ from agentfense.testing import ServerProcess, start_server_process
 
 from . import _idle
 from ._baselines import raw_bwrap, raw_bwrap_argv
-from ._common import Sizes, attempt, error_rows, mib, progress, row
+from ._common import Sizes, attempt, error_rows, kib, mib, progress, row
 from ._ours import open_sandbox, run_true
 from ._stats import MIB, Row, Summary, Target
 from ._timing import interleaved
@@ -314,6 +314,8 @@ def _idle_row(count: int, result: _idle.IdleResult | Exception) -> Row:
         target=IDLE_TARGET,
         unit=MIB,
         note=f"{result.processes:g} processes and {mib(result.rss)} RSS per sandbox; the "
+        f"kernel's unreclaimable slab grew {kib(result.kernel)} per sandbox (namespaces, "
+        f"mounts: in no PSS); the "
         f"host's MemAvailable fell {mib(result.host)} per sandbox (others' work included); "
         f"the server's tree: {mib(before.pss)} PSS in {before.processes} processes with no "
         f"sandbox, {mib(idle.pss)} with {count} idle, {mib(after.pss)} in {after.processes} "

@@ -143,3 +143,17 @@ async def test_a_killed_server_leaves_no_process_of_its_sandboxes(tmp_path: Path
         if server.process.poll() is None:
             server.process.kill()
             server.process.wait()
+
+
+async def test_without_the_launcher_a_sandbox_keeps_an_agent(
+    tmp_path: Path, project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CC", "/nonexistent/cc")  # (the server cannot build its launcher)
+    with start_server_process(tmp_path / "state") as server:
+        async with await AsyncSandbox.from_local(project, endpoint=server.endpoint) as sandbox:
+            done = await sandbox.run("id -u; ps -o args= -p 1")
+            # pid 1: the agent, which stays while the sandbox is idle
+            assert done.stdout.startswith("1000\n/usr/bin/python3 -I -S -c ")
+            await sandbox.run("sleep 30 >/dev/null 2>&1 &")
+            assert (await sandbox.run("pkill -x sleep && echo stopped")).stdout == "stopped\n"
+        assert "each idle bwrap sandbox keeps two processes" in server.log()

@@ -65,3 +65,13 @@ def test_no_compiler_is_said_in_a_sentence_with_the_fix(
 def test_the_doctor_finds_the_helper_builds_here() -> None:
     check = doctor._confine_helper()
     assert (check.ok, check.detail) == (True, "builds: Docker commands are kept apart")
+
+
+def test_the_doctor_finds_the_launcher_builds_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    check = doctor._launcher()
+    assert (check.ok, check.detail) == (True, "builds: idle bwrap sandboxes hold no process")
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    missing = doctor._launcher()
+    assert not missing.ok
+    assert not missing.required  # bwrap sandboxes still run, each with its agent
+    assert "keep two processes" in missing.detail
