@@ -27,8 +27,8 @@
  * commands always could. An init ends once nothing else is in its namespace, and its
  * namespace with it: so that no command joins it as it ends (and dies with it), the init
  * decides under an exclusive flock of DOOR and marks it closed, and a joiner enters under a
- * shared one, unless it is closed (then it fails with
- * ESRCH, and the server starts a new init).
+ * shared one, unless it is closed (then it fails with ESRCH, and the server starts a new
+ * init).
  *
  * Either way the command gets a guard, started (by the init, or by the launcher when it
  * joins) in INIT_LEAF (the init's: an init and the guards of its namespace's commands),
