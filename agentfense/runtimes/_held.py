@@ -127,6 +127,24 @@ class LaunchedProcess:
         SandboxCgroup.try_remove(self.leaf)
 
 
+class _Deciding:
+    """A hold on a sandbox's lock while a command decides which init it runs under, let go
+    once that is settled (``done``, at most once)."""
+
+    def __init__(self, lock: anyio.Lock) -> None:
+        self._lock = lock
+        self._held = False
+
+    async def start(self) -> None:
+        await self._lock.acquire()
+        self._held = True
+
+    def done(self) -> None:
+        if self._held:
+            self._held = False
+            self._lock.release()
+
+
 class _InitGone(Exception):
     """The init a command was to join ended first."""
 
@@ -186,6 +204,7 @@ class HeldSandbox:
         self._session_bash = session_bash
         self._running: set[LaunchedProcess] = set()
         self._init: _Init | None = None
+        self._deciding = anyio.Lock()  # (see ``_launch_settled``)
         self._stopped = False
 
     @property
@@ -199,12 +218,25 @@ class HeldSandbox:
     async def spawn(self, command: CommandSpec) -> LaunchedProcess:
         if self._stopped:
             raise SandboxGone("the sandbox is not running")
-        init = self._live_init()
         try:
-            return await self._launch(command, init)
+            return await self._launch_settled(command)
         except _InitGone:  # (it ended between the look and the join: once more, without)
             self._forget_init()
-            return await self._launch(command, None)
+            return await self._launch_settled(command)
+
+    async def _launch_settled(self, command: CommandSpec) -> LaunchedProcess:
+        """Launch ``command`` in the running init's namespaces, or in a new init's. One
+        command at a time decides, until a new init is known: commands started together
+        share one pid namespace, as they always did (each sees the others)."""
+        deciding = _Deciding(self._deciding)
+        await deciding.start()
+        try:
+            init = self._live_init()
+            if init is not None:
+                deciding.done()
+            return await self._launch(command, init, deciding)
+        finally:
+            deciding.done()
 
     def _live_init(self) -> _Init | None:
         """The init of the commands' pid namespace while something runs there."""
@@ -219,7 +251,9 @@ class HeldSandbox:
         if init is not None:
             init.close()
 
-    async def _launch(self, command: CommandSpec, init: _Init | None) -> LaunchedProcess:
+    async def _launch(
+        self, command: CommandSpec, init: _Init | None, deciding: _Deciding
+    ) -> LaunchedProcess:
         settings = self._settings
         leaf = self._cgroup.new_leaf()
         # The init's leaf holds the init and the guards (of the commands that join it too).
@@ -298,6 +332,7 @@ class HeldSandbox:
             first = await status.line()
             if init_leaf is not None and first is not None and first.startswith("init "):
                 door = self._adopt_init(first, init_leaf, door)
+                deciding.done()
                 first = await status.line()
         if init is None and door >= 0:
             os.close(door)  # (not adopted: no init to join)

@@ -21,14 +21,14 @@
  * The launcher drops root's supplementary groups and joins the limit cgroups. Then either
  * (JOIN is -1) it enters the held namespaces, unshares a pid namespace and a mount namespace
  * (a copy of the held one: the same /tmp, /home and /workspace, but a /proc of its own) and
- * starts an init there (pid 1, in INIT_LEAF), saying `init PID` (its host pid) before
- * anything else is said; or (an init still runs: something an earlier command left) it
- * joins that init's namespaces, so the command sees, and may signal, what runs there, as
- * commands always could. An init ends once nothing else is in its namespace, and its
- * namespace with it: so that no command joins it as it ends (and dies with it), the init
- * decides under an exclusive flock of DOOR and marks it closed, and a joiner enters under a
- * shared one, unless it is closed (then it fails with ESRCH, and the server starts a new
- * init).
+ * starts an init there (pid 1, in INIT_LEAF), which mounts that /proc and then says `init
+ * PID` (its host pid), before anything else is said; or (an init still runs: something an
+ * earlier command left, or a command still running) it joins that init's namespaces, so
+ * the command sees, and may signal, what runs there, as commands always could. An init ends
+ * once nothing else is in its namespace, and its namespace with it: so that no command
+ * joins it as it ends (and dies with it), the init decides under an exclusive flock of DOOR
+ * and marks it closed, and a joiner enters under a shared one, unless it is closed (then it
+ * fails with ESRCH, and the server starts a new init).
  *
  * Either way the command gets a guard, started (by the init, or by the launcher when it
  * joins) in INIT_LEAF (the init's: an init and the guards of its namespace's commands),
@@ -525,17 +525,25 @@ static void reap_until_empty(int door)
     }
 }
 
-/* The init of a new pid namespace (pid 1, in INIT_LEAF): mounts the namespace's /proc,
- * starts the first command's guard, then reaps everything orphaned there until nothing is
- * left, as the sandbox's host uid with no capabilities. Never returns. */
-static void init_main(struct request *r)
+/* The init of a new pid namespace (pid 1, in INIT_LEAF): mounts the namespace's /proc, says
+ * `init PID` (its host pid, which the launcher sends on `go`), starts the first command's
+ * guard, then reaps everything orphaned there until nothing is left, as the sandbox's host
+ * uid with no capabilities. Never returns. */
+static void init_main(struct request *r, int go)
 {
     struct __user_cap_header_struct head = {_LINUX_CAPABILITY_VERSION_3, 0};
     struct __user_cap_data_struct data[2];
+    pid_t pid;
 
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0)
         refuse(r->status, "set the parent-death signal");
     mount_proc(r->status);
+    /* Said once /proc is ours (a command that joins opens it) and before the guard says
+     * anything: the server reads it first. */
+    if (read(go, &pid, sizeof pid) != sizeof pid)
+        _exit(126);
+    close(go);
+    say(r->status, "init %d", (int)pid);
     start_guard(r);
     rename_self("init");
     stdio_to_null();
@@ -589,7 +597,7 @@ static int run(struct request *r)
                 refuse(status, "enter the sandbox's namespaces");
         if (unshare(CLONE_NEWPID | CLONE_NEWNS) != 0)
             refuse(status, "make the command's pid namespace");
-        int go[2]; /* (the init waits until `init PID` is said: it is the first line) */
+        int go[2];
         if (pipe2(go, O_CLOEXEC) != 0)
             refuse(status, "make a pipe");
         struct clone_args args;
@@ -603,16 +611,11 @@ static int run(struct request *r)
         if (pid < 0)
             refuse(status, "start the command");
         if (pid == 0) {
-            char byte;
             close(go[1]);
-            if (read(go[0], &byte, 1) != 1)
-                _exit(126);
-            close(go[0]);
-            init_main(r);
+            init_main(r, go[0]);
         }
         close(go[0]);
-        say(status, "init %d", (int)pid);
-        if (write(go[1], "g", 1) != 1)
+        if (write(go[1], &pid, sizeof pid) != sizeof pid) /* (its host pid, for it to say) */
             kill(pid, SIGKILL);
         close(go[1]);
     }
