@@ -220,19 +220,19 @@ static void become_sandbox_user(int status)
         refuse(status, "set no_new_privs");
 }
 
-/* A new, empty $HOME under a name no one can guess. A /home an earlier command made
- * unusable (chmod 000: modes are no Landlock right, and /home is the sandbox's) gets its
- * mode back first. */
+/* A new, empty $HOME under a name no one can guess (the guard makes it, as root, and gives
+ * it to the sandbox's uid). A /home an earlier command made unusable (chmod 000: modes are
+ * no Landlock right, and /home is the sandbox's) gets its mode back first: the command
+ * could not reach its home through it. (/home is a mount point: it cannot be replaced.) */
 static void make_home(int status, char *home)
 {
-    if (mkdtemp(home) != NULL)
-        return;
-    if (errno == EACCES && chmod("/home", 0755) == 0) {
-        strcpy(home + strlen(home) - 6, "XXXXXX");
-        if (mkdtemp(home) != NULL)
-            return;
-    }
-    refuse(status, "make the command's home");
+    struct stat st;
+    if (lstat("/home", &st) != 0 || !S_ISDIR(st.st_mode))
+        refuse(status, "look at /home");
+    if ((st.st_mode & 0755) != 0755 && chmod("/home", 0755) != 0)
+        refuse(status, "give /home its mode back");
+    if (mkdtemp(home) == NULL)
+        refuse(status, "make the command's home");
 }
 
 /* Remove a command's home, as the sandbox's host uid (what the command left there is its). */
