@@ -111,11 +111,13 @@ async def test_cpu_shares_and_every_limit_land_in_the_sandbox_cgroups(
             assert (cpu / "cpu.cfs_quota_us").read_text().strip() == "50000"
             assert (cpu / "cpu.shares").read_text().strip() == "512"
         assert (pids / "pids.max").read_text().strip() == "99"
-        # Every process of the sandbox is in them: the agent, and what commands start.
-        members = (pids / "cgroup.procs").read_text().split()
-        assert len(members) == 1
+        # Idle, the sandbox has no process; then every process of it is in them: the
+        # command's launcher (which joins them first), its init, and what commands start.
+        assert (pids / "cgroup.procs").read_text().split() == []
         await sandbox.run("sleep 60 &")
-        assert len((pids / "cgroup.procs").read_text().split()) == len(members) + 1
+        members = {int(pid) for pid in (pids / "cgroup.procs").read_text().split()}
+        names = sorted(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] for pid in members)
+        assert names == [b"init", b"init", b"sleep"]  # (the launcher's argv[0] is "init" too)
     assert not memory.exists()
     assert not pids.exists()
 
