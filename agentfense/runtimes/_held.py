@@ -34,6 +34,7 @@ from .base import BadWorkdir, CommandSpec, ForkRefused, RuntimeError_, SandboxGo
 _log = logging.getLogger(__name__)
 NAMESPACES = ("mnt", "net", "ipc", "uts")  # (launcher.c's order)
 _MAX_LINE = 1024  # a status line is shorter (launcher.c's ``say``)
+_JOIN_ATTEMPTS = 3  # inits found ending, one after another, before a command gives up
 # bwrap makes these as root; the sandbox's processes run as its host uid (1000 inside).
 _OWNED = ("home", "home/sandbox", "dev/shm", "tmp")
 
@@ -148,6 +149,10 @@ class _Deciding:
 class _InitGone(Exception):
     """The init a command was to join ended first."""
 
+    def __init__(self, init: _Init) -> None:
+        super().__init__("the init ended")
+        self.init = init
+
 
 @dataclass(frozen=True, slots=True)
 class _Init:
@@ -218,11 +223,16 @@ class HeldSandbox:
     async def spawn(self, command: CommandSpec) -> LaunchedProcess:
         if self._stopped:
             raise SandboxGone("the sandbox is not running")
-        try:
-            return await self._launch_settled(command)
-        except _InitGone:  # (it ended between the look and the join: once more, without)
-            self._forget_init()
-            return await self._launch_settled(command)
+        for _ in range(_JOIN_ATTEMPTS):
+            try:
+                return await self._launch_settled(command)
+            except _InitGone as gone:  # (it ended between the look and the join: again)
+                if self._init is gone.init:
+                    self._forget_init()
+        raise RuntimeError_(
+            f"cannot start the command: {_JOIN_ATTEMPTS} inits of the sandbox's commands "
+            "ended as it was joining them"
+        )
 
     async def _launch_settled(self, command: CommandSpec) -> LaunchedProcess:
         """Launch ``command`` in the running init's namespaces, or in a new init's. One
@@ -348,7 +358,7 @@ class HeldSandbox:
             await SandboxCgroup.emptied(leaf)
         SandboxCgroup.try_remove(leaf)
         if init is not None and _error_number(first) in (errno.ESRCH, errno.ENOMEM):
-            raise _InitGone  # (setns: it has ended; clone3: its pid namespace is ending)
+            raise _InitGone(init)  # (setns: it has ended; clone3: its namespace is ending)
         raise _refusal(first, stopped=self._stopped)
 
     def _adopt_init(self, line: str, leaf: Path, door: int) -> int:

@@ -579,6 +579,15 @@ static int run(struct request *r)
             refuse(status, "join the sandbox's limit cgroups");
         close(r->limits[i]);
     }
+    /* The door, opened anew: a flock belongs to an open file description, which the fd the
+     * server passes shares with the server and the init (so their locks would be one). */
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", r->door);
+    int door = open(path, O_RDWR | O_CLOEXEC);
+    if (door < 0)
+        refuse(status, "open the door");
+    close(r->door);
+    r->door = door;
     if (r->join >= 0) {
         char closed = 0;
         flock(r->door, LOCK_SH);

@@ -157,3 +157,18 @@ async def test_without_the_launcher_a_sandbox_keeps_an_agent(
             await sandbox.run("sleep 30 >/dev/null 2>&1 &")
             assert (await sandbox.run("pkill -x sleep && echo stopped")).stdout == "stopped\n"
         assert "each idle bwrap sandbox keeps two processes" in server.log()
+
+
+async def test_commands_that_race_an_ending_init_all_run(sandbox: AsyncSandbox) -> None:
+    # Each job ends about as the next command looks for an init to join: it joins, or finds
+    # the init ended (ESRCH, or its namespace closing) and starts a new one; never a command
+    # killed with a namespace, never an error. Two at a time, to race one another too.
+    async def one(index: int) -> None:
+        await sandbox.run(f"sleep 0.00{index % 10} >/dev/null 2>&1 &")
+        done = await sandbox.run("echo $((6 * 7))")
+        assert (done.stdout, done.stderr, done.exit_code) == ("42\n", "", 0)
+
+    for index in range(0, 120, 2):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one, index)
+            tg.start_soon(one, index + 1)
