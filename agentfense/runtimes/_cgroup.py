@@ -6,6 +6,7 @@ are killed by process group instead, and :func:`find_cgroup2_root` says so by re
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import time
@@ -31,6 +32,36 @@ def find_cgroup2_root(mountinfo: str | None = None) -> Path | None:
             if os.access(path, os.W_OK) and (path / "cgroup.procs").exists():
                 return path
     return None
+
+
+def hold(cgroup: Path) -> int:
+    """Mark a sandbox's cgroup as a live server's, for as long as the fd returned is open: a
+    shared flock on its directory. A held bwrap sandbox may have no process at all, which
+    ``sweep_dead`` would otherwise take for the sign of a sandbox gone with its server."""
+    fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _held(cgroup: Path) -> bool:
+    """Whether a live server holds the sandbox of ``cgroup`` (``hold``)."""
+    try:
+        fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # (and the lock taken, if it was)
+    return False
 
 
 def _kill_all(cgroup: Path) -> None:
@@ -71,7 +102,8 @@ def sweep_dead(
     removed whatever their age (a process dying with the killed server may take a moment to
     leave them: waited for up to ``wait`` seconds). Any other sandbox's cgroup with no
     process in it or below, untouched for ``older_than`` seconds, is dead too (a live one
-    holds its agent; one being set up, by any server, is younger).
+    holds its agent, or its server holds it: ``hold``, for an idle held sandbox, which has no
+    process; one being set up, by any server, is younger).
     """
     removed = 0
     hierarchies = list(dict.fromkeys([root, *roots]))
@@ -99,6 +131,8 @@ def sweep_dead(
         for sandbox in (hierarchy / _PARENT).glob("sb_*"):
             try:
                 if now - sandbox.stat().st_mtime < older_than:
+                    continue
+                if _held(root / _PARENT / sandbox.name):  # (a limit cgroup's: by its name)
                     continue
                 removed += _remove_if_empty(sandbox)
             except OSError:

@@ -27,7 +27,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from ._cgroup import SandboxCgroup
+from ._cgroup import SandboxCgroup, hold
 from ._limits import SandboxLimits
 from .base import BadWorkdir, CommandSpec, ForkRefused, RuntimeError_, SandboxGone
 
@@ -203,6 +203,9 @@ class HeldSandbox:
         self._namespaces = namespaces
         self._settings = settings
         self._cgroup = cgroup
+        # No process may be in its cgroups for long: another server's sweep would take them
+        # for a killed server's (``sweep_dead``) but for this.
+        self._hold_fd = hold(cgroup.path)
         self._limits = limits
         self._limit_fds = list(limit_fds)
         self._task_group = task_group
@@ -418,6 +421,9 @@ class HeldSandbox:
     async def _remove_cgroups(self) -> None:
         """Once the last processes are gone (asynchronously, after the kill): in the
         background, not to hold up a stop (a killed server's next one sweeps them)."""
+        if self._hold_fd >= 0:
+            os.close(self._hold_fd)
+            self._hold_fd = -1
         for _ in range(500):
             if self._cgroup.remove() and (self._limits is None or self._limits.remove()):
                 return

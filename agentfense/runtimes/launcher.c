@@ -42,7 +42,7 @@
  * `ok` once the command runs, or `error ERRNO FIELD MESSAGE` (FIELD: `workdir` when CWD is
  * at fault, else `-`) when it cannot start; then `exit CODE` (128+N for signal N) when the
  * command's own process ends. It then removes the command's home (as UID) and ends; what
- * the command left runs on, reaped by the init (which runs as UID, with no capabilities),
+ * the command left runs on, reaped by the init (root with no capabilities: see init_main),
  * and the init ends when nothing is left in its pid namespace. The launcher waits for what
  * it started, so the server reaps one child per command.
  *
@@ -235,16 +235,21 @@ static void make_home(int status, char *home)
         refuse(status, "make the command's home");
 }
 
-/* Remove a command's home, as the sandbox's host uid (what the command left there is its). */
+/* Remove a command's home, as the sandbox's host uid (what the command left there is its).
+ * rm runs in no Landlock domain and under no seccomp filter: with none of the command's
+ * environment (ours), or the client's LD_PRELOAD or LD_LIBRARY_PATH would load a library the
+ * command wrote into a process that may trace and look into every later command. */
 static void remove_home(const char *home, uid_t uid, gid_t gid)
 {
+    char *const no_environment[] = {NULL};
+
     if (rmdir(home) == 0 || errno == ENOENT)
         return;
     pid_t pid = fork();
     if (pid == 0) {
         if (setresgid(gid, gid, gid) != 0 || setresuid(uid, uid, uid) != 0)
             _exit(126);
-        execl("/bin/rm", "rm", "-rf", "--", home, (char *)NULL);
+        execle("/bin/rm", "rm", "-rf", "--", home, (char *)NULL, no_environment);
         _exit(127);
     }
     while (pid > 0 && waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
@@ -323,11 +328,26 @@ static void command_main(struct request *r, const char *landlock_home, int unsha
     if (unshare(CLONE_NEWCGROUP) != 0) /* its root: the command's own leaf */
         refuse(r->status, "make a cgroup namespace");
     if (r->nproc > 0) {
-        /* Before the user namespace: it counts the sandbox's host uid, all commands together. */
         struct rlimit limit = {(rlim_t)r->nproc, (rlim_t)r->nproc};
         if (setrlimit(RLIMIT_NPROC, &limit) != 0)
             refuse(r->status, "set the process limit");
     }
+    /* The kernel counts RLIMIT_NPROC per user namespace and uid, and at the uid of the host
+     * that owns the namespace too, up to the limit of the process that made it, when that
+     * was not root: so the namespace is made by the sandbox's uid (real and effective; the
+     * saved uid stays root's, which keeps our capabilities, raised again, for the kernels
+     * that let only a privileged process make one), with the limit set, and counts every
+     * process of every command of the sandbox together, not each command's alone. */
+    struct __user_cap_header_struct head = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct caps[2];
+    if (setresuid(r->uid, r->uid, 0) != 0)
+        refuse(r->status, "become the sandbox's user");
+    if (syscall(SYS_capget, &head, caps) != 0)
+        refuse(r->status, "read our capabilities");
+    caps[0].effective = caps[0].permitted;
+    caps[1].effective = caps[1].permitted;
+    if (syscall(SYS_capset, &head, caps) != 0)
+        refuse(r->status, "keep our capabilities");
     if (unshare(CLONE_NEWUSER) != 0)
         refuse(r->status, "make a user namespace");
     if (write(unshared, "u", 1) != 1 || read(mapped, &byte, 1) != 1)
@@ -553,13 +573,16 @@ static void init_main(struct request *r, int go)
     close_all_but(3);
     for (int cap = 0; cap <= 63; cap++)
         prctl(PR_CAPBSET_DROP, cap, 0, 0, 0);
-    if (setresgid(r->gid, r->gid, r->gid) != 0 || setresuid(r->uid, r->uid, r->uid) != 0)
-        _exit(126);
+    /* Root with no capability, not the sandbox's uid: a command could then reach us by what
+     * needs no more than the same uid, signals aside (pid 1 takes none from its namespace but
+     * SIGCHLD): prlimit(2) (RLIMIT_NOFILE 0: we could not list /proc, took the namespace for
+     * empty and ended, killing every command there; RLIMIT_CPU), setpriority... */
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
     memset(data, 0, sizeof data);
-    syscall(SYS_capset, &head, data);
+    if (syscall(SYS_capset, &head, data) != 0)
+        _exit(126); /* (never root with capabilities in the sandbox's reach) */
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0); /* (the uid change cleared it) */
     reap_until_empty(r->door);
 }
 
