@@ -325,6 +325,9 @@ static void command_main(struct request *r, const char *landlock_home, int unsha
 {
     char byte;
 
+    /* The OOM killer takes commands first; the guard (and the init) last, at the launcher's
+     * score: a guard killed would lose the command's result. */
+    write_file(AT_FDCWD, "/proc/self/oom_score_adj", COMMAND_OOM_SCORE_ADJ);
     if (unshare(CLONE_NEWCGROUP) != 0) /* its root: the command's own leaf */
         refuse(r->status, "make a cgroup namespace");
     if (r->nproc > 0) {
@@ -375,7 +378,6 @@ static void guard_main(struct request *r)
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0)
         refuse(status, "set the parent-death signal");
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
-    write_file(AT_FDCWD, "/proc/self/oom_score_adj", COMMAND_OOM_SCORE_ADJ);
     int proc = open("/proc", O_PATH | O_DIRECTORY | O_CLOEXEC); /* (this pid namespace's) */
     if (proc < 0)
         refuse(status, "open /proc");
@@ -595,7 +597,7 @@ static int run(struct request *r)
         refuse(status, "drop the supplementary groups");
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0)
         refuse(status, "set the parent-death signal");
-    /* The OOM killer takes an init last (its pid namespace goes with it); commands first. */
+    /* The OOM killer takes an init (its pid namespace goes with it) and a guard last. */
     write_file(AT_FDCWD, "/proc/self/oom_score_adj", INIT_OOM_SCORE_ADJ);
     for (int i = 0; i < r->limit_count; i++) {
         if (write(r->limits[i], "0", 1) != 1)

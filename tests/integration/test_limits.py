@@ -116,10 +116,15 @@ async def test_cpu_shares_and_every_limit_land_in_the_sandbox_cgroups(
         assert (pids / "cgroup.procs").read_text().split() == []
         await sandbox.run("sleep 60 &")
         members = {int(pid) for pid in (pids / "cgroup.procs").read_text().split()}
-        names = sorted(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] for pid in members)
+        names = sorted(_program(pid) for pid in members)
         assert names == [b"init", b"init", b"sleep"]  # (the launcher's argv[0] is "init" too)
     assert not memory.exists()
     assert not pids.exists()
+
+
+def _program(pid: int) -> bytes:
+    with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+        return cmdline.read().split(b"\0")[0]
 
 
 async def test_bad_limits_are_refused_with_the_field_named(endpoint: str, project: Path) -> None:
