@@ -3,12 +3,13 @@
 A sandbox is four namespaces (mount, network, ipc, uts) that bwrap builds once, with the
 launcher's ``hold`` mode as its command (``launcher.c``); the server keeps an fd on each
 (``/proc/<holder>/ns/*``) and lets bwrap go. So an idle sandbox has no process: it costs
-what the kernel keeps for its namespaces and mounts (about 0.3 MiB), and a few objects here.
-Each command is one ``launcher run``: it enters the namespaces, makes a pid namespace whose
-pid 1 (an init of the launcher's) starts the command as uid 1000 of a user namespace of its
-own, in the command's cgroup leaf, and reports on a status pipe (``ok`` or ``error ...``,
-then ``exit N``). The init stays while something the command left runs (a background job),
-and the launcher while the init does: the server reaps the launcher.
+what the kernel keeps for its namespaces and mounts, and a few objects here. Each command is
+one ``launcher run``: in a new pid namespace whose init the server then keeps (a pidfd), or
+in the running init's, joined; a root guard starts the command as uid 1000 of a user
+namespace of its own, in the command's cgroup leaf, and reports on a status pipe (``init
+PID`` for a new init, ``ok`` or ``error ...``, then ``exit N``). The init stays while
+anything runs in its namespace; the server reaps each launcher when it ends.
+docs/architecture.md, "Held sandboxes", is the whole design.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ class LaunchedProcess:
         return self.exit_code
 
     async def kill(self) -> None:
-        SandboxCgroup.kill(self.leaf)  # the init with the rest: the pid namespace goes
+        SandboxCgroup.kill(self.leaf)  # (its guard, outside the leaf, then reports the kill)
         with anyio.move_on_after(5, shield=True):
             await self.exited.wait()
             await SandboxCgroup.emptied(self.leaf)
@@ -163,7 +164,9 @@ class _Init:
     door: int  # a file the init marks when it ends, under a lock joiners share (launcher.c)
 
     def alive(self) -> bool:
-        return not select.select([self.pidfd], [], [], 0)[0]  # (readable: it has exited)
+        poller = select.poll()  # (not select(): fds past 1,024 are common here)
+        poller.register(self.pidfd, select.POLLIN)
+        return not poller.poll(0)  # (readable: it has exited)
 
     def close(self) -> None:
         os.close(self.pidfd)
@@ -180,7 +183,7 @@ class LaunchSettings:
     """What every command of one sandbox is started with."""
 
     launcher: Path
-    seccomp_fd: int  # the filter (a memfd the sandbox keeps)
+    seccomp_fd: int  # the filter (a memfd of the runtime's, for every sandbox)
     uid: int
     gid: int
     nproc: int
