@@ -45,6 +45,7 @@ from ..types import ResourceLimits
 from ._agent_client import AGENT_SOURCE, AgentConnection
 from ._cgroup import SandboxCgroup, find_cgroup2_root, sweep_dead
 from ._held import HeldNamespaces, HeldSandbox, LaunchSettings, give_to_sandbox, reap, spawn
+from ._held_pool import HeldPool
 from ._limits import SandboxLimits, find_limit_cgroups, tmpfs_sizes
 from ._seccomp import compile_filter, native_arch
 from ._static_helpers import FIX, HelperUnavailable
@@ -316,6 +317,7 @@ class BwrapRuntime:
         self._launcher_known = False
         self._launcher_lock = anyio.Lock()
         self._held_seccomp = -1  # the held sandboxes' filter, one memfd for all
+        self._pool = HeldPool(self._build_ahead)
         abi = _landlock_abi()
         if abi < 2:
             _log.warning(
@@ -364,7 +366,9 @@ class BwrapRuntime:
             _log.info("removed the cgroups of %d sandboxes gone with a killed server", swept)
 
     def close(self) -> None:
-        """Close the held sandboxes' seccomp filter (its sandboxes are gone)."""
+        """Let go of the sets built ahead and the held sandboxes' seccomp filter (its
+        sandboxes are gone)."""
+        self._pool.close()
         if self._held_seccomp >= 0:
             os.close(self._held_seccomp)
             self._held_seccomp = -1
@@ -473,18 +477,78 @@ class BwrapRuntime:
         limits: SandboxLimits | None,
         limit_fds: list[int],
     ) -> HeldSandbox:
+        """A set of namespaces built ahead (the pool's), given the sandbox's files, or else
+        built now; then the pool is topped up, in the background."""
+        sizes = tmpfs_sizes(spec.resources.memory_bytes or 0, spec.tmpfs_bytes)
+        source = spec.read_only_source or spec.workspace
+        namespaces = self._pool.take(sizes)
+        if namespaces is not None:
+            try:
+                await self._attach(launcher, namespaces, source, spec)
+            except RuntimeError_ as exc:  # (a kernel without the new mount API...)
+                namespaces.close()
+                namespaces = None
+                self._pool.close()
+                _log.warning("sandboxes are no longer built ahead: %s", exc)
+            except BaseException:
+                namespaces.close()
+                raise
+        if namespaces is None:
+            workspace = ["--bind", str(spec.workspace), WORKSPACE]
+            if spec.read_only_source is not None:
+                workspace = ["--ro-bind", str(spec.read_only_source), WORKSPACE]
+            log_path = self._log_dir / f"{spec.sandbox_id}.log"
+            namespaces = await self._build(
+                launcher, sizes, workspace, log_path, task_group, (spec.host_uid, spec.host_gid)
+            )
+        self._pool.want(sizes, task_group)
+        settings = LaunchSettings(
+            launcher=launcher,
+            seccomp_fd=self._held_seccomp,
+            uid=spec.host_uid,
+            gid=spec.host_gid,
+            nproc=spec.max_processes,
+            fresh_home=not spec.keep_home,
+        )
+        return HeldSandbox(
+            namespaces,
+            settings,
+            cgroup,
+            limits,
+            limit_fds,
+            task_group,
+            SESSION_BASH if self._session_bash else None,
+        )
+
+    async def _build(
+        self,
+        launcher: Path,
+        sizes: Mapping[str, int],
+        workspace: list[str],
+        log_path: Path,
+        task_group: anyio.abc.TaskGroup,
+        owner: tuple[int, int] | None,
+    ) -> HeldNamespaces:
         """bwrap builds the namespaces with the launcher's ``hold`` as its command, which says
         ready once every mount is in place; the server keeps the namespaces' fds, gives the
-        tmpfs to the sandbox's uid, and lets bwrap go (its exit is not waited for)."""
+        tmpfs to ``owner`` (the pool's: at attach), and lets bwrap go (its exit is not waited
+        for). ``workspace``: bwrap's arguments for ``/workspace``."""
         assert self._bwrap is not None
-        sizes = tmpfs_sizes(spec.resources.memory_bytes or 0, spec.tmpfs_bytes)
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         block_r, block_w = os.pipe2(os.O_CLOEXEC)
         binary = os.open(launcher, os.O_PATH | os.O_CLOEXEC)  # bound nowhere in the sandbox
+        session_bash = (
+            []
+            if self._session_bash is None
+            else ["--ro-bind", str(self._session_bash), SESSION_BASH]
+        )
         argv = [
             self._bwrap,
             *bwrap_isolation_args(self._etc_dir, sizes, user_namespace=False),
-            *self._workspace_args(spec),  # (no --chdir: the view refuses root; commands cd)
+            *workspace,
+            *session_bash,
+            "--remount-ro",
+            "/",  # (no --chdir: the view refuses root; commands cd)
             "--",
             f"/proc/self/fd/{binary}",
             "hold",
@@ -492,7 +556,6 @@ class BwrapRuntime:
             str(block_r),
         ]
         self._log_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self._log_dir / f"{spec.sandbox_id}.log"
         try:
             with log_path.open("ab") as log:
                 bwrap = spawn(
@@ -516,7 +579,8 @@ class BwrapRuntime:
                 if await _read_byte(ready_r):
                     holder = _holder_pid(bwrap.pid)
                     namespaces = HeldNamespaces(holder)
-                    give_to_sandbox(holder, spec.host_uid, spec.host_gid)
+                    if owner is not None:
+                        give_to_sandbox(holder, *owner)
         except BaseException:
             if namespaces is not None:
                 namespaces.close()
@@ -528,25 +592,61 @@ class BwrapRuntime:
             task_group.start_soon(reap, bwrap)
         if namespaces is None:
             bwrap.kill()
-            detail = log_path.read_text(errors="replace").strip()[-2000:]
+            detail = _tail(log_path)
             raise RuntimeError_(f"the sandbox failed to start: {detail or 'bwrap said nothing'}")
-        settings = LaunchSettings(
-            launcher=launcher,
-            seccomp_fd=self._held_seccomp,
-            uid=spec.host_uid,
-            gid=spec.host_gid,
-            nproc=spec.max_processes,
-            fresh_home=not spec.keep_home,
-        )
-        return HeldSandbox(
-            namespaces,
-            settings,
-            cgroup,
-            limits,
-            limit_fds,
-            task_group,
-            SESSION_BASH if self._session_bash else None,
-        )
+        return namespaces
+
+    async def _build_ahead(
+        self, sizes: Mapping[str, int], task_group: anyio.abc.TaskGroup
+    ) -> HeldNamespaces:
+        """A set for the pool: an empty ``/workspace``, the tmpfs root's until attach."""
+        assert self._launcher is not None
+        workspace = ["--perms", "0755", "--dir", WORKSPACE]
+        log_path = self._log_dir / "ahead.log"
+        return await self._build(self._launcher, sizes, workspace, log_path, task_group, None)
+
+    async def _attach(
+        self, launcher: Path, namespaces: HeldNamespaces, source: Path, spec: SandboxSpec
+    ) -> None:
+        """Give a pooled set of namespaces the sandbox's files at ``/workspace`` (read-only
+        for a read-only source) and its tmpfs to the sandbox's uid (``launcher attach``)."""
+        mnt = namespaces.fds[0]
+        errors_r, errors_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            attaching = spawn(
+                [
+                    "attach",
+                    "attach",
+                    str(mnt),
+                    str(source),
+                    "ro" if spec.read_only_source is not None else "rw",
+                    str(spec.host_uid),
+                    str(spec.host_gid),
+                ],
+                executable=launcher,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=errors_w,
+                pass_fds=(mnt,),
+                env={},
+            )
+        except OSError as exc:
+            os.close(errors_r)
+            raise RuntimeError_(f"cannot attach the sandbox's files: {exc.strerror}") from None
+        finally:
+            os.close(errors_w)
+        try:
+            with anyio.CancelScope(shield=True):
+                await reap(attaching)
+            os.set_blocking(errors_r, False)
+            try:
+                said = os.read(errors_r, 2000).decode(errors="replace").strip()
+            except BlockingIOError:
+                said = ""
+        finally:
+            os.close(errors_r)
+        if attaching.returncode != 0:
+            raise RuntimeError_(f"the sandbox failed to start: {said or 'attach failed'}")
 
     async def _start_agent(
         self,
@@ -621,6 +721,11 @@ class BwrapRuntime:
             raise RuntimeError_(f"the sandbox failed to start: {detail or 'bwrap said nothing'}")
         _lower_oom_score(process.pid)
         return sandbox
+
+
+def _tail(log: Path) -> str:
+    """The end of what bwrap wrote to ``log``."""
+    return log.read_text(errors="replace").strip()[-2000:]
 
 
 async def _read_byte(fd: int) -> bytes:

@@ -1,6 +1,7 @@
 /* launcher: run one command in a bwrap sandbox that no process holds while it is idle.
  *
  *   launcher hold READY BLOCK
+ *   launcher attach MNT WORKSPACE ro|rw UID GID
  *   launcher run STATUS SECCOMP NS INIT_LEAF CMD_LEAF JOIN DOOR LIMITS UID GID NPROC HOME CWD -- cmd
  *
  * A sandbox is a set of namespaces (mount, network, ipc, uts) that bwrap builds once, with
@@ -660,6 +661,35 @@ static int run(struct request *r)
     return 0;
 }
 
+/* Give a sandbox built ahead (a pool's: its /workspace an empty directory) its files: a
+ * clone of WORKSPACE's mount (read-only: `ro`), taken here in the host's mount namespace,
+ * moved onto /workspace in the sandbox's (MNT, a held fd); then its tmpfs to UID and GID.
+ * Errors: one sentence on stderr, exit 126. */
+static int attach(int mnt, const char *workspace, int read_only, uid_t uid, gid_t gid)
+{
+    static const char *const owned[] = {"/home", "/home/sandbox", "/dev/shm", "/tmp"};
+    int tree = (int)syscall(SYS_open_tree, AT_FDCWD, workspace, OPEN_TREE_CLONE | O_CLOEXEC);
+    if (tree < 0)
+        return fail("clone the mount of", workspace);
+    if (read_only) {
+        struct mount_attr_ {
+            uint64_t attr_set, attr_clr, propagation, userns_fd;
+        } attr = {0x1 /* MOUNT_ATTR_RDONLY */, 0, 0, 0};
+        if (syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH, &attr, sizeof attr) != 0)
+            return fail("make read-only the mount of", workspace);
+    }
+    if (setns(mnt, CLONE_NEWNS) != 0)
+        return fail("enter the sandbox's mount namespace", NULL);
+    if (syscall(SYS_move_mount, tree, "", AT_FDCWD, "/workspace", 0x4 /* F_EMPTY_PATH */) != 0)
+        return fail("mount the sandbox's files on", "/workspace");
+    for (size_t i = 0; i < sizeof owned / sizeof owned[0]; i++)
+        if (chown(owned[i], uid, gid) != 0)
+            return fail("give the sandbox", owned[i]);
+    if (chmod("/tmp", 01777) != 0)
+        return fail("open up", "/tmp");
+    return 0;
+}
+
 /* bwrap's command at create: ready once every mount is in place; gone when told. */
 static int hold(int ready, int block)
 {
@@ -674,7 +704,8 @@ static int hold(int ready, int block)
 
 static int usage(void)
 {
-    fputs("launcher: usage: launcher hold READY BLOCK | launcher run STATUS SECCOMP NS "
+    fputs("launcher: usage: launcher hold READY BLOCK | launcher attach MNT WORKSPACE ro|rw "
+          "UID GID | launcher run STATUS SECCOMP NS "
           "INIT_LEAF CMD_LEAF JOIN DOOR LIMITS UID GID NPROC HOME CWD -- cmd args...\n",
           stderr);
     return 126;
@@ -698,6 +729,9 @@ int main(int argc, char **argv)
     args_end = argv[argc - 1] + strlen(argv[argc - 1]) + 1;
     if (argc == 4 && !strcmp(argv[1], "hold"))
         return hold(atoi(argv[2]), atoi(argv[3]));
+    if (argc == 7 && !strcmp(argv[1], "attach"))
+        return attach(atoi(argv[2]), argv[3], !strcmp(argv[4], "ro"),
+                      (uid_t)strtoul(argv[5], NULL, 10), (gid_t)strtoul(argv[6], NULL, 10));
     if (argc < 17 || strcmp(argv[1], "run") != 0 || strcmp(argv[15], "--") != 0)
         return usage();
     memset(&r, 0, sizeof r);

@@ -172,3 +172,35 @@ async def test_commands_that_race_an_ending_init_all_run(sandbox: AsyncSandbox) 
         async with anyio.create_task_group() as tg:
             tg.start_soon(one, index)
             tg.start_soon(one, index + 1)
+
+
+CHECKS = (
+    "stat -c '%U %a %n' /tmp /home /home/sandbox /dev/shm; "
+    "df --output=size -B1M /tmp /home /dev/shm | tail -3 | tr -d ' '; "
+    "cat /workspace/README.md; touch /workspace/new 2>&1 | grep -o 'Read-only file system'; "
+    "ls /run/agentfense"
+)
+
+
+async def test_a_sandbox_built_ahead_is_the_one_built_for_it(tmp_path: Path, project: Path) -> None:
+    state = tmp_path / "state"
+    with start_server_process(state) as server:
+        seen = []
+        for _ in range(3):  # the first is built at its start; the pool is filled meanwhile
+            async with await AsyncSandbox.from_local(
+                project, endpoint=server.endpoint, preset="read-only"
+            ) as sandbox:
+                done = await sandbox.run(CHECKS)
+                assert done.exit_code == 0, done.stderr
+                seen.append((done.stdout, (server.state_dir / "logs" / f"{sandbox.id}.log")))
+            await anyio.sleep(0.5)
+        expected = (
+            "sandbox 1777 /tmp\nsandbox 755 /home\nsandbox 700 /home/sandbox\n"
+            "sandbox 755 /dev/shm\n"
+        )
+        for stdout, _ in seen:
+            assert stdout.startswith(expected), stdout
+            assert stdout.endswith("# demo\nRead-only file system\nbash\n"), stdout
+        assert len({stdout for stdout, _ in seen}) == 1  # the same sizes, files, everything
+        # (a sandbox built at its start has a log of its bwrap's; one taken ahead has none)
+        assert [log.exists() for _, log in seen] == [True, False, False]
