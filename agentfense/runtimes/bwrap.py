@@ -460,10 +460,14 @@ class BwrapRuntime:
             cgroup.remove()
         raise RuntimeError_(problem)
 
-    def _workspace_args(self, spec: SandboxSpec) -> list[str]:
-        workspace = ["--bind", str(spec.workspace), WORKSPACE]
-        if spec.read_only_source is not None:
-            workspace = ["--ro-bind", str(spec.read_only_source), WORKSPACE]
+    def _workspace_args(self, spec: SandboxSpec | None) -> list[str]:
+        """``/workspace`` (empty for a set built ahead: no ``spec``), the sessions' bash, and
+        ``/`` read-only."""
+        workspace = ["--perms", "0755", "--dir", WORKSPACE]
+        if spec is not None:
+            workspace = ["--bind", str(spec.workspace), WORKSPACE]
+            if spec.read_only_source is not None:
+                workspace = ["--ro-bind", str(spec.read_only_source), WORKSPACE]
         if self._session_bash is not None:
             workspace += ["--ro-bind", str(self._session_bash), SESSION_BASH]
         return [*workspace, "--remount-ro", "/"]
@@ -494,13 +498,7 @@ class BwrapRuntime:
                 namespaces.close()
                 raise
         if namespaces is None:
-            workspace = ["--bind", str(spec.workspace), WORKSPACE]
-            if spec.read_only_source is not None:
-                workspace = ["--ro-bind", str(spec.read_only_source), WORKSPACE]
-            log_path = self._log_dir / f"{spec.sandbox_id}.log"
-            namespaces = await self._build(
-                launcher, sizes, workspace, log_path, task_group, (spec.host_uid, spec.host_gid)
-            )
+            namespaces = await self._build(launcher, sizes, task_group, spec)
         self._pool.want(sizes, task_group)
         settings = LaunchSettings(
             launcher=launcher,
@@ -524,31 +522,22 @@ class BwrapRuntime:
         self,
         launcher: Path,
         sizes: Mapping[str, int],
-        workspace: list[str],
-        log_path: Path,
         task_group: anyio.abc.TaskGroup,
-        owner: tuple[int, int] | None,
+        spec: SandboxSpec | None,
     ) -> HeldNamespaces:
         """bwrap builds the namespaces with the launcher's ``hold`` as its command, which says
         ready once every mount is in place; the server keeps the namespaces' fds, gives the
-        tmpfs to ``owner`` (the pool's: at attach), and lets bwrap go (its exit is not waited
-        for). ``workspace``: bwrap's arguments for ``/workspace``."""
+        tmpfs to the sandbox's uid (one built ahead, with no ``spec``: at attach), and lets
+        bwrap go (its exit is not waited for)."""
         assert self._bwrap is not None
+        log_path = self._log_dir / (f"{spec.sandbox_id}.log" if spec else "ahead.log")
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         block_r, block_w = os.pipe2(os.O_CLOEXEC)
         binary = os.open(launcher, os.O_PATH | os.O_CLOEXEC)  # bound nowhere in the sandbox
-        session_bash = (
-            []
-            if self._session_bash is None
-            else ["--ro-bind", str(self._session_bash), SESSION_BASH]
-        )
         argv = [
             self._bwrap,
             *bwrap_isolation_args(self._etc_dir, sizes, user_namespace=False),
-            *workspace,
-            *session_bash,
-            "--remount-ro",
-            "/",  # (no --chdir: the view refuses root; commands cd)
+            *self._workspace_args(spec),  # (no --chdir: the view refuses root; commands cd)
             "--",
             f"/proc/self/fd/{binary}",
             "hold",
@@ -579,8 +568,8 @@ class BwrapRuntime:
                 if await _read_byte(ready_r):
                     holder = _holder_pid(bwrap.pid)
                     namespaces = HeldNamespaces(holder)
-                    if owner is not None:
-                        give_to_sandbox(holder, *owner)
+                    if spec is not None:
+                        give_to_sandbox(holder, spec.host_uid, spec.host_gid)
         except BaseException:
             if namespaces is not None:
                 namespaces.close()
@@ -601,9 +590,7 @@ class BwrapRuntime:
     ) -> HeldNamespaces:
         """A set for the pool: an empty ``/workspace``, the tmpfs root's until attach."""
         assert self._launcher is not None
-        workspace = ["--perms", "0755", "--dir", WORKSPACE]
-        log_path = self._log_dir / "ahead.log"
-        return await self._build(self._launcher, sizes, workspace, log_path, task_group, None)
+        return await self._build(self._launcher, sizes, task_group, None)
 
     async def _attach(
         self, launcher: Path, namespaces: HeldNamespaces, source: Path, spec: SandboxSpec

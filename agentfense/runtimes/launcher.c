@@ -282,6 +282,19 @@ static void exec_command(struct request *r, const char *landlock_home, int repor
     _exit(127);
 }
 
+/* fork(), the child starting right in the cgroup `leaf` (a directory fd; -1: ours). */
+static pid_t fork_into(int leaf)
+{
+    struct clone_args args;
+    memset(&args, 0, sizeof args);
+    args.exit_signal = SIGCHLD;
+    if (leaf >= 0) {
+        args.flags = CLONE_INTO_CGROUP;
+        args.cgroup = (uint64_t)leaf;
+    }
+    return (pid_t)syscall(SYS_clone3, &args, sizeof args);
+}
+
 static int write_file(int at, const char *path, const char *text)
 {
     int fd = openat(at, path, O_WRONLY | O_CLOEXEC);
@@ -394,14 +407,7 @@ static void guard_main(struct request *r)
         pipe2(report, O_CLOEXEC) != 0)
         refuse(status, "make a pipe");
     /* The command starts right in its own leaf: its processes, and only they, are there. */
-    struct clone_args args;
-    memset(&args, 0, sizeof args);
-    args.exit_signal = SIGCHLD;
-    if (r->cmd_leaf >= 0) {
-        args.flags = CLONE_INTO_CGROUP;
-        args.cgroup = (uint64_t)r->cmd_leaf;
-    }
-    pid_t command = (pid_t)syscall(SYS_clone3, &args, sizeof args);
+    pid_t command = fork_into(r->cmd_leaf);
     if (command < 0) {
         int error = errno;
         if (r->fresh_home)
@@ -459,21 +465,14 @@ static void guard_main(struct request *r)
  * alone). Its pid, or -1 (said on STATUS). */
 static pid_t start_guard(struct request *r)
 {
-    struct clone_args args;
-    memset(&args, 0, sizeof args);
-    args.exit_signal = SIGCHLD;
-    if (r->init_leaf >= 0) {
-        args.flags = CLONE_INTO_CGROUP;
-        args.cgroup = (uint64_t)r->init_leaf;
-    }
-    long pid = syscall(SYS_clone3, &args, sizeof args);
+    pid_t pid = fork_into(r->init_leaf);
     if (pid < 0) {
         say(r->status, "error %d - cannot start the command: %s", errno, strerror(errno));
         return -1;
     }
     if (pid == 0)
         guard_main(r);
-    return (pid_t)pid;
+    return pid;
 }
 
 static void wake(int signal_number)
@@ -635,14 +634,7 @@ static int run(struct request *r)
         int go[2];
         if (pipe2(go, O_CLOEXEC) != 0)
             refuse(status, "make a pipe");
-        struct clone_args args;
-        memset(&args, 0, sizeof args);
-        args.exit_signal = SIGCHLD;
-        if (r->init_leaf >= 0) {
-            args.flags = CLONE_INTO_CGROUP;
-            args.cgroup = (uint64_t)r->init_leaf;
-        }
-        pid = (pid_t)syscall(SYS_clone3, &args, sizeof args);
+        pid = fork_into(r->init_leaf);
         if (pid < 0)
             refuse(status, "start the command");
         if (pid == 0) {

@@ -10,10 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._extras import SERVER_INSTALL, SERVER_MODULES, missing_server_distributions
-from ..runtimes import _confine
 from ..runtimes._cgroup import find_cgroup2_root
 from ..runtimes._limits import find_limit_cgroups
-from ..runtimes._static_helpers import HelperUnavailable
+from ..runtimes._static_helpers import FIX, HelperUnavailable
 from ..runtimes._static_helpers import build as build_helper
 from ..runtimes.docker import DOCKER_API_VERSION, unix_socket_problem
 
@@ -148,40 +147,37 @@ def _docker() -> Check:
     return Check("docker", True, f"Docker {version} at {host}", required=False)
 
 
-def _confine_helper() -> Check:
-    """Whether the server can build the helper that keeps Docker commands apart (a build
-    in a scratch directory: a compiler without a static C library cannot)."""
+def _static_helper(name: str, check: str, works: str, without: str) -> Check:
+    """Whether the server can build the static helper ``name`` (in a scratch directory: a
+    compiler without a static C library cannot); ``without`` says what happens if not."""
     with tempfile.TemporaryDirectory(prefix="agentfense-doctor-") as scratch:
         try:
-            _confine.build(Path(scratch))
-        except _confine.ConfineUnavailable as exc:
-            return Check(
-                "confine helper",
-                False,
-                f"Docker sandboxes would run their commands unconfined, so a process one "
-                f"command leaves running could look into later ones: {exc}",
-                _confine.FIX,
-                required=False,
-            )
-    return Check("confine helper", True, "builds: Docker commands are kept apart", required=False)
+            build_helper(name, Path(scratch))
+        except HelperUnavailable as exc:
+            return Check(check, False, f"{without}: {exc}", FIX, required=False)
+    return Check(check, True, f"builds: {works}", required=False)
+
+
+def _confine_helper() -> Check:
+    """Whether the server can build the helper that keeps Docker commands apart."""
+    return _static_helper(
+        "confine",
+        "confine helper",
+        "Docker commands are kept apart",
+        "Docker sandboxes would run their commands unconfined, so a process one command "
+        "leaves running could look into later ones",
+    )
 
 
 def _launcher() -> Check:
     """Whether the server can build the launcher, which lets an idle bwrap sandbox hold no
-    process (a build in a scratch directory)."""
-    with tempfile.TemporaryDirectory(prefix="agentfense-doctor-") as scratch:
-        try:
-            build_helper("launcher", Path(scratch))
-        except HelperUnavailable as exc:
-            return Check(
-                "launcher",
-                False,
-                f"each bwrap sandbox would keep two processes (bwrap and an agent) while "
-                f"idle: {exc}",
-                _confine.FIX,
-                required=False,
-            )
-    return Check("launcher", True, "builds: idle bwrap sandboxes hold no process", required=False)
+    process."""
+    return _static_helper(
+        "launcher",
+        "launcher",
+        "idle bwrap sandboxes hold no process",
+        "each bwrap sandbox would keep two processes (bwrap and an agent) while idle",
+    )
 
 
 def run_checks() -> list[Check]:
