@@ -42,6 +42,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import NamedTuple
 
 from ..errors import InvalidConfigurationError
@@ -332,10 +333,26 @@ def specificity(segments: tuple[Segment, ...]) -> Specificity:
     )
 
 
+# Patterns recur (every sandbox of a preset compiles the same ones, in the server and in the
+# fs process): the short ones are compiled once. Bounded in count and in each one's length, so
+# a client's patterns cost at most a few MiB here however many it sends.
+CACHED_PATTERN_LENGTH = 256
+_CACHED_PATTERNS = 1024
+
+
 def compile_segments(pattern: str, type: PatternType) -> CompiledPattern:
     """Compile ``pattern``; :class:`PatternError` when it is invalid."""
+    if isinstance(pattern, str) and len(pattern) <= CACHED_PATTERN_LENGTH:
+        return _compile_cached(pattern, type)
+    return _compile(pattern, type)
+
+
+def _compile(pattern: str, type: PatternType) -> CompiledPattern:
     segments = parse_pattern(pattern, type)
     return CompiledPattern(pattern, type, segments, specificity(segments))
+
+
+_compile_cached = lru_cache(maxsize=_CACHED_PATTERNS)(_compile)  # (errors are not kept)
 
 
 def compile_pattern(rule: PermissionRule) -> CompiledPattern:

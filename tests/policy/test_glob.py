@@ -363,3 +363,21 @@ def test_the_example_path_of_a_pattern_is_one_it_matches(
 def test_a_pattern_of_an_empty_class_has_no_example() -> None:
     assert compile_pattern(PermissionRule("a[]]", Permission.READ)).example() == "a]"
     assert compile_pattern(PermissionRule("a[b-a]", Permission.READ)).example() is None
+
+
+def test_compiled_patterns_are_kept_boundedly() -> None:
+    """Patterns recur from sandbox to sandbox and are compiled once, but a client sending
+    ever new ones (or long ones) grows the cache no further than its bound."""
+    from agentfense.policy import _glob
+
+    first = compile_pattern(PermissionRule("src/**/*.py"))
+    assert compile_pattern(PermissionRule("src/**/*.py")) is first
+    for index in range(_glob._CACHED_PATTERNS + 50):
+        compile_pattern(PermissionRule(f"gen/{index}/**"))
+    assert _glob._compile_cached.cache_info().currsize == _glob._CACHED_PATTERNS
+    long = "a" * (_glob.CACHED_PATTERN_LENGTH + 1) + "/*.key"
+    assert compile_pattern(PermissionRule(long)) is not compile_pattern(PermissionRule(long))
+    assert compile_pattern(PermissionRule(long)).matches("a" * 257 + "/x.key")
+    for _ in range(2):  # an invalid pattern is refused each time, never kept
+        with pytest.raises(InvalidConfigurationError, match="empty segment"):
+            compile_pattern(PermissionRule("a//b"))
