@@ -534,7 +534,10 @@ class BwrapRuntime:
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         block_r, block_w = os.pipe2(os.O_CLOEXEC)
         binary = os.open(launcher, os.O_PATH | os.O_CLOEXEC)  # bound nowhere in the sandbox
+        # One built ahead (no start waits for it) takes only the CPU time nothing else wants.
+        ahead = [] if spec is not None else [str(launcher), "idle"]
         argv = [
+            *ahead,
             self._bwrap,
             *bwrap_isolation_args(self._etc_dir, sizes, user_namespace=False),
             *self._workspace_args(spec),  # (no --chdir: the view refuses root; commands cd)

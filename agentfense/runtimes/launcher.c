@@ -2,12 +2,16 @@
  *
  *   launcher hold READY BLOCK
  *   launcher attach MNT WORKSPACE ro|rw UID GID
+ *   launcher idle PROGRAM ARGS...
  *   launcher run STATUS SECCOMP NS INIT_LEAF CMD_LEAF JOIN DOOR LIMITS UID GID NPROC HOME CWD -- cmd
  *
  * A sandbox is a set of namespaces (mount, network, ipc, uts) that bwrap builds once, with
  * `launcher hold` as its command: it says ready on READY, and waits for BLOCK to close while
  * the server opens /proc/<it>/ns/ and keeps those fds; then it and bwrap exit (see
- * _held.py). Nothing of the sandbox runs until a command does.
+ * _held.py). Nothing of the sandbox runs until a command does. A set built ahead, before
+ * any start asks for it, is built under `launcher idle bwrap ...`, which runs bwrap (and so
+ * everything it starts) under SCHED_IDLE: the build takes only CPU time nothing else wants,
+ * and never delays the commands and starts it is meant to speed up.
  *
  * `run` starts one command there; the server spawns it as root with the command's stdio on
  * 0, 1, 2, its environment as ours, and these fds: STATUS (a pipe the server reads), SECCOMP
@@ -694,10 +698,22 @@ static int hold(int ready, int block)
     return 0;
 }
 
+/* PROGRAM with ARGS (argv[0] is PROGRAM), under SCHED_IDLE (or as it is, when it cannot). */
+static int idle(char **argv)
+{
+    struct sched_param param;
+    memset(&param, 0, sizeof param);
+    if (sched_setscheduler(0, SCHED_IDLE, &param) != 0)
+        fprintf(stderr, "launcher: cannot lower the CPU priority: %s\n", strerror(errno));
+    execv(argv[0], argv);
+    fprintf(stderr, "launcher: cannot run %s: %s\n", argv[0], strerror(errno));
+    return 126;
+}
+
 static int usage(void)
 {
     fputs("launcher: usage: launcher hold READY BLOCK | launcher attach MNT WORKSPACE ro|rw "
-          "UID GID | launcher run STATUS SECCOMP NS "
+          "UID GID | launcher idle PROGRAM ARGS... | launcher run STATUS SECCOMP NS "
           "INIT_LEAF CMD_LEAF JOIN DOOR LIMITS UID GID NPROC HOME CWD -- cmd args...\n",
           stderr);
     return 126;
@@ -724,6 +740,8 @@ int main(int argc, char **argv)
     if (argc == 7 && !strcmp(argv[1], "attach"))
         return attach(atoi(argv[2]), argv[3], !strcmp(argv[4], "ro"),
                       (uid_t)strtoul(argv[5], NULL, 10), (gid_t)strtoul(argv[6], NULL, 10));
+    if (argc >= 3 && !strcmp(argv[1], "idle"))
+        return idle(argv + 2);
     if (argc < 17 || strcmp(argv[1], "run") != 0 || strcmp(argv[15], "--") != 0)
         return usage();
     memset(&r, 0, sizeof r);
