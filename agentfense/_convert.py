@@ -8,6 +8,8 @@ value is required.
 from __future__ import annotations
 
 import functools
+import threading
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from ._proto.sandbox import v1 as pb
@@ -109,6 +111,33 @@ def rule_from_pb(message: pb.PermissionRule, index: int = 0) -> PermissionRule:
         raise InvalidConfigurationError(f"permissions[{index}]: {exc.message}") from None
 
 
+_KEPT_LISTS = 64  # rule lists converted, kept
+_KEPT_RULES = 512  # the longest list kept (a preset has ~50 rules)
+_kept: dict[tuple[int, ...], tuple[tuple[pb.PermissionRule, ...], tuple[PermissionRule, ...]]] = {}
+_kept_lock = threading.Lock()
+
+
+def rules_from_pb(messages: Sequence[pb.PermissionRule]) -> tuple[PermissionRule, ...]:
+    """The rules of a message's repeated field, as :func:`rule_from_pb` makes them.
+
+    Messages decoded through a ``_repeated_memo`` share the very same rule objects when their
+    rules are the same (a preset's, a sandbox's in each reply), so a list of those objects is
+    converted once and kept: it is known by the objects' identities, and the entry holds the
+    objects themselves, so no other object can take one's identity while it is kept."""
+    key = tuple(map(id, messages))
+    with _kept_lock:
+        kept = _kept.get(key)
+    if kept is not None and all(a is b for a, b in zip(kept[0], messages, strict=True)):
+        return kept[1]
+    rules = tuple(rule_from_pb(message, index) for index, message in enumerate(messages))
+    if len(messages) <= _KEPT_RULES:
+        with _kept_lock:
+            if len(_kept) >= _KEPT_LISTS:
+                del _kept[next(iter(_kept))]  # the oldest
+            _kept[key] = (tuple(messages), rules)
+    return rules
+
+
 @functools.lru_cache(maxsize=1024)
 def _rule(pattern: str, level: Permission, kind: PatternType, priority: int) -> PermissionRule:
     """(kept: a PermissionRule checks its pattern when made, and replies repeat rules)"""
@@ -141,7 +170,7 @@ def sandbox_from_pb(message: pb.Sandbox) -> SandboxInfo:
         id=message.id,
         codebase_id=message.codebase_id,
         status=STATUS_FROM_PB.get(message.status, SandboxStatus.PENDING),
-        permissions=tuple(rule_from_pb(r, i) for i, r in enumerate(message.permissions)),
+        permissions=rules_from_pb(message.permissions),
         labels=dict(message.labels),
         runtime=RUNTIME_FROM_PB.get(message.runtime, RuntimeType.BWRAP),
         image=message.image,

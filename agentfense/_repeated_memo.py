@@ -75,15 +75,25 @@ class RepeatedMemo:
         self._kept: dict[bytes, list[Any]] = {}
         self._lock = threading.Lock()  # (the server decodes large requests in threads)
 
-    def decode(self, data: bytes, decode: Callable[[bytes], Any]) -> Any:
-        """The message in ``data``, as ``decode`` makes it (which raises on bad bytes)."""
+    def decode(
+        self,
+        data: bytes,
+        decode: Callable[[bytes], Any],
+        check: Callable[[bytes], None] = lambda data: None,
+    ) -> Any:
+        """The message in ``data``, as ``decode`` makes it (which raises on bad bytes).
+        ``check`` (which raises on bytes it refuses) is given the bytes first: all of them,
+        or, when the field's records are some already kept (checked when first seen), the
+        rest of the message only."""
         split = split_field(data, self._number)
         if split is None or not split[1]:
+            check(data)
             return decode(data)
         rest, records = split
-        message = decode(rest)
         with self._lock:
             items = self._kept.get(records)
+        check(data if items is None else rest)
+        message = decode(rest)
         if items is None:
             items = list(getattr(decode(records), self._name))
             if len(records) > MOST_BYTES:  # (a client's 4,096 rules: decoded, not kept)

@@ -1,17 +1,23 @@
 """The repeated-field memo: a message decoded through it equals the message decoded whole,
 whatever its fields and their order; each message gets a list of its own; the table stays
-bounded, and long runs are never kept."""
+bounded, and long runs are never kept; known records skip the check, nothing else does; the
+rules of the objects it shares are converted once."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from agentfense import _convert as convert
 from agentfense import _repeated_memo as memo
+from agentfense._convert import rules_from_pb
 from agentfense._proto.sandbox import v1 as pb
 from agentfense._repeated_memo import RepeatedMemo, split_field
+from agentfense.errors import InvalidConfigurationError
+from agentfense.types import Permission, PermissionRule
 
 rules = st.builds(
     pb.PermissionRule,
@@ -94,3 +100,49 @@ def test_bytes_that_do_not_scan_go_to_the_decoder_whole() -> None:
 
     RepeatedMemo(3, "permissions").decode(broken, decode)
     assert seen == [broken]
+
+
+def test_the_check_sees_every_byte_until_the_records_are_known() -> None:
+    """Known records were checked when first seen: later messages with them have only their
+    other fields checked (a server's wire checks), and those other fields always are."""
+    rules = [pb.PermissionRule(pattern="**", permission=pb.Permission(pb.Permission.READ))]
+    first = bytes(pb.Sandbox(id="a", permissions=rules))
+    second = bytes(pb.Sandbox(id="b", image="i", permissions=rules))
+    checked: list[bytes] = []
+    table = RepeatedMemo(3, "permissions")
+    table.decode(first, _decode, checked.append)
+    table.decode(second, _decode, checked.append)
+    assert checked == [first, bytes(pb.Sandbox(id="b", image="i"))]
+
+    def refuse(data: bytes) -> None:
+        raise ValueError("refused")
+
+    for data in (second, bytes(pb.Sandbox(permissions=[pb.PermissionRule(pattern="new")]))):
+        with pytest.raises(ValueError, match="refused"):
+            table.decode(data, _decode, refuse)
+    assert len(table._kept) == 1  # (records refused with their message are not kept)
+
+
+def test_a_list_of_rules_is_converted_once_per_set_of_objects() -> None:
+    """``rules_from_pb`` keeps what it made for the very objects a memo shares between
+    messages; other objects, even equal ones, are converted (and checked) anew."""
+    rule = pb.PermissionRule(pattern="src/**", permission=pb.Permission(pb.Permission.READ))
+    data = bytes(pb.Sandbox(permissions=[rule]))
+    table = RepeatedMemo(3, "permissions")
+    one, two = table.decode(data, _decode), table.decode(data, _decode)
+    made = rules_from_pb(one.permissions)
+    assert made == (PermissionRule("src/**", Permission.READ),)
+    assert rules_from_pb(two.permissions) is made
+    equal = pb.Sandbox().parse(data).permissions
+    assert equal[0] is not one.permissions[0]
+    assert rules_from_pb(equal) == made
+    assert rules_from_pb(equal) is not made
+    bad = [pb.PermissionRule(pattern="x")]  # (no level)
+    for _ in range(2):  # (refused each time: nothing refused is kept)
+        with pytest.raises(InvalidConfigurationError, match=r"permissions\[0\]"):
+            rules_from_pb(bad)
+    for n in range(convert._KEPT_LISTS * 2):
+        rules_from_pb(
+            [pb.PermissionRule(pattern=f"{n}", permission=pb.Permission(pb.Permission.READ))]
+        )
+    assert len(convert._kept) == convert._KEPT_LISTS

@@ -107,6 +107,17 @@ async def test_malformed_requests_and_streams_out_of_order_are_invalid_arguments
     )
     sid, cid = sandbox.id.encode(), codebase.id.encode()
     write_meta = _ld(1, _ld(1, sid) + _ld(2, b"f.txt"))
+    # The rules of the sandbox made above, which the server now knows (and checks no more):
+    # the rest of a request carrying them is checked all the same.
+    known = bytes(
+        pb.CreateSandboxRequest(
+            permissions=[
+                pb.PermissionRule(
+                    "**", pb.PatternType(pb.PatternType.GLOB), pb.Permission(pb.Permission.WRITE)
+                )
+            ]
+        )
+    )
     upload_meta = _ld(1, _ld(1, cid) + _ld(2, b"f.txt"))
     cases: list[tuple[str, str, list[bytes], str]] = [
         # The nine a hostile client found answered UNKNOWN, then the rest of the family.
@@ -130,6 +141,14 @@ async def test_malformed_requests_and_streams_out_of_order_are_invalid_arguments
         ("map entry key as varint", _SB + "Exec", [_ld(1, sid) + _ld(4, _vi(1, 3))], "key"),
         ("rule as a varint", _SB + "CreateSandbox", [_ld(1, cid) + _vi(2, 1)], "permissions"),
         ("rules packed", _SB + "CreateSandbox", [_ld(1, cid) + _ld(2, b"\x01")], "numbered 0"),
+        ("known rules, id as a varint", _SB + "CreateSandbox", [known + _vi(1, 7)], "codebase_id"),
+        (
+            "known rules, a label as a varint",
+            _SB + "CreateSandbox",
+            [_ld(1, cid) + known + _ld(4, _vi(1, 3))],
+            "key",
+        ),
+        ("known rules, a group", _SB + "CreateSandbox", [known + _key(9, 3)], "wire type 3"),
         ("empty stream", _SB + "WriteSandboxFile", [], "metadata"),
         ("exec stream without a request", _SB + "ExecStream", [], "no request message"),
         ("session stream without a request", _SB + "SessionExecStream", [], "no request message"),

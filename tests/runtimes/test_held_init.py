@@ -36,9 +36,9 @@ def test_work_done_ahead_runs_at_idle_priority_with_its_children(tmp_path: Path)
     """``launcher idle`` (the pool's bwrap builds) runs its program, and whatever that starts,
     under SCHED_IDLE: a build ahead never takes CPU from a start or a command."""
     launcher = _static_helpers.build("launcher", tmp_path)
+    script = 'echo "$0 $1"; chrt -p $$; sh -c "chrt -p \\$\\$"'
     done = subprocess.run(
-        [launcher, "idle", "/bin/sh", "-c", 'echo "$0 $1"; chrt -p $$; sh -c "chrt -p \\$\\$"',
-         "one", "two"],  # fmt: skip
+        [launcher, "idle", "/bin/sh", "-c", script, "one", "two"],
         capture_output=True,
         text=True,
         check=True,

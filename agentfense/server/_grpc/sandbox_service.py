@@ -16,7 +16,7 @@ from grpclib.exceptions import GRPCError
 from ..._convert import (
     RUNTIME_FROM_PB,
     resources_from_pb,
-    rule_from_pb,
+    rules_from_pb,
 )
 from ..._proto.sandbox import v1 as pb
 from ...errors import CommandTimeoutError, InvalidConfigurationError
@@ -87,7 +87,7 @@ class SandboxService(pb.SandboxServiceBase):
 
     async def create_sandbox(self, request: pb.CreateSandboxRequest) -> pb.Sandbox:
         with grpc_errors():
-            rules = [rule_from_pb(rule, i) for i, rule in enumerate(request.permissions)]
+            rules = rules_from_pb(request.permissions)
             runtime = RUNTIME_FROM_PB.get(request.runtime, RuntimeType.BWRAP)
             if request.runtime not in RUNTIME_FROM_PB and request.runtime != 0:
                 raise InvalidConfigurationError(f"runtime {request.runtime} is not a known runtime")

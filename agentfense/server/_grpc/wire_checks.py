@@ -72,15 +72,18 @@ class _Malformed(ValueError):
 
 
 def _decode(codec: Any, data: bytes, message_type: type[Any]) -> Any:
-    fault = wire_fault(data, message_type)
-    if fault is not None:
-        raise _Malformed(fault)
+    def check(checked: bytes) -> None:
+        fault = wire_fault(checked, message_type)
+        if fault is not None:
+            raise _Malformed(fault)
+
     try:
         memo = _MEMOS.get(message_type)
         if memo is None:
+            check(data)
             message = codec.decode(data, message_type)
         else:
-            message = memo.decode(data, lambda raw: codec.decode(raw, message_type))
+            message = memo.decode(data, lambda raw: codec.decode(raw, message_type), check)
     except RuntimeError as exc:  # betterproto's compiled codec: bytes wire_fault let through
         raise _Malformed(f"the bytes do not decode ({exc})") from None
     fault = oneof_fault(message)
