@@ -144,6 +144,7 @@ class GrpcCalls:
             )
         self.channel._tls = ssl
         self.endpoint = endpoint.text
+        self._ahead: asyncio.Task[None] | None = None
         if api_key:
             authorization = f"Bearer {api_key}"
 
@@ -151,6 +152,18 @@ class GrpcCalls:
                 event.metadata["authorization"] = authorization
 
             listen(self.channel, SendRequest, authorize)
+
+    def connect_ahead(self) -> None:
+        """Open the connection now, in the background, unless it is open or opening: a
+        caller whose call runs over another connection meanwhile (a create, in a
+        ``finishing()`` block) does not wait for this one at its next call. A failure is
+        left to that call to report."""
+        if self._ahead is None and not self.channel._connected:
+            self._ahead = asyncio.get_running_loop().create_task(self._connect_quietly())
+
+    async def _connect_quietly(self) -> None:
+        with suppress(Exception):
+            await self.channel.__connect__()
 
     async def unary(
         self,
@@ -217,6 +230,11 @@ class GrpcCalls:
         return response
 
     async def aclose(self) -> None:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and not ahead.done():
+            ahead.cancel()
+            with suppress(asyncio.CancelledError):
+                await ahead
         await self.channel.aclose()
 
 

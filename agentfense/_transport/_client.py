@@ -102,6 +102,8 @@ class Transport:
         deadline = block.deadline(timeout)
         try:
             if self.backend == "asyncio":
+                if isinstance(self._calls, GrpcCalls):
+                    self._calls.connect_ahead()  # (the caller's next call needs it)
                 call = unary_on_its_own_connection(
                     self._parsed,
                     self._ssl,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 
 import anyio
 import pytest
@@ -14,6 +15,7 @@ from _server_process import ServerProcess
 
 from agentfense._proto.sandbox.v1 import GetSandboxRequest, Sandbox
 from agentfense._transport import Transport, finishing, open_transport
+from agentfense._transport._asyncio_side import GrpcCalls
 from agentfense.errors import ConnectionError, StatusCode
 
 GET_SANDBOX = "/sandbox.v1.SandboxService/GetSandbox"
@@ -151,3 +153,42 @@ async def test_nested_blocks_take_the_shorter_deadline(server: ServerProcess) ->
             await get(transport, "hang")
         with finishing(0.2), pytest.raises(ConnectionError, match=shorter), finishing(60):
             await get(transport, "hang")
+
+
+def _connected(calls: GrpcCalls) -> bool:
+    return calls.channel._connected
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_the_callers_own_connection_is_opened_while_a_block_calls(
+    server: ServerProcess,
+) -> None:
+    """On asyncio a block's call runs over a connection of its own (on the SDK's loop); the
+    transport's own is opened meanwhile, so the caller's next call (a start, after a create)
+    does not wait for it."""
+    async with await open_transport(server.endpoint) as transport:
+        calls = transport._calls
+        assert isinstance(calls, GrpcCalls)
+        assert not _connected(calls)
+        with finishing(5):
+            assert await get(transport, "sb-1") == "sb-1"
+        assert calls._ahead is not None
+        with anyio.fail_after(5):
+            await calls._ahead
+        assert _connected(calls)
+        assert await get(transport, "sb-2") == "sb-2"
+    assert server.finish() == "no call was cancelled"
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_a_connection_opened_ahead_in_vain_is_left_to_the_next_call(
+    tmp_path: Path,
+) -> None:
+    endpoint = f"unix:{tmp_path}/nobody.sock"
+    async with await open_transport(endpoint) as transport:
+        with pytest.raises(ConnectionError, match="cannot reach"), finishing(5):
+            await get(transport, "sb-1")
+        with pytest.raises(ConnectionError, match="cannot reach"):
+            await get(transport, "sb-1")
