@@ -94,7 +94,8 @@ def test_a_sandbox_reads_back_as_it_was_sent(
         expires_at=expires,
         keep_home=keep_home,
     )
-    info = sdk.sandbox_from_pb(_wire(convert.sandbox_to_pb(record)))
+    info = sdk.sandbox_from_pb(pb.Sandbox().parse(convert.sandbox_reply(record).data))
+    assert info == sdk.sandbox_from_pb(_wire(convert.sandbox_to_pb(record)))  # (in a listing)
     assert (info.id, info.codebase_id, info.status, info.runtime) == (
         ident,
         record.codebase_id,
@@ -104,6 +105,24 @@ def test_a_sandbox_reads_back_as_it_was_sent(
     assert (info.permissions, dict(info.labels), info.resources) == (permissions, labels, resources)
     assert (info.created_at, info.started_at, info.expires_at) == (created, started, expires)
     assert (info.image, info.keep_home) == (record.image, keep_home)
+
+
+def test_a_replys_rules_are_encoded_once_per_set_and_a_long_set_never_kept() -> None:
+    def record(permissions: tuple[PermissionRule, ...]) -> SandboxRecord:
+        return SandboxRecord(
+            "sb_0123456789abcdef", "cb_1", permissions, RuntimeType.BWRAP, "", ResourceLimits(), {}
+        )
+
+    few = tuple(PermissionRule(f"dir{n}/**") for n in range(3))
+    many = tuple(PermissionRule(f"file{n}", type=PatternType.FILE) for n in range(600))
+    kept = convert._kept_rules_field
+    kept.cache_clear()
+    for _ in range(3):
+        convert.sandbox_reply(record(few))
+    assert (kept.cache_info().misses, kept.cache_info().hits) == (1, 2)
+    reply = convert.sandbox_reply(record(many))
+    assert kept.cache_info().currsize == 1
+    assert sdk.sandbox_from_pb(pb.Sandbox().parse(reply.data)).permissions == many
 
 
 @given(rule=rules)

@@ -7,6 +7,7 @@ the checks a request's fields get as they are decoded.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -20,6 +21,7 @@ from ..._convert import (
 )
 from ..._proto.sandbox import v1 as pb
 from ...errors import InvalidConfigurationError
+from ...types import PermissionRule
 from .._codebase_tree import FileRecord
 from .._paths import MAX_PATH_BYTES, wire_text
 from ..codebases import CodebaseRecord
@@ -28,14 +30,37 @@ from ..execution import Outcome
 from ..sandbox_files import SandboxFile
 from ..sandbox_table import SandboxRecord
 from ..sessions import Session
-from .encoded import repeated_field
+from .encoded import Encoded, repeated_field
 
 
-def sandbox_to_pb(record: SandboxRecord) -> pb.Sandbox:
+def sandbox_reply(record: SandboxRecord) -> Encoded:
+    """A ``Sandbox`` reply, encoded: its rules' records (47 of ``agent-safe``: 0.6 ms to
+    encode, more than all the rest) are made once per distinct set of rules and appended
+    (protobuf lets a message's fields come in any order)."""
+    data = bytes(sandbox_to_pb(record, rules=False)) + _rules_field(record.permissions)
+    return Encoded(data, record.id)
+
+
+_KEPT_RULES = 512  # the longest set of rules whose encoding is kept
+
+
+def _rules_field(rules: tuple[PermissionRule, ...]) -> bytes:
+    if len(rules) > _KEPT_RULES:
+        return repeated_field(3, map(rule_to_pb, rules))  # Sandbox.permissions = 3
+    return _kept_rules_field(rules)
+
+
+@functools.lru_cache(maxsize=64)
+def _kept_rules_field(rules: tuple[PermissionRule, ...]) -> bytes:
+    return repeated_field(3, map(rule_to_pb, rules))
+
+
+def sandbox_to_pb(record: SandboxRecord, *, rules: bool = True) -> pb.Sandbox:
+    """A sandbox's message (``rules=False``: without its rules)."""
     message = pb.Sandbox(
         id=record.id,
         codebase_id=record.codebase_id,
-        permissions=[rule_to_pb(rule) for rule in record.permissions],
+        permissions=[rule_to_pb(rule) for rule in record.permissions] if rules else [],
         status=STATUS_TO_PB[record.status],
         labels=dict(record.labels),
         created_at=record.created_at,

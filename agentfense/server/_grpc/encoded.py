@@ -16,12 +16,14 @@ import betterproto
 
 
 class Encoded:
-    """A reply's bytes, sent as they are (``wire_checks``' codec passes them through)."""
+    """A reply's bytes, sent as they are (``wire_checks``' codec passes them through), and
+    the ``id`` of what it describes, if anything (the audit log records what a create made)."""
 
-    __slots__ = ("data",)
+    __slots__ = ("data", "id")
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, id: str = "") -> None:
         self.data = data
+        self.id = id
 
 
 def _varint(value: int) -> bytes:

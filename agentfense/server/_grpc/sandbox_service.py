@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from ...errors import CommandTimeoutError, InvalidConfigurationError
 from ...types import OutputStream, RuntimeType
 from .. import sandbox_files as files
 from ..execution import Outcome
+from ..sandbox_table import SandboxRecord
 from ..sandboxes import SandboxManager
 from . import convert
 from .encoded import encoded_off_loop
@@ -45,6 +46,22 @@ def _timed_out(outcome: Outcome) -> GRPCError:
             f"command timed out after {outcome.duration:.3g} s and was killed{detail}"
         )
     )
+
+
+def _sandbox_reply(
+    answer: Callable[[Any], Awaitable[SandboxRecord]],
+) -> Callable[[grpclib.server.Stream[Any, Any]], Awaitable[None]]:
+    """A handler answering with the sandbox ``answer`` gives for the request, as
+    ``convert.sandbox_reply`` encodes it."""
+
+    async def handler(stream: grpclib.server.Stream[Any, Any]) -> None:
+        request = await stream.recv_message()
+        if request is None:  # (a client that closed its side without a request)
+            raise invalid("the stream carried no request message")
+        record = await answer(request)
+        await stream.send_message(convert.sandbox_reply(record))
+
+    return handler
 
 
 class SandboxService(pb.SandboxServiceBase):
@@ -83,9 +100,22 @@ class SandboxService(pb.SandboxServiceBase):
             pb.SessionExecRequest,
             pb.ExecOutput,
         )
+        # The calls that answer with a Sandbox send it encoded, its rules' bytes made once.
+        for name, request_type, answer in (
+            ("CreateSandbox", pb.CreateSandboxRequest, self._create),
+            ("GetSandbox", pb.GetSandboxRequest, self._get),
+            ("StartSandbox", pb.StartSandboxRequest, self._start),
+            ("StopSandbox", pb.StopSandboxRequest, self._stop),
+        ):
+            mapping[f"/sandbox.v1.SandboxService/{name}"] = grpclib.const.Handler(
+                _sandbox_reply(answer),
+                grpclib.const.Cardinality.UNARY_UNARY,
+                request_type,
+                pb.Sandbox,
+            )
         return guarded(mapping)
 
-    async def create_sandbox(self, request: pb.CreateSandboxRequest) -> pb.Sandbox:
+    async def _create(self, request: pb.CreateSandboxRequest) -> SandboxRecord:
         with grpc_errors():
             rules = rules_from_pb(request.permissions)
             runtime = RUNTIME_FROM_PB.get(request.runtime, RuntimeType.BWRAP)
@@ -101,11 +131,11 @@ class SandboxService(pb.SandboxServiceBase):
                 expires_in=request.expires_in or None,
                 keep_home=request.keep_home,
             )
-            return convert.sandbox_to_pb(record)
+            return record
 
-    async def get_sandbox(self, request: pb.GetSandboxRequest) -> pb.Sandbox:
+    async def _get(self, request: pb.GetSandboxRequest) -> SandboxRecord:
         with grpc_errors():
-            return convert.sandbox_to_pb(self._manager.get(request.sandbox_id))
+            return self._manager.get(request.sandbox_id)
 
     async def list_sandboxes(self, request: pb.ListSandboxesRequest) -> pb.ListSandboxesResponse:
         with grpc_errors():
@@ -116,13 +146,13 @@ class SandboxService(pb.SandboxServiceBase):
                 sandboxes=[convert.sandbox_to_pb(r) for r in records], next_page_token=token
             )
 
-    async def start_sandbox(self, request: pb.StartSandboxRequest) -> pb.Sandbox:
+    async def _start(self, request: pb.StartSandboxRequest) -> SandboxRecord:
         with grpc_errors():
-            return convert.sandbox_to_pb(await self._manager.start(request.sandbox_id))
+            return await self._manager.start(request.sandbox_id)
 
-    async def stop_sandbox(self, request: pb.StopSandboxRequest) -> pb.Sandbox:
+    async def _stop(self, request: pb.StopSandboxRequest) -> SandboxRecord:
         with grpc_errors():
-            return convert.sandbox_to_pb(await self._manager.stop(request.sandbox_id))
+            return await self._manager.stop(request.sandbox_id)
 
     async def destroy_sandbox(self, request: pb.DestroySandboxRequest) -> pb.Empty:
         with grpc_errors():
