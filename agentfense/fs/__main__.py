@@ -28,6 +28,7 @@ from ._host import split
 from ._loop import ViewServer
 from ._usage import CodebaseUsage
 from .commit import commit
+from .generation import Generation
 from .view import View
 
 log = logging.getLogger("agentfense.fs")
@@ -77,9 +78,9 @@ class FsProcess:
 
     def handle(self, message: control.Request, fds: list[int]) -> None:
         if isinstance(message, control.AddView):
-            if len(fds) != 1:
-                raise ValueError("add_view comes with exactly one descriptor")
-            self._add_view(message, fds[0])  # a view taken over answers when it is
+            if len(fds) != 2:
+                raise ValueError("add_view comes with two descriptors (connection, generation)")
+            self._add_view(message, fds[0], fds[1])  # a view taken over answers when it is
             return
         close_all(fds)
         if isinstance(message, control.Ping):
@@ -101,8 +102,13 @@ class FsProcess:
             raise ValueError(f"no view {view_id}")
         return server
 
-    def _add_view(self, spec: control.AddView, fd: int) -> None:
+    def _add_view(self, spec: control.AddView, fd: int, generation_fd: int) -> None:
+        try:
+            generation = Generation(generation_fd)
+        finally:
+            os.close(generation_fd)
         if spec.id in self.servers:  # asked again after a restart that took it over
+            generation.close()
             os.close(fd)
             self.reply(control.Done(seq=spec.seq))
             return
@@ -129,7 +135,7 @@ class FsProcess:
                 self.servers.pop(spec.id, None)
                 self.reply(control.Failed(error, seq=spec.seq))
 
-        server = ViewServer(view, fd, recover=taken_over if spec.recover else None)
+        server = ViewServer(view, fd, generation, recover=taken_over if spec.recover else None)
         self.servers[spec.id] = server
         server.start()
         if not spec.recover:
@@ -147,6 +153,7 @@ class FsProcess:
 
     def _commit(self, server: ViewServer, seq: int) -> None:
         view = server.view
+        generation = server.generation.read()  # (no request runs meanwhile: exclusive)
         try:
             result = commit(view)
         except Exception as exc:
@@ -166,6 +173,7 @@ class FsProcess:
                 result.bytes_delta,
                 result.entries_delta,
                 ops,
+                generation,
                 seq=seq,
             )
         )

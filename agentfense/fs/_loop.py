@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from . import _abi as abi
 from . import control
+from .generation import Generation
 from .operations import Operations
 from .view import View
 
@@ -44,6 +45,12 @@ _WRITES_DOWN = frozenset(
      abi.RENAME, abi.RENAME2, abi.READDIRPLUS, abi.READDIR}
 )  # fmt: skip
 _REMOVES = frozenset({abi.UNLINK, abi.RMDIR})
+# What cannot change a view: every other request counts in its generation (``generation``).
+_READS = frozenset(
+    {abi.LOOKUP, abi.GETATTR, abi.READLINK, abi.OPEN, abi.READ, abi.STATFS, abi.RELEASE,
+     abi.FSYNC, abi.GETXATTR, abi.LISTXATTR, abi.FLUSH, abi.OPENDIR, abi.READDIR,
+     abi.RELEASEDIR, abi.FSYNCDIR, abi.INTERRUPT, abi.READDIRPLUS}
+)  # fmt: skip
 
 
 class Notifier:
@@ -114,13 +121,16 @@ class ViewServer:
         self,
         view: View,
         fd: int,
+        generation: Generation,
         *,
         recover: Callable[[str | None], None] | None = None,
     ) -> None:
-        """``recover``: take the view over from a process that died, then call it (with
-        None, or why it could not) before serving."""
+        """``generation``: the view's count of requests that may change it (closed with
+        the view). ``recover``: take the view over from a process that died, then call it
+        (with None, or why it could not) before serving."""
         self.view = view
         self.fd = fd
+        self.generation = generation
         os.set_blocking(fd, True)
         self.notifier = Notifier(fd, f"notify-{view.id}")
         self.ops = Operations(view, self.notifier.send)
@@ -214,6 +224,7 @@ class ViewServer:
         finally:
             buffer.close()
             self.view.close()
+            self.generation.close()
             os.close(self.fd)
 
     def take_op_counts(self) -> tuple[int, ...]:
@@ -240,6 +251,8 @@ class ViewServer:
         if handler is None:  # OPEN and OPENDIR among them: the kernel stops sending them
             self._reply(unique, errno.ENOSYS, b"")
             return
+        if opcode not in _READS:  # counted before it is answered: see ``generation``
+            self.generation.bump()
         ops.resent = bool(unique & abi.UNIQUE_RESEND)
         if opcode in _WRITES_DOWN:
             removing = opcode in _REMOVES

@@ -34,8 +34,8 @@ MAX_UID = (1 << 32) - 2  # (-1, 4294967295, means "no change" to chown)
 
 
 def channel(sock: socket.socket) -> Channel:
-    """The framing of the control channel on ``sock`` (a message brings at most one fd)."""
-    return Channel(sock, most=MAX_MESSAGE, max_fds=1)
+    """The framing of the control channel on ``sock`` (a message brings at most two fds)."""
+    return Channel(sock, most=MAX_MESSAGE, max_fds=2)  # (AddView: a connection, a generation)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,9 +154,12 @@ class Committed(Message):
     entries_delta: int = 0
     # The FUSE requests the view answered since its last commit, aligned with FS_OPS.
     ops: tuple[int, ...] = NO_OPS
+    # The view's generation as the commit began (``generation``): all it counted, committed.
+    generation: int = 0
 
     def _fields(self) -> dict[str, object]:
         return {
+            "generation": self.generation,
             "changed": self.changed,
             "kept": self.kept,
             "over_limit": self.over_limit,
@@ -176,6 +179,7 @@ class Committed(Message):
             fields.integer("bytes_delta", least=-MAX_INT),
             fields.integer("entries_delta", least=-MAX_INT),
             _ops(fields.nested("ops")),
+            fields.integer("generation"),
             seq=seq,
         )
 

@@ -38,6 +38,7 @@ from ..errors import SandboxError, StatusCode
 from ..fs import control
 from ..fs._device import MountError, mount_view, mounted_views, unmount
 from ..fs._host import remove_tree
+from ..fs.generation import Generation, new_fd
 from .metrics import ServerMetrics
 
 log = logging.getLogger("agentfense.server.fs")
@@ -50,6 +51,14 @@ R = TypeVar("R", bound=control.Reply)
 class _Mounted:
     spec: control.AddView
     fd: int  # the connection's device: kept while the view lives
+    generation_fd: int  # its count of requests that may change it (``fs.generation``)
+    generation: Generation
+    clean: int | None = None  # the count when a commit last left nothing behind
+
+    def close(self) -> None:
+        self.generation.close()
+        os.close(self.generation_fd)
+        os.close(self.fd)  # with the mount gone, the connection ends
 
 
 class _Pending:
@@ -223,7 +232,11 @@ class FsSupervisor:
 
     async def _take_over(self, view_id: str, mounted: _Mounted) -> None:
         try:
-            await self._request(replace(mounted.spec, recover=True), control.Done, (mounted.fd,))
+            await self._request(
+                replace(mounted.spec, recover=True),
+                control.Done,
+                (mounted.fd, mounted.generation_fd),
+            )
         except SandboxError as exc:
             await self._lose(view_id, f"the permission filesystem restarted: {exc}")
 
@@ -231,7 +244,7 @@ class FsSupervisor:
         mounted = self._views.pop(view_id, None)
         if mounted is not None:
             await anyio.to_thread.run_sync(unmount, self.view_path(view_id))
-            os.close(mounted.fd)
+            mounted.close()
         await self._on_lost(view_id, reason)
 
     async def stop(self) -> None:
@@ -251,7 +264,7 @@ class FsSupervisor:
                 self._channel = None
             for view_id, mounted in list(self._views.items()):
                 await anyio.to_thread.run_sync(unmount, self.view_path(view_id))
-                os.close(mounted.fd)
+                mounted.close()
             self._views.clear()
 
     # -- requests -----------------------------------------------------------------------------
@@ -341,14 +354,22 @@ class FsSupervisor:
             with contextlib.suppress(OSError):
                 mountpoint.rmdir()
             raise SandboxError(str(exc), code=StatusCode.INTERNAL) from None
-        self._views[spec.id] = _Mounted(spec, fd)
         try:
-            await self.request(spec, control.Done, (fd,))
+            generation_fd = new_fd()
+        except OSError:
+            await anyio.to_thread.run_sync(unmount, mountpoint)
+            os.close(fd)
+            raise
+        # (a new view has nothing to commit: its delta is new, its count 0)
+        mounted = _Mounted(spec, fd, generation_fd, Generation(generation_fd), clean=0)
+        self._views[spec.id] = mounted
+        try:
+            await self.request(spec, control.Done, (fd, generation_fd))
         except BaseException:
             with anyio.CancelScope(shield=True):
                 self._views.pop(spec.id, None)
                 await anyio.to_thread.run_sync(unmount, mountpoint)
-                os.close(fd)
+                mounted.close()
                 with contextlib.suppress(OSError):
                     mountpoint.rmdir()
             raise
@@ -363,12 +384,23 @@ class FsSupervisor:
                 await self.request(control.RemoveView(view_id), control.Done)
             mountpoint = self.view_path(view_id)
             await anyio.to_thread.run_sync(unmount, mountpoint)
-            os.close(mounted.fd)  # with the mount gone, the connection ends
+            mounted.close()
             with contextlib.suppress(OSError):
                 mountpoint.rmdir()
 
+    def may_have_changed(self, view_id: str) -> bool:
+        """Whether the view may have something to commit: it took a request that may
+        change it since a commit that left nothing behind (what a command that has ended
+        did is counted; see ``fs.generation``)."""
+        mounted = self._views.get(view_id)
+        return mounted is None or mounted.clean != mounted.generation.read()
+
     async def commit(self, view_id: str) -> control.Committed:
-        return await self.request(control.Commit(view_id), control.Committed)
+        reply = await self.request(control.Commit(view_id), control.Committed)
+        mounted = self._views.get(view_id)
+        if mounted is not None:
+            mounted.clean = reply.generation if not reply.kept else None
+        return reply
 
     async def changed(self, lower: Path, paths: Sequence[str]) -> None:
         """The server changed ``paths`` of the codebase at ``lower``: its views drop what

@@ -212,6 +212,9 @@ class SandboxManager:
         write was refused meanwhile for its delta limit."""
         with anyio.CancelScope(shield=True):
             async with self.commit_lock(record):
+                if not self._fs.may_have_changed(record.id):  # (most commands only read)
+                    self._metrics.commits.labels("unchanged").inc()
+                    return False
                 try:
                     reply = await self._fs.commit(record.id)
                 except BaseException:

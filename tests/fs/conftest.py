@@ -24,6 +24,7 @@ import pytest
 from agentfense.fs import control
 from agentfense.fs._device import mount_view, unmount
 from agentfense.fs._identity import acting_as
+from agentfense.fs.generation import Generation, new_fd
 from agentfense.types import PermissionRule
 
 VIEW_UID = 59999  # no user of the host
@@ -44,6 +45,7 @@ class FsProcess:
         self._count = 0
         self._seq = 0
         self.fds: dict[str, int] = {}  # each view's connection, held as the server holds it
+        self.generations: dict[str, Generation] = {}  # each view's, as the server reads it
         self.sock: socket.socket | None = None
         self.process: subprocess.Popen[bytes] | None = None
         self.start()
@@ -122,7 +124,12 @@ class FsProcess:
         mountpoint.mkdir()
         fd = mount_view(mountpoint)
         self.fds[view_id] = fd
-        self.request(self.spec(view_id, lower, rules, **extra), (fd,))
+        generation_fd = new_fd()
+        try:
+            self.generations[view_id] = Generation(generation_fd)
+            self.request(self.spec(view_id, lower, rules, **extra), (fd, generation_fd))
+        finally:
+            os.close(generation_fd)
         return mountpoint
 
     def delta(self, view_id: str) -> Path:
@@ -141,6 +148,7 @@ class FsProcess:
         self.request(control.RemoveView(view_id, seq=self._next_seq()))
         unmount(self.mnt / view_id)
         os.close(self.fds.pop(view_id))
+        self.generations.pop(view_id).close()
         (self.mnt / view_id).rmdir()
         shutil.rmtree(self.delta(view_id), ignore_errors=True)
 
@@ -167,6 +175,9 @@ class FsProcess:
             unmount(self.mnt / view_id)
             os.close(fd)
         self.fds.clear()
+        for generation in self.generations.values():
+            generation.close()
+        self.generations.clear()
 
 
 @pytest.fixture(scope="module")

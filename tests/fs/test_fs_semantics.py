@@ -335,3 +335,42 @@ def test_a_full_disk_fails_requests_and_kills_nothing(fs: FsProcess) -> None:
             fs.remove_view(view_id)
     finally:
         subprocess.run(["umount", "-l", str(delta)], check=False)
+
+
+def test_the_generation_counts_what_may_change_the_view_and_nothing_else(
+    fs: FsProcess, view: tuple[str, Path, Path]
+) -> None:
+    """Reads, lookups and listings leave the view's generation as it is; each request that
+    may change the view counts, before it is answered (refused ones too); a commit says the
+    count it committed up to. The server skips the commit of a command that left it as the
+    last commit did."""
+    view_id, lower, root = view
+    generation = fs.generations[view_id]
+    start = generation.read()
+    with fs.sandbox():
+        assert (root / "report.txt").read_bytes() == b"old report\nnew\n"
+        assert sorted(os.listdir(root)) == ["report.txt"]
+        os.stat(root / "report.txt")
+        assert errno_of(os.stat, root / "missing") == errno.ENOENT
+        assert errno_of(os.listxattr, root / "report.txt") in (None, errno.ENOTSUP)
+    assert generation.read() == start
+    changes: list[Callable[[], object]] = [
+        lambda: (root / "new.txt").write_bytes(b"x"),
+        lambda: os.mkdir(root / "d"),
+        lambda: os.chmod(root / "new.txt", 0o600),
+        lambda: os.rename(root / "new.txt", root / "d" / "new.txt"),
+        lambda: os.symlink("d", root / "link"),
+        lambda: os.unlink(root / "link"),
+        lambda: errno_of(os.rmdir, root / "d"),  # (refused: not empty; counted all the same)
+    ]
+    for number, change in enumerate(changes, start=1):
+        with fs.sandbox():
+            change()
+        assert generation.read() > start + number - 1, number
+    counted = generation.read()
+    reply = fs.commit(view_id)
+    assert reply.generation == counted
+    assert (lower / "d" / "new.txt").read_bytes() == b"x"
+    with fs.sandbox():
+        assert (root / "d" / "new.txt").read_bytes() == b"x"
+    assert generation.read() == counted

@@ -21,6 +21,7 @@ from agentfense import get_preset
 from agentfense.fs import control
 from agentfense.fs.__main__ import FsProcess
 from agentfense.fs._device import mount_view, unmount
+from agentfense.fs.generation import new_fd
 
 VIEWS = 3
 
@@ -85,7 +86,9 @@ def _life(driver: _Driver, number: int) -> None:
         gid=0,
         seq=driver.seq(),
     )
-    driver.request(spec, (fd,))
+    generation_fd = new_fd()
+    driver.request(spec, (fd, generation_fd))
+    os.close(generation_fd)
     server = driver.process.servers[view_id]
     assert (mountpoint / "README.md").read_text() == "hello\n"
     (mountpoint / "output").mkdir(exist_ok=True)  # (committed by an earlier view)

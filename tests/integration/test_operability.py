@@ -168,7 +168,8 @@ async def test_a_lifecycle_is_logged_once_each_at_info_and_counted(
     assert moved(before, after, "agentfense_commit_bytes_total") == 12345
     fs_control = "agentfense_fs_control_requests_total"
     assert moved(before, after, fs_control, op="add_view", result="ok") == 1
-    assert moved(before, after, fs_control, op="commit", result="ok") >= 6
+    # (the write's; the other commands changed nothing, so no commit was asked for them)
+    assert moved(before, after, fs_control, op="commit", result="ok") >= 1
     # The view's own requests: the file made (12345 bytes written), and the sandbox's reads.
     assert moved(before, after, "agentfense_fs_requests_total", op="mknod") >= 1
     assert moved(before, after, "agentfense_fs_requests_total", op="write") >= 1
@@ -185,6 +186,46 @@ async def test_a_lifecycle_is_logged_once_each_at_info_and_counted(
     assert moved(before, after, "agentfense_lifecycle_events_total", event="session_opened") == 1
     # No label takes an id.
     assert not any(re.search(r"sb_|cb_|ses_", repr(labels)) for _, labels in after)
+
+
+async def test_a_command_that_changes_nothing_costs_no_commit(ops_server: ServerProcess) -> None:
+    """Most commands only read: the view's generation (``fs.generation``) tells the server
+    that nothing could need a commit, and it asks for none. Whatever may have changed the
+    view is committed, what a process left running writes too, at the next command."""
+    commits = "agentfense_fs_control_requests_total"
+    async with AsyncSandboxClient(ops_server.endpoint) as client:
+        codebase = await client.create_codebase("ops-commits")
+        await client.upload_file(codebase.id, "README.md", b"hello\n")
+        rules = [PermissionRule("**", Permission.WRITE)]
+        sandbox = (await client.create_sandbox(codebase.id, permissions=rules)).id
+        await client.start_sandbox(sandbox)
+
+        async def run(command: str) -> None:
+            result = await client.exec(sandbox, command)
+            assert result.exit_code == 0, (command, result.stderr)
+
+        async def files() -> set[str]:
+            return {f.path for f in await client.list_files(codebase.id, recursive=True)}
+
+        before = await scrape(ops_server)
+        for command in ("cat README.md", "ls -la; stat README.md", "grep -rq hello ."):
+            await run(command)
+        reads = await scrape(ops_server)
+        assert moved(before, reads, commits, op="commit", result="ok") == 0
+        assert moved(before, reads, "agentfense_commits_total", result="unchanged") == 3
+        for command in ("echo x > new.txt", "mkdir d", "mv new.txt d/", "chmod 600 README.md"):
+            await run(command)
+        assert await files() == {"README.md", "d", "d/new.txt"}
+        await run("rm README.md")
+        assert await files() == {"d", "d/new.txt"}
+        writes = await scrape(ops_server)
+        assert moved(reads, writes, commits, op="commit", result="ok") == 5
+        await run("(sleep 0.5; echo late > d/late.txt) >/dev/null 2>&1 &")
+        await anyio.sleep(1.5)
+        await run("true")
+        assert await files() == {"d", "d/new.txt", "d/late.txt"}
+        await client.destroy_sandbox(sandbox)
+        await client.delete_codebase(codebase.id)
 
 
 async def test_a_cancelled_call_leaves_no_noise_at_info(ops_server: ServerProcess) -> None:
