@@ -217,6 +217,9 @@ class HeldSandbox:
         self._init: _Init | None = None
         self._deciding = anyio.Lock()  # (see ``_launch_settled``)
         self._stopped = False
+        # Set once the first command has ended (or the sandbox stopped): work done ahead
+        # (the pool's next build) waits for it, not to compete with a first command.
+        self.first_done = anyio.Event()
 
     @property
     def alive(self) -> bool:
@@ -227,6 +230,7 @@ class HeldSandbox:
         return self._session_bash
 
     async def spawn(self, command: CommandSpec) -> LaunchedProcess:
+
         if self._stopped:
             raise SandboxGone("the sandbox is not running")
         for _ in range(_JOIN_ATTEMPTS):
@@ -398,6 +402,7 @@ class HeldSandbox:
                 process.exit_code = 137
             process.exited.set()
             self._running.discard(process)
+            self.first_done.set()
         await reap(launcher)
 
     async def kill_leftovers(self) -> bool:
@@ -413,6 +418,7 @@ class HeldSandbox:
             if self._stopped:
                 return
             self._stopped = True
+            self.first_done.set()
             self._namespaces.close()  # the namespaces go with their last process
             self._forget_init()
             await self._cgroup.kill_leaves(kinds="*")

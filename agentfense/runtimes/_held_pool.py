@@ -3,9 +3,12 @@
 A set is a held sandbox (``_held``) with an empty ``/workspace`` and its tmpfs still root's:
 the start takes one, mounts the sandbox's files on ``/workspace`` and gives the tmpfs to its
 uid (``launcher attach``: about a millisecond), and the pool builds another in the
-background. Sets differ only by their tmpfs sizes (a sandbox's memory limit sizes them): the
-pool keeps sets of the sizes the last start asked for, and lets the others go. Each set
-costs what an idle sandbox does (kernel memory for its namespaces and mounts, four fds).
+background, once that sandbox's first command is done (a build's mounts take the kernel's
+mount lock, which the command's launcher needs too: built at idle priority meanwhile, the
+build would hold the command up). Sets differ only by their tmpfs sizes (a sandbox's memory
+limit sizes them): the pool keeps sets of the sizes the last start asked for, and lets the
+others go. Each set costs what an idle sandbox does (kernel memory for its namespaces and
+mounts, four fds).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from .base import RuntimeError_
 
 _log = logging.getLogger(__name__)
 Sizes = tuple[tuple[str, int], ...]
+# The longest a build waits for what it was told to wait for (a start's first command).
+AFTER_AT_MOST = 0.5
 Build = Callable[[Mapping[str, int], anyio.abc.TaskGroup], Awaitable[HeldNamespaces]]
 
 
@@ -41,8 +46,15 @@ class HeldPool:
             return None
         return self._ready.pop()
 
-    def want(self, sizes: Mapping[str, int], task_group: anyio.abc.TaskGroup) -> None:
-        """Keep sets of these sizes ready from now on (built in ``task_group``)."""
+    def want(
+        self,
+        sizes: Mapping[str, int],
+        task_group: anyio.abc.TaskGroup,
+        *,
+        after: anyio.Event | None = None,
+    ) -> None:
+        """Keep sets of these sizes ready from now on (built in ``task_group``), starting
+        once ``after`` is set (at most ``AFTER_AT_MOST`` seconds later)."""
         if self._closed or self._size == 0:
             return
         key = _key(sizes)
@@ -51,10 +63,13 @@ class HeldPool:
             self._drop()
         if not self._filling and len(self._ready) < self._size:
             self._filling = True
-            task_group.start_soon(self._fill, task_group)
+            task_group.start_soon(self._fill, task_group, after)
 
-    async def _fill(self, task_group: anyio.abc.TaskGroup) -> None:
+    async def _fill(self, task_group: anyio.abc.TaskGroup, after: anyio.Event | None) -> None:
         try:
+            if after is not None:
+                with anyio.move_on_after(AFTER_AT_MOST):
+                    await after.wait()
             while not self._closed and len(self._ready) < self._size:
                 key = self._sizes
                 try:

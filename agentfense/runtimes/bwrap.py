@@ -482,7 +482,8 @@ class BwrapRuntime:
         limit_fds: list[int],
     ) -> HeldSandbox:
         """A set of namespaces built ahead (the pool's), given the sandbox's files, or else
-        built now; then the pool is topped up, in the background."""
+        built now; then the pool is topped up, in the background, once the sandbox's first
+        command is done."""
         sizes = tmpfs_sizes(spec.resources.memory_bytes or 0, spec.tmpfs_bytes)
         source = spec.read_only_source or spec.workspace
         namespaces = self._pool.take(sizes)
@@ -499,7 +500,6 @@ class BwrapRuntime:
                 raise
         if namespaces is None:
             namespaces = await self._build(launcher, sizes, task_group, spec)
-        self._pool.want(sizes, task_group)
         settings = LaunchSettings(
             launcher=launcher,
             seccomp_fd=self._held_seccomp,
@@ -508,7 +508,7 @@ class BwrapRuntime:
             nproc=spec.max_processes,
             fresh_home=not spec.keep_home,
         )
-        return HeldSandbox(
+        sandbox = HeldSandbox(
             namespaces,
             settings,
             cgroup,
@@ -517,6 +517,9 @@ class BwrapRuntime:
             task_group,
             SESSION_BASH if self._session_bash else None,
         )
+        # (once its first command is done: a build's mounts would hold up that command's)
+        self._pool.want(sizes, task_group, after=sandbox.first_done)
+        return sandbox
 
     async def _build(
         self,
