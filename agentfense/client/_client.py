@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import stat
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
@@ -30,6 +31,7 @@ from ..types import (
     ResourceLimits,
     RuntimeType,
     SandboxInfo,
+    SandboxStatus,
     SessionInfo,
     TLSConfig,
     UploadResult,
@@ -38,6 +40,8 @@ from . import _rpcs as rpcs
 from ._environment import api_key_or_configured, endpoint_or_configured, tls_or_configured
 from ._rpcs import ClientStream, Rep, Req, ServerStream, Unary
 from ._stream import ExecStream
+
+log = logging.getLogger("agentfense")
 
 UPLOAD_CHUNK = 256 * 1024
 # How long one cleanup call (destroying a sandbox or a session, deleting a codebase) may take.
@@ -362,9 +366,12 @@ class AsyncSandboxClient:
         labels: Mapping[str, str] | None = None,
         expires_in: float | timedelta | None = None,
         keep_home: bool = False,
+        start: bool = False,
     ) -> SandboxInfo:
-        """Create a sandbox on a codebase, not started. ``expires_in`` (seconds or a
-        ``timedelta``): the server destroys the sandbox once that much time has passed."""
+        """Create a sandbox on a codebase, not started unless ``start``: then started in
+        the same call (a sandbox that cannot start is destroyed, and the start's error
+        raised). ``expires_in`` (seconds or a ``timedelta``): the server destroys the sandbox
+        once that much time has passed."""
         expiry = (
             expires_in if isinstance(expires_in, timedelta) else _duration(expires_in, "expires_in")
         )
@@ -376,10 +383,26 @@ class AsyncSandboxClient:
             image=image or "",
             resources=convert.resources_to_pb(resources),
             keep_home=keep_home,
+            start=start,
         )
         if expiry is not None:
             request.expires_in = expiry
-        return convert.sandbox_from_pb(await self._unary(rpcs.CREATE_SANDBOX, request))
+        info = convert.sandbox_from_pb(await self._unary(rpcs.CREATE_SANDBOX, request))
+        if start and info.status is not SandboxStatus.RUNNING:
+            info = await self._start_created(info.id)  # (a server without the extension)
+        return info
+
+    async def _start_created(self, sandbox_id: str) -> SandboxInfo:
+        """Start a sandbox just created; destroy it if it cannot start."""
+        try:
+            return await self.start_sandbox(sandbox_id)
+        except BaseException:
+            with finishing(self.cleanup_timeout):
+                try:
+                    await self.destroy_sandbox(sandbox_id)
+                except Exception as exc:
+                    log.warning("cleanup failed: sandbox %s not destroyed: %s", sandbox_id, exc)
+            raise
 
     async def get_sandbox(self, sandbox_id: str) -> SandboxInfo:
         """What the server says of one sandbox (``SandboxNotFoundError`` if none)."""

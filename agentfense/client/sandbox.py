@@ -128,12 +128,10 @@ class AsyncSandbox(metaclass=NoPublicConstructor):
                     resources=resources,
                     labels=labels,
                     keep_home=keep_home,
+                    start=auto_start,
                 )
             )
             sandbox_id = info.id
-            sandbox = cls._create(
-                client, info, owns_client=True, owns_sandbox=True, owned_codebase_id=codebase_id
-            )
         except BaseException:
             with finishing(client.cleanup_timeout):
                 if sandbox_id is not None:
@@ -142,17 +140,9 @@ class AsyncSandbox(metaclass=NoPublicConstructor):
                     await _quietly(client.delete_codebase(codebase_id))
                 await client.close()
             raise
-        return await sandbox._started(auto_start)
-
-    async def _started(self, auto_start: bool) -> AsyncSandbox:
-        """Start a sandbox just created (when asked); destroy it if it cannot start."""
-        if auto_start:
-            try:
-                await self.start()
-            except BaseException:
-                await self.destroy()  # a finishing() block of its own
-                raise
-        return self
+        return cls._create(
+            client, info, owns_client=True, owns_sandbox=True, owned_codebase_id=codebase_id
+        )
 
     @classmethod
     async def from_codebase(
@@ -185,14 +175,14 @@ class AsyncSandbox(metaclass=NoPublicConstructor):
                     resources=resources,
                     labels=labels,
                     keep_home=keep_home,
+                    start=auto_start,
                 )
             )
         except BaseException:
             with finishing(client.cleanup_timeout):
                 await client.close()
             raise
-        sandbox = cls._create(client, info, owns_client=True, owns_sandbox=True)
-        return await sandbox._started(auto_start)
+        return cls._create(client, info, owns_client=True, owns_sandbox=True)
 
     @classmethod
     async def connect(

@@ -291,7 +291,10 @@ class SandboxManager:
         labels: Mapping[str, str],
         expires_in: timedelta | None,
         keep_home: bool = False,
+        start: bool = False,
     ) -> SandboxRecord:
+        """A new sandbox; with ``start``, started too (or, when it cannot start, destroyed,
+        and the start's error raised)."""
         if not codebase_id:
             raise InvalidConfigurationError("codebase_id must not be empty")
         _check_labels(labels)
@@ -325,7 +328,14 @@ class SandboxManager:
             image=record.image or None,
             expires_in=expires_in.total_seconds() if expires_in else None,
         )
-        return record
+        if not start:
+            return record
+        try:
+            return await self.start(record.id)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.destroy(record.id, why="could not start")
+            raise
 
     async def _make(
         self,
@@ -360,6 +370,7 @@ class SandboxManager:
         record.host_uid = self._take_uid()
         try:
             await self._fs.add_view(self._view_spec(record))
+
         except BaseException:
             self._release_uid(record)
             raise

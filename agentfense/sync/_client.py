@@ -171,9 +171,12 @@ class SandboxClient:
         labels: Mapping[str, str] | None = None,
         expires_in: float | timedelta | None = None,
         keep_home: bool = False,
+        start: bool = False,
     ) -> SandboxInfo:
-        """Create a sandbox on a codebase, not started. ``expires_in`` (seconds or a
-        ``timedelta``): the server destroys the sandbox once that much time has passed."""
+        """Create a sandbox on a codebase, not started unless ``start``: then started in
+        the same call (a sandbox that cannot start is destroyed, and the start's error
+        raised). ``expires_in`` (seconds or a ``timedelta``): the server destroys the sandbox
+        once that much time has passed."""
         return run_blocking(
             self._async.create_sandbox,
             codebase_id,
@@ -184,6 +187,7 @@ class SandboxClient:
             labels=labels,
             expires_in=expires_in,
             keep_home=keep_home,
+            start=start,
         )
 
     def get_sandbox(self, sandbox_id: str) -> SandboxInfo:

@@ -37,6 +37,8 @@ def _as_upstream(path: str, request: Any) -> Any:
         request.stdin = ""  # dropped on the floor
     if path.endswith("/CreateCodebase") and not request.owner_id:
         raise GRPCError(Status.INVALID_ARGUMENT, "owner_id is required")
+    if path.endswith("/CreateSandbox"):
+        request.start = False  # (an extension: a field it does not know, so never acts on)
     return request
 
 

@@ -358,6 +358,17 @@ async def test_state_machine_pending_running_stopped_running(
             await client.exec(info.id, "true")
 
 
+async def test_a_sandbox_is_created_started_in_one_call(client: AsyncSandboxClient) -> None:
+    async with _codebase(client) as codebase:
+        await client.upload_file(codebase.id, "hello.txt", b"hi\n")
+        info = await client.create_sandbox(codebase.id, permissions=READ, start=True)
+        assert info.status is SandboxStatus.RUNNING
+        assert info.started_at is not None
+        assert await client.get_sandbox(info.id) == info
+        assert (await client.exec(info.id, "cat hello.txt")).stdout == "hi\n"
+        await client.destroy_sandbox(info.id)
+
+
 async def test_destroying_a_running_sandbox_kills_its_processes(
     client: AsyncSandboxClient,
 ) -> None:

@@ -5,9 +5,11 @@ is refused before it touches anything."""
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import subprocess
 import sys
+import tarfile
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -338,6 +340,33 @@ async def test_a_start_refused_for_a_reason_the_caller_can_act_on_is_a_failed_pr
     finally:
         with contextlib.suppress(docker.errors.ImageNotFound):
             engine.images.remove(vanishing)
+        for sandbox_info in await client.list_sandboxes(codebase.id):
+            await client.destroy_sandbox(sandbox_info.id)
+        await client.delete_codebase(codebase.id)
+
+
+async def test_a_sandbox_made_to_start_at_once_that_cannot_is_not_left(
+    client: AsyncSandboxClient,
+) -> None:
+    """CreateSandbox with ``start``: a sandbox that cannot start (an image with no shell:
+    its container stops at once) is destroyed, and the call fails with the start's error."""
+    engine = docker.from_env()
+    empty = f"agentfense/empty:{os.getpid()}"
+    nothing = io.BytesIO()
+    with tarfile.open(fileobj=nothing, mode="w"):
+        pass  # (an image of no file at all, made here: nothing is pulled)
+    engine.api.import_image_from_data(nothing.getvalue(), repository=empty)
+    codebase = await client.create_codebase("never-started")
+    try:
+        with pytest.raises(SandboxError) as caught:
+            await client.create_sandbox(
+                codebase.id, permissions=WRITE, runtime="docker", image=empty, start=True
+            )
+        assert caught.value.code == 9, caught.value
+        assert "could not start" in caught.value.message
+        assert await client.list_sandboxes(codebase.id) == []
+    finally:
+        engine.images.remove(empty)
         for sandbox_info in await client.list_sandboxes(codebase.id):
             await client.destroy_sandbox(sandbox_info.id)
         await client.delete_codebase(codebase.id)

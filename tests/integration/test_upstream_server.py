@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agentfense import AsyncSandbox, AsyncSandboxClient, Sandbox, SandboxError
+from agentfense import AsyncSandbox, AsyncSandboxClient, Sandbox, SandboxError, SandboxStatus
 from agentfense.errors import StatusCode
 from agentfense.testing import ServerProcess
 
@@ -89,6 +89,19 @@ async def test_from_local_names_an_owner(
         project, endpoint=upstream.endpoint, owner_id="team"
     ) as sandbox:
         assert (await sandbox.client.get_codebase(sandbox.codebase_id)).owner_id == "team"
+
+
+async def test_a_sandbox_asked_to_start_as_it_is_made_is_started_all_the_same(
+    upstream: UpstreamLike,
+) -> None:
+    """The server starts no sandbox in CreateSandbox: the SDK sees it not running, and starts it."""
+    async with AsyncSandboxClient(upstream.endpoint) as client:
+        codebase = await client.create_codebase("upstream-start", owner_id="someone")
+        info = await client.create_sandbox(codebase.id, start=True)
+        assert info.status is SandboxStatus.RUNNING
+        assert (await client.exec(info.id, "echo up")).stdout == "up\n"
+        await client.destroy_sandbox(info.id)
+        await client.delete_codebase(codebase.id)
 
 
 def test_the_sync_api_refuses_a_dropped_write(upstream: UpstreamLike, project: Path) -> None:

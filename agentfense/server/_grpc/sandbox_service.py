@@ -130,6 +130,7 @@ class SandboxService(pb.SandboxServiceBase):
                 labels=dict(request.labels),
                 expires_in=request.expires_in or None,
                 keep_home=request.keep_home,
+                start=request.start,
             )
             return record
 

@@ -286,6 +286,13 @@ class CreateSandboxRequest(betterproto.Message):
     keep_home: bool = betterproto.bool_field(100)
     """AgentFense extension: see Sandbox.keep_home."""
 
+    start: bool = betterproto.bool_field(101)
+    """
+    AgentFense extension: start the sandbox as it is made, in this one call. A sandbox that
+     cannot start is destroyed, and the call fails with the start's error. (A server without
+     the extension answers with a sandbox not yet running: the client then starts it.)
+    """
+
 
 @dataclass(eq=False, repr=False)
 class GetSandboxRequest(betterproto.Message):
