@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from agentfense.runtimes import _confine
+from agentfense.runtimes._limits import find_limit_cgroups
 from agentfense.server import doctor
 
 
@@ -75,3 +76,26 @@ def test_the_doctor_finds_the_launcher_builds_here(monkeypatch: pytest.MonkeyPat
     assert not missing.ok
     assert not missing.required  # bwrap sandboxes still run, each with its agent
     assert "keep two processes" in missing.detail
+
+
+def test_the_doctor_measures_moves_into_limit_cgroups(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A move costs an RCU grace period on a kernel without favordynmods: the doctor times
+    real ones and says how to fix a slow host."""
+    check = doctor._cgroup_moves()
+    took = float(check.detail.split(" ms ")[0])
+    assert took > 0
+    assert check.ok == (took <= doctor.SLOW_MOVE_MS), check  # (this host's kernel decides)
+    monkeypatch.setattr(doctor, "SLOW_MOVE_MS", 1e9)
+    assert doctor._cgroup_moves().ok
+    monkeypatch.setattr(doctor, "SLOW_MOVE_MS", 0.0)
+    slow = doctor._cgroup_moves()
+    assert not slow.ok
+    assert not slow.required
+    assert "each new command of a bwrap sandbox with limits waits" in slow.detail
+    assert "favordynmods" in slow.fix
+    assert doctor.measure_cgroup_move(tmp_path) is None  # (no cgroup there)
+    found = find_limit_cgroups()
+    assert found is not None
+    assert not list((found.roots["pids"] / "agentfense").glob("doctor-*"))  # (none left)
