@@ -153,8 +153,8 @@ class FsProcess:
 
     def _commit(self, server: ViewServer, seq: int) -> None:
         view = server.view
-        generation = server.generation.read()  # (no request runs meanwhile: exclusive)
         try:
+            generation = server.generation.read()  # (no request runs meanwhile: exclusive)
             result = commit(view)
         except Exception as exc:
             log.exception("view %s: commit failed", view.id)
