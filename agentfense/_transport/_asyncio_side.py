@@ -231,11 +231,13 @@ class GrpcCalls:
 
     async def aclose(self) -> None:
         ahead, self._ahead = self._ahead, None
-        if ahead is not None and not ahead.done():
-            ahead.cancel()
-            with suppress(asyncio.CancelledError):
-                await ahead
-        await self.channel.aclose()
+        try:
+            if ahead is not None and not ahead.done():
+                ahead.cancel()
+                # Its end, not its outcome: a CancelledError here is then the caller's own.
+                await asyncio.wait((ahead,))
+        finally:
+            await self.channel.aclose()
 
 
 async def _send_all(stream: Stream[betterproto.Message, T], produce: Producer) -> None:

@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import TypeVar, final
 
 import anyio
+import anyio.lowlevel
 
 from .._blocking import run_sync
 from .._construction import NoPublicConstructor
@@ -132,6 +133,7 @@ class AsyncSandbox(metaclass=NoPublicConstructor):
                 )
             )
             sandbox_id = info.id
+            await _cancellation_point()
         except BaseException:
             with finishing(client.cleanup_timeout):
                 if sandbox_id is not None:
@@ -165,6 +167,7 @@ class AsyncSandbox(metaclass=NoPublicConstructor):
         """A new sandbox on an existing codebase (which is kept when the sandbox goes)."""
         rules = resolve_permissions(preset, permissions)
         client = AsyncSandboxClient(endpoint, secure=secure, api_key=api_key, tls=tls)
+        sandbox_id: str | None = None
         try:
             info = await _created(
                 client.create_sandbox(
@@ -178,8 +181,12 @@ class AsyncSandbox(metaclass=NoPublicConstructor):
                     start=auto_start,
                 )
             )
+            sandbox_id = info.id
+            await _cancellation_point()
         except BaseException:
             with finishing(client.cleanup_timeout):
+                if sandbox_id is not None:
+                    await _quietly(client.destroy_sandbox(sandbox_id))
                 await client.close()
             raise
         return cls._create(client, info, owns_client=True, owns_sandbox=True)
@@ -441,6 +448,14 @@ async def _created(call: Awaitable[T]) -> T:
     can remove it)."""
     with finishing(CREATE_TIMEOUT):
         return await call
+
+
+async def _cancellation_point() -> None:
+    """Where a cancellation that ``_created`` held back reaches a factory: while it still
+    holds what it made, and removes it. (Without an await after the create, asyncio's own
+    cancellation would end the factory's task with its result dropped: a sandbox left
+    running that nobody holds.)"""
+    await anyio.lowlevel.checkpoint()
 
 
 async def _quietly(awaitable: Awaitable[object]) -> None:

@@ -174,6 +174,7 @@ class FsProcess:
                 result.entries_delta,
                 ops,
                 generation,
+                bool(result.kept) or not view.upper_empty,
                 seq=seq,
             )
         )

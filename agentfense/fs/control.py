@@ -156,10 +156,14 @@ class Committed(Message):
     ops: tuple[int, ...] = NO_OPS
     # The view's generation as the commit began (``generation``): all it counted, committed.
     generation: int = 0
+    # The delta still holds something (a deletion kept, an entry that could not move, a file
+    # with several names): the next commit has work whatever the generation says.
+    pending: bool = False
 
     def _fields(self) -> dict[str, object]:
         return {
             "generation": self.generation,
+            "pending": self.pending,
             "changed": self.changed,
             "kept": self.kept,
             "over_limit": self.over_limit,
@@ -180,6 +184,7 @@ class Committed(Message):
             fields.integer("entries_delta", least=-MAX_INT),
             _ops(fields.nested("ops")),
             fields.integer("generation"),
+            fields.boolean("pending"),
             seq=seq,
         )
 

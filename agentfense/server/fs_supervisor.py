@@ -53,7 +53,7 @@ class _Mounted:
     fd: int  # the connection's device: kept while the view lives
     generation_fd: int  # its count of requests that may change it (``fs.generation``)
     generation: Generation
-    clean: int | None = None  # the count when a commit last left nothing behind
+    clean: int | None = None  # the count when a commit last left nothing in the delta
 
     def close(self) -> None:
         self.generation.close()
@@ -399,7 +399,7 @@ class FsSupervisor:
         reply = await self.request(control.Commit(view_id), control.Committed)
         mounted = self._views.get(view_id)
         if mounted is not None:
-            mounted.clean = reply.generation if not reply.kept else None
+            mounted.clean = None if reply.pending else reply.generation
         return reply
 
     async def changed(self, lower: Path, paths: Sequence[str]) -> None:

@@ -123,3 +123,35 @@ def test_a_closed_view_leaves_no_cycles(driver: _Driver) -> None:
         gc.garbage.clear()
         gc.enable()
     assert not left, f"closed views left cycles of: {left}"
+
+
+def test_a_commit_of_a_view_whose_connection_ended_is_answered(driver: _Driver) -> None:
+    """A view unmounted without RemoveView (its connection ended: its thread closed it) and
+    then asked to commit answers Failed, at once: the server waits for every commit's answer,
+    holding the sandbox's commands, its stop and its destroy until it comes."""
+    view_id = "sb_00000000000000ff"
+    mountpoint = driver.base / view_id
+    mountpoint.mkdir()
+    fd = mount_view(mountpoint)
+    spec = control.AddView(
+        id=view_id,
+        lower=str(driver.base / "lower"),
+        delta=str(driver.base / f"{view_id}.delta"),
+        rules=tuple(get_preset("agent-safe")),
+        uid=0,
+        gid=0,
+        seq=driver.seq(),
+    )
+    generation_fd = new_fd()
+    driver.request(spec, (fd, generation_fd))
+    os.close(generation_fd)
+    server = driver.process.servers[view_id]
+    unmount(mountpoint)
+    server._thread.join(30)
+    assert not server._thread.is_alive()
+    driver._sock.settimeout(10)
+    driver._channel.send(control.Commit(view_id, seq=driver.seq()).encode())
+    reply = driver._receive()
+    assert isinstance(reply, control.Failed), reply
+    driver.request(control.RemoveView(view_id, seq=driver.seq()))
+    os.close(fd)

@@ -26,7 +26,7 @@ import betterproto
 import pytest
 import trio
 
-from agentfense import AsyncSandbox, AsyncSandboxClient, OutputChunk, SandboxStatus
+from agentfense import AsyncSandbox, AsyncSandboxClient, OutputChunk, RuntimeType, SandboxStatus
 from agentfense._proto.sandbox import v1 as pb
 
 from ._procs import host_processes
@@ -398,3 +398,46 @@ async def test_from_local_cancelled_mid_upload_leaves_nothing_behind(
     ) as sandbox:
         assert (await sandbox.run("ls | wc -l")).stdout == f"{FILES}\n"
     assert name not in {c.name for c in await client.list_codebases()}
+
+
+@pytest.mark.parametrize(("anyio_backend", "mechanism"), EXPLICIT)
+@pytest.mark.parametrize("factory", ["from_codebase", "from_local"])
+async def test_a_factory_cancelled_as_its_sandbox_starts_leaves_nothing_behind(
+    client: AsyncSandboxClient, endpoint: str, project: Path, mechanism: str, factory: str
+) -> None:
+    """Cancelled while the server creates and starts the sandbox (a container: a start
+    long enough to be caught), the factory destroys it (and from_local its codebase) before
+    the cancellation reaches the caller: nothing is left running that no one holds."""
+    name = f"cancelled-start-{uuid.uuid4().hex}"
+    mine = await client.create_codebase(name)
+    docker, image = RuntimeType.DOCKER, "agentfense/busybox:latest"
+
+    async def create() -> AsyncSandbox:  # (the factory's own coroutine: task.cancel's task)
+        if factory == "from_codebase":
+            return await AsyncSandbox.from_codebase(
+                mine.id, endpoint=endpoint, runtime=docker, image=image
+            )
+        return await AsyncSandbox.from_local(
+            project, endpoint=endpoint, codebase_name=name, runtime=docker, image=image
+        )
+
+    async def codebases() -> list[str]:
+        return [c.id for c in await client.list_codebases() if c.name == name]
+
+    async def starting() -> bool:
+        for codebase_id in await codebases():
+            if await client.list_sandboxes(codebase_id):
+                return True
+        return False
+
+    try:
+        await _cancel(mechanism, create, starting)
+        for codebase_id in await codebases():
+            assert await client.list_sandboxes(codebase_id) == []
+        assert await codebases() == [mine.id]  # (from_local's own: deleted)
+    finally:
+        with anyio.CancelScope(shield=True):
+            for codebase_id in await codebases():
+                for info in await client.list_sandboxes(codebase_id):
+                    await client.destroy_sandbox(info.id)
+                await client.delete_codebase(codebase_id)

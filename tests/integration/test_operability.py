@@ -4,6 +4,7 @@ scraped over real HTTP."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import time
@@ -23,6 +24,7 @@ from agentfense import (
     Permission,
     PermissionRule,
     RuntimeType,
+    SandboxError,
     SandboxNotFoundError,
 )
 from agentfense.testing import ServerProcess, start_server_process
@@ -386,3 +388,34 @@ async def test_a_scraper_in_a_tight_loop_gets_answers_paced(ops_server: ServerPr
                 await client.delete_codebase(codebase.id)
     elapsed = time.monotonic() - began  # (the last answers came after `until`)
     assert 2 <= answered <= elapsed / 0.25 + 1
+
+
+async def test_what_a_commit_could_not_move_is_committed_later(ops_server: ServerProcess) -> None:
+    """A file whose path the codebase made a directory of meanwhile (an upload) cannot be
+    committed and stays in the delta. The view is not clean then: once the directory is
+    gone, the next command commits the file, even one that only reads."""
+    async with AsyncSandboxClient(ops_server.endpoint) as client:
+        codebase = await client.create_codebase("ops-stays")
+        rules = [PermissionRule("**", Permission.WRITE)]
+        agent = (await client.create_sandbox(codebase.id, permissions=rules, start=True)).id
+        other = (await client.create_sandbox(codebase.id, permissions=rules, start=True)).id
+        assert (await client.exec(agent, "mkfifo /tmp/gate")).exit_code == 0
+        async with anyio.create_task_group() as tg:
+            # Written, then held until the codebase has a directory at that path.
+            tg.start_soon(client.exec, agent, "echo mine > conflict; cat /tmp/gate >/dev/null")
+            with anyio.fail_after(10):
+                while True:
+                    with contextlib.suppress(SandboxError):
+                        if await client.read_sandbox_file(agent, "conflict") == b"mine\n":
+                            break
+                    await anyio.sleep(0.05)
+            await client.upload_file(codebase.id, "conflict/theirs.txt", b"theirs\n")
+            assert (await client.exec(agent, "echo > /tmp/gate")).exit_code == 0
+        listed = {f.path for f in await client.list_files(codebase.id, recursive=True)}
+        assert listed == {"conflict", "conflict/theirs.txt"}  # (the file stayed in the delta)
+        assert (await client.exec(other, "rm -r conflict")).exit_code == 0
+        assert (await client.exec(agent, "cat conflict")).stdout == "mine\n"
+        assert await client.download_file(codebase.id, "conflict") == b"mine\n"
+        await client.destroy_sandbox(agent)
+        await client.destroy_sandbox(other)
+        await client.delete_codebase(codebase.id)

@@ -5,6 +5,7 @@ each within the block's deadline, and the cancellation reaches the caller after 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from agentfense._proto.sandbox.v1 import GetSandboxRequest, Sandbox
 from agentfense._transport import Transport, finishing, open_transport
 from agentfense._transport._asyncio_side import GrpcCalls
 from agentfense.errors import ConnectionError, StatusCode
+from agentfense.types import TLSConfig
 
 GET_SANDBOX = "/sandbox.v1.SandboxService/GetSandbox"
 CANCEL_AFTER = 0.05  # the "slow-" calls take 0.2 s: the cancellation comes during the first
@@ -192,3 +194,30 @@ async def test_a_connection_opened_ahead_in_vain_is_left_to_the_next_call(
             await get(transport, "sb-1")
         with pytest.raises(ConnectionError, match="cannot reach"):
             await get(transport, "sb-1")
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_closing_while_the_connection_ahead_opens_keeps_the_callers_cancellation() -> None:
+    """Closing cancels the connection still opening ahead (a TLS handshake with a server that
+    never answers) and waits for its end: a cancellation of the caller that comes meanwhile
+    is the caller's, and reaches it, and the connection is closed all the same."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)  # accepts (the kernel does) but never answers
+        port = listener.getsockname()[1]
+        transport = await open_transport(f"127.0.0.1:{port}", tls=TLSConfig())
+        calls = transport._calls
+        assert isinstance(calls, GrpcCalls)
+        calls.connect_ahead()
+        await asyncio.sleep(0.1)
+        ahead = calls._ahead
+        assert ahead is not None
+        assert not ahead.done()  # (handshaking)
+        closing = asyncio.get_running_loop().create_task(transport.aclose())
+        await asyncio.sleep(0)  # (it has cancelled the connection ahead, and waits for it)
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        assert ahead.done()
+        assert not calls.channel._connected
