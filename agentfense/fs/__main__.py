@@ -103,10 +103,18 @@ class FsProcess:
         return server
 
     def _add_view(self, spec: control.AddView, fd: int, generation_fd: int) -> None:
+        """Serve the view. When this raises, both fds are still open: the caller closes
+        every fd a request brought (each in one place: a number closed twice may be another
+        thread's by then)."""
+        generation = Generation(generation_fd)
         try:
-            generation = Generation(generation_fd)
-        finally:
-            os.close(generation_fd)
+            self._serve(spec, fd, generation)
+        except BaseException:
+            generation.close()
+            raise
+        os.close(generation_fd)  # (mapped: the count lives on in the mapping)
+
+    def _serve(self, spec: control.AddView, fd: int, generation: Generation) -> None:
         if spec.id in self.servers:  # asked again after a restart that took it over
             generation.close()
             os.close(fd)

@@ -155,3 +155,37 @@ def test_a_commit_of_a_view_whose_connection_ended_is_answered(driver: _Driver) 
     assert isinstance(reply, control.Failed), reply
     driver.request(control.RemoveView(view_id, seq=driver.seq()))
     os.close(fd)
+
+
+def _generation_mappings() -> int:
+    with open("/proc/self/maps") as maps:
+        return sum("agentfense-view-generation" in line for line in maps)
+
+
+def test_a_view_that_cannot_be_served_leaves_nothing_of_its_fds(driver: _Driver) -> None:
+    """An AddView that fails (its delta cannot be made) is answered Failed; its two fds are
+    closed once each (by whoever received them) and its generation is not left mapped."""
+    (driver.base / "a-file").write_text("")
+    before = _generation_mappings()
+    for attempt in range(3):
+        view_id = f"sb_00000000000001{attempt:02x}"
+        mountpoint = driver.base / view_id
+        mountpoint.mkdir()
+        fd = mount_view(mountpoint)
+        spec = control.AddView(
+            id=view_id,
+            lower=str(driver.base / "lower"),
+            delta=str(driver.base / "a-file" / "delta"),  # (under a file: cannot be made)
+            rules=tuple(get_preset("agent-safe")),
+            uid=0,
+            gid=0,
+            seq=driver.seq(),
+        )
+        generation_fd = new_fd()
+        driver._channel.send(spec.encode(), (fd, generation_fd))
+        assert isinstance(driver._receive(), control.Failed)
+        os.close(generation_fd)
+        unmount(mountpoint)
+        os.close(fd)
+    assert _generation_mappings() == before
+    assert view_id not in driver.process.servers
