@@ -158,7 +158,7 @@ class GrpcCalls:
         caller whose call runs over another connection meanwhile (a create, in a
         ``finishing()`` block) does not wait for this one at its next call. A failure is
         left to that call to report."""
-        if self._ahead is None and not self.channel._connected:
+        if (self._ahead is None or self._ahead.done()) and not self.channel._connected:
             self._ahead = asyncio.get_running_loop().create_task(self._connect_quietly())
 
     async def _connect_quietly(self) -> None:

@@ -332,9 +332,10 @@ class SandboxManager:
             return record
         try:
             return await self.start(record.id)
-        except BaseException:
+        except BaseException as exc:
+            why = "could not start" if isinstance(exc, Exception) else "cancelled as it started"
             with anyio.CancelScope(shield=True):
-                await self.destroy(record.id, why="could not start")
+                await self.destroy(record.id, why=why)
             raise
 
     async def _make(
