@@ -71,24 +71,38 @@ def driver(tmp_path: Path) -> Iterator[_Driver]:
     running.close()
 
 
-def _life(driver: _Driver, number: int) -> None:
-    """A view is added, used (read, written, committed), removed and unmounted."""
-    view_id = f"sb_{number:016x}"
+def _mounted(driver: _Driver, view_id: str) -> tuple[Path, int]:
+    """A new FUSE connection mounted for ``view_id``: its mountpoint and device fd."""
     mountpoint = driver.base / view_id
     mountpoint.mkdir()
-    fd = mount_view(mountpoint)
+    return mountpoint, mount_view(mountpoint)
+
+
+def _add_view(driver: _Driver, view_id: str, fd: int, delta: Path | None = None) -> control.Reply:
+    """Ask for an ``agent-safe`` view of the lower tree on ``fd`` (with a new generation, as
+    the server sends it); the reply."""
     spec = control.AddView(
         id=view_id,
         lower=str(driver.base / "lower"),
-        delta=str(driver.base / f"{view_id}.delta"),
+        delta=str(delta or driver.base / f"{view_id}.delta"),
         rules=tuple(get_preset("agent-safe")),
         uid=0,
         gid=0,
         seq=driver.seq(),
     )
     generation_fd = new_fd()
-    driver.request(spec, (fd, generation_fd))
-    os.close(generation_fd)
+    try:
+        driver._channel.send(spec.encode(), (fd, generation_fd))
+        return driver._receive()
+    finally:
+        os.close(generation_fd)
+
+
+def _life(driver: _Driver, number: int) -> None:
+    """A view is added, used (read, written, committed), removed and unmounted."""
+    view_id = f"sb_{number:016x}"
+    mountpoint, fd = _mounted(driver, view_id)
+    assert isinstance(_add_view(driver, view_id, fd), control.Done)
     server = driver.process.servers[view_id]
     assert (mountpoint / "README.md").read_text() == "hello\n"
     (mountpoint / "output").mkdir(exist_ok=True)  # (committed by an earlier view)
@@ -130,21 +144,8 @@ def test_a_commit_of_a_view_whose_connection_ended_is_answered(driver: _Driver) 
     then asked to commit answers Failed, at once: the server waits for every commit's answer,
     holding the sandbox's commands, its stop and its destroy until it comes."""
     view_id = "sb_00000000000000ff"
-    mountpoint = driver.base / view_id
-    mountpoint.mkdir()
-    fd = mount_view(mountpoint)
-    spec = control.AddView(
-        id=view_id,
-        lower=str(driver.base / "lower"),
-        delta=str(driver.base / f"{view_id}.delta"),
-        rules=tuple(get_preset("agent-safe")),
-        uid=0,
-        gid=0,
-        seq=driver.seq(),
-    )
-    generation_fd = new_fd()
-    driver.request(spec, (fd, generation_fd))
-    os.close(generation_fd)
+    mountpoint, fd = _mounted(driver, view_id)
+    assert isinstance(_add_view(driver, view_id, fd), control.Done)
     server = driver.process.servers[view_id]
     unmount(mountpoint)
     server._thread.join(30)
@@ -169,22 +170,9 @@ def test_a_view_that_cannot_be_served_leaves_nothing_of_its_fds(driver: _Driver)
     before = _generation_mappings()
     view_ids = [f"sb_00000000000001{attempt:02x}" for attempt in range(3)]
     for view_id in view_ids:
-        mountpoint = driver.base / view_id
-        mountpoint.mkdir()
-        fd = mount_view(mountpoint)
-        spec = control.AddView(
-            id=view_id,
-            lower=str(driver.base / "lower"),
-            delta=str(driver.base / "a-file" / "delta"),  # (under a file: cannot be made)
-            rules=tuple(get_preset("agent-safe")),
-            uid=0,
-            gid=0,
-            seq=driver.seq(),
-        )
-        generation_fd = new_fd()
-        driver._channel.send(spec.encode(), (fd, generation_fd))
-        assert isinstance(driver._receive(), control.Failed)
-        os.close(generation_fd)
+        mountpoint, fd = _mounted(driver, view_id)
+        unmade = driver.base / "a-file" / "delta"  # (under a file: cannot be made)
+        assert isinstance(_add_view(driver, view_id, fd, unmade), control.Failed)
         unmount(mountpoint)
         os.close(fd)
     assert _generation_mappings() == before
