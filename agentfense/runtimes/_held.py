@@ -20,16 +20,17 @@ import logging
 import os
 import select
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import anyio
 import anyio.abc
 
 from ._cgroup import SandboxCgroup, hold
 from ._limits import SandboxLimits
+from ._processes import reap, spawn
+from ._waiting_launcher import WAIT_FOR, WaitingLauncher
 from .base import BadWorkdir, CommandSpec, ForkRefused, RuntimeError_, SandboxGone
 
 _log = logging.getLogger(__name__)
@@ -202,6 +203,7 @@ class HeldSandbox:
         limit_fds: Sequence[int],
         task_group: anyio.abc.TaskGroup,
         session_bash: str | None,
+        waiting: WaitingLauncher | None = None,
     ) -> None:
         self._namespaces = namespaces
         self._settings = settings
@@ -220,6 +222,9 @@ class HeldSandbox:
         # Set once the first command has ended (or the sandbox stopped): work done ahead
         # (the pool's next build) waits for it, not to compete with a first command.
         self.first_done = anyio.Event()
+        self._waiting = waiting  # (for the first command: ``_waiting_launcher``)
+        if waiting is not None:
+            task_group.start_soon(self._let_waiting_go, waiting)
 
     @property
     def alive(self) -> bool:
@@ -275,9 +280,16 @@ class HeldSandbox:
         self, command: CommandSpec, init: _Init | None, deciding: _Deciding
     ) -> LaunchedProcess:
         settings = self._settings
-        leaf = self._cgroup.new_leaf()
+        # (a waiting launcher's leaves were made before it began to move: a mkdir would wait)
+        waiting, self._waiting = self._waiting, None
+        leaf, spare = waiting.leaves if waiting is not None else (self._cgroup.new_leaf(), None)
         # The init's leaf holds the init and the guards (of the commands that join it too).
-        init_dir = init.leaf if init is not None else self._cgroup.new_leaf("init")
+        if init is not None:
+            init_dir = init.leaf
+            if spare is not None:
+                SandboxCgroup.try_remove(spare)
+        else:
+            init_dir = spare or self._cgroup.new_leaf("init")
         init_leaf = None if init is not None else init_dir  # (a new one)
         theirs: list[int] = []
         ours: list[int] = []
@@ -300,38 +312,52 @@ class HeldSandbox:
                 os.fchmod(fd, 0o666)
             for fd in ours:
                 os.set_blocking(fd, False)
-            ns = self._namespaces.fds
-            join_fd = -1 if init is None else init.pidfd
-            argv = [
-                "init",  # (and the init rewrites its command line: not the server's paths)
-                "run",
-                str(status_w),
-                str(settings.seccomp_fd),
-                ",".join(map(str, ns)),
-                str(init_leaf_fd),
-                str(leaf_fd),
-                str(join_fd),
-                str(door),
-                ",".join(map(str, self._limit_fds)) or "-",
-                str(settings.uid),
-                str(settings.gid),
-                str(settings.nproc),
-                "fresh" if settings.fresh_home else "keep",
-                command.cwd,
-                "--",
-                *command.argv,
-            ]
-            passed = [status_w, settings.seccomp_fd, *ns, leaf_fd, init_leaf_fd, door]
-            passed += self._limit_fds
-            launcher = spawn(
-                argv,
-                executable=settings.launcher,
-                stdin=stdin_r,
-                stdout=stdout_w,
-                stderr=stderr_w,
-                pass_fds=passed + ([] if init is None else [init.pidfd]),
-                env=dict(command.env),
-            )
+            # In the order a waiting launcher takes them, from 0 on (``_waiting_launcher``).
+            passed = [stdin_r, stdout_w, stderr_w, status_w, settings.seccomp_fd]
+            passed += [*self._namespaces.fds, init_leaf_fd, leaf_fd, door]
+            join = -1 if init is None else init.pidfd
+            if join >= 0:
+                passed.append(join)
+
+            def run_args(number: Callable[[int], int], limits: str) -> list[str]:
+                """``launcher run``'s, each fd named by ``number``: its number there."""
+                return [
+                    "run",
+                    str(number(status_w)),
+                    str(number(settings.seccomp_fd)),
+                    ",".join(str(number(fd)) for fd in self._namespaces.fds),
+                    str(number(init_leaf_fd)),
+                    str(number(leaf_fd)),
+                    str(-1 if join < 0 else number(join)),
+                    str(number(door)),
+                    limits,
+                    str(settings.uid),
+                    str(settings.gid),
+                    str(settings.nproc),
+                    "fresh" if settings.fresh_home else "keep",
+                    command.cwd,
+                    "--",
+                    *command.argv,
+                ]
+
+            if waiting is not None and waiting.send(
+                run_args(passed.index, "-"), command.env, passed
+            ):
+                launcher = waiting.process
+            else:
+                if waiting is not None:
+                    self._task_group.start_soon(reap, waiting.process)
+                limits = ",".join(map(str, self._limit_fds)) or "-"
+                launcher = spawn(
+                    # (the init rewrites its command line: the server's paths are not shown)
+                    ["init", *run_args(lambda fd: fd, limits)],
+                    executable=settings.launcher,
+                    stdin=stdin_r,
+                    stdout=stdout_w,
+                    stderr=stderr_w,
+                    pass_fds=passed[3:] + self._limit_fds,
+                    env=dict(command.env),
+                )
         except (OSError, ValueError) as exc:  # (ValueError: a NUL in argv or env)
             for fd in theirs + ours:
                 os.close(fd)
@@ -405,6 +431,20 @@ class HeldSandbox:
             self.first_done.set()
         await reap(launcher)
 
+    async def _let_waiting_go(self, waiting: WaitingLauncher) -> None:
+        """No first command came soon: an idle sandbox keeps no process."""
+        await anyio.sleep(WAIT_FOR)
+        self._close_waiting(waiting)
+
+    def _close_waiting(self, waiting: WaitingLauncher | None) -> None:
+        """Let ``waiting`` go if it is still unused (it ends at once), and reap it."""
+        if waiting is not None and self._waiting is waiting:
+            self._waiting = None
+            waiting.close()
+            self._task_group.start_soon(reap, waiting.process)
+            for leaf in waiting.leaves:
+                SandboxCgroup.try_remove(leaf)
+
     async def kill_leftovers(self) -> bool:
         # (an init ends by itself once nothing is left in its pid namespace)
         await self._cgroup.kill_leaves(keep=[p.leaf for p in self._running])
@@ -419,6 +459,7 @@ class HeldSandbox:
                 return
             self._stopped = True
             self.first_done.set()
+            self._close_waiting(self._waiting)
             self._namespaces.close()  # the namespaces go with their last process
             self._forget_init()
             await self._cgroup.kill_leaves(kinds="*")
@@ -463,22 +504,3 @@ def _refusal(line: str | None, *, stopped: bool) -> RuntimeError_:
     if number == str(errno.EAGAIN):
         return ForkRefused(f"cannot start the command: {message}")
     return RuntimeError_(f"cannot start the command: {message}")
-
-
-def spawn(argv: Sequence[str], **options: Any) -> subprocess.Popen[bytes]:
-    """Start a program from the event loop's thread. subprocess uses vfork here (no
-    ``preexec_fn``), so the loop waits only until the exec (a fraction of a millisecond),
-    less than a worker thread's hand-off would cost; and a helper spawned from a worker
-    thread would get bwrap's ``--die-with-parent`` when that thread ends."""
-    return subprocess.Popen(argv, close_fds=True, **options)
-
-
-async def reap(launcher: subprocess.Popen[bytes]) -> None:
-    """Wait for the launcher's exit without a thread, then collect it (cancelled: the server
-    stops, and its children with it)."""
-    pidfd = os.pidfd_open(launcher.pid)
-    try:
-        await anyio.wait_readable(pidfd)
-    finally:
-        os.close(pidfd)
-    launcher.wait()

@@ -44,12 +44,14 @@ import anyio.abc
 from ..types import ResourceLimits
 from ._agent_client import AGENT_SOURCE, AgentConnection
 from ._cgroup import SandboxCgroup, find_cgroup2_root, sweep_dead
-from ._held import HeldNamespaces, HeldSandbox, LaunchSettings, give_to_sandbox, reap, spawn
+from ._held import HeldNamespaces, HeldSandbox, LaunchSettings, give_to_sandbox
 from ._held_pool import HeldPool
 from ._limits import SandboxLimits, find_limit_cgroups, tmpfs_sizes
+from ._processes import reap, spawn
 from ._seccomp import compile_filter, native_arch
 from ._static_helpers import FIX, HelperUnavailable
 from ._static_helpers import build as build_helper
+from ._waiting_launcher import WaitingLauncher
 from .base import WORKSPACE, CommandSpec, Process, RuntimeError_, SandboxSpec
 
 SANDBOX_UID = 1000
@@ -424,14 +426,22 @@ class BwrapRuntime:
             assert self._cgroup_root is not None  # (``_find_launcher`` needs it)
             leaves = SandboxCgroup(self._cgroup_root, run)
             limits, limit_fds = self._limits(spec, run, leaves)
+            # First: its move into the limit cgroups runs beside the rest of the start.
+            waiting = WaitingLauncher.start(launcher, limit_fds, leaves)
             try:
-                return await self._start_held(spec, task_group, launcher, leaves, limits, limit_fds)
+                return await self._start_held(
+                    spec, task_group, launcher, leaves, limits, limit_fds, waiting
+                )
             except BaseException:
                 for fd in limit_fds:
                     os.close(fd)
-                leaves.remove()
-                if limits is not None:
-                    limits.remove()
+                if waiting is not None:
+                    waiting.close()
+                    task_group.start_soon(_remove_once_gone, waiting.process, leaves, limits)
+                else:
+                    leaves.remove()
+                    if limits is not None:
+                        limits.remove()
                 raise
         cgroup = (
             SandboxCgroup(self._cgroup_root, run, owner_uid=spec.host_uid)
@@ -480,6 +490,7 @@ class BwrapRuntime:
         cgroup: SandboxCgroup,
         limits: SandboxLimits | None,
         limit_fds: list[int],
+        waiting: WaitingLauncher | None,
     ) -> HeldSandbox:
         """A set of namespaces built ahead (the pool's), given the sandbox's files, or else
         built now; then the pool is topped up, in the background, once the sandbox's first
@@ -516,6 +527,7 @@ class BwrapRuntime:
             limit_fds,
             task_group,
             SESSION_BASH if self._session_bash else None,
+            waiting,
         )
         # (once its first command is done: a build's mounts would hold up that command's)
         self._pool.want(sizes, task_group, after=sandbox.first_done)
@@ -779,3 +791,15 @@ async def _first_of(*waits: Any) -> None:
 
         for wait in waits:
             tg.start_soon(one, wait)
+
+
+async def _remove_once_gone(
+    process: subprocess.Popen[bytes], leaves: SandboxCgroup, limits: SandboxLimits | None
+) -> None:
+    """Remove the cgroups of a sandbox that did not start, once the launcher waiting in them
+    has ended (at once: its socket is closed)."""
+    with anyio.CancelScope(shield=True):
+        await reap(process)
+    leaves.remove()
+    if limits is not None:
+        limits.remove()

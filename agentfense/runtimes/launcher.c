@@ -3,6 +3,7 @@
  *   launcher hold READY BLOCK
  *   launcher attach MNT WORKSPACE ro|rw UID GID
  *   launcher idle PROGRAM ARGS...
+ *   launcher wait SOCKET LIMITS
  *   launcher run STATUS SECCOMP NS INIT_LEAF CMD_LEAF JOIN DOOR LIMITS UID GID NPROC HOME CWD -- cmd
  *
  * A sandbox is a set of namespaces (mount, network, ipc, uts) that bwrap builds once, with
@@ -51,6 +52,17 @@
  * and the init ends when nothing is left in its pid namespace. The launcher waits for what
  * it started, so the server reaps one child per command.
  *
+ * `wait` is a `run` started ahead, with the sandbox: it joins the limit cgroups (LIMITS, as
+ * above) at once, and then waits for the one request the server sends on SOCKET (a
+ * SOCK_SEQPACKET socket): a datagram of NUL-terminated strings, ARGC, then `run`'s ARGC
+ * arguments, then its environment, with the fds it names, in order, from 0 on (stdin,
+ * stdout, stderr first). It puts them there and becomes that `run` (LIMITS `-`: it is in
+ * them already). Joining a limit cgroup moves a process, which waits for an RCU grace period
+ * unless a move happened a moment before (milliseconds, on a host whose cgroup hierarchy has
+ * no `favordynmods`), so a sandbox's first command, which follows its start at once, finds
+ * that wait behind it. The socket closed without a request (the server's: no command came
+ * soon enough): it ends.
+ *
  * Whatever runs in the sandbox gets none of these fds (the guard keeps STATUS; the command
  * closes every fd beyond its stdio): no command can forge another's report. Nothing in the
  * sandbox can signal, trace (seccomp) or look into a guard (root's), nor the init (pid 1:
@@ -73,11 +85,14 @@ const char PROGRAM[] = "launcher";
 #include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 
 #define SANDBOX_ID 1000
 #define NS_COUNT 4
 #define MAX_LIMITS 8
+#define WAIT_MAX_FDS 16         /* a request's fds: `run` passes at most 14 */
+#define WAIT_MAX_REQUEST 65536  /* bytes: a longer command is spawned as it comes */
 #define MAX_FILTER 4096 /* instructions: the kernel's BPF_MAXINSNS */
 #define COMMAND_OOM_SCORE_ADJ "500"
 #define INIT_OOM_SCORE_ADJ "-999"
@@ -710,10 +725,100 @@ static int idle(char **argv)
     return 126;
 }
 
+static int usage(void);
+static int parse_fd(const char *text, int *fd);
+
+/* `launcher wait SOCKET LIMITS` (see the top): never returns but at the socket's end. */
+static int wait_for_request(int sock, const char *limits_text)
+{
+    static char request[WAIT_MAX_REQUEST + 1];
+    union {
+        struct cmsghdr align;
+        char space[CMSG_SPACE(sizeof(int) * WAIT_MAX_FDS)];
+    } control;
+    int limits[MAX_LIMITS], fds[WAIT_MAX_FDS], fd_count = 0, join_error = 0, status;
+    int limit_count = parse_fds(limits_text, limits, MAX_LIMITS);
+    struct iovec part = {request, WAIT_MAX_REQUEST};
+    struct msghdr message;
+    ssize_t size;
+
+    if (limit_count < 0 || fcntl(sock, F_SETFD, FD_CLOEXEC) != 0)
+        return usage();
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0)
+        return 126;
+    for (int i = 0; i < limit_count; i++) {
+        if (write(limits[i], "0", 1) != 1 && join_error == 0)
+            join_error = errno; /* (said once the request gives a STATUS to say it on) */
+        close(limits[i]);
+    }
+    memset(&message, 0, sizeof message);
+    message.msg_iov = &part;
+    message.msg_iovlen = 1;
+    message.msg_control = control.space;
+    message.msg_controllen = sizeof control.space;
+    do
+        size = recvmsg(sock, &message, MSG_CMSG_CLOEXEC);
+    while (size < 0 && errno == EINTR);
+    if (size <= 0)
+        return 0; /* not wanted */
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&message); c; c = CMSG_NXTHDR(&message, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        if (count > (size_t)(WAIT_MAX_FDS - fd_count))
+            return 126;
+        memcpy(fds + fd_count, CMSG_DATA(c), count * sizeof(int));
+        fd_count += (int)count;
+    }
+    if ((message.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) || fd_count < 3 ||
+        request[size - 1] != '\0')
+        return 126;
+    request[size] = '\0';
+    /* The fds at 0, 1, 2...: moved out of the way first (above any target, and the socket). */
+    for (int i = 0; i < fd_count; i++) {
+        int high = fcntl(fds[i], F_DUPFD_CLOEXEC, 64);
+        if (high < 0)
+            return 126;
+        close(fds[i]);
+        fds[i] = high;
+    }
+    for (int i = 0; i < fd_count; i++)
+        if (dup2(fds[i], i) != i) /* (the copy is not close-on-exec; the original is) */
+            return 126;
+    /* The strings: ARGC, the arguments, the environment. */
+    size_t count = 0;
+    for (ssize_t i = 0; i < size; i++)
+        count += request[i] == '\0';
+    char **strings = calloc(count + 2, sizeof(char *));
+    if (strings == NULL)
+        return 126;
+    char *at = request;
+    for (size_t i = 0; i < count; i++, at += strlen(at) + 1)
+        strings[i] = at;
+    char *end;
+    long argc = strtol(strings[0], &end, 10);
+    if (*end != '\0' || argc < 17 || (size_t)argc > count - 1 || strcmp(strings[2], "run") != 0)
+        return 126;
+    char **args = strings + 1, **environment = strings + 1 + argc;
+    memmove(environment + 1, environment, (count - 1 - (size_t)argc) * sizeof(char *));
+    environment[0] = NULL; /* (the arguments' end; the environment's is already there) */
+    environment++;
+    if (parse_fd(args[2], &status) != 0 || status < 0)
+        return 126;
+    if (join_error != 0) {
+        errno = join_error;
+        refuse(status, "join the sandbox's limit cgroups");
+    }
+    execve("/proc/self/exe", args, environment);
+    refuse(status, "run the launcher");
+    return 126;
+}
+
 static int usage(void)
 {
     fputs("launcher: usage: launcher hold READY BLOCK | launcher attach MNT WORKSPACE ro|rw "
-          "UID GID | launcher idle PROGRAM ARGS... | launcher run STATUS SECCOMP NS "
+          "UID GID | launcher idle PROGRAM ARGS... | launcher wait SOCKET LIMITS | "
+          "launcher run STATUS SECCOMP NS "
           "INIT_LEAF CMD_LEAF JOIN DOOR LIMITS UID GID NPROC HOME CWD -- cmd args...\n",
           stderr);
     return 126;
@@ -742,6 +847,8 @@ int main(int argc, char **argv)
                       (uid_t)strtoul(argv[5], NULL, 10), (gid_t)strtoul(argv[6], NULL, 10));
     if (argc >= 3 && !strcmp(argv[1], "idle"))
         return idle(argv + 2);
+    if (argc == 4 && !strcmp(argv[1], "wait"))
+        return wait_for_request(atoi(argv[2]), argv[3]);
     if (argc < 17 || strcmp(argv[1], "run") != 0 || strcmp(argv[15], "--") != 0)
         return usage();
     memset(&r, 0, sizeof r);
