@@ -16,10 +16,15 @@ import os
 import socket
 import subprocess
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
+import anyio.abc
+
 from ._cgroup import SandboxCgroup
-from ._processes import spawn
+from ._limits import SandboxLimits
+from ._processes import reap, spawn
 
 WAIT_FOR = 1.0  # seconds a started sandbox's waiting launcher waits for a first command
 _MAX_REQUEST = 65536  # bytes (launcher.c's WAIT_MAX_REQUEST): a longer one is spawned anew
@@ -104,6 +109,37 @@ class WaitingLauncher:
         return self._socket is None
 
 
-def _close_all(fds: Sequence[int]) -> None:
-    for fd in fds:
-        os.close(fd)
+@dataclass(eq=False)
+class StartAhead:
+    """What a held sandbox's start begins first (``BwrapRuntime.prepare``, or the start
+    itself): its cgroups (named ``run``), its limit cgroups and write fds on their
+    ``cgroup.procs``, and the launcher waiting in them. Implements ``base.Prepared``."""
+
+    run: str
+    leaves: SandboxCgroup
+    limits: SandboxLimits | None
+    limit_fds: list[int]
+    waiting: WaitingLauncher | None
+    task_group: anyio.abc.TaskGroup
+
+    def release(self) -> None:
+        """The sandbox did not start with them: they go (the cgroups once the waiting
+        launcher has ended, at once, in the background)."""
+        fds, self.limit_fds = self.limit_fds, []
+        for fd in fds:
+            os.close(fd)
+        if self.waiting is None:
+            self._remove()
+            return
+        self.waiting.close()
+        self.task_group.start_soon(self._remove_once_gone, self.waiting.process)
+
+    async def _remove_once_gone(self, process: subprocess.Popen[bytes]) -> None:
+        with anyio.CancelScope(shield=True):
+            await reap(process)
+        self._remove()
+
+    def _remove(self) -> None:
+        self.leaves.remove()
+        if self.limits is not None:
+            self.limits.remove()

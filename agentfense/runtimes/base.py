@@ -117,6 +117,14 @@ class SandboxHandle(Protocol):
         ...
 
 
+class Prepared(Protocol):
+    """What a runtime began ahead of a sandbox's start (``Runtime.prepare``)."""
+
+    def release(self) -> None:
+        """Let it go unused: the sandbox will not start with it."""
+        ...
+
+
 class Runtime(Protocol):
     """What starts sandboxes of one kind; ``lookup.Runtimes`` finds the one a sandbox asks
     for."""
@@ -129,8 +137,22 @@ class Runtime(Protocol):
         """Why a sandbox of ``image`` under ``resources`` cannot run here, or None."""
         ...
 
-    async def start(self, spec: SandboxSpec, task_group: anyio.abc.TaskGroup) -> SandboxHandle:
-        """Start the sandbox; what watches its processes runs in ``task_group``."""
+    def prepare(
+        self, sandbox_id: str, resources: ResourceLimits, task_group: anyio.abc.TaskGroup
+    ) -> Prepared | None:
+        """Begin what a start that follows at once can do before the sandbox has its files,
+        and that would keep it waiting (its cleanup runs in ``task_group``); None: nothing.
+        The start takes it, else it is released."""
+        ...
+
+    async def start(
+        self,
+        spec: SandboxSpec,
+        task_group: anyio.abc.TaskGroup,
+        prepared: Prepared | None = None,
+    ) -> SandboxHandle:
+        """Start the sandbox (with what ``prepare`` began for it, which the start owns from
+        now on, even when it fails); what watches its processes runs in ``task_group``."""
         ...
 
     async def remove_leftovers(self) -> None:

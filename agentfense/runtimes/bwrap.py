@@ -51,8 +51,8 @@ from ._processes import reap, spawn
 from ._seccomp import compile_filter, native_arch
 from ._static_helpers import FIX, HelperUnavailable
 from ._static_helpers import build as build_helper
-from ._waiting_launcher import WaitingLauncher
-from .base import WORKSPACE, CommandSpec, Process, RuntimeError_, SandboxSpec
+from ._waiting_launcher import StartAhead, WaitingLauncher
+from .base import WORKSPACE, CommandSpec, Prepared, Process, RuntimeError_, SandboxSpec
 
 SANDBOX_UID = 1000
 # Where a sandbox finds the bash its sessions run (see ``SandboxHandle.session_bash``).
@@ -411,57 +411,86 @@ class BwrapRuntime:
             return {}
         return {"user": spec.host_uid, "group": spec.host_gid, "extra_groups": []}
 
+    def prepare(
+        self, sandbox_id: str, resources: ResourceLimits, task_group: anyio.abc.TaskGroup
+    ) -> StartAhead | None:
+        """A held sandbox's cgroups and limits, and the launcher waiting in them, begun
+        while the server still makes the sandbox's view: the launcher's move into the limit
+        cgroups takes a grace period of the kernel's (``_waiting_launcher``). None where
+        sandboxes are not held, or when they cannot be made (the start says why)."""
+        if self._launcher is None or self.check() is not None:
+            return None
+        try:
+            return self._start_ahead(sandbox_id, resources, self._launcher, task_group)
+        except (OSError, RuntimeError_):
+            return None
+
+    def _start_ahead(
+        self,
+        sandbox_id: str,
+        resources: ResourceLimits,
+        launcher: Path,
+        task_group: anyio.abc.TaskGroup,
+    ) -> StartAhead:
+        assert self._cgroup_root is not None  # (the launcher needs it)
+        # Cgroups of this run's own: whatever a run that died left is not in its way.
+        run = f"{sandbox_id}.{secrets.token_hex(4)}"
+        leaves = SandboxCgroup(self._cgroup_root, run)
+        limits, limit_fds = self._limits(resources, run, leaves)
+        waiting = WaitingLauncher.start(launcher, limit_fds, leaves)
+        return StartAhead(run, leaves, limits, limit_fds, waiting, task_group)
+
     async def start(
-        self, spec: SandboxSpec, task_group: anyio.abc.TaskGroup
+        self,
+        spec: SandboxSpec,
+        task_group: anyio.abc.TaskGroup,
+        prepared: Prepared | None = None,
     ) -> HeldSandbox | BwrapSandbox:
         """Start the sandbox: held by fds where the launcher runs (``_held``), else with an
         agent whose reader runs in ``task_group`` until it stops."""
+        ahead = prepared if isinstance(prepared, StartAhead) else None
+        if prepared is not None and ahead is None:
+            prepared.release()
         problem = self.check()
+        try:
+            launcher = None if problem is not None else await self._find_launcher()
+        except BaseException:
+            if ahead is not None:
+                ahead.release()
+            raise
+        if launcher is not None:
+            ahead = ahead or self._start_ahead(
+                spec.sandbox_id, spec.resources, launcher, task_group
+            )
+            try:
+                return await self._start_held(spec, task_group, launcher, ahead)
+            except BaseException:
+                ahead.release()
+                raise
+        if ahead is not None:
+            ahead.release()
         if problem is not None:
             raise RuntimeError_(problem)
-        launcher = await self._find_launcher()
-        # Cgroups of this run's own: whatever a run that died left is not in its way.
         run = f"{spec.sandbox_id}.{secrets.token_hex(4)}"
-        if launcher is not None:
-            assert self._cgroup_root is not None  # (``_find_launcher`` needs it)
-            leaves = SandboxCgroup(self._cgroup_root, run)
-            limits, limit_fds = self._limits(spec, run, leaves)
-            # First: its move into the limit cgroups runs beside the rest of the start.
-            waiting = WaitingLauncher.start(launcher, limit_fds, leaves)
-            try:
-                return await self._start_held(
-                    spec, task_group, launcher, leaves, limits, limit_fds, waiting
-                )
-            except BaseException:
-                for fd in limit_fds:
-                    os.close(fd)
-                if waiting is not None:
-                    waiting.close()
-                    task_group.start_soon(_remove_once_gone, waiting.process, leaves, limits)
-                else:
-                    leaves.remove()
-                    if limits is not None:
-                        limits.remove()
-                raise
         cgroup = (
             SandboxCgroup(self._cgroup_root, run, owner_uid=spec.host_uid)
             if self._cgroup_root
             else None
         )
-        limits, join_fds = self._limits(spec, run, cgroup)
+        limits, join_fds = self._limits(spec.resources, run, cgroup)
         return await self._start_agent(spec, task_group, cgroup, limits, join_fds)
 
     def _limits(
-        self, spec: SandboxSpec, run: str, cgroup: SandboxCgroup | None
+        self, resources: ResourceLimits, run: str, cgroup: SandboxCgroup | None
     ) -> tuple[SandboxLimits | None, list[int]]:
         """The sandbox's limit cgroups and write fds on their ``cgroup.procs``, if it has
         limits; RuntimeError_ (with ``cgroup`` removed) when they cannot be."""
-        if spec.resources.is_empty:
+        if resources.is_empty:
             return None, []
         problem = self.limits_problem()
         if problem is None:
             assert self._limit_cgroups is not None
-            limits = SandboxLimits(self._limit_cgroups, run, spec.resources)
+            limits = SandboxLimits(self._limit_cgroups, run, resources)
             try:
                 return limits, limits.create()
             except OSError as exc:
@@ -487,14 +516,11 @@ class BwrapRuntime:
         spec: SandboxSpec,
         task_group: anyio.abc.TaskGroup,
         launcher: Path,
-        cgroup: SandboxCgroup,
-        limits: SandboxLimits | None,
-        limit_fds: list[int],
-        waiting: WaitingLauncher | None,
+        ahead: StartAhead,
     ) -> HeldSandbox:
         """A set of namespaces built ahead (the pool's), given the sandbox's files, or else
-        built now; then the pool is topped up, in the background, once the sandbox's first
-        command is done."""
+        built now, with what the start began (``ahead``); then the pool is topped up, in the
+        background, once the sandbox's first command is done."""
         sizes = tmpfs_sizes(spec.resources.memory_bytes or 0, spec.tmpfs_bytes)
         source = spec.read_only_source or spec.workspace
         namespaces = self._pool.take(sizes)
@@ -519,16 +545,20 @@ class BwrapRuntime:
             nproc=spec.max_processes,
             fresh_home=not spec.keep_home,
         )
-        sandbox = HeldSandbox(
-            namespaces,
-            settings,
-            cgroup,
-            limits,
-            limit_fds,
-            task_group,
-            SESSION_BASH if self._session_bash else None,
-            waiting,
-        )
+        try:
+            sandbox = HeldSandbox(
+                namespaces,
+                settings,
+                ahead.leaves,
+                ahead.limits,
+                ahead.limit_fds,
+                task_group,
+                SESSION_BASH if self._session_bash else None,
+                ahead.waiting,
+            )
+        except BaseException:
+            namespaces.close()
+            raise
         # (once its first command is done: a build's mounts would hold up that command's)
         self._pool.want(sizes, task_group, after=sandbox.first_done)
         return sandbox
@@ -791,15 +821,3 @@ async def _first_of(*waits: Any) -> None:
 
         for wait in waits:
             tg.start_soon(one, wait)
-
-
-async def _remove_once_gone(
-    process: subprocess.Popen[bytes], leaves: SandboxCgroup, limits: SandboxLimits | None
-) -> None:
-    """Remove the cgroups of a sandbox that did not start, once the launcher waiting in them
-    has ended (at once: its socket is closed)."""
-    with anyio.CancelScope(shield=True):
-        await reap(process)
-    leaves.remove()
-    if limits is not None:
-        limits.remove()

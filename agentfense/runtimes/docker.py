@@ -55,6 +55,7 @@ from .base import (
     BadWorkdir,
     CommandSpec,
     ForkRefused,
+    Prepared,
     Process,
     RuntimeError_,
     SandboxGone,
@@ -411,7 +412,17 @@ class DockerRuntime:
 
     # -- sandboxes --------------------------------------------------------------------------
 
-    async def start(self, spec: SandboxSpec, task_group: anyio.abc.TaskGroup) -> DockerSandbox:
+    def prepare(
+        self, sandbox_id: str, resources: ResourceLimits, task_group: anyio.abc.TaskGroup
+    ) -> Prepared | None:
+        return None  # (nothing of a container's start waits for less than its files)
+
+    async def start(
+        self,
+        spec: SandboxSpec,
+        task_group: anyio.abc.TaskGroup,
+        prepared: Prepared | None = None,
+    ) -> DockerSandbox:
         docker = _docker()
         problem = await self.check() or await self.check_image(spec.image)
         if problem is not None:

@@ -138,9 +138,9 @@ _FAVOR = (
 def _cgroup_moves() -> Check:
     """How long moving a process into a sandbox's limit cgroups takes here. Each command
     of a bwrap sandbox with limits (the default pids limit among them) that starts a new
-    process tree does it once; without the ``favordynmods`` mount option, the kernel makes
-    every such move wait for an RCU grace period (7.6 ms on the 2-core VM this was written
-    on, 0.07 ms with the option)."""
+    process tree does it once (its first ahead of time: ``_waiting_launcher``); without the
+    ``favordynmods`` mount option, the kernel makes every such move wait for an RCU grace
+    period (5-20 ms on the 2-core VM this was written on, 0.07 ms with the option)."""
     found = find_limit_cgroups()
     if found is None:
         return Check("cgroup moves", True, "no limit cgroups here: nothing to move", required=False)
@@ -149,7 +149,10 @@ def _cgroup_moves() -> Check:
         return Check("cgroup moves", False, "cannot measure here", required=False)
     detail = f"{took:.2f} ms to move a process into a sandbox's limit cgroups"
     if took > SLOW_MOVE_MS:
-        detail += ", which each new command of a bwrap sandbox with limits waits for"
+        detail += (
+            ", which a bwrap sandbox with limits waits for at each command that starts a new "
+            "process tree but its first (whose move begins as the sandbox is made)"
+        )
         return Check("cgroup moves", False, detail, _FAVOR, required=False)
     return Check("cgroup moves", True, detail, required=False)
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import anyio
 
 from ..errors import InvalidConfigurationError, SandboxNotFoundError, SandboxNotRunningError
-from ..runtimes.base import SandboxHandle
+from ..runtimes.base import Prepared, SandboxHandle
 from ..types import PermissionRule, ResourceLimits, RuntimeType, SandboxStatus
 from .callers import may_see
 from .tokens import LOCAL_TENANT
@@ -45,6 +45,7 @@ class SandboxRecord:
     expires_at: datetime | None = None
     error: str = ""
     handle: SandboxHandle | None = None
+    prepared: Prepared | None = None  # what its runtime began for a start to come
     lock: anyio.Lock = field(default_factory=anyio.Lock)
     owner_id: str = ""  # its codebase's (a label)
     tenant: str = LOCAL_TENANT  # its codebase's: whose it is

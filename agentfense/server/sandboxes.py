@@ -319,6 +319,7 @@ class SandboxManager:
                 resources=resources,
                 labels=labels,
                 keep_home=keep_home,
+                prepare=start,
             )
         if expires_in:
             record.expires_at = record.created_at + expires_in
@@ -350,8 +351,11 @@ class SandboxManager:
         resources: ResourceLimits,
         labels: Mapping[str, str],
         keep_home: bool,
+        prepare: bool,
     ) -> SandboxRecord:
-        """The new sandbox, in the table when this returns (its quota reserved meanwhile)."""
+        """The new sandbox, in the table when this returns (its quota reserved meanwhile).
+        With ``prepare`` (a start follows at once), its runtime begins the start's longest
+        wait meanwhile (``Runtime.prepare``; ``start`` takes it, ``destroy`` lets it go)."""
         resources = self._with_server_limits(resources, runtime)
         _check_resources(resources)
         validate_rules(permissions)
@@ -369,10 +373,13 @@ class SandboxManager:
             keep_home=keep_home,
         )
         record.host_uid = self._take_uid()
+        if prepare:
+            record.prepared = self._runtimes[runtime].prepare(record.id, resources, self.task_group)
         try:
             await self._fs.add_view(self._view_spec(record))
 
         except BaseException:
+            _release_prepared(record)
             self._release_uid(record)
             raise
         self._sandboxes.add(record)
@@ -414,6 +421,12 @@ class SandboxManager:
 
     async def start(self, sandbox_id: str) -> SandboxRecord:
         record = self.get(sandbox_id)
+        try:
+            return await self._start(record)
+        finally:
+            _release_prepared(record)  # (what the start did not take)
+
+    async def _start(self, record: SandboxRecord) -> SandboxRecord:
         async with record.lock:
             if record.status is SandboxStatus.RUNNING and record.handle and record.handle.alive:
                 return record
@@ -442,7 +455,8 @@ class SandboxManager:
             )
             try:
                 runtime = self._runtimes[record.runtime]
-                record.handle = await runtime.start(spec, self._task_group)
+                prepared, record.prepared = record.prepared, None
+                record.handle = await runtime.start(spec, self._task_group, prepared)
             except RuntimeError_ as exc:  # (what the caller can act on: limits, the image...)
                 record.status, record.error = SandboxStatus.ERROR, str(exc)
                 self._event("sandbox start failed", record, logging.WARNING, error=str(exc))
@@ -478,6 +492,7 @@ class SandboxManager:
         record = self.get(sandbox_id)
         await self._stop_record(record)
         with anyio.CancelScope(shield=True):
+            _release_prepared(record)
             await self.commit(record)  # what file operations of a stopped sandbox wrote
             self._sandboxes.remove(record.id)
             self._commit_locks.pop(record.id, None)
@@ -587,3 +602,9 @@ def _check_resources(resources: ResourceLimits) -> None:
 
 
 __all__ = ["ExecParams", "SandboxManager", "SandboxRecord"]
+
+
+def _release_prepared(record: SandboxRecord) -> None:
+    prepared, record.prepared = record.prepared, None
+    if prepared is not None:
+        prepared.release()

@@ -5,6 +5,7 @@ for the first command and becomes that command's launcher; unused, it goes after
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -13,8 +14,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from agentfense import AsyncSandbox
-from agentfense.errors import InvalidConfigurationError
+from agentfense import AsyncSandbox, AsyncSandboxClient
+from agentfense.errors import InvalidConfigurationError, SandboxNotFoundError
 from agentfense.runtimes._waiting_launcher import WAIT_FOR
 from agentfense.server._grpc.convert import MAX_COMMAND_BYTES
 
@@ -24,8 +25,12 @@ _PIDS = Path("/sys/fs/cgroup/pids/agentfense")
 
 def _limit_cgroup(sandbox: AsyncSandbox) -> Path:
     """The sandbox's pids cgroup (every sandbox has a pids limit by default)."""
-    (found,) = _PIDS.glob(f"{sandbox.id}.*")
+    (found,) = _limit_cgroups(f"{sandbox.id}.")
     return found
+
+
+def _limit_cgroups(prefix: str) -> list[Path]:
+    return list(_PIDS.glob(f"{prefix}*"))
 
 
 def _members(cgroup: Path) -> list[int]:
@@ -168,3 +173,48 @@ async def test_a_sandbox_stopped_before_any_command_leaves_nothing(
             await anyio.sleep(0.01)
         assert not cgroup.exists()
         assert _arguments(waiting)[:2] != ["init", "wait"]
+
+
+async def test_a_sandbox_started_later_gets_one_too(client: AsyncSandboxClient) -> None:
+    codebase = await client.create_codebase("started-later")
+    try:
+        info = await client.create_sandbox(codebase.id)
+        assert _limit_cgroups(f"{info.id}.") == []  # (nothing begun for a start to come)
+        await client.start_sandbox(info.id)
+        (cgroup,) = _limit_cgroups(f"{info.id}.")
+        waiting = await _joined(cgroup)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(client.exec, info.id, "sleep 0.5")
+            await anyio.sleep(0.25)
+            assert _arguments(waiting)[:2] == ["init", "run"]
+        await client.destroy_sandbox(info.id)
+    finally:
+        await client.delete_codebase(codebase.id)
+
+
+async def test_creates_cancelled_at_any_moment_leave_no_cgroup_and_no_launcher(
+    client: AsyncSandboxClient,
+) -> None:
+    """CreateSandbox with ``start`` begins the start while it makes the view
+    (``Runtime.prepare``): a create cut short anywhere lets all of it go."""
+    codebase = await client.create_codebase("cut-short")
+    before = {path.name for path in _limit_cgroups("sb_")}
+    try:
+        for _ in range(4):
+            for attempt in range(30):
+                with anyio.move_on_after(attempt * 0.001):
+                    await client.create_sandbox(codebase.id, start=True)
+            made = await client.list_sandboxes(codebase.id)
+            assert len(made) < 30  # (some were cut short: 5 to 11 of 30 were made here)
+            for info in made:
+                with contextlib.suppress(SandboxNotFoundError):  # (one whose start was cut
+                    await client.destroy_sandbox(info.id)  # short is destroyed by the server)
+        left: list[str] = []
+        for _ in range(int((WAIT_FOR + 5) / 0.05)):
+            left = sorted({path.name for path in _limit_cgroups("sb_")} - before)
+            if not left:
+                break
+            await anyio.sleep(0.05)
+        assert left == []
+    finally:
+        await client.delete_codebase(codebase.id)

@@ -93,7 +93,7 @@ def test_the_doctor_measures_moves_into_limit_cgroups(
     slow = doctor._cgroup_moves()
     assert not slow.ok
     assert not slow.required
-    assert "each new command of a bwrap sandbox with limits waits" in slow.detail
+    assert "a bwrap sandbox with limits waits for at each command" in slow.detail
     assert "favordynmods" in slow.fix
     assert doctor.measure_cgroup_move(tmp_path) is None  # (no cgroup there)
     found = find_limit_cgroups()
