@@ -93,3 +93,39 @@ async def test_creates_short_of_descriptors_keep_no_limit_cgroup_open(
                 break
             await anyio.sleep(0.05)
         assert held == []
+
+
+async def test_a_first_command_refused_short_of_descriptors_lets_the_launcher_go(
+    server: ServerProcess,
+) -> None:
+    """A first command that fails before its request is sent (a pipe refused) let its
+    waiting launcher wait on, unreaped, for a sandbox destroyed meanwhile."""
+    pid = server.process.pid
+    async with AsyncSandboxClient(server.endpoint) as client:
+        codebase = await client.create_codebase("first-short-of-fds")
+        refused = 0
+        for extra in range(16):
+            info = await client.create_sandbox(codebase.id, start=True)
+            waiting: list[int] = []
+            for _ in range(50):
+                waiting = [p for p, a in _children(pid).items() if a[:2] == ["init", "wait"]]
+                if waiting:
+                    break
+                await anyio.sleep(0.01)
+            (launcher,) = waiting
+            with _descriptors_at(pid, extra):
+                try:
+                    await client.exec(info.id, "true")
+                except SandboxError:
+                    refused += 1
+                    failed = True
+                else:
+                    failed = False
+            await client.destroy_sandbox(info.id)
+            if failed:
+                for _ in range(20):  # (well within WAIT_FOR of its start)
+                    if not _exists(launcher):
+                        break
+                    await anyio.sleep(0.01)
+                assert not _exists(launcher), _children(pid)
+        assert refused > 0  # (some steps were short enough)
