@@ -51,6 +51,28 @@ def _children(pid: int) -> dict[int, list[str]]:
     return found
 
 
+def _sandbox_cgroups() -> set[Path]:
+    return {
+        path
+        for hierarchy in ("pids", "memory", "cpu", "unified")
+        for path in Path(f"/sys/fs/cgroup/{hierarchy}/agentfense").glob("sb_*")
+    }
+
+
+def _left(cgroup: Path) -> bool:
+    """Whether ``cgroup`` is left over: no process in it, and no server holding it (a
+    shared flock on its unified directory: ``_cgroup.hold``)."""
+    try:
+        if cgroup.joinpath("cgroup.procs").read_text().split():
+            return False
+        unified = Path("/sys/fs/cgroup/unified/agentfense", cgroup.name)
+        inode = os.stat(unified).st_ino if unified.exists() else None
+    except OSError:
+        return False
+    locks = Path("/proc/locks").read_text()
+    return inode is None or f":{inode} " not in locks
+
+
 def _exists(pid: int) -> bool:
     """Whether ``pid`` is there still, running or unreaped."""
     return os.path.exists(f"/proc/{pid}")
@@ -75,8 +97,12 @@ async def test_creates_short_of_descriptors_keep_no_limit_cgroup_open(
 ) -> None:
     """``prepare`` opens the limit cgroups, then makes the waiting launcher's leaves and its
     socket: a socketpair refused (EMFILE) once left the limit cgroups made, and the
-    server's write fd on each (one more descriptor gone for good on every create)."""
+    server's write fd on each (one more descriptor gone for good on every create). And
+    ``prepare`` ran before the start's check of the server's descriptors (``check_headroom``):
+    with none left, removing what it had begun failed too (listing a cgroup takes one),
+    which left the sandbox's cgroup behind."""
     pid = server.process.pid
+    before = _sandbox_cgroups()
     async with AsyncSandboxClient(server.endpoint) as client:
         codebase = await client.create_codebase("short-of-fds")
         # (the first start finds the launcher: until then there is nothing to prepare)
@@ -87,12 +113,15 @@ async def test_creates_short_of_descriptors_keep_no_limit_cgroup_open(
             for info in await client.list_sandboxes(codebase.id):
                 await client.destroy_sandbox(info.id)
         held: list[str] = []
+        left: list[str] = []
         for _ in range(100):  # (a released one's cgroups go once its launcher has ended)
             held = [path for path in _fds(pid) if path.startswith("/sys/fs/cgroup/")]
-            if not held:
+            # (no cgroup of its left behind: another server's live ones hold theirs)
+            left = sorted(str(path) for path in _sandbox_cgroups() - before if _left(path))
+            if not held and not left:
                 break
             await anyio.sleep(0.05)
-        assert held == []
+        assert (held, left) == ([], [])
 
 
 async def test_a_first_command_refused_short_of_descriptors_lets_the_launcher_go(
