@@ -345,8 +345,9 @@ class HeldSandbox:
             ):
                 launcher = waiting.process
             else:
-                if waiting is not None:
+                if waiting is not None:  # (let go by ``send``: it ends)
                     self._task_group.start_soon(reap, waiting.process)
+                    waiting = None
                 limits = ",".join(map(str, self._limit_fds)) or "-"
                 launcher = spawn(
                     # (the init rewrites its command line: the server's paths are not shown)
@@ -359,6 +360,9 @@ class HeldSandbox:
                     env=dict(command.env),
                 )
         except (OSError, ValueError) as exc:  # (ValueError: a NUL in argv or env)
+            if waiting is not None:  # taken, never sent to: it goes now, not left waiting
+                waiting.close()
+                self._task_group.start_soon(reap, waiting.process)
             for fd in theirs + ours:
                 os.close(fd)
             if waiting is not None and not waiting.used_or_closed:  # (failed before the send)

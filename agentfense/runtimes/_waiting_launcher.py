@@ -52,8 +52,15 @@ class WaitingLauncher:
         (it waits for the grace period holding the cgroups' lock)."""
         if not limit_fds:
             return None
-        leaves = (cgroup.new_leaf(), cgroup.new_leaf("init"))
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        made: list[Path] = []
+        try:
+            made += [cgroup.new_leaf(), cgroup.new_leaf("init")]
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        except OSError:  # (no descriptor left, say: the caller's limit cgroups stay its own)
+            for leaf in made:
+                SandboxCgroup.try_remove(leaf)
+            return None
+        leaves = (made[0], made[1])
         try:
             process = spawn(
                 ["init", "wait", str(theirs.fileno()), ",".join(map(str, limit_fds))],

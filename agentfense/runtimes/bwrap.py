@@ -437,8 +437,13 @@ class BwrapRuntime:
         run = f"{sandbox_id}.{secrets.token_hex(4)}"
         leaves = SandboxCgroup(self._cgroup_root, run)
         limits, limit_fds = self._limits(resources, run, leaves)
-        waiting = WaitingLauncher.start(launcher, limit_fds, leaves)
-        return StartAhead(run, leaves, limits, limit_fds, waiting, task_group)
+        ahead = StartAhead(run, leaves, limits, limit_fds, None, task_group)
+        try:
+            ahead.waiting = WaitingLauncher.start(launcher, limit_fds, leaves)
+        except BaseException:
+            ahead.release()  # (the limit cgroups and their fds, made above)
+            raise
+        return ahead
 
     async def start(
         self,

@@ -373,7 +373,7 @@ class SandboxManager:
             keep_home=keep_home,
         )
         record.host_uid = self._take_uid()
-        if prepare:
+        if prepare and _has_headroom():  # (else the start refuses, before it begins anything)
             record.prepared = self._runtimes[runtime].prepare(record.id, resources, self.task_group)
         try:
             await self._fs.add_view(self._view_spec(record))
@@ -602,6 +602,17 @@ def _check_resources(resources: ResourceLimits) -> None:
 
 
 __all__ = ["ExecParams", "SandboxManager", "SandboxRecord"]
+
+
+def _has_headroom() -> bool:
+    """Whether a start would pass ``check_headroom``: what it begins ahead
+    (``Runtime.prepare``) takes descriptors too, and with none left it could not even be
+    let go whole (removing a cgroup lists it)."""
+    try:
+        check_headroom("")
+    except ResourceLimitExceededError:
+        return False
+    return True
 
 
 def _release_prepared(record: SandboxRecord) -> None:
