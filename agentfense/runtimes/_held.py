@@ -365,9 +365,6 @@ class HeldSandbox:
                 self._task_group.start_soon(reap, waiting.process)
             for fd in theirs + ours:
                 os.close(fd)
-            if waiting is not None and not waiting.used_or_closed:  # (failed before the send)
-                waiting.close()
-                self._task_group.start_soon(reap, waiting.process)
             if init is None and door >= 0:
                 os.close(door)
             for empty in (leaf, init_leaf):

@@ -111,10 +111,6 @@ class WaitingLauncher:
         if sock is not None:
             sock.close()
 
-    @property
-    def used_or_closed(self) -> bool:
-        return self._socket is None
-
 
 @dataclass(eq=False)
 class StartAhead:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
 import pytest
 
 from agentfense import (
@@ -121,6 +122,10 @@ async def test_cpu_shares_and_every_limit_land_in_the_sandbox_cgroups(
         members = {int(pid) for pid in (pids / "cgroup.procs").read_text().split()}
         names = sorted(_program(pid) for pid in members)
         assert names == [b"init", b"init", b"sleep"]  # (the launcher's argv[0] is "init" too)
+    for _ in range(250):  # (removed in the background, once the killed processes are gone)
+        if not memory.exists() and not pids.exists():
+            break
+        await anyio.sleep(0.02)
     assert not memory.exists()
     assert not pids.exists()
 
