@@ -256,6 +256,8 @@ class HeldSandbox:
         deciding = _Deciding(self._deciding)
         await deciding.start()
         try:
+            if self._stopped:  # (while it waited its turn: its cgroup may be gone)
+                raise SandboxGone("the sandbox is not running")
             init = self._live_init()
             if init is not None:
                 deciding.done()
@@ -300,12 +302,19 @@ class HeldSandbox:
             theirs.append(leaf_fd)
             init_leaf_fd = _open_dir(init_dir)
             theirs.append(init_leaf_fd)
+            # (each pipe's ends listed as it is made: a later one refused closes them)
             stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
+            theirs.append(stdin_r)
+            ours.append(stdin_w)
             stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
+            theirs.append(stdout_w)
+            ours.append(stdout_r)
             stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
+            theirs.append(stderr_w)
+            ours.append(stderr_r)
             status_r, status_w = os.pipe2(os.O_CLOEXEC)
-            theirs += [stdin_r, stdout_w, stderr_w, status_w]
-            ours += [stdin_w, stdout_r, stderr_r, status_r]
+            theirs.append(status_w)
+            ours.append(status_r)
             for fd in (stdin_r, stdout_w, stderr_w):
                 # The pipes are the server's (root's, 0600): the command could not reopen
                 # its own stdio through /dev/stdout, /dev/stderr or /proc/self/fd otherwise.
@@ -497,9 +506,9 @@ def _error_number(line: str | None) -> int | None:
 
 def _refusal(line: str | None, *, stopped: bool) -> RuntimeError_:
     """The error a launcher's first status line (not ``ok``) stands for."""
+    if stopped:  # (whatever its launcher met: the cgroups it was to start in were gone...)
+        return SandboxGone("cannot start the command: the sandbox stopped")
     if line is None or not line.startswith("error "):
-        if stopped:
-            return SandboxGone("cannot start the command: the sandbox stopped")
         return RuntimeError_("cannot start the command: the launcher ended without a word")
     number, _, rest = line[6:].partition(" ")
     where, _, message = rest.partition(" ")

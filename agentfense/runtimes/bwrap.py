@@ -581,9 +581,17 @@ class BwrapRuntime:
         bwrap go (its exit is not waited for)."""
         assert self._bwrap is not None
         log_path = self._log_dir / (f"{spec.sandbox_id}.log" if spec else "ahead.log")
-        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
-        block_r, block_w = os.pipe2(os.O_CLOEXEC)
-        binary = os.open(launcher, os.O_PATH | os.O_CLOEXEC)  # bound nowhere in the sandbox
+        made: list[int] = []
+        try:
+            ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+            made += [ready_r, ready_w]
+            block_r, block_w = os.pipe2(os.O_CLOEXEC)
+            made += [block_r, block_w]
+            binary = os.open(launcher, os.O_PATH | os.O_CLOEXEC)  # bound nowhere in the sandbox
+        except OSError as exc:  # (no descriptor left, say: none of these kept)
+            for fd in made:
+                os.close(fd)
+            raise RuntimeError_(f"cannot run bwrap: {exc.strerror}") from None
         # One built ahead (no start waits for it) takes only the CPU time nothing else wants.
         ahead = [] if spec is not None else [str(launcher), "idle"]
         argv = [

@@ -15,6 +15,7 @@ import anyio
 import pytest
 
 from agentfense import AsyncSandbox, AsyncSandboxClient
+from agentfense.errors import SandboxNotRunningError
 from agentfense.testing import start_server_process
 
 pytestmark = pytest.mark.anyio
@@ -204,3 +205,35 @@ async def test_a_sandbox_built_ahead_is_the_one_built_for_it(tmp_path: Path, pro
         assert len({stdout for stdout, _ in seen}) == 1  # the same sizes, files, everything
         # (a sandbox built at its start has a log of its bwrap's; one taken ahead has none)
         assert [log.exists() for _, log in seen] == [True, False, False]
+
+
+async def test_a_command_racing_a_stop_is_told_the_sandbox_stopped(
+    client: AsyncSandboxClient,
+) -> None:
+    """A command started as its sandbox stops either runs or is refused with "the sandbox
+    stopped"; its launcher once met the sandbox's cgroups removed under it, and the client
+    got ENOENT as a failure of the server's."""
+    codebase = await client.create_codebase("stop-race")
+    outcomes: list[str] = []
+    try:
+        for attempt in range(40):
+            info = await client.create_sandbox(codebase.id, start=True)
+
+            async def command(sandbox_id: str) -> None:
+                try:
+                    await client.exec(sandbox_id, "true")
+                except SandboxNotRunningError:
+                    outcomes.append("refused")
+                else:
+                    outcomes.append("ran")
+
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(command, info.id)
+                await anyio.sleep(attempt * 0.0003)
+                await client.stop_sandbox(info.id)
+            await client.destroy_sandbox(info.id)
+    finally:
+        for left in await client.list_sandboxes(codebase.id):
+            await client.destroy_sandbox(left.id)
+        await client.delete_codebase(codebase.id)
+    assert len(outcomes) == 40
