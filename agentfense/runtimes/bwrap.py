@@ -634,14 +634,14 @@ class BwrapRuntime:
         except BaseException:
             if namespaces is not None:
                 namespaces.close()
-            bwrap.kill()
+            _kill_bwrap(bwrap.pid)
             raise
         finally:
             os.close(ready_r)
             os.close(block_w)  # the holder and bwrap exit
             task_group.start_soon(reap, bwrap)
         if namespaces is None:
-            bwrap.kill()
+            _kill_bwrap(bwrap.pid)
             detail = _tail(log_path)
             raise RuntimeError_(f"the sandbox failed to start: {detail or 'bwrap said nothing'}")
         return namespaces
@@ -784,6 +784,22 @@ async def _read_byte(fd: int) -> bytes:
             return os.read(fd, 1)
         except BlockingIOError:
             await anyio.wait_readable(fd)
+
+
+def _kill_bwrap(pid: int) -> None:
+    """Kill a bwrap that has not let its sandbox's pid 1 go, and that child. bwrap's child
+    first waits on an eventfd for bwrap to map its ids, and an eventfd has no end of file:
+    bwrap killed before it writes left the child waiting forever, a process of the host's
+    (seen after starts cancelled as bwrap began). Stopped first, bwrap makes no child while
+    its own are killed."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGSTOP)
+    with contextlib.suppress(OSError, ValueError):
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(child), signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
 
 
 def _holder_pid(bwrap_pid: int) -> int:

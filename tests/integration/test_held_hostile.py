@@ -4,6 +4,7 @@ design guaranteed still holds when no process holds the sandbox while it is idle
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -12,7 +13,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from agentfense import AsyncSandbox
+from agentfense import AsyncSandbox, AsyncSandboxClient
+from agentfense.errors import SandboxError, SandboxNotFoundError
 from agentfense.testing import ServerProcess, start_server_process
 
 pytestmark = pytest.mark.anyio
@@ -172,3 +174,52 @@ async def test_no_process_of_a_command_runs_unconfined(sandbox: AsyncSandbox) ->
     await anyio.sleep(0.5)  # (the home goes after the command's `exit`)
     spied = await sandbox.run("sort -u /tmp/spied")
     assert spied.stdout.split("\n")[:-1] == ["Seccomp:\t2"]  # filtered, every one of them
+
+
+def _orphaned_bwraps(state_dir: Path) -> list[int]:
+    """bwrap processes of this server's whose parent is gone (reparented to pid 1)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
+            program = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")[0]
+            targets = [
+                os.readlink(f"/proc/{name}/fd/{fd}") for fd in os.listdir(f"/proc/{name}/fd")
+            ]
+        except OSError:
+            continue
+        ours = any(target.startswith(str(state_dir)) for target in targets)
+        if fields[1] == "1" and program.endswith(b"bwrap") and ours:
+            found.append(int(name))
+    return found
+
+
+async def test_starts_cancelled_as_bwrap_begins_leave_no_process(
+    server: ServerProcess, client: AsyncSandboxClient
+) -> None:
+    """A start cancelled while bwrap built its sandbox killed bwrap, whose child (waiting on
+    an eventfd for bwrap to map its ids, which has no end of file) then waited forever."""
+    codebase = await client.create_codebase("cancelled-builds")
+    try:
+        for attempt in range(150):  # (cut short at every moment of the first 30 ms)
+            with anyio.move_on_after((attempt % 30) * 0.001):
+                await client.create_sandbox(codebase.id, start=True)
+    finally:
+        for _ in range(100):  # (a create the client gave up on may still be finishing)
+            for info in await client.list_sandboxes(codebase.id):
+                with contextlib.suppress(SandboxNotFoundError):
+                    await client.destroy_sandbox(info.id)
+            try:
+                await client.delete_codebase(codebase.id)
+                break
+            except SandboxError:
+                await anyio.sleep(0.05)
+    orphans: list[int] = []
+    for _ in range(50):
+        orphans = _orphaned_bwraps(server.state_dir)
+        if not orphans:
+            break
+        await anyio.sleep(0.05)
+    assert orphans == []
