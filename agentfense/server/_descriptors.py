@@ -12,6 +12,7 @@ of everyone else.
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 
@@ -42,7 +43,10 @@ def check_headroom(what: str) -> None:
     limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if limit == resource.RLIM_INFINITY:
         return
-    in_use = len(os.listdir("/proc/self/fd"))
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError as exc:  # (EMFILE: listing takes a descriptor, and none is left)
+        in_use = limit if exc.errno in (errno.EMFILE, errno.ENFILE) else 0
     if limit - in_use <= reserve(limit):
         raise ResourceLimitExceededError(
             f"{what}: the server has {limit - in_use} of its {limit} file descriptors left, "

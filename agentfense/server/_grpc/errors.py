@@ -8,13 +8,18 @@ clients map errors by kind. Nothing else in the server builds a ``GRPCError``.
 
 from __future__ import annotations
 
+import errno
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
-from ...errors import InvalidConfigurationError, SandboxError
+from ...errors import InvalidConfigurationError, ResourceLimitExceededError, SandboxError
+
+_log = logging.getLogger("agentfense.server")
+_OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
 
 
 def status_error(err: SandboxError) -> GRPCError:
@@ -29,8 +34,19 @@ def invalid(message: str) -> GRPCError:
 
 @contextmanager
 def grpc_errors() -> Iterator[None]:
-    """Re-raise a ``SandboxError`` from the block as its ``GRPCError``."""
+    """Re-raise a ``SandboxError`` from the block as its ``GRPCError``; and running out of
+    file descriptors, wherever it struck, as RESOURCE_EXHAUSTED (the server's state, not a
+    fault of its: the call may succeed once others let theirs go)."""
     try:
         yield
     except SandboxError as err:
         raise status_error(err) from None
+    except OSError as err:
+        if err.errno not in _OUT_OF_DESCRIPTORS:
+            raise
+        _log.warning("a call was refused: the server is out of file descriptors (%s)", err)
+        refused = ResourceLimitExceededError(
+            "the server is out of file descriptors; close sessions or stop sandboxes, or "
+            "raise its limit (RLIMIT_NOFILE)"
+        )
+        raise status_error(refused) from None
