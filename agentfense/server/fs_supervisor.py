@@ -350,18 +350,26 @@ class FsSupervisor:
         mountpoint.mkdir(mode=0o755, exist_ok=True)
         try:
             fd = await anyio.to_thread.run_sync(mount_view, mountpoint)
-        except MountError as exc:
+        except (MountError, OSError) as exc:  # (OSError: /dev/fuse not opened, EMFILE say)
             with contextlib.suppress(OSError):
                 mountpoint.rmdir()
+            if not isinstance(exc, MountError):
+                raise
             raise SandboxError(str(exc), code=StatusCode.INTERNAL) from None
+        generation_fd = -1
         try:
             generation_fd = new_fd()
-        except OSError:
-            await anyio.to_thread.run_sync(unmount, mountpoint)
+            # (a new view has nothing to commit: its delta is new, its count 0)
+            mounted = _Mounted(spec, fd, generation_fd, Generation(generation_fd), clean=0)
+        except BaseException:  # (EMFILE: the mapping takes a descriptor of its own too)
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(unmount, mountpoint)
             os.close(fd)
+            if generation_fd >= 0:
+                os.close(generation_fd)
+            with contextlib.suppress(OSError):
+                mountpoint.rmdir()
             raise
-        # (a new view has nothing to commit: its delta is new, its count 0)
-        mounted = _Mounted(spec, fd, generation_fd, Generation(generation_fd), clean=0)
         self._views[spec.id] = mounted
         try:
             await self.request(spec, control.Done, (fd, generation_fd))
