@@ -115,10 +115,9 @@ class WaitingLauncher:
 @dataclass(eq=False)
 class StartAhead:
     """What a held sandbox's start begins first (``BwrapRuntime.prepare``, or the start
-    itself): its cgroups (named ``run``), its limit cgroups and write fds on their
-    ``cgroup.procs``, and the launcher waiting in them. Implements ``base.Prepared``."""
+    itself): its cgroups, its limit cgroups and write fds on their ``cgroup.procs``, and the
+    launcher waiting in them. Implements ``base.Prepared``."""
 
-    run: str
     leaves: SandboxCgroup
     limits: SandboxLimits | None
     limit_fds: list[int]

@@ -437,7 +437,7 @@ class BwrapRuntime:
         run = f"{sandbox_id}.{secrets.token_hex(4)}"
         leaves = SandboxCgroup(self._cgroup_root, run)
         limits, limit_fds = self._limits(resources, run, leaves)
-        ahead = StartAhead(run, leaves, limits, limit_fds, None, task_group)
+        ahead = StartAhead(leaves, limits, limit_fds, None, task_group)
         try:
             ahead.waiting = WaitingLauncher.start(launcher, limit_fds, leaves)
         except BaseException:
