@@ -16,6 +16,7 @@ import pytest
 
 from agentfense import AsyncSandbox, AsyncSandboxClient
 from agentfense.errors import SandboxNotRunningError
+from agentfense.fs._device import mounted_views, unmount
 from agentfense.testing import start_server_process
 
 pytestmark = pytest.mark.anyio
@@ -144,6 +145,10 @@ async def test_a_killed_server_leaves_no_process_of_its_sandboxes(tmp_path: Path
         if server.process.poll() is None:
             server.process.kill()
             server.process.wait()
+        # What a successor on its state directory would sweep: the views it left mounted
+        # (left on the host, every later bwrap start would copy them).
+        for view in mounted_views(server.state_dir / "fs" / "views"):
+            unmount(view)
 
 
 async def test_without_the_launcher_a_sandbox_keeps_an_agent(
