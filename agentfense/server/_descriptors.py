@@ -46,7 +46,9 @@ def check_headroom(what: str) -> None:
     try:
         in_use = len(os.listdir("/proc/self/fd"))
     except OSError as exc:  # (EMFILE: listing takes a descriptor, and none is left)
-        in_use = limit if exc.errno in (errno.EMFILE, errno.ENFILE) else 0
+        if exc.errno not in (errno.EMFILE, errno.ENFILE):
+            raise
+        in_use = limit
     if limit - in_use <= reserve(limit):
         raise ResourceLimitExceededError(
             f"{what}: the server has {limit - in_use} of its {limit} file descriptors left, "

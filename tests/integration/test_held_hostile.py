@@ -17,6 +17,8 @@ from agentfense import AsyncSandbox, AsyncSandboxClient
 from agentfense.errors import SandboxError, SandboxNotFoundError
 from agentfense.testing import ServerProcess, start_server_process
 
+from ._procs import host_processes
+
 pytestmark = pytest.mark.anyio
 
 CGROUPS = Path("/sys/fs/cgroup")
@@ -179,20 +181,15 @@ async def test_no_process_of_a_command_runs_unconfined(sandbox: AsyncSandbox) ->
 def _orphaned_bwraps(state_dir: Path) -> list[int]:
     """bwrap processes of this server's whose parent is gone (reparented to pid 1)."""
     found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
+    for pid, command in host_processes(b"bwrap\0").items():
         try:
-            fields = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()
-            program = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")[0]
-            targets = [
-                os.readlink(f"/proc/{name}/fd/{fd}") for fd in os.listdir(f"/proc/{name}/fd")
-            ]
+            parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+            fds = os.listdir(f"/proc/{pid}/fd")
+            ours = any(os.readlink(f"/proc/{pid}/fd/{fd}").startswith(str(state_dir)) for fd in fds)
         except OSError:
             continue
-        ours = any(target.startswith(str(state_dir)) for target in targets)
-        if fields[1] == "1" and program.endswith(b"bwrap") and ours:
-            found.append(int(name))
+        if parent == "1" and command.split(" ")[0].endswith("bwrap") and ours:
+            found.append(pid)
     return found
 
 
