@@ -15,7 +15,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import assert_never
 
@@ -23,12 +23,13 @@ from .._json_messages import MessageError
 from .._seqpacket import FrameError, close_all
 from ..policy import Policy
 from . import _abi as abi
-from . import control
+from . import control, review
 from ._host import split
 from ._loop import ViewServer
 from ._usage import CodebaseUsage
 from .commit import commit
 from .generation import Generation
+from .nodes import subtree
 from .view import View
 
 log = logging.getLogger("agentfense.fs")
@@ -91,6 +92,13 @@ class FsProcess:
         elif isinstance(message, control.Commit):
             server = self._server(message.id)
             server.exclusive(lambda: self._commit(server, message.seq))
+        elif isinstance(message, control.ListChanges | control.Apply | control.Discard):
+            server = self._server(message.id)
+            answers: list[Callable[[], None]] = []
+            server.exclusive(
+                lambda: answers.append(self._review(server, message)),
+                then=lambda: answers[0](),
+            )
         elif isinstance(message, control.Changed):
             threading.Thread(target=self._changed, args=(message,), daemon=True).start()
         else:
@@ -134,6 +142,7 @@ class FsProcess:
             gid=spec.gid,
             limits=spec.limits,
             usage=usage,
+            review=spec.review,
         )
 
         def taken_over(error: str | None) -> None:
@@ -187,6 +196,63 @@ class FsProcess:
             )
         )
 
+    def _review(
+        self, server: ViewServer, message: control.ListChanges | control.Apply | control.Discard
+    ) -> Callable[[], None]:
+        """Do ``message``'s work (while the view answers no request); what then answers it.
+        A discard changes what the view itself shows: its kernel drops what it cached of
+        those paths before the answer, once the view serves again (the kernel may need the
+        view's thread to let go)."""
+        view = server.view
+        messages: list[bytes] = []
+        try:
+            if isinstance(message, control.ListChanges):
+                changes = review.listed(review.survey(view), message.paths)
+                entries = tuple(
+                    control.ChangeEntry(c.path, c.kind.value, c.type.value, c.size, c.mode)
+                    for c in changes[: review.MAX_LISTED]
+                )
+                reply: control.Reply = control.Changes(entries, len(changes), seq=message.seq)
+                return lambda: self.reply(reply)
+            generation = server.generation.read()  # (no request runs meanwhile: exclusive)
+            if isinstance(message, control.Discard):
+                discarded = review.discard(view, message.paths)
+                tops = [*discarded, *(message.paths if message.paths is not None else [""])]
+                messages = _invalidations(view, tops, subtrees=True)
+                result = review.Applied(applied=discarded)
+            elif message.paths == ():
+                result = review.Applied()  # (only what the requests did since)
+            else:
+                result = review.apply(view, message.paths, overwrite=message.overwrite)
+                if result.changed:
+                    self._invalidate(view.lower.root, result.changed, exclude=server)
+        except Exception as exc:
+            log.exception("view %s: %s failed", view.id, message.op)
+            failed = control.Failed(f"{message.op}: {type(exc).__name__}: {exc}", seq=message.seq)
+            return lambda: self.reply(failed)
+        over_limit, view.over_limit = view.over_limit, False
+        reply = control.Committed(
+            len(result.changed),
+            0,
+            over_limit,
+            result.written,
+            result.bytes_delta,
+            result.entries_delta,
+            server.take_op_counts(),
+            generation,
+            not view.upper_empty or bool(view.deleted.paths),
+            tuple(result.applied),
+            tuple(result.conflicts),
+            seq=message.seq,
+        )
+
+        def answer() -> None:
+            if messages:
+                server.notifier.send(messages).wait(INVALIDATION_WAIT)
+            self.reply(reply)
+
+        return answer
+
     def _changed(self, message: control.Changed) -> None:
         usage = self._usages.get(Path(message.lower))
         if usage is not None:
@@ -212,7 +278,9 @@ class FsProcess:
             deadline -= time.monotonic() - started
 
 
-def _invalidations(view: View, paths: Sequence[str]) -> list[bytes]:
+def _invalidations(view: View, paths: Sequence[str], *, subtrees: bool = False) -> list[bytes]:
+    """What drops the kernel's caches of ``paths`` in ``view`` (with ``subtrees``, of every
+    node below each too: the view's own content changed there)."""
     nodes = view.nodes.by_path  # read from another thread: single lookups only
     messages: list[bytes] = []
     parents: set[str] = set()
@@ -220,6 +288,9 @@ def _invalidations(view: View, paths: Sequence[str]) -> list[bytes]:
         node = nodes.get(rel)
         if node is not None:
             messages.append(abi.notify_inval_inode(node.id))
+            if subtrees:
+                below = (n for n in subtree(node) if n is not node)
+                messages.extend(abi.notify_inval_inode(n.id) for n in below)
         parent_rel, name = split(rel)
         parent = nodes.get(parent_rel)
         if parent is not None:

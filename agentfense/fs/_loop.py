@@ -167,8 +167,9 @@ class ViewServer:
         # would keep the value the wait loop's test narrowed it to (and call the notify dead).
         return self._waiting > 0
 
-    def exclusive(self, work: Callable[[], None]) -> None:
-        """Run ``work`` on a thread of its own while no request of this view is answered."""
+    def exclusive(self, work: Callable[[], None], then: Callable[[], None] | None = None) -> None:
+        """Run ``work`` on a thread of its own while no request of this view is answered,
+        then ``then`` on that thread once requests are answered again."""
 
         def run() -> None:
             with self._turn:
@@ -185,6 +186,11 @@ class ViewServer:
                 with self._turn:
                     self._busy = False
                     self._turn.notify_all()
+            if then is not None:
+                try:
+                    then()
+                except Exception:
+                    log.exception("view %s: work failed", self.view.id)
 
         threading.Thread(target=run, name=f"work-{self.view.id}", daemon=True).start()
 
@@ -254,11 +260,15 @@ class ViewServer:
         if opcode not in _READS:  # counted before it is answered: see ``generation``
             self.generation.bump()
         ops.resent = bool(unique & abi.UNIQUE_RESEND)
-        if opcode in _WRITES_DOWN:
+        bases = self.view.bases if opcode not in _READS else None  # (first changes note them)
+        if opcode in _WRITES_DOWN or bases is not None:
             removing = opcode in _REMOVES
             try:
-                self.view.nodes.journal.ensure(removing=removing)
-                self.view.deleted.ensure(removing=removing)
+                if opcode in _WRITES_DOWN:
+                    self.view.nodes.journal.ensure(removing=removing)
+                    self.view.deleted.ensure(removing=removing)
+                if bases is not None:
+                    bases.ensure(removing=removing)
             except OSError as exc:  # a full disk: refused before anything changes
                 self._reply(unique, exc.errno or errno.ENOSPC, b"")
                 return

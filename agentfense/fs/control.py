@@ -159,9 +159,14 @@ class Committed(Message):
     # The delta still holds something (a deletion kept, an entry that could not move, a file
     # with several names): the next commit has work whatever the generation says.
     pending: bool = False
+    # Of an Apply or a Discard: the changes applied (discarded), and those that conflicted.
+    applied: tuple[str, ...] = ()
+    conflicts: tuple[tuple[str, str], ...] = ()  # path, why
 
     def _fields(self) -> dict[str, object]:
         return {
+            "applied": list(self.applied),
+            "conflicts": [{"path": path, "why": why} for path, why in self.conflicts],
             "generation": self.generation,
             "pending": self.pending,
             "changed": self.changed,
@@ -185,8 +190,16 @@ class Committed(Message):
             _ops(fields.nested("ops")),
             fields.integer("generation"),
             fields.boolean("pending"),
+            fields.strings("applied"),
+            tuple(_conflict(item) for item in fields.nested_list("conflicts")),
             seq=seq,
         )
+
+
+def _conflict(fields: Fields) -> tuple[str, str]:
+    conflict = fields.string("path"), fields.string("why")
+    fields.done()
+    return conflict
 
 
 def _ops(fields: Fields) -> tuple[int, ...]:
@@ -208,7 +221,56 @@ class Failed(Message):
         return cls(fields.string("message"), seq=seq)
 
 
-Reply = Done | Committed | Failed
+@dataclass(frozen=True, slots=True)
+class ChangeEntry:
+    """One path where a view differs from its codebase (``fs/review.py``)."""
+
+    path: str
+    kind: str  # added, modified, deleted, type_changed
+    type: str  # file, directory, symlink, other
+    size: int
+    mode: int
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "path": self.path,
+            "kind": self.kind,
+            "type": self.type,
+            "size": self.size,
+            "mode": self.mode,
+        }
+
+    @classmethod
+    def from_json(cls, fields: Fields) -> ChangeEntry:
+        kind, kinds = fields.string("kind"), ("added", "modified", "deleted", "type_changed")
+        entry_type, types = fields.string("type"), ("file", "directory", "symlink", "other")
+        if kind not in kinds or entry_type not in types:
+            raise fields.error(f"kind {kind!r} or type {entry_type!r} is not known")
+        entry = cls(
+            fields.string("path"), kind, entry_type, fields.integer("size"), fields.integer("mode")
+        )
+        fields.done()
+        return entry
+
+
+@dataclass(frozen=True, slots=True)
+class Changes(Message):
+    """The changes of a view (at most ``review.MAX_LISTED``, by path) and how many there are."""
+
+    op: ClassVar[str] = "changes"
+    changes: tuple[ChangeEntry, ...]
+    total: int
+
+    def _fields(self) -> dict[str, object]:
+        return {"changes": [change.to_json() for change in self.changes], "total": self.total}
+
+    @classmethod
+    def _read(cls, fields: Fields, seq: int) -> Self:
+        changes = tuple(ChangeEntry.from_json(item) for item in fields.nested_list("changes"))
+        return cls(changes, fields.integer("total"), seq=seq)
+
+
+Reply = Done | Committed | Changes | Failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,9 +287,11 @@ class AddView(Message):
     gid: int
     limits: Limits = Limits()
     recover: bool = False
+    review: bool = False  # commit="manual": note bases, check commits for conflicts
 
     def _fields(self) -> dict[str, object]:
         return {
+            "review": self.review,
             "id": self.id,
             "lower": self.lower,
             "delta": self.delta,
@@ -249,6 +313,7 @@ class AddView(Message):
             fields.integer("gid", most=MAX_UID),
             Limits.from_json(fields.nested("limits")),
             fields.boolean("recover"),
+            fields.boolean("review"),
             seq=seq,
         )
 
@@ -293,6 +358,66 @@ class Commit(Message):
         return cls(fields.path("id"), seq=seq)
 
 
+def _selection(paths: tuple[str, ...] | None) -> dict[str, object]:
+    return {"all": paths is None, "paths": list(paths or ())}
+
+
+def _read_selection(fields: Fields) -> tuple[str, ...] | None:
+    everything, paths = fields.boolean("all"), fields.strings("paths")
+    return None if everything else paths
+
+
+@dataclass(frozen=True, slots=True)
+class ListChanges(Message):
+    """What the view changes of its codebase, at ``paths`` (None: everywhere)."""
+
+    op: ClassVar[str] = "list_changes"
+    id: str
+    paths: tuple[str, ...] | None = None
+
+    def _fields(self) -> dict[str, object]:
+        return {"id": self.id, **_selection(self.paths)}
+
+    @classmethod
+    def _read(cls, fields: Fields, seq: int) -> Self:
+        return cls(fields.path("id"), _read_selection(fields), seq=seq)
+
+
+@dataclass(frozen=True, slots=True)
+class Apply(Message):
+    """Commit the view's changes at ``paths`` (None: all; ``()``: none, which reports what
+    its requests did since, as a commit does), checked for conflicts unless ``overwrite``."""
+
+    op: ClassVar[str] = "apply"
+    id: str
+    paths: tuple[str, ...] | None = None
+    overwrite: bool = False
+
+    def _fields(self) -> dict[str, object]:
+        return {"id": self.id, "overwrite": self.overwrite, **_selection(self.paths)}
+
+    @classmethod
+    def _read(cls, fields: Fields, seq: int) -> Self:
+        ident, overwrite = fields.path("id"), fields.boolean("overwrite")
+        return cls(ident, _read_selection(fields), overwrite, seq=seq)
+
+
+@dataclass(frozen=True, slots=True)
+class Discard(Message):
+    """Make the view equal to its codebase at ``paths`` (None: everywhere)."""
+
+    op: ClassVar[str] = "discard"
+    id: str
+    paths: tuple[str, ...] | None = None
+
+    def _fields(self) -> dict[str, object]:
+        return {"id": self.id, **_selection(self.paths)}
+
+    @classmethod
+    def _read(cls, fields: Fields, seq: int) -> Self:
+        return cls(fields.path("id"), _read_selection(fields), seq=seq)
+
+
 @dataclass(frozen=True, slots=True)
 class Changed(Message):
     op: ClassVar[str] = "changed"
@@ -312,10 +437,19 @@ class Ping(Message):
     op: ClassVar[str] = "ping"
 
 
-Request = AddView | RemoveView | Commit | Changed | Ping
+Request = AddView | RemoveView | Commit | ListChanges | Apply | Discard | Changed | Ping
 
-REQUESTS: tuple[type[Request], ...] = (AddView, RemoveView, Commit, Changed, Ping)
-REPLIES: tuple[type[Reply], ...] = (Done, Committed, Failed)
+REQUESTS: tuple[type[Request], ...] = (
+    AddView,
+    RemoveView,
+    Commit,
+    ListChanges,
+    Apply,
+    Discard,
+    Changed,
+    Ping,
+)
+REPLIES: tuple[type[Reply], ...] = (Done, Committed, Changes, Failed)
 M = TypeVar("M", bound=Message)
 
 

@@ -185,7 +185,7 @@ class Nodes:
         if top is None:
             return []
         parent = self.by_path.get(new.rpartition("/")[0] if "/" in new else "")
-        moved = list(_subtree(top))
+        moved = list(subtree(top))
         for node in moved:
             del self.by_path[node.rel]
         self._disown(top)
@@ -286,7 +286,7 @@ class Nodes:
                     self._adopt(parent, node)
 
 
-def _subtree(top: Node) -> Iterator[Node]:
+def subtree(top: Node) -> Iterator[Node]:
     pending = [top]
     while pending:
         node = pending.pop()

@@ -24,6 +24,7 @@ from pathlib import Path
 from ..policy import MatchState, Policy
 from ..types import Permission
 from ._appendlog import AppendLog
+from ._bases import Bases
 from ._host import HostTree, copy_file, dir_entries, split
 from ._journal import Journal
 from ._usage import CodebaseUsage
@@ -129,6 +130,7 @@ class View:
         gid: int,
         limits: Limits = NO_LIMITS,
         usage: CodebaseUsage | None = None,
+        review: bool = False,
     ) -> None:
         self.id = view_id
         for directory in (delta, delta / "upper", delta / "orphans"):
@@ -137,6 +139,9 @@ class View:
         self.upper = HostTree(delta / "upper")
         self.orphans = HostTree(delta / "orphans")
         self.deleted = Deletions(delta / "deleted")
+        # Under review (``commit="manual"``), what the codebase held where the view changed
+        # it, for a commit to tell conflicts (``_bases.py``); None: last committer wins.
+        self.bases = Bases(delta / "bases") if review else None
         self.nodes = Nodes(policy, Journal(delta / "nodes"), limits.node_bytes or BUDGET)
         self.policy = policy
         self.uid, self.gid = uid, gid
@@ -160,6 +165,8 @@ class View:
         for tree in (self.lower, self.upper, self.orphans):
             tree.close()
         self.deleted.close()
+        if self.bases is not None:
+            self.bases.close()
         self.nodes.journal.close()
         self.nodes.clear()
 
@@ -325,6 +332,13 @@ class View:
 
     def measure_delta(self) -> None:
         """Count what the delta holds (a view taken over from a process that died)."""
+        self.recount()
+        for _, st in self.orphans.scan(""):
+            self.orphan_bytes += st.st_size
+        self.carried_orphan_bytes = self.orphan_bytes
+
+    def recount(self) -> None:
+        """Count what the upper tree holds against the limits (after it changed wholesale)."""
         self.delta_bytes = self.delta_entries = 0
         pending = [""]
         while pending:
@@ -335,9 +349,7 @@ class View:
                     pending.append(join(current, name))
                 elif stat.S_ISREG(st.st_mode):
                     self.delta_bytes += st.st_size
-        for _, st in self.orphans.scan(""):
-            self.orphan_bytes += st.st_size
-        self.carried_orphan_bytes = self.orphan_bytes
+        self.upper_empty = self.delta_entries == 0
 
     @staticmethod
     def check_length(rel: str) -> None:
@@ -363,6 +375,8 @@ class View:
             entry = self.locate(directory)
             if entry is None:
                 raise fail(errno.ENOENT)
+            if self.bases is not None and entry.layer == LOWER:
+                self.bases.note(directory, entry.st)
             self.count_entry()
             self.upper.mkdir(directory, stat.S_IMODE(entry.st.st_mode))
             self.upper_empty = False
@@ -376,6 +390,8 @@ class View:
         if entry.layer == UPPER or not rel:
             return entry
         mode = entry.st.st_mode
+        if self.bases is not None:
+            self.bases.note(rel, entry.st)
         if stat.S_ISREG(mode):
             self.charge(entry.st.st_size)
         elif not (stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
@@ -406,13 +422,20 @@ class View:
 
     def forget_lower(self, rel: str) -> None:
         """``rel`` is gone from this view (the lower tree's entry, if any, is hidden)."""
-        if not self.lower_hidden(rel) and self.lower.try_lstat(rel) is not None:
-            self.deleted.add(rel)
+        self._hide_lower(rel)
 
     def created(self, rel: str) -> None:
         """A new entry now stands at ``rel`` in the upper tree."""
         # Hide whatever the lower tree holds there: a recreated directory starts empty.
-        if not self.lower_hidden(rel) and self.lower.try_lstat(rel) is not None:
+        self._hide_lower(rel)
+
+    def _hide_lower(self, rel: str) -> None:
+        if self.lower_hidden(rel):
+            return
+        st = self.lower.try_lstat(rel)
+        if st is not None:
+            if self.bases is not None:
+                self.bases.note(rel, st)
             self.deleted.add(rel)
 
     def keep_orphan(self, rel: str, entry: Entry, ident: int) -> str:

@@ -144,6 +144,26 @@ class FsProcess:
         assert isinstance(reply, control.Committed)
         return reply
 
+    def changes(
+        self, view_id: str, paths: tuple[str, ...] | None = None
+    ) -> tuple[control.ChangeEntry, ...]:
+        reply = self.request(control.ListChanges(view_id, paths, seq=self._next_seq()))
+        assert isinstance(reply, control.Changes)
+        assert reply.total == len(reply.changes)
+        return reply.changes
+
+    def apply(
+        self, view_id: str, paths: tuple[str, ...] | None = None, *, overwrite: bool = False
+    ) -> control.Committed:
+        reply = self.request(control.Apply(view_id, paths, overwrite, seq=self._next_seq()))
+        assert isinstance(reply, control.Committed)
+        return reply
+
+    def discard(self, view_id: str, paths: tuple[str, ...] | None = None) -> control.Committed:
+        reply = self.request(control.Discard(view_id, paths, seq=self._next_seq()))
+        assert isinstance(reply, control.Committed)
+        return reply
+
     def remove_view(self, view_id: str) -> None:
         self.request(control.RemoveView(view_id, seq=self._next_seq()))
         unmount(self.mnt / view_id)

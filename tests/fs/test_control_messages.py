@@ -33,6 +33,7 @@ limits = st.builds(
     codebase_entries=counts,
     node_bytes=counts,
 )
+selections = st.none() | st.lists(st.text()).map(tuple)
 requests = st.one_of(
     st.builds(
         control.AddView,
@@ -48,6 +49,9 @@ requests = st.one_of(
     ),
     st.builds(control.RemoveView, id=paths, seq=seqs),
     st.builds(control.Commit, id=paths, seq=seqs),
+    st.builds(control.ListChanges, id=paths, paths=selections, seq=seqs),
+    st.builds(control.Apply, id=paths, paths=selections, overwrite=st.booleans(), seq=seqs),
+    st.builds(control.Discard, id=paths, paths=selections, seq=seqs),
     st.builds(control.Changed, lower=paths, paths=st.lists(st.text()).map(tuple), seq=seqs),
     st.builds(control.Ping, seq=seqs),
 )
@@ -60,6 +64,24 @@ replies = st.one_of(
         over_limit=st.booleans(),
         written=counts,
         ops=st.lists(counts, min_size=len(control.FS_OPS), max_size=len(control.FS_OPS)).map(tuple),
+        applied=st.lists(st.text()).map(tuple),
+        conflicts=st.lists(st.tuples(st.text(), st.text())).map(tuple),
+        seq=seqs,
+    ),
+    st.builds(
+        control.Changes,
+        changes=st.lists(
+            st.builds(
+                control.ChangeEntry,
+                path=st.text(),
+                kind=st.sampled_from(["added", "modified", "deleted", "type_changed"]),
+                type=st.sampled_from(["file", "directory", "symlink", "other"]),
+                size=counts,
+                mode=st.integers(0, 0o7777),
+            ),
+            max_size=4,
+        ).map(tuple),
+        total=counts,
         seq=seqs,
     ),
     st.builds(control.Failed, message=st.text(), seq=seqs),
@@ -185,7 +207,25 @@ def test_replies_are_checked_as_strictly() -> None:
     ]:
         with pytest.raises(MessageError, match=words):
             control.decode_reply(json.dumps({**committed, "ops": ops}).encode())
-    with pytest.raises(MessageError, match="op 'commit' is not one of committed, done"):
+    bad_fields: list[tuple[dict[str, object], str]] = [
+        ({"conflicts": [{"path": "a"}]}, r"committed.conflicts\[0\]: the field 'why' is missing"),
+        ({"applied": [1]}, "applied must be a list of strings"),
+    ]
+    for bad, words in bad_fields:
+        with pytest.raises(MessageError, match=words):
+            control.decode_reply(json.dumps({**committed, **bad}).encode())
+    changes = json.loads(control.Changes((), 0, seq=9).encode())
+    entry = {"path": "a", "kind": "added", "type": "file", "size": 1, "mode": 0o644}
+    bad_entries: list[tuple[dict[str, object], str]] = [
+        ({"kind": "renamed"}, "kind 'renamed' or type 'file' is not known"),
+        ({"type": "socket"}, "type 'socket' is not known"),
+        ({"size": -1}, "size must be an integer from 0"),
+    ]
+    for change, words in bad_entries:
+        bad_changes = {**changes, "changes": [{**entry, **change}]}
+        with pytest.raises(MessageError, match=words):
+            control.decode_reply(json.dumps(bad_changes).encode())
+    with pytest.raises(MessageError, match="op 'commit' is not one of changes, committed, done"):
         control.decode_reply(control.Commit("sb_1", seq=9).encode())
     with pytest.raises(MessageError, match="op 'done' is not one of committed"):
         control.Committed.decode(control.Done(seq=9).encode())
