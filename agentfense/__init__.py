@@ -39,8 +39,14 @@ if _typing.TYPE_CHECKING:
     from agentfense.sync import Sandbox as Sandbox
     from agentfense.sync import SandboxClient as SandboxClient
     from agentfense.sync import SessionWrapper as SessionWrapper
+    from agentfense.types import ChangeKind as ChangeKind
     from agentfense.types import Codebase as Codebase
+    from agentfense.types import CommitConflict as CommitConflict
+    from agentfense.types import CommitMode as CommitMode
+    from agentfense.types import CommitResult as CommitResult
+    from agentfense.types import EntryType as EntryType
     from agentfense.types import ExecResult as ExecResult
+    from agentfense.types import FileChange as FileChange
     from agentfense.types import FileInfo as FileInfo
     from agentfense.types import OutputChunk as OutputChunk
     from agentfense.types import OutputStream as OutputStream
@@ -63,13 +69,19 @@ __all__ = [
     "AsyncSandboxClient",
     "AsyncSessionWrapper",
     "AuthenticationError",
+    "ChangeKind",
     "Codebase",
     "CodebaseNotFoundError",
     "CommandExecutionError",
     "CommandTimeoutError",
+    "CommitConflict",
+    "CommitMode",
+    "CommitResult",
     "ConnectionError",
+    "EntryType",
     "ExecResult",
     "ExecStream",
+    "FileChange",
     "FileInfo",
     "InvalidConfigurationError",
     "OutputChunk",
@@ -109,6 +121,12 @@ _HOMES: dict[str, str] = {
     "AsyncSessionWrapper": "agentfense.client.session",
     "AuthenticationError": "agentfense.errors",
     "Codebase": "agentfense.types",
+    "FileChange": "agentfense.types",
+    "EntryType": "agentfense.types",
+    "CommitResult": "agentfense.types",
+    "CommitMode": "agentfense.types",
+    "CommitConflict": "agentfense.types",
+    "ChangeKind": "agentfense.types",
     "CodebaseNotFoundError": "agentfense.errors",
     "CommandExecutionError": "agentfense.errors",
     "CommandTimeoutError": "agentfense.errors",

@@ -15,8 +15,14 @@ from datetime import UTC, datetime, timedelta
 from ._proto.sandbox import v1 as pb
 from .errors import InvalidConfigurationError
 from .types import (
+    ChangeKind,
     Codebase,
+    CommitConflict,
+    CommitMode,
+    CommitResult,
+    EntryType,
     ExecResult,
+    FileChange,
     FileInfo,
     PatternType,
     Permission,
@@ -61,6 +67,25 @@ SESSION_STATUS_TO_PB = {
     SessionStatus.CLOSED: pb.SessionStatus(pb.SessionStatus.CLOSED),
 }
 SESSION_STATUS_FROM_PB = {v: k for k, v in SESSION_STATUS_TO_PB.items()}
+COMMIT_MODE_TO_PB = {
+    CommitMode.AUTO: pb.CommitMode(pb.CommitMode.AUTO),
+    CommitMode.MANUAL: pb.CommitMode(pb.CommitMode.MANUAL),
+}
+COMMIT_MODE_FROM_PB = {v: k for k, v in COMMIT_MODE_TO_PB.items()}
+CHANGE_KIND_TO_PB = {
+    ChangeKind.ADDED: pb.ChangeKind(pb.ChangeKind.ADDED),
+    ChangeKind.MODIFIED: pb.ChangeKind(pb.ChangeKind.MODIFIED),
+    ChangeKind.DELETED: pb.ChangeKind(pb.ChangeKind.DELETED),
+    ChangeKind.TYPE_CHANGED: pb.ChangeKind(pb.ChangeKind.TYPE_CHANGED),
+}
+CHANGE_KIND_FROM_PB = {v: k for k, v in CHANGE_KIND_TO_PB.items()}
+ENTRY_TYPE_TO_PB = {
+    EntryType.FILE: pb.EntryType(pb.EntryType.FILE),
+    EntryType.DIRECTORY: pb.EntryType(pb.EntryType.DIRECTORY),
+    EntryType.SYMLINK: pb.EntryType(pb.EntryType.SYMLINK),
+    EntryType.OTHER: pb.EntryType(pb.EntryType.OTHER),
+}
+ENTRY_TYPE_FROM_PB = {v: k for k, v in ENTRY_TYPE_TO_PB.items()}
 RUNTIME_TO_PB = {
     RuntimeType.BWRAP: pb.RuntimeType(pb.RuntimeType.BWRAP),
     RuntimeType.DOCKER: pb.RuntimeType(pb.RuntimeType.DOCKER),
@@ -180,6 +205,24 @@ def sandbox_from_pb(message: pb.Sandbox) -> SandboxInfo:
         stopped_at=timestamp(message.stopped_at),
         expires_at=timestamp(message.expires_at),
         keep_home=message.keep_home,
+        commit_mode=COMMIT_MODE_FROM_PB.get(message.commit_mode, CommitMode.AUTO),
+    )
+
+
+def change_from_pb(message: pb.FileChange) -> FileChange:
+    return FileChange(
+        path=message.path,
+        kind=CHANGE_KIND_FROM_PB.get(message.kind, ChangeKind.MODIFIED),
+        type=ENTRY_TYPE_FROM_PB.get(message.type, EntryType.OTHER),
+        size=message.size,
+        mode=message.mode,
+    )
+
+
+def commit_result_from_pb(message: pb.CommitChangesResponse) -> CommitResult:
+    return CommitResult(
+        applied=tuple(message.applied),
+        conflicts=tuple(CommitConflict(c.path, c.reason) for c in message.conflicts),
     )
 
 

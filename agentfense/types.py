@@ -71,6 +71,33 @@ class OutputStream(StrEnum):
     STDERR = "stderr"
 
 
+class CommitMode(StrEnum):
+    """When a sandbox's writes reach its codebase: after every command (``auto``, last
+    committer wins per file), or only when committed (``manual``: reviewed, checked for
+    conflicts; see docs/review.md)."""
+
+    AUTO = "auto"
+    MANUAL = "manual"
+
+
+class ChangeKind(StrEnum):
+    """How a path of a sandbox differs from its codebase."""
+
+    ADDED = "added"  # in the sandbox only
+    MODIFIED = "modified"  # both, of one type: another content, symlink target or mode
+    DELETED = "deleted"  # in the codebase only
+    TYPE_CHANGED = "type_changed"  # both, of different types (a file and a directory, say)
+
+
+class EntryType(StrEnum):
+    """What an entry of a tree is."""
+
+    FILE = "file"
+    DIRECTORY = "directory"
+    SYMLINK = "symlink"
+    OTHER = "other"
+
+
 def _enum_value(enum: type[Enum], value: object, what: str) -> Any:
     try:
         return enum(value.value if isinstance(value, Enum) else str(value).lower())
@@ -251,6 +278,39 @@ class FileInfo:
 
 @final
 @dataclass(frozen=True, slots=True)
+class FileChange:
+    """One path where a sandbox differs from its codebase (``sandbox.changes()``), relative
+    to /workspace. ``type``, ``size`` and ``mode`` are the sandbox's entry's (the codebase's,
+    when deleted)."""
+
+    path: str
+    kind: ChangeKind
+    type: EntryType
+    size: int
+    mode: int
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class CommitConflict:
+    """A change a commit left in the sandbox: the codebase changed that path since the
+    sandbox first changed it (or the change could not be applied), and why."""
+
+    path: str
+    reason: str
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class CommitResult:
+    """What ``sandbox.commit()`` applied to the codebase, and what it left (by path)."""
+
+    applied: tuple[str, ...] = ()
+    conflicts: tuple[CommitConflict, ...] = ()
+
+
+@final
+@dataclass(frozen=True, slots=True)
 class UploadResult:
     """One uploaded file: its size in bytes and its SHA-256 (hex) as the server computed it."""
 
@@ -278,6 +338,7 @@ class SandboxInfo:
     stopped_at: datetime | None = None
     expires_at: datetime | None = None
     keep_home: bool = False  # one $HOME for all its commands (else one each)
+    commit_mode: CommitMode = CommitMode.AUTO
 
 
 @final

@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
-import stat
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from os import PathLike
 from pathlib import Path
@@ -26,7 +24,10 @@ from ..errors import InvalidConfigurationError
 from ..presets import RuleLike, normalize_rules
 from ..types import (
     Codebase,
+    CommitMode,
+    CommitResult,
     ExecResult,
+    FileChange,
     FileInfo,
     ResourceLimits,
     RuntimeType,
@@ -38,62 +39,27 @@ from ..types import (
 )
 from . import _rpcs as rpcs
 from ._environment import api_key_or_configured, endpoint_or_configured, tls_or_configured
+from ._request_parts import (
+    UPLOAD_CHUNK,
+    as_bytes,
+    commit_mode,
+    duration,
+    is_executable,
+    pieces,
+    read_if_small,
+    review_paths,
+    runtime_type,
+    set_timeout,
+)
 from ._rpcs import ClientStream, Rep, Req, ServerStream, Unary
 from ._stream import ExecStream
 
 log = logging.getLogger("agentfense")
 
-UPLOAD_CHUNK = 256 * 1024
 # How long one cleanup call (destroying a sandbox or a session, deleting a codebase) may take.
 # Long enough for heavy legitimate work: deleting a codebase of 50,000 directories and a
 # 256 MiB file took 24 s to over 30 s on a loaded 2-core VM.
 DEFAULT_CLEANUP_TIMEOUT = 120.0
-
-
-def _duration(seconds: float | None, field: str) -> timedelta | None:
-    if seconds is None:
-        return None
-    if seconds < 0:
-        raise InvalidConfigurationError(f"{field} must not be negative")
-    return timedelta(seconds=seconds)
-
-
-def _set_timeout(request: pb.ExecRequest | pb.SessionExecRequest, timeout: float | None) -> None:
-    duration, request.no_timeout = timeouts.to_wire(timeout)
-    if duration is not None:
-        request.timeout = duration
-
-
-def _as_bytes(content: bytes | str) -> bytes:
-    return content.encode() if isinstance(content, str) else bytes(content)
-
-
-def _pieces(data: bytes) -> Iterator[bytes]:
-    """``data`` in upload-sized pieces (none for empty data)."""
-    for start in range(0, len(data), UPLOAD_CHUNK):
-        yield data[start : start + UPLOAD_CHUNK]
-
-
-def _read_if_small(path: Path) -> tuple[bytes | None, bool]:
-    """The whole file if it is at most one upload chunk, else None (to be streamed); and
-    whether it is executable."""
-    with path.open("rb") as handle:
-        executable = _executable(os.fstat(handle.fileno()).st_mode)
-        data = handle.read(UPLOAD_CHUNK + 1)
-    return (data if len(data) <= UPLOAD_CHUNK else None), executable
-
-
-def _executable(mode: int) -> bool:
-    return bool(mode & stat.S_IXUSR)
-
-
-def _runtime(value: RuntimeType | str) -> RuntimeType:
-    try:
-        return RuntimeType(value)
-    except ValueError:
-        raise InvalidConfigurationError(
-            f"runtime must be 'bwrap' or 'docker', not {value!r}"
-        ) from None
 
 
 @final
@@ -249,7 +215,7 @@ class AsyncSandboxClient:
         self, codebase_id: str, file_path: str, content: bytes | str
     ) -> UploadResult:
         """Upload ``content`` as ``file_path`` of the codebase (streamed in chunks)."""
-        return await self._upload_bytes(codebase_id, file_path, _as_bytes(content), False)
+        return await self._upload_bytes(codebase_id, file_path, as_bytes(content), False)
 
     async def _upload_bytes(
         self, codebase_id: str, file_path: str, data: bytes, executable: bool
@@ -263,7 +229,7 @@ class AsyncSandboxClient:
                     executable=executable,
                 )
             )
-            for piece in _pieces(data):
+            for piece in pieces(data):
                 yield pb.UploadChunk(data=piece)
 
         return await self._upload(chunks)
@@ -274,7 +240,7 @@ class AsyncSandboxClient:
         """Upload a local file (executable if it is); a large one is streamed without being
         read into memory."""
         source = Path(local_path)
-        small, executable = await run_sync(_read_if_small, source)
+        small, executable = await run_sync(read_if_small, source)
         if small is not None:  # one trip to a thread instead of one per step
             return await self._upload_bytes(codebase_id, file_path, small, executable)
 
@@ -286,7 +252,7 @@ class AsyncSandboxClient:
                         codebase_id=codebase_id,
                         file_path=file_path,
                         total_size=st.st_size,
-                        executable=_executable(st.st_mode),
+                        executable=is_executable(st.st_mode),
                     )
                 )
                 while block := await handle.read(UPLOAD_CHUNK):
@@ -303,7 +269,7 @@ class AsyncSandboxClient:
         async def chunks() -> AsyncIterator[pb.ArchiveChunk]:
             yield pb.ArchiveChunk(codebase_id=codebase_id)
             for file_path, local_path in files:
-                small, executable = await run_sync(_read_if_small, Path(local_path))
+                small, executable = await run_sync(read_if_small, Path(local_path))
                 if small is not None:
                     yield pb.ArchiveChunk(
                         file=pb.ArchiveChunkFile(
@@ -317,7 +283,7 @@ class AsyncSandboxClient:
                     st = await handle.stat()
                     size = st.st_size
                     header = pb.ArchiveChunkFile(
-                        file_path=file_path, size=size, executable=_executable(st.st_mode)
+                        file_path=file_path, size=size, executable=is_executable(st.st_mode)
                     )
                     yield pb.ArchiveChunk(file=header)
                     sent = 0
@@ -367,41 +333,54 @@ class AsyncSandboxClient:
         expires_in: float | timedelta | None = None,
         keep_home: bool = False,
         start: bool = False,
+        commit: CommitMode | str = CommitMode.AUTO,
     ) -> SandboxInfo:
         """Create a sandbox on a codebase, not started unless ``start``: then started in
         the same call (a sandbox that cannot start is destroyed, and the start's error
         raised). ``expires_in`` (seconds or a ``timedelta``): the server destroys the sandbox
-        once that much time has passed."""
+        once that much time has passed. ``commit``: ``"auto"`` (its writes reach the
+        codebase after every command) or ``"manual"`` (only by ``commit_changes``)."""
+        mode = commit_mode(commit)
         expiry = (
-            expires_in if isinstance(expires_in, timedelta) else _duration(expires_in, "expires_in")
+            expires_in if isinstance(expires_in, timedelta) else duration(expires_in, "expires_in")
         )
         request = pb.CreateSandboxRequest(
             codebase_id=codebase_id,
             permissions=[convert.rule_to_pb(r) for r in normalize_rules(permissions)],
             labels=dict(labels or {}),
-            runtime=convert.RUNTIME_TO_PB[_runtime(runtime)],
+            runtime=convert.RUNTIME_TO_PB[runtime_type(runtime)],
             image=image or "",
             resources=convert.resources_to_pb(resources),
             keep_home=keep_home,
             start=start,
+            commit_mode=convert.COMMIT_MODE_TO_PB[mode],
         )
         if expiry is not None:
             request.expires_in = expiry
         info = convert.sandbox_from_pb(await self._unary(rpcs.CREATE_SANDBOX, request))
+        if info.commit_mode is not mode:  # (a server without the extension commits anyway)
+            await self._destroy_unwanted(info.id)
+            raise InvalidConfigurationError(
+                f"commit={mode.value!r} is not supported by this server (it commits after "
+                "every command)"
+            )
         if start and info.status is not SandboxStatus.RUNNING:
             info = await self._start_created(info.id)  # (a server without the extension)
         return info
+
+    async def _destroy_unwanted(self, sandbox_id: str) -> None:
+        with finishing(self.cleanup_timeout):
+            try:
+                await self.destroy_sandbox(sandbox_id)
+            except Exception as exc:
+                log.warning("cleanup failed: sandbox %s not destroyed: %s", sandbox_id, exc)
 
     async def _start_created(self, sandbox_id: str) -> SandboxInfo:
         """Start a sandbox just created; destroy it if it cannot start."""
         try:
             return await self.start_sandbox(sandbox_id)
         except BaseException:
-            with finishing(self.cleanup_timeout):
-                try:
-                    await self.destroy_sandbox(sandbox_id)
-                except Exception as exc:
-                    log.warning("cleanup failed: sandbox %s not destroyed: %s", sandbox_id, exc)
+            await self._destroy_unwanted(sandbox_id)
             raise
 
     async def get_sandbox(self, sandbox_id: str) -> SandboxInfo:
@@ -458,7 +437,7 @@ class AsyncSandboxClient:
             env={str(k): str(v) for k, v in (env or {}).items()},
             workdir=workdir or "",
         )
-        _set_timeout(request, timeout)
+        set_timeout(request, timeout)
         return request
 
     async def exec(
@@ -506,7 +485,7 @@ class AsyncSandboxClient:
         self, sandbox_id: str, path: str, content: bytes | str
     ) -> UploadResult:
         """Write a file as the sandbox could (its permissions apply), then commit it."""
-        data = _as_bytes(content)
+        data = as_bytes(content)
 
         async def chunks() -> AsyncIterator[pb.SandboxFileChunk]:
             yield pb.SandboxFileChunk(
@@ -514,7 +493,7 @@ class AsyncSandboxClient:
                     sandbox_id=sandbox_id, path=path, total_size=len(data)
                 )
             )
-            for piece in _pieces(data):
+            for piece in pieces(data):
                 yield pb.SandboxFileChunk(data=piece)
 
         reply = await self._client_stream(rpcs.WRITE_SANDBOX_FILE, chunks)
@@ -530,6 +509,67 @@ class AsyncSandboxClient:
             dataclasses.replace(convert.file_info_from_pb(f), path=f"/workspace/{f.path}")
             for f in reply.files
         ]
+
+    # -- review -----------------------------------------------------------------------------
+
+    async def list_changes(
+        self, sandbox_id: str, paths: Iterable[str] | str | None = None
+    ) -> list[FileChange]:
+        """Where the sandbox's files differ from its codebase's, at or below ``paths``
+        (None: everywhere), by path; paths are relative to /workspace. At most the server's
+        maximum (50,000 by default): narrow ``paths`` to see the rest."""
+        request = pb.ListChangesRequest(sandbox_id=sandbox_id, paths=review_paths(paths))
+        reply = await self._unary(rpcs.LIST_CHANGES, request)
+        return [convert.change_from_pb(change) for change in reply.changes]
+
+    async def diff_changes(
+        self,
+        sandbox_id: str,
+        paths: Iterable[str] | str | None = None,
+        *,
+        max_bytes: int | None = None,
+    ) -> str:
+        """The sandbox's changes as a unified diff (git's format: ``a/`` is the codebase,
+        ``b/`` the sandbox); cut at ``max_bytes`` (the server's default: 1 MiB) with a
+        last line saying so. Binary and large files are summarised in a line."""
+        if max_bytes is not None and max_bytes <= 0:
+            raise InvalidConfigurationError("max_bytes must be positive")
+        request = pb.DiffChangesRequest(
+            sandbox_id=sandbox_id, paths=review_paths(paths), max_bytes=max_bytes or 0
+        )
+        reply = await self._unary(rpcs.DIFF_CHANGES, request)
+        text = reply.diff.decode("utf-8", "surrogateescape")
+        if reply.truncated:
+            text += "[diff truncated: ask for fewer paths, or a larger max_bytes]\n"
+        return text
+
+    async def commit_changes(
+        self,
+        sandbox_id: str,
+        paths: Iterable[str] | str | None = None,
+        *,
+        overwrite: bool = False,
+    ) -> CommitResult:
+        """Apply the sandbox's changes at or below ``paths`` (None: all) to its codebase,
+        each file atomically. Under ``commit="manual"`` a path the codebase changed since
+        the sandbox first changed it is a conflict: left in the sandbox, reported, never
+        overwritten unless ``overwrite``."""
+        chosen = review_paths(paths)
+        if paths is not None and not chosen:
+            return CommitResult()
+        request = pb.CommitChangesRequest(sandbox_id=sandbox_id, paths=chosen, overwrite=overwrite)
+        return convert.commit_result_from_pb(await self._unary(rpcs.COMMIT_CHANGES, request))
+
+    async def discard_changes(
+        self, sandbox_id: str, paths: Iterable[str] | str | None = None
+    ) -> list[str]:
+        """Give the sandbox back its codebase's files at or below ``paths`` (None: all of
+        them); the paths whose changes were discarded."""
+        chosen = review_paths(paths)
+        if paths is not None and not chosen:
+            return []
+        request = pb.DiscardChangesRequest(sandbox_id=sandbox_id, paths=chosen)
+        return list((await self._unary(rpcs.DISCARD_CHANGES, request)).discarded)
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -563,7 +603,7 @@ class AsyncSandboxClient:
         if not isinstance(command, str):
             raise InvalidConfigurationError("command must be a string")
         request = pb.SessionExecRequest(session_id=session_id, command=command)
-        _set_timeout(request, timeout)
+        set_timeout(request, timeout)
         return request
 
     async def session_exec(

@@ -83,3 +83,11 @@ SESSION_EXEC = Unary(_SANDBOX + "SessionExec", pb.SessionExecRequest, pb.ExecRes
 SESSION_EXEC_STREAM = ServerStream(
     _SANDBOX + "SessionExecStream", pb.SessionExecRequest, pb.ExecOutput
 )
+LIST_CHANGES = Unary(_SANDBOX + "ListChanges", pb.ListChangesRequest, pb.ListChangesResponse)
+DIFF_CHANGES = Unary(_SANDBOX + "DiffChanges", pb.DiffChangesRequest, pb.DiffChangesResponse)
+COMMIT_CHANGES = Unary(
+    _SANDBOX + "CommitChanges", pb.CommitChangesRequest, pb.CommitChangesResponse
+)
+DISCARD_CHANGES = Unary(
+    _SANDBOX + "DiscardChanges", pb.DiscardChangesRequest, pb.DiscardChangesResponse
+)

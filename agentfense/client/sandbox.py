@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
 from types import TracebackType
@@ -26,7 +26,10 @@ from ..errors import (
 )
 from ..presets import RuleLike, resolve_permissions
 from ..types import (
+    CommitMode,
+    CommitResult,
     ExecResult,
+    FileChange,
     FileInfo,
     ResourceLimits,
     RuntimeType,
@@ -97,13 +100,15 @@ class AsyncSandbox(metaclass=NoPublicConstructor):
         *,
         api_key: str | None = None,
         tls: TLSConfig | None = None,
+        commit: CommitMode | str = CommitMode.AUTO,
     ) -> AsyncSandbox:
         """Upload the project at ``path`` as a new codebase and create a sandbox on it.
 
         ``owner_id`` defaults to the local user's name (``"default"`` where there is none):
         servers may require one (the upstream server refuses a codebase without it), and a
         stable owner groups one user's codebases for listings and per-owner limits.
-        ``api_key`` and ``tls``: as for ``AsyncSandboxClient``."""
+        ``api_key`` and ``tls``: as for ``AsyncSandboxClient``. ``commit="manual"``: the
+        sandbox's writes reach the codebase only through :meth:`commit` (docs/review.md)."""
         rules = resolve_permissions(preset, permissions)
         root = Path(path)
         scan = await run_sync(lambda: scan_project(root, ignore_patterns))
@@ -130,6 +135,7 @@ class AsyncSandbox(metaclass=NoPublicConstructor):
                     labels=labels,
                     keep_home=keep_home,
                     start=auto_start,
+                    commit=commit,
                 )
             )
             sandbox_id = info.id
@@ -163,6 +169,7 @@ class AsyncSandbox(metaclass=NoPublicConstructor):
         *,
         api_key: str | None = None,
         tls: TLSConfig | None = None,
+        commit: CommitMode | str = CommitMode.AUTO,
     ) -> AsyncSandbox:
         """A new sandbox on an existing codebase (which is kept when the sandbox goes)."""
         rules = resolve_permissions(preset, permissions)
@@ -179,6 +186,7 @@ class AsyncSandbox(metaclass=NoPublicConstructor):
                     labels=labels,
                     keep_home=keep_home,
                     start=auto_start,
+                    commit=commit,
                 )
             )
             sandbox_id = info.id
@@ -406,6 +414,30 @@ class AsyncSandbox(metaclass=NoPublicConstructor):
             return found
         result = await self._client.exec(self.id, _files.list_command(path, recursive))
         return _files.parse_listing(result, path)
+
+    # -- review (docs/review.md) -------------------------------------------------------------
+
+    async def changes(self, paths: Iterable[str] | str | None = None) -> list[FileChange]:
+        """Where this sandbox's files differ from its codebase's, at or below ``paths``
+        (None: everywhere), by path, relative to /workspace."""
+        return await self._client.list_changes(self.id, paths)
+
+    async def diff(
+        self, paths: Iterable[str] | str | None = None, *, max_bytes: int | None = None
+    ) -> str:
+        """Those changes as a unified diff (``a/``: the codebase, ``b/``: the sandbox)."""
+        return await self._client.diff_changes(self.id, paths, max_bytes=max_bytes)
+
+    async def commit(
+        self, paths: Iterable[str] | str | None = None, *, overwrite: bool = False
+    ) -> CommitResult:
+        """Apply the changes at or below ``paths`` (None: all) to the codebase; what was
+        applied, and what conflicted (left here, unless ``overwrite``)."""
+        return await self._client.commit_changes(self.id, paths, overwrite=overwrite)
+
+    async def discard(self, paths: Iterable[str] | str | None = None) -> list[str]:
+        """Give this sandbox back the codebase's files at or below ``paths`` (None: all)."""
+        return await self._client.discard_changes(self.id, paths)
 
 
 def default_owner() -> str:

@@ -54,6 +54,7 @@ class _Mounted:
     generation_fd: int  # its count of requests that may change it (``fs.generation``)
     generation: Generation
     clean: int | None = None  # the count when a commit last left nothing in the delta
+    asked: int = 0  # the count when an Apply last reported what the requests did
 
     def close(self) -> None:
         self.generation.close()
@@ -396,19 +397,41 @@ class FsSupervisor:
             with contextlib.suppress(OSError):
                 mountpoint.rmdir()
 
-    def may_have_changed(self, view_id: str) -> bool:
+    def may_have_changed(self, view_id: str, *, since_asked: bool = False) -> bool:
         """Whether the view may have something to commit: it took a request that may
         change it since a commit that left nothing behind (what a command that has ended
-        did is counted; see ``fs.generation``)."""
+        did is counted; see ``fs.generation``). With ``since_asked``: since an Apply last
+        reported on its requests (under review, the delta stays)."""
         mounted = self._views.get(view_id)
-        return mounted is None or mounted.clean != mounted.generation.read()
+        if mounted is None:
+            return True
+        count = mounted.generation.read()
+        return mounted.asked != count if since_asked else mounted.clean != count
 
-    async def commit(self, view_id: str) -> control.Committed:
-        reply = await self.request(control.Commit(view_id), control.Committed)
+    def _note(self, view_id: str, reply: control.Committed) -> control.Committed:
         mounted = self._views.get(view_id)
         if mounted is not None:
             mounted.clean = None if reply.pending else reply.generation
+            mounted.asked = reply.generation
         return reply
+
+    async def commit(self, view_id: str) -> control.Committed:
+        return self._note(view_id, await self.request(control.Commit(view_id), control.Committed))
+
+    async def apply(
+        self, view_id: str, paths: tuple[str, ...] | None, *, overwrite: bool = False
+    ) -> control.Committed:
+        """Commit the view's changes at ``paths`` (None: all; ``()``: none, which reports
+        what its requests did since, as a commit does)."""
+        message = control.Apply(view_id, paths, overwrite)
+        return self._note(view_id, await self.request(message, control.Committed))
+
+    async def discard(self, view_id: str, paths: tuple[str, ...] | None) -> control.Committed:
+        message = control.Discard(view_id, paths)
+        return self._note(view_id, await self.request(message, control.Committed))
+
+    async def list_changes(self, view_id: str, paths: tuple[str, ...] | None) -> control.Changes:
+        return await self.request(control.ListChanges(view_id, paths), control.Changes)
 
     async def changed(self, lower: Path, paths: Sequence[str]) -> None:
         """The server changed ``paths`` of the codebase at ``lower``: its views drop what

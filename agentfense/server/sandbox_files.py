@@ -13,7 +13,7 @@ import hashlib
 import os
 import secrets
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,6 +55,20 @@ def workspace_relpath(path: str) -> str:
         return normalize_relpath(path, allow_root=True)
     except InvalidPathError as exc:
         raise InvalidConfigurationError(exc.for_field("path")) from None
+
+
+MAX_REVIEW_PATHS = 4096
+
+
+def review_paths(paths: Sequence[str]) -> tuple[str, ...] | None:
+    """The paths of a review request, relative to the workspace; None for every path (none
+    given, or the workspace itself among them)."""
+    if len(paths) > MAX_REVIEW_PATHS:
+        raise InvalidConfigurationError(
+            f"paths: {len(paths)} of them; at most {MAX_REVIEW_PATHS} are allowed"
+        )
+    relative = tuple(workspace_relpath(path) for path in paths)
+    return None if not relative or "" in relative else tuple(sorted(set(relative)))
 
 
 def _shown(rel: str) -> str:

@@ -17,7 +17,7 @@ import anyio
 
 from ..errors import InvalidConfigurationError, SandboxNotFoundError, SandboxNotRunningError
 from ..runtimes.base import Prepared, SandboxHandle
-from ..types import PermissionRule, ResourceLimits, RuntimeType, SandboxStatus
+from ..types import CommitMode, PermissionRule, ResourceLimits, RuntimeType, SandboxStatus
 from .callers import may_see
 from .tokens import LOCAL_TENANT
 
@@ -51,6 +51,7 @@ class SandboxRecord:
     tenant: str = LOCAL_TENANT  # its codebase's: whose it is
     host_uid: int = 0  # its processes' uid on the host, its own while it exists
     keep_home: bool = False  # one $HOME for all its commands (else one each)
+    commit_mode: CommitMode = CommitMode.AUTO  # manual: its writes wait for a review
 
 
 def _not_found(sandbox_id: str) -> SandboxNotFoundError:

@@ -38,7 +38,14 @@ from ..runtimes.base import (
     SandboxSpec,
 )
 from ..runtimes.lookup import Runtimes
-from ..types import Permission, PermissionRule, ResourceLimits, RuntimeType, SandboxStatus
+from ..types import (
+    CommitMode,
+    Permission,
+    PermissionRule,
+    ResourceLimits,
+    RuntimeType,
+    SandboxStatus,
+)
 from ._contained import ContainedTaskGroup
 from ._descriptors import check_headroom
 from ._paths import InvalidPathError, normalize_relpath
@@ -49,6 +56,7 @@ from .execution import OnOutput, Outcome
 from .fs_supervisor import FsSupervisor
 from .log_lines import Value, log_event
 from .metrics import ServerMetrics
+from .sandbox_checks import MOST_EXPIRES_IN, check_labels, check_resources
 from .sandbox_table import SandboxRecord, SandboxTable, now
 from .session_registry import SessionRegistry
 
@@ -168,6 +176,7 @@ class SandboxManager:
                 codebase_bytes=config.max_codebase_bytes,
                 codebase_entries=config.max_codebase_entries,
             ),
+            review=record.commit_mode is CommitMode.MANUAL,
         )
 
     async def _view_lost(self, view_id: str, reason: str) -> None:
@@ -181,6 +190,10 @@ class SandboxManager:
             await handle.stop()
         record.status = SandboxStatus.ERROR
         record.error = f"{reason}; destroy the sandbox and create it again"
+
+    def codebase_root(self, record: SandboxRecord) -> Path:
+        """Where the sandbox's codebase's files are on the host."""
+        return self._codebases.files_dir(record.codebase_id)
 
     def view_owner(self, record: SandboxRecord) -> tuple[int, int]:
         """The uid and gid the sandbox's view belongs to (its processes' on the host)."""
@@ -208,36 +221,73 @@ class SandboxManager:
         return self._commit_locks.setdefault(record.id, anyio.Lock())
 
     async def commit(self, record: SandboxRecord) -> bool:
-        """Apply what the sandbox wrote since the last commit to its codebase; whether a
-        write was refused meanwhile for its delta limit."""
+        """Apply what the sandbox wrote since the last commit to its codebase (under
+        ``commit="manual"``, nothing: that waits for ``commit_changes``); whether a write
+        was refused meanwhile for its delta limit."""
+        manual = record.commit_mode is CommitMode.MANUAL
         with anyio.CancelScope(shield=True):
             async with self.commit_lock(record):
-                if not self._fs.may_have_changed(record.id):  # (most commands only read)
-                    self._metrics.commits.labels("unchanged").inc()
+                if not self._fs.may_have_changed(record.id, since_asked=manual):
+                    self._metrics.commits.labels("unchanged").inc()  # (most commands read)
                     return False
                 try:
-                    reply = await self._fs.commit(record.id)
+                    if manual:  # (only what its requests did, for the command's result)
+                        reply = await self._fs.apply(record.id, ())
+                    else:
+                        reply = await self._fs.commit(record.id)
                 except BaseException:
                     self._metrics.commits.labels("failed").inc()
                     raise
-            self._metrics.commits.labels("changed" if reply.changed else "unchanged").inc()
-            self._metrics.committed_entries.inc(reply.changed)
-            self._metrics.committed_bytes.inc(reply.written)
-            for op, count in zip(control.FS_OPS, reply.ops, strict=True):
-                if count:
-                    self._metrics.fs_requests.labels(op).inc(count)
-            self._codebases.usage_changed(  # (its files: a number not known, if any changed)
-                record.codebase_id,
-                reply.bytes_delta,
-                reply.entries_delta,
-                None if reply.changed else 0,
-            )
-            if reply.changed:  # nothing changed (every read-only exec): no meta write
-                try:
-                    await self._codebases.touch(record.codebase_id)
-                except OSError as exc:  # (a full disk): the command's result matters more
-                    _log.warning("codebase %s: updated_at not saved: %s", record.codebase_id, exc)
+            await self._committed(record, reply)
         return reply.over_limit
+
+    # -- review -----------------------------------------------------------------------------
+
+    async def list_changes(self, sandbox_id: str, paths: tuple[str, ...] | None) -> control.Changes:
+        record = self.get(sandbox_id)
+        return await self._fs.list_changes(record.id, paths)
+
+    async def commit_changes(
+        self, sandbox_id: str, paths: tuple[str, ...] | None, *, overwrite: bool
+    ) -> control.Committed:
+        """Apply the sandbox's changes at ``paths`` (None: all) to its codebase, checked for
+        conflicts under ``commit="manual"`` unless ``overwrite``."""
+        record = self.get(sandbox_id)
+        with anyio.CancelScope(shield=True):  # (begun, it is seen through)
+            async with self.commit_lock(record):
+                reply = await self._fs.apply(record.id, paths, overwrite=overwrite)
+            await self._committed(record, reply)
+        return reply
+
+    async def discard_changes(
+        self, sandbox_id: str, paths: tuple[str, ...] | None
+    ) -> control.Committed:
+        """Give the sandbox back its codebase's entries at ``paths`` (None: everywhere)."""
+        record = self.get(sandbox_id)
+        with anyio.CancelScope(shield=True):
+            async with self.commit_lock(record):
+                reply = await self._fs.discard(record.id, paths)
+        return reply
+
+    async def _committed(self, record: SandboxRecord, reply: control.Committed) -> None:
+        """Count what a commit did, and what the codebase became."""
+        self._metrics.commits.labels("changed" if reply.changed else "unchanged").inc()
+        self._metrics.committed_entries.inc(reply.changed)
+        self._metrics.committed_bytes.inc(reply.written)
+        for op, count in zip(control.FS_OPS, reply.ops, strict=True):
+            if count:
+                self._metrics.fs_requests.labels(op).inc(count)
+        self._codebases.usage_changed(  # (its files: a number not known, if any changed)
+            record.codebase_id,
+            reply.bytes_delta,
+            reply.entries_delta,
+            None if reply.changed else 0,
+        )
+        if reply.changed:  # nothing changed (every read-only exec): no meta write
+            try:
+                await self._codebases.touch(record.codebase_id)
+            except OSError as exc:  # (a full disk): the command's result matters more
+                _log.warning("codebase %s: updated_at not saved: %s", record.codebase_id, exc)
 
     # -- queries ----------------------------------------------------------------------------
 
@@ -292,19 +342,20 @@ class SandboxManager:
         expires_in: timedelta | None,
         keep_home: bool = False,
         start: bool = False,
+        commit_mode: CommitMode = CommitMode.AUTO,
     ) -> SandboxRecord:
         """A new sandbox; with ``start``, started too (or, when it cannot start, destroyed,
         and the start's error raised)."""
         if not codebase_id:
             raise InvalidConfigurationError("codebase_id must not be empty")
-        _check_labels(labels)
+        check_labels(labels)
         if len(image) > 4096 or "\x00" in image:
             raise InvalidConfigurationError("image must be at most 4096 characters, without NUL")
         if expires_in is not None and expires_in < timedelta(0):
             raise InvalidConfigurationError("expires_in must not be negative")
-        if expires_in is not None and expires_in > _MOST_EXPIRES_IN:
+        if expires_in is not None and expires_in > MOST_EXPIRES_IN:
             raise InvalidConfigurationError(
-                f"expires_in must be at most {_MOST_EXPIRES_IN.days} days"
+                f"expires_in must be at most {MOST_EXPIRES_IN.days} days"
             )
         codebase = await self._codebases.get(codebase_id)  # (the caller's, or not found)
         held = self._sandboxes.held_by(codebase.tenant)
@@ -320,6 +371,7 @@ class SandboxManager:
                 labels=labels,
                 keep_home=keep_home,
                 prepare=start,
+                commit_mode=commit_mode,
             )
         if expires_in:
             record.expires_at = record.created_at + expires_in
@@ -352,12 +404,13 @@ class SandboxManager:
         labels: Mapping[str, str],
         keep_home: bool,
         prepare: bool,
+        commit_mode: CommitMode,
     ) -> SandboxRecord:
         """The new sandbox, in the table when this returns (its quota reserved meanwhile).
         With ``prepare`` (a start follows at once), its runtime begins the start's longest
         wait meanwhile (``Runtime.prepare``; ``start`` takes it, ``destroy`` lets it go)."""
         resources = self._with_server_limits(resources, runtime)
-        _check_resources(resources)
+        check_resources(resources)
         validate_rules(permissions)
         await self._check_runtime(runtime, image, resources)
         record = SandboxRecord(
@@ -371,6 +424,7 @@ class SandboxManager:
             owner_id=owner_id,
             tenant=tenant,
             keep_home=keep_home,
+            commit_mode=commit_mode,
         )
         record.host_uid = self._take_uid()
         if prepare and _has_headroom():  # (else the start refuses, before it begins anything)
@@ -549,56 +603,6 @@ class SandboxManager:
 
     def __iter__(self) -> Iterator[SandboxRecord]:
         return iter(self._sandboxes)
-
-
-# The smallest limits a sandbox can start and run a shell under.
-_RESOURCE_MINIMA = {
-    "memory_bytes": (16 * 1024 * 1024, "16 MiB"),
-    "cpu_quota": (1000, "1000 microseconds per 100 ms period"),
-    "cpu_shares": (2, "2"),
-    "pids_limit": (8, "8"),
-}
-
-
-# The most labels a sandbox may carry, and how long their keys and values may be.
-MAX_LABELS = 64
-MAX_LABEL_KEY = 256
-MAX_LABEL_VALUE = 1024
-_MOST_EXPIRES_IN = timedelta(days=3650)
-
-
-def _check_labels(labels: Mapping[str, str]) -> None:
-    if len(labels) > MAX_LABELS:
-        raise InvalidConfigurationError(
-            f"labels: {len(labels)} of them; at most {MAX_LABELS} are allowed"
-        )
-    for key, value in labels.items():
-        if not key or len(key) > MAX_LABEL_KEY or len(value) > MAX_LABEL_VALUE:
-            raise InvalidConfigurationError(
-                f"labels keys must be 1-{MAX_LABEL_KEY} characters and values at most "
-                f"{MAX_LABEL_VALUE}"
-            )
-        if "\x00" in key or "\x00" in value:
-            raise InvalidConfigurationError(f"label {key[:64]!r} must not contain NUL")
-
-
-# The largest limits the kernel takes (cpu_quota: 10,000 CPUs' worth of a 100 ms period).
-_RESOURCE_MAXIMA = {
-    "cpu_quota": (10**9, "1000000000 microseconds per 100 ms period"),
-    "cpu_shares": (262144, "262144"),
-    "pids_limit": (4194304, "4194304 (the kernel's largest pid)"),
-}
-
-
-def _check_resources(resources: ResourceLimits) -> None:
-    for name, (least, said) in _RESOURCE_MINIMA.items():
-        value = getattr(resources, name)
-        if value and value < least:
-            raise InvalidConfigurationError(f"resources.{name} must be at least {said}")
-    for name, (most, said) in _RESOURCE_MAXIMA.items():
-        value = getattr(resources, name)
-        if value and value > most:
-            raise InvalidConfigurationError(f"resources.{name} must be at most {said}")
 
 
 __all__ = ["ExecParams", "SandboxManager", "SandboxRecord"]

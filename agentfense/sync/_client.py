@@ -13,7 +13,10 @@ from ..client._client import DEFAULT_CLEANUP_TIMEOUT, AsyncSandboxClient
 from ..presets import RuleLike
 from ..types import (
     Codebase,
+    CommitMode,
+    CommitResult,
     ExecResult,
+    FileChange,
     FileInfo,
     ResourceLimits,
     RuntimeType,
@@ -172,11 +175,12 @@ class SandboxClient:
         expires_in: float | timedelta | None = None,
         keep_home: bool = False,
         start: bool = False,
+        commit: CommitMode | str = CommitMode.AUTO,
     ) -> SandboxInfo:
         """Create a sandbox on a codebase, not started unless ``start``: then started in
         the same call (a sandbox that cannot start is destroyed, and the start's error
         raised). ``expires_in`` (seconds or a ``timedelta``): the server destroys the sandbox
-        once that much time has passed."""
+        once that much time has passed. ``commit``: ``"auto"`` or ``"manual"``."""
         return run_blocking(
             self._async.create_sandbox,
             codebase_id,
@@ -188,6 +192,7 @@ class SandboxClient:
             expires_in=expires_in,
             keep_home=keep_home,
             start=start,
+            commit=commit,
         )
 
     def get_sandbox(self, sandbox_id: str) -> SandboxInfo:
@@ -264,6 +269,40 @@ class SandboxClient:
     ) -> list[FileInfo]:
         """What the sandbox sees below ``path``; paths are given as ``/workspace/...``."""
         return run_blocking(self._async.list_sandbox_files, sandbox_id, path, recursive)
+
+    # -- review -----------------------------------------------------------------------------
+
+    def list_changes(
+        self, sandbox_id: str, paths: Iterable[str] | str | None = None
+    ) -> list[FileChange]:
+        """Where the sandbox's files differ from its codebase's, at or below ``paths``."""
+        return run_blocking(self._async.list_changes, sandbox_id, paths)
+
+    def diff_changes(
+        self,
+        sandbox_id: str,
+        paths: Iterable[str] | str | None = None,
+        *,
+        max_bytes: int | None = None,
+    ) -> str:
+        """The sandbox's changes as a unified diff (``a/``: the codebase, ``b/``: the sandbox)."""
+        return run_blocking(self._async.diff_changes, sandbox_id, paths, max_bytes=max_bytes)
+
+    def commit_changes(
+        self,
+        sandbox_id: str,
+        paths: Iterable[str] | str | None = None,
+        *,
+        overwrite: bool = False,
+    ) -> CommitResult:
+        """Apply the sandbox's changes at or below ``paths`` (None: all) to its codebase."""
+        return run_blocking(self._async.commit_changes, sandbox_id, paths, overwrite=overwrite)
+
+    def discard_changes(
+        self, sandbox_id: str, paths: Iterable[str] | str | None = None
+    ) -> list[str]:
+        """Give the sandbox back its codebase's files at or below ``paths`` (None: all)."""
+        return run_blocking(self._async.discard_changes, sandbox_id, paths)
 
     # -- sessions ---------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from os import PathLike
 from types import TracebackType
 from typing import final
@@ -12,7 +12,10 @@ from .._transport import check_not_async, run_blocking
 from ..client.sandbox import AsyncSandbox
 from ..presets import RuleLike
 from ..types import (
+    CommitMode,
+    CommitResult,
     ExecResult,
+    FileChange,
     FileInfo,
     ResourceLimits,
     RuntimeType,
@@ -62,6 +65,7 @@ class Sandbox(metaclass=NoPublicConstructor):
         *,
         api_key: str | None = None,
         tls: TLSConfig | None = None,
+        commit: CommitMode | str = CommitMode.AUTO,
     ) -> Sandbox:
         """Upload the project at ``path`` as a new codebase and create a sandbox on it."""
         return cls._create(
@@ -83,6 +87,7 @@ class Sandbox(metaclass=NoPublicConstructor):
                 keep_home=keep_home,
                 api_key=api_key,
                 tls=tls,
+                commit=commit,
             )
         )
 
@@ -103,6 +108,7 @@ class Sandbox(metaclass=NoPublicConstructor):
         *,
         api_key: str | None = None,
         tls: TLSConfig | None = None,
+        commit: CommitMode | str = CommitMode.AUTO,
     ) -> Sandbox:
         """A new sandbox on an existing codebase (which is kept when the sandbox goes)."""
         return cls._create(
@@ -121,6 +127,7 @@ class Sandbox(metaclass=NoPublicConstructor):
                 keep_home=keep_home,
                 api_key=api_key,
                 tls=tls,
+                commit=commit,
             )
         )
 
@@ -288,3 +295,25 @@ class Sandbox(metaclass=NoPublicConstructor):
     def list_files(self, path: str = "/workspace", recursive: bool = False) -> list[FileInfo]:
         """The entries of a directory as the sandbox sees it (all below it with ``recursive``)."""
         return run_blocking(self._async.list_files, path, recursive)
+
+    # -- review (docs/review.md) -------------------------------------------------------------
+
+    def changes(self, paths: Iterable[str] | str | None = None) -> list[FileChange]:
+        """Where this sandbox's files differ from its codebase's, at or below ``paths``."""
+        return run_blocking(self._async.changes, paths)
+
+    def diff(
+        self, paths: Iterable[str] | str | None = None, *, max_bytes: int | None = None
+    ) -> str:
+        """Those changes as a unified diff (``a/``: the codebase, ``b/``: the sandbox)."""
+        return run_blocking(self._async.diff, paths, max_bytes=max_bytes)
+
+    def commit(
+        self, paths: Iterable[str] | str | None = None, *, overwrite: bool = False
+    ) -> CommitResult:
+        """Apply the changes at or below ``paths`` (None: all) to the codebase."""
+        return run_blocking(self._async.commit, paths, overwrite=overwrite)
+
+    def discard(self, paths: Iterable[str] | str | None = None) -> list[str]:
+        """Give this sandbox back the codebase's files at or below ``paths`` (None: all)."""
+        return run_blocking(self._async.discard, paths)

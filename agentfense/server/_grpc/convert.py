@@ -13,6 +13,9 @@ from datetime import timedelta
 
 from ... import _timeouts as timeouts
 from ..._convert import (
+    CHANGE_KIND_TO_PB,
+    COMMIT_MODE_TO_PB,
+    ENTRY_TYPE_TO_PB,
     RUNTIME_TO_PB,
     SESSION_STATUS_TO_PB,
     STATUS_TO_PB,
@@ -21,7 +24,8 @@ from ..._convert import (
 )
 from ..._proto.sandbox import v1 as pb
 from ...errors import InvalidConfigurationError
-from ...types import PermissionRule
+from ...fs import control
+from ...types import ChangeKind, EntryType, PermissionRule
 from .._codebase_tree import FileRecord
 from .._paths import MAX_PATH_BYTES, wire_text
 from ..codebases import CodebaseRecord
@@ -68,6 +72,7 @@ def sandbox_to_pb(record: SandboxRecord, *, rules: bool = True) -> pb.Sandbox:
         image=record.image,
         resources=resources_to_pb(record.resources),
         keep_home=record.keep_home,
+        commit_mode=COMMIT_MODE_TO_PB[record.commit_mode],
     )
     for name in ("started_at", "stopped_at", "expires_at"):
         value = getattr(record, name)
@@ -174,3 +179,18 @@ def list_files_reply(records: Sequence[FileRecord] | Sequence[SandboxFile]) -> b
 
 def upload_result_to_pb(codebase_id: str, path: str, size: int, checksum: str) -> pb.UploadResult:
     return pb.UploadResult(codebase_id=codebase_id, file_path=path, size=size, checksum=checksum)
+
+
+def changes_reply(reply: control.Changes) -> bytes:
+    """A ListChangesResponse's bytes: its changes one by one, then how many there are."""
+    changes = (
+        pb.FileChange(
+            path=wire_text(change.path),
+            kind=CHANGE_KIND_TO_PB[ChangeKind(change.kind)],
+            type=ENTRY_TYPE_TO_PB[EntryType(change.type)],
+            size=change.size,
+            mode=change.mode,
+        )
+        for change in reply.changes
+    )
+    return repeated_field(1, changes) + bytes(pb.ListChangesResponse(total=reply.total))

@@ -14,15 +14,19 @@ import grpclib.server
 from grpclib.exceptions import GRPCError
 
 from ..._convert import (
+    COMMIT_MODE_FROM_PB,
     RUNTIME_FROM_PB,
     resources_from_pb,
     rules_from_pb,
 )
 from ..._proto.sandbox import v1 as pb
 from ...errors import CommandTimeoutError, InvalidConfigurationError
-from ...types import OutputStream, RuntimeType
+from ...types import CommitMode, OutputStream, RuntimeType
+from .. import change_diff
 from .. import sandbox_files as files
+from .._paths import wire_text
 from ..execution import Outcome
+from ..sandbox_files import review_paths
 from ..sandbox_table import SandboxRecord
 from ..sandboxes import SandboxManager
 from . import convert
@@ -94,6 +98,12 @@ class SandboxService(pb.SandboxServiceBase):
             pb.ListSandboxFilesRequest,
             pb.ListFilesResponse,
         )
+        mapping["/sandbox.v1.SandboxService/ListChanges"] = grpclib.const.Handler(
+            self._list_changes,
+            grpclib.const.Cardinality.UNARY_UNARY,
+            pb.ListChangesRequest,
+            pb.ListChangesResponse,
+        )
         mapping["/sandbox.v1.SandboxService/SessionExecStream"] = grpclib.const.Handler(
             self._session_exec_stream,
             grpclib.const.Cardinality.UNARY_STREAM,
@@ -121,7 +131,13 @@ class SandboxService(pb.SandboxServiceBase):
             runtime = RUNTIME_FROM_PB.get(request.runtime, RuntimeType.BWRAP)
             if request.runtime not in RUNTIME_FROM_PB and request.runtime != 0:
                 raise InvalidConfigurationError(f"runtime {request.runtime} is not a known runtime")
+            commit_mode = COMMIT_MODE_FROM_PB.get(request.commit_mode, CommitMode.AUTO)
+            if request.commit_mode not in COMMIT_MODE_FROM_PB and request.commit_mode != 0:
+                raise InvalidConfigurationError(
+                    f"commit_mode {request.commit_mode} is not a known commit mode"
+                )
             record = await self._manager.create(
+                commit_mode=commit_mode,
                 codebase_id=request.codebase_id,
                 permissions=rules,
                 runtime=runtime,
@@ -251,6 +267,62 @@ class SandboxService(pb.SandboxServiceBase):
         await stream.send_message(
             await encoded_off_loop(functools.partial(convert.list_files_reply, found))
         )
+
+    # -- review -----------------------------------------------------------------------------
+
+    async def _list_changes(
+        self, stream: grpclib.server.Stream[pb.ListChangesRequest, Any]
+    ) -> None:
+        """ListChanges, whose reply (up to 50,000 changes) is encoded in a worker thread."""
+        request = await stream.recv_message()
+        if request is None:  # (a client that closed its side without a request)
+            raise invalid("the stream carried no request message")
+        with grpc_errors():
+            paths = review_paths(request.paths)
+            reply = await self._manager.list_changes(request.sandbox_id, paths)
+        await stream.send_message(
+            await encoded_off_loop(functools.partial(convert.changes_reply, reply))
+        )
+
+    async def diff_changes(self, request: pb.DiffChangesRequest) -> pb.DiffChangesResponse:
+        with grpc_errors():
+            most = request.max_bytes or change_diff.DEFAULT_MAX_BYTES
+            if not 0 < most <= change_diff.MOST_MAX_BYTES:
+                raise InvalidConfigurationError(
+                    f"max_bytes must be from 1 to {change_diff.MOST_MAX_BYTES}"
+                )
+            paths = review_paths(request.paths)
+            reply = await self._manager.list_changes(request.sandbox_id, paths)
+            record, view = self._manager.view_root(request.sandbox_id)
+            diff, truncated = await anyio.to_thread.run_sync(
+                functools.partial(
+                    change_diff.render,
+                    reply.changes,
+                    codebase_root=self._manager.codebase_root(record),
+                    view_root=view,
+                    owner=self._manager.view_owner(record),
+                    max_bytes=most,
+                )
+            )
+            return pb.DiffChangesResponse(
+                diff=diff, truncated=truncated or reply.total > len(reply.changes)
+            )
+
+    async def commit_changes(self, request: pb.CommitChangesRequest) -> pb.CommitChangesResponse:
+        with grpc_errors():
+            reply = await self._manager.commit_changes(
+                request.sandbox_id, review_paths(request.paths), overwrite=request.overwrite
+            )
+            return pb.CommitChangesResponse(
+                applied=[wire_text(path) for path in reply.applied],
+                conflicts=[pb.CommitConflict(wire_text(p), why) for p, why in reply.conflicts],
+            )
+
+    async def discard_changes(self, request: pb.DiscardChangesRequest) -> pb.DiscardChangesResponse:
+        with grpc_errors():
+            paths = review_paths(request.paths)
+            reply = await self._manager.discard_changes(request.sandbox_id, paths)
+            return pb.DiscardChangesResponse(discarded=[wire_text(p) for p in reply.applied])
 
     # -- sessions ---------------------------------------------------------------------------
 

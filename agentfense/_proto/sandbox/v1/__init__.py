@@ -61,10 +61,43 @@ class SessionStatus(betterproto.Enum):
     CLOSED = 2
 
 
+class CommitMode(betterproto.Enum):
+    """AgentFense extension: when a sandbox's writes reach its codebase."""
+
+    UNSPECIFIED = 0
+    """As COMMIT_MODE_AUTO (what a server without the extension does)."""
+
+    AUTO = 1
+    """
+    After every command, and at stop and destroy: last committer wins per file.
+    """
+
+    MANUAL = 2
+    """
+    Only by CommitChanges, checked for conflicts; a destroy discards what is left.
+    """
+
+
 class RuntimeType(betterproto.Enum):
     UNSPECIFIED = 0
     BWRAP = 1
     DOCKER = 2
+
+
+class ChangeKind(betterproto.Enum):
+    UNSPECIFIED = 0
+    ADDED = 1
+    MODIFIED = 2
+    DELETED = 3
+    TYPE_CHANGED = 4
+
+
+class EntryType(betterproto.Enum):
+    UNSPECIFIED = 0
+    FILE = 1
+    DIRECTORY = 2
+    SYMLINK = 3
+    OTHER = 4
 
 
 class ExecOutputOutputType(betterproto.Enum):
@@ -271,6 +304,9 @@ class Sandbox(betterproto.Message):
      command, and each session, starts with an empty $HOME of its own).
     """
 
+    commit_mode: "CommitMode" = betterproto.enum_field(101)
+    """AgentFense extension: see CommitMode."""
+
 
 @dataclass(eq=False, repr=False)
 class CreateSandboxRequest(betterproto.Message):
@@ -292,6 +328,9 @@ class CreateSandboxRequest(betterproto.Message):
      cannot start is destroyed, and the call fails with the start's error. (A server without
      the extension answers with a sandbox not yet running: the client then starts it.)
     """
+
+    commit_mode: "CommitMode" = betterproto.enum_field(102)
+    """AgentFense extension: see CommitMode."""
 
 
 @dataclass(eq=False, repr=False)
@@ -446,6 +485,78 @@ class ListSandboxFilesRequest(betterproto.Message):
     sandbox_id: str = betterproto.string_field(1)
     path: str = betterproto.string_field(2)
     recursive: bool = betterproto.bool_field(3)
+
+
+@dataclass(eq=False, repr=False)
+class FileChange(betterproto.Message):
+    """
+    One path where the sandbox's files differ from its codebase's (as its permissions show
+     both). The type, size and mode are the sandbox's entry's (the codebase's, when deleted).
+    """
+
+    path: str = betterproto.string_field(1)
+    kind: "ChangeKind" = betterproto.enum_field(2)
+    type: "EntryType" = betterproto.enum_field(3)
+    size: int = betterproto.int64_field(4)
+    mode: int = betterproto.uint32_field(5)
+
+
+@dataclass(eq=False, repr=False)
+class ListChangesRequest(betterproto.Message):
+    sandbox_id: str = betterproto.string_field(1)
+    paths: List[str] = betterproto.string_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class ListChangesResponse(betterproto.Message):
+    changes: List["FileChange"] = betterproto.message_field(1)
+    total: int = betterproto.int64_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class DiffChangesRequest(betterproto.Message):
+    sandbox_id: str = betterproto.string_field(1)
+    paths: List[str] = betterproto.string_field(2)
+    max_bytes: int = betterproto.int64_field(3)
+
+
+@dataclass(eq=False, repr=False)
+class DiffChangesResponse(betterproto.Message):
+    diff: bytes = betterproto.bytes_field(1)
+    truncated: bool = betterproto.bool_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class CommitChangesRequest(betterproto.Message):
+    sandbox_id: str = betterproto.string_field(1)
+    paths: List[str] = betterproto.string_field(2)
+    overwrite: bool = betterproto.bool_field(3)
+    """
+    Apply even what the codebase changed since the sandbox first changed it.
+    """
+
+
+@dataclass(eq=False, repr=False)
+class CommitConflict(betterproto.Message):
+    path: str = betterproto.string_field(1)
+    reason: str = betterproto.string_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class CommitChangesResponse(betterproto.Message):
+    applied: List[str] = betterproto.string_field(1)
+    conflicts: List["CommitConflict"] = betterproto.message_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class DiscardChangesRequest(betterproto.Message):
+    sandbox_id: str = betterproto.string_field(1)
+    paths: List[str] = betterproto.string_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class DiscardChangesResponse(betterproto.Message):
+    discarded: List[str] = betterproto.string_field(1)
 
 
 class CodebaseServiceStub(betterproto.ServiceStub):
@@ -887,6 +998,74 @@ class SandboxServiceStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def list_changes(
+        self,
+        list_changes_request: "ListChangesRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "ListChangesResponse":
+        return await self._unary_unary(
+            "/sandbox.v1.SandboxService/ListChanges",
+            list_changes_request,
+            ListChangesResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def diff_changes(
+        self,
+        diff_changes_request: "DiffChangesRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "DiffChangesResponse":
+        return await self._unary_unary(
+            "/sandbox.v1.SandboxService/DiffChanges",
+            diff_changes_request,
+            DiffChangesResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def commit_changes(
+        self,
+        commit_changes_request: "CommitChangesRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "CommitChangesResponse":
+        return await self._unary_unary(
+            "/sandbox.v1.SandboxService/CommitChanges",
+            commit_changes_request,
+            CommitChangesResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def discard_changes(
+        self,
+        discard_changes_request: "DiscardChangesRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "DiscardChangesResponse":
+        return await self._unary_unary(
+            "/sandbox.v1.SandboxService/DiscardChanges",
+            discard_changes_request,
+            DiscardChangesResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class CodebaseServiceBase(ServiceBase):
 
@@ -1128,6 +1307,26 @@ class SandboxServiceBase(ServiceBase):
     ) -> "ListFilesResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def list_changes(
+        self, list_changes_request: "ListChangesRequest"
+    ) -> "ListChangesResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def diff_changes(
+        self, diff_changes_request: "DiffChangesRequest"
+    ) -> "DiffChangesResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def commit_changes(
+        self, commit_changes_request: "CommitChangesRequest"
+    ) -> "CommitChangesResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def discard_changes(
+        self, discard_changes_request: "DiscardChangesRequest"
+    ) -> "DiscardChangesResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_create_sandbox(
         self, stream: "grpclib.server.Stream[CreateSandboxRequest, Sandbox]"
     ) -> None:
@@ -1258,6 +1457,36 @@ class SandboxServiceBase(ServiceBase):
         response = await self.list_sandbox_files(request)
         await stream.send_message(response)
 
+    async def __rpc_list_changes(
+        self, stream: "grpclib.server.Stream[ListChangesRequest, ListChangesResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.list_changes(request)
+        await stream.send_message(response)
+
+    async def __rpc_diff_changes(
+        self, stream: "grpclib.server.Stream[DiffChangesRequest, DiffChangesResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.diff_changes(request)
+        await stream.send_message(response)
+
+    async def __rpc_commit_changes(
+        self,
+        stream: "grpclib.server.Stream[CommitChangesRequest, CommitChangesResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.commit_changes(request)
+        await stream.send_message(response)
+
+    async def __rpc_discard_changes(
+        self,
+        stream: "grpclib.server.Stream[DiscardChangesRequest, DiscardChangesResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.discard_changes(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/sandbox.v1.SandboxService/CreateSandbox": grpclib.const.Handler(
@@ -1361,5 +1590,29 @@ class SandboxServiceBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 ListSandboxFilesRequest,
                 ListFilesResponse,
+            ),
+            "/sandbox.v1.SandboxService/ListChanges": grpclib.const.Handler(
+                self.__rpc_list_changes,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ListChangesRequest,
+                ListChangesResponse,
+            ),
+            "/sandbox.v1.SandboxService/DiffChanges": grpclib.const.Handler(
+                self.__rpc_diff_changes,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                DiffChangesRequest,
+                DiffChangesResponse,
+            ),
+            "/sandbox.v1.SandboxService/CommitChanges": grpclib.const.Handler(
+                self.__rpc_commit_changes,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                CommitChangesRequest,
+                CommitChangesResponse,
+            ),
+            "/sandbox.v1.SandboxService/DiscardChanges": grpclib.const.Handler(
+                self.__rpc_discard_changes,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                DiscardChangesRequest,
+                DiscardChangesResponse,
             ),
         }

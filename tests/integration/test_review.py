@@ -1,0 +1,171 @@
+"""Reviewing a sandbox's changes before they reach its codebase (``commit="manual"``), on a
+real server: commands leave the codebase alone, the changes survive stop and start, are
+listed and shown as a diff, committed by path (a second sandbox's commit of the same file is
+a conflict that keeps both versions), discarded, and dropped with the sandbox."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agentfense import (
+    AsyncSandbox,
+    AsyncSandboxClient,
+    ChangeKind,
+    CommitConflict,
+    CommitMode,
+    CommitResult,
+    EntryType,
+    InvalidConfigurationError,
+    Sandbox,
+    SandboxClient,
+    SandboxNotFoundError,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+async def _codebase(client: AsyncSandboxClient) -> str:
+    codebase = await client.create_codebase("review", "tester")
+    await client.upload_file(codebase.id, "src/app.py", "print('hello')\n")
+    await client.upload_file(codebase.id, "README.md", "# demo\n")
+    await client.upload_file(codebase.id, "data.bin", bytes(range(256)))
+    return codebase.id
+
+
+async def _manual(codebase_id: str, endpoint: str) -> AsyncSandbox:
+    return await AsyncSandbox.from_codebase(
+        codebase_id, preset="development", endpoint=endpoint, commit="manual"
+    )
+
+
+async def test_a_manual_sandbox_keeps_its_changes_until_committed(
+    client: AsyncSandboxClient, endpoint: str
+) -> None:
+    codebase_id = await _codebase(client)
+    async with await _manual(codebase_id, endpoint) as sandbox:
+        assert sandbox.info.commit_mode is CommitMode.MANUAL
+        assert (await client.get_sandbox(sandbox.id)).commit_mode is CommitMode.MANUAL
+        await sandbox.run(
+            "printf 'print(\"bye\")\\n' > src/app.py && rm README.md && mkdir docs"
+            " && echo guide > docs/guide.md && printf '\\0\\1' > data.bin",
+            raise_on_error=True,
+        )
+        # The command ended: nothing reached the codebase.
+        assert await client.download_file(codebase_id, "src/app.py") == b"print('hello')\n"
+        assert await client.download_file(codebase_id, "README.md") == b"# demo\n"
+        changes = {c.path: c for c in await sandbox.changes()}
+        assert {p: c.kind for p, c in changes.items()} == {
+            "src/app.py": ChangeKind.MODIFIED,
+            "README.md": ChangeKind.DELETED,
+            "docs": ChangeKind.ADDED,
+            "docs/guide.md": ChangeKind.ADDED,
+            "data.bin": ChangeKind.MODIFIED,
+        }
+        assert changes["docs"].type is EntryType.DIRECTORY
+        assert changes["docs/guide.md"].size == 6
+        # They survive a stop and a start.
+        await sandbox.stop()
+        await sandbox.start()
+        assert len(await sandbox.changes()) == 5
+        assert (await sandbox.run("cat src/app.py")).stdout == 'print("bye")\n'
+        diff = await sandbox.diff()
+        assert "diff --git a/src/app.py b/src/app.py" in diff
+        assert "-print('hello')\n+print(\"bye\")\n" in diff
+        assert "deleted file mode 100644\n--- a/README.md\n+++ /dev/null\n" in diff
+        assert "new file mode 100644\n--- /dev/null\n+++ b/docs/guide.md\n" in diff
+        assert "Binary files a/data.bin and b/data.bin differ" in diff
+        assert await sandbox.diff("/workspace/docs") == (
+            "diff --git a/docs/guide.md b/docs/guide.md\nnew file mode 100644\n"
+            "--- /dev/null\n+++ b/docs/guide.md\n@@ -0,0 +1 @@\n+guide\n"
+        )
+        cut = await sandbox.diff(max_bytes=60)
+        assert cut.endswith("[diff truncated: ask for fewer paths, or a larger max_bytes]\n")
+        # Committed by path: the rest stays.
+        result = await sandbox.commit(["docs/guide.md", "src"])
+        assert set(result.applied) == {"docs", "docs/guide.md", "src/app.py"}
+        assert result.conflicts == ()
+        assert await client.download_file(codebase_id, "docs/guide.md") == b"guide\n"
+        assert {c.path for c in await sandbox.changes()} == {"README.md", "data.bin"}
+        # Discarded: the sandbox sees the codebase's file again.
+        assert await sandbox.discard("README.md") == ["README.md"]
+        assert (await sandbox.run("cat README.md")).stdout == "# demo\n"
+        assert [c.path for c in await sandbox.changes()] == ["data.bin"]
+    # Destroyed: what was left uncommitted is gone with it.
+    assert await client.download_file(codebase_id, "data.bin") == bytes(range(256))
+
+
+async def test_two_manual_sandboxes_changing_one_file_conflict(
+    client: AsyncSandboxClient, endpoint: str
+) -> None:
+    codebase_id = await _codebase(client)
+    async with (
+        await _manual(codebase_id, endpoint) as first,
+        await _manual(codebase_id, endpoint) as second,
+    ):
+        await first.run("echo first > README.md")
+        await second.run("echo second > README.md && echo new > NEW.md")
+        assert (await first.commit()).applied == ("README.md",)
+        result = await second.commit()
+        assert result.applied == ("NEW.md",)
+        assert [c.path for c in result.conflicts] == ["README.md"]
+        assert isinstance(result.conflicts[0], CommitConflict)
+        assert "changed it since" in result.conflicts[0].reason
+        # Both versions stay reachable, the codebase's and the second sandbox's.
+        assert await client.download_file(codebase_id, "README.md") == b"first\n"
+        assert await second.read_file("README.md") == "second\n"
+        assert "-first\n+second\n" in await second.diff("README.md")
+        # The second sandbox may still win, when asked to by name.
+        assert (await second.commit("README.md", overwrite=True)).applied == ("README.md",)
+        assert await client.download_file(codebase_id, "README.md") == b"second\n"
+
+
+async def test_an_auto_sandbox_commits_after_each_command(
+    client: AsyncSandboxClient, endpoint: str
+) -> None:
+    codebase_id = await _codebase(client)
+    async with await AsyncSandbox.from_codebase(
+        codebase_id, preset="development", endpoint=endpoint
+    ) as sandbox:
+        assert sandbox.info.commit_mode is CommitMode.AUTO
+        await sandbox.run("echo auto > README.md")
+        assert await client.download_file(codebase_id, "README.md") == b"auto\n"
+        assert await sandbox.changes() == []
+        assert await sandbox.commit() == CommitResult()
+
+
+async def test_bad_review_requests_are_refused(client: AsyncSandboxClient, endpoint: str) -> None:
+    codebase_id = await _codebase(client)
+    with pytest.raises(InvalidConfigurationError, match="commit must be 'auto' or 'manual'"):
+        await client.create_sandbox(codebase_id, commit="later")
+    async with await _manual(codebase_id, endpoint) as sandbox:
+        with pytest.raises(InvalidConfigurationError, match="not under /workspace"):
+            await sandbox.changes("/etc/passwd")
+        with pytest.raises(InvalidConfigurationError, match=r"\.\."):
+            await sandbox.commit("../outside")
+        with pytest.raises(InvalidConfigurationError, match="max_bytes"):
+            await sandbox.diff(max_bytes=0)
+        with pytest.raises(InvalidConfigurationError, match="at most 4096"):
+            await sandbox.changes([f"f{i}" for i in range(4097)])
+        assert await sandbox.commit([]) == CommitResult()
+    for call in (client.list_changes, client.commit_changes, client.discard_changes):
+        with pytest.raises(SandboxNotFoundError):
+            await call("sb_0000000000000000")
+
+
+def test_the_sync_mirror_reviews_too(endpoint: str, tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("one\n")
+    with Sandbox.from_local(
+        tmp_path, preset="development", endpoint=endpoint, commit="manual"
+    ) as sandbox:
+        sandbox.run("echo two > a.txt")
+        assert [c.path for c in sandbox.changes()] == ["a.txt"]
+        assert "-one\n+two\n" in sandbox.diff()
+        assert sandbox.commit().applied == ("a.txt",)
+        with SandboxClient(endpoint) as client:
+            assert client.download_file(sandbox.codebase_id, "a.txt") == b"two\n"
+            assert client.list_changes(sandbox.id) == []
+        sandbox.run("rm a.txt")
+        assert sandbox.discard() == ["a.txt"]
+        assert sandbox.read_file("a.txt") == "two\n"
