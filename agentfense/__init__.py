@@ -40,6 +40,7 @@ if _typing.TYPE_CHECKING:
     from agentfense.sync import SandboxClient as SandboxClient
     from agentfense.sync import SessionWrapper as SessionWrapper
     from agentfense.types import ChangeKind as ChangeKind
+    from agentfense.types import Checkpoint as Checkpoint
     from agentfense.types import Codebase as Codebase
     from agentfense.types import CommitConflict as CommitConflict
     from agentfense.types import CommitMode as CommitMode
@@ -70,6 +71,7 @@ __all__ = [
     "AsyncSessionWrapper",
     "AuthenticationError",
     "ChangeKind",
+    "Checkpoint",
     "Codebase",
     "CodebaseNotFoundError",
     "CommandExecutionError",
@@ -120,6 +122,7 @@ _HOMES: dict[str, str] = {
     "AsyncSandboxClient": "agentfense.client._client",
     "AsyncSessionWrapper": "agentfense.client.session",
     "AuthenticationError": "agentfense.errors",
+    "Checkpoint": "agentfense.types",
     "Codebase": "agentfense.types",
     "FileChange": "agentfense.types",
     "EntryType": "agentfense.types",

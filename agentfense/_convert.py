@@ -16,6 +16,7 @@ from ._proto.sandbox import v1 as pb
 from .errors import InvalidConfigurationError
 from .types import (
     ChangeKind,
+    Checkpoint,
     Codebase,
     CommitConflict,
     CommitMode,
@@ -223,6 +224,17 @@ def commit_result_from_pb(message: pb.CommitChangesResponse) -> CommitResult:
     return CommitResult(
         applied=tuple(message.applied),
         conflicts=tuple(CommitConflict(c.path, c.reason) for c in message.conflicts),
+    )
+
+
+def checkpoint_from_pb(message: pb.Checkpoint) -> Checkpoint:
+    return Checkpoint(
+        id=message.id,
+        sandbox_id=message.sandbox_id,
+        name=message.name,
+        created_at=timestamp(message.created_at),
+        entries=message.entries,
+        size=message.size,
     )
 
 

@@ -16,6 +16,7 @@ the same under trio and asyncio:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import (
     AsyncIterator,
@@ -35,8 +36,9 @@ import anyio
 import anyio.lowlevel
 
 from .client.sandbox import AsyncSandbox
+from .errors import InvalidConfigurationError
 from .presets import RuleLike
-from .types import ExecResult, ResourceLimits, RuntimeType, TLSConfig
+from .types import CommitMode, ExecResult, ResourceLimits, RuntimeType, TLSConfig
 
 __all__ = [
     "FromLocalOptions",
@@ -44,6 +46,7 @@ __all__ = [
     "SandboxSource",
     "gather",
     "map_concurrently",
+    "open_forks",
     "open_sandboxes",
     "read_many",
     "read_many_bytes",
@@ -80,6 +83,7 @@ class FromLocalOptions(TypedDict, total=False):
     keep_home: bool
     api_key: str | None
     tls: TLSConfig | None
+    commit: CommitMode | str
 
 
 # -- the core ---------------------------------------------------------------------------------
@@ -456,6 +460,17 @@ async def open_sandboxes(
         raise
     with anyio.CancelScope(shield=True):
         await _close_all(sandboxes, limit=limit, quietly=False)
+
+
+def open_forks(
+    sandbox: AsyncSandbox, n: int, *, limit: Limit = None
+) -> contextlib.AbstractAsyncContextManager[list[AsyncSandbox]]:
+    """``n`` forks of ``sandbox`` (``sandbox.fork()``), made concurrently (at most ``limit``
+    at a time) and destroyed on leaving the block, as ``open_sandboxes`` does: the way to
+    try several things from one state and keep the best (``await best.commit()``)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise InvalidConfigurationError(f"n must be a count of forks, not {n!r}")
+    return open_sandboxes([sandbox.fork] * n, limit=limit)
 
 
 async def _close_all(sandboxes: Sequence[AsyncSandbox], *, limit: Limit, quietly: bool) -> None:

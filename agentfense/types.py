@@ -311,6 +311,20 @@ class CommitResult:
 
 @final
 @dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A sandbox's changes at one moment (``sandbox.checkpoint()``): its files, not its
+    processes. ``entries`` and ``size``: what it holds (entries, bytes of files)."""
+
+    id: str
+    sandbox_id: str
+    name: str = ""
+    created_at: datetime | None = None
+    entries: int = 0
+    size: int = 0
+
+
+@final
+@dataclass(frozen=True, slots=True)
 class UploadResult:
     """One uploaded file: its size in bytes and its SHA-256 (hex) as the server computed it."""
 

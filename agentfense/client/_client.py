@@ -25,9 +25,7 @@ from ..presets import RuleLike, normalize_rules
 from ..types import (
     Codebase,
     CommitMode,
-    CommitResult,
     ExecResult,
-    FileChange,
     FileInfo,
     ResourceLimits,
     RuntimeType,
@@ -47,10 +45,10 @@ from ._request_parts import (
     is_executable,
     pieces,
     read_if_small,
-    review_paths,
     runtime_type,
     set_timeout,
 )
+from ._review_calls import ReviewCalls
 from ._rpcs import ClientStream, Rep, Req, ServerStream, Unary
 from ._stream import ExecStream
 
@@ -63,7 +61,7 @@ DEFAULT_CLEANUP_TIMEOUT = 120.0
 
 
 @final
-class AsyncSandboxClient:
+class AsyncSandboxClient(ReviewCalls):
     """Low-level async client of an AgentFense server (or any ``sandbox.v1`` server).
 
     Works under asyncio and trio alike. Use ``async with AsyncSandboxClient(...) as client``,
@@ -509,67 +507,6 @@ class AsyncSandboxClient:
             dataclasses.replace(convert.file_info_from_pb(f), path=f"/workspace/{f.path}")
             for f in reply.files
         ]
-
-    # -- review -----------------------------------------------------------------------------
-
-    async def list_changes(
-        self, sandbox_id: str, paths: Iterable[str] | str | None = None
-    ) -> list[FileChange]:
-        """Where the sandbox's files differ from its codebase's, at or below ``paths``
-        (None: everywhere), by path; paths are relative to /workspace. At most the server's
-        maximum (50,000 by default): narrow ``paths`` to see the rest."""
-        request = pb.ListChangesRequest(sandbox_id=sandbox_id, paths=review_paths(paths))
-        reply = await self._unary(rpcs.LIST_CHANGES, request)
-        return [convert.change_from_pb(change) for change in reply.changes]
-
-    async def diff_changes(
-        self,
-        sandbox_id: str,
-        paths: Iterable[str] | str | None = None,
-        *,
-        max_bytes: int | None = None,
-    ) -> str:
-        """The sandbox's changes as a unified diff (git's format: ``a/`` is the codebase,
-        ``b/`` the sandbox); cut at ``max_bytes`` (the server's default: 1 MiB) with a
-        last line saying so. Binary and large files are summarised in a line."""
-        if max_bytes is not None and max_bytes <= 0:
-            raise InvalidConfigurationError("max_bytes must be positive")
-        request = pb.DiffChangesRequest(
-            sandbox_id=sandbox_id, paths=review_paths(paths), max_bytes=max_bytes or 0
-        )
-        reply = await self._unary(rpcs.DIFF_CHANGES, request)
-        text = reply.diff.decode("utf-8", "surrogateescape")
-        if reply.truncated:
-            text += "[diff truncated: ask for fewer paths, or a larger max_bytes]\n"
-        return text
-
-    async def commit_changes(
-        self,
-        sandbox_id: str,
-        paths: Iterable[str] | str | None = None,
-        *,
-        overwrite: bool = False,
-    ) -> CommitResult:
-        """Apply the sandbox's changes at or below ``paths`` (None: all) to its codebase,
-        each file atomically. Under ``commit="manual"`` a path the codebase changed since
-        the sandbox first changed it is a conflict: left in the sandbox, reported, never
-        overwritten unless ``overwrite``."""
-        chosen = review_paths(paths)
-        if paths is not None and not chosen:
-            return CommitResult()
-        request = pb.CommitChangesRequest(sandbox_id=sandbox_id, paths=chosen, overwrite=overwrite)
-        return convert.commit_result_from_pb(await self._unary(rpcs.COMMIT_CHANGES, request))
-
-    async def discard_changes(
-        self, sandbox_id: str, paths: Iterable[str] | str | None = None
-    ) -> list[str]:
-        """Give the sandbox back its codebase's files at or below ``paths`` (None: all of
-        them); the paths whose changes were discarded."""
-        chosen = review_paths(paths)
-        if paths is not None and not chosen:
-            return []
-        request = pb.DiscardChangesRequest(sandbox_id=sandbox_id, paths=chosen)
-        return list((await self._unary(rpcs.DISCARD_CHANGES, request)).discarded)
 
     # -- sessions ---------------------------------------------------------------------------
 

@@ -91,3 +91,12 @@ COMMIT_CHANGES = Unary(
 DISCARD_CHANGES = Unary(
     _SANDBOX + "DiscardChanges", pb.DiscardChangesRequest, pb.DiscardChangesResponse
 )
+CREATE_CHECKPOINT = Unary(_SANDBOX + "CreateCheckpoint", pb.CreateCheckpointRequest, pb.Checkpoint)
+LIST_CHECKPOINTS = Unary(
+    _SANDBOX + "ListCheckpoints", pb.ListCheckpointsRequest, pb.ListCheckpointsResponse
+)
+RESTORE_CHECKPOINT = Unary(
+    _SANDBOX + "RestoreCheckpoint", pb.RestoreCheckpointRequest, pb.Checkpoint
+)
+DELETE_CHECKPOINT = Unary(_SANDBOX + "DeleteCheckpoint", pb.DeleteCheckpointRequest, pb.Empty)
+FORK_SANDBOX = Unary(_SANDBOX + "ForkSandbox", pb.ForkSandboxRequest, pb.Sandbox)

@@ -26,6 +26,7 @@ from ..errors import (
 )
 from ..presets import RuleLike, resolve_permissions
 from ..types import (
+    Checkpoint,
     CommitMode,
     CommitResult,
     ExecResult,
@@ -108,7 +109,7 @@ class AsyncSandbox(metaclass=NoPublicConstructor):
         servers may require one (the upstream server refuses a codebase without it), and a
         stable owner groups one user's codebases for listings and per-owner limits.
         ``api_key`` and ``tls``: as for ``AsyncSandboxClient``. ``commit="manual"``: the
-        sandbox's writes reach the codebase only through :meth:`commit` (docs/review.md)."""
+        sandbox's writes reach the codebase only through ``commit()`` (docs/review.md)."""
         rules = resolve_permissions(preset, permissions)
         root = Path(path)
         scan = await run_sync(lambda: scan_project(root, ignore_patterns))
@@ -438,6 +439,44 @@ class AsyncSandbox(metaclass=NoPublicConstructor):
     async def discard(self, paths: Iterable[str] | str | None = None) -> list[str]:
         """Give this sandbox back the codebase's files at or below ``paths`` (None: all)."""
         return await self._client.discard_changes(self.id, paths)
+
+    # -- checkpoints and forks (docs/review.md) -----------------------------------------------
+
+    async def checkpoint(self, name: str | None = None) -> Checkpoint:
+        """Capture this sandbox's changes (``commit="manual"``): its files, not its
+        processes. Costs a copy of what changed, not of the codebase."""
+        return await self._client.create_checkpoint(self.id, name or "")
+
+    async def restore(self, checkpoint: Checkpoint | str) -> Checkpoint:
+        """Make this sandbox's changes what they were at ``checkpoint``. Processes still
+        running are not rolled back: they see the files change under them."""
+        return await self._client.restore_checkpoint(self.id, _checkpoint_id(checkpoint))
+
+    async def list_checkpoints(self) -> list[Checkpoint]:
+        """This sandbox's checkpoints, oldest first."""
+        return await self._client.list_checkpoints(self.id)
+
+    async def delete_checkpoint(self, checkpoint: Checkpoint | str) -> None:
+        """Delete a checkpoint (the sandbox's files stay as they are)."""
+        await self._client.delete_checkpoint(self.id, _checkpoint_id(checkpoint))
+
+    async def fork(self) -> AsyncSandbox:
+        """A new, running sandbox like this one (codebase, rules, limits, runtime, image,
+        labels, commit mode) whose changes start as a copy of this one's, uncommitted ones
+        included; then each goes its own way. It uses this sandbox's connection: leave it
+        (``async with``, or ``destroy``) before this one is closed. See ``open_forks``."""
+        info = await _created(self._client.fork_sandbox(self.id))
+        try:
+            await _cancellation_point()
+        except BaseException:
+            with finishing(self._client.cleanup_timeout):
+                await _quietly(self._client.destroy_sandbox(info.id))
+            raise
+        return type(self)._create(self._client, info, owns_client=False, owns_sandbox=True)
+
+
+def _checkpoint_id(checkpoint: Checkpoint | str) -> str:
+    return checkpoint if isinstance(checkpoint, str) else checkpoint.id
 
 
 def default_owner() -> str:

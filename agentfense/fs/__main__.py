@@ -23,7 +23,7 @@ from .._json_messages import MessageError
 from .._seqpacket import FrameError, close_all
 from ..policy import Policy
 from . import _abi as abi
-from . import control, review
+from . import checkpoints, control, review
 from ._host import split
 from ._loop import ViewServer
 from ._usage import CodebaseUsage
@@ -97,6 +97,13 @@ class FsProcess:
             answers: list[Callable[[], None]] = []
             server.exclusive(
                 lambda: answers.append(self._review(server, message)),
+                then=lambda: answers[0](),
+            )
+        elif isinstance(message, control.Capture | control.Restore):
+            server = self._server(message.id)
+            answers = []
+            server.exclusive(
+                lambda: answers.append(self._layer(server, message)),
                 then=lambda: answers[0](),
             )
         elif isinstance(message, control.Changed):
@@ -253,6 +260,35 @@ class FsProcess:
 
         return answer
 
+    def _layer(
+        self, server: ViewServer, message: control.Capture | control.Restore
+    ) -> Callable[[], None]:
+        """Copy the view's layer aside, or back (while the view answers no request); what
+        then answers. A restore changes everything the view shows: its kernel drops what it
+        cached, as after a discard."""
+        view = server.view
+        messages: list[bytes] = []
+        try:
+            if isinstance(message, control.Capture):
+                entries, size = checkpoints.capture(view, Path(message.target))
+                reply: control.Reply = control.Captured(entries, size, seq=message.seq)
+            else:
+                before = review.survey(view).changes.keys()
+                checkpoints.restore(view, Path(message.source), view.upper.root.parent)
+                differ = sorted(before | review.survey(view).changes.keys())
+                messages = _invalidations(view, ["", *differ], subtrees=True)
+                reply = control.Done(seq=message.seq)
+        except Exception as exc:
+            log.exception("view %s: %s failed", view.id, message.op)
+            reply = control.Failed(f"{message.op}: {type(exc).__name__}: {exc}", seq=message.seq)
+
+        def answer() -> None:
+            if messages:
+                server.notifier.send(messages).wait(INVALIDATION_WAIT)
+            self.reply(reply)
+
+        return answer
+
     def _changed(self, message: control.Changed) -> None:
         usage = self._usages.get(Path(message.lower))
         if usage is not None:
@@ -279,8 +315,9 @@ class FsProcess:
 
 
 def _invalidations(view: View, paths: Sequence[str], *, subtrees: bool = False) -> list[bytes]:
-    """What drops the kernel's caches of ``paths`` in ``view`` (with ``subtrees``, of every
-    node below each too: the view's own content changed there)."""
+    """What drops the kernel's caches of ``paths`` in ``view``: the entry in its parent (a
+    negative one too), the parent's listing, the node; with ``subtrees``, every node below
+    each too, and its entry (the view's own content changed there)."""
     nodes = view.nodes.by_path  # read from another thread: single lookups only
     messages: list[bytes] = []
     parents: set[str] = set()
@@ -289,8 +326,13 @@ def _invalidations(view: View, paths: Sequence[str], *, subtrees: bool = False) 
         if node is not None:
             messages.append(abi.notify_inval_inode(node.id))
             if subtrees:
-                below = (n for n in subtree(node) if n is not node)
-                messages.extend(abi.notify_inval_inode(n.id) for n in below)
+                for below in subtree(node):
+                    if below is not node and below.parent is not None:
+                        messages.append(abi.notify_inval_inode(below.id))
+                        below_name = os.fsencode(below.name)
+                        messages.append(abi.notify_inval_entry(below.parent.id, below_name))
+        if not rel:
+            continue  # (the root: no entry of its own)
         parent_rel, name = split(rel)
         parent = nodes.get(parent_rel)
         if parent is not None:

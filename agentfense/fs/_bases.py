@@ -80,9 +80,13 @@ class Bases:
         """Forget every base but those of ``keep`` (after a commit or a discard)."""
         kept = {rel: self.paths[rel] for rel in keep if rel in self.paths}
         if len(kept) != len(self.paths):
-            records = (self._encode(rel, base) for rel, base in sorted(kept.items()))
-            self._log.replace(b"".join(records))
-            self.paths = kept
+            self.replace(kept)
+
+    def replace(self, paths: dict[str, Signature]) -> None:
+        """These bases from now on (the log rewritten whole first)."""
+        records = (self._encode(rel, base) for rel, base in sorted(paths.items()))
+        self._log.replace(b"".join(records))
+        self.paths = dict(paths)
 
     def close(self) -> None:
         self._log.close()

@@ -153,7 +153,7 @@ class ViewServer:
         assert self._recover is not None
         try:
             self.view.nodes.recover(self.view.nodes.journal.read())
-            self.view.measure_delta()
+            self.view.count_orphans()
             os.write(self.fd, abi.notify_resend())
         except Exception as exc:
             log.exception("view %s: cannot be taken over", self.view.id)

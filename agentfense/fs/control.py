@@ -270,7 +270,23 @@ class Changes(Message):
         return cls(changes, fields.integer("total"), seq=seq)
 
 
-Reply = Done | Committed | Changes | Failed
+@dataclass(frozen=True, slots=True)
+class Captured(Message):
+    """A view's layer copied: how many entries, and bytes of files."""
+
+    op: ClassVar[str] = "captured"
+    entries: int
+    bytes: int
+
+    def _fields(self) -> dict[str, object]:
+        return {"entries": self.entries, "bytes": self.bytes}
+
+    @classmethod
+    def _read(cls, fields: Fields, seq: int) -> Self:
+        return cls(fields.integer("entries"), fields.integer("bytes"), seq=seq)
+
+
+Reply = Done | Committed | Changes | Captured | Failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,6 +435,38 @@ class Discard(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class Capture(Message):
+    """Copy the view's layer into ``target``, a new directory (a checkpoint, a fork's seed)."""
+
+    op: ClassVar[str] = "capture"
+    id: str
+    target: str
+
+    def _fields(self) -> dict[str, object]:
+        return {"id": self.id, "target": self.target}
+
+    @classmethod
+    def _read(cls, fields: Fields, seq: int) -> Self:
+        return cls(fields.path("id"), fields.path("target"), seq=seq)
+
+
+@dataclass(frozen=True, slots=True)
+class Restore(Message):
+    """Make the view's layer a copy of the one captured in ``source``."""
+
+    op: ClassVar[str] = "restore"
+    id: str
+    source: str
+
+    def _fields(self) -> dict[str, object]:
+        return {"id": self.id, "source": self.source}
+
+    @classmethod
+    def _read(cls, fields: Fields, seq: int) -> Self:
+        return cls(fields.path("id"), fields.path("source"), seq=seq)
+
+
+@dataclass(frozen=True, slots=True)
 class Changed(Message):
     op: ClassVar[str] = "changed"
     lower: str
@@ -437,7 +485,18 @@ class Ping(Message):
     op: ClassVar[str] = "ping"
 
 
-Request = AddView | RemoveView | Commit | ListChanges | Apply | Discard | Changed | Ping
+Request = (
+    AddView
+    | RemoveView
+    | Commit
+    | ListChanges
+    | Apply
+    | Discard
+    | Capture
+    | Restore
+    | Changed
+    | Ping
+)
 
 REQUESTS: tuple[type[Request], ...] = (
     AddView,
@@ -446,10 +505,12 @@ REQUESTS: tuple[type[Request], ...] = (
     ListChanges,
     Apply,
     Discard,
+    Capture,
+    Restore,
     Changed,
     Ping,
 )
-REPLIES: tuple[type[Reply], ...] = (Done, Committed, Changes, Failed)
+REPLIES: tuple[type[Reply], ...] = (Done, Committed, Changes, Captured, Failed)
 M = TypeVar("M", bound=Message)
 
 

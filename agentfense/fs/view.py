@@ -160,6 +160,8 @@ class View:
         self.over_limit = False
         # Nothing written since the last commit: lookups need not ask the upper tree.
         self.upper_empty = not self.upper.listdir("")
+        if not self.upper_empty:  # (taken over, or seeded by a fork)
+            self.recount()
 
     def close(self) -> None:
         for tree in (self.lower, self.upper, self.orphans):
@@ -330,9 +332,8 @@ class View:
             raise self._refuse()
         self.delta_entries += 1
 
-    def measure_delta(self) -> None:
-        """Count what the delta holds (a view taken over from a process that died)."""
-        self.recount()
+    def count_orphans(self) -> None:
+        """Count what the orphans hold (a view taken over from a process that died)."""
         for _, st in self.orphans.scan(""):
             self.orphan_bytes += st.st_size
         self.carried_orphan_bytes = self.orphan_bytes

@@ -344,8 +344,9 @@ class FsSupervisor:
 
     # -- views --------------------------------------------------------------------------------
 
-    async def add_view(self, spec: control.AddView) -> Path:
-        """Mount the view and have it served; its path on the host."""
+    async def add_view(self, spec: control.AddView, *, seeded: bool = False) -> Path:
+        """Mount the view and have it served; its path on the host. ``seeded``: its delta
+        holds a copy of another view's layer (a fork)."""
         mountpoint = self.view_path(spec.id)
         await self.wait_ready()
         mountpoint.mkdir(mode=0o755, exist_ok=True)
@@ -360,8 +361,9 @@ class FsSupervisor:
         generation_fd = -1
         try:
             generation_fd = new_fd()
-            # (a new view has nothing to commit: its delta is new, its count 0)
-            mounted = _Mounted(spec, fd, generation_fd, Generation(generation_fd), clean=0)
+            # (a new view has nothing to commit: its delta is new, its count 0; unless seeded)
+            clean = None if seeded else 0
+            mounted = _Mounted(spec, fd, generation_fd, Generation(generation_fd), clean=clean)
         except BaseException:  # (EMFILE: the mapping takes a descriptor of its own too)
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(unmount, mountpoint)
@@ -432,6 +434,17 @@ class FsSupervisor:
 
     async def list_changes(self, view_id: str, paths: tuple[str, ...] | None) -> control.Changes:
         return await self.request(control.ListChanges(view_id, paths), control.Changes)
+
+    async def capture(self, view_id: str, target: Path) -> control.Captured:
+        """Copy the view's layer into ``target`` (a directory not there yet)."""
+        return await self.request(control.Capture(view_id, str(target)), control.Captured)
+
+    async def restore(self, view_id: str, source: Path) -> None:
+        """Make the view's layer a copy of the one captured in ``source``."""
+        await self.request(control.Restore(view_id, str(source)), control.Done)
+        mounted = self._views.get(view_id)
+        if mounted is not None:
+            mounted.clean = None  # (whatever it holds now waits for a commit)
 
     async def changed(self, lower: Path, paths: Sequence[str]) -> None:
         """The server changed ``paths`` of the codebase at ``lower``: its views drop what

@@ -29,6 +29,18 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+@dataclass(frozen=True, slots=True)
+class CheckpointRecord:
+    """One checkpoint of a sandbox's changes (``checkpoints.py``)."""
+
+    id: str
+    sandbox_id: str
+    name: str
+    created_at: datetime
+    entries: int
+    size: int
+
+
 @dataclass
 class SandboxRecord:
     id: str
@@ -52,6 +64,7 @@ class SandboxRecord:
     host_uid: int = 0  # its processes' uid on the host, its own while it exists
     keep_home: bool = False  # one $HOME for all its commands (else one each)
     commit_mode: CommitMode = CommitMode.AUTO  # manual: its writes wait for a review
+    checkpoints: dict[str, CheckpointRecord] = field(default_factory=dict)  # oldest first
 
 
 def _not_found(sandbox_id: str) -> SandboxNotFoundError:

@@ -49,6 +49,7 @@ from ..types import (
 from ._contained import ContainedTaskGroup
 from ._descriptors import check_headroom
 from ._paths import InvalidPathError, normalize_relpath
+from .checkpoints import Checkpoints
 from .codebases import CodebaseStore
 from .commands import Commands, ExecParams
 from .config import ServerConfig
@@ -94,6 +95,7 @@ class SandboxManager:
         self._making_on: dict[str, int] = {}  # codebase id: sandboxes being made on it
         self._quotas = config.quota_table()
         self.commands = Commands(config, self.commit, metrics)
+        self.checkpoints = Checkpoints(self._fs, self._deltas, self.commit_lock)
         self.sessions = SessionRegistry(
             self._sandboxes,
             self.commands,
@@ -381,8 +383,10 @@ class SandboxManager:
             image=record.image or None,
             expires_in=expires_in.total_seconds() if expires_in else None,
         )
-        if not start:
-            return record
+        return await self._started(record) if start else record
+
+    async def _started(self, record: SandboxRecord) -> SandboxRecord:
+        """The new sandbox started; destroyed (and the start's error raised) if it cannot."""
         try:
             return await self.start(record.id)
         except BaseException as exc:
@@ -390,6 +394,31 @@ class SandboxManager:
             with anyio.CancelScope(shield=True):
                 await self.destroy(record.id, why=why)
             raise
+
+    async def fork(self, sandbox_id: str, *, start: bool) -> SandboxRecord:
+        """A new sandbox like ``sandbox_id`` (its codebase, rules, limits, runtime, image,
+        labels, commit mode), whose changes start as a copy of its changes; started too
+        with ``start`` (as ``create`` does)."""
+        parent = self.get(sandbox_id)
+        codebase = await self._codebases.get(parent.codebase_id)
+        held = self._sandboxes.held_by(codebase.tenant)
+        with self._quotas.reserve(codebase.tenant, "sandboxes", held), self._making(codebase.id):
+            record = await self._make(
+                codebase.id,
+                codebase.owner_id,
+                codebase.tenant,
+                permissions=parent.permissions,
+                runtime=parent.runtime,
+                image=parent.image,
+                resources=parent.resources,
+                labels=parent.labels,
+                keep_home=parent.keep_home,
+                prepare=start,
+                commit_mode=parent.commit_mode,
+                seed=parent,
+            )
+        self._event("sandbox forked", record, parent=parent.id)
+        return await self._started(record) if start else record
 
     async def _make(
         self,
@@ -405,6 +434,7 @@ class SandboxManager:
         keep_home: bool,
         prepare: bool,
         commit_mode: CommitMode,
+        seed: SandboxRecord | None = None,
     ) -> SandboxRecord:
         """The new sandbox, in the table when this returns (its quota reserved meanwhile).
         With ``prepare`` (a start follows at once), its runtime begins the start's longest
@@ -430,11 +460,15 @@ class SandboxManager:
         if prepare and _has_headroom():  # (else the start refuses, before it begins anything)
             record.prepared = self._runtimes[runtime].prepare(record.id, resources, self.task_group)
         try:
-            await self._fs.add_view(self._view_spec(record))
-
+            if seed is not None:  # (its delta: a copy of the parent's layer)
+                await self.checkpoints.seed(seed, self._deltas / record.id)
+            await self._fs.add_view(self._view_spec(record), seeded=seed is not None)
         except BaseException:
             _release_prepared(record)
             self._release_uid(record)
+            if seed is not None:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(remove_tree, self._deltas / record.id)
             raise
         self._sandboxes.add(record)
         return record

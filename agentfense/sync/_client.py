@@ -12,6 +12,7 @@ from .._transport import check_not_async, run_blocking
 from ..client._client import DEFAULT_CLEANUP_TIMEOUT, AsyncSandboxClient
 from ..presets import RuleLike
 from ..types import (
+    Checkpoint,
     Codebase,
     CommitMode,
     CommitResult,
@@ -303,6 +304,28 @@ class SandboxClient:
     ) -> list[str]:
         """Give the sandbox back its codebase's files at or below ``paths`` (None: all)."""
         return run_blocking(self._async.discard_changes, sandbox_id, paths)
+
+    # -- checkpoints and forks ---------------------------------------------------------------
+
+    def create_checkpoint(self, sandbox_id: str, name: str = "") -> Checkpoint:
+        """Capture a manual sandbox's changes (its files, not its processes)."""
+        return run_blocking(self._async.create_checkpoint, sandbox_id, name)
+
+    def list_checkpoints(self, sandbox_id: str) -> list[Checkpoint]:
+        """A sandbox's checkpoints, oldest first."""
+        return run_blocking(self._async.list_checkpoints, sandbox_id)
+
+    def restore_checkpoint(self, sandbox_id: str, checkpoint_id: str) -> Checkpoint:
+        """Make the sandbox's changes what they were at the checkpoint."""
+        return run_blocking(self._async.restore_checkpoint, sandbox_id, checkpoint_id)
+
+    def delete_checkpoint(self, sandbox_id: str, checkpoint_id: str) -> None:
+        """Delete a checkpoint (the sandbox's files stay as they are)."""
+        run_blocking(self._async.delete_checkpoint, sandbox_id, checkpoint_id)
+
+    def fork_sandbox(self, sandbox_id: str, *, start: bool = True) -> SandboxInfo:
+        """A new sandbox like this one whose changes start as a copy of its changes."""
+        return run_blocking(self._async.fork_sandbox, sandbox_id, start=start)
 
     # -- sessions ---------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from .._transport import check_not_async, run_blocking
 from ..client.sandbox import AsyncSandbox
 from ..presets import RuleLike
 from ..types import (
+    Checkpoint,
     CommitMode,
     CommitResult,
     ExecResult,
@@ -317,3 +318,26 @@ class Sandbox(metaclass=NoPublicConstructor):
     def discard(self, paths: Iterable[str] | str | None = None) -> list[str]:
         """Give this sandbox back the codebase's files at or below ``paths`` (None: all)."""
         return run_blocking(self._async.discard, paths)
+
+    # -- checkpoints and forks (docs/review.md) -----------------------------------------------
+
+    def checkpoint(self, name: str | None = None) -> Checkpoint:
+        """Capture this sandbox's changes (``commit="manual"``): its files, not its processes."""
+        return run_blocking(self._async.checkpoint, name)
+
+    def restore(self, checkpoint: Checkpoint | str) -> Checkpoint:
+        """Make this sandbox's changes what they were at ``checkpoint``."""
+        return run_blocking(self._async.restore, checkpoint)
+
+    def list_checkpoints(self) -> list[Checkpoint]:
+        """This sandbox's checkpoints, oldest first."""
+        return run_blocking(self._async.list_checkpoints)
+
+    def delete_checkpoint(self, checkpoint: Checkpoint | str) -> None:
+        """Delete a checkpoint (the sandbox's files stay as they are)."""
+        run_blocking(self._async.delete_checkpoint, checkpoint)
+
+    def fork(self) -> Sandbox:
+        """A new, running sandbox like this one, whose changes start as a copy of its own
+        (leave it before this one is closed)."""
+        return type(self)._create(run_blocking(self._async.fork))

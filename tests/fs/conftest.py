@@ -164,6 +164,14 @@ class FsProcess:
         assert isinstance(reply, control.Committed)
         return reply
 
+    def capture(self, view_id: str, target: Path) -> control.Captured:
+        reply = self.request(control.Capture(view_id, str(target), seq=self._next_seq()))
+        assert isinstance(reply, control.Captured)
+        return reply
+
+    def restore(self, view_id: str, source: Path) -> None:
+        self.request(control.Restore(view_id, str(source), seq=self._next_seq()))
+
     def remove_view(self, view_id: str) -> None:
         self.request(control.RemoveView(view_id, seq=self._next_seq()))
         unmount(self.mnt / view_id)

@@ -105,7 +105,7 @@ def test_a_commit_killed_while_copying_a_file_with_two_names_leaves_no_copy_behi
 
     view.close()
     again = _view(tmp_path)
-    again.measure_delta()
+    again.count_orphans()
     commit_module.commit(again)
     assert sorted(os.listdir(lower)) == ["a", "b"]
     assert (lower / "a").read_bytes() == (lower / "b").read_bytes() == b"new\n" * 1000

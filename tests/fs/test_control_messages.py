@@ -52,6 +52,8 @@ requests = st.one_of(
     st.builds(control.ListChanges, id=paths, paths=selections, seq=seqs),
     st.builds(control.Apply, id=paths, paths=selections, overwrite=st.booleans(), seq=seqs),
     st.builds(control.Discard, id=paths, paths=selections, seq=seqs),
+    st.builds(control.Capture, id=paths, target=paths, seq=seqs),
+    st.builds(control.Restore, id=paths, source=paths, seq=seqs),
     st.builds(control.Changed, lower=paths, paths=st.lists(st.text()).map(tuple), seq=seqs),
     st.builds(control.Ping, seq=seqs),
 )
@@ -84,6 +86,7 @@ replies = st.one_of(
         total=counts,
         seq=seqs,
     ),
+    st.builds(control.Captured, entries=counts, bytes=counts, seq=seqs),
     st.builds(control.Failed, message=st.text(), seq=seqs),
 )
 
@@ -225,7 +228,8 @@ def test_replies_are_checked_as_strictly() -> None:
         bad_changes = {**changes, "changes": [{**entry, **change}]}
         with pytest.raises(MessageError, match=words):
             control.decode_reply(json.dumps(bad_changes).encode())
-    with pytest.raises(MessageError, match="op 'commit' is not one of changes, committed, done"):
+    expected = "op 'commit' is not one of captured, changes, committed, done"
+    with pytest.raises(MessageError, match=expected):
         control.decode_reply(control.Commit("sb_1", seq=9).encode())
     with pytest.raises(MessageError, match="op 'done' is not one of committed"):
         control.Committed.decode(control.Done(seq=9).encode())

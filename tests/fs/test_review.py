@@ -97,6 +97,9 @@ class Review(RuleBasedStateMachine):
         super().__init__()
         self.view_id = ""
         self.lower = self.view = Path()
+        # Each checkpoint: where it is, the view's tree then, and whether the codebase has
+        # changed since (then a restore gives that layer over another codebase).
+        self.checkpoints: list[tuple[Path, Shown, bool]] = []
 
     @initialize(tree=trees(max_entries=8))
     def start(self, tree: Tree) -> None:
@@ -109,6 +112,8 @@ class Review(RuleBasedStateMachine):
         if self.view_id:
             self.fs.remove_view(self.view_id)
             shutil.rmtree(self.lower)
+        for where, _, _ in self.checkpoints:
+            shutil.rmtree(where)
         self.fs.check_alive()
 
     def seen(self) -> Shown:
@@ -198,6 +203,8 @@ class Review(RuleBasedStateMachine):
         assert applied - selected <= room, "beyond the selection: only directories on the way"
         after = listed(self.fs, self.view_id)
         assert after == {p: k for p, k in before.items() if p not in applied}, "the others stay"
+        if applied:
+            self.checkpoints = [(where, then, True) for where, then, _ in self.checkpoints]
 
     @rule(data=st.data())
     def discard(self, data: st.DataObject) -> None:
@@ -215,6 +222,42 @@ class Review(RuleBasedStateMachine):
                 assert after_view.get(rel) == codebase.get(rel), f"{rel} is the codebase's"
         after = listed(self.fs, self.view_id)
         assert after == {p: k for p, k in before.items() if p not in set(reply.applied)}
+
+    @rule()
+    def checkpoint(self) -> None:
+        where = self.fs.work / f"{self.view_id}.cp{len(self.checkpoints)}"
+        self.fs.capture(self.view_id, where)
+        self.checkpoints.append((where, self.seen(), False))
+
+    @precondition(lambda self: self.checkpoints)
+    @rule(data=st.data())
+    def restore(self, data: st.DataObject) -> None:
+        codebase = shown(self.lower)
+        where, then, moved = data.draw(st.sampled_from(self.checkpoints))
+        self.fs.restore(self.view_id, where)
+        assert shown(self.lower) == codebase, "a restore leaves the codebase alone"
+        if not moved:
+            assert self.seen() == then, "the checkpointed tree comes back"
+
+    @rule(data=st.data())
+    def fork(self, data: st.DataObject) -> None:
+        """A fork's tree is its parent's; then each goes its own way."""
+        child = self.fs.new_id("fork")
+        self.fs.capture(self.view_id, self.fs.delta(child))
+        view = self.fs.add_view(child, self.lower, RULES, review=True)
+        try:
+            parent_tree = self.seen()
+            with self.fs.sandbox():
+                assert shown(view) == parent_tree
+                (view / "forked").write_text("child only")
+            assert "forked" not in self.seen()
+            assert listed(self.fs, child) == expected_changes(self.seen_in(view), shown(self.lower))
+        finally:
+            self.fs.remove_view(child)
+
+    def seen_in(self, view: Path) -> Shown:
+        with self.fs.sandbox():
+            return shown(view)
 
     @invariant()
     def changes_are_the_difference(self) -> None:

@@ -20,8 +20,11 @@ from agentfense import (
     InvalidConfigurationError,
     Sandbox,
     SandboxClient,
+    SandboxError,
     SandboxNotFoundError,
 )
+from agentfense.errors import StatusCode
+from agentfense.fanout import open_forks
 
 pytestmark = pytest.mark.anyio
 
@@ -169,3 +172,88 @@ def test_the_sync_mirror_reviews_too(endpoint: str, tmp_path: Path) -> None:
         sandbox.run("rm a.txt")
         assert sandbox.discard() == ["a.txt"]
         assert sandbox.read_file("a.txt") == "two\n"
+
+
+async def test_checkpoints_give_back_the_files_not_the_processes(
+    client: AsyncSandboxClient, endpoint: str
+) -> None:
+    codebase_id = await _codebase(client)
+    async with await _manual(codebase_id, endpoint) as sandbox:
+        await sandbox.run("echo one > README.md && mkdir -p a/b && echo x > a/b/c")
+        checkpoint = await sandbox.checkpoint("first")
+        assert (checkpoint.name, checkpoint.entries, checkpoint.size) == ("first", 4, 6)
+        assert checkpoint.sandbox_id == sandbox.id
+        session = await sandbox.session()
+        await session.exec("cd /workspace/a/b; (while :; do sleep 0.05; done) & looping=$!")
+        await sandbox.run("echo two > README.md && rm a/b/c && echo new > new.txt")
+        assert (await sandbox.restore(checkpoint)).id == checkpoint.id
+        shown = await sandbox.run("cat README.md a/b/c; ls new.txt", raise_on_error=False)
+        assert shown.stdout == "one\nx\n"
+        assert "new.txt" in shown.stderr
+        # What runs goes on running, where it was.
+        still = await session.exec("kill -0 $looping && echo running; pwd; cat c")
+        assert still.stdout == "running\n/workspace/a/b\nx\n"
+        await session.close()
+        assert {c.path for c in await sandbox.changes()} == {"README.md", "a", "a/b", "a/b/c"}
+        assert await client.download_file(codebase_id, "README.md") == b"# demo\n"
+        # Restored more than once, and listed, and deleted.
+        second = await sandbox.checkpoint()
+        await sandbox.run("rm -r a")
+        await sandbox.restore(checkpoint.id)
+        assert (await sandbox.run("cat a/b/c")).stdout == "x\n"
+        assert [c.id for c in await sandbox.list_checkpoints()] == [checkpoint.id, second.id]
+        await sandbox.delete_checkpoint(checkpoint)
+        with pytest.raises(SandboxError, match="not found") as caught:
+            await sandbox.restore(checkpoint)
+        assert caught.value.code == StatusCode.NOT_FOUND
+        assert [c.id for c in await sandbox.list_checkpoints()] == [second.id]
+    async with await AsyncSandbox.from_codebase(
+        codebase_id, preset="development", endpoint=endpoint
+    ) as auto:
+        with pytest.raises(SandboxError, match="commit='manual'") as caught:
+            await auto.checkpoint()
+        assert caught.value.code == StatusCode.FAILED_PRECONDITION
+
+
+async def test_forks_start_from_their_parents_changes_then_go_their_own_way(
+    client: AsyncSandboxClient, endpoint: str
+) -> None:
+    codebase_id = await _codebase(client)
+    async with await _manual(codebase_id, endpoint) as parent:
+        await parent.run("echo parent > README.md && rm data.bin")
+        async with open_forks(parent, 2) as forks:
+            fork_ids = {fork.id for fork in forks}
+            for fork in forks:
+                assert fork.info.commit_mode is CommitMode.MANUAL
+                assert fork.info.permissions == parent.info.permissions
+                assert await fork.read_file("README.md") == "parent\n"
+                assert {c.path for c in await fork.changes()} == {"README.md", "data.bin"}
+            await forks[0].run("echo zero > README.md")
+            await forks[1].run("echo one > README.md && echo mine > only-one.txt")
+            assert await parent.read_file("README.md") == "parent\n"
+            assert await forks[0].read_file("README.md") == "zero\n"
+            assert "only-one.txt" not in {c.path for c in await forks[0].changes()}
+            # The better one lands.
+            result = await forks[1].commit()
+            assert set(result.applied) == {"README.md", "data.bin", "only-one.txt"}
+        listed = {info.id for info in await client.list_sandboxes(codebase_id)}
+        assert not listed & fork_ids, "the forks are gone with the block"
+        assert await client.download_file(codebase_id, "README.md") == b"one\n"
+        # The parent's own change now conflicts with what the fork committed.
+        conflicts = (await parent.commit()).conflicts
+        assert [c.path for c in conflicts] == ["README.md"]
+
+
+def test_the_sync_mirror_checkpoints_and_forks(endpoint: str, tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("one\n")
+    with Sandbox.from_local(
+        tmp_path, preset="development", endpoint=endpoint, commit="manual"
+    ) as sandbox:
+        sandbox.run("echo two > a.txt")
+        checkpoint = sandbox.checkpoint()
+        sandbox.run("echo three > a.txt")
+        with sandbox.fork() as child:
+            assert child.read_file("a.txt") == "three\n"
+        sandbox.restore(checkpoint)
+        assert sandbox.read_file("a.txt") == "two\n"
+        assert sandbox.list_checkpoints() == [checkpoint]

@@ -32,7 +32,7 @@ from ..codebases import CodebaseRecord
 from ..commands import ExecParams
 from ..execution import Outcome
 from ..sandbox_files import SandboxFile
-from ..sandbox_table import SandboxRecord
+from ..sandbox_table import CheckpointRecord, SandboxRecord
 from ..sessions import Session
 from .encoded import Encoded, repeated_field
 
@@ -194,3 +194,14 @@ def changes_reply(reply: control.Changes) -> bytes:
         for change in reply.changes
     )
     return repeated_field(1, changes) + bytes(pb.ListChangesResponse(total=reply.total))
+
+
+def checkpoint_to_pb(record: CheckpointRecord) -> pb.Checkpoint:
+    return pb.Checkpoint(
+        id=record.id,
+        sandbox_id=record.sandbox_id,
+        name=record.name,
+        created_at=record.created_at,
+        entries=record.entries,
+        size=record.size,
+    )

@@ -113,6 +113,7 @@ class SandboxService(pb.SandboxServiceBase):
         # The calls that answer with a Sandbox send it encoded, its rules' bytes made once.
         for name, request_type, answer in (
             ("CreateSandbox", pb.CreateSandboxRequest, self._create),
+            ("ForkSandbox", pb.ForkSandboxRequest, self._fork),
             ("GetSandbox", pb.GetSandboxRequest, self._get),
             ("StartSandbox", pb.StartSandboxRequest, self._start),
             ("StopSandbox", pb.StopSandboxRequest, self._stop),
@@ -149,6 +150,10 @@ class SandboxService(pb.SandboxServiceBase):
                 start=request.start,
             )
             return record
+
+    async def _fork(self, request: pb.ForkSandboxRequest) -> SandboxRecord:
+        with grpc_errors():
+            return await self._manager.fork(request.sandbox_id, start=request.start)
 
     async def _get(self, request: pb.GetSandboxRequest) -> SandboxRecord:
         with grpc_errors():
@@ -323,6 +328,34 @@ class SandboxService(pb.SandboxServiceBase):
             paths = review_paths(request.paths)
             reply = await self._manager.discard_changes(request.sandbox_id, paths)
             return pb.DiscardChangesResponse(discarded=[wire_text(p) for p in reply.applied])
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    async def create_checkpoint(self, request: pb.CreateCheckpointRequest) -> pb.Checkpoint:
+        with grpc_errors():
+            record = self._manager.get(request.sandbox_id)
+            made = await self._manager.checkpoints.create(record, request.name)
+            return convert.checkpoint_to_pb(made)
+
+    async def list_checkpoints(
+        self, request: pb.ListCheckpointsRequest
+    ) -> pb.ListCheckpointsResponse:
+        with grpc_errors():
+            record = self._manager.get(request.sandbox_id)
+            found = self._manager.checkpoints.list(record)
+            return pb.ListCheckpointsResponse([convert.checkpoint_to_pb(c) for c in found])
+
+    async def restore_checkpoint(self, request: pb.RestoreCheckpointRequest) -> pb.Checkpoint:
+        with grpc_errors():
+            record = self._manager.get(request.sandbox_id)
+            restored = await self._manager.checkpoints.restore(record, request.checkpoint_id)
+            return convert.checkpoint_to_pb(restored)
+
+    async def delete_checkpoint(self, request: pb.DeleteCheckpointRequest) -> pb.Empty:
+        with grpc_errors():
+            record = self._manager.get(request.sandbox_id)
+            await self._manager.checkpoints.delete(record, request.checkpoint_id)
+            return pb.Empty()
 
     # -- sessions ---------------------------------------------------------------------------
 

@@ -559,6 +559,59 @@ class DiscardChangesResponse(betterproto.Message):
     discarded: List[str] = betterproto.string_field(1)
 
 
+@dataclass(eq=False, repr=False)
+class Checkpoint(betterproto.Message):
+    """
+    What a sandbox's changes were at one moment (its files, not its processes).
+    """
+
+    id: str = betterproto.string_field(1)
+    sandbox_id: str = betterproto.string_field(2)
+    name: str = betterproto.string_field(3)
+    created_at: datetime = betterproto.message_field(4)
+    entries: int = betterproto.int64_field(5)
+    size: int = betterproto.int64_field(6)
+
+
+@dataclass(eq=False, repr=False)
+class CreateCheckpointRequest(betterproto.Message):
+    sandbox_id: str = betterproto.string_field(1)
+    name: str = betterproto.string_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class ListCheckpointsRequest(betterproto.Message):
+    sandbox_id: str = betterproto.string_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class ListCheckpointsResponse(betterproto.Message):
+    checkpoints: List["Checkpoint"] = betterproto.message_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class RestoreCheckpointRequest(betterproto.Message):
+    sandbox_id: str = betterproto.string_field(1)
+    checkpoint_id: str = betterproto.string_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class DeleteCheckpointRequest(betterproto.Message):
+    sandbox_id: str = betterproto.string_field(1)
+    checkpoint_id: str = betterproto.string_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class ForkSandboxRequest(betterproto.Message):
+    """
+    A new sandbox on the same codebase, with the same rules, limits, runtime, image, labels
+     and commit mode, whose changes start as a copy of this one's (uncommitted ones included).
+    """
+
+    sandbox_id: str = betterproto.string_field(1)
+    start: bool = betterproto.bool_field(2)
+
+
 class CodebaseServiceStub(betterproto.ServiceStub):
     async def create_codebase(
         self,
@@ -1066,6 +1119,91 @@ class SandboxServiceStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def create_checkpoint(
+        self,
+        create_checkpoint_request: "CreateCheckpointRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "Checkpoint":
+        return await self._unary_unary(
+            "/sandbox.v1.SandboxService/CreateCheckpoint",
+            create_checkpoint_request,
+            Checkpoint,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_checkpoints(
+        self,
+        list_checkpoints_request: "ListCheckpointsRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "ListCheckpointsResponse":
+        return await self._unary_unary(
+            "/sandbox.v1.SandboxService/ListCheckpoints",
+            list_checkpoints_request,
+            ListCheckpointsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def restore_checkpoint(
+        self,
+        restore_checkpoint_request: "RestoreCheckpointRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "Checkpoint":
+        return await self._unary_unary(
+            "/sandbox.v1.SandboxService/RestoreCheckpoint",
+            restore_checkpoint_request,
+            Checkpoint,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def delete_checkpoint(
+        self,
+        delete_checkpoint_request: "DeleteCheckpointRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "Empty":
+        return await self._unary_unary(
+            "/sandbox.v1.SandboxService/DeleteCheckpoint",
+            delete_checkpoint_request,
+            Empty,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def fork_sandbox(
+        self,
+        fork_sandbox_request: "ForkSandboxRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "Sandbox":
+        return await self._unary_unary(
+            "/sandbox.v1.SandboxService/ForkSandbox",
+            fork_sandbox_request,
+            Sandbox,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class CodebaseServiceBase(ServiceBase):
 
@@ -1327,6 +1465,31 @@ class SandboxServiceBase(ServiceBase):
     ) -> "DiscardChangesResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def create_checkpoint(
+        self, create_checkpoint_request: "CreateCheckpointRequest"
+    ) -> "Checkpoint":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def list_checkpoints(
+        self, list_checkpoints_request: "ListCheckpointsRequest"
+    ) -> "ListCheckpointsResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def restore_checkpoint(
+        self, restore_checkpoint_request: "RestoreCheckpointRequest"
+    ) -> "Checkpoint":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def delete_checkpoint(
+        self, delete_checkpoint_request: "DeleteCheckpointRequest"
+    ) -> "Empty":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def fork_sandbox(
+        self, fork_sandbox_request: "ForkSandboxRequest"
+    ) -> "Sandbox":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_create_sandbox(
         self, stream: "grpclib.server.Stream[CreateSandboxRequest, Sandbox]"
     ) -> None:
@@ -1487,6 +1650,42 @@ class SandboxServiceBase(ServiceBase):
         response = await self.discard_changes(request)
         await stream.send_message(response)
 
+    async def __rpc_create_checkpoint(
+        self, stream: "grpclib.server.Stream[CreateCheckpointRequest, Checkpoint]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.create_checkpoint(request)
+        await stream.send_message(response)
+
+    async def __rpc_list_checkpoints(
+        self,
+        stream: "grpclib.server.Stream[ListCheckpointsRequest, ListCheckpointsResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.list_checkpoints(request)
+        await stream.send_message(response)
+
+    async def __rpc_restore_checkpoint(
+        self, stream: "grpclib.server.Stream[RestoreCheckpointRequest, Checkpoint]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.restore_checkpoint(request)
+        await stream.send_message(response)
+
+    async def __rpc_delete_checkpoint(
+        self, stream: "grpclib.server.Stream[DeleteCheckpointRequest, Empty]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.delete_checkpoint(request)
+        await stream.send_message(response)
+
+    async def __rpc_fork_sandbox(
+        self, stream: "grpclib.server.Stream[ForkSandboxRequest, Sandbox]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.fork_sandbox(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/sandbox.v1.SandboxService/CreateSandbox": grpclib.const.Handler(
@@ -1614,5 +1813,35 @@ class SandboxServiceBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 DiscardChangesRequest,
                 DiscardChangesResponse,
+            ),
+            "/sandbox.v1.SandboxService/CreateCheckpoint": grpclib.const.Handler(
+                self.__rpc_create_checkpoint,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                CreateCheckpointRequest,
+                Checkpoint,
+            ),
+            "/sandbox.v1.SandboxService/ListCheckpoints": grpclib.const.Handler(
+                self.__rpc_list_checkpoints,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ListCheckpointsRequest,
+                ListCheckpointsResponse,
+            ),
+            "/sandbox.v1.SandboxService/RestoreCheckpoint": grpclib.const.Handler(
+                self.__rpc_restore_checkpoint,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                RestoreCheckpointRequest,
+                Checkpoint,
+            ),
+            "/sandbox.v1.SandboxService/DeleteCheckpoint": grpclib.const.Handler(
+                self.__rpc_delete_checkpoint,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                DeleteCheckpointRequest,
+                Empty,
+            ),
+            "/sandbox.v1.SandboxService/ForkSandbox": grpclib.const.Handler(
+                self.__rpc_fork_sandbox,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ForkSandboxRequest,
+                Sandbox,
             ),
         }
