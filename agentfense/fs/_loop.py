@@ -269,6 +269,8 @@ class ViewServer:
                     self.view.deleted.ensure(removing=removing)
                 if bases is not None:
                     bases.ensure(removing=removing)
+                    if self.view.shared is not None:
+                        self.view.shared.ensure(removing=removing)
             except OSError as exc:  # a full disk: refused before anything changes
                 self._reply(unique, exc.errno or errno.ENOSPC, b"")
                 return

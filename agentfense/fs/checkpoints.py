@@ -2,9 +2,11 @@
 
 A layer is the upper tree, the deletions and (under review) the bases. :func:`capture`
 copies them into a directory of their own; :func:`restore` makes a copy of one the view's
-layer. Each costs what the layer holds (its entries, and its files' bytes), never what the
-codebase holds. Files are copied (a checkpoint must not change as the view goes on writing
-in place); names that share one file in the upper tree (hard links) share one copy.
+layer. Each costs what the layer holds (its entries), never what the codebase holds. A
+manual view's files and symlinks are linked, not copied: creating a file costs a disk far
+more than a new name, and the view copies a linked file before it changes it
+(``_shared.py``), so a checkpoint never changes as the view goes on writing. Other views'
+files are copied (names sharing one file share one copy).
 
 A restore builds the new upper tree beside the view's, then swaps the two by renames, so a
 crash leaves one or the other, and only then replaces the deletions and the bases. Walks are
@@ -19,17 +21,20 @@ from pathlib import Path
 
 from ._bases import Bases
 from ._host import HostTree, copy_file, remove_tree
+from ._shared import Shared
 from .view import Deletions, View, join
 
-UPPER, DELETED, BASES = "upper", "deleted", "bases"
+UPPER, DELETED, BASES, SHARED = "upper", "deleted", "bases", "shared"
 _RESTORING, _REPLACED = "restoring", "replaced"
 
 
-def copy_tree(src: HostTree, dst: HostTree) -> tuple[int, int]:
-    """Copy everything of ``src`` into the empty ``dst`` (modes and times kept); how many
-    entries, and how many bytes of files, it copied."""
+def copy_tree(src: HostTree, dst: HostTree, *, link: bool = False) -> tuple[int, int, list[int]]:
+    """Copy everything of ``src`` into the empty ``dst`` (modes and times kept): directories
+    made, files and symlinks copied or, with ``link``, linked. How many entries, how many
+    bytes of files, and the inodes of the files linked."""
     entries = size = 0
-    linked: dict[tuple[int, int], str] = {}  # a file with several names: its first copy
+    linked: list[int] = []
+    first_name: dict[tuple[int, int], str] = {}  # a file with several names: its first copy
     pending = [""]
     while pending:
         current = pending.pop()
@@ -39,18 +44,29 @@ def copy_tree(src: HostTree, dst: HostTree) -> tuple[int, int]:
             if stat.S_ISDIR(st.st_mode):
                 dst.mkdir(rel, stat.S_IMODE(st.st_mode))
                 pending.append(rel)
+                continue
+            size += st.st_size if stat.S_ISREG(st.st_mode) else 0
+            if link:
+                _link(src, rel, dst)
+                if stat.S_ISREG(st.st_mode):
+                    linked.append(st.st_ino)
             elif stat.S_ISLNK(st.st_mode):
                 dst.symlink(src.readlink(rel), rel)
             elif stat.S_ISREG(st.st_mode):
-                first = linked.get((st.st_dev, st.st_ino)) if st.st_nlink > 1 else None
+                first = first_name.get((st.st_dev, st.st_ino)) if st.st_nlink > 1 else None
                 if first is not None:
                     dst.link(first, rel)
                     continue
                 copy_file(src, rel, dst, rel)
-                size += st.st_size
                 if st.st_nlink > 1:
-                    linked[(st.st_dev, st.st_ino)] = rel
-    return entries, size
+                    first_name[(st.st_dev, st.st_ino)] = rel
+    return entries, size, linked
+
+
+def _link(src: HostTree, rel: str, dst: HostTree) -> None:
+    """A new name in ``dst`` for the entry (a file, a symlink itself) ``rel`` of ``src``."""
+    with src.parent(rel) as (src_fd, src_name), dst.parent(rel) as (dst_fd, dst_name):
+        os.link(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
 
 
 def capture(view: View, target: Path) -> tuple[int, int]:
@@ -59,9 +75,19 @@ def capture(view: View, target: Path) -> tuple[int, int]:
     (target / UPPER).mkdir(mode=0o700)
     upper = HostTree(target / UPPER)
     try:
-        captured = copy_tree(view.upper, upper)
+        # A manual view's files are linked (it copies a linked one before changing it);
+        # another's copied (its commits would take a linked file for the sandbox's own link).
+        link = view.shared is not None
+        entries, size, linked = copy_tree(view.upper, upper, link=link)
     finally:
         upper.close()
+    if view.shared is not None:
+        view.shared.add(linked)
+        seeded = Shared(target / SHARED)  # (a fork's view shares them too)
+        try:
+            seeded.add(linked)
+        finally:
+            seeded.close()
     deleted = Deletions(target / DELETED)
     try:
         deleted.replace(set(view.deleted.paths))
@@ -73,7 +99,7 @@ def capture(view: View, target: Path) -> tuple[int, int]:
             bases.replace(view.bases.paths)
         finally:
             bases.close()
-    return captured
+    return entries, size
 
 
 def restore(view: View, source: Path, delta: Path) -> None:
@@ -83,9 +109,11 @@ def restore(view: View, source: Path, delta: Path) -> None:
     building.mkdir(mode=0o700)
     tree = HostTree(building)
     try:
-        _copy_from(source / UPPER, tree)
+        linked = _copy_from(source / UPPER, tree, link=view.shared is not None)
     finally:
         tree.close()
+    if view.shared is not None:
+        view.shared.add(linked)
     replaced = delta / _REPLACED
     remove_tree(replaced)
     os.rename(delta / UPPER, replaced)
@@ -107,9 +135,9 @@ def restore(view: View, source: Path, delta: Path) -> None:
     view.recount()
 
 
-def _copy_from(root: Path, dst: HostTree) -> None:
+def _copy_from(root: Path, dst: HostTree, *, link: bool) -> list[int]:
     src = HostTree(root)
     try:
-        copy_tree(src, dst)
+        return copy_tree(src, dst, link=link)[2]
     finally:
         src.close()

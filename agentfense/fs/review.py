@@ -28,6 +28,7 @@ import enum
 import errno
 import os
 import stat
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -84,6 +85,12 @@ class Survey:
     changes: dict[str, Change] = field(default_factory=dict)
     same: list[str] = field(default_factory=list)
     view_dirs: set[str] = field(default_factory=set)  # changed paths V holds as directories
+    # The upper tree's names of each of its files, by inode: more than one is a link the
+    # sandbox made (a checkpoint's or a fork's links to it are not in the upper tree).
+    names: Counter[int] = field(default_factory=Counter)
+
+    def linked_by_sandbox(self, st: os.stat_result) -> bool:
+        return self.names[st.st_ino] > 1
 
 
 def _same_content(view: View, rel: str) -> bool:
@@ -154,6 +161,8 @@ def survey(view: View) -> Survey:
             rel = join(current, name)
             names.append(name)
             is_dir = stat.S_ISDIR(v.st_mode)
+            if stat.S_ISREG(v.st_mode):
+                found.names[v.st_ino] += 1
             if not view.visible(rel, is_dir):
                 continue
             c = view.lower.try_lstat(rel)
@@ -312,9 +321,10 @@ def _place(view: View, change: Change, found: Survey, result: Applied) -> None:
         view.lower.rmdir(rel)
         result.entries_delta -= 1
         c = None
-    if stat.S_ISREG(v.st_mode) and v.st_nlink > 1:
+    if stat.S_ISREG(v.st_mode) and found.linked_by_sandbox(v):
         # Its other names stay in the delta, sharing its content: a copy goes in (made out
-        # of every view's sight, then renamed: never a partial file in the codebase).
+        # of every view's sight, then renamed: never a partial file in the codebase). (A
+        # file linked only into checkpoints moves in: the codebase never changes in place.)
         try:
             copy_file(view.upper, rel, view.orphans, _COPY)
             view.orphans.rename(_COPY, rel, view.lower)
@@ -373,7 +383,7 @@ def apply(view: View, paths: tuple[str, ...] | None, *, overwrite: bool) -> Appl
     same = [rel for rel in found.same if paths is None or under(rel, paths)]
     for rel in same:  # copies equal to the codebase's: nothing to keep
         with contextlib.suppress(OSError):
-            if view.upper.lstat(rel).st_nlink == 1:
+            if not found.linked_by_sandbox(view.upper.lstat(rel)):
                 view.upper.unlink(rel)
     _settle(view, found, done, keep_bases=lambda rel: rel not in done)
     view.usage.add(result.bytes_delta, result.entries_delta)

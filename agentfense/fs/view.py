@@ -27,6 +27,7 @@ from ._appendlog import AppendLog
 from ._bases import Bases
 from ._host import HostTree, copy_file, dir_entries, split
 from ._journal import Journal
+from ._shared import Shared
 from ._usage import CodebaseUsage
 from .control import Limits
 from .nodes import BUDGET, Nodes
@@ -37,6 +38,7 @@ WORKSPACE = "/workspace"
 # in PATH_MAX, and every host operation addresses it as one path beneath a tree's root.
 MAX_PATH = 4096 - 1 - len(WORKSPACE) - 1
 NO_LIMITS = Limits()
+_UNSHARE = "unshare"  # in the orphans directory (whose own names are numbers)
 _LOWER_PHASE = 1 << 63  # listing cookies: the upper directory's, then this bit and the lower's
 
 
@@ -142,6 +144,8 @@ class View:
         # Under review (``commit="manual"``), what the codebase held where the view changed
         # it, for a commit to tell conflicts (``_bases.py``); None: last committer wins.
         self.bases = Bases(delta / "bases") if review else None
+        # Under review, the upper files linked into a checkpoint or a fork (``_shared.py``).
+        self.shared = Shared(delta / "shared") if review else None
         self.nodes = Nodes(policy, Journal(delta / "nodes"), limits.node_bytes or BUDGET)
         self.policy = policy
         self.uid, self.gid = uid, gid
@@ -167,8 +171,9 @@ class View:
         for tree in (self.lower, self.upper, self.orphans):
             tree.close()
         self.deleted.close()
-        if self.bases is not None:
-            self.bases.close()
+        for log in (self.bases, self.shared):
+            if log is not None:
+                log.close()
         self.nodes.journal.close()
         self.nodes.clear()
 
@@ -334,6 +339,8 @@ class View:
 
     def count_orphans(self) -> None:
         """Count what the orphans hold (a view taken over from a process that died)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.orphans.unlink(_UNSHARE)  # (a copy the dead process did not finish)
         for _, st in self.orphans.scan(""):
             self.orphan_bytes += st.st_size
         self.carried_orphan_bytes = self.orphan_bytes
@@ -389,6 +396,8 @@ class View:
         if entry is None:
             raise fail(errno.ENOENT)
         if entry.layer == UPPER or not rel:
+            if self.shared is not None and self.shared.needs_copy(entry.st):
+                return self._unshare(rel)
             return entry
         mode = entry.st.st_mode
         if self.bases is not None:
@@ -405,6 +414,19 @@ class View:
             self.upper.symlink(self.lower.readlink(rel), rel)
         else:
             copy_file(self.lower, rel, self.upper, rel)
+        return Entry(UPPER, self.upper.lstat(rel))
+
+    def _unshare(self, rel: str) -> Entry:
+        """Replace the upper file ``rel``, linked into a checkpoint or a fork, by a copy of
+        its own (made beside the delta, out of sight, then renamed over it). Its other names
+        in the upper tree, if the sandbox linked it, keep the shared file."""
+        copy_file(self.upper, rel, self.orphans, _UNSHARE)
+        try:
+            self.orphans.rename(_UNSHARE, rel, self.upper)
+        except OSError:
+            with contextlib.suppress(OSError):
+                self.orphans.unlink(_UNSHARE)
+            raise
         return Entry(UPPER, self.upper.lstat(rel))
 
     def copy_up_tree(self, rel: str) -> None:

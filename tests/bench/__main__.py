@@ -18,7 +18,9 @@ against both off (issue 12's target), on two servers of its own. The start bench
 (``_start.py``, issue 16's targets) times ``StartSandbox`` and the first command of 100
 sandboxes created one after another, 10 ms apart and all at once (p95 and p99 too) against raw
 bwrap spawns, ``run("true")`` against a raw bwrap spawn, and the memory per idle sandbox of a
-server's whole process tree at 100 and 1,000 (``_idle.py``), on servers of its own.
+server's whole process tree at 100 and 1,000 (``_idle.py``), on servers of its own. The review
+benchmark (``_review.py``, issue 14's targets) times ``fork()``, ``checkpoint()``,
+``restore()``, ``changes()`` and ``diff()`` of a manual sandbox, on a server of its own.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from ._common import (
 from ._concurrency_suites import fanout_suite, sleep_suite
 from ._docker import docker_suite, engine_host, skipped_rows
 from ._ours import get_sandbox, lifecycle, open_sandbox, run_true
+from ._review import review_suite
 from ._sessions import session_vs_run
 from ._start import start_suite
 from ._stats import MIB, Row, Summary, Target, render
@@ -431,8 +434,15 @@ GROUPS = (
     "tls",
     "trust",
     "start",
+    "review",
 )
-OWN_SERVERS = {"memory", "tls", "trust", "start"}  # groups that start servers of their own
+OWN_SERVERS = {
+    "memory",
+    "tls",
+    "trust",
+    "start",
+    "review",
+}  # groups that start servers of their own
 
 
 def tls_suite(work: Path, sizes: Sizes, reference: list[float]) -> list[Row]:
@@ -539,6 +549,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += trust_suite(work, sizes, reference)
         if "start" in groups:
             rows += start_suite(work, sizes, reference)
+        if "review" in groups:
+            rows += review_suite(work, sizes, reference)
         rows += docker_skipped
         if "memory" in groups:
             rows += anyio.run(memory_suite, work, sizes.sandboxes, reference, backend=FS_BACKEND)

@@ -136,15 +136,19 @@ class Review(RuleBasedStateMachine):
     # -- what a command does in the sandbox (refused at times: renaming a directory that
     # holds a hidden entry, say; the invariant reads what happened)
 
-    @rule(data=st.data(), content=st.binary(max_size=8))
-    def write(self, data: st.DataObject, content: bytes) -> None:
+    @rule(data=st.data(), content=st.binary(max_size=8), append=st.booleans())
+    def write(self, data: st.DataObject, content: bytes, append: bool) -> None:
         files = self._paths("file")
         existing = bool(files) and data.draw(st.booleans())
         rel = data.draw(st.sampled_from(files)) if existing else self._new_path(data)
         if self.seen().get(rel, ("file",))[0] == "directory":
             return
-        with self.fs.sandbox(), contextlib.suppress(PermissionError):
-            (self.view / rel).write_bytes(content)
+        with (
+            self.fs.sandbox(),
+            contextlib.suppress(PermissionError),
+            (self.view / rel).open("ab" if append else "wb") as handle,
+        ):
+            handle.write(content)  # (appended: in place, linked into a checkpoint or not)
 
     @rule(data=st.data())
     def mkdir(self, data: st.DataObject) -> None:
@@ -416,3 +420,49 @@ def test_parents_of_a_selected_path_are_committed_with_it(fs: FsProcess, codebas
             assert sorted(os.listdir(view / "x")) == ["g", "y"]
     finally:
         fs.remove_view(view_id)
+
+
+def test_a_checkpoint_and_a_fork_never_change_as_the_view_writes_in_place(
+    fs: FsProcess, codebase: Path
+) -> None:
+    """A manual view's files are linked into its checkpoints and forks: each side copies a
+    linked file before it changes it, whatever the change."""
+    view_id, child_id = fs.new_id("m"), fs.new_id("fork")
+    view = fs.add_view(view_id, codebase, RULES, review=True)
+    with fs.sandbox():
+        (view / "a.txt").write_text("mine\n")
+        (view / "d" / "b.txt").write_text("two, mine\n")
+    checkpoint = fs.work / f"{view_id}.cp"
+    try:
+        captured = fs.capture(view_id, checkpoint)
+        assert (captured.entries, captured.bytes) == (3, 15)  # (d, a.txt, d/b.txt)
+        fs.capture(view_id, fs.delta(child_id))
+        child = fs.add_view(child_id, codebase, RULES, review=True)
+        with fs.sandbox():
+            with (view / "a.txt").open("a") as handle:
+                handle.write("appended\n")
+            os.truncate(view / "d" / "b.txt", 3)
+            os.chmod(view / "a.txt", 0o600)
+            with (child / "d" / "b.txt").open("r+") as handle:
+                handle.write("TWO")
+            assert (child / "a.txt").read_text() == "mine\n"
+            assert (child / "d" / "b.txt").read_text() == "TWO, mine\n"
+            assert (view / "d" / "b.txt").read_text() == "two"
+        assert (checkpoint / "upper" / "a.txt").read_text() == "mine\n"
+        assert (checkpoint / "upper" / "d" / "b.txt").read_text() == "two, mine\n"
+        fs.restore(view_id, checkpoint)
+        with fs.sandbox():
+            assert (view / "a.txt").read_text() == "mine\n"
+            assert stat.S_IMODE((view / "a.txt").stat().st_mode) == 0o644
+            assert (view / "d" / "b.txt").read_text() == "two, mine\n"
+            (view / "a.txt").write_text("after the restore\n")  # (linked again: copied)
+        assert (checkpoint / "upper" / "a.txt").read_text() == "mine\n"
+        # A file linked into a checkpoint moves into the codebase whole on a commit.
+        assert set(fs.apply(view_id).applied) == {"a.txt", "d/b.txt"}
+        assert (codebase / "a.txt").read_text() == "after the restore\n"
+        assert listed(fs, view_id) == {}
+    finally:
+        fs.remove_view(view_id)
+        if child_id in fs.fds:
+            fs.remove_view(child_id)
+        shutil.rmtree(checkpoint, ignore_errors=True)
