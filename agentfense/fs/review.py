@@ -376,6 +376,12 @@ def apply(view: View, paths: tuple[str, ...] | None, *, overwrite: bool) -> Appl
             if view.upper.lstat(rel).st_nlink == 1:
                 view.upper.unlink(rel)
     _settle(view, found, done, keep_bases=lambda rel: rel not in done)
+    if view.bases is not None:
+        # Committed but still in the delta (a directory, a file of several names): the
+        # view's next change there is against what it committed, which is its base now.
+        for rel in sorted(done):
+            if view.upper.try_lstat(rel) is not None:
+                view.bases.note(rel, view.lower.try_lstat(rel))
     view.usage.add(result.bytes_delta, result.entries_delta)
     result.conflicts.sort()
     return result
