@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from agentfense.fs import review
 from agentfense.types import Permission, PermissionRule
 
 from .conftest import FsProcess
@@ -70,5 +74,48 @@ def test_a_hard_linked_file_committed_then_changed_again_is_no_conflict(
         assert reply.conflicts == ()
         assert reply.applied == ("a.txt",)
         assert (codebase / "a.txt").read_text() == "second\n"
+    finally:
+        fs.remove_view(view_id)
+
+
+# -- a request naming thousands of paths, on a view holding thousands of changes ------------
+
+names = st.sampled_from(["a", "b", "a!", "a.b", "b-", "c"])
+relpaths = st.lists(names, min_size=1, max_size=4).map("/".join)
+
+
+@given(paths=st.lists(relpaths | st.just(""), max_size=6), rel=relpaths)
+def test_a_selection_holds_what_is_at_or_below_its_paths(paths: list[str], rel: str) -> None:
+    """As ``under`` tells it (tested against every path), told by bisection."""
+    selection = review.Selection(paths)
+    assert (rel in selection) == review.under(rel, paths)
+    top = selection.top_of(rel)
+    assert top is None or review.under(rel, (top,))
+
+
+def test_thousands_of_paths_against_thousands_of_changes_take_no_seconds(
+    fs: FsProcess, codebase: Path
+) -> None:
+    """Each change was tested against each path: 20,000 changes and 4,096 paths (what a
+    request may name) held the view, and every view's thread with it, for ten seconds."""
+    view_id = fs.new_id("m")
+    view = fs.add_view(view_id, codebase, RULES, review=True)
+    try:
+        with fs.sandbox():
+            (view / "first").write_text("x")
+        upper = fs.upper(view_id)  # (what 20,000 writes of the sandbox leave, made faster)
+        for i in range(20_000):
+            (upper / f"f{i:05d}").write_bytes(b"")
+        paths = (*(f"missing{i}/x" for i in range(4095)), "f00007")
+        for call in (
+            lambda: fs.changes(view_id, paths),
+            lambda: fs.apply(view_id, paths),
+            lambda: fs.discard(view_id, paths),
+        ):
+            start = time.monotonic()
+            call()
+            assert time.monotonic() - start < 3
+        assert len(fs.changes(view_id)) == 20_000  # (f00007 committed, then nothing left)
+        assert (codebase / "f00007").exists()
     finally:
         fs.remove_view(view_id)
