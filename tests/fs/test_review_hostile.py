@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agentfense.fs import review
+from agentfense.fs import control, review
 from agentfense.types import Permission, PermissionRule
 
 from .conftest import FsProcess
@@ -119,3 +119,37 @@ def test_thousands_of_paths_against_thousands_of_changes_take_no_seconds(
         assert (codebase / "f00007").exists()
     finally:
         fs.remove_view(view_id)
+
+
+def test_two_views_committing_one_file_at_once_conflict(fs: FsProcess) -> None:
+    """Each view's commit checked the codebase, then renamed its files in, on its own thread:
+    two at once both found the codebase as their bases had it, and the later rename threw the
+    other's file away, both reported applied and neither a conflict."""
+    lower = fs.work / f"{fs.new_id('race')}.lower"
+    count = 300
+    write_tree(lower, {f"f{i:03d}": b"base\n" for i in range(count)})
+    ids = [fs.new_id("m"), fs.new_id("m")]
+    views = [fs.add_view(view_id, lower, RULES, review=True) for view_id in ids]
+    try:
+        with fs.sandbox():
+            for view_id, view in zip(ids, views, strict=True):
+                for i in range(count):
+                    (view / f"f{i:03d}").write_text(f"{view_id}\n")
+        for view_id in ids:  # both at once: the fs process serves each on the view's thread
+            fs._channel.send(control.Apply(view_id, None, False, seq=fs._next_seq()).encode())
+        replies = [fs._receive() for _ in ids]
+        applied: list[set[str]] = []
+        for reply in replies:
+            assert isinstance(reply, control.Committed), reply
+            applied.append(set(reply.applied))
+            assert set(reply.applied) | {path for path, _ in reply.conflicts} == {
+                f"f{i:03d}" for i in range(count)
+            }
+        assert not applied[0] & applied[1], "a file both commits applied: one was thrown away"
+        winners = {view_id: 0 for view_id in ids}
+        for i in range(count):
+            winners[(lower / f"f{i:03d}").read_text().strip()] += 1
+        assert sorted(winners.values()) == sorted(len(a) for a in applied)
+    finally:
+        for view_id in ids:
+            fs.remove_view(view_id)
