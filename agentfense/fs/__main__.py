@@ -45,6 +45,13 @@ class FsProcess:
         self._send_lock = threading.Lock()
         self.servers: dict[str, ViewServer] = {}
         self._usages: dict[Path, CodebaseUsage] = {}
+        # Held by each commit into a codebase, from the check of what it holds to the last
+        # rename: two views checking at once would each find the other's files not there yet
+        # and throw them away unreported (a leaf lock: nothing waits for a view under it).
+        self._committing: dict[Path, threading.Lock] = {}
+
+    def _codebase_lock(self, lower: Path) -> threading.Lock:
+        return self._committing.setdefault(lower, threading.Lock())
 
     def reply(self, message: control.Reply) -> None:
         with self._send_lock:
@@ -179,7 +186,8 @@ class FsProcess:
         view = server.view
         try:
             generation = server.generation.read()  # (no request runs meanwhile: exclusive)
-            result = commit(view)
+            with self._codebase_lock(view.lower.root):
+                result = commit(view)
         except Exception as exc:
             log.exception("view %s: commit failed", view.id)
             self.reply(control.Failed(f"commit: {type(exc).__name__}: {exc}", seq=seq))
@@ -230,7 +238,8 @@ class FsProcess:
             elif message.paths == ():
                 result = review.Applied()  # (only what the requests did since)
             else:
-                result = review.apply(view, message.paths, overwrite=message.overwrite)
+                with self._codebase_lock(view.lower.root):
+                    result = review.apply(view, message.paths, overwrite=message.overwrite)
                 if result.changed:
                     self._invalidate(view.lower.root, result.changed, exclude=server)
         except Exception as exc:

@@ -23,6 +23,7 @@ are iterative and cost what the delta holds and what it deleted; nothing here re
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import enum
 import errno
@@ -210,11 +211,41 @@ def under(rel: str, tops: Iterable[str]) -> bool:
     return any(not top or rel == top or rel.startswith(top + "/") for top in tops)
 
 
+class Selection:
+    """The paths at or below one of ``paths`` (None, or "" among them: every path), each
+    told in time logarithmic in their number: a request names up to thousands of paths, and
+    a view may hold tens of thousands of changes (testing each change against each path
+    held the view, and every view's thread, for seconds)."""
+
+    def __init__(self, paths: Iterable[str] | None) -> None:
+        chosen = None if paths is None else set(paths)
+        self.everything = chosen is None or "" in chosen
+        # Tops only (none below another), as components: the greatest one not after a path
+        # is the only one that may hold it.
+        self._tops = [] if chosen is None else sorted(tuple(p.split("/")) for p in tops(chosen))
+
+    def top_of(self, rel: str) -> str | None:
+        """The selected path ``rel`` is at or below (None: it is at or below none)."""
+        if self.everything:
+            return ""
+        parts = tuple(rel.split("/"))
+        at = bisect.bisect_right(self._tops, parts)
+        if at and parts[: len(self._tops[at - 1])] == self._tops[at - 1]:
+            return "/".join(self._tops[at - 1])
+        return None
+
+    def __contains__(self, rel: str) -> bool:
+        return self.top_of(rel) is not None
+
+    def paths(self) -> list[str]:
+        """The tops of the selection ("" for every path)."""
+        return [""] if self.everything else ["/".join(top) for top in self._tops]
+
+
 def listed(found: Survey, paths: tuple[str, ...] | None) -> list[Change]:
     """The changes at or below ``paths`` (None: all), by path."""
-    return [
-        found.changes[rel] for rel in sorted(found.changes) if paths is None or under(rel, paths)
-    ]
+    selection = Selection(paths)
+    return [found.changes[rel] for rel in sorted(found.changes) if rel in selection]
 
 
 def _ancestors(rel: str) -> Iterator[str]:
@@ -380,12 +411,19 @@ def apply(view: View, paths: tuple[str, ...] | None, *, overwrite: bool) -> Appl
             continue
         done.add(change.path)
     result.applied = sorted(done)
-    same = [rel for rel in found.same if paths is None or under(rel, paths)]
+    selection = Selection(paths)
+    same = [rel for rel in found.same if rel in selection]
     for rel in same:  # copies equal to the codebase's: nothing to keep
         with contextlib.suppress(OSError):
             if not found.linked_by_sandbox(view.upper.lstat(rel)):
                 view.upper.unlink(rel)
     _settle(view, found, done, keep_bases=lambda rel: rel not in done)
+    if view.bases is not None:
+        # Committed but still in the delta (a directory, a file of several names): the
+        # view's next change there is against what it committed, which is its base now.
+        for rel in sorted(done):
+            if view.upper.try_lstat(rel) is not None:
+                view.bases.note(rel, view.lower.try_lstat(rel))
     view.usage.add(result.bytes_delta, result.entries_delta)
     result.conflicts.sort()
     return result
@@ -410,21 +448,20 @@ def discard(view: View, paths: tuple[str, ...] | None) -> list[str]:
     """Make the view equal to its codebase at ``paths`` (None: everywhere); the changes
     discarded, and with them every path whose content the view now shows otherwise."""
     found = survey(view)
-    tops = ("",) if paths is None else paths
-    taken = {rel for rel in found.changes if under(rel, tops)}
-    for top in tops:  # what must come back with C's entries there: its directories on the way
-        if not any(under(rel, (top,)) for rel in taken):
-            continue
+    selection = Selection(paths)
+    taken = {rel for rel in found.changes if rel in selection}
+    hit = {selection.top_of(rel) or "" for rel in taken}
+    for top in hit:  # what must come back with C's entries there: its directories on the way
         for parent in _ancestors(top):
             change = found.changes.get(parent)
             if change is not None and parent not in found.view_dirs:  # (deleted, or a file)
                 taken.add(parent)
-    for top in sorted(tops):
+    for top in selection.paths():
         _remove_upper(view, top)
     for rel in taken:
         if view.upper.try_lstat(rel) is not None and rel not in found.view_dirs:
             view.upper.unlink(rel)  # a file of V where C has a directory on the way
-    _settle(view, found, taken, keep_bases=lambda rel: not under(rel, tops) and rel not in taken)
+    _settle(view, found, taken, keep_bases=lambda rel: rel not in selection and rel not in taken)
     return sorted(taken)
 
 

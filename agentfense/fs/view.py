@@ -443,21 +443,27 @@ class View:
         self._upper_parents(rel)
         self.count_entry()
 
-    def forget_lower(self, rel: str) -> None:
-        """``rel`` is gone from this view (the lower tree's entry, if any, is hidden)."""
-        self._hide_lower(rel)
+    def forget_lower(self, rel: str, *, seen: bool = True) -> None:
+        """``rel`` is gone from this view (the lower tree's entry, if any, is hidden);
+        ``seen``: the view showed that entry (it is the base of the change), else the view
+        showed its own entry there, and the codebase's was never seen."""
+        self._hide_lower(rel, seen=seen)
 
     def created(self, rel: str) -> None:
         """A new entry now stands at ``rel`` in the upper tree."""
-        # Hide whatever the lower tree holds there: a recreated directory starts empty.
-        self._hide_lower(rel)
+        # Hide whatever the lower tree holds there: a recreated directory starts empty. (The
+        # view showed nothing there: an entry the codebase has is one it never saw.)
+        self._hide_lower(rel, seen=False)
 
-    def _hide_lower(self, rel: str) -> None:
+    def _hide_lower(self, rel: str, *, seen: bool) -> None:
         if self.lower_hidden(rel):
             return
         st = self.lower.try_lstat(rel)
         if st is not None:
-            if self.bases is not None:
+            # A base is the codebase's entry only when the view showed it: hiding one that
+            # came after the view made its own name (another sandbox's commit) leaves the
+            # base absent, and a commit over it a conflict.
+            if self.bases is not None and seen:
                 self.bases.note(rel, st)
             self.deleted.add(rel)
 
@@ -492,7 +498,7 @@ class View:
                     self.upper.rmdir(rel)
                 else:
                     self.upper.unlink(rel)
-        self.forget_lower(rel)
+        self.forget_lower(rel, seen=entry.layer == LOWER)
 
     def rename(self, old: str, new: str) -> None:
         """Rename within the view (both paths already checked by the caller)."""
@@ -503,7 +509,7 @@ class View:
             self.forget_lower(new)
         self.upper.rename(old, new)
         self.created(new)
-        self.forget_lower(old)
+        self.forget_lower(old, seen=False)  # (copied up: its base, if any, is noted)
 
     def longest_below(self, rel: str) -> int:
         """The length of the longest path this view shows at ``rel`` or below it: what a

@@ -179,6 +179,11 @@ TABLE: dict[str, Row] = {
         lambda o: [pb.SessionExecRequest(session_id=o.session, command=CAT_SECRET)],
         lambda o: {SECRET},
     ),
+    # Review (the sandbox commits after each command: it has no changes to show its owner).
+    SB + "ListChanges": Row(lambda o: [pb.ListChangesRequest(sandbox_id=o.sandbox)]),
+    SB + "DiffChanges": Row(lambda o: [pb.DiffChangesRequest(sandbox_id=o.sandbox)]),
+    SB + "CommitChanges": Row(lambda o: [pb.CommitChangesRequest(sandbox_id=o.sandbox)]),
+    SB + "DiscardChanges": Row(lambda o: [pb.DiscardChangesRequest(sandbox_id=o.sandbox)]),
     SB + "DestroySession": Row(lambda o: [pb.DestroySessionRequest(session_id=o.session)]),
     SB + "StopSandbox": Row(
         lambda o: [pb.StopSandboxRequest(sandbox_id=o.sandbox)],
