@@ -43,16 +43,25 @@ class Objects:
     codebase: str
     sandbox: str
     session: str
+    checkpoint: str
 
     def ids(self) -> dict[str, str]:
         """Each id, and what stands for it when two answers' messages are compared."""
-        return {self.codebase: "<codebase>", self.sandbox: "<sandbox>", self.session: "<session>"}
+        return {
+            self.codebase: "<codebase>",
+            self.sandbox: "<sandbox>",
+            self.session: "<session>",
+            self.checkpoint: "<checkpoint>",
+        }
 
 
 def _ghosts() -> Objects:
     """Well-formed ids of nothing that exists (the server's own shapes)."""
     return Objects(
-        "cb_" + secrets.token_hex(8), "sb_" + secrets.token_hex(8), "ses_" + secrets.token_hex(8)
+        "cb_" + secrets.token_hex(8),
+        "sb_" + secrets.token_hex(8),
+        "ses_" + secrets.token_hex(8),
+        "cp_" + secrets.token_hex(8),
     )
 
 
@@ -179,11 +188,30 @@ TABLE: dict[str, Row] = {
         lambda o: [pb.SessionExecRequest(session_id=o.session, command=CAT_SECRET)],
         lambda o: {SECRET},
     ),
-    # Review (the sandbox commits after each command: it has no changes to show its owner).
+    # Review: the sandbox commits by hand (commit="manual").
     SB + "ListChanges": Row(lambda o: [pb.ListChangesRequest(sandbox_id=o.sandbox)]),
     SB + "DiffChanges": Row(lambda o: [pb.DiffChangesRequest(sandbox_id=o.sandbox)]),
     SB + "CommitChanges": Row(lambda o: [pb.CommitChangesRequest(sandbox_id=o.sandbox)]),
     SB + "DiscardChanges": Row(lambda o: [pb.DiscardChangesRequest(sandbox_id=o.sandbox)]),
+    SB + "CreateCheckpoint": Row(
+        lambda o: [pb.CreateCheckpointRequest(sandbox_id=o.sandbox)],
+        lambda o: {o.sandbox.encode()},
+    ),
+    SB + "ListCheckpoints": Row(
+        lambda o: [pb.ListCheckpointsRequest(sandbox_id=o.sandbox)],
+        lambda o: {o.checkpoint.encode()},
+    ),
+    SB + "RestoreCheckpoint": Row(
+        lambda o: [pb.RestoreCheckpointRequest(sandbox_id=o.sandbox, checkpoint_id=o.checkpoint)],
+        lambda o: {o.checkpoint.encode()},
+    ),
+    SB + "ForkSandbox": Row(
+        lambda o: [pb.ForkSandboxRequest(sandbox_id=o.sandbox)],
+        lambda o: {o.codebase.encode()},
+    ),
+    SB + "DeleteCheckpoint": Row(
+        lambda o: [pb.DeleteCheckpointRequest(sandbox_id=o.sandbox, checkpoint_id=o.checkpoint)]
+    ),
     SB + "DestroySession": Row(lambda o: [pb.DestroySessionRequest(session_id=o.session)]),
     SB + "StopSandbox": Row(
         lambda o: [pb.StopSandboxRequest(sandbox_id=o.sandbox)],
@@ -211,12 +239,13 @@ async def _set_up(client: AsyncSandboxClient, name: str) -> Objects:
     codebase = await client.create_codebase(name, OWNER)
     for path, content in FILES.items():
         await client.upload_file(codebase.id, path, content)
-    sandbox = await client.create_sandbox(codebase.id, permissions=[EVERYTHING])
+    sandbox = await client.create_sandbox(codebase.id, permissions=[EVERYTHING], commit="manual")
     await client.start_sandbox(sandbox.id)
     session = await client.create_session(sandbox.id)
     moved = await client.session_exec(session.id, "cd /workspace/src && export MARK=alpha")
     assert moved.exit_code == 0, moved.stderr
-    return Objects(codebase.id, sandbox.id, session.id)
+    checkpoint = await client.create_checkpoint(sandbox.id)
+    return Objects(codebase.id, sandbox.id, session.id, checkpoint.id)
 
 
 @pytest.fixture(scope="module")
