@@ -15,6 +15,7 @@ import typing as _typing
 if _typing.TYPE_CHECKING:
     from agentfense._rule_ranking import RuleShadowedWarning as RuleShadowedWarning
     from agentfense.client._client import AsyncSandboxClient as AsyncSandboxClient
+    from agentfense.client._events import EventStream as EventStream
     from agentfense.client._stream import ExecStream as ExecStream
     from agentfense.client.sandbox import AsyncSandbox as AsyncSandbox
     from agentfense.client.session import AsyncSessionWrapper as AsyncSessionWrapper
@@ -46,6 +47,7 @@ if _typing.TYPE_CHECKING:
     from agentfense.types import CommitMode as CommitMode
     from agentfense.types import CommitResult as CommitResult
     from agentfense.types import EntryType as EntryType
+    from agentfense.types import EventKind as EventKind
     from agentfense.types import ExecResult as ExecResult
     from agentfense.types import FileChange as FileChange
     from agentfense.types import FileInfo as FileInfo
@@ -56,6 +58,7 @@ if _typing.TYPE_CHECKING:
     from agentfense.types import PermissionRule as PermissionRule
     from agentfense.types import ResourceLimits as ResourceLimits
     from agentfense.types import RuntimeType as RuntimeType
+    from agentfense.types import SandboxEvent as SandboxEvent
     from agentfense.types import SandboxInfo as SandboxInfo
     from agentfense.types import SandboxStatus as SandboxStatus
     from agentfense.types import SessionInfo as SessionInfo
@@ -81,6 +84,8 @@ __all__ = [
     "CommitResult",
     "ConnectionError",
     "EntryType",
+    "EventKind",
+    "EventStream",
     "ExecResult",
     "ExecStream",
     "FileChange",
@@ -99,6 +104,7 @@ __all__ = [
     "Sandbox",
     "SandboxClient",
     "SandboxError",
+    "SandboxEvent",
     "SandboxInfo",
     "SandboxNotFoundError",
     "SandboxNotRunningError",
@@ -124,6 +130,8 @@ _HOMES: dict[str, str] = {
     "AuthenticationError": "agentfense.errors",
     "Checkpoint": "agentfense.types",
     "Codebase": "agentfense.types",
+    "SandboxEvent": "agentfense.types",
+    "EventKind": "agentfense.types",
     "FileChange": "agentfense.types",
     "EntryType": "agentfense.types",
     "CommitResult": "agentfense.types",
@@ -135,6 +143,7 @@ _HOMES: dict[str, str] = {
     "CommandTimeoutError": "agentfense.errors",
     "ConnectionError": "agentfense.errors",
     "ExecResult": "agentfense.types",
+    "EventStream": "agentfense.client._events",
     "ExecStream": "agentfense.client._stream",
     "FileInfo": "agentfense.types",
     "InvalidConfigurationError": "agentfense.errors",

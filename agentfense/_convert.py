@@ -22,6 +22,7 @@ from .types import (
     CommitMode,
     CommitResult,
     EntryType,
+    EventKind,
     ExecResult,
     FileChange,
     FileInfo,
@@ -30,6 +31,7 @@ from .types import (
     PermissionRule,
     ResourceLimits,
     RuntimeType,
+    SandboxEvent,
     SandboxInfo,
     SandboxStatus,
     SessionInfo,
@@ -236,6 +238,33 @@ def checkpoint_from_pb(message: pb.Checkpoint) -> Checkpoint:
         entries=message.entries,
         size=message.size,
     )
+
+
+EVENT_KIND_FROM_PB = {
+    pb.EventKind(pb.EventKind.CREATED): EventKind.CREATED,
+    pb.EventKind(pb.EventKind.MODIFIED): EventKind.MODIFIED,
+    pb.EventKind(pb.EventKind.DELETED): EventKind.DELETED,
+    pb.EventKind(pb.EventKind.RENAMED): EventKind.RENAMED,
+    pb.EventKind(pb.EventKind.DENIED): EventKind.DENIED,
+}
+
+
+def events_from_pb(batch: pb.EventBatch) -> list[SandboxEvent]:
+    """A batch's events, a ``lost`` one first when the watcher missed some."""
+    events = [SandboxEvent(EventKind.LOST, count=batch.lost)] if batch.lost else []
+    events.extend(
+        SandboxEvent(
+            kind=EVENT_KIND_FROM_PB.get(e.kind, EventKind.MODIFIED),
+            path=e.path,
+            time=timestamp(e.time),
+            seq=e.seq,
+            to=e.to,
+            operation=e.operation,
+            rule=e.rule,
+        )
+        for e in batch.events
+    )
+    return events
 
 
 def codebase_from_pb(message: pb.Codebase) -> Codebase:

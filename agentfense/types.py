@@ -98,6 +98,17 @@ class EntryType(StrEnum):
     OTHER = "other"
 
 
+class EventKind(StrEnum):
+    """What a sandbox event reports."""
+
+    CREATED = "created"
+    MODIFIED = "modified"  # content, mode, times or extended attributes
+    DELETED = "deleted"
+    RENAMED = "renamed"  # ``path`` to ``to``
+    DENIED = "denied"  # refused by the sandbox's permissions
+    LOST = "lost"  # ``count`` events were missed (the server keeps the last 1,024)
+
+
 def _enum_value(enum: type[Enum], value: object, what: str) -> Any:
     try:
         return enum(value.value if isinstance(value, Enum) else str(value).lower())
@@ -321,6 +332,24 @@ class Checkpoint:
     created_at: datetime | None = None
     entries: int = 0
     size: int = 0
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class SandboxEvent:
+    """Something a sandbox's commands did to its files, or tried and were refused
+    (``sandbox.events()``). ``path`` and ``to`` are relative to /workspace; ``operation``
+    and ``rule`` say, for a refusal, what was tried and the rule that decided; ``count``,
+    for ``lost``, how many events were missed."""
+
+    kind: EventKind
+    path: str = ""
+    time: datetime | None = None
+    seq: int = 0
+    to: str = ""
+    operation: str = ""
+    rule: str = ""
+    count: int = 0
 
 
 @final

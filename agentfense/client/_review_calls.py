@@ -3,15 +3,17 @@ shown as a diff, committed, discarded; checkpoints of them; forks."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from contextlib import AbstractAsyncContextManager
 
 from .. import _convert as convert
 from .._proto.sandbox import v1 as pb
 from ..errors import InvalidConfigurationError
 from ..types import Checkpoint, CommitResult, FileChange, SandboxInfo
 from . import _rpcs as rpcs
+from ._events import EventStream
 from ._request_parts import review_paths
-from ._rpcs import Rep, Req, Unary
+from ._rpcs import Rep, Req, ServerStream, Unary
 
 
 class ReviewCalls:
@@ -20,6 +22,11 @@ class ReviewCalls:
     async def _unary(
         self, rpc: Unary[Req, Rep], request: Req, *, timeout: float | None = None
     ) -> Rep:
+        raise NotImplementedError  # (the client's)
+
+    def _server_stream(
+        self, rpc: ServerStream[Req, Rep], request: Req
+    ) -> AbstractAsyncContextManager[AsyncIterator[Rep]]:
         raise NotImplementedError  # (the client's)
 
     async def list_changes(
@@ -110,3 +117,11 @@ class ReviewCalls:
         commit mode) whose changes start as a copy of its changes; started unless told not."""
         request = pb.ForkSandboxRequest(sandbox_id=sandbox_id, start=start)
         return convert.sandbox_from_pb(await self._unary(rpcs.FORK_SANDBOX, request))
+
+    # -- events ---------------------------------------------------------------------------
+
+    def watch_events(self, sandbox_id: str, *, after: int = 0) -> EventStream:
+        """What the sandbox's commands do to its files and what its permissions refuse, as
+        it happens (``after``: resume after that event's ``seq``; 0: from now on)."""
+        request = pb.WatchEventsRequest(sandbox_id=sandbox_id, after=after)
+        return EventStream._create(lambda: self._server_stream(rpcs.WATCH_EVENTS, request))

@@ -100,3 +100,4 @@ RESTORE_CHECKPOINT = Unary(
 )
 DELETE_CHECKPOINT = Unary(_SANDBOX + "DeleteCheckpoint", pb.DeleteCheckpointRequest, pb.Empty)
 FORK_SANDBOX = Unary(_SANDBOX + "ForkSandbox", pb.ForkSandboxRequest, pb.Sandbox)
+WATCH_EVENTS = ServerStream(_SANDBOX + "WatchEvents", pb.WatchEventsRequest, pb.EventBatch)

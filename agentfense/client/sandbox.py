@@ -41,6 +41,7 @@ from ..types import (
 from ..utils import ProjectFile, scan_project
 from . import _files
 from ._client import AsyncSandboxClient
+from ._events import EventStream
 from ._results import checked
 from ._stream import ExecStream
 from .session import SessionOpener
@@ -459,6 +460,13 @@ class AsyncSandbox(metaclass=NoPublicConstructor):
     async def delete_checkpoint(self, checkpoint: Checkpoint | str) -> None:
         """Delete a checkpoint (the sandbox's files stay as they are)."""
         await self._client.delete_checkpoint(self.id, _checkpoint_id(checkpoint))
+
+    def events(self, *, after: int = 0) -> EventStream:
+        """What this sandbox's commands do to its files, and what its permissions refuse,
+        as it happens: ``async with sandbox.events() as events: async for event in events``
+        (``after``: resume after that event's ``seq``). See docs/review.md for what is
+        seen and the loss policy."""
+        return self._client.watch_events(self.id, after=after)
 
     async def fork(self) -> AsyncSandbox:
         """A new, running sandbox like this one (codebase, rules, limits, runtime, image,

@@ -9,6 +9,7 @@ When the channel closes, the process stops serving and exits (the server unmount
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -24,6 +25,7 @@ from .._seqpacket import FrameError, close_all
 from ..policy import Policy
 from . import _abi as abi
 from . import checkpoints, control, review
+from ._events import Batch
 from ._host import split
 from ._loop import ViewServer
 from ._usage import CodebaseUsage
@@ -112,6 +114,12 @@ class FsProcess:
             server.exclusive(
                 lambda: answers.append(self._layer(server, message)),
                 then=lambda: answers[0](),
+            )
+        elif isinstance(message, control.WatchEvents):
+            self._server(message.id).view.events.watch(
+                message.after,
+                functools.partial(self._send_events, message.seq),
+                message.wait_ms / 1000,
             )
         elif isinstance(message, control.Changed):
             threading.Thread(target=self._changed, args=(message,), daemon=True).start()
@@ -297,6 +305,16 @@ class FsProcess:
             self.reply(reply)
 
         return answer
+
+    def _send_events(self, seq: int, batch: Batch) -> None:
+        entries = tuple(
+            control.EventEntry(e.seq, e.time_ns, e.kind, e.path, e.to, e.operation, e.rule)
+            for e in batch.events
+        )
+        try:
+            self.reply(control.Events(entries, batch.next, batch.lost, seq=seq))
+        except OSError as exc:  # (the server went away meanwhile)
+            log.debug("events not sent: %s", exc)
 
     def _changed(self, message: control.Changed) -> None:
         usage = self._usages.get(Path(message.lower))

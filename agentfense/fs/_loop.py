@@ -112,6 +112,7 @@ _OP_INDEX = {
     if hasattr(abi, name.upper())
 }
 _OTHER = control.FS_OPS.index("other")
+_OP_NAMES = {opcode: control.FS_OPS[index] for opcode, index in _OP_INDEX.items()}
 
 
 class ViewServer:
@@ -260,6 +261,7 @@ class ViewServer:
         if opcode not in _READS:  # counted before it is answered: see ``generation``
             self.generation.bump()
         ops.resent = bool(unique & abi.UNIQUE_RESEND)
+        ops.op = _OP_NAMES.get(opcode, "other")
         bases = self.view.bases if opcode not in _READS else None  # (first changes note them)
         if opcode in _WRITES_DOWN or bases is not None:
             removing = opcode in _REMOVES

@@ -286,7 +286,71 @@ class Captured(Message):
         return cls(fields.integer("entries"), fields.integer("bytes"), seq=seq)
 
 
-Reply = Done | Committed | Changes | Captured | Failed
+@dataclass(frozen=True, slots=True)
+class EventEntry:
+    """One event of a view (``fs/_events.py``)."""
+
+    seq: int
+    time_ns: int
+    kind: str  # created, modified, deleted, renamed, denied
+    path: str
+    to: str = ""
+    operation: str = ""
+    rule: str = ""
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "seq": self.seq,
+            "time_ns": self.time_ns,
+            "kind": self.kind,
+            "path": self.path,
+            "to": self.to,
+            "operation": self.operation,
+            "rule": self.rule,
+        }
+
+    @classmethod
+    def from_json(cls, fields: Fields) -> EventEntry:
+        kind = fields.string("kind")
+        if kind not in ("created", "modified", "deleted", "renamed", "denied"):
+            raise fields.error(f"kind {kind!r} is not known")
+        entry = cls(
+            fields.integer("seq"),
+            fields.integer("time_ns"),
+            kind,
+            fields.string("path"),
+            fields.string("to"),
+            fields.string("operation"),
+            fields.string("rule"),
+        )
+        fields.done()
+        return entry
+
+
+@dataclass(frozen=True, slots=True)
+class Events(Message):
+    """A view's events after those a watcher had, the seq to ask after next, and how many it
+    missed."""
+
+    op: ClassVar[str] = "events"
+    events: tuple[EventEntry, ...]
+    next: int
+    lost: int = 0
+
+    def _fields(self) -> dict[str, object]:
+        return {
+            "events": [event.to_json() for event in self.events],
+            "next": self.next,
+            "lost": self.lost,
+        }
+
+    @classmethod
+    def _read(cls, fields: Fields, seq: int) -> Self:
+        events = tuple(EventEntry.from_json(item) for item in fields.nested_list("events"))
+        return cls(events, fields.integer("next"), fields.integer("lost"), seq=seq)
+
+
+Reply = Done | Committed | Changes | Captured | Events | Failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -467,6 +531,25 @@ class Restore(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class WatchEvents(Message):
+    """The view's events after ``after``; when there are none yet, answered at the next one,
+    or after ``wait_ms`` with none. The first watch of a view starts its recording."""
+
+    op: ClassVar[str] = "watch_events"
+    id: str
+    after: int
+    wait_ms: int = 0
+
+    def _fields(self) -> dict[str, object]:
+        return {"id": self.id, "after": self.after, "wait_ms": self.wait_ms}
+
+    @classmethod
+    def _read(cls, fields: Fields, seq: int) -> Self:
+        ident, after = fields.path("id"), fields.integer("after")
+        return cls(ident, after, fields.integer("wait_ms", most=60_000), seq=seq)
+
+
+@dataclass(frozen=True, slots=True)
 class Changed(Message):
     op: ClassVar[str] = "changed"
     lower: str
@@ -494,6 +577,7 @@ Request = (
     | Discard
     | Capture
     | Restore
+    | WatchEvents
     | Changed
     | Ping
 )
@@ -507,10 +591,11 @@ REQUESTS: tuple[type[Request], ...] = (
     Discard,
     Capture,
     Restore,
+    WatchEvents,
     Changed,
     Ping,
 )
-REPLIES: tuple[type[Reply], ...] = (Done, Committed, Changes, Captured, Failed)
+REPLIES: tuple[type[Reply], ...] = (Done, Committed, Changes, Captured, Events, Failed)
 M = TypeVar("M", bound=Message)
 
 

@@ -117,6 +117,7 @@ class Operations:
         self._linked: dict[int, set[int]] = {}
         self._cursors: OrderedDict[tuple[int, int], int] = OrderedDict()
         self.resent = False  # the request being answered was sent before, to a dead process
+        self.op = ""  # the request being answered, by its op's name (for refusals' events)
 
     def handler(self, opcode: int) -> Handler | None:
         # Bound per request: a table of bound methods kept on the object would be a cycle,
@@ -141,10 +142,17 @@ class Operations:
             raise fail(errno.ENOENT)
         return self._existing(node)
 
-    @staticmethod
-    def _need(node: Node, level: Permission) -> None:
+    def _need(self, node: Node, level: Permission) -> None:
         if node.level.rank < level.rank:
-            raise fail(errno.EACCES)
+            raise self._refused(node.rel)
+
+    def _refused(self, rel: str, code: int = errno.EACCES) -> OSError:
+        """A request refused for the policy at ``rel``: recorded for the sandbox's watchers
+        (with the rule that decided), and its error."""
+        events = self.view.events
+        if events.active:
+            events.record("denied", rel, operation=self.op, rule=self.view.policy.describe(rel))
+        return fail(code)
 
     def _child(self, parent: Node, name: str) -> Node:
         """The node of ``name`` in the directory ``parent``: the kernel's, or a stand-in the
@@ -176,6 +184,8 @@ class Operations:
 
     def _wrote(self, node: Node, fd: int) -> None:
         """After a change of content through ``node``: its other names drop their pages."""
+        if not node.stale:
+            self.view.events.record("modified", node.rel)
         st = os.fstat(fd)
         if st.st_nlink > 1:
             others = self._linked.get(st.st_ino, set()) - {node.id}
@@ -190,7 +200,7 @@ class Operations:
         rel = join(parent.rel, name)
         state = self.nodes.child_state(parent, name)
         if self.view.policy.level_of(state) is not Permission.WRITE:
-            raise fail(errno.EACCES)
+            raise self._refused(rel)
         existing = self.view.locate(rel)
         if existing is not None:
             if self.resent and existing.layer == UPPER:
@@ -202,6 +212,7 @@ class Operations:
     def _made(self, parent: Node, new: Node) -> bytes:
         """The entry ``new`` stands for is made: its node, and the reply."""
         self.view.created(new.rel)
+        self.view.events.record("created", new.rel)
         node = self.nodes.get(parent, new.name, new.state)
         return self._reply_entry(node, Entry(UPPER, self.view.upper.lstat(new.rel)))
 
@@ -217,6 +228,8 @@ class Operations:
         level = node.level if node is not None else self.view.policy.level_of(state)
         entry = self.view.locate(rel)
         if entry is None or not self.view.visible_state(state, level, entry.is_dir):
+            if entry is not None:  # hidden: its watchers hear of it (the sandbox, of nothing)
+                self._refused(rel, errno.ENOENT)
             return abi.Reply.entry(0, abi.ATTR.pack(*([0] * 16)), CACHE_SECONDS)  # cached ENOENT
         return self._reply_entry(node or self.nodes.get(parent, name, state), entry)
 
@@ -297,6 +310,8 @@ class Operations:
             elif valid & abi.FATTR_MTIME:
                 new_mtime = mtime * 1_000_000_000 + mtime_ns
             tree.utime(rel, (new_atime, new_mtime))
+        if not node.stale:
+            view.events.record("modified", node.rel)
         entry = Entry(UPPER, tree.lstat(rel))
         return abi.Reply.attr_out(attributes(view, node, entry), CACHE_SECONDS)
 
@@ -362,6 +377,7 @@ class Operations:
             orphan = self.view.keep_orphan(node.rel, entry, node.id)
         self.view.remove(node.rel, entry)
         self.nodes.removed(node.rel, orphan)
+        self.view.events.record("deleted", node.rel)
 
     def unlink(self, parent: Node, body: memoryview) -> bytes:
         node = self._child(parent, _name(body))
@@ -450,10 +466,11 @@ class Operations:
                 raise fail(errno.ENOTEMPTY)
             self._remove(target, existing)
         elif existing is not None:
-            raise fail(errno.EACCES)  # hidden there: never replaced, never revealed
+            raise self._refused(new)  # hidden there: never replaced, never revealed
         view.rename(old, new)
         self.nodes.removed(new)
         self.nodes.rename(old, new)
+        view.events.record("renamed", old, to=new)
         return b""
 
     def _check_moved_tree(self, old: str, new: str) -> None:
@@ -466,9 +483,9 @@ class Operations:
             for child, entry in view.visible_children(current):
                 moved = new + child[len(old) :]
                 if view.level(child) is not Permission.WRITE:
-                    raise fail(errno.EACCES)
+                    raise self._refused(child)
                 if view.level(moved) is not Permission.WRITE:
-                    raise fail(errno.EACCES)
+                    raise self._refused(moved)
                 if entry.is_dir:
                     pending.append(child)
 
@@ -685,6 +702,7 @@ class Operations:
             os.setxattr(fd, key, value[:size], flags)
         finally:
             os.close(fd)
+        self.view.events.record("modified", node.rel)
         return b""
 
     def removexattr(self, node: Node, body: memoryview) -> bytes:
@@ -694,4 +712,5 @@ class Operations:
             os.removexattr(fd, key)
         finally:
             os.close(fd)
+        self.view.events.record("modified", node.rel)
         return b""

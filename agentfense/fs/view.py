@@ -25,6 +25,7 @@ from ..policy import MatchState, Policy
 from ..types import Permission
 from ._appendlog import AppendLog
 from ._bases import Bases
+from ._events import EventRing
 from ._host import HostTree, copy_file, dir_entries, split
 from ._journal import Journal
 from ._shared import Shared
@@ -146,6 +147,7 @@ class View:
         self.bases = Bases(delta / "bases") if review else None
         # Under review, the upper files linked into a checkpoint or a fork (``_shared.py``).
         self.shared = Shared(delta / "shared") if review else None
+        self.events = EventRing()  # (records nothing until someone watches)
         self.nodes = Nodes(policy, Journal(delta / "nodes"), limits.node_bytes or BUDGET)
         self.policy = policy
         self.uid, self.gid = uid, gid
@@ -174,6 +176,7 @@ class View:
         for log in (self.bases, self.shared):
             if log is not None:
                 log.close()
+        self.events.close()
         self.nodes.journal.close()
         self.nodes.clear()
 

@@ -177,6 +177,8 @@ class FsSupervisor:
                         raise
                     reply = control.Failed(f"a malformed reply ({exc})", seq=exc.seq)
                 waiting = pending.pop(reply.seq, None)
+                if waiting is None and isinstance(reply, control.Events):
+                    continue  # (a watch whose watcher left before an event came)
                 if waiting is None:
                     log.warning(
                         "the permission filesystem answered %d, which no one asked", reply.seq
@@ -434,6 +436,12 @@ class FsSupervisor:
 
     async def list_changes(self, view_id: str, paths: tuple[str, ...] | None) -> control.Changes:
         return await self.request(control.ListChanges(view_id, paths), control.Changes)
+
+    async def watch_events(self, view_id: str, after: int, wait: float) -> control.Events:
+        """The view's events after ``after``: at once if there are some, else at the next
+        one, or after ``wait`` seconds with none."""
+        message = control.WatchEvents(view_id, after, round(wait * 1000))
+        return await self.request(message, control.Events)
 
     async def capture(self, view_id: str, target: Path) -> control.Captured:
         """Copy the view's layer into ``target`` (a directory not there yet)."""

@@ -245,6 +245,16 @@ class SandboxManager:
 
     # -- review -----------------------------------------------------------------------------
 
+    async def watch_events(self, sandbox_id: str, after: int, wait: float) -> control.Events:
+        """The sandbox's events after ``after`` (see ``fs/_events.py``), waiting up to
+        ``wait`` seconds for one; SandboxNotFoundError once the sandbox is gone."""
+        record = self.get(sandbox_id)
+        try:
+            return await self._fs.watch_events(record.id, after, wait)
+        except SandboxError:
+            self.get(sandbox_id)  # (destroyed meanwhile: not found)
+            raise
+
     async def list_changes(self, sandbox_id: str, paths: tuple[str, ...] | None) -> control.Changes:
         record = self.get(sandbox_id)
         return await self._fs.list_changes(record.id, paths)

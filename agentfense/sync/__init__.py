@@ -6,8 +6,9 @@ from inside a running event loop is an error: async code uses ``AsyncSandbox``.
 """
 
 from agentfense.sync._client import SandboxClient as SandboxClient
+from agentfense.sync._events import EventStream as EventStream
 from agentfense.sync._stream import ExecStream as ExecStream
 from agentfense.sync.sandbox import Sandbox as Sandbox
 from agentfense.sync.session import SessionWrapper as SessionWrapper
 
-__all__ = ["ExecStream", "Sandbox", "SandboxClient", "SessionWrapper"]
+__all__ = ["EventStream", "ExecStream", "Sandbox", "SandboxClient", "SessionWrapper"]

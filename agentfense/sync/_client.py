@@ -26,6 +26,7 @@ from ..types import (
     TLSConfig,
     UploadResult,
 )
+from ._events import EventStream
 from ._stream import ExecStream
 
 
@@ -326,6 +327,11 @@ class SandboxClient:
     def fork_sandbox(self, sandbox_id: str, *, start: bool = True) -> SandboxInfo:
         """A new sandbox like this one whose changes start as a copy of its changes."""
         return run_blocking(self._async.fork_sandbox, sandbox_id, start=start)
+
+    def watch_events(self, sandbox_id: str, *, after: int = 0) -> EventStream:
+        """What the sandbox's commands do to its files and what its permissions refuse."""
+        check_not_async()
+        return EventStream._create(self._async.watch_events(sandbox_id, after=after))
 
     # -- sessions ---------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from ..types import (
     TLSConfig,
 )
 from ._client import SandboxClient
+from ._events import EventStream
 from ._stream import ExecStream
 from .session import SessionWrapper
 
@@ -336,6 +337,12 @@ class Sandbox(metaclass=NoPublicConstructor):
     def delete_checkpoint(self, checkpoint: Checkpoint | str) -> None:
         """Delete a checkpoint (the sandbox's files stay as they are)."""
         run_blocking(self._async.delete_checkpoint, checkpoint)
+
+    def events(self, *, after: int = 0) -> EventStream:
+        """What this sandbox's commands do to its files, and what its permissions refuse:
+        ``with sandbox.events() as events: for event in events: ...``."""
+        check_not_async()
+        return EventStream._create(self._async.events(after=after))
 
     def fork(self) -> Sandbox:
         """A new, running sandbox like this one, whose changes start as a copy of its own

@@ -71,9 +71,11 @@ async def raw_call(
     *,
     metadata: Mapping[str, str],
     timeout: float = 30,
+    most_replies: int | None = None,
 ) -> Answer:
     """Call ``path`` on the unix socket ``endpoint``, sending ``requests`` (one for a unary
-    request, the stream's messages for a client stream) and reading every reply."""
+    request, the stream's messages for a client stream) and reading every reply (or the
+    first ``most_replies`` of a stream that goes on: then it is cancelled)."""
     channel = Channel(path=endpoint.removeprefix("unix:"), status_details_codec=ReasonCodec())
     replies: list[Any] = []
     try:
@@ -89,6 +91,9 @@ async def raw_call(
                 await stream.send_message(request, end=index == len(requests) - 1)
             while (reply := await stream.recv_message()) is not None:
                 replies.append(reply)
+                if len(replies) == most_replies:
+                    await stream.cancel()
+                    return Answer(replies, None)
             await stream.recv_trailing_metadata()
     except GRPCError as exc:
         return Answer(replies, exc)

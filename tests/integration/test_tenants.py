@@ -78,6 +78,7 @@ class Row:
     requests: Callable[[Objects], list[Any]]
     owner_sees: Callable[[Objects], set[bytes]] = _nothing
     stranger_answered: bool = False
+    most_replies: int | None = None  # a stream that goes on: read this many, then leave
 
 
 def _upload(o: Objects) -> list[Any]:
@@ -209,6 +210,9 @@ TABLE: dict[str, Row] = {
         lambda o: [pb.ForkSandboxRequest(sandbox_id=o.sandbox)],
         lambda o: {o.codebase.encode()},
     ),
+    SB + "WatchEvents": Row(
+        lambda o: [pb.WatchEventsRequest(sandbox_id=o.sandbox)], most_replies=1
+    ),
     SB + "DeleteCheckpoint": Row(
         lambda o: [pb.DeleteCheckpointRequest(sandbox_id=o.sandbox, checkpoint_id=o.checkpoint)]
     ),
@@ -283,6 +287,7 @@ async def _run(
             handlers[path],
             TABLE[path].requests(objects),
             metadata=metadata,
+            most_replies=TABLE[path].most_replies,
         )
         for path in paths
     }

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from ... import _timeouts as timeouts
 from ..._convert import (
@@ -204,4 +204,31 @@ def checkpoint_to_pb(record: CheckpointRecord) -> pb.Checkpoint:
         created_at=record.created_at,
         entries=record.entries,
         size=record.size,
+    )
+
+
+_EVENT_KINDS = {
+    "created": pb.EventKind(pb.EventKind.CREATED),
+    "modified": pb.EventKind(pb.EventKind.MODIFIED),
+    "deleted": pb.EventKind(pb.EventKind.DELETED),
+    "renamed": pb.EventKind(pb.EventKind.RENAMED),
+    "denied": pb.EventKind(pb.EventKind.DENIED),
+}
+
+
+def event_batch_to_pb(batch: control.Events) -> pb.EventBatch:
+    return pb.EventBatch(
+        events=[
+            pb.SandboxEvent(
+                seq=event.seq,
+                time=datetime.fromtimestamp(event.time_ns / 1e9, UTC),
+                kind=_EVENT_KINDS[event.kind],
+                path=wire_text(event.path),
+                to=wire_text(event.to),
+                operation=event.operation,
+                rule=wire_text(event.rule),
+            )
+            for event in batch.events
+        ],
+        lost=batch.lost,
     )

@@ -20,7 +20,12 @@ from ..._convert import (
     rules_from_pb,
 )
 from ..._proto.sandbox import v1 as pb
-from ...errors import CommandTimeoutError, InvalidConfigurationError
+from ...errors import (
+    CommandTimeoutError,
+    InvalidConfigurationError,
+    ResourceLimitExceededError,
+    SandboxNotFoundError,
+)
 from ...types import CommitMode, OutputStream, RuntimeType
 from .. import change_diff
 from .. import sandbox_files as files
@@ -35,6 +40,10 @@ from .errors import grpc_errors, invalid, status_error
 from .guarded import guarded
 
 __all__ = ["SandboxService"]
+
+_FROM_NOW = 1 << 62  # an event seq past any: the watch starts with the next event
+_EVENT_WAIT = 5.0  # seconds a watch waits on the fs process before it asks again
+MAX_WATCHES = 16  # event watches open at once on one sandbox
 
 _STREAM_TYPE = {
     # (through the enum: see _convert on why a bare generated member is an int to mypy)
@@ -83,6 +92,7 @@ class SandboxService(pb.SandboxServiceBase):
         self._max_list_entries = max_list_entries
         self._max_upload_bytes = max_upload_bytes
         self._spool_dir = spool_dir  # where a sandbox file write waits until it is whole
+        self._watching: dict[str, int] = {}  # sandbox id: its event watches open
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         mapping: dict[str, grpclib.const.Handler] = super().__mapping__()
@@ -103,6 +113,12 @@ class SandboxService(pb.SandboxServiceBase):
             grpclib.const.Cardinality.UNARY_UNARY,
             pb.ListChangesRequest,
             pb.ListChangesResponse,
+        )
+        mapping["/sandbox.v1.SandboxService/WatchEvents"] = grpclib.const.Handler(
+            self._watch_events,
+            grpclib.const.Cardinality.UNARY_STREAM,
+            pb.WatchEventsRequest,
+            pb.EventBatch,
         )
         mapping["/sandbox.v1.SandboxService/SessionExecStream"] = grpclib.const.Handler(
             self._session_exec_stream,
@@ -328,6 +344,51 @@ class SandboxService(pb.SandboxServiceBase):
             paths = review_paths(request.paths)
             reply = await self._manager.discard_changes(request.sandbox_id, paths)
             return pb.DiscardChangesResponse(discarded=[wire_text(p) for p in reply.applied])
+
+    async def _watch_events(
+        self, stream: grpclib.server.Stream[pb.WatchEventsRequest, pb.EventBatch]
+    ) -> None:
+        """WatchEvents: a first batch once the watch has begun (empty unless resumed), then
+        each batch as events come, until the client leaves or the sandbox is destroyed."""
+        request = await stream.recv_message()
+        if request is None:  # (a client that closed its side without a request)
+            raise invalid("the stream carried no request message")
+        watching = self._watching.get(request.sandbox_id, 0)
+        if watching >= MAX_WATCHES:
+            raise status_error(
+                ResourceLimitExceededError(
+                    f"sandbox {request.sandbox_id[:64]!r} has {MAX_WATCHES} watches of its "
+                    "events open, the most it may have"
+                )
+            )
+        self._watching[request.sandbox_id] = watching + 1
+        try:
+            await self._watch(stream, request)
+        finally:
+            left = self._watching.pop(request.sandbox_id) - 1
+            if left:
+                self._watching[request.sandbox_id] = left
+
+    async def _watch(
+        self,
+        stream: grpclib.server.Stream[pb.WatchEventsRequest, pb.EventBatch],
+        request: pb.WatchEventsRequest,
+    ) -> None:
+        after = request.after or _FROM_NOW
+        wait = 0.0  # (the first answer at once: the watch has begun)
+        while True:
+            with grpc_errors():
+                if self._manager.find(request.sandbox_id) is None and wait:
+                    return  # destroyed: the stream ends
+                try:
+                    batch = await self._manager.watch_events(request.sandbox_id, after, wait)
+                except SandboxNotFoundError:
+                    if wait:
+                        return
+                    raise
+            if batch.events or batch.lost or not wait:
+                await stream.send_message(convert.event_batch_to_pb(batch))
+            after, wait = batch.next, _EVENT_WAIT
 
     # -- checkpoints ------------------------------------------------------------------------
 

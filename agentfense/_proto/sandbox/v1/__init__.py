@@ -100,6 +100,15 @@ class EntryType(betterproto.Enum):
     OTHER = 4
 
 
+class EventKind(betterproto.Enum):
+    UNSPECIFIED = 0
+    CREATED = 1
+    MODIFIED = 2
+    DELETED = 3
+    RENAMED = 4
+    DENIED = 5
+
+
 class ExecOutputOutputType(betterproto.Enum):
     OUTPUT_TYPE_UNSPECIFIED = 0
     OUTPUT_TYPE_STDOUT = 1
@@ -610,6 +619,29 @@ class ForkSandboxRequest(betterproto.Message):
 
     sandbox_id: str = betterproto.string_field(1)
     start: bool = betterproto.bool_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class SandboxEvent(betterproto.Message):
+    seq: int = betterproto.uint64_field(1)
+    time: datetime = betterproto.message_field(2)
+    kind: "EventKind" = betterproto.enum_field(3)
+    path: str = betterproto.string_field(4)
+    to: str = betterproto.string_field(5)
+    operation: str = betterproto.string_field(6)
+    rule: str = betterproto.string_field(7)
+
+
+@dataclass(eq=False, repr=False)
+class WatchEventsRequest(betterproto.Message):
+    sandbox_id: str = betterproto.string_field(1)
+    after: int = betterproto.uint64_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class EventBatch(betterproto.Message):
+    events: List["SandboxEvent"] = betterproto.message_field(1)
+    lost: int = betterproto.uint64_field(2)
 
 
 class CodebaseServiceStub(betterproto.ServiceStub):
@@ -1204,6 +1236,24 @@ class SandboxServiceStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def watch_events(
+        self,
+        watch_events_request: "WatchEventsRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> AsyncIterator[EventBatch]:
+        async for response in self._unary_stream(
+            "/sandbox.v1.SandboxService/WatchEvents",
+            watch_events_request,
+            EventBatch,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
 
 class CodebaseServiceBase(ServiceBase):
 
@@ -1490,6 +1540,12 @@ class SandboxServiceBase(ServiceBase):
     ) -> "Sandbox":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def watch_events(
+        self, watch_events_request: "WatchEventsRequest"
+    ) -> AsyncIterator[EventBatch]:
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+        yield EventBatch()
+
     async def __rpc_create_sandbox(
         self, stream: "grpclib.server.Stream[CreateSandboxRequest, Sandbox]"
     ) -> None:
@@ -1686,6 +1742,16 @@ class SandboxServiceBase(ServiceBase):
         response = await self.fork_sandbox(request)
         await stream.send_message(response)
 
+    async def __rpc_watch_events(
+        self, stream: "grpclib.server.Stream[WatchEventsRequest, EventBatch]"
+    ) -> None:
+        request = await stream.recv_message()
+        await self._call_rpc_handler_server_stream(
+            self.watch_events,
+            stream,
+            request,
+        )
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/sandbox.v1.SandboxService/CreateSandbox": grpclib.const.Handler(
@@ -1843,5 +1909,11 @@ class SandboxServiceBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 ForkSandboxRequest,
                 Sandbox,
+            ),
+            "/sandbox.v1.SandboxService/WatchEvents": grpclib.const.Handler(
+                self.__rpc_watch_events,
+                grpclib.const.Cardinality.UNARY_STREAM,
+                WatchEventsRequest,
+                EventBatch,
             ),
         }
