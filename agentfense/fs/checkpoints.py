@@ -130,15 +130,36 @@ def capture(view: View, target: Path) -> tuple[int, int]:
 
 
 def restore(view: View, source: Path, delta: Path) -> None:
-    """Make the view's layer (in ``delta``) a copy of the one captured in ``source``."""
+    """Make the view's layer (in ``delta``) a copy of the one captured in ``source``;
+    ENOSPC, the view left as it was, when that layer would not fit the view's limits: what
+    a restore puts in the delta was charged once, when it was written, and a sandbox that
+    could have it again for nothing would grow its codebase past its cap without end (a
+    restore, a rename that costs nothing, a commit, and again)."""
+    captured = Deletions(source / DELETED)  # (read first: a restore begun is seen through)
+    try:
+        deleted = set(captured.paths)
+    finally:
+        captured.close()
+    based = None
+    if view.bases is not None:
+        bases = Bases(source / BASES)
+        try:
+            based = bases.paths
+        finally:
+            bases.close()
     building = delta / _RESTORING
     remove_tree(building)  # (what a restore cut short left)
     building.mkdir(mode=0o700)
     tree = HostTree(building)
     try:
-        linked = _copy_from(source / UPPER, tree, link=view.shared is not None)
+        entries, size, linked = _copy_from(source / UPPER, tree, link=view.shared is not None)
     finally:
         tree.close()
+    try:
+        view.check_room(size, entries)
+    except OSError:
+        remove_tree(building)
+        raise
     if view.shared is not None:
         view.shared.add(linked)
     replaced = delta / _REPLACED
@@ -148,23 +169,15 @@ def restore(view: View, source: Path, delta: Path) -> None:
     view.upper.close()
     view.upper = HostTree(delta / UPPER)
     remove_tree(replaced)
-    captured = Deletions(source / DELETED)
-    try:
-        view.deleted.replace(set(captured.paths))
-    finally:
-        captured.close()
-    if view.bases is not None:
-        bases = Bases(source / BASES)
-        try:
-            view.bases.replace(bases.paths)
-        finally:
-            bases.close()
+    view.deleted.replace(deleted)
+    if view.bases is not None and based is not None:
+        view.bases.replace(based)
     view.recount()
 
 
-def _copy_from(root: Path, dst: HostTree, *, link: bool) -> list[int]:
+def _copy_from(root: Path, dst: HostTree, *, link: bool) -> tuple[int, int, list[int]]:
     src = HostTree(root)
     try:
-        return copy_tree(src, dst, link=link)[2]
+        return copy_tree(src, dst, link=link)
     finally:
         src.close()

@@ -134,3 +134,36 @@ def test_a_file_with_the_most_links_a_disk_allows_is_still_checkpointed(
     with fs.sandbox():
         assert (view / "f").read_text() == "f\n"
         assert (view / "d" / "1").read_text() == "f\n"
+
+
+def test_a_restore_brings_in_no_more_than_the_limits_allow(fs: FsProcess) -> None:
+    """A restored file was charged once, when it was written: a restore that put it in the
+    delta again for nothing would let a sandbox grow its codebase past its cap without end
+    (restore, rename the file, which costs nothing in the delta, commit, and again)."""
+    lower = _lower(fs)
+    view_id = fs.new_id("m")
+    limits = control.Limits(delta_bytes=100_000, codebase_bytes=150_000)
+    view = fs.add_view(view_id, lower, RULES, review=True, limits=limits)
+    checkpoint = fs.work / f"{view_id}.cp"
+    try:
+        with fs.sandbox():
+            (view / "a").write_bytes(b"x" * 90_000)
+        fs.capture(view_id, checkpoint)
+        refused = None
+        for i in range(5):
+            reply = _ask(fs, control.Restore(view_id, str(checkpoint), seq=10**6 + i))
+            if isinstance(reply, control.Failed):
+                refused = reply
+                break
+            with fs.sandbox():
+                os.rename(view / "a", view / f"a{i}")
+            fs.apply(view_id)
+        assert refused is not None, "every restore was let in"
+        assert refused.errno == errno.ENOSPC, refused
+        held = sum(p.stat().st_size for p in lower.iterdir())
+        assert held <= 150_000, "the codebase grew past its cap"
+        with fs.sandbox():  # (the refused restore left the view as it was)
+            assert sorted(os.listdir(view)) == ["a0", "base.txt"]
+    finally:
+        fs.remove_view(view_id)
+        shutil.rmtree(checkpoint, ignore_errors=True)
