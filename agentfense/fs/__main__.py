@@ -9,6 +9,7 @@ When the channel closes, the process stops serving and exits (the server unmount
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -295,6 +296,12 @@ class FsProcess:
                 differ = sorted(before | review.survey(view).changes.keys())
                 messages = _invalidations(view, ["", *differ], subtrees=True)
                 reply = control.Done(seq=message.seq)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                log.exception("view %s: %s failed", view.id, message.op)
+            text = f"{message.op}: {type(exc).__name__}: {exc}"
+            code = errno.ENOSPC if exc.errno == errno.ENOSPC else 0  # (the sandbox's limits)
+            reply = control.Failed(text, code, seq=message.seq)
         except Exception as exc:
             log.exception("view %s: %s failed", view.id, message.op)
             reply = control.Failed(f"{message.op}: {type(exc).__name__}: {exc}", seq=message.seq)

@@ -211,6 +211,21 @@ class HostTree:
             os.utime(name, ns=ns, dir_fd=fd, follow_symlinks=False)
 
 
+def _copy_xattrs(fd_in: int, fd_out: int) -> None:
+    """The file's extended attributes of the user namespace (the only ones a sandbox sets):
+    a copy made before a change (copy-on-write, a checkpoint's file made the view's own)
+    must not lose what the sandbox set."""
+    try:
+        names = os.listxattr(fd_in)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return
+        raise
+    for name in names:
+        if name.startswith("user."):
+            os.setxattr(fd_out, name, os.getxattr(fd_in, name))
+
+
 def copy_file(src: HostTree, src_rel: str, dst: HostTree, dst_rel: str) -> None:
     """Copy a regular file's content, mode and times (the destination is replaced)."""
     st = src.lstat(src_rel)
@@ -224,6 +239,7 @@ def copy_file(src: HostTree, src_rel: str, dst: HostTree, dst_rel: str) -> None:
                 if copied == 0:
                     break
                 remaining -= copied
+            _copy_xattrs(fd_in, fd_out)
             os.fchmod(fd_out, stat.S_IMODE(st.st_mode))
             os.utime(fd_out, ns=(st.st_atime_ns, st.st_mtime_ns))
         finally:

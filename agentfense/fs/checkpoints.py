@@ -15,6 +15,7 @@ iterative.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -30,8 +31,13 @@ _RESTORING, _REPLACED = "restoring", "replaced"
 
 def copy_tree(src: HostTree, dst: HostTree, *, link: bool = False) -> tuple[int, int, list[int]]:
     """Copy everything of ``src`` into the empty ``dst`` (modes and times kept): directories
-    made, files and symlinks copied or, with ``link``, linked. How many entries, how many
-    bytes of files, and the inodes of the files linked."""
+    made, files copied or, with ``link``, linked (a file with the most names its disk allows
+    is copied), symlinks, FIFOs and sockets made anew. How many entries, how many bytes of
+    files, and the inodes of the files linked.
+
+    Only a regular file is ever linked: the view copies a linked one before it changes it
+    (``View.copy_up``), and has nothing to copy of any other entry (a linked FIFO would take
+    the view's chmod into the checkpoint)."""
     entries = size = 0
     linked: list[int] = []
     first_name: dict[tuple[int, int], str] = {}  # a file with several names: its first copy
@@ -45,28 +51,49 @@ def copy_tree(src: HostTree, dst: HostTree, *, link: bool = False) -> tuple[int,
                 dst.mkdir(rel, stat.S_IMODE(st.st_mode))
                 pending.append(rel)
                 continue
-            size += st.st_size if stat.S_ISREG(st.st_mode) else 0
-            if link:
-                _link(src, rel, dst)
-                if stat.S_ISREG(st.st_mode):
-                    linked.append(st.st_ino)
-            elif stat.S_ISLNK(st.st_mode):
-                dst.symlink(src.readlink(rel), rel)
-            elif stat.S_ISREG(st.st_mode):
-                first = first_name.get((st.st_dev, st.st_ino)) if st.st_nlink > 1 else None
-                if first is not None:
-                    dst.link(first, rel)
-                    continue
-                copy_file(src, rel, dst, rel)
-                if st.st_nlink > 1:
-                    first_name[(st.st_dev, st.st_ino)] = rel
+            if not stat.S_ISREG(st.st_mode):
+                _make_like(src, rel, st, dst)
+                continue
+            size += st.st_size
+            if link and _link(src, rel, dst):
+                linked.append(st.st_ino)
+                continue
+            first = first_name.get((st.st_dev, st.st_ino)) if st.st_nlink > 1 else None
+            if first is not None and _link(dst, first, dst, rel):
+                continue
+            copy_file(src, rel, dst, rel)
+            if st.st_nlink > 1:
+                first_name[(st.st_dev, st.st_ino)] = rel
     return entries, size, linked
 
 
-def _link(src: HostTree, rel: str, dst: HostTree) -> None:
-    """A new name in ``dst`` for the entry (a file, a symlink itself) ``rel`` of ``src``."""
-    with src.parent(rel) as (src_fd, src_name), dst.parent(rel) as (dst_fd, dst_name):
-        os.link(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
+def _link(src: HostTree, rel: str, dst: HostTree, dst_rel: str | None = None) -> bool:
+    """A new name ``dst_rel`` (else ``rel``) in ``dst`` for the file ``rel`` of ``src``;
+    False when it has the most names its disk allows (a sandbox may give one file that
+    many: each of its names then gets a copy)."""
+    target = rel if dst_rel is None else dst_rel
+    with src.parent(rel) as (src_fd, src_name), dst.parent(target) as (dst_fd, dst_name):
+        try:
+            os.link(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd,
+                    follow_symlinks=False)  # fmt: skip
+        except OSError as exc:
+            if exc.errno == errno.EMLINK:
+                return False
+            raise
+    return True
+
+
+def _make_like(src: HostTree, rel: str, st: os.stat_result, dst: HostTree) -> None:
+    """A new symlink, FIFO or socket in ``dst`` like ``rel`` of ``src`` (times kept)."""
+    if stat.S_ISLNK(st.st_mode):
+        dst.symlink(src.readlink(rel), rel)
+    elif stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode):
+        with dst.parent(rel) as (fd, name):
+            os.mknod(name, stat.S_IFMT(st.st_mode) | stat.S_IMODE(st.st_mode), dir_fd=fd)
+            os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=fd)  # (past the umask)
+    else:
+        return  # (no device is ever made in a view)
+    dst.utime(rel, (st.st_atime_ns, st.st_mtime_ns))
 
 
 def capture(view: View, target: Path) -> tuple[int, int]:
@@ -103,15 +130,36 @@ def capture(view: View, target: Path) -> tuple[int, int]:
 
 
 def restore(view: View, source: Path, delta: Path) -> None:
-    """Make the view's layer (in ``delta``) a copy of the one captured in ``source``."""
+    """Make the view's layer (in ``delta``) a copy of the one captured in ``source``;
+    ENOSPC, the view left as it was, when that layer would not fit the view's limits: what
+    a restore puts in the delta was charged once, when it was written, and a sandbox that
+    could have it again for nothing would grow its codebase past its cap without end (a
+    restore, a rename that costs nothing, a commit, and again)."""
+    captured = Deletions(source / DELETED)  # (read first: a restore begun is seen through)
+    try:
+        deleted = set(captured.paths)
+    finally:
+        captured.close()
+    based = None
+    if view.bases is not None:
+        bases = Bases(source / BASES)
+        try:
+            based = bases.paths
+        finally:
+            bases.close()
     building = delta / _RESTORING
     remove_tree(building)  # (what a restore cut short left)
     building.mkdir(mode=0o700)
     tree = HostTree(building)
     try:
-        linked = _copy_from(source / UPPER, tree, link=view.shared is not None)
+        entries, size, linked = _copy_from(source / UPPER, tree, link=view.shared is not None)
     finally:
         tree.close()
+    try:
+        view.check_room(size, entries)
+    except OSError:
+        remove_tree(building)
+        raise
     if view.shared is not None:
         view.shared.add(linked)
     replaced = delta / _REPLACED
@@ -121,23 +169,15 @@ def restore(view: View, source: Path, delta: Path) -> None:
     view.upper.close()
     view.upper = HostTree(delta / UPPER)
     remove_tree(replaced)
-    captured = Deletions(source / DELETED)
-    try:
-        view.deleted.replace(set(captured.paths))
-    finally:
-        captured.close()
-    if view.bases is not None:
-        bases = Bases(source / BASES)
-        try:
-            view.bases.replace(bases.paths)
-        finally:
-            bases.close()
+    view.deleted.replace(deleted)
+    if view.bases is not None and based is not None:
+        view.bases.replace(based)
     view.recount()
 
 
-def _copy_from(root: Path, dst: HostTree, *, link: bool) -> list[int]:
+def _copy_from(root: Path, dst: HostTree, *, link: bool) -> tuple[int, int, list[int]]:
     src = HostTree(root)
     try:
-        return copy_tree(src, dst, link=link)[2]
+        return copy_tree(src, dst, link=link)
     finally:
         src.close()

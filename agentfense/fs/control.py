@@ -212,13 +212,16 @@ def _ops(fields: Fields) -> tuple[int, ...]:
 class Failed(Message):
     op: ClassVar[str] = "failed"
     message: str
+    # Why, when it is the sandbox's to know (ENOSPC: its limits); 0 for a failure of ours.
+    errno: int = 0
 
     def _fields(self) -> dict[str, object]:
-        return {"message": self.message}
+        return {"message": self.message, "errno": self.errno}
 
     @classmethod
     def _read(cls, fields: Fields, seq: int) -> Self:
-        return cls(fields.string("message"), seq=seq)
+        code = fields.integer("errno", most=4095) if fields.has("errno") else 0
+        return cls(fields.string("message"), code, seq=seq)
 
 
 @dataclass(frozen=True, slots=True)

@@ -340,6 +340,20 @@ class View:
             raise self._refuse()
         self.delta_entries += 1
 
+    def check_room(self, size: int, entries: int) -> None:
+        """ENOSPC unless a delta of ``size`` bytes and ``entries`` entries, put in place at
+        once (a restore), fits the sandbox's limits and its codebase's cap."""
+        limits, usage = self.limits, self.usage
+        if (limits.delta_bytes and size + self.carried_orphan_bytes > limits.delta_bytes) or (
+            limits.delta_entries and entries > limits.delta_entries
+        ):
+            raise fail(errno.ENOSPC)
+        if usage.known and (
+            (limits.codebase_bytes and usage.bytes + size > limits.codebase_bytes)
+            or (limits.codebase_entries and usage.entries + entries > limits.codebase_entries)
+        ):
+            raise fail(errno.ENOSPC)
+
     def count_orphans(self) -> None:
         """Count what the orphans hold (a view taken over from a process that died)."""
         with contextlib.suppress(FileNotFoundError):

@@ -69,26 +69,33 @@ class Checkpoints:
         self._check_manual(record)
         if len(name) > MAX_NAME or "\x00" in name:
             raise InvalidConfigurationError(f"name must be at most {MAX_NAME} characters, no NUL")
-        if len(record.checkpoints) >= MAX_CHECKPOINTS:
-            raise ResourceLimitExceededError(
-                f"sandbox {record.id} has {MAX_CHECKPOINTS} checkpoints, the most it may "
-                "have; delete some first"
-            )
+        self._check_room(record)
         ident = "cp_" + secrets.token_hex(8)
         target = self._dir(record, ident)
         with anyio.CancelScope(shield=True):  # (begun, it is seen through or undone)
             await anyio.to_thread.run_sync(lambda: target.parent.mkdir(exist_ok=True))
             async with self._commit_lock(record):
+                # Counted again here, and recorded before the lock goes: calls at once all
+                # passed the first count, and each would have added its checkpoint.
+                self._check_room(record)
                 try:
                     captured = await self._fs.capture(record.id, target)
                 except BaseException:
                     await anyio.to_thread.run_sync(remove_tree, target)
                     raise
-        checkpoint = CheckpointRecord(
-            ident, record.id, name, now(), captured.entries, captured.bytes
-        )
-        record.checkpoints[ident] = checkpoint
+                checkpoint = CheckpointRecord(
+                    ident, record.id, name, now(), captured.entries, captured.bytes
+                )
+                record.checkpoints[ident] = checkpoint
         return checkpoint
+
+    @staticmethod
+    def _check_room(record: SandboxRecord) -> None:
+        if len(record.checkpoints) >= MAX_CHECKPOINTS:
+            raise ResourceLimitExceededError(
+                f"sandbox {record.id} has {MAX_CHECKPOINTS} checkpoints, the most it may "
+                "have; delete some first"
+            )
 
     def list(self, record: SandboxRecord) -> list[CheckpointRecord]:
         return list(record.checkpoints.values())
@@ -103,9 +110,12 @@ class Checkpoints:
 
     async def delete(self, record: SandboxRecord, checkpoint_id: str) -> None:
         checkpoint = self._get(record, checkpoint_id)
-        del record.checkpoints[checkpoint.id]
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(remove_tree, self._dir(record, checkpoint.id))
+            # Under the lock a restore holds: its checkpoint is not removed as it is read.
+            async with self._commit_lock(record):
+                if record.checkpoints.pop(checkpoint.id, None) is None:
+                    return  # (deleted by a call at once)
+                await anyio.to_thread.run_sync(remove_tree, self._dir(record, checkpoint.id))
 
     async def seed(self, parent: SandboxRecord, delta: Path) -> None:
         """Make ``delta`` (a new sandbox's, not there yet) a copy of ``parent``'s layer."""

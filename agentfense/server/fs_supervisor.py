@@ -19,6 +19,7 @@ broken: it is killed and replaced like a dead one, and what it left unanswered i
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -34,7 +35,7 @@ import anyio.abc
 
 from .._json_messages import MessageError
 from .._seqpacket import Channel, FrameError, close_all
-from ..errors import SandboxError, StatusCode
+from ..errors import ResourceLimitExceededError, SandboxError, StatusCode
 from ..fs import control
 from ..fs._device import MountError, mount_view, mounted_views, unmount
 from ..fs._host import remove_tree
@@ -320,6 +321,12 @@ class FsSupervisor:
         if reply is None:
             raise _unavailable()
         if isinstance(reply, control.Failed):
+            if reply.errno == errno.ENOSPC:  # (what the sandbox asked would pass its limits)
+                raise ResourceLimitExceededError(
+                    "the sandbox's changes would pass its limits (max_delta_bytes, "
+                    "max_delta_entries, max_codebase_bytes, max_codebase_entries): "
+                    f"{reply.message}"
+                )
             raise SandboxError(f"permission filesystem: {reply.message}", code=StatusCode.INTERNAL)
         if not isinstance(reply, answer):
             raise SandboxError(
