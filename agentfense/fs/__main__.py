@@ -83,9 +83,12 @@ class FsProcess:
             try:
                 self.handle(message, fds)
             except Exception as exc:
-                log.exception("%s failed", message.op)
+                limits = isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+                if not limits:  # (the sandbox's limits: its error, not ours)
+                    log.exception("%s failed", message.op)
                 close_all(fds)
-                self.reply(control.Failed(f"{type(exc).__name__}: {exc}", seq=message.seq))
+                code = errno.ENOSPC if limits else 0
+                self.reply(control.Failed(f"{type(exc).__name__}: {exc}", code, seq=message.seq))
 
     def handle(self, message: control.Request, fds: list[int]) -> None:
         if isinstance(message, control.AddView):
@@ -167,6 +170,12 @@ class FsProcess:
             usage=usage,
             review=spec.review,
         )
+        if spec.seeded:  # a fork's: it may bring in no more than its limits allow
+            try:
+                view.check_room(view.delta_bytes, view.delta_entries)
+            except BaseException:
+                view.close()
+                raise
 
         def taken_over(error: str | None) -> None:
             if error is None:

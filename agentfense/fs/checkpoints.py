@@ -37,10 +37,13 @@ def copy_tree(src: HostTree, dst: HostTree, *, link: bool = False) -> tuple[int,
 
     Only a regular file is ever linked: the view copies a linked one before it changes it
     (``View.copy_up``), and has nothing to copy of any other entry (a linked FIFO would take
-    the view's chmod into the checkpoint)."""
+    the view's chmod into the checkpoint). A file with several names in ``src`` (links the
+    sandbox made) is copied once, its names linked to the copy: linked into the view, its
+    first change would copy it for one name only, and its names would stop sharing it."""
     entries = size = 0
     linked: list[int] = []
     first_name: dict[tuple[int, int], str] = {}  # a file with several names: its first copy
+    names = _names_by_inode(src) if link else {}
     pending = [""]
     while pending:
         current = pending.pop()
@@ -55,7 +58,7 @@ def copy_tree(src: HostTree, dst: HostTree, *, link: bool = False) -> tuple[int,
                 _make_like(src, rel, st, dst)
                 continue
             size += st.st_size
-            if link and _link(src, rel, dst):
+            if link and names.get((st.st_dev, st.st_ino), 0) < 2 and _link(src, rel, dst):
                 linked.append(st.st_ino)
                 continue
             first = first_name.get((st.st_dev, st.st_ino)) if st.st_nlink > 1 else None
@@ -65,6 +68,21 @@ def copy_tree(src: HostTree, dst: HostTree, *, link: bool = False) -> tuple[int,
             if st.st_nlink > 1:
                 first_name[(st.st_dev, st.st_ino)] = rel
     return entries, size, linked
+
+
+def _names_by_inode(tree: HostTree) -> dict[tuple[int, int], int]:
+    """How many names each file with more than one link has in ``tree``."""
+    counted: dict[tuple[int, int], int] = {}
+    pending = [""]
+    while pending:
+        current = pending.pop()
+        for name, st in tree.scan(current):
+            if stat.S_ISDIR(st.st_mode):
+                pending.append(join(current, name))
+            elif stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                key = (st.st_dev, st.st_ino)
+                counted[key] = counted.get(key, 0) + 1
+    return counted
 
 
 def _link(src: HostTree, rel: str, dst: HostTree, dst_rel: str | None = None) -> bool:

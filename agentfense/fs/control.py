@@ -371,10 +371,12 @@ class AddView(Message):
     limits: Limits = Limits()
     recover: bool = False
     review: bool = False  # commit="manual": note bases, check commits for conflicts
+    seeded: bool = False  # its delta holds a copy of another view's layer (a fork)
 
     def _fields(self) -> dict[str, object]:
         return {
             "review": self.review,
+            "seeded": self.seeded,
             "id": self.id,
             "lower": self.lower,
             "delta": self.delta,
@@ -397,6 +399,7 @@ class AddView(Message):
             Limits.from_json(fields.nested("limits")),
             fields.boolean("recover"),
             fields.boolean("review"),
+            fields.boolean("seeded"),
             seq=seq,
         )
 

@@ -435,8 +435,8 @@ class View:
 
     def _unshare(self, rel: str) -> Entry:
         """Replace the upper file ``rel``, linked into a checkpoint or a fork, by a copy of
-        its own (made beside the delta, out of sight, then renamed over it). Its other names
-        in the upper tree, if the sandbox linked it, keep the shared file."""
+        its own (made beside the delta, out of sight, then renamed over it). (A file the
+        sandbox gave several names is never linked into one: ``checkpoints.copy_tree``.)"""
         copy_file(self.upper, rel, self.orphans, _UNSHARE)
         try:
             self.orphans.rename(_UNSHARE, rel, self.upper)

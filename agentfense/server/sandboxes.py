@@ -472,7 +472,8 @@ class SandboxManager:
         try:
             if seed is not None:  # (its delta: a copy of the parent's layer)
                 await self.checkpoints.seed(seed, self._deltas / record.id)
-            await self._fs.add_view(self._view_spec(record), seeded=seed is not None)
+            spec = dataclasses.replace(self._view_spec(record), seeded=seed is not None)
+            await self._fs.add_view(spec, seeded=seed is not None)
         except BaseException:
             _release_prepared(record)
             self._release_uid(record)

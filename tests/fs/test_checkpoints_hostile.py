@@ -167,3 +167,37 @@ def test_a_restore_brings_in_no_more_than_the_limits_allow(fs: FsProcess) -> Non
     finally:
         fs.remove_view(view_id)
         shutil.rmtree(checkpoint, ignore_errors=True)
+
+
+def test_names_the_sandbox_gave_one_file_go_on_sharing_it_after_a_checkpoint(
+    fs: FsProcess,
+) -> None:
+    """``ln a b``, a checkpoint, then a change through ``a``: ``b`` sees it too (the file was
+    copied into the checkpoint, not linked, so nothing splits it), and a restore gives back
+    two names of one file."""
+    lower = fs.work / f"{fs.new_id('links')}.lower"
+    lower.mkdir()
+    view_id = fs.new_id("m")
+    view = fs.add_view(view_id, lower, RULES, review=True)
+    checkpoint = fs.work / f"{view_id}.cp"
+    try:
+        with fs.sandbox():
+            (view / "a").write_text("a\n")
+            os.link(view / "a", view / "b")
+        fs.capture(view_id, checkpoint)
+        with fs.sandbox():
+            with (view / "a").open("a") as handle:
+                handle.write("more\n")
+            assert (view / "b").read_text() == "a\nmore\n"
+        assert (checkpoint / "upper" / "a").read_text() == "a\n"
+        fs.restore(view_id, checkpoint)
+        with fs.sandbox():
+            assert (view / "b").read_text() == "a\n"
+            with (view / "b").open("a") as handle:
+                handle.write("again\n")
+            assert (view / "a").read_text() == "a\nagain\n"
+        assert (checkpoint / "upper" / "b").read_text() == "a\n"
+    finally:
+        fs.remove_view(view_id)
+        shutil.rmtree(checkpoint, ignore_errors=True)
+        shutil.rmtree(lower, ignore_errors=True)

