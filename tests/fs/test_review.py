@@ -260,6 +260,16 @@ class Review(RuleBasedStateMachine):
                 (view / "forked").write_text("child only")
             assert "forked" not in self.seen()
             assert listed(self.fs, child) == expected_changes(self.seen_in(view), shown(self.lower))
+            files = [p for p, e in parent_tree.items() if e[0] == "file"]
+            if files:  # a change in place by the parent reaches neither the child
+                rel = data.draw(st.sampled_from(files))
+                with (
+                    self.fs.sandbox(),
+                    contextlib.suppress(PermissionError),
+                    (self.view / rel).open("ab") as handle,
+                ):
+                    handle.write(b"+parent")
+                assert self.seen_in(view)[rel] == parent_tree[rel], "the parent's write"
         finally:
             self.fs.remove_view(child)
 
