@@ -6,6 +6,8 @@ cost, on a server of the group's own (this build's, on a unix socket); one backe
 - ``checkpoint()`` and ``restore()`` of 10 and of 10,000 changed files (each checkpoint
   deleted after its restore).
 - ``changes()`` and ``diff()`` of 1,000 changed files (each a 3-line file, one line changed).
+- The latency of an event: from a write's record in the permission filesystem to the
+  client's ``async for`` (``sandbox.events()``).
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ RESTORE_10 = "restore(), 10 changed files"
 RESTORE_10K = "restore(), 10,000 changed files"
 CHANGES = "changes(), 1,000 changed files"
 DIFF = "diff(), 1,000 changed files"
-NAMES = [FORK, CHECKPOINT_10, RESTORE_10, CHECKPOINT_10K, RESTORE_10K, CHANGES, DIFF]
+EVENT = "event latency, a write to its event"
+NAMES = [FORK, CHECKPOINT_10, RESTORE_10, CHECKPOINT_10K, RESTORE_10K, CHANGES, DIFF, EVENT]
 
 
 def _change(count: int, where: str) -> str:
@@ -139,11 +142,29 @@ async def _measure(endpoint: str, sizes: Sizes, reference: list[float]) -> list[
         async with await manual() as sandbox:
             await sandbox.run(_change(10, "small"), raise_on_error=True)
             rows += await _checkpoint_rows(sandbox, 10, sizes, reference)
+            result = await attempt(EVENT, _event_latency(sandbox, sizes.idle * 2), reference)
+            rows.append(row(EVENT, BACKEND, result, "", INFORMATIVE))
         async with await manual() as sandbox:
             progress("changing 10,000 files in a sandbox")
             await sandbox.run(_change(10_000, "big"), raise_on_error=True, timeout=600)
             rows += await _checkpoint_rows(sandbox, 10_000, sizes, reference)
     return rows
+
+
+async def _event_latency(sandbox: AsyncSandbox, count: int) -> Samples:
+    """From the moment the permission filesystem records a write (the event's time, taken as
+    it answers the write) to the moment the client has the event, over a watch (wall clock,
+    one host)."""
+    samples: list[float] = []
+    async with sandbox.events() as events:
+        for index in range(count):
+            await sandbox.run(f"echo {index} > event{index}")
+            async for event in events:
+                if event.path == f"event{index}" and event.kind == "modified":
+                    assert event.time is not None
+                    samples.append(time.time() - event.time.timestamp())
+                    break
+    return samples, []
 
 
 def review_suite(work: Path, sizes: Sizes, reference: list[float]) -> list[Row]:
