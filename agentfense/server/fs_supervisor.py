@@ -285,12 +285,17 @@ class FsSupervisor:
                 )
 
     async def _request(
-        self, message: control.Request, answer: type[R], fds: Sequence[int] = ()
+        self,
+        message: control.Request,
+        answer: type[R],
+        fds: Sequence[int] = (),
+        *,
+        leave: bool = False,
     ) -> R:
         """Send one request and wait for its answer (others may be answered meanwhile);
         counted by op and result."""
         try:
-            reply = await self._exchange(message, answer, fds)
+            reply = await self._exchange(message, answer, fds, leave=leave)
         except SandboxError as exc:
             unavailable = exc.code == StatusCode.UNAVAILABLE
             self._metrics.fs_control.labels(
@@ -300,7 +305,11 @@ class FsSupervisor:
         self._metrics.fs_control.labels(message.op, "ok").inc()
         return reply
 
-    async def _exchange(self, message: control.Request, answer: type[R], fds: Sequence[int]) -> R:
+    async def _exchange(
+        self, message: control.Request, answer: type[R], fds: Sequence[int], *, leave: bool
+    ) -> R:
+        """``leave``: a caller cancelled stops waiting for the answer (which is dropped when
+        it comes) rather than wait it out; for a request that changes nothing (a watch)."""
         self._seq += 1
         message = replace(message, seq=self._seq)
         payload = message.encode()
@@ -316,7 +325,15 @@ class FsSupervisor:
                 except OSError:
                     self._pending.pop(message.seq, None)
                     raise _unavailable() from None
-            await pending.done.wait()
+            if not leave:
+                await pending.done.wait()
+        if leave:
+            table = self._pending
+            try:
+                await pending.done.wait()
+            finally:
+                if not pending.done.is_set():  # (its answer, when it comes, is no one's)
+                    table.pop(message.seq, None)
         reply = pending.reply
         if reply is None:
             raise _unavailable()
@@ -336,7 +353,12 @@ class FsSupervisor:
         return reply
 
     async def request(
-        self, message: control.Request, answer: type[R], fds: Sequence[int] = ()
+        self,
+        message: control.Request,
+        answer: type[R],
+        fds: Sequence[int] = (),
+        *,
+        leave: bool = False,
     ) -> R:
         """Send one request once a process serves every view and wait for its ``answer``;
         if that process dies before answering, wait for the next one and ask it again
@@ -344,7 +366,7 @@ class FsSupervisor:
         for _ in range(3):
             await self.wait_ready()
             try:
-                return await self._request(message, answer, fds)
+                return await self._request(message, answer, fds, leave=leave)
             except SandboxError as exc:
                 if exc.code != StatusCode.UNAVAILABLE or self._stopping():
                     raise
@@ -448,7 +470,9 @@ class FsSupervisor:
         """The view's events after ``after``: at once if there are some, else at the next
         one, or after ``wait`` seconds with none."""
         message = control.WatchEvents(view_id, after, round(wait * 1000))
-        return await self.request(message, control.Events)
+        # A watcher that leaves does not wait out the long poll: it would hold its place
+        # among the sandbox's watches (MAX_WATCHES) for as long.
+        return await self.request(message, control.Events, leave=True)
 
     async def capture(self, view_id: str, target: Path) -> control.Captured:
         """Copy the view's layer into ``target`` (a directory not there yet)."""
