@@ -39,3 +39,19 @@ async def test_a_watch_left_frees_its_place_at_once(client: AsyncSandboxClient) 
             event = await events.__anext__()
     assert (event.kind, event.path) == (EventKind.CREATED, "after")
     await client.destroy_sandbox(sandbox_id)
+
+
+@pytest.mark.parametrize("after", [2**62, 2**63 - 1, 2**63, 2**64 - 1])
+async def test_a_watch_after_a_seq_past_any_starts_from_now(
+    client: AsyncSandboxClient, after: int
+) -> None:
+    """``after`` is a uint64 on the wire: one past every seq the sandbox has (up to the
+    largest a client can send) watches from now on, as one past the last does; it is not
+    a request the fs process refuses (an INTERNAL error)."""
+    sandbox_id = await _sandbox(client)
+    with anyio.fail_after(20):
+        async with client.watch_events(sandbox_id, after=after) as events:
+            assert (await client.exec(sandbox_id, "mkdir made")).exit_code == 0
+            event = await events.__anext__()
+    assert (event.kind, event.path) == (EventKind.CREATED, "made")
+    await client.destroy_sandbox(sandbox_id)

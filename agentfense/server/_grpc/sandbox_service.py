@@ -374,7 +374,7 @@ class SandboxService(pb.SandboxServiceBase):
         stream: grpclib.server.Stream[pb.WatchEventsRequest, pb.EventBatch],
         request: pb.WatchEventsRequest,
     ) -> None:
-        after = request.after or _FROM_NOW
+        after = min(request.after or _FROM_NOW, _FROM_NOW)  # (past any: from now on)
         wait = 0.0  # (the first answer at once: the watch has begun)
         while True:
             with grpc_errors():
