@@ -92,6 +92,8 @@ class FsSupervisor:
         self._seq = 0
         self._stop_called = False
         self._ready = anyio.Event()  # set while a process serves every view
+        # Processes started so far: what a view's events count from (each process's own).
+        self.launches = 0
 
     def _stopping(self) -> bool:
         # A call, not the attribute: stop() sets it while a task awaits, and mypy would keep
@@ -124,6 +126,7 @@ class FsSupervisor:
         task_group.start_soon(self._watch, task_group)
 
     async def _launch(self, task_group: anyio.abc.TaskGroup) -> None:
+        self.launches += 1
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:

@@ -4,11 +4,20 @@ are not text."""
 
 from __future__ import annotations
 
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
 import anyio
 import pytest
 
-from agentfense import AsyncSandboxClient, EventKind
+from agentfense import AsyncSandboxClient, EventKind, SandboxError, SandboxEvent
+from agentfense.errors import StatusCode
 from agentfense.server._grpc.sandbox_service import MAX_WATCHES
+from agentfense.testing import start_server_process
+
+from .test_fs_supervision import _fs_pid
 
 pytestmark = pytest.mark.anyio
 
@@ -23,6 +32,11 @@ async def _sandbox(client: AsyncSandboxClient) -> str:
     await client.upload_file(codebase.id, ".env", "SECRET=1\n")
     info = await client.create_sandbox(codebase.id, permissions=RULES, start=True)
     return info.id
+
+
+async def _drain(events: AsyncIterator[SandboxEvent], into: list[SandboxEvent]) -> None:
+    async for event in events:
+        into.append(event)
 
 
 async def test_a_watch_left_frees_its_place_at_once(client: AsyncSandboxClient) -> None:
@@ -55,3 +69,36 @@ async def test_a_watch_after_a_seq_past_any_starts_from_now(
             event = await events.__anext__()
     assert (event.kind, event.path) == (EventKind.CREATED, "made")
     await client.destroy_sandbox(sandbox_id)
+
+
+async def test_a_watch_across_a_restart_of_the_fs_process_ends_rather_than_lie(
+    tmp_path: Path,
+) -> None:
+    """The events are the fs process's (in memory): when a new process takes the sandbox
+    over, what the old one kept and what happened in between are gone, and the new one
+    counts from 1 again. A watch then ends with an error saying so (UNAVAILABLE): it never
+    goes on silently, missing events and repeating seqs it already gave."""
+    server = await anyio.to_thread.run_sync(start_server_process, tmp_path)
+    try:
+        async with AsyncSandboxClient(server.endpoint) as client:
+            sandbox_id = await _sandbox(client)
+            seen: list[SandboxEvent] = []
+            with anyio.fail_after(30):
+                async with client.watch_events(sandbox_id) as events:
+                    assert (await client.exec(sandbox_id, "echo > one")).exit_code == 0
+                    seen += [await events.__anext__(), await events.__anext__()]
+                    fs_pid = await anyio.to_thread.run_sync(_fs_pid, server.process.pid)
+                    assert fs_pid is not None
+                    os.kill(fs_pid, signal.SIGKILL)
+                    assert (await client.exec(sandbox_id, "echo > two")).exit_code == 0
+                    with pytest.raises(SandboxError, match="restarted") as raised:
+                        await _drain(events, seen)
+            assert raised.value.code == StatusCode.UNAVAILABLE
+            assert [(e.seq, e.path) for e in seen] == [(1, "one"), (2, "one")]
+            # Watched again, it goes on from now.
+            async with client.watch_events(sandbox_id) as events:
+                assert (await client.exec(sandbox_id, "echo > three")).exit_code == 0
+                event = await events.__anext__()
+            assert (event.kind, event.path) == (EventKind.CREATED, "three")
+    finally:
+        assert await anyio.to_thread.run_sync(server.stop) == 0, server.log()
