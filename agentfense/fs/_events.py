@@ -44,13 +44,20 @@ class Batch:
 Waiter = Callable[[Batch], None]
 
 
+@dataclass(frozen=True, slots=True)
+class _Waiting:
+    after: int
+    answer: Waiter
+    timer: threading.Timer  # its deadline: cancelled once answered (no thread outlives it)
+
+
 class EventRing:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._events: deque[Event] = deque(maxlen=RING)
         self._seq = 0  # the last event's
         self.active = False
-        self._waiters: list[tuple[int, Waiter]] = []  # (after, answer)
+        self._waiters: list[_Waiting] = []
 
     def record(
         self, kind: str, path: str, *, to: str = "", operation: str = "", rule: str = ""
@@ -65,48 +72,57 @@ class EventRing:
             event = Event(self._seq, time.time_ns(), kind, path, to, operation, rule)
             self._events.append(event)
             waiters, self._waiters = self._waiters, []
-        for after, answer in waiters:
-            answer(self._since(after))
+        self._answer(waiters)
+
+    def _answer(self, waiters: list[_Waiting]) -> None:
+        for waiting in waiters:
+            waiting.timer.cancel()
+            waiting.answer(self._since(waiting.after))
 
     def _since(self, after: int) -> Batch:
         with self._lock:
-            if after >= self._seq:  # (nothing after it yet; past the last: from now on)
-                return Batch((), self._seq if after > self._seq else after, 0)
-            first = self._events[0].seq if self._events else self._seq + 1
-            lost = max(0, first - (after + 1)) if after < self._seq else 0
-            picked = [e for e in self._events if e.seq > after][:MOST_PER_BATCH]
-            following = picked[-1].seq if picked else max(after, self._seq)
-            return Batch(tuple(picked), following, lost)
+            return self._since_locked(after)
+
+    def _since_locked(self, after: int) -> Batch:
+        if after >= self._seq:  # (nothing after it yet; past the last: from now on)
+            return Batch((), self._seq if after > self._seq else after, 0)
+        first = self._events[0].seq if self._events else self._seq + 1
+        lost = max(0, first - (after + 1)) if after < self._seq else 0
+        picked = [e for e in self._events if e.seq > after][:MOST_PER_BATCH]
+        following = picked[-1].seq if picked else max(after, self._seq)
+        return Batch(tuple(picked), following, lost)
 
     def watch(self, after: int, answer: Waiter, wait: float) -> None:
         """Answer with the events after ``after`` as soon as there are some (or, after
         ``wait`` seconds, with none). The first watch starts the recording."""
         self.active = True
-        batch = self._since(after)
-        if batch.events or batch.lost or wait <= 0:
-            answer(batch)
-            return
-        with self._lock:
-            self._waiters.append((after, answer))
+        with self._lock:  # (looked and waiting at once: an event between would pass it by)
+            batch = self._since_locked(after)
+            if batch.events or batch.lost or wait <= 0:
+                waiting = None
+            else:
+                timer = threading.Timer(wait, self._expire, args=(answer,))
+                timer.daemon = True
+                waiting = _Waiting(after, answer, timer)
+                self._waiters.append(waiting)
             pushed_out = self._waiters[:-MOST_WAITERS] if len(self._waiters) > MOST_WAITERS else []
             del self._waiters[: len(pushed_out)]
-        for old_after, old_answer in pushed_out:
-            old_answer(self._since(old_after))
-        timer = threading.Timer(wait, self._expire, args=(answer,))
-        timer.daemon = True
-        timer.start()
+        if waiting is None:
+            answer(batch)
+            return
+        waiting.timer.start()  # (cancelled already if answered meanwhile: it ends at once)
+        self._answer(pushed_out)
 
     def _expire(self, answer: Waiter) -> None:
         with self._lock:
-            found = next((i for i, (_, w) in enumerate(self._waiters) if w is answer), None)
+            found = next((i for i, w in enumerate(self._waiters) if w.answer is answer), None)
             if found is None:
                 return  # answered already
-            after, _ = self._waiters.pop(found)
-        answer(self._since(after))
+            waiting = self._waiters.pop(found)
+        waiting.answer(self._since(waiting.after))
 
     def close(self) -> None:
         """The view goes: every watcher is answered (with what is left)."""
         with self._lock:
             waiters, self._waiters = self._waiters, []
-        for after, answer in waiters:
-            answer(self._since(after))
+        self._answer(waiters)

@@ -92,6 +92,8 @@ class FsSupervisor:
         self._seq = 0
         self._stop_called = False
         self._ready = anyio.Event()  # set while a process serves every view
+        # Processes started so far: what a view's events count from (each process's own).
+        self.launches = 0
 
     def _stopping(self) -> bool:
         # A call, not the attribute: stop() sets it while a task awaits, and mypy would keep
@@ -124,6 +126,7 @@ class FsSupervisor:
         task_group.start_soon(self._watch, task_group)
 
     async def _launch(self, task_group: anyio.abc.TaskGroup) -> None:
+        self.launches += 1
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
@@ -285,12 +288,17 @@ class FsSupervisor:
                 )
 
     async def _request(
-        self, message: control.Request, answer: type[R], fds: Sequence[int] = ()
+        self,
+        message: control.Request,
+        answer: type[R],
+        fds: Sequence[int] = (),
+        *,
+        leave: bool = False,
     ) -> R:
         """Send one request and wait for its answer (others may be answered meanwhile);
         counted by op and result."""
         try:
-            reply = await self._exchange(message, answer, fds)
+            reply = await self._exchange(message, answer, fds, leave=leave)
         except SandboxError as exc:
             unavailable = exc.code == StatusCode.UNAVAILABLE
             self._metrics.fs_control.labels(
@@ -300,7 +308,11 @@ class FsSupervisor:
         self._metrics.fs_control.labels(message.op, "ok").inc()
         return reply
 
-    async def _exchange(self, message: control.Request, answer: type[R], fds: Sequence[int]) -> R:
+    async def _exchange(
+        self, message: control.Request, answer: type[R], fds: Sequence[int], *, leave: bool
+    ) -> R:
+        """``leave``: a caller cancelled stops waiting for the answer (which is dropped when
+        it comes) rather than wait it out; for a request that changes nothing (a watch)."""
         self._seq += 1
         message = replace(message, seq=self._seq)
         payload = message.encode()
@@ -316,7 +328,15 @@ class FsSupervisor:
                 except OSError:
                     self._pending.pop(message.seq, None)
                     raise _unavailable() from None
-            await pending.done.wait()
+            if not leave:
+                await pending.done.wait()
+        if leave:
+            table = self._pending
+            try:
+                await pending.done.wait()
+            finally:
+                if not pending.done.is_set():  # (its answer, when it comes, is no one's)
+                    table.pop(message.seq, None)
         reply = pending.reply
         if reply is None:
             raise _unavailable()
@@ -336,7 +356,12 @@ class FsSupervisor:
         return reply
 
     async def request(
-        self, message: control.Request, answer: type[R], fds: Sequence[int] = ()
+        self,
+        message: control.Request,
+        answer: type[R],
+        fds: Sequence[int] = (),
+        *,
+        leave: bool = False,
     ) -> R:
         """Send one request once a process serves every view and wait for its ``answer``;
         if that process dies before answering, wait for the next one and ask it again
@@ -344,7 +369,7 @@ class FsSupervisor:
         for _ in range(3):
             await self.wait_ready()
             try:
-                return await self._request(message, answer, fds)
+                return await self._request(message, answer, fds, leave=leave)
             except SandboxError as exc:
                 if exc.code != StatusCode.UNAVAILABLE or self._stopping():
                     raise
@@ -448,7 +473,9 @@ class FsSupervisor:
         """The view's events after ``after``: at once if there are some, else at the next
         one, or after ``wait`` seconds with none."""
         message = control.WatchEvents(view_id, after, round(wait * 1000))
-        return await self.request(message, control.Events)
+        # A watcher that leaves does not wait out the long poll: it would hold its place
+        # among the sandbox's watches (MAX_WATCHES) for as long.
+        return await self.request(message, control.Events, leave=True)
 
     async def capture(self, view_id: str, target: Path) -> control.Captured:
         """Copy the view's layer into ``target`` (a directory not there yet)."""

@@ -329,6 +329,12 @@ class SandboxManager:
             if left:
                 self._making_on[codebase_id] = left
 
+    @property
+    def fs_launches(self) -> int:
+        """The permission filesystem processes started so far (a sandbox's events are its
+        process's: a new one counts them anew, and knows nothing of the old one's)."""
+        return self._fs.launches
+
     def find(self, sandbox_id: str) -> SandboxRecord | None:
         return self._sandboxes.find(sandbox_id)
 

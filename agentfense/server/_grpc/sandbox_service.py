@@ -24,7 +24,9 @@ from ...errors import (
     CommandTimeoutError,
     InvalidConfigurationError,
     ResourceLimitExceededError,
+    SandboxError,
     SandboxNotFoundError,
+    StatusCode,
 )
 from ...types import CommitMode, OutputStream, RuntimeType
 from .. import change_diff
@@ -374,8 +376,9 @@ class SandboxService(pb.SandboxServiceBase):
         stream: grpclib.server.Stream[pb.WatchEventsRequest, pb.EventBatch],
         request: pb.WatchEventsRequest,
     ) -> None:
-        after = request.after or _FROM_NOW
+        after = min(request.after or _FROM_NOW, _FROM_NOW)  # (past any: from now on)
         wait = 0.0  # (the first answer at once: the watch has begun)
+        launch = self._manager.fs_launches
         while True:
             with grpc_errors():
                 if self._manager.find(request.sandbox_id) is None and wait:
@@ -386,6 +389,16 @@ class SandboxService(pb.SandboxServiceBase):
                     if wait:
                         return
                     raise
+                if self._manager.fs_launches != launch:
+                    # Another process took the sandbox over: what the old one kept, and
+                    # what happened before the new one was asked, are gone, and it counts
+                    # seqs anew. Said, rather than going on as if nothing was missed.
+                    raise SandboxError(
+                        "the permission filesystem restarted: the sandbox's events since the "
+                        f"last one sent (seq {after if after != _FROM_NOW else 0}) are not "
+                        "known; watch again (from now on)",
+                        code=StatusCode.UNAVAILABLE,
+                    )
             if batch.events or batch.lost or not wait:
                 await stream.send_message(convert.event_batch_to_pb(batch))
             after, wait = batch.next, _EVENT_WAIT
