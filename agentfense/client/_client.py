@@ -106,6 +106,29 @@ class AsyncSandboxClient(ReviewCalls):
         self.lacks_file_rpcs = False
         self.lacks_archive_upload = False
 
+    async def _api_key_now(self) -> str | None:
+        api_key = self._api_key
+        if api_key is None:  # (read now: the server may have written it since)
+            api_key = await run_sync(lambda: read_local_token(self.endpoint))
+        return api_key or None
+
+    @contextlib.asynccontextmanager
+    async def _own_server_stream(
+        self, rpc: ServerStream[Req, Rep], request: Req
+    ) -> AsyncIterator[AsyncIterator[Rep]]:
+        """A server stream on a connection of its own, closed with it: a stream its reader
+        may leave unread for a while (events) must not fill the window of the connection
+        every other call of this client shares."""
+        transport = await open_transport(
+            self.endpoint, api_key=await self._api_key_now(), tls=self.tls
+        )
+        try:
+            async with transport.server_stream(rpc.path, request, rpc.reply) as stream:
+                yield stream
+        finally:
+            with anyio.CancelScope(shield=True):
+                await transport.aclose()
+
     async def _channel(self) -> Transport:
         while self._transport is None:
             if self._opening is not None:
@@ -113,11 +136,8 @@ class AsyncSandboxClient(ReviewCalls):
                 continue
             self._opening = anyio.Event()
             try:
-                api_key = self._api_key
-                if api_key is None:  # (read now: the server may have written it since)
-                    api_key = await run_sync(lambda: read_local_token(self.endpoint))
                 self._transport = await open_transport(
-                    self.endpoint, api_key=api_key or None, tls=self.tls
+                    self.endpoint, api_key=await self._api_key_now(), tls=self.tls
                 )
             finally:
                 self._opening.set()

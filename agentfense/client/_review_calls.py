@@ -24,7 +24,7 @@ class ReviewCalls:
     ) -> Rep:
         raise NotImplementedError  # (the client's)
 
-    def _server_stream(
+    def _own_server_stream(
         self, rpc: ServerStream[Req, Rep], request: Req
     ) -> AbstractAsyncContextManager[AsyncIterator[Rep]]:
         raise NotImplementedError  # (the client's)
@@ -122,6 +122,7 @@ class ReviewCalls:
 
     def watch_events(self, sandbox_id: str, *, after: int = 0) -> EventStream:
         """What the sandbox's commands do to its files and what its permissions refuse, as
-        it happens (``after``: resume after that event's ``seq``; 0: from now on)."""
+        it happens (``after``: resume after that event's ``seq``; 0: from now on). On a
+        connection of its own: a watch not read for a while holds up no other call."""
         request = pb.WatchEventsRequest(sandbox_id=sandbox_id, after=after)
-        return EventStream._create(lambda: self._server_stream(rpcs.WATCH_EVENTS, request))
+        return EventStream._create(lambda: self._own_server_stream(rpcs.WATCH_EVENTS, request))

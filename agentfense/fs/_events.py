@@ -4,10 +4,10 @@ decided). A bounded ring per view, kept only once someone has watched (a sandbox
 watches records nothing and holds nothing).
 
 Loss policy: the ring keeps the last :data:`RING` events; a watcher that falls further
-behind is told how many it missed (``lost``), then goes on from the oldest kept. Consecutive
-changes of one file's content are one event. Recorded by the view's thread; read by the
-control thread (a lock between them); a watcher waiting for the next event is answered by
-whichever thread records it, or by its deadline.
+behind is told how many it missed (``lost``), then goes on from the oldest kept. Changes of
+one file's content in a row, within a second of its event, are that event. Recorded by the
+view's thread; read by the control thread (a lock between them); a watcher waiting for the
+next event is answered by whichever thread records it, or by its deadline.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 RING = 1024  # events kept per view
+RUN_NS = 1_000_000_000  # writes to one file this soon after its event: the same event
 MOST_PER_BATCH = 256
 MOST_WAITERS = 32  # watches waiting at once on one view (beyond: the oldest is answered)
 
@@ -66,10 +67,16 @@ class EventRing:
             return
         with self._lock:
             last = self._events[-1] if self._events else None
-            if kind == "modified" and last is not None and last.kind == kind and last.path == path:
+            now = time.time_ns()
+            if (
+                kind == "modified"
+                and last is not None
+                and (last.kind, last.path) == (kind, path)
+                and now - last.time_ns < RUN_NS
+            ):
                 return  # (one event for a run of writes to one file)
             self._seq += 1
-            event = Event(self._seq, time.time_ns(), kind, path, to, operation, rule)
+            event = Event(self._seq, now, kind, path, to, operation, rule)
             self._events.append(event)
             waiters, self._waiters = self._waiters, []
         self._answer(waiters)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from agentfense.fs import _events
 from agentfense.fs._events import Batch, EventRing
 
@@ -70,3 +72,22 @@ def test_an_event_recorded_while_a_watch_begins_answers_it() -> None:
     ring.watch(0, answers.append, wait=60)
     assert [e.path for a in answers for e in a.events] == ["meanwhile"]
     ring.close()
+
+
+def test_a_change_a_second_after_its_files_last_event_is_an_event_of_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Writes in a row are one event, but a later write to the same file is not lost in it
+    (a watcher that had the first event hears of the second)."""
+    clock = [10**18]
+    monkeypatch.setattr(time, "time_ns", lambda: clock[0])
+    ring = _events.EventRing()
+    ring.active = True
+    ring.record("modified", "notes.md")
+    clock[0] += 500_000_000
+    ring.record("modified", "notes.md")  # (the same run)
+    clock[0] += _events.RUN_NS
+    ring.record("modified", "notes.md")
+    answers: list[_events.Batch] = []
+    ring.watch(0, answers.append, 0)
+    assert [(e.seq, e.path) for e in answers[0].events] == [(1, "notes.md"), (2, "notes.md")]
