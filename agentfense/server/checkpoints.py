@@ -5,8 +5,9 @@ fork. Processes are not checkpointed: a restore changes files under whatever run
 Only sandboxes under ``commit="manual"`` have checkpoints: under ``auto`` every command's
 changes are in the codebase when it ends, and the layer between two commands is empty.
 Each checkpoint lives in the sandbox's delta directory (gone with the sandbox, or with the
-server, as the delta is), and costs a copy of the layer: its entries and its files' bytes,
-bounded by the delta's limits, at most :data:`MAX_CHECKPOINTS` per sandbox.
+server, as the delta is), at most :data:`MAX_CHECKPOINTS` per sandbox. It costs a name per
+entry of the layer (its files are linked, and copied only when the sandbox changes one: see
+``fs/_shared.py``), and so a copy of the layer at most, bounded by the delta's limits.
 """
 
 from __future__ import annotations
