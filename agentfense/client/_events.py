@@ -72,10 +72,7 @@ class EventStream(metaclass=NoPublicConstructor):
                 raise StopAsyncIteration
             try:
                 self._ready.extend(events_from_pb(await self._batches.__anext__()))
-            except StopAsyncIteration:
-                await self.aclose()
-                raise
-            except BaseException:
+            except BaseException:  # (its end, a failure, a cancellation: the watch is over)
                 await self.aclose()
                 raise
         return self._ready.popleft()
