@@ -634,14 +634,15 @@ class BwrapRuntime:
         except BaseException:
             if namespaces is not None:
                 namespaces.close()
-            _kill_bwrap(bwrap.pid)
+            with anyio.CancelScope(shield=True):
+                await _kill_bwrap(bwrap.pid)
             raise
         finally:
             os.close(ready_r)
             os.close(block_w)  # the holder and bwrap exit
             task_group.start_soon(reap, bwrap)
         if namespaces is None:
-            _kill_bwrap(bwrap.pid)
+            await _kill_bwrap(bwrap.pid)
             detail = _tail(log_path)
             raise RuntimeError_(f"the sandbox failed to start: {detail or 'bwrap said nothing'}")
         return namespaces
@@ -786,14 +787,34 @@ async def _read_byte(fd: int) -> bytes:
             await anyio.wait_readable(fd)
 
 
-def _kill_bwrap(pid: int) -> None:
+async def _kill_bwrap(pid: int) -> None:
     """Kill a bwrap that has not let its sandbox's pid 1 go, and that child. bwrap's child
     first waits on an eventfd for bwrap to map its ids, and an eventfd has no end of file:
     bwrap killed before it writes left the child waiting forever, a process of the host's
     (seen after starts cancelled as bwrap began). Stopped first, bwrap makes no child while
-    its own are killed."""
+    its own are killed; but the stop comes only when bwrap next leaves the kernel, and a
+    child it is making meanwhile is not among its children yet (killed as soon as it was
+    sent SIGSTOP, bwrap once left one orphaned in CI). So its stop is waited for: polled
+    (``WNOWAIT``: its reaper collects it), as one built ahead runs under ``SCHED_IDLE``."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGSTOP)
+    for _ in range(5000):  # (SIGSTOP cannot be refused: only a stuck kernel holds it up)
+        if _stopped(pid):
+            break
+        await anyio.sleep(0.001)
+    _kill_with_children(pid)
+
+
+def _stopped(pid: int) -> bool:
+    """Whether our child ``pid`` has stopped or ended (neither state consumed)."""
+    try:
+        flags = os.WSTOPPED | os.WEXITED | os.WNOWAIT | os.WNOHANG
+        return os.waitid(os.P_PID, pid, flags) is not None
+    except ChildProcessError:
+        return True
+
+
+def _kill_with_children(pid: int) -> None:
     with contextlib.suppress(OSError, ValueError):
         for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
             with contextlib.suppress(ProcessLookupError):
