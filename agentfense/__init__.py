@@ -51,6 +51,8 @@ if _typing.TYPE_CHECKING:
     from agentfense.types import ExecResult as ExecResult
     from agentfense.types import FileChange as FileChange
     from agentfense.types import FileInfo as FileInfo
+    from agentfense.types import NetworkConnection as NetworkConnection
+    from agentfense.types import NetworkVerdict as NetworkVerdict
     from agentfense.types import OutputChunk as OutputChunk
     from agentfense.types import OutputStream as OutputStream
     from agentfense.types import PatternType as PatternType
@@ -91,6 +93,8 @@ __all__ = [
     "FileChange",
     "FileInfo",
     "InvalidConfigurationError",
+    "NetworkConnection",
+    "NetworkVerdict",
     "OutputChunk",
     "OutputStream",
     "PatternType",
@@ -131,6 +135,8 @@ _HOMES: dict[str, str] = {
     "Checkpoint": "agentfense.types",
     "Codebase": "agentfense.types",
     "SandboxEvent": "agentfense.types",
+    "NetworkConnection": "agentfense.types",
+    "NetworkVerdict": "agentfense.types",
     "EventKind": "agentfense.types",
     "FileChange": "agentfense.types",
     "EntryType": "agentfense.types",

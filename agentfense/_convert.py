@@ -26,6 +26,8 @@ from .types import (
     ExecResult,
     FileChange,
     FileInfo,
+    NetworkConnection,
+    NetworkVerdict,
     PatternType,
     Permission,
     PermissionRule,
@@ -209,6 +211,7 @@ def sandbox_from_pb(message: pb.Sandbox) -> SandboxInfo:
         expires_at=timestamp(message.expires_at),
         keep_home=message.keep_home,
         commit_mode=COMMIT_MODE_FROM_PB.get(message.commit_mode, CommitMode.AUTO),
+        network=tuple(message.network.allow),
     )
 
 
@@ -305,6 +308,30 @@ def exec_result_from_pb(message: pb.ExecResult) -> ExecResult:
         exit_code=message.exit_code,
         duration=message.duration or timedelta(),
         limit_exceeded=message.limit_exceeded or None,
+        network_denied=tuple(message.network_denied),
+    )
+
+
+_VERDICTS_FROM_PB = {
+    pb.NetworkVerdict.ALLOWED: NetworkVerdict.ALLOWED,
+    pb.NetworkVerdict.DENIED: NetworkVerdict.DENIED,
+    pb.NetworkVerdict.FAILED: NetworkVerdict.FAILED,
+}
+
+
+def network_connection_from_pb(message: pb.NetworkConnection) -> NetworkConnection:
+    return NetworkConnection(
+        seq=message.seq,
+        started_at=timestamp(message.started_at) or _EPOCH,
+        kind=message.kind,
+        host=message.host,
+        port=message.port,
+        verdict=_VERDICTS_FROM_PB.get(message.verdict, NetworkVerdict.DENIED),
+        address=message.address,
+        reason=message.reason,
+        bytes_up=message.bytes_up,
+        bytes_down=message.bytes_down,
+        duration=message.duration or timedelta(),
     )
 
 

@@ -109,6 +109,14 @@ class EventKind(StrEnum):
     LOST = "lost"  # ``count`` events were missed (the server keeps the last 1,024)
 
 
+class NetworkVerdict(StrEnum):
+    """What became of a connection a sandbox made through its proxy."""
+
+    ALLOWED = "allowed"  # it reached the host
+    DENIED = "denied"  # the sandbox's allow-list (or the server) refused it
+    FAILED = "failed"  # allowed, but the host could not be resolved or reached
+
+
 def _enum_value(enum: type[Enum], value: object, what: str) -> Any:
     try:
         return enum(value.value if isinstance(value, Enum) else str(value).lower())
@@ -245,6 +253,9 @@ class ExecResult:
     duration: timedelta = field(default_factory=timedelta)
     # The sandbox's resource limit the command ran into: "memory" (killed by it), "pids".
     limit_exceeded: str | None = None
+    # What the sandbox's network proxy refused while the command ran ("host:port"; a DNS
+    # lookup as the name), each once: ``sandbox.network_log()`` says why.
+    network_denied: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -336,6 +347,27 @@ class Checkpoint:
 
 @final
 @dataclass(frozen=True, slots=True)
+class NetworkConnection:
+    """One connection a sandbox made through its proxy, or one DNS lookup it tried
+    (``sandbox.network_log()``). ``kind``: ``"http"``, ``"connect"`` (HTTPS and other
+    tunnels) or ``"dns"``; ``address``: what ``host`` resolved to; ``reason``: why it was
+    denied or failed; the byte counts and ``duration`` so far, for one still open."""
+
+    seq: int
+    started_at: datetime
+    kind: str
+    host: str
+    port: int
+    verdict: NetworkVerdict
+    address: str = ""
+    reason: str = ""
+    bytes_up: int = 0  # from the sandbox
+    bytes_down: int = 0  # to the sandbox
+    duration: timedelta = field(default_factory=timedelta)
+
+
+@final
+@dataclass(frozen=True, slots=True)
 class SandboxEvent:
     """Something a sandbox's commands did to its files, or tried and were refused
     (``sandbox.events()``). ``path`` and ``to`` are relative to /workspace; ``operation``
@@ -382,6 +414,7 @@ class SandboxInfo:
     expires_at: datetime | None = None
     keep_home: bool = False  # one $HOME for all its commands (else one each)
     commit_mode: CommitMode = CommitMode.AUTO
+    network: tuple[str, ...] = ()  # the host patterns it may reach; none: no network
 
 
 @final

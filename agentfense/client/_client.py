@@ -43,6 +43,7 @@ from ._request_parts import (
     commit_mode,
     duration,
     is_executable,
+    network_patterns,
     pieces,
     read_if_small,
     runtime_type,
@@ -352,13 +353,18 @@ class AsyncSandboxClient(ReviewCalls):
         keep_home: bool = False,
         start: bool = False,
         commit: CommitMode | str = CommitMode.AUTO,
+        network: Iterable[str] | str | None = None,
     ) -> SandboxInfo:
         """Create a sandbox on a codebase, not started unless ``start``: then started in
         the same call (a sandbox that cannot start is destroyed, and the start's error
         raised). ``expires_in`` (seconds or a ``timedelta``): the server destroys the sandbox
         once that much time has passed. ``commit``: ``"auto"`` (its writes reach the
-        codebase after every command) or ``"manual"`` (only by ``commit_changes``)."""
+        codebase after every command) or ``"manual"`` (only by ``commit_changes``).
+        ``network``: the hosts it may reach through the server's proxy ("pypi.org",
+        "*.pythonhosted.org", "github.com:443"); None or "none": no network
+        (docs/network.md)."""
         mode = commit_mode(commit)
+        patterns = network_patterns(network)
         expiry = (
             expires_in if isinstance(expires_in, timedelta) else duration(expires_in, "expires_in")
         )
@@ -372,6 +378,7 @@ class AsyncSandboxClient(ReviewCalls):
             keep_home=keep_home,
             start=start,
             commit_mode=convert.COMMIT_MODE_TO_PB[mode],
+            network=pb.NetworkPolicy(allow=patterns),
         )
         if expiry is not None:
             request.expires_in = expiry
@@ -381,6 +388,11 @@ class AsyncSandboxClient(ReviewCalls):
             raise InvalidConfigurationError(
                 f"commit={mode.value!r} is not supported by this server (it commits after "
                 "every command)"
+            )
+        if patterns and not info.network:  # (a server without the extension: no network)
+            await self._destroy_unwanted(info.id)
+            raise InvalidConfigurationError(
+                "network is not supported by this server (its sandboxes have none)"
             )
         if start and info.status is not SandboxStatus.RUNNING:
             info = await self._start_created(info.id)  # (a server without the extension)

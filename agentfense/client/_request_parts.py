@@ -81,3 +81,17 @@ def commit_mode(value: CommitMode | str) -> CommitMode:
         raise InvalidConfigurationError(
             f"commit must be 'auto' or 'manual', not {value!r}"
         ) from None
+
+
+def network_patterns(value: Iterable[str] | str | None) -> list[str]:
+    """``network=``: None or "none" (no network), or host patterns (a lone string is one);
+    the server checks each pattern and says what is wrong with it."""
+    if value is None or value == "none":
+        return []
+    chosen = [value] if isinstance(value, str) else list(value)
+    for pattern in chosen:
+        if not isinstance(pattern, str) or not pattern:
+            raise InvalidConfigurationError(
+                f"network must list host patterns (non-empty strings), not {pattern!r}"
+            )
+    return chosen

@@ -1,5 +1,6 @@
 """The calls of a sandbox's review (``commit="manual"``: docs/review.md): its changes listed,
-shown as a diff, committed, discarded; checkpoints of them; forks."""
+shown as a diff, committed, discarded; checkpoints of them; forks. And what a sandbox did
+on the network (docs/network.md)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from contextlib import AbstractAsyncContextManager
 from .. import _convert as convert
 from .._proto.sandbox import v1 as pb
 from ..errors import InvalidConfigurationError
-from ..types import Checkpoint, CommitResult, FileChange, SandboxInfo
+from ..types import Checkpoint, CommitResult, FileChange, NetworkConnection, SandboxInfo
 from . import _rpcs as rpcs
 from ._events import EventStream
 from ._request_parts import review_paths
@@ -28,6 +29,17 @@ class ReviewCalls:
         self, rpc: ServerStream[Req, Rep], request: Req
     ) -> AbstractAsyncContextManager[AsyncIterator[Rep]]:
         raise NotImplementedError  # (the client's)
+
+    async def get_network_log(self, sandbox_id: str, after: int = 0) -> list[NetworkConnection]:
+        """The connections the sandbox made through its proxy and the lookups it tried,
+        oldest first: the last the server keeps (1,000 by default), only those numbered
+        above ``after`` (a ``seq`` seen before) when given. Empty for a sandbox with no
+        network (docs/network.md)."""
+        if after < 0:
+            raise InvalidConfigurationError("after must not be negative")
+        request = pb.GetNetworkLogRequest(sandbox_id=sandbox_id, after=after)
+        reply = await self._unary(rpcs.GET_NETWORK_LOG, request)
+        return [convert.network_connection_from_pb(entry) for entry in reply.connections]
 
     async def list_changes(
         self, sandbox_id: str, paths: Iterable[str] | str | None = None

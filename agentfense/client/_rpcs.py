@@ -100,4 +100,5 @@ RESTORE_CHECKPOINT = Unary(
 )
 DELETE_CHECKPOINT = Unary(_SANDBOX + "DeleteCheckpoint", pb.DeleteCheckpointRequest, pb.Empty)
 FORK_SANDBOX = Unary(_SANDBOX + "ForkSandbox", pb.ForkSandboxRequest, pb.Sandbox)
+GET_NETWORK_LOG = Unary(_SANDBOX + "GetNetworkLog", pb.GetNetworkLogRequest, pb.NetworkLog)
 WATCH_EVENTS = ServerStream(_SANDBOX + "WatchEvents", pb.WatchEventsRequest, pb.EventBatch)

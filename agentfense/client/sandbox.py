@@ -32,6 +32,7 @@ from ..types import (
     ExecResult,
     FileChange,
     FileInfo,
+    NetworkConnection,
     ResourceLimits,
     RuntimeType,
     SandboxInfo,
@@ -103,6 +104,7 @@ class AsyncSandbox(metaclass=NoPublicConstructor):
         api_key: str | None = None,
         tls: TLSConfig | None = None,
         commit: CommitMode | str = CommitMode.AUTO,
+        network: Iterable[str] | str | None = None,
     ) -> AsyncSandbox:
         """Upload the project at ``path`` as a new codebase and create a sandbox on it.
 
@@ -110,7 +112,9 @@ class AsyncSandbox(metaclass=NoPublicConstructor):
         servers may require one (the upstream server refuses a codebase without it), and a
         stable owner groups one user's codebases for listings and per-owner limits.
         ``api_key`` and ``tls``: as for ``AsyncSandboxClient``. ``commit="manual"``: the
-        sandbox's writes reach the codebase only through ``commit()`` (docs/review.md)."""
+        sandbox's writes reach the codebase only through ``commit()`` (docs/review.md).
+        ``network``: the hosts it may reach ("pypi.org", "*.pythonhosted.org",
+        "github.com:443"); None: none (docs/network.md)."""
         rules = resolve_permissions(preset, permissions)
         root = Path(path)
         scan = await run_sync(lambda: scan_project(root, ignore_patterns))
@@ -138,6 +142,7 @@ class AsyncSandbox(metaclass=NoPublicConstructor):
                     keep_home=keep_home,
                     start=auto_start,
                     commit=commit,
+                    network=network,
                 )
             )
             sandbox_id = info.id
@@ -172,6 +177,7 @@ class AsyncSandbox(metaclass=NoPublicConstructor):
         api_key: str | None = None,
         tls: TLSConfig | None = None,
         commit: CommitMode | str = CommitMode.AUTO,
+        network: Iterable[str] | str | None = None,
     ) -> AsyncSandbox:
         """A new sandbox on an existing codebase (which is kept when the sandbox goes)."""
         rules = resolve_permissions(preset, permissions)
@@ -189,6 +195,7 @@ class AsyncSandbox(metaclass=NoPublicConstructor):
                     keep_home=keep_home,
                     start=auto_start,
                     commit=commit,
+                    network=network,
                 )
             )
             sandbox_id = info.id
@@ -460,6 +467,14 @@ class AsyncSandbox(metaclass=NoPublicConstructor):
     async def delete_checkpoint(self, checkpoint: Checkpoint | str) -> None:
         """Delete a checkpoint (the sandbox's files stay as they are)."""
         await self._client.delete_checkpoint(self.id, _checkpoint_id(checkpoint))
+
+    # -- network (docs/network.md) ---------------------------------------------------------
+
+    async def network_log(self, *, after: int = 0) -> list[NetworkConnection]:
+        """Every connection this sandbox made through its proxy (allowed, denied or failed:
+        host, port, bytes each way, when) and every DNS lookup it tried, oldest first; only
+        those numbered above ``after`` when given."""
+        return await self._client.get_network_log(self.id, after)
 
     def events(self, *, after: int = 0) -> EventStream:
         """What this sandbox's commands do to its files, and what its permissions refuse,

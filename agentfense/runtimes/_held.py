@@ -458,6 +458,11 @@ class HeldSandbox:
             for leaf in waiting.leaves:
                 SandboxCgroup.try_remove(leaf)
 
+    def network_namespace(self) -> int | None:
+        if self._stopped:
+            return None
+        return os.dup(self._namespaces.fds[NAMESPACES.index("net")])
+
     async def kill_leftovers(self) -> bool:
         # (an init ends by itself once nothing is left in its pid namespace)
         await self._cgroup.kill_leaves(keep=[p.leaf for p in self._running])

@@ -112,6 +112,11 @@ class SandboxHandle(Protocol):
         (``memory``: processes killed, ``pids``: forks refused); {} without limits."""
         ...
 
+    def network_namespace(self) -> int | None:
+        """A new fd on the sandbox's network namespace (the caller closes it), for the
+        server to put a proxy there; None where the server cannot join it."""
+        ...
+
     async def stop(self) -> None:
         """Kill every process of the sandbox and release its resources."""
         ...

@@ -259,6 +259,9 @@ class BwrapSandbox:
         await self._cgroup.kill_leaves(keep=self._agent.running_leaves())
         return True
 
+    def network_namespace(self) -> int | None:
+        return None  # (a server not root cannot join its namespaces: no network)
+
     def limit_events(self) -> dict[str, int]:
         return {} if self._limits is None else self._limits.events()
 

@@ -136,6 +136,7 @@ class DockerSandbox:
         # The container's pid 1, watched: when it is gone (killed from the host), so is the
         # container, and a start makes a new one.
         self._pid1: int | None = None
+        self._pid1_number = pid1
         with contextlib.suppress(OSError):
             self._pid1 = os.pidfd_open(pid1)
         self._cgroups = cgroups  # controller ("" for the unified hierarchy) -> its cgroup dir
@@ -236,6 +237,20 @@ class DockerSandbox:
         if pids is not None and (pids / "pids.events").exists():
             events["pids"] = _counter(pids / "pids.events", "max")
         return events
+
+    def network_namespace(self) -> int | None:
+        """Its pid 1's (a root server's): opened, then checked still that process by its
+        pid fd (a pid reused meanwhile would be another process's namespace)."""
+        if self._pid1 is None or os.geteuid() != 0:
+            return None
+        try:
+            netns = os.open(f"/proc/{self._pid1_number}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        if not self.alive:
+            os.close(netns)
+            return None
+        return netns
 
     async def stop(self) -> None:
         with anyio.CancelScope(shield=True):

@@ -219,7 +219,7 @@ async def _serving(
         else contextlib.nullcontext()
     )
     tokens = _token_store(config)
-    async with SandboxManager(config, store, metrics) as manager, endpoint:
+    async with SandboxManager(config, store, metrics, audit) as manager, endpoint:
         server = Listener(config, store, manager, spool, metrics, tokens=tokens, audit=audit)
         if isinstance(address, Path):
             address.parent.mkdir(parents=True, exist_ok=True)

@@ -78,6 +78,9 @@ class AuditLog:
             "outcome": outcome,
             "peer": peer,
         }
+        self._write(line)
+
+    def _write(self, line: Mapping[str, object]) -> None:
         try:
             if self._moved():
                 self._open()
@@ -90,6 +93,30 @@ class AuditLog:
             if not self._failing:
                 log.warning("cannot write the audit log %s: %s", self._target, exc)
             self._failing = True
+
+    def network_denial(
+        self,
+        *,
+        tenant: str,
+        sandbox_id: str,
+        kind: str,
+        target: str,
+        reason: str,
+        unreported: int,
+    ) -> None:
+        """A connection or lookup a sandbox's proxy refused (``action`` NetworkDenied;
+        ``unreported``: the denials of the sandbox left out before it, past 20 a second)."""
+        line = {
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "tenant": tenant,
+            "action": "NetworkDenied",
+            "ids": {"sandbox_id": sandbox_id[:_MOST_ID]},
+            "kind": kind,
+            "target": target[:300],
+            "reason": reason[:300],
+            "unreported": unreported,
+        }
+        self._write(line)
 
     def close(self) -> None:
         if self._file is not None and self._file is not sys.stdout:

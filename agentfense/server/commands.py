@@ -13,6 +13,7 @@ SessionExecStream (and of a session's shell, which is a command too).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -51,6 +52,7 @@ from .metrics import (
     TIMEOUT,
     ServerMetrics,
 )
+from .network.proxy import PROXY_ENV
 from .sandbox_table import SandboxRecord
 
 _log = logging.getLogger("agentfense.server.commands")
@@ -85,9 +87,12 @@ class Commands:
         return timeouts.effective(timeout, self._config.default_timeout, self._config.max_timeout)
 
     @staticmethod
-    def env(extra: Mapping[str, str]) -> dict[str, str]:
-        """The base environment of the sandbox with ``extra`` (checked) over it."""
+    def env(record: SandboxRecord, extra: Mapping[str, str]) -> dict[str, str]:
+        """The base environment of the sandbox (with its proxy's variables when it has a
+        network) with ``extra`` (checked) over it."""
         env = dict(BASE_ENV)
+        if record.network.enabled:
+            env.update(PROXY_ENV)
         for name, value in extra.items():
             if not _ENV_NAME_RE.match(name):
                 raise InvalidConfigurationError(f"env name {name[:64]!r} is not a valid name")
@@ -138,6 +143,8 @@ class Commands:
         happened, and the limit that struck meanwhile. ``kind`` (``exec`` or ``session``)
         labels it in the metrics."""
         before = handle.limit_events()
+        connections = record.network_log
+        seen = connections.last_seq if connections is not None else 0
         began = anyio.current_time()
         try:
             try:
@@ -151,6 +158,9 @@ class Commands:
             self._account(record, kind, CANCELLED, None, anyio.current_time() - began)
             raise
         outcome = with_limits(outcome, before, handle.limit_events(), disk=over_limit)
+        if connections is not None and connections.last_seq > seen:
+            denied = tuple(connections.denied_after(seen))
+            outcome = dataclasses.replace(outcome, network_denied=denied)
         said = TIMEOUT if outcome.timed_out else EXIT_NONZERO if outcome.exit_code else EXIT_ZERO
         self._account(record, kind, said, outcome, anyio.current_time() - began)
         return outcome
@@ -185,7 +195,9 @@ class Commands:
         if "\x00" in params.command:
             raise InvalidConfigurationError("command must not contain NUL")
         command = CommandSpec(
-            ("/bin/sh", "-c", params.command), self.env(params.env), _workdir(params.workdir)
+            ("/bin/sh", "-c", params.command),
+            self.env(record, params.env),
+            _workdir(params.workdir),
         )
         timeout = self.timeout(params.timeout)
 

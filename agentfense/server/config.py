@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidConfigurationError
+from .network.policy import OperatorNetwork, parse_cap, parse_host_map
 from .quotas import DEFAULT_QUOTA, QUOTA_NAMES, Quota, Quotas, parse_quotas
 
 DEFAULT_LISTEN = "localhost:9000"
@@ -109,6 +110,18 @@ class ServerConfig:
     auth: str = "token"
     # Where each API call is logged as a JSON line (a path, appended; "-" = stdout; "" = off).
     audit_log: str = ""
+    # The network a sandbox may ask for (docs/network.md): the host patterns tenants may
+    # list (an empty list: no sandbox has network), whether "*" (any host) may be asked
+    # for, names the proxy resolves to an address of the operator's ([server.network_hosts]:
+    # a mirror, a test server; loopback and private addresses only reachable so), and each
+    # sandbox's limits: connections open at once, bytes per second both ways (0: no limit),
+    # and the entries of its connection log kept.
+    network_allow: tuple[str, ...] = ("*:*",)
+    network_open_egress: bool = True
+    network_hosts: Mapping[str, str] = field(default_factory=dict)
+    network_max_connections: int = 64
+    network_bytes_per_second: int = 0
+    network_log_entries: int = 1000
 
     def __post_init__(self) -> None:
         for name in (
@@ -160,8 +173,22 @@ class ServerConfig:
             raise InvalidConfigurationError(
                 "tls_key and tls_client_ca need tls_cert (the server's certificate) beside them"
             )
+        self.operator_network()  # (checks the patterns and the host map)
+        if self.network_max_connections < 1 or self.network_log_entries < 1:
+            raise InvalidConfigurationError(
+                "network_max_connections and network_log_entries must be >= 1"
+            )
+        if self.network_bytes_per_second < 0:
+            raise InvalidConfigurationError("network_bytes_per_second must be >= 0")
         if self.auth not in ("token", "none"):
             raise InvalidConfigurationError(f"auth must be 'token' or 'none', not {self.auth!r}")
+
+    def operator_network(self) -> OperatorNetwork:
+        return OperatorNetwork(
+            parse_cap(list(self.network_allow)),
+            self.network_open_egress,
+            parse_host_map(self.network_hosts),
+        )
 
     def quota_table(self) -> Quotas:
         """Every tenant's quota: the default (``quota_*``) and the tenants' own."""
@@ -180,6 +207,12 @@ class ServerConfig:
             current = getattr(self, name)
             if name == "quotas":
                 converted[name] = parse_quotas(value)
+                continue
+            if name == "network_allow":  # (a TOML list, or "a,b" from the environment)
+                converted[name] = tuple(p.text for p in parse_cap(value))
+                continue
+            if name == "network_hosts":  # (a TOML table, or "name=address,...")
+                converted[name] = parse_host_map(value)
                 continue
             try:
                 if isinstance(current, Path):

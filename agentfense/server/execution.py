@@ -37,6 +37,7 @@ class Outcome:
     timed_out: bool
     limit_exceeded: str = ""  # the sandbox's resource limit the command ran into, if any
     detail: str = ""  # what became of the rest of a command cut short, as a sentence
+    network_denied: tuple[str, ...] = ()  # what the sandbox's proxy refused meanwhile
 
 
 def with_limits(

@@ -19,6 +19,8 @@ from ..errors import InvalidConfigurationError, SandboxNotFoundError, SandboxNot
 from ..runtimes.base import Prepared, SandboxHandle
 from ..types import CommitMode, PermissionRule, ResourceLimits, RuntimeType, SandboxStatus
 from .callers import may_see
+from .network.connections import ConnectionLog
+from .network.policy import NO_NETWORK, NetworkPolicy
 from .tokens import LOCAL_TENANT
 
 _ID_RE = re.compile(r"^sb_[0-9a-f]{16}$")
@@ -65,6 +67,9 @@ class SandboxRecord:
     keep_home: bool = False  # one $HOME for all its commands (else one each)
     commit_mode: CommitMode = CommitMode.AUTO  # manual: its writes wait for a review
     checkpoints: dict[str, CheckpointRecord] = field(default_factory=dict)  # oldest first
+    network: NetworkPolicy = NO_NETWORK  # what it may reach through its proxy
+    network_log: ConnectionLog | None = None  # (with a network: for its whole life)
+    proxy: anyio.CancelScope | None = None  # its proxy's, while it runs
 
 
 def _not_found(sandbox_id: str) -> SandboxNotFoundError:

@@ -49,6 +49,7 @@ from ..types import (
 from ._contained import ContainedTaskGroup
 from ._descriptors import check_headroom
 from ._paths import InvalidPathError, normalize_relpath
+from .audit_log import AuditLog
 from .checkpoints import Checkpoints
 from .codebases import CodebaseStore
 from .commands import Commands, ExecParams
@@ -57,7 +58,9 @@ from .execution import OnOutput, Outcome
 from .fs_supervisor import FsSupervisor
 from .log_lines import Value, log_event
 from .metrics import ServerMetrics
+from .network.policy import NetworkPolicy
 from .sandbox_checks import MOST_EXPIRES_IN, check_labels, check_resources
+from .sandbox_network import SandboxNetworks
 from .sandbox_table import SandboxRecord, SandboxTable, now
 from .session_registry import SessionRegistry
 
@@ -69,9 +72,14 @@ class SandboxManager:
     """Owns every sandbox of the server. Use as ``async with SandboxManager(...)``."""
 
     def __init__(
-        self, config: ServerConfig, codebases: CodebaseStore, metrics: ServerMetrics
+        self,
+        config: ServerConfig,
+        codebases: CodebaseStore,
+        metrics: ServerMetrics,
+        audit: AuditLog | None = None,
     ) -> None:
         self._config = config
+        self.networks = SandboxNetworks(config, audit)
         self._metrics = metrics
         self._codebases = codebases
         self._sandboxes = SandboxTable()
@@ -361,12 +369,14 @@ class SandboxManager:
         keep_home: bool = False,
         start: bool = False,
         commit_mode: CommitMode = CommitMode.AUTO,
+        network: Sequence[str] = (),
     ) -> SandboxRecord:
         """A new sandbox; with ``start``, started too (or, when it cannot start, destroyed,
         and the start's error raised)."""
         if not codebase_id:
             raise InvalidConfigurationError("codebase_id must not be empty")
         check_labels(labels)
+        policy = self.networks.policy(network)
         if len(image) > 4096 or "\x00" in image:
             raise InvalidConfigurationError("image must be at most 4096 characters, without NUL")
         if expires_in is not None and expires_in < timedelta(0):
@@ -390,6 +400,7 @@ class SandboxManager:
                 keep_home=keep_home,
                 prepare=start,
                 commit_mode=commit_mode,
+                network=policy,
             )
         if expires_in:
             record.expires_at = record.created_at + expires_in
@@ -431,6 +442,7 @@ class SandboxManager:
                 keep_home=parent.keep_home,
                 prepare=start,
                 commit_mode=parent.commit_mode,
+                network=parent.network,
                 seed=parent,
             )
         self._event("sandbox forked", record, parent=parent.id)
@@ -450,6 +462,7 @@ class SandboxManager:
         keep_home: bool,
         prepare: bool,
         commit_mode: CommitMode,
+        network: NetworkPolicy,
         seed: SandboxRecord | None = None,
     ) -> SandboxRecord:
         """The new sandbox, in the table when this returns (its quota reserved meanwhile).
@@ -472,6 +485,7 @@ class SandboxManager:
             keep_home=keep_home,
             commit_mode=commit_mode,
         )
+        self.networks.give(record, network)
         record.host_uid = self._take_uid()
         if prepare and _has_headroom():  # (else the start refuses, before it begins anything)
             record.prepared = self._runtimes[runtime].prepare(record.id, resources, self.task_group)
@@ -562,6 +576,13 @@ class SandboxManager:
                 runtime = self._runtimes[record.runtime]
                 prepared, record.prepared = record.prepared, None
                 record.handle = await runtime.start(spec, self._task_group, prepared)
+                try:
+                    await self.networks.start(record, record.handle, self._task_group)
+                except BaseException:
+                    with anyio.CancelScope(shield=True):
+                        handle, record.handle = record.handle, None
+                        await handle.stop()
+                    raise
             except RuntimeError_ as exc:  # (what the caller can act on: limits, the image...)
                 record.status, record.error = SandboxStatus.ERROR, str(exc)
                 self._event("sandbox start failed", record, logging.WARNING, error=str(exc))
@@ -584,6 +605,7 @@ class SandboxManager:
             async with record.lock:
                 await self.sessions.close_all(record.id, forget=False)
                 handle, record.handle = record.handle, None
+                self.networks.stop(record)
                 if handle is not None:
                     await handle.stop()
                     await self.commit(record)

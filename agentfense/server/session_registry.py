@@ -152,7 +152,7 @@ class SessionRegistry:
         """A new session, in the registry when this returns."""
         check_headroom(f"a new session of sandbox {record.id}")
         argv = shell_argv(shell, handle.session_bash)
-        command = CommandSpec(argv, self._commands.env(env), WORKSPACE)
+        command = CommandSpec(argv, self._commands.env(record, env), WORKSPACE)
         process = await self._commands.spawn(record, handle, command, shell=shell)
         ident = "ses_" + secrets.token_hex(8)
         session = await Session.open(ident, record.id, process, shell, self._task_group())

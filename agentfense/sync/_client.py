@@ -19,6 +19,7 @@ from ..types import (
     ExecResult,
     FileChange,
     FileInfo,
+    NetworkConnection,
     ResourceLimits,
     RuntimeType,
     SandboxInfo,
@@ -178,11 +179,13 @@ class SandboxClient:
         keep_home: bool = False,
         start: bool = False,
         commit: CommitMode | str = CommitMode.AUTO,
+        network: Iterable[str] | str | None = None,
     ) -> SandboxInfo:
         """Create a sandbox on a codebase, not started unless ``start``: then started in
         the same call (a sandbox that cannot start is destroyed, and the start's error
         raised). ``expires_in`` (seconds or a ``timedelta``): the server destroys the sandbox
-        once that much time has passed. ``commit``: ``"auto"`` or ``"manual"``."""
+        once that much time has passed. ``commit``: ``"auto"`` or ``"manual"``.
+        ``network``: the hosts it may reach (docs/network.md); None: none."""
         return run_blocking(
             self._async.create_sandbox,
             codebase_id,
@@ -195,6 +198,7 @@ class SandboxClient:
             keep_home=keep_home,
             start=start,
             commit=commit,
+            network=network,
         )
 
     def get_sandbox(self, sandbox_id: str) -> SandboxInfo:
@@ -311,6 +315,10 @@ class SandboxClient:
     def create_checkpoint(self, sandbox_id: str, name: str = "") -> Checkpoint:
         """Capture a manual sandbox's changes (its files, not its processes)."""
         return run_blocking(self._async.create_checkpoint, sandbox_id, name)
+
+    def get_network_log(self, sandbox_id: str, after: int = 0) -> list[NetworkConnection]:
+        """The connections the sandbox made through its proxy and the lookups it tried."""
+        return run_blocking(self._async.get_network_log, sandbox_id, after)
 
     def list_checkpoints(self, sandbox_id: str) -> list[Checkpoint]:
         """A sandbox's checkpoints, oldest first."""

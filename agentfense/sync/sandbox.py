@@ -18,6 +18,7 @@ from ..types import (
     ExecResult,
     FileChange,
     FileInfo,
+    NetworkConnection,
     ResourceLimits,
     RuntimeType,
     SandboxInfo,
@@ -68,6 +69,7 @@ class Sandbox(metaclass=NoPublicConstructor):
         api_key: str | None = None,
         tls: TLSConfig | None = None,
         commit: CommitMode | str = CommitMode.AUTO,
+        network: Iterable[str] | str | None = None,
     ) -> Sandbox:
         """Upload the project at ``path`` as a new codebase and create a sandbox on it."""
         return cls._create(
@@ -90,6 +92,7 @@ class Sandbox(metaclass=NoPublicConstructor):
                 api_key=api_key,
                 tls=tls,
                 commit=commit,
+                network=network,
             )
         )
 
@@ -111,6 +114,7 @@ class Sandbox(metaclass=NoPublicConstructor):
         api_key: str | None = None,
         tls: TLSConfig | None = None,
         commit: CommitMode | str = CommitMode.AUTO,
+        network: Iterable[str] | str | None = None,
     ) -> Sandbox:
         """A new sandbox on an existing codebase (which is kept when the sandbox goes)."""
         return cls._create(
@@ -130,6 +134,7 @@ class Sandbox(metaclass=NoPublicConstructor):
                 api_key=api_key,
                 tls=tls,
                 commit=commit,
+                network=network,
             )
         )
 
@@ -337,6 +342,11 @@ class Sandbox(metaclass=NoPublicConstructor):
     def delete_checkpoint(self, checkpoint: Checkpoint | str) -> None:
         """Delete a checkpoint (the sandbox's files stay as they are)."""
         run_blocking(self._async.delete_checkpoint, checkpoint)
+
+    def network_log(self, *, after: int = 0) -> list[NetworkConnection]:
+        """Every connection this sandbox made through its proxy, and every lookup it tried,
+        oldest first (docs/network.md)."""
+        return run_blocking(self._async.network_log, after=after)
 
     def events(self, *, after: int = 0) -> EventStream:
         """What this sandbox's commands do to its files, and what its permissions refuse:

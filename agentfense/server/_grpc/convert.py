@@ -31,6 +31,7 @@ from .._paths import MAX_PATH_BYTES, wire_text
 from ..codebases import CodebaseRecord
 from ..commands import ExecParams
 from ..execution import Outcome
+from ..network.connections import Connection, Verdict
 from ..sandbox_files import SandboxFile
 from ..sandbox_table import CheckpointRecord, SandboxRecord
 from ..sessions import Session
@@ -73,6 +74,7 @@ def sandbox_to_pb(record: SandboxRecord, *, rules: bool = True) -> pb.Sandbox:
         resources=resources_to_pb(record.resources),
         keep_home=record.keep_home,
         commit_mode=COMMIT_MODE_TO_PB[record.commit_mode],
+        network=pb.NetworkPolicy(allow=list(record.network.texts)),
     )
     for name in ("started_at", "stopped_at", "expires_at"):
         value = getattr(record, name)
@@ -105,6 +107,7 @@ def exec_result_to_pb(outcome: Outcome) -> pb.ExecResult:
         exit_code=outcome.exit_code,
         duration=timedelta(seconds=outcome.duration),
         limit_exceeded=outcome.limit_exceeded,
+        network_denied=list(outcome.network_denied),
     )
 
 
@@ -194,6 +197,35 @@ def changes_reply(reply: control.Changes) -> bytes:
         for change in reply.changes
     )
     return repeated_field(1, changes) + bytes(pb.ListChangesResponse(total=reply.total))
+
+
+_VERDICTS = {
+    Verdict.ALLOWED: pb.NetworkVerdict.ALLOWED,
+    Verdict.DENIED: pb.NetworkVerdict.DENIED,
+    Verdict.FAILED: pb.NetworkVerdict.FAILED,
+}
+
+
+def network_log_to_pb(connections: Sequence[Connection], dropped: int) -> pb.NetworkLog:
+    return pb.NetworkLog(
+        connections=[
+            pb.NetworkConnection(
+                seq=entry.seq,
+                started_at=datetime.fromtimestamp(entry.started, UTC),
+                kind=entry.kind,
+                host=wire_text(entry.host),
+                port=entry.port,
+                address=entry.address,
+                verdict=pb.NetworkVerdict(_VERDICTS[entry.verdict]),
+                reason=wire_text(entry.reason),
+                bytes_up=entry.bytes_up,
+                bytes_down=entry.bytes_down,
+                duration=timedelta(seconds=entry.duration),
+            )
+            for entry in connections
+        ],
+        dropped=dropped,
+    )
 
 
 def checkpoint_to_pb(record: CheckpointRecord) -> pb.Checkpoint:

@@ -156,6 +156,7 @@ class SandboxService(pb.SandboxServiceBase):
                     f"commit_mode {request.commit_mode} is not a known commit mode"
                 )
             record = await self._manager.create(
+                network=list(request.network.allow),
                 commit_mode=commit_mode,
                 codebase_id=request.codebase_id,
                 permissions=rules,
@@ -430,6 +431,16 @@ class SandboxService(pb.SandboxServiceBase):
             record = self._manager.get(request.sandbox_id)
             await self._manager.checkpoints.delete(record, request.checkpoint_id)
             return pb.Empty()
+
+    # -- network ----------------------------------------------------------------------------
+
+    async def get_network_log(self, request: pb.GetNetworkLogRequest) -> pb.NetworkLog:
+        with grpc_errors():
+            record = self._manager.get(request.sandbox_id)
+            log = record.network_log
+            if log is None:
+                return pb.NetworkLog()
+            return convert.network_log_to_pb(log.after(request.after), log.dropped)
 
     # -- sessions ---------------------------------------------------------------------------
 

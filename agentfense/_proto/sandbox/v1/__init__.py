@@ -109,6 +109,18 @@ class EventKind(betterproto.Enum):
     DENIED = 5
 
 
+class NetworkVerdict(betterproto.Enum):
+    UNSPECIFIED = 0
+    ALLOWED = 1
+    """Reached the host."""
+
+    DENIED = 2
+    """Refused by the policy (or the limits)."""
+
+    FAILED = 3
+    """Allowed, but the host could not be resolved or reached."""
+
+
 class ExecOutputOutputType(betterproto.Enum):
     OUTPUT_TYPE_UNSPECIFIED = 0
     OUTPUT_TYPE_STDOUT = 1
@@ -316,6 +328,9 @@ class Sandbox(betterproto.Message):
     commit_mode: "CommitMode" = betterproto.enum_field(101)
     """AgentFense extension: see CommitMode."""
 
+    network: "NetworkPolicy" = betterproto.message_field(102)
+    """AgentFense extension: see NetworkPolicy."""
+
 
 @dataclass(eq=False, repr=False)
 class CreateSandboxRequest(betterproto.Message):
@@ -340,6 +355,24 @@ class CreateSandboxRequest(betterproto.Message):
 
     commit_mode: "CommitMode" = betterproto.enum_field(102)
     """AgentFense extension: see CommitMode."""
+
+    network: "NetworkPolicy" = betterproto.message_field(103)
+    """AgentFense extension: see NetworkPolicy."""
+
+
+@dataclass(eq=False, repr=False)
+class NetworkPolicy(betterproto.Message):
+    """
+    AgentFense extension: what a sandbox may reach on the network, through a proxy the server
+     runs for it (docs/network.md). No patterns: no network at all (what a server without the
+     extension gives every sandbox).
+    """
+
+    allow: List[str] = betterproto.string_field(1)
+    """
+    Host patterns: "pypi.org", "*.pythonhosted.org" (names below it), "*" (any host), each
+     with ":port", ":*" (any port) or neither (ports 80 and 443).
+    """
 
 
 @dataclass(eq=False, repr=False)
@@ -402,6 +435,12 @@ class ExecResult(betterproto.Message):
     """
     AgentFense extension: the sandbox's resource limit that the command ran into ("memory"
      when its memory limit killed it, "pids" when its process limit refused a fork), or "".
+    """
+
+    network_denied: List[str] = betterproto.string_field(100)
+    """
+    AgentFense extension: what the sandbox's proxy refused while the command ran ("host:port",
+     each once, at most 16; DNS lookups as the name asked for).
     """
 
 
@@ -642,6 +681,48 @@ class WatchEventsRequest(betterproto.Message):
 class EventBatch(betterproto.Message):
     events: List["SandboxEvent"] = betterproto.message_field(1)
     lost: int = betterproto.uint64_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class GetNetworkLogRequest(betterproto.Message):
+    """AgentFense extension: see GetNetworkLog."""
+
+    sandbox_id: str = betterproto.string_field(1)
+    after: int = betterproto.uint64_field(2)
+    """Only the entries numbered above this (0: every entry still kept)."""
+
+
+@dataclass(eq=False, repr=False)
+class NetworkConnection(betterproto.Message):
+    seq: int = betterproto.uint64_field(1)
+    """From 1, for the life of the sandbox."""
+
+    started_at: datetime = betterproto.message_field(2)
+    kind: str = betterproto.string_field(3)
+    """http", "connect" (HTTPS and other tunnels) or "dns"."""
+
+    host: str = betterproto.string_field(4)
+    port: int = betterproto.uint32_field(5)
+    address: str = betterproto.string_field(6)
+    """What the host was resolved to ("" when it was not)."""
+
+    verdict: "NetworkVerdict" = betterproto.enum_field(7)
+    reason: str = betterproto.string_field(8)
+    bytes_up: int = betterproto.uint64_field(9)
+    bytes_down: int = betterproto.uint64_field(10)
+    duration: timedelta = betterproto.message_field(11)
+    """So far, for a connection still open."""
+
+
+@dataclass(eq=False, repr=False)
+class NetworkLog(betterproto.Message):
+    connections: List["NetworkConnection"] = betterproto.message_field(1)
+    """
+    Oldest first: the last entries the server keeps (network_log_entries).
+    """
+
+    dropped: int = betterproto.uint64_field(2)
+    """Entries pushed out of the log before these."""
 
 
 class CodebaseServiceStub(betterproto.ServiceStub):
@@ -1254,6 +1335,23 @@ class SandboxServiceStub(betterproto.ServiceStub):
         ):
             yield response
 
+    async def get_network_log(
+        self,
+        get_network_log_request: "GetNetworkLogRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "NetworkLog":
+        return await self._unary_unary(
+            "/sandbox.v1.SandboxService/GetNetworkLog",
+            get_network_log_request,
+            NetworkLog,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class CodebaseServiceBase(ServiceBase):
 
@@ -1546,6 +1644,11 @@ class SandboxServiceBase(ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield EventBatch()
 
+    async def get_network_log(
+        self, get_network_log_request: "GetNetworkLogRequest"
+    ) -> "NetworkLog":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_create_sandbox(
         self, stream: "grpclib.server.Stream[CreateSandboxRequest, Sandbox]"
     ) -> None:
@@ -1752,6 +1855,13 @@ class SandboxServiceBase(ServiceBase):
             request,
         )
 
+    async def __rpc_get_network_log(
+        self, stream: "grpclib.server.Stream[GetNetworkLogRequest, NetworkLog]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.get_network_log(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/sandbox.v1.SandboxService/CreateSandbox": grpclib.const.Handler(
@@ -1915,5 +2025,11 @@ class SandboxServiceBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_STREAM,
                 WatchEventsRequest,
                 EventBatch,
+            ),
+            "/sandbox.v1.SandboxService/GetNetworkLog": grpclib.const.Handler(
+                self.__rpc_get_network_log,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                GetNetworkLogRequest,
+                NetworkLog,
             ),
         }

@@ -1,0 +1,104 @@
+"""The proxy's sockets, made inside a sandbox's network namespace by the server.
+
+A socket belongs to the namespace it was made in, whichever process then uses it: a thread
+of the server's joins the sandbox's namespace (``setns``), makes and binds the listening
+TCP socket (127.0.0.1:3128) and the UDP one (127.0.0.1:53), and ends; the server accepts on
+them from its own namespace. So the sandbox's namespace keeps only its loopback, no bridge
+process or interface is added, and a proxied byte is copied once, by the server. The
+thread is one of its own (not a worker's, which would be reused): a namespace it could not
+leave goes with it.
+
+The sandbox's processes cannot take these ports first (the sockets exist before any
+command), nor bind beside them (``SO_REUSEPORT`` needs the same user; port 53 needs a
+capability in the namespace's owner, the host's user namespace).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import os
+import socket
+import struct
+import threading
+from pathlib import Path
+
+import anyio
+
+from .proxy import DNS_PORT, PROXY_PORT
+
+_CLONE_NEWNET = 0x40000000
+_SIOCGIFADDR = 0x8915
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, _CLONE_NEWNET) != 0:
+        number = ctypes.get_errno()
+        raise OSError(number, os.strerror(number))
+
+
+def _make(netns: int) -> tuple[socket.socket, socket.socket]:
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    made: list[socket.socket] = []
+    try:
+        _setns(netns)
+        try:
+            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            made.append(listener)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("127.0.0.1", PROXY_PORT))
+            listener.listen(256)
+            dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            made.append(dns)
+            dns.bind(("127.0.0.1", DNS_PORT))
+        finally:
+            _setns(own)  # (refused: this thread ends all the same)
+    except BaseException:
+        for sock in made:
+            sock.close()
+        raise
+    finally:
+        os.close(own)
+    return listener, dns
+
+
+def _in_own_thread(netns: int) -> tuple[socket.socket, socket.socket]:
+    result: list[tuple[socket.socket, socket.socket]] = []
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            result.append(_make(netns))
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=work, name="agentfense-netns", daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+async def proxy_sockets(netns: int) -> tuple[socket.socket, socket.socket]:
+    """The proxy's listening socket and the DNS responder's, in the namespace ``netns``
+    (an fd on it); OSError when they cannot be made there."""
+    return await anyio.to_thread.run_sync(_in_own_thread, netns)
+
+
+def local_addresses() -> frozenset[str]:
+    """This host's own addresses (its interfaces', in the server's namespace)."""
+    found: set[str] = set()
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        for _, name in socket.if_nameindex():
+            with contextlib.suppress(OSError):
+                request = struct.pack("256s", name.encode()[:15])
+                answer = fcntl.ioctl(probe.fileno(), _SIOCGIFADDR, request)
+                found.add(socket.inet_ntoa(answer[20:24]))
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/if_inet6").read_text().splitlines():
+            hexa = line.split()[0]
+            found.add(socket.inet_ntop(socket.AF_INET6, bytes.fromhex(hexa)))
+    return frozenset(found)

@@ -1,0 +1,378 @@
+"""One sandbox's way out: an HTTP proxy the server serves on a socket it made inside the
+sandbox's network namespace (``netns.py``), and a DNS responder beside it that refuses
+every lookup (the proxy resolves names; the sandbox has no resolver of its own).
+
+Each connection is decided on what the sandbox names and what the name resolves to:
+- a plain HTTP request, by its URL's host (and its Host header, which must agree);
+- ``CONNECT host:port``, by that host, then by the TLS ClientHello that follows, whose
+  server name (SNI) must be that host too; to the web ports the tunnel must carry TLS;
+- the address the name resolves to (here, by the server; or the operator's host map),
+  which must not be loopback, link-local, private or the server's own (``addresses.py``).
+Every decision is logged (``connections.py``); a denial reaches the audit log too. The
+sandbox's connections share a byte rate and a count limit (``NetworkLimits``): one sandbox's
+traffic costs only its own share. docs/network.md is the user's view.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import socket
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+
+import anyio
+import anyio.abc
+
+from .addresses import refusal
+from .connections import ConnectionLog, Verdict
+from .messages import (
+    MAX_HEAD,
+    MAX_HELLO,
+    MessageError,
+    dns_question,
+    dns_refusal,
+    head_end,
+    hello_length,
+    is_tls,
+    parse_head,
+    server_name,
+)
+from .policy import WEB_PORTS, NetworkPolicy, OperatorNetwork, normal_host
+
+_log = logging.getLogger("agentfense.server.network")
+PROXY_PORT = 3128  # in the sandbox's namespace: 127.0.0.1:3128
+_URL = f"http://127.0.0.1:{PROXY_PORT}"
+_LOCAL = "localhost,127.0.0.1,::1"
+# Every command's environment in a sandbox with a network (both spellings: curl reads only
+# the lowercase http_proxy, some tools only the uppercase ones).
+PROXY_ENV = {
+    "HTTP_PROXY": _URL,
+    "HTTPS_PROXY": _URL,
+    "http_proxy": _URL,
+    "https_proxy": _URL,
+    "NO_PROXY": _LOCAL,
+    "no_proxy": _LOCAL,
+}
+DNS_PORT = 53
+_CHUNK = 256 * 1024
+_HEAD_WAIT = 30.0  # seconds a connection has to send its request head
+_CONNECT_WAIT = 10.0  # to resolve and connect upstream
+_HELLO_WAIT = 10.0  # for a tunnel's first bytes
+_DNS_REPLIES_PER_SECOND = 200  # a flood of lookups is answered at this rate, and logged so
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkLimits:
+    max_connections: int = 64  # open at once, per sandbox
+    bytes_per_second: int = 0  # both ways together, per sandbox (0: no limit)
+
+
+# (kind, host, port, reason, unreported): for the audit log, at most _AUDITED_PER_SECOND a
+# second per sandbox; ``unreported``: the denials left out before this one.
+Denied = Callable[[str, str, int, str, int], None]
+_AUDITED_PER_SECOND = 20
+
+
+class _Rate:
+    """A token bucket: ``take(n)`` waits until the sandbox may move ``n`` more bytes."""
+
+    def __init__(self, per_second: int) -> None:
+        self._rate = per_second
+        self._burst = max(per_second, _CHUNK)
+        self._tokens = float(self._burst)
+        self._at = anyio.current_time()
+
+    async def take(self, count: int) -> None:
+        if not self._rate:
+            return
+        now = anyio.current_time()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        self._tokens -= count
+        if self._tokens < 0:
+            await anyio.sleep(-self._tokens / self._rate)
+
+
+class _Refused(Exception):
+    def __init__(self, status: str, reason: str, verdict: Verdict = Verdict.DENIED) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.verdict = verdict
+
+
+class SandboxProxy:
+    """The proxy and the DNS responder of one running sandbox."""
+
+    def __init__(
+        self,
+        policy: NetworkPolicy,
+        operator: OperatorNetwork,
+        limits: NetworkLimits,
+        log: ConnectionLog,
+        *,
+        server_ports: Collection[int],
+        local_addresses: Collection[str],
+        on_denied: Denied,
+    ) -> None:
+        self._policy = policy
+        self._operator = operator
+        self._limits = limits
+        self._log = log
+        self._server_ports = server_ports
+        self._local = local_addresses
+        self._on_denied = on_denied
+        self._rate = _Rate(limits.bytes_per_second)
+        self._open = 0
+        self._audit_window = anyio.current_time()
+        self._audited = 0
+        self._unreported = 0
+
+    async def serve(self, listener: anyio.abc.SocketListener, dns: anyio.abc.UDPSocket) -> None:
+        """Until cancelled (the sandbox stops): then every connection is closed."""
+        async with listener, dns, anyio.create_task_group() as tg:
+            tg.start_soon(self._answer_lookups, dns)
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:  # (EMFILE: the server's limit; later ones may pass)
+                    _log.warning("the sandbox's proxy cannot accept: %s", exc)
+                    await anyio.sleep(0.1)
+                    continue
+                tg.start_soon(self._handle, stream)
+
+    def _deny(self, kind: str, host: str, port: int, reason: str, address: str = "") -> None:
+        self._log.add(kind, host, port, Verdict.DENIED, reason, address)
+        now = anyio.current_time()
+        if now - self._audit_window >= 1:
+            self._audit_window, self._audited = now, 0
+        self._audited += 1
+        if self._audited > _AUDITED_PER_SECOND:
+            self._unreported += 1
+            return
+        self._on_denied(kind, host, port, reason, self._unreported)
+        self._unreported = 0
+
+    async def _handle(self, client: anyio.abc.SocketStream) -> None:
+        async with client:
+            if self._open >= self._limits.max_connections:
+                reason = f"more than {self._limits.max_connections} connections at once"
+                self._deny("http", "", 0, reason)
+                await _answer(client, "503 Service Unavailable", reason)
+                return
+            self._open += 1
+            try:
+                await self._serve_one(client)
+            finally:
+                self._open -= 1
+
+    async def _serve_one(self, client: anyio.abc.SocketStream) -> None:
+        buffer = bytearray()
+        with anyio.move_on_after(_HEAD_WAIT):
+            while (end := head_end(buffer)) < 0 and len(buffer) <= MAX_HEAD:
+                try:
+                    buffer += await client.receive(MAX_HEAD + 1)
+                except (anyio.EndOfStream, OSError, anyio.BrokenResourceError):
+                    return
+        if end < 0:
+            reason = "no request head" if len(buffer) <= MAX_HEAD else "a request head too long"
+            self._deny("http", "", 0, reason)
+            await _answer(client, "400 Bad Request", reason)
+            return
+        kind, host, port = "http", "", 0
+        try:
+            head = parse_head(bytes(buffer[:end]))
+            kind = "connect" if head.method == "CONNECT" else "http"
+            port = head.port
+            try:
+                host = normal_host(head.host)
+            except Exception:  # (InvalidConfigurationError: its sentence is about patterns)
+                host = head.host[:255]
+                raise _Refused("400 Bad Request", f"{host!r} is not a host name") from None
+            address, upstream = await self._allowed(host, port)
+        except MessageError as exc:
+            self._deny(kind, host, port, str(exc))
+            await _answer(client, "400 Bad Request", str(exc))
+            return
+        except _Refused as refused:
+            if refused.verdict is Verdict.DENIED:
+                self._deny(kind, host, port, refused.reason)
+            else:
+                self._log.add(kind, host, port, refused.verdict, refused.reason)
+            await _answer(client, refused.status, refused.reason)
+            return
+        async with upstream:
+            rest = bytes(buffer[end:])
+            if kind == "http":
+                first = head.upstream + rest
+            else:
+                try:
+                    first = await self._tunnel_start(client, host, port, rest)
+                except _Refused as refused:
+                    self._deny(kind, host, port, refused.reason, address)
+                    return
+            seq = self._log.add(kind, host, port, Verdict.ALLOWED, address=address)
+            await self._relay(client, upstream, first, seq)
+
+    async def _allowed(self, host: str, port: int) -> tuple[str, anyio.abc.SocketStream]:
+        """A connection to ``host`` (normalised) on ``port``, if the policy allows it."""
+        if self._policy.allows(host, port) is None:
+            raise _Refused("403 Forbidden", f"{host}:{port} is not in the allow-list")
+        return await self._connect(host, port)
+
+    async def _connect(self, host: str, port: int) -> tuple[str, anyio.abc.SocketStream]:
+        mapped = self._operator.hosts.get(host)
+        candidates = [mapped] if mapped is not None else await self._resolve(host, port)
+        reasons = []
+        for address in candidates:
+            why = refusal(
+                address,
+                port,
+                mapped=mapped is not None,
+                server_ports=self._server_ports,
+                local=self._local,
+            )
+            if why is not None:
+                reasons.append(why)
+                continue
+            try:
+                with anyio.fail_after(_CONNECT_WAIT):
+                    stream = await anyio.connect_tcp(address, port)
+            except (OSError, TimeoutError) as exc:
+                reason = getattr(exc, "strerror", None) or "timed out"
+                raise _Refused(
+                    "502 Bad Gateway", f"cannot reach {address}:{port}: {reason}", Verdict.FAILED
+                ) from None
+            return address, stream
+        raise _Refused("403 Forbidden", f"{host} resolves to refused addresses: {reasons[0]}")
+
+    async def _resolve(self, host: str, port: int) -> list[str]:
+        try:
+            with anyio.fail_after(_CONNECT_WAIT):
+                found = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, TimeoutError) as exc:
+            reason = getattr(exc, "strerror", None) or "timed out"
+            raise _Refused(
+                "502 Bad Gateway", f"cannot resolve {host}: {reason}", Verdict.FAILED
+            ) from None
+        return list(dict.fromkeys(str(info[4][0]) for info in found)) or [host]
+
+    async def _tunnel_start(
+        self, client: anyio.abc.SocketStream, host: str, port: int, rest: bytes
+    ) -> bytes:
+        """Answer a CONNECT, then read the tunnel's first bytes: a TLS ClientHello must
+        name ``host`` (when it names any); the web ports take nothing but TLS."""
+        await client.send(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        first = bytearray(rest)
+        with anyio.move_on_after(_HELLO_WAIT):
+            while len(first) < MAX_HELLO:
+                need = hello_length(first) if is_tls(first) else None
+                if len(first) >= 5 and (need is None or len(first) >= _with_headers(need)):
+                    break
+                more = await _receive(client)
+                if not more:
+                    break
+                first += more
+        if not first:
+            raise _Refused("", "the tunnel sent nothing")
+        if is_tls(first):
+            try:
+                name = server_name(bytes(first))
+            except MessageError as exc:
+                raise _Refused("", str(exc)) from None
+            if name is not None and name != host:
+                raise _Refused("", f"the TLS server name {name[:255]!r} is not {host}")
+        elif port in WEB_PORTS:
+            raise _Refused("", f"the tunnel to port {port} does not begin with TLS")
+        return bytes(first)
+
+    async def _relay(
+        self,
+        client: anyio.abc.SocketStream,
+        upstream: anyio.abc.SocketStream,
+        first: bytes,
+        seq: int,
+    ) -> None:
+        moved = [0, 0]  # up, down
+
+        async def copy(
+            source: anyio.abc.SocketStream, sink: anyio.abc.SocketStream, way: int, data: bytes
+        ) -> None:
+            try:
+                while True:
+                    if data:
+                        await self._rate.take(len(data))
+                        await sink.send(data)
+                        moved[way] += len(data)
+                        self._log.update(seq, up=moved[0], down=moved[1])
+                    data = await source.receive(_CHUNK)
+            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                pass
+            finally:
+                try:
+                    await sink.send_eof()
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                    tg.cancel_scope.cancel()
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(copy, client, upstream, 0, first)
+                tg.start_soon(copy, upstream, client, 1, b"")
+        finally:
+            self._log.update(seq, up=moved[0], down=moved[1], ended=True)
+
+    async def _answer_lookups(self, dns: anyio.abc.UDPSocket) -> None:
+        """Refuse every lookup at once (REFUSED), logging what was asked: each name once a
+        second (a resolver asks for A and AAAA, and asks again)."""
+        window, answered = anyio.current_time(), 0
+        logged: dict[str, float] = {}  # name: when it was last logged (this second's)
+        while True:
+            try:
+                datagram, peer = await dns.receive()
+            except OSError:
+                continue
+            now = anyio.current_time()
+            if now - window >= 1:
+                window, answered = now, 0
+                logged.clear()
+            answered += 1
+            if answered > _DNS_REPLIES_PER_SECOND:
+                continue  # (dropped unanswered: the lookup times out)
+            try:
+                name = dns_question(datagram)
+            except MessageError as exc:
+                self._deny("dns", "", DNS_PORT, str(exc))
+                continue
+            if name not in logged:
+                logged[name] = now
+                reason = "no DNS in the sandbox: the proxy resolves names"
+                self._deny("dns", name[:255], DNS_PORT, reason)
+            reply = dns_refusal(datagram)
+            if reply is not None:
+                with contextlib.suppress(OSError):
+                    await dns.sendto(reply, *peer)
+
+
+def _with_headers(length: int) -> int:
+    """The bytes of records that carry a handshake message of ``length`` bytes."""
+    return length + 5 * math.ceil(length / 16384)
+
+
+async def _receive(stream: anyio.abc.SocketStream) -> bytes:
+    try:
+        return await stream.receive(MAX_HELLO)
+    except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+        return b""
+
+
+async def _answer(client: anyio.abc.SocketStream, status: str, reason: str) -> None:
+    """A short response saying why (what curl and pip show the agent)."""
+    body = f"agentfense: {reason}\n".encode(errors="replace")
+    head = (
+        f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+        await client.send(head.encode() + body)

@@ -1,0 +1,42 @@
+"""Which addresses the proxy refuses whatever name led there."""
+
+from __future__ import annotations
+
+import pytest
+
+from agentfense.server.network.addresses import refusal
+
+
+@pytest.mark.parametrize(
+    ("address", "why"),
+    [
+        ("127.0.0.1", "loopback"),
+        ("::1", "loopback"),
+        ("0.0.0.0", "loopback"),
+        ("169.254.169.254", "metadata"),
+        ("fe80::1", "link-local"),
+        ("10.1.2.3", "private"),
+        ("172.16.0.1", "private"),
+        ("192.168.1.1", "private"),
+        ("100.64.0.1", "private"),
+        ("fd00::1", "private"),
+        ("224.0.0.1", "multicast"),
+        ("::ffff:127.0.0.1", "loopback"),
+        ("::ffff:169.254.169.254", "metadata"),
+        ("151.101.0.5", "this host"),
+    ],
+)
+def test_what_is_not_a_global_address_is_refused(address: str, why: str) -> None:
+    found = refusal(address, 80, mapped=False, server_ports=(), local={"151.101.0.5"})
+    assert found is not None and why in found.replace("is this host's", "this host")
+
+
+def test_a_global_address_is_not_refused() -> None:
+    assert refusal("151.101.0.223", 443, mapped=False, server_ports=(9000,), local=()) is None
+
+
+def test_a_mapped_name_reaches_a_private_address_but_never_the_servers_ports() -> None:
+    assert refusal("127.0.0.1", 8080, mapped=True, server_ports=(9000,), local=()) is None
+    assert refusal("10.0.0.5", 8080, mapped=True, server_ports=(8080,), local=()) is None
+    said = refusal("127.0.0.1", 9000, mapped=True, server_ports=(9000,), local=())
+    assert said is not None and "server's own" in said

@@ -1,0 +1,140 @@
+"""What the proxy reads before it decides (sans I/O): request heads, a ClientHello's server
+name (from real ClientHellos, made by Python's own TLS), DNS queries."""
+
+from __future__ import annotations
+
+import ssl
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agentfense.server.network.messages import (
+    MessageError,
+    dns_question,
+    dns_refusal,
+    head_end,
+    hello_length,
+    is_tls,
+    parse_head,
+    server_name,
+)
+
+
+def client_hello(name: str | None) -> bytes:
+    context = ssl.create_default_context()
+    context.check_hostname = name is not None
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname=name)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def test_the_server_name_of_a_real_client_hello() -> None:
+    hello = client_hello("files.pythonhosted.org")
+    assert is_tls(hello)
+    assert hello_length(hello) == len(hello)
+    assert server_name(hello) == "files.pythonhosted.org"
+    assert server_name(client_hello(None)) is None  # (no SNI: none is named)
+
+
+def test_a_hello_split_over_records_is_joined() -> None:
+    hello = client_hello("pypi.org")
+    body = hello[5:]
+    records = b"".join(
+        b"\x16\x03\x01" + struct.pack(">H", len(body[i : i + 40])) + body[i : i + 40]
+        for i in range(0, len(body), 40)
+    )
+    assert server_name(records) == "pypi.org"
+
+
+@given(st.binary(max_size=600))
+def test_any_bytes_give_a_name_none_or_a_message_error(data: bytes) -> None:
+    try:
+        server_name(b"\x16\x03\x01" + struct.pack(">H", len(data)) + data)
+    except MessageError:
+        pass
+
+
+@given(st.integers(0, 400))
+def test_a_hello_cut_anywhere_is_refused_not_misread(cut: int) -> None:
+    hello = client_hello("pypi.org")
+    try:
+        assert server_name(hello[: min(cut, len(hello) - 1)]) in (None, "pypi.org")
+    except MessageError:
+        pass
+
+
+def test_an_absolute_url_is_sent_on_in_origin_form_with_connection_close() -> None:
+    head = b"GET http://Mirror.test:8080/simple/?q=1 HTTP/1.1\r\nHost: mirror.test:8080\r\n"
+    head += b"Proxy-Connection: keep-alive\r\nProxy-Authorization: x\r\nAccept: */*\r\n\r\n"
+    assert head_end(head + b"body") == len(head)
+    parsed = parse_head(head)
+    assert (parsed.method, parsed.host, parsed.port) == ("GET", "mirror.test", 8080)
+    sent = parsed.upstream.decode()
+    assert sent.startswith("GET /simple/?q=1 HTTP/1.1\r\n")
+    assert "Proxy-" not in sent and "Accept: */*" in sent
+    assert sent.endswith("Connection: close\r\n\r\n")
+
+
+def test_connect_names_host_and_port() -> None:
+    parsed = parse_head(b"CONNECT pypi.org:443 HTTP/1.1\r\nHost: pypi.org:443\r\n\r\n")
+    assert (parsed.method, parsed.host, parsed.port) == ("CONNECT", "pypi.org", 443)
+    assert parse_head(b"CONNECT [::1]:8443 HTTP/1.1\r\n\r\n").host == "::1"
+
+
+@pytest.mark.parametrize(
+    ("head", "why"),
+    [
+        (b"GET http://a.test/ HTTP/1.1\r\nHost: b.test\r\n\r\n", "another host"),
+        (b"GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n", "more than one"),
+        (b"GET https://a.test/ HTTP/1.1\r\n\r\n", "CONNECT"),
+        (b"GET http://u:p@a.test/ HTTP/1.1\r\n\r\n", "credentials"),
+        (b"GET / HTTP/1.1\r\n\r\n", "names no host"),
+        (b"CONNECT a.test HTTP/1.1\r\n\r\n", "no port"),
+        (b"CONNECT a.test:99999 HTTP/1.1\r\n\r\n", "1-65535"),
+        (b"GET / HTTP/2\r\n\r\n", "HTTP/1"),
+        (b"GET /\xff HTTP/1.1\r\n\r\n", "ASCII"),
+        (b"GET / HTTP/1.1\r\nBad header\r\n\r\n", "malformed"),
+    ],
+)
+def test_a_request_the_proxy_does_not_take_says_why(head: bytes, why: str) -> None:
+    with pytest.raises(MessageError, match=why):
+        parse_head(head)
+
+
+@given(st.binary(max_size=300))
+def test_any_head_parses_or_is_a_message_error(data: bytes) -> None:
+    try:
+        parse_head(data + b"\r\n\r\n")
+    except MessageError:
+        pass
+
+
+def dns_query(name: str, ident: int = 0x1234) -> bytes:
+    question = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\x00"
+    return struct.pack(">HHHHHH", ident, 0x0100, 1, 0, 0, 0) + question + b"\x00\x01\x00\x01"
+
+
+def test_a_lookup_is_read_and_refused_with_its_id_and_question() -> None:
+    query = dns_query("PyPI.org")
+    assert dns_question(query) == "pypi.org"
+    answer = dns_refusal(query)
+    assert answer is not None
+    ident, flags, questions, answers = struct.unpack(">HHHH", answer[:8])
+    assert (ident, flags & 0x8000, flags & 0xF, questions, answers) == (0x1234, 0x8000, 5, 1, 0)
+    assert answer[12:] == query[12:]
+
+
+@given(st.binary(max_size=100))
+def test_any_datagram_is_a_name_or_a_message_error_and_never_answered_wrongly(
+    data: bytes,
+) -> None:
+    try:
+        dns_question(data)
+    except MessageError:
+        pass
+    answer = dns_refusal(data)
+    assert answer is None or (answer[:2] == data[:2] and len(answer) <= len(data))
