@@ -241,7 +241,7 @@ class SandboxProxy:
                 with anyio.fail_after(_CONNECT_WAIT):
                     stream = await anyio.connect_tcp(address, port)
             except (OSError, TimeoutError) as exc:
-                reason = getattr(exc, "strerror", None) or "timed out"
+                reason = _why(exc)
                 raise _Refused(
                     "502 Bad Gateway", f"cannot reach {address}:{port}: {reason}", Verdict.FAILED
                 ) from None
@@ -253,7 +253,7 @@ class SandboxProxy:
             with anyio.fail_after(_CONNECT_WAIT):
                 found = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (OSError, TimeoutError) as exc:
-            reason = getattr(exc, "strerror", None) or "timed out"
+            reason = _why(exc)
             raise _Refused(
                 "502 Bad Gateway", f"cannot resolve {host}: {reason}", Verdict.FAILED
             ) from None
@@ -353,6 +353,15 @@ class SandboxProxy:
             if reply is not None:
                 with contextlib.suppress(OSError):
                     await dns.sendto(reply, *peer)
+
+
+def _why(exc: BaseException) -> str:
+    """A failure to resolve or connect, in words (anyio's own OSErrors have no strerror;
+    the cause it chains has)."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
+    return getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
 
 
 def _with_headers(length: int) -> int:

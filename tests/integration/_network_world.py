@@ -1,0 +1,134 @@
+"""A small world on loopback for the network tests: a mirror serving files and a package
+index over HTTP and HTTPS (a test CA made by trustme), a service nobody maps, and a tiny
+wheel to install. Everything runs in threads of the test process, on 127.0.0.1."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import http.server
+import io
+import socket
+import socketserver
+import ssl
+import threading
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import trustme
+
+MIRROR = "mirror.test"  # mapped to 127.0.0.1 by the server's host map
+UNMAPPED = "elsewhere.test"  # resolves nowhere: a name the proxy cannot resolve
+PACKAGE = "tinypkg"
+VALUE = "installed through the allow-list"
+
+
+def wheel() -> tuple[str, bytes]:
+    """A pure-Python wheel of ``tinypkg`` 1.0 (its name and bytes)."""
+    files = {
+        f"{PACKAGE}/__init__.py": f"VALUE = {VALUE!r}\n".encode(),
+        f"{PACKAGE}-1.0.dist-info/METADATA": (
+            f"Metadata-Version: 2.1\nName: {PACKAGE}\nVersion: 1.0\n"
+        ).encode(),
+        f"{PACKAGE}-1.0.dist-info/WHEEL": (
+            b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
+    record = []
+    for name, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{name},sha256={digest},{len(data)}")
+    record.append(f"{PACKAGE}-1.0.dist-info/RECORD,,")
+    files[f"{PACKAGE}-1.0.dist-info/RECORD"] = ("\n".join(record) + "\n").encode()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return f"{PACKAGE}-1.0-py3-none-any.whl", buffer.getvalue()
+
+
+def fill_mirror(root: Path, big_bytes: int = 0) -> None:
+    """hello.txt, a PEP 503 index with the wheel, and (``big_bytes``) big.bin."""
+    (root / "hello.txt").write_text("hello from the mirror\n")
+    name, data = wheel()
+    package = root / "simple" / PACKAGE
+    package.mkdir(parents=True)
+    (package / name).write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    (package / "index.html").write_text(
+        f'<!DOCTYPE html><html><body><a href="{name}#sha256={digest}">{name}</a></body></html>\n'
+    )
+    (root / "simple" / "index.html").write_text(
+        f'<!DOCTYPE html><html><body><a href="{PACKAGE}/">{PACKAGE}</a></body></html>\n'
+    )
+    if big_bytes:
+        with (root / "big.bin").open("wb") as out:
+            block = bytes(range(256)) * 4096
+            for _ in range(big_bytes // len(block)):
+                out.write(block)
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _Threading(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+
+
+@dataclass(frozen=True)
+class World:
+    root: Path
+    http_port: int
+    https_port: int
+    echo_port: int  # a loopback service nobody maps
+    ca_pem: bytes
+
+
+def _serve_http(root: Path, context: ssl.SSLContext | None) -> tuple[_Threading, int]:
+    handler = lambda *args: _Quiet(*args, directory=str(root))  # noqa: E731
+    server = _Threading(("127.0.0.1", 0), handler)
+    if context is not None:
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, server.server_address[1]
+
+
+def _serve_echo() -> tuple[socket.socket, int]:
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(b"the secret loopback service\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener, listener.getsockname()[1]
+
+
+@contextmanager
+def running_world(root: Path, big_bytes: int = 0) -> Iterator[World]:
+    fill_mirror(root, big_bytes)
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(MIRROR).configure_cert(context)
+    plain, http_port = _serve_http(root, None)
+    secure, https_port = _serve_http(root, context)
+    echo, echo_port = _serve_echo()
+    try:
+        yield World(root, http_port, https_port, echo_port, ca.cert_pem.bytes())
+    finally:
+        for server in (plain, secure):
+            server.shutdown()
+            server.server_close()
+        echo.close()
