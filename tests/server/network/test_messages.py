@@ -3,6 +3,7 @@ name (from real ClientHellos, made by Python's own TLS), DNS queries."""
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import struct
 
@@ -52,19 +53,15 @@ def test_a_hello_split_over_records_is_joined() -> None:
 
 @given(st.binary(max_size=600))
 def test_any_bytes_give_a_name_none_or_a_message_error(data: bytes) -> None:
-    try:
+    with contextlib.suppress(MessageError):
         server_name(b"\x16\x03\x01" + struct.pack(">H", len(data)) + data)
-    except MessageError:
-        pass
 
 
 @given(st.integers(0, 400))
 def test_a_hello_cut_anywhere_is_refused_not_misread(cut: int) -> None:
     hello = client_hello("pypi.org")
-    try:
+    with contextlib.suppress(MessageError):
         assert server_name(hello[: min(cut, len(hello) - 1)]) in (None, "pypi.org")
-    except MessageError:
-        pass
 
 
 def test_an_absolute_url_is_sent_on_in_origin_form_with_connection_close() -> None:
@@ -75,7 +72,8 @@ def test_an_absolute_url_is_sent_on_in_origin_form_with_connection_close() -> No
     assert (parsed.method, parsed.host, parsed.port) == ("GET", "mirror.test", 8080)
     sent = parsed.upstream.decode()
     assert sent.startswith("GET /simple/?q=1 HTTP/1.1\r\n")
-    assert "Proxy-" not in sent and "Accept: */*" in sent
+    assert "Proxy-" not in sent
+    assert "Accept: */*" in sent
     assert sent.endswith("Connection: close\r\n\r\n")
 
 
@@ -107,10 +105,8 @@ def test_a_request_the_proxy_does_not_take_says_why(head: bytes, why: str) -> No
 
 @given(st.binary(max_size=300))
 def test_any_head_parses_or_is_a_message_error(data: bytes) -> None:
-    try:
+    with contextlib.suppress(MessageError):
         parse_head(data + b"\r\n\r\n")
-    except MessageError:
-        pass
 
 
 def dns_query(name: str, ident: int = 0x1234) -> bytes:
@@ -132,9 +128,7 @@ def test_a_lookup_is_read_and_refused_with_its_id_and_question() -> None:
 def test_any_datagram_is_a_name_or_a_message_error_and_never_answered_wrongly(
     data: bytes,
 ) -> None:
-    try:
+    with contextlib.suppress(MessageError):
         dns_question(data)
-    except MessageError:
-        pass
     answer = dns_refusal(data)
     assert answer is None or (answer[:2] == data[:2] and len(answer) <= len(data))

@@ -50,8 +50,24 @@ def test_patterns_are_compared_lowercase_without_the_trailing_dot() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["", "a b", "*", "*.", "**.a", "a.*.b", "a:0", "a:65536", "a:x", "-a.b", "a..b", "*.1.2.3.4",
-     "x" * 300, "a:1:2", "[::1", "[::1]x"],
+    [
+        "",
+        "a b",
+        "*",
+        "*.",
+        "**.a",
+        "a.*.b",
+        "a:0",
+        "a:65536",
+        "a:x",
+        "-a.b",
+        "a..b",
+        "*.1.2.3.4",
+        "x" * 300,
+        "a:1:2",
+        "[::1",
+        "[::1]x",
+    ],
 )
 def test_what_is_no_pattern_is_refused_with_a_sentence(bad: str) -> None:
     if bad == "*":
