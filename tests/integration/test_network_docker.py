@@ -1,0 +1,110 @@
+"""The network allow-list on the Docker runtime (issue 13): the same proxy, its sockets made
+in the container's network namespace (``--network none``); a real dockerd, images built
+from local files (scripts/docker-images.sh)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from agentfense import AsyncSandboxClient, NetworkVerdict, PermissionRule, RuntimeType
+from agentfense.testing import ServerProcess, start_server_process
+from agentfense.types import SandboxInfo
+
+from ._network_world import MIRROR, PACKAGE, VALUE, World, running_world
+
+pytestmark = pytest.mark.anyio
+PYTHON = "python:3.11-slim"
+EVERYTHING = PermissionRule("**", "write")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with running_world(tmp_path_factory.mktemp("mirror")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def docker_net_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    running = start_server_process(
+        tmp_path_factory.mktemp("docker-net-server"),
+        settings={
+            "network_hosts": f"{MIRROR}=127.0.0.1",
+            "docker_host": os.environ.get("DOCKER_HOST", ""),
+        },
+    )
+    yield running
+    assert running.stop() == 0, running.log()
+
+
+@pytest.fixture
+async def client(docker_net_server: ServerProcess) -> AsyncIterator[AsyncSandboxClient]:
+    async with AsyncSandboxClient(docker_net_server.endpoint) as opened:
+        yield opened
+
+
+async def _sandbox(client: AsyncSandboxClient, world: World, network: list[str]) -> SandboxInfo:
+    codebase = await client.create_codebase("docker-network")
+    await client.upload_file(codebase.id, "ca.pem", world.ca_pem)
+    return await client.create_sandbox(
+        codebase.id,
+        permissions=[EVERYTHING],
+        runtime=RuntimeType.DOCKER,
+        image=PYTHON,
+        start=True,
+        network=network,
+    )
+
+
+FETCH = """
+import sys, urllib.request
+try:
+    print(urllib.request.urlopen(sys.argv[1], timeout=30).read().decode(), end="")
+except Exception as exc:
+    print("failed:", exc)
+"""
+
+
+async def test_a_container_reaches_what_is_allowed_and_nothing_else(
+    client: AsyncSandboxClient, world: World
+) -> None:
+    info = await _sandbox(client, world, [f"{MIRROR}:{world.http_port}"])
+    try:
+        url = f"http://{MIRROR}:{world.http_port}/hello.txt"
+        allowed = await client.exec(info.id, f"python3 - {url}", stdin=FETCH)
+        assert allowed.stdout == "hello from the mirror\n", allowed.stderr
+        denied = await client.exec(info.id, "python3 - http://pypi.org/simple/", stdin=FETCH)
+        assert denied.stdout.startswith("failed: HTTP Error 403")
+        assert denied.network_denied == ("pypi.org:80",)
+        lookup = await client.exec(
+            info.id, "python3 -c 'import socket; socket.getaddrinfo(\"pypi.org\", 443)'"
+        )
+        assert lookup.exit_code != 0
+        log = await client.get_network_log(info.id)
+        assert [(e.kind, e.host, e.verdict) for e in log][:2] == [
+            ("http", MIRROR, NetworkVerdict.ALLOWED),
+            ("http", "pypi.org", NetworkVerdict.DENIED),
+        ]
+        assert ("dns", "pypi.org") in [(e.kind, e.host) for e in log]
+    finally:
+        await client.destroy_sandbox(info.id)
+
+
+async def test_pip_installs_in_a_container_through_an_allowed_name(
+    client: AsyncSandboxClient, world: World
+) -> None:
+    info = await _sandbox(client, world, [f"{MIRROR}:{world.https_port}"])
+    try:
+        index = f"https://{MIRROR}:{world.https_port}/simple/"
+        result = await client.exec(
+            info.id,
+            f"python3 -m pip install -q --no-cache-dir --disable-pip-version-check "
+            f"--cert /workspace/ca.pem --index-url {index} --target /tmp/site {PACKAGE} && "
+            f"PYTHONPATH=/tmp/site python3 -c 'import {PACKAGE}; print({PACKAGE}.VALUE)'",
+            timeout=120,
+        )
+        assert (result.exit_code, result.stdout) == (0, VALUE + "\n"), result.stderr
+    finally:
+        await client.destroy_sandbox(info.id)
