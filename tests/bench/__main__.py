@@ -20,7 +20,9 @@ sandboxes created one after another, 10 ms apart and all at once (p95 and p99 to
 bwrap spawns, ``run("true")`` against a raw bwrap spawn, and the memory per idle sandbox of a
 server's whole process tree at 100 and 1,000 (``_idle.py``), on servers of its own. The review
 benchmark (``_review.py``, issue 14's targets) times ``fork()``, ``checkpoint()``,
-``restore()``, ``changes()`` and ``diff()`` of a manual sandbox, on a server of its own.
+``restore()``, ``changes()`` and ``diff()`` of a manual sandbox, on a server of its own. The
+network benchmark (``_network.py``, issue 13's targets) times a 100 MiB download and a small
+request through a sandbox's proxy against curl on the host, on a server of its own.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from ._common import (
 from ._concurrency_suites import fanout_suite, sleep_suite
 from ._docker import docker_suite, engine_host, skipped_rows
 from ._ours import get_sandbox, lifecycle, open_sandbox, run_true
+from ._network import network_suite
 from ._review import review_suite
 from ._sessions import session_vs_run
 from ._start import start_suite
@@ -435,6 +438,7 @@ GROUPS = (
     "trust",
     "start",
     "review",
+    "network",
 )
 OWN_SERVERS = {
     "memory",
@@ -442,6 +446,7 @@ OWN_SERVERS = {
     "trust",
     "start",
     "review",
+    "network",
 }  # groups that start servers of their own
 
 
@@ -551,6 +556,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += start_suite(work, sizes, reference)
         if "review" in groups:
             rows += review_suite(work, sizes, reference)
+        if "network" in groups:
+            rows += network_suite(work, sizes, reference)
         rows += docker_skipped
         if "memory" in groups:
             rows += anyio.run(memory_suite, work, sizes.sandboxes, reference, backend=FS_BACKEND)

@@ -25,11 +25,14 @@ import pytest
 from agentfense.server.config import ServerConfig
 from agentfense.testing import ServerProcess, start_server_process
 
+from integration._network_world import PACKAGE, serving_mirror
+
 pytestmark = pytest.mark.bwrap
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", re.DOTALL | re.MULTILINE)
+MIRROR_PORT = 3141  # docs/network.md's mirror.internal:3141
 RUN_ELSEWHERE = {ROOT / "README.md", ROOT / "docs" / "cli.md"}  # tests/cli/test_docs_cli.py
 
 
@@ -75,6 +78,7 @@ def make_project(root: Path) -> None:
     (project / "README.md").write_text("# sample project\n")
     (project / "src" / "main.py").write_text("print('main')\n")
     (project / ".env").write_text("SECRET=do-not-show\n")
+    (project / "requirements.txt").write_text(f"{PACKAGE}\n")  # (docs/network.md's mirror)
     (project / "tests" / "test_main.py").write_text(
         "import unittest\n\n\n"
         "class MainTest(unittest.TestCase):\n"
@@ -87,9 +91,15 @@ def make_project(root: Path) -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    running = start_server_process(tmp_path_factory.mktemp("docs-server"))
-    yield running
-    assert running.stop() == 0, running.log()
+    """The docs' server; docs/network.md's package mirror (``mirror.internal``, in its host
+    map) is served on 127.0.0.1:3141 meanwhile."""
+    with serving_mirror(tmp_path_factory.mktemp("mirror"), MIRROR_PORT):
+        running = start_server_process(
+            tmp_path_factory.mktemp("docs-server"),
+            settings={"network_hosts": "mirror.internal=127.0.0.1"},
+        )
+        yield running
+        assert running.stop() == 0, running.log()
 
 
 def _environment(server: ServerProcess, tmp_path: Path) -> dict[str, str]:

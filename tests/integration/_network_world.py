@@ -91,9 +91,11 @@ class World:
     ca_pem: bytes
 
 
-def _serve_http(root: Path, context: ssl.SSLContext | None) -> tuple[_Threading, int]:
+def _serve_http(
+    root: Path, context: ssl.SSLContext | None, port: int = 0
+) -> tuple[_Threading, int]:
     handler = lambda *args: _Quiet(*args, directory=str(root))  # noqa: E731
-    server = _Threading(("127.0.0.1", 0), handler)
+    server = _Threading(("127.0.0.1", port), handler)
     if context is not None:
         server.socket = context.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -132,3 +134,16 @@ def running_world(root: Path, big_bytes: int = 0) -> Iterator[World]:
             server.shutdown()
             server.server_close()
         echo.close()
+
+
+@contextmanager
+def serving_mirror(root: Path, port: int) -> Iterator[int]:
+    """The mirror's files and index over HTTP on 127.0.0.1:``port`` alone (0: any free
+    port); the port."""
+    fill_mirror(root)
+    server, port = _serve_http(root, None, port)
+    try:
+        yield port
+    finally:
+        server.shutdown()
+        server.server_close()

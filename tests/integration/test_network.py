@@ -26,6 +26,7 @@ from ._network_world import MIRROR, PACKAGE, UNMAPPED, VALUE, World, running_wor
 
 pytestmark = pytest.mark.anyio
 EVERYTHING = PermissionRule("**", "write")
+MiB = 1024 * 1024
 
 
 def _free_port() -> int:
@@ -36,7 +37,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    with running_world(tmp_path_factory.mktemp("mirror")) as running:
+    with running_world(tmp_path_factory.mktemp("mirror"), big_bytes=3 * MiB) as running:
         yield running
 
 
@@ -355,3 +356,49 @@ async def test_a_policy_that_is_no_policy_is_refused(
     with pytest.raises(InvalidConfigurationError, match=why):
         await client.create_sandbox(codebase.id, network=network)
     assert await client.list_sandboxes(codebase.id) == []
+
+
+@pytest.fixture(scope="module")
+def limited_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    running = start_server_process(
+        tmp_path_factory.mktemp("limited-server"),
+        settings={
+            "network_hosts": f"{MIRROR}=127.0.0.1",
+            "network_max_connections": "2",
+            "network_bytes_per_second": str(MiB),
+        },
+    )
+    yield running
+    assert running.stop() == 0, running.log()
+
+
+async def test_a_sandbox_s_connections_and_bandwidth_are_limited(
+    limited_server: ServerProcess, world: World
+) -> None:
+    async with AsyncSandboxClient(limited_server.endpoint) as client:
+        info = await _sandbox(client, world, [f"{MIRROR}:*"])
+        script = f"""
+import socket
+held = []
+for _ in range(3):
+    s = socket.create_connection(("127.0.0.1", 3128))
+    s.sendall(b"CONNECT {MIRROR}:{world.echo_port} HTTP/1.1\\r\\n\\r\\n")
+    print(s.recv(100).split(b"\\r\\n")[0].decode())
+    held.append(s)
+"""
+        held = await client.exec(info.id, "python3 -", stdin=script)
+        assert held.stdout.splitlines() == [
+            "HTTP/1.1 200 Connection established",
+            "HTTP/1.1 200 Connection established",
+            "HTTP/1.1 503 Service Unavailable",
+        ], held.stderr
+        reasons = [entry.reason for entry in await client.get_network_log(info.id)]
+        assert "more than 2 connections at once" in reasons, reasons
+        url = f"http://{MIRROR}:{world.http_port}/big.bin"
+        timed = await client.exec(
+            info.id, f"curl -sS -o /dev/null -w '%{{size_download}} %{{time_total}}' {url}"
+        )
+        size, seconds = timed.stdout.split()
+        # 3 MiB at 1 MiB/s, the first MiB at once (the burst): about 2 s, not a fraction.
+        assert int(size) == 3 * MiB
+        assert float(seconds) >= 1.5, timed.stdout

@@ -210,6 +210,7 @@ TABLE: dict[str, Row] = {
         lambda o: [pb.ForkSandboxRequest(sandbox_id=o.sandbox)],
         lambda o: {o.codebase.encode()},
     ),
+    SB + "GetNetworkLog": Row(lambda o: [pb.GetNetworkLogRequest(sandbox_id=o.sandbox)]),
     SB + "WatchEvents": Row(
         lambda o: [pb.WatchEventsRequest(sandbox_id=o.sandbox)], most_replies=1
     ),

@@ -1,0 +1,108 @@
+"""Issue 13's rows: what a sandbox's network proxy costs, on a server of the group's own
+whose host map names a mirror served on loopback by this process (threads); one backend
+(asyncio). Each sample is curl's own ``time_total``: inside a sandbox allowed the mirror's
+name, through the proxy; on the host, straight to the mirror.
+
+- A 100 MiB download: throughput through the proxy against the host's (target: at least
+  half, so a ratio of at most 2).
+- One small request (22 bytes): the latency the proxy adds.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import anyio
+
+from agentfense import AsyncSandbox
+from agentfense.testing import start_server_process
+
+from ._common import INFORMATIVE, Sizes, attempt, error_rows, progress, row
+from ._stats import Row, Target
+from ._timing import interleaved
+
+BACKEND = "asyncio"
+MIRROR = "mirror.test"
+BIG = 100 * 2**20
+DOWNLOAD = "100 MiB download, through the proxy"
+SMALL = "one small request, through the proxy"
+NAMES = [DOWNLOAD, SMALL]
+DOWNLOAD_TARGET = Target(max_ratio=2.0)  # at least half the host's throughput
+_CURL = "curl -sS -o /dev/null -w '%{time_total}' "
+
+
+def _host_curl(url: str) -> float:
+    done = subprocess.run(
+        ["sh", "-c", _CURL + url], capture_output=True, text=True, check=True, timeout=120
+    )
+    return float(done.stdout)
+
+
+async def _measure(
+    endpoint: str, project: Path, port: int, sizes: Sizes, reference: list[float]
+) -> list[Row]:
+    rows: list[Row] = []
+    async with await AsyncSandbox.from_local(
+        project,
+        endpoint=endpoint,
+        network=[f"{MIRROR}:{port}"],
+    ) as sandbox:
+        for name, path, count, target, base_name in (
+            (DOWNLOAD, "big.bin", max(5, sizes.idle // 2), DOWNLOAD_TARGET, "curl on the host"),
+            (SMALL, "hello.txt", sizes.idle * 5, INFORMATIVE, "curl on the host"),
+        ):
+
+            async def ours(path: str = path) -> float:
+                url = f"http://{MIRROR}:{port}/{path}"
+                result = await sandbox.run(_CURL + url, raise_on_error=True, timeout=120)
+                return float(result.stdout)
+
+            async def host(path: str = path) -> float:
+                url = f"http://127.0.0.1:{port}/{path}"
+                return await anyio.to_thread.run_sync(_host_curl, url)
+
+            result = await attempt(
+                name,
+                interleaved(
+                    ours, host, n_ours=count, n_base=count, warmup=1, blocks=5, self_timed=True
+                ),
+                reference,
+            )
+            rows.append(row(name, BACKEND, result, base_name, target))
+    return rows
+
+
+def network_suite(work: Path, sizes: Sizes, reference: list[float]) -> list[Row]:
+    """Issue 13's rows, on a server of their own."""
+    from tests.integration._network_world import serving_mirror  # (the tests' own mirror)
+
+    root = work / "network"
+    (root / "mirror").mkdir(parents=True)
+    (root / "project").mkdir()
+    (root / "project" / "README.md").write_text("network benchmark\n")
+    progress("writing a 100 MiB file for the network benchmarks")
+    block = bytes(range(256)) * 4096
+    with (root / "mirror" / "big.bin").open("wb") as out:
+        for _ in range(BIG // len(block)):
+            out.write(block)
+    try:
+        with serving_mirror(root / "mirror", 0) as port:
+            server = start_server_process(
+                root / "server", settings={"network_hosts": f"{MIRROR}=127.0.0.1"}
+            )
+            try:
+                return anyio.run(
+                    _measure,
+                    server.endpoint,
+                    root / "project",
+                    port,
+                    sizes,
+                    reference,
+                    backend=BACKEND,
+                )
+            finally:
+                server.stop()
+    except Exception as exc:
+        progress(f"network: {type(exc).__name__}: {exc}")
+        return error_rows(NAMES, BACKEND, exc)
