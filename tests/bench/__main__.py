@@ -59,8 +59,8 @@ from ._common import (
 )
 from ._concurrency_suites import fanout_suite, sleep_suite
 from ._docker import docker_suite, engine_host, skipped_rows
-from ._ours import get_sandbox, lifecycle, open_sandbox, run_true
 from ._network import network_suite
+from ._ours import get_sandbox, lifecycle, open_sandbox, run_true
 from ._review import review_suite
 from ._sessions import session_vs_run
 from ._start import start_suite

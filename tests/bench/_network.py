@@ -10,7 +10,12 @@ name, through the proxy; on the host, straight to the mirror.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import subprocess
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -73,10 +78,28 @@ async def _measure(
     return rows
 
 
+@contextlib.contextmanager
+def serving_mirror(root: Path) -> Iterator[int]:
+    """``root``'s files over HTTP/1.1 on 127.0.0.1 (threads of this process); the port."""
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def network_suite(work: Path, sizes: Sizes, reference: list[float]) -> list[Row]:
     """Issue 13's rows, on a server of their own."""
-    from tests.integration._network_world import serving_mirror  # (the tests' own mirror)
-
     root = work / "network"
     (root / "mirror").mkdir(parents=True)
     (root / "project").mkdir()
@@ -86,8 +109,9 @@ def network_suite(work: Path, sizes: Sizes, reference: list[float]) -> list[Row]
     with (root / "mirror" / "big.bin").open("wb") as out:
         for _ in range(BIG // len(block)):
             out.write(block)
+    (root / "mirror" / "hello.txt").write_text("hello from the mirror\n")
     try:
-        with serving_mirror(root / "mirror", 0) as port:
+        with serving_mirror(root / "mirror") as port:
             server = start_server_process(
                 root / "server", settings={"network_hosts": f"{MIRROR}=127.0.0.1"}
             )

@@ -21,11 +21,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from integration._network_world import PACKAGE, serving_mirror
 
 from agentfense.server.config import ServerConfig
 from agentfense.testing import ServerProcess, start_server_process
-
-from integration._network_world import PACKAGE, serving_mirror
 
 pytestmark = pytest.mark.bwrap
 
