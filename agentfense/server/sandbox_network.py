@@ -58,17 +58,16 @@ class SandboxNetworks:
         if netns is None:
             raise RuntimeError_("its runtime cannot give it a network here")
         try:
-            listening, dns_socket = await proxy_sockets(netns)
+            made = await proxy_sockets(netns)
         except OSError as exc:
             raise RuntimeError_(f"cannot put its proxy in place: {exc.strerror}") from None
         finally:
             os.close(netns)
         try:
-            listener = await anyio.abc.SocketListener.from_socket(listening)
-            dns = await anyio.abc.UDPSocket.from_socket(dns_socket)
+            listener = await anyio.abc.SocketListener.from_socket(made.listener)
+            dns = await anyio.abc.UDPSocket.from_socket(made.dns)
         except BaseException:
-            listening.close()
-            dns_socket.close()
+            made.close()
             raise
         if self._local is None:
             self._local = local_addresses()
@@ -98,7 +97,7 @@ class SandboxNetworks:
 
         async def serve() -> None:
             with scope:
-                await proxy.serve(listener, dns)
+                await proxy.serve(listener, dns, made.catchall)
 
         task_group.start_soon(serve)
 

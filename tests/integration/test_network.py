@@ -197,7 +197,7 @@ async def test_addresses_the_operator_did_not_map_are_refused(
     assert "secret" not in result.stdout
 
 
-async def test_lookups_raw_sockets_and_udp_fail_and_lookups_are_logged(
+async def test_lookups_direct_connections_raw_sockets_and_udp_fail_and_are_logged(
     client: AsyncSandboxClient, world: World
 ) -> None:
     info = await _sandbox(client, world, [f"{MIRROR}:{world.http_port}"])
@@ -215,17 +215,26 @@ for kind, make in [
         print(kind, "made")
     except OSError as exc:
         print(kind, "refused")
-udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-try:
-    udp.sendto(b"x", ("8.8.8.8", 53))
-    print("udp sent")
-except OSError as exc:
-    print("udp", exc.strerror)
+for kind, address in [(socket.SOCK_DGRAM, ("8.8.8.8", 53)), (socket.SOCK_STREAM, ("1.2.3.4", 443))]:
+    s = socket.socket(socket.AF_INET, kind)
+    s.settimeout(10)
+    try:
+        s.connect(address)
+        s.send(b"x")
+        s.recv(10)
+        print("reached")
+    except OSError as exc:
+        print(exc.strerror)
 """
     result = await client.exec(info.id, "python3 -", stdin=script)
-    assert result.stdout == "raw refused\npacket refused\nudp Network is unreachable\n"
+    assert result.stdout == "raw refused\npacket refused\nNo route to host\nNo route to host\n"
+    assert result.network_denied == ("8.8.8.8:53", "1.2.3.4:443")
     kinds = [(e.kind, e.host, e.verdict.value) for e in await client.get_network_log(info.id)]
-    assert kinds == [("dns", "pypi.org", "denied")]
+    assert kinds == [
+        ("dns", "pypi.org", "denied"),
+        ("direct-udp", "8.8.8.8", "denied"),
+        ("direct-tcp", "1.2.3.4", "denied"),
+    ]
 
 
 async def test_nothing_else_on_the_host_is_reachable_from_inside(

@@ -82,12 +82,19 @@ async def test_a_container_reaches_what_is_allowed_and_nothing_else(
             info.id, "python3 -c 'import socket; socket.getaddrinfo(\"pypi.org\", 443)'"
         )
         assert lookup.exit_code != 0
+        direct = await client.exec(
+            info.id,
+            "python3 -c 'import socket; socket.create_connection((\"1.2.3.4\", 443), timeout=10)'",
+        )
+        assert "No route to host" in direct.stderr
+        assert direct.network_denied == ("1.2.3.4:443",)
         log = await client.get_network_log(info.id)
         assert [(e.kind, e.host, e.verdict) for e in log][:2] == [
             ("http", MIRROR, NetworkVerdict.ALLOWED),
             ("http", "pypi.org", NetworkVerdict.DENIED),
         ]
         assert ("dns", "pypi.org") in [(e.kind, e.host) for e in log]
+        assert ("direct-tcp", "1.2.3.4") in [(e.kind, e.host) for e in log]
     finally:
         await client.destroy_sandbox(info.id)
 

@@ -21,7 +21,9 @@ class Verdict(StrEnum):
 class Connection:
     seq: int
     started: float  # seconds since the epoch
-    kind: str  # "http", "connect" (HTTPS and other tunnels), "dns"
+    # "http", "connect" (HTTPS and other tunnels), "dns", "direct-tcp", "direct-udp"...
+    # (sent past the proxy: direct.py)
+    kind: str
     host: str
     port: int
     address: str  # what the host was resolved to ("" when it was not)
@@ -33,8 +35,10 @@ class Connection:
 
     @property
     def target(self) -> str:
-        """``host:port``; a lookup's name alone."""
-        return self.host if self.kind == "dns" or not self.port else f"{self.host}:{self.port}"
+        """``host:port`` (``[v6]:port``); a lookup's name alone."""
+        if self.kind == "dns" or not self.port:
+            return self.host
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
 class ConnectionLog:

@@ -2,7 +2,8 @@
 
 A socket belongs to the namespace it was made in, whichever process then uses it: a thread
 of the server's joins the sandbox's namespace (``setns``), makes and binds the listening
-TCP socket (127.0.0.1:3128) and the UDP one (127.0.0.1:53), and ends; the server accepts on
+TCP socket (127.0.0.1:3128), the UDP one (127.0.0.1:53) and the catch-all interface
+(``direct.py``), and ends; the server accepts on
 them from its own namespace. So the sandbox's namespace keeps only its loopback, no bridge
 process or interface is added, and a proxied byte is copied once, by the server. The
 thread is one of its own (not a worker's, which would be reused): a namespace it could not
@@ -18,15 +19,20 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import logging
 import os
 import socket
 import struct
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 
+from .direct import make_catchall
 from .proxy import DNS_PORT, PROXY_PORT
+
+_log = logging.getLogger("agentfense.server.network")
 
 _CLONE_NEWNET = 0x40000000
 _SIOCGIFADDR = 0x8915
@@ -39,9 +45,23 @@ def _setns(fd: int) -> None:
         raise OSError(number, os.strerror(number))
 
 
-def _make(netns: int) -> tuple[socket.socket, socket.socket]:
+@dataclass(frozen=True)
+class ProxySockets:
+    listener: socket.socket  # TCP, 127.0.0.1:3128
+    dns: socket.socket  # UDP, 127.0.0.1:53
+    catchall: int | None  # the TUN interface's fd (``direct.py``); None where it cannot be
+
+    def close(self) -> None:
+        self.listener.close()
+        self.dns.close()
+        if self.catchall is not None:
+            os.close(self.catchall)
+
+
+def _make(netns: int) -> ProxySockets:
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     made: list[socket.socket] = []
+    catchall: int | None = None
     try:
         _setns(netns)
         try:
@@ -53,19 +73,25 @@ def _make(netns: int) -> tuple[socket.socket, socket.socket]:
             dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             made.append(dns)
             dns.bind(("127.0.0.1", DNS_PORT))
+            try:
+                catchall = make_catchall()
+            except OSError as exc:  # (no /dev/net/tun here: what goes past is not seen)
+                _log.warning("a sandbox's direct connections cannot be logged: %s", exc)
         finally:
             _setns(own)  # (refused: this thread ends all the same)
     except BaseException:
         for sock in made:
             sock.close()
+        if catchall is not None:
+            os.close(catchall)
         raise
     finally:
         os.close(own)
-    return listener, dns
+    return ProxySockets(listener, dns, catchall)
 
 
-def _in_own_thread(netns: int) -> tuple[socket.socket, socket.socket]:
-    result: list[tuple[socket.socket, socket.socket]] = []
+def _in_own_thread(netns: int) -> ProxySockets:
+    result: list[ProxySockets] = []
     failure: list[BaseException] = []
 
     def work() -> None:
@@ -82,9 +108,9 @@ def _in_own_thread(netns: int) -> tuple[socket.socket, socket.socket]:
     return result[0]
 
 
-async def proxy_sockets(netns: int) -> tuple[socket.socket, socket.socket]:
-    """The proxy's listening socket and the DNS responder's, in the namespace ``netns``
-    (an fd on it); OSError when they cannot be made there."""
+async def proxy_sockets(netns: int) -> ProxySockets:
+    """The proxy's listening socket, the DNS responder's and the catch-all interface, in
+    the namespace ``netns`` (an fd on it); OSError when they cannot be made there."""
     return await anyio.to_thread.run_sync(_in_own_thread, netns)
 
 

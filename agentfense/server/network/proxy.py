@@ -28,6 +28,7 @@ import anyio.abc
 
 from .addresses import refusal
 from .connections import ConnectionLog, Verdict
+from .direct import packet_target, prohibited
 from .messages import (
     MAX_HEAD,
     MAX_HELLO,
@@ -63,6 +64,7 @@ _CONNECT_WAIT = 10.0  # to resolve and connect upstream
 _HELLO_WAIT = 10.0  # for a tunnel's first bytes (to a web port)
 _FIRST_BYTES_WAIT = 1.0  # for those of a tunnel to another port
 _DNS_REPLIES_PER_SECOND = 200  # a flood of lookups is answered at this rate, and logged so
+_DIRECT_PER_SECOND = 200  # packets sent past the proxy handled a second
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,18 +134,33 @@ class SandboxProxy:
         self._audited = 0
         self._unreported = 0
 
-    async def serve(self, listener: anyio.abc.SocketListener, dns: anyio.abc.UDPSocket) -> None:
-        """Until cancelled (the sandbox stops): then every connection is closed."""
-        async with listener, dns, anyio.create_task_group() as tg:
-            tg.start_soon(self._answer_lookups, dns)
-            while True:
-                try:
-                    stream = await listener.accept()
-                except OSError as exc:  # (EMFILE: the server's limit; later ones may pass)
-                    _log.warning("the sandbox's proxy cannot accept: %s", exc)
-                    await anyio.sleep(0.1)
-                    continue
-                tg.start_soon(self._handle, stream)
+    async def serve(
+        self,
+        listener: anyio.abc.SocketListener,
+        dns: anyio.abc.UDPSocket,
+        catchall: int | None,
+    ) -> None:
+        """Until cancelled (the sandbox stops): then every connection is closed (and
+        ``catchall``, which this owns)."""
+        try:
+            async with listener, dns, anyio.create_task_group() as tg:
+                tg.start_soon(self._answer_lookups, dns)
+                if catchall is not None:
+                    tg.start_soon(self._answer_direct, catchall)
+                await self._accept(listener, tg)
+        finally:
+            if catchall is not None:
+                os.close(catchall)
+
+    async def _accept(self, listener: anyio.abc.SocketListener, tg: anyio.abc.TaskGroup) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:  # (EMFILE: the server's limit; later ones may pass)
+                _log.warning("the sandbox's proxy cannot accept: %s", exc)
+                await anyio.sleep(0.1)
+                continue
+            tg.start_soon(self._handle, stream)
 
     def _deny(self, kind: str, host: str, port: int, reason: str, address: str = "") -> None:
         self._log.add(kind, host, port, Verdict.DENIED, reason, address)
@@ -331,6 +348,41 @@ class SandboxProxy:
                 tg.start_soon(copy, upstream, client, 1, b"")
         finally:
             self._log.update(seq, up=moved[0], down=moved[1], ended=True)
+
+    async def _answer_direct(self, catchall: int) -> None:
+        """Log what the sandbox sent past the proxy (each target once a second) and refuse
+        it at once (ICMP "administratively prohibited"), at most _DIRECT_PER_SECOND packets a
+        second: beyond, they wait in the interface's queue (the kernel drops its overflow)."""
+        window, handled = anyio.current_time(), 0
+        logged: set[tuple[str, str, int]] = set()
+        reason = "sent past the proxy (127.0.0.1:3128): nothing else leaves the sandbox"
+        while True:
+            await anyio.wait_readable(catchall)
+            now = anyio.current_time()
+            if now - window >= 1:
+                window, handled = now, 0
+                logged.clear()
+            if handled >= _DIRECT_PER_SECOND:
+                await anyio.sleep(window + 1 - now)
+                continue
+            try:
+                packet = os.read(catchall, 65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return
+            handled += 1
+            target = packet_target(packet)
+            if target is None:
+                continue
+            if target not in logged:
+                logged.add(target)
+                protocol, address, port = target
+                self._deny(f"direct-{protocol}", address, port, reason)
+            answer = prohibited(packet)
+            if answer is not None:
+                with contextlib.suppress(OSError):
+                    os.write(catchall, answer)
 
     async def _answer_lookups(self, dns: anyio.abc.UDPSocket) -> None:
         """Refuse every lookup at once (REFUSED), logging what was asked: each name once a
