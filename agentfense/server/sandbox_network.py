@@ -51,7 +51,9 @@ class SandboxNetworks:
     async def start(
         self, record: SandboxRecord, handle: SandboxHandle, task_group: anyio.abc.TaskGroup
     ) -> None:
-        """Put the proxy into the sandbox just started (RuntimeError_ when it cannot be)."""
+        """Put the proxy into the sandbox just started (RuntimeError_ when it cannot be); the
+        one of its last start goes first (its processes died: it was never stopped)."""
+        self.stop(record)
         if not record.network.enabled or record.network_log is None:
             return
         netns = handle.network_namespace()

@@ -7,10 +7,14 @@ sandbox's network log, its commands' results and the audit log."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import socket
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
+import anyio
 import pytest
 
 from agentfense import (
@@ -18,6 +22,7 @@ from agentfense import (
     InvalidConfigurationError,
     NetworkVerdict,
     PermissionRule,
+    SandboxError,
 )
 from agentfense.testing import ServerProcess, start_server_process
 from agentfense.types import SandboxInfo
@@ -411,3 +416,51 @@ for _ in range(3):
         # 3 MiB at 1 MiB/s, the first MiB at once (the burst): about 2 s, not a fraction.
         assert int(size) == 3 * MiB
         assert float(seconds) >= 1.5, timed.stdout
+
+
+def _socket_fds(pid: int) -> int:
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            count += target.startswith("socket:") or target == "/dev/net/tun"
+    return count
+
+
+async def test_a_stop_or_a_destroy_closes_the_proxy_and_its_connections(
+    client: AsyncSandboxClient, world: World, net_server: ServerProcess
+) -> None:
+    pid = net_server.process.pid
+    info = await _sandbox(client, world, [f"{MIRROR}:*"])
+    await client.stop_sandbox(info.id)
+    before = _socket_fds(pid)
+    hold = (
+        "import socket,time; s=socket.create_connection(('127.0.0.1', 3128)); "
+        f"s.sendall(b'CONNECT {MIRROR}:{world.http_port} HTTP/1.1\\r\\n\\r\\n'); "
+        "print(s.recv(100)[:12], flush=True); time.sleep(60)"
+    )
+
+    said: list[object] = []
+
+    async def holding() -> None:
+        try:
+            said.append(await client.exec(info.id, "python3 -", stdin=hold, timeout=120))
+        except SandboxError as exc:  # (its sandbox stops under it)
+            said.append(exc)
+
+    for cycle in (1, 2, 3):
+        await client.start_sandbox(info.id)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(holding)  # a tunnel held open as the sandbox stops
+            for _ in range(200):  # (until its tunnel is up: logged once its wait is over)
+                if len(await client.get_network_log(info.id)) == cycle:
+                    break
+                await anyio.sleep(0.05)
+            assert len(await client.get_network_log(info.id)) == cycle, said
+            await client.stop_sandbox(info.id)
+    await client.destroy_sandbox(info.id)
+    for _ in range(100):
+        if _socket_fds(pid) <= before:
+            break
+        await anyio.sleep(0.05)
+    assert _socket_fds(pid) <= before
