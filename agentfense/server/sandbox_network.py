@@ -65,12 +65,6 @@ class SandboxNetworks:
             raise RuntimeError_(f"cannot put its proxy in place: {exc.strerror}") from None
         finally:
             os.close(netns)
-        try:
-            listener = await anyio.abc.SocketListener.from_socket(made.listener)
-            dns = await anyio.abc.UDPSocket.from_socket(made.dns)
-        except BaseException:
-            made.close()
-            raise
         if self._local is None:
             self._local = local_addresses()
         tenant, sandbox_id = record.tenant, record.id
@@ -99,7 +93,7 @@ class SandboxNetworks:
 
         async def serve() -> None:
             with scope:
-                await proxy.serve(listener, dns, made.catchall)
+                await proxy.serve(made.listener, made.dns, made.catchall)
 
         task_group.start_soon(serve)
 

@@ -42,6 +42,7 @@ from .messages import (
     server_name,
 )
 from .policy import WEB_PORTS, NetworkPolicy, OperatorNetwork, normal_host
+from .sockets import CHUNK, Conn, accept, connect, receive_datagram
 
 _log = logging.getLogger("agentfense.server.network")
 PROXY_PORT = 3128  # in the sandbox's namespace: 127.0.0.1:3128
@@ -58,7 +59,6 @@ PROXY_ENV = {
     "no_proxy": _LOCAL,
 }
 DNS_PORT = 53
-_CHUNK = 256 * 1024
 _HEAD_WAIT = 30.0  # seconds a connection has to send its request head
 _CONNECT_WAIT = 10.0  # to resolve and connect upstream
 _HELLO_WAIT = 10.0  # for a tunnel's first bytes (to a web port)
@@ -84,7 +84,7 @@ class _Rate:
 
     def __init__(self, per_second: int) -> None:
         self._rate = per_second
-        self._burst = max(per_second, _CHUNK)
+        self._burst = max(per_second, CHUNK)
         self._tokens = float(self._burst)
         self._at = anyio.current_time()
 
@@ -135,32 +135,33 @@ class SandboxProxy:
         self._unreported = 0
 
     async def serve(
-        self,
-        listener: anyio.abc.SocketListener,
-        dns: anyio.abc.UDPSocket,
-        catchall: int | None,
+        self, listener: socket.socket, dns: socket.socket, catchall: int | None
     ) -> None:
-        """Until cancelled (the sandbox stops): then every connection is closed (and
-        ``catchall``, which this owns)."""
+        """Until cancelled (the sandbox stops): then every connection is closed, and the
+        sockets and ``catchall`` (this owns them)."""
         try:
-            async with listener, dns, anyio.create_task_group() as tg:
+            listener.setblocking(False)
+            dns.setblocking(False)
+            async with anyio.create_task_group() as tg:
                 tg.start_soon(self._answer_lookups, dns)
                 if catchall is not None:
                     tg.start_soon(self._answer_direct, catchall)
                 await self._accept(listener, tg)
         finally:
+            listener.close()
+            dns.close()
             if catchall is not None:
                 os.close(catchall)
 
-    async def _accept(self, listener: anyio.abc.SocketListener, tg: anyio.abc.TaskGroup) -> None:
+    async def _accept(self, listener: socket.socket, tg: anyio.abc.TaskGroup) -> None:
         while True:
             try:
-                stream = await listener.accept()
+                conn = await accept(listener)
             except OSError as exc:  # (EMFILE: the server's limit; later ones may pass)
                 _log.warning("the sandbox's proxy cannot accept: %s", exc)
                 await anyio.sleep(0.1)
                 continue
-            tg.start_soon(self._handle, stream)
+            tg.start_soon(self._handle, conn)
 
     def _deny(self, kind: str, host: str, port: int, reason: str, address: str = "") -> None:
         self._log.add(kind, host, port, Verdict.DENIED, reason, address)
@@ -174,8 +175,8 @@ class SandboxProxy:
         self._on_denied(kind, host, port, reason, self._unreported)
         self._unreported = 0
 
-    async def _handle(self, client: anyio.abc.SocketStream) -> None:
-        async with client:
+    async def _handle(self, client: Conn) -> None:
+        try:
             if self._open >= self._limits.max_connections:
                 reason = f"more than {self._limits.max_connections} connections at once"
                 self._deny("http", "", 0, reason)
@@ -186,15 +187,17 @@ class SandboxProxy:
                 await self._serve_one(client)
             finally:
                 self._open -= 1
+        finally:
+            client.close()
 
-    async def _serve_one(self, client: anyio.abc.SocketStream) -> None:
+    async def _serve_one(self, client: Conn) -> None:
         buffer = bytearray()
         with anyio.move_on_after(_HEAD_WAIT):
             while (end := head_end(buffer)) < 0 and len(buffer) <= MAX_HEAD:
-                try:
-                    buffer += await client.receive(MAX_HEAD + 1)
-                except (anyio.EndOfStream, OSError, anyio.BrokenResourceError):
+                more = await client.receive(MAX_HEAD + 1)
+                if not more:
                     return
+                buffer += more
         if end < 0:
             reason = "no request head" if len(buffer) <= MAX_HEAD else "a request head too long"
             self._deny("http", "", 0, reason)
@@ -222,7 +225,7 @@ class SandboxProxy:
                 self._log.add(kind, host, port, refused.verdict, refused.reason)
             await _answer(client, refused.status, refused.reason)
             return
-        async with upstream:
+        try:
             rest = bytes(buffer[end:])
             if kind == "http":
                 first = head.upstream + rest
@@ -234,14 +237,16 @@ class SandboxProxy:
                     return
             seq = self._log.add(kind, host, port, Verdict.ALLOWED, address=address)
             await self._relay(client, upstream, first, seq)
+        finally:
+            upstream.close()
 
-    async def _allowed(self, host: str, port: int) -> tuple[str, anyio.abc.SocketStream]:
+    async def _allowed(self, host: str, port: int) -> tuple[str, Conn]:
         """A connection to ``host`` (normalised) on ``port``, if the policy allows it."""
         if self._policy.allows(host, port) is None:
             raise _Refused("403 Forbidden", f"{host}:{port} is not in the allow-list")
         return await self._connect(host, port)
 
-    async def _connect(self, host: str, port: int) -> tuple[str, anyio.abc.SocketStream]:
+    async def _connect(self, host: str, port: int) -> tuple[str, Conn]:
         mapped = self._operator.hosts.get(host)
         candidates = [mapped] if mapped is not None else await self._resolve(host, port)
         reasons = []
@@ -258,7 +263,7 @@ class SandboxProxy:
                 continue
             try:
                 with anyio.fail_after(_CONNECT_WAIT):
-                    stream = await _connect_to(address, port)
+                    stream = await connect(address, port)
             except (OSError, TimeoutError) as exc:
                 reason = _why(exc)
                 raise _Refused(
@@ -278,14 +283,15 @@ class SandboxProxy:
             ) from None
         return list(dict.fromkeys(str(info[4][0]) for info in found)) or [host]
 
-    async def _tunnel_start(
-        self, client: anyio.abc.SocketStream, host: str, port: int, rest: bytes
-    ) -> bytes:
+    async def _tunnel_start(self, client: Conn, host: str, port: int, rest: bytes) -> bytes:
         """Answer a CONNECT, then read the tunnel's first bytes: a TLS ClientHello must
         name ``host`` (when it names any); the web ports take nothing but TLS. A client
         of another port that says nothing for a second (its server speaks first: SSH,
         SMTP) is let through as it is."""
-        await client.send(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        try:
+            await client.send_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        except OSError:
+            return b""
         first = bytearray(rest)
         web = port in WEB_PORTS
         ended = False
@@ -294,7 +300,7 @@ class SandboxProxy:
                 need = hello_length(first) if is_tls(first) else None
                 if len(first) >= 5 and (need is None or len(first) >= _with_headers(need)):
                     break
-                more = await _receive(client)
+                more = await client.receive(MAX_HELLO)
                 if not more:
                     ended = True
                     break
@@ -314,38 +320,41 @@ class SandboxProxy:
             raise _Refused("", f"the tunnel to port {port} does not begin with TLS")
         return bytes(first)
 
-    async def _relay(
-        self,
-        client: anyio.abc.SocketStream,
-        upstream: anyio.abc.SocketStream,
-        first: bytes,
-        seq: int,
-    ) -> None:
+    async def _relay(self, client: Conn, upstream: Conn, first: bytes, seq: int) -> None:
+        """Both ways until both ends are done (either one broken: all is)."""
         moved = [0, 0]  # up, down
 
-        async def copy(
-            source: anyio.abc.SocketStream, sink: anyio.abc.SocketStream, way: int, data: bytes
-        ) -> None:
+        def counted(way: int) -> Callable[[int], None]:
+            def add(count: int) -> None:
+                moved[way] += count
+                self._log.update(seq, up=moved[0], down=moved[1])
+
+            return add
+
+        async def up(tg: anyio.abc.TaskGroup) -> None:
+            data = first
             try:
                 while True:
                     if data:
                         await self._rate.take(len(data))
-                        await sink.send(data)
-                        moved[way] += len(data)
-                        self._log.update(seq, up=moved[0], down=moved[1])
-                    data = await source.receive(_CHUNK)
-            except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-                pass
-            finally:
-                try:
-                    await sink.send_eof()
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                    tg.cancel_scope.cancel()
+                        await upstream.send_all(data)
+                        counted(0)(len(data))
+                    data = await client.receive()
+                    if not data:
+                        break
+            except OSError:
+                tg.cancel_scope.cancel()
+                return
+            upstream.send_eof()
+
+        async def down() -> None:
+            await upstream.splice_to(client, self._rate.take, counted(1))
+            client.send_eof()
 
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(copy, client, upstream, 0, first)
-                tg.start_soon(copy, upstream, client, 1, b"")
+                tg.start_soon(up, tg)
+                tg.start_soon(down)
         finally:
             self._log.update(seq, up=moved[0], down=moved[1], ended=True)
 
@@ -384,14 +393,14 @@ class SandboxProxy:
                 with contextlib.suppress(OSError):
                     os.write(catchall, answer)
 
-    async def _answer_lookups(self, dns: anyio.abc.UDPSocket) -> None:
+    async def _answer_lookups(self, dns: socket.socket) -> None:
         """Refuse every lookup at once (REFUSED), logging what was asked: each name once a
         second (a resolver asks for A and AAAA, and asks again)."""
         window, answered = anyio.current_time(), 0
         logged: dict[str, float] = {}  # name: when it was last logged (this second's)
         while True:
             try:
-                datagram, peer = await dns.receive()
+                datagram, peer = await receive_datagram(dns)
             except OSError:
                 continue
             now = anyio.current_time()
@@ -412,28 +421,8 @@ class SandboxProxy:
                 self._deny("dns", name[:255], DNS_PORT, reason)
             reply = dns_refusal(datagram)
             if reply is not None:
-                with contextlib.suppress(OSError):
-                    await dns.sendto(reply, *peer)
-
-
-async def _connect_to(address: str, port: int) -> anyio.abc.SocketStream:
-    """A TCP connection to an address (``anyio.connect_tcp`` would look it up again, in a
-    worker thread: a third of a small request's cost through the proxy)."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            sock.connect((address, port))
-        except BlockingIOError:
-            await anyio.wait_writable(sock)
-            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if error:
-                raise OSError(error, os.strerror(error)) from None
-        return await anyio.abc.SocketStream.from_socket(sock)
-    except BaseException:
-        sock.close()
-        raise
+                with contextlib.suppress(OSError):  # (its buffer full: dropped)
+                    dns.sendto(reply, peer)
 
 
 def _why(exc: BaseException) -> str:
@@ -450,19 +439,12 @@ def _with_headers(length: int) -> int:
     return length + 5 * math.ceil(length / 16384)
 
 
-async def _receive(stream: anyio.abc.SocketStream) -> bytes:
-    try:
-        return await stream.receive(MAX_HELLO)
-    except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
-        return b""
-
-
-async def _answer(client: anyio.abc.SocketStream, status: str, reason: str) -> None:
+async def _answer(client: Conn, status: str, reason: str) -> None:
     """A short response saying why (what curl and pip show the agent)."""
     body = f"agentfense: {reason}\n".encode(errors="replace")
     head = (
         f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
         "Connection: close\r\n\r\n"
     )
-    with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-        await client.send(head.encode() + body)
+    with contextlib.suppress(OSError):
+        await client.send_all(head.encode() + body)
