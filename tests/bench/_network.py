@@ -6,6 +6,8 @@ name, through the proxy; on the host, straight to the mirror.
 - A 100 MiB download: throughput through the proxy against the host's (target: at least
   half, so a ratio of at most 2).
 - One small request (22 bytes): the latency the proxy adds.
+- ``from_codebase`` of a sandbox with a network against one without: what putting the
+  proxy in costs a start.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import functools
 import http.server
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
 
-from agentfense import AsyncSandbox
+from agentfense import AsyncSandbox, AsyncSandboxClient
 from agentfense.testing import start_server_process
 
 from ._common import INFORMATIVE, Sizes, attempt, error_rows, progress, row
@@ -32,7 +35,8 @@ MIRROR = "mirror.test"
 BIG = 100 * 2**20
 DOWNLOAD = "100 MiB download, through the proxy"
 SMALL = "one small request, through the proxy"
-NAMES = [DOWNLOAD, SMALL]
+START = "create + start, with a network"
+NAMES = [DOWNLOAD, SMALL, START]
 DOWNLOAD_TARGET = Target(max_ratio=2.0)  # at least half the host's throughput
 _CURL = "curl -sS -o /dev/null -w '%{time_total}' "
 
@@ -75,6 +79,29 @@ async def _measure(
                 reference,
             )
             rows.append(row(name, BACKEND, result, base_name, target))
+    async with AsyncSandboxClient(endpoint) as client:
+        codebase_id = (await client.create_codebase("network-start", "bench")).id
+
+    async def started(network: list[str] | None) -> float:
+        began = time.perf_counter()
+        other = await AsyncSandbox.from_codebase(codebase_id, endpoint=endpoint, network=network)
+        elapsed = time.perf_counter() - began
+        await other.destroy()
+        return elapsed
+
+    async def with_network() -> float:
+        return await started([f"{MIRROR}:{port}"])
+
+    async def without() -> float:
+        return await started(None)
+
+    count = sizes.idle * 2
+    result = await attempt(
+        START,
+        interleaved(with_network, without, n_ours=count, n_base=count, warmup=2, self_timed=True),
+        reference,
+    )
+    rows.append(row(START, BACKEND, result, "without a network", INFORMATIVE))
     return rows
 
 
