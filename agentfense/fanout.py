@@ -84,6 +84,7 @@ class FromLocalOptions(TypedDict, total=False):
     api_key: str | None
     tls: TLSConfig | None
     commit: CommitMode | str
+    network: Iterable[str] | str | None
 
 
 # -- the core ---------------------------------------------------------------------------------

@@ -86,9 +86,9 @@ def commit_mode(value: CommitMode | str) -> CommitMode:
 def network_patterns(value: Iterable[str] | str | None) -> list[str]:
     """``network=``: None or "none" (no network), or host patterns (a lone string is one);
     the server checks each pattern and says what is wrong with it."""
-    if value is None or value == "none":
+    chosen = [] if value is None else [value] if isinstance(value, str) else list(value)
+    if [text.strip().lower() if isinstance(text, str) else text for text in chosen] == ["none"]:
         return []
-    chosen = [value] if isinstance(value, str) else list(value)
     for pattern in chosen:
         if not isinstance(pattern, str) or not pattern:
             raise InvalidConfigurationError(

@@ -15,8 +15,8 @@ from ..errors import InvalidConfigurationError
 from ..runtimes.base import RuntimeError_, SandboxHandle
 from .audit_log import AuditLog
 from .config import ServerConfig
-from .network.connections import ConnectionLog
-from .network.netns import local_addresses, proxy_sockets
+from .network.connections import Connection, ConnectionLog, Verdict
+from .network.netns import proxy_sockets
 from .network.policy import NetworkPolicy, OperatorNetwork
 from .network.proxy import NetworkLimits, SandboxProxy
 from .sandbox_table import SandboxRecord
@@ -30,7 +30,6 @@ class SandboxNetworks:
         )
         self._log_entries = config.network_log_entries
         self._server_ports = frozenset(_server_ports(config))
-        self._local: frozenset[str] | None = None  # (read at the first proxy's start)
         self._audit = audit
 
     def policy(self, texts: Sequence[str]) -> NetworkPolicy:
@@ -65,8 +64,6 @@ class SandboxNetworks:
             raise RuntimeError_(f"cannot put its proxy in place: {exc.strerror}") from None
         finally:
             os.close(netns)
-        if self._local is None:
-            self._local = local_addresses()
         tenant, sandbox_id = record.tenant, record.id
 
         def denied(kind: str, host: str, port: int, reason: str, unreported: int) -> None:
@@ -75,7 +72,7 @@ class SandboxNetworks:
                     tenant=tenant,
                     sandbox_id=sandbox_id,
                     kind=kind,
-                    target=f"{host}:{port}" if port else host,
+                    target=Connection(0, 0, kind, host, port, "", Verdict.DENIED, "").target,
                     reason=reason,
                     unreported=unreported,
                 )
@@ -86,7 +83,6 @@ class SandboxNetworks:
             self._limits,
             record.network_log,
             server_ports=self._server_ports,
-            local_addresses=self._local,
             on_denied=denied,
         )
         scope = record.proxy = anyio.CancelScope()

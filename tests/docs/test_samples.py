@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from integration._network_world import PACKAGE, serving_mirror
+from integration._network_world import serving_mirror
 
 from agentfense.server.config import ServerConfig
 from agentfense.testing import ServerProcess, start_server_process
@@ -77,7 +77,6 @@ def make_project(root: Path) -> None:
     (project / "README.md").write_text("# sample project\n")
     (project / "src" / "main.py").write_text("print('main')\n")
     (project / ".env").write_text("SECRET=do-not-show\n")
-    (project / "requirements.txt").write_text(f"{PACKAGE}\n")  # (docs/network.md's mirror)
     (project / "tests" / "test_main.py").write_text(
         "import unittest\n\n\n"
         "class MainTest(unittest.TestCase):\n"
@@ -91,7 +90,7 @@ def make_project(root: Path) -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """The docs' server; docs/network.md's package mirror (``mirror.internal``, in its host
-    map) is served on 127.0.0.1:3141 meanwhile."""
+    map; it holds ``tinypkg``) is served on 127.0.0.1:3141 meanwhile."""
     with serving_mirror(tmp_path_factory.mktemp("mirror"), MIRROR_PORT):
         running = start_server_process(
             tmp_path_factory.mktemp("docs-server"),

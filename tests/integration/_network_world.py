@@ -89,6 +89,9 @@ class World:
     https_port: int
     echo_port: int  # a loopback service nobody maps
     ca_pem: bytes
+    sink_port: int  # accepts, and never reads
+    recorder_port: int  # answers every request on a connection, and notes it in ``seen``
+    seen: list[tuple[str, str]]  # (request line, Host) of each request the recorder read
 
 
 def _serve_http(
@@ -118,6 +121,51 @@ def _serve_echo() -> tuple[socket.socket, int]:
     return listener, listener.getsockname()[1]
 
 
+def _serve_sink() -> tuple[socket.socket, int]:
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener, listener.getsockname()[1]
+
+
+def _serve_recorder(seen: list[tuple[str, str]]) -> tuple[socket.socket, int]:
+    """A keep-alive server that answers each request it reads (and any it reads after it)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def one(conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as reader:
+            while True:
+                line = reader.readline(65536)
+                if not line:
+                    return
+                host = ""
+                while (header := reader.readline(65536)) not in (b"\r\n", b"\n", b""):
+                    name, _, value = header.decode(errors="replace").partition(":")
+                    if name.strip().lower() == "host":
+                        host = value.strip()
+                seen.append((line.decode(errors="replace").strip(), host))
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nrecorded\n")
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=one, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener, listener.getsockname()[1]
+
+
 @contextmanager
 def running_world(root: Path, big_bytes: int = 0) -> Iterator[World]:
     fill_mirror(root, big_bytes)
@@ -127,13 +175,26 @@ def running_world(root: Path, big_bytes: int = 0) -> Iterator[World]:
     plain, http_port = _serve_http(root, None)
     secure, https_port = _serve_http(root, context)
     echo, echo_port = _serve_echo()
+    sink, sink_port = _serve_sink()
+    seen: list[tuple[str, str]] = []
+    recorder, recorder_port = _serve_recorder(seen)
     try:
-        yield World(root, http_port, https_port, echo_port, ca.cert_pem.bytes())
+        yield World(
+            root,
+            http_port,
+            https_port,
+            echo_port,
+            ca.cert_pem.bytes(),
+            sink_port,
+            recorder_port,
+            seen,
+        )
     finally:
         for server in (plain, secure):
             server.shutdown()
             server.server_close()
-        echo.close()
+        for listening in (echo, sink, recorder):
+            listening.close()
 
 
 @contextmanager

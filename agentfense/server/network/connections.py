@@ -36,6 +36,8 @@ class Connection:
     @property
     def target(self) -> str:
         """``host:port`` (``[v6]:port``); a lookup's name alone."""
+        if not self.host:
+            return "(no host)"  # (refused before one was named: a limit, a bad request)
         if self.kind == "dns" or not self.port:
             return self.host
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"

@@ -5,10 +5,14 @@ query's name. Each parser is bounded by the bytes it is given and raises
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 MAX_HEAD = 16 * 1024  # bytes of a request's line and headers
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # (a tab is allowed in a value)
+_UNPRINTABLE = re.compile(r"[^!-~]|[.]")  # (in a DNS label, as the log shows it)
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 MAX_HELLO = 16 * 1024  # bytes of a ClientHello looked at
 # Hop-by-hop headers (RFC 9110, 7.6.1) and the proxy's own: not passed upstream.
 _HOP_BY_HOP = frozenset(
@@ -38,6 +42,7 @@ class RequestHead:
     host: str
     port: int
     upstream: bytes
+    body: int  # bytes of body that follow the head (sent on, and nothing after them)
 
 
 def head_end(buffer: bytes | bytearray) -> int:
@@ -47,35 +52,48 @@ def head_end(buffer: bytes | bytearray) -> int:
 
 
 def parse_head(head: bytes) -> RequestHead:
-    """A whole request head (``head_end`` found its end)."""
+    """A whole request head (``head_end`` found its end). Strict where HTTP parsers differ
+    (a bare LF, a control character, an odd version, Transfer-Encoding): what the proxy
+    reads is what the host it allows will read."""
     try:
         text = head.decode("ascii")
     except UnicodeDecodeError:
         raise MessageError("the request is not HTTP (bytes beyond ASCII in its head)") from None
     lines = text[:-4].split("\r\n")
+    if any(_CONTROL.search(line) for line in lines):
+        raise MessageError("the request's head holds a control character (a bare CR or LF?)")
     parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+    if (
+        len(parts) != 3
+        or parts[2] not in ("HTTP/1.0", "HTTP/1.1")
+        or not _TOKEN.fullmatch(parts[0])
+    ):
         raise MessageError("the request is not HTTP/1 (no 'METHOD target HTTP/1.x' line)")
     method, target, version = parts
     headers: list[tuple[str, str]] = []
     for line in lines[1:]:
         name, colon, value = line.partition(":")
-        if not colon or not name or name != name.strip():
+        if not colon or not _TOKEN.fullmatch(name):
             raise MessageError("a header of the request is malformed")
-        headers.append((name, value.strip()))
+        headers.append((name, value.strip(" \t")))
     named = [value for name, value in headers if name.lower() == "host"]
     if len(named) > 1:
         raise MessageError("the request has more than one Host header")
     if method == "CONNECT":
         host, port = _authority(target, default_port=None)
-        return RequestHead(method, host, port, b"")
+        return RequestHead(method, host, port, b"", 0)
+    body = _body_length(headers)
     if target.startswith("/"):  # (origin-form: the Host header says where)
         if not named:
             raise MessageError("the request names no host (no absolute URL, no Host header)")
         host, port = _authority(named[0], default_port=80)
         path = target
     else:
-        url = urlsplit(target)
+        try:
+            url = urlsplit(target)
+            url.port  # noqa: B018  (raises for a port that is none)
+        except ValueError:
+            raise MessageError(f"{target[:80]!r} is not a URL") from None
         if url.scheme.lower() != "http" or not url.netloc:
             raise MessageError(
                 "only http:// URLs are proxied as they are; https goes through CONNECT"
@@ -92,7 +110,21 @@ def parse_head(head: bytes) -> RequestHead:
         f"{name}: {value}" for name, value in headers if name.lower().encode() not in _HOP_BY_HOP
     ]
     upstream = "\r\n".join([f"{method} {path} {version}", *kept, "Connection: close", "", ""])
-    return RequestHead(method, host, port, upstream.encode("ascii"))
+    return RequestHead(method, host, port, upstream.encode("ascii"), body)
+
+
+def _body_length(headers: list[tuple[str, str]]) -> int:
+    """The bytes of the request's body: its Content-Length (one, digits), 0 without."""
+    if any(name.lower() == "transfer-encoding" for name, _ in headers):
+        raise MessageError(
+            "a request body in chunks (Transfer-Encoding) is not proxied: give its Content-Length"
+        )
+    lengths = {value for name, value in headers if name.lower() == "content-length"}
+    if not lengths:
+        return 0
+    if len(lengths) > 1 or not next(iter(lengths)).isdigit() or len(next(iter(lengths))) > 18:
+        raise MessageError("the request's Content-Length is malformed")
+    return int(next(iter(lengths)))
 
 
 def _authority(text: str, *, default_port: int | None) -> tuple[str, int]:
@@ -135,7 +167,7 @@ def server_name(records: bytes) -> str | None:
     at = 0
     while at + 5 <= len(records) and len(payload) < MAX_HELLO:
         if records[at] != 0x16:
-            raise MessageError("a TLS record of the handshake is of another type")
+            break  # (what follows the hello: a change-cipher-spec, early data)
         length = int.from_bytes(records[at + 3 : at + 5], "big")
         payload += records[at + 5 : at + 5 + length]
         at += 5 + length
@@ -200,7 +232,8 @@ def dns_question(datagram: bytes) -> str:
     while (length := reader.byte()) != 0:
         if length > 63 or len(labels) > 127:
             raise MessageError("a DNS name that is malformed")
-        labels.append(reader.take(length).decode("ascii", errors="replace"))
+        label = reader.take(length).decode("ascii", errors="replace")
+        labels.append(_UNPRINTABLE.sub("?", label))
     return ".".join(labels).lower()
 
 

@@ -16,16 +16,12 @@ capability in the namespace's owner, the host's user namespace).
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import fcntl
 import logging
 import os
 import socket
-import struct
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 import anyio
 
@@ -35,7 +31,6 @@ from .proxy import DNS_PORT, PROXY_PORT
 _log = logging.getLogger("agentfense.server.network")
 
 _CLONE_NEWNET = 0x40000000
-_SIOCGIFADDR = 0x8915
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -112,19 +107,3 @@ async def proxy_sockets(netns: int) -> ProxySockets:
     """The proxy's listening socket, the DNS responder's and the catch-all interface, in
     the namespace ``netns`` (an fd on it); OSError when they cannot be made there."""
     return await anyio.to_thread.run_sync(_in_own_thread, netns)
-
-
-def local_addresses() -> frozenset[str]:
-    """This host's own addresses (its interfaces', in the server's namespace)."""
-    found: set[str] = set()
-    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        for _, name in socket.if_nameindex():
-            with contextlib.suppress(OSError):
-                request = struct.pack("256s", name.encode()[:15])
-                answer = fcntl.ioctl(probe.fileno(), _SIOCGIFADDR, request)
-                found.add(socket.inet_ntoa(answer[20:24]))
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/net/if_inet6").read_text().splitlines():
-            hexa = line.split()[0]
-            found.add(socket.inet_ntop(socket.AF_INET6, bytes.fromhex(hexa)))
-    return frozenset(found)

@@ -36,6 +36,10 @@ class HostPattern:
     @property
     def text(self) -> str:
         host = "*" if not self.host else ("*." + self.host if self.wildcard else self.host)
+        if ":" in host:  # (an IPv6 address: as a URL writes it)
+            host = f"[{host}]"
+            if self.port is None:
+                return host
         if self.port is None:
             return host
         return f"{host}:*" if self.port == ANY_PORT else f"{host}:{self.port}"
@@ -168,9 +172,9 @@ class OperatorNetwork:
     def policy(self, texts: Sequence[str]) -> NetworkPolicy:
         """The policy a client asks for (``["none"]`` or nothing: none), checked against the
         operator's cap; a sentence naming the first pattern refused otherwise."""
-        if list(texts) in ([], ["none"]):
+        if [text.strip().lower() for text in texts] in ([], ["none"]):
             return NO_NETWORK
-        if "none" in texts:
+        if any(text.strip().lower() == "none" for text in texts):
             raise InvalidConfigurationError('network: "none" cannot be listed with hosts')
         patterns = parse_patterns(texts)
         for pattern in patterns:

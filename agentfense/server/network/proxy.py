@@ -16,6 +16,7 @@ traffic costs only its own share. docs/network.md is the user's view.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -26,9 +27,12 @@ from dataclasses import dataclass
 import anyio
 import anyio.abc
 
+from ...errors import ResourceLimitExceededError
+from .._descriptors import check_headroom
 from .addresses import refusal
 from .connections import ConnectionLog, Verdict
 from .direct import packet_target, prohibited
+from .local_addresses import local_addresses
 from .messages import (
     MAX_HEAD,
     MAX_HELLO,
@@ -65,6 +69,7 @@ _HELLO_WAIT = 10.0  # for a tunnel's first bytes (to a web port)
 _FIRST_BYTES_WAIT = 1.0  # for those of a tunnel to another port
 _DNS_REPLIES_PER_SECOND = 200  # a flood of lookups is answered at this rate, and logged so
 _DIRECT_PER_SECOND = 200  # packets sent past the proxy handled a second
+_LOOKUPS = 4  # a sandbox's names being looked up at once
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +123,6 @@ class SandboxProxy:
         log: ConnectionLog,
         *,
         server_ports: Collection[int],
-        local_addresses: Collection[str],
         on_denied: Denied,
     ) -> None:
         self._policy = policy
@@ -126,9 +130,9 @@ class SandboxProxy:
         self._limits = limits
         self._log = log
         self._server_ports = server_ports
-        self._local = local_addresses
         self._on_denied = on_denied
         self._rate = _Rate(limits.bytes_per_second)
+        self._lookups = anyio.CapacityLimiter(_LOOKUPS)
         self._open = 0
         self._audit_window = anyio.current_time()
         self._audited = 0
@@ -143,15 +147,32 @@ class SandboxProxy:
             listener.setblocking(False)
             dns.setblocking(False)
             async with anyio.create_task_group() as tg:
+                tg.start_soon(self._report_unreported)
                 tg.start_soon(self._answer_lookups, dns)
                 if catchall is not None:
                     tg.start_soon(self._answer_direct, catchall)
                 await self._accept(listener, tg)
         finally:
+            self._flush_unreported()
             listener.close()
             dns.close()
             if catchall is not None:
                 os.close(catchall)
+
+    async def _report_unreported(self) -> None:
+        """The denials left out of the audit log (past _AUDITED_PER_SECOND a second) are
+        counted in a line of their own once their second is over, not only with the next
+        denial (which may never come)."""
+        while True:
+            await anyio.sleep(1)
+            if anyio.current_time() - self._audit_window >= 1:
+                self._flush_unreported()
+
+    def _flush_unreported(self) -> None:
+        if self._unreported:
+            reason = f"denials past {_AUDITED_PER_SECOND} a second, not written one by one"
+            self._on_denied("unreported", "", 0, reason, self._unreported)
+            self._unreported = 0
 
     async def _accept(self, listener: socket.socket, tg: anyio.abc.TaskGroup) -> None:
         while True:
@@ -176,9 +197,17 @@ class SandboxProxy:
         self._unreported = 0
 
     async def _handle(self, client: Conn) -> None:
+        """One connection: whatever becomes of it, never the proxy's end."""
         try:
+            reason = ""
             if self._open >= self._limits.max_connections:
                 reason = f"more than {self._limits.max_connections} connections at once"
+            else:
+                try:
+                    check_headroom("a connection through the sandbox's proxy")
+                except ResourceLimitExceededError as exc:
+                    reason = exc.message
+            if reason:
                 self._deny("http", "", 0, reason)
                 await _answer(client, "503 Service Unavailable", reason)
                 return
@@ -187,6 +216,8 @@ class SandboxProxy:
                 await self._serve_one(client)
             finally:
                 self._open -= 1
+        except Exception:
+            _log.exception("a connection through a sandbox's proxy failed")
         finally:
             client.close()
 
@@ -227,8 +258,13 @@ class SandboxProxy:
             return
         try:
             rest = bytes(buffer[end:])
+            body: int | None = None  # (a tunnel's: no end but its own)
+            pipelined = False
             if kind == "http":
-                first = head.upstream + rest
+                body = head.body
+                first = head.upstream + rest[:body]
+                pipelined = len(rest) > body  # (a next request came with it: never sent)
+                body -= len(rest[:body])  # (what is still to come)
             else:
                 try:
                     first = await self._tunnel_start(client, host, port, rest)
@@ -236,7 +272,7 @@ class SandboxProxy:
                     self._deny(kind, host, port, refused.reason, address)
                     return
             seq = self._log.add(kind, host, port, Verdict.ALLOWED, address=address)
-            await self._relay(client, upstream, first, seq)
+            await self._relay(client, upstream, first, seq, body, pipelined)
         finally:
             upstream.close()
 
@@ -247,35 +283,42 @@ class SandboxProxy:
         return await self._connect(host, port)
 
     async def _connect(self, host: str, port: int) -> tuple[str, Conn]:
+        """A connection to the first address of ``host`` that is not refused and answers."""
         mapped = self._operator.hosts.get(host)
         candidates = [mapped] if mapped is not None else await self._resolve(host, port)
-        reasons = []
+        refused, failed = [], []
+        local = local_addresses()
         for address in candidates:
             why = refusal(
                 address,
                 port,
                 mapped=mapped is not None,
                 server_ports=self._server_ports,
-                local=self._local,
+                local=local,
             )
             if why is not None:
-                reasons.append(why)
+                refused.append(why)
                 continue
             try:
                 with anyio.fail_after(_CONNECT_WAIT):
-                    stream = await connect(address, port)
+                    return address, await connect(address, port)
             except (OSError, TimeoutError) as exc:
-                reason = _why(exc)
-                raise _Refused(
-                    "502 Bad Gateway", f"cannot reach {address}:{port}: {reason}", Verdict.FAILED
-                ) from None
-            return address, stream
-        raise _Refused("403 Forbidden", f"{host} resolves to refused addresses: {reasons[0]}")
+                failed.append(f"cannot reach {_bracketed(address)}:{port}: {_why(exc)}")
+        if failed:
+            raise _Refused("502 Bad Gateway", "; ".join(failed), Verdict.FAILED)
+        raise _Refused("403 Forbidden", f"{host} resolves to refused addresses: {refused[0]}")
 
     async def _resolve(self, host: str, port: int) -> list[str]:
+        """The addresses of ``host``, looked up by the server: at most _LOOKUPS at once for
+        a sandbox (a lookup that hangs holds a worker thread until the resolver gives up:
+        one sandbox's cannot take every thread)."""
         try:
             with anyio.fail_after(_CONNECT_WAIT):
-                found = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                found = await anyio.to_thread.run_sync(
+                    functools.partial(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM),
+                    limiter=self._lookups,
+                    abandon_on_cancel=True,
+                )
         except (OSError, TimeoutError) as exc:
             reason = _why(exc)
             raise _Refused(
@@ -297,9 +340,12 @@ class SandboxProxy:
         ended = False
         with anyio.move_on_after(_HELLO_WAIT if web else _FIRST_BYTES_WAIT):
             while len(first) < MAX_HELLO:
-                need = hello_length(first) if is_tls(first) else None
-                if len(first) >= 5 and (need is None or len(first) >= _with_headers(need)):
-                    break
+                if len(first) >= 3:  # (enough to tell TLS)
+                    if not is_tls(first):
+                        break
+                    need = hello_length(first)
+                    if need is not None and len(first) >= _with_headers(need):
+                        break
                 more = await client.receive(MAX_HELLO)
                 if not more:
                     ended = True
@@ -320,8 +366,20 @@ class SandboxProxy:
             raise _Refused("", f"the tunnel to port {port} does not begin with TLS")
         return bytes(first)
 
-    async def _relay(self, client: Conn, upstream: Conn, first: bytes, seq: int) -> None:
-        """Both ways until both ends are done (either one broken: all is)."""
+    async def _relay(
+        self,
+        client: Conn,
+        upstream: Conn,
+        first: bytes,
+        seq: int,
+        body: int | None,
+        pipelined: bool = False,
+    ) -> None:
+        """Both ways. A tunnel (``body`` None) until both ends are done. A plain request:
+        ``first`` (its head) and ``body`` more bytes go up, nothing after them (a second
+        request on the connection is never sent where the first was allowed: the
+        connection ends as it begins, and the client opens another, which is checked), and
+        once the response is down the connection ends. Either end broken: all is."""
         moved = [0, 0]  # up, down
 
         def counted(way: int) -> Callable[[int], None]:
@@ -332,29 +390,38 @@ class SandboxProxy:
             return add
 
         async def up(tg: anyio.abc.TaskGroup) -> None:
-            data = first
+            data, left = first, body
             try:
                 while True:
                     if data:
                         await self._rate.take(len(data))
                         await upstream.send_all(data)
                         counted(0)(len(data))
-                    data = await client.receive()
+                    if left == 0:  # (the request is whole: what follows is not sent)
+                        if not pipelined:  # (the next request, or the client's end: the
+                            await client.receive(1)  # connection ends, the client opens
+                            tg.cancel_scope.cancel()  # another, which is checked)
+                        return
+                    data = await client.receive(CHUNK if left is None else min(left, CHUNK))
                     if not data:
                         break
+                    if left is not None:
+                        left -= len(data)
             except OSError:
                 tg.cancel_scope.cancel()
                 return
             upstream.send_eof()
 
-        async def down() -> None:
+        async def down(tg: anyio.abc.TaskGroup) -> None:
             await upstream.splice_to(client, self._rate.take, counted(1))
             client.send_eof()
+            if body is not None:
+                tg.cancel_scope.cancel()
 
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(up, tg)
-                tg.start_soon(down)
+                tg.start_soon(down, tg)
         finally:
             self._log.update(seq, up=moved[0], down=moved[1], ended=True)
 
@@ -423,6 +490,10 @@ class SandboxProxy:
             if reply is not None:
                 with contextlib.suppress(OSError):  # (its buffer full: dropped)
                     dns.sendto(reply, peer)
+
+
+def _bracketed(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
 
 
 def _why(exc: BaseException) -> str:

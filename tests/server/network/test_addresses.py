@@ -42,3 +42,25 @@ def test_a_mapped_name_reaches_a_private_address_but_never_the_servers_ports() -
     said = refusal("127.0.0.1", 9000, mapped=True, server_ports=(9000,), local=())
     assert said is not None
     assert "server's own" in said
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "64:ff9b::7f00:1",
+        "64:ff9b::a9fe:a9fe",
+        "64:ff9b:1::a00:5",
+        "::127.0.0.1",
+        "::a9fe:a9fe",
+        "::ffff:0:a00:5",
+        "fec0::1",
+        "2002:7f00:1::",
+        "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+    ],
+)
+def test_ipv6_forms_carrying_an_ipv4_address_are_refused(address: str) -> None:
+    assert refusal(address, 80, mapped=False, server_ports=(), local=()) is not None
+
+
+def test_a_global_ipv6_address_is_not_refused() -> None:
+    assert refusal("2a04:4e42::223", 443, mapped=False, server_ports=(), local=()) is None

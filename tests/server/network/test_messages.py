@@ -132,3 +132,45 @@ def test_any_datagram_is_a_name_or_a_message_error_and_never_answered_wrongly(
         dns_question(data)
     answer = dns_refusal(data)
     assert answer is None or (answer[:2] == data[:2] and len(answer) <= len(data))
+
+
+@pytest.mark.parametrize(
+    ("head", "why"),
+    [
+        (b"GET /one HTTP/1.1\r\nHost: a.test\r\nX-A: a\n\nGET /two HTTP/1.1\r\n\r\n", "control"),
+        (b"GET / HTTP/1.1\r\nHost: a.test\r\nX: \x00\r\n\r\n", "control"),
+        (b"GET / HTTP/1.1\r\nHost: a.test\rX: y\r\n\r\n", "control"),
+        (b"GET / HTTP/1.2\r\nHost: a.test\r\n\r\n", "HTTP/1"),
+        (b"G(T / HTTP/1.1\r\nHost: a.test\r\n\r\n", "HTTP/1"),
+        (b"GET / HTTP/1.1\r\nHost : a.test\r\n\r\n", "malformed"),
+        (b"POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n", "in chunks"),
+        (b"POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+         "Content-Length"),
+        (b"POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: -1\r\n\r\n", "Content-Length"),
+        (b"GET http://[::1/ HTTP/1.1\r\n\r\n", "not a URL"),
+        (b"GET http://a.test:99x/ HTTP/1.1\r\n\r\n", "not a URL"),
+    ],
+)  # fmt: skip
+def test_what_http_parsers_read_differently_is_refused(head: bytes, why: str) -> None:
+    """A bare LF ended a header for the upstream's parser and not for the proxy's: a second
+    request, to another Host, went through unchecked."""
+    with pytest.raises(MessageError, match=why):
+        parse_head(head)
+
+
+def test_a_body_is_framed_by_its_content_length() -> None:
+    head = b"POST http://a.test/up HTTP/1.1\r\nContent-Length: 12\r\n\r\n"
+    assert parse_head(head).body == 12
+    assert parse_head(b"GET http://a.test/ HTTP/1.1\r\n\r\n").body == 0
+    assert parse_head(b"GET http://a.test/ HTTP/1.1\r\nX-Tab:\ta\tb\r\n\r\n").body == 0
+
+
+def test_a_hello_followed_by_other_records_is_read() -> None:
+    """TLS 1.3 clients may send a change-cipher-spec (and early data) right after it."""
+    hello = client_hello("pypi.org") + b"\x14\x03\x03\x00\x01\x01" + b"\x17\x03\x03\x00\x02ab"
+    assert server_name(hello) == "pypi.org"
+
+
+def test_a_lookup_s_name_is_logged_printable() -> None:
+    query = dns_query("a.b").replace(b"\x01a", b"\x03a\x1b.")
+    assert dns_question(query) == "a??.b"

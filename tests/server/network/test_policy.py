@@ -148,3 +148,17 @@ def test_a_pattern_covers_itself_and_reads_back_as_itself(text: str) -> None:
     pattern = parse_pattern(text)
     assert pattern.covers(pattern)
     assert parse_pattern(pattern.text) == pattern
+
+
+def test_none_in_any_case_is_no_network_and_never_a_host() -> None:
+    assert OperatorNetwork().policy(["NONE"]) is NO_NETWORK
+    assert OperatorNetwork().policy([" None "]) is NO_NETWORK
+    with pytest.raises(InvalidConfigurationError, match="none"):
+        OperatorNetwork().policy(["pypi.org", "None"])
+
+
+def test_an_ipv6_pattern_reads_back_with_its_brackets() -> None:
+    for text in ("[::1]:80", "[::1]", "[2001:db8::1]:*"):
+        pattern = parse_pattern(text)
+        assert pattern.text == text
+        assert parse_pattern(pattern.text) == pattern

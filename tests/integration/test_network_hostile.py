@@ -1,0 +1,160 @@
+"""A hostile sandbox against its own proxy (issue 13, and a hostile tester's findings): the
+proxy keeps no more of what it relays than a chunk each way, whatever the other end does;
+no connection can end it; nothing after a request's body is sent where the request was
+allowed; what HTTP parsers read differently is refused."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from agentfense import AsyncSandboxClient, NetworkVerdict, PermissionRule
+from agentfense.testing import ServerProcess, start_server_process
+from agentfense.types import SandboxInfo
+
+from ._network_world import MIRROR, World, running_world
+
+pytestmark = pytest.mark.anyio
+MiB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with running_world(tmp_path_factory.mktemp("mirror")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    running = start_server_process(
+        tmp_path_factory.mktemp("hostile-net-server"),
+        settings={"network_hosts": f"{MIRROR}=127.0.0.1"},
+    )
+    yield running
+    assert running.stop() == 0, running.log()
+
+
+@pytest.fixture
+async def client(server: ServerProcess) -> AsyncIterator[AsyncSandboxClient]:
+    async with AsyncSandboxClient(server.endpoint) as opened:
+        yield opened
+
+
+async def _sandbox(client: AsyncSandboxClient) -> SandboxInfo:
+    codebase = await client.create_codebase("hostile-network")
+    return await client.create_sandbox(
+        codebase.id,
+        permissions=[PermissionRule("**", "write")],
+        start=True,
+        network=[f"{MIRROR}:*"],
+    )
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+async def test_an_upstream_that_never_reads_costs_the_server_no_memory(
+    client: AsyncSandboxClient, world: World, server: ServerProcess
+) -> None:
+    """Eight uploads as fast as the sandbox can push, to a host that never reads: the server
+    grew by 4.4 GB in 4 s, when anyio's streams read ahead of the relay."""
+    info = await _sandbox(client)
+    script = f"""
+import socket, threading, time
+def one():
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)
+    s.connect(("127.0.0.1", 3128))
+    s.settimeout(0.5)
+    block = b"u" * (1 << 20)
+    s.sendall(b"POST http://{MIRROR}:{world.sink_port}/ HTTP/1.1\\r\\n"
+              b"Content-Length: 100000000000\\r\\n\\r\\n")
+    began = time.time()
+    while time.time() - began < 4:
+        try:
+            s.sendall(block)
+        except socket.timeout:
+            pass
+threads = [threading.Thread(target=one) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+print("pushed")
+"""
+    before = _rss(server.process.pid)
+    result = await client.exec(info.id, "python3 -", stdin=script, timeout=60)
+    assert result.stdout == "pushed\n", result.stderr
+    grown = _rss(server.process.pid) - before
+    assert grown < 32 * MiB, f"the server grew by {grown / MiB:.0f} MiB"
+
+
+async def test_no_connection_can_end_the_proxy(client: AsyncSandboxClient, world: World) -> None:
+    """A URL urlsplit refuses (ValueError), and CONNECTs reset before their answer
+    (BrokenResourceError), each ended the sandbox's whole proxy."""
+    info = await _sandbox(client)
+    script = f"""
+import socket, struct
+s = socket.create_connection(("127.0.0.1", 3128))
+s.sendall(b"GET http://[::1/ HTTP/1.1\\r\\n\\r\\n")
+print(s.recv(100).split(b"\\r\\n")[0].decode())
+for _ in range(30):
+    s = socket.create_connection(("127.0.0.1", 3128))
+    s.sendall(b"CONNECT {MIRROR}:{world.http_port} HTTP/1.1\\r\\n\\r\\n")
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+"""
+    result = await client.exec(info.id, "python3 -", stdin=script)
+    assert result.stdout == "HTTP/1.1 400 Bad Request\n", result.stderr
+    still = await client.exec(info.id, f"curl -sS http://{MIRROR}:{world.http_port}/hello.txt")
+    assert still.stdout == "hello from the mirror\n", still.stderr
+
+
+async def test_a_second_request_on_a_connection_is_never_sent_where_the_first_went(
+    client: AsyncSandboxClient, world: World
+) -> None:
+    """curl reuses its connection to the proxy: the second URL (another host, with the
+    first's credentials) reached the first host's server, unchecked and unlogged."""
+    info = await _sandbox(client)
+    world.seen.clear()
+    first = f"http://{MIRROR}:{world.recorder_port}/a"
+    result = await client.exec(
+        info.id,
+        f"curl -sS --max-time 20 -u alice:secret {first} http://forbidden.example/b; echo",
+    )
+    assert result.stdout.startswith("recorded\n"), result.stderr
+    assert "forbidden.example:80 is not in the allow-list" in result.stdout
+    assert world.seen == [("GET /a HTTP/1.1", f"{MIRROR}:{world.recorder_port}")]
+    assert result.network_denied == ("forbidden.example:80",)
+
+
+async def test_a_request_smuggled_behind_a_bare_lf_is_refused(
+    client: AsyncSandboxClient, world: World
+) -> None:
+    info = await _sandbox(client)
+    world.seen.clear()
+    script = f"""
+import socket
+s = socket.create_connection(("127.0.0.1", 3128))
+s.sendall(b"GET http://{MIRROR}:{world.recorder_port}/one HTTP/1.1\\r\\nX-A: a\\n\\n"
+          b"GET /smuggled HTTP/1.1\\nHost: evil.example\\nX-B: b\\r\\n\\r\\n")
+print(s.recv(100).split(b"\\r\\n")[0].decode())
+s = socket.create_connection(("127.0.0.1", 3128))
+s.sendall(b"POST http://{MIRROR}:{world.recorder_port}/two HTTP/1.1\\r\\n"
+          b"Content-Length: 5\\r\\n\\r\\nhello"
+          b"GET /three HTTP/1.1\\r\\nHost: evil.example\\r\\n\\r\\n")
+print(s.recv(100).split(b"\\r\\n")[0].decode())
+"""
+    result = await client.exec(info.id, "python3 -", stdin=script)
+    assert result.stdout == "HTTP/1.1 400 Bad Request\nHTTP/1.1 200 OK\n", result.stderr
+    assert world.seen == [("POST /two HTTP/1.1", f"{MIRROR}:{world.recorder_port}")]
+    log = await client.get_network_log(info.id)
+    assert [(e.verdict, e.kind) for e in log] == [
+        (NetworkVerdict.DENIED, "http"),
+        (NetworkVerdict.ALLOWED, "http"),
+    ]
+    assert "control character" in log[0].reason
