@@ -128,6 +128,7 @@ examples:
   agentfense run --memory 512m --cpus 0.5 --pids 256 --timeout 60 ./proj -- make test
   agentfense run -e CI=1 -w /workspace/src ./proj -- ./test.sh
   agentfense run --runtime docker --image python:3.11-slim ./proj -- python3 -V
+  agentfense run --network pypi.org --network '*.pythonhosted.org' ./proj -- pip download x
 """
 
 _EXEC_EPILOG = """\
@@ -191,6 +192,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="how the sandbox isolates (default bwrap)",
     )
     run.add_argument("--image", help="the Docker image (with --runtime docker)")
+    run.add_argument(
+        "--network",
+        action="append",
+        metavar="HOST",
+        help="a host the sandbox may reach, through the server's proxy: pypi.org, "
+        "'*.pythonhosted.org', github.com:443 (repeatable; default: no network)",
+    )
     _endpoint_flag(run, "a server embedded in this command")
 
     exec_ = _subcommand(

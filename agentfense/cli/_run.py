@@ -71,6 +71,11 @@ async def _stream(sandbox: AsyncSandbox, args: argparse.Namespace) -> int:
             f"{args.prog}: the command ran into the sandbox's {result.limit_exceeded} limit",
             file=sys.stderr,
         )
+    if result.network_denied:
+        print(
+            f"{args.prog}: the sandbox's network proxy refused: {', '.join(result.network_denied)}",
+            file=sys.stderr,
+        )
     status = exit_status(result.exit_code)
     if status == EXIT_FAILED:
         print(f"{args.prog}: the server reported exit code {result.exit_code}", file=sys.stderr)
@@ -95,6 +100,7 @@ async def _run_async(args: argparse.Namespace, interrupts: Interrupts) -> int:
                 runtime=args.runtime,
                 image=args.image,
                 resources=_resources(args),
+                network=args.network,
                 endpoint=endpoint,
                 secure=secure,
                 api_key=args.api_key,

@@ -217,3 +217,14 @@ def test_the_docker_runtime_and_an_image(endpoint: str, project: Path) -> None:
         str(project), "--", "python3", "-c", "import sys; print(sys.version_info[:2])",
     )  # fmt: skip
     assert (done.returncode, done.stdout) == (0, "(3, 11)\n"), done.stderr
+
+
+def test_a_network_flag_gives_the_hosts_and_a_refusal_is_said(endpoint: str, project: Path) -> None:
+    done = cli(
+        "run", "--endpoint", endpoint, "--network", "pypi.org", "--network", "*.example.org",
+        str(project), "--", "env | grep -c ^HTTPS_PROXY=; curl -sS http://example.com/ >/dev/null",
+    )  # fmt: skip
+    assert done.stdout == "1\n", done.stderr
+    assert "agentfense run: the sandbox's network proxy refused: example.com:80" in done.stderr, (
+        done.stderr
+    )
