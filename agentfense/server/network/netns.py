@@ -3,11 +3,10 @@
 A socket belongs to the namespace it was made in, whichever process then uses it: a thread
 of the server's joins the sandbox's namespace (``setns``), makes and binds the listening
 TCP socket (127.0.0.1:3128), the UDP one (127.0.0.1:53) and the catch-all interface
-(``direct.py``), and ends; the server accepts on
-them from its own namespace. So the sandbox's namespace keeps only its loopback, no bridge
-process or interface is added, and a proxied byte is copied once, by the server. The
-thread is one of its own (not a worker's, which would be reused): a namespace it could not
-leave goes with it.
+(``direct.py``), and ends; the server serves them from its own namespace. So no bridge,
+veth or process is added to the sandbox's namespace, and a proxied byte is moved once, by
+the server. The thread is one of its own (not a worker's, which would be reused): a
+namespace it could not leave goes with it.
 
 The sandbox's processes cannot take these ports first (the sockets exist before any
 command), nor bind beside them (``SO_REUSEPORT`` needs the same user; port 53 needs a
