@@ -81,6 +81,9 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 class _Threading(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # (clients the tests reset on purpose)
+
 
 @dataclass(frozen=True)
 class World:

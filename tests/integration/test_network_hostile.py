@@ -158,3 +158,139 @@ print(s.recv(100).split(b"\\r\\n")[0].decode())
         (NetworkVerdict.ALLOWED, "http"),
     ]
     assert "control character" in log[0].reason
+
+
+HELLO = """
+import socket, ssl, sys, time
+incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+context = ssl.create_default_context()
+tls = context.wrap_bio(incoming, outgoing, server_hostname="evil.example")
+try:
+    tls.do_handshake()
+except ssl.SSLWantReadError:
+    pass
+hello = outgoing.read()
+at = 2  # (two bytes: not yet enough to tell TLS)
+if sys.argv[1] == "prefix":  # (up to its compression methods: a hello with no name, cut)
+    at = 5 + 4 + 2 + 32
+    at += 1 + hello[at]
+    at += 2 + int.from_bytes(hello[at : at + 2], "big")
+    at += 1 + hello[at]
+s = socket.create_connection(("127.0.0.1", 3128))
+s.sendall(f"CONNECT {sys.argv[2]} HTTP/1.1\\r\\n\\r\\n".encode())
+print(s.recv(100).split(b"\\r\\n")[0].decode())
+s.sendall(hello[:at])
+time.sleep(1.5)
+try:
+    s.sendall(hello[at:])
+    print("answered" if s.recv(100) else "closed")
+except OSError:
+    print("closed")
+"""
+
+
+@pytest.mark.parametrize("cut", ["prefix", "two"])
+async def test_a_hello_sent_in_pieces_is_checked_whole(
+    client: AsyncSandboxClient, world: World, cut: str
+) -> None:
+    """A hello cut after its compression methods was read as one naming nothing; two bytes
+    were read as no TLS: either way the rest, naming another host, went through."""
+    info = await _sandbox(client)
+    target = f"{MIRROR}:{world.https_port}"
+    result = await client.exec(info.id, f"python3 - {cut} {target}", stdin=HELLO)
+    assert result.stdout == "HTTP/1.1 200 Connection established\nclosed\n", result.stderr
+    (entry,) = await client.get_network_log(info.id)
+    assert entry.verdict is NetworkVerdict.DENIED
+    assert "'evil.example' is not mirror.test" in entry.reason
+
+
+async def test_a_client_that_half_closes_gets_its_response(
+    client: AsyncSandboxClient, world: World
+) -> None:
+    info = await _sandbox(client)
+    script = f"""
+import socket
+s = socket.create_connection(("127.0.0.1", 3128))
+s.sendall(b"GET http://{MIRROR}:{world.http_port}/hello.txt HTTP/1.0\\r\\n\\r\\n")
+s.shutdown(socket.SHUT_WR)
+answer = b""
+while (more := s.recv(65536)):
+    answer += more
+print(answer.split(b"\\r\\n\\r\\n", 1)[1].decode(), end="")
+"""
+    result = await client.exec(info.id, "python3 -", stdin=script)
+    assert result.stdout == "hello from the mirror\n", result.stderr
+
+
+async def test_resets_mid_download_leave_no_traceback_in_the_server_log(
+    client: AsyncSandboxClient, world: World, server: ServerProcess
+) -> None:
+    """Each reset made a 20-line traceback: a sandbox could fill the server's disk."""
+    info = await _sandbox(client)
+    (world.root / "big.bin").write_bytes(b"b" * (8 * MiB))
+    script = f"""
+import socket, struct
+for _ in range(100):
+    s = socket.create_connection(("127.0.0.1", 3128))
+    s.sendall(b"GET http://{MIRROR}:{world.http_port}/big.bin HTTP/1.1\\r\\n\\r\\n")
+    s.recv(1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+print("reset")
+"""
+    result = await client.exec(info.id, "python3 -", stdin=script, timeout=120)
+    assert result.stdout == "reset\n", result.stderr
+    assert "Traceback" not in server.log()
+
+
+async def test_the_later_fragments_of_a_datagram_are_not_logged_as_ports(
+    client: AsyncSandboxClient,
+) -> None:
+    info = await _sandbox(client)
+    script = """
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.sendto(b"CD" * 30000, ("1.2.3.4", 9999))
+"""
+    result = await client.exec(info.id, "python3 -", stdin=script)
+    assert result.exit_code == 0, result.stderr
+    assert result.network_denied == ("1.2.3.4:9999",)
+
+
+@pytest.mark.slow
+async def test_a_tunnel_whose_client_is_done_gives_its_slot_back(
+    limited_server: ServerProcess, world: World
+) -> None:
+    """A host that ignores the client's end (FIN) held the slot for good: with every slot
+    so held, the sandbox's proxy answered 503 to everything until it was restarted."""
+    async with AsyncSandboxClient(limited_server.endpoint) as client:
+        info = await _sandbox(client)
+        script = f"""
+import socket, time
+for _ in range(2):
+    s = socket.create_connection(("127.0.0.1", 3128))
+    s.sendall(b"CONNECT {MIRROR}:{world.sink_port} HTTP/1.1\\r\\n\\r\\n")
+    s.recv(100)
+    s.sendall(b"hello")
+    s.shutdown(socket.SHUT_WR)
+    s.close()
+for second in range(60):
+    s = socket.create_connection(("127.0.0.1", 3128))
+    s.sendall(b"GET http://{MIRROR}:{world.http_port}/hello.txt HTTP/1.1\\r\\n\\r\\n")
+    if b" 200 " in s.recv(100):
+        print("served")
+        break
+    time.sleep(1)
+"""
+        result = await client.exec(info.id, "python3 -", stdin=script, timeout=120)
+        assert result.stdout == "served\n", result.stderr
+
+
+@pytest.fixture(scope="module")
+def limited_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    running = start_server_process(
+        tmp_path_factory.mktemp("two-slots-server"),
+        settings={"network_hosts": f"{MIRROR}=127.0.0.1", "network_max_connections": "2"},
+    )
+    yield running
+    assert running.stop() == 0, running.log()

@@ -114,11 +114,16 @@ def packet_target(packet: bytes) -> tuple[str, str, int] | None:
         return None
     version = packet[0] >> 4
     if version == 4:
+        if int.from_bytes(packet[6:8], "big") & 0x1FFF:
+            return None  # (a fragment after the first: no port in it, and never answered)
         header = (packet[0] & 0xF) * 4
         protocol, destination = packet[9], socket.inet_ntop(socket.AF_INET, packet[16:20])
     elif version == 6 and len(packet) >= 40:
-        header = 40
-        protocol, destination = packet[6], socket.inet_ntop(socket.AF_INET6, packet[24:40])
+        destination = socket.inet_ntop(socket.AF_INET6, packet[24:40])
+        found = _past_extensions(packet)
+        if found is None:
+            return None
+        protocol, header = found
     else:
         return None
     name = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp"}.get(protocol, f"ip-{protocol}")
@@ -128,6 +133,26 @@ def packet_target(packet: bytes) -> tuple[str, str, int] | None:
     if name in ("tcp", "udp") and len(packet) >= header + 4:
         port = int.from_bytes(packet[header + 2 : header + 4], "big")
     return name, destination, port
+
+
+def _past_extensions(packet: bytes) -> tuple[int, int] | None:
+    """The upper protocol of an IPv6 packet and where its header begins, past extension
+    headers (a few); None for a fragment after the first, or what cannot be walked."""
+    protocol, at = packet[6], 40
+    for _ in range(8):
+        if protocol == 44:  # fragment
+            if len(packet) < at + 8:
+                return None
+            if int.from_bytes(packet[at + 2 : at + 4], "big") >> 3:
+                return None
+            protocol, at = packet[at], at + 8
+        elif protocol in (0, 43, 60):  # hop-by-hop, routing, destination options
+            if len(packet) < at + 2:
+                return None
+            protocol, at = packet[at], at + (packet[at + 1] + 1) * 8
+        else:
+            return protocol, at
+    return None
 
 
 def _checksum(data: bytes) -> int:

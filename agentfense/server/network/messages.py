@@ -146,23 +146,35 @@ def _authority(text: str, *, default_port: int | None) -> tuple[str, int]:
     return host.lower().rstrip("."), int(port_text)
 
 
-def is_tls(first: bytes | bytearray) -> bool:
-    """Whether a connection's first bytes begin a TLS handshake record."""
-    return len(first) >= 3 and first[0] == 0x16 and first[1] == 0x03
+def tls_begun(first: bytes | bytearray) -> bool:
+    """Whether a connection's first bytes are (or may yet be) a TLS handshake record's."""
+    return first[:1] == b"\x16" and first[1:2] in (b"", b"\x03")
 
 
-def hello_length(buffer: bytes | bytearray) -> int | None:
-    """How many bytes of handshake records the ClientHello in ``buffer`` needs (its
-    handshake message may span records), or None while the first record's header is short."""
-    if len(buffer) < 9:
-        return None
-    # (record header: type, version, length; handshake header: type, 3-byte length)
-    return 5 + 4 + int.from_bytes(buffer[6:9], "big")
+def hello_missing(records: bytes | bytearray) -> int:
+    """How many bytes of the ClientHello's handshake message ``records`` still lack (0 when
+    it is whole; at least 1 while even its length is unknown), over as many handshake
+    records as it spans."""
+    payload = 0
+    length: int | None = None
+    at = 0
+    head = bytearray()
+    while at + 5 <= len(records) and records[at] == 0x16:
+        size = int.from_bytes(records[at + 3 : at + 5], "big")
+        piece = records[at + 5 : at + 5 + size]
+        if len(head) < 4:
+            head += piece[: 4 - len(head)]
+        payload += len(piece)
+        at += 5 + size
+    if len(head) >= 4:
+        length = 4 + int.from_bytes(head[1:4], "big")
+    return max(length - payload, 0) if length is not None else 1
 
 
 def server_name(records: bytes) -> str | None:
-    """The host name a ClientHello asks for (its SNI), None when it names none; the
-    records' payloads are joined (a hello may span them)."""
+    """The host name a whole ClientHello asks for (its SNI), None when it names none; the
+    records' payloads are joined (a hello may span them). A hello cut short is refused,
+    never read as one without extensions: the rest, with any name, would follow."""
     payload = bytearray()
     at = 0
     while at + 5 <= len(records) and len(payload) < MAX_HELLO:
@@ -171,7 +183,9 @@ def server_name(records: bytes) -> str | None:
         length = int.from_bytes(records[at + 3 : at + 5], "big")
         payload += records[at + 5 : at + 5 + length]
         at += 5 + length
-    reader = _Reader(bytes(payload))
+    if len(payload) < 4 or 4 + int.from_bytes(payload[1:4], "big") > len(payload):
+        raise MessageError("the TLS ClientHello is cut short")
+    reader = _Reader(bytes(payload[: 4 + int.from_bytes(payload[1:4], "big")]))
     if reader.byte() != 1:
         raise MessageError("the TLS handshake does not begin with a ClientHello")
     reader.take(3)  # (its length)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import math
 import os
 import socket
 from collections.abc import Callable, Collection
@@ -40,10 +39,10 @@ from .messages import (
     dns_question,
     dns_refusal,
     head_end,
-    hello_length,
-    is_tls,
+    hello_missing,
     parse_head,
     server_name,
+    tls_begun,
 )
 from .policy import WEB_PORTS, NetworkPolicy, OperatorNetwork, normal_host
 from .sockets import CHUNK, Conn, accept, connect, receive_datagram
@@ -70,6 +69,10 @@ _FIRST_BYTES_WAIT = 1.0  # for those of a tunnel to another port
 _DNS_REPLIES_PER_SECOND = 200  # a flood of lookups is answered at this rate, and logged so
 _DIRECT_PER_SECOND = 200  # packets sent past the proxy handled a second
 _LOOKUPS = 4  # a sandbox's names being looked up at once
+_IDLE = 900.0  # seconds a connection may move nothing, either way
+_AFTER_CLIENT = 30.0  # seconds a connection lasts once its client is done
+_WATCH_EVERY = 5.0
+_ERRORS_EVERY = 60.0  # seconds between two tracebacks of a sandbox's connections
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +107,12 @@ class _Rate:
             await anyio.sleep(-self._tokens / self._rate)
 
 
+@dataclass
+class _Activity:
+    moved: float  # when a byte last moved
+    client_done: float | None = None  # when the client ended what it sends
+
+
 class _Refused(Exception):
     def __init__(self, status: str, reason: str, verdict: Verdict = Verdict.DENIED) -> None:
         super().__init__(reason)
@@ -133,6 +142,7 @@ class SandboxProxy:
         self._on_denied = on_denied
         self._rate = _Rate(limits.bytes_per_second)
         self._lookups = anyio.CapacityLimiter(_LOOKUPS)
+        self._error_logged = -_ERRORS_EVERY
         self._open = 0
         self._audit_window = anyio.current_time()
         self._audited = 0
@@ -217,7 +227,10 @@ class SandboxProxy:
             finally:
                 self._open -= 1
         except Exception:
-            _log.exception("a connection through a sandbox's proxy failed")
+            now = anyio.current_time()  # (one traceback a minute: a sandbox cannot fill the log)
+            if now - self._error_logged >= _ERRORS_EVERY:
+                self._error_logged = now
+                _log.exception("a connection through a sandbox's proxy failed")
         finally:
             client.close()
 
@@ -338,13 +351,15 @@ class SandboxProxy:
         first = bytearray(rest)
         web = port in WEB_PORTS
         ended = False
-        with anyio.move_on_after(_HELLO_WAIT if web else _FIRST_BYTES_WAIT):
+        began = anyio.current_time()
+        deadline = began + (_HELLO_WAIT if web else _FIRST_BYTES_WAIT)
+        with anyio.CancelScope(deadline=deadline) as wait:
             while len(first) < MAX_HELLO:
-                if len(first) >= 3:  # (enough to tell TLS)
-                    if not is_tls(first):
-                        break
-                    need = hello_length(first)
-                    if need is not None and len(first) >= _with_headers(need):
+                if first and not tls_begun(first):
+                    break
+                if first:  # (TLS, or its first bytes: the whole hello is waited for)
+                    wait.deadline = max(wait.deadline, began + _HELLO_WAIT)
+                    if hello_missing(first) == 0:
                         break
                 more = await client.receive(MAX_HELLO)
                 if not more:
@@ -355,14 +370,14 @@ class SandboxProxy:
             return b""  # (closed unused, or a server that speaks first)
         if not first:
             raise _Refused("", f"the tunnel sent nothing in {_HELLO_WAIT:g} s")
-        if is_tls(first):
+        if tls_begun(first):  # (a hello still cut short at the deadline is refused)
             try:
                 name = server_name(bytes(first))
             except MessageError as exc:
                 raise _Refused("", str(exc)) from None
             if name is not None and name != host:
                 raise _Refused("", f"the TLS server name {name[:255]!r} is not {host}")
-        elif port in WEB_PORTS:
+        elif web:
             raise _Refused("", f"the tunnel to port {port} does not begin with TLS")
         return bytes(first)
 
@@ -381,13 +396,28 @@ class SandboxProxy:
         connection ends as it begins, and the client opens another, which is checked), and
         once the response is down the connection ends. Either end broken: all is."""
         moved = [0, 0]  # up, down
+        state = _Activity(anyio.current_time())
 
         def counted(way: int) -> Callable[[int], None]:
             def add(count: int) -> None:
                 moved[way] += count
+                state.moved = anyio.current_time()
                 self._log.update(seq, up=moved[0], down=moved[1])
 
             return add
+
+        async def watch(tg: anyio.abc.TaskGroup) -> None:
+            """End a connection that moves nothing for _IDLE, or whose client is done and
+            whose host does not end it within _AFTER_CLIENT (a slot held by a remote host
+            would be a slot the sandbox never gets back)."""
+            while True:
+                await anyio.sleep(_WATCH_EVERY)
+                now = anyio.current_time()
+                done = state.client_done
+                idle = now - state.moved > _IDLE
+                if idle or (done is not None and now - done > _AFTER_CLIENT):
+                    tg.cancel_scope.cancel()
+                    return
 
         async def up(tg: anyio.abc.TaskGroup) -> None:
             data, left = first, body
@@ -398,12 +428,14 @@ class SandboxProxy:
                         await upstream.send_all(data)
                         counted(0)(len(data))
                     if left == 0:  # (the request is whole: what follows is not sent)
-                        if not pipelined:  # (the next request, or the client's end: the
-                            await client.receive(1)  # connection ends, the client opens
-                            tg.cancel_scope.cancel()  # another, which is checked)
+                        if not pipelined and await client.receive(1):  # (the next request:
+                            tg.cancel_scope.cancel()  # the connection ends, the client
+                            return  # opens another, which is checked)
+                        state.client_done = anyio.current_time()  # (or the client's end)
                         return
                     data = await client.receive(CHUNK if left is None else min(left, CHUNK))
                     if not data:
+                        state.client_done = anyio.current_time()
                         break
                     if left is not None:
                         left -= len(data)
@@ -419,9 +451,12 @@ class SandboxProxy:
                 tg.cancel_scope.cancel()
 
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(up, tg)
-                tg.start_soon(down, tg)
+            async with anyio.create_task_group() as watched:
+                watched.start_soon(watch, watched)
+                async with anyio.create_task_group() as both:
+                    both.start_soon(up, both)
+                    both.start_soon(down, both)
+                watched.cancel_scope.cancel()
         finally:
             self._log.update(seq, up=moved[0], down=moved[1], ended=True)
 
@@ -503,11 +538,6 @@ def _why(exc: BaseException) -> str:
         return "timed out"
     cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else exc
     return getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
-
-
-def _with_headers(length: int) -> int:
-    """The bytes of records that carry a handshake message of ``length`` bytes."""
-    return length + 5 * math.ceil(length / 16384)
 
 
 async def _answer(client: Conn, status: str, reason: str) -> None:

@@ -84,6 +84,8 @@ class Conn:
                         left -= os.splice(read_end, sink.sock.fileno(), left, flags=_SPLICE_FLAGS)
                     except BlockingIOError:
                         await anyio.wait_writable(sink.sock)
+                    except OSError:  # (the sink is gone: EPIPE, ECONNRESET)
+                        return
                 moved(count)
         finally:
             os.close(read_end)
@@ -96,6 +98,8 @@ async def connect(address: str, port: int) -> Conn:
     sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # (a host gone silent is found out, and its connection's slot given back)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         try:
             sock.connect((address, port))
         except BlockingIOError:

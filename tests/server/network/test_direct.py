@@ -81,3 +81,20 @@ def test_any_bytes_read_from_the_interface_are_answered_or_ignored_never_raise(
     target = packet_target(data)
     answer = prohibited(data)
     assert (answer is None) == (target is None)
+
+
+def test_fragments_after_the_first_have_no_port_and_are_not_answered() -> None:
+    """A 64 KB datagram's later fragments were logged with a port read from its data."""
+    packet = bytearray(ipv4(17, b"CDCDCDCD" * 4))
+    packet[6:8] = (185).to_bytes(2, "big")  # (offset 185 x 8 bytes)
+    assert packet_target(bytes(packet)) is None
+    assert prohibited(bytes(packet)) is None
+
+
+def test_ipv6_extension_headers_are_walked_to_the_port() -> None:
+    hop_by_hop = bytes([17, 0]) + b"\x00" * 6  # (next: UDP, 8 bytes)
+    assert packet_target(ipv6(0, hop_by_hop + DATAGRAM)) == ("udp", "2001:db8::1", 53)
+    first = bytes([17, 0, 0, 1]) + b"\x00\x00\x00\x07"  # (fragment offset 0, more follow)
+    assert packet_target(ipv6(44, first + DATAGRAM)) == ("udp", "2001:db8::1", 53)
+    later = bytes([17, 0, 0, 0x50]) + b"\x00\x00\x00\x07"  # (offset 10 x 8 bytes)
+    assert packet_target(ipv6(44, later + b"CDCDCDCD")) is None

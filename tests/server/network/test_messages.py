@@ -16,10 +16,10 @@ from agentfense.server.network.messages import (
     dns_question,
     dns_refusal,
     head_end,
-    hello_length,
-    is_tls,
+    hello_missing,
     parse_head,
     server_name,
+    tls_begun,
 )
 
 
@@ -35,8 +35,14 @@ def client_hello(name: str | None) -> bytes:
 
 def test_the_server_name_of_a_real_client_hello() -> None:
     hello = client_hello("files.pythonhosted.org")
-    assert is_tls(hello)
-    assert hello_length(hello) == len(hello)
+    assert tls_begun(hello)
+    assert tls_begun(hello[:1])
+    assert tls_begun(hello[:2])
+    assert not tls_begun(b"GET ")
+    assert not tls_begun(b"\x16\x01")
+    assert hello_missing(hello) == 0
+    assert hello_missing(hello[:3]) == 1
+    assert hello_missing(hello[:-10]) == 10
     assert server_name(hello) == "files.pythonhosted.org"
     assert server_name(client_hello(None)) is None  # (no SNI: none is named)
 
@@ -49,6 +55,20 @@ def test_a_hello_split_over_records_is_joined() -> None:
         for i in range(0, len(body), 40)
     )
     assert server_name(records) == "pypi.org"
+    assert hello_missing(records) == 0
+    assert hello_missing(records[:-7]) == 7
+
+
+def test_a_hello_cut_short_is_refused_never_read_as_one_naming_nothing() -> None:
+    """Cut after its compression methods, a hello read as one with no extensions (no
+    name): the rest, naming another host, followed through the tunnel."""
+    hello = client_hello("evil.example")
+    at = 5 + 4 + 2 + 32
+    at += 1 + hello[at]
+    at += 2 + int.from_bytes(hello[at : at + 2], "big")
+    at += 1 + hello[at]
+    with pytest.raises(MessageError, match="cut short"):
+        server_name(hello[:at])
 
 
 @given(st.binary(max_size=600))
