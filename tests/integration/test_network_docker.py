@@ -115,3 +115,53 @@ async def test_pip_installs_in_a_container_through_an_allowed_name(
         assert (result.exit_code, result.stdout) == (0, VALUE + "\n"), result.stderr
     finally:
         await client.destroy_sandbox(info.id)
+
+
+async def test_a_container_is_refused_loopback_metadata_raw_sockets_and_udp(
+    client: AsyncSandboxClient, world: World
+) -> None:
+    """The same refusals as on bwrap, through the same proxy: loopback and the metadata
+    address even when allowed by name or address, a lookup, a raw socket, UDP sent past the
+    proxy (logged), a direct connection (logged)."""
+    info = await _sandbox(client, world, ["127.0.0.1:*", "169.254.169.254"])
+    try:
+        script = f"""
+import os, socket, urllib.request
+os.environ.pop("NO_PROXY"); os.environ.pop("no_proxy")  # (through the proxy, not around it)
+for url in ["http://127.0.0.1:{world.echo_port}/", "http://169.254.169.254/latest/"]:
+    handler = urllib.request.ProxyHandler({{"http": "http://127.0.0.1:3128"}})
+    proxied = urllib.request.build_opener(handler)
+    try:
+        proxied.open(url, timeout=30).read()
+        print("reached")
+    except Exception as exc:
+        print(str(exc)[:40])
+try:
+    socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    print("raw made")
+except OSError:
+    print("raw refused")
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.settimeout(10)
+udp.connect(("8.8.8.8", 53))
+udp.send(b"x")
+try:
+    udp.recv(10)
+    print("answered")
+except OSError as exc:
+    print(exc.strerror)
+"""
+        result = await client.exec(info.id, "python3 -", stdin=script)
+        assert result.stdout.splitlines() == [
+            "HTTP Error 403: Forbidden",
+            "HTTP Error 403: Forbidden",
+            "raw refused",
+            "No route to host",
+        ], result.stderr
+        reasons = [(e.kind, e.host, e.reason) for e in await client.get_network_log(info.id)]
+        assert [kind for kind, _, _ in reasons] == ["http", "http", "direct-udp"], reasons
+        assert "loopback" in reasons[0][2]
+        assert "metadata" in reasons[1][2]
+        assert reasons[2][1] == "8.8.8.8"
+    finally:
+        await client.destroy_sandbox(info.id)
