@@ -189,7 +189,10 @@ class SandboxProxy:
             try:
                 conn = await accept(listener)
             except OSError as exc:  # (EMFILE: the server's limit; later ones may pass)
-                _log.warning("the sandbox's proxy cannot accept: %s", exc)
+                now = anyio.current_time()
+                if now - self._error_logged >= _ERRORS_EVERY:
+                    self._error_logged = now
+                    _log.warning("the sandbox's proxy cannot accept: %s", exc)
                 await anyio.sleep(0.1)
                 continue
             tg.start_soon(self._handle, conn)
