@@ -127,12 +127,18 @@ def parse_pattern(text: str) -> HostPattern:
 
 
 def parse_patterns(texts: Iterable[str]) -> tuple[HostPattern, ...]:
-    patterns = tuple(dict.fromkeys(parse_pattern(text) for text in texts))
-    if len(patterns) > MAX_PATTERNS:
+    listed = list(texts)
+    _check_count(listed)
+    return tuple(dict.fromkeys(parse_pattern(text) for text in listed))
+
+
+def _check_count(texts: Sequence[str]) -> None:
+    """Refuse a list longer than MAX_PATTERNS before a pattern of it is looked at (a client's
+    request may hold a million)."""
+    if len(texts) > MAX_PATTERNS:
         raise InvalidConfigurationError(
-            f"network: {len(patterns)} host patterns; at most {MAX_PATTERNS} are allowed"
+            f"network: {len(texts)} host patterns; at most {MAX_PATTERNS} are allowed"
         )
-    return patterns
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +178,7 @@ class OperatorNetwork:
     def policy(self, texts: Sequence[str]) -> NetworkPolicy:
         """The policy a client asks for (``["none"]`` or nothing: none), checked against the
         operator's cap; a sentence naming the first pattern refused otherwise."""
+        _check_count(texts)
         if [text.strip().lower() for text in texts] in ([], ["none"]):
             return NO_NETWORK
         if any(text.strip().lower() == "none" for text in texts):

@@ -162,3 +162,10 @@ def test_an_ipv6_pattern_reads_back_with_its_brackets() -> None:
         pattern = parse_pattern(text)
         assert pattern.text == text
         assert parse_pattern(pattern.text) == pattern
+
+
+def test_a_list_too_long_is_refused_before_its_patterns_are_read() -> None:
+    """The count was checked once every pattern had been parsed: a request's million
+    entries each cost the server a parse first."""
+    with pytest.raises(InvalidConfigurationError, match="at most 256"):
+        OperatorNetwork().policy(["not a pattern"] * 257)
