@@ -15,7 +15,7 @@ from ..errors import InvalidConfigurationError
 from ..runtimes.base import RuntimeError_, SandboxHandle
 from .audit_log import AuditLog
 from .config import ServerConfig
-from .network.connections import Connection, ConnectionLog, Verdict
+from .network.connections import ConnectionLog, target
 from .network.netns import proxy_sockets
 from .network.policy import NetworkPolicy, OperatorNetwork
 from .network.proxy import NetworkLimits, SandboxProxy
@@ -72,7 +72,7 @@ class SandboxNetworks:
                     tenant=tenant,
                     sandbox_id=sandbox_id,
                     kind=kind,
-                    target=Connection(0, 0, kind, host, port, "", Verdict.DENIED, "").target,
+                    target=target(kind, host, port),
                     reason=reason,
                     unreported=unreported,
                 )

@@ -35,12 +35,17 @@ class Connection:
 
     @property
     def target(self) -> str:
-        """``host:port`` (``[v6]:port``); a lookup's name alone."""
-        if not self.host:
-            return "(no host)"  # (refused before one was named: a limit, a bad request)
-        if self.kind == "dns" or not self.port:
-            return self.host
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return target(self.kind, self.host, self.port)
+
+
+def target(kind: str, host: str, port: int) -> str:
+    """What a connection tried, as results and the audit log say it: ``host:port``
+    (``[v6]:port``); a lookup's name alone."""
+    if not host:
+        return "(no host)"  # (refused before one was named: a limit, a bad request)
+    if kind == "dns" or not port:
+        return host
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class ConnectionLog:
