@@ -26,6 +26,17 @@ PACKAGE = "tinypkg"
 VALUE = "installed through the allow-list"
 
 
+def install_and_import(https_port: int) -> str:
+    """A command that pip-installs ``tinypkg`` from the mirror's index over HTTPS (the test CA
+    at /workspace/ca.pem) and prints its VALUE."""
+    index = f"https://{MIRROR}:{https_port}/simple/"
+    return (
+        "python3 -m pip install -q --no-cache-dir --disable-pip-version-check "
+        f"--cert /workspace/ca.pem --index-url {index} --target /tmp/site {PACKAGE} && "
+        f"PYTHONPATH=/tmp/site python3 -c 'import {PACKAGE}; print({PACKAGE}.VALUE)'"
+    )
+
+
 def wheel() -> tuple[str, bytes]:
     """A pure-Python wheel of ``tinypkg`` 1.0 (its name and bytes)."""
     files = {

@@ -27,7 +27,7 @@ from agentfense import (
 from agentfense.testing import ServerProcess, start_server_process
 from agentfense.types import SandboxInfo
 
-from ._network_world import MIRROR, PACKAGE, UNMAPPED, VALUE, World, running_world
+from ._network_world import MIRROR, UNMAPPED, VALUE, World, install_and_import, running_world
 
 pytestmark = pytest.mark.anyio
 EVERYTHING = PermissionRule("**", "write")
@@ -303,14 +303,7 @@ async def test_pip_installs_from_a_local_index_through_an_allowed_name(
     client: AsyncSandboxClient, world: World
 ) -> None:
     info = await _sandbox(client, world, [f"{MIRROR}:{world.https_port}"])
-    index = f"https://{MIRROR}:{world.https_port}/simple/"
-    result = await client.exec(
-        info.id,
-        f"python3 -m pip install -q --no-cache-dir --disable-pip-version-check "
-        f"--cert /workspace/ca.pem --index-url {index} --target /tmp/site {PACKAGE} && "
-        f"PYTHONPATH=/tmp/site python3 -c 'import {PACKAGE}; print({PACKAGE}.VALUE)'",
-        timeout=120,
-    )
+    result = await client.exec(info.id, install_and_import(world.https_port), timeout=120)
     assert (result.exit_code, result.stdout) == (0, VALUE + "\n"), result.stderr
     assert result.network_denied == ()
     assert {e.verdict for e in await client.get_network_log(info.id)} == {NetworkVerdict.ALLOWED}

@@ -13,7 +13,7 @@ from agentfense import AsyncSandboxClient, NetworkVerdict, PermissionRule, Runti
 from agentfense.testing import ServerProcess, start_server_process
 from agentfense.types import SandboxInfo
 
-from ._network_world import MIRROR, PACKAGE, VALUE, World, running_world
+from ._network_world import MIRROR, VALUE, World, install_and_import, running_world
 
 pytestmark = pytest.mark.anyio
 PYTHON = "python:3.11-slim"
@@ -104,14 +104,7 @@ async def test_pip_installs_in_a_container_through_an_allowed_name(
 ) -> None:
     info = await _sandbox(client, world, [f"{MIRROR}:{world.https_port}"])
     try:
-        index = f"https://{MIRROR}:{world.https_port}/simple/"
-        result = await client.exec(
-            info.id,
-            f"python3 -m pip install -q --no-cache-dir --disable-pip-version-check "
-            f"--cert /workspace/ca.pem --index-url {index} --target /tmp/site {PACKAGE} && "
-            f"PYTHONPATH=/tmp/site python3 -c 'import {PACKAGE}; print({PACKAGE}.VALUE)'",
-            timeout=120,
-        )
+        result = await client.exec(info.id, install_and_import(world.https_port), timeout=120)
         assert (result.exit_code, result.stdout) == (0, VALUE + "\n"), result.stderr
     finally:
         await client.destroy_sandbox(info.id)
