@@ -348,10 +348,12 @@ class Checkpoint:
 @final
 @dataclass(frozen=True, slots=True)
 class NetworkConnection:
-    """One connection a sandbox made through its proxy, or one DNS lookup it tried
-    (``sandbox.network_log()``). ``kind``: ``"http"``, ``"connect"`` (HTTPS and other
-    tunnels) or ``"dns"``; ``address``: what ``host`` resolved to; ``reason``: why it was
-    denied or failed; the byte counts and ``duration`` so far, for one still open."""
+    """One connection a sandbox made through its proxy, or one DNS lookup, packet sent past
+    the proxy or raw socket it tried (``sandbox.network_log()``). ``kind``: ``"http"``,
+    ``"connect"`` (HTTPS and other tunnels), ``"dns"``, ``"direct-tcp"``, ``"direct-udp"``...,
+    ``"raw-socket"`` or ``"packet-socket"``; ``address``: what ``host`` resolved to;
+    ``reason``: why it was denied or failed; the byte counts and ``duration`` so far, for one
+    still open."""
 
     seq: int
     started_at: datetime

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import socket
 import struct
@@ -27,6 +28,7 @@ from ._cgroup import SandboxCgroup
 from ._confine import IN_CONTAINER
 from ._docker_api import ProcessState, created_id
 from ._pipes import write_all
+from ._raw_socket_watch import DOCKER_FD, take_listener
 from .base import BadWorkdir, CommandSpec, ForkRefused, RuntimeError_
 
 
@@ -35,6 +37,9 @@ class ExecHost(Protocol):
 
     keep_home: bool  # one $HOME for every command (else a fresh one each)
     confined: bool  # its commands run through the confine helper
+    # Where the listener of each command's raw-socket filter goes (confined sandboxes with a
+    # network only: ``SandboxHandle.watch_raw_sockets``).
+    raw_sockets: Callable[[int], None] | None
 
     def new_leaf(self) -> tuple[Path, int] | None:
         """A cgroup leaf for a new command, and an fd on its ``cgroup.procs``."""
@@ -55,16 +60,20 @@ Call = Callable[..., Awaitable[Any]]
 # so the OOM killer takes pid 1, which holds the container up, last.
 _OOM = "{ echo 500 >/proc/self/oom_score_adj; } 2>/dev/null; "
 _GO = "IFS= read -r _ || exit 125; "
+_WATCH_WAIT = 10.0  # seconds for confine to leave the gate its raw-socket filter's listener
 
 
-def gate(*, keep_home: bool, confined: bool) -> str:
+def gate(*, keep_home: bool, confined: bool, watched: bool = False) -> str:
     """The ``sh -c`` script that starts a command: ``confined``, through the confine helper
     (a Landlock domain of the command's own, writing beneath its own ``$HOME`` only of
-    ``/home``); the gate itself stays unconfined, to remove that home afterwards."""
+    ``/home``); the gate itself stays unconfined, to remove that home afterwards. ``watched``:
+    confine started it with the listener of its raw-socket filter, which the server takes
+    before the go; it closes its own copy then."""
+    go = _GO + (f"exec {DOCKER_FD}<&-; " if watched else "")
     if keep_home:  # one $HOME, /home/sandbox (on the /home tmpfs, made once)
         run = f'exec {IN_CONTAINER} /home "$@"' if confined else 'exec "$@"'
         heal = "[ -x /home ] || chmod 755 /home; "  # (see below)
-        return _OOM + _GO + heal + '[ -d "$HOME" ] || mkdir -p "$HOME"; ' + run
+        return _OOM + go + heal + '[ -d "$HOME" ] || mkdir -p "$HOME"; ' + run
     # Else each command gets an empty one, removed when the command's own process exits (the
     # shell waits for it; the home of a command killed stays on /home's tmpfs till the stop).
     # Its contents are removed in the command's own domain: a process it left there could
@@ -79,7 +88,7 @@ def gate(*, keep_home: bool, confined: bool) -> str:
     new_home = "mktemp -d /home/home-XXXXXXXXXX"
     return (
         _OOM
-        + _GO
+        + go
         + f"HOME=$({new_home} 2>/dev/null) || HOME=$(chmod 755 /home && {new_home}) "
         + "|| exit 125; "
         + f"export HOME; {run}; code=$?; "
@@ -209,6 +218,22 @@ class DockerProcess:
         for fd in (*self._ours, self.stdin_fd, self.stdout_fd, self.stderr_fd):
             os.close(fd)
 
+    async def take_raw_socket_watch(self) -> int:
+        """The listener of the raw-socket filter confine left in the gate, once it is there
+        (RuntimeError_ when the gate never got one)."""
+        with anyio.move_on_after(_WATCH_WAIT):
+            while self._pidfd is not None:
+                listener = take_listener(self._pidfd)
+                if listener is not None:
+                    return listener
+                if select.select([self._pidfd], [], [], 0)[0]:
+                    break  # (it exited: confine said why, which the stream carries)
+                await anyio.sleep(0.001)
+        text = await _read_text(self._sock) if self._pidfd is not None else ""
+        raise RuntimeError_(
+            f"cannot start the command: {text.strip() or 'its raw-socket watch never came'}"
+        )
+
     def hold(self, pid: int) -> None:
         """Take a pid fd on the exec's process, host pid ``pid`` (known while it waits for
         its go: then the number is surely its own)."""
@@ -230,17 +255,14 @@ async def start_exec(
     """Start ``command`` in the container, in a cgroup leaf of its own where there is one."""
     import docker
 
+    take = sandbox.raw_sockets if sandbox.confined else None
+    watch = [IN_CONTAINER, "--watch-raw-sockets"] if take is not None else []
+    script = gate(keep_home=sandbox.keep_home, confined=sandbox.confined, watched=bool(watch))
     try:
         created = await call(
             "exec_create",
             container_id,
-            [
-                "/bin/sh",
-                "-c",
-                gate(keep_home=sandbox.keep_home, confined=sandbox.confined),
-                "sh",
-                *command.argv,
-            ],
+            [*watch, "/bin/sh", "-c", script, "sh", *command.argv],
             stdin=True,
             stdout=True,
             stderr=True,
@@ -263,6 +285,8 @@ async def start_exec(
     try:
         pid = await _exec_pid(call, exec_id, sock, command)
         process.hold(pid)
+        if take is not None:
+            take(await process.take_raw_socket_watch())
         if procs_fd >= 0:
             with contextlib.suppress(ProcessLookupError):
                 os.write(procs_fd, str(pid).encode())

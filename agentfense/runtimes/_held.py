@@ -19,6 +19,7 @@ import errno
 import logging
 import os
 import select
+import socket
 import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ import anyio.abc
 from ._cgroup import SandboxCgroup, hold
 from ._limits import SandboxLimits
 from ._processes import reap, spawn
+from ._raw_socket_watch import is_seccomp_listener
 from ._waiting_launcher import WAIT_FOR, WaitingLauncher
 from .base import BadWorkdir, CommandSpec, ForkRefused, RuntimeError_, SandboxGone
 
@@ -223,6 +225,8 @@ class HeldSandbox:
         # (the pool's next build) waits for it, not to compete with a first command.
         self.first_done = anyio.Event()
         self._waiting = waiting  # (for the first command: ``_waiting_launcher``)
+        # Where the listener of each command's raw-socket filter goes (``watch_raw_sockets``).
+        self._raw_sockets: Callable[[int], None] | None = None
         if waiting is not None:
             task_group.start_soon(self._let_waiting_go, waiting)
 
@@ -315,6 +319,12 @@ class HeldSandbox:
             status_r, status_w = os.pipe2(os.O_CLOEXEC)
             theirs.append(status_w)
             ours.append(status_r)
+            watch = -1  # (the launcher sends its raw-socket filter's listener there)
+            if self._raw_sockets is not None:
+                watch_ours, watch_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                watch = watch_theirs.detach()
+                theirs.append(watch)
+                ours.append(watch_ours.detach())
             for fd in (stdin_r, stdout_w, stderr_w):
                 # The pipes are the server's (root's, 0600): the command could not reopen
                 # its own stdio through /dev/stdout, /dev/stderr or /proc/self/fd otherwise.
@@ -323,6 +333,8 @@ class HeldSandbox:
                 os.set_blocking(fd, False)
             # In the order a waiting launcher takes them, from 0 on (``_waiting_launcher``).
             passed = [stdin_r, stdout_w, stderr_w, status_w, settings.seccomp_fd]
+            if watch >= 0:
+                passed.append(watch)
             passed += [*self._namespaces.fds, init_leaf_fd, leaf_fd, door]
             join = -1 if init is None else init.pidfd
             if join >= 0:
@@ -334,6 +346,7 @@ class HeldSandbox:
                     "run",
                     str(number(status_w)),
                     str(number(settings.seccomp_fd)),
+                    str(-1 if watch < 0 else number(watch)),
                     ",".join(str(number(fd)) for fd in self._namespaces.fds),
                     str(number(init_leaf_fd)),
                     str(number(leaf_fd)),
@@ -389,6 +402,8 @@ class HeldSandbox:
         process = LaunchedProcess(ours[0], ours[1], ours[2], leaf)
         with anyio.CancelScope(shield=True):
             first = await status.line()
+            if watch >= 0:  # (sent before the launcher said anything)
+                self._take_watch(ours[4])
             if init_leaf is not None and first is not None and first.startswith("init "):
                 door = self._adopt_init(first, init_leaf, door)
                 deciding.done()
@@ -409,6 +424,24 @@ class HeldSandbox:
         if init is not None and _error_number(first) in (errno.ESRCH, errno.ENOMEM):
             raise _InitGone(init)  # (setns: it has ended; clone3: its namespace is ending)
         raise _refusal(first, stopped=self._stopped)
+
+    def watch_raw_sockets(self, take: Callable[[int], None]) -> bool:
+        self._raw_sockets = take
+        return True
+
+    def _take_watch(self, sock: int) -> None:
+        """The listener a launcher sent on ``sock`` (which this closes), to the watcher."""
+        take = self._raw_sockets
+        try:
+            with socket.socket(fileno=sock) as ours:
+                _, fds, _, _ = socket.recv_fds(ours, 1, 1, socket.MSG_DONTWAIT)
+        except OSError:  # (nothing sent: the launcher failed before, and said why)
+            return
+        for fd in fds:
+            if take is not None and is_seccomp_listener(fd):
+                take(fd)
+            else:
+                os.close(fd)
 
     def _adopt_init(self, line: str, leaf: Path, door: int) -> int:
         """Keep the init the launcher started (``init PID``) for later commands to join: a

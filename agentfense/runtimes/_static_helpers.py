@@ -1,7 +1,8 @@
 """The server's static C helpers, built from sources shipped in the package.
 
 Each helper (``confine`` for Docker sandboxes, ``launcher`` for bwrap ones) is its source
-files put together in order (``landlock.c`` first, then the helper's own) and linked
+files put together in order (``landlock.c`` and ``raw_sockets.c`` first, then the helper's
+own) and linked
 statically, so that it runs anywhere, in any image, with no C library there. It is built by
 the server into a cache under its state directory, named for the hash of those bytes
 (written to a temporary name, then renamed: a server killed mid-build leaves no half a
@@ -27,10 +28,11 @@ class HelperUnavailable(Exception):
 
 
 def build(name: str, cache_dir: Path) -> Path:
-    """The helper ``name`` (``landlock.c`` and ``<name>.c``), built into ``cache_dir``
-    unless it is there already."""
+    """The helper ``name`` (``landlock.c``, ``raw_sockets.c`` and ``<name>.c``), built into
+    ``cache_dir`` unless it is there already."""
+    files = ("landlock.c", "raw_sockets.c", f"{name}.c")
     try:
-        source = b"".join((HERE / file).read_bytes() for file in ("landlock.c", f"{name}.c"))
+        source = b"".join((HERE / file).read_bytes() for file in files)
     except OSError as exc:
         raise HelperUnavailable(
             f"cannot read the {name} helper's source: {exc.strerror or exc}"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -115,6 +115,12 @@ class SandboxHandle(Protocol):
     def network_namespace(self) -> int | None:
         """A new fd on the sandbox's network namespace (the caller closes it), for the
         server to put a proxy there; None where the server cannot join it."""
+        ...
+
+    def watch_raw_sockets(self, take: Callable[[int], None]) -> bool:
+        """From now on, every command started gets a seccomp filter that hands its processes'
+        attempts to open a raw or packet socket to the server (``runtimes/raw_sockets.c``):
+        the listener of each goes to ``take``, which owns it. False where it cannot."""
         ...
 
     async def stop(self) -> None:

@@ -34,7 +34,7 @@ import shutil
 import signal
 import socket
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -261,6 +261,9 @@ class BwrapSandbox:
 
     def network_namespace(self) -> int | None:
         return None  # (a server not root cannot join its namespaces: no network)
+
+    def watch_raw_sockets(self, take: Callable[[int], None]) -> bool:
+        return False  # (nor has it a network whose log would say so)
 
     def limit_events(self) -> dict[str, int]:
         return {} if self._limits is None else self._limits.events()

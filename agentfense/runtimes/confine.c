@@ -1,6 +1,7 @@
 /* confine: run a command of a Docker sandbox in a Landlock domain of its own.
  *
  *   confine HOMEDIR cmd args...
+ *   confine --watch-raw-sockets gate args...
  *
  * The server builds this file after landlock.c (cc -static -Os, see _static_helpers.py) and
  * binds it read-only into every container; each command's gate runs the command through it.
@@ -8,14 +9,31 @@
  * command may read a later command's /proc/<pid>/environ, write its mem, or open its fd/1;
  * landlock.c says what the domain allows. Errors: one sentence on stderr, exit 126 (127
  * when the command is not found, as a shell says).
+ *
+ * In a sandbox with a network, each command's gate starts under `--watch-raw-sockets`: the
+ * filter of raw_sockets.c is loaded (the gate and everything it starts inherit it), its
+ * listener left at fd WATCH_FD for the server to take, and the gate run (unconfined: it
+ * closes that fd once the server has it, before it runs the command).
  */
 
 const char PROGRAM[] = "confine";
+#define WATCH_FD 9 /* (_raw_socket_watch.DOCKER_FD) */
 
 int main(int argc, char **argv)
 {
     int status;
 
+    if (argc >= 3 && !strcmp(argv[1], "--watch-raw-sockets")) {
+        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+            return fail("set no_new_privs", NULL);
+        int listener = watch_raw_sockets();
+        if (listener < 0)
+            return fail("watch the command's raw sockets", NULL);
+        if (listener != WATCH_FD && (dup2(listener, WATCH_FD) != WATCH_FD || close(listener) != 0))
+            return fail("keep the raw-socket watch", NULL);
+        execvp(argv[2], argv + 2);
+        return fail("run", argv[2]);
+    }
     if (argc < 3) {
         fputs("confine: usage: confine HOMEDIR cmd args...\n", stderr);
         return 126;

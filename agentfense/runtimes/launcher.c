@@ -4,7 +4,8 @@
  *   launcher attach MNT WORKSPACE ro|rw UID GID
  *   launcher idle PROGRAM ARGS...
  *   launcher wait SOCKET LIMITS
- *   launcher run STATUS SECCOMP NS INIT_LEAF CMD_LEAF JOIN DOOR LIMITS UID GID NPROC HOME CWD -- cmd
+ *   launcher run STATUS SECCOMP WATCH NS INIT_LEAF CMD_LEAF JOIN DOOR LIMITS UID GID NPROC HOME
+ *       CWD -- cmd
  *
  * A sandbox is a set of namespaces (mount, network, ipc, uts) that bwrap builds once, with
  * `launcher hold` as its command: it says ready on READY, and waits for BLOCK to close while
@@ -16,7 +17,8 @@
  *
  * `run` starts one command there; the server spawns it as root with the command's stdio on
  * 0, 1, 2, its environment as ours, and these fds: STATUS (a pipe the server reads), SECCOMP
- * (the filter, as `struct sock_filter`s), NS (the held namespaces, comma-separated:
+ * (the filter, as `struct sock_filter`s), WATCH (a socket, or -1: see below), NS (the held
+ * namespaces, comma-separated:
  * mnt,net,ipc,uts), INIT_LEAF and CMD_LEAF (cgroup v2 directories, or -1), JOIN (a pidfd of
  * a running init, or -1), DOOR (a file of that init's: see below), LIMITS (the sandbox's
  * limit cgroups' cgroup.procs, write fds,
@@ -24,7 +26,11 @@
  * (0: none); HOME `fresh` (the command gets an empty $HOME of its own, removed when it
  * ends) or `keep` (/home/sandbox, shared); CWD its working directory.
  *
- * The launcher drops root's supplementary groups and joins the limit cgroups. Then either
+ * With a WATCH socket (the sandbox has a network), the launcher first loads the filter of
+ * raw_sockets.c, which everything it starts inherits, and sends its listener there (one
+ * datagram, the fd by SCM_RIGHTS): the server answers and logs the raw and packet sockets
+ * the command's processes try to open. The launcher then drops root's supplementary groups
+ * and joins the limit cgroups. Then either
  * (JOIN is -1) it enters the held namespaces, unshares a pid namespace and a mount namespace
  * (a copy of the held one: the same /tmp, /home and /workspace, but a /proc of its own) and
  * starts an init there (pid 1, in INIT_LEAF), which mounts that /proc and then says `init
@@ -105,6 +111,7 @@ static const int NS_TYPES[NS_COUNT] = {CLONE_NEWNS, CLONE_NEWNET, CLONE_NEWIPC, 
 struct request {
     int status;
     int seccomp;
+    int watch;
     int ns[NS_COUNT];
     int init_leaf;
     int cmd_leaf;
@@ -607,11 +614,39 @@ static void init_main(struct request *r, int go)
     reap_until_empty(r->door);
 }
 
+/* Load raw_sockets.c's filter, and send its listener on WATCH (see the top). */
+static void watch(int status, int sock)
+{
+    int listener = watch_raw_sockets();
+    if (listener < 0)
+        refuse(status, "watch the command's raw sockets");
+    char byte = 'w';
+    struct iovec iov = {&byte, 1};
+    union {
+        struct cmsghdr align;
+        char space[CMSG_SPACE(sizeof(int))];
+    } control;
+    memset(&control, 0, sizeof control);
+    struct msghdr message = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space,
+                             .msg_controllen = sizeof control.space};
+    struct cmsghdr *header = CMSG_FIRSTHDR(&message);
+    header->cmsg_level = SOL_SOCKET;
+    header->cmsg_type = SCM_RIGHTS;
+    header->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(header), &listener, sizeof(int));
+    if (sendmsg(sock, &message, MSG_NOSIGNAL) != 1)
+        refuse(status, "hand the raw-socket watch to the server");
+    close(listener);
+    close(sock);
+}
+
 static int run(struct request *r)
 {
     int status = r->status;
     pid_t pid;
 
+    if (r->watch >= 0)
+        watch(status, r->watch);
     if (setgroups(0, NULL) != 0)
         refuse(status, "drop the supplementary groups");
     if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0)
@@ -818,7 +853,7 @@ static int usage(void)
 {
     fputs("launcher: usage: launcher hold READY BLOCK | launcher attach MNT WORKSPACE ro|rw "
           "UID GID | launcher idle PROGRAM ARGS... | launcher wait SOCKET LIMITS | "
-          "launcher run STATUS SECCOMP NS "
+          "launcher run STATUS SECCOMP WATCH NS "
           "INIT_LEAF CMD_LEAF JOIN DOOR LIMITS UID GID NPROC HOME CWD -- cmd args...\n",
           stderr);
     return 126;
@@ -849,21 +884,21 @@ int main(int argc, char **argv)
         return idle(argv + 2);
     if (argc == 4 && !strcmp(argv[1], "wait"))
         return wait_for_request(atoi(argv[2]), argv[3]);
-    if (argc < 17 || strcmp(argv[1], "run") != 0 || strcmp(argv[15], "--") != 0)
+    if (argc < 18 || strcmp(argv[1], "run") != 0 || strcmp(argv[16], "--") != 0)
         return usage();
     memset(&r, 0, sizeof r);
-    r.limit_count = parse_fds(argv[9], r.limits, MAX_LIMITS);
+    r.limit_count = parse_fds(argv[10], r.limits, MAX_LIMITS);
     if (parse_fd(argv[2], &r.status) != 0 || parse_fd(argv[3], &r.seccomp) != 0 ||
-        parse_fds(argv[4], r.ns, NS_COUNT) != NS_COUNT || parse_fd(argv[5], &r.init_leaf) != 0 ||
-        parse_fd(argv[6], &r.cmd_leaf) != 0 || parse_fd(argv[7], &r.join) != 0 ||
-        parse_fd(argv[8], &r.door) != 0 || r.limit_count < 0 || r.status < 0 ||
-        r.seccomp < 0 || r.door < 0)
+        parse_fd(argv[4], &r.watch) != 0 || parse_fds(argv[5], r.ns, NS_COUNT) != NS_COUNT ||
+        parse_fd(argv[6], &r.init_leaf) != 0 || parse_fd(argv[7], &r.cmd_leaf) != 0 ||
+        parse_fd(argv[8], &r.join) != 0 || parse_fd(argv[9], &r.door) != 0 ||
+        r.limit_count < 0 || r.status < 0 || r.seccomp < 0 || r.door < 0)
         return usage();
-    r.uid = (uid_t)strtoul(argv[10], NULL, 10);
-    r.gid = (gid_t)strtoul(argv[11], NULL, 10);
-    r.nproc = atol(argv[12]);
-    r.fresh_home = !strcmp(argv[13], "fresh");
-    r.cwd = argv[14];
-    r.argv = argv + 16;
+    r.uid = (uid_t)strtoul(argv[11], NULL, 10);
+    r.gid = (gid_t)strtoul(argv[12], NULL, 10);
+    r.nproc = atol(argv[13]);
+    r.fresh_home = !strcmp(argv[14], "fresh");
+    r.cwd = argv[15];
+    r.argv = argv + 17;
     return run(&r);
 }

@@ -231,7 +231,8 @@ def _confine_helper() -> Check:
         "confine helper",
         "Docker commands are kept apart",
         "Docker sandboxes would run their commands unconfined, so a process one command "
-        "leaves running could look into later ones",
+        "leaves running could look into later ones, and the raw sockets they try would go "
+        "unlogged",
     )
 
 

@@ -85,6 +85,8 @@ class SandboxNetworks:
             server_ports=self._server_ports,
             on_denied=denied,
         )
+        # (a Docker sandbox without the confine helper cannot: its raw sockets go unlogged)
+        handle.watch_raw_sockets(proxy.raw_sockets.give)
         scope = record.proxy = anyio.CancelScope()
 
         async def serve() -> None:

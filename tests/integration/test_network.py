@@ -219,7 +219,7 @@ for kind, make in [
         make()
         print(kind, "made")
     except OSError as exc:
-        print(kind, "refused")
+        print(kind, "refused", exc.strerror)
 for kind, address in [(socket.SOCK_DGRAM, ("8.8.8.8", 53)), (socket.SOCK_STREAM, ("1.2.3.4", 443))]:
     s = socket.socket(socket.AF_INET, kind)
     s.settimeout(10)
@@ -232,14 +232,23 @@ for kind, address in [(socket.SOCK_DGRAM, ("8.8.8.8", 53)), (socket.SOCK_STREAM,
         print(exc.strerror)
 """
     result = await client.exec(info.id, "python3 -", stdin=script)
-    assert result.stdout == "raw refused\npacket refused\nNo route to host\nNo route to host\n"
-    assert result.network_denied == ("8.8.8.8:53", "1.2.3.4:443")
-    kinds = [(e.kind, e.host, e.verdict.value) for e in await client.get_network_log(info.id)]
+    assert result.stdout.splitlines() == [
+        "raw refused Operation not permitted",  # (as the kernel says without CAP_NET_RAW)
+        "packet refused Operation not permitted",
+        "No route to host",
+        "No route to host",
+    ]
+    assert result.network_denied == ("raw-socket", "packet-socket", "8.8.8.8:53", "1.2.3.4:443")
+    log = await client.get_network_log(info.id)
+    kinds = [(e.kind, e.host, e.verdict.value) for e in log]
     assert kinds == [
         ("dns", "pypi.org", "denied"),
+        ("raw-socket", "", "denied"),
+        ("packet-socket", "", "denied"),
         ("direct-udp", "8.8.8.8", "denied"),
         ("direct-tcp", "1.2.3.4", "denied"),
     ]
+    assert "raw IPv4 socket of protocol 1" in log[1].reason
 
 
 async def test_nothing_else_on_the_host_is_reachable_from_inside(

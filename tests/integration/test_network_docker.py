@@ -129,11 +129,12 @@ for url in ["http://127.0.0.1:{world.echo_port}/", "http://169.254.169.254/lates
         print("reached")
     except Exception as exc:
         print(str(exc)[:40])
-try:
-    socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-    print("raw made")
-except OSError:
-    print("raw refused")
+for family, kind in [(socket.AF_INET6, socket.SOCK_RAW), (socket.AF_PACKET, socket.SOCK_RAW)]:
+    try:
+        socket.socket(family, kind, 58 if family == socket.AF_INET6 else 0)
+        print("raw made")
+    except OSError as exc:
+        print("raw refused", exc.strerror)
 udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 udp.settimeout(10)
 udp.connect(("8.8.8.8", 53))
@@ -148,13 +149,16 @@ except OSError as exc:
         assert result.stdout.splitlines() == [
             "HTTP Error 403: Forbidden",
             "HTTP Error 403: Forbidden",
-            "raw refused",
+            "raw refused Operation not permitted",
+            "raw refused Operation not permitted",
             "No route to host",
         ], result.stderr
         reasons = [(e.kind, e.host, e.reason) for e in await client.get_network_log(info.id)]
-        assert [kind for kind, _, _ in reasons] == ["http", "http", "direct-udp"], reasons
+        kinds = [kind for kind, _, _ in reasons]
+        assert kinds == ["http", "http", "raw-socket", "packet-socket", "direct-udp"], reasons
         assert "loopback" in reasons[0][2]
         assert "metadata" in reasons[1][2]
-        assert reasons[2][1] == "8.8.8.8"
+        assert "raw IPv6 socket of protocol 58" in reasons[2][2]
+        assert reasons[4][1] == "8.8.8.8"
     finally:
         await client.destroy_sandbox(info.id)

@@ -5,9 +5,12 @@ allowed; what HTTP parsers read differently is refused."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import contextlib
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from agentfense import AsyncSandboxClient, NetworkVerdict, PermissionRule
@@ -294,3 +297,93 @@ def limited_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerP
     )
     yield running
     assert running.stop() == 0, running.log()
+
+
+def _listeners(pid: int) -> int:
+    """The raw-socket watches (seccomp listeners) the server holds."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # (closed meanwhile)
+            count += os.readlink(fd) == "anon_inode:seccomp notify"
+    return count
+
+
+async def _until(check: Callable[[], Awaitable[bool] | bool]) -> bool:
+    """Whether ``check`` holds within 10 s."""
+    for _ in range(200):
+        held = check()
+        if held if isinstance(held, bool) else await held:
+            return True
+        await anyio.sleep(0.05)
+    return False
+
+
+async def test_a_process_left_behind_is_watched_until_it_ends(
+    client: AsyncSandboxClient, server: ServerProcess
+) -> None:
+    """A process a command left running tries a raw socket after its command ended: refused
+    and logged all the same. Once no process of its command is left, the server lets go of
+    the command's watch: a sandbox that runs many commands costs it no descriptor each."""
+    info = await _sandbox(client)
+    pid = server.process.pid
+    try:
+        before = _listeners(pid)
+        for _ in range(5):
+            assert (await client.exec(info.id, "true")).exit_code == 0
+        assert await _until(lambda: _listeners(pid) == before), "a watch kept per command"
+        script = "import socket, time; time.sleep(1); socket.socket(socket.AF_PACKET, 3)"
+        await client.exec(info.id, f"python3 -c '{script}' >/dev/null 2>&1 &")
+        assert _listeners(pid) == before + 1  # (the background process's)
+
+        async def logged() -> bool:
+            log = await client.get_network_log(info.id)
+            return [entry.kind for entry in log] == ["packet-socket"]
+
+        assert await _until(logged), "the attempt of a process left behind is not logged"
+        assert await _until(lambda: _listeners(pid) == before), "its watch outlived it"
+    finally:
+        await client.destroy_sandbox(info.id)
+
+
+async def test_a_flood_of_raw_sockets_is_paced_and_costs_others_nothing(
+    client: AsyncSandboxClient, server: ServerProcess
+) -> None:
+    """Four processes try raw sockets as fast as they can: each attempt waits for its answer,
+    which comes at a pace of the sandbox's own, so another sandbox's commands run as ever;
+    the log keeps its size and the audit log its rate."""
+    flooding, other = await _sandbox(client), await _sandbox(client)
+    script = """
+import socket, sys, time
+refused, began = 0, time.time()
+while time.time() - began < 3:
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_RAW, 1)
+    except PermissionError:
+        refused += 1
+print(refused)
+"""
+    try:
+        async with anyio.create_task_group() as tg:
+            results: list[int] = []
+
+            async def flood() -> None:
+                result = await client.exec(flooding.id, "python3 -", stdin=script)
+                results.append(int(result.stdout))
+
+            for _ in range(4):
+                tg.start_soon(flood)
+            await anyio.sleep(1)
+            slowest = 0.0
+            for _ in range(10):
+                began = anyio.current_time()
+                assert (await client.exec(other.id, "true")).exit_code == 0
+                slowest = max(slowest, anyio.current_time() - began)
+        assert slowest < 2.0, f"another sandbox's command took {slowest:.2f} s"
+        # Answered at 200 a second: about 600 in 3 s, however many processes ask.
+        assert 100 < sum(results) <= 1000, results
+        log = await client.get_network_log(flooding.id)
+        assert {entry.kind for entry in log} == {"raw-socket"}
+        assert len(log) == sum(results)
+    finally:
+        await client.destroy_sandbox(flooding.id)
+        await client.destroy_sandbox(other.id)

@@ -10,6 +10,8 @@ from collections import deque
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from .raw_sockets import RAW_KINDS
+
 
 class Verdict(StrEnum):
     ALLOWED = "allowed"  # reached the host
@@ -22,7 +24,7 @@ class Connection:
     seq: int
     started: float  # seconds since the epoch
     # "http", "connect" (HTTPS and other tunnels), "dns", "direct-tcp", "direct-udp"...
-    # (sent past the proxy: direct.py)
+    # (sent past the proxy: direct.py), "raw-socket", "packet-socket" (raw_sockets.py)
     kind: str
     host: str
     port: int
@@ -40,7 +42,9 @@ class Connection:
 
 def target(kind: str, host: str, port: int) -> str:
     """What a connection tried, as results and the audit log say it: ``host:port``
-    (``[v6]:port``); a lookup's name alone."""
+    (``[v6]:port``); a lookup's name alone; a raw or packet socket's kind."""
+    if kind in RAW_KINDS:
+        return kind
     if not host:
         return "(no host)"  # (refused before one was named: a limit, a bad request)
     if kind == "dns" or not port:

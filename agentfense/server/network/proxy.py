@@ -45,6 +45,7 @@ from .messages import (
     tls_begun,
 )
 from .policy import WEB_PORTS, NetworkPolicy, OperatorNetwork, normal_host
+from .raw_sockets import RawSocketWatches
 from .sockets import CHUNK, Conn, accept, connect, receive_datagram
 
 _log = logging.getLogger("agentfense.server.network")
@@ -147,6 +148,9 @@ class SandboxProxy:
         self._audit_window = anyio.current_time()
         self._audited = 0
         self._unreported = 0
+        # The raw and packet sockets its commands try to open (the runtime gives the
+        # listeners: ``SandboxHandle.watch_raw_sockets``).
+        self.raw_sockets = RawSocketWatches(lambda kind, why: self._deny(kind, "", 0, why))
 
     async def serve(
         self, listener: socket.socket, dns: socket.socket, catchall: int | None
@@ -158,11 +162,13 @@ class SandboxProxy:
             dns.setblocking(False)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._report_unreported)
+                tg.start_soon(self.raw_sockets.serve)
                 tg.start_soon(self._answer_lookups, dns)
                 if catchall is not None:
                     tg.start_soon(self._answer_direct, catchall)
                 await self._accept(listener, tg)
         finally:
+            self.raw_sockets.close()
             self._flush_unreported()
             listener.close()
             dns.close()
