@@ -8,6 +8,8 @@ name, through the proxy; on the host, straight to the mirror.
 - One small request (22 bytes): the latency the proxy adds.
 - ``from_codebase`` of a sandbox with a network against one without: what putting the
   proxy in costs a start.
+- ``run("true")`` in a sandbox with a network against one without: what a command's watch
+  of its raw sockets costs (its seccomp filter, its listener handed to the server).
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ BIG = 100 * 2**20
 DOWNLOAD = "100 MiB download, through the proxy"
 SMALL = "one small request, through the proxy"
 START = "create + start, with a network"
-NAMES = [DOWNLOAD, SMALL, START]
+RUN = "run('true'), with a network"
+NAMES = [DOWNLOAD, SMALL, START, RUN]
 DOWNLOAD_TARGET = Target(max_ratio=2.0)  # at least half the host's throughput
 _CURL = "curl -sS -o /dev/null -w '%{time_total}' "
 
@@ -102,6 +105,34 @@ async def _measure(
         reference,
     )
     rows.append(row(START, BACKEND, result, "without a network", INFORMATIVE))
+    networked = await AsyncSandbox.from_codebase(
+        codebase_id, endpoint=endpoint, network=[f"{MIRROR}:{port}"]
+    )
+    isolated = await AsyncSandbox.from_codebase(codebase_id, endpoint=endpoint)
+    try:
+
+        async def run_in(sandbox: AsyncSandbox) -> float:
+            began = time.perf_counter()
+            await sandbox.run("true", raise_on_error=True)
+            return time.perf_counter() - began
+
+        count = sizes.idle * 5
+        result = await attempt(
+            RUN,
+            interleaved(
+                functools.partial(run_in, networked),
+                functools.partial(run_in, isolated),
+                n_ours=count,
+                n_base=count,
+                warmup=2,
+                self_timed=True,
+            ),
+            reference,
+        )
+        rows.append(row(RUN, BACKEND, result, "without a network", INFORMATIVE))
+    finally:
+        await networked.destroy()
+        await isolated.destroy()
     return rows
 
 
