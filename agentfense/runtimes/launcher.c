@@ -439,7 +439,7 @@ static void guard_main(struct request *r)
         if (r->fresh_home)
             rmdir(home);
         errno = error;
-        refuse(status, "start the command");
+        refuse(status, "fork the command's process");
     }
     if (command == 0) {
         close(unshared[0]);
@@ -493,7 +493,7 @@ static pid_t start_guard(struct request *r)
 {
     pid_t pid = fork_into(r->init_leaf);
     if (pid < 0) {
-        say(r->status, "error %d - cannot start the command: %s", errno, strerror(errno));
+        say(r->status, "error %d - cannot fork the command's guard: %s", errno, strerror(errno));
         return -1;
     }
     if (pid == 0)
@@ -690,7 +690,7 @@ static int run(struct request *r)
             refuse(status, "make a pipe");
         pid = fork_into(r->init_leaf);
         if (pid < 0)
-            refuse(status, "start the command");
+            refuse(status, "fork the commands' init");
         if (pid == 0) {
             close(go[1]);
             init_main(r, go[0]);

@@ -25,6 +25,12 @@ PID_HOG = (
     "python3 -c '\nimport os, time\nwhile True:\n    if os.fork() == 0:\n"
     "        time.sleep(300)\n        os._exit(0)'"
 )
+# Forks until refused, then waits with its children: a running command, holding every pid.
+HOLD_EVERY_PID = (
+    "python3 -c '\nimport os, time\nwhile True:\n    try:\n        if os.fork() == 0:\n"
+    "            time.sleep(30)\n            os._exit(0)\n    except OSError:\n        break\n"
+    "time.sleep(30)'"
+)
 CPU_HOG = (
     "python3 -c '\nimport os, time\nend = time.monotonic() + 1.5\n"
     "while time.monotonic() < end: pass\nt = os.times()\nprint(t.user + t.system)'"
@@ -79,6 +85,27 @@ async def test_a_fork_bomb_is_contained_and_the_sandbox_stays_usable(
         assert (await sandbox.run("echo still usable")).stdout == "still usable\n"
         pids = _cgroup_dir("pids", sandbox.id)
         assert int((pids / "pids.current").read_text()) < 40
+
+
+async def test_a_command_refused_for_want_of_pids_says_why_once(
+    endpoint: str, project: Path
+) -> None:
+    """A running command holds every pid (nothing left over to kill): the next command is
+    refused, with the sentence of what could not be made, not a prefix said twice."""
+    limits = ResourceLimits(pids_limit=16)
+    async with await AsyncSandbox.from_local(
+        project, endpoint=endpoint, resources=limits
+    ) as sandbox:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sandbox.run, HOLD_EVERY_PID)
+            await anyio.sleep(1.5)
+            with pytest.raises(ResourceLimitExceededError) as raised:
+                await sandbox.run("echo refused")
+            tg.cancel_scope.cancel()
+        message = str(raised.value)
+        assert "cannot start the command: cannot fork the command" in message, message
+        assert message.count("cannot start the command") == 1, message
+        assert "Resource temporarily unavailable" in message
 
 
 async def test_cpu_quota_holds_a_hog_to_its_share(endpoint: str, project: Path) -> None:
