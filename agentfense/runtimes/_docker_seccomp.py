@@ -8,7 +8,8 @@ into another's memory or files), and the calls with which Docker's default keeps
 process from new namespaces (user namespaces above all: a process in one of its own has every
 capability there), the kernel keyring, BPF, perf events, userfaultfd and the mount API. The
 calls that need a capability (modules, reboot, swap, clock, ...) fail all the same, for the
-container has none; they are refused here too, not to depend on that alone.
+container has none; they are refused here too, not to depend on that alone. io_uring is not
+there (ENOSYS: programs fall back to ordinary calls), as in bwrap sandboxes (``_seccomp.py``).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ REFUSED = (
     "ioperm",
     "lookup_dcookie",
 )
+UNAVAILABLE = ("io_uring_setup", "io_uring_enter", "io_uring_register")
 # clone's first argument: a new namespace of any kind is refused.
 _NAMESPACE_FLAGS = (
     0x00020000,  # CLONE_NEWNS
@@ -91,6 +93,7 @@ def profile() -> dict[str, Any]:
         # clone3's flags are in memory, where seccomp cannot look: "no such call" makes the
         # C library fall back to clone, whose flags it can
         {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": errno.ENOSYS},
+        {"names": list(UNAVAILABLE), "action": "SCMP_ACT_ERRNO", "errnoRet": errno.ENOSYS},
     ]
     for flag in _NAMESPACE_FLAGS:
         rules.append(

@@ -9,7 +9,9 @@ from __future__ import annotations
 import fcntl
 import fnmatch
 import os
+import shlex
 import signal
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -46,6 +48,13 @@ for name, call in [
 ]:
     print(name, call(), os.strerror(ctypes.get_errno()))
 ' """
+
+IO_URING = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+params = ctypes.create_string_buffer(120)  # struct io_uring_params
+print(libc.syscall(425, 4, params), os.strerror(ctypes.get_errno()))  # io_uring_setup
+"""
 
 
 def _host_pids(marker: str) -> list[int]:
@@ -189,6 +198,20 @@ async def test_a_leftover_process_cannot_ptrace_a_later_command(
             "python3 -c 'import subprocess; print(subprocess.run([\"true\"]).returncode)'"
         )
         assert ordinary.stdout == "0\n"
+
+
+@pytest.mark.parametrize("options", RUNTIMES)
+async def test_io_uring_is_not_there(
+    endpoint: str, project: Path, options: dict[str, object]
+) -> None:
+    """A ring would be a way into a large part of the kernel, and its requests (a socket
+    opened, say) are made where no seccomp filter sees them: ENOSYS, as on a kernel without
+    it, so programs fall back to ordinary calls. (This host's kernel has it.)"""
+    host = await anyio.run_process([sys.executable, "-c", IO_URING])
+    assert host.stdout.decode().endswith(" Success\n"), host.stdout
+    async with await AsyncSandbox.from_local(project, endpoint=endpoint, **options) as sandbox:  # type: ignore[arg-type]
+        result = await sandbox.run(f"python3 -c {shlex.quote(IO_URING)}")
+        assert result.stdout == "-1 Function not implemented\n", result.stderr
 
 
 SPY = """
