@@ -9,6 +9,7 @@ When the channel closes, the process stops serving and exits (the server unmount
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -17,7 +18,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import assert_never
 
@@ -25,7 +26,7 @@ from .._json_messages import MessageError
 from .._seqpacket import FrameError, close_all
 from ..policy import Policy
 from . import _abi as abi
-from . import checkpoints, control, review
+from . import checkpoints, codebase_lock, control, review
 from ._events import Batch
 from ._host import split
 from ._loop import ViewServer
@@ -53,8 +54,12 @@ class FsProcess:
         # and throw them away unreported (a leaf lock: nothing waits for a view under it).
         self._committing: dict[Path, threading.Lock] = {}
 
-    def _codebase_lock(self, lower: Path) -> threading.Lock:
-        return self._committing.setdefault(lower, threading.Lock())
+    @contextlib.contextmanager
+    def _committing_into(self, lower: Path) -> Iterator[None]:
+        """Hold the codebase for a commit: against this process's other commits, and against
+        the server's uploads (``codebase_lock``)."""
+        with self._committing.setdefault(lower, threading.Lock()), codebase_lock.writing(lower):
+            yield
 
     def reply(self, message: control.Reply) -> None:
         with self._send_lock:
@@ -204,7 +209,7 @@ class FsProcess:
         view = server.view
         try:
             generation = server.generation.read()  # (no request runs meanwhile: exclusive)
-            with self._codebase_lock(view.lower.root):
+            with self._committing_into(view.lower.root):
                 result = commit(view)
         except Exception as exc:
             log.exception("view %s: commit failed", view.id)
@@ -256,7 +261,7 @@ class FsProcess:
             elif message.paths == ():
                 result = review.Applied()  # (only what the requests did since)
             else:
-                with self._codebase_lock(view.lower.root):
+                with self._committing_into(view.lower.root):
                     result = review.apply(view, message.paths, overwrite=message.overwrite)
                 if result.changed:
                     self._invalidate(view.lower.root, result.changed, exclude=server)

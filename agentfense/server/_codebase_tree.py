@@ -22,6 +22,7 @@ from ..errors import (
     SandboxError,
     StatusCode,
 )
+from ..fs import codebase_lock
 from ..fs._host import openat2
 
 _ID_RE = re.compile(r"cb_[0-9a-f]{16}")
@@ -169,7 +170,18 @@ def _commit_upload(
     temp: Path, files_dir: Path, codebase_id: str, parts: builtins.list[str]
 ) -> tuple[int, int, int]:
     """Put the upload in place; how the tree changed: bytes of its regular files, entries,
-    regular files."""
+    regular files. Under the codebase's lock: a commit checks what the codebase holds, then
+    renames, and an upload between the two would be overwritten unreported."""
+    try:
+        with codebase_lock.writing(files_dir):
+            return _place_upload(temp, files_dir, codebase_id, parts)
+    except FileNotFoundError:  # (the codebase was deleted meanwhile)
+        raise _not_found(codebase_id) from None
+
+
+def _place_upload(
+    temp: Path, files_dir: Path, codebase_id: str, parts: builtins.list[str]
+) -> tuple[int, int, int]:
     path = "/".join(parts)
     made: builtins.list[str] = []
     parent = _open_parent(

@@ -5,8 +5,10 @@ a conflict that keeps both versions), discarded, and dropped with the sandbox.""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
+import anyio
 import pytest
 
 from agentfense import (
@@ -25,6 +27,8 @@ from agentfense import (
 )
 from agentfense.errors import StatusCode
 from agentfense.fanout import open_forks
+from agentfense.fs import codebase_lock
+from agentfense.testing import ServerProcess
 
 pytestmark = pytest.mark.anyio
 
@@ -257,3 +261,46 @@ def test_the_sync_mirror_checkpoints_and_forks(endpoint: str, tmp_path: Path) ->
         sandbox.restore(checkpoint)
         assert sandbox.read_file("a.txt") == "two\n"
         assert sandbox.list_checkpoints() == [checkpoint]
+
+
+async def test_an_upload_never_lands_between_a_commit_s_check_and_its_rename(
+    server: ServerProcess, endpoint: str
+) -> None:
+    """A commit checks what the codebase holds, then renames its changes in: an upload that
+    landed in between was overwritten, the path reported applied with no conflict (a hostile
+    tester's finding). Both hold the codebase's lock: while something else holds it, neither
+    an upload nor a commit changes the codebase; once it is let go, both go on."""
+    async with AsyncSandboxClient(endpoint) as client:
+        codebase_id = await _codebase(client)
+        files = server.state_dir / "codebases" / codebase_id / "files"
+        async with await _manual(codebase_id, endpoint) as sandbox:
+            await sandbox.run("echo sandbox > README.md")
+            held, release = threading.Event(), threading.Event()
+
+            def hold() -> None:
+                with codebase_lock.writing(files):
+                    held.set()
+                    release.wait(30)
+
+            done: list[str] = []
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(anyio.to_thread.run_sync, hold)
+                await anyio.to_thread.run_sync(held.wait)
+
+                async def upload() -> None:
+                    await client.upload_file(codebase_id, "src/app.py", "uploaded\n")
+                    done.append("upload")
+
+                async def commit() -> None:
+                    done.append(f"commit {(await sandbox.commit()).applied}")
+
+                tg.start_soon(upload)
+                tg.start_soon(commit)
+                await anyio.sleep(1)
+                assert done == [], "the codebase changed while its lock was held"
+                assert (files / "src/app.py").read_text() == "print('hello')\n"
+                assert (files / "README.md").read_text() == "# demo\n"
+                release.set()
+            assert sorted(done) == ["commit ('README.md',)", "upload"]
+            assert (files / "README.md").read_text() == "sandbox\n"
+            assert (files / "src/app.py").read_text() == "uploaded\n"

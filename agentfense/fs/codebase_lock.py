@@ -1,0 +1,25 @@
+"""The lock every writer of a codebase's files holds while it changes them: a commit of the
+fs process (from its check of what the codebase holds to its last rename) and an upload of
+the server (its directories and its rename into place). Without it, an upload landing
+between a manual commit's check and its rename was overwritten, and the commit said it had
+applied the path with no conflict. It is an flock of the codebase's files directory: it
+holds between processes, and goes with a process that dies holding it."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def writing(files_dir: Path) -> Iterator[None]:
+    """Hold the lock of the codebase whose files are ``files_dir`` (waits for it)."""
+    fd = os.open(files_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # (the lock goes with it)
