@@ -302,8 +302,11 @@ class FsProcess:
         messages: list[bytes] = []
         try:
             if isinstance(message, control.Capture):
-                entries, size = checkpoints.capture(view, Path(message.target))
-                reply: control.Reply = control.Captured(entries, size, seq=message.seq)
+                budget = checkpoints.Budget(message.most_entries, message.most_bytes)
+                copied = checkpoints.capture(view, Path(message.target), budget)
+                reply: control.Reply = control.Captured(
+                    copied.entries, copied.size, budget.made, budget.allocated, seq=message.seq
+                )
             else:
                 before = review.survey(view).changes.keys()
                 checkpoints.restore(view, Path(message.source), view.upper.root.parent)
@@ -393,6 +396,10 @@ def _invalidations(view: View, paths: Sequence[str], *, subtrees: bool = False) 
 
 def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="agentfense-fs: %(message)s")
+    # Every mode this process gives is exact (a sandbox's request applies the sandbox's own
+    # umask, a copy keeps the mode it copies): under a umask of its own, `umask 0; mkdir d`
+    # in a sandbox made a 0755 directory, and a commit, fork or restore of a 0777 one too.
+    os.umask(0)
     threading.stack_size(512 * 1024)  # nothing here recurses: small stacks, many views
     channel = socket.socket(fileno=int(sys.argv[1]))
     FsProcess(channel).run()

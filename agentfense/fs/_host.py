@@ -227,18 +227,14 @@ def _copy_xattrs(fd_in: int, fd_out: int) -> None:
 
 
 def copy_file(src: HostTree, src_rel: str, dst: HostTree, dst_rel: str) -> None:
-    """Copy a regular file's content, mode and times (the destination is replaced)."""
+    """Copy a regular file's content (its holes kept), mode and times (the destination is
+    replaced)."""
     st = src.lstat(src_rel)
     fd_in = src.open(src_rel, os.O_RDONLY)
     try:
         fd_out = dst.open(dst_rel, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, stat.S_IMODE(st.st_mode))
         try:
-            remaining = st.st_size
-            while remaining > 0:
-                copied = os.copy_file_range(fd_in, fd_out, remaining)
-                if copied == 0:
-                    break
-                remaining -= copied
+            _copy_data(fd_in, fd_out, st.st_size)
             _copy_xattrs(fd_in, fd_out)
             os.fchmod(fd_out, stat.S_IMODE(st.st_mode))
             os.utime(fd_out, ns=(st.st_atime_ns, st.st_mtime_ns))
@@ -246,6 +242,29 @@ def copy_file(src: HostTree, src_rel: str, dst: HostTree, dst_rel: str) -> None:
             os.close(fd_out)
     finally:
         os.close(fd_in)
+
+
+def _copy_data(fd_in: int, fd_out: int, size: int) -> None:
+    """The first ``size`` bytes of ``fd_in`` into the empty ``fd_out``, extent by extent: a
+    hole stays a hole (a sparse file of 3 GiB that holds nothing costs nothing, copied)."""
+    os.ftruncate(fd_out, size)
+    at = 0
+    while at < size:
+        try:
+            data = os.lseek(fd_in, at, os.SEEK_DATA)
+            end = min(os.lseek(fd_in, data, os.SEEK_HOLE), size)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # nothing but a hole from here
+                return
+            if exc.errno != errno.EINVAL:  # (a filesystem that cannot say: all data)
+                raise
+            data, end = at, size
+        while data < end:
+            copied = os.copy_file_range(fd_in, fd_out, end - data, data, data)
+            if copied == 0:  # (the file shrank meanwhile)
+                return
+            data += copied
+        at = end
 
 
 _SYS_GETDENTS64 = 217

@@ -8,6 +8,12 @@ more than a new name, and the view copies a linked file before it changes it
 (``_shared.py``), so a checkpoint never changes as the view goes on writing. Other views'
 files are copied (names sharing one file share one copy).
 
+What a copy takes of the disk (the inodes it makes, the blocks its copies allocate: a link
+takes neither) is counted as it goes, against a budget the caller gives (``Budget``): a
+sandbox's checkpoints together may take of the disk what its delta may (the server keeps
+the count), or a sandbox could fill the disk every tenant shares with copies of copies.
+Holes stay holes.
+
 A restore builds the new upper tree beside the view's, then swaps the two by renames, so a
 crash leaves one or the other, and only then replaces the deletions and the bases. Walks are
 iterative.
@@ -18,6 +24,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._bases import Bases
@@ -29,45 +36,88 @@ UPPER, DELETED, BASES, SHARED = "upper", "deleted", "bases", "shared"
 _RESTORING, _REPLACED = "restoring", "replaced"
 
 
-def copy_tree(src: HostTree, dst: HostTree, *, link: bool = False) -> tuple[int, int, list[int]]:
+@dataclass
+class Budget:
+    """What a copy may take of the disk: inodes and bytes (None: no bound), and what it took."""
+
+    most_entries: int | None = None
+    most_bytes: int | None = None
+    made: int = 0  # inodes made
+    allocated: int = 0  # bytes of blocks allocated
+
+    def spend(self, inodes: int, size: int) -> None:
+        """Count an inode and ``size`` bytes about to be taken; ENOSPC past the bounds."""
+        made, allocated = self.made + inodes, self.allocated + size
+        if (self.most_entries is not None and made > self.most_entries) or (
+            self.most_bytes is not None and allocated > self.most_bytes
+        ):
+            raise OSError(
+                errno.ENOSPC,
+                f"the copy would take more than {self.most_entries} inodes or "
+                f"{self.most_bytes} bytes",
+            )
+        self.made, self.allocated = made, allocated
+
+
+@dataclass
+class Copied:
+    entries: int = 0  # of the tree
+    size: int = 0  # bytes of its files
+    linked: list[int] = field(default_factory=list)  # inodes of the files linked
+
+
+_BLOCK = 512  # (st_blocks' unit)
+_DIRECTORY_BYTES = 4096  # what a directory of a few names takes
+
+
+def copy_tree(
+    src: HostTree, dst: HostTree, *, link: bool = False, budget: Budget | None = None
+) -> Copied:
     """Copy everything of ``src`` into the empty ``dst`` (modes and times kept): directories
     made, files copied or, with ``link``, linked (a file with the most names its disk allows
-    is copied), symlinks, FIFOs and sockets made anew. How many entries, how many bytes of
-    files, and the inodes of the files linked.
+    is copied), symlinks, FIFOs and sockets made anew; what that takes of the disk spent
+    from ``budget`` before it is taken.
 
     Only a regular file is ever linked: the view copies a linked one before it changes it
     (``View.copy_up``), and has nothing to copy of any other entry (a linked FIFO would take
     the view's chmod into the checkpoint). A file with several names in ``src`` (links the
     sandbox made) is copied once, its names linked to the copy: linked into the view, its
     first change would copy it for one name only, and its names would stop sharing it."""
-    entries = size = 0
-    linked: list[int] = []
+    budget = budget or Budget()
+    copied = Copied()
     first_name: dict[tuple[int, int], str] = {}  # a file with several names: its first copy
+    sized: set[tuple[int, int]] = set()
     names = _names_by_inode(src) if link else {}
     pending = [""]
     while pending:
         current = pending.pop()
         for name, st in src.scan(current):
             rel = join(current, name)
-            entries += 1
+            copied.entries += 1
             if stat.S_ISDIR(st.st_mode):
+                budget.spend(1, _DIRECTORY_BYTES)
                 dst.mkdir(rel, stat.S_IMODE(st.st_mode))
                 pending.append(rel)
                 continue
             if not stat.S_ISREG(st.st_mode):
+                budget.spend(1, 0)
                 _make_like(src, rel, st, dst)
                 continue
-            size += st.st_size
-            if link and names.get((st.st_dev, st.st_ino), 0) < 2 and _link(src, rel, dst):
-                linked.append(st.st_ino)
+            key = (st.st_dev, st.st_ino)
+            if st.st_nlink < 2 or key not in sized:  # (a file's bytes once, as a delta counts)
+                copied.size += st.st_size
+                sized.add(key)
+            if link and names.get(key, 0) < 2 and _link(src, rel, dst):
+                copied.linked.append(st.st_ino)
                 continue
-            first = first_name.get((st.st_dev, st.st_ino)) if st.st_nlink > 1 else None
+            first = first_name.get(key) if st.st_nlink > 1 else None
             if first is not None and _link(dst, first, dst, rel):
                 continue
+            budget.spend(1, st.st_blocks * _BLOCK)  # (holes stay holes: copy_file)
             copy_file(src, rel, dst, rel)
             if st.st_nlink > 1:
-                first_name[(st.st_dev, st.st_ino)] = rel
-    return entries, size, linked
+                first_name[key] = rel
+    return copied
 
 
 def _names_by_inode(tree: HostTree) -> dict[tuple[int, int], int]:
@@ -114,23 +164,22 @@ def _make_like(src: HostTree, rel: str, st: os.stat_result, dst: HostTree) -> No
     dst.utime(rel, (st.st_atime_ns, st.st_mtime_ns))
 
 
-def capture(view: View, target: Path) -> tuple[int, int]:
-    """Copy the view's layer into ``target`` (a new directory; its parent exists)."""
+def capture(view: View, target: Path, budget: Budget | None = None) -> Copied:
+    """Copy the view's layer into ``target`` (a new directory, its parent there: what a
+    capture cut short left there goes first), within ``budget`` (ENOSPC past it, and
+    nothing left of the copy)."""
+    remove_tree(target)
     target.mkdir(mode=0o700)
-    (target / UPPER).mkdir(mode=0o700)
-    upper = HostTree(target / UPPER)
     try:
-        # A manual view's files are linked (it copies a linked one before changing it);
-        # another's copied (its commits would take a linked file for the sandbox's own link).
-        link = view.shared is not None
-        entries, size, linked = copy_tree(view.upper, upper, link=link)
-    finally:
-        upper.close()
+        copied = _capture_upper(view, target, budget)
+    except BaseException:
+        remove_tree(target)
+        raise
     if view.shared is not None:
-        view.shared.add(linked)
+        view.shared.add(copied.linked)
         seeded = Shared(target / SHARED)  # (a fork's view shares them too)
         try:
-            seeded.add(linked)
+            seeded.add(copied.linked)
         finally:
             seeded.close()
     deleted = Deletions(target / DELETED)
@@ -144,7 +193,18 @@ def capture(view: View, target: Path) -> tuple[int, int]:
             bases.replace(view.bases.paths)
         finally:
             bases.close()
-    return entries, size
+    return copied
+
+
+def _capture_upper(view: View, target: Path, budget: Budget | None) -> Copied:
+    (target / UPPER).mkdir(mode=0o700)
+    upper = HostTree(target / UPPER)
+    try:
+        # A manual view's files are linked (it copies a linked one before changing it);
+        # another's copied (its commits would take a linked file for the sandbox's own link).
+        return copy_tree(view.upper, upper, link=view.shared is not None, budget=budget)
+    finally:
+        upper.close()
 
 
 def restore(view: View, source: Path, delta: Path) -> None:
@@ -170,16 +230,16 @@ def restore(view: View, source: Path, delta: Path) -> None:
     building.mkdir(mode=0o700)
     tree = HostTree(building)
     try:
-        entries, size, linked = _copy_from(source / UPPER, tree, link=view.shared is not None)
+        copied = _copy_from(source / UPPER, tree, link=view.shared is not None)
     finally:
         tree.close()
     try:
-        view.check_room(size, entries)
+        view.check_room(copied.size, copied.entries)
     except OSError:
         remove_tree(building)
         raise
     if view.shared is not None:
-        view.shared.add(linked)
+        view.shared.add(copied.linked)
     replaced = delta / _REPLACED
     remove_tree(replaced)
     os.rename(delta / UPPER, replaced)
@@ -193,7 +253,7 @@ def restore(view: View, source: Path, delta: Path) -> None:
     view.recount()
 
 
-def _copy_from(root: Path, dst: HostTree, *, link: bool) -> tuple[int, int, list[int]]:
+def _copy_from(root: Path, dst: HostTree, *, link: bool) -> Copied:
     src = HostTree(root)
     try:
         return copy_tree(src, dst, link=link)

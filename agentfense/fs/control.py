@@ -275,18 +275,32 @@ class Changes(Message):
 
 @dataclass(frozen=True, slots=True)
 class Captured(Message):
-    """A view's layer copied: how many entries, and bytes of files."""
+    """A view's layer copied: how many entries, and bytes of files; what the copy took of
+    the disk (inodes made, bytes allocated: a linked file takes neither)."""
 
     op: ClassVar[str] = "captured"
     entries: int
     bytes: int
+    made: int
+    allocated: int
 
     def _fields(self) -> dict[str, object]:
-        return {"entries": self.entries, "bytes": self.bytes}
+        return {
+            "entries": self.entries,
+            "bytes": self.bytes,
+            "made": self.made,
+            "allocated": self.allocated,
+        }
 
     @classmethod
     def _read(cls, fields: Fields, seq: int) -> Self:
-        return cls(fields.integer("entries"), fields.integer("bytes"), seq=seq)
+        return cls(
+            fields.integer("entries"),
+            fields.integer("bytes"),
+            fields.integer("made"),
+            fields.integer("allocated"),
+            seq=seq,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -506,18 +520,34 @@ class Discard(Message):
 
 @dataclass(frozen=True, slots=True)
 class Capture(Message):
-    """Copy the view's layer into ``target``, a new directory (a checkpoint, a fork's seed)."""
+    """Copy the view's layer into ``target``, a new directory (a checkpoint, a fork's seed;
+    what a request cut short by a restart of this process left there is replaced), taking
+    at most ``most_entries`` inodes and ``most_bytes`` bytes of the disk (ENOSPC past
+    them)."""
 
     op: ClassVar[str] = "capture"
     id: str
     target: str
+    most_entries: int
+    most_bytes: int
 
     def _fields(self) -> dict[str, object]:
-        return {"id": self.id, "target": self.target}
+        return {
+            "id": self.id,
+            "target": self.target,
+            "most_entries": self.most_entries,
+            "most_bytes": self.most_bytes,
+        }
 
     @classmethod
     def _read(cls, fields: Fields, seq: int) -> Self:
-        return cls(fields.path("id"), fields.path("target"), seq=seq)
+        return cls(
+            fields.path("id"),
+            fields.path("target"),
+            fields.integer("most_entries"),
+            fields.integer("most_bytes"),
+            seq=seq,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -136,8 +136,9 @@ class View:
         review: bool = False,
     ) -> None:
         self.id = view_id
-        for directory in (delta, delta / "upper", delta / "orphans"):
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        missing = [delta, *(d for d in delta.parents if not d.exists())]
+        for directory in (*reversed(missing), delta / "upper", delta / "orphans"):
+            directory.mkdir(mode=0o700, exist_ok=True)  # (each explicitly: no umask here)
         self.lower = HostTree(lower)
         self.upper = HostTree(delta / "upper")
         self.orphans = HostTree(delta / "orphans")
@@ -365,6 +366,7 @@ class View:
     def recount(self) -> None:
         """Count what the upper tree holds against the limits (after it changed wholesale)."""
         self.delta_bytes = self.delta_entries = 0
+        sized: set[int] = set()  # (a file of several names: its bytes once)
         pending = [""]
         while pending:
             current = pending.pop()
@@ -372,8 +374,9 @@ class View:
                 self.delta_entries += 1
                 if stat.S_ISDIR(st.st_mode):
                     pending.append(join(current, name))
-                elif stat.S_ISREG(st.st_mode):
+                elif stat.S_ISREG(st.st_mode) and (st.st_nlink < 2 or st.st_ino not in sized):
                     self.delta_bytes += st.st_size
+                    sized.add(st.st_ino)
         self.upper_empty = self.delta_entries == 0
 
     @staticmethod

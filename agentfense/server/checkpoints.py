@@ -6,8 +6,12 @@ Only sandboxes under ``commit="manual"`` have checkpoints: under ``auto`` every 
 changes are in the codebase when it ends, and the layer between two commands is empty.
 Each checkpoint lives in the sandbox's delta directory (gone with the sandbox, or with the
 server, as the delta is), at most :data:`MAX_CHECKPOINTS` per sandbox. It costs a name per
-entry of the layer (its files are linked, and copied only when the sandbox changes one: see
-``fs/_shared.py``), and so a copy of the layer at most, bounded by the delta's limits.
+file of the layer (its files are linked, and copied only when the sandbox changes one: see
+``fs/_shared.py``), and an inode per directory, symlink and file it must copy (one the
+sandbox gave several names), with that file's blocks. A sandbox's checkpoints together may
+take of the disk what its delta may (``max_delta_entries`` inodes, ``max_delta_bytes``):
+past that, a checkpoint is refused until some are deleted. A fork's seed may take what a
+delta may.
 """
 
 from __future__ import annotations
@@ -39,10 +43,12 @@ class Checkpoints:
         fs: FsSupervisor,
         deltas: Path,
         commit_lock: Callable[[SandboxRecord], anyio.Lock],
+        limits: tuple[int, int],
     ) -> None:
         self._fs = fs
         self._deltas = deltas
         self._commit_lock = commit_lock
+        self._most_entries, self._most_bytes = limits  # (a delta's: max_delta_*)
 
     def _dir(self, record: SandboxRecord, checkpoint_id: str = "") -> Path:
         where = self._deltas / record.id / "checkpoints"
@@ -79,13 +85,35 @@ class Checkpoints:
                 # Counted again here, and recorded before the lock goes: calls at once all
                 # passed the first count, and each would have added its checkpoint.
                 self._check_room(record)
+                held = record.checkpoints.values()
                 try:
-                    captured = await self._fs.capture(record.id, target)
+                    captured = await self._fs.capture(
+                        record.id,
+                        target,
+                        max(0, self._most_entries - sum(cp.made for cp in held)),
+                        max(0, self._most_bytes - sum(cp.allocated for cp in held)),
+                    )
+                except ResourceLimitExceededError:
+                    await anyio.to_thread.run_sync(remove_tree, target)
+                    raise ResourceLimitExceededError(
+                        f"sandbox {record.id}'s checkpoints would take more of the disk than "
+                        f"its changes may ({self._most_entries} inodes, {self._most_bytes} "
+                        "bytes: max_delta_entries, max_delta_bytes, for all of them together; "
+                        "a file it gave several names and each directory are copied, its "
+                        "other files linked); delete some first"
+                    ) from None
                 except BaseException:
                     await anyio.to_thread.run_sync(remove_tree, target)
                     raise
                 checkpoint = CheckpointRecord(
-                    ident, record.id, name, now(), captured.entries, captured.bytes
+                    ident,
+                    record.id,
+                    name,
+                    now(),
+                    captured.entries,
+                    captured.bytes,
+                    captured.made,
+                    captured.allocated,
                 )
                 record.checkpoints[ident] = checkpoint
         return checkpoint
@@ -123,7 +151,7 @@ class Checkpoints:
         with anyio.CancelScope(shield=True):
             async with self._commit_lock(parent):
                 try:
-                    await self._fs.capture(parent.id, delta)
+                    await self._fs.capture(parent.id, delta, self._most_entries, self._most_bytes)
                 except BaseException:
                     await anyio.to_thread.run_sync(remove_tree, delta)
                     raise

@@ -477,9 +477,14 @@ class FsSupervisor:
         # among the sandbox's watches (MAX_WATCHES) for as long.
         return await self.request(message, control.Events, leave=True)
 
-    async def capture(self, view_id: str, target: Path) -> control.Captured:
-        """Copy the view's layer into ``target`` (a directory not there yet)."""
-        return await self.request(control.Capture(view_id, str(target)), control.Captured)
+    async def capture(
+        self, view_id: str, target: Path, most_entries: int, most_bytes: int
+    ) -> control.Captured:
+        """Copy the view's layer into ``target`` (a directory not there yet), taking at most
+        ``most_entries`` inodes and ``most_bytes`` bytes of the disk (ResourceLimitExceeded
+        past them)."""
+        message = control.Capture(view_id, str(target), most_entries, most_bytes)
+        return await self.request(message, control.Captured)
 
     async def restore(self, view_id: str, source: Path) -> None:
         """Make the view's layer a copy of the one captured in ``source``."""

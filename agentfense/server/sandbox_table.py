@@ -41,6 +41,8 @@ class CheckpointRecord:
     created_at: datetime
     entries: int
     size: int
+    made: int  # what it took of the disk: inodes (a linked file takes none)
+    allocated: int  # and bytes
 
 
 @dataclass

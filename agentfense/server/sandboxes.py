@@ -103,7 +103,12 @@ class SandboxManager:
         self._making_on: dict[str, int] = {}  # codebase id: sandboxes being made on it
         self._quotas = config.quota_table()
         self.commands = Commands(config, self.commit, metrics)
-        self.checkpoints = Checkpoints(self._fs, self._deltas, self.commit_lock)
+        self.checkpoints = Checkpoints(
+            self._fs,
+            self._deltas,
+            self.commit_lock,
+            (config.max_delta_entries, config.max_delta_bytes),
+        )
         self.sessions = SessionRegistry(
             self._sandboxes,
             self.commands,

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from agentfense._json_messages import MAX_INT
 from agentfense.fs import control
 from agentfense.fs._device import mount_view, unmount
 from agentfense.fs._identity import acting_as
@@ -164,8 +165,12 @@ class FsProcess:
         assert isinstance(reply, control.Committed)
         return reply
 
-    def capture(self, view_id: str, target: Path) -> control.Captured:
-        reply = self.request(control.Capture(view_id, str(target), seq=self._next_seq()))
+    def capture(
+        self, view_id: str, target: Path, most: tuple[int, int] = (MAX_INT, MAX_INT)
+    ) -> control.Captured:
+        """Copy the view's layer into ``target`` (``most``: inodes and bytes it may take)."""
+        message = control.Capture(view_id, str(target), *most, seq=self._next_seq())
+        reply = self.request(message)
         assert isinstance(reply, control.Captured)
         return reply
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from agentfense._json_messages import MAX_INT
 from agentfense.fs import control
 from agentfense.types import Permission, PermissionRule
 
@@ -123,7 +124,7 @@ def test_a_file_with_the_most_links_a_disk_allows_is_still_checkpointed(
     for name in range(0, names, 2):  # (half of them: a checkpoint cannot link them all)
         os.unlink(upper / "d" / str(name))
     fs.discard(view_id, ())  # (nothing: the view counts its upper tree again when asked)
-    captured = _ask(fs, control.Capture(view_id, str(checkpoint), seq=10**6))
+    captured = _ask(fs, control.Capture(view_id, str(checkpoint), MAX_INT, MAX_INT, seq=10**6))
     assert isinstance(captured, control.Captured), captured
     with fs.sandbox():
         (view / "f").write_text("changed\n")

@@ -52,7 +52,9 @@ requests = st.one_of(
     st.builds(control.ListChanges, id=paths, paths=selections, seq=seqs),
     st.builds(control.Apply, id=paths, paths=selections, overwrite=st.booleans(), seq=seqs),
     st.builds(control.Discard, id=paths, paths=selections, seq=seqs),
-    st.builds(control.Capture, id=paths, target=paths, seq=seqs),
+    st.builds(
+        control.Capture, id=paths, target=paths, most_entries=counts, most_bytes=counts, seq=seqs
+    ),
     st.builds(control.Restore, id=paths, source=paths, seq=seqs),
     st.builds(control.Changed, lower=paths, paths=st.lists(st.text()).map(tuple), seq=seqs),
     st.builds(control.Ping, seq=seqs),
@@ -86,7 +88,9 @@ replies = st.one_of(
         total=counts,
         seq=seqs,
     ),
-    st.builds(control.Captured, entries=counts, bytes=counts, seq=seqs),
+    st.builds(
+        control.Captured, entries=counts, bytes=counts, made=counts, allocated=counts, seq=seqs
+    ),
     st.builds(control.Failed, message=st.text(), seq=seqs),
 )
 

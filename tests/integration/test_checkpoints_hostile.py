@@ -5,6 +5,7 @@ limits charged once (a codebase grown past its cap without end)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import anyio
 import pytest
@@ -97,3 +98,61 @@ async def test_a_fork_cannot_grow_a_codebase_past_its_cap(capped_server: ServerP
         held = (await client.get_codebase(parent.codebase_id)).size
         assert held <= 3 * FILE
         assert {s.id for s in await client.list_sandboxes(parent.codebase_id)} == {parent.id}
+
+
+@pytest.fixture(scope="module")
+def small_delta_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    running = start_server_process(
+        tmp_path_factory.mktemp("small-delta"),
+        settings={"max_delta_entries": "1000", "max_delta_bytes": str(64 * FILE)},
+    )
+    yield running
+    assert running.stop() == 0, running.log()
+
+
+def _taken(where: Path) -> tuple[int, int]:
+    """The inodes and bytes of blocks below ``where``, each inode once (as du counts)."""
+    seen: set[int] = set()
+    blocks = 0
+    for path in [where, *where.rglob("*")]:
+        st = path.lstat()
+        if st.st_ino not in seen:
+            seen.add(st.st_ino)
+            blocks += st.st_blocks * 512
+    return len(seen), blocks
+
+
+async def test_checkpoints_take_of_the_disk_no_more_than_a_delta_may(
+    small_delta_server: ServerProcess,
+) -> None:
+    """Checkpoints link a sandbox's files, but make its directories anew and copy a file it
+    gave several names: nothing counted that, and 10 checkpoints of 20,000 directories took
+    200,000 inodes; a sparse file of 3 GiB with two names, 3 GiB of blocks per checkpoint (a
+    hostile tester's findings). Now a copy keeps its holes, and a sandbox's checkpoints
+    together may take what its delta may: past that, one is refused until some go."""
+    endpoint = small_delta_server.endpoint
+    async with AsyncSandboxClient(endpoint) as client, await _manual(client, endpoint) as sandbox:
+        await sandbox.run(
+            "mkdir -p dirs && cd dirs && for i in $(seq 300); do mkdir d$i; done && cd .. "
+            "&& truncate -s 40M sparse && ln sparse sparse2 "
+            "&& head -c 10000000 /dev/urandom > big && ln big big2",
+            raise_on_error=True,
+        )
+        where = small_delta_server.state_dir / "deltas" / sandbox.id / "checkpoints"
+        kept = [await sandbox.checkpoint() for _ in range(3)]  # (about 300 inodes each)
+        inodes, taken = _taken(where / kept[0].id)
+        assert inodes < 320, inodes
+        # The 10 MB file's copy; the sparse one's, nothing (with its 40 MiB, a second
+        # checkpoint would pass the 64 MiB).
+        assert taken < 12 * FILE, taken
+        with pytest.raises(ResourceLimitExceededError) as refused:
+            await sandbox.checkpoint()
+        assert "checkpoints would take more of the disk" in str(refused.value)
+        assert len(await sandbox.list_checkpoints()) == 3
+        assert sorted(p.name for p in where.iterdir()) == sorted(c.id for c in kept)
+        await sandbox.delete_checkpoint(kept[0])
+        await sandbox.checkpoint()  # (room again)
+        restored = await sandbox.restore(kept[1])
+        assert restored.id == kept[1].id
+        listed = await sandbox.run("ls dirs | wc -l; stat -c '%s %h' sparse big")
+        assert listed.stdout.split() == ["300", str(40 * FILE), "2", "10000000", "2"]

@@ -5,6 +5,7 @@ a conflict that keeps both versions), discarded, and dropped with the sandbox.""
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -304,3 +305,48 @@ async def test_an_upload_never_lands_between_a_commit_s_check_and_its_rename(
             assert sorted(done) == ["commit ('README.md',)", "upload"]
             assert (files / "README.md").read_text() == "sandbox\n"
             assert (files / "src/app.py").read_text() == "uploaded\n"
+
+
+async def test_modes_are_the_sandbox_s_through_commit_fork_and_restore(
+    server: ServerProcess, endpoint: str
+) -> None:
+    """The permission filesystem applied a umask of its own over the sandbox's: under
+    ``umask 0``, a new directory was 0755 and a file 0644; a committed, forked or restored
+    0777 directory came out 0755 (a hostile tester's finding)."""
+    async with AsyncSandboxClient(endpoint) as client:
+        codebase_id = await _codebase(client)
+        files = server.state_dir / "codebases" / codebase_id / "files"
+        async with await _manual(codebase_id, endpoint) as sandbox:
+            made = await sandbox.run(
+                "umask 0 && mkdir open && touch open/f && umask 027 && mkdir closed "
+                "&& touch closed/f && chmod 1777 open && stat -c '%a %n' open open/f closed "
+                "closed/f"
+            )
+            assert made.stdout.splitlines() == [
+                "1777 open",
+                "666 open/f",
+                "750 closed",
+                "640 closed/f",
+            ], made.stderr
+            checkpoint = await sandbox.checkpoint()
+            async with await sandbox.fork() as child:
+                forked = await child.run("stat -c '%a %n' open open/f closed closed/f")
+                assert forked.stdout == made.stdout
+            await sandbox.run("chmod 700 open closed && rm open/f")
+            await sandbox.restore(checkpoint)
+            restored = await sandbox.run("stat -c '%a %n' open open/f closed closed/f")
+            assert restored.stdout == made.stdout
+            result = await sandbox.commit()
+            assert "open" in result.applied
+            assert not result.conflicts
+            assert await sandbox.changes() == []
+        modes = {
+            rel: oct(os.stat(files / rel).st_mode & 0o7777)
+            for rel in ("open", "open/f", "closed", "closed/f")
+        }
+        assert modes == {
+            "open": "0o1777",
+            "open/f": "0o666",
+            "closed": "0o750",
+            "closed/f": "0o640",
+        }
