@@ -28,8 +28,8 @@ from ._cgroup import SandboxCgroup
 from ._confine import IN_CONTAINER
 from ._docker_api import ProcessState, created_id
 from ._pipes import write_all
-from ._raw_socket_watch import DOCKER_FD, take_listener
-from .base import BadWorkdir, CommandSpec, ForkRefused, RuntimeError_
+from ._raw_socket_watch import take_listener
+from .base import BadWorkdir, CommandSpec, ForkRefused, RawSocketWatch, RuntimeError_
 
 
 class ExecHost(Protocol):
@@ -39,7 +39,7 @@ class ExecHost(Protocol):
     confined: bool  # its commands run through the confine helper
     # Where the listener of each command's raw-socket filter goes (confined sandboxes with a
     # network only: ``SandboxHandle.watch_raw_sockets``).
-    raw_sockets: Callable[[int], None] | None
+    raw_sockets: RawSocketWatch | None
 
     def new_leaf(self) -> tuple[Path, int] | None:
         """A cgroup leaf for a new command, and an fd on its ``cgroup.procs``."""
@@ -67,9 +67,9 @@ def gate(*, keep_home: bool, confined: bool, watched: bool = False) -> str:
     """The ``sh -c`` script that starts a command: ``confined``, through the confine helper
     (a Landlock domain of the command's own, writing beneath its own ``$HOME`` only of
     ``/home``); the gate itself stays unconfined, to remove that home afterwards. ``watched``:
-    confine started it with the listener of its raw-socket filter, which the server takes
-    before the go; it closes its own copy then."""
-    go = _GO + (f"exec {DOCKER_FD}<&-; " if watched else "")
+    confine, which started it, read the go (having waited for it with the listener of its
+    raw-socket filter, which the server took meanwhile, and closed)."""
+    go = "" if watched else _GO
     if keep_home:  # one $HOME, /home/sandbox (on the /home tmpfs, made once)
         run = f'exec {IN_CONTAINER} /home "$@"' if confined else 'exec "$@"'
         heal = "[ -x /home ] || chmod 755 /home; "  # (see below)
@@ -125,6 +125,7 @@ class DockerProcess:
         self._ours = (stdin_r, stdout_w, stderr_w)
         self._ended = anyio.Event()
         self._exit_code: int | None = None
+        self.watch_ended: Callable[[], None] | None = None  # (its raw-socket watch)
 
     async def run(self) -> None:
         """Copy stdin to the exec and its frames out, until its stream ends."""
@@ -139,6 +140,8 @@ class DockerProcess:
                 with contextlib.suppress(OSError):
                     os.close(fd)
             self._sock.close()
+            if self.watch_ended is not None:
+                self.watch_ended()
             self._ended.set()
 
     async def _copy_stdin(self, stdin_r: int) -> None:
@@ -286,7 +289,7 @@ async def start_exec(
         pid = await _exec_pid(call, exec_id, sock, command)
         process.hold(pid)
         if take is not None:
-            take(await process.take_raw_socket_watch())
+            process.watch_ended = take(await process.take_raw_socket_watch())
         if procs_fd >= 0:
             with contextlib.suppress(ProcessLookupError):
                 os.write(procs_fd, str(pid).encode())

@@ -33,7 +33,14 @@ from ._limits import SandboxLimits
 from ._processes import reap, spawn
 from ._raw_socket_watch import is_seccomp_listener
 from ._waiting_launcher import WAIT_FOR, WaitingLauncher
-from .base import BadWorkdir, CommandSpec, ForkRefused, RuntimeError_, SandboxGone
+from .base import (
+    BadWorkdir,
+    CommandSpec,
+    ForkRefused,
+    RawSocketWatch,
+    RuntimeError_,
+    SandboxGone,
+)
 
 _log = logging.getLogger(__name__)
 NAMESPACES = ("mnt", "net", "ipc", "uts")  # (launcher.c's order)
@@ -109,6 +116,7 @@ class LaunchedProcess:
     leaf: Path
     exit_code: int | None = None
     exited: anyio.Event = field(default_factory=anyio.Event)
+    watch_ended: Callable[[], None] | None = None  # (its raw-socket watch: ``_take_watch``)
 
     async def wait(self) -> int:
         await self.exited.wait()
@@ -226,7 +234,7 @@ class HeldSandbox:
         self.first_done = anyio.Event()
         self._waiting = waiting  # (for the first command: ``_waiting_launcher``)
         # Where the listener of each command's raw-socket filter goes (``watch_raw_sockets``).
-        self._raw_sockets: Callable[[int], None] | None = None
+        self._raw_sockets: RawSocketWatch | None = None
         if waiting is not None:
             task_group.start_soon(self._let_waiting_go, waiting)
 
@@ -403,7 +411,7 @@ class HeldSandbox:
         with anyio.CancelScope(shield=True):
             first = await status.line()
             if watch >= 0:  # (sent before the launcher said anything)
-                self._take_watch(ours[4])
+                process.watch_ended = self._take_watch(ours[4])
             if init_leaf is not None and first is not None and first.startswith("init "):
                 door = self._adopt_init(first, init_leaf, door)
                 deciding.done()
@@ -414,6 +422,8 @@ class HeldSandbox:
             self._running.add(process)
             self._task_group.start_soon(self._follow, process, status, launcher)
             return process
+        if process.watch_ended is not None:
+            process.watch_ended()
         for fd in ours[:3]:
             os.close(fd)
         status.close()
@@ -425,23 +435,26 @@ class HeldSandbox:
             raise _InitGone(init)  # (setns: it has ended; clone3: its namespace is ending)
         raise _refusal(first, stopped=self._stopped)
 
-    def watch_raw_sockets(self, take: Callable[[int], None]) -> bool:
+    def watch_raw_sockets(self, take: RawSocketWatch) -> bool:
         self._raw_sockets = take
         return True
 
-    def _take_watch(self, sock: int) -> None:
-        """The listener a launcher sent on ``sock`` (which this closes), to the watcher."""
+    def _take_watch(self, sock: int) -> Callable[[], None] | None:
+        """The listener a launcher sent on ``sock`` (which this closes), to the watcher;
+        what to call when its command has ended."""
         take = self._raw_sockets
         try:
             with socket.socket(fileno=sock) as ours:
                 _, fds, _, _ = socket.recv_fds(ours, 1, 1, socket.MSG_DONTWAIT)
         except OSError:  # (nothing sent: the launcher failed before, and said why)
-            return
+            return None
+        ended = None
         for fd in fds:
-            if take is not None and is_seccomp_listener(fd):
-                take(fd)
+            if take is not None and ended is None and is_seccomp_listener(fd):
+                ended = take(fd)
             else:
                 os.close(fd)
+        return ended
 
     def _adopt_init(self, line: str, leaf: Path, door: int) -> int:
         """Keep the init the launcher started (``init PID``) for later commands to join: a
@@ -472,6 +485,8 @@ class HeldSandbox:
             status.close()
             if process.exit_code is None:
                 process.exit_code = 137
+            if process.watch_ended is not None:
+                process.watch_ended()
             process.exited.set()
             self._running.discard(process)
             self.first_done.set()

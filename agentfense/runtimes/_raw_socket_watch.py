@@ -3,9 +3,9 @@ by a helper in the sandbox, taken by the server (``server/network/raw_sockets.py
 it).
 
 bwrap's launcher sends it over a socket the server passes (``_held.py``). Docker's confine
-loads the filter as the gate starts and leaves its listener at ``DOCKER_FD``, which the server
-takes with ``pidfd_getfd`` while the gate waits for its go, before anything of the sandbox
-runs in it (``_docker_exec.py``); the gate then closes its own copy.
+loads the filter before it runs the gate and leaves its listener at ``DOCKER_FD``, which the
+server takes with ``pidfd_getfd`` while confine waits for the go (``_docker_exec.py``);
+confine then closes it, and nothing of the image (its shell) ever holds it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import ctypes
 import errno
 import os
 
-DOCKER_FD = 9  # (a shell redirects fds 0 to 9 only: the gate closes it with ``exec 9<&-``)
+DOCKER_FD = 9  # (confine.c's WATCH_FD)
 _PIDFD_GETFD = 438  # (the same number on x86_64 and aarch64)
 _libc = ctypes.CDLL(None, use_errno=True)
 

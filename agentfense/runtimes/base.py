@@ -56,6 +56,11 @@ class CommandSpec:
     cwd: str
 
 
+# A command's raw-socket filter's listener, taken (``SandboxHandle.watch_raw_sockets``); what
+# to call when its command's own process has ended.
+RawSocketWatch = Callable[[int], Callable[[], None]]
+
+
 class Process(Protocol):
     """One command running in a sandbox. The runtime owns the pipes' other ends."""
 
@@ -117,10 +122,11 @@ class SandboxHandle(Protocol):
         server to put a proxy there; None where the server cannot join it."""
         ...
 
-    def watch_raw_sockets(self, take: Callable[[int], None]) -> bool:
+    def watch_raw_sockets(self, take: RawSocketWatch) -> bool:
         """From now on, every command started gets a seccomp filter that hands its processes'
         attempts to open a raw or packet socket to the server (``runtimes/raw_sockets.c``):
-        the listener of each goes to ``take``, which owns it. False where it cannot."""
+        the listener of each goes to ``take``, which owns it, and the function it returns is
+        called once the command's own process has ended. False where it cannot."""
         ...
 
     async def stop(self) -> None:

@@ -34,7 +34,7 @@ import shutil
 import signal
 import socket
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,15 @@ from ._seccomp import compile_filter, native_arch
 from ._static_helpers import FIX, HelperUnavailable
 from ._static_helpers import build as build_helper
 from ._waiting_launcher import StartAhead, WaitingLauncher
-from .base import WORKSPACE, CommandSpec, Prepared, Process, RuntimeError_, SandboxSpec
+from .base import (
+    WORKSPACE,
+    CommandSpec,
+    Prepared,
+    Process,
+    RawSocketWatch,
+    RuntimeError_,
+    SandboxSpec,
+)
 
 SANDBOX_UID = 1000
 # Where a sandbox finds the bash its sessions run (see ``SandboxHandle.session_bash``).
@@ -262,7 +270,7 @@ class BwrapSandbox:
     def network_namespace(self) -> int | None:
         return None  # (a server not root cannot join its namespaces: no network)
 
-    def watch_raw_sockets(self, take: Callable[[int], None]) -> bool:
+    def watch_raw_sockets(self, take: RawSocketWatch) -> bool:
         return False  # (nor has it a network whose log would say so)
 
     def limit_events(self) -> dict[str, int]:

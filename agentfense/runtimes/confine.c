@@ -12,8 +12,10 @@
  *
  * In a sandbox with a network, each command's gate starts under `--watch-raw-sockets`: the
  * filter of raw_sockets.c is loaded (the gate and everything it starts inherit it), its
- * listener left at fd WATCH_FD for the server to take, and the gate run (unconfined: it
- * closes that fd once the server has it, before it runs the command).
+ * listener left at fd WATCH_FD for the server to take while this waits for the gate's go
+ * (one line on stdin, read here byte by byte: nothing of the command's stdin after it), and
+ * the gate run once the listener is closed here: the image's shell never holds it (exit
+ * 125, as the gate's own `read` would, when the server hung up before the go).
  */
 
 const char PROGRAM[] = "confine";
@@ -31,6 +33,13 @@ int main(int argc, char **argv)
             return fail("watch the command's raw sockets", NULL);
         if (listener != WATCH_FD && (dup2(listener, WATCH_FD) != WATCH_FD || close(listener) != 0))
             return fail("keep the raw-socket watch", NULL);
+        char byte = 0;
+        ssize_t got;
+        while ((got = read(0, &byte, 1)) == 1 && byte != '\n') {
+        }
+        if (got != 1)
+            return 125; /* (the server hung up before the go) */
+        close(WATCH_FD);
         execvp(argv[2], argv + 2);
         return fail("run", argv[2]);
     }

@@ -36,7 +36,6 @@ import logging
 import os
 import select
 import socket
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +57,7 @@ from .base import (
     ForkRefused,
     Prepared,
     Process,
+    RawSocketWatch,
     RuntimeError_,
     SandboxGone,
     SandboxSpec,
@@ -132,7 +132,7 @@ class DockerSandbox:
         self.container_id = container_id
         self.keep_home = keep_home
         self.confined = confined  # its commands run through the confine helper
-        self.raw_sockets: Callable[[int], None] | None = None  # (``watch_raw_sockets``)
+        self.raw_sockets: RawSocketWatch | None = None  # (``watch_raw_sockets``)
         self._session_shell: str | None = None  # (made at the first session's start)
         self._session_shell_lock = anyio.Lock()
         # The container's pid 1, watched: when it is gone (killed from the host), so is the
@@ -254,7 +254,7 @@ class DockerSandbox:
             return None
         return netns
 
-    def watch_raw_sockets(self, take: Callable[[int], None]) -> bool:
+    def watch_raw_sockets(self, take: RawSocketWatch) -> bool:
         if not self.confined:  # (the filter is confine's to load)
             return False
         self.raw_sockets = take

@@ -345,6 +345,36 @@ async def test_a_process_left_behind_is_watched_until_it_ends(
         await client.destroy_sandbox(info.id)
 
 
+async def test_processes_left_behind_pin_no_more_than_a_few_descriptors(
+    client: AsyncSandboxClient, server: ServerProcess
+) -> None:
+    """Each command's watch was kept while anything it left ran: 300 commands leaving a
+    sleeper each held 300 of the server's descriptors, and enough of them starved every
+    sandbox's commands (a hostile tester's finding). Only the last few ended commands keep
+    theirs: what older leftovers try fails all the same (ENOSYS), unlogged."""
+    info = await _sandbox(client)
+    pid = server.process.pid
+    try:
+        before = _listeners(pid)
+        for index in range(12):
+            await client.exec(info.id, f"sleep 600 >/dev/null 2>&1 & echo $! > /tmp/p{index}")
+        assert await _until(lambda: _listeners(pid) == before + 4), _listeners(pid)
+        script = (
+            "import os, socket, sys; os.kill(int(open(sys.argv[1]).read()), 9)\n"
+            "try: socket.socket(socket.AF_PACKET, 3)\n"
+            "except OSError as exc: print(exc.strerror)"
+        )
+        attempt = await client.exec(info.id, f"python3 -c '{script}' /tmp/p0")
+        assert attempt.stdout == "Operation not permitted\n"  # (its own command's watch)
+        assert attempt.network_denied == ("packet-socket",)
+        # It left nothing; it took the place of the oldest ended command's watch, then let
+        # its own go.
+        assert await _until(lambda: _listeners(pid) == before + 3), _listeners(pid)
+    finally:
+        await client.destroy_sandbox(info.id)
+    assert await _until(lambda: _listeners(pid) == before), "watches outlived the sandbox"
+
+
 async def test_a_flood_of_raw_sockets_is_paced_and_costs_others_nothing(
     client: AsyncSandboxClient, server: ServerProcess
 ) -> None:

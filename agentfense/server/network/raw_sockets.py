@@ -4,9 +4,12 @@ says it happened.
 
 Every command of a sandbox with a network starts under the seccomp filter of
 ``runtimes/raw_sockets.c``, whose listener the runtime hands here (``RawSocketWatches.give``).
-Such a socket() waits until it is answered. A listener is watched until no process uses its
-filter any more (the kernel then says POLLHUP), or the sandbox stops. ``attempt`` and the
-struct layouts are pure.
+Such a socket() waits until it is answered. A listener is watched while its command runs,
+then while processes it left use the filter (the kernel says POLLHUP when none does), but
+only for the last :data:`_KEPT_AFTER` commands that ended: each listener is a descriptor of
+the server's, and leftovers must not pin one each (300 background processes held 300).
+Those of older commands are closed; what their leftovers try then fails with ENOSYS,
+unlogged. All go when the sandbox stops. ``attempt`` and the struct layouts are pure.
 """
 
 from __future__ import annotations
@@ -14,13 +17,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import logging
 import math
 import os
 import select
 import socket
 import struct
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import anyio
 
@@ -39,10 +45,17 @@ _SOCK_PACKET = 10
 _FAMILIES: dict[int, str] = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6"}
 RAW_KINDS = ("raw-socket", "packet-socket")
 _MOST = 256  # listeners waiting to be watched (a command makes one; more are closed)
+_KEPT_AFTER = 4  # listeners of commands that ended, kept for what they left running
 _PER_SECOND = 200  # attempts answered a second, per sandbox (the callers wait meanwhile)
 
 # (kind, reason): a refused attempt, for the log
 Report = Callable[[str, str], None]
+
+
+@dataclass(eq=False)
+class _Watch:
+    listener: int
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
 
 
 def attempt(args: tuple[int, ...]) -> tuple[str, str] | None:
@@ -53,7 +66,11 @@ def attempt(args: tuple[int, ...]) -> tuple[str, str] | None:
         return "packet-socket", (
             "a packet socket (the sandbox reaches the network only through its proxy)"
         )
-    if domain in _FAMILIES and kind in (socket.SOCK_RAW, _SOCK_PACKET):
+    if domain in _FAMILIES and kind == _SOCK_PACKET:  # (a packet socket of old)
+        return "packet-socket", (
+            "a packet socket (the sandbox reaches the network only through its proxy)"
+        )
+    if domain in _FAMILIES and kind == socket.SOCK_RAW:
         return "raw-socket", (
             f"a raw {_FAMILIES[domain]} socket of protocol {protocol} (the sandbox reaches "
             "the network only through its proxy)"
@@ -71,29 +88,38 @@ class RawSocketWatches:
 
     def __init__(self, report: Report) -> None:
         self._report = report
-        self._send, self._receive = anyio.create_memory_object_stream[int](math.inf)
+        self._send, self._receive = anyio.create_memory_object_stream[_Watch](math.inf)
         self._waiting = 0
+        self._ended: deque[_Watch] = deque()  # of commands that ended, oldest first
         self._next = 0.0  # when the next attempt may be answered
 
-    def give(self, listener: int) -> None:
-        """Watch ``listener`` (this owns it) from now until its filter is unused."""
+    def give(self, listener: int) -> Callable[[], None]:
+        """Watch ``listener`` (this owns it) from now until its filter is unused; what to
+        call when its command's own process has ended."""
+        watch = _Watch(listener)
         if self._waiting >= _MOST:
             os.close(listener)  # (its socket() calls fail with ENOSYS: refused, unlogged)
-            return
+            return _nothing
         try:
-            self._send.send_nowait(listener)
+            self._send.send_nowait(watch)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             os.close(listener)  # (the sandbox stopped)
-            return
+            return _nothing
         self._waiting += 1
+        return functools.partial(self._command_ended, watch)
+
+    def _command_ended(self, watch: _Watch) -> None:
+        self._ended.append(watch)
+        while len(self._ended) > _KEPT_AFTER:
+            self._ended.popleft().scope.cancel()
 
     async def serve(self) -> None:
         """Until cancelled; every listener it watches is closed then (a socket() waiting on
         one fails with ENOSYS)."""
         async with anyio.create_task_group() as tg:
-            async for listener in self._receive:
+            async for watch in self._receive:
                 self._waiting -= 1
-                tg.start_soon(self._watch, listener)
+                tg.start_soon(self._watch, watch)
 
     def close(self) -> None:
         """No more listeners: those given and not yet watched are closed, and any given
@@ -101,28 +127,35 @@ class RawSocketWatches:
         self._send.close()
         while True:
             try:
-                os.close(self._receive.receive_nowait())
+                os.close(self._receive.receive_nowait().listener)
             except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                 break
         self._receive.close()
 
-    async def _watch(self, listener: int) -> None:
+    async def _watch(self, watch: _Watch) -> None:
+        listener = watch.listener
         try:
-            ready = select.poll()
-            ready.register(listener, select.POLLIN)
-            while True:
-                await anyio.wait_readable(listener)
-                events = ready.poll(0)
-                if not any(mask & select.POLLIN for _, mask in events):
-                    if events:  # POLLHUP alone: no process uses the filter any more
-                        return
-                    continue
-                await self._pace()
-                self._answer(listener)
+            with watch.scope:
+                await self._answer_until_unused(listener)
         except OSError as exc:  # (not expected: the listener is given up, its calls ENOSYS)
             _log.warning("a sandbox's raw-socket watch failed: %s", exc)
         finally:
             os.close(listener)
+            with contextlib.suppress(ValueError):
+                self._ended.remove(watch)
+
+    async def _answer_until_unused(self, listener: int) -> None:
+        ready = select.poll()
+        ready.register(listener, select.POLLIN)
+        while True:
+            await anyio.wait_readable(listener)
+            events = ready.poll(0)
+            if not any(mask & select.POLLIN for _, mask in events):
+                if events:  # POLLHUP alone: no process uses the filter any more
+                    return
+                continue
+            await self._pace()
+            self._answer(listener)
 
     async def _pace(self) -> None:
         now = anyio.current_time()
@@ -146,3 +179,7 @@ class RawSocketWatches:
             fcntl.ioctl(listener, SECCOMP_IOCTL_NOTIF_SEND, answer, True)
         if tried is not None:
             self._report(*tried)
+
+
+def _nothing() -> None:
+    pass

@@ -26,7 +26,7 @@ NONBLOCK_CLOEXEC = 0o4000 | 0o2000000
     [
         ((socket.AF_INET, socket.SOCK_RAW, 1), "raw-socket", "raw IPv4 socket of protocol 1"),
         ((socket.AF_INET6, socket.SOCK_RAW | NONBLOCK_CLOEXEC, 58), "raw-socket", "IPv6"),
-        ((socket.AF_INET, 10, 0), "raw-socket", "raw IPv4"),  # (SOCK_PACKET, obsolete)
+        ((socket.AF_INET, 10, 0x300), "packet-socket", "a packet socket"),  # (SOCK_PACKET)
         ((socket.AF_PACKET, socket.SOCK_RAW, 0x300), "packet-socket", "a packet socket"),
         ((socket.AF_PACKET, socket.SOCK_DGRAM, 0), "packet-socket", "a packet socket"),
         # (the high halves of the registers are not the call's: ignored, as the filter does)
