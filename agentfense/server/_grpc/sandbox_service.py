@@ -95,6 +95,7 @@ class SandboxService(pb.SandboxServiceBase):
         self._max_upload_bytes = max_upload_bytes
         self._spool_dir = spool_dir  # where a sandbox file write waits until it is whole
         self._watching: dict[str, int] = {}  # sandbox id: its event watches open
+        self._diff_turns = change_diff.DiffTurns()
 
     def __mapping__(self) -> dict[str, grpclib.const.Handler]:
         mapping: dict[str, grpclib.const.Handler] = super().__mapping__()
@@ -316,18 +317,20 @@ class SandboxService(pb.SandboxServiceBase):
                     f"max_bytes must be from 1 to {change_diff.MOST_MAX_BYTES}"
                 )
             paths = review_paths(request.paths)
-            reply = await self._manager.list_changes(request.sandbox_id, paths)
-            record, view = self._manager.view_root(request.sandbox_id)
-            diff, truncated = await anyio.to_thread.run_sync(
-                functools.partial(
-                    change_diff.render,
-                    reply.changes,
-                    codebase_root=self._manager.codebase_root(record),
-                    view_root=view,
-                    owner=self._manager.view_owner(record),
-                    max_bytes=most,
+            self._manager.view_root(request.sandbox_id)  # (one not there waits for no turn)
+            async with self._diff_turns.turn(request.sandbox_id):
+                reply = await self._manager.list_changes(request.sandbox_id, paths)
+                record, view = self._manager.view_root(request.sandbox_id)
+                diff, truncated = await anyio.to_thread.run_sync(
+                    functools.partial(
+                        change_diff.render,
+                        reply.changes,
+                        codebase_root=self._manager.codebase_root(record),
+                        view_root=view,
+                        owner=self._manager.view_owner(record),
+                        max_bytes=most,
+                    )
                 )
-            )
             return pb.DiffChangesResponse(
                 diff=diff, truncated=truncated or reply.total > len(reply.changes)
             )
