@@ -362,10 +362,12 @@ class FsSupervisor:
         fds: Sequence[int] = (),
         *,
         leave: bool = False,
+        interrupted: str = "",
     ) -> R:
         """Send one request once a process serves every view and wait for its ``answer``;
         if that process dies before answering, wait for the next one and ask it again
-        (every request is idempotent)."""
+        (every request is idempotent), unless ``interrupted`` says why its answer would
+        not be what happened (then UNAVAILABLE, saying so)."""
         for _ in range(3):
             await self.wait_ready()
             try:
@@ -373,6 +375,8 @@ class FsSupervisor:
             except SandboxError as exc:
                 if exc.code != StatusCode.UNAVAILABLE or self._stopping():
                     raise
+                if interrupted:
+                    raise SandboxError(interrupted, code=StatusCode.UNAVAILABLE) from None
                 await anyio.sleep(0.05)
         raise _unavailable()
 
@@ -460,11 +464,15 @@ class FsSupervisor:
         """Commit the view's changes at ``paths`` (None: all; ``()``: none, which reports
         what its requests did since, as a commit does)."""
         message = control.Apply(view_id, paths, overwrite)
-        return self._note(view_id, await self.request(message, control.Committed))
+        # (asked again, it would report only what its second pass did: the paths the first
+        # put in the codebase would be in neither the applied nor the conflicts)
+        why = _interrupted("commit", "the codebase") if paths != () else ""
+        return self._note(view_id, await self.request(message, control.Committed, interrupted=why))
 
     async def discard(self, view_id: str, paths: tuple[str, ...] | None) -> control.Committed:
         message = control.Discard(view_id, paths)
-        return self._note(view_id, await self.request(message, control.Committed))
+        why = _interrupted("discard", "the sandbox's changes")
+        return self._note(view_id, await self.request(message, control.Committed, interrupted=why))
 
     async def list_changes(self, view_id: str, paths: tuple[str, ...] | None) -> control.Changes:
         return await self.request(control.ListChanges(view_id, paths), control.Changes)
@@ -498,6 +506,13 @@ class FsSupervisor:
         their kernels cached of them."""
         if any(m.spec.lower == str(lower) for m in self._views.values()):
             await self.request(control.Changed(str(lower), tuple(paths)), control.Done)
+
+
+def _interrupted(what: str, where: str) -> str:
+    return (
+        f"the permission filesystem restarted during the {what}: some of it may have reached "
+        f"{where} and the rest not; changes() says what is left"
+    )
 
 
 def _unavailable() -> SandboxError:

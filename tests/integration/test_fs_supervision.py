@@ -14,7 +14,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from agentfense import AsyncSandbox, AsyncSandboxClient, SandboxStatus
+from agentfense import AsyncSandbox, AsyncSandboxClient, CommitResult, SandboxError, SandboxStatus
+from agentfense.errors import StatusCode
 from agentfense.testing import start_server_process
 
 pytestmark = pytest.mark.anyio
@@ -202,5 +203,47 @@ async def test_a_broken_control_channel_replaces_the_fs_process(tmp_path: Path) 
                 None,
                 fs_pid,
             )
+    finally:
+        assert await anyio.to_thread.run_sync(server.stop) == 0, server.log()
+
+
+async def test_a_commit_cut_short_by_a_restart_says_so(tmp_path: Path) -> None:
+    """A manual commit whose fs process died midway was asked again of the next one, which
+    reported only what it did itself: 8,126 paths applied, no conflict, where all 20,051
+    had reached the codebase (a hostile tester's finding). A commit either says what it
+    applied, all of it, or that it was cut short, and changes() says what is left."""
+    server = await anyio.to_thread.run_sync(start_server_process, tmp_path)
+    try:
+        async with AsyncSandboxClient(server.endpoint) as client:
+            codebase = await client.create_codebase("cut-short")
+            sandbox = await AsyncSandbox.from_codebase(
+                codebase.id, endpoint=server.endpoint, preset="development", commit="manual"
+            )
+            async with sandbox:
+                await sandbox.run("mkdir a && cd a && for i in $(seq 8000); do : > f$i; done")
+                async with anyio.create_task_group() as tg:
+                    outcome: list[object] = []
+
+                    async def commit() -> None:
+                        try:
+                            outcome.append(await sandbox.commit())
+                        except SandboxError as exc:
+                            outcome.append(exc)
+
+                    tg.start_soon(commit)
+                    await anyio.sleep(0.3)
+                    await _kill_fs(server.process.pid)
+                [result] = outcome
+                left = {change.path for change in await sandbox.changes()}
+                listed = await client.list_files(codebase.id, "a")
+                committed = {f"a/{entry.path.rsplit('/', 1)[-1]}" for entry in listed}
+                if isinstance(result, SandboxError):
+                    assert result.code == StatusCode.UNAVAILABLE
+                    assert "restarted during the commit" in str(result)
+                    assert committed | left >= {f"a/f{i}" for i in range(1, 8001)}
+                else:  # (it ended before the kill: then it says all it did)
+                    assert isinstance(result, CommitResult)
+                    assert len(result.applied) == 8001, len(result.applied)
+                    assert not left
     finally:
         assert await anyio.to_thread.run_sync(server.stop) == 0, server.log()
