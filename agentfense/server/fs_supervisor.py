@@ -390,8 +390,8 @@ class FsSupervisor:
         mountpoint.mkdir(mode=0o755, exist_ok=True)
         try:
             fd = await anyio.to_thread.run_sync(mount_view, mountpoint)
-        except (MountError, OSError) as exc:  # (OSError: /dev/fuse not opened, EMFILE say)
-            with contextlib.suppress(OSError):
+        except BaseException as exc:  # (OSError: /dev/fuse not opened, EMFILE say; or the
+            with contextlib.suppress(OSError):  # call cancelled before the thread began)
                 mountpoint.rmdir()
             if not isinstance(exc, MountError):
                 raise

@@ -202,3 +202,24 @@ async def test_diffs_asked_at_once_take_turns(server: ServerProcess) -> None:
     assert len(set(sizes)) == 1, sizes
     assert sizes[0] > 16 * FILE * 0.9  # (each whole: the files' lines, added)
     assert six < 2 * one + 32 * FILE, f"one diff: {one >> 20} MiB, six: {six >> 20} MiB"
+
+
+async def test_forks_cancelled_leave_no_mount_point(server: ServerProcess) -> None:
+    """A fork cancelled before its view's mount began left the mount point's directory
+    behind, one per fork (a hostile tester's finding)."""
+    views = server.state_dir / "fs" / "views"
+    async with (
+        AsyncSandboxClient(server.endpoint) as client,
+        await _manual(client, server.endpoint) as sandbox,
+    ):
+        await sandbox.run("mkdir d && cd d && for i in $(seq 2000); do echo $i > f$i; done")
+        before = {path.name for path in views.iterdir()}
+        for delay in (0.005, 0.01, 0.02, 0.03, 0.05, 0.08, 0.1, 0.15):
+            with anyio.move_on_after(delay):
+                await client.fork_sandbox(sandbox.id)
+        await anyio.sleep(0.5)  # (what a cancelled call left: its cleanup is done by now)
+        made = {info.id for info in await client.list_sandboxes()} - before
+        for sandbox_id in made:  # (forks that were whole before their cancellation)
+            await client.destroy_sandbox(sandbox_id)
+        left = {path.name for path in views.iterdir()} - before
+        assert left == set(), left
