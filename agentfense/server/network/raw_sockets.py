@@ -7,7 +7,10 @@ Every command of a sandbox with a network starts under the seccomp filter of
 Such a socket() waits until it is answered. A listener is watched while its command runs,
 then while processes it left use the filter (the kernel says POLLHUP when none does), but
 only for the last :data:`_KEPT_AFTER` commands that ended: each listener is a descriptor of
-the server's, and leftovers must not pin one each (300 background processes held 300).
+the server's, and leftovers must not pin one each (300 background processes held 300). The
+older ones go :data:`_SETTLE` seconds after a command ends: a command that left nothing
+holds its filter a moment longer (its guard, its launcher), and must not push out the watch
+of one that left something.
 Those of older commands are closed; what their leftovers try then fails with ENOSYS,
 unlogged. All go when the sandbox stops. ``attempt`` and the struct layouts are pure.
 """
@@ -29,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
+import anyio.abc
 
 _log = logging.getLogger("agentfense.server.network")
 
@@ -46,6 +50,7 @@ _FAMILIES: dict[int, str] = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6"}
 RAW_KINDS = ("raw-socket", "packet-socket")
 _MOST = 256  # listeners waiting to be watched (a command makes one; more are closed)
 _KEPT_AFTER = 4  # listeners of commands that ended, kept for what they left running
+_SETTLE = 2.0  # seconds after a command's end before the oldest such listeners go
 _PER_SECOND = 200  # attempts answered a second, per sandbox (the callers wait meanwhile)
 
 # (kind, reason): a refused attempt, for the log
@@ -56,18 +61,15 @@ Report = Callable[[str, str], None]
 class _Watch:
     listener: int
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    done: bool = False  # (its listener closed: no process used the filter any more)
 
 
 def attempt(args: tuple[int, ...]) -> tuple[str, str] | None:
     """What a socket() of ``args`` (domain, type, protocol) tried, as a kind and a reason;
     None for a socket the filter does not stop."""
     domain, kind, protocol = args[0] & 0xFFFFFFFF, args[1] & 0xF, args[2] & 0xFFFFFFFF
-    if domain == socket.AF_PACKET:
-        return "packet-socket", (
-            "a packet socket (the sandbox reaches the network only through its proxy)"
-        )
-    if domain in _FAMILIES and kind == _SOCK_PACKET:  # (a packet socket of old)
-        return "packet-socket", (
+    if domain == socket.AF_PACKET or (domain in _FAMILIES and kind == _SOCK_PACKET):
+        return "packet-socket", (  # (SOCK_PACKET: a packet socket of old)
             "a packet socket (the sandbox reaches the network only through its proxy)"
         )
     if domain in _FAMILIES and kind == socket.SOCK_RAW:
@@ -91,6 +93,7 @@ class RawSocketWatches:
         self._send, self._receive = anyio.create_memory_object_stream[_Watch](math.inf)
         self._waiting = 0
         self._ended: deque[_Watch] = deque()  # of commands that ended, oldest first
+        self._task_group: anyio.abc.TaskGroup | None = None  # (while it serves)
         self._next = 0.0  # when the next attempt may be answered
 
     def give(self, listener: int) -> Callable[[], None]:
@@ -109,14 +112,22 @@ class RawSocketWatches:
         return functools.partial(self._command_ended, watch)
 
     def _command_ended(self, watch: _Watch) -> None:
+        if watch.done:  # (its command left nothing running)
+            return
         self._ended.append(watch)
-        while len(self._ended) > _KEPT_AFTER:
+        if self._task_group is not None:
+            self._task_group.start_soon(self._settle)
+
+    async def _settle(self) -> None:
+        await anyio.sleep(_SETTLE)
+        while len(self._ended) > _KEPT_AFTER:  # (those that ended by now are gone from it)
             self._ended.popleft().scope.cancel()
 
     async def serve(self) -> None:
         """Until cancelled; every listener it watches is closed then (a socket() waiting on
         one fails with ENOSYS)."""
         async with anyio.create_task_group() as tg:
+            self._task_group = tg
             async for watch in self._receive:
                 self._waiting -= 1
                 tg.start_soon(self._watch, watch)
@@ -127,9 +138,11 @@ class RawSocketWatches:
         self._send.close()
         while True:
             try:
-                os.close(self._receive.receive_nowait().listener)
+                watch = self._receive.receive_nowait()
             except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
                 break
+            os.close(watch.listener)
+            watch.done = True
         self._receive.close()
 
     async def _watch(self, watch: _Watch) -> None:
@@ -141,6 +154,7 @@ class RawSocketWatches:
             _log.warning("a sandbox's raw-socket watch failed: %s", exc)
         finally:
             os.close(listener)
+            watch.done = True
             with contextlib.suppress(ValueError):
                 self._ended.remove(watch)
 
