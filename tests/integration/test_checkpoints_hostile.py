@@ -158,52 +158,6 @@ async def test_checkpoints_take_of_the_disk_no_more_than_a_delta_may(
         assert listed.stdout.split() == ["300", str(40 * FILE), "2", "10000000", "2"]
 
 
-def _rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
-async def test_diffs_asked_at_once_take_turns(server: ServerProcess) -> None:
-    """A diff of many bytes costs the server several times them: twenty of 64 MiB at once
-    grew it by 3.8 GB, and held other sandboxes' commands for seconds (a hostile tester's
-    finding). Diffs now take turns (two on the server, one per sandbox): six of a sandbox at
-    once cost about what one does, and each is whole."""
-    pid = server.process.pid
-    async with (
-        AsyncSandboxClient(server.endpoint) as client,
-        await _manual(client, server.endpoint) as sandbox,
-    ):
-        await sandbox.run(
-            "for i in $(seq 16); do yes 'a line of the sandbox' | head -c 1000000 > f$i; done",
-            raise_on_error=True,
-        )
-        sizes: list[int] = []
-
-        async def diff() -> None:
-            sizes.append(len(await sandbox.diff(max_bytes=64 * FILE)))
-
-        async def peak_while(count: int) -> int:
-            """The server's largest RSS while ``count`` diffs run at once."""
-            sizes.clear()
-            peak = 0
-            async with anyio.create_task_group() as tg:
-                for _ in range(count):
-                    tg.start_soon(diff)
-                while len(sizes) < count:
-                    peak = max(peak, _rss(pid))
-                    await anyio.sleep(0.01)
-            return peak
-
-        before = _rss(pid)
-        one = await peak_while(1) - before
-        six = await peak_while(6) - before
-    assert len(set(sizes)) == 1, sizes
-    assert sizes[0] > 16 * FILE * 0.9  # (each whole: the files' lines, added)
-    assert six < 2 * one + 32 * FILE, f"one diff: {one >> 20} MiB, six: {six >> 20} MiB"
-
-
 async def test_forks_cancelled_leave_no_mount_point(server: ServerProcess) -> None:
     """A fork cancelled before its view's mount began left the mount point's directory
     behind, one per fork (a hostile tester's finding)."""

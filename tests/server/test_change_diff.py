@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from agentfense.fs.control import ChangeEntry
@@ -133,3 +134,40 @@ def test_line_matching_costs_a_bounded_amount_of_work(trees: tuple[Path, Path]) 
         "diff --git a/f b/f\nFiles a/f and b/f differ (too many changed lines to diff)\n"
     )
     assert os.stat(codebase / "f").st_size < change_diff.MAX_FILE_BYTES
+
+
+@pytest.mark.anyio
+async def test_diffs_take_turns_one_per_sandbox_and_two_on_the_server() -> None:
+    """A diff costs a core and several times its bytes: twenty at once grew a server by
+    3.8 GB (a hostile tester's finding). At most two run on the server, one per sandbox; a
+    diff cancelled while it waits takes no turn and leaves none held."""
+    turns = change_diff.DiffTurns()
+    running: list[str] = []
+    most = 0
+    release = anyio.Event()
+
+    async def diff(sandbox_id: str) -> None:
+        nonlocal most
+        async with turns.turn(sandbox_id):
+            running.append(sandbox_id)
+            most = max(most, len(running))
+            await release.wait()
+            running.remove(sandbox_id)
+
+    async with anyio.create_task_group() as tg:
+        for sandbox_id in ("a", "a", "a", "b", "b", "c"):
+            tg.start_soon(diff, sandbox_id)
+        await anyio.wait_all_tasks_blocked()
+        assert len(running) == len(set(running)) == 2  # (two sandboxes; the rest wait)
+        with anyio.move_on_after(0.01):  # (one that leaves while it waits)
+            await diff("c")
+        release.set()
+    assert most == 2
+    assert not running
+    release = anyio.Event()
+    async with anyio.create_task_group() as tg:  # (every turn was given back)
+        tg.start_soon(diff, "c")
+        tg.start_soon(diff, "d")
+        await anyio.wait_all_tasks_blocked()
+        assert sorted(running) == ["c", "d"]
+        release.set()
