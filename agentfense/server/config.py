@@ -115,12 +115,13 @@ class ServerConfig:
     # for, names the proxy resolves to an address of the operator's ([server.network_hosts]:
     # a mirror, a test server; loopback and private addresses only reachable so), and each
     # sandbox's limits: connections open at once, bytes per second both ways (0: no limit),
-    # and the entries of its connection log kept.
+    # new connections a second (0: no limit), and the entries of its connection log kept.
     network_allow: tuple[str, ...] = ("*:*",)
     network_open_egress: bool = True
     network_hosts: Mapping[str, str] = field(default_factory=dict)
     network_max_connections: int = 64
     network_bytes_per_second: int = 0
+    network_connections_per_second: int = 100
     network_log_entries: int = 1000
 
     def __post_init__(self) -> None:
@@ -178,8 +179,10 @@ class ServerConfig:
             raise InvalidConfigurationError(
                 "network_max_connections and network_log_entries must be >= 1"
             )
-        if self.network_bytes_per_second < 0:
-            raise InvalidConfigurationError("network_bytes_per_second must be >= 0")
+        if self.network_bytes_per_second < 0 or self.network_connections_per_second < 0:
+            raise InvalidConfigurationError(
+                "network_bytes_per_second and network_connections_per_second must be >= 0"
+            )
         if self.auth not in ("token", "none"):
             raise InvalidConfigurationError(f"auth must be 'token' or 'none', not {self.auth!r}")
 

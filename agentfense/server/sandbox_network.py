@@ -26,7 +26,9 @@ class SandboxNetworks:
     def __init__(self, config: ServerConfig, audit: AuditLog | None) -> None:
         self._operator: OperatorNetwork = config.operator_network()
         self._limits = NetworkLimits(
-            config.network_max_connections, config.network_bytes_per_second
+            config.network_max_connections,
+            config.network_bytes_per_second,
+            config.network_connections_per_second,
         )
         self._log_entries = config.network_log_entries
         self._server_ports = frozenset(_server_ports(config))

@@ -382,6 +382,7 @@ def limited_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerP
             "network_hosts": f"{MIRROR}=127.0.0.1",
             "network_max_connections": "2",
             "network_bytes_per_second": str(MiB),
+            "network_connections_per_second": "20",
         },
     )
     yield running
@@ -418,6 +419,21 @@ for _ in range(3):
         # 3 MiB at 1 MiB/s, the first MiB at once (the burst): about 2 s, not a fraction.
         assert int(size) == 3 * MiB
         assert float(seconds) >= 1.5, timed.stdout
+        # 60 connections, one after another: 20 at once (the burst), then 20 a second.
+        script = """
+import socket, time
+began, answered = time.monotonic(), 0
+for _ in range(60):
+    s = socket.create_connection(("127.0.0.1", 3128))
+    s.sendall(b"GET / HTTP/1.1\\r\\n\\r\\n")  # (no host: refused at once)
+    answered += s.recv(100).startswith(b"HTTP/1.1 400")
+    s.close()
+print(answered, round(time.monotonic() - began, 1))
+"""
+        paced = await client.exec(info.id, "python3 -", stdin=script)
+        answered, seconds = paced.stdout.split()
+        assert answered == "60", paced.stderr
+        assert float(seconds) >= 1.5, paced.stdout
 
 
 def _socket_fds(pid: int) -> int:

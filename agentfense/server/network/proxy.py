@@ -80,6 +80,10 @@ _ERRORS_EVERY = 60.0  # seconds between two tracebacks of a sandbox's connection
 class NetworkLimits:
     max_connections: int = 64  # open at once, per sandbox
     bytes_per_second: int = 0  # both ways together, per sandbox (0: no limit)
+    # New connections taken a second, per sandbox (0: no limit): each costs the server's
+    # loop a millisecond or so, and 1,400 a second from one sandbox tripled another's
+    # command's time. Past it, connections wait in the listening socket's queue.
+    connections_per_second: int = 100
 
 
 # (kind, host, port, reason, unreported): for the audit log, at most _AUDITED_PER_SECOND a
@@ -89,11 +93,12 @@ _AUDITED_PER_SECOND = 20
 
 
 class _Rate:
-    """A token bucket: ``take(n)`` waits until the sandbox may move ``n`` more bytes."""
+    """A token bucket: ``take(n)`` waits until the sandbox may move ``n`` more bytes (or
+    take ``n`` more connections)."""
 
-    def __init__(self, per_second: int) -> None:
+    def __init__(self, per_second: int, burst: int) -> None:
         self._rate = per_second
-        self._burst = max(per_second, CHUNK)
+        self._burst = max(per_second, burst)
         self._tokens = float(self._burst)
         self._at = anyio.current_time()
 
@@ -141,7 +146,8 @@ class SandboxProxy:
         self._log = log
         self._server_ports = server_ports
         self._on_denied = on_denied
-        self._rate = _Rate(limits.bytes_per_second)
+        self._rate = _Rate(limits.bytes_per_second, CHUNK)
+        self._accepts = _Rate(limits.connections_per_second, 1)
         self._lookups = anyio.CapacityLimiter(_LOOKUPS)
         self._error_logged = -_ERRORS_EVERY
         self._open = 0
@@ -192,6 +198,7 @@ class SandboxProxy:
 
     async def _accept(self, listener: socket.socket, tg: anyio.abc.TaskGroup) -> None:
         while True:
+            await self._accepts.take(1)
             try:
                 conn = await accept(listener)
             except OSError as exc:  # (EMFILE: the server's limit; later ones may pass)
