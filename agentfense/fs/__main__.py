@@ -352,8 +352,13 @@ class FsProcess:
         ``paths`` (the entry in its parent, the parent's listing, the file) before the
         change is acknowledged; a view that cannot within INVALIDATION_WAIT catches up later."""
         waiting = []
-        for server in list(self.servers.values()):
+        for view_id, server in list(self.servers.items()):
             if server is exclude or server.view.lower.root != lower:
+                continue
+            if server.closed:  # (unmounted, never removed: said once, then left alone)
+                if not server.said_closed:
+                    server.said_closed = True
+                    log.warning("view %s: its connection ended, but it was never removed", view_id)
                 continue
             messages = _invalidations(server.view, paths)
             if messages:

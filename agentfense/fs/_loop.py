@@ -55,7 +55,10 @@ _READS = frozenset(
 
 class Notifier:
     """Writes notifications to one connection, in order, from a thread that exists only
-    while there are some to write. ``send`` returns an event set once they are written."""
+    while there are some to write. ``send`` returns an event set once they are written.
+    Once :meth:`close` is called (before the connection's fd is), nothing more is written:
+    a number closed may be another file's by then (a hostile tester saw a destroyed view's
+    notifier write on into a number reused by a directory)."""
 
     def __init__(self, fd: int, name: str) -> None:
         self._fd = fd
@@ -65,6 +68,13 @@ class Notifier:
         )
         self._lock = threading.Lock()
         self._running = False
+        self._writing = threading.Lock()  # (held by each write, and by close)
+        self._closed = False
+
+    def close(self) -> None:
+        """No more writes: from now on what is sent is dropped (and said written)."""
+        with self._writing:
+            self._closed = True
 
     def send(self, messages: Iterable[bytes]) -> threading.Event:
         """Write ``messages`` (iterated in the notifier's thread) after those sent before."""
@@ -89,7 +99,10 @@ class Notifier:
             try:
                 for message in messages:
                     try:
-                        os.write(self._fd, message)
+                        with self._writing:
+                            if self._closed:
+                                break
+                            os.write(self._fd, message)
                     except OSError as exc:
                         # ENOENT: nothing cached there. ENODEV: the connection is gone.
                         if exc.errno not in (errno.ENOENT, errno.ENODEV, errno.ENOTCONN):
@@ -137,6 +150,8 @@ class ViewServer:
         self.ops = Operations(view, self.notifier.send)
         self._recover = recover
         self.requests = 0
+        self.closed = False  # (its connection ended: the view is closed)
+        self.said_closed = False  # (that it lingers, logged once: ``FsProcess._invalidate``)
         self._op_counts = [0] * len(control.FS_OPS)  # since the last take_op_counts()
         self._next_upkeep = 0
         self._turn = threading.Condition()
@@ -232,6 +247,8 @@ class ViewServer:
             buffer.close()
             self.view.close()
             self.generation.close()
+            self.notifier.close()  # (before the number may be another file's)
+            self.closed = True
             os.close(self.fd)
 
     def take_op_counts(self) -> tuple[int, ...]:
