@@ -321,13 +321,13 @@ class FsSupervisor:
             async with self._send_lock:
                 channel = self._channel
                 if channel is None:
-                    raise _unavailable()
+                    raise _NotSent()
                 self._pending[message.seq] = pending
                 try:
                     await channel.send_async(payload, fds)
-                except OSError:
+                except OSError:  # (the process is gone: nothing of it was read)
                     self._pending.pop(message.seq, None)
-                    raise _unavailable() from None
+                    raise _NotSent() from None
             if not leave:
                 await pending.done.wait()
         if leave:
@@ -375,7 +375,7 @@ class FsSupervisor:
             except SandboxError as exc:
                 if exc.code != StatusCode.UNAVAILABLE or self._stopping():
                     raise
-                if interrupted:
+                if interrupted and not isinstance(exc, _NotSent):
                     raise SandboxError(interrupted, code=StatusCode.UNAVAILABLE) from None
                 await anyio.sleep(0.05)
         raise _unavailable()
@@ -513,6 +513,13 @@ def _interrupted(what: str, where: str) -> str:
         f"the permission filesystem restarted during the {what}: some of it may have reached "
         f"{where} and the rest not; changes() says what is left"
     )
+
+
+class _NotSent(SandboxError):
+    """A request no process received (it was not running, or gone before the send)."""
+
+    def __init__(self) -> None:
+        super().__init__("the permission filesystem stopped", code=StatusCode.UNAVAILABLE)
 
 
 def _unavailable() -> SandboxError:
