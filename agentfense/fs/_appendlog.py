@@ -66,7 +66,9 @@ class AppendLog:
         """The file is ``data`` from now on (written aside, then renamed over it)."""
         temporary = self.path.with_name(self.path.name + ".new")
         try:
-            temporary.write_bytes(data)
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            with open(fd, "wb") as out:
+                out.write(data)
             os.replace(temporary, self.path)
         except OSError:
             with contextlib.suppress(OSError):

@@ -336,6 +336,16 @@ async def test_modes_are_the_sandbox_s_through_commit_fork_and_restore(
             await sandbox.restore(checkpoint)
             restored = await sandbox.run("stat -c '%a %n' open open/f closed closed/f")
             assert restored.stdout == made.stdout
+            # The server's own files stay its own (its fs process runs under a umask of 0):
+            # only the sandbox's entries have the modes the sandbox gave them.
+            delta = server.state_dir / "deltas" / sandbox.id
+            shared = [
+                path
+                for path in delta.rglob("*")
+                if "upper" not in path.relative_to(delta).parts
+                and path.lstat().st_mode & 0o022
+            ]
+            assert shared == [], shared
             result = await sandbox.commit()
             assert "open" in result.applied
             assert not result.conflicts
