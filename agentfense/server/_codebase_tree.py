@@ -9,11 +9,13 @@ import errno
 import os
 import re
 import stat
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import anyio
 
 from ..errors import (
     CodebaseNotFoundError,
@@ -169,19 +171,9 @@ def _write_all(fd: int, data: bytes | bytearray, digest: Any) -> None:
 def _commit_upload(
     temp: Path, files_dir: Path, codebase_id: str, parts: builtins.list[str]
 ) -> tuple[int, int, int]:
-    """Put the upload in place; how the tree changed: bytes of its regular files, entries,
-    regular files. Under the codebase's lock: a commit checks what the codebase holds, then
-    renames, and an upload between the two would be overwritten unreported."""
-    try:
-        with codebase_lock.writing(files_dir):
-            return _place_upload(temp, files_dir, codebase_id, parts)
-    except FileNotFoundError:  # (the codebase was deleted meanwhile)
-        raise _not_found(codebase_id) from None
-
-
-def _place_upload(
-    temp: Path, files_dir: Path, codebase_id: str, parts: builtins.list[str]
-) -> tuple[int, int, int]:
+    """Put the upload in place (the caller holds the codebase's lock: a commit checks what
+    the codebase holds, then renames, and an upload between the two would be overwritten
+    unreported); how the tree changed: bytes of its regular files, entries, regular files."""
     path = "/".join(parts)
     made: builtins.list[str] = []
     parent = _open_parent(
@@ -202,6 +194,25 @@ def _place_upload(
     if stat.S_ISREG(before.st_mode):
         return size - before.st_size, 0, 0
     return size, 0, 1  # (it replaced a link, or another kind of entry)
+
+
+@contextlib.asynccontextmanager
+async def holding_codebase(files_dir: Path, codebase_id: str) -> AsyncIterator[None]:
+    """Hold the codebase's lock (``fs/codebase_lock.py``), waiting for it on the event loop."""
+    pause = 0.005
+    while True:
+        try:
+            fd = codebase_lock.try_writing(files_dir)
+        except FileNotFoundError:  # (the codebase was deleted meanwhile)
+            raise _not_found(codebase_id) from None
+        if fd is not None:
+            break
+        await anyio.sleep(pause)
+        pause = min(pause * 2, 0.05)
+    try:
+        yield
+    finally:
+        os.close(fd)
 
 
 def _discard_temp(fd: int, temp: Path) -> None:

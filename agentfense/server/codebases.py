@@ -44,6 +44,7 @@ from ._codebase_tree import (
     _not_found,
     _open_for_read,
     _write_all,
+    holding_codebase,
 )
 from ._paths import InvalidPathError, normalize_relpath
 from .callers import creating_tenant, may_see
@@ -450,13 +451,15 @@ class CodebaseStore:
             if not total_size:  # (what was sent, when no size was declared)
                 await self._reserve_room(room, record.tenant, size, 0)
             if fd < 0:
-                grown = await _run(write_whole, buffer)
+                async with holding_codebase(files_dir, record.id):
+                    grown = await _run(write_whole, buffer)
             else:
                 if buffer:
                     await _run(_write_all, fd, buffer, digest)
                 closing, fd = fd, -1
                 await _run(os.close, closing)
-                grown = await _run(_commit_upload, temp, files_dir, record.id, parts)
+                async with holding_codebase(files_dir, record.id):
+                    grown = await _run(_commit_upload, temp, files_dir, record.id, parts)
             self.usage_changed(record.id, *grown)
             room.close()  # (counted now, no longer reserved)
         finally:

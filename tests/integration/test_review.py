@@ -342,8 +342,7 @@ async def test_modes_are_the_sandbox_s_through_commit_fork_and_restore(
             shared = [
                 path
                 for path in delta.rglob("*")
-                if "upper" not in path.relative_to(delta).parts
-                and path.lstat().st_mode & 0o022
+                if "upper" not in path.relative_to(delta).parts and path.lstat().st_mode & 0o022
             ]
             assert shared == [], shared
             result = await sandbox.commit()
@@ -360,3 +359,36 @@ async def test_modes_are_the_sandbox_s_through_commit_fork_and_restore(
             "closed": "0o750",
             "closed/f": "0o640",
         }
+
+
+async def test_uploads_waiting_for_a_codebase_hold_up_no_one_else(
+    server: ServerProcess, endpoint: str
+) -> None:
+    """Uploads waited for a codebase's lock in worker threads: forty of them, while a long
+    commit held it, took every thread the server shares, and another codebase's upload, a
+    listing, another sandbox's command waited for the commit (a hostile tester's finding).
+    They now wait on the event loop."""
+    async with AsyncSandboxClient(endpoint) as client:
+        busy, other = await _codebase(client), await _codebase(client)
+        files = server.state_dir / "codebases" / busy / "files"
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with codebase_lock.writing(files):
+                held.set()
+                release.wait(60)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, hold)
+            await anyio.to_thread.run_sync(held.wait)
+            for index in range(60):
+                tg.start_soon(client.upload_file, busy, f"waiting/{index}", "w\n")
+            await anyio.sleep(0.5)
+            try:
+                with anyio.fail_after(10):  # (while the lock is still held)
+                    await client.upload_file(other, "free.txt", "free\n")
+                    assert {f.path for f in await client.list_files(other)} >= {"free.txt"}
+            finally:
+                release.set()
+        listed = await client.list_files(busy, "waiting")
+        assert len(listed) == 60  # (and those that waited went in, all of them)
