@@ -6,10 +6,13 @@ said to differ, not shown); the codebase's side from the codebase. Neither follo
 Text is diffed line by line; a file with a NUL byte in its first 8 KiB is binary, and one
 larger than :data:`MAX_FILE_BYTES` on either side is summarised: a line each, never its
 content. Directories show only as what their files show. The whole diff stops at
-``max_bytes`` (at a line's end), and says it did: the work a request costs is bounded by it
-and by the size of the files it reads, never by the size of the codebase. Line matching costs
-up to the product of the two sides' changed lines (what lies between their common first and
-last lines): a request matches up to :data:`MATCH_BUDGET` of it, and summarises a file beyond.
+``max_bytes`` (at a line's end), and says it did; a request reads at most
+:data:`READ_BUDGET` bytes of files (one file of several names is read once per name: 20,000
+names of one file of 1 MiB made a diff read 20 GB for a minute), and summarises the files
+beyond. So the work a request costs is bounded, never by the size of the codebase. Line
+matching costs up to the product of the two sides' changed lines (what lies between their
+common first and last lines): a request matches up to :data:`MATCH_BUDGET` of it, and
+summarises a file beyond.
 A file the diff cannot read (a directory on the way the sandbox made unreadable, say) is
 summarised too. Names are quoted as git quotes them: one holding a newline never forges a
 line of the diff.
@@ -39,6 +42,7 @@ MAX_FILE_BYTES = 1 << 20
 # Pairs of changed lines a request's line matching may consider (difflib's cost, quadratic in
 # them: a second or so of a core for the whole request, whatever the sandbox wrote).
 MATCH_BUDGET = 10_000_000
+READ_BUDGET = 256 << 20  # bytes of files a request reads (a second or so, through a view)
 _CONTEXT = 3  # lines of context around each hunk (git's and difflib's)
 DEFAULT_MAX_BYTES = 1 << 20
 MOST_MAX_BYTES = 64 << 20
@@ -81,10 +85,12 @@ class _Unreadable(Exception):
 
 
 class _Budget:
-    """What is left of a request's line matching (:data:`MATCH_BUDGET`)."""
+    """What is left of a request's line matching (:data:`MATCH_BUDGET`), and of the bytes
+    it may read (:data:`READ_BUDGET`)."""
 
-    def __init__(self, pairs: int) -> None:
+    def __init__(self, pairs: int, read: int) -> None:
         self.left = pairs
+        self.read_left = read
 
 
 _ESCAPES = {7: b"\\a", 8: b"\\b", 9: b"\\t", 10: b"\\n", 11: b"\\v", 12: b"\\f", 13: b"\\r"}
@@ -117,17 +123,17 @@ def _stat(tree: HostTree, rel: str) -> os.stat_result | None:
         return None
 
 
-def _read(tree: HostTree, rel: str) -> bytes:
+def _read(tree: HostTree, rel: str, budget: _Budget) -> bytes:
     """A file's bytes (a symlink's target), or _Unreadable."""
     try:
-        return _read_file(tree, rel)
+        return _read_file(tree, rel, budget)
     except PermissionError:
         raise _Unreadable("the sandbox's permissions do not let it read it") from None
     except OSError as exc:  # (changed while read, say)
         raise _Unreadable(f"it cannot be read: {exc.strerror or exc}") from None
 
 
-def _read_file(tree: HostTree, rel: str) -> bytes:
+def _read_file(tree: HostTree, rel: str, budget: _Budget) -> bytes:
     st = tree.try_lstat(rel)
     if st is None:
         raise _Unreadable("it is gone")
@@ -137,6 +143,9 @@ def _read_file(tree: HostTree, rel: str) -> bytes:
         raise _Unreadable("it is not a regular file")
     if st.st_size > MAX_FILE_BYTES:
         raise _Unreadable(f"{st.st_size} bytes: larger than {MAX_FILE_BYTES} bytes")
+    if st.st_size > budget.read_left:
+        raise _Unreadable(f"not shown: this diff read its most, {READ_BUDGET >> 20} MiB")
+    budget.read_left -= st.st_size
     fd = tree.open(rel, os.O_RDONLY | os.O_NONBLOCK)
     try:
         chunks, left = [], MAX_FILE_BYTES + 1
@@ -182,12 +191,12 @@ def _one(
     a_name = _quoted(b"a/" + name) if old is not None else b"/dev/null"
     b_name = _quoted(b"b/" + name) if new is not None else b"/dev/null"
     try:
-        before = _read(codebase, change.path) if old is not None else b""
+        before = _read(codebase, change.path, budget) if old is not None else b""
     except _Unreadable as exc:
         yield b"Files %s and %s differ (%s: %s)\n" % (a_name, b_name, a_name, str(exc).encode())
         return
     try:
-        after = _read(view, change.path) if new is not None else b""
+        after = _read(view, change.path, budget) if new is not None else b""
     except _Unreadable as exc:
         yield b"Files %s and %s differ (%s: %s)\n" % (a_name, b_name, b_name, str(exc).encode())
         return
@@ -269,7 +278,7 @@ def render(
 ) -> tuple[bytes, bool]:
     """The diff of ``changes`` (by path) and whether it stopped at ``max_bytes``."""
     out = bytearray()
-    budget = _Budget(MATCH_BUDGET)
+    budget = _Budget(MATCH_BUDGET, READ_BUDGET)
     with contextlib.ExitStack() as stack:
         codebase = HostTree(codebase_root)
         stack.callback(codebase.close)

@@ -171,3 +171,21 @@ async def test_diffs_take_turns_one_per_sandbox_and_two_on_the_server() -> None:
         await anyio.wait_all_tasks_blocked()
         assert sorted(running) == ["c", "d"]
         release.set()
+
+
+def test_a_request_reads_a_bounded_amount(
+    trees: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file of several names is read once per name: 20,000 names of one file of 1 MiB
+    made a diff read 20 GB, and hold a turn of the server's for a minute (a hostile
+    tester's finding). What is past the request's reading budget is summarised."""
+    monkeypatch.setattr(change_diff, "READ_BUDGET", 3 << 20)
+    _, view = trees
+    (view / "f0").write_bytes(b"a line\n" * (1 << 17))  # (896 KiB)
+    for index in range(1, 6):
+        os.link(view / "f0", view / f"f{index}")
+    names = [f"f{index}" for index in range(6)]
+    diff = render(trees, *(ChangeEntry(n, "added", "file", 1 << 17, 0o644) for n in names))
+    shown = [n for n in names if f"+++ b/{n}\n" in diff]
+    summarised = [n for n in names if f"(b/{n}: not shown: this diff read its most" in diff]
+    assert (shown, summarised) == (names[:3], names[3:]), diff[-500:]
