@@ -244,6 +244,23 @@ def copy_file(src: HostTree, src_rel: str, dst: HostTree, dst_rel: str) -> None:
         os.close(fd_in)
 
 
+def link_into(src: HostTree, src_rel: str, dst: HostTree, dst_rel: str) -> bool:
+    """A new name ``dst_rel`` of ``dst`` for the regular file ``src_rel`` of ``src`` (one
+    filesystem); False when there is no such file, or it has the most names its disk allows."""
+    st = src.try_lstat(src_rel)
+    if st is None or not stat.S_ISREG(st.st_mode):
+        return False
+    with src.parent(src_rel) as (src_fd, src_name), dst.parent(dst_rel) as (dst_fd, dst_name):
+        try:
+            os.link(src_name, dst_name, src_dir_fd=src_fd, dst_dir_fd=dst_fd,
+                    follow_symlinks=False)  # fmt: skip
+        except OSError as exc:
+            if exc.errno in (errno.EMLINK, errno.ENOENT):
+                return False
+            raise
+    return True
+
+
 def _copy_data(fd_in: int, fd_out: int, size: int) -> None:
     """The first ``size`` bytes of ``fd_in`` into the empty ``fd_out``, extent by extent: a
     hole stays a hole (a sparse file of 3 GiB that holds nothing costs nothing, copied)."""

@@ -7,7 +7,8 @@ rename each). Last committer wins per file. Both walks are iterative, whatever t
 sandbox made, and tolerate another view of the same codebase committing at the same time.
 A file still open in the sandbox needs nothing special: its next write copies it up again.
 A file with several names (hard links made in the sandbox) is committed as a copy and stays
-in the delta, so that its names go on sharing one content there.
+in the delta, so that its names go on sharing one content there; its names share one copy in
+the codebase too (a file of 100 MB with 31 names took 3 GB of the codebase, a copy each).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import stat
 from dataclasses import dataclass, field
 
 from ..types import Permission
-from ._host import HostTree, copy_file, split
+from ._host import HostTree, copy_file, link_into, split
 from .view import View, join
 
 log = logging.getLogger("agentfense.fs")
@@ -34,6 +35,7 @@ class CommitResult:
     bytes_delta: int = 0  # how the codebase's size changed
     written: int = 0  # bytes of the regular files moved into it
     entries_delta: int = 0  # and its number of entries
+    copies: dict[tuple[int, int], str] = field(default_factory=dict)  # a file's copy: where
 
 
 def _parent(rel: str) -> str:
@@ -166,20 +168,27 @@ def _apply_one(
             return
         target = None
     result.changed.append(rel)
+    written = st.st_size if stat.S_ISREG(mode) else 0
     if stat.S_ISREG(mode) and st.st_nlink > 1:
         # Copied beside the delta, out of every view's sight, then renamed in: a commit cut
-        # short leaves no partial copy in the codebase (the next copy replaces it).
+        # short leaves no partial copy in the codebase (the next copy replaces it). Its
+        # other names link to that copy.
+        first = result.copies.get((st.st_dev, st.st_ino))
         try:
-            copy_file(upper, rel, view.orphans, _COPY)
+            if first is not None and link_into(lower, first, view.orphans, _COPY):
+                written = 0
+            else:
+                copy_file(upper, rel, view.orphans, _COPY)
             view.orphans.rename(_COPY, rel, lower)
         except OSError:
             with contextlib.suppress(OSError):
                 view.orphans.unlink(_COPY)  # (a full disk): its room back
             raise
+        result.copies.setdefault((st.st_dev, st.st_ino), rel)
         waiting.add(_parent(rel))
     else:
         upper.rename(rel, rel, lower)
-    result.written += st.st_size if stat.S_ISREG(mode) else 0
+    result.written += written
     result.bytes_delta += (st.st_size if stat.S_ISREG(mode) else 0) - (
         target.st_size if target is not None and stat.S_ISREG(target.st_mode) else 0
     )

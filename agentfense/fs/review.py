@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from ._bases import ABSENT, signature
-from ._host import copy_file
+from ._host import copy_file, link_into
 from .view import View, join
 
 _COPY = "commit-copy"  # in the view's orphans directory (as ``commit.py`` names it)
@@ -284,6 +284,7 @@ class Applied:
     bytes_delta: int = 0
     entries_delta: int = 0
     written: int = 0
+    copies: dict[tuple[int, int], str] = field(default_factory=dict)  # a file's copy: where
 
 
 def _conflict(view: View, change: Change, found: Survey) -> str | None:
@@ -352,22 +353,29 @@ def _place(view: View, change: Change, found: Survey, result: Applied) -> None:
         view.lower.rmdir(rel)
         result.entries_delta -= 1
         c = None
+    written = _size(v)
     if stat.S_ISREG(v.st_mode) and found.linked_by_sandbox(v):
         # Its other names stay in the delta, sharing its content: a copy goes in (made out
-        # of every view's sight, then renamed: never a partial file in the codebase). (A
-        # file linked only into checkpoints moves in: the codebase never changes in place.)
+        # of every view's sight, then renamed: never a partial file in the codebase), which
+        # its other names committed with it share. (A file linked only into checkpoints
+        # moves in: the codebase never changes in place.)
+        first = result.copies.get((v.st_dev, v.st_ino))
         try:
-            copy_file(view.upper, rel, view.orphans, _COPY)
+            if first is not None and link_into(view.lower, first, view.orphans, _COPY):
+                written = 0
+            else:
+                copy_file(view.upper, rel, view.orphans, _COPY)
             view.orphans.rename(_COPY, rel, view.lower)
         except OSError:
             with contextlib.suppress(OSError):
                 view.orphans.unlink(_COPY)
             raise
+        result.copies.setdefault((v.st_dev, v.st_ino), rel)
     else:
         view.upper.rename(rel, rel, view.lower)
     result.bytes_delta += _size(v) - _size(c)
     result.entries_delta += 1 if c is None else 0
-    result.written += _size(v)
+    result.written += written
     result.changed.append(rel)
 
 
