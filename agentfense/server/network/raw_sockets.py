@@ -22,7 +22,6 @@ import errno
 import fcntl
 import functools
 import logging
-import math
 import os
 import select
 import socket
@@ -90,8 +89,7 @@ class RawSocketWatches:
 
     def __init__(self, report: Report) -> None:
         self._report = report
-        self._send, self._receive = anyio.create_memory_object_stream[_Watch](math.inf)
-        self._waiting = 0
+        self._send, self._receive = anyio.create_memory_object_stream[_Watch](_MOST)
         self._ended: deque[_Watch] = deque()  # of commands that ended, oldest first
         self._task_group: anyio.abc.TaskGroup | None = None  # (while it serves)
         self._next = 0.0  # when the next attempt may be answered
@@ -100,15 +98,12 @@ class RawSocketWatches:
         """Watch ``listener`` (this owns it) from now until its filter is unused; what to
         call when its command's own process has ended."""
         watch = _Watch(listener)
-        if self._waiting >= _MOST:
-            os.close(listener)  # (its socket() calls fail with ENOSYS: refused, unlogged)
-            return _nothing
         try:
             self._send.send_nowait(watch)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            os.close(listener)  # (the sandbox stopped)
+        except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            # (too many waiting, or the sandbox stopped: its calls fail with ENOSYS, unlogged)
+            os.close(listener)
             return _nothing
-        self._waiting += 1
         return functools.partial(self._command_ended, watch)
 
     def _command_ended(self, watch: _Watch) -> None:
@@ -129,7 +124,6 @@ class RawSocketWatches:
         async with anyio.create_task_group() as tg:
             self._task_group = tg
             async for watch in self._receive:
-                self._waiting -= 1
                 tg.start_soon(self._watch, watch)
 
     def close(self) -> None:
