@@ -9,7 +9,6 @@ When the channel closes, the process stops serving and exits (the server unmount
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import functools
 import logging
@@ -18,7 +17,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import assert_never
 
@@ -49,17 +48,6 @@ class FsProcess:
         self._send_lock = threading.Lock()
         self.servers: dict[str, ViewServer] = {}
         self._usages: dict[Path, CodebaseUsage] = {}
-        # Held by each commit into a codebase, from the check of what it holds to the last
-        # rename: two views checking at once would each find the other's files not there yet
-        # and throw them away unreported (a leaf lock: nothing waits for a view under it).
-        self._committing: dict[Path, threading.Lock] = {}
-
-    @contextlib.contextmanager
-    def _committing_into(self, lower: Path) -> Iterator[None]:
-        """Hold the codebase for a commit: against this process's other commits, and against
-        the server's uploads (``codebase_lock``)."""
-        with self._committing.setdefault(lower, threading.Lock()), codebase_lock.writing(lower):
-            yield
 
     def reply(self, message: control.Reply) -> None:
         with self._send_lock:
@@ -209,7 +197,7 @@ class FsProcess:
         view = server.view
         try:
             generation = server.generation.read()  # (no request runs meanwhile: exclusive)
-            with self._committing_into(view.lower.root):
+            with codebase_lock.writing(view.lower.root):
                 result = commit(view)
         except Exception as exc:
             log.exception("view %s: commit failed", view.id)
@@ -261,7 +249,7 @@ class FsProcess:
             elif message.paths == ():
                 result = review.Applied()  # (only what the requests did since)
             else:
-                with self._committing_into(view.lower.root):
+                with codebase_lock.writing(view.lower.root):
                     result = review.apply(view, message.paths, overwrite=message.overwrite)
                 if result.changed:
                     self._invalidate(view.lower.root, result.changed, exclude=server)
