@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agentfense.server.network.messages import (
+    MAX_HELLO_RECORDS,
     MessageError,
     dns_question,
     dns_refusal,
@@ -57,6 +58,27 @@ def test_a_hello_split_over_records_is_joined() -> None:
     assert server_name(records) == "pypi.org"
     assert hello_missing(records) == 0
     assert hello_missing(records[:-7]) == 7
+
+
+def test_a_hello_in_more_records_than_allowed_is_refused_whole() -> None:
+    """Each piece of a tunnel's first bytes is read from the start again: 3,000 records of 5
+    bytes cost the server's loop 2.3 s (a hostile tester's finding). Past 64 records, the
+    hello is waited for no more, and refused."""
+    body = client_hello("pypi.org")[5:]
+    size = len(body) // (2 * MAX_HELLO_RECORDS)  # (so that it takes twice as many)
+    pieces = [
+        b"\x16\x03\x01" + struct.pack(">H", len(body[i : i + size])) + body[i : i + size]
+        for i in range(0, len(body), size)
+    ]
+    cut = b"".join(pieces[: MAX_HELLO_RECORDS + 1])  # (a part of it only)
+    assert hello_missing(b"".join(pieces[:MAX_HELLO_RECORDS])) > 0
+    assert hello_missing(cut) == 0  # (past 64 records: waited for no more)
+    with pytest.raises(MessageError, match="more than 64 records"):
+        server_name(b"".join(pieces))
+    empty = b"\x16\x03\x01\x00\x00" * 3000  # (what the tester sent)
+    assert hello_missing(empty) == 0
+    with pytest.raises(MessageError):
+        server_name(empty)
 
 
 def test_a_hello_cut_short_is_refused_never_read_as_one_naming_nothing() -> None:
