@@ -25,11 +25,12 @@ from dataclasses import dataclass
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 
 from ...errors import ResourceLimitExceededError
 from .._descriptors import check_headroom
 from .addresses import refusal
-from .connections import ConnectionLog, Verdict
+from .connections import ConnectionLog, Verdict, target
 from .direct import packet_target, prohibited
 from .local_addresses import local_addresses
 from .messages import (
@@ -70,6 +71,7 @@ _FIRST_BYTES_WAIT = 1.0  # for those of a tunnel to another port
 _DNS_REPLIES_PER_SECOND = 200  # a flood of lookups is answered at this rate, and logged so
 _DIRECT_PER_SECOND = 200  # packets sent past the proxy handled a second
 _LOOKUPS = 4  # a sandbox's names being looked up at once
+_ADDRESSES = 16  # of a name's addresses, those tried
 _IDLE = 900.0  # seconds a connection may move nothing, either way
 _AFTER_CLIENT = 30.0  # seconds a connection lasts once its client is done
 _WATCH_EVERY = 5.0
@@ -315,27 +317,32 @@ class SandboxProxy:
         """A connection to the first address of ``host`` that is not refused and answers."""
         mapped = self._operator.hosts.get(host)
         candidates = [mapped] if mapped is not None else await self._resolve(host, port)
-        refused, failed = [], []
+        refused: str | None = None  # (the first reason)
+        failed: list[str] = []
         local = local_addresses()
-        for address in candidates:
-            why = refusal(
-                address,
-                port,
-                mapped=mapped is not None,
-                server_ports=self._server_ports,
-                local=local,
-            )
-            if why is not None:
-                refused.append(why)
-                continue
-            try:
-                with anyio.fail_after(_CONNECT_WAIT):
+        # (_CONNECT_WAIT for them all: a name of the sandbox's own may resolve to many
+        # addresses that never answer, and hold the connection's place for each)
+        with anyio.move_on_after(_CONNECT_WAIT) as waited:
+            for address in candidates[:_ADDRESSES]:
+                why = refusal(
+                    address,
+                    port,
+                    mapped=mapped is not None,
+                    server_ports=self._server_ports,
+                    local=local,
+                )
+                if why is not None:
+                    refused = refused or why
+                    continue
+                try:
                     return address, await connect(address, port)
-            except (OSError, TimeoutError) as exc:
-                failed.append(f"cannot reach {_bracketed(address)}:{port}: {_why(exc)}")
+                except OSError as exc:
+                    failed.append(f"cannot reach {target('connect', address, port)}: {_why(exc)}")
+        if waited.cancelled_caught:
+            failed.append(f"nothing answered within {_CONNECT_WAIT:g} s")
         if failed:
-            raise _Refused("502 Bad Gateway", "; ".join(failed), Verdict.FAILED)
-        raise _Refused("403 Forbidden", f"{host} resolves to refused addresses: {refused[0]}")
+            raise _Refused("502 Bad Gateway", "; ".join(failed[:3]), Verdict.FAILED)
+        raise _Refused("403 Forbidden", f"{host} resolves to refused addresses: {refused}")
 
     async def _resolve(self, host: str, port: int) -> list[str]:
         """The addresses of ``host``, looked up by the server: at most _LOOKUPS at once for
@@ -515,36 +522,36 @@ class SandboxProxy:
         """Refuse every lookup at once (REFUSED), logging what was asked: each name once a
         second (a resolver asks for A and AAAA, and asks again)."""
         window, answered = anyio.current_time(), 0
-        logged: dict[str, float] = {}  # name: when it was last logged (this second's)
+        logged: set[str] = set()  # (this second's)
         while True:
-            try:
-                datagram, peer = await receive_datagram(dns)
-            except OSError:
-                continue
             now = anyio.current_time()
             if now - window >= 1:
                 window, answered = now, 0
                 logged.clear()
+            if answered >= _DNS_REPLIES_PER_SECOND:
+                # (the rest wait in the socket's queue, whose overflow the kernel drops: a
+                # flood read and dropped here never let the server's loop run anything else)
+                await anyio.sleep(window + 1 - now)
+                continue
+            try:
+                datagram, peer = await receive_datagram(dns)
+            except OSError:
+                await anyio.lowlevel.checkpoint()
+                continue
             answered += 1
-            if answered > _DNS_REPLIES_PER_SECOND:
-                continue  # (dropped unanswered: the lookup times out)
             try:
                 name = dns_question(datagram)
             except MessageError as exc:
                 self._deny("dns", "", DNS_PORT, str(exc))
                 continue
             if name not in logged:
-                logged[name] = now
+                logged.add(name)
                 reason = "no DNS in the sandbox: the proxy resolves names"
                 self._deny("dns", name[:255], DNS_PORT, reason)
             reply = dns_refusal(datagram)
             if reply is not None:
                 with contextlib.suppress(OSError):  # (its buffer full: dropped)
                     dns.sendto(reply, peer)
-
-
-def _bracketed(address: str) -> str:
-    return f"[{address}]" if ":" in address else address
 
 
 def _why(exc: BaseException) -> str:
