@@ -87,15 +87,15 @@ class SandboxNetworks:
             server_ports=self._server_ports,
             on_denied=denied,
         )
-        # (a Docker sandbox without the confine helper cannot: its raw sockets go unlogged)
-        handle.watch_raw_sockets(proxy.raw_sockets.give)
         scope = record.proxy = anyio.CancelScope()
 
         async def serve() -> None:
             with scope:
-                await proxy.serve(made.listener, made.dns, made.catchall)
+                await proxy.serve(made)
 
-        task_group.start_soon(serve)
+        task_group.start_soon(serve)  # (it owns the sockets from now on)
+        # (a Docker sandbox without the confine helper cannot: its raw sockets go unlogged)
+        handle.watch_raw_sockets(proxy.raw_sockets.give)
 
     @staticmethod
     def stop(record: SandboxRecord) -> None:

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 import anyio
 
 from .direct import make_catchall
-from .proxy import DNS_PORT, PROXY_PORT
 
 _log = logging.getLogger("agentfense.server.network")
+PROXY_PORT = 3128  # in the sandbox's namespace: 127.0.0.1:3128
+DNS_PORT = 53
 
 _CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)

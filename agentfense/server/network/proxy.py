@@ -45,12 +45,12 @@ from .messages import (
     server_name,
     tls_begun,
 )
+from .netns import DNS_PORT, PROXY_PORT, ProxySockets
 from .policy import WEB_PORTS, NetworkPolicy, OperatorNetwork, normal_host
 from .raw_sockets import RawSocketWatches
 from .sockets import CHUNK, Conn, accept, connect, receive_datagram
 
 _log = logging.getLogger("agentfense.server.network")
-PROXY_PORT = 3128  # in the sandbox's namespace: 127.0.0.1:3128
 _URL = f"http://127.0.0.1:{PROXY_PORT}"
 _LOCAL = "localhost,127.0.0.1,::1"
 # Every command's environment in a sandbox with a network (both spellings: curl reads only
@@ -63,7 +63,6 @@ PROXY_ENV = {
     "NO_PROXY": _LOCAL,
     "no_proxy": _LOCAL,
 }
-DNS_PORT = 53
 _HEAD_WAIT = 30.0  # seconds a connection has to send its request head
 _CONNECT_WAIT = 10.0  # to resolve and connect upstream
 _HELLO_WAIT = 10.0  # for a tunnel's first bytes (to a web port)
@@ -160,28 +159,23 @@ class SandboxProxy:
         # listeners: ``SandboxHandle.watch_raw_sockets``).
         self.raw_sockets = RawSocketWatches(lambda kind, why: self._deny(kind, "", 0, why))
 
-    async def serve(
-        self, listener: socket.socket, dns: socket.socket, catchall: int | None
-    ) -> None:
+    async def serve(self, made: ProxySockets) -> None:
         """Until cancelled (the sandbox stops): then every connection is closed, and the
-        sockets and ``catchall`` (this owns them)."""
+        sockets (this owns them)."""
         try:
-            listener.setblocking(False)
-            dns.setblocking(False)
+            made.listener.setblocking(False)
+            made.dns.setblocking(False)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._report_unreported)
                 tg.start_soon(self.raw_sockets.serve)
-                tg.start_soon(self._answer_lookups, dns)
-                if catchall is not None:
-                    tg.start_soon(self._answer_direct, catchall)
-                await self._accept(listener, tg)
+                tg.start_soon(self._answer_lookups, made.dns)
+                if made.catchall is not None:
+                    tg.start_soon(self._answer_direct, made.catchall)
+                await self._accept(made.listener, tg)
         finally:
             self.raw_sockets.close()
             self._flush_unreported()
-            listener.close()
-            dns.close()
-            if catchall is not None:
-                os.close(catchall)
+            made.close()
 
     async def _report_unreported(self) -> None:
         """The denials left out of the audit log (past _AUDITED_PER_SECOND a second) are
